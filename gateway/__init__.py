@@ -1,0 +1,1 @@
+"""The LLM edge gateway server."""

@@ -1,0 +1,183 @@
+"""Command line: serve, check-config, keys.
+
+    python -m gateway serve        --config FILE [--host H] [--port P] [--workers N]
+    python -m gateway check-config FILE
+    python -m gateway keys create  --config FILE --name NAME --balance USD [--rpm N] [--rpd N]
+                                   [--models GLOB,...] [--json]
+    python -m gateway keys topup   --config FILE KEY_ID USD
+    python -m gateway keys list    --config FILE [--json]
+    python -m gateway keys disable --config FILE KEY_ID
+
+Exit status: 0 done, 1 the store or the key said no, 2 bad usage or an invalid config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import orjson
+
+from gateway import config as config_mod
+from gateway import keys
+from gateway.config import NANO, Config
+from gateway.logging import configure as configure_logging
+from gateway.store import KeyRecord, Store, StoreError, open_store
+
+
+def _usd(text: str) -> int:
+    """A dollar amount from the command line -> nano-dollars, exactly."""
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not an amount in USD: {text!r}") from None
+    if not value.is_finite():
+        raise argparse.ArgumentTypeError(f"not an amount in USD: {text!r}")
+    return int(value * NANO)
+
+
+def _dollars(nano: int) -> str:
+    return str(Decimal(nano) / NANO)
+
+
+def _load(path: str) -> Config:
+    try:
+        return config_mod.load(path)
+    except config_mod.ConfigError as exc:
+        print(f"invalid config:\n{exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args.file)
+    print(f"{args.file}: ok ({len(config.providers)} providers, {len(config.models)} models, "
+          f"{len(config.egress.pools)} egress pools)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.server import serve  # aiohttp app imports only when serving
+
+    config = _load(args.config)
+    if args.workers != 1:
+        print("--workers above 1 is not supported yet; run one process per port", file=sys.stderr)
+        return 2
+    return serve(config, args.config, host=args.host, port=args.port)
+
+
+def _key_json(record: KeyRecord) -> dict[str, Any]:
+    return {"id": record.id, "name": record.name, "prefix": record.prefix, "balance": float(
+        Decimal(record.balance) / NANO), "disabled": record.disabled, "rpm": record.rpm, "rpd": record.rpd,
+        "models": list(record.models), "created": record.created}
+
+
+async def _with_store(config: Config, action: Callable[[Store], Awaitable[int]]) -> int:
+    if not config.store.url:
+        print("store.url is empty, so keys live inside the serving process's memory store and cannot be "
+              "managed from here.\nSet REDIS_URL (store.url) to manage keys from the command line; a "
+              "memory-store gateway prints a starter key when it starts.", file=sys.stderr)
+        return 2
+    store = open_store(config.store.url, config.store.prefix)
+    try:
+        return await action(store)
+    except StoreError as exc:
+        print(f"store error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await store.close()
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+
+    async def create(store: Store) -> int:
+        models = tuple(m.strip() for m in (args.models or "").split(",") if m.strip())
+        plain, record = keys.new_record(args.name, args.balance, args.rpm, args.rpd, models)
+        await store.create_key(record)
+        if args.json:
+            print(orjson.dumps({**_key_json(record), "key": plain}).decode())
+        else:
+            print(f"created key {record.id} ({record.name}), balance ${_dollars(record.balance)}\n"
+                  f"{plain}\nThis key is shown once; store it now.")
+        return 0
+
+    async def topup(store: Store) -> int:
+        balance = await store.topup(args.key_id, args.amount)
+        if balance is None:
+            print(f"no key {args.key_id}", file=sys.stderr)
+            return 1
+        print(f"{args.key_id}: balance ${_dollars(balance)}")
+        return 0
+
+    async def listing(store: Store) -> int:
+        records = await store.list_keys()
+        if args.json:
+            print(orjson.dumps([_key_json(r) for r in records]).decode())
+            return 0
+        for r in records:
+            state = "disabled" if r.disabled else "active"
+            print(f"{r.id}  {r.prefix}…  {state:8}  ${_dollars(r.balance):>14}  {r.name}")
+        return 0
+
+    async def disable(store: Store) -> int:
+        if not await store.set_disabled(args.key_id, True):
+            print(f"no key {args.key_id}", file=sys.stderr)
+            return 1
+        print(f"{args.key_id}: disabled")
+        return 0
+
+    actions = {"create": create, "topup": topup, "list": listing, "disable": disable}
+    return asyncio.run(_with_store(config, actions[args.keys_cmd]))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gateway", description="LLM edge gateway")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", required=True)
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check-config", help="validate a config file")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_check_config)
+
+    keys_p = sub.add_parser("keys", help="manage gateway keys")
+    ksub = keys_p.add_subparsers(dest="keys_cmd", required=True)
+    create = ksub.add_parser("create")
+    create.add_argument("--name", required=True)
+    create.add_argument("--balance", type=_usd, required=True, help="USD")
+    create.add_argument("--rpm", type=int)
+    create.add_argument("--rpd", type=int)
+    create.add_argument("--models", help="comma-separated globs of allowed model ids")
+    create.add_argument("--json", action="store_true")
+    topup = ksub.add_parser("topup")
+    topup.add_argument("key_id")
+    topup.add_argument("amount", type=_usd, help="USD (negative to deduct)")
+    listing = ksub.add_parser("list")
+    listing.add_argument("--json", action="store_true")
+    disable = ksub.add_parser("disable")
+    disable.add_argument("key_id")
+    for p in (create, topup, listing, disable):
+        p.add_argument("--config", required=True)
+        p.set_defaults(func=cmd_keys)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging()
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

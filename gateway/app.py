@@ -1,0 +1,77 @@
+"""The app factory: AppKeys, middlewares, routes, and the long-lived resources born in cleanup_ctx."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from egress.pool import ProxySpec
+from gateway import config as config_mod
+from gateway.config import Config
+from gateway.handlers import chat, health, models
+from gateway.logging import get_logger, redactor
+from gateway.middleware import add_request_id, request_context, require_key
+from gateway.state import RUNTIME, Runtime, Snapshot
+from gateway.store import open_store
+
+log = get_logger("gateway.app")
+
+
+def _pools(config: Config) -> dict[str, list[ProxySpec]]:
+    return {name: [ProxySpec(p.name, p.url) for p in pool.proxies]
+            for name, pool in config.egress.pools.items()}
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    """Store and egress sessions: opened once at startup, closed at shutdown, never per request."""
+    runtime = app[RUNTIME]
+    config = runtime.snapshot.config
+    runtime.store = open_store(config.store.url, config.store.prefix)
+    if not config.store.url:
+        log.warning("memory store in use: keys and balances live in this process only and vanish at exit; "
+                    "set store.url (REDIS_URL) for production or more than one process")
+    await runtime.egress.configure(_pools(config))
+    yield
+    await runtime.egress.close()
+    await runtime.store.close()
+
+
+def create_app(config: Config, config_path: str | None = None) -> web.Application:
+    redactor.update(config.secrets())
+    # aiohttp's own cap stays above ours so that our handler answers 413 in OpenAI's shape
+    app = web.Application(middlewares=[request_context, require_key],
+                          client_max_size=config.server.max_body_bytes + 1024)
+    app[RUNTIME] = Runtime(Snapshot.of(config), config_path)
+    app.cleanup_ctx.append(_resources)
+    app.on_response_prepare.append(add_request_id)
+    app.router.add_post("/v1/chat/completions", chat.chat_completions)
+    app.router.add_get("/v1/models", models.list_models)
+    app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/readyz", health.readyz)
+    return app
+
+
+async def reload_config(app: web.Application) -> bool:
+    """SIGHUP: load the config file again and swap it in whole, or keep the old one and say why."""
+    runtime = app[RUNTIME]
+    if runtime.config_path is None:
+        log.warning("config reload requested but the gateway was not started from a file")
+        return False
+    try:
+        new = config_mod.load(runtime.config_path)
+    except config_mod.ConfigError as exc:
+        log.error("config reload failed; keeping the old config", path=runtime.config_path,
+                  problems=str(exc).splitlines())
+        return False
+    old = runtime.snapshot.config
+    if new.store != old.store:
+        log.warning("store settings changed; they take effect at the next restart")
+    if new.server.host != old.server.host or new.server.port != old.server.port:
+        log.warning("listen address changed; it takes effect at the next restart")
+    redactor.update([*old.secrets(), *new.secrets()])  # requests in flight still hold the old ones
+    await runtime.egress.configure(_pools(new))
+    runtime.snapshot = Snapshot.of(new)
+    log.info("config reloaded", path=runtime.config_path, models=len(new.models),
+             providers=len(new.providers))
+    return True

@@ -1,0 +1,102 @@
+"""Model id or alias -> Route: which provider serves it, under which upstream name, at what price.
+
+Built once per config (and rebuilt on reload), so a request does one dict lookup. Model ids follow the
+`provider/model` convention; the provider is the part before the first "/".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.config import Config, LimitsConfig, ModelConfig, ProviderConfig, to_nano
+from gateway.errors import NotFound
+from providers.types import Target
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """Integer nano-dollars: per million tokens for token prices, per call for `per_request`."""
+
+    input_per_mtok: int
+    output_per_mtok: int
+    cached_input_per_mtok: int
+    per_request: int
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    model_id: str  # the catalog id ("openai/gpt-5")
+    provider_name: str
+    provider: ProviderConfig
+    upstream_model: str
+    price: Price
+    model: ModelConfig
+    limits: LimitsConfig
+
+    def target(self, api_key: str) -> Target:
+        """What the adapter needs to build this route's upstream request."""
+        return Target(
+            provider=self.provider_name,
+            base_url=self.provider.base_url.rstrip("/"),
+            api_key=api_key,
+            upstream_model=self.upstream_model,
+            public_model=self.model_id,
+            max_tokens_field=self.model.params.max_tokens_field,
+            drop=tuple(self.model.params.drop),
+            headers=tuple(self.provider.headers.items()),
+            default_max_tokens=self.model.max_output_tokens,
+        )
+
+    def public_info(self, created: int) -> dict[str, Any]:
+        """The /v1/models entry: OpenAI's Model object plus what a client needs to choose and budget."""
+        p = self.model.price
+        return {
+            "id": self.model_id,
+            "object": "model",
+            "created": created,
+            "owned_by": self.provider_name,
+            "pricing": {
+                "currency": "USD",
+                "input_per_mtok": p.input_per_mtok,
+                "output_per_mtok": p.output_per_mtok,
+                "cached_input_per_mtok": p.cached_input_per_mtok if p.cached_input_per_mtok is not None
+                else p.input_per_mtok,
+                "per_request": p.per_request,
+            },
+            "vision": self.model.vision,
+            "context_window": self.model.context_window,
+            "max_output_tokens": self.model.max_output_tokens,
+            "aliases": list(self.model.aliases),
+        }
+
+
+class Catalog:
+    def __init__(self, config: Config) -> None:
+        self.routes: dict[str, Route] = {}
+        self._aliases: dict[str, str] = {}
+        for mid, model in config.models.items():
+            provider_name, _, rest = mid.partition("/")
+            price = model.price
+            cached = price.cached_input_per_mtok
+            self.routes[mid] = Route(
+                model_id=mid,
+                provider_name=provider_name,
+                provider=config.providers[provider_name],
+                upstream_model=model.upstream or rest,
+                price=Price(to_nano(price.input_per_mtok), to_nano(price.output_per_mtok),
+                            to_nano(price.input_per_mtok if cached is None else cached),
+                            to_nano(price.per_request)),
+                model=model,
+                limits=model.limits or config.limits.default,
+            )
+            for alias in model.aliases:
+                self._aliases[alias] = mid
+
+    def resolve(self, name: str) -> Route:
+        """The route of a model id or alias; 404 model_not_found otherwise (echoing only the client's name)."""
+        route = self.routes.get(name) or self.routes.get(self._aliases.get(name, ""))
+        if route is None:
+            raise NotFound(f"The model '{name[:200]}' does not exist or is not served by this gateway. "
+                           "GET /v1/models lists the available models.", code="model_not_found", param="model")
+        return route

@@ -1,0 +1,292 @@
+"""Typed, frozen configuration and its loader: the only module that reads config files or os.environ.
+
+`load(path)` reads YAML, substitutes `${VAR}` / `${VAR:-default}` inside string values (after parsing, so
+a password holding `#` or `: ` cannot change the YAML's structure), validates it, and raises one
+`ConfigError` listing every problem as `yaml.path: what is wrong`, so an operator fixes a file in one go.
+
+Exception tree::
+
+    ConfigError        the file is missing, not YAML, or not a valid config (message names YAML paths)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from providers.registry import KINDS
+
+NANO = 1_000_000_000  # nano-dollars per dollar
+
+
+class ConfigError(Exception):
+    """The config cannot be used; the message names the YAML path of each problem."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+NonNegFloat = Annotated[float, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+PosInt = Annotated[int, Field(ge=1)]
+Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+class ServerConfig(_Model):
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    max_body_bytes: PosInt = 20 * 1024 * 1024
+    admin_token: str = ""
+    sse_keepalive_s: PosFloat = 10.0  # ': keep-alive' comment while the upstream is silent
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class StoreConfig(_Model):
+    url: str = ""  # empty: in-process memory store
+    prefix: str = "gw:"
+    starter_key_balance: NonNegFloat = 1.0  # USD on the key a memory-store gateway creates at startup
+
+
+class HealthConfig(_Model):
+    interval_s: PosFloat = 10.0
+    timeout_s: PosFloat = 5.0
+    probe: str = ""
+    eject_after_failures: PosInt = 3
+    restore_after_successes: PosInt = 1
+
+
+class ProxyConfig(_Model):
+    name: str = Field(min_length=1)
+    url: str = Field(pattern=r"^(socks5h?|socks4a?|https?)://")
+    region: str | None = None
+
+
+class PoolConfig(_Model):
+    strategy: Literal["round_robin", "least_latency", "random"] = "round_robin"
+    proxies: list[ProxyConfig] = Field(min_length=1)
+    health: HealthConfig = HealthConfig()
+    fallback_direct: bool = False
+
+
+class EgressConfig(_Model):
+    pools: dict[str, PoolConfig] = {}
+
+
+class TimeoutsConfig(_Model):
+    """Split timeouts: no total cap, so a long generation that keeps streaming is never cut."""
+
+    connect_s: PosFloat = 10.0
+    first_byte_s: PosFloat = 300.0  # until the upstream's response headers
+    between_chunks_s: PosFloat = 300.0  # longest silence inside a body
+
+
+class ProviderConfig(_Model):
+    kind: str
+    base_url: str = Field(pattern=r"^https?://")
+    api_key: str = ""
+    api_key_env: str = ""  # filled by the loader from `${VAR}` in api_key: named in "set VAR" errors
+    egress: str = "direct"
+    headers: dict[str, str] = {}
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        if kind not in KINDS:
+            raise ValueError(f"must be one of {', '.join(sorted(KINDS))}")
+        return kind
+
+
+class PriceConfig(_Model):
+    input_per_mtok: NonNegFloat = 0.0
+    output_per_mtok: NonNegFloat = 0.0
+    cached_input_per_mtok: NonNegFloat | None = None  # None: cached tokens cost as input
+    per_request: NonNegFloat = 0.0
+
+
+class ParamsConfig(_Model):
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] | None = None
+    drop: list[str] = []
+
+
+class LimitsConfig(_Model):
+    rpm: PosInt | None = None
+    rpd: PosInt | None = None
+    tpm: PosInt | None = None
+
+
+class ModelConfig(_Model):
+    upstream: str | None = None
+    price: PriceConfig = PriceConfig()
+    max_output_tokens: PosInt | None = None
+    context_window: PosInt | None = None
+    vision: bool = False
+    params: ParamsConfig = ParamsConfig()
+    limits: LimitsConfig | None = None
+    aliases: list[str] = []
+    fallbacks: list[str] = []
+
+
+class DefaultLimits(_Model):
+    default: LimitsConfig = LimitsConfig()
+
+
+class Config(_Model):
+    server: ServerConfig = ServerConfig()
+    store: StoreConfig = StoreConfig()
+    egress: EgressConfig = EgressConfig()
+    providers: dict[str, ProviderConfig] = {}
+    limits: DefaultLimits = DefaultLimits()
+    models: dict[str, ModelConfig] = {}
+
+    def secrets(self) -> list[str]:
+        """Every secret value in this config, for the log redactor."""
+        out = [self.server.admin_token, *(p.api_key for p in self.providers.values())]
+        out += [_url_password(px.url) for pool in self.egress.pools.values() for px in pool.proxies]
+        out.append(_url_password(self.store.url))
+        return [s for s in out if len(s) >= 4]
+
+
+def to_nano(usd: float) -> int:
+    """Dollars as written in YAML -> integer nano-dollars, exactly (1.1 stays 1_100_000_000)."""
+    return int(Decimal(repr(usd)) * NANO)
+
+
+def _url_password(url: str) -> str:
+    m = re.match(r"^[a-z0-9+]+://[^:/@]*:([^@]*)@", url)
+    return m.group(1) if m else ""
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
+
+
+def load(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> Config:
+    """Read, substitute and validate a config file; ConfigError says what and where."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    return parse(text, environ if environ is not None else dict(os.environ), source=str(path))
+
+
+def parse(text: str, environ: dict[str, str], source: str = "<config>") -> Config:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    problems: list[str] = []
+    data = _substitute(raw, environ, (), problems)
+    _note_key_env(raw, data)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_describe(e) for e in exc.errors())) from None
+    problems = _cross_check(config)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return config
+
+
+def _substitute(node: Any, env: dict[str, str], path: tuple[str, ...], problems: list[str]) -> Any:
+    if isinstance(node, dict):
+        return {k: _substitute(v, env, (*path, str(k)), problems) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute(v, env, (*path, str(i)), problems) for i, v in enumerate(node)]
+    if not isinstance(node, str) or "${" not in node:
+        return node
+
+    def repl(m: re.Match[str]) -> str:
+        name, has_default, default = m.group(1), m.group(2) is not None, m.group(3) or ""
+        if name in env:
+            return env[name]
+        if has_default:
+            return default
+        problems.append(f"{'.'.join(path)}: environment variable {name} is not set")
+        return ""
+
+    return _VAR.sub(repl, node)
+
+
+def _note_key_env(raw: dict[str, Any], data: dict[str, Any]) -> None:
+    """Remember which variable each provider key came from, so errors can say "set OPENAI_API_KEY"."""
+    for name, prov in (raw.get("providers") or {}).items():
+        if not isinstance(prov, dict) or not isinstance(prov.get("api_key"), str):
+            continue
+        m = _VAR.fullmatch(prov["api_key"].strip())
+        if m and "api_key_env" not in prov:
+            data["providers"][name]["api_key_env"] = m.group(1)
+
+
+_MESSAGES = {
+    "greater_than_equal": "must be a number >= {ge}",
+    "greater_than": "must be a number > {gt}",
+    "less_than_equal": "must be a number <= {le}",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "int_parsing": "must be a whole number",
+    "int_type": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string",
+    "dict_type": "must be a mapping",
+    "list_type": "must be a list",
+    "missing": "is required",
+    "extra_forbidden": "unknown key (typo?)",
+    "literal_error": "must be one of {expected}",
+    "string_pattern_mismatch": "must match {pattern}",
+    "too_short": "must not be empty",
+    "string_too_short": "must not be empty",
+}
+
+
+def _describe(err: Any) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    template = _MESSAGES.get(err["type"])
+    if template is None:
+        return f"{loc}: {str(err['msg']).removeprefix('Value error, ')}"
+    return f"{loc}: {template.format(**(err.get('ctx') or {}))}"
+
+
+def _cross_check(config: Config) -> list[str]:
+    """References between sections: a reader should not meet a dangling name at request time."""
+    problems = []
+    for name, prov in config.providers.items():
+        if prov.egress != "direct" and prov.egress not in config.egress.pools:
+            problems.append(f"providers.{name}.egress: no pool named {prov.egress!r} (or use 'direct')")
+    public: dict[str, str] = {}
+    for mid in config.models:
+        public[mid] = f"models.{mid}"
+    for mid, model in config.models.items():
+        provider, sep, rest = mid.partition("/")
+        if not sep or not rest:
+            problems.append(f"models.{mid}: model ids are 'provider/model'")
+        elif provider not in config.providers:
+            problems.append(f"models.{mid}: no provider named {provider!r} in providers")
+        for i, alias in enumerate(model.aliases):
+            if alias in public:
+                problems.append(f"models.{mid}.aliases.{i}: {alias!r} is already used by {public[alias]}")
+            public[alias] = f"models.{mid}.aliases"
+        for i, fb in enumerate(model.fallbacks):
+            if fb not in config.models:
+                problems.append(f"models.{mid}.fallbacks.{i}: no model {fb!r} in models")
+    for pname, pool in config.egress.pools.items():
+        names = [p.name for p in pool.proxies]
+        if len(set(names)) != len(names):
+            problems.append(f"egress.pools.{pname}.proxies: proxy names must be unique")
+    return problems

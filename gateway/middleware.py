@@ -1,0 +1,94 @@
+"""Cross-cutting concerns of every request: request id, one log line, errors in OpenAI's shape, auth.
+
+Handlers raise `GatewayError`s and fill `request[LOG]` with what they learnt (model, provider, tokens);
+this module turns both into the response and the request's single JSON log line.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Any
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway.auth import authenticate
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    error_response,
+)
+from gateway.logging import get_logger
+from gateway.state import KEY, LOG, REQUEST_ID, RUNTIME
+
+log = get_logger("gateway.request")
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_HTTP_ERRORS: dict[int, tuple[type[GatewayError], str]] = {
+    404: (NotFound, "Unknown path. This gateway serves the OpenAI API under /v1/."),
+    405: (InvalidRequest, "Method not allowed on this path."),
+    413: (PayloadTooLarge, "Request body too large."),
+}
+
+
+def _request_id(request: web.Request) -> str:
+    given = request.headers.get("X-Request-Id", "")
+    return given if _CLIENT_ID.match(given) else "req_" + uuid.uuid4().hex
+
+
+def _from_http_exception(exc: web.HTTPException) -> GatewayError:
+    cls, message = _HTTP_ERRORS.get(exc.status, (InvalidRequest, exc.reason))
+    return cls(message, status=exc.status)
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost: gives every response an X-Request-Id, every failure an OpenAI error body, one log line."""
+    started = time.perf_counter()
+    rid = request[REQUEST_ID] = _request_id(request)
+    fields: dict[str, Any] = {}
+    request[LOG] = fields
+    structlog.contextvars.bind_contextvars(request_id=rid)
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except GatewayError as exc:
+        status = exc.status
+        fields.setdefault("error", exc.code or exc.type)
+        return error_response(exc, rid)
+    except web.HTTPException as exc:
+        err = _from_http_exception(exc)
+        status = err.status
+        return error_response(err, rid)
+    except Exception:
+        log.exception("unhandled error")
+        err = GatewayError("The gateway failed to handle this request.", code="internal_error")
+        return error_response(err, rid)
+    finally:
+        if request.path.startswith("/v1/"):
+            log.info("request", method=request.method, path=request.path, status=fields.pop("status", status),
+                     latency_ms=round((time.perf_counter() - started) * 1000, 2), **fields)
+        structlog.contextvars.unbind_contextvars("request_id")
+
+
+@web.middleware
+async def require_key(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Client routes under /v1/ need a gateway key; the key record rides on the request."""
+    if request.path.startswith("/v1/"):
+        record = await authenticate(request, request.app[RUNTIME].store)
+        request[KEY] = record
+        request[LOG]["key_id"] = record.id
+    return await handler(request)
+
+
+async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: streamed responses get the header too, before their first byte."""
+    rid = request.get(REQUEST_ID)
+    if rid:
+        response.headers["X-Request-Id"] = rid

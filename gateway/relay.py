@@ -1,0 +1,100 @@
+"""Upstream I/O: send one translated request, read its answer under split timeouts, map failures.
+
+Timeouts are split, never total: `connect_s` to open the connection (through the proxy, if any),
+`first_byte_s` until the upstream's response headers, and `between_chunks_s` for any silence inside a
+body. A reasoning model may stream for ten minutes; only a stalled one is cut.
+
+Lower-layer errors become gateway errors here and nowhere else:
+connection refused/reset -> UpstreamFailed (502), connect or first-byte timeout -> UpstreamTimeout (504),
+upstream 4xx -> UpstreamRejected (its own status), 5xx -> UpstreamFailed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+
+from gateway.errors import GatewayError, UpstreamFailed, UpstreamRejected, UpstreamTimeout
+from providers.types import UpstreamHTTPError, UpstreamRequest
+
+MAX_UPSTREAM_BODY = 64 * 1024 * 1024  # a non-streamed answer larger than this is not a chat answer
+
+
+async def open_upstream(session: aiohttp.ClientSession, req: UpstreamRequest, connect_s: float,
+                        first_byte_s: float, provider: str) -> aiohttp.ClientResponse:
+    """Send the request and return once the upstream's status and headers arrived."""
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_s, connect=connect_s + 5)
+    try:
+        async with asyncio.timeout(first_byte_s + connect_s):
+            return await session.request(req.method, req.url, headers=req.headers, data=req.body,
+                                         timeout=timeout)
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise UpstreamTimeout(f"provider {provider} did not answer in time") from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamFailed(f"provider {provider} is unreachable ({type(exc).__name__})",
+                             code="upstream_unreachable") from exc
+    except OSError as exc:  # proxy handshakes surface plain socket errors
+        raise UpstreamFailed(f"provider {provider} is unreachable ({type(exc).__name__})",
+                             code="upstream_unreachable") from exc
+
+
+async def next_data(content: aiohttp.StreamReader, silence_s: float, tick_s: float,
+                    on_tick: Callable[[], Awaitable[None]] | None = None) -> bytes:
+    """The next piece of an upstream body (b"" at its end).
+
+    Buffered bytes are returned at once without scheduling anything; otherwise wait, calling `on_tick`
+    every `tick_s` of silence (SSE keep-alive, disconnect check) and giving up after `silence_s`.
+    """
+    if content.at_eof():
+        return b""
+    data = content.read_nowait()
+    if data:
+        return data
+    reader = asyncio.ensure_future(content.readany())
+    waited = 0.0
+    try:
+        while True:
+            done, _ = await asyncio.wait((reader,), timeout=min(tick_s, silence_s - waited))
+            if done:
+                return reader.result()
+            waited += tick_s
+            if waited >= silence_s:
+                raise UpstreamTimeout("the upstream went silent mid-answer", code="upstream_stalled")
+            if on_tick is not None:
+                await on_tick()
+    finally:
+        if not reader.done():
+            reader.cancel()
+
+
+async def read_body(resp: aiohttp.ClientResponse, silence_s: float) -> bytes:
+    body = bytearray()
+    try:
+        while data := await next_data(resp.content, silence_s, silence_s):
+            body += data
+            if len(body) > MAX_UPSTREAM_BODY:
+                raise UpstreamFailed("the upstream's answer is too large")
+    except aiohttp.ClientError as exc:
+        raise UpstreamFailed(f"the upstream connection broke ({type(exc).__name__})") from exc
+    return bytes(body)
+
+
+def map_upstream_error(err: UpstreamHTTPError, provider: str, own_key: bool,
+                       scrub: Callable[[str], str], retry_after: str | None = None) -> GatewayError:
+    """An upstream's refusal as the client should see it, with no secret in its message.
+
+    A 401/403 on the operator's configured key is the operator's problem, not the client's: it becomes a
+    502 naming the provider, so a client never believes its own gateway key was refused.
+    """
+    message = scrub(err.message) or f"provider {provider} answered HTTP {err.status}"
+    headers = {"Retry-After": retry_after} if retry_after and err.status == 429 else {}
+    if err.status in (401, 403) and not own_key:
+        return UpstreamFailed(f"provider {provider} refused the gateway's configured credentials "
+                              f"(HTTP {err.status}): {message}", code="upstream_auth_failed")
+    if 400 <= err.status < 500:
+        return UpstreamRejected(message, status=err.status, type_=err.type or "invalid_request_error",
+                                code=err.code, param=err.param, headers=headers)
+    return UpstreamFailed(f"provider {provider} failed (HTTP {err.status}): {message}",
+                          code="upstream_error")

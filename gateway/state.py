@@ -1,0 +1,44 @@
+"""What the app holds between requests, and the keys to reach it.
+
+`Runtime.snapshot` is replaced as a whole on reload (one attribute assignment, atomic for every request
+that starts afterwards); a request in flight keeps the snapshot it started with.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from egress.pool import Egress
+from gateway.catalog import Catalog
+from gateway.config import Config
+from gateway.store import KeyRecord, Store
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    config: Config
+    catalog: Catalog
+    loaded_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def of(cls, config: Config) -> Snapshot:
+        return cls(config, Catalog(config))
+
+
+@dataclass(slots=True)
+class Runtime:
+    snapshot: Snapshot
+    config_path: str | None = None
+    store: Store = field(init=False)
+    egress: Egress = field(default_factory=Egress)
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
+
+REQUEST_ID = web.RequestKey("request_id", str)
+KEY = web.RequestKey("key", KeyRecord)
+LOG = web.RequestKey("log", dict[str, Any])  # fields of the request's log line, filled by handlers

@@ -1,0 +1,139 @@
+"""Incremental stream decoders: raw upstream bytes -> SSE events or NDJSON lines.
+
+Both decoders accept arbitrary chunkings of the byte stream (a line, an event, or even a CRLF pair may be
+split across two `feed` calls) and never loop over single bytes: new bytes are normalised to LF with
+`bytes.replace` and cut with `split`, and only the unterminated tail is kept between calls.
+
+Unlike aiohttp's `StreamReader.readline` (which fails at 128 KiB) there is no line-length limit of its own;
+the only bound is `max_event_bytes` / `max_line_bytes`, past which `ProviderError` is raised so a broken or
+hostile upstream cannot make the gateway buffer without end.
+
+SSE follows the WHATWG "event stream interpretation" rules: lines end in LF, CRLF or CR; a leading UTF-8
+BOM is skipped; `data:` values (one leading space stripped) are joined with LF; `event:` names the event;
+`id:` sets the last event id (kept for later events, as the spec says; ignored when it contains NUL);
+`retry:` and unknown fields are ignored; lines starting with ':' are comments; a blank line dispatches the
+event unless no `data:` line was seen.
+"""
+
+from __future__ import annotations
+
+from providers.types import ProviderError, SSEEvent
+
+DEFAULT_MAX_EVENT_BYTES = 16 * 1024 * 1024
+_BOM = b"\xef\xbb\xbf"
+
+
+class _LineSplitter:
+    """Bytes in, complete lines out (without their line end); CR, LF and CRLF all end a line."""
+
+    __slots__ = ("_head", "_limit", "_rest", "_skip_lf")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._rest = bytearray()
+        self._skip_lf = False  # the previous chunk ended in CR: a LF first in the next one belongs to it
+        self._head: bytes | None = b""  # stream start while it may still be a (split) BOM; None once decided
+
+    @property
+    def pending(self) -> int:
+        """Bytes of the current, not yet terminated line."""
+        return len(self._rest)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        if not data:
+            return []
+        if self._head is not None:
+            data = self._head + data
+            if len(data) < len(_BOM) and _BOM.startswith(data):
+                self._head = data
+                return []
+            self._head = None
+            if data.startswith(_BOM):
+                data = data[len(_BOM):]
+        if self._skip_lf and data[:1] == b"\n":
+            data = data[1:]
+        self._skip_lf = data.endswith(b"\r")
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        end = data.rfind(b"\n")
+        if end < 0:
+            self._rest += data
+            if len(self._rest) > self._limit:
+                raise ProviderError(f"upstream stream line exceeds {self._limit} bytes")
+            return []
+        head = data[:end]
+        if self._rest:
+            head = bytes(self._rest) + head
+        self._rest = bytearray(data[end + 1:])
+        if len(self._rest) > self._limit:
+            raise ProviderError(f"upstream stream line exceeds {self._limit} bytes")
+        return head.split(b"\n")
+
+
+class SSEDecoder:
+    """Incremental `text/event-stream` decoder: `feed(bytes) -> list[SSEEvent]`."""
+
+    __slots__ = ("_data", "_event", "_id", "_lines", "_max", "_size")
+
+    def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+        self._max = max_event_bytes
+        self._lines = _LineSplitter(max_event_bytes)
+        self._data: list[bytes] = []
+        self._size = 0  # bytes of data lines in the current event
+        self._event = ""
+        self._id = ""
+
+    def feed(self, data: bytes) -> list[SSEEvent]:
+        """Decode the next chunk of the stream; returns the events it completed, in order."""
+        events: list[SSEEvent] = []
+        for line in self._lines.feed(data):
+            if not line:
+                if self._data:
+                    events.append(SSEEvent(data=b"\n".join(self._data), event=self._event, id=self._id))
+                self._data = []
+                self._size = 0
+                self._event = ""
+            elif line[0] != 0x3A:  # ':' starts a comment (keep-alives such as ": OPENROUTER PROCESSING")
+                self._field(line)
+        if self._size + self._lines.pending > self._max:
+            raise ProviderError(f"upstream SSE event exceeds {self._max} bytes")
+        return events
+
+    def flush(self) -> list[SSEEvent]:
+        """End of stream: the pending event if it has data (WHATWG would drop it; some servers omit the
+        final blank line). The caller decides whether to use it."""
+        events = self.feed(b"\n\n") if (self._data or self._lines.pending) else []
+        return events
+
+    def _field(self, line: bytes) -> None:
+        name, colon, value = line.partition(b":")
+        if colon and value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":
+            self._size += len(value) + 1
+            if self._size > self._max:
+                raise ProviderError(f"upstream SSE event exceeds {self._max} bytes")
+            self._data.append(value)
+        elif name == b"event":
+            self._event = value.decode("utf-8", "replace")
+        elif name == b"id" and b"\0" not in value:
+            self._id = value.decode("utf-8", "replace")
+
+
+class NDJSONDecoder:
+    """Incremental newline-delimited JSON framing (Ollama's native API): `feed(bytes) -> list[bytes]`.
+
+    Returns complete, non-blank lines without their line end; parsing the JSON is the adapter's job.
+    """
+
+    __slots__ = ("_lines",)
+
+    def __init__(self, max_line_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+        self._lines = _LineSplitter(max_line_bytes)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        return [line for line in self._lines.feed(data) if line.strip()]
+
+    def flush(self) -> list[bytes]:
+        """End of stream: a last line that had no line end, if any."""
+        return self.feed(b"\n") if self._lines.pending else []

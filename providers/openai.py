@@ -1,0 +1,266 @@
+"""Adapter for OpenAI's Chat Completions wire format and the servers that copy it.
+
+Kind `openai` covers OpenAI, DeepSeek, xAI, OpenRouter, Ollama's `/v1` and vLLM. The request is passed
+through with the model substituted and the per-model parameter fixes of the config applied (renames and
+drops are data in `Target`); answers are passed through with the public model id, and the fields OpenAI's
+schema requires but compatible servers often omit are filled in. Extra fields the upstream sends
+(DeepSeek's `reasoning_content`, OpenRouter's `provider`, `usage.cost`) are kept.
+
+Pure and synchronous: no I/O, no aiohttp.
+"""
+
+from __future__ import annotations
+
+import time
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+
+from providers.types import (
+    JSON,
+    ChatRequest,
+    ChatResult,
+    ProviderError,
+    SSEEvent,
+    StreamState,
+    Target,
+    UpstreamHTTPError,
+    UpstreamRequest,
+    Usage,
+)
+
+STREAM_FRAMING = "sse"
+
+_MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
+_FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
+_FINISH_REASON_MAP = {"eos": "stop", "eos_token": "stop", "error": "stop"}  # finish-reason-map.json
+_NOT_RETRYABLE_CODES = frozenset({"insufficient_quota"})  # a 429 that no retry will fix
+
+
+# -- request ---------------------------------------------------------------------------------------
+
+
+def build_request(req: ChatRequest, target: Target) -> UpstreamRequest:
+    """POST {base_url}/chat/completions with the client's body, adapted for the target model."""
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "text/event-stream" if req.stream else "application/json",
+    }
+    if target.api_key:
+        headers["Authorization"] = f"Bearer {target.api_key}"
+    headers.update(target.headers)
+    return UpstreamRequest(
+        method="POST",
+        url=f"{target.base_url}/chat/completions",
+        headers=headers,
+        body=orjson.dumps(_adapt_body(req, target)),
+        stream=req.stream,
+    )
+
+
+def _adapt_body(req: ChatRequest, target: Target) -> JSON:
+    """A shallow copy of the client's body with the target's model, renames and drops applied."""
+    body = dict(req.body)
+    body["model"] = target.upstream_model
+    field = target.max_tokens_field
+    if field:
+        for alias in _MAX_TOKENS_FIELDS:
+            if alias != field and alias in body:
+                value = body.pop(alias)
+                body.setdefault(field, value)
+    for name in target.drop:
+        body.pop(name, None)
+    if req.stream:
+        body["stream"] = True
+        options = body.get("stream_options")
+        body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+    else:
+        body.pop("stream", None)
+        body.pop("stream_options", None)  # OpenAI answers 400 to stream_options without stream
+    return body
+
+
+# -- non-streamed answer ---------------------------------------------------------------------------
+
+
+def parse_response(body: bytes, target: Target) -> ChatResult:
+    """An upstream `chat.completion` as OpenAI's schema describes it, plus its usage."""
+    data = _load_object(body, "response")
+    choices = data.get("choices")
+    if not isinstance(choices, list):
+        raise ProviderError("upstream response has no choices")
+    data["model"] = target.public_model
+    data.setdefault("object", "chat.completion")
+    if not isinstance(data.get("created"), int):
+        data["created"] = int(time.time())
+    if data.get("system_fingerprint", "") is None:  # the schema allows a string or nothing
+        del data["system_fingerprint"]
+    for choice in choices:
+        if isinstance(choice, dict):
+            _fill_choice(choice)
+    return ChatResult(body=data, usage=usage_from(data.get("usage")))
+
+
+def _fill_choice(choice: JSON) -> None:
+    logprobs = choice.setdefault("logprobs", None)
+    if isinstance(logprobs, dict):
+        logprobs.setdefault("content", None)
+        logprobs.setdefault("refusal", None)
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        message = choice["message"] = {}
+    message.setdefault("role", "assistant")
+    message.setdefault("content", None)
+    message.setdefault("refusal", None)
+    choice["finish_reason"] = _finish_reason(choice.get("finish_reason"), bool(message.get("tool_calls")))
+
+
+def _finish_reason(value: Any, tool_calls: bool) -> str:
+    """OpenAI's enum; missing -> inferred, non-standard values per finish-reason-map.json, else stop."""
+    if value in _FINISH_REASONS:
+        return str(value)
+    if value is None:
+        return "tool_calls" if tool_calls else "stop"
+    return _FINISH_REASON_MAP.get(str(value), "stop")
+
+
+def usage_from(raw: Any) -> Usage:
+    """`Usage` from an OpenAI-shaped `usage` object (absent or null -> `reported=False`)."""
+    if not isinstance(raw, dict):
+        return Usage()
+    prompt_details = raw.get("prompt_tokens_details") or {}
+    completion_details = raw.get("completion_tokens_details") or {}
+    cached = prompt_details.get("cached_tokens")
+    if cached is None:
+        cached = raw.get("prompt_cache_hit_tokens")  # DeepSeek
+    return Usage(
+        prompt_tokens=_int(raw.get("prompt_tokens")),
+        completion_tokens=_int(raw.get("completion_tokens")),
+        cached_tokens=_int(cached),
+        cache_write_tokens=_int(prompt_details.get("cache_write_tokens")),  # OpenRouter
+        reasoning_tokens=_int(completion_details.get("reasoning_tokens")),
+        reported=True,
+    )
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+# -- errors ----------------------------------------------------------------------------------------
+
+
+def parse_error(status: int, body: bytes) -> UpstreamHTTPError:
+    """A non-2xx answer in any of the shapes OpenAI-compatible servers use."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        data = None
+    fields = _error_fields(data) if isinstance(data, dict) else None
+    if fields is None:
+        text = body.decode("utf-8", "replace").strip()
+        fields = {"message": text[:500]}
+    message = str(fields.get("message") or "") or _reason(status)
+    code = fields.get("code")
+    code = None if code is None else str(code)
+    retryable = (status == 429 or status >= 500) and code not in _NOT_RETRYABLE_CODES
+    return UpstreamHTTPError(
+        status,
+        message,
+        type_=str(fields.get("type") or "upstream_error"),
+        code=code,
+        param=None if fields.get("param") is None else str(fields["param"]),
+        retryable=retryable,
+    )
+
+
+def _error_fields(data: JSON) -> JSON | None:
+    """message/type/param/code out of `{"error": {...}}`, `{"error": "..."}` or a top-level `message`."""
+    error = data.get("error")
+    if isinstance(error, str):  # Ollama
+        return {"message": error}
+    if isinstance(error, dict):  # OpenAI; OpenRouter with a numeric code and metadata.error_type
+        metadata = error.get("metadata")
+        fields = dict(error)
+        if not fields.get("type") and isinstance(metadata, dict) and metadata.get("error_type"):
+            fields["type"] = metadata["error_type"]
+        return fields
+    if "message" in data:  # vLLM's ErrorResponse: {"object": "error", "message", "type", "code"}
+        return data
+    return None
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"
+
+
+# -- stream ----------------------------------------------------------------------------------------
+
+
+def new_stream_state(req: ChatRequest, target: Target) -> StreamState:
+    return StreamState(public_model=target.public_model)
+
+
+def parse_stream_event(state: StreamState, event: SSEEvent) -> list[JSON]:
+    """One upstream SSE event -> the `chat.completion.chunk` objects to relay (0 or 1)."""
+    if state.done or event.data.strip() == b"[DONE]":
+        state.done = True
+        return []
+    chunk = _load_object(event.data, "stream chunk")
+    error = chunk.get("error")
+    if error:
+        raise _stream_error(error)
+    chunk["model"] = state.public_model
+    _record_chunk(state, chunk)
+    return [chunk]
+
+
+def _record_chunk(state: StreamState, chunk: JSON) -> None:
+    """Fill what compatible servers omit and note id, created, finish_reason and usage in the state."""
+    if isinstance(chunk.get("id"), str) and not state.response_id:
+        state.response_id = chunk["id"]
+    if isinstance(chunk.get("created"), int):
+        state.created = state.created or chunk["created"]
+    else:
+        state.created = state.created or int(time.time())
+        chunk["created"] = state.created
+    chunk.setdefault("object", "chat.completion.chunk")
+    choices = chunk.get("choices")
+    if not isinstance(choices, list):
+        chunk["choices"] = choices = []
+    for choice in choices:
+        if isinstance(choice, dict) and choice.get("finish_reason") is not None:
+            delta = choice.get("delta")
+            tool_calls = isinstance(delta, dict) and bool(delta.get("tool_calls"))
+            choice["finish_reason"] = _finish_reason(choice["finish_reason"], tool_calls)
+            state.finish_reason = choice["finish_reason"]
+    if isinstance(chunk.get("usage"), dict):
+        state.usage = usage_from(chunk["usage"])
+
+
+def _stream_error(error: Any) -> UpstreamHTTPError:
+    """An error object inside a 200 stream (OpenRouter, vLLM) -> 502 with the upstream's own words."""
+    fields = _error_fields({"error": error}) or {}
+    code = fields.get("code")
+    retryable = isinstance(code, int) and (code == 429 or code >= 500)
+    return UpstreamHTTPError(
+        502,
+        str(fields.get("message") or "upstream error in stream"),
+        type_=str(fields.get("type") or "upstream_error"),
+        code=None if code is None else str(code),
+        retryable=retryable,
+    )
+
+
+def _load_object(raw: bytes, what: str) -> JSON:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ProviderError(f"upstream {what} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ProviderError(f"upstream {what} is not a JSON object")
+    return data

@@ -1,0 +1,48 @@
+"""Provider kind name -> adapter module.
+
+An adapter is a module of pure functions (see `Adapter`); adding a provider kind is one new module and
+one line here, nothing in the gateway changes.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Protocol, cast
+
+from providers import openai
+from providers.types import (
+    JSON,
+    ChatRequest,
+    ChatResult,
+    SSEEvent,
+    StreamState,
+    Target,
+    UpstreamHTTPError,
+    UpstreamRequest,
+)
+
+
+class Adapter(Protocol):
+    """What every provider module exposes."""
+
+    STREAM_FRAMING: str  # "sse" or "ndjson": how the upstream frames its stream
+
+    def build_request(self, req: ChatRequest, target: Target) -> UpstreamRequest: ...
+
+    def parse_response(self, body: bytes, target: Target) -> ChatResult: ...
+
+    def parse_error(self, status: int, body: bytes) -> UpstreamHTTPError: ...
+
+    def new_stream_state(self, req: ChatRequest, target: Target) -> StreamState: ...
+
+    def parse_stream_event(self, state: StreamState, event: SSEEvent) -> list[JSON]: ...
+
+
+_ADAPTERS: dict[str, ModuleType] = {"openai": openai}
+
+KINDS: frozenset[str] = frozenset(_ADAPTERS)
+
+
+def get(kind: str) -> Adapter:
+    """The adapter of a provider kind; config validation guarantees the kind exists."""
+    return cast(Adapter, _ADAPTERS[kind])

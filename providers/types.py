@@ -1,0 +1,124 @@
+"""Plain data passed between the gateway and the provider adapters.
+
+Adapters are pure: they take these dataclasses (and plain dicts/bytes) and return them, so that every
+translation can be tested on recorded wire bytes without a server. Nothing here does I/O.
+
+Exception tree::
+
+    ProviderError                  the upstream said no, or said something we cannot read
+    └── UpstreamHTTPError          a non-2xx answer, already read into (status, message, type, code)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+JSON = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where and how one request goes upstream: everything an adapter needs from the config.
+
+    `api_key` is already resolved (configured key or the client's BYOK key); it may be empty for
+    upstreams that need none (a local Ollama or vLLM).
+    """
+
+    provider: str  # the provider's name in the config ("openai", "deepseek", ...)
+    base_url: str  # no trailing slash
+    api_key: str
+    upstream_model: str  # the model name the upstream knows
+    public_model: str  # the catalog id the client sees in responses ("openai/gpt-5")
+    max_tokens_field: str | None = None  # rename max_tokens to this field ("max_completion_tokens")
+    drop: tuple[str, ...] = ()  # request fields the upstream rejects for this model
+    headers: tuple[tuple[str, str], ...] = ()  # extra static headers from the config
+    default_max_tokens: int | None = None  # for kinds that require max_tokens (anthropic)
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """A client's chat request after the gateway checked its shape.
+
+    `body` is the client's JSON with gateway-only fields (`provider_api_key`) already removed; adapters
+    must not mutate it.
+    """
+
+    body: JSON
+    stream: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+    stream: bool
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts of one generation, the one source of truth for billing."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0  # part of prompt_tokens read from the provider's prompt cache
+    cache_write_tokens: int = 0  # part of prompt_tokens written to the cache (Anthropic)
+    reasoning_tokens: int = 0  # part of completion_tokens
+    reported: bool = False  # False when the upstream sent no usage and counts are missing/estimated
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResult:
+    """A complete non-streamed answer: an OpenAI `chat.completion` object and its usage."""
+
+    body: JSON
+    usage: Usage
+
+
+@dataclass(slots=True)
+class SSEEvent:
+    """One server-sent event as decoded by `providers.framing.SSEDecoder`."""
+
+    data: bytes
+    event: str = ""
+    id: str = ""
+
+
+@dataclass(slots=True)
+class StreamState:
+    """Per-request state of a stream translation; adapters may subclass it for their own fields."""
+
+    public_model: str
+    usage: Usage = field(default_factory=Usage)
+    finish_reason: str | None = None
+    done: bool = False  # the upstream signalled the end ([DONE], message_stop, ...)
+    response_id: str = ""
+    created: int = 0
+
+
+class ProviderError(Exception):
+    """The upstream's answer cannot be used."""
+
+
+class UpstreamHTTPError(ProviderError):
+    """A non-2xx upstream answer, parsed from the provider's error shape.
+
+    `message` is the upstream's own text; the gateway scrubs secrets from it before a client sees it.
+    `retryable` marks overload/5xx/429 answers a fallback may retry elsewhere.
+    """
+
+    def __init__(self, status: int, message: str, type_: str = "upstream_error", code: str | None = None,
+                 param: str | None = None, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.code = code
+        self.param = param
+        self.retryable = retryable

@@ -1,0 +1,219 @@
+"""A fake OpenAI-compatible upstream that speaks OpenAI's recorded wire format.
+
+Non-streamed answers are `docs-chat-default.response.json` with `model` set to the requested model.
+Streamed answers replay the recorded SSE events of `sdk-stream-text-with-usage.sse` (or
+`sdk-stream-tool-call.sse` with `tool_stream`) byte for byte, one event per write; the final `choices: []`
+usage chunk is sent only when the request set `stream_options.include_usage`, as real OpenAI does.
+
+A test sets the controls on a `FakeOpenAI` before calling and reads `fake.requests` afterwards::
+
+    fake = FakeOpenAI()
+    client = await aiohttp_client(make_app(fake))
+    fake.stall_after_chunks = 2
+    ...
+    await asyncio.wait_for(fake.client_disconnected.wait(), 5)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+WIRE = SHARED / "wire" / "openai"
+POLL_S = 0.05
+
+
+def recorded_events(name: str) -> list[bytes]:
+    """The `data: ...` events of a recorded stream, each with its terminating blank line."""
+    raw = (WIRE / name).read_bytes()
+    return [block + b"\n\n" for block in raw.split(b"\n\n") if block.strip()]
+
+
+def _payload(event: bytes) -> Any:
+    data = event.removeprefix(b"data: ").strip()
+    return None if data == b"[DONE]" else json.loads(data)
+
+
+def _is_usage_chunk(event: bytes) -> bool:
+    chunk = _payload(event)
+    return chunk is not None and chunk.get("choices") == []
+
+
+def _is_tail(event: bytes) -> bool:
+    """[DONE], the usage chunk or a chunk with a finish_reason."""
+    chunk = _payload(event)
+    return chunk is None or not chunk["choices"] or any(c.get("finish_reason") for c in chunk["choices"])
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    path: str
+    headers: dict[str, str]
+    body: Any  # parsed JSON, or None for GET / unparsable bodies
+    raw: bytes
+
+
+class FakeOpenAI:
+    """Controls (plain attributes, set before calling; `reset()` restores them) and records."""
+
+    def __init__(self) -> None:
+        self.models = ["gpt-4o", "gpt-4o-mini", "gpt-5"]
+        self.reset()
+
+    def reset(self) -> None:
+        self.requests: list[RecordedRequest] = []
+        self.status = 200
+        self.error_body: bytes | str | dict[str, Any] | None = None
+        self.delay_before_headers_s = 0.0
+        self.delay_between_chunks_s = 0.0
+        self.stall_after_chunks: int | None = None
+        self.silence_s_before_first_chunk = 0.0
+        self.giant_chunk_bytes: int | None = None
+        self.tool_stream = False
+        self.close_mid_stream_after: int | None = None
+        self.client_disconnected = asyncio.Event()
+        self.chunks_sent = 0  # events written by the last streamed answer
+        self.shutting_down = False
+
+    @property
+    def last(self) -> RecordedRequest:
+        return self.requests[-1]
+
+    def stream_events(self, body: dict[str, Any]) -> list[bytes]:
+        """The SSE events (bytes) a streamed answer to `body` consists of, [DONE] included."""
+        name = "sdk-stream-tool-call.sse" if self.tool_stream else "sdk-stream-text-with-usage.sse"
+        events = recorded_events(name)
+        if self.giant_chunk_bytes is not None:
+            events = _with_giant_content(events, self.giant_chunk_bytes)
+        options = body.get("stream_options")
+        if not (isinstance(options, dict) and options.get("include_usage") is True):
+            events = [event for event in events if not _is_usage_chunk(event)]
+        return events
+
+
+def _with_giant_content(events: list[bytes], size: int) -> list[bytes]:
+    """Role chunk, ONE content chunk of `size` bytes on a single data line, then the recorded tail."""
+    first = json.loads(events[0].removeprefix(b"data: "))
+    first["choices"][0]["delta"] = {"content": "x" * size}
+    giant = b"data: " + json.dumps(first, separators=(",", ":")).encode() + b"\n\n"
+    return [events[0], giant, *(event for event in events if _is_tail(event))]
+
+
+FAKE_KEY = web.AppKey("fake_openai", FakeOpenAI)
+
+
+def make_app(fake: FakeOpenAI) -> web.Application:
+    app = web.Application()
+    app[FAKE_KEY] = fake
+    fake.shutting_down = False
+    app.router.add_post("/v1/chat/completions", _chat)
+    app.router.add_get("/v1/models", _models)
+    app.on_shutdown.append(_on_shutdown)
+    return app
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    app[FAKE_KEY].shutting_down = True
+
+
+async def _record(request: web.Request) -> Any:
+    fake = request.app[FAKE_KEY]
+    raw = await request.read()
+    try:
+        body = json.loads(raw) if raw else None
+    except ValueError:
+        body = None
+    fake.requests.append(RecordedRequest(request.path, dict(request.headers), body, raw))
+    return body
+
+
+async def _models(request: web.Request) -> web.Response:
+    fake = request.app[FAKE_KEY]
+    await _record(request)
+    data = [{"id": m, "object": "model", "created": 1715367049, "owned_by": "system"} for m in fake.models]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def _chat(request: web.Request) -> web.StreamResponse:
+    fake = request.app[FAKE_KEY]
+    body = await _record(request)
+    try:
+        if not await _wait(request, fake.delay_before_headers_s):
+            return web.Response()
+        if fake.status != 200:
+            return _error_response(fake.status, fake.error_body)
+        if not isinstance(body, dict):
+            return _error_response(400, _error("We could not parse the JSON body of your request.",
+                                               "invalid_request_error"))
+        if not body.get("stream"):
+            answer = json.loads((WIRE / "docs-chat-default.response.json").read_bytes())
+            answer["model"] = body.get("model", answer["model"])
+            return web.json_response(answer)
+        return await _stream(request, fake, fake.stream_events(body))
+    except (asyncio.CancelledError, ConnectionResetError):
+        fake.client_disconnected.set()
+        raise
+
+
+async def _stream(request: web.Request, fake: FakeOpenAI, events: list[bytes]) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
+                                           "Cache-Control": "no-cache"})
+    await response.prepare(request)  # StreamResponse sends the headers right away
+    fake.chunks_sent = 0
+    if not await _wait(request, fake.silence_s_before_first_chunk):
+        return response
+    for i, event in enumerate(events):
+        if i and not await _wait(request, fake.delay_between_chunks_s):
+            return response
+        if i == fake.stall_after_chunks:
+            await _wait(request, None)
+            return response
+        if i == fake.close_mid_stream_after:
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        await response.write(event)
+        fake.chunks_sent += 1
+    await response.write_eof()
+    return response
+
+
+async def _wait(request: web.Request, seconds: float | None) -> bool:
+    """Sleep `seconds` (None: until the client goes away) while watching the connection.
+
+    aiohttp does not cancel handlers when the client disconnects, so poll the transport. False (and
+    `client_disconnected` set) when the client left.
+    """
+    fake = request.app[FAKE_KEY]
+    loop = asyncio.get_running_loop()
+    deadline = None if seconds is None else loop.time() + seconds
+    while deadline is None or loop.time() < deadline:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            fake.client_disconnected.set()
+            return False
+        if fake.shutting_down:
+            return False
+        step = POLL_S if deadline is None else min(POLL_S, deadline - loop.time())
+        await asyncio.sleep(max(step, 0))
+    return True
+
+
+def _error(message: str, type_: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": None, "code": None}}
+
+
+def _error_response(status: int, body: bytes | str | dict[str, Any] | None) -> web.Response:
+    if body is None:
+        body = _error("fake upstream error", "server_error")
+    if isinstance(body, dict):
+        return web.json_response(body, status=status)
+    text = body.encode() if isinstance(body, str) else body
+    content_type = "application/json" if text.lstrip()[:1] in (b"{", b"[") else "text/plain"
+    return web.Response(status=status, body=text, content_type=content_type)

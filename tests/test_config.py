@@ -1,0 +1,108 @@
+"""Config loading: env substitution, validation messages that name the YAML path, cross-references."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, load, parse, to_nano
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BASE = """
+providers:
+  openai: {kind: openai, base_url: "https://api.openai.com/v1", api_key: "${OPENAI_API_KEY:-}"}
+models:
+  openai/gpt-5:
+    price: {input_per_mtok: 1.25, output_per_mtok: 10.0}
+    aliases: [gpt-5]
+"""
+
+
+def test_shipped_config_loads_on_a_fresh_machine() -> None:
+    config = load(ROOT / "config.yaml", environ={})
+    assert config.store.url == ""
+    assert config.providers["openai"].api_key == ""
+    assert config.providers["openai"].api_key_env == "OPENAI_API_KEY"
+    assert {"openai", "xai", "deepseek", "ollama"} <= set(config.providers)
+    gpt5 = config.models["openai/gpt-5"]
+    assert gpt5.params.max_tokens_field == "max_completion_tokens"
+    assert "temperature" in gpt5.params.drop
+
+
+def test_env_substitution_with_and_without_default() -> None:
+    text = BASE + 'store: {url: "${REDIS_URL:-redis://127.0.0.1:6379/0}", prefix: "${PFX}"}\n'
+    config = parse(text, {"PFX": "x:", "OPENAI_API_KEY": "sk-test-123456"})
+    assert config.store.url == "redis://127.0.0.1:6379/0"
+    assert config.store.prefix == "x:"
+    assert config.providers["openai"].api_key == "sk-test-123456"
+
+
+def test_substitution_happens_after_parsing_so_values_cannot_inject_yaml() -> None:
+    config = parse(BASE, {"OPENAI_API_KEY": "abc # not a comment\nserver: {port: 1}"})
+    assert config.providers["openai"].api_key.startswith("abc # not a comment")
+    assert config.server.port == 8080
+
+
+def test_unset_variable_without_default_names_the_path() -> None:
+    text = BASE.replace("${OPENAI_API_KEY:-}", "${MISSING_KEY}")
+    with pytest.raises(ConfigError, match=r"providers\.openai\.api_key: environment variable MISSING_KEY"):
+        parse(text, {})
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        pytest.param("input_per_mtok: 1.25", "input_per_mtok: -1",
+                     "models.openai/gpt-5.price.input_per_mtok: must be a number >= 0", id="negative-price"),
+        pytest.param("input_per_mtok: 1.25", "input_per_mtok: cheap",
+                     "models.openai/gpt-5.price.input_per_mtok: must be a number", id="price-not-number"),
+        pytest.param("kind: openai", "kind: telepathy", "providers.openai.kind: must be one of openai",
+                     id="unknown-kind"),
+        pytest.param("aliases: [gpt-5]", "aliasez: [gpt-5]", "models.openai/gpt-5.aliasez: unknown key",
+                     id="typo-key"),
+        pytest.param('base_url: "https://api.openai.com/v1"', 'base_url: "api.openai.com"',
+                     "providers.openai.base_url: must match", id="base-url-scheme"),
+        pytest.param("openai/gpt-5:", "anthropic/claude:", "models.anthropic/claude: no provider named 'anthropic'",
+                     id="model-of-unknown-provider"),
+        pytest.param('api_key: "${OPENAI_API_KEY:-}"', 'api_key: "", egress: eu',
+                     "providers.openai.egress: no pool named 'eu'", id="unknown-egress-pool"),
+        pytest.param("aliases: [gpt-5]", "aliases: [gpt-5]\n    fallbacks: [x/y]",
+                     "models.openai/gpt-5.fallbacks.0: no model 'x/y'", id="unknown-fallback"),
+        pytest.param("aliases: [gpt-5]", "aliases: [openai/gpt-5]",
+                     "models.openai/gpt-5.aliases.0: 'openai/gpt-5' is already used", id="alias-collision"),
+    ],
+)
+def test_validation_errors_name_the_yaml_path(old: str, new: str, expected: str) -> None:
+    assert old in BASE
+    with pytest.raises(ConfigError) as info:
+        parse(BASE.replace(old, new), {})
+    assert expected in str(info.value)
+
+
+def test_all_problems_are_reported_at_once() -> None:
+    text = BASE.replace("input_per_mtok: 1.25", "input_per_mtok: -1").replace("10.0", "-2")
+    with pytest.raises(ConfigError) as info:
+        parse(text, {})
+    assert len(str(info.value).splitlines()) == 2
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    pytest.param("server: [1, 2", "not valid YAML", id="broken-yaml"),
+    pytest.param("- just\n- a list", "top level must be a mapping", id="not-a-mapping"),
+])
+def test_unreadable_files_are_config_errors(text: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        parse(text, {})
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(("usd", "nano"), [(1.25, 1_250_000_000), (0.1, 100_000_000), (1.1, 1_100_000_000),
+                                          (0.000001, 1_000), (0, 0)])
+def test_dollars_become_exact_nano_dollars(usd: float, nano: int) -> None:
+    assert to_nano(usd) == nano

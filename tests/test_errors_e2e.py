@@ -1,0 +1,215 @@
+"""Every error case of the core: status, OpenAI error shape, type/code, and no secret in the body."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from harness import PROVIDER_KEY, Gateway, validate
+
+from gateway import keys
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+WIRE_ERRORS = "openai"
+
+
+async def post(gateway: Gateway, body: Any, headers: dict[str, str] | None = None,
+               raw: bytes | None = None) -> tuple[int, dict[str, Any], aiohttp.typedefs.LooseHeaders]:
+    hdrs = gateway.auth() if headers is None else headers
+    async with aiohttp.ClientSession() as http:
+        kwargs: dict[str, Any] = {"data": raw} if raw is not None else {"json": body}
+        async with http.post(gateway.url + "/v1/chat/completions", headers=hdrs, **kwargs) as r:
+            payload = await r.json(content_type=None)
+            return r.status, payload, r.headers
+
+
+def check(status: int, payload: dict[str, Any], headers: Any, want_status: int, want_type: str,
+          want_code: str | None) -> None:
+    validate(payload, "ErrorResponse")
+    assert status == want_status, payload
+    assert payload["error"]["type"] == want_type
+    assert payload["error"]["code"] == want_code
+    assert headers["X-Request-Id"]
+    assert PROVIDER_KEY not in json.dumps(payload)
+
+
+@pytest.mark.parametrize(("raw", "body", "code"), [
+    pytest.param(b"{not json", None, "invalid_json", id="malformed-json"),
+    pytest.param(b"[1, 2]", None, "invalid_json", id="json-not-object"),
+    pytest.param(None, {"model": "fake/gpt-4o"}, "missing_required_parameter", id="missing-messages"),
+    pytest.param(None, {"model": "fake/gpt-4o", "messages": []}, "invalid_type", id="empty-messages"),
+    pytest.param(None, {"messages": MESSAGES}, "missing_required_parameter", id="missing-model"),
+    pytest.param(None, {"model": "fake/gpt-4o", "messages": MESSAGES, "stream": "yes"}, "invalid_type",
+                 id="stream-not-bool"),
+])
+async def test_bad_requests_are_400(gateway: Gateway, raw: bytes | None, body: Any, code: str) -> None:
+    status, payload, headers = await post(gateway, body, raw=raw)
+    check(status, payload, headers, 400, "invalid_request_error", code)
+    assert gateway.fake.requests == []
+
+
+@pytest.mark.parametrize("header", [
+    pytest.param({}, id="no-key"),
+    pytest.param({"Authorization": "Bearer sk-not-a-gateway-key"}, id="foreign-key"),
+    pytest.param({"Authorization": "Bearer " + keys.generate()}, id="unknown-well-formed-key"),
+    pytest.param({"Authorization": "Basic dXNlcjpwYXNz"}, id="wrong-scheme"),
+])
+async def test_missing_or_unknown_key_is_401(gateway: Gateway, header: dict[str, str]) -> None:
+    status, payload, headers = await post(gateway, {"model": "fake/gpt-4o", "messages": MESSAGES}, header)
+    check(status, payload, headers, 401, "invalid_request_error", "invalid_api_key")
+    assert "sk-not-a-gateway-key" not in payload["error"]["message"]
+
+
+async def test_mistyped_key_is_refused_before_the_store(gateway: Gateway) -> None:
+    typo = gateway.key[:-1] + ("A" if gateway.key[-1] != "A" else "B")
+    status, payload, headers = await post(gateway, {"model": "fake/gpt-4o", "messages": MESSAGES},
+                                          gateway.auth(typo))
+    check(status, payload, headers, 401, "invalid_request_error", "invalid_api_key")
+
+
+async def test_disabled_key_is_403(gateway: Gateway) -> None:
+    from gateway.state import RUNTIME
+
+    assert await gateway.app[RUNTIME].store.set_disabled(gateway.key_id, True)
+    client = gateway.openai()
+    with pytest.raises(openai.PermissionDeniedError) as info:
+        await client.chat.completions.create(model="fake/gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+    assert info.value.code == "key_disabled"
+
+
+async def test_body_over_the_limit_is_413(gateway: Gateway) -> None:
+    big = {"model": "fake/gpt-4o", "messages": [{"role": "user", "content": "x" * 70000}]}
+    status, payload, headers = await post(gateway, big)
+    check(status, payload, headers, 413, "invalid_request_error", "request_too_large")
+    assert gateway.fake.requests == []
+
+
+async def test_unknown_model_is_404(gateway: Gateway) -> None:
+    client = gateway.openai()
+    with pytest.raises(openai.NotFoundError) as info:
+        await client.chat.completions.create(model="nope/model", messages=MESSAGES)  # type: ignore[arg-type]
+    assert info.value.code == "model_not_found"
+    message = info.value.message
+    assert "nope/model" in message
+    for secret_or_internal in (PROVIDER_KEY, "127.0.0.1", "gpt-5"):
+        assert secret_or_internal not in message
+
+
+def _wire_error(name: str) -> tuple[int, dict[str, Any]]:
+    from harness import SHARED
+
+    doc = json.loads((SHARED / "wire" / "openai" / name).read_text())
+    return doc["_status"], doc["body"]
+
+
+@pytest.mark.parametrize(("wire", "want"), [
+    pytest.param("error-400-unsupported-parameter-max-tokens.json", (400, "invalid_request_error",
+                                                                      "unsupported_parameter"), id="upstream-400"),
+    pytest.param("error-429-rate-limit-exceeded.json", (429, None, None), id="upstream-429"),
+    pytest.param("error-429-insufficient-quota.json", (429, "insufficient_quota", "insufficient_quota"),
+                 id="upstream-429-quota"),
+])
+async def test_upstream_4xx_passes_through(gateway: Gateway, wire: str, want: tuple[Any, ...]) -> None:
+    status, body = _wire_error(wire)
+    gateway.fake.status, gateway.fake.error_body = status, body
+    got_status, payload, headers = await post(gateway, {"model": "fake/gpt-4o", "messages": MESSAGES})
+    validate(payload, "ErrorResponse")
+    assert got_status == want[0]
+    assert headers["X-Request-Id"]
+    assert payload["error"]["message"] == body["error"]["message"]
+    if want[1]:
+        assert (payload["error"]["type"], payload["error"]["code"]) == want[1:]
+
+
+async def test_upstream_error_message_never_carries_the_provider_key(gateway: Gateway) -> None:
+    gateway.fake.status = 400
+    gateway.fake.error_body = {"error": {"message": f"bad request made with key {PROVIDER_KEY}",
+                                         "type": "invalid_request_error", "param": None, "code": None}}
+    status, payload, headers = await post(gateway, {"model": "fake/gpt-4o", "messages": MESSAGES})
+    check(status, payload, headers, 400, "invalid_request_error", None)
+    assert "[REDACTED]" in payload["error"]["message"]
+
+
+async def test_upstream_refusing_the_configured_key_is_502(gateway: Gateway) -> None:
+    gateway.fake.status, gateway.fake.error_body = _wire_error("error-401-invalid-api-key.json")
+    status, payload, headers = await post(gateway, {"model": "fake/gpt-4o", "messages": MESSAGES})
+    check(status, payload, headers, 502, "upstream_error", "upstream_auth_failed")
+
+
+async def test_upstream_refusing_a_byok_key_is_the_clients_401(gateway: Gateway) -> None:
+    gateway.fake.status, gateway.fake.error_body = _wire_error("error-401-invalid-api-key.json")
+    body = {"model": "fake/gpt-4o", "messages": MESSAGES, "provider_api_key": "sk-mine-000000000000000"}
+    status, payload, headers = await post(gateway, body)
+    check(status, payload, headers, 401, "invalid_request_error", "invalid_api_key")
+    assert "sk-mine-000000000000000" not in json.dumps(payload)
+
+
+@pytest.mark.parametrize("upstream_status", [500, 503])
+async def test_upstream_5xx_is_502(gateway: Gateway, upstream_status: int) -> None:
+    gateway.fake.status = upstream_status
+    status, payload, headers = await post(gateway, {"model": "fake/gpt-4o", "messages": MESSAGES})
+    check(status, payload, headers, 502, "upstream_error", "upstream_error")
+
+
+async def test_upstream_timeout_is_504(gateway: Gateway) -> None:
+    gateway.fake.delay_before_headers_s = 5  # first_byte_s is 1.5 in the test config
+    status, payload, headers = await post(gateway, {"model": "fake/gpt-4o", "messages": MESSAGES})
+    check(status, payload, headers, 504, "timeout_error", "upstream_timeout")
+
+
+async def test_unreachable_upstream_is_502(gateway: Gateway) -> None:
+    status, payload, headers = await post(gateway, {"model": "dead/model", "messages": MESSAGES})
+    check(status, payload, headers, 502, "upstream_error", "upstream_unreachable")
+
+
+async def test_provider_without_key_names_the_variable(gateway: Gateway) -> None:
+    status, payload, headers = await post(gateway, {"model": "nokey/model", "messages": MESSAGES})
+    check(status, payload, headers, 503, "service_unavailable", "provider_not_configured")
+    assert "NOKEY_API_KEY" in payload["error"]["message"]
+    assert gateway.fake.requests == []
+
+
+async def test_stream_broken_mid_way_ends_with_an_error_event(gateway: Gateway) -> None:
+    gateway.fake.close_mid_stream_after = 4
+    client = gateway.openai()
+    stream = await client.chat.completions.create(model="fake/gpt-4o", messages=MESSAGES,  # type: ignore[arg-type]
+                                                  stream=True)
+    received = 0
+    with pytest.raises(openai.APIError) as info:
+        async for _chunk in stream:
+            received += 1
+    assert received == 4
+    assert "upstream" in info.value.message
+
+
+async def test_stream_stalled_upstream_ends_with_a_timeout_event(gateway: Gateway) -> None:
+    gateway.fake.stall_after_chunks = 2  # between_chunks_s is 1.5 in the test config
+    client = gateway.openai()
+    stream = await client.chat.completions.create(model="fake/gpt-4o", messages=MESSAGES,  # type: ignore[arg-type]
+                                                  stream=True)
+    with pytest.raises(openai.APIError) as info:
+        async for _chunk in stream:
+            pass
+    assert "silent" in info.value.message
+
+
+async def test_upstream_error_before_stream_keeps_its_status(gateway: Gateway) -> None:
+    gateway.fake.status, gateway.fake.error_body = _wire_error("error-429-rate-limit-exceeded.json")
+    client = gateway.openai()
+    with pytest.raises(openai.RateLimitError):
+        await client.chat.completions.create(model="fake/gpt-4o", messages=MESSAGES,  # type: ignore[arg-type]
+                                             stream=True)
+
+
+async def test_unknown_path_and_method_are_openai_shaped(gateway: Gateway) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(gateway.url + "/v1/nothing-here", headers=gateway.auth()) as r:
+            payload = await r.json()
+            assert r.status == 404
+            validate(payload, "ErrorResponse")
+        async with http.get(gateway.url + "/v1/chat/completions", headers=gateway.auth()) as r:
+            assert r.status == 405
+            validate(await r.json(), "ErrorResponse")

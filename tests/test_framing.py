@@ -1,0 +1,175 @@
+"""providers.framing: SSE and NDJSON decoding under every chunking, on recorded upstream bytes."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from providers.framing import NDJSONDecoder, SSEDecoder
+from providers.types import ProviderError, SSEEvent
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+OPENAI_STREAMS = sorted((SHARED / "wire" / "openai").glob("sdk-stream-*.sse"))
+OLLAMA_NDJSON = sorted((SHARED / "wire" / "ollama").glob("*.ndjson"))
+
+
+def whole(raw: bytes) -> list[bytes]:
+    return [raw]
+
+
+def every(n: int) -> Callable[[bytes], list[bytes]]:
+    def split(raw: bytes) -> list[bytes]:
+        return [raw[i:i + n] for i in range(0, len(raw), n)]
+    split.__name__ = f"every_{n}"
+    return split
+
+
+def at_line_ends(raw: bytes) -> list[bytes]:
+    """Cut right before and right after every CR and LF, so CRLF pairs are split too."""
+    return [part for part in re.split(rb"([\r\n])", raw) if part]
+
+
+CHUNKINGS = [whole, every(1), every(7), every(4096), at_line_ends]
+LINE_ENDS = {"lf": b"\n", "crlf": b"\r\n", "cr": b"\r"}
+
+
+def decode(decoder: SSEDecoder, chunks: list[bytes]) -> list[SSEEvent]:
+    events: list[SSEEvent] = []
+    for chunk in chunks:
+        events.extend(decoder.feed(chunk))
+    return events
+
+
+def naive_sse_data(raw: bytes) -> list[bytes]:
+    """The recordings are plain `data: X\\n\\n` events: split them without the code under test."""
+    blocks = [block for block in raw.split(b"\n\n") if block.strip()]
+    assert all(block.startswith(b"data: ") and b"\n" not in block for block in blocks)
+    return [block[len(b"data: "):] for block in blocks]
+
+
+@pytest.mark.parametrize("path", OPENAI_STREAMS, ids=[p.stem for p in OPENAI_STREAMS])
+@pytest.mark.parametrize("line_end", LINE_ENDS.values(), ids=list(LINE_ENDS))
+@pytest.mark.parametrize("chunking", CHUNKINGS, ids=lambda f: f.__name__)
+def test_recorded_openai_streams_decode_identically(
+    path: Path, line_end: bytes, chunking: Callable[[bytes], list[bytes]]
+) -> None:
+    raw = path.read_bytes()
+    expected = [SSEEvent(data=data) for data in naive_sse_data(raw)]
+    assert expected[-1].data == b"[DONE]"
+    events = decode(SSEDecoder(), chunking(raw.replace(b"\n", line_end)))
+    assert events == expected
+
+
+SSE_CASES = {
+    "crlf_split_across_chunks": ([b"data: a\r", b"\ndata: b\r", b"\n\r", b"\n"], [SSEEvent(b"a\nb")]),
+    "cr_then_cr_is_two_line_ends": ([b"data: a\r", b"\r"], [SSEEvent(b"a")]),
+    "lone_cr_then_data": ([b"data: a\r", b"\rdata: b\r\r"], [SSEEvent(b"a"), SSEEvent(b"b")]),
+    "multi_line_data_joined_with_lf": ([b"data: {\ndata:  x\ndata:y\n\n"], [SSEEvent(b"{\n x\ny")]),
+    "only_one_space_stripped": ([b"data:   two\n\n"], [SSEEvent(b"  two")]),
+    "empty_data_line_dispatches": ([b"data:\n\n"], [SSEEvent(b"")]),
+    "field_without_colon": ([b"data\n\n"], [SSEEvent(b"")]),
+    "comments_ignored": ([b": OPENROUTER PROCESSING\n\n:ping\ndata: x\n\n"], [SSEEvent(b"x")]),
+    "no_data_not_dispatched": ([b"event: ping\n\nid: 3\n\n"], []),
+    "event_name_reset_after_dispatch": (
+        [b"event: message_start\ndata: 1\n\ndata: 2\n\n"],
+        [SSEEvent(b"1", event="message_start"), SSEEvent(b"2")],
+    ),
+    "id_kept_for_later_events": (
+        [b"id: 7\ndata: 1\n\ndata: 2\n\n"], [SSEEvent(b"1", id="7"), SSEEvent(b"2", id="7")]),
+    "id_with_nul_ignored": ([b"id: a\0b\ndata: 1\n\n"], [SSEEvent(b"1")]),
+    "unknown_and_retry_fields_ignored": ([b"retry: 10\nfoo: bar\ndata: 1\n\n"], [SSEEvent(b"1")]),
+    "bom_skipped": ([b"\xef\xbb\xbfdata: 1\n\n"], [SSEEvent(b"1")]),
+    "unterminated_event_not_dispatched": ([b"data: 1\n\ndata: 2\n"], [SSEEvent(b"1")]),
+    "empty_chunks": ([b"", b"data: 1\n", b"", b"\n"], [SSEEvent(b"1")]),
+    "colon_in_value": ([b'data: {"a":"b: c"}\n\n'], [SSEEvent(b'{"a":"b: c"}')]),
+}
+
+
+@pytest.mark.parametrize(("chunks", "expected"), SSE_CASES.values(), ids=list(SSE_CASES))
+def test_sse_rules(chunks: list[bytes], expected: list[SSEEvent]) -> None:
+    assert decode(SSEDecoder(), chunks) == expected
+    assert decode(SSEDecoder(), every(1)(b"".join(chunks))) == expected
+
+
+def test_flush_dispatches_pending_event_without_final_blank_line() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: 1\n\ndata: [DONE]") == [SSEEvent(b"1")]
+    assert decoder.flush() == [SSEEvent(b"[DONE]")]
+    assert decoder.flush() == []
+
+
+GIANT = b"x" * (1024 * 1024)
+
+
+@pytest.mark.parametrize("chunking", [whole, every(65536), every(1000)], ids=lambda f: f.__name__)
+def test_one_mebibyte_data_line_passes(chunking: Callable[[bytes], list[bytes]]) -> None:
+    raw = b'data: {"c":"' + GIANT + b'"}\r\n\r\ndata: [DONE]\r\n\r\n'
+    started = time.perf_counter()
+    events = decode(SSEDecoder(), chunking(raw))
+    assert time.perf_counter() - started < 2.0
+    assert [len(e.data) for e in events] == [len(GIANT) + 8, 6]
+    assert events[0].data == b'{"c":"' + GIANT + b'"}'
+
+
+LIMIT_CASES = {
+    "single_line_whole": [b"data: " + b"x" * 2000 + b"\n\n"],
+    "single_line_unterminated": [b"data: " + b"x" * 2000],
+    "single_line_in_pieces": every(100)(b"data: " + b"x" * 2000),
+    "many_lines_one_event": [b"data: " + b"x" * 300 + b"\n"] * 8,
+}
+
+
+@pytest.mark.parametrize("chunks", LIMIT_CASES.values(), ids=list(LIMIT_CASES))
+def test_max_event_bytes_raises(chunks: list[bytes]) -> None:
+    decoder = SSEDecoder(max_event_bytes=1024)
+    with pytest.raises(ProviderError, match="exceeds 1024 bytes"):
+        decode(decoder, chunks)
+
+
+def test_max_event_bytes_counts_per_event() -> None:
+    decoder = SSEDecoder(max_event_bytes=1024)
+    events = decode(decoder, [b"data: " + b"x" * 900 + b"\n\n"] * 5)
+    assert len(events) == 5
+
+
+def naive_ndjson(raw: bytes) -> list[bytes]:
+    return [line for line in raw.split(b"\n") if line.strip()]
+
+
+@pytest.mark.parametrize("path", OLLAMA_NDJSON, ids=[p.stem for p in OLLAMA_NDJSON])
+@pytest.mark.parametrize("line_end", LINE_ENDS.values(), ids=list(LINE_ENDS))
+@pytest.mark.parametrize("chunking", CHUNKINGS, ids=lambda f: f.__name__)
+def test_recorded_ollama_ndjson(
+    path: Path, line_end: bytes, chunking: Callable[[bytes], list[bytes]]
+) -> None:
+    raw = path.read_bytes()
+    expected = naive_ndjson(raw)
+    assert len(expected) >= 2
+    decoder = NDJSONDecoder()
+    lines = [line for chunk in chunking(raw.replace(b"\n", line_end)) for line in decoder.feed(chunk)]
+    assert lines == expected
+
+
+NDJSON_CASES = {
+    "blank_lines_skipped": ([b'{"a":1}\n\n  \n{"b":2}\n'], [b'{"a":1}', b'{"b":2}']),
+    "crlf_split": ([b'{"a":1}\r', b'\n{"b":2}\r\n'], [b'{"a":1}', b'{"b":2}']),
+    "unterminated_kept_until_flush": ([b'{"a":1}\n{"b"', b":2}"], [b'{"a":1}']),
+}
+
+
+@pytest.mark.parametrize(("chunks", "expected"), NDJSON_CASES.values(), ids=list(NDJSON_CASES))
+def test_ndjson_rules(chunks: list[bytes], expected: list[bytes]) -> None:
+    decoder = NDJSONDecoder()
+    assert [line for chunk in chunks for line in decoder.feed(chunk)] == expected
+
+
+def test_ndjson_flush_and_limit() -> None:
+    decoder = NDJSONDecoder()
+    assert decoder.feed(b'{"a":1}\n{"b":2}') == [b'{"a":1}']
+    assert decoder.flush() == [b'{"b":2}']
+    with pytest.raises(ProviderError):
+        NDJSONDecoder(max_line_bytes=10).feed(b"x" * 11)
