@@ -7,6 +7,7 @@
     python -m gateway keys topup   --config FILE KEY_ID USD
     python -m gateway keys list    --config FILE [--json]
     python -m gateway keys disable --config FILE KEY_ID
+    python -m gateway usage export --config FILE [--since ISO] [--format jsonl|csv]
 
 Exit status: 0 done, 1 the store or the key said no, 2 bad usage or an invalid config.
 """
@@ -15,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -78,9 +81,9 @@ def _key_json(record: KeyRecord) -> dict[str, Any]:
 
 async def _with_store(config: Config, action: Callable[[Store], Awaitable[int]]) -> int:
     if not config.store.url:
-        print("store.url is empty, so keys live inside the serving process's memory store and cannot be "
-              "managed from here.\nSet REDIS_URL (store.url) to manage keys from the command line; a "
-              "memory-store gateway prints a starter key when it starts.", file=sys.stderr)
+        print("store.url is empty, so keys and usage live inside the serving process's memory store and "
+              "cannot be reached from here.\nSet REDIS_URL (store.url) to manage them from the command line; "
+              "a memory-store gateway prints a starter key when it starts.", file=sys.stderr)
         return 2
     store = open_store(config.store.url, config.store.prefix)
     try:
@@ -107,7 +110,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
         return 0
 
     async def topup(store: Store) -> int:
-        balance = await store.topup(args.key_id, args.amount)
+        try:
+            balance = await store.topup(args.key_id, args.amount)
+        except ValueError as exc:
+            print(f"refused: {exc}", file=sys.stderr)
+            return 1
         if balance is None:
             print(f"no key {args.key_id}", file=sys.stderr)
             return 1
@@ -133,6 +140,49 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
     actions = {"create": create, "topup": topup, "list": listing, "disable": disable}
     return asyncio.run(_with_store(config, actions[args.keys_cmd]))
+
+
+USAGE_COLUMNS = ("ts", "generation_id", "key_id", "model", "provider_name", "cost_usd", "charged_nano",
+                 "tokens_prompt", "tokens_completion", "streamed", "cancelled", "is_byok", "estimated", "status")
+
+
+def _usage_row(entry: dict[str, str]) -> dict[str, Any]:
+    charged = int(entry.get("charged", "0"))
+    ts_ms = int(entry.get("ts_ms", "0"))
+    return {**entry, "ts": datetime.fromtimestamp(ts_ms / 1000, UTC).isoformat(timespec="milliseconds"),
+            "cost_usd": _dollars(charged), "charged_nano": charged}
+
+
+def _since_ms(text: str | None) -> int:
+    if not text:
+        return 0
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise SystemExit(f"--since: not an ISO date/time: {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def cmd_usage_export(args: argparse.Namespace) -> int:
+    """Every settled charge from the store's audit streams, as JSON lines or CSV on stdout."""
+    config = _load(args.config)
+    since = _since_ms(args.since)
+
+    async def export(store: Store) -> int:
+        writer = csv.DictWriter(sys.stdout, USAGE_COLUMNS, extrasaction="ignore") if args.format == "csv" else None
+        if writer is not None:
+            writer.writeheader()
+        async for entry in store.iter_usage(since):
+            row = _usage_row(entry)
+            if writer is not None:
+                writer.writerow(row)
+            else:
+                sys.stdout.write(orjson.dumps(row).decode() + "\n")
+        return 0
+
+    return asyncio.run(_with_store(config, export))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,6 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (create, topup, listing, disable):
         p.add_argument("--config", required=True)
         p.set_defaults(func=cmd_keys)
+
+    usage_p = sub.add_parser("usage", help="usage records")
+    usub = usage_p.add_subparsers(dest="usage_cmd", required=True)
+    export = usub.add_parser("export", help="every settled charge, from the audit streams")
+    export.add_argument("--config", required=True)
+    export.add_argument("--since", help="ISO date/time (UTC unless it says otherwise)")
+    export.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    export.set_defaults(func=cmd_usage_export)
     return parser
 
 

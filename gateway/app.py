@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from egress.pool import ProxySpec
 from gateway import config as config_mod
 from gateway.config import Config
-from gateway.handlers import chat, health, models
+from gateway.handlers import chat, credits, health, models
 from gateway.logging import get_logger, redactor
-from gateway.middleware import add_request_id, request_context, require_key
+from gateway.middleware import add_response_headers, request_context, require_key
 from gateway.state import RUNTIME, Runtime, Snapshot
 from gateway.store import open_store
 
@@ -33,20 +34,25 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
                     "set store.url (REDIS_URL) for production or more than one process")
     await runtime.egress.configure(_pools(config))
     yield
+    await runtime.settlements.drain(timeout_s=30)
     await runtime.egress.close()
     await runtime.store.close()
 
 
-def create_app(config: Config, config_path: str | None = None) -> web.Application:
+def create_app(config: Config, config_path: str | None = None,
+               extra_middlewares: Sequence[Middleware] = ()) -> web.Application:
+    """The gateway app; `extra_middlewares` run innermost (an embedder's own checks, test probes)."""
     redactor.update(config.secrets())
     # aiohttp's own cap stays above ours so that our handler answers 413 in OpenAI's shape
-    app = web.Application(middlewares=[request_context, require_key],
+    app = web.Application(middlewares=[request_context, require_key, *extra_middlewares],
                           client_max_size=config.server.max_body_bytes + 1024)
     app[RUNTIME] = Runtime(Snapshot.of(config), config_path)
     app.cleanup_ctx.append(_resources)
-    app.on_response_prepare.append(add_request_id)
+    app.on_response_prepare.append(add_response_headers)
     app.router.add_post("/v1/chat/completions", chat.chat_completions)
     app.router.add_get("/v1/models", models.list_models)
+    app.router.add_get("/v1/credits", credits.credits)
+    app.router.add_get("/v1/generation", credits.generation)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     return app

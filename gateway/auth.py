@@ -7,6 +7,7 @@ never stored, logged or echoed.
 
 from __future__ import annotations
 
+import time
 from fnmatch import fnmatchcase
 
 from aiohttp import web
@@ -27,18 +28,48 @@ def presented_key(request: web.Request) -> str:
     return request.headers.get("x-api-key", "").strip()
 
 
-async def authenticate(request: web.Request, store: Store) -> KeyRecord:
+class KeyCache:
+    """Key records by hash for a few seconds, so the hot path spends no store round trip on auth.
+
+    Money and the disabled flag are re-checked atomically by `Store.admit` on every metered request, so
+    a stale entry can never spend what the key does not have; it only delays what `/v1/models` shows.
+    """
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[float, KeyRecord]] = {}
+
+    def get(self, digest: str, now: float) -> KeyRecord | None:
+        entry = self._entries.get(digest)
+        if entry is None or entry[0] <= now:
+            return None
+        return entry[1]
+
+    def put(self, digest: str, record: KeyRecord, until: float) -> None:
+        if len(self._entries) >= self.MAX_ENTRIES:
+            self._entries.clear()
+        self._entries[digest] = (until, record)
+
+
+async def authenticate(request: web.Request, store: Store, cache: KeyCache | None = None,
+                       ttl_s: float = 0.0) -> KeyRecord:
     token = presented_key(request)
     if not token:
         raise Unauthorized("You didn't provide an API key. Send 'Authorization: Bearer <gateway key>'.")
     if not keys.is_well_formed(token):
         raise Unauthorized(_INVALID)
     digest = keys.hash_key(token)
-    try:
-        record = await store.get_key_by_hash(digest)
-    except StoreError as exc:
-        raise Unavailable("The gateway's key store is unavailable; retry shortly.",
-                          code="store_unavailable") from exc
+    now = time.monotonic()
+    record = cache.get(digest, now) if cache is not None else None
+    if record is None:
+        try:
+            record = await store.get_key_by_hash(digest)
+        except StoreError as exc:
+            raise Unavailable("The gateway's key store is unavailable; retry shortly.",
+                              code="store_unavailable") from exc
+        if record is not None and cache is not None and ttl_s > 0:
+            cache.put(digest, record, now + ttl_s)
     if record is None or not keys.hashes_match(record.key_hash, digest):
         raise Unauthorized(_INVALID)
     if record.disabled:

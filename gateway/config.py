@@ -134,6 +134,15 @@ class ModelConfig(_Model):
     fallbacks: list[str] = []
 
 
+class BillingConfig(_Model):
+    hold_ttl_s: PosInt = 900  # an unsettled hold (its process died) returns to the balance after this
+    generation_ttl_s: PosInt = 30 * 86400  # how long /v1/generation can find a request's record
+    stream_billing_event: bool = False  # always send the named `billing_update` SSE event
+    byok_fee: NonNegFloat = 0.0  # USD charged per request made with the client's own provider key
+    default_max_output_tokens: PosInt = 4096  # worst case when neither client nor model sets a maximum
+    key_cache_s: NonNegFloat = 2.0  # key lookups cached in-process; disable/top-up visible within this
+
+
 class DefaultLimits(_Model):
     default: LimitsConfig = LimitsConfig()
 
@@ -144,6 +153,7 @@ class Config(_Model):
     egress: EgressConfig = EgressConfig()
     providers: dict[str, ProviderConfig] = {}
     limits: DefaultLimits = DefaultLimits()
+    billing: BillingConfig = BillingConfig()
     models: dict[str, ModelConfig] = {}
 
     def secrets(self) -> list[str]:

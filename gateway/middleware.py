@@ -24,7 +24,7 @@ from gateway.errors import (
     error_response,
 )
 from gateway.logging import get_logger
-from gateway.state import KEY, LOG, REQUEST_ID, RUNTIME
+from gateway.state import KEY, LOG, RATE_HEADERS, REQUEST_ID, RUNTIME
 
 log = get_logger("gateway.request")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -81,14 +81,19 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
 async def require_key(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Client routes under /v1/ need a gateway key; the key record rides on the request."""
     if request.path.startswith("/v1/"):
-        record = await authenticate(request, request.app[RUNTIME].store)
+        runtime = request.app[RUNTIME]
+        record = await authenticate(request, runtime.store, runtime.key_cache,
+                                    runtime.snapshot.config.billing.key_cache_s)
         request[KEY] = record
         request[LOG]["key_id"] = record.id
     return await handler(request)
 
 
-async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: streamed responses get the header too, before their first byte."""
+async def add_response_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: request id and rate-limit headers on every response, streamed ones included."""
     rid = request.get(REQUEST_ID)
     if rid:
         response.headers["X-Request-Id"] = rid
+    rate = request.get(RATE_HEADERS)
+    if rate:
+        response.headers.update(rate)

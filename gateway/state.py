@@ -13,8 +13,10 @@ from typing import Any
 from aiohttp import web
 
 from egress.pool import Egress
+from gateway.auth import KeyCache
 from gateway.catalog import Catalog
 from gateway.config import Config
+from gateway.metering import Settlements
 from gateway.store import KeyRecord, Store
 
 
@@ -35,10 +37,13 @@ class Runtime:
     config_path: str | None = None
     store: Store = field(init=False)
     egress: Egress = field(default_factory=Egress)
+    settlements: Settlements = field(default_factory=Settlements)
+    key_cache: KeyCache = field(default_factory=KeyCache)
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 KEY = web.RequestKey("key", KeyRecord)
+RATE_HEADERS = web.RequestKey("rate_headers", dict[str, str])  # x-ratelimit-* of the request's admission
 LOG = web.RequestKey("log", dict[str, Any])  # fields of the request's log line, filled by handlers

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import json
+import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -12,6 +15,8 @@ from fakes.openai_upstream import make_app as make_fake_app
 from harness import Gateway, gateway_config, start_gateway
 from redis_server import RedisServer, find_binary
 
+from gateway.logging import configure as configure_logging
+from gateway.logging import sink
 from gateway.store import MemoryStore, RedisStore, Store
 
 # --- real Redis -------------------------------------------------------------------------------------
@@ -62,9 +67,47 @@ async def fake_openai(aiohttp_server: Any) -> AsyncIterator[tuple[FakeOpenAI, st
 
 @pytest.fixture(params=["memory", "redis"], ids=["memory", "redis"])
 async def gateway(request: pytest.FixtureRequest, aiohttp_server: Any,
-                  fake_openai: tuple[FakeOpenAI, str]) -> Gateway:
+                  fake_openai: tuple[FakeOpenAI, str]) -> AsyncIterator[Gateway]:
     """The real gateway app on a loopback port with one funded key, on each store backend."""
     fake, upstream_url = fake_openai
     store_url = "" if request.param == "memory" else request.getfixturevalue("redis_url")
     config = gateway_config(upstream_url, store_url, prefix=f"t{uuid.uuid4().hex}:")
-    return await start_gateway(aiohttp_server, config, fake)
+    gateway = await start_gateway(aiohttp_server, config, fake)
+    yield gateway
+    await gateway.close()
+
+
+# --- logs -------------------------------------------------------------------------------------------
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The gateway's real structlog setup for the whole session, its lines discarded unless a test reads them."""
+    configure_logging("debug")
+    sink.target = open(os.devnull, "wb")  # noqa: SIM115 - lives as long as the session
+
+
+@pytest.fixture
+def log_lines() -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    """Capture the gateway's JSON log lines; call the fixture's value to get them parsed so far."""
+    buffer, previous = io.BytesIO(), sink.target
+    sink.target = buffer
+    try:
+        yield lambda: [json.loads(line) for line in buffer.getvalue().splitlines() if line.strip()]
+    finally:
+        sink.target = previous
+
+
+@pytest.fixture
+async def make_gateway(aiohttp_server: Any, fake_openai: tuple[FakeOpenAI, str]) -> AsyncIterator[Any]:
+    """Start gateways with a config of the test's choosing: `await make_gateway(store_url=..., billing=...)`."""
+    fake, upstream_url = fake_openai
+    made: list[Gateway] = []
+
+    async def make(**options: Any) -> Gateway:
+        gateway = await start_gateway(aiohttp_server, gateway_config(upstream_url, **options), fake)
+        made.append(gateway)
+        return gateway
+
+    yield make
+    for gateway in made:
+        await gateway.close()

@@ -6,8 +6,14 @@ plain aiohttp; the store is a real redis-server or the memory store.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,10 +46,20 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-def gateway_config(upstream_url: str, store_url: str = "", prefix: str = "gw:", **server: Any) -> Config:
+def gateway_config(upstream_url: str, store_url: str = "", prefix: str = "gw:",
+                   billing: dict[str, Any] | None = None, **server: Any) -> Config:
+    return parse(gateway_config_text(upstream_url, store_url, prefix, billing, **server), {})
+
+
+def gateway_config_text(upstream_url: str, store_url: str = "", prefix: str = "gw:",
+                        billing: dict[str, Any] | None = None, **server: Any) -> str:
+    """The YAML of the test gateway: a working fake provider, a keyless one, a local one and a dead one."""
     server_cfg = {"max_body_bytes": 65536, "sse_keepalive_s": 0.2, **server}
+    billing_cfg = {"hold_ttl_s": 600, "key_cache_s": 2, **(billing or {})}
     text = f"""
 server: {json.dumps(server_cfg)}
+billing: {json.dumps(billing_cfg)}
+limits: {{default: {{rpm: 60, rpd: 10000}}}}
 store: {{url: "{store_url}", prefix: "{prefix}"}}
 providers:
   fake:
@@ -67,11 +83,15 @@ models:
     params: {{max_tokens_field: max_completion_tokens, drop: [temperature, top_p]}}
     aliases: [gpt5]
   fake/gpt-4o: {{price: {{input_per_mtok: 2.5, output_per_mtok: 10}}}}
+  fake/metered:  # input free, so a request with max_tokens 10 holds exactly what it costs (10 tokens out)
+    upstream: gpt-4o
+    price: {{input_per_mtok: 0, output_per_mtok: 10}}
+  fake/limited: {{upstream: gpt-4o, price: {{input_per_mtok: 1, output_per_mtok: 2}}, limits: {{rpm: 2}}}}
   nokey/model: {{}}
   local/llama: {{upstream: llama3.2}}
   dead/model: {{}}
 """
-    return parse(text, {})
+    return text
 
 
 @dataclass
@@ -83,9 +103,18 @@ class Gateway:
     key_id: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
+    clients: list[AsyncOpenAI] = field(default_factory=list)
+
     def openai(self, **kwargs: Any) -> AsyncOpenAI:
-        return AsyncOpenAI(base_url=self.url + "/v1", api_key=kwargs.pop("api_key", self.key), max_retries=0,
-                           **kwargs)
+        """An official SDK client for this gateway; closed with the gateway fixture."""
+        client = AsyncOpenAI(base_url=self.url + "/v1", api_key=kwargs.pop("api_key", self.key), max_retries=0,
+                             **kwargs)
+        self.clients.append(client)
+        return client
+
+    async def close(self) -> None:
+        for client in self.clients:
+            await client.close()
 
     def auth(self, key: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {key or self.key}"}
@@ -102,3 +131,84 @@ async def start_gateway(aiohttp_server: Any, config: Config, fake: FakeOpenAI) -
     gw = Gateway(url=str(server.make_url("")).rstrip("/"), app=app, fake=fake)
     gw.key, gw.key_id = await gw.add_key()
     return gw
+
+
+# --- the gateway as a real process (`python -m gateway ...`) ------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=ROOT, env=_env(env), text=True,
+                          capture_output=True, timeout=timeout, check=False)
+
+
+def _env(extra: dict[str, str] | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and k != "REDIS_URL"}
+    return {**env, **(extra or {})}
+
+
+class GatewayProcess:
+    """`python -m gateway serve` on a free loopback port; its stdout/stderr kept in files for assertions."""
+
+    def __init__(self, config_path: Path, env: dict[str, str] | None = None) -> None:
+        self.config_path = config_path
+        self.port = closed_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.stdout_path = config_path.with_suffix(f".{self.port}.out")
+        self.stderr_path = config_path.with_suffix(f".{self.port}.err")
+        self._env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20) -> GatewayProcess:
+        with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path),
+                 "--port", str(self.port)], cwd=ROOT, env=_env(self._env), stdout=out, stderr=err)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.proc.returncode}: {self.stderr()}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.05)
+        raise RuntimeError(f"gateway did not listen within {timeout}s: {self.stderr()}")
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def log(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.stdout().splitlines() if line.startswith("{")]
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def stop(self) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def __enter__(self) -> GatewayProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+async def clear_of_minute_boundary(margin_s: float = 8.0) -> None:
+    """Rate-limit windows are fixed minutes (store clock = this machine's): start a test well inside one."""
+    left = 60 - time.time() % 60
+    if left < margin_s:
+        await asyncio.sleep(left + 0.2)

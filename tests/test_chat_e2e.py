@@ -189,7 +189,8 @@ async def test_models_list(gateway: Gateway) -> None:
     body = json.loads(raw.content)
     validate(body, "ListModelsResponse")
     by_id = {m["id"]: m for m in body["data"]}
-    assert set(by_id) == {"fake/gpt-5", "fake/gpt-4o", "nokey/model", "local/llama", "dead/model"}
+    assert set(by_id) == {"fake/gpt-5", "fake/gpt-4o", "fake/metered", "fake/limited", "nokey/model", "local/llama",
+                          "dead/model"}
     gpt5 = by_id["fake/gpt-5"]
     assert gpt5["pricing"]["input_per_mtok"] == 1.25 and gpt5["pricing"]["output_per_mtok"] == 10
     assert gpt5["vision"] is True and gpt5["max_output_tokens"] == 128000
@@ -202,7 +203,7 @@ async def test_key_model_restriction(gateway: Gateway) -> None:
     key, _ = await gateway.add_key("restricted", models=("fake/*",))
     client = gateway.openai(api_key=key)
     listed = [m.id async for m in client.models.list()]
-    assert sorted(listed) == ["fake/gpt-4o", "fake/gpt-5"]
+    assert sorted(listed) == ["fake/gpt-4o", "fake/gpt-5", "fake/limited", "fake/metered"]
     with pytest.raises(Exception) as info:
         await client.chat.completions.create(model="local/llama", messages=MESSAGES)  # type: ignore[arg-type]
     assert getattr(info.value, "status_code", None) == 403

@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
+import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from redis_server import RedisServer, free_port
 
 from gateway import keys
-from gateway.store import KeyRecord, RedisStore, Store, StoreError, open_store
+from gateway.store import (
+    Admission,
+    AdmitResult,
+    KeyRecord,
+    RedisStore,
+    Settlement,
+    Store,
+    StoreError,
+    open_store,
+)
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import redact, redacted_address, url_secrets
 
@@ -21,21 +33,26 @@ def make_record(key_id: str = "key_000000000001", created: int = 1_700_000_000, 
     return dataclasses.replace(record, id=key_id, created=created, **kw)
 
 
+def stored(record: KeyRecord) -> KeyRecord:
+    """The record as the store keeps it: the ledger starts with credits = balance and no usage."""
+    return dataclasses.replace(record, credits=record.balance, usage=0)
+
+
 # --- create and read ---------------------------------------------------------------------------------
 
 
 async def test_create_then_get_by_id_and_by_hash(store: Store) -> None:
     record = make_record()
     await store.create_key(record)
-    assert await store.get_key(record.id) == record
-    assert await store.get_key_by_hash(record.key_hash) == record
+    assert await store.get_key(record.id) == stored(record)
+    assert await store.get_key_by_hash(record.key_hash) == stored(record)
 
 
 @pytest.mark.parametrize(
     "overrides",
     [
         pytest.param({"rpm": None, "rpd": None, "models": ()}, id="no-limits-all-models"),
-        pytest.param({"disabled": True, "balance": -42}, id="disabled-negative-balance"),
+        pytest.param({"disabled": True, "balance": 0, "credits": 7, "usage": 3}, id="disabled-ledger-reset"),
         pytest.param({"name": "büro, ünïcode ☃", "balance": 2**62}, id="unicode-name-large-balance"),
         pytest.param({"rpm": 0, "rpd": 0, "models": ("a",)}, id="zero-limits-one-model"),
     ],
@@ -43,7 +60,17 @@ async def test_create_then_get_by_id_and_by_hash(store: Store) -> None:
 async def test_record_round_trips_exactly(store: Store, overrides: dict[str, Any]) -> None:
     record = make_record(**overrides)
     await store.create_key(record)
-    assert await store.get_key(record.id) == record
+    assert await store.get_key(record.id) == stored(record)
+
+
+@pytest.mark.parametrize(
+    ("balance", "error"),
+    [pytest.param(-1, ValueError, id="negative"), pytest.param(1.5, TypeError, id="float")],
+)
+async def test_bad_initial_balance_refused(store: Store, balance: Any, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        await store.create_key(make_record(balance=balance))
+    assert await store.list_keys() == []
 
 
 async def test_duplicate_id_refused(store: Store) -> None:
@@ -51,7 +78,7 @@ async def test_duplicate_id_refused(store: Store) -> None:
     await store.create_key(first)
     with pytest.raises(ValueError):
         await store.create_key(make_record(key_id=first.id))
-    assert await store.get_key(first.id) == first
+    assert await store.get_key(first.id) == stored(first)
 
 
 async def test_duplicate_hash_refused_and_nothing_written(store: Store) -> None:
@@ -61,7 +88,7 @@ async def test_duplicate_hash_refused_and_nothing_written(store: Store) -> None:
     with pytest.raises(ValueError):
         await store.create_key(clash)
     assert await store.get_key(clash.id) is None
-    assert await store.get_key_by_hash(first.key_hash) == first
+    assert await store.get_key_by_hash(first.key_hash) == stored(first)
     assert [r.id for r in await store.list_keys()] == [first.id]
 
 
@@ -92,14 +119,14 @@ async def test_disable_then_enable(store: Store) -> None:
     assert disabled is not None and disabled.disabled
     assert (await store.get_key_by_hash(record.key_hash)) == disabled
     assert await store.set_disabled(record.id, False) is True
-    assert await store.get_key(record.id) == record
+    assert await store.get_key(record.id) == stored(record)
 
 
 @pytest.mark.parametrize(
     ("amounts", "expected"),
     [
         pytest.param([1_000_000_000], 6_000_000_000, id="add"),
-        pytest.param([-6_000_000_000], -1_000_000_000, id="negative-below-zero"),
+        pytest.param([-5_000_000_000], 0, id="negative-to-zero"),
         pytest.param([0], 5_000_000_000, id="zero"),
         pytest.param([3, -2, 10], 5_000_000_011, id="several"),
     ],
@@ -111,7 +138,24 @@ async def test_topup(store: Store, amounts: list[int], expected: int) -> None:
         balance = await store.topup(record.id, amount)
     assert balance == expected
     after = await store.get_key(record.id)
-    assert after == dataclasses.replace(record, balance=expected)
+    assert after == dataclasses.replace(record, balance=expected, credits=expected)
+
+
+async def test_topup_below_zero_refused_and_nothing_changes(store: Store) -> None:
+    record = make_record(balance=5)
+    await store.create_key(record)
+    with pytest.raises(ValueError):
+        await store.topup(record.id, -6)
+    assert await store.get_key(record.id) == stored(record)
+
+
+@pytest.mark.parametrize("amount", [pytest.param(2**53, id="above"), pytest.param(-(2**53), id="below")])
+async def test_topup_refuses_amounts_lua_cannot_hold_exactly(store: Store, amount: int) -> None:
+    record = make_record()
+    await store.create_key(record)
+    with pytest.raises(ValueError):
+        await store.topup(record.id, amount)
+    assert await store.get_key(record.id) == stored(record)
 
 
 @pytest.mark.parametrize("amount", [pytest.param(1.5, id="float"), pytest.param(True, id="bool")])
@@ -120,7 +164,7 @@ async def test_topup_refuses_non_int(store: Store, amount: object) -> None:
     await store.create_key(record)
     with pytest.raises(TypeError):
         await store.topup(record.id, amount)  # type: ignore[arg-type]
-    assert await store.get_key(record.id) == record
+    assert await store.get_key(record.id) == stored(record)
 
 
 async def test_concurrent_topups_sum_exactly(store: Store) -> None:
@@ -135,12 +179,14 @@ async def test_concurrent_topups_sum_exactly(store: Store) -> None:
 
 
 async def test_concurrent_mixed_sign_topups_sum_exactly(store: Store) -> None:
-    record = make_record(balance=0)
-    await store.create_key(record)
     amounts = [(-1) ** i * (i * 1_000_003) for i in range(200)]
+    start = -sum(a for a in amounts if a < 0)  # enough that no order of the steps goes below zero
+    record = make_record(balance=start)
+    await store.create_key(record)
     await asyncio.gather(*(store.topup(record.id, a) for a in amounts))
     after = await store.get_key(record.id)
-    assert after is not None and after.balance == sum(amounts)
+    assert after is not None
+    assert (after.balance, after.credits, after.usage) == (start + sum(amounts), start + sum(amounts), 0)
 
 
 # --- missing keys ------------------------------------------------------------------------------------
@@ -180,7 +226,15 @@ def test_open_store_refuses_other_schemes_without_leaking_url() -> None:
 # --- redis failures ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("call", ["ping", "get_key", "get_key_by_hash", "list_keys", "topup", "create_key"])
+async def _drain(backend: Store) -> list[dict[str, str]]:
+    return [entry async for entry in backend.iter_usage(0)]
+
+
+@pytest.mark.parametrize(
+    "call",
+    ["ping", "get_key", "get_key_by_hash", "list_keys", "topup", "create_key", "admit", "settle",
+     "get_generation", "iter_usage"],
+)
 async def test_unreachable_redis_raises_store_error_without_password(call: str) -> None:
     backend = RedisStore(f"redis://:s3cretpw@127.0.0.1:{free_port()}/0", prefix="t-down:")
     operations = {
@@ -190,6 +244,10 @@ async def test_unreachable_redis_raises_store_error_without_password(call: str) 
         "list_keys": lambda: backend.list_keys(),
         "topup": lambda: backend.topup("key_x", 1),
         "create_key": lambda: backend.create_key(make_record()),
+        "admit": lambda: backend.admit(Admission("key_x", "m", "gen-1", hold=1, hold_ttl_s=60)),
+        "settle": lambda: backend.settle("key_x", "gen-1", 1, 1, {"model": "m"}, 60),
+        "get_generation": lambda: backend.get_generation("key_x", "gen-1"),
+        "iter_usage": lambda: _drain(backend),
     }
     with pytest.raises(StoreError) as info:
         await operations[call]()
@@ -244,3 +302,315 @@ def test_url_redaction(url: str, address: str, secrets: tuple[str, ...]) -> None
     assert url_secrets(url) == secrets
     scrubbed = redact(f"failed {url} with {' '.join(secrets)}", url_secrets(url))
     assert not any(secret in scrubbed for secret in secrets)
+
+
+# --- the ledger and the limits -------------------------------------------------------------------------
+# Both backends again, but the memory store runs on a fake clock (5 s into a minute, 6415 s before a UTC
+# midnight) so expiry and windows need no sleeping; the redis one runs on the server's real clock.
+
+T0 = 1_699_999_985.0
+MODEL = "openai/gpt-x"
+H = 1_000_000  # a typical hold, nano-dollars
+B = 10 * H  # a typical balance
+
+
+class FakeClock:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclasses.dataclass
+class Ledger:
+    """A store with a funded key and a way to let time pass (fake clock on memory, sleeping on redis)."""
+
+    store: Store
+    clock: FakeClock | None
+    key: KeyRecord
+
+    async def advance(self, seconds: float) -> None:
+        if self.clock is not None:
+            self.clock.now += seconds
+        else:
+            await asyncio.sleep(seconds)
+
+    async def avoid_window_edge(self) -> None:
+        """On real time, start a window test at least 3 s before a minute ends, so the test stays in one."""
+        left = 60 - time.time() % 60
+        if self.clock is None and left < 3:
+            await asyncio.sleep(left + 0.05)
+
+    async def admit(self, gen: str = "gen-1", hold: int = H, ttl: int = 60, key_id: str = "",
+                    **limits: int) -> AdmitResult:
+        return await self.store.admit(Admission(key_id or self.key.id, MODEL, gen, hold, ttl, **limits))
+
+    async def settle(self, gen: str = "gen-1", cost: int = 0, tokens: int = 0, key_id: str = "",
+                     record_ttl_s: int = 3600, **fields: str) -> Settlement:
+        record = {"model": MODEL, "id": gen, **fields}
+        return await self.store.settle(key_id or self.key.id, gen, cost, tokens, record, record_ttl_s)
+
+    async def state(self, key_id: str = "") -> tuple[int, int, int]:
+        """(balance, credits, usage) of the key."""
+        found = await self.store.get_key(key_id or self.key.id)
+        assert found is not None
+        return found.balance, found.credits, found.usage
+
+
+@pytest.fixture(params=["memory", "redis"], ids=["memory", "redis"])
+async def ledger(request: pytest.FixtureRequest) -> AsyncIterator[Ledger]:
+    clock = None
+    if request.param == "memory":
+        clock = FakeClock()
+        backend: Store = MemoryStore(clock=clock)
+    else:
+        backend = RedisStore(request.getfixturevalue("redis_url"), prefix=f"t{uuid.uuid4().hex}:")
+    key = make_record(balance=B, rpm=None, rpd=None)
+    await backend.create_key(key)
+    try:
+        yield Ledger(backend, clock, await backend.get_key(key.id) or key)
+    finally:
+        await backend.close()
+
+
+@pytest.mark.parametrize(
+    ("setup", "ask", "outcome", "limited_by"),
+    [
+        pytest.param({}, {"key_id": "key_missing"}, "missing", "", id="missing"),
+        pytest.param({"disabled": True}, {}, "disabled", "", id="disabled"),
+        pytest.param({"disabled": True}, {"rpm": 0, "hold": 2 * B}, "disabled", "", id="disabled-before-limits"),
+        pytest.param({}, {"rpm": 0}, "rate_limited", "rpm", id="rpm"),
+        pytest.param({}, {"rpd": 0}, "rate_limited", "rpd", id="rpd"),
+        pytest.param({}, {"tpm": 0}, "rate_limited", "tpm", id="tpm"),
+        pytest.param({}, {"rpm": 0, "hold": 2 * B}, "rate_limited", "rpm", id="limits-before-money"),
+        pytest.param({}, {"hold": B + 1}, "insufficient", "", id="insufficient"),
+        pytest.param({}, {"hold": B}, "ok", "", id="exactly-the-balance"),
+        pytest.param({"drain": True}, {"hold": 0}, "ok", "", id="zero-hold-on-empty-balance"),
+        pytest.param({}, {"rpm": 5, "rpd": 5, "tpm": 5}, "ok", "", id="under-all-limits"),
+    ],
+)
+async def test_admit_outcomes(ledger: Ledger, setup: dict[str, bool], ask: dict[str, Any], outcome: str,
+                              limited_by: str) -> None:
+    if setup.get("disabled"):
+        await ledger.store.set_disabled(ledger.key.id, True)
+    if setup.get("drain"):
+        await ledger.store.topup(ledger.key.id, -B)
+    before = await ledger.store.get_key(ledger.key.id)
+    result = await ledger.admit(**ask)
+    assert (result.outcome, result.limited_by) == (outcome, limited_by)
+    assert (result.retry_after_s > 0) == (outcome == "rate_limited")
+    after = await ledger.store.get_key(ledger.key.id)
+    assert after is not None and before is not None
+    hold = ask.get("hold", H) if outcome == "ok" else 0
+    assert result.balance == (after.balance if outcome != "missing" else 0)
+    assert after == dataclasses.replace(before, balance=before.balance - hold)
+    if outcome not in ("ok", "missing", "disabled"):  # a refusal counted nothing: one more request fits
+        follow = await ledger.admit(gen="gen-2", hold=0, rpm=1, rpd=1)
+        assert follow.outcome == "ok" and follow.requests is not None
+        assert (follow.requests.limit, follow.requests.remaining) == (1, 0)
+
+
+async def test_window_states_are_reported_on_ok_and_refusal(ledger: Ledger) -> None:
+    ok = await ledger.admit(rpm=3, tpm=1000)
+    assert ok.requests is not None and ok.tokens is not None
+    assert (ok.requests.limit, ok.requests.remaining) == (3, 2)
+    assert (ok.tokens.limit, ok.tokens.remaining) == (1000, 1000)
+    assert 0 < ok.requests.reset_s <= 60 and 0 < ok.tokens.reset_s <= 60
+    refused = await ledger.admit(gen="gen-2", hold=2 * B, rpm=3, tpm=1000)
+    assert refused.outcome == "insufficient"
+    assert refused.requests is not None and refused.requests.remaining == 2  # refused: not counted
+    assert (await ledger.admit(gen="gen-3", rpd=9)).requests is None  # no rpm, no requests window
+    if ledger.clock is not None:
+        assert ok.requests.reset_s == 55.0
+
+
+async def test_rpm_2_refuses_the_third_request_until_the_minute_ends(ledger: Ledger) -> None:
+    await ledger.avoid_window_edge()
+    results = [await ledger.admit(gen=f"gen-{i}", rpm=2) for i in range(3)]
+    assert [r.outcome for r in results] == ["ok", "ok", "rate_limited"]
+    assert [r.requests.remaining for r in results if r.requests] == [1, 0, 0]
+    third = results[2]
+    assert third.limited_by == "rpm" and 0 < third.retry_after_s <= 60
+    assert third.balance == B - 2 * H  # the refusal held nothing
+    assert await ledger.state() == (B - 2 * H, B, 0)
+    if ledger.clock is not None:  # the next minute starts a new window
+        assert third.retry_after_s == 55.0
+        await ledger.advance(55)
+        assert (await ledger.admit(gen="gen-4", rpm=2)).outcome == "ok"
+
+
+async def test_retry_after_names_the_longest_blocking_window(ledger: Ledger) -> None:
+    await ledger.avoid_window_edge()
+    assert (await ledger.admit(rpm=1, rpd=1)).outcome == "ok"
+    refused = await ledger.admit(gen="gen-2", rpm=1, rpd=1)
+    assert refused.outcome == "rate_limited"
+    assert 0 < refused.retry_after_s <= 86_400
+    if ledger.clock is not None:
+        assert (refused.limited_by, refused.retry_after_s) == ("rpd", 6415.0)
+
+
+async def test_windows_are_per_model(ledger: Ledger) -> None:
+    await ledger.avoid_window_edge()
+    assert (await ledger.admit(rpm=1)).outcome == "ok"
+    other = await ledger.store.admit(Admission(ledger.key.id, "other/model", "gen-2", H, 60, rpm=1))
+    assert other.outcome == "ok"
+
+
+async def test_tpm_counts_the_tokens_settle_reports(ledger: Ledger) -> None:
+    await ledger.avoid_window_edge()
+    first = await ledger.admit(tpm=100)
+    assert first.tokens is not None and first.tokens.remaining == 100
+    await ledger.settle("gen-1", cost=H, tokens=60)
+    second = await ledger.admit(gen="gen-2", tpm=100)
+    assert second.outcome == "ok" and second.tokens is not None and second.tokens.remaining == 40
+    await ledger.settle("gen-2", cost=H, tokens=40)
+    third = await ledger.admit(gen="gen-3", tpm=100)
+    assert (third.outcome, third.limited_by) == ("rate_limited", "tpm")
+    assert third.tokens is not None and third.tokens.remaining == 0 and 0 < third.retry_after_s <= 60
+
+
+# settle: (hold placed or None, cost) -> charged, on a key with balance B
+@pytest.mark.parametrize(
+    ("hold", "cost", "charged"),
+    [
+        pytest.param(H, H // 2, H // 2, id="below-hold-returns-the-rest"),
+        pytest.param(H, H, H, id="exactly-the-hold"),
+        pytest.param(H, 3 * H, 3 * H, id="above-hold-from-balance"),
+        pytest.param(H, 20 * B, B, id="above-everything-takes-all"),
+        pytest.param(H, 0, 0, id="release"),
+        pytest.param(None, 2 * H, 2 * H, id="no-hold-from-balance"),
+        pytest.param(None, 20 * B, B, id="no-hold-above-balance"),
+        pytest.param(None, 0, 0, id="no-hold-record-only"),
+    ],
+)
+async def test_settle_captures(ledger: Ledger, hold: int | None, cost: int, charged: int) -> None:
+    if hold is not None:
+        assert (await ledger.admit(hold=hold)).outcome == "ok"
+    result = await ledger.settle(cost=cost, tokens=7)
+    assert result == Settlement(charged=charged, balance=B - charged, already_settled=False)
+    assert await ledger.state() == (B - charged, B, charged)
+
+
+async def test_settle_is_idempotent(ledger: Ledger) -> None:
+    await ledger.avoid_window_edge()
+    await ledger.admit(tpm=1000)
+    first = await ledger.settle(cost=H // 3, tokens=10)
+    before = (await ledger.state(), await ledger.store.get_generation(ledger.key.id, "gen-1"))
+    again = [await ledger.settle(cost=c, tokens=500) for c in (0, H, 5 * B)]
+    assert again == [dataclasses.replace(first, already_settled=True)] * 3
+    assert (await ledger.state(), await ledger.store.get_generation(ledger.key.id, "gen-1")) == before
+    assert len([e async for e in ledger.store.iter_usage()]) == 1
+    tokens = (await ledger.admit(gen="gen-2", tpm=1000)).tokens
+    assert tokens is not None and tokens.remaining == 990
+
+
+async def test_concurrent_settles_of_one_generation_capture_once(ledger: Ledger) -> None:
+    await ledger.admit(hold=H)
+    results = await asyncio.gather(*(ledger.settle(cost=H // 2) for _ in range(20)))
+    assert sorted(r.already_settled for r in results) == [False] + [True] * 19
+    assert {(r.charged, r.balance) for r in results} == {(H // 2, B - H // 2)}
+    assert await ledger.state() == (B - H // 2, B, H // 2)
+
+
+async def test_expired_holds_return_to_the_balance_lazily(ledger: Ledger) -> None:
+    """Three keys with two 1 s holds each; after one wait, an admit, a negative topup and a settle each
+    see the money back, because each op sweeps its key's expired holds first. Until then nothing moves.
+    (The same wait expires a generation record kept for 1 s.)"""
+    ids = [ledger.key.id, "key_000000000002", "key_000000000003"]
+    for key_id in ids[1:]:
+        await ledger.store.create_key(make_record(key_id=key_id, balance=B))
+    for key_id in ids:
+        assert (await ledger.admit("gen-a", hold=H, ttl=1, key_id=key_id)).outcome == "ok"
+        assert (await ledger.admit("gen-b", hold=H, ttl=1, key_id=key_id)).outcome == "ok"
+        assert (await ledger.admit("gen-c", hold=9 * H, key_id=key_id)).outcome == "insufficient"
+    await ledger.settle("gen-r", record_ttl_s=1)
+    assert await ledger.store.get_generation(ids[0], "gen-r") is not None
+    await ledger.advance(1.1)
+    assert await ledger.store.get_generation(ids[0], "gen-r") is None
+    assert [await ledger.state(key_id) for key_id in ids] == [(B - 2 * H, B, 0)] * 3  # lazily: not yet
+
+    admitted = await ledger.admit("gen-c", hold=9 * H, key_id=ids[0])  # fits only with both holds back
+    assert (admitted.outcome, admitted.balance) == ("ok", H)
+    assert await ledger.store.topup(ids[1], -(B - H)) == H  # likewise
+    late = await ledger.settle("gen-a", cost=3 * H, key_id=ids[2])  # its hold expired: from the balance
+    assert late == Settlement(charged=3 * H, balance=B - 3 * H, already_settled=False)
+    assert [await ledger.state(key_id) for key_id in ids] == [(H, B, 0), (H, H, 0), (B - 3 * H, B, 3 * H)]
+
+
+async def test_admit_sweeps_expired_holds_before_the_money_check(ledger: Ledger) -> None:
+    if ledger.clock is None:
+        pytest.skip("covered on redis by test_expired_holds_return_to_the_balance_lazily (one sleep)")
+    assert (await ledger.admit("gen-a", hold=B, ttl=30)).outcome == "ok"
+    assert (await ledger.admit("gen-b", hold=H)).outcome == "insufficient"
+    await ledger.advance(29.9)
+    assert (await ledger.admit("gen-b", hold=H)).outcome == "insufficient"
+    await ledger.advance(0.1)
+    result = await ledger.admit("gen-b", hold=H)
+    assert (result.outcome, result.balance) == ("ok", B - H)
+
+
+async def test_topup_adds_to_credits(ledger: Ledger) -> None:
+    await ledger.admit(hold=H)
+    await ledger.settle(cost=H // 4)
+    assert await ledger.store.topup(ledger.key.id, 2 * H) == B - H // 4 + 2 * H
+    assert await ledger.store.topup(ledger.key.id, -H) == B - H // 4 + H
+    assert await ledger.state() == (B - H // 4 + H, B + H, H // 4)
+
+
+async def test_topup_cannot_take_held_money(ledger: Ledger) -> None:
+    await ledger.admit(hold=4 * H)
+    with pytest.raises(ValueError):
+        await ledger.store.topup(ledger.key.id, -(B - 3 * H))
+    assert await ledger.state() == (B - 4 * H, B, 0)
+
+
+async def test_generation_record_readable_only_by_its_key(ledger: Ledger) -> None:
+    other = make_record(key_id="key_000000000002", balance=B)
+    await ledger.store.create_key(other)
+    await ledger.admit(hold=H)
+    await ledger.settle(cost=123, tokens=9, provider_name="openai", streamed="1", charged="forged")
+    expected = {"model": MODEL, "id": "gen-1", "provider_name": "openai", "streamed": "1",
+                "charged": "123", "balance_after": str(B - 123)}
+    assert await ledger.store.get_generation(ledger.key.id, "gen-1") == expected
+    assert await ledger.store.get_generation(other.id, "gen-1") is None
+    assert await ledger.store.get_generation(ledger.key.id, "gen-unknown") is None
+
+
+async def test_settle_refuses_bad_arguments_and_missing_keys(ledger: Ledger) -> None:
+    with pytest.raises(ValueError):
+        await ledger.store.settle(ledger.key.id, "gen-1", 1, 1, {"id": "gen-1"}, 60)  # no model
+    with pytest.raises(ValueError):
+        await ledger.store.settle(ledger.key.id, "gen-1", -1, 1, {"model": MODEL}, 60)
+    with pytest.raises(TypeError):
+        await ledger.store.settle(ledger.key.id, "gen-1", 1.5, 1, {"model": MODEL}, 60)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        await ledger.store.settle("key_missing", "gen-1", 1, 1, {"model": MODEL}, 60)
+    with pytest.raises(ValueError):
+        await ledger.admit(hold=-1)
+    assert await ledger.state() == (B, B, 0)
+    assert [e async for e in ledger.store.iter_usage()] == []
+
+
+async def test_iter_usage_walks_every_key_oldest_first(ledger: Ledger) -> None:
+    other = make_record(key_id="key_000000000002", created=ledger.key.created + 1, balance=B)
+    await ledger.store.create_key(other)
+    await ledger.settle("gen-1", cost=5, tokens=50, finish_reason="stop")
+    await ledger.advance(0.01)
+    await ledger.settle("gen-2", cost=7, tokens=70, key_id=other.id)
+    await ledger.advance(0.01)
+    await ledger.settle("gen-3", cost=0, tokens=0)
+    entries = [e async for e in ledger.store.iter_usage()]
+    assert [(e["key_id"], e["generation_id"]) for e in entries] == [
+        (ledger.key.id, "gen-1"), (ledger.key.id, "gen-3"), (other.id, "gen-2")]
+    first = entries[0]
+    assert {k: v for k, v in first.items() if k != "ts_ms"} == {
+        "generation_id": "gen-1", "key_id": ledger.key.id, "model": MODEL, "charged": "5", "tokens": "50",
+        "id": "gen-1", "finish_reason": "stop"}
+    stamps = [int(e["ts_ms"]) for e in entries]
+    assert stamps[0] < stamps[2] < stamps[1]  # settled in the order gen-1, gen-2, gen-3
+    now_ms = (ledger.clock() if ledger.clock else time.time()) * 1000
+    assert all(0 <= now_ms - stamp < 60_000 for stamp in stamps)
+    since = [e["generation_id"] async for e in ledger.store.iter_usage(stamps[2])]
+    assert since == ["gen-3", "gen-2"]
+    assert [e async for e in ledger.store.iter_usage(stamps[1] + 1)] == []

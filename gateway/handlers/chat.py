@@ -7,26 +7,29 @@ arrives, with keep-alive comments while the upstream is silent.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp import web
 
+from gateway import billing, limits, metering, streaming
 from gateway.auth import model_allowed
 from gateway.catalog import Route
 from gateway.errors import Forbidden, GatewayError, InvalidRequest, Unavailable, UpstreamFailed, error_event
-from gateway.logging import redactor
-from gateway.relay import map_upstream_error, next_data, open_upstream, read_body
+from gateway.logging import get_logger, redactor
+from gateway.relay import map_upstream_error, open_upstream, read_body
 from gateway.requests import read_json
-from gateway.sse import DONE, ClientGone, SSEWriter, frame
-from gateway.state import KEY, LOG, RUNTIME
+from gateway.sse import ClientGone, SSEWriter
+from gateway.state import KEY, LOG, RATE_HEADERS, RUNTIME
 from providers import registry
-from providers.framing import SSEDecoder
 from providers.registry import Adapter
-from providers.types import ChatRequest, ProviderError, StreamState, Target, UpstreamHTTPError
+from providers.types import ChatRequest, ProviderError, Target, UpstreamHTTPError, Usage
 
 GATEWAY_FIELDS = ("provider_api_key",)  # ours, never forwarded upstream
+log = get_logger("gateway.chat")
 
 
 def _validate(body: dict[str, Any]) -> None:
@@ -71,103 +74,142 @@ def _scrubber(own_key: str) -> Any:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
-    snapshot = runtime.snapshot
-    body = await read_json(request, snapshot.config.server.max_body_bytes)
+    config, catalog = runtime.snapshot.config, runtime.snapshot.catalog
+    body = await read_json(request, config.server.max_body_bytes)
     _validate(body)
-    route = snapshot.catalog.resolve(body["model"])
+    route = catalog.resolve(body["model"])
+    stream = bool(body.get("stream"))
     fields = request[LOG]
-    fields.update(model=route.model_id, provider=route.provider_name, streamed=bool(body.get("stream")))
+    fields.update(model=route.model_id, provider=route.provider_name, streamed=stream)
     if not model_allowed(request[KEY], route.model_id):
         raise Forbidden(f"This key may not use model '{route.model_id}'.", code="model_not_allowed",
                         param="model")
     api_key, byok = _provider_key(request, body, route)
-    clean = {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
-    chat = ChatRequest(body=clean, stream=bool(body.get("stream")))
+    ticket = await metering.admit(runtime.store, runtime.settlements, config, route, request[KEY], body, byok,
+                                  stream)
+    request[RATE_HEADERS] = limits.headers(ticket.admitted)
+    fields["generation_id"] = ticket.generation_id
+    outcome = metering.Outcome(status=502)  # until the upstream answers well, an exit releases the hold
+    try:
+        return await _call(request, route, body, api_key, byok, ticket, outcome)
+    finally:
+        await metering.close(ticket, outcome)
+        fields.update(prompt_tokens=outcome.usage.prompt_tokens, completion_tokens=outcome.usage.completion_tokens)
+
+
+async def _call(request: web.Request, route: Route, body: dict[str, Any], api_key: str, byok: bool,
+                ticket: metering.Ticket, outcome: metering.Outcome) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    chat = ChatRequest(body={k: v for k, v in body.items() if k not in GATEWAY_FIELDS}, stream=ticket.streamed)
     adapter = registry.get(route.provider.kind)
     target = route.target(api_key)
-    upstream_req = adapter.build_request(chat, target)
     session = runtime.egress.session_for(route.provider.egress)
     t = route.provider.timeouts
-    resp = await open_upstream(session, upstream_req, t.connect_s, t.first_byte_s, route.provider_name)
+    resp = await open_upstream(session, adapter.build_request(chat, target), t.connect_s, t.first_byte_s,
+                               route.provider_name)
     scrub = _scrubber(api_key if byok else "")
     try:
         if resp.status >= 300:
             raw = await read_body(resp, t.between_chunks_s)
             err = adapter.parse_error(resp.status, raw)
-            fields["upstream_status"] = resp.status
+            outcome.status = request[LOG]["upstream_status"] = resp.status
+            log.warning("upstream refused", provider=route.provider_name, status=resp.status,
+                        upstream_message=err.message[:500])
             raise map_upstream_error(err, route.provider_name, byok, scrub, resp.headers.get("Retry-After"))
         if chat.stream:
-            return await _relay_stream(request, resp, adapter, chat, target, scrub, t.between_chunks_s)
-        return await _relay_json(resp, adapter, target, fields, t.between_chunks_s)
+            return await _relay_stream(request, resp, adapter, chat, target, ticket, outcome, scrub)
+        return await _relay_json(resp, adapter, chat, target, ticket, outcome)
     finally:
         resp.close()
 
 
-async def _relay_json(resp: aiohttp.ClientResponse, adapter: Adapter, target: Target,
-                      fields: dict[str, Any], silence_s: float) -> web.Response:
-    raw = await read_body(resp, silence_s)
+async def _relay_json(resp: aiohttp.ClientResponse, adapter: Adapter, chat: ChatRequest, target: Target,
+                      ticket: metering.Ticket, outcome: metering.Outcome) -> web.Response:
+    raw = await read_body(resp, ticket.route.provider.timeouts.between_chunks_s)
     try:
         result = adapter.parse_response(raw, target)
     except ProviderError as exc:
         raise UpstreamFailed(f"provider {target.provider} sent an answer the gateway cannot read: {exc}",
                              code="upstream_bad_response") from exc
-    fields.update(prompt_tokens=result.usage.prompt_tokens, completion_tokens=result.usage.completion_tokens)
-    return web.Response(body=orjson.dumps(result.body), content_type="application/json")
+    answer = result.body
+    choices = answer.get("choices") or [{}]
+    outcome.status, outcome.upstream_id = 200, str(answer.get("id", ""))
+    outcome.finish_reason = choices[0].get("finish_reason")
+    outcome.usage, outcome.estimated = result.usage, not result.usage.reported
+    if outcome.estimated:
+        outcome.usage = _estimate(chat.body, sum(_text_bytes(c.get("message") or {}) for c in choices))
+    bill = await ticket.settle(outcome)
+    answer["id"] = ticket.generation_id
+    answer["billing"] = bill.block()
+    usage = answer.setdefault("usage", _usage_json(outcome.usage))
+    usage["cost"] = bill.block()["request_cost"]
+    return web.Response(body=orjson.dumps(answer), content_type="application/json")
+
+
+def _usage_json(usage: Usage) -> dict[str, int]:
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens}
+
+
+def _estimate(body: dict[str, Any], text_bytes: int) -> Usage:
+    return Usage(prompt_tokens=billing.estimate_prompt_tokens(body),
+                 completion_tokens=billing.estimate_tokens(text_bytes))
+
+
+def _text_bytes(message: dict[str, Any]) -> int:
+    content = message.get("content")
+    return len(content.encode()) if isinstance(content, str) else 0
 
 
 async def _relay_stream(request: web.Request, resp: aiohttp.ClientResponse, adapter: Adapter,
-                        chat: ChatRequest, target: Target, scrub: Any, silence_s: float) -> web.StreamResponse:
+                        chat: ChatRequest, target: Target, ticket: metering.Ticket, outcome: metering.Outcome,
+                        scrub: Any) -> web.StreamResponse:
+    config = request.app[RUNTIME].snapshot.config
     out = SSEWriter(request)
     await out.start()
     state = adapter.new_stream_state(chat, target)
+    relayed = streaming.Relayed()
     fields = request[LOG]
+
+    def account(status: int) -> None:
+        outcome.status, outcome.finish_reason, outcome.upstream_id = status, state.finish_reason, state.response_id
+        outcome.first_token_at = relayed.first_at
+        if state.usage.reported:
+            outcome.usage = state.usage
+        elif relayed.text_bytes:
+            outcome.usage, outcome.estimated = _estimate(chat.body, relayed.text_bytes), True
+
     try:
-        await _pump(resp, adapter, state, out, _wants_usage(chat.body), silence_s,
-                    request.app[RUNTIME].snapshot.config.server.sse_keepalive_s)
-        await out.write(DONE)
-        await out.finish()
+        await streaming.pump(resp, adapter, state, out, _wants_usage(chat.body),
+                             target_silence(ticket), config.server.sse_keepalive_s, relayed, time.time,
+                             ticket.generation_id)
+        account(200)
+        bill = await ticket.settle(outcome)
+        billing_event = config.billing.stream_billing_event or request.headers.get("X-Billing-Event", "") == "true"
+        await streaming.finish(out, relayed, bill, billing_event)
     except ClientGone:
-        fields["status"] = 499  # nginx's "client closed request": the upstream is closed in our caller
-    except GatewayError as exc:
-        fields.update(status=exc.status, error=exc.code)
-        await _try_write(out, error_event(exc))
-    except UpstreamHTTPError as exc:
-        err = map_upstream_error(exc, target.provider, False, scrub)
+        outcome.cancelled = True
+        account(499)  # nginx's "client closed request"; the upstream is closed by our caller
+        fields["status"] = 499
+    except asyncio.CancelledError:
+        outcome.cancelled = True
+        account(499)
+        raise
+    except (GatewayError, UpstreamHTTPError) as exc:
+        err = exc if isinstance(exc, GatewayError) else map_upstream_error(exc, target.provider, False, scrub)
+        account(err.status)
         fields.update(status=err.status, error=err.code)
         await _try_write(out, error_event(err))
-    finally:
-        fields.update(prompt_tokens=state.usage.prompt_tokens,
-                      completion_tokens=state.usage.completion_tokens)
     return out.response
+
+
+def target_silence(ticket: metering.Ticket) -> float:
+    return ticket.route.provider.timeouts.between_chunks_s
 
 
 def _wants_usage(body: dict[str, Any]) -> bool:
     opts = body.get("stream_options")
     return isinstance(opts, dict) and opts.get("include_usage") is True
-
-
-async def _pump(resp: aiohttp.ClientResponse, adapter: Adapter, state: StreamState, out: SSEWriter,
-                wants_usage: bool, silence_s: float, keepalive_s: float) -> None:
-    """Relay upstream events until the upstream says it is done; one client write per upstream read."""
-    decoder = SSEDecoder()
-    try:
-        while not state.done:
-            data = await next_data(resp.content, silence_s, keepalive_s, out.keepalive)
-            if not data:
-                raise UpstreamFailed("the upstream closed the stream before it finished",
-                                     code="upstream_truncated")
-            batch = bytearray()
-            for event in decoder.feed(data):
-                for chunk in adapter.parse_stream_event(state, event):
-                    if chunk.get("choices") or wants_usage:
-                        batch += frame(chunk)
-            if batch:
-                await out.write(bytes(batch))
-    except (aiohttp.ClientError, ProviderError) as exc:
-        if isinstance(exc, UpstreamHTTPError):
-            raise
-        raise UpstreamFailed(f"the upstream stream broke ({type(exc).__name__})",
-                             code="upstream_stream_error") from exc
 
 
 async def _try_write(out: SSEWriter, data: bytes) -> None:

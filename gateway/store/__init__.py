@@ -8,11 +8,22 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from gateway.store.base import KeyRecord, Store, StoreError
+from gateway.store.base import Admission, AdmitResult, KeyRecord, Settlement, Store, StoreError, WindowState
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
 
-__all__ = ["KeyRecord", "MemoryStore", "RedisStore", "Store", "StoreError", "open_store"]
+__all__ = [
+    "Admission",
+    "AdmitResult",
+    "KeyRecord",
+    "MemoryStore",
+    "RedisStore",
+    "Settlement",
+    "Store",
+    "StoreError",
+    "WindowState",
+    "open_store",
+]
 
 _REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 

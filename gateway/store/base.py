@@ -11,6 +11,7 @@ Exception tree::
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -33,6 +34,52 @@ class KeyRecord:
     rpm: int | None = None
     rpd: int | None = None
     models: tuple[str, ...] = field(default=())  # glob patterns of allowed model ids; empty = all
+    credits: int = 0  # nano-dollars ever granted (create + top-ups)
+    usage: int = 0  # nano-dollars ever captured by settled charges
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """One request asking to start: the limits to check and count, and the money to hold.
+
+    Limits are the effective (tightest) ones the gateway computed; None means unlimited. The store checks
+    and counts them, and places the hold, in ONE atomic step using the store's own clock.
+    """
+
+    key_id: str
+    model_id: str
+    generation_id: str
+    hold: int  # nano-dollars to reserve (0 for BYOK without fee)
+    hold_ttl_s: int  # an unsettled hold older than this returns to the balance
+    rpm: int | None = None
+    rpd: int | None = None
+    tpm: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WindowState:
+    """One rate-limit window after the check, for the x-ratelimit-* headers."""
+
+    limit: int
+    remaining: int
+    reset_s: float  # seconds until the window resets
+
+
+@dataclass(frozen=True, slots=True)
+class AdmitResult:
+    outcome: str  # "ok" | "insufficient" | "rate_limited" | "disabled" | "missing"
+    balance: int  # available balance after the step (nano-dollars)
+    retry_after_s: float = 0.0  # when rate_limited: seconds until the first blocking window resets
+    limited_by: str = ""  # when rate_limited: "rpm" | "rpd" | "tpm"
+    requests: WindowState | None = None  # the rpm window (None if unlimited)
+    tokens: WindowState | None = None  # the tpm window (None if unlimited)
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    charged: int  # nano-dollars actually captured (may be below the cost when the balance ran out)
+    balance: int  # available balance after settling
+    already_settled: bool  # True when this generation had been settled before (idempotent replay)
 
 
 class Store(Protocol):
@@ -56,3 +103,18 @@ class Store(Protocol):
 
     async def topup(self, key_id: str, amount: int) -> int | None:
         """Atomically add `amount` nano-dollars (may be negative); the new balance, None if no such key."""
+
+    # --- the ledger and the limits (one atomic step each) -----------------------------------------
+
+    async def admit(self, admission: Admission) -> AdmitResult:
+        """Check disabled/limits/balance; when all pass, count the request and place the hold."""
+
+    async def settle(self, key_id: str, generation_id: str, cost: int, tokens: int,
+                     record: dict[str, str], record_ttl_s: int) -> Settlement:
+        """Capture `cost` against the generation's hold, return the rest, record and audit it; idempotent."""
+
+    async def get_generation(self, key_id: str, generation_id: str) -> dict[str, str] | None:
+        """The generation record stored at settle, only under the key that made it."""
+
+    def iter_usage(self, since_ms: int = 0) -> AsyncIterator[dict[str, str]]:
+        """Every audited charge of every key since `since_ms` (store clock, ms), per key in time order."""

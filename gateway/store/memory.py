@@ -3,21 +3,52 @@
 Atomicity comes from asyncio itself: the event loop is single-threaded and no method below awaits
 between reading and writing, so each method body runs as one uninterrupted step — the same guarantee
 the Lua scripts give in `store.redis`. Nothing survives a restart, and two processes do not share it.
+
+The ledger (same semantics as the Lua scripts, see `store.redis`): a key's `balance` is the money
+available; `admit` moves a hold out of it, `settle` captures ``min(cost, hold + balance)`` into `usage`
+and returns the rest, so ``balance + open holds + usage == credits`` at every step. Expired holds go back
+to the balance lazily, when that key is next admitted, settled or topped up. Time comes from `clock`
+(unix seconds), injectable so tests can expire holds and windows without sleeping.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import heapq
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
 
-from gateway.store.base import KeyRecord
+from gateway.store.base import Admission, AdmitResult, KeyRecord, Settlement, WindowState
+
+MAX_AMOUNT = 2**53 - 1  # money and token arguments stay exact in Lua's doubles below this
+MAX_TTL_S = 10**9  # about 31 years; keeps now + ttl in milliseconds exact in Lua too
+AUDIT_MAXLEN = 1_000_000  # per key, as the Redis stream's approximate MAXLEN
+WINDOWS_MS = {"rpm": 60_000, "rpd": 86_400_000, "tpm": 60_000}  # fixed windows, aligned to the epoch (UTC)
+
+
+@dataclasses.dataclass(slots=True)
+class _Generation:
+    record: dict[str, str]
+    settlement: Settlement
+    expires_ms: int
 
 
 class MemoryStore:
     """The `Store` contract over dicts; records are frozen, so changes replace them whole."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
         self._keys: dict[str, KeyRecord] = {}  # id -> record
         self._by_hash: dict[str, str] = {}  # key_hash -> id
+        self._holds: dict[str, dict[str, tuple[int, int]]] = {}  # id -> generation id -> (amount, expires_ms)
+        self._windows: dict[tuple[str, str, str], tuple[int, int]] = {}  # (id, model, kind) -> (index, used)
+        self._generations: dict[tuple[str, str], _Generation] = {}  # (id, generation id) -> settled record
+        self._expiries: list[tuple[int, str, str]] = []  # heap of (expires_ms, id, generation id)
+        self._audit: dict[str, deque[dict[str, str]]] = {}  # id -> entries, oldest first
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
 
     async def ping(self) -> None:
         """Always reachable: it lives in this process."""
@@ -26,13 +57,17 @@ class MemoryStore:
         """Nothing to release; kept so callers treat both backends alike."""
 
     async def create_key(self, record: KeyRecord) -> None:
-        """Store a new key; ValueError if its id or hash exists (a key must map to exactly one record)."""
-        validate_models(record.models)
+        """Store a new key; ValueError if its id or hash exists (a key must map to exactly one record).
+
+        The ledger starts here: `credits` is set to the initial balance and `usage` to 0, whatever the
+        record says, so the invariant holds from the first step.
+        """
+        validate_new_record(record)
         if record.id in self._keys:
             raise ValueError(f"key id {record.id} already exists")
         if record.key_hash in self._by_hash:
             raise ValueError("a key with this hash already exists")
-        self._keys[record.id] = record
+        self._keys[record.id] = dataclasses.replace(record, credits=record.balance, usage=0)
         self._by_hash[record.key_hash] = record.id
 
     async def get_key_by_hash(self, key_hash: str) -> KeyRecord | None:
@@ -54,14 +89,162 @@ class MemoryStore:
         return True
 
     async def topup(self, key_id: str, amount: int) -> int | None:
-        """Add `amount` nano-dollars (negative allowed); the new balance, None when the key is missing."""
+        """Add `amount` to balance and credits; None when the key is missing, ValueError below zero."""
         validate_amount(amount)
-        record = self._keys.get(key_id)
-        if record is None:
+        if key_id not in self._keys:
             return None
+        record = self._sweep(key_id, self._now_ms())
         balance = record.balance + amount
-        self._keys[key_id] = dataclasses.replace(record, balance=balance)
+        if balance < 0:
+            raise ValueError(f"topup of {amount} would leave key {key_id} with a negative balance")
+        self._keys[key_id] = dataclasses.replace(record, balance=balance, credits=record.credits + amount)
         return balance
+
+    # --- the ledger and the limits ----------------------------------------------------------------
+
+    async def admit(self, admission: Admission) -> AdmitResult:
+        """Missing, disabled, rate limits, money — in that order; only a full pass counts and holds."""
+        validate_admission(admission)
+        a = admission
+        if a.key_id not in self._keys:
+            return AdmitResult(outcome="missing", balance=0)
+        now = self._now_ms()
+        record = self._sweep(a.key_id, now)
+        if record.disabled:
+            return AdmitResult(outcome="disabled", balance=record.balance)
+        limits = {"rpm": a.rpm, "rpd": a.rpd, "tpm": a.tpm}
+        used = {kind: self._used(a.key_id, a.model_id, kind, now) for kind in limits if limits[kind] is not None}
+        outcome = "ok"
+        if blocking(limits, used, now):
+            outcome = "rate_limited"
+        elif a.hold > record.balance:
+            outcome = "insufficient"
+        if outcome == "ok":
+            for kind in ("rpm", "rpd"):
+                if kind in used:
+                    used[kind] += 1
+                    self._windows[(a.key_id, a.model_id, kind)] = (now // WINDOWS_MS[kind], used[kind])
+            record = self._place_hold(record, a.generation_id, a.hold, now + a.hold_ttl_s * 1000)
+        return admit_result(outcome, record.balance, limits, used, now)
+
+    async def settle(self, key_id: str, generation_id: str, cost: int, tokens: int,
+                     record: dict[str, str], record_ttl_s: int) -> Settlement:
+        """Capture min(cost, hold + balance), return the rest, record and audit it; a replay changes nothing."""
+        model = validate_settle(cost, tokens, record, record_ttl_s)
+        if key_id not in self._keys:
+            raise ValueError(f"no key {key_id} to settle against")
+        now = self._now_ms()
+        self._forget_expired(now)
+        prior = self._generations.get((key_id, generation_id))
+        if prior is not None:
+            return dataclasses.replace(prior.settlement, already_settled=True)
+        key = self._sweep(key_id, now)
+        hold, _ = self._holds.get(key_id, {}).pop(generation_id, (0, 0))
+        charged = max(0, min(cost, hold + key.balance))
+        key = dataclasses.replace(key, balance=hold + key.balance - charged, usage=key.usage + charged)
+        self._keys[key_id] = key
+        settlement = Settlement(charged=charged, balance=key.balance, already_settled=False)
+        stored = {**record, "charged": str(charged), "balance_after": str(key.balance)}
+        expires = now + record_ttl_s * 1000
+        self._generations[(key_id, generation_id)] = _Generation(stored, settlement, expires)
+        heapq.heappush(self._expiries, (expires, key_id, generation_id))
+        if tokens:
+            index, used = self._windows.get((key_id, model, "tpm"), (0, 0))
+            current = now // WINDOWS_MS["tpm"]
+            self._windows[(key_id, model, "tpm")] = (current, (used if index == current else 0) + tokens)
+        entry = audit_entry(key_id, generation_id, model, charged, tokens, record)
+        self._audit.setdefault(key_id, deque(maxlen=AUDIT_MAXLEN)).append({**entry, "ts_ms": str(now)})
+        return settlement
+
+    async def get_generation(self, key_id: str, generation_id: str) -> dict[str, str] | None:
+        found = self._generations.get((key_id, generation_id))
+        if found is None or found.expires_ms <= self._now_ms():
+            return None
+        return dict(found.record)
+
+    async def iter_usage(self, since_ms: int = 0) -> AsyncIterator[dict[str, str]]:
+        """Audit entries of every key (oldest key first), each key's in time order, from `since_ms` on."""
+        for record in await self.list_keys():
+            for entry in list(self._audit.get(record.id, ())):
+                if int(entry["ts_ms"]) >= since_ms:
+                    yield dict(entry)
+
+    # --- helpers: each runs inside one method body, so inside its atomic step ------------------------
+
+    def _sweep(self, key_id: str, now: int) -> KeyRecord:
+        """Return the key's expired holds to its balance; the record as it is afterwards."""
+        record = self._keys[key_id]
+        holds = self._holds.get(key_id, {})
+        expired = [gen for gen, (_, expires) in holds.items() if expires <= now]
+        if expired:
+            returned = sum(holds.pop(gen)[0] for gen in expired)
+            record = dataclasses.replace(record, balance=record.balance + returned)
+            self._keys[key_id] = record
+        return record
+
+    def _place_hold(self, record: KeyRecord, generation_id: str, amount: int, expires: int) -> KeyRecord:
+        """Move `amount` from the balance into the generation's hold (adding to one it already has)."""
+        if amount == 0:
+            return record
+        holds = self._holds.setdefault(record.id, {})
+        held, _ = holds.get(generation_id, (0, 0))
+        holds[generation_id] = (held + amount, expires)
+        record = dataclasses.replace(record, balance=record.balance - amount)
+        self._keys[record.id] = record
+        return record
+
+    def _used(self, key_id: str, model_id: str, kind: str, now: int) -> int:
+        index, used = self._windows.get((key_id, model_id, kind), (-1, 0))
+        return used if index == now // WINDOWS_MS[kind] else 0
+
+    def _forget_expired(self, now: int) -> None:
+        """Drop generation records past their TTL (Redis expires them by itself)."""
+        while self._expiries and self._expiries[0][0] <= now:
+            _, key_id, generation_id = heapq.heappop(self._expiries)
+            found = self._generations.get((key_id, generation_id))
+            if found is not None and found.expires_ms <= now:
+                del self._generations[(key_id, generation_id)]
+
+
+# --- shared with store.redis, so both backends refuse the same inputs and answer alike ----------------
+
+
+def reset_ms(kind: str, now_ms: int) -> int:
+    """Milliseconds until the current `kind` window ends (always > 0)."""
+    size = WINDOWS_MS[kind]
+    return (now_ms // size + 1) * size - now_ms
+
+
+def blocking(limits: Mapping[str, int | None], used: Mapping[str, int], now_ms: int) -> dict[str, int]:
+    """The windows whose limit is reached (`used` counts before this request), each with its reset in ms."""
+    return {kind: reset_ms(kind, now_ms) for kind, count in used.items() if count >= (limits[kind] or 0)}
+
+
+def admit_result(outcome: str, balance: int, limits: Mapping[str, int | None], used: Mapping[str, int],
+                 now_ms: int) -> AdmitResult:
+    """Build the answer from the window counts (after counting, when admitted). A rate-limited request
+    may retry once every blocking window has reset: after the longest (ties go in rpm, rpd, tpm order)."""
+    limited_by, retry = "", 0
+    if outcome == "rate_limited":
+        for kind, reset in blocking(limits, used, now_ms).items():
+            if reset > retry:
+                limited_by, retry = kind, reset
+
+    def window(kind: str) -> WindowState | None:
+        limit = limits[kind]
+        if limit is None:
+            return None
+        return WindowState(limit=limit, remaining=max(0, limit - used[kind]), reset_s=reset_ms(kind, now_ms) / 1000)
+
+    return AdmitResult(outcome=outcome, balance=balance, retry_after_s=retry / 1000, limited_by=limited_by,
+                       requests=window("rpm"), tokens=window("tpm"))
+
+
+def audit_entry(key_id: str, generation_id: str, model: str, charged: int, tokens: int,
+                record: Mapping[str, str]) -> dict[str, str]:
+    """One audit entry: the record's fields, then the ledger's own (which win a name clash)."""
+    return {**record, "generation_id": generation_id, "key_id": key_id, "model": model,
+            "charged": str(charged), "tokens": str(tokens)}
 
 
 def validate_amount(amount: int) -> None:
@@ -71,6 +254,45 @@ def validate_amount(amount: int) -> None:
     """
     if type(amount) is not int:
         raise TypeError(f"amount must be int nano-dollars, not {type(amount).__name__}")
+    if abs(amount) > MAX_AMOUNT:
+        raise ValueError(f"amount {amount} is out of range (|amount| <= 2**53 - 1)")
+
+
+def validate_count(name: str, value: int, minimum: int = 0, maximum: int = MAX_AMOUNT) -> None:
+    """An int argument (money, tokens, limit, TTL) within [minimum, maximum], so exact in Lua."""
+    if type(value) is not int:
+        raise TypeError(f"{name} must be int, not {type(value).__name__}")
+    if not minimum <= value <= maximum:
+        raise ValueError(f"{name} {value} is out of range ({minimum} .. {maximum})")
+
+
+def validate_admission(a: Admission) -> None:
+    validate_count("hold", a.hold)
+    validate_count("hold_ttl_s", a.hold_ttl_s, minimum=1, maximum=MAX_TTL_S)
+    for name, limit in (("rpm", a.rpm), ("rpd", a.rpd), ("tpm", a.tpm)):
+        if limit is not None:
+            validate_count(name, limit)
+
+
+def validate_settle(cost: int, tokens: int, record: Mapping[str, str], record_ttl_s: int) -> str:
+    """Check settle's arguments; the model id (record["model"]) whose tpm window the tokens count in."""
+    validate_count("cost", cost)
+    validate_count("tokens", tokens)
+    validate_count("record_ttl_s", record_ttl_s, minimum=1, maximum=MAX_TTL_S)
+    if not all(type(k) is str and type(v) is str for k, v in record.items()):
+        raise TypeError("generation record fields and values must be str")
+    if "model" not in record:
+        raise ValueError('generation record needs a "model" field (the model id its tokens count against)')
+    return record["model"]
+
+
+def validate_new_record(record: KeyRecord) -> None:
+    """A new key: no ',' in model globs (Redis stores them comma-joined), a non-negative int balance."""
+    validate_models(record.models)
+    if type(record.balance) is not int:
+        raise TypeError(f"balance must be int nano-dollars, not {type(record.balance).__name__}")
+    if record.balance < 0:
+        raise ValueError("a new key's balance must not be negative")
 
 
 def validate_models(models: tuple[str, ...]) -> None:

@@ -1,14 +1,23 @@
 """Redis store: several gateway processes behind one Redis act as one gateway.
 
-Layout (every name starts with the configurable prefix, default ``gw:``)::
+Layout (every name starts with the configurable prefix `p`, default ``gw:``; ``{<id>}`` is a literal
+hash tag, so everything of one key lives in one Cluster slot and each ledger script touches one slot)::
 
-    {p}key:{id}         hash   id name key_hash prefix created disabled balance rpm rpd models
-    {p}keyhash:{hash}   string -> id (the auth lookup)
-    {p}keys             zset   id scored by created (equal scores order by id, as Redis does)
+    {p}key:{<id>}                         hash   id name key_hash prefix created disabled balance credits
+                                                 usage rpm rpd models
+    {p}holds:{<id>}                       hash   generation id -> "amount:expires_ms" (open holds)
+    {p}rl:{<id>}:<model>:<rpm|rpd|tpm>:<n> string used count of window n (expires when the window ends)
+    {p}gen:{<id>}:<generation id>         hash   the settled generation's record (+ charged, balance_after)
+    {p}audit:{<id>}                       stream one entry per settled charge (MAXLEN ~ 1,000,000)
+    {p}keyhash:<hash>                     string -> id (the auth lookup)
+    {p}keys                               zset   id scored by created (equal scores order by id)
 
-Integers are stored as decimal strings (Redis hashes hold strings; HINCRBY works on them), None as "",
-booleans as "0"/"1", models comma-joined. Every check-and-change is one Lua script, so it is atomic
-across processes.
+The prefix must not contain "{". Integers are stored as decimal strings (Redis hashes hold strings;
+HINCRBY works on them), None as "", booleans as "0"/"1", models comma-joined. Every check-and-change of
+a key is one Lua script (`*.lua` beside this module; the ledger scripts share `ledger.lua`) using the
+server's TIME, so it is atomic across processes and costs one round trip (EVALSHA). Creating a key spans
+three slots (hash index, key list, key hash) and so takes three single-slot steps, ordered so that a
+crash between them leaves at most an unreachable index entry, never a half-visible key.
 
 Every failure below this boundary (redis-py errors, OSError, timeouts) leaves as `StoreError` with the
 cause chained; messages name the server by a redacted address, never by the URL, which may hold a
@@ -22,8 +31,10 @@ than failing when a burst of requests wants more than `MAX_CONNECTIONS` connecti
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib import resources
 from typing import Any, cast  # casts: decode_responses=True makes every reply str
 from urllib.parse import unquote, urlsplit
 
@@ -32,28 +43,34 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from gateway.store.base import KeyRecord, StoreError
-from gateway.store.memory import validate_amount, validate_models
+from gateway.store.base import Admission, AdmitResult, KeyRecord, Settlement, StoreError
+from gateway.store.memory import (
+    admit_result,
+    audit_entry,
+    validate_admission,
+    validate_amount,
+    validate_new_record,
+    validate_settle,
+)
 
 CONNECT_TIMEOUT_S = 3.0
 SOCKET_TIMEOUT_S = 3.0
 HEALTH_CHECK_INTERVAL_S = 15
 MAX_CONNECTIONS = 64  # per process; a burst beyond it waits up to POOL_WAIT_S for a free connection
 POOL_WAIT_S = 5.0
+AUDIT_PAGE = 1000  # stream entries per XRANGE while exporting usage
 
-# KEYS: key hash, hash index, keys zset. ARGV: id, created, then field/value pairs for HSET.
+# KEYS: key hash. ARGV: field/value pairs for HSET. 0 (nothing written) when the id exists.
 _CREATE_KEY = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX') == false then return -1 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
 
-# KEYS: key hash. ARGV: amount. Nil when the key is missing, so a topup never creates a stub hash.
-_TOPUP = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
-return redis.call('HINCRBY', KEYS[1], 'balance', ARGV[1])
+# KEYS: hash index entry. ARGV: id. Undo create_key's claim of the hash, only if it is still ours.
+_RELEASE_HASH = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 # KEYS: key hash. ARGV: "0" or "1". 0 when the key is missing.
@@ -62,6 +79,13 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'disabled', ARGV[1])
 return 1
 """
+
+
+def _ledger_script(name: str) -> str:
+    """A ledger script (admit, settle, topup) with the shared head (clock, sweep) prepended."""
+    files = resources.files(__package__)
+    return files.joinpath("ledger.lua").read_text() + "\n" + files.joinpath(f"{name}.lua").read_text()
+
 
 _ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
@@ -124,11 +148,27 @@ class RedisStore:
             raise ValueError(f"invalid redis url for {self._address}") from None
         self._redis: aioredis.Redis = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
         self._create_key = self._redis.register_script(_CREATE_KEY)
-        self._topup = self._redis.register_script(_TOPUP)
+        self._release_hash = self._redis.register_script(_RELEASE_HASH)
         self._set_disabled = self._redis.register_script(_SET_DISABLED)
+        self._topup = self._redis.register_script(_ledger_script("topup"))
+        self._admit = self._redis.register_script(_ledger_script("admit"))
+        self._settle = self._redis.register_script(_ledger_script("settle"))
 
     def _key(self, key_id: str) -> str:
-        return f"{self._prefix}key:{key_id}"
+        return f"{self._prefix}key:{{{key_id}}}"
+
+    def _holds(self, key_id: str) -> str:
+        return f"{self._prefix}holds:{{{key_id}}}"
+
+    def _windows(self, key_id: str, model_id: str) -> str:
+        """The prefix of the key × model rate-limit windows; scripts append "<kind>:<window index>"."""
+        return f"{self._prefix}rl:{{{key_id}}}:{model_id}:"
+
+    def _generation(self, key_id: str, generation_id: str) -> str:
+        return f"{self._prefix}gen:{{{key_id}}}:{generation_id}"
+
+    def _audit(self, key_id: str) -> str:
+        return f"{self._prefix}audit:{{{key_id}}}"
 
     def _hash_index(self, key_hash: str) -> str:
         return f"{self._prefix}keyhash:{key_hash}"
@@ -159,19 +199,22 @@ class RedisStore:
             await self._redis.aclose()
 
     async def create_key(self, record: KeyRecord) -> None:
-        """Store a new key in one script; ValueError if its id or hash already exists."""
-        validate_models(record.models)
-        fields = _encode(record)
-        argv: list[Any] = [record.id, record.created]
-        for name, value in fields.items():
-            argv += [name, value]
-        keys = [self._key(record.id), self._hash_index(record.key_hash), self._zset]
+        """Store a new key (credits = balance, usage = 0); ValueError if its id or hash already exists.
+
+        Three single-slot steps: claim the hash (SET NX), list the id (ZADD NX), then write the key hash,
+        which is what makes the key exist. A crash in between leaves an index entry or a listed id with no
+        key behind it, which every reader skips.
+        """
+        validate_new_record(record)
+        fields = _encode(dataclasses.replace(record, credits=record.balance, usage=0))
+        argv = [part for item in fields.items() for part in item]
         async with self._boundary("create_key"):
-            result = await self._create_key(keys=keys, args=argv)
-        if result == 0:
-            raise ValueError(f"key id {record.id} already exists")
-        if result == -1:
-            raise ValueError("a key with this hash already exists")
+            if not await self._redis.set(self._hash_index(record.key_hash), record.id, nx=True):
+                raise ValueError("a key with this hash already exists")
+            await self._redis.zadd(self._zset, {record.id: record.created}, nx=True)
+            if not await self._create_key(keys=[self._key(record.id)], args=argv):
+                await self._release_hash(keys=[self._hash_index(record.key_hash)], args=[record.id])
+                raise ValueError(f"key id {record.id} already exists")
 
     async def get_key_by_hash(self, key_hash: str) -> KeyRecord | None:
         async with self._boundary("get_key_by_hash"):
@@ -199,11 +242,74 @@ class RedisStore:
         return bool(result)
 
     async def topup(self, key_id: str, amount: int) -> int | None:
-        """Add `amount` nano-dollars in one script; None (and nothing written) when the key is missing."""
+        """Add `amount` to balance and credits in one script; None if the key is missing, ValueError below 0."""
         validate_amount(amount)
         async with self._boundary("topup"):
-            result = await self._topup(keys=[self._key(key_id)], args=[amount])
-        return None if result is None else int(result)
+            reply = await self._topup(keys=[self._key(key_id), self._holds(key_id)], args=[amount])
+        if reply[0] == "missing":
+            return None
+        if reply[0] == "negative":
+            raise ValueError(f"topup of {amount} would leave key {key_id} with a negative balance")
+        return int(reply[1])
+
+    # --- the ledger and the limits: one script, one round trip each -------------------------------
+
+    async def admit(self, admission: Admission) -> AdmitResult:
+        """Missing, disabled, rate limits, money — in that order; only a full pass counts and holds."""
+        validate_admission(admission)
+        a = admission
+        keys = [self._key(a.key_id), self._holds(a.key_id), self._windows(a.key_id, a.model_id)]
+        limits = {"rpm": a.rpm, "rpd": a.rpd, "tpm": a.tpm}
+        args = [a.generation_id, a.hold, a.hold_ttl_s * 1000, *("" if v is None else v for v in limits.values())]
+        async with self._boundary("admit"):
+            reply = await self._admit(keys=keys, args=args)
+        outcome, balance, now = str(reply[0]), int(reply[1]), int(reply[2])
+        if outcome in ("missing", "disabled"):
+            return AdmitResult(outcome=outcome, balance=balance)
+        used = {kind: int(count) for kind, count in zip(limits, reply[3:6], strict=True) if limits[kind] is not None}
+        return admit_result(outcome, balance, limits, used, now)
+
+    async def settle(self, key_id: str, generation_id: str, cost: int, tokens: int,
+                     record: dict[str, str], record_ttl_s: int) -> Settlement:
+        """Capture min(cost, hold + balance), return the rest, record and audit it; a replay changes nothing."""
+        model = validate_settle(cost, tokens, record, record_ttl_s)
+        stored = {k: v for k, v in record.items() if k not in ("charged", "balance_after")}
+        audit = audit_entry(key_id, generation_id, model, 0, tokens, record)
+        del audit["charged"]  # the script adds it once known
+        args: list[Any] = [generation_id, cost, tokens, record_ttl_s, len(stored)]
+        args += [part for item in stored.items() for part in item]
+        args += [part for item in audit.items() for part in item]
+        keys = [self._key(key_id), self._holds(key_id), self._generation(key_id, generation_id),
+                self._audit(key_id), self._windows(key_id, model)]
+        async with self._boundary("settle"):
+            status, charged, balance = await self._settle(keys=keys, args=args)
+        if status == "missing":
+            raise ValueError(f"no key {key_id} to settle against")
+        return Settlement(charged=int(charged), balance=int(balance), already_settled=status == "replay")
+
+    async def get_generation(self, key_id: str, generation_id: str) -> dict[str, str] | None:
+        async with self._boundary("get_generation"):
+            fields = cast("dict[str, str]", await self._redis.hgetall(self._generation(key_id, generation_id)))
+        return fields or None
+
+    async def iter_usage(self, since_ms: int = 0) -> AsyncIterator[dict[str, str]]:
+        """Audit entries of every key (oldest key first), each key's in time order, from `since_ms` on.
+
+        Pages through each stream with XRANGE; the entry id's milliseconds become the `ts_ms` field.
+        """
+        async with self._boundary("iter_usage"):
+            ids = cast("list[str]", await self._redis.zrange(self._zset, 0, -1))
+        for key_id in ids:
+            start = f"{max(0, since_ms)}-0"
+            while True:
+                async with self._boundary("iter_usage"):
+                    page = cast("list[tuple[str, dict[str, str]]]", await self._redis.xrange(
+                        self._audit(key_id), min=start, max="+", count=AUDIT_PAGE))
+                for entry_id, fields in page:
+                    yield {**fields, "ts_ms": entry_id.split("-", 1)[0]}
+                if len(page) < AUDIT_PAGE:
+                    break
+                start = "(" + page[-1][0]
 
 
 def _encode(record: KeyRecord) -> dict[str, str]:
@@ -216,6 +322,8 @@ def _encode(record: KeyRecord) -> dict[str, str]:
         "created": str(record.created),
         "disabled": "1" if record.disabled else "0",
         "balance": str(record.balance),
+        "credits": str(record.credits),
+        "usage": str(record.usage),
         "rpm": "" if record.rpm is None else str(record.rpm),
         "rpd": "" if record.rpd is None else str(record.rpd),
         "models": ",".join(record.models),
@@ -233,6 +341,8 @@ def _decode(fields: dict[str, str], address: str) -> KeyRecord:
             created=int(fields["created"]),
             disabled=fields["disabled"] == "1",
             balance=int(fields["balance"]),
+            credits=int(fields["credits"]),
+            usage=int(fields["usage"]),
             rpm=_opt_int(fields.get("rpm", "")),
             rpd=_opt_int(fields.get("rpd", "")),
             models=tuple(m for m in fields.get("models", "").split(",") if m),

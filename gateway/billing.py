@@ -1,0 +1,98 @@
+"""Money: what a request may cost at worst (the hold), what it did cost, and the billing block clients see.
+
+Everything is integer nano-dollars; dollars appear only in the JSON written to clients. Token prices are
+per million tokens, so a cost is one integer sum divided once, rounded up: a request never costs less
+than its tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.catalog import Price
+from providers.types import Usage
+
+NANO = 1_000_000_000
+MTOK = 1_000_000
+IMAGE_TOKENS = 1_600  # generous per-image allowance for the prompt estimate (a 2048px tile set)
+MESSAGE_OVERHEAD = 8  # role, separators
+
+
+def nano_to_usd(nano: int) -> float:
+    return nano / NANO
+
+
+def token_cost(price: Price, usage: Usage) -> int:
+    """The cost of `usage` at `price`, per-request fee included."""
+    cached = min(usage.cached_tokens + usage.cache_write_tokens, usage.prompt_tokens)
+    fresh = usage.prompt_tokens - cached
+    total = (fresh * price.input_per_mtok + cached * price.cached_input_per_mtok
+             + usage.completion_tokens * price.output_per_mtok)
+    return -(-total // MTOK) + price.per_request
+
+
+def estimate_tokens(text_bytes: int) -> int:
+    """Tokens of text by its UTF-8 length: ~4 bytes a token in English, fewer elsewhere; err high."""
+    return -(-text_bytes // 3)
+
+
+def estimate_prompt_tokens(body: dict[str, Any]) -> int:
+    """An upper-leaning estimate of a chat request's prompt tokens, without a tokenizer."""
+    tokens = 0
+    for message in body.get("messages") or ():
+        tokens += MESSAGE_OVERHEAD
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            tokens += estimate_tokens(len(content.encode()))
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and part.get("type") in ("image_url", "input_image", "image"):
+                    tokens += IMAGE_TOKENS
+                else:
+                    tokens += estimate_tokens(len(orjson.dumps(part)))
+        if isinstance(message, dict) and message.get("tool_calls"):
+            tokens += estimate_tokens(len(orjson.dumps(message["tool_calls"])))
+    if body.get("tools"):
+        tokens += estimate_tokens(len(orjson.dumps(body["tools"])))
+    return tokens
+
+
+def requested_max_output(body: dict[str, Any]) -> int | None:
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def worst_case_usage(body: dict[str, Any], model_max_output: int | None, default_max_output: int) -> Usage:
+    """The usage a hold must cover: the prompt estimate plus every output token the request may produce."""
+    asked = requested_max_output(body)
+    ceiling = model_max_output or default_max_output
+    max_out = min(asked, ceiling) if asked else ceiling
+    return Usage(prompt_tokens=estimate_prompt_tokens(body), completion_tokens=max_out)
+
+
+@dataclass(frozen=True, slots=True)
+class Bill:
+    """What the client is told about its request's cost."""
+
+    cost: int  # nano-dollars charged
+    balance: int  # nano-dollars available after the charge
+    reserved: int  # the hold placed before the call
+    using_own_key: bool
+    estimated: bool  # usage had to be estimated (upstream sent none)
+
+    def block(self) -> dict[str, Any]:
+        """The Dewiar `billing` block, plus what no peer tells: currency, the hold, whether estimated."""
+        return {
+            "request_cost": nano_to_usd(self.cost),
+            "balance_remaining": nano_to_usd(self.balance),
+            "using_own_key": self.using_own_key,
+            "currency": "USD",
+            "reserved": nano_to_usd(self.reserved),
+            "estimated": self.estimated,
+        }

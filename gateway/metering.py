@@ -1,0 +1,222 @@
+"""Admission and settlement of one request: the hold placed before the upstream call, settled exactly once.
+
+`admit()` is the one store round trip on the way in (limits checked and counted, hold placed);
+`Ticket.settle()` is the one on the way out. Settling runs as its own task behind `asyncio.shield`, so a
+cancelled request (client gone, shutdown) still settles; a store that fails at that moment gets the
+settlement retried in the background until it answers (settling is idempotent per generation id), so a
+Redis outage never turns a served request into a free one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from gateway import billing, limits
+from gateway.catalog import Route
+from gateway.config import Config, to_nano
+from gateway.errors import Forbidden, InsufficientQuota, RateLimited, Unauthorized, Unavailable
+from gateway.logging import get_logger
+from gateway.store.base import Admission, AdmitResult, KeyRecord, Store, StoreError
+from providers.types import Usage
+
+log = get_logger("gateway.metering")
+T = TypeVar("T")
+RETRY_DELAYS_S = (0.2, 0.5, 1, 2, 5, 10, 30)  # then every 30 s
+
+
+def new_generation_id() -> str:
+    return f"gen-{int(time.time())}-{uuid.uuid4().hex[:20]}"
+
+
+def store_unavailable(exc: StoreError) -> Unavailable:
+    return Unavailable("The gateway's store is unavailable, so no request can be metered; retry shortly.",
+                       code="store_unavailable")
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened upstream, as far as money and the generation record care."""
+
+    usage: Usage = field(default_factory=Usage)
+    estimated: bool = False
+    cancelled: bool = False
+    finish_reason: str | None = None
+    status: int = 200
+    upstream_id: str = ""
+    first_token_at: float | None = None
+
+
+class Settlements:
+    """Settlements the store could not take yet, retried in the background; drained at shutdown."""
+
+    def __init__(self) -> None:
+        self.pending: set[asyncio.Task[None]] = set()
+
+    def track(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run `coro` as a task that outlives its caller's cancellation and is awaited at shutdown."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self.pending.add(task)  # type: ignore[arg-type]
+        task.add_done_callback(self.pending.discard)  # type: ignore[arg-type]
+        return task
+
+    def retry(self, store: Store, args: tuple[Any, ...]) -> None:
+        self.track(self._retry(store, args))
+
+    async def _retry(self, store: Store, args: tuple[Any, ...]) -> None:
+        attempt = 0
+        while True:
+            await asyncio.sleep(RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)])
+            attempt += 1
+            try:
+                await store.settle(*args)
+            except StoreError:
+                continue
+            log.info("deferred settlement done", generation_id=args[1], attempts=attempt)
+            return
+
+    async def drain(self, timeout_s: float) -> None:
+        if self.pending:
+            _, left = await asyncio.wait(list(self.pending), timeout=timeout_s)
+            for task in left:
+                log.error("settlement lost at shutdown; the hold returns to the balance at its TTL")
+                task.cancel()
+
+
+@dataclass(slots=True)
+class Ticket:
+    """An admitted request: its hold, its limits' state, and its one settlement."""
+
+    store: Store
+    settlements: Settlements
+    config: Config
+    route: Route
+    key: KeyRecord
+    generation_id: str
+    hold: int
+    byok: bool
+    admitted: AdmitResult
+    streamed: bool
+    started: float = field(default_factory=time.time)
+    egress: str = "direct"
+    _task: asyncio.Task[billing.Bill] | None = None
+
+    def cost(self, usage: Usage) -> int:
+        if self.byok:
+            return to_nano(self.config.billing.byok_fee)
+        return billing.token_cost(self.route.price, usage)
+
+    async def settle(self, outcome: Outcome) -> billing.Bill:
+        """Settle once; later calls (and a cancelled caller) share the first settlement."""
+        if self._task is None:
+            self._task = self.settlements.track(self._settle(outcome))
+        return await asyncio.shield(self._task)
+
+    @property
+    def settled(self) -> bool:
+        return self._task is not None
+
+    async def _settle(self, outcome: Outcome) -> billing.Bill:
+        cost = self.cost(outcome.usage) if outcome.status < 300 or outcome.usage.total_tokens else 0
+        now = time.time()
+        record = self._record(outcome, now)
+        args = (self.key.id, self.generation_id, cost, outcome.usage.total_tokens, record,
+                self.config.billing.generation_ttl_s)
+        try:
+            result = await self.store.settle(*args)
+            charged, balance = result.charged, result.balance
+        except StoreError:
+            log.warning("store unavailable at settlement; retrying in the background",
+                        generation_id=self.generation_id)
+            self.settlements.retry(self.store, args)
+            charged, balance = cost, max(self.admitted.balance + self.hold - cost, 0)
+        return billing.Bill(cost=charged, balance=balance, reserved=self.hold, using_own_key=self.byok,
+                            estimated=outcome.estimated)
+
+    def _record(self, outcome: Outcome, now: float) -> dict[str, str]:
+        first = outcome.first_token_at or now
+        return {
+            "id": self.generation_id, "model": self.route.model_id, "provider_name": self.route.provider_name,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
+            "tokens_prompt": str(outcome.usage.prompt_tokens),
+            "tokens_completion": str(outcome.usage.completion_tokens),
+            "tokens_cached": str(outcome.usage.cached_tokens),
+            "latency": str(round((first - self.started) * 1000)),
+            "generation_time": str(round((now - first) * 1000)),
+            "streamed": _flag(self.streamed), "cancelled": _flag(outcome.cancelled),
+            "finish_reason": outcome.finish_reason or "", "is_byok": _flag(self.byok),
+            "estimated": _flag(outcome.estimated), "status": str(outcome.status),
+            "upstream_id": outcome.upstream_id, "egress": self.egress, "reserved": str(self.hold),
+        }
+
+
+def _flag(value: bool) -> str:
+    return "1" if value else "0"
+
+
+async def admit(store: Store, settlements: Settlements, config: Config, route: Route, key: KeyRecord,
+                body: dict[str, Any], byok: bool, streamed: bool) -> Ticket:
+    """Check and count limits and place the worst-case hold in one atomic store step, or refuse."""
+    worst = billing.worst_case_usage(body, route.model.max_output_tokens, config.billing.default_max_output_tokens)
+    generation_id = new_generation_id()
+    hold = to_nano(config.billing.byok_fee) if byok else billing.token_cost(route.price, worst)
+    eff = limits.effective(route.model.limits, config.limits.default, key)
+    admission = Admission(key_id=key.id, model_id=route.model_id, generation_id=generation_id, hold=hold,
+                          hold_ttl_s=config.billing.hold_ttl_s, rpm=eff.rpm, rpd=eff.rpd, tpm=eff.tpm)
+    admitting = settlements.track(store.admit(admission))
+    try:
+        result = await asyncio.shield(admitting)
+    except StoreError as exc:
+        raise store_unavailable(exc) from exc
+    except asyncio.CancelledError:
+        # the script may still place the hold after we stopped waiting: give it straight back
+        settlements.track(_release_if_admitted(admitting, store, key.id, generation_id, route.model_id,
+                                               config.billing.generation_ttl_s))
+        raise
+    _refuse_unless_ok(result, hold)
+    return Ticket(store=store, settlements=settlements, config=config, route=route, key=key,
+                  generation_id=generation_id, hold=hold, byok=byok, admitted=result, streamed=streamed,
+                  egress=route.provider.egress)
+
+
+async def _release_if_admitted(admitting: asyncio.Task[AdmitResult], store: Store, key_id: str,
+                               generation_id: str, model_id: str, ttl_s: int) -> None:
+    try:
+        result = await admitting
+    except StoreError:
+        return  # nothing was placed, or the hold expires at its TTL
+    if result.outcome == "ok":
+        record = {"id": generation_id, "model": model_id, "cancelled": "1", "status": "499"}
+        with contextlib.suppress(StoreError):
+            await store.settle(key_id, generation_id, 0, 0, record, ttl_s)
+
+
+def _refuse_unless_ok(result: AdmitResult, hold: int) -> None:
+    headers = limits.headers(result)
+    if result.outcome == "ok":
+        return
+    if result.outcome == "rate_limited":
+        window = {"rpm": "requests per minute", "rpd": "requests per day", "tpm": "tokens per minute"}
+        raise RateLimited(f"Rate limit reached for this key and model ({window.get(result.limited_by, 'limit')}). "
+                          f"Retry in {limits.retry_after(result)} s.",
+                          headers={**headers, "Retry-After": limits.retry_after(result)})
+    if result.outcome == "insufficient":
+        raise InsufficientQuota(
+            f"Insufficient balance: this request may cost up to ${billing.nano_to_usd(hold):.9f} and the key "
+            f"has ${billing.nano_to_usd(result.balance):.9f} available. Top up the key or lower max_tokens.",
+            headers=headers)
+    if result.outcome == "disabled":
+        raise Forbidden("This API key has been disabled by the gateway's operator.", code="key_disabled")
+    raise Unauthorized("Incorrect API key provided.")
+
+
+async def close(ticket: Ticket, outcome: Outcome) -> None:
+    """Finally-clause helper: settle what was not settled yet. If the caller is cancelled meanwhile, the
+    settlement still completes: it is a tracked task behind a shield."""
+    if not ticket.settled:
+        await ticket.settle(outcome)

@@ -1,0 +1,60 @@
+-- admit: missing, disabled, rate limits, money, in that order; only a full pass counts and holds.
+-- KEYS: key hash, holds hash, rate-limit prefix "{p}rl:{<key id>}:<model id>:" (windows append
+--       "<rpm|rpd|tpm>:<window index>"; same hash tag, so the same Cluster slot)
+-- ARGV: generation id, hold, hold ttl ms, rpm, rpd, tpm ("" = unlimited)
+-- Returns {outcome, balance, now ms, rpm used, rpd used, tpm used}; used counts include this request
+-- when it was admitted.
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'missing', '0', '0', 0, 0, 0}
+end
+local now = now_ms()
+sweep(KEYS[1], KEYS[2], now)
+if redis.call('HGET', KEYS[1], 'disabled') == '1' then
+  return {'disabled', redis.call('HGET', KEYS[1], 'balance'), num(now), 0, 0, 0}
+end
+
+local kinds = {'rpm', 'rpd', 'tpm'}
+local sizes = {60000, 86400000, 60000}
+local used = {0, 0, 0}
+local windows = {}
+local limited = false
+for i = 1, 3 do
+  local limit = ARGV[3 + i]
+  if limit ~= '' then
+    windows[i] = KEYS[3] .. kinds[i] .. ':' .. num(math.floor(now / sizes[i]))
+    used[i] = tonumber(redis.call('GET', windows[i]) or '0')
+    if used[i] >= tonumber(limit) then
+      limited = true
+    end
+  end
+end
+
+local function answer(outcome)
+  return {outcome, redis.call('HGET', KEYS[1], 'balance'), num(now), used[1], used[2], used[3]}
+end
+if limited then
+  return answer('rate_limited')
+end
+local hold = tonumber(ARGV[2])
+if hold > tonumber(redis.call('HGET', KEYS[1], 'balance')) then
+  return answer('insufficient')
+end
+
+for i = 1, 2 do  -- count the request; tpm is counted by settle
+  if windows[i] then
+    used[i] = redis.call('INCR', windows[i])
+    if used[i] == 1 then
+      redis.call('PEXPIREAT', windows[i], num((math.floor(now / sizes[i]) + 1) * sizes[i]))
+    end
+  end
+end
+if hold > 0 then  -- a second admit of one generation id adds to its hold
+  local held = redis.call('HGET', KEYS[2], ARGV[1])
+  local amount = hold
+  if held then
+    amount = amount + tonumber(string.match(held, '^(%d+):'))
+  end
+  redis.call('HSET', KEYS[2], ARGV[1], num(amount) .. ':' .. num(now + tonumber(ARGV[3])))
+  redis.call('HINCRBY', KEYS[1], 'balance', '-' .. ARGV[2])
+end
+return answer('ok')

@@ -1,0 +1,54 @@
+-- settle: capture min(cost, hold + balance), return the rest, record, count tokens, audit; idempotent.
+-- KEYS: key hash, holds hash, generation record, audit stream, rate-limit prefix (as in admit.lua)
+-- ARGV: generation id, cost, tokens, record ttl s, n, n record field/value pairs, then audit field/value
+--       pairs (all but "charged", which is added here)
+-- Returns {status, charged, balance after}: status "settled", "replay" (the first answer; nothing
+-- changed) or "missing" (no such key; nothing changed).
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'missing', '0', '0'}
+end
+local prior = redis.call('HMGET', KEYS[3], 'charged', 'balance_after')
+if prior[1] then
+  return {'replay', prior[1], prior[2]}
+end
+local now = now_ms()
+sweep(KEYS[1], KEYS[2], now)
+
+local hold = 0
+local held = redis.call('HGET', KEYS[2], ARGV[1])
+if held then
+  hold = tonumber(string.match(held, '^(%d+):'))
+  redis.call('HDEL', KEYS[2], ARGV[1])
+end
+local balance = tonumber(redis.call('HGET', KEYS[1], 'balance'))
+local charged = math.max(0, math.min(tonumber(ARGV[2]), hold + balance))
+redis.call('HINCRBY', KEYS[1], 'balance', num(hold - charged))
+redis.call('HINCRBY', KEYS[1], 'usage', num(charged))
+local after = redis.call('HGET', KEYS[1], 'balance')
+
+local n = tonumber(ARGV[5])
+local record = {}
+for i = 6, 5 + 2 * n do
+  record[#record + 1] = ARGV[i]
+end
+for _, v in ipairs({'charged', num(charged), 'balance_after', after}) do
+  record[#record + 1] = v
+end
+redis.call('HSET', KEYS[3], unpack(record))
+redis.call('EXPIRE', KEYS[3], ARGV[4])
+
+if tonumber(ARGV[3]) > 0 then
+  local index = math.floor(now / 60000)
+  local window = KEYS[5] .. 'tpm:' .. num(index)
+  redis.call('INCRBY', window, ARGV[3])
+  redis.call('PEXPIREAT', window, num((index + 1) * 60000))
+end
+
+local audit = {}
+for i = 6 + 2 * n, #ARGV do
+  audit[#audit + 1] = ARGV[i]
+end
+audit[#audit + 1] = 'charged'
+audit[#audit + 1] = num(charged)
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', '1000000', '*', unpack(audit))
+return {'settled', num(charged), after}

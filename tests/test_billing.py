@@ -1,0 +1,91 @@
+"""Pure money and limit arithmetic: integer nano-dollars, worst cases, the tightest limit, OpenAI's formats."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.billing import Bill, estimate_prompt_tokens, token_cost, worst_case_usage
+from gateway.catalog import Price
+from gateway.config import LimitsConfig, to_nano
+from gateway.limits import effective, go_duration, headers, retry_after
+from gateway.store.base import AdmitResult, KeyRecord, WindowState
+from providers.types import Usage
+
+GPT5 = Price(input_per_mtok=to_nano(1.25), output_per_mtok=to_nano(10), cached_input_per_mtok=to_nano(0.125),
+             per_request=0)
+
+
+@pytest.mark.parametrize(("price", "usage", "nano"), [
+    pytest.param(GPT5, Usage(prompt_tokens=19, completion_tokens=10), 123_750, id="docs-example"),
+    pytest.param(GPT5, Usage(prompt_tokens=1000, completion_tokens=0, cached_tokens=800), 250_000 + 100_000,
+                 id="cached-input"),
+    pytest.param(GPT5, Usage(prompt_tokens=1, completion_tokens=0), 1250, id="one-token"),
+    pytest.param(Price(1, 1, 1, 0), Usage(prompt_tokens=1, completion_tokens=0), 1, id="rounds-up-not-down"),
+    pytest.param(Price(0, 0, 0, to_nano(0.002)), Usage(prompt_tokens=5, completion_tokens=5), 2_000_000,
+                 id="per-request-fee"),
+    pytest.param(GPT5, Usage(prompt_tokens=10, completion_tokens=0, cached_tokens=50), 1250,
+                 id="cached-never-above-prompt"),
+])
+def test_token_cost_is_exact_integer_arithmetic(price: Price, usage: Usage, nano: int) -> None:
+    assert token_cost(price, usage) == nano
+
+
+def test_worst_case_uses_max_tokens_then_the_models_ceiling() -> None:
+    body = {"messages": [{"role": "user", "content": "x" * 300}]}
+    assert worst_case_usage({**body, "max_tokens": 50}, 1000, 4096).completion_tokens == 50
+    assert worst_case_usage({**body, "max_completion_tokens": 70}, 1000, 4096).completion_tokens == 70
+    assert worst_case_usage({**body, "max_tokens": 5000}, 1000, 4096).completion_tokens == 1000
+    assert worst_case_usage(body, None, 4096).completion_tokens == 4096
+    assert worst_case_usage(body, 1000, 4096).prompt_tokens >= 100  # 300 bytes is at most ~100 tokens
+
+
+def test_prompt_estimate_counts_images_and_tools() -> None:
+    text = {"messages": [{"role": "user", "content": "hello"}]}
+    image = {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "hello"}, {"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}]}
+    tools = {**text, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}
+    assert estimate_prompt_tokens(image) > estimate_prompt_tokens(text) + 1000
+    assert estimate_prompt_tokens(tools) > estimate_prompt_tokens(text)
+
+
+def test_bill_block_has_the_seed_fields_and_more() -> None:
+    block = Bill(cost=1675, balance=9_942_895_375, reserved=5000, using_own_key=False, estimated=False).block()
+    assert block["request_cost"] == 0.000001675
+    assert block["balance_remaining"] == 9.942895375
+    assert block["using_own_key"] is False
+    assert block["currency"] == "USD" and block["reserved"] == 0.000005 and block["estimated"] is False
+
+
+KEY = KeyRecord(id="key_1", name="k", key_hash="h", prefix="gw-", created=0)
+
+
+@pytest.mark.parametrize(("model", "default", "key_rpm", "want"), [
+    pytest.param(None, LimitsConfig(rpm=60, rpd=1000), None, (60, 1000, None), id="defaults"),
+    pytest.param(LimitsConfig(rpm=2), LimitsConfig(rpm=60, rpd=1000), None, (2, 1000, None), id="model-replaces"),
+    pytest.param(LimitsConfig(rpm=600), LimitsConfig(rpm=60), None, (600, None, None), id="model-may-raise"),
+    pytest.param(LimitsConfig(rpm=10, tpm=5000), LimitsConfig(rpm=60), 3, (3, None, 5000), id="key-caps"),
+    pytest.param(LimitsConfig(rpm=2), LimitsConfig(), 30, (2, None, None), id="tightest-wins"),
+])
+def test_effective_limits(model: LimitsConfig | None, default: LimitsConfig, key_rpm: int | None,
+                          want: tuple[int | None, ...]) -> None:
+    from dataclasses import replace
+
+    eff = effective(model, default, replace(KEY, rpm=key_rpm))
+    assert (eff.rpm, eff.rpd, eff.tpm) == want
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(0.012, "12ms"), (1, "1s"), (17.2, "18s"), (360, "6m0s"),
+                                               (3725, "1h2m5s"), (0.0001, "1ms")])
+def test_go_durations_as_openai_writes_them(seconds: float, text: str) -> None:
+    assert go_duration(seconds) == text
+
+
+def test_rate_limit_headers_and_retry_after() -> None:
+    result = AdmitResult(outcome="rate_limited", balance=0, retry_after_s=41.2, limited_by="rpm",
+                         requests=WindowState(limit=2, remaining=0, reset_s=41.2),
+                         tokens=WindowState(limit=1000, remaining=400, reset_s=10))
+    assert headers(result) == {
+        "x-ratelimit-limit-requests": "2", "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "42s", "x-ratelimit-limit-tokens": "1000",
+        "x-ratelimit-remaining-tokens": "400", "x-ratelimit-reset-tokens": "10s"}
+    assert retry_after(result) == "42"

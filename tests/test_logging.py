@@ -1,0 +1,81 @@
+"""One JSON line per request with the fields operators query, and no secret in any line."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from harness import PROVIDER_KEY, Gateway
+
+from gateway.logging import REDACTED, Redactor
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+Lines = Callable[[], list[dict[str, Any]]]
+
+
+async def test_one_line_per_request_with_its_fields(gateway: Gateway, log_lines: Lines) -> None:
+    client = gateway.openai()
+    await client.chat.completions.create(model="fake/gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+    stream = await client.chat.completions.create(model="fake/gpt-4o", messages=MESSAGES,  # type: ignore[arg-type]
+                                                  stream=True)
+    async for _ in stream:
+        pass
+    requests = [line for line in log_lines() if line["event"] == "request"]
+    assert len(requests) == 2
+    plain, streamed = requests
+    for line, is_stream in ((plain, False), (streamed, True)):
+        assert line["status"] == 200
+        assert line["key_id"] == gateway.key_id
+        assert line["model"] == "fake/gpt-4o" and line["provider"] == "fake"
+        assert line["streamed"] is is_stream
+        assert line["prompt_tokens"] > 0 and line["completion_tokens"] > 0
+        assert isinstance(line["latency_ms"], float)
+        assert line["request_id"].startswith("req_")
+        assert line["level"] == "info" and "timestamp" in line
+
+
+async def test_no_secret_reaches_the_log(gateway: Gateway, log_lines: Lines) -> None:
+    byok = "sk-clientbyok-1234567890abcdef"
+    # the upstream's error text quotes both the configured key and the client's key
+    gateway.fake.status = 400
+    gateway.fake.error_body = {"error": {"message": f"keys {PROVIDER_KEY} and {byok} are not valid here",
+                                         "type": "invalid_request_error", "param": None, "code": None}}
+    async with aiohttp.ClientSession() as http:
+        for extra in ({}, {"provider_api_key": byok}):
+            body = {"model": "fake/gpt-4o", "messages": MESSAGES, **extra}
+            async with http.post(gateway.url + "/v1/chat/completions", json=body, headers=gateway.auth()) as r:
+                assert r.status == 400
+                assert PROVIDER_KEY not in await r.text()
+        async with http.get(gateway.url + "/v1/models", headers=gateway.auth("gw-" + "A" * 38)) as r:
+            assert r.status == 401
+    text = json.dumps(log_lines())
+    assert "upstream refused" in text  # the line that carried the upstream's message was written
+    for secret in (PROVIDER_KEY, byok, gateway.key, "gw-" + "A" * 38):
+        assert secret not in text
+    assert REDACTED in text
+
+
+@pytest.mark.parametrize(("text", "secret"), [
+    pytest.param("Authorization: Bearer gw-abcdefghijklmnopqrstuvwxyz0123456789", "abcdefghijklmnop", id="bearer"),
+    pytest.param("key=gw-abcdefghijklmnopqrstuvwxyz0123456789", "abcdefghijklmnop", id="gateway-key"),
+    pytest.param("sk-proj-abcdefghijklmnop1234", "abcdefghijklmnop1234", id="openai-key"),
+    pytest.param("socks5h://user:hunter2pass@203.0.113.10:1080", "hunter2pass", id="proxy-password"),
+    pytest.param("AIzaSyA1234567890abcdefghijklmnopqrs", "1234567890abcdefghij", id="google-key"),
+    pytest.param("the configured value s3cr3t-value appears", "s3cr3t-value", id="known-secret"),
+])
+def test_redactor_patterns(text: str, secret: str) -> None:
+    redactor = Redactor()
+    redactor.update(["s3cr3t-value"])
+    scrubbed = redactor(None, "info", {"event": text, "nested": {"list": [text]}})
+    assert secret not in json.dumps(scrubbed)
+    assert REDACTED in scrubbed["event"]
+
+
+def test_redactor_masks_secret_named_fields() -> None:
+    scrubbed = Redactor()(None, "info", {"event": "x", "headers": {"Authorization": "anything", "x-api-key": "k"},
+                                         "api_key": "plain"})
+    assert scrubbed["headers"] == {"Authorization": REDACTED, "x-api-key": REDACTED}
+    assert scrubbed["api_key"] == REDACTED
