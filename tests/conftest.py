@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+from fakes.clock import FakeClock
 from fakes.openai_upstream import FakeOpenAI
 from fakes.openai_upstream import make_app as make_fake_app
 from harness import Gateway, gateway_config, start_gateway
@@ -50,6 +51,21 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
         backend = RedisStore(request.getfixturevalue("redis_url"), prefix=f"t{uuid.uuid4().hex}:")
     try:
         yield backend
+    finally:
+        await backend.close()
+
+
+@pytest.fixture(params=["memory", "redis"], ids=["memory", "redis"])
+async def clocked_store(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Store, FakeClock | None]]:
+    """A fresh store of each backend: memory on a fake clock, redis (on its real clock) on a unique prefix."""
+    clock = None
+    if request.param == "memory":
+        clock = FakeClock()
+        backend: Store = MemoryStore(clock=clock)
+    else:
+        backend = RedisStore(request.getfixturevalue("redis_url"), prefix=f"t{uuid.uuid4().hex}:")
+    try:
+        yield backend, clock
     finally:
         await backend.close()
 

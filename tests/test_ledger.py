@@ -16,10 +16,11 @@ import dataclasses
 import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterable
+from collections.abc import Awaitable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 import pytest
+from fakes.clock import FakeClock
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -37,17 +38,8 @@ from gateway.store import Admission, AdmitResult, KeyRecord, MemoryStore, RedisS
 T = TypeVar("T")
 MODEL = "openai/gpt-x"
 UNIT = 1_000_000_007  # about a dollar, prime so sums do not line up by accident
-T0 = 1_699_999_985.0
 REDIS_HOLD_TTL_S = 3600  # nothing expires during a Redis machine run
 PICK = st.integers(0, 2**16)  # an index into whatever candidates a rule has at that moment
-
-
-class FakeClock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def choose(candidates: Iterable[str], pick: int) -> str:
@@ -277,28 +269,13 @@ def test_ledger_state_machine_redis(redis_url: str) -> None:
 # --- plain tests on both backends -----------------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "redis"], ids=["memory", "redis"])
-async def fresh(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Store, FakeClock | None]]:
-    """A store on each backend: memory on a fake clock, redis on a unique prefix."""
-    clock = None
-    if request.param == "memory":
-        clock = FakeClock()
-        backend: Store = MemoryStore(clock=clock)
-    else:
-        backend = RedisStore(request.getfixturevalue("redis_url"), prefix=f"t{uuid.uuid4().hex}:")
-    try:
-        yield backend, clock
-    finally:
-        await backend.close()
-
-
 def record(gen: str) -> dict[str, Any]:
     return {"model": MODEL, "id": gen}
 
 
 async def test_200_concurrent_admits_serve_exactly_what_the_money_allows(
-        fresh: tuple[Store, FakeClock | None]) -> None:
-    store, _ = fresh
+        clocked_store: tuple[Store, FakeClock | None]) -> None:
+    store, _ = clocked_store
     hold = 7_777_777
     key = new_key(20 * hold)
     await store.create_key(key)
@@ -320,9 +297,9 @@ async def test_200_concurrent_admits_serve_exactly_what_the_money_allows(
     assert len([e async for e in store.iter_usage()]) == 200
 
 
-async def test_expiry_under_concurrency(fresh: tuple[Store, FakeClock | None]) -> None:
+async def test_expiry_under_concurrency(clocked_store: tuple[Store, FakeClock | None]) -> None:
     """1 s holds expire while a burst of admits, settles and top-ups runs: the sum still holds exactly."""
-    store, clock = fresh
+    store, clock = clocked_store
     hold = 3_000_000_019
     key = new_key(10 * hold)
     await store.create_key(key)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from fakes.clock import FakeClock
 from redis_server import RedisServer, free_port
 
 from gateway import keys
@@ -308,18 +308,9 @@ def test_url_redaction(url: str, address: str, secrets: tuple[str, ...]) -> None
 # Both backends again, but the memory store runs on a fake clock (5 s into a minute, 6415 s before a UTC
 # midnight) so expiry and windows need no sleeping; the redis one runs on the server's real clock.
 
-T0 = 1_699_999_985.0
 MODEL = "openai/gpt-x"
 H = 1_000_000  # a typical hold, nano-dollars
 B = 10 * H  # a typical balance
-
-
-class FakeClock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclasses.dataclass
@@ -358,20 +349,12 @@ class Ledger:
         return found.balance, found.credits, found.usage
 
 
-@pytest.fixture(params=["memory", "redis"], ids=["memory", "redis"])
-async def ledger(request: pytest.FixtureRequest) -> AsyncIterator[Ledger]:
-    clock = None
-    if request.param == "memory":
-        clock = FakeClock()
-        backend: Store = MemoryStore(clock=clock)
-    else:
-        backend = RedisStore(request.getfixturevalue("redis_url"), prefix=f"t{uuid.uuid4().hex}:")
+@pytest.fixture
+async def ledger(clocked_store: tuple[Store, FakeClock | None]) -> AsyncIterator[Ledger]:
+    backend, clock = clocked_store
     key = make_record(balance=B, rpm=None, rpd=None)
     await backend.create_key(key)
-    try:
-        yield Ledger(backend, clock, await backend.get_key(key.id) or key)
-    finally:
-        await backend.close()
+    yield Ledger(backend, clock, await backend.get_key(key.id) or key)
 
 
 @pytest.mark.parametrize(
