@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -24,6 +25,12 @@ def _pools(config: Config) -> dict[str, list[ProxySpec]]:
             for name, pool in config.egress.pools.items()}
 
 
+def _with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
+    if not overrides:
+        return config
+    return config.model_copy(update={"server": config.server.model_copy(update=overrides)})
+
+
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     """Store and egress sessions: opened once at startup, closed at shutdown, never per request."""
     runtime = app[RUNTIME]
@@ -39,14 +46,17 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     await runtime.store.close()
 
 
-def create_app(config: Config, config_path: str | None = None,
-               extra_middlewares: Sequence[Middleware] = ()) -> web.Application:
-    """The gateway app; `extra_middlewares` run innermost (an embedder's own checks, test probes)."""
+def create_app(config: Config, config_path: str | None = None, extra_middlewares: Sequence[Middleware] = (),
+               server_overrides: dict[str, Any] | None = None) -> web.Application:
+    """The gateway app; `extra_middlewares` run innermost (an embedder's own checks, test probes);
+    `server_overrides` (the command line's --host/--port) win over the file, also across reloads."""
+    overrides = server_overrides or {}
+    config = _with_overrides(config, overrides)
     redactor.update(config.secrets())
     # aiohttp's own cap stays above ours so that our handler answers 413 in OpenAI's shape
     app = web.Application(middlewares=[request_context, require_key, *extra_middlewares],
                           client_max_size=config.server.max_body_bytes + 1024)
-    app[RUNTIME] = Runtime(Snapshot.of(config), config_path)
+    app[RUNTIME] = Runtime(Snapshot.of(config), config_path, overrides)
     app.cleanup_ctx.append(_resources)
     app.on_response_prepare.append(add_response_headers)
     app.router.add_post("/v1/chat/completions", chat.chat_completions)
@@ -65,7 +75,7 @@ async def reload_config(app: web.Application) -> bool:
         log.warning("config reload requested but the gateway was not started from a file")
         return False
     try:
-        new = config_mod.load(runtime.config_path)
+        new = _with_overrides(config_mod.load(runtime.config_path), runtime.server_overrides)
     except config_mod.ConfigError as exc:
         log.error("config reload failed; keeping the old config", path=runtime.config_path,
                   problems=str(exc).splitlines())

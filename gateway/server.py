@@ -45,9 +45,11 @@ async def _on_startup(app: web.Application) -> None:
 
 def serve(config: Config, config_path: str, host: str | None = None, port: int | None = None) -> int:
     configure(config.server.log_level)
-    app = create_app(config, config_path)
+    overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    app = create_app(config, config_path, server_overrides=overrides)
     app.on_startup.append(_on_startup)
-    web.run_app(app, host=host or config.server.host, port=port if port is not None else config.server.port,
+    config = app[RUNTIME].snapshot.config
+    web.run_app(app, host=config.server.host, port=config.server.port,
                 access_log=None, print=None, shutdown_timeout=30,
                 loop=uvloop.new_event_loop())
     return 0

@@ -35,6 +35,7 @@ class Snapshot:
 class Runtime:
     snapshot: Snapshot
     config_path: str | None = None
+    server_overrides: dict[str, Any] = field(default_factory=dict)  # --host/--port of the command line
     store: Store = field(init=False)
     egress: Egress = field(default_factory=Egress)
     settlements: Settlements = field(default_factory=Settlements)
