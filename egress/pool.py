@@ -1,50 +1,245 @@
-"""Named pools of ways out, and the sessions behind them.
+"""Named pools of ways out: which proxy a request leaves through, and which proxies are healthy.
 
-`Egress.session_for(pool)` returns the session a request should leave through: the shared direct
-session for "direct", or the next proxy of the pool. Sessions are reused across requests and closed when
-a reload removes their proxy or at shutdown.
+A request asks `Egress.plan()` for its exits: the first is the one it should use, the rest are where it
+may fail over when the first fails *before the request reached the upstream*. Health is a small state
+machine per proxy fed by live traffic (passive) and probes (active, `egress.health`)::
+
+    up --(eject_after_failures consecutive failures)--> ejected
+    ejected --(restore_after_successes consecutive probe successes)--> up
+
+Only the proxy's own failures count (connect refused/timeout, handshake failure, reset before the
+response); upstream HTTP errors never do, so no client can eject proxies with bad requests. Passive
+checks never eject more than `max_ejected_share` of a pool at once.
+
+Key affinity: each upstream API key sticks to one healthy proxy (rendezvous hashing over the healthy set
+picks it, the first time), so a provider never sees one key from many addresses; it moves only when that
+proxy is ejected.
+
+Exception tree::
+
+    EgressUnavailable     no healthy way out of a pool (maps to 503 egress_unavailable)
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 
-from egress.proxy import make_session
+from egress import metrics
+from egress.proxy import ProxySpec, make_session
 
 DIRECT = "direct"
+AFFINITY_MAX = 100_000  # remembered key -> proxy assignments per pool
+EWMA_ALPHA = 0.3
+
+
+class EgressUnavailable(Exception):
+    """No healthy proxy is left in a pool (and it may not fall back to direct)."""
+
+    def __init__(self, pool: str, reason: str) -> None:
+        super().__init__(f"egress pool '{pool}': {reason}")
+        self.pool = pool
 
 
 @dataclass(frozen=True, slots=True)
-class ProxySpec:
+class PoolSpec:
     name: str
-    url: str
+    proxies: tuple[ProxySpec, ...]
+    strategy: str = "round_robin"  # round_robin | least_latency | random
+    affinity: bool = True
+    fallback_direct: bool = False
+    max_attempts: int = 3
+    eject_after_failures: int = 3
+    restore_after_successes: int = 1
+    max_ejected_share: float = 0.5
+    interval_s: float = 10.0
+    timeout_s: float = 5.0
+    probe: str = ""  # tcp://host:port or https://...; empty: passive checks only
+
+
+@dataclass(eq=False, slots=True)
+class ProxyState:
+    spec: ProxySpec
+    pool: str
+    session: aiohttp.ClientSession | None = None
+    up: bool = True
+    failures: int = 0  # consecutive
+    successes: int = 0  # consecutive, while ejected
+    latency_s: float | None = None  # moving average of connect time
+    ejections: int = 0
+    backoff: int = 0  # probes of an ejected proxy wait interval * 2**backoff
+    next_probe_at: float = 0.0
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+    def record_connect(self, seconds: float) -> None:
+        self.latency_s = seconds if self.latency_s is None else (
+            EWMA_ALPHA * seconds + (1 - EWMA_ALPHA) * self.latency_s)
+        metrics.CONNECT_SECONDS.labels(self.pool, self.spec.name).observe(seconds)
+
+    def public(self) -> dict[str, Any]:
+        """What /admin/egress shows: name, host, state — never the URL or its credentials."""
+        return {"name": self.spec.name, "scheme": self.spec.scheme, "host": self.spec.host,
+                "region": self.spec.region, "state": "up" if self.up else "ejected",
+                "consecutive_failures": self.failures, "ejections": self.ejections,
+                "latency_ms": None if self.latency_s is None else round(self.latency_s * 1000, 2),
+                "requests": dict(self.outcomes)}
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    """One way out for one attempt: a proxy (or None for direct) and its session."""
+
+    proxy: ProxyState | None
+    session: aiohttp.ClientSession
+
+    @property
+    def name(self) -> str:
+        return self.proxy.spec.name if self.proxy else DIRECT
+
+
+def _score(key: str, name: str) -> bytes:
+    return hashlib.sha256(f"{key}\0{name}".encode()).digest()
+
+
+class Pool:
+    def __init__(self, spec: PoolSpec, states: list[ProxyState]) -> None:
+        self.spec = spec
+        self.states = states
+        self._turn = itertools.count()
+        self._affinity: dict[str, str] = {}
+
+    def healthy(self, blocked: frozenset[str]) -> list[ProxyState]:
+        return [s for s in self.states if s.up and (s.spec.region or "") not in blocked]
+
+    def order(self, affinity_key: str | None, blocked: frozenset[str]) -> list[ProxyState]:
+        """Healthy proxies, the one to use first, then the failover order."""
+        healthy = self.healthy(blocked)
+        if not healthy:
+            return []
+        if self.spec.affinity and affinity_key is not None:
+            first = self._sticky(affinity_key, healthy)
+        elif self.spec.strategy == "least_latency":
+            first = min(healthy, key=lambda s: s.latency_s or 0.0)
+        elif self.spec.strategy == "random":
+            first = random.choice(healthy)
+        else:
+            first = healthy[next(self._turn) % len(healthy)]
+        i = healthy.index(first)
+        return healthy[i:] + healthy[:i]
+
+    def _sticky(self, key: str, healthy: list[ProxyState]) -> ProxyState:
+        by_name = {s.spec.name: s for s in healthy}
+        current = by_name.get(self._affinity.get(key, ""))
+        if current is None:
+            current = max(healthy, key=lambda s: _score(key, s.spec.name))
+            if len(self._affinity) >= AFFINITY_MAX:
+                self._affinity.clear()
+            self._affinity[key] = current.spec.name
+        return current
+
+    def ejected_share_after_one_more(self) -> float:
+        return (sum(not s.up for s in self.states) + 1) / len(self.states)
 
 
 class Egress:
+    """All pools and the sessions behind them; built from plain specs, rebuilt on reload."""
+
     def __init__(self) -> None:
-        self._sessions: dict[str, aiohttp.ClientSession] = {}  # by proxy url ("" = direct)
-        self._pools: dict[str, tuple[ProxySpec, ...]] = {}
-        self._cycles: dict[str, Iterator[ProxySpec]] = {}
+        self.pools: dict[str, Pool] = {}
+        self._direct: aiohttp.ClientSession | None = None
+        self._states: dict[tuple[str, str, str], ProxyState] = {}  # (pool, name, url)
 
-    async def configure(self, pools: Mapping[str, Sequence[ProxySpec]]) -> None:
-        """Adopt a new set of pools; sessions of proxies still configured are kept, others closed."""
-        self._pools = {name: tuple(specs) for name, specs in pools.items()}
-        self._cycles = {name: itertools.cycle(specs) for name, specs in self._pools.items()}
-        wanted = {spec.url for specs in self._pools.values() for spec in specs} | {""}
-        stale = [url for url in self._sessions if url not in wanted]
-        await asyncio.gather(*(self._sessions.pop(url).close() for url in stale))
-        for url in wanted - self._sessions.keys():
-            self._sessions[url] = make_session(url or None)
+    async def configure(self, pools: Mapping[str, PoolSpec]) -> None:
+        """Adopt new pools; a proxy kept with the same URL keeps its session and health."""
+        if self._direct is None:
+            self._direct = make_session()
+        old, self._states = self._states, {}
+        new_pools = {}
+        for spec in pools.values():
+            states = []
+            for proxy in spec.proxies:
+                ident = (spec.name, proxy.name, proxy.url)
+                state = old.pop(ident, None) or self._new_state(spec.name, proxy)
+                state.spec = proxy
+                self._states[ident] = state
+                states.append(state)
+            new_pools[spec.name] = Pool(spec, states)
+        self.pools = new_pools
+        for state in old.values():
+            metrics.forget(state.pool, state.spec.name)
+        await asyncio.gather(*(s.session.close() for s in old.values() if s.session))
 
-    def session_for(self, pool: str) -> aiohttp.ClientSession:
-        url = "" if pool == DIRECT else next(self._cycles[pool]).url
-        return self._sessions[url]
+    def _new_state(self, pool: str, proxy: ProxySpec) -> ProxyState:
+        state = ProxyState(spec=proxy, pool=pool)
+        state.session = make_session(proxy, on_connect=state.record_connect)
+        metrics.UP.labels(pool, proxy.name).set(1)
+        return state
+
+    def plan(self, pool_name: str, affinity_key: str | None = None,
+             blocked: frozenset[str] = frozenset()) -> list[Exit]:
+        """The exits to try, in order: at most the pool's max_attempts."""
+        assert self._direct is not None, "configure() first"
+        if pool_name == DIRECT:
+            return [Exit(None, self._direct)]
+        pool = self.pools[pool_name]
+        order = pool.order(affinity_key, blocked)
+        exits = [Exit(s, s.session) for s in order if s.session is not None][: pool.spec.max_attempts]
+        if exits:
+            return exits
+        if pool.spec.fallback_direct:
+            return [Exit(None, self._direct)]
+        raise EgressUnavailable(pool_name, "no healthy proxy left" + (
+            f" outside the blocked regions {sorted(blocked)}" if blocked else ""))
+
+    def succeeded(self, exit_: Exit) -> None:
+        if exit_.proxy is not None:
+            self._count(exit_.proxy, "ok")
+            exit_.proxy.failures = 0
+
+    def failed(self, exit_: Exit, outcome: str) -> None:
+        """A failure of the proxy itself seen on live traffic; may eject it (within the pool's cap)."""
+        state = exit_.proxy
+        if state is None:
+            return
+        self._count(state, outcome)
+        state.failures += 1
+        pool = self.pools.get(state.pool)
+        if (pool is not None and state.up and state.failures >= pool.spec.eject_after_failures
+                and pool.ejected_share_after_one_more() <= pool.spec.max_ejected_share):
+            self.eject(state, pool.spec.interval_s)
+
+    def eject(self, state: ProxyState, interval_s: float) -> None:
+        state.up, state.successes, state.backoff = False, 0, 0
+        state.ejections += 1
+        state.next_probe_at = time.monotonic() + interval_s
+        metrics.UP.labels(state.pool, state.spec.name).set(0)
+        metrics.EJECTIONS.labels(state.pool, state.spec.name).inc()
+
+    def restore(self, state: ProxyState) -> None:
+        state.up, state.failures, state.successes, state.backoff = True, 0, 0, 0
+        metrics.UP.labels(state.pool, state.spec.name).set(1)
+
+    def _count(self, state: ProxyState, outcome: str) -> None:
+        state.outcomes[outcome] = state.outcomes.get(outcome, 0) + 1
+        metrics.REQUESTS.labels(state.pool, state.spec.name, outcome).inc()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {name: {"strategy": pool.spec.strategy, "affinity": pool.spec.affinity,
+                       "fallback_direct": pool.spec.fallback_direct,
+                       "proxies": [s.public() for s in pool.states]}
+                for name, pool in self.pools.items()}
 
     async def close(self) -> None:
-        sessions, self._sessions = list(self._sessions.values()), {}
+        sessions = [s.session for s in self._states.values() if s.session]
+        if self._direct is not None:
+            sessions.append(self._direct)
+        self._states, self.pools, self._direct = {}, {}, None
         await asyncio.gather(*(s.close() for s in sessions))

@@ -1,33 +1,122 @@
-"""Proxy URL -> pooled client session.
+"""Proxy URL -> pooled client session, and the probes that test a way out.
 
 One `aiohttp.ClientSession` per way out (direct, or one per proxy), created once and reused across
-requests so connections stay alive; SOCKS4/5 and HTTP CONNECT proxies go through aiohttp-socks, whose
-connector tunnels TLS to the upstream inside the proxy connection.
+requests so tunnels stay alive. SOCKS4/5 and HTTP(S) CONNECT proxies go through aiohttp-socks, whose
+connector runs the proxy handshake inside aiohttp's connect step — so the handshake is bounded by the
+request's connect timeout — and tunnels TLS to the upstream inside the proxy connection.
+
+`socks5h://` resolves names at the proxy (no DNS query leaves the gateway's region); `socks5://` resolves
+locally, as curl does.
 """
 
 from __future__ import annotations
 
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
 import aiohttp
-from aiohttp_socks import ProxyConnector
+from aiohttp_socks import ProxyConnector, ProxyType
+from python_socks.async_.asyncio.v2 import Proxy
 
-# Per-host connection cap of a session: high enough for streams that stay open for minutes.
-CONNECTIONS_PER_HOST = 256
+CONNECTIONS_PER_HOST = 256  # streams stay open for minutes; this caps tunnels per upstream host
+
+_TYPES = {"socks5": ProxyType.SOCKS5, "socks5h": ProxyType.SOCKS5, "socks4": ProxyType.SOCKS4,
+          "socks4a": ProxyType.SOCKS4, "http": ProxyType.HTTP, "https": ProxyType.HTTP}
 
 
-def make_connector(proxy_url: str | None) -> aiohttp.BaseConnector:
-    if proxy_url is None:
+@dataclass(frozen=True, slots=True)
+class ProxySpec:
+    """A proxy as configured. `url` holds credentials: never log it; `label` is what may be shown."""
+
+    name: str
+    url: str
+    region: str | None = None
+
+    @property
+    def host(self) -> str:
+        parts = urlsplit(self.url)
+        return f"{parts.hostname}:{parts.port}"
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.url).scheme
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    type: ProxyType
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    rdns: bool
+    tls: bool
+
+
+def _parse(url: str) -> _Parsed:
+    parts = urlsplit(url)
+    default_port = {"http": 8080, "https": 443}.get(parts.scheme, 1080)
+    return _Parsed(type=_TYPES[parts.scheme], host=parts.hostname or "", port=parts.port or default_port,
+                   username=unquote(parts.username) if parts.username else None,
+                   password=unquote(parts.password) if parts.password else None,
+                   rdns=parts.scheme in ("socks5h", "socks4a", "http", "https"), tls=parts.scheme == "https")
+
+
+def make_connector(spec: ProxySpec | None) -> aiohttp.BaseConnector:
+    if spec is None:
         return aiohttp.TCPConnector(limit=0, limit_per_host=CONNECTIONS_PER_HOST, ttl_dns_cache=300)
-    url, rdns = proxy_url, False
-    if url.startswith("socks5h://"):  # name resolved at the proxy: no DNS leak from the gateway's region
-        url, rdns = "socks5://" + url[len("socks5h://"):], True
-    return ProxyConnector.from_url(url, rdns=rdns, limit=0, limit_per_host=CONNECTIONS_PER_HOST)
+    p = _parse(spec.url)
+    return ProxyConnector(proxy_type=p.type, host=p.host, port=p.port, username=p.username, password=p.password,
+                          rdns=p.rdns, proxy_ssl=ssl.create_default_context() if p.tls else None,
+                          limit=0, limit_per_host=CONNECTIONS_PER_HOST)
 
 
-def make_session(proxy_url: str | None = None) -> aiohttp.ClientSession:
+def _connect_timer(on_connect: Callable[[float], None]) -> aiohttp.TraceConfig:
+    """Measures every new connection (TCP + proxy handshake + TLS) for least_latency and metrics."""
+    trace = aiohttp.TraceConfig()
+
+    async def start(_s: Any, ctx: SimpleNamespace, _p: Any) -> None:
+        ctx.connect_started = time.perf_counter()
+
+    async def end(_s: Any, ctx: SimpleNamespace, _p: Any) -> None:
+        on_connect(time.perf_counter() - ctx.connect_started)
+
+    trace.on_connection_create_start.append(start)
+    trace.on_connection_create_end.append(end)
+    return trace
+
+
+def make_session(spec: ProxySpec | None = None,
+                 on_connect: Callable[[float], None] | None = None) -> aiohttp.ClientSession:
     """A session with no total timeout: the caller bounds connect, first byte and silences itself."""
     return aiohttp.ClientSession(
-        connector=make_connector(proxy_url),
+        connector=make_connector(spec),
         timeout=aiohttp.ClientTimeout(total=None),
+        trace_configs=[_connect_timer(on_connect)] if on_connect else None,
         auto_decompress=True,
-        raise_for_status=False,
     )
+
+
+async def probe_tcp(spec: ProxySpec, host: str, port: int, timeout: float) -> float:
+    """Open (and close) a tunnel to host:port through the proxy; the seconds it took."""
+    p = _parse(spec.url)
+    proxy = Proxy(proxy_type=p.type, host=p.host, port=p.port, username=p.username, password=p.password,
+                  rdns=p.rdns, proxy_ssl=ssl.create_default_context() if p.tls else None)
+    started = time.perf_counter()
+    stream = await proxy.connect(dest_host=host, dest_port=port, timeout=timeout)
+    elapsed = time.perf_counter() - started
+    await stream.close()
+    return elapsed
+
+
+async def probe_http(session: aiohttp.ClientSession, url: str, timeout: float) -> float:
+    """Any HTTP answer through the session's proxy counts: the way out works, whatever the status."""
+    started = time.perf_counter()
+    async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False) as resp:
+        await resp.read()
+    return time.perf_counter() - started

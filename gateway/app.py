@@ -2,27 +2,47 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from egress.pool import ProxySpec
+from egress import health as egress_health
+from egress.pool import PoolSpec
+from egress.proxy import ProxySpec
 from gateway import config as config_mod
 from gateway.config import Config
-from gateway.handlers import chat, credits, health, models
+from gateway.handlers import admin, chat, credits, health, models
 from gateway.logging import get_logger, redactor
-from gateway.middleware import add_response_headers, request_context, require_key
+from gateway.middleware import add_response_headers, request_context, require_admin, require_key
 from gateway.state import RUNTIME, Runtime, Snapshot
 from gateway.store import open_store
 
 log = get_logger("gateway.app")
 
 
-def _pools(config: Config) -> dict[str, list[ProxySpec]]:
-    return {name: [ProxySpec(p.name, p.url) for p in pool.proxies]
-            for name, pool in config.egress.pools.items()}
+def _pools(config: Config) -> dict[str, PoolSpec]:
+    """The egress package's plain specs from the config (egress knows nothing of providers)."""
+    return {name: PoolSpec(
+        name=name, proxies=tuple(ProxySpec(p.name, p.url, p.region) for p in pool.proxies),
+        strategy=pool.strategy, affinity=pool.affinity, fallback_direct=pool.fallback_direct,
+        max_attempts=pool.max_attempts, eject_after_failures=pool.health.eject_after_failures,
+        restore_after_successes=pool.health.restore_after_successes, max_ejected_share=pool.max_ejected_share,
+        interval_s=pool.health.interval_s, timeout_s=pool.health.timeout_s,
+        probe=pool.health.probe or _default_probe(config, name),
+    ) for name, pool in config.egress.pools.items()}
+
+
+def _default_probe(config: Config, pool: str) -> str:
+    """Without a configured probe, a pool checks that it can open a tunnel to a provider it serves."""
+    for provider in config.providers.values():
+        if provider.egress == pool:
+            url = urlsplit(provider.base_url)
+            return f"tcp://{url.hostname}:{url.port or (443 if url.scheme == 'https' else 80)}"
+    return ""
 
 
 def _with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
@@ -40,7 +60,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         log.warning("memory store in use: keys and balances live in this process only and vanish at exit; "
                     "set store.url (REDIS_URL) for production or more than one process")
     await runtime.egress.configure(_pools(config))
+    prober = asyncio.create_task(egress_health.run(runtime.egress))
     yield
+    prober.cancel()
     await runtime.settlements.drain(timeout_s=30)
     await runtime.egress.close()
     await runtime.store.close()
@@ -54,7 +76,7 @@ def create_app(config: Config, config_path: str | None = None, extra_middlewares
     config = _with_overrides(config, overrides)
     redactor.update(config.secrets())
     # aiohttp's own cap stays above ours so that our handler answers 413 in OpenAI's shape
-    app = web.Application(middlewares=[request_context, require_key, *extra_middlewares],
+    app = web.Application(middlewares=[request_context, require_key, require_admin, *extra_middlewares],
                           client_max_size=config.server.max_body_bytes + 1024)
     app[RUNTIME] = Runtime(Snapshot.of(config), config_path, overrides)
     app.cleanup_ctx.append(_resources)
@@ -65,6 +87,8 @@ def create_app(config: Config, config_path: str | None = None, extra_middlewares
     app.router.add_get("/v1/generation", credits.generation)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
+    app.router.add_get("/metrics", health.metrics)
+    app.router.add_get("/admin/egress", admin.egress)
     return app
 
 

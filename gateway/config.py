@@ -73,6 +73,9 @@ class PoolConfig(_Model):
     proxies: list[ProxyConfig] = Field(min_length=1)
     health: HealthConfig = HealthConfig()
     fallback_direct: bool = False
+    affinity: bool = True  # each upstream API key keeps leaving through one proxy
+    max_attempts: PosInt = 3  # proxies tried for one request when connecting fails
+    max_ejected_share: Annotated[float, Field(ge=0, le=1)] = 0.5  # cap on passive ejections at once
 
 
 class EgressConfig(_Model):
@@ -93,6 +96,7 @@ class ProviderConfig(_Model):
     api_key: str = ""
     api_key_env: str = ""  # filled by the loader from `${VAR}` in api_key: named in "set VAR" errors
     egress: str = "direct"
+    blocked_regions: list[str] = []  # never leave through a proxy tagged with one of these regions
     headers: dict[str, str] = {}
     timeouts: TimeoutsConfig = TimeoutsConfig()
 
@@ -277,8 +281,13 @@ def _cross_check(config: Config) -> list[str]:
     """References between sections: a reader should not meet a dangling name at request time."""
     problems = []
     for name, prov in config.providers.items():
-        if prov.egress != "direct" and prov.egress not in config.egress.pools:
+        pool = config.egress.pools.get(prov.egress)
+        if prov.egress != "direct" and pool is None:
             problems.append(f"providers.{name}.egress: no pool named {prov.egress!r} (or use 'direct')")
+        elif pool is not None and not pool.fallback_direct and all(
+                (px.region or "") in prov.blocked_regions for px in pool.proxies):
+            problems.append(f"providers.{name}.blocked_regions: leaves no usable proxy in pool {prov.egress!r} "
+                            f"(every proxy is in {sorted(prov.blocked_regions)}); add one or set fallback_direct")
     public: dict[str, str] = {}
     for mid in config.models:
         public[mid] = f"models.{mid}"

@@ -6,6 +6,7 @@ this module turns both into the response and the request's single JSON log line.
 
 from __future__ import annotations
 
+import hmac
 import re
 import time
 import uuid
@@ -21,6 +22,7 @@ from gateway.errors import (
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
+    Unauthorized,
     error_response,
 )
 from gateway.logging import get_logger
@@ -86,6 +88,19 @@ async def require_key(request: web.Request, handler: Handler) -> web.StreamRespo
                                     runtime.snapshot.config.billing.key_cache_s)
         request[KEY] = record
         request[LOG]["key_id"] = record.id
+    return await handler(request)
+
+
+@web.middleware
+async def require_admin(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Admin routes take `Bearer <server.admin_token>`, never a client key; they are off without a token."""
+    if request.path.startswith("/admin/"):
+        token = request.app[RUNTIME].snapshot.config.server.admin_token
+        if not token:
+            raise NotFound("Admin routes are off: set server.admin_token to enable them.", code="admin_disabled")
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise Unauthorized("Admin routes need 'Authorization: Bearer <admin token>'.", code="invalid_admin_token")
     return await handler(request)
 
 

@@ -5,8 +5,9 @@ Timeouts are split, never total: `connect_s` to open the connection (through the
 body. A reasoning model may stream for ten minutes; only a stalled one is cut.
 
 Lower-layer errors become gateway errors here and nowhere else:
-connection refused/reset -> UpstreamFailed (502), connect or first-byte timeout -> UpstreamTimeout (504),
-upstream 4xx -> UpstreamRejected (its own status), 5xx -> UpstreamFailed.
+direct connection refused/reset -> UpstreamFailed (502), no way out of a proxy pool -> Unavailable (503
+egress_unavailable), first-byte timeout -> UpstreamTimeout (504), upstream 4xx -> UpstreamRejected (its
+own status), 5xx -> UpstreamFailed.
 """
 
 from __future__ import annotations
@@ -15,29 +16,60 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import aiohttp
+import aiohttp_socks
+import python_socks
 
-from gateway.errors import GatewayError, UpstreamFailed, UpstreamRejected, UpstreamTimeout
+from egress.pool import Egress, EgressUnavailable, Exit
+from gateway.errors import GatewayError, Unavailable, UpstreamFailed, UpstreamRejected, UpstreamTimeout
 from providers.types import UpstreamHTTPError, UpstreamRequest
 
 MAX_UPSTREAM_BODY = 64 * 1024 * 1024  # a non-streamed answer larger than this is not a chat answer
 
 
-async def open_upstream(session: aiohttp.ClientSession, req: UpstreamRequest, connect_s: float,
-                        first_byte_s: float, provider: str) -> aiohttp.ClientResponse:
-    """Send the request and return once the upstream's status and headers arrived."""
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_s, connect=connect_s + 5)
+# Failures of the way out, before the request reached the upstream: safe to retry on another proxy.
+CONNECT_FAILURES: tuple[type[BaseException], ...] = (
+    aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, aiohttp_socks.ProxyError,
+    aiohttp_socks.ProxyConnectionError, aiohttp_socks.ProxyTimeoutError,
+    python_socks.ProxyError, python_socks.ProxyConnectionError, python_socks.ProxyTimeoutError)
+
+
+async def open_upstream(egress: Egress, pool: str, affinity_key: str | None, blocked: frozenset[str],
+                        req: UpstreamRequest, connect_s: float, first_byte_s: float,
+                        provider: str) -> tuple[aiohttp.ClientResponse, Exit]:
+    """Send the request through the provider's pool; return once the upstream's headers arrived.
+
+    A way out that fails before the request reached the upstream (proxy refused, handshake failed,
+    connect timeout) counts against that proxy and the next exit is tried at once; once the request may
+    have been sent, there is no silent resend.
+    """
     try:
-        async with asyncio.timeout(first_byte_s + connect_s):
-            return await session.request(req.method, req.url, headers=req.headers, data=req.body,
-                                         timeout=timeout)
-    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-        raise UpstreamTimeout(f"provider {provider} did not answer in time") from exc
-    except aiohttp.ClientError as exc:
-        raise UpstreamFailed(f"provider {provider} is unreachable ({type(exc).__name__})",
-                             code="upstream_unreachable") from exc
-    except OSError as exc:  # proxy handshakes surface plain socket errors
-        raise UpstreamFailed(f"provider {provider} is unreachable ({type(exc).__name__})",
-                             code="upstream_unreachable") from exc
+        exits = egress.plan(pool, affinity_key, blocked)
+    except EgressUnavailable as exc:
+        raise Unavailable(f"No way out to provider {provider}: {exc}.", code="egress_unavailable") from exc
+    timeout = aiohttp.ClientTimeout(total=None, connect=connect_s, sock_connect=connect_s)
+    for exit_ in exits:
+        try:
+            async with asyncio.timeout(first_byte_s + connect_s):
+                resp = await exit_.session.request(req.method, req.url, headers=req.headers, data=req.body,
+                                                   timeout=timeout)
+        except CONNECT_FAILURES as exc:
+            timed_out = isinstance(exc, aiohttp.ConnectionTimeoutError | python_socks.ProxyTimeoutError)
+            egress.failed(exit_, "timeout" if timed_out else "connect_error")
+            last: BaseException = exc
+            continue
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeout(f"provider {provider} did not answer in time") from exc
+        except (aiohttp.ClientError, OSError) as exc:  # reset or broken after the request may have left
+            egress.failed(exit_, "reset")
+            raise UpstreamFailed(f"provider {provider}: the connection broke before an answer "
+                                 f"({type(exc).__name__})", code="upstream_unreachable") from exc
+        egress.succeeded(exit_)
+        return resp, exit_
+    if exits[0].proxy is None:
+        raise UpstreamFailed(f"provider {provider} is unreachable ({type(last).__name__})",
+                             code="upstream_unreachable") from last
+    raise Unavailable(f"No way out to provider {provider}: every proxy tried in egress pool '{pool}' failed to "
+                      "connect.", code="egress_unavailable") from last
 
 
 async def next_data(content: aiohttp.StreamReader, silence_s: float, tick_s: float,

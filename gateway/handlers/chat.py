@@ -8,6 +8,7 @@ arrives, with keep-alive comments while the upstream is silent.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from typing import Any
 
@@ -64,6 +65,11 @@ def _provider_key(request: web.Request, body: dict[str, Any], route: Route) -> t
     return prov.api_key, False
 
 
+def _affinity_key(route: Route, api_key: str) -> str:
+    """Which identity the provider sees: its API key (hashed: the pool never holds a key)."""
+    return hashlib.sha256(f"{route.provider_name}\0{api_key}".encode()).hexdigest()
+
+
 def _scrubber(own_key: str) -> Any:
     def scrub(text: str) -> str:
         if own_key:
@@ -103,10 +109,11 @@ async def _call(request: web.Request, route: Route, body: dict[str, Any], api_ke
     chat = ChatRequest(body={k: v for k, v in body.items() if k not in GATEWAY_FIELDS}, stream=ticket.streamed)
     adapter = registry.get(route.provider.kind)
     target = route.target(api_key)
-    session = runtime.egress.session_for(route.provider.egress)
     t = route.provider.timeouts
-    resp = await open_upstream(session, adapter.build_request(chat, target), t.connect_s, t.first_byte_s,
-                               route.provider_name)
+    resp, exit_ = await open_upstream(runtime.egress, route.provider.egress, _affinity_key(route, api_key),
+                                      frozenset(route.provider.blocked_regions), adapter.build_request(chat, target),
+                                      t.connect_s, t.first_byte_s, route.provider_name)
+    ticket.egress = request[LOG]["egress"] = exit_.name
     scrub = _scrubber(api_key if byok else "")
     try:
         if resp.status >= 300:

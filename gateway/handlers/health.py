@@ -1,10 +1,11 @@
-"""Liveness and readiness: /healthz says the process runs, /readyz that it can serve (store answers)."""
+"""Operations endpoints: /healthz (the process runs), /readyz (it can serve: the store answers), /metrics."""
 
 from __future__ import annotations
 
 import time
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.state import RUNTIME
 from gateway.store import StoreError
@@ -25,3 +26,8 @@ async def readyz(request: web.Request) -> web.Response:
     body = {"status": "ready" if ready else "not_ready", "checks": checks,
             "config_age_s": round(time.time() - runtime.snapshot.loaded_at, 1)}
     return web.json_response(body, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format of every metric of this process."""
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

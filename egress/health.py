@@ -1,0 +1,78 @@
+"""Active health checks: each pool probes its proxies every `interval_s` (with jitter), ejected ones on
+an exponential back-off, and restores a proxy after `restore_after_successes` good probes in a row.
+
+A probe is `tcp://host:port` (a tunnel opened through the proxy and closed) or an `http(s)://` URL (any
+HTTP answer through the proxy counts). Probe failures count toward ejection like live failures, but are
+not capped: a proxy every probe fails is out, whatever the share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from urllib.parse import urlsplit
+
+from egress import metrics
+from egress.pool import Egress, Pool, ProxyState
+from egress.proxy import probe_http, probe_tcp
+
+JITTER = 0.2  # +-20% of the interval, so pools and processes don't probe in lockstep
+MAX_BACKOFF = 6  # an ejected proxy is re-probed at least every interval * 64
+
+
+async def probe_once(egress: Egress, pool: Pool, state: ProxyState) -> bool:
+    spec = pool.spec
+    try:
+        if spec.probe.startswith("tcp://"):
+            target = urlsplit(spec.probe)
+            seconds = await probe_tcp(state.spec, target.hostname or "", target.port or 443, spec.timeout_s)
+        else:
+            assert state.session is not None
+            seconds = await probe_http(state.session, spec.probe, spec.timeout_s)
+    except Exception:  # any failure of the way out is a failed probe; the reason is in the metric only
+        metrics.PROBES.labels(pool.spec.name, state.spec.name, "fail").inc()
+        _probe_failed(egress, pool, state)
+        return False
+    metrics.PROBES.labels(pool.spec.name, state.spec.name, "ok").inc()
+    state.record_connect(seconds)
+    _probe_succeeded(egress, pool, state)
+    return True
+
+
+def _probe_failed(egress: Egress, pool: Pool, state: ProxyState) -> None:
+    state.successes = 0
+    if state.up:
+        state.failures += 1
+        if state.failures >= pool.spec.eject_after_failures:
+            egress.eject(state, pool.spec.interval_s)
+    else:
+        state.backoff = min(state.backoff + 1, MAX_BACKOFF)
+        state.next_probe_at = time.monotonic() + pool.spec.interval_s * 2 ** state.backoff
+
+
+def _probe_succeeded(egress: Egress, pool: Pool, state: ProxyState) -> None:
+    if state.up:
+        state.failures = 0
+        return
+    state.successes += 1
+    if state.successes >= pool.spec.restore_after_successes:
+        egress.restore(state)
+    else:
+        state.next_probe_at = time.monotonic()
+
+
+async def check_pool(egress: Egress, pool: Pool) -> None:
+    """One round: every up proxy, and every ejected one whose back-off has passed."""
+    now = time.monotonic()
+    due = [s for s in pool.states if s.up or s.next_probe_at <= now]
+    await asyncio.gather(*(probe_once(egress, pool, s) for s in due))
+
+
+async def run(egress: Egress) -> None:
+    """Probe every pool with a probe target, forever (cancel to stop); follows reloads of `egress.pools`."""
+    while True:
+        pools = [p for p in egress.pools.values() if p.spec.probe and p.states]
+        await asyncio.gather(*(check_pool(egress, p) for p in pools))
+        interval = min((p.spec.interval_s for p in pools), default=1.0)
+        await asyncio.sleep(interval * random.uniform(1 - JITTER, 1 + JITTER))

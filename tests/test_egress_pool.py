@@ -1,0 +1,133 @@
+"""The pool's decisions, without traffic: selection, affinity, ejection and its cap, regions, fallback."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from egress.pool import DIRECT, Egress, EgressUnavailable, PoolSpec
+from egress.proxy import ProxySpec
+
+PROXIES = tuple(ProxySpec(f"p{i}", f"socks5h://user:pw{i}secret@127.0.0.{i + 10}:1080", region=r)
+                for i, r in enumerate(["de", "nl", "ru", "us"]))
+
+
+@pytest.fixture
+async def egress() -> AsyncIterator[Egress]:
+    e = Egress()
+    yield e
+    await e.close()
+
+
+async def configure(egress: Egress, **options: Any) -> PoolSpec:
+    spec = PoolSpec(name="eu", proxies=options.pop("proxies", PROXIES), **options)
+    await egress.configure({"eu": spec})
+    return spec
+
+
+def names(egress: Egress, key: str | None = None, blocked: frozenset[str] = frozenset()) -> list[str]:
+    return [e.name for e in egress.plan("eu", key, blocked)]
+
+
+async def test_round_robin_spreads_and_fails_over_to_the_rest(egress: Egress) -> None:
+    await configure(egress, affinity=False, max_attempts=4)
+    firsts = [names(egress)[0] for _ in range(8)]
+    assert Counter(firsts) == {"p0": 2, "p1": 2, "p2": 2, "p3": 2}
+    plan = names(egress)
+    assert sorted(plan) == ["p0", "p1", "p2", "p3"]  # the others follow as failover
+
+
+async def test_max_attempts_bounds_the_plan(egress: Egress) -> None:
+    await configure(egress, affinity=False, max_attempts=2)
+    assert len(names(egress)) == 2
+
+
+async def test_least_latency_prefers_the_fastest(egress: Egress) -> None:
+    await configure(egress, affinity=False, strategy="least_latency")
+    for state, seconds in zip(egress.pools["eu"].states, [0.3, 0.05, 0.2, 0.4], strict=True):
+        state.record_connect(seconds)
+    assert {names(egress)[0] for _ in range(5)} == {"p1"}
+
+
+async def test_random_uses_every_proxy(egress: Egress) -> None:
+    await configure(egress, affinity=False, strategy="random")
+    assert {names(egress)[0] for _ in range(200)} == {"p0", "p1", "p2", "p3"}
+
+
+async def test_affinity_keeps_a_key_on_one_proxy_until_it_is_ejected(egress: Egress) -> None:
+    spec = await configure(egress)
+    homes = {f"key{i}": names(egress, f"key{i}")[0] for i in range(40)}
+    assert len(set(homes.values())) > 1  # keys spread over the pool
+    assert all(names(egress, k)[0] == home for k, home in homes.items() for _ in range(3))
+    pool = egress.pools["eu"]
+    victim = pool.states[0]
+    egress.eject(victim, spec.interval_s)
+    moved = {k: names(egress, k)[0] for k in homes}
+    assert all(moved[k] == home for k, home in homes.items() if home != "p0")  # only p0's keys move
+    assert all(moved[k] != "p0" for k, home in homes.items() if home == "p0")
+    egress.restore(victim)
+    assert {k: names(egress, k)[0] for k in homes} == moved  # restoring p0 moves nobody back
+
+
+async def test_passive_failures_eject_after_the_threshold(egress: Egress) -> None:
+    await configure(egress, affinity=False, eject_after_failures=3)
+    exit_ = next(e for e in egress.plan("eu") if e.name == "p2")
+    egress.failed(exit_, "connect_error")
+    egress.failed(exit_, "connect_error")
+    egress.succeeded(exit_)  # a success resets the count
+    egress.failed(exit_, "connect_error")
+    egress.failed(exit_, "connect_error")
+    assert exit_.proxy is not None and exit_.proxy.up
+    egress.failed(exit_, "timeout")
+    assert not exit_.proxy.up
+    assert "p2" not in {n for _ in range(8) for n in names(egress)}
+
+
+async def test_passive_ejection_is_capped_at_a_share_of_the_pool(egress: Egress) -> None:
+    await configure(egress, affinity=False, eject_after_failures=1, max_ejected_share=0.5, max_attempts=4)
+    for exit_ in egress.plan("eu"):
+        egress.failed(exit_, "connect_error")
+    assert sum(s.up for s in egress.pools["eu"].states) == 2
+
+
+async def test_blocked_regions_are_never_used(egress: Egress) -> None:
+    await configure(egress, affinity=False, max_attempts=4)
+    seen = {n for _ in range(12) for n in names(egress, blocked=frozenset({"ru", "us"}))}
+    assert seen == {"p0", "p1"}
+    with pytest.raises(EgressUnavailable, match="blocked regions"):
+        egress.plan("eu", None, frozenset({"de", "nl", "ru", "us"}))
+
+
+async def test_no_healthy_proxy_left(egress: Egress) -> None:
+    spec = await configure(egress)
+    for state in egress.pools["eu"].states:
+        egress.eject(state, spec.interval_s)
+    with pytest.raises(EgressUnavailable, match="'eu'"):
+        egress.plan("eu", "k")
+    await configure(egress, fallback_direct=True)
+    for state in egress.pools["eu"].states:
+        egress.eject(state, spec.interval_s)
+    assert names(egress, "k") == [DIRECT]
+
+
+async def test_reload_keeps_surviving_proxies_and_closes_removed_ones(egress: Egress) -> None:
+    await configure(egress)
+    states = {s.spec.name: s for s in egress.pools["eu"].states}
+    egress.eject(states["p1"], 10)
+    await configure(egress, proxies=PROXIES[:2])
+    kept = {s.spec.name: s for s in egress.pools["eu"].states}
+    assert kept["p0"] is states["p0"] and kept["p1"] is states["p1"]
+    assert not kept["p1"].up  # health survives a reload
+    for gone in ("p2", "p3"):
+        assert states[gone].session is not None and states[gone].session.closed
+
+
+async def test_snapshot_names_hosts_never_credentials(egress: Egress) -> None:
+    await configure(egress)
+    text = json.dumps(egress.snapshot())
+    assert "127.0.0.12:1080" in text and '"region": "ru"' in text
+    assert "secret" not in text and "user" not in text
