@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config.yaml
-APT_PACKAGES := redis-server
+# binary:package pairs — the Debian package is installed when its binary is missing (dante's binary is danted)
+APT_PACKAGES := redis-server:redis-server microsocks:microsocks tinyproxy:tinyproxy danted:dante-server
 
 .PHONY: install system-deps run test lint check-config clean
 
@@ -17,7 +18,8 @@ install: $(STAMP)
 
 # Debian packages the test suite talks to for real; installed only where missing and we may (root + apt).
 system-deps:
-	@missing=""; for p in $(APT_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for pair in $(APT_PACKAGES); do b=$${pair%%:*}; \
+	  command -v $$b >/dev/null 2>&1 || test -x /usr/sbin/$$b || missing="$$missing $${pair#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing Debian packages:$$missing"; \

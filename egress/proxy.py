@@ -20,10 +20,18 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
+import aiohttp_socks
+import python_socks._errors
 from aiohttp_socks import ProxyConnector, ProxyType
 from python_socks.async_.asyncio.v2 import Proxy
 
 CONNECTIONS_PER_HOST = 256  # streams stay open for minutes; this caps tunnels per upstream host
+
+# What the proxy libraries raise when a way out fails; aiohttp-socks' own errors are bare Exceptions.
+PROXY_ERRORS: tuple[type[BaseException], ...] = (
+    aiohttp_socks.ProxyError, aiohttp_socks.ProxyConnectionError, aiohttp_socks.ProxyTimeoutError,
+    python_socks._errors.ProxyException, python_socks._errors.IncompleteReadError)
+PROXY_TIMEOUTS: tuple[type[BaseException], ...] = (TimeoutError, aiohttp_socks.ProxyTimeoutError)
 
 _TYPES = {"socks5": ProxyType.SOCKS5, "socks5h": ProxyType.SOCKS5, "socks4": ProxyType.SOCKS4,
           "socks4a": ProxyType.SOCKS4, "http": ProxyType.HTTP, "https": ProxyType.HTTP}
@@ -76,19 +84,41 @@ def make_connector(spec: ProxySpec | None) -> aiohttp.BaseConnector:
                           limit=0, limit_per_host=CONNECTIONS_PER_HOST)
 
 
-def _connect_timer(on_connect: Callable[[float], None]) -> aiohttp.TraceConfig:
-    """Measures every new connection (TCP + proxy handshake + TLS) for least_latency and metrics."""
+@dataclass(slots=True)
+class Progress:
+    """Passed as a request's `trace_request_ctx`: did it get a connection (new or reused) to the upstream?
+
+    A failure before that point never reached the upstream, whatever exception the proxy library raised
+    (pproxy, for one, just closes the socket on a bad login): safe to retry on another way out.
+    """
+
+    connected: bool = False
+
+
+def _connection_tracer(on_connect: Callable[[float], None] | None) -> aiohttp.TraceConfig:
+    """Marks each request's Progress and measures new connections (TCP + proxy handshake + TLS)."""
     trace = aiohttp.TraceConfig()
 
     async def start(_s: Any, ctx: SimpleNamespace, _p: Any) -> None:
         ctx.connect_started = time.perf_counter()
 
-    async def end(_s: Any, ctx: SimpleNamespace, _p: Any) -> None:
-        on_connect(time.perf_counter() - ctx.connect_started)
+    async def created(_s: Any, ctx: SimpleNamespace, _p: Any) -> None:
+        if on_connect is not None:
+            on_connect(time.perf_counter() - ctx.connect_started)
+        _mark(ctx)
+
+    async def reused(_s: Any, ctx: SimpleNamespace, _p: Any) -> None:
+        _mark(ctx)
 
     trace.on_connection_create_start.append(start)
-    trace.on_connection_create_end.append(end)
+    trace.on_connection_create_end.append(created)
+    trace.on_connection_reuseconn.append(reused)
     return trace
+
+
+def _mark(ctx: SimpleNamespace) -> None:
+    if isinstance(ctx.trace_request_ctx, Progress):
+        ctx.trace_request_ctx.connected = True
 
 
 def make_session(spec: ProxySpec | None = None,
@@ -97,7 +127,7 @@ def make_session(spec: ProxySpec | None = None,
     return aiohttp.ClientSession(
         connector=make_connector(spec),
         timeout=aiohttp.ClientTimeout(total=None),
-        trace_configs=[_connect_timer(on_connect)] if on_connect else None,
+        trace_configs=[_connection_tracer(on_connect)],
         auto_decompress=True,
     )
 

@@ -16,21 +16,13 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import aiohttp
-import aiohttp_socks
-import python_socks
 
 from egress.pool import Egress, EgressUnavailable, Exit
+from egress.proxy import PROXY_ERRORS, PROXY_TIMEOUTS, Progress
 from gateway.errors import GatewayError, Unavailable, UpstreamFailed, UpstreamRejected, UpstreamTimeout
 from providers.types import UpstreamHTTPError, UpstreamRequest
 
 MAX_UPSTREAM_BODY = 64 * 1024 * 1024  # a non-streamed answer larger than this is not a chat answer
-
-
-# Failures of the way out, before the request reached the upstream: safe to retry on another proxy.
-CONNECT_FAILURES: tuple[type[BaseException], ...] = (
-    aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, aiohttp_socks.ProxyError,
-    aiohttp_socks.ProxyConnectionError, aiohttp_socks.ProxyTimeoutError,
-    python_socks.ProxyError, python_socks.ProxyConnectionError, python_socks.ProxyTimeoutError)
 
 
 async def open_upstream(egress: Egress, pool: str, affinity_key: str | None, blocked: frozenset[str],
@@ -48,19 +40,19 @@ async def open_upstream(egress: Egress, pool: str, affinity_key: str | None, blo
         raise Unavailable(f"No way out to provider {provider}: {exc}.", code="egress_unavailable") from exc
     timeout = aiohttp.ClientTimeout(total=None, connect=connect_s, sock_connect=connect_s)
     for exit_ in exits:
+        progress = Progress()
         try:
             async with asyncio.timeout(first_byte_s + connect_s):
                 resp = await exit_.session.request(req.method, req.url, headers=req.headers, data=req.body,
-                                                   timeout=timeout)
-        except CONNECT_FAILURES as exc:
-            timed_out = isinstance(exc, aiohttp.ConnectionTimeoutError | python_socks.ProxyTimeoutError)
-            egress.failed(exit_, "timeout" if timed_out else "connect_error")
-            last: BaseException = exc
-            continue
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamTimeout(f"provider {provider} did not answer in time") from exc
-        except (aiohttp.ClientError, OSError) as exc:  # reset or broken after the request may have left
-            egress.failed(exit_, "reset")
+                                                   timeout=timeout, trace_request_ctx=progress)
+        except (TimeoutError, aiohttp.ClientError, OSError, EOFError, *PROXY_ERRORS) as exc:  # type: ignore[misc]
+            if not progress.connected:  # the request never left: this way out failed, try the next
+                egress.failed(exit_, "timeout" if isinstance(exc, PROXY_TIMEOUTS) else "connect_error")
+                last: BaseException = exc
+                continue
+            if isinstance(exc, TimeoutError):
+                raise UpstreamTimeout(f"provider {provider} did not answer in time") from exc
+            egress.failed(exit_, "reset")  # broken after the request may have left: no silent resend
             raise UpstreamFailed(f"provider {provider}: the connection broke before an answer "
                                  f"({type(exc).__name__})", code="upstream_unreachable") from exc
         egress.succeeded(exit_)

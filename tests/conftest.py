@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -99,7 +100,8 @@ async def gateway(request: pytest.FixtureRequest, aiohttp_server: Any,
 def pytest_configure(config: pytest.Config) -> None:
     """The gateway's real structlog setup for the whole session, its lines discarded unless a test reads them."""
     configure_logging("debug")
-    sink.target = open(os.devnull, "wb")  # noqa: SIM115 - lives as long as the session
+    # GW_TEST_LOGS=1 shows the gateway's lines on stderr when debugging a test
+    sink.target = sys.stderr.buffer if os.environ.get("GW_TEST_LOGS") else open(os.devnull, "wb")  # noqa: SIM115
 
 
 @pytest.fixture

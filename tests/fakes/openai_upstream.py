@@ -5,6 +5,10 @@ Streamed answers replay the recorded SSE events of `sdk-stream-text-with-usage.s
 `sdk-stream-tool-call.sse` with `tool_stream`) byte for byte, one event per write; the final `choices: []`
 usage chunk is sent only when the request set `stream_options.include_usage`, as real OpenAI does.
 
+With `allowed_peers` set, a request from any other peer address is refused with 451, the way a provider
+blocks a region: the egress tests use it as an upstream that serves only the proxy's outgoing address.
+Each recorded request carries its peer address.
+
 A test sets the controls on a `FakeOpenAI` before calling and reads `fake.requests` afterwards::
 
     fake = FakeOpenAI()
@@ -57,6 +61,7 @@ class RecordedRequest:
     headers: dict[str, str]
     body: Any  # parsed JSON, or None for GET / unparsable bodies
     raw: bytes
+    peer: str = ""  # the connection's peer address (request.remote), e.g. "127.0.0.2" behind a proxy
 
 
 class FakeOpenAI:
@@ -80,6 +85,7 @@ class FakeOpenAI:
         self.client_disconnected = asyncio.Event()
         self.chunks_sent = 0  # events written by the last streamed answer
         self.shutting_down = False
+        self.allowed_peers: set[str] | None = None  # None: everyone; else other peers get 451
 
     @property
     def last(self) -> RecordedRequest:
@@ -129,13 +135,26 @@ async def _record(request: web.Request) -> Any:
         body = json.loads(raw) if raw else None
     except ValueError:
         body = None
-    fake.requests.append(RecordedRequest(request.path, dict(request.headers), body, raw))
+    fake.requests.append(RecordedRequest(request.path, dict(request.headers), body, raw, request.remote or ""))
     return body
+
+
+def _refused_peer(request: web.Request) -> web.Response | None:
+    """451 in OpenAI's error shape when `allowed_peers` is set and the peer is not in it."""
+    allowed = request.app[FAKE_KEY].allowed_peers
+    peer = request.remote or ""
+    if allowed is None or peer in allowed:
+        return None
+    body = _error(f"connections from {peer} are blocked in this region", "invalid_request_error")
+    body["error"]["code"] = "unavailable_for_legal_reasons"
+    return web.json_response(body, status=451)
 
 
 async def _models(request: web.Request) -> web.Response:
     fake = request.app[FAKE_KEY]
     await _record(request)
+    if (refused := _refused_peer(request)) is not None:
+        return refused
     data = [{"id": m, "object": "model", "created": 1715367049, "owned_by": "system"} for m in fake.models]
     return web.json_response({"object": "list", "data": data})
 
@@ -143,6 +162,8 @@ async def _models(request: web.Request) -> web.Response:
 async def _chat(request: web.Request) -> web.StreamResponse:
     fake = request.app[FAKE_KEY]
     body = await _record(request)
+    if (refused := _refused_peer(request)) is not None:
+        return refused
     try:
         if not await _wait(request, fake.delay_before_headers_s):
             return web.Response()

@@ -1,0 +1,277 @@
+"""The egress pool end to end: real SOCKS/HTTP proxy servers between the gateway and a fake upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+import yaml
+from fakes.openai_upstream import FakeOpenAI
+from harness import Gateway, start_gateway
+from proxies import BlackHole, Dante, Microsocks, PProxy, Tinyproxy
+
+from gateway.config import parse
+
+ADMIN = "admin-token-for-tests-0123456789"
+MESSAGES = [{"role": "user", "content": "hi"}]
+PROXY_PASSWORD = "pr0xy-s3cret-pw"
+
+
+def config(upstream_url: str, proxies: list[dict[str, Any]], **pool: Any) -> Any:
+    health = {"interval_s": 0.3, "timeout_s": 1, "eject_after_failures": 2, "restore_after_successes": 1,
+              **pool.pop("health", {})}
+    doc = {
+        "server": {"admin_token": ADMIN, "sse_keepalive_s": 0.5},
+        "egress": {"pools": {"p": {"proxies": proxies, "health": health, **pool}}},
+        "providers": {
+            "viapool": {"kind": "openai", "base_url": upstream_url, "api_key": "sk-provider-key-000000000000",
+                        "egress": "p", "timeouts": {"connect_s": 1, "first_byte_s": 5, "between_chunks_s": 5}},
+            "direct": {"kind": "openai", "base_url": upstream_url, "api_key": "sk-provider-key-000000000000"},
+        },
+        "models": {"viapool/gpt": {"upstream": "gpt-4o"}, "direct/gpt": {"upstream": "gpt-4o"}},
+    }
+    return parse(yaml.safe_dump(doc), {})
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Any) -> AsyncIterator[tuple[FakeOpenAI, str]]:
+    """A fake upstream that only serves connections from 127.0.0.2/127.0.0.3, where our proxies exit."""
+    from fakes.openai_upstream import make_app
+
+    fake = FakeOpenAI()
+    server = await aiohttp_server(make_app(fake), host="127.0.0.1")
+    fake.allowed_peers = {"127.0.0.2", "127.0.0.3"}
+    yield fake, str(server.make_url("/v1"))
+
+
+@pytest.fixture
+def socks_pair() -> Iterator[tuple[Microsocks, Microsocks]]:
+    """Two authenticated SOCKS5 proxies with distinct exit addresses."""
+    with Microsocks(user="u", password=PROXY_PASSWORD, bind_out="127.0.0.2") as a, \
+            Microsocks(user="u", password=PROXY_PASSWORD, bind_out="127.0.0.3") as b:
+        yield a, b
+
+
+@pytest.fixture
+async def started(aiohttp_server: Any) -> AsyncIterator[Any]:
+    made: list[Gateway] = []
+
+    async def start(cfg: Any, fake: FakeOpenAI) -> Gateway:
+        gw = await start_gateway(aiohttp_server, cfg, fake)
+        made.append(gw)
+        return gw
+
+    yield start
+    for gw in made:
+        await gw.close()
+
+
+async def admin_egress(gw: Gateway) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as http, http.get(
+            gw.url + "/admin/egress", headers={"Authorization": f"Bearer {ADMIN}"}) as r:
+        assert r.status == 200
+        return (await r.json())["pools"]["p"]
+
+
+async def chat(gw: Gateway, model: str = "viapool/gpt", **kwargs: Any) -> Any:
+    return await gw.openai().chat.completions.create(model=model, messages=MESSAGES, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_blocked_upstream_is_reached_only_through_the_pool(upstream: Any, socks_pair: Any,
+                                                                 started: Any) -> None:
+    fake, url = upstream
+    a, _ = socks_pair
+    gw = await started(config(url, [{"name": "a", "url": a.url}]), fake)
+    done = await chat(gw)
+    assert done.choices[0].message.content
+    assert fake.last.peer == "127.0.0.2"  # the upstream saw the proxy's exit, not the gateway
+    with pytest.raises(openai.APIStatusError) as info:
+        await chat(gw, "direct/gpt")  # the same upstream without the pool refuses us
+    assert info.value.status_code == 451
+    assert [r.peer for r in fake.requests] == ["127.0.0.2", "127.0.0.1"]
+
+
+@pytest.mark.parametrize("kind", ["microsocks-auth", "pproxy-socks5", "pproxy-socks5-auth", "pproxy-http",
+                                  "tinyproxy-connect", "dante-socks5"])
+async def test_each_proxy_kind_carries_chat_and_streams(kind: str, aiohttp_server: Any, started: Any) -> None:
+    from fakes.openai_upstream import make_app
+
+    fake = FakeOpenAI()
+    server = await aiohttp_server(make_app(fake))
+    factories = {
+        "microsocks-auth": lambda: Microsocks(user="u", password=PROXY_PASSWORD),
+        "pproxy-socks5": lambda: PProxy("socks5"),
+        "pproxy-socks5-auth": lambda: PProxy("socks5", user="u", password=PROXY_PASSWORD),
+        "pproxy-http": lambda: PProxy("http"),
+        "tinyproxy-connect": Tinyproxy,
+        "dante-socks5": Dante,
+    }
+    with factories[kind]() as proxy:
+        # socks5h: name the upstream by host name; the proxy resolves it
+        url = str(server.make_url("/v1")).replace("127.0.0.1", "localhost")
+        proxy_url = proxy.url.replace("socks5://", "socks5h://")
+        gw = await started(config(url, [{"name": "only", "url": proxy_url}]), fake)
+        assert (await chat(gw)).choices[0].message.content
+        stream = await chat(gw, stream=True)
+        text = "".join([c.choices[0].delta.content or "" async for c in stream])
+        assert len(text) > 20
+        assert proxy.tunnels() >= 1
+
+
+async def test_killing_one_proxy_fails_no_request(upstream: Any, socks_pair: Any, started: Any) -> None:
+    fake, url = upstream
+    a, b = socks_pair
+    gw = await started(config(url, [{"name": "a", "url": a.url}, {"name": "b", "url": b.url}], affinity=False),
+                       fake)
+    results = []
+    for i in range(40):
+        if i == 10:
+            a.stop()
+        if i == 30:
+            a.start()
+        results.append(await chat(gw))
+        await asyncio.sleep(0.02)
+    assert len(results) == 40  # every request was served
+    state = await _wait_state(gw, "a", "up", timeout=5)
+    assert state["ejections"] >= 1
+    assert state["requests"].get("connect_error", 0) + state["requests"].get("timeout", 0) >= 1
+
+
+async def test_dead_proxy_is_ejected_then_restored(upstream: Any, socks_pair: Any, started: Any) -> None:
+    fake, url = upstream
+    a, b = socks_pair
+    gw = await started(config(url, [{"name": "a", "url": a.url}, {"name": "b", "url": b.url}]), fake)
+    a.stop()
+    await _wait_state(gw, "a", "ejected", timeout=5)  # by the active probes alone
+    assert {r.peer for r in fake.requests} <= {"127.0.0.3"}
+    await chat(gw)
+    assert fake.last.peer == "127.0.0.3"
+    a.start()
+    await _wait_state(gw, "a", "up", timeout=5)
+
+
+async def test_all_proxies_dead_is_a_prompt_503(upstream: Any, socks_pair: Any, started: Any) -> None:
+    fake, url = upstream
+    a, b = socks_pair
+    gw = await started(config(url, [{"name": "a", "url": a.url}, {"name": "b", "url": b.url}]), fake)
+    a.stop()
+    b.stop()
+    started_at = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as info:
+        await chat(gw)
+    assert time.monotonic() - started_at < 3  # two connect attempts of at most 1 s each
+    assert info.value.status_code == 503 and info.value.code == "egress_unavailable"
+    assert "'p'" in info.value.message
+    await _wait_state(gw, "a", "ejected", timeout=5)
+    await _wait_state(gw, "b", "ejected", timeout=5)
+    started_at = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as info:
+        await chat(gw)
+    assert time.monotonic() - started_at < 0.5 and info.value.code == "egress_unavailable"
+
+
+async def test_black_hole_proxy_fails_over_within_the_connect_timeout(upstream: Any, socks_pair: Any,
+                                                                      started: Any) -> None:
+    fake, url = upstream
+    _, b = socks_pair
+    with BlackHole() as hole:
+        cfg = config(url, [{"name": "hole", "url": f"socks5://127.0.0.1:{hole.port}"}, {"name": "b", "url": b.url}],
+                     affinity=False, strategy="round_robin", health={"interval_s": 60})
+        gw = await started(cfg, fake)
+        for _ in range(4):
+            started_at = time.monotonic()
+            await chat(gw)
+            assert time.monotonic() - started_at < 2.5  # connect_s is 1
+        assert fake.last.peer == "127.0.0.3"
+
+
+async def test_upstream_errors_eject_no_proxy(upstream: Any, socks_pair: Any, started: Any) -> None:
+    fake, url = upstream
+    a, b = socks_pair
+    gw = await started(config(url, [{"name": "a", "url": a.url}, {"name": "b", "url": b.url}], affinity=False),
+                       fake)
+    for status in (400, 500):
+        fake.status = status
+        for _ in range(15):
+            with pytest.raises(openai.APIStatusError):
+                await chat(gw)
+    pool = await admin_egress(gw)
+    assert [p["state"] for p in pool["proxies"]] == ["up", "up"]
+    assert all(p["ejections"] == 0 for p in pool["proxies"])
+
+
+async def test_key_affinity_keeps_a_key_on_one_exit(upstream: Any, socks_pair: Any, started: Any) -> None:
+    fake, url = upstream
+    a, b = socks_pair
+    gw = await started(config(url, [{"name": "a", "url": a.url}, {"name": "b", "url": b.url}]), fake)
+    exits: dict[str, set[str]] = {}
+    for i in range(6):
+        own = f"sk-byok-key-number-{i}-000000000"
+        for _ in range(4):
+            await chat(gw, extra_body={"provider_api_key": own})
+            exits.setdefault(own, set()).add(fake.last.peer)
+    assert all(len(peers) == 1 for peers in exits.values())
+    assert len({next(iter(p)) for p in exits.values()}) == 2  # and the keys spread over both proxies
+
+
+async def test_thousand_requests_reuse_a_handful_of_tunnels(upstream: Any, socks_pair: Any, started: Any) -> None:
+    fake, url = upstream
+    a, _ = socks_pair
+    gw = await started(config(url, [{"name": "a", "url": a.url}], health={"interval_s": 60}), fake)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    async with aiohttp.ClientSession() as http:
+        for _ in range(1000):
+            async with http.post(gw.url + "/v1/chat/completions", headers=gw.auth(),
+                                 json={"model": "viapool/gpt", "messages": MESSAGES}) as r:
+                assert r.status == 200
+                await r.read()
+    assert a.tunnels() <= 5
+    assert len(fake.requests) == 1000
+    assert len(os.listdir("/proc/self/fd")) <= fds_before + 5
+
+
+async def test_no_credential_in_admin_metrics_errors_or_logs(upstream: Any, socks_pair: Any, started: Any,
+                                                             log_lines: Any) -> None:
+    fake, url = upstream
+    a, b = socks_pair
+    gw = await started(config(url, [{"name": "a", "url": a.url}, {"name": "b", "url": b.url}]), fake)
+    await chat(gw)
+    a.stop()
+    b.stop()
+    with pytest.raises(openai.APIStatusError) as info:
+        await chat(gw)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(gw.url + "/metrics") as r:
+            metrics_text = await r.text()
+        pool = await admin_egress(gw)
+    assert 'gateway_egress_proxy_up{pool="p",proxy="a"}' in metrics_text
+    everything = json.dumps([info.value.body, pool, log_lines()]) + metrics_text
+    assert PROXY_PASSWORD not in everything
+
+
+async def test_admin_routes_need_the_admin_token(upstream: Any, socks_pair: Any, started: Any) -> None:
+    fake, url = upstream
+    a, _ = socks_pair
+    gw = await started(config(url, [{"name": "a", "url": a.url}]), fake)
+    async with aiohttp.ClientSession() as http:
+        for headers in ({}, gw.auth(), {"Authorization": "Bearer wrong"}):
+            async with http.get(gw.url + "/admin/egress", headers=headers) as r:
+                assert r.status == 401
+
+
+async def _wait_state(gw: Gateway, name: str, state: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        proxies = {p["name"]: p for p in (await admin_egress(gw))["proxies"]}
+        if proxies[name]["state"] == state:
+            return proxies[name]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"proxy {name} never became {state}: {proxies[name]}")
+        await asyncio.sleep(0.1)
