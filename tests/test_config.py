@@ -106,3 +106,21 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
                                           (0.000001, 1_000), (0, 0)])
 def test_dollars_become_exact_nano_dollars(usd: float, nano: int) -> None:
     assert to_nano(usd) == nano
+
+
+POOLED = BASE.replace('api_key: "${OPENAI_API_KEY:-}"}', 'egress: eu, blocked_regions: [ru, cn]}') + """
+egress:
+  pools:
+    eu:
+      proxies:
+        - {name: a, url: "socks5h://user:pw@127.0.0.1:1080", region: ru}
+        - {name: b, url: "http://127.0.0.1:3128", region: cn}
+"""
+
+
+def test_a_provider_left_without_a_usable_proxy_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"providers\.openai\.blocked_regions: leaves no usable proxy in pool 'eu'"):
+        parse(POOLED, {})
+    assert parse(POOLED.replace("region: cn", "region: de"), {}).providers["openai"].blocked_regions == ["ru", "cn"]
+    fallback = POOLED.replace("      proxies:", "      fallback_direct: true\n      proxies:")
+    assert parse(fallback, {}).egress.pools["eu"].fallback_direct

@@ -98,8 +98,8 @@ async def test_blocked_upstream_is_reached_only_through_the_pool(upstream: Any, 
     assert [r.peer for r in fake.requests] == ["127.0.0.2", "127.0.0.1"]
 
 
-@pytest.mark.parametrize("kind", ["microsocks-auth", "pproxy-socks5", "pproxy-socks5-auth", "pproxy-http",
-                                  "tinyproxy-connect", "dante-socks5"])
+@pytest.mark.parametrize("kind", ["microsocks-auth", "pproxy-socks5", "pproxy-socks5-auth", "pproxy-socks4",
+                                  "pproxy-http", "tinyproxy-connect", "dante-socks5"])
 async def test_each_proxy_kind_carries_chat_and_streams(kind: str, aiohttp_server: Any, started: Any) -> None:
     from fakes.openai_upstream import make_app
 
@@ -109,6 +109,7 @@ async def test_each_proxy_kind_carries_chat_and_streams(kind: str, aiohttp_serve
         "microsocks-auth": lambda: Microsocks(user="u", password=PROXY_PASSWORD),
         "pproxy-socks5": lambda: PProxy("socks5"),
         "pproxy-socks5-auth": lambda: PProxy("socks5", user="u", password=PROXY_PASSWORD),
+        "pproxy-socks4": lambda: PProxy("socks4"),
         "pproxy-http": lambda: PProxy("http"),
         "tinyproxy-connect": Tinyproxy,
         "dante-socks5": Dante,
@@ -123,6 +124,9 @@ async def test_each_proxy_kind_carries_chat_and_streams(kind: str, aiohttp_serve
         text = "".join([c.choices[0].delta.content or "" async for c in stream])
         assert len(text) > 20
         assert proxy.tunnels() >= 1
+        if kind != "dante-socks5" and not kind.endswith("socks4"):  # dante logs resolved addresses only
+            # socks5h and CONNECT hand the name to the proxy: no DNS query from the gateway
+            assert any(t.startswith("localhost") for t in proxy.targets()), proxy.targets()
 
 
 async def test_killing_one_proxy_fails_no_request(upstream: Any, socks_pair: Any, started: Any) -> None:
