@@ -147,6 +147,16 @@ class BillingConfig(_Model):
     key_cache_s: NonNegFloat = 2.0  # key lookups cached in-process; disable/top-up visible within this
 
 
+class RetriesConfig(_Model):
+    """Retries of one model on retryable upstream failures, before any byte reached the client."""
+
+    max_retries: Annotated[int, Field(ge=0)] = 2
+    base_delay_s: PosFloat = 0.5  # exponential back-off with full jitter
+    max_delay_s: PosFloat = 8.0
+    deadline_s: PosFloat = 60.0  # no new attempt (retry or fallback) starts after this
+    honor_retry_after_up_to_s: NonNegFloat = 20.0
+
+
 class DefaultLimits(_Model):
     default: LimitsConfig = LimitsConfig()
 
@@ -158,6 +168,7 @@ class Config(_Model):
     providers: dict[str, ProviderConfig] = {}
     limits: DefaultLimits = DefaultLimits()
     billing: BillingConfig = BillingConfig()
+    retries: RetriesConfig = RetriesConfig()
     models: dict[str, ModelConfig] = {}
 
     def secrets(self) -> list[str]:

@@ -29,12 +29,15 @@ class GatewayError(Exception):
     status = 500
     type = "server_error"
     code: str | None = None
+    retryable = False  # may a retry or a fallback model fix it (nothing reached the client yet)?
 
     def __init__(self, message: str, *, code: str | None = None, param: str | None = None,
                  type_: str | None = None, status: int | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, retryable: bool | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if retryable is not None:
+            self.retryable = retryable
         if code is not None:
             self.code = code
         if type_ is not None:
@@ -78,6 +81,7 @@ class RateLimited(GatewayError):
 
 class UpstreamFailed(GatewayError):
     status, type, code = 502, "upstream_error", "bad_gateway"
+    retryable = True
 
 
 class Unavailable(GatewayError):
@@ -86,6 +90,7 @@ class Unavailable(GatewayError):
 
 class UpstreamTimeout(GatewayError):
     status, type, code = 504, "timeout_error", "upstream_timeout"
+    retryable = True
 
 
 class UpstreamRejected(GatewayError):

@@ -37,7 +37,8 @@ async def open_upstream(egress: Egress, pool: str, affinity_key: str | None, blo
     try:
         exits = egress.plan(pool, affinity_key, blocked)
     except EgressUnavailable as exc:
-        raise Unavailable(f"No way out to provider {provider}: {exc}.", code="egress_unavailable") from exc
+        raise Unavailable(f"No way out to provider {provider}: {exc}.", code="egress_unavailable",
+                          retryable=True) from exc
     timeout = aiohttp.ClientTimeout(total=None, connect=connect_s, sock_connect=connect_s)
     for exit_ in exits:
         progress = Progress()
@@ -61,7 +62,7 @@ async def open_upstream(egress: Egress, pool: str, affinity_key: str | None, blo
         raise UpstreamFailed(f"provider {provider} is unreachable ({type(last).__name__})",
                              code="upstream_unreachable") from last
     raise Unavailable(f"No way out to provider {provider}: every proxy tried in egress pool '{pool}' failed to "
-                      "connect.", code="egress_unavailable") from last
+                      "connect.", code="egress_unavailable", retryable=True) from last
 
 
 async def next_data(content: aiohttp.StreamReader, silence_s: float, tick_s: float,
@@ -113,12 +114,15 @@ def map_upstream_error(err: UpstreamHTTPError, provider: str, own_key: bool,
     502 naming the provider, so a client never believes its own gateway key was refused.
     """
     message = scrub(err.message) or f"provider {provider} answered HTTP {err.status}"
-    headers = {"Retry-After": retry_after} if retry_after and err.status == 429 else {}
+    headers = {"Retry-After": retry_after} if retry_after and err.status in (429, 503, 529) else {}
     if err.status in (401, 403) and not own_key:
         return UpstreamFailed(f"provider {provider} refused the gateway's configured credentials "
-                              f"(HTTP {err.status}): {message}", code="upstream_auth_failed")
+                              f"(HTTP {err.status}): {message}", code="upstream_auth_failed", retryable=False)
+    if err.status == 529 or err.code == "overloaded_error":
+        return Unavailable(f"provider {provider} is overloaded: {message}", code="upstream_overloaded",
+                           retryable=True, headers=headers)
     if 400 <= err.status < 500:
         return UpstreamRejected(message, status=err.status, type_=err.type or "invalid_request_error",
-                                code=err.code, param=err.param, headers=headers)
+                                code=err.code, param=err.param, headers=headers, retryable=err.status == 429)
     return UpstreamFailed(f"provider {provider} failed (HTTP {err.status}): {message}",
                           code="upstream_error")

@@ -31,6 +31,7 @@ from providers.types import (
 )
 
 STREAM_FRAMING = "sse"
+NEEDS_INLINE_IMAGES = False  # OpenAI-compatible servers fetch image URLs themselves
 
 _MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
 _FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})

@@ -26,6 +26,7 @@ class Adapter(Protocol):
     """What every provider module exposes."""
 
     STREAM_FRAMING: str  # "sse" or "ndjson": how the upstream frames its stream
+    NEEDS_INLINE_IMAGES: bool  # the upstream takes image bytes only: the gateway inlines https image URLs
 
     def build_request(self, req: ChatRequest, target: Target) -> UpstreamRequest: ...
 

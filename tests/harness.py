@@ -47,18 +47,21 @@ def closed_port() -> int:
 
 
 def gateway_config(upstream_url: str, store_url: str = "", prefix: str = "gw:",
-                   billing: dict[str, Any] | None = None, **server: Any) -> Config:
-    return parse(gateway_config_text(upstream_url, store_url, prefix, billing, **server), {})
+                   billing: dict[str, Any] | None = None, retries: dict[str, Any] | None = None,
+                   **server: Any) -> Config:
+    return parse(gateway_config_text(upstream_url, store_url, prefix, billing, retries, **server), {})
 
 
 def gateway_config_text(upstream_url: str, store_url: str = "", prefix: str = "gw:",
-                        billing: dict[str, Any] | None = None, **server: Any) -> str:
+                        billing: dict[str, Any] | None = None, retries: dict[str, Any] | None = None,
+                        **server: Any) -> str:
     """The YAML of the test gateway: a working fake provider, a keyless one, a local one and a dead one."""
     server_cfg = {"max_body_bytes": 65536, "sse_keepalive_s": 0.2, **server}
     billing_cfg = {"hold_ttl_s": 600, "key_cache_s": 2, **(billing or {})}
     text = f"""
 server: {json.dumps(server_cfg)}
 billing: {json.dumps(billing_cfg)}
+retries: {json.dumps(retries or {"max_retries": 0})}  # error tests see one attempt unless they ask for more
 limits: {{default: {{rpm: 60, rpd: 10000}}}}
 store: {{url: "{store_url}", prefix: "{prefix}"}}
 providers:

@@ -16,10 +16,12 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from gateway import billing, limits, metering, streaming
+from egress.pool import Egress, EgressUnavailable
+from gateway import billing, limits, metering, routing, streaming
 from gateway.auth import model_allowed
 from gateway.catalog import Route
 from gateway.errors import Forbidden, GatewayError, InvalidRequest, Unavailable, UpstreamFailed, error_event
+from gateway.images import image_parts, inline_remote_images
 from gateway.logging import get_logger, redactor
 from gateway.relay import map_upstream_error, open_upstream, read_body
 from gateway.requests import read_json
@@ -29,7 +31,7 @@ from providers import registry
 from providers.registry import Adapter
 from providers.types import ChatRequest, ProviderError, Target, UpstreamHTTPError, Usage
 
-GATEWAY_FIELDS = ("provider_api_key",)  # ours, never forwarded upstream
+GATEWAY_FIELDS = ("provider_api_key", "models")  # ours (BYOK, OpenRouter's fallback list), never forwarded
 log = get_logger("gateway.chat")
 
 
@@ -65,6 +67,17 @@ def _provider_key(request: web.Request, body: dict[str, Any], route: Route) -> t
     return prov.api_key, False
 
 
+async def _inline_images(egress: Egress, route: Route, affinity: str, blocked: frozenset[str],
+                         body: dict[str, Any]) -> dict[str, Any]:
+    """Image URLs as bytes for upstreams that take only bytes, fetched along the provider's own way out."""
+    try:
+        exit_ = egress.plan(route.provider.egress, affinity, blocked)[0]
+    except EgressUnavailable as exc:
+        raise Unavailable(f"No way out to provider {route.provider_name}: {exc}.", code="egress_unavailable",
+                          retryable=True) from exc
+    return await inline_remote_images(body, exit_.session, resolve_locally=exit_.proxy is None)
+
+
 def _affinity_key(route: Route, api_key: str) -> str:
     """Which identity the provider sees: its API key (hashed: the pool never holds a key)."""
     return hashlib.sha256(f"{route.provider_name}\0{api_key}".encode()).hexdigest()
@@ -80,19 +93,60 @@ def _scrubber(own_key: str) -> Any:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
-    config, catalog = runtime.snapshot.config, runtime.snapshot.catalog
+    config = runtime.snapshot.config
     body = await read_json(request, config.server.max_body_bytes)
     _validate(body)
-    route = catalog.resolve(body["model"])
-    stream = bool(body.get("stream"))
-    fields = request[LOG]
-    fields.update(model=route.model_id, provider=route.provider_name, streamed=stream)
-    if not model_allowed(request[KEY], route.model_id):
-        raise Forbidden(f"This key may not use model '{route.model_id}'.", code="model_not_allowed",
+    routes = routing.candidates(runtime.snapshot.catalog, body)
+    has_images = bool(image_parts(body))
+    primary = routes[0]
+    request[LOG]["streamed"] = bool(body.get("stream"))
+    if not model_allowed(request[KEY], primary.model_id):
+        raise Forbidden(f"This key may not use model '{primary.model_id}'.", code="model_not_allowed",
                         param="model")
+    if has_images and not primary.model.vision:
+        raise InvalidRequest(f"Model '{primary.model_id}' does not accept images.", code="model_not_vision",
+                             param="messages")
+    usable = [r for r in routes if model_allowed(request[KEY], r.model_id) and (r.model.vision or not has_images)]
+    return await _serve_first(request, usable, body)
+
+
+async def _serve_first(request: web.Request, routes: list[Route], body: dict[str, Any]) -> web.StreamResponse:
+    """Try each candidate, retrying retryable failures, until one answers or the deadline passes."""
+    cfg = request.app[RUNTIME].snapshot.config.retries
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + cfg.deadline_s
+    last: GatewayError | None = None
+    for route in routes:
+        for attempt in range(cfg.max_retries + 1):
+            try:
+                return await _serve(request, route, body)
+            except GatewayError as exc:
+                if not exc.retryable or (route is routes[-1] and attempt == cfg.max_retries):
+                    raise
+                last = exc
+            delay = routing.retry_delay(attempt, last, cfg)
+            if attempt == cfg.max_retries or delay is None or loop.time() + delay > deadline:
+                break
+            log.info("retrying", model=route.model_id, attempt=attempt + 1, delay_s=round(delay, 3),
+                     error=last.code)
+            await asyncio.sleep(delay)
+        if loop.time() >= deadline:
+            break
+        log.info("falling back", model=route.model_id, error=last.code if last else None)
+    assert last is not None
+    raise last
+
+
+async def _serve(request: web.Request, route: Route, body: dict[str, Any]) -> web.StreamResponse:
+    """One attempt on one model: admit (hold + limits), call, settle — whatever happens."""
+    runtime = request.app[RUNTIME]
+    config = runtime.snapshot.config
+    fields = request[LOG]
+    fields.update(model=route.model_id, provider=route.provider_name)
+    fields["attempts"] = fields.get("attempts", 0) + 1
     api_key, byok = _provider_key(request, body, route)
     ticket = await metering.admit(runtime.store, runtime.settlements, config, route, request[KEY], body, byok,
-                                  stream)
+                                  bool(body.get("stream")))
     request[RATE_HEADERS] = limits.headers(ticket.admitted)
     fields["generation_id"] = ticket.generation_id
     outcome = metering.Outcome(status=502)  # until the upstream answers well, an exit releases the hold
@@ -106,12 +160,19 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 async def _call(request: web.Request, route: Route, body: dict[str, Any], api_key: str, byok: bool,
                 ticket: metering.Ticket, outcome: metering.Outcome) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
-    chat = ChatRequest(body={k: v for k, v in body.items() if k not in GATEWAY_FIELDS}, stream=ticket.streamed)
     adapter = registry.get(route.provider.kind)
+    affinity, blocked = _affinity_key(route, api_key), frozenset(route.provider.blocked_regions)
+    clean = {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
+    if adapter.NEEDS_INLINE_IMAGES and image_parts(clean):
+        clean = await _inline_images(runtime.egress, route, affinity, blocked, clean)
+    chat = ChatRequest(body=clean, stream=ticket.streamed)
     target = route.target(api_key)
+    try:
+        upstream_request = adapter.build_request(chat, target)
+    except ProviderError as exc:
+        raise InvalidRequest(f"This request cannot be sent to {route.model_id}: {exc}", code="untranslatable") from exc
     t = route.provider.timeouts
-    resp, exit_ = await open_upstream(runtime.egress, route.provider.egress, _affinity_key(route, api_key),
-                                      frozenset(route.provider.blocked_regions), adapter.build_request(chat, target),
+    resp, exit_ = await open_upstream(runtime.egress, route.provider.egress, affinity, blocked, upstream_request,
                                       t.connect_s, t.first_byte_s, route.provider_name)
     ticket.egress = request[LOG]["egress"] = exit_.name
     scrub = _scrubber(api_key if byok else "")

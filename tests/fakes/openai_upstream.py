@@ -74,6 +74,8 @@ class FakeOpenAI:
     def reset(self) -> None:
         self.requests: list[RecordedRequest] = []
         self.status = 200
+        self.fail_times: int | None = None  # answer `status` only this many times, then recover
+        self.error_headers: dict[str, str] = {}  # e.g. Retry-After on an error answer
         self.error_body: bytes | str | dict[str, Any] | None = None
         self.delay_before_headers_s = 0.0
         self.delay_between_chunks_s = 0.0
@@ -167,8 +169,12 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     try:
         if not await _wait(request, fake.delay_before_headers_s):
             return web.Response()
-        if fake.status != 200:
-            return _error_response(fake.status, fake.error_body)
+        if fake.status != 200 and (fake.fail_times is None or fake.fail_times > 0):
+            if fake.fail_times is not None:
+                fake.fail_times -= 1
+            response = _error_response(fake.status, fake.error_body)
+            response.headers.update(fake.error_headers)
+            return response
         if not isinstance(body, dict):
             return _error_response(400, _error("We could not parse the JSON body of your request.",
                                                "invalid_request_error"))

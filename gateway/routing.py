@@ -1,0 +1,50 @@
+"""Which models a request may be served by, in order, and how long to wait before trying again.
+
+A request's candidates are its model, then the models it lists itself (OpenRouter's `models` field),
+then the model's configured `fallbacks`. A candidate is tried again on retryable failures (429, 5xx,
+529, timeouts, egress failures) with exponential back-off and full jitter, honouring the upstream's
+`Retry-After`, and all of it inside one deadline; then the next candidate. Nothing is retried once a
+byte reached the client: such failures are never raised to this level.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from gateway.catalog import Catalog, Route
+from gateway.config import RetriesConfig
+from gateway.errors import GatewayError, InvalidRequest
+
+
+def candidates(catalog: Catalog, body: dict[str, Any]) -> list[Route]:
+    """The primary route and its fallbacks, deduplicated; an unknown model anywhere is the client's 404."""
+    primary = catalog.resolve(body["model"])
+    listed = body.get("models") or []
+    if not isinstance(listed, list) or not all(isinstance(m, str) for m in listed):
+        raise InvalidRequest("'models' must be an array of model ids.", param="models", code="invalid_type")
+    routes = [primary, *(catalog.resolve(m) for m in listed),
+              *(catalog.routes[m] for m in primary.model.fallbacks)]
+    seen: set[str] = set()
+    return [r for r in routes if not (r.model_id in seen or seen.add(r.model_id))]  # type: ignore[func-returns-value]
+
+
+def retry_delay(attempt: int, error: GatewayError, cfg: RetriesConfig) -> float | None:
+    """Seconds to wait before retrying the same model, or None to move on to the next candidate.
+
+    A pool with no healthy proxy stays that way until its probes say otherwise: retrying the same model
+    would only make the client wait, so such an error moves on at once.
+    """
+    if error.code == "egress_unavailable":
+        return None
+    delay = min(cfg.max_delay_s, cfg.base_delay_s * 2**attempt) * random.uniform(0.5, 1.0)
+    retry_after = error.headers.get("Retry-After")
+    if retry_after:
+        try:
+            wanted = float(retry_after)
+        except ValueError:
+            return delay
+        if wanted > cfg.honor_retry_after_up_to_s:
+            return None
+        delay = max(delay, wanted)
+    return delay

@@ -1,0 +1,105 @@
+"""Retries, fallbacks and vision checks through the running gateway (fake OpenAI upstream, memory store)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+
+from gateway.state import RUNTIME
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+PIXEL = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQ"
+         "AAAABJRU5ErkJggg==")
+FAST_RETRIES = {"max_retries": 2, "base_delay_s": 0.01, "max_delay_s": 0.05, "deadline_s": 10}
+
+
+def image_message(url: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": [{"type": "text", "text": "what is this?"},
+                                         {"type": "image_url", "image_url": {"url": url}}]}]
+
+
+async def test_retryable_failures_are_retried_then_served(make_gateway: Any) -> None:
+    gw = await make_gateway(retries=FAST_RETRIES)
+    gw.fake.status, gw.fake.fail_times = 500, 2
+    done = await gw.openai().chat.completions.create(model="fake/gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+    assert done.choices[0].message.content
+    assert len(gw.fake.requests) == 3
+    record = await gw.app[RUNTIME].store.get_key(gw.key_id)
+    assert record is not None and record.balance + record.usage == record.credits  # failed attempts released
+    assert record.usage == round((done.model_extra or {})["billing"]["request_cost"] * 1e9)
+
+
+async def test_retries_are_bounded(make_gateway: Any) -> None:
+    gw = await make_gateway(retries=FAST_RETRIES)
+    gw.fake.status = 503
+    with pytest.raises(openai.APIStatusError) as info:
+        await gw.openai().chat.completions.create(model="fake/gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+    assert info.value.status_code == 502
+    assert len(gw.fake.requests) == 3  # one try and max_retries more
+
+
+async def test_client_errors_are_not_retried(make_gateway: Any) -> None:
+    gw = await make_gateway(retries=FAST_RETRIES)
+    gw.fake.status = 400
+    with pytest.raises(openai.BadRequestError):
+        await gw.openai().chat.completions.create(model="fake/gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+    assert len(gw.fake.requests) == 1
+
+
+async def test_retry_after_is_honoured(make_gateway: Any) -> None:
+    gw = await make_gateway(retries=FAST_RETRIES)
+    gw.fake.status, gw.fake.fail_times, gw.fake.error_headers = 429, 1, {"Retry-After": "1"}
+    started = time.monotonic()
+    await gw.openai().chat.completions.create(model="fake/gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+    assert time.monotonic() - started >= 1.0
+    assert len(gw.fake.requests) == 2
+
+
+async def test_request_models_fall_back_and_bill_the_serving_model(make_gateway: Any) -> None:
+    gw = await make_gateway(retries=FAST_RETRIES)
+    raw = await gw.openai().chat.completions.with_raw_response.create(
+        model="dead/model", messages=MESSAGES, extra_body={"models": ["fake/gpt-4o"]})  # type: ignore[arg-type]
+    body = json.loads(raw.content)
+    assert body["model"] == "fake/gpt-4o"
+    record = await gw.app[RUNTIME].store.get_generation(gw.key_id, body["id"])
+    assert record is not None and record["model"] == "fake/gpt-4o"
+    # fake/gpt-4o prices: 2.5 in, 10 out per Mtok; the fake answers 19 + 10 tokens
+    assert round(body["billing"]["request_cost"] * 1e9) == (19 * 2_500_000_000 + 10 * 10_000_000_000) // 1_000_000
+    assert "models" not in gw.fake.last.body  # a gateway field, never forwarded
+
+
+async def test_unknown_fallback_model_is_404(make_gateway: Any) -> None:
+    gw = await make_gateway()
+    with pytest.raises(openai.NotFoundError):
+        await gw.openai().chat.completions.create(model="fake/gpt-4o", messages=MESSAGES,  # type: ignore[arg-type]
+                                                  extra_body={"models": ["nope/nope"]})
+
+
+async def test_image_to_a_model_without_vision_is_400(make_gateway: Any) -> None:
+    gw = await make_gateway()
+    with pytest.raises(openai.BadRequestError) as info:
+        await gw.openai().chat.completions.create(model="fake/gpt-4o", messages=image_message(PIXEL))  # type: ignore[arg-type]
+    assert info.value.code == "model_not_vision" and "fake/gpt-4o" in info.value.message
+    assert gw.fake.requests == []
+
+
+async def test_image_to_a_vision_model_passes_unchanged(make_gateway: Any) -> None:
+    gw = await make_gateway()
+    await gw.openai().chat.completions.create(model="fake/gpt-5", messages=image_message(PIXEL))  # type: ignore[arg-type]
+    part = gw.fake.last.body["messages"][0]["content"][1]
+    assert part == {"type": "image_url", "image_url": {"url": PIXEL}}
+
+
+async def test_fallback_skips_models_without_vision(make_gateway: Any) -> None:
+    gw = await make_gateway(retries=FAST_RETRIES)
+    gw.fake.status = 500
+    async with aiohttp.ClientSession() as http, http.post(
+            gw.url + "/v1/chat/completions", headers=gw.auth(),
+            json={"model": "fake/gpt-5", "models": ["fake/gpt-4o"], "messages": image_message(PIXEL)}) as r:
+        assert r.status == 502
+    assert {r.body["model"] for r in gw.fake.requests} == {"gpt-5"}  # gpt-4o has no vision: never tried
