@@ -72,6 +72,7 @@ def _adapt_body(req: ChatRequest, target: Target) -> JSON:
                 body.setdefault(field, value)
     for name in target.drop:
         body.pop(name, None)
+    body["messages"] = [_without_reasoning(m) for m in body.get("messages") or ()]
     if req.stream:
         body["stream"] = True
         options = body.get("stream_options")
@@ -80,6 +81,13 @@ def _adapt_body(req: ChatRequest, target: Target) -> JSON:
         body.pop("stream", None)
         body.pop("stream_options", None)  # OpenAI answers 400 to stream_options without stream
     return body
+
+
+def _without_reasoning(message: Any) -> Any:
+    """DeepSeek answers 400 when a previous turn's `reasoning_content` is sent back: history never needs it."""
+    if isinstance(message, dict) and "reasoning_content" in message:
+        return {k: v for k, v in message.items() if k != "reasoning_content"}
+    return message
 
 
 # -- non-streamed answer ---------------------------------------------------------------------------

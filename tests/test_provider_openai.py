@@ -393,3 +393,29 @@ def test_parse_error_other_shapes(status: int, body: bytes, message: str, type_:
 def test_parse_error_truncates_text_to_500_chars() -> None:
     err = openai.parse_error(500, b"x" * 2000)
     assert err.message == "x" * 500
+
+
+def test_reasoning_content_is_stripped_from_history() -> None:
+    """DeepSeek's reasoner rejects its own reasoning_content sent back in the message history."""
+    body = {"model": "deepseek/deepseek-reasoner", "messages": [
+        {"role": "user", "content": "9.11 or 9.8?"},
+        {"role": "assistant", "content": "9.8", "reasoning_content": "compare decimals"},
+        {"role": "user", "content": "why?"}]}
+    target = Target(provider="deepseek", base_url="https://api.deepseek.com/v1", api_key="k",
+                    upstream_model="deepseek-reasoner", public_model="deepseek/deepseek-reasoner")
+    sent = orjson.loads(openai.build_request(ChatRequest(body=body, stream=False), target).body)
+    assert sent["messages"][1] == {"role": "assistant", "content": "9.8"}
+    assert body["messages"][1]["reasoning_content"] == "compare decimals"  # the client's body is untouched
+
+
+def test_deepseek_reasoning_deltas_pass_through_unchanged() -> None:
+    target = Target(provider="deepseek", base_url="https://api.deepseek.com/v1", api_key="k",
+                    upstream_model="deepseek-reasoner", public_model="deepseek/deepseek-reasoner")
+    state = openai.new_stream_state(ChatRequest(body={"messages": []}, stream=True), target)
+    chunk = {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "deepseek-reasoner",
+             "choices": [{"index": 0, "delta": {"role": "assistant", "content": None,
+                                                "reasoning_content": "First, compare"},
+                          "logprobs": None, "finish_reason": None}]}
+    [out] = openai.parse_stream_event(state, SSEEvent(data=orjson.dumps(chunk)))
+    assert out["choices"][0]["delta"]["reasoning_content"] == "First, compare"
+    assert out["model"] == "deepseek/deepseek-reasoner"
