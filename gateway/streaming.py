@@ -63,13 +63,9 @@ async def pump(resp: aiohttp.ClientResponse, adapter: Adapter, state: StreamStat
     try:
         while not state.done:
             data = await next_data(resp.content, silence_s, keepalive_s, out.keepalive)
-            if not data:
-                if state.finish_reason is not None:
-                    break  # some servers end without [DONE]; the answer itself was complete
-                raise UpstreamFailed("the upstream closed the stream before it finished",
-                                     code="upstream_truncated")
+            events = decoder.feed(data) if data else decoder.flush()  # a last event may lack its blank line
             batch = bytearray()
-            for event in decoder.feed(data):
+            for event in events:
                 for chunk in adapter.parse_stream_event(state, event):
                     chunk["id"] = generation_id
                     relayed.text_bytes += _text_bytes(chunk)
@@ -82,6 +78,11 @@ async def pump(resp: aiohttp.ClientResponse, adapter: Adapter, state: StreamStat
                 if relayed.first_at is None:
                     relayed.first_at = now()
                 await out.write(bytes(batch))
+            if not data and not state.done:
+                if state.finish_reason is not None:
+                    break  # some servers end without [DONE]; the answer itself was complete
+                raise UpstreamFailed("the upstream closed the stream before it finished",
+                                     code="upstream_truncated")
     except UpstreamHTTPError:
         raise
     except (aiohttp.ClientError, ProviderError) as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Protocol, cast
 
-from providers import openai
+from providers import anthropic, gemini, openai
 from providers.types import (
     JSON,
     ChatRequest,
@@ -39,7 +39,7 @@ class Adapter(Protocol):
     def parse_stream_event(self, state: StreamState, event: SSEEvent) -> list[JSON]: ...
 
 
-_ADAPTERS: dict[str, ModuleType] = {"openai": openai}
+_ADAPTERS: dict[str, ModuleType] = {"openai": openai, "anthropic": anthropic, "gemini": gemini}
 
 KINDS: frozenset[str] = frozenset(_ADAPTERS)
 

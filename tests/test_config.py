@@ -25,7 +25,13 @@ def test_shipped_config_loads_on_a_fresh_machine() -> None:
     assert config.store.url == ""
     assert config.providers["openai"].api_key == ""
     assert config.providers["openai"].api_key_env == "OPENAI_API_KEY"
-    assert {"openai", "xai", "deepseek", "ollama"} <= set(config.providers)
+    assert {"openai", "anthropic", "google", "x", "deepseek", "ollama"} <= set(config.providers)
+    seed = {"openai/gpt-5", "openai/gpt-5-mini", "openai/gpt-5-nano", "anthropic/claude-opus-4-0",
+            "anthropic/claude-sonnet-4-0", "google/gemini-2.5-pro", "google/gemini-2.0-flash",
+            "google/gemini-2.0-flash-lite", "x/grok-4-0709", "x/grok-3", "x/grok-3-mini", "deepseek/deepseek-chat",
+            "deepseek/deepseek-reasoner", "ollama/qwen2.5vl:32b", "ollama/gemma3:27b"}
+    assert seed <= set(config.models)
+    assert config.providers["anthropic"].kind == "anthropic" and config.providers["google"].kind == "gemini"
     gpt5 = config.models["openai/gpt-5"]
     assert gpt5.params.max_tokens_field == "max_completion_tokens"
     assert "temperature" in gpt5.params.drop
@@ -58,8 +64,8 @@ def test_unset_variable_without_default_names_the_path() -> None:
                      "models.openai/gpt-5.price.input_per_mtok: must be a number >= 0", id="negative-price"),
         pytest.param("input_per_mtok: 1.25", "input_per_mtok: cheap",
                      "models.openai/gpt-5.price.input_per_mtok: must be a number", id="price-not-number"),
-        pytest.param("kind: openai", "kind: telepathy", "providers.openai.kind: must be one of openai",
-                     id="unknown-kind"),
+        pytest.param("kind: openai", "kind: telepathy",
+                     "providers.openai.kind: must be one of anthropic, gemini, openai", id="unknown-kind"),
         pytest.param("aliases: [gpt-5]", "aliasez: [gpt-5]", "models.openai/gpt-5.aliasez: unknown key",
                      id="typo-key"),
         pytest.param('base_url: "https://api.openai.com/v1"', 'base_url: "api.openai.com"',

@@ -1,0 +1,484 @@
+"""Adapter for Anthropic's Messages API (`POST {base_url}/v1/messages`).
+
+The request body is built from scratch, so what Anthropic does not know (`n`, penalties, logprobs,
+`response_format`, `reasoning_effort`, `stream_options`, ...) stays behind. Translation decisions:
+
+- `system` / `developer` messages, wherever they stand, become the top-level `system`: an array of text
+  blocks, one per non-empty text, in order (keeps message boundaries and `cache_control` marks).
+- Consecutive messages of one role share one turn; `tool` messages become `tool_result` blocks of a user
+  turn, which a following user message joins, so turns alternate. A turn that is one plain text is sent
+  as a string, as the SDK does. Empty texts are left out (Anthropic rejects empty text blocks).
+- Images: `data:` URIs -> base64 source blocks, http(s) URLs -> url source blocks (Anthropic fetches them).
+- `tool_choice`: auto -> auto, none -> `{"type": "none"}` (tools are still sent, so `tool_use` blocks in
+  the history stay valid), required -> any, a named function -> tool; `parallel_tool_calls: false` ->
+  `disable_parallel_tool_use`.
+- `max_tokens` is required upstream: `max_completion_tokens`, else `max_tokens`, else the model's default.
+  `temperature` is clamped to Anthropic's 0..1. `target.drop` applies to the client's field names before
+  translation and to Anthropic's after it (model, messages and max_tokens are never dropped).
+- Answers: `thinking` text is exposed as `reasoning_content` (as DeepSeek does, in stream deltas too);
+  signatures and `redacted_thinking` are dropped. Prompt tokens = input + cache reads + cache writes.
+
+Pure and synchronous: no I/O, no aiohttp. `ProviderError` from `build_request` means the client's request
+cannot be expressed for Anthropic (bad tool-call arguments JSON, an unsupported part or role).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+
+from providers.types import (
+    JSON,
+    ChatRequest,
+    ChatResult,
+    ProviderError,
+    SSEEvent,
+    StreamState,
+    Target,
+    UpstreamHTTPError,
+    UpstreamRequest,
+    Usage,
+)
+
+STREAM_FRAMING = "sse"
+NEEDS_INLINE_IMAGES = False
+API_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 4096
+
+# finish-reason-map.json (LiteLLM); model_context_window_exceeded is the SDK's newer "ran out of room"
+_FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
+                   "refusal": "content_filter", "compaction": "length", "model_context_window_exceeded": "length"}
+_TOOL_CHOICES = {"auto": "auto", "none": "none", "required": "any"}
+_REQUIRED = frozenset({"model", "messages", "max_tokens"})
+_COUNTS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens")
+_RETRYABLE_TYPES = frozenset({"overloaded_error", "rate_limit_error", "api_error", "timeout_error"})
+
+
+# -- request ---------------------------------------------------------------------------------------
+
+
+def build_request(req: ChatRequest, target: Target) -> UpstreamRequest:
+    """POST {base_url}/v1/messages with the client's chat request in Anthropic's shape."""
+    headers = {"anthropic-version": API_VERSION, "content-type": "application/json",
+               "accept": "text/event-stream" if req.stream else "application/json"}
+    if target.api_key:
+        headers["x-api-key"] = target.api_key
+    headers.update(target.headers)
+    return UpstreamRequest(method="POST", url=f"{target.base_url}/v1/messages", headers=headers,
+                           body=orjson.dumps(_translate_body(req, target)), stream=req.stream)
+
+
+def _translate_body(req: ChatRequest, target: Target) -> JSON:
+    """The Anthropic request body for a client's OpenAI chat body (which is left untouched)."""
+    src = {k: v for k, v in req.body.items() if k not in target.drop or k in _REQUIRED}
+    messages = src.get("messages")
+    if not isinstance(messages, list):
+        raise ProviderError("messages must be a list")
+    system, turns = translate_messages(messages)
+    out: JSON = {"model": target.upstream_model, "max_tokens": _max_tokens(src, target), "messages": turns}
+    if system:
+        out["system"] = system
+    _sampling(src, out)
+    _tools(src, out)
+    user = src.get("user") or src.get("safety_identifier")
+    if isinstance(user, str) and user:
+        out["metadata"] = {"user_id": user}
+    if req.stream:
+        out["stream"] = True
+    for name in target.drop:
+        if name not in _REQUIRED:
+            out.pop(name, None)
+    return out
+
+
+def _max_tokens(src: JSON, target: Target) -> int:
+    for value in (_int(src.get("max_completion_tokens")), _int(src.get("max_tokens"))):
+        if value is not None:
+            return value
+    return target.default_max_tokens or DEFAULT_MAX_TOKENS
+
+
+def _sampling(src: JSON, out: JSON) -> None:
+    temperature = src.get("temperature")
+    if isinstance(temperature, int | float) and not isinstance(temperature, bool):
+        out["temperature"] = min(max(temperature, 0), 1)
+    for name in ("top_p", "top_k"):
+        if src.get(name) is not None:
+            out[name] = src[name]
+    stop = src.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if isinstance(stop, list) and stop:
+        out["stop_sequences"] = stop
+
+
+def translate_messages(messages: list[Any]) -> tuple[list[JSON], list[JSON]]:
+    """(system text blocks, alternating user/assistant turns) for OpenAI `messages`."""
+    system: list[JSON] = []
+    turns: list[JSON] = []
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            raise ProviderError(f"messages[{i}] is not an object")
+        role = msg.get("role")
+        if role in ("system", "developer"):
+            blocks = _parts(msg.get("content"), f"messages[{i}]")
+            if any(block["type"] != "text" for block in blocks):
+                raise ProviderError(f"messages[{i}]: system messages can hold only text for Anthropic models")
+            system.extend(blocks)
+            continue
+        if role == "user":
+            blocks = _parts(msg.get("content"), f"messages[{i}]")
+        elif role == "assistant":
+            blocks = _assistant_blocks(msg, i)
+        elif role == "tool":
+            role, blocks = "user", [_tool_result(msg, i)]
+        else:
+            raise ProviderError(f"messages[{i}]: role {role!r} is not supported for Anthropic models")
+        if not blocks:
+            continue
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+    for turn in turns:
+        content = turn["content"]
+        if len(content) == 1 and content[0].keys() == {"type", "text"}:
+            turn["content"] = content[0]["text"]  # plain text turns as strings, the way the SDK sends them
+    return system, turns
+
+
+def _parts(content: Any, where: str) -> list[JSON]:
+    """Text / image blocks of an OpenAI message content (a string or a list of parts)."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    if not isinstance(content, list):
+        raise ProviderError(f"{where}.content must be a string or a list of parts")
+    blocks: list[JSON] = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("text", "refusal"):
+            text = part.get(kind)
+            if not isinstance(text, str):
+                raise ProviderError(f"{where}.content[{j}] has no {kind} string")
+            if not text:
+                continue
+            block: JSON = {"type": "text", "text": text}
+        elif kind == "image_url":
+            block = _image(part.get("image_url"), f"{where}.content[{j}]")
+        else:
+            raise ProviderError(f"{where}.content[{j}]: part type {kind!r} is not supported for Anthropic models")
+        if isinstance(part.get("cache_control"), dict):
+            block["cache_control"] = part["cache_control"]
+        blocks.append(block)
+    return blocks
+
+
+def _image(image: Any, where: str) -> JSON:
+    url = image.get("url") if isinstance(image, dict) else image
+    if not isinstance(url, str):
+        raise ProviderError(f"{where}: image_url has no url")
+    if url.startswith("data:"):
+        header, comma, data = url[5:].partition(",")
+        media_type, _, encoding = header.partition(";")
+        if not comma or encoding != "base64" or not media_type:
+            raise ProviderError(f"{where}: image data URIs must be data:<media type>;base64,<data>")
+        return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+    if url.startswith(("https://", "http://")):
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    raise ProviderError(f"{where}: image URLs must be https:// or data: URIs")
+
+
+def _assistant_blocks(msg: JSON, i: int) -> list[JSON]:
+    blocks = _parts(msg.get("content"), f"messages[{i}]")
+    calls = msg.get("tool_calls") or []
+    if not isinstance(calls, list):
+        raise ProviderError(f"messages[{i}].tool_calls must be a list")
+    for j, call in enumerate(calls):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(call.get("id"), str) or not isinstance(fn.get("name"), str):
+            raise ProviderError(f"messages[{i}].tool_calls[{j}] needs an id and a function name")
+        try:
+            args = orjson.loads(fn.get("arguments") or "{}")
+        except orjson.JSONDecodeError as exc:
+            raise ProviderError(f"messages[{i}].tool_calls[{j}].function.arguments is not valid JSON") from exc
+        if not isinstance(args, dict):
+            raise ProviderError(f"messages[{i}].tool_calls[{j}].function.arguments must be a JSON object")
+        blocks.append({"type": "tool_use", "id": call["id"], "name": fn["name"], "input": args})
+    return blocks
+
+
+def _tool_result(msg: JSON, i: int) -> JSON:
+    call_id = msg.get("tool_call_id")
+    if not isinstance(call_id, str):
+        raise ProviderError(f"messages[{i}] (role tool) needs a tool_call_id")
+    block: JSON = {"type": "tool_result", "tool_use_id": call_id}
+    content = msg.get("content")
+    if isinstance(content, str):
+        if content:
+            block["content"] = content
+    elif content := _parts(content, f"messages[{i}]"):
+        block["content"] = content
+    return block
+
+
+def _tools(src: JSON, out: JSON) -> None:
+    """`tools`, `tool_choice` and `parallel_tool_calls` -> Anthropic's tools and tool_choice."""
+    tools = src.get("tools")
+    if not isinstance(tools, list) or not tools:
+        return
+    converted = []
+    for j, tool in enumerate(tools):
+        fn = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise ProviderError(f"tools[{j}]: only function tools with a name are supported for Anthropic models")
+        spec: JSON = {"name": fn["name"]}
+        if isinstance(fn.get("description"), str):
+            spec["description"] = fn["description"]
+        spec["input_schema"] = fn.get("parameters") or {"type": "object", "properties": {}}
+        converted.append(spec)
+    out["tools"] = converted
+    choice = _tool_choice(src.get("tool_choice"))
+    if src.get("parallel_tool_calls") is False and choice.get("type") != "none":
+        choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
+    if choice:
+        out["tool_choice"] = choice
+
+
+def _tool_choice(choice: Any) -> JSON:
+    if isinstance(choice, str) and choice in _TOOL_CHOICES:
+        return {"type": _TOOL_CHOICES[choice]}
+    fn = choice.get("function") if isinstance(choice, dict) else None
+    if isinstance(fn, dict) and isinstance(fn.get("name"), str):
+        return {"type": "tool", "name": fn["name"]}
+    if choice is None:
+        return {}
+    raise ProviderError(f"tool_choice {choice!r} is not supported for Anthropic models")
+
+
+# -- non-streamed answer ---------------------------------------------------------------------------
+
+
+def parse_response(body: bytes, target: Target) -> ChatResult:
+    """An Anthropic `message` as an OpenAI `chat.completion`, plus its usage."""
+    data = _load_object(body, "response")
+    content = data.get("content")
+    if not isinstance(content, list) or not isinstance(data.get("id"), str):
+        raise ProviderError("upstream response is not an Anthropic message")
+    texts, thoughts, calls = [], [], []
+    for block in content:
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text":
+            texts.append(str(block.get("text") or ""))
+        elif kind == "thinking":
+            thoughts.append(str(block.get("thinking") or ""))
+        elif kind == "tool_use":
+            calls.append({"id": str(block.get("id")), "type": "function", "function": {
+                "name": str(block.get("name")), "arguments": orjson.dumps(block.get("input") or {}).decode()}})
+    message: JSON = {"role": "assistant", "content": "".join(texts) if texts else None, "refusal": None}
+    if calls:
+        message["tool_calls"] = calls
+    if thoughts:
+        message["reasoning_content"] = "".join(thoughts)
+    counts: dict[str, int] = {}
+    _add_counts(counts, data.get("usage"))
+    usage = _usage(counts)
+    answer = {
+        "id": data["id"], "object": "chat.completion", "created": int(time.time()), "model": target.public_model,
+        "choices": [{"index": 0, "message": message, "logprobs": None,
+                     "finish_reason": _finish_reason(data.get("stop_reason"), bool(calls))}],
+    }
+    if usage.reported:
+        answer["usage"] = _usage_json(usage)
+    return ChatResult(body=answer, usage=usage)
+
+
+def _finish_reason(stop_reason: Any, tool_calls: bool) -> str:
+    if stop_reason is None and tool_calls:
+        return "tool_calls"
+    return _FINISH_REASONS.get(str(stop_reason), "stop")
+
+
+def _add_counts(counts: dict[str, int], raw: Any) -> None:
+    """Note the token counts an Anthropic `usage` object holds; later (cumulative) counts replace earlier."""
+    if not isinstance(raw, dict):
+        return
+    for name in _COUNTS:
+        value = _int(raw.get(name))
+        if value is not None:
+            counts[name] = value
+    details = raw.get("output_tokens_details")
+    thinking = _int(details.get("thinking_tokens")) if isinstance(details, dict) else None
+    if thinking is not None:
+        counts["thinking_tokens"] = thinking
+
+
+def _usage(counts: dict[str, int]) -> Usage:
+    """`Usage` from Anthropic counts: prompt tokens are fresh input + cache reads + cache writes."""
+    if "input_tokens" not in counts and "output_tokens" not in counts:
+        return Usage()
+    read, write = counts.get("cache_read_input_tokens", 0), counts.get("cache_creation_input_tokens", 0)
+    return Usage(prompt_tokens=counts.get("input_tokens", 0) + read + write,
+                 completion_tokens=counts.get("output_tokens", 0), cached_tokens=read, cache_write_tokens=write,
+                 reasoning_tokens=counts.get("thinking_tokens", 0), reported=True)
+
+
+def _usage_json(usage: Usage) -> JSON:
+    """OpenAI's `usage` object for a `Usage`."""
+    out: JSON = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                 "total_tokens": usage.total_tokens,
+                 "prompt_tokens_details": {"cached_tokens": usage.cached_tokens,
+                                           "cache_write_tokens": usage.cache_write_tokens}}
+    if usage.reasoning_tokens:
+        out["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
+    return out
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+# -- errors ----------------------------------------------------------------------------------------
+
+
+def parse_error(status: int, body: bytes) -> UpstreamHTTPError:
+    """A non-2xx answer: Anthropic's `{"type": "error", "error": {"type", "message"}}` or anything else."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        data = None
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):  # a proxy's HTML page, an empty body, some other shape
+        error = {"message": body.decode("utf-8", "replace").strip()[:500]}
+    code = str(error["type"]) if error.get("type") else None  # "overloaded_error", "rate_limit_error", ...
+    return UpstreamHTTPError(status, str(error.get("message") or "") or _reason(status),
+                             type_=code or "upstream_error", code=code, retryable=status == 429 or status >= 500)
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"
+
+
+# -- stream ----------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class AnthropicStreamState(StreamState):
+    tool_index: dict[Any, int] = field(default_factory=dict)  # content block index -> OpenAI tool_calls index
+    stop_reason: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)  # Anthropic's token counts so far
+
+
+def new_stream_state(req: ChatRequest, target: Target) -> StreamState:
+    return AnthropicStreamState(public_model=target.public_model)
+
+
+def parse_stream_event(state: StreamState, event: SSEEvent) -> list[JSON]:
+    """One Anthropic SSE event -> the `chat.completion.chunk` objects to relay (0 to 2)."""
+    if not isinstance(state, AnthropicStreamState):
+        raise TypeError("the state must come from providers.anthropic.new_stream_state")
+    if state.done:
+        return []
+    data = _load_object(event.data, "stream event")
+    name = event.event or str(data.get("type") or "")
+    handler = _HANDLERS.get(name)
+    return handler(state, data) if handler else []  # ping and unknown (future) events carry nothing for us
+
+
+def _message_start(state: AnthropicStreamState, data: JSON) -> list[JSON]:
+    message = data.get("message") or {}
+    state.response_id = str(message.get("id") or "")
+    _add_counts(state.counts, message.get("usage"))
+    return [_chunk(state, {"role": "assistant", "content": ""})]
+
+
+def _block_start(state: AnthropicStreamState, data: JSON) -> list[JSON]:
+    block = data.get("content_block") or {}
+    kind = block.get("type")
+    if kind == "tool_use":
+        index = state.tool_index[data.get("index")] = len(state.tool_index)
+        args = orjson.dumps(block["input"]).decode() if block.get("input") else ""
+        call = {"index": index, "id": str(block.get("id")), "type": "function",
+                "function": {"name": str(block.get("name")), "arguments": args}}
+        return [_chunk(state, {"tool_calls": [call]})]
+    return []  # text and thinking blocks start empty; their deltas follow
+
+
+def _block_delta(state: AnthropicStreamState, data: JSON) -> list[JSON]:
+    delta = data.get("delta") or {}
+    kind = delta.get("type")
+    if kind == "text_delta" and delta.get("text"):
+        return [_chunk(state, {"content": delta["text"]})]
+    if kind == "thinking_delta" and delta.get("thinking"):
+        return [_chunk(state, {"reasoning_content": delta["thinking"]})]
+    index = state.tool_index.get(data.get("index"))
+    if kind == "input_json_delta" and delta.get("partial_json") and index is not None:
+        call = {"index": index, "function": {"arguments": delta["partial_json"]}}
+        return [_chunk(state, {"tool_calls": [call]})]
+    return []  # signature_delta, citations_delta, empty fragments, server tool input
+
+
+def _message_delta(state: AnthropicStreamState, data: JSON) -> list[JSON]:
+    delta = data.get("delta") or {}
+    if delta.get("stop_reason"):
+        state.stop_reason = str(delta["stop_reason"])
+    _add_counts(state.counts, data.get("usage"))
+    return []
+
+
+def _message_stop(state: AnthropicStreamState, data: JSON) -> list[JSON]:
+    state.finish_reason = _finish_reason(state.stop_reason, bool(state.tool_index))
+    state.done = True
+    chunks = [_chunk(state, {}, state.finish_reason)]
+    state.usage = _usage(state.counts)
+    if state.usage.reported:
+        usage_chunk = _chunk(state, {})
+        usage_chunk["choices"] = []
+        usage_chunk["usage"] = _usage_json(state.usage)
+        chunks.append(usage_chunk)
+    return chunks
+
+
+def _error_event(state: AnthropicStreamState, data: JSON) -> list[JSON]:
+    error = data.get("error")
+    error = error if isinstance(error, dict) else {}
+    kind = str(error.get("type") or "api_error")
+    raise UpstreamHTTPError(503 if kind == "overloaded_error" else 502,
+                            str(error.get("message") or "upstream error in stream"),
+                            type_=kind, code=kind, retryable=kind in _RETRYABLE_TYPES)
+
+
+_HANDLERS: dict[str, Callable[[AnthropicStreamState, JSON], list[JSON]]] = {
+    "message_start": _message_start,
+    "content_block_start": _block_start,
+    "content_block_delta": _block_delta,
+    "message_delta": _message_delta,
+    "message_stop": _message_stop,
+    "error": _error_event,
+}
+
+
+def _chunk(state: StreamState, delta: JSON, finish_reason: str | None = None) -> JSON:
+    state.created = state.created or int(time.time())
+    return {"id": state.response_id, "object": "chat.completion.chunk", "created": state.created,
+            "model": state.public_model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+
+
+def _load_object(raw: bytes, what: str) -> JSON:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ProviderError(f"upstream {what} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ProviderError(f"upstream {what} is not a JSON object")
+    return data

@@ -1,0 +1,152 @@
+"""A fake Anthropic Messages API upstream that speaks Anthropic's recorded wire format.
+
+`POST /v1/messages` answers with the recorded `sdk-messages-end-turn.response.json` (or, with
+`tool_response`, `sdk-messages-tool-use.response.json`), its `model` set to the requested model. With
+`"stream": true` it replays the recorded SSE events of `sdk-stream-basic.sse` (or `sdk-stream-tool-use.sse`
+with `tool_stream`) byte for byte, one event per write, each followed by its blank line.
+
+Like the real API it wants a key (401 `authentication_error` otherwise) and an `anthropic-version` header
+(400 `invalid_request_error` otherwise), and error bodies have Anthropic's shape
+`{"type": "error", "error": {"type", "message"}, "request_id"}`. The key is accepted in `x-api-key` (what
+the gateway sends, and older SDKs) or as `Authorization: Bearer` (what the installed SDK 2.x sends for
+`api_key=`); tests assert which header arrived.
+
+A test sets the controls on a `FakeAnthropic` before calling and reads `fake.requests` afterwards::
+
+    fake = FakeAnthropic()
+    server = await aiohttp_server(make_app(fake))
+    fake.status, fake.error_body = 529, FakeAnthropic.overloaded_body()
+    ...
+    assert fake.last.headers["x-api-key"] == "sk-ant-test"
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+WIRE = SHARED / "wire" / "anthropic"
+REQUEST_ID = "req_011CFakeAnthropicUpstream0001"
+
+
+def recorded_events(name: str) -> list[bytes]:
+    """The events of a recorded stream, each as its own bytes with its terminating blank line."""
+    raw = (WIRE / name).read_bytes()
+    return [block + b"\n\n" for block in raw.split(b"\n\n") if block.strip()]
+
+
+def error_body(type_: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": type_, "message": message}, "request_id": REQUEST_ID}
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    path: str
+    headers: dict[str, str]  # names lower-cased
+    body: Any  # parsed JSON, or None when the body is not JSON
+    raw: bytes
+
+
+class FakeAnthropic:
+    """Controls (plain attributes, set before calling; `reset()` restores them) and records."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.requests: list[RecordedRequest] = []
+        self.status = 200
+        self.error_body: bytes | str | dict[str, Any] | None = None  # None: Anthropic's shape for `status`
+        self.delay_before_headers_s = 0.0
+        self.delay_between_events_s = 0.0
+        self.tool_stream = False  # stream sdk-stream-tool-use.sse instead of sdk-stream-basic.sse
+        self.tool_response = False  # answer sdk-messages-tool-use.response.json instead of the end_turn one
+        self.error_event_after: int | None = None  # send the recorded overloaded `error` event after N events
+        self.events_sent = 0  # events written by the last streamed answer
+
+    @property
+    def last(self) -> RecordedRequest:
+        return self.requests[-1]
+
+    @staticmethod
+    def overloaded_body() -> dict[str, Any]:
+        """The recorded 529 body of errors.json."""
+        return dict(json.loads((WIRE / "errors.json").read_text())["examples"]["529_overloaded_http"])
+
+    def stream_events(self) -> list[bytes]:
+        events = recorded_events("sdk-stream-tool-use.sse" if self.tool_stream else "sdk-stream-basic.sse")
+        if self.error_event_after is not None:
+            events = [*events[:self.error_event_after], *recorded_events("docs-stream-error-event.sse")]
+        return events
+
+
+FAKE_KEY = web.AppKey("fake_anthropic", FakeAnthropic)
+_STATUS_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
+                 403: "permission_error", 404: "not_found_error", 413: "request_too_large",
+                 429: "rate_limit_error", 500: "api_error", 504: "timeout_error", 529: "overloaded_error"}
+
+
+def make_app(fake: FakeAnthropic) -> web.Application:
+    app = web.Application()
+    app[FAKE_KEY] = fake
+    app.router.add_post("/v1/messages", _messages)
+    return app
+
+
+async def _messages(request: web.Request) -> web.StreamResponse:
+    fake = request.app[FAKE_KEY]
+    raw = await request.read()
+    try:
+        body = json.loads(raw) if raw else None
+    except ValueError:
+        body = None
+    headers = {name.lower(): value for name, value in request.headers.items()}
+    fake.requests.append(RecordedRequest(request.path, headers, body, raw))
+    bearer = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if not (request.headers.get("x-api-key") or bearer):
+        return web.json_response(error_body("authentication_error", "x-api-key header is required"), status=401)
+    if not request.headers.get("anthropic-version"):
+        return web.json_response(error_body("invalid_request_error", "anthropic-version: header is required"),
+                                 status=400)
+    await asyncio.sleep(fake.delay_before_headers_s)
+    if fake.status != 200:
+        return _error_response(fake.status, fake.error_body)
+    if not isinstance(body, dict):
+        return web.json_response(error_body("invalid_request_error", "There was an issue with the request body."),
+                                 status=400)
+    if body.get("stream"):
+        return await _stream(request, fake)
+    name = "sdk-messages-tool-use.response.json" if fake.tool_response else "sdk-messages-end-turn.response.json"
+    answer = json.loads((WIRE / name).read_bytes())
+    answer["model"] = body.get("model", answer["model"])
+    return web.json_response(answer, headers={"request-id": REQUEST_ID})
+
+
+async def _stream(request: web.Request, fake: FakeAnthropic) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
+                                           "Cache-Control": "no-cache", "request-id": REQUEST_ID})
+    await response.prepare(request)
+    fake.events_sent = 0
+    for i, event in enumerate(fake.stream_events()):
+        if i and fake.delay_between_events_s:
+            await asyncio.sleep(fake.delay_between_events_s)
+        await response.write(event)
+        fake.events_sent += 1
+    await response.write_eof()
+    return response
+
+
+def _error_response(status: int, body: bytes | str | dict[str, Any] | None) -> web.Response:
+    if body is None:
+        body = error_body(_STATUS_TYPES.get(status, "api_error"), "fake upstream error")
+    if isinstance(body, dict):
+        return web.json_response(body, status=status, headers={"request-id": REQUEST_ID})
+    text = body.encode() if isinstance(body, str) else body
+    content_type = "application/json" if text.lstrip()[:1] in (b"{", b"[") else "text/plain"
+    return web.Response(status=status, body=text, content_type=content_type)

@@ -1,0 +1,176 @@
+"""A fake Gemini API (generativelanguage.googleapis.com) that answers with recorded wire bytes.
+
+Routes (`{model}` is any model name unless `models` is set):
+
+- POST /v1beta/models/{model}:generateContent — a recorded `GenerateContentResponse`:
+  `googleai/unary-success-basic-reply-short.json`, or with `tool_mode`
+  `vertexai/unary-success-function-call-with-arguments.json` (or `unary_recording`).
+- POST /v1beta/models/{model}:streamGenerateContent?alt=sse — the recorded SSE stream
+  `googleai/streaming-success-basic-reply-short.txt`, or with `tool_mode`
+  `vertexai/streaming-success-function-call-short.txt` (or `stream_recording`), byte for byte, one event
+  (with its blank line) per write and no [DONE], as Gemini does. Without `alt=sse` the same chunks come as
+  one JSON array, as the real endpoint answers.
+
+Every request needs an API key (`x-goog-api-key` header or `?key=`), else 400 with the recorded
+`googleai/unary-failure-api-key.json` body; a model not in `models` gets 404 with
+`googleai/unary-failure-unknown-model.json`. `status` + `error_body` answer any other error.
+
+A test sets the controls on a `FakeGemini` before calling and reads `fake.requests` afterwards::
+
+    fake = FakeGemini()
+    client = await aiohttp_client(make_app(fake))
+    fake.tool_mode = True
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+WIRE = SHARED / "wire" / "gemini"
+UNARY = "googleai/unary-success-basic-reply-short.json"
+UNARY_TOOL = "vertexai/unary-success-function-call-with-arguments.json"
+STREAM = "googleai/streaming-success-basic-reply-short.txt"
+STREAM_TOOL = "vertexai/streaming-success-function-call-short.txt"
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+
+
+def recorded_events(name: str) -> list[bytes]:
+    """The events of a recorded SSE body, each with its own line ends, exactly as recorded: joined they
+    are the file. A last event without a blank line after it (some recordings) is kept as it is."""
+    raw = (WIRE / name).read_bytes()
+    events, start = [], 0
+    for match in _EVENT_END.finditer(raw):
+        events.append(raw[start:match.end()])
+        start = match.end()
+    if raw[start:].strip():
+        events.append(raw[start:])
+    return events
+
+
+def recorded_chunks(name: str) -> list[Any]:
+    """The JSON payloads of a recorded SSE body's `data:` events."""
+    return [json.loads(event.strip().removeprefix(b"data:")) for event in recorded_events(name)
+            if event.startswith(b"data:")]
+
+
+def recorded_json(name: str) -> Any:
+    return json.loads((WIRE / name).read_bytes())
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    path: str  # e.g. /v1beta/models/gemini-2.0-flash:streamGenerateContent
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: Any  # parsed JSON, or None when unparsable
+    raw: bytes
+    model: str = ""
+    method: str = ""  # generateContent or streamGenerateContent
+
+
+class FakeGemini:
+    """Controls (plain attributes, set before calling; `reset()` restores them) and records."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.requests: list[RecordedRequest] = []
+        self.models: set[str] | None = None  # None: every model exists
+        self.status = 200
+        self.error_body: bytes | str | dict[str, Any] | None = None
+        self.delay_before_headers_s = 0.0
+        self.delay_between_chunks_s = 0.0
+        self.tool_mode = False  # answer with a function call (unary and streamed)
+        self.unary_recording: str | None = None  # a path under wire/gemini overriding the default answer
+        self.stream_recording: str | None = None
+        self.chunks_sent = 0  # events written by the last streamed answer
+
+    @property
+    def last(self) -> RecordedRequest:
+        return self.requests[-1]
+
+    def unary_answer(self) -> Any:
+        return recorded_json(self.unary_recording or (UNARY_TOOL if self.tool_mode else UNARY))
+
+    def stream_name(self) -> str:
+        return self.stream_recording or (STREAM_TOOL if self.tool_mode else STREAM)
+
+
+FAKE_KEY = web.AppKey("fake_gemini", FakeGemini)
+
+
+def make_app(fake: FakeGemini) -> web.Application:
+    app = web.Application()
+    app[FAKE_KEY] = fake
+    app.router.add_post("/v1beta/models/{target}", _generate)
+    return app
+
+
+async def _record(request: web.Request, model: str, method: str) -> Any:
+    raw = await request.read()
+    try:
+        body = json.loads(raw) if raw else None
+    except ValueError:
+        body = None
+    request.app[FAKE_KEY].requests.append(RecordedRequest(
+        request.path, dict(request.query), dict(request.headers), body, raw, model, method))
+    return body
+
+
+async def _generate(request: web.Request) -> web.StreamResponse:
+    fake = request.app[FAKE_KEY]
+    model, _, method = request.match_info["target"].partition(":")
+    body = await _record(request, model, method)
+    if method not in ("generateContent", "streamGenerateContent"):
+        return _google_error(404, f"Method {method!r} not found.", "NOT_FOUND")
+    if not (request.headers.get("x-goog-api-key") or request.query.get("key")):
+        return web.json_response(recorded_json("googleai/unary-failure-api-key.json"), status=400)
+    if fake.models is not None and model not in fake.models:
+        return web.json_response(recorded_json("googleai/unary-failure-unknown-model.json"), status=404)
+    await asyncio.sleep(fake.delay_before_headers_s)
+    if fake.status != 200:
+        return _error_response(fake.status, fake.error_body)
+    if not isinstance(body, dict) or not isinstance(body.get("contents"), list | dict):
+        return _google_error(400, "Invalid JSON payload received.", "INVALID_ARGUMENT")
+    if method == "generateContent":
+        return web.json_response(fake.unary_answer())
+    if request.query.get("alt") != "sse":
+        return web.json_response(recorded_chunks(fake.stream_name()))
+    return await _stream(request, fake, recorded_events(fake.stream_name()))
+
+
+async def _stream(request: web.Request, fake: FakeGemini, events: list[bytes]) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    fake.chunks_sent = 0
+    for i, event in enumerate(events):
+        if i:
+            await asyncio.sleep(fake.delay_between_chunks_s)
+        await response.write(event)
+        fake.chunks_sent += 1
+    await response.write_eof()
+    return response
+
+
+def _google_error(status: int, message: str, status_name: str) -> web.Response:
+    return web.json_response({"error": {"code": status, "message": message, "status": status_name}},
+                             status=status)
+
+
+def _error_response(status: int, body: bytes | str | dict[str, Any] | None) -> web.Response:
+    if body is None:
+        return _google_error(status, "fake upstream error", "INTERNAL" if status >= 500 else "INVALID_ARGUMENT")
+    if isinstance(body, dict):
+        return web.json_response(body, status=status)
+    text = body.encode() if isinstance(body, str) else body
+    content_type = "application/json" if text.lstrip()[:1] in (b"{", b"[") else "text/plain"
+    return web.Response(status=status, body=text, content_type=content_type)
