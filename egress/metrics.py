@@ -6,7 +6,8 @@ import contextlib
 
 from prometheus_client import Counter, Gauge, Histogram
 
-UP = Gauge("gateway_egress_proxy_up", "1 when the proxy is in service, 0 when ejected", ["pool", "proxy"])
+UP = Gauge("gateway_egress_proxy_up", "1 when the proxy is in service, 0 when ejected", ["pool", "proxy"],
+           multiprocess_mode="min")
 REQUESTS = Counter("gateway_egress_requests_total", "Upstream connection attempts through a proxy by outcome",
                    ["pool", "proxy", "outcome"])
 CONNECT_SECONDS = Histogram("gateway_egress_connect_seconds", "New connection time: TCP, proxy handshake, TLS",

@@ -14,6 +14,7 @@ from egress import health as egress_health
 from egress.pool import PoolSpec
 from egress.proxy import ProxySpec
 from gateway import config as config_mod
+from gateway import metrics
 from gateway.config import Config
 from gateway.handlers import admin, chat, credits, health, models
 from gateway.logging import get_logger, redactor
@@ -101,6 +102,7 @@ async def reload_config(app: web.Application) -> bool:
     try:
         new = _with_overrides(config_mod.load(runtime.config_path), runtime.server_overrides)
     except config_mod.ConfigError as exc:
+        metrics.RELOADS.labels("failure").inc()
         log.error("config reload failed; keeping the old config", path=runtime.config_path,
                   problems=str(exc).splitlines())
         return False
@@ -112,6 +114,7 @@ async def reload_config(app: web.Application) -> bool:
     redactor.update([*old.secrets(), *new.secrets()])  # requests in flight still hold the old ones
     await runtime.egress.configure(_pools(new))
     runtime.snapshot = Snapshot.of(new)
+    metrics.RELOADS.labels("success").inc()
     log.info("config reloaded", path=runtime.config_path, models=len(new.models),
              providers=len(new.providers))
     return True

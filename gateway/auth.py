@@ -12,7 +12,7 @@ from fnmatch import fnmatchcase
 
 from aiohttp import web
 
-from gateway import keys
+from gateway import keys, metrics
 from gateway.errors import Forbidden, Unauthorized, Unavailable
 from gateway.store import KeyRecord, Store, StoreError
 
@@ -66,6 +66,7 @@ async def authenticate(request: web.Request, store: Store, cache: KeyCache | Non
         try:
             record = await store.get_key_by_hash(digest)
         except StoreError as exc:
+            metrics.STORE_ERRORS.labels("auth").inc()
             raise Unavailable("The gateway's key store is unavailable; retry shortly.",
                               code="store_unavailable") from exc
         if record is not None and cache is not None and ttl_s > 0:

@@ -17,7 +17,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from gateway import billing, limits
+from gateway import billing, limits, metrics
 from gateway.catalog import Route
 from gateway.config import Config, to_nano
 from gateway.errors import Forbidden, InsufficientQuota, RateLimited, Unauthorized, Unavailable
@@ -131,10 +131,15 @@ class Ticket:
             result = await self.store.settle(*args)
             charged, balance = result.charged, result.balance
         except StoreError:
+            metrics.STORE_ERRORS.labels("settle").inc()
             log.warning("store unavailable at settlement; retrying in the background",
                         generation_id=self.generation_id)
             self.settlements.retry(self.store, args)
             charged, balance = cost, max(self.admitted.balance + self.hold - cost, 0)
+        labels = (self.route.provider_name, self.route.model_id)
+        metrics.TOKENS.labels(*labels, "in").inc(outcome.usage.prompt_tokens)
+        metrics.TOKENS.labels(*labels, "out").inc(outcome.usage.completion_tokens)
+        metrics.COST.labels(*labels).inc(billing.nano_to_usd(charged))
         return billing.Bill(cost=charged, balance=balance, reserved=self.hold, using_own_key=self.byok,
                             estimated=outcome.estimated)
 
@@ -172,13 +177,16 @@ async def admit(store: Store, settlements: Settlements, config: Config, route: R
     try:
         result = await asyncio.shield(admitting)
     except StoreError as exc:
+        metrics.STORE_ERRORS.labels("admit").inc()
+        metrics.STORE_UP.set(0)
         raise store_unavailable(exc) from exc
     except asyncio.CancelledError:
         # the script may still place the hold after we stopped waiting: give it straight back
         settlements.track(_release_if_admitted(admitting, store, key.id, generation_id, route.model_id,
                                                config.billing.generation_ttl_s))
         raise
-    _refuse_unless_ok(result, hold)
+    metrics.STORE_UP.set(1)
+    _refuse_unless_ok(result, hold, route.model_id)
     return Ticket(store=store, settlements=settlements, config=config, route=route, key=key,
                   generation_id=generation_id, hold=hold, byok=byok, admitted=result, streamed=streamed,
                   egress=route.provider.egress)
@@ -196,16 +204,18 @@ async def _release_if_admitted(admitting: asyncio.Task[AdmitResult], store: Stor
             await store.settle(key_id, generation_id, 0, 0, record, ttl_s)
 
 
-def _refuse_unless_ok(result: AdmitResult, hold: int) -> None:
+def _refuse_unless_ok(result: AdmitResult, hold: int, model_id: str) -> None:
     headers = limits.headers(result)
     if result.outcome == "ok":
         return
     if result.outcome == "rate_limited":
+        metrics.RATE_LIMITED.labels(model_id).inc()
         window = {"rpm": "requests per minute", "rpd": "requests per day", "tpm": "tokens per minute"}
         raise RateLimited(f"Rate limit reached for this key and model ({window.get(result.limited_by, 'limit')}). "
                           f"Retry in {limits.retry_after(result)} s.",
                           headers={**headers, "Retry-After": limits.retry_after(result)})
     if result.outcome == "insufficient":
+        metrics.INSUFFICIENT.labels(model_id).inc()
         raise InsufficientQuota(
             f"Insufficient balance: this request may cost up to ${billing.nano_to_usd(hold):.9f} and the key "
             f"has ${billing.nano_to_usd(result.balance):.9f} available. Top up the key or lower max_tokens.",

@@ -16,6 +16,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway import metrics
 from gateway.auth import authenticate
 from gateway.errors import (
     GatewayError,
@@ -73,10 +74,22 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         err = GatewayError("The gateway failed to handle this request.", code="internal_error")
         return error_response(err, rid)
     finally:
+        elapsed = time.perf_counter() - started
+        final = fields.pop("status", status)
+        _count(request, fields, final, elapsed)
         if request.path.startswith("/v1/"):
-            log.info("request", method=request.method, path=request.path, status=fields.pop("status", status),
-                     latency_ms=round((time.perf_counter() - started) * 1000, 2), **fields)
+            log.info("request", method=request.method, path=request.path, status=final,
+                     latency_ms=round(elapsed * 1000, 2), **fields)
         structlog.contextvars.unbind_contextvars("request_id")
+
+
+def _count(request: web.Request, fields: dict[str, Any], status: int, elapsed: float) -> None:
+    """Request metrics, labelled by the route template and catalog ids only (bounded label sets)."""
+    info = request.match_info.route.resource
+    route = info.canonical if info is not None else "unmatched"
+    provider, model = fields.get("provider", metrics.UNKNOWN), fields.get("model", metrics.UNKNOWN)
+    metrics.REQUESTS.labels(route, provider, model, metrics.status_class(status)).inc()
+    metrics.DURATION.labels(route, provider, model).observe(elapsed)
 
 
 @web.middleware

@@ -17,7 +17,7 @@ import orjson
 from aiohttp import web
 
 from egress.pool import Egress, EgressUnavailable
-from gateway import billing, limits, metering, routing, streaming
+from gateway import billing, limits, metering, metrics, routing, streaming
 from gateway.auth import model_allowed
 from gateway.catalog import Route
 from gateway.errors import Forbidden, GatewayError, InvalidRequest, Unavailable, UpstreamFailed, error_event
@@ -172,8 +172,10 @@ async def _call(request: web.Request, route: Route, body: dict[str, Any], api_ke
     except ProviderError as exc:
         raise InvalidRequest(f"This request cannot be sent to {route.model_id}: {exc}", code="untranslatable") from exc
     t = route.provider.timeouts
+    asked = time.perf_counter()
     resp, exit_ = await open_upstream(runtime.egress, route.provider.egress, affinity, blocked, upstream_request,
                                       t.connect_s, t.first_byte_s, route.provider_name)
+    metrics.UPSTREAM.labels(route.provider_name, route.model_id).observe(time.perf_counter() - asked)
     ticket.egress = request[LOG]["egress"] = exit_.name
     scrub = _scrubber(api_key if byok else "")
     try:
@@ -247,6 +249,7 @@ async def _relay_stream(request: web.Request, resp: aiohttp.ClientResponse, adap
         elif relayed.text_bytes:
             outcome.usage, outcome.estimated = _estimate(chat.body, relayed.text_bytes), True
 
+    metrics.ACTIVE_STREAMS.inc()
     try:
         await streaming.pump(resp, adapter, state, out, _wants_usage(chat.body),
                              target_silence(ticket), config.server.sse_keepalive_s, relayed, time.time,
@@ -268,6 +271,10 @@ async def _relay_stream(request: web.Request, resp: aiohttp.ClientResponse, adap
         account(err.status)
         fields.update(status=err.status, error=err.code)
         await _try_write(out, error_event(err))
+    finally:
+        metrics.ACTIVE_STREAMS.dec()
+        if relayed.first_at is not None:
+            metrics.TTFT.labels(target.provider, target.public_model).observe(relayed.first_at - ticket.started)
     return out.response
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from gateway import metrics as metrics_mod
 from gateway.state import RUNTIME
 from gateway.store import StoreError
 
@@ -22,6 +23,8 @@ async def readyz(request: web.Request) -> web.Response:
         await runtime.store.ping()
     except StoreError:
         checks["store"] = "unreachable"
+        metrics_mod.STORE_ERRORS.labels("ping").inc()
+    metrics_mod.STORE_UP.set(1 if checks["store"] == "ok" else 0)
     ready = all(v == "ok" for v in checks.values())
     body = {"status": "ready" if ready else "not_ready", "checks": checks,
             "config_age_s": round(time.time() - runtime.snapshot.loaded_at, 1)}
@@ -29,5 +32,6 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text format of every metric of this process."""
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    """Prometheus text format: this process's metrics, or the sum over workers."""
+    metrics_mod.CONFIG_AGE.set(time.time() - request.app[RUNTIME].snapshot.loaded_at)
+    return web.Response(body=metrics_mod.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,49 @@
+"""The gateway's Prometheus metrics, defined in one place.
+
+Labels are bounded sets from the config — route templates, provider names, catalog model ids, status
+classes — never raw client input: a request for an unknown model is counted under model="unknown".
+With several workers, prometheus-client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by the
+supervisor) makes /metrics report the sum over workers.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+REQUESTS = Counter("gateway_requests_total", "Client requests by route, provider, model and status class",
+                   ["route", "provider", "model", "status_class"])
+DURATION = Histogram("gateway_request_duration_seconds", "Whole request time as the client saw it",
+                     ["route", "provider", "model"], buckets=LATENCY_BUCKETS)
+TTFT = Histogram("gateway_time_to_first_token_seconds", "Time until the first streamed token left the gateway",
+                 ["provider", "model"], buckets=LATENCY_BUCKETS)
+UPSTREAM = Histogram("gateway_upstream_duration_seconds", "Time until the upstream's response headers",
+                     ["provider", "model"], buckets=LATENCY_BUCKETS)
+TOKENS = Counter("gateway_tokens_total", "Tokens by direction", ["provider", "model", "direction"])
+COST = Counter("gateway_cost_dollars_total", "Dollars charged to balances", ["provider", "model"])
+RATE_LIMITED = Counter("gateway_rate_limited_total", "Requests refused by a rate limit", ["model"])
+INSUFFICIENT = Counter("gateway_insufficient_balance_total", "Requests refused for balance", ["model"])
+STORE_ERRORS = Counter("gateway_store_errors_total", "Store operations that failed", ["operation"])
+STORE_UP = Gauge("gateway_store_up", "1 when the store answered the last check", multiprocess_mode="min")
+ACTIVE_STREAMS = Gauge("gateway_active_streams", "Streams being relayed now", multiprocess_mode="livesum")
+RELOADS = Counter("gateway_config_reloads_total", "Config reloads by result", ["result"])
+CONFIG_AGE = Gauge("gateway_config_age_seconds", "Seconds since the config in force was loaded",
+                   multiprocess_mode="max")
+
+UNKNOWN = "unknown"
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx"
+
+
+def render() -> bytes:
+    """The text exposition: this process's registry, or the sum over workers in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest()
