@@ -69,6 +69,11 @@ async def check_pool(egress: Egress, pool: Pool) -> None:
     await asyncio.gather(*(probe_once(egress, pool, s) for s in due))
 
 
+async def check_all_once(egress: Egress) -> None:
+    """One round over every pool: what a process does before it tells systemd it is ready."""
+    await asyncio.gather(*(check_pool(egress, p) for p in egress.pools.values() if p.spec.probe and p.states))
+
+
 async def run(egress: Egress) -> None:
     """Probe every pool with a probe target, forever (cancel to stop); follows reloads of `egress.pools`."""
     while True:

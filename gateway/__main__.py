@@ -64,13 +64,17 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if args.workers < 1:
+        print("--workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        from gateway.supervisor import supervise
+
+        return supervise(config, args.config, args.host, args.port, args.workers)
     from gateway.server import serve  # aiohttp app imports only when serving
 
-    config = _load(args.config)
-    if args.workers != 1:
-        print("--workers above 1 is not supported yet; run one process per port", file=sys.stderr)
-        return 2
-    return serve(config, args.config, host=args.host, port=args.port)
+    return serve(config, args.config, host=args.host, port=args.port, worker=args.worker)
 
 
 def _key_json(record: KeyRecord) -> dict[str, Any]:
@@ -194,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # started by the supervisor
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check-config", help="validate a config file")

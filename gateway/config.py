@@ -46,6 +46,7 @@ class ServerConfig(_Model):
     admin_token: str = ""
     sse_keepalive_s: PosFloat = 10.0  # ': keep-alive' comment while the upstream is silent
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    shutdown_grace_s: PosFloat = 30.0  # streams in flight may finish for this long after SIGTERM
 
 
 class StoreConfig(_Model):

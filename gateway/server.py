@@ -1,21 +1,33 @@
-"""Running the app: uvloop, the listener, SIGHUP reload, and the memory store's starter key."""
+"""Running one gateway process: uvloop, the listener, SIGHUP reload, readiness, graceful shutdown.
+
+Readiness (systemd READY=1, or a worker's ready file for its supervisor) is announced once the store has
+answered and every egress pool was probed once. On SIGTERM aiohttp stops accepting, lets requests in
+flight (streams included) finish for `server.shutdown_grace_s`, then the cleanup context drains pending
+settlements and closes the store: a stream that finished within the grace period is billed.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import uvloop
 from aiohttp import web
 
-from gateway import keys
+from egress import health as egress_health
+from gateway import keys, systemd
 from gateway.app import create_app, reload_config
 from gateway.config import Config, to_nano
 from gateway.logging import configure, get_logger
 from gateway.state import RUNTIME
+from gateway.store import StoreError
 
 log = get_logger("gateway.server")
+READY_TASK = web.AppKey("ready_task", asyncio.Task[None])
 
 
 async def _starter_key(app: web.Application) -> None:
@@ -34,22 +46,69 @@ async def _starter_key(app: web.Application) -> None:
           f"-H 'Authorization: Bearer {plain}'\n", file=sys.stderr, flush=True)
 
 
-async def _on_startup(app: web.Application) -> None:
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload_config(app)))
-    await _starter_key(app)
-    config = app[RUNTIME].snapshot.config
-    log.info("gateway started", host=config.server.host, port=config.server.port,
-             store="redis" if config.store.url else "memory", models=len(config.models))
+async def _reload(app: web.Application, talk_to_systemd: bool) -> None:
+    if talk_to_systemd:
+        systemd.reloading()
+    await reload_config(app)
+    if talk_to_systemd:
+        systemd.notify("READY=1")
 
 
-def serve(config: Config, config_path: str, host: str | None = None, port: int | None = None) -> int:
+async def _announce_ready(app: web.Application, talk_to_systemd: bool, ready_file: str | None) -> None:
+    """READY once the store answered (retrying while it does not) and the pools were probed once."""
+    runtime = app[RUNTIME]
+    while True:
+        try:
+            await runtime.store.ping()
+            break
+        except StoreError:
+            log.warning("store not answering yet; not ready")
+            await asyncio.sleep(1)
+    await egress_health.check_all_once(runtime.egress)
+    if ready_file:
+        Path(ready_file).touch()
+    if talk_to_systemd:
+        systemd.notify("READY=1", f"MAINPID={os.getpid()}")
+    log.info("ready")
+
+
+def _startup(talk_to_systemd: bool, ready_file: str | None) -> Callable[[web.Application], Awaitable[None]]:
+    async def on_startup(app: web.Application) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload(app, talk_to_systemd)))
+        await _starter_key(app)
+        config = app[RUNTIME].snapshot.config
+        log.info("gateway started", host=config.server.host, port=config.server.port, pid=os.getpid(),
+                 store="redis" if config.store.url else "memory", models=len(config.models))
+        app[READY_TASK] = asyncio.create_task(_announce_ready(app, talk_to_systemd, ready_file))
+    return on_startup
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    app[READY_TASK].cancel()
+    log.info("shutting down: no new connections; requests in flight may finish",
+             grace_s=app[RUNTIME].snapshot.config.server.shutdown_grace_s)
+
+
+def serve(config: Config, config_path: str, host: str | None = None, port: int | None = None,
+          worker: bool = False) -> int:
+    """One process. As a supervisor's worker it shares the port (SO_REUSEPORT) and leaves systemd to
+    the supervisor, signalling readiness through a file in $GATEWAY_READY_DIR instead."""
     configure(config.server.log_level)
     overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     app = create_app(config, config_path, server_overrides=overrides)
-    app.on_startup.append(_on_startup)
+    ready_dir = os.environ.get("GATEWAY_READY_DIR") if worker else None
+    app.on_startup.append(_startup(not worker, f"{ready_dir}/{os.getpid()}" if ready_dir else None))
+    app.on_shutdown.append(_on_shutdown)
+    if not worker:
+        app.on_shutdown.append(_notify_stopping)
     config = app[RUNTIME].snapshot.config
-    web.run_app(app, host=config.server.host, port=config.server.port,
-                access_log=None, print=None, shutdown_timeout=30,
+    web.run_app(app, host=config.server.host, port=config.server.port, reuse_port=worker,
+                access_log=None, print=None, shutdown_timeout=config.server.shutdown_grace_s,
                 loop=uvloop.new_event_loop())
+    log.info("stopped")
     return 0
+
+
+async def _notify_stopping(app: web.Application) -> None:
+    systemd.notify("STOPPING=1")

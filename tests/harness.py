@@ -161,13 +161,18 @@ class GatewayProcess:
         self.stdout_path = config_path.with_suffix(f".{self.port}.out")
         self.stderr_path = config_path.with_suffix(f".{self.port}.err")
         self._env = env
+        self.extra_args: list[str] = []
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def python_m_gateway() -> list[str]:
+        return [sys.executable, "-m", "gateway"]
 
     def start(self, timeout: float = 20) -> GatewayProcess:
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path),
-                 "--port", str(self.port)], cwd=ROOT, env=_env(self._env), stdout=out, stderr=err)
+                [*self.python_m_gateway(), "serve", "--config", str(self.config_path), "--port", str(self.port),
+                 *self.extra_args], cwd=ROOT, env=_env(self._env), stdout=out, stderr=err)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

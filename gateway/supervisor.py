@@ -1,0 +1,124 @@
+"""`serve --workers N`: N gateway processes sharing one port (SO_REUSEPORT) under this parent.
+
+The parent restarts a worker that dies, forwards SIGHUP (reload) and SIGTERM/SIGINT (graceful shutdown)
+to every worker, and alone talks to systemd: READY=1 once every worker reported ready, RELOADING=1 /
+READY=1 around a reload, STOPPING=1 at shutdown. Workers keep their metrics in a shared
+PROMETHEUS_MULTIPROC_DIR, so any worker's /metrics shows the sum over all of them. The store must be
+shared (Redis): N memory stores would be N different sets of balances.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+
+from gateway import systemd
+from gateway.config import Config
+from gateway.logging import configure, get_logger
+
+log = get_logger("gateway.supervisor")
+POLL_S = 0.2
+RESTART_WINDOW_S, RESTARTS_PER_WINDOW = 30.0, 5  # a worker crashing faster than this waits a little
+
+
+class Supervisor:
+    def __init__(self, config: Config, config_path: str, host: str, port: int, workers: int) -> None:
+        self.command = [sys.executable, "-m", "gateway", "serve", "--config", config_path,
+                        "--host", host, "--port", str(port), "--worker"]
+        self.count = workers
+        self.grace_s = config.server.shutdown_grace_s
+        self.state_dir = Path(tempfile.mkdtemp(prefix="llm-gateway-"))
+        self.env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        self.env.update(PROMETHEUS_MULTIPROC_DIR=str(self.state_dir / "metrics"),
+                        GATEWAY_READY_DIR=str(self.state_dir / "ready"))
+        for sub in ("metrics", "ready"):
+            (self.state_dir / sub).mkdir()
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.restarts: list[float] = []
+        self.pending: list[int] = []  # signals received, handled by the main loop
+        self.announced = False
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(self.command, env=self.env)
+        log.info("worker started", pid=proc.pid)
+        return proc
+
+    def _signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.pending.append(signum)
+
+    def _forward(self, signum: int) -> None:
+        for proc in self.workers:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    def _replace_dead(self) -> None:
+        from prometheus_client import multiprocess
+
+        for i, proc in enumerate(self.workers):
+            if proc.poll() is None:
+                continue
+            log.error("worker died; restarting", pid=proc.pid, returncode=proc.returncode)
+            multiprocess.mark_process_dead(proc.pid, str(self.state_dir / "metrics"))
+            (self.state_dir / "ready" / str(proc.pid)).unlink(missing_ok=True)
+            now = time.monotonic()
+            self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW_S] + [now]
+            if len(self.restarts) > RESTARTS_PER_WINDOW:
+                time.sleep(1)
+            self.workers[i] = self._spawn()
+
+    def _announce_ready(self) -> None:
+        ready = {p.name for p in (self.state_dir / "ready").iterdir()}
+        if not self.announced and all(str(p.pid) in ready for p in self.workers):
+            self.announced = True
+            systemd.notify("READY=1", f"MAINPID={os.getpid()}")
+            log.info("all workers ready", workers=self.count)
+
+    def _stop(self) -> int:
+        systemd.notify("STOPPING=1")
+        log.info("stopping workers", grace_s=self.grace_s)
+        self._forward(signal.SIGTERM)
+        deadline = time.monotonic() + self.grace_s + 10
+        for proc in self.workers:
+            try:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return 0 if all(p.returncode == 0 for p in self.workers) else 1
+
+    def run(self) -> int:
+        for handled in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            signal.signal(handled, self._signal)
+        self.workers = [self._spawn() for _ in range(self.count)]
+        try:
+            while True:
+                while self.pending:
+                    signum = self.pending.pop(0)
+                    if signum == signal.SIGHUP:
+                        systemd.reloading()
+                        self._forward(signal.SIGHUP)
+                        systemd.notify("READY=1")
+                    else:
+                        return self._stop()
+                self._replace_dead()
+                self._announce_ready()
+                time.sleep(POLL_S)
+        finally:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def supervise(config: Config, config_path: str, host: str | None, port: int | None, workers: int) -> int:
+    configure(config.server.log_level)
+    if not config.store.url:
+        print("--workers above 1 needs a shared store: set store.url (REDIS_URL); N memory stores would be "
+              "N separate sets of keys and balances", file=sys.stderr)
+        return 2
+    return Supervisor(config, config_path, host or config.server.host,
+                      port if port is not None else config.server.port, workers).run()

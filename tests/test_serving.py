@@ -1,0 +1,139 @@
+"""Serving as systemd runs it: readiness notifications, workers sharing a port, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from harness import GatewayProcess, gateway_config_text
+
+from gateway import keys
+from gateway.store import RedisStore
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    """A datagram socket standing in for systemd's $NOTIFY_SOCKET."""
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(10)
+    yield sock, path
+    sock.close()
+
+
+def receive(sock: socket.socket) -> str:
+    return sock.recv(4096).decode()
+
+
+async def wait_for(sock: socket.socket, wanted: str) -> str:
+    while True:
+        message = await asyncio.to_thread(receive, sock)
+        if wanted in message:
+            return message
+
+
+@pytest.fixture
+def redis_config(tmp_path: Path, redis_url: str, fake_openai: tuple[Any, str]) -> tuple[Path, str]:
+    prefix = f"srv{uuid.uuid4().hex}:"
+    path = tmp_path / "gateway.yaml"
+    path.write_text(gateway_config_text(fake_openai[1], redis_url, prefix, shutdown_grace_s=10))
+    return path, prefix
+
+
+async def funded_key(redis_url: str, prefix: str) -> tuple[str, str]:
+    store = RedisStore(redis_url, prefix=prefix)
+    plain, record = keys.new_record("srv", 10_000_000_000)
+    await store.create_key(record)
+    await store.close()
+    return plain, record.id
+
+
+async def test_systemd_notifications(redis_config: tuple[Path, str], notify_socket: Any) -> None:
+    sock, address = notify_socket
+    with GatewayProcess(redis_config[0], {"NOTIFY_SOCKET": address}) as gw:
+        ready = await wait_for(sock, "READY=1")
+        assert f"MAINPID={gw.proc.pid}" in ready  # type: ignore[union-attr]
+        gw.signal(signal.SIGHUP)
+        reloading = await wait_for(sock, "RELOADING=1")
+        assert "MONOTONIC_USEC=" in reloading
+        await wait_for(sock, "READY=1")
+        gw.signal(signal.SIGTERM)
+        await wait_for(sock, "STOPPING=1")
+        assert await asyncio.to_thread(gw.proc.wait, 15) == 0  # type: ignore[union-attr]
+
+
+async def test_in_flight_stream_finishes_and_is_billed_on_sigterm(redis_config: tuple[Path, str], redis_url: str,
+                                                                  fake_openai: tuple[Any, str]) -> None:
+    fake = fake_openai[0]
+    fake.delay_between_chunks_s = 0.1  # a ~2 s stream
+    key, key_id = await funded_key(redis_url, redis_config[1])
+    with GatewayProcess(redis_config[0]) as gw:
+        async with aiohttp.ClientSession() as http, http.post(
+                gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                json={"model": "fake/gpt-4o", "messages": MESSAGES, "stream": True}) as r:
+            first = json.loads((await r.content.readuntil(b"\n\n"))[6:])
+            gw.signal(signal.SIGTERM)  # shutdown begins while the stream is in flight
+            rest = await r.read()
+        assert rest.rstrip().endswith(b"data: [DONE]")
+        assert b'"finish_reason":"stop"' in rest and b'"billing"' in rest
+        assert await asyncio.to_thread(gw.proc.wait, 20) == 0  # type: ignore[union-attr]
+    store = RedisStore(redis_url, prefix=redis_config[1])
+    try:
+        record = await store.get_key(key_id)
+        generation = await store.get_generation(key_id, first["id"])
+    finally:
+        await store.close()
+    assert record is not None and record.usage > 0 and record.balance + record.usage == record.credits
+    assert generation is not None and generation["cancelled"] == "0"
+
+
+async def test_workers_share_the_port_restart_and_sum_their_metrics(redis_config: tuple[Path, str]) -> None:
+    gw = GatewayProcess(redis_config[0])
+    gw.extra_args = ["--workers", "2"]
+    with gw:
+        async def hit(n: int) -> None:
+            for _ in range(n):  # a new connection each time, so the kernel spreads them over both workers
+                async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http, \
+                        http.get(gw.url + "/healthz") as r:
+                    assert r.status == 200
+
+        await hit(40)
+        async with aiohttp.ClientSession() as http, http.get(gw.url + "/metrics") as r:
+            text = await r.text()
+        line = next(li for li in text.splitlines() if li.startswith("gateway_requests_total{")
+                    and 'route="/healthz"' in li)
+        assert float(line.rsplit(" ", 1)[1]) == 40  # the sum over both workers
+        pids = {e["pid"] for e in gw.log() if e["event"] == "worker started"}
+        assert len(pids) == 2
+        victim = sorted(pids)[0]
+        os.kill(victim, signal.SIGKILL)
+        for _ in range(100):
+            started = {e["pid"] for e in gw.log() if e["event"] == "worker started"}
+            if len(started) == 3:
+                break
+            await asyncio.sleep(0.1)
+        assert len(started) == 3  # a replacement took the dead worker's place
+        await asyncio.sleep(1)
+        await hit(10)
+    assert gw.proc is not None and gw.proc.returncode == 0
+
+
+def test_workers_refuse_the_memory_store(tmp_path: Path) -> None:
+    path = tmp_path / "mem.yaml"
+    path.write_text(gateway_config_text("http://127.0.0.1:9/v1"))
+    result = subprocess.run([*GatewayProcess.python_m_gateway(), "serve", "--config", str(path), "--workers", "2"],
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 2 and "shared store" in result.stderr
