@@ -21,27 +21,24 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import orjson
 
 from gateway import config as config_mod
-from gateway import keys
+from gateway import keyops
 from gateway.config import NANO, Config
 from gateway.logging import configure as configure_logging
-from gateway.store import KeyRecord, Store, StoreError, open_store
+from gateway.store import Store, StoreError, open_store
 
 
 def _usd(text: str) -> int:
     """A dollar amount from the command line -> nano-dollars, exactly."""
     try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise argparse.ArgumentTypeError(f"not an amount in USD: {text!r}") from None
-    if not value.is_finite():
-        raise argparse.ArgumentTypeError(f"not an amount in USD: {text!r}")
-    return int(value * NANO)
+        return keyops.usd_to_nano(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _dollars(nano: int) -> str:
@@ -77,12 +74,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(config, args.config, host=args.host, port=args.port, worker=args.worker)
 
 
-def _key_json(record: KeyRecord) -> dict[str, Any]:
-    return {"id": record.id, "name": record.name, "prefix": record.prefix, "balance": float(
-        Decimal(record.balance) / NANO), "disabled": record.disabled, "rpm": record.rpm, "rpd": record.rpd,
-        "models": list(record.models), "created": record.created}
-
-
 async def _with_store(config: Config, action: Callable[[Store], Awaitable[int]]) -> int:
     if not config.store.url:
         print("store.url is empty, so keys and usage live inside the serving process's memory store and "
@@ -104,10 +95,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
     async def create(store: Store) -> int:
         models = tuple(m.strip() for m in (args.models or "").split(",") if m.strip())
-        plain, record = keys.new_record(args.name, args.balance, args.rpm, args.rpd, models)
-        await store.create_key(record)
+        plain, record = await keyops.create(store, args.name, args.balance, args.rpm, args.rpd, models)
         if args.json:
-            print(orjson.dumps({**_key_json(record), "key": plain}).decode())
+            print(orjson.dumps({**keyops.key_json(record), "key": plain}).decode())
         else:
             print(f"created key {record.id} ({record.name}), balance ${_dollars(record.balance)}\n"
                   f"{plain}\nThis key is shown once; store it now.")
@@ -115,28 +105,30 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
     async def topup(store: Store) -> int:
         try:
-            balance = await store.topup(args.key_id, args.amount)
+            balance = await keyops.topup(store, args.key_id, args.amount)
+        except keyops.KeyNotFound:
+            print(f"no key {args.key_id}", file=sys.stderr)
+            return 1
         except ValueError as exc:
             print(f"refused: {exc}", file=sys.stderr)
-            return 1
-        if balance is None:
-            print(f"no key {args.key_id}", file=sys.stderr)
             return 1
         print(f"{args.key_id}: balance ${_dollars(balance)}")
         return 0
 
     async def listing(store: Store) -> int:
-        records = await store.list_keys()
+        records = await keyops.listing(store)
         if args.json:
-            print(orjson.dumps([_key_json(r) for r in records]).decode())
+            print(orjson.dumps(records).decode())
             return 0
         for r in records:
-            state = "disabled" if r.disabled else "active"
-            print(f"{r.id}  {r.prefix}…  {state:8}  ${_dollars(r.balance):>14}  {r.name}")
+            state = "disabled" if r["disabled"] else "active"
+            print(f"{r['id']}  {r['prefix']}…  {state:8}  ${r['balance']:>14.9f}  {r['name']}")
         return 0
 
     async def disable(store: Store) -> int:
-        if not await store.set_disabled(args.key_id, True):
+        try:
+            await keyops.disable(store, args.key_id)
+        except keyops.KeyNotFound:
             print(f"no key {args.key_id}", file=sys.stderr)
             return 1
         print(f"{args.key_id}: disabled")

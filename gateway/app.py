@@ -90,6 +90,10 @@ def create_app(config: Config, config_path: str | None = None, extra_middlewares
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get("/metrics", health.metrics)
     app.router.add_get("/admin/egress", admin.egress)
+    app.router.add_get("/admin/keys", admin.list_keys)
+    app.router.add_post("/admin/keys", admin.create_key)
+    app.router.add_post("/admin/keys/{key_id}/topup", admin.topup)
+    app.router.add_post("/admin/keys/{key_id}/disable", admin.disable)
     return app
 
 

@@ -47,6 +47,8 @@ class ServerConfig(_Model):
     sse_keepalive_s: PosFloat = 10.0  # ': keep-alive' comment while the upstream is silent
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_grace_s: PosFloat = 30.0  # streams in flight may finish for this long after SIGTERM
+    metrics_listen: str = Field(default="", pattern=r"^$|^[^:]+:\d+$")  # "host:port": /metrics there only
+    metrics_token: str = ""  # when set, /metrics needs "Authorization: Bearer <token>"
 
 
 class StoreConfig(_Model):
@@ -174,7 +176,7 @@ class Config(_Model):
 
     def secrets(self) -> list[str]:
         """Every secret value in this config, for the log redactor."""
-        out = [self.server.admin_token, *(p.api_key for p in self.providers.values())]
+        out = [self.server.admin_token, self.server.metrics_token, *(p.api_key for p in self.providers.values())]
         out += [_url_password(px.url) for pool in self.egress.pools.values() for px in pool.proxies]
         out.append(_url_password(self.store.url))
         return [s for s in out if len(s) >= 4]

@@ -22,12 +22,16 @@ from egress import health as egress_health
 from gateway import keys, systemd
 from gateway.app import create_app, reload_config
 from gateway.config import Config, to_nano
+from gateway.handlers import health
+from gateway.handlers.health import METRICS_LISTENER
 from gateway.logging import configure, get_logger
+from gateway.middleware import request_context
 from gateway.state import RUNTIME
 from gateway.store import StoreError
 
 log = get_logger("gateway.server")
 READY_TASK = web.AppKey("ready_task", asyncio.Task[None])
+METRICS_RUNNER = web.AppKey("metrics_runner", web.AppRunner)
 
 
 async def _starter_key(app: web.Application) -> None:
@@ -81,11 +85,28 @@ def _startup(talk_to_systemd: bool, ready_file: str | None) -> Callable[[web.App
         log.info("gateway started", host=config.server.host, port=config.server.port, pid=os.getpid(),
                  store="redis" if config.store.url else "memory", models=len(config.models))
         app[READY_TASK] = asyncio.create_task(_announce_ready(app, talk_to_systemd, ready_file))
+        if config.server.metrics_listen:
+            app[METRICS_RUNNER] = await _metrics_listener(app, config.server.metrics_listen)
     return on_startup
+
+
+async def _metrics_listener(app: web.Application, listen: str) -> web.AppRunner:
+    """/metrics on its own address, as operators keep it off the public listener."""
+    metrics_app = web.Application(middlewares=[request_context])
+    metrics_app[RUNTIME] = app[RUNTIME]
+    metrics_app[METRICS_LISTENER] = True
+    metrics_app.router.add_get("/metrics", health.metrics)
+    runner = web.AppRunner(metrics_app, access_log=None)
+    await runner.setup()
+    host, _, port = listen.rpartition(":")
+    await web.TCPSite(runner, host, int(port), reuse_port=True).start()
+    return runner
 
 
 async def _on_shutdown(app: web.Application) -> None:
     app[READY_TASK].cancel()
+    if METRICS_RUNNER in app:
+        await app[METRICS_RUNNER].cleanup()
     log.info("shutting down: no new connections; requests in flight may finish",
              grace_s=app[RUNTIME].snapshot.config.server.shutdown_grace_s)
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hmac
 import time
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway import metrics as metrics_mod
+from gateway.errors import Unauthorized
 from gateway.state import RUNTIME
 from gateway.store import StoreError
 
@@ -31,7 +33,21 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if ready else 503)
 
 
+METRICS_LISTENER = web.AppKey("metrics_listener", bool)
+
+
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text format: this process's metrics, or the sum over workers."""
+    """Prometheus text format: this process's metrics, or the sum over workers.
+
+    Served on the main listener unless `server.metrics_listen` moves it to its own address; protected by
+    `server.metrics_token` when one is set.
+    """
+    server = request.app[RUNTIME].snapshot.config.server
+    if bool(server.metrics_listen) != request.app.get(METRICS_LISTENER, False):
+        raise web.HTTPNotFound()
+    if server.metrics_token:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), server.metrics_token.encode()):
+            raise Unauthorized("/metrics needs 'Authorization: Bearer <metrics token>'.", code="invalid_metrics_token")
     metrics_mod.CONFIG_AGE.set(time.time() - request.app[RUNTIME].snapshot.loaded_at)
     return web.Response(body=metrics_mod.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})

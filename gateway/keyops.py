@@ -1,0 +1,58 @@
+"""Key operations shared by the command line and the admin API: one implementation behind both."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from gateway import keys
+from gateway.config import NANO
+from gateway.store import KeyRecord, Store
+
+
+class KeyNotFound(LookupError):
+    """No key with that id."""
+
+
+def usd_to_nano(value: Any) -> int:
+    """A dollar amount (number or string) -> nano-dollars, exactly; ValueError when it is not one."""
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError(f"not an amount in USD: {value!r}") from None
+    if not amount.is_finite() or isinstance(value, bool):
+        raise ValueError(f"not an amount in USD: {value!r}")
+    return int(amount * NANO)
+
+
+def key_json(record: KeyRecord) -> dict[str, Any]:
+    """A key as shown to operators: never the key, only its prefix."""
+    return {"id": record.id, "name": record.name, "prefix": record.prefix,
+            "balance": float(Decimal(record.balance) / NANO), "credits": float(Decimal(record.credits) / NANO),
+            "usage": float(Decimal(record.usage) / NANO), "disabled": record.disabled, "rpm": record.rpm,
+            "rpd": record.rpd, "models": list(record.models), "created": record.created}
+
+
+async def create(store: Store, name: str, balance: int, rpm: int | None = None, rpd: int | None = None,
+                 models: Sequence[str] = ()) -> tuple[str, KeyRecord]:
+    """A new key: the plaintext (shown once) and its stored record."""
+    plain, record = keys.new_record(name, balance, rpm, rpd, tuple(models))
+    await store.create_key(record)
+    return plain, await store.get_key(record.id) or record
+
+
+async def topup(store: Store, key_id: str, amount: int) -> int:
+    balance = await store.topup(key_id, amount)
+    if balance is None:
+        raise KeyNotFound(key_id)
+    return balance
+
+
+async def disable(store: Store, key_id: str) -> None:
+    if not await store.set_disabled(key_id, True):
+        raise KeyNotFound(key_id)
+
+
+async def listing(store: Store) -> list[dict[str, Any]]:
+    return [key_json(r) for r in await store.list_keys()]

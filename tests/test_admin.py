@@ -1,0 +1,86 @@
+"""The admin API (the CLI's key operations over HTTP) and where /metrics is served."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from harness import GatewayProcess, gateway_config_text
+
+from gateway import keys
+
+ADMIN = "admin-token-0123456789abcdef"
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+async def call(gw: Any, method: str, path: str, body: Any = None, token: str | None = ADMIN) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession() as http, http.request(method, gw.url + path, json=body,
+                                                               headers=headers) as r:
+        return r.status, await r.json()
+
+
+async def test_admin_key_lifecycle(make_gateway: Any) -> None:
+    gw = await make_gateway(admin_token=ADMIN)
+    status, created = await call(gw, "POST", "/admin/keys", {"name": "carol", "balance": "2.5", "rpm": 5,
+                                                              "models": ["fake/*"]})
+    assert status == 201 and keys.is_well_formed(created["key"])
+    assert created["balance"] == 2.5 and created["credits"] == 2.5 and created["rpm"] == 5
+    status, listed = await call(gw, "GET", "/admin/keys")
+    assert status == 200 and created["id"] in {k["id"] for k in listed["data"]}
+    assert created["key"] not in json.dumps(listed)  # listed by prefix only
+    # the key works for clients
+    done = await gw.openai(api_key=created["key"]).chat.completions.create(model="fake/gpt-4o",  # type: ignore[arg-type]
+                                                                           messages=MESSAGES)
+    assert done.choices[0].message.content
+    status, topped = await call(gw, "POST", f"/admin/keys/{created['id']}/topup", {"amount": 1})
+    assert status == 200 and 3.4 < topped["balance"] <= 3.5
+    status, _ = await call(gw, "POST", f"/admin/keys/{created['id']}/disable")
+    assert status == 200
+    with pytest.raises(Exception) as info:
+        await gw.openai(api_key=created["key"]).chat.completions.create(model="fake/gpt-4o",  # type: ignore[arg-type]
+                                                                        messages=MESSAGES)
+    assert getattr(info.value, "status_code", None) == 403
+
+
+@pytest.mark.parametrize(("path", "body", "status", "code"), [
+    pytest.param("/admin/keys", {"balance": 1}, 400, "missing_required_parameter", id="no-name"),
+    pytest.param("/admin/keys", {"name": "x", "balance": "lots"}, 400, "invalid_value", id="bad-balance"),
+    pytest.param("/admin/keys", {"name": "x", "balance": 1, "rpm": 0}, 400, "invalid_value", id="bad-rpm"),
+    pytest.param("/admin/keys/key_nope/topup", {"amount": 1}, 404, "key_not_found", id="unknown-key"),
+    pytest.param("/admin/keys/key_nope/disable", None, 404, "key_not_found", id="unknown-key-disable"),
+])
+async def test_admin_errors(make_gateway: Any, path: str, body: Any, status: int, code: str) -> None:
+    gw = await make_gateway(admin_token=ADMIN)
+    got, payload = await call(gw, "POST", path, body)
+    assert (got, payload["error"]["code"]) == (status, code)
+
+
+async def test_admin_needs_the_admin_token_never_a_client_key(make_gateway: Any) -> None:
+    gw = await make_gateway(admin_token=ADMIN)
+    for token in (None, gw.key, "wrong"):
+        status, payload = await call(gw, "GET", "/admin/keys", token=token)
+        assert status == 401 and payload["error"]["code"] == "invalid_admin_token"
+    off = await make_gateway()
+    status, payload = await call(off, "GET", "/admin/keys")
+    assert status == 404 and payload["error"]["code"] == "admin_disabled"
+
+
+async def test_metrics_on_their_own_protected_listener(tmp_path: Path, redis_url: str) -> None:
+    port = GatewayProcess(tmp_path / "x.yaml").port  # a free port for the metrics listener
+    path = tmp_path / "gw.yaml"
+    path.write_text(gateway_config_text("http://127.0.0.1:9/v1", redis_url, f"m{uuid.uuid4().hex}:",
+                                        metrics_listen=f"127.0.0.1:{port}", metrics_token="metrics-tok-123"))
+    with GatewayProcess(path) as gw:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(gw.url + "/metrics") as r:
+                assert r.status == 404  # moved off the main listener
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
+                assert r.status == 401
+            async with http.get(f"http://127.0.0.1:{port}/metrics",
+                                headers={"Authorization": "Bearer metrics-tok-123"}) as r:
+                assert r.status == 200 and "gateway_config_age_seconds" in await r.text()
