@@ -230,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging()
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    if args.cmd != "serve":  # `keys list | head` may exit quietly; a server must never die of a reset client
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     return int(args.func(args))
 
 
