@@ -5,9 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config.yaml
 # binary:package pairs — the Debian package is installed when its binary is missing (dante's binary is danted)
-APT_PACKAGES := redis-server:redis-server microsocks:microsocks tinyproxy:tinyproxy danted:dante-server
+APT_PACKAGES := redis-server:redis-server microsocks:microsocks tinyproxy:tinyproxy danted:dante-server wrk:wrk systemd-analyze:systemd promtool:prometheus
 
-.PHONY: install system-deps run test lint check-config clean
+.PHONY: install system-deps run test lint check-config bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ test: install system-deps
 lint: install
 	$(BIN)/ruff check gateway providers egress tests
 	$(BIN)/mypy gateway providers egress
+
+# The benchmark of issue 6 (bench/README.md): ~5 minutes; BENCH_ARGS=--quick for a ~1-2 minute smoke run,
+# BENCH_ARGS=--profile to py-spy the gateway too. Writes bench/results/<timestamp>.json and latest.json.
+bench: install system-deps
+	$(BIN)/pip install -q -r bench/requirements.txt
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 check-config: install
 	$(BIN)/python -m gateway check-config $(CONFIG)
