@@ -1,0 +1,209 @@
+"""Derived figures (added latency, ratio to the bare pass-through), the targets of issue 6, and the table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+BASELINE_VARIANT = {"json": "json", "s20": "s20", "s1000": "s1000"}
+HANDFUL = 5  # "a handful of new proxy connections per 1,000 sequential requests"
+
+
+def _index(runs: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+    return {(r["row"], r["concurrency"]): r for r in runs}
+
+
+def annotate(results: dict[str, Any]) -> None:
+    """Add to each run: added latency vs direct (same body, same concurrency), ratio to the bare relay."""
+    idx = _index(results.get("runs", []))
+    for r in results.get("runs", []):
+        c, v = r["concurrency"], r["variant"]
+        direct = idx.get((f"1-direct/{v}", c))
+        bare = idx.get((f"2-bare/{v}", c))
+        if direct and r["case"] != "1-direct":
+            r["added_ms"] = {q: round(r["latency_ms"][q] - direct["latency_ms"][q], 3) for q in ("p50", "p90", "p99")}
+        if bare and r["case"] not in ("1-direct", "2-bare"):
+            r["ratio_to_bare"] = round(r["rps"] / bare["rps"], 3) if bare["rps"] else None
+    results["targets"] = targets(results)
+
+
+def _run(results: dict[str, Any], row: str, c: int) -> dict[str, Any] | None:
+    return _index(results.get("runs", [])).get((row, c))
+
+
+def _t(name: str, goal: str, measured: str, met: bool | None) -> dict[str, Any]:
+    return {"target": name, "goal": goal, "measured": measured, "met": met}
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    r = _run(results, "3-gw/json", 1)
+    if r and "added_ms" in r:
+        out.append(_t("unloaded added latency p50 (c=1, non-streamed)", "<= 0.5 ms",
+                      f"{r['added_ms']['p50']:.3f} ms", r["added_ms"]["p50"] <= 0.5))
+        out.append(_t("unloaded added latency p99 (c=1, non-streamed)", "<= 1.5 ms",
+                      f"{r['added_ms']['p99']:.3f} ms", r["added_ms"]["p99"] <= 1.5))
+    for row, label in (("3-gw/json", "non-streamed"), ("4-gw/s20", "streamed 20 chunks")):
+        r = _run(results, row, 16)
+        if r and r.get("ratio_to_bare") is not None:
+            out.append(_t(f"req/s at c=16 vs bare pass-through ({label})", ">= 60 %",
+                          f"{r['ratio_to_bare'] * 100:.0f} % ({r['rps']:.0f} req/s)", r["ratio_to_bare"] >= 0.6))
+    r = _run(results, "5-gw/s1000", 16)
+    if r and r.get("ratio_to_bare") is not None:
+        out.append(_t("relayed chunks/s, 1,000-chunk streams, c=16, vs bare", ">= 60 %",
+                      f"{r['ratio_to_bare'] * 100:.0f} % ({r['chunks_per_s']:.0f} chunks/s)",
+                      r["ratio_to_bare"] >= 0.6))
+    tun = results.get("tunnels")
+    if tun:
+        out.append(_t("SOCKS5 tunnels per 1,000 sequential requests", f"a handful (<= {HANDFUL})",
+                      f"{tun['tunnels']} tunnels ({tun['non200']} non-200)", tun["tunnels"] <= HANDFUL))
+    socks, gw = _run(results, "6-gw-socks5/json", 1), _run(results, "3-gw/json", 1)
+    if socks and gw:
+        d50 = socks["latency_ms"]["p50"] - gw["latency_ms"]["p50"]
+        d99 = socks["latency_ms"]["p99"] - gw["latency_ms"]["p99"]
+        out.append(_t("SOCKS5 added latency vs direct-route gateway (c=1 p50)", "<= 0.3 ms",
+                      f"{d50:+.3f} ms (p99 {d99:+.3f} ms)", d50 <= 0.3))
+    for s in results.get("streams") or []:
+        cl = s["client"]
+        label = s["label"]
+        out.append(_t(f"1,000 open streams: RSS of one process [{label}]", "< 150 MB",
+                      f"{s['peak_rss_mb']:.0f} MB peak, {cl['peak_open']}/{cl['streams']} open at once, "
+                      f"{cl['failed']} failed", s["peak_rss_mb"] < 150 and cl["peak_open"] >= cl["streams"]
+                      and cl["failed"] == 0))
+        back = s["fds_back_to_baseline_after_s"]
+        fc = s.get("fd_classes", {})
+        out.append(_t(f"1,000 open streams: descriptors back to baseline [{label}]", "yes",
+                      f"{s['fds_before']} before, {s['fds_during_max']} at peak, {s['fds_right_after_close']} right "
+                      f"after, {s['fds_after']} later; by kind before {fc.get('before')}, after {fc.get('after')}"
+                      + (f"; client+upstream sockets at baseline after {back} s" if back is not None
+                         else "; client+upstream sockets not back within 30 s"), back is not None))
+    for rt in results.get("redis_round_trips") or []:
+        detail = ", ".join(f"{k} {v}" for k, v in sorted(rt["commands"].items(), key=lambda kv: -kv[1]))
+        out.append(_t(f"Redis round trips per request, in + out ({rt['variant']})", "<= 1 + 1",
+                      f"{rt['per_request']:.2f} per request over {rt['requests']} requests ({detail})",
+                      rt["per_request"] <= 2.05))
+    return out
+
+
+# --- the table ---------------------------------------------------------------------------------------
+
+def _ms(x: float | None) -> str:
+    return "" if x is None else f"{x:.2f}"
+
+
+def render(results: dict[str, Any]) -> str:
+    lines = []
+    m = results.get("machine", {})
+    src = results.get("source", {})
+    lines.append(f"gateway code: {src.get('commit')} {src.get('subject', '')[:60]!r}"
+                 + (f" + uncommitted changes in {', '.join(src['uncommitted_gateway_changes'])}"
+                    if src.get("uncommitted_gateway_changes") else ""))
+    lines.append(f"machine: {m.get('nproc')} x {m.get('cpu')}, {m.get('memory_gb')} GB, Python {m.get('python')}, "
+                 f"aiohttp {m.get('aiohttp')}, {m.get('wrk')}; mode {results.get('mode')}, "
+                 f"{results['settings']['duration_s']} s per run, wrk -t{results['settings']['threads']}")
+    head = (f"{'case':<20} {'c':>3} {'req/s':>8} {'p50':>7} {'p90':>7} {'p99':>7} {'+p50':>7} {'+p99':>7} "
+            f"{'x bare':>6} {'chunks/s':>9} {'RSS MB':>6} {'cpu%':>5} {'us/req':>6} {'other%':>6} {'errors':>6}")
+    lines += ["", head, "-" * len(head)]
+    for r in results.get("runs", []):
+        added = r.get("added_ms", {})
+        ratio = r.get("ratio_to_bare")
+        errors = r["non2xx"] + sum(v for k, v in r["socket_errors"].items() if k != "status")
+        lat = r["latency_ms"]
+        lines.append(
+            f"{r['row']:<20} {r['concurrency']:>3} {r['rps']:>8.0f} {_ms(lat['p50']):>7} {_ms(lat['p90']):>7} "
+            f"{_ms(lat['p99']):>7} {_ms(added.get('p50')):>7} {_ms(added.get('p99')):>7} "
+            f"{'' if ratio is None else f'{ratio:.2f}':>6} "
+            f"{'' if 'chunks_per_s' not in r else format(r['chunks_per_s'], '.0f'):>9} "
+            f"{r['peak_rss_mb']:>6.0f} {r.get('server_cpu_pct', 0):>5.0f} {r.get('cpu_us_per_request', 0):>6.0f} "
+            f"{r.get('other_cpu_pct', 0):>6.0f} "
+            f"{errors if errors else '':>6}" + ("  FLAGGED" if r["flagged"] else "")
+            + ("  noisy" if r.get("noisy") else "")
+            + (f" (server died: {'; '.join(r['server_died'])})" if r.get("server_died") else ""))
+    lines.append("latencies in ms; +p50/+p99: added vs 1-direct with the same body and concurrency; x bare: req/s "
+                 "over 2-bare's; RSS: peak of the measured server during the run; cpu%: the measured server's CPU "
+                 "(100 = one core); us/req: its CPU microseconds per request; other%: CPU of processes the benchmark "
+                 "did not start (noisy: > 25)")
+    w = results.get("workers")
+    if w and w.get("status") != "ok":
+        lines.append(f"7-gw-workers2: {w['status']}")
+    tun = results.get("tunnels")
+    if tun:
+        lines.append(f"\nSOCKS5: {tun['requests']} sequential requests opened {tun['tunnels']} tunnel(s) at the proxy "
+                     f"({tun['non200']} non-200, {tun['elapsed_s']} s)")
+    for s in results.get("streams") or []:
+        cl = s["client"]
+        lines.append(f"open streams [{s['label']}]: {cl['streams']} requested, {cl['peak_open']} open at once, "
+                     f"{cl['ok']} ok, {cl['failed']} failed {cl['failures'] or ''}; RSS {s['rss_mb_before']} MB -> "
+                     f"{s['peak_rss_mb']} MB peak; fds {s['fds_before']} -> {s['fds_during_max']} -> "
+                     f"{s['fds_right_after_close']} right after -> {s['fds_after']}"
+                     + (f" (client+upstream sockets at baseline after {s['fds_back_to_baseline_after_s']} s)"
+                        if s["fds_back_to_baseline_after_s"] is not None else " (not back within 30 s)")
+                     + f"; by kind: before {s.get('fd_classes', {}).get('before')}, peak "
+                       f"{s.get('fd_classes', {}).get('peak')}, after {s.get('fd_classes', {}).get('after')}")
+    for rt in results.get("redis_round_trips") or []:
+        lines.append(f"Redis commands sent by the gateway per request ({rt['variant']}, {rt['requests']} sequential, "
+                     f"MONITOR): {rt['per_request']} {rt['commands']}")
+    prof = results.get("profile")
+    if prof and "summary" in prof:
+        lines.append(f"\nprofile (py-spy, c=16 non-streamed): {prof['top']}, flame graph {prof['svg']}")
+        base = _run(results, "3-gw/json", 16)
+        us = base.get("cpu_us_per_request") if base else None
+        if us:
+            lines.append(f"  (shares of the gateway's CPU; {us:.0f} us of CPU per request at c=16, bare pass-through "
+                         f"{(_run(results, '2-bare/json', 16) or {}).get('cpu_us_per_request', 0):.0f} us)")
+        for name, share in prof["summary"]["categories"][:8]:
+            lines.append(f"  {share * 100:5.1f} %  {name}" + (f"  (~{share * us:.0f} us/request)" if us else ""))
+    elif prof:
+        lines.append(f"\nprofile: {prof.get('error')}")
+    if results.get("targets"):
+        lines.append("\ntargets of issue 6:")
+        for t in results["targets"]:
+            verdict = {True: "met", False: "NOT MET", None: "?"}[t["met"]]
+            lines.append(f"  [{verdict:^7}] {t['target']}: {t['measured']} (goal {t['goal']})")
+    return "\n".join(lines)
+
+
+# --- README -------------------------------------------------------------------------------------------
+
+def _section(text: str, marker: str, body: str) -> str:
+    """Replace what follows `<!-- marker -->` up to the next `## ` heading with `body`."""
+    tag = f"<!-- {marker} -->"
+    start = text.index(tag) + len(tag)
+    end = text.find("\n## ", start)
+    end = len(text) if end < 0 else end + 1
+    return text[:start] + "\n\n" + body.strip("\n") + "\n\n" + text[end:]
+
+
+def update_readme(results: dict[str, Any], readme: str) -> str:
+    """The README with its latest-table, latest-targets and latest-profile sections from `results`."""
+    rendered = render(results)
+    table = rendered.partition("\ntargets of issue 6:")[0]
+    table = table.split("\nprofile (py-spy")[0]
+    targets_md = ["| target | goal | measured | |", "|---|---|---|---|"]
+    for t in results.get("targets", []):
+        verdict = {True: "met", False: "**not met**", None: "?"}[t["met"]]
+        targets_md.append(f"| {t['target']} | {t['goal']} | {t['measured']} | {verdict} |")
+    prof = results.get("profile") or {}
+    prof_text = "(run with --profile)"
+    if "summary" in prof:
+        prof_text = rendered[rendered.index("\nprofile (py-spy"):].split("\ntargets of issue 6:")[0].strip()
+        prof_text = "```\n" + prof_text + "\n```\n\nDetails: `bench/results/profile-top.txt`."
+    text = _section(readme, "latest-table", f"Run of {results.get('started')} ({results.get('mode')}):\n\n```\n"
+                    + table.strip() + "\n```")
+    text = _section(text, "latest-targets", "\n".join(targets_md))
+    return _section(text, "latest-profile", prof_text)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    from pathlib import Path
+
+    if len(sys.argv) < 2:
+        print("usage: python bench/report.py RESULTS.json [--readme bench/README.md]", file=sys.stderr)
+        sys.exit(2)
+    data = json.loads(Path(sys.argv[1]).read_text())
+    if "--readme" in sys.argv:
+        path = Path(sys.argv[sys.argv.index("--readme") + 1])
+        path.write_text(update_readme(data, path.read_text()))
+    else:
+        print(render(data))
