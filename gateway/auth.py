@@ -7,6 +7,7 @@ never stored, logged or echoed.
 
 from __future__ import annotations
 
+import hmac
 import time
 from fnmatch import fnmatchcase
 
@@ -19,13 +20,20 @@ from gateway.store import KeyRecord, Store, StoreError
 _INVALID = ("Incorrect API key provided. Use a gateway key (gw-...) issued by this gateway's operator.")
 
 
+def bearer(request: web.Request) -> str:
+    """The token of `Authorization: Bearer <token>`, or ""."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def bearer_matches(request: web.Request, secret: str) -> bool:
+    """Whether the request carries `secret` as its bearer token, compared in constant time."""
+    return hmac.compare_digest(bearer(request).encode(), secret.encode())
+
+
 def presented_key(request: web.Request) -> str:
     """The key a client sent: `Authorization: Bearer`, or `x-api-key` as the Anthropic SDK sends it."""
-    auth = request.headers.get("Authorization", "")
-    scheme, _, token = auth.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return request.headers.get("x-api-key", "").strip()
+    return bearer(request) or request.headers.get("x-api-key", "").strip()
 
 
 class KeyCache:

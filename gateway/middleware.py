@@ -6,7 +6,6 @@ this module turns both into the response and the request's single JSON log line.
 
 from __future__ import annotations
 
-import hmac
 import re
 import time
 import uuid
@@ -17,7 +16,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway import metrics
-from gateway.auth import authenticate
+from gateway.auth import authenticate, bearer_matches
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -111,8 +110,7 @@ async def require_admin(request: web.Request, handler: Handler) -> web.StreamRes
         token = request.app[RUNTIME].snapshot.config.server.admin_token
         if not token:
             raise NotFound("Admin routes are off: set server.admin_token to enable them.", code="admin_disabled")
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        if not bearer_matches(request, token):
             raise Unauthorized("Admin routes need 'Authorization: Bearer <admin token>'.", code="invalid_admin_token")
     return await handler(request)
 

@@ -25,6 +25,11 @@ from providers.types import UpstreamHTTPError, UpstreamRequest
 MAX_UPSTREAM_BODY = 64 * 1024 * 1024  # a non-streamed answer larger than this is not a chat answer
 
 
+def egress_unavailable(provider: str, reason: str) -> Unavailable:
+    """503 egress_unavailable: retryable, since a fallback model may leave by another route."""
+    return Unavailable(f"No way out to provider {provider}: {reason}.", code="egress_unavailable", retryable=True)
+
+
 async def open_upstream(egress: Egress, pool: str, affinity_key: str | None, blocked: frozenset[str],
                         req: UpstreamRequest, connect_s: float, first_byte_s: float,
                         provider: str) -> tuple[aiohttp.ClientResponse, Exit]:
@@ -37,8 +42,7 @@ async def open_upstream(egress: Egress, pool: str, affinity_key: str | None, blo
     try:
         exits = egress.plan(pool, affinity_key, blocked)
     except EgressUnavailable as exc:
-        raise Unavailable(f"No way out to provider {provider}: {exc}.", code="egress_unavailable",
-                          retryable=True) from exc
+        raise egress_unavailable(provider, str(exc)) from exc
     timeout = aiohttp.ClientTimeout(total=None, connect=connect_s, sock_connect=connect_s)
     for exit_ in exits:
         progress = Progress()
@@ -61,8 +65,7 @@ async def open_upstream(egress: Egress, pool: str, affinity_key: str | None, blo
     if exits[0].proxy is None:
         raise UpstreamFailed(f"provider {provider} is unreachable ({type(last).__name__})",
                              code="upstream_unreachable") from last
-    raise Unavailable(f"No way out to provider {provider}: every proxy tried in egress pool '{pool}' failed to "
-                      "connect.", code="egress_unavailable", retryable=True) from last
+    raise egress_unavailable(provider, f"every proxy tried in egress pool '{pool}' failed to connect") from last
 
 
 async def next_data(content: aiohttp.StreamReader, silence_s: float, tick_s: float,

@@ -23,7 +23,7 @@ from gateway.catalog import Route
 from gateway.errors import Forbidden, GatewayError, InvalidRequest, Unavailable, UpstreamFailed, error_event
 from gateway.images import image_parts, inline_remote_images
 from gateway.logging import get_logger, redactor
-from gateway.relay import map_upstream_error, open_upstream, read_body
+from gateway.relay import egress_unavailable, map_upstream_error, open_upstream, read_body
 from gateway.requests import read_json
 from gateway.sse import ClientGone, SSEWriter
 from gateway.state import KEY, LOG, RATE_HEADERS, RUNTIME
@@ -73,8 +73,7 @@ async def _inline_images(egress: Egress, route: Route, affinity: str, blocked: f
     try:
         exit_ = egress.plan(route.provider.egress, affinity, blocked)[0]
     except EgressUnavailable as exc:
-        raise Unavailable(f"No way out to provider {route.provider_name}: {exc}.", code="egress_unavailable",
-                          retryable=True) from exc
+        raise egress_unavailable(route.provider_name, str(exc)) from exc
     return await inline_remote_images(body, exit_.session, resolve_locally=exit_.proxy is None)
 
 

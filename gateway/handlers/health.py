@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hmac
 import time
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway import metrics as metrics_mod
+from gateway.auth import bearer_matches
 from gateway.errors import Unauthorized
 from gateway.state import RUNTIME
 from gateway.store import StoreError
@@ -45,9 +45,7 @@ async def metrics(request: web.Request) -> web.Response:
     server = request.app[RUNTIME].snapshot.config.server
     if bool(server.metrics_listen) != request.app.get(METRICS_LISTENER, False):
         raise web.HTTPNotFound()
-    if server.metrics_token:
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), server.metrics_token.encode()):
-            raise Unauthorized("/metrics needs 'Authorization: Bearer <metrics token>'.", code="invalid_metrics_token")
+    if server.metrics_token and not bearer_matches(request, server.metrics_token):
+        raise Unauthorized("/metrics needs 'Authorization: Bearer <metrics token>'.", code="invalid_metrics_token")
     metrics_mod.CONFIG_AGE.set(time.time() - request.app[RUNTIME].snapshot.loaded_at)
     return web.Response(body=metrics_mod.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
