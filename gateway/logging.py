@@ -27,21 +27,46 @@ _PATTERNS = [
     (re.compile(r"\bAIza[0-9A-Za-z_-]{20,}"), REDACTED),  # Google API keys
     (re.compile(r"(?i)\b([a-z][a-z0-9+]*://[^:/@\s]*):[^@\s/]+@"), r"\1:" + REDACTED + "@"),  # user:pass@
 ]
-_SECRET_KEYS = re.compile(r"(?i)^(authorization|x-api-key|api_key|provider_api_key|x-provider-api-key|"
-                          r"password|admin_token|x-goog-api-key|key|token)$")
+# Every pattern above needs one of these substrings; a string with none of them (nearly every string of a
+# request's log line) is left alone after one scan instead of one per pattern.
+_HINTS = r"(?i:bearer|basic|gw-|sk-|xai-|pk-|rk-|aiza|://)"
+_SECRET_NAMES = frozenset({"authorization", "x-api-key", "api_key", "provider_api_key", "x-provider-api-key",
+                           "password", "admin_token", "x-goog-api-key", "key", "token"})
+
+
+_NAMES_IN_JSON = '"(?i:' + "|".join(map(re.escape, sorted(_SECRET_NAMES))) + ')":'
+
+
+def _fallback(value: Any) -> str:
+    return repr(value)
 
 
 class Redactor:
-    """A structlog processor; `update()` swaps the known secret values atomically on config reload."""
+    """A structlog processor; `update()` swaps the known secret values atomically on config reload.
+
+    `render` is the final processor (JSON line out): one scan of the rendered line decides whether
+    anything in it could be a secret — a hint of a pattern, a secret-named field, a known value in raw or
+    JSON-escaped form. Nearly every line has none and is written as rendered; the rest is walked, rendered
+    again and scrubbed as text, which also covers secrets inside the repr of a non-JSON value.
+    """
 
     def __init__(self) -> None:
         self._secrets: re.Pattern[str] | None = None
+        self._suspect = re.compile(_HINTS)
+        self._suspect_line = re.compile(f"{_HINTS}|{_NAMES_IN_JSON}".encode())
 
     def update(self, secrets: Iterable[str]) -> None:
         values = sorted({s for s in secrets if s}, key=len, reverse=True)
-        self._secrets = re.compile("|".join(map(re.escape, values))) if values else None
+        known = "|".join(map(re.escape, values))
+        escaped = {orjson.dumps(v)[1:-1].decode() for v in values} - set(values)
+        in_json = "|".join(map(re.escape, [*values, *escaped]))
+        self._secrets = re.compile(known) if values else None
+        self._suspect = re.compile(f"{_HINTS}|{known}" if values else _HINTS)
+        self._suspect_line = re.compile(f"{_HINTS}|{_NAMES_IN_JSON}{'|' + in_json if values else ''}".encode())
 
     def scrub(self, text: str) -> str:
+        if self._suspect.search(text) is None:
+            return text
         if self._secrets is not None:
             text = self._secrets.sub(REDACTED, text)
         for pattern, repl in _PATTERNS:
@@ -52,7 +77,7 @@ class Redactor:
         if isinstance(value, str):
             return self.scrub(value)
         if isinstance(value, dict):
-            return {k: REDACTED if isinstance(k, str) and _SECRET_KEYS.match(k) and v else self._walk(v)
+            return {k: REDACTED if v and isinstance(k, str) and k.lower() in _SECRET_NAMES else self._walk(v)
                     for k, v in value.items()}
         if isinstance(value, list | tuple):
             return [self._walk(v) for v in value]
@@ -60,6 +85,15 @@ class Redactor:
 
     def __call__(self, _logger: Any, _name: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
         return self._walk(dict(event))  # type: ignore[no-any-return]
+
+    def render(self, _logger: Any, _name: str, event: MutableMapping[str, Any]) -> bytes:
+        line = orjson.dumps(event, default=_fallback)
+        if self._suspect_line.search(line) is None:
+            return line
+        text = orjson.dumps(self._walk(dict(event)), default=_fallback).decode()
+        if self._secrets is not None:  # the JSON-escaped spelling of a known secret, or one inside a repr
+            text = self._secrets.sub(REDACTED, text)
+        return self.scrub(text).encode()
 
 
 class Sink:
@@ -81,9 +115,20 @@ sink = Sink(sys.stdout.buffer)
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
+_pid = os.getpid()
+
+
+def _new_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_new_pid)
+
+
 def _add_pid(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Which process wrote the line: with --workers N, N processes share one journal."""
-    event.setdefault("pid", os.getpid())
+    event.setdefault("pid", _pid)
     return event
 
 
@@ -95,8 +140,7 @@ def configure(level: str = "info") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            redactor,
-            structlog.processors.JSONRenderer(serializer=orjson.dumps),
+            redactor.render,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.BytesLoggerFactory(sink),  # type: ignore[arg-type]

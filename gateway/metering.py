@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
-import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -31,7 +31,7 @@ RETRY_DELAYS_S = (0.2, 0.5, 1, 2, 5, 10, 30)  # then every 30 s
 
 
 def new_generation_id() -> str:
-    return f"gen-{int(time.time())}-{uuid.uuid4().hex[:20]}"
+    return f"gen-{int(time.time())}-{os.urandom(10).hex()}"
 
 
 def store_unavailable(exc: StoreError) -> Unavailable:
@@ -137,9 +137,9 @@ class Ticket:
             self.settlements.retry(self.store, args)
             charged, balance = cost, max(self.admitted.balance + self.hold - cost, 0)
         labels = (self.route.provider_name, self.route.model_id)
-        metrics.TOKENS.labels(*labels, "in").inc(outcome.usage.prompt_tokens)
-        metrics.TOKENS.labels(*labels, "out").inc(outcome.usage.completion_tokens)
-        metrics.COST.labels(*labels).inc(billing.nano_to_usd(charged))
+        metrics.child(metrics.TOKENS, *labels, "in").inc(outcome.usage.prompt_tokens)
+        metrics.child(metrics.TOKENS, *labels, "out").inc(outcome.usage.completion_tokens)
+        metrics.child(metrics.COST, *labels).inc(billing.nano_to_usd(charged))
         return billing.Bill(cost=charged, balance=balance, reserved=self.hold, using_own_key=self.byok,
                             estimated=outcome.estimated)
 
@@ -173,17 +173,15 @@ async def admit(store: Store, settlements: Settlements, config: Config, route: R
     eff = limits.effective(route.model.limits, config.limits.default, key)
     admission = Admission(key_id=key.id, model_id=route.model_id, generation_id=generation_id, hold=hold,
                           hold_ttl_s=config.billing.hold_ttl_s, rpm=eff.rpm, rpd=eff.rpd, tpm=eff.tpm)
-    admitting = settlements.track(store.admit(admission))
     try:
-        result = await asyncio.shield(admitting)
+        result = await store.admit(admission)
     except StoreError as exc:
         metrics.STORE_ERRORS.labels("admit").inc()
         metrics.STORE_UP.set(0)
         raise store_unavailable(exc) from exc
     except asyncio.CancelledError:
         # the script may still place the hold after we stopped waiting: give it straight back
-        settlements.track(_release_if_admitted(admitting, store, key.id, generation_id, route.model_id,
-                                               config.billing.generation_ttl_s))
+        settlements.track(_release(store, key.id, generation_id, route.model_id, config.billing.generation_ttl_s))
         raise
     metrics.STORE_UP.set(1)
     _refuse_unless_ok(result, hold, route.model_id)
@@ -192,16 +190,15 @@ async def admit(store: Store, settlements: Settlements, config: Config, route: R
                   egress=route.provider.egress)
 
 
-async def _release_if_admitted(admitting: asyncio.Task[AdmitResult], store: Store, key_id: str,
-                               generation_id: str, model_id: str, ttl_s: int) -> None:
-    try:
-        result = await admitting
-    except StoreError:
-        return  # nothing was placed, or the hold expires at its TTL
-    if result.outcome == "ok":
-        record = {"id": generation_id, "model": model_id, "cancelled": "1", "status": "499"}
-        with contextlib.suppress(StoreError):
-            await store.settle(key_id, generation_id, 0, 0, record, ttl_s)
+async def _release(store: Store, key_id: str, generation_id: str, model_id: str, ttl_s: int) -> None:
+    """Settle an abandoned admission at zero: returns its hold if the script placed one.
+
+    The store runs a process's commands in the order they were sent, so this settle cannot overtake the
+    admit it undoes; if that admit was refused or never ran, it only records a cancelled generation.
+    """
+    record = {"id": generation_id, "model": model_id, "cancelled": "1", "status": "499"}
+    with contextlib.suppress(StoreError):
+        await store.settle(key_id, generation_id, 0, 0, record, ttl_s)
 
 
 def _refuse_unless_ok(result: AdmitResult, hold: int, model_id: str) -> None:

@@ -6,9 +6,9 @@ this module turns both into the response and the request's single JSON log line.
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 import structlog
@@ -39,7 +39,7 @@ _HTTP_ERRORS: dict[int, tuple[type[GatewayError], str]] = {
 
 def _request_id(request: web.Request) -> str:
     given = request.headers.get("X-Request-Id", "")
-    return given if _CLIENT_ID.match(given) else "req_" + uuid.uuid4().hex
+    return given if _CLIENT_ID.match(given) else "req_" + os.urandom(16).hex()
 
 
 def _from_http_exception(exc: web.HTTPException) -> GatewayError:
@@ -87,8 +87,8 @@ def _count(request: web.Request, fields: dict[str, Any], status: int, elapsed: f
     info = request.match_info.route.resource
     route = info.canonical if info is not None else "unmatched"
     provider, model = fields.get("provider", metrics.UNKNOWN), fields.get("model", metrics.UNKNOWN)
-    metrics.REQUESTS.labels(route, provider, model, metrics.status_class(status)).inc()
-    metrics.DURATION.labels(route, provider, model).observe(elapsed)
+    metrics.child(metrics.REQUESTS, route, provider, model, metrics.status_class(status)).inc()
+    metrics.child(metrics.DURATION, route, provider, model).observe(elapsed)
 
 
 @web.middleware

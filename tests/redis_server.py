@@ -65,6 +65,11 @@ class RedisServer:
         return f"redis://{auth}{HOST}:{self.port}/0"
 
     @property
+    def socket_path(self) -> Path:
+        """The unix socket the server also listens on (for `redis+unix`-style URLs: unix://<path>)."""
+        return self.dir / "redis.sock"
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
@@ -74,6 +79,7 @@ class RedisServer:
             return
         args = [self.binary, "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no"]
         args += ["--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")]
+        args += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
         if self.password:
             args += ["--requirepass", self.password]
         self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -79,3 +79,28 @@ def test_redactor_masks_secret_named_fields() -> None:
                                          "api_key": "plain"})
     assert scrubbed["headers"] == {"Authorization": REDACTED, "x-api-key": REDACTED}
     assert scrubbed["api_key"] == REDACTED
+
+
+@pytest.mark.parametrize("event", [
+    pytest.param({"event": "x", "nested": {"deep": ["Bearer abcdefgh12345678"]}}, id="pattern-deep"),
+    pytest.param({"event": "x", "headers": {"X-Api-Key": "whatever-value"}}, id="secret-named-field"),
+    pytest.param({"event": "x", "err": ValueError("known s3cr3t-value inside a repr")}, id="inside-repr"),
+    pytest.param({"event": "x", "raw": 'quote"d-s3cr3t'}, id="json-escaped-known-secret"),
+])
+def test_rendered_lines_hold_no_secret(event: dict[str, Any]) -> None:
+    redactor = Redactor()
+    redactor.update(["s3cr3t-value", 'quote"d-s3cr3t'])
+    line = redactor.render(None, "info", event).decode()
+    parsed = json.loads(line)
+    assert parsed["event"] == "x"
+    for secret in ("abcdefgh12345678", "whatever-value", "s3cr3t-value", "s3cr3t"):
+        assert secret not in line
+    assert REDACTED in line
+
+
+def test_a_line_without_secrets_is_rendered_unchanged() -> None:
+    redactor = Redactor()
+    redactor.update(["s3cr3t-value"])
+    event = {"event": "request", "path": "/v1/chat/completions", "status": 200, "latency_ms": 1.25,
+             "model": "openai/gpt-4o", "key_id": "key_abc", "streamed": False}
+    assert json.loads(redactor.render(None, "info", event)) == event

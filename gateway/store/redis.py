@@ -35,9 +35,10 @@ import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any, cast  # casts: decode_responses=True makes every reply str
+from typing import cast  # casts: decode_responses=True makes every reply str
 from urllib.parse import unquote, urlsplit
 
+import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -52,6 +53,7 @@ from gateway.store.memory import (
     validate_new_record,
     validate_settle,
 )
+from gateway.store.multiplex import Multiplexed, sha1
 
 CONNECT_TIMEOUT_S = 3.0
 SOCKET_TIMEOUT_S = 3.0
@@ -88,6 +90,13 @@ def _ledger_script(name: str) -> str:
 
 
 _ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+
+
+class _Script(tuple[str, str]):
+    """A script's source and its SHA1, as `Multiplexed.script` takes them."""
+
+    def __new__(cls, source: str) -> _Script:
+        return super().__new__(cls, (source, sha1(source)))
 
 
 def redacted_address(url: str) -> str:
@@ -151,8 +160,10 @@ class RedisStore:
         self._release_hash = self._redis.register_script(_RELEASE_HASH)
         self._set_disabled = self._redis.register_script(_SET_DISABLED)
         self._topup = self._redis.register_script(_ledger_script("topup"))
-        self._admit = self._redis.register_script(_ledger_script("admit"))
-        self._settle = self._redis.register_script(_ledger_script("settle"))
+        # the per-request scripts share one pipelined connection (see store/multiplex.py for why)
+        self._mux = Multiplexed(url, CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S)
+        self._admit = _Script(_ledger_script("admit"))
+        self._settle = _Script(_ledger_script("settle"))
 
     def _key(self, key_id: str) -> str:
         return f"{self._prefix}key:{{{key_id}}}"
@@ -196,6 +207,7 @@ class RedisStore:
 
     async def close(self) -> None:
         async with self._boundary("close"):
+            await self._mux.close()
             await self._redis.aclose()
 
     async def create_key(self, record: KeyRecord) -> None:
@@ -262,7 +274,7 @@ class RedisStore:
         limits = {"rpm": a.rpm, "rpd": a.rpd, "tpm": a.tpm}
         args = [a.generation_id, a.hold, a.hold_ttl_s * 1000, *("" if v is None else v for v in limits.values())]
         async with self._boundary("admit"):
-            reply = await self._admit(keys=keys, args=args)
+            reply = await self._mux.script(*self._admit, keys, args)
         outcome, balance, now = str(reply[0]), int(reply[1]), int(reply[2])
         if outcome in ("missing", "disabled"):
             return AdmitResult(outcome=outcome, balance=balance)
@@ -273,16 +285,12 @@ class RedisStore:
                      record: dict[str, str], record_ttl_s: int) -> Settlement:
         """Capture min(cost, hold + balance), return the rest, record and audit it; a replay changes nothing."""
         model = validate_settle(cost, tokens, record, record_ttl_s)
-        stored = {k: v for k, v in record.items() if k not in ("charged", "balance_after")}
-        audit = audit_entry(key_id, generation_id, model, 0, tokens, record)
-        del audit["charged"]  # the script adds it once known
-        args: list[Any] = [generation_id, cost, tokens, record_ttl_s, len(stored)]
-        args += [part for item in stored.items() for part in item]
-        args += [part for item in audit.items() for part in item]
+        audit = audit_entry(key_id, generation_id, model, 0, tokens, record)  # the script sets "charged"
+        args = [generation_id, cost, tokens, record_ttl_s, orjson.dumps(record), orjson.dumps(audit)]
         keys = [self._key(key_id), self._holds(key_id), self._generation(key_id, generation_id),
                 self._audit(key_id), self._windows(key_id, model)]
         async with self._boundary("settle"):
-            status, charged, balance = await self._settle(keys=keys, args=args)
+            status, charged, balance = await self._mux.script(*self._settle, keys, args)
         if status == "missing":
             raise ValueError(f"no key {key_id} to settle against")
         return Settlement(charged=int(charged), balance=int(balance), already_settled=status == "replay")

@@ -1,7 +1,8 @@
 -- settle: capture min(cost, hold + balance), return the rest, record, count tokens, audit; idempotent.
 -- KEYS: key hash, holds hash, generation record, audit stream, rate-limit prefix (as in admit.lua)
--- ARGV: generation id, cost, tokens, record ttl s, n, n record field/value pairs, then audit field/value
---       pairs (all but "charged", which is added here)
+-- ARGV: generation id, cost, tokens, record ttl s, the record as a JSON object of strings, the audit entry
+--       as a JSON object of strings (all but "charged", which is added here). Two JSON arguments rather
+--       than ~40 field/value arguments: packing each argument was the largest cost on the client side.
 -- Returns {status, charged, balance after}: status "settled", "replay" (the first answer; nothing
 -- changed) or "missing" (no such key; nothing changed).
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -26,13 +27,12 @@ redis.call('HINCRBY', KEYS[1], 'balance', num(hold - charged))
 redis.call('HINCRBY', KEYS[1], 'usage', num(charged))
 local after = redis.call('HGET', KEYS[1], 'balance')
 
-local n = tonumber(ARGV[5])
-local record = {}
-for i = 6, 5 + 2 * n do
-  record[#record + 1] = ARGV[i]
-end
-for _, v in ipairs({'charged', num(charged), 'balance_after', after}) do
-  record[#record + 1] = v
+local record = {'charged', num(charged), 'balance_after', after}
+for k, v in pairs(cjson.decode(ARGV[5])) do
+  if k ~= 'charged' and k ~= 'balance_after' then
+    record[#record + 1] = k
+    record[#record + 1] = v
+  end
 end
 redis.call('HSET', KEYS[3], unpack(record))
 redis.call('EXPIRE', KEYS[3], ARGV[4])
@@ -45,8 +45,11 @@ if tonumber(ARGV[3]) > 0 then
 end
 
 local audit = {}
-for i = 6 + 2 * n, #ARGV do
-  audit[#audit + 1] = ARGV[i]
+for k, v in pairs(cjson.decode(ARGV[6])) do
+  if k ~= 'charged' then
+    audit[#audit + 1] = k
+    audit[#audit + 1] = v
+  end
 end
 audit[#audit + 1] = 'charged'
 audit[#audit + 1] = num(charged)

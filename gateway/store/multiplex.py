@@ -1,0 +1,192 @@
+"""One pipelined Redis connection per process for the two scripts every request runs (admit, settle).
+
+redis-py checks a connection out of its pool for every command and keeps it until the reply came back,
+so N concurrent requests hold N connections and pay a checkout, a health check and a full command
+packing each time; in the benchmark (bench/README.md) that was the largest single cost per request.
+Redis answers the commands of one connection strictly in order, so concurrent callers can share one
+socket: each call appends a future to a FIFO, writes its command, and the protocol resolves futures in
+the order replies arrive (parsed by hiredis, the parser redis-py itself uses when installed).
+
+Failure semantics match the rest of the store: every failure is a redis-py exception (`ConnectionError`,
+`TimeoutError`, `ResponseError`) for `RedisStore._boundary` to turn into `StoreError`. Nothing is retried
+here except an EVALSHA refused with NOSCRIPT (after a Redis restart), which did not run and is resent
+as EVAL. A timeout drops the connection (as redis-py does): the server may be stuck, and every caller
+behind it would time out too. The next call reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ssl
+from collections import deque
+from typing import Any
+from urllib.parse import urlsplit
+
+import hiredis
+from redis.asyncio.connection import parse_url
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+
+class _Protocol(asyncio.Protocol):
+    """Replies matched to waiting futures in order; a future whose caller gave up still takes its reply."""
+
+    def __init__(self) -> None:
+        self.reader = hiredis.Reader(encoding="utf-8")
+        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+        self._outgoing: list[bytes] = []
+
+    def send(self, command: bytes, future: asyncio.Future[Any]) -> None:
+        """Queue a command; the commands of one event-loop turn leave in one write (one syscall)."""
+        self.waiting.append(future)
+        if not self._outgoing:
+            future.get_loop().call_soon(self._flush)
+        self._outgoing.append(command)
+
+    def _flush(self) -> None:
+        data, self._outgoing = b"".join(self._outgoing), []
+        if self.transport is not None and not self.lost:
+            self.transport.write(data)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        try:
+            while (reply := self.reader.gets()) is not False:
+                future = self.waiting.popleft()
+                if not future.done():
+                    future.set_result(reply)
+        except (hiredis.ProtocolError, IndexError) as exc:  # garbage, or a reply nobody asked for
+            self.abort(RedisConnectionError(f"redis protocol error: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._fail_all(RedisConnectionError("connection to redis lost"))
+
+    def abort(self, error: Exception) -> None:
+        self.lost = True
+        self._fail_all(error)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _fail_all(self, error: Exception) -> None:
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(error)
+
+
+class Multiplexed:
+    """Commands from any number of tasks over one connection, opened lazily and again after a failure."""
+
+    def __init__(self, url: str, connect_timeout_s: float, timeout_s: float) -> None:
+        options: dict[str, Any] = dict(parse_url(url))
+        self._path: str | None = options.get("path")
+        self._host: str = options.get("host", "localhost")
+        self._port: int = int(options.get("port", 6379))
+        self._username: str | None = options.get("username")
+        self._password: str | None = options.get("password")
+        self._db = int(options.get("db", 0) or 0)
+        self._ssl = _tls_context(options) if urlsplit(url).scheme == "rediss" else None
+        self._connect_timeout_s = connect_timeout_s
+        self._timeout_s = timeout_s
+        self._protocol: _Protocol | None = None
+        self._connecting: asyncio.Future[_Protocol] | None = None
+
+    async def call(self, *args: Any) -> Any:
+        """One command's reply; a Redis error reply is raised as ResponseError."""
+        protocol = self._protocol
+        if protocol is None or protocol.lost:
+            protocol = await self._connect()
+        reply = await self._send(protocol, args)
+        if isinstance(reply, hiredis.ReplyError):
+            raise ResponseError(str(reply))
+        return reply
+
+    async def script(self, source: str, sha: str, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA, or EVAL when the server has not seen the script (first use, or after a restart)."""
+        try:
+            return await self.call("EVALSHA", sha, len(keys), *keys, *args)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        return await self.call("EVAL", source, len(keys), *keys, *args)
+
+    async def close(self) -> None:
+        if self._protocol is not None and self._protocol.transport is not None:
+            self._protocol.transport.close()
+        self._protocol = None
+
+    async def _send(self, protocol: _Protocol, args: tuple[Any, ...]) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        protocol.send(hiredis.pack_command(args), future)
+        expiry = loop.call_later(self._timeout_s, _expire, protocol, future, self._timeout_s)
+        try:
+            return await future
+        finally:
+            expiry.cancel()
+
+    async def _connect(self) -> _Protocol:
+        """Concurrent callers share one connection attempt."""
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._open())
+        connecting = self._connecting
+        try:
+            return await asyncio.shield(connecting)
+        finally:
+            if connecting.done() and self._connecting is connecting:
+                self._connecting = None
+
+    async def _open(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                if self._path:
+                    _, protocol = await loop.create_unix_connection(_Protocol, self._path)
+                else:
+                    _, protocol = await loop.create_connection(_Protocol, self._host, self._port, ssl=self._ssl)
+                for command in self._handshake():
+                    reply = await self._send(protocol, command)
+                    if isinstance(reply, hiredis.ReplyError):
+                        protocol.abort(RedisConnectionError("redis refused the connection setup"))
+                        raise ResponseError(f"{command[0]} failed: {reply}")
+        except TimeoutError as exc:
+            raise RedisTimeoutError("timed out connecting to redis") from exc
+        except OSError as exc:
+            raise RedisConnectionError(f"cannot connect to redis: {exc.strerror or type(exc).__name__}") from exc
+        self._protocol = protocol
+        return protocol
+
+    def _handshake(self) -> list[tuple[Any, ...]]:
+        commands: list[tuple[Any, ...]] = []
+        if self._password is not None:
+            auth = (self._username, self._password) if self._username else (self._password,)
+            commands.append(("AUTH", *auth))
+        if self._db:
+            commands.append(("SELECT", self._db))
+        return commands
+
+
+def _expire(protocol: _Protocol, future: asyncio.Future[Any], timeout_s: float) -> None:
+    if not future.done():
+        protocol.abort(RedisTimeoutError(f"redis did not answer within {timeout_s:g} s"))
+
+
+def _tls_context(options: dict[str, Any]) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+    if options.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def sha1(source: str) -> str:
+    """The name Redis gives a script (EVALSHA's argument)."""
+    return hashlib.sha1(source.encode()).hexdigest()

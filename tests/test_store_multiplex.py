@@ -1,0 +1,144 @@
+"""The pipelined connection behind admit/settle: order, sharing, and every way the server can let it down."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+
+import pytest
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.store.base import Admission, KeyRecord, StoreError
+from gateway.store.multiplex import Multiplexed, sha1
+from gateway.store.redis import RedisStore
+from tests.redis_server import RedisServer
+
+SCRIPT = "return {ARGV[1], redis.call('INCR', KEYS[1])}"
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    """A server of this module's own: these tests stop it and count its clients."""
+    with RedisServer() as srv:
+        yield srv
+
+
+def connected_clients(srv: RedisServer) -> int:
+    with redis.Redis(port=srv.port) as admin:
+        return int(admin.info("clients")["connected_clients"]) - 1  # not counting this one
+
+
+async def test_concurrent_callers_share_one_connection_and_get_their_own_replies(server: RedisServer) -> None:
+    mux = Multiplexed(server.url, 1, 2)
+    try:
+        replies = await asyncio.gather(*(mux.call("INCR", f"k{i % 7}") for i in range(700)))
+        assert sorted(replies) == sorted(n for _ in range(7) for n in range(1, 101))
+        assert await asyncio.gather(*(mux.call("GET", f"k{i}") for i in range(7))) == ["100"] * 7
+        assert connected_clients(server) == 1
+    finally:
+        await mux.close()
+
+
+async def test_a_caller_that_gives_up_does_not_shift_the_replies_of_the_others(server: RedisServer) -> None:
+    mux = Multiplexed(server.url, 1, 5)
+    try:
+        blocked = asyncio.create_task(mux.call("BLPOP", "never-pushed", "0.3"))  # holds the connection
+        await asyncio.sleep(0.05)
+        behind = asyncio.create_task(mux.call("INCR", "counter"))
+        await asyncio.sleep(0.05)
+        blocked.cancel()
+        assert await behind == 1  # its own reply, not BLPOP's nil
+        assert await mux.call("INCR", "counter") == 2
+    finally:
+        await mux.close()
+
+
+async def test_scripts_run_by_sha_and_are_loaded_again_after_a_flush(server: RedisServer) -> None:
+    mux = Multiplexed(server.url, 1, 2)
+    try:
+        assert await mux.script(SCRIPT, sha1(SCRIPT), ["n"], ["a"]) == ["a", 1]
+        with redis.Redis(port=server.port) as admin:
+            assert admin.script_exists(sha1(SCRIPT)) == [True]
+            admin.script_flush()
+        assert await mux.script(SCRIPT, sha1(SCRIPT), ["n"], ["b"]) == ["b", 2]
+        with pytest.raises(ResponseError, match="ERR"):
+            await mux.script("return redis.call('NOSUCHCOMMAND')", sha1("x"), [], [])
+    finally:
+        await mux.close()
+
+
+async def test_an_outage_fails_fast_and_the_next_call_after_it_reconnects(server: RedisServer) -> None:
+    mux = Multiplexed(server.url, 1, 2)
+    try:
+        assert await mux.call("INCR", "n") == 1
+        server.stop()
+        with pytest.raises(RedisConnectionError):
+            await mux.call("INCR", "n")
+        with pytest.raises(RedisConnectionError):
+            await mux.call("INCR", "n")
+        server.start()
+        assert await mux.call("INCR", "n") == 1  # nothing persisted: a fresh server
+    finally:
+        await mux.close()
+
+
+async def test_a_server_that_never_answers_times_out_and_drops_the_connection() -> None:
+    silent = socket.create_server(("127.0.0.1", 0))
+    port = silent.getsockname()[1]
+    mux = Multiplexed(f"redis://127.0.0.1:{port}/0", 1, 0.2)
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        results = await asyncio.gather(mux.call("PING"), mux.call("PING"), return_exceptions=True)
+        assert all(isinstance(r, RedisTimeoutError) for r in results), results
+        assert loop.time() - started < 1.5
+    finally:
+        await mux.close()
+        silent.close()
+
+
+async def test_password_and_database_from_the_url_and_no_password_in_errors() -> None:
+    with RedisServer(password="s3cret-pw") as srv:
+        mux = Multiplexed(srv.url.replace("/0", "/3"), 1, 2)
+        try:
+            assert await mux.call("SET", "where", "here") == "OK"
+            with redis.Redis(port=srv.port, password="s3cret-pw", db=3) as admin:
+                assert admin.get("where") == b"here"
+        finally:
+            await mux.close()
+        wrong = Multiplexed(srv.url.replace("s3cret-pw", "wrong-pw"), 1, 2)
+        with pytest.raises(ResponseError) as info:
+            await wrong.call("PING")
+        assert "wrong-pw" not in str(info.value) and "AUTH" in str(info.value)
+        await wrong.close()
+
+
+async def test_unix_socket_urls(server: RedisServer) -> None:
+    mux = Multiplexed(f"unix://{server.socket_path}", 1, 2)
+    try:
+        assert await mux.call("INCR", "over-unix") == 1
+    finally:
+        await mux.close()
+
+
+async def test_the_store_admits_and_settles_through_an_outage_as_store_errors(server: RedisServer) -> None:
+    store = RedisStore(server.url, prefix="mx:")
+    try:
+        await store.create_key(KeyRecord(id="k1", name="n", key_hash="h" * 64, prefix="gw-x", created=1,
+                                         balance=1_000))
+        admission = Admission(key_id="k1", model_id="m", generation_id="g1", hold=300, hold_ttl_s=60,
+                              rpm=None, rpd=None, tpm=None)
+        assert (await store.admit(admission)).outcome == "ok"
+        server.stop()
+        with pytest.raises(StoreError) as info:
+            await store.settle("k1", "g1", 100, 10, {"id": "g1", "model": "m"}, 60)
+        assert "redis settle failed" in str(info.value)
+        server.start()  # empty again: the key is gone, and the store says so rather than failing
+        with pytest.raises(ValueError, match="no key k1"):
+            await store.settle("k1", "g1", 100, 10, {"id": "g1", "model": "m"}, 60)
+    finally:
+        await store.close()
