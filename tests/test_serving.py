@@ -137,3 +137,38 @@ def test_workers_refuse_the_memory_store(tmp_path: Path) -> None:
     result = subprocess.run([*GatewayProcess.python_m_gateway(), "serve", "--config", str(path), "--workers", "2"],
                             capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 2 and "shared store" in result.stderr
+
+
+def ignored_signals(pid: int) -> set[int]:
+    """The signals a process ignores, from the SigIgn mask in /proc/<pid>/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            mask = int(line.split()[1], 16)
+            return {sig for sig in range(1, 65) if mask & (1 << (sig - 1))}
+    raise AssertionError("no SigIgn line")
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_serving_processes_ignore_sigpipe(redis_config: tuple[Path, str], workers: int) -> None:
+    """With SIGPIPE at its default, a write to a client that reset mid-stream killed the whole process
+    (found by the benchmark); every serving process must keep it ignored, as Python sets it up."""
+    path, _ = redis_config
+    gw = GatewayProcess(path)
+    gw.extra_args = ["--workers", str(workers)] if workers > 1 else []
+    with gw:
+        assert gw.proc is not None
+        serving = [gw.proc.pid] if workers == 1 else children(gw.proc.pid)
+        deadline = asyncio.get_running_loop().time() + 10
+        while workers > 1 and len(serving) < workers and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)
+            serving = children(gw.proc.pid)
+        assert len(serving) == workers
+        for pid in serving:
+            assert signal.SIGPIPE in ignored_signals(pid), pid
