@@ -7,7 +7,7 @@ CONFIG ?= config.yaml
 # binary:package pairs — the Debian package is installed when its binary is missing (dante's binary is danted)
 APT_PACKAGES := redis-server:redis-server microsocks:microsocks tinyproxy:tinyproxy danted:dante-server wrk:wrk systemd-analyze:systemd promtool:prometheus
 
-.PHONY: install system-deps run test lint check-config bench clean
+.PHONY: install system-deps run test lint check-config bench soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ lint: install
 bench: install system-deps
 	$(BIN)/pip install -q -r bench/requirements.txt
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# Issue 9's soak: minutes of mixed load (aborted streams, BYOK, limited and broke keys, a flapping proxy)
+# against a real gateway process, then checks descriptors, RSS, holds and ledger sums. SOAK_ARGS=--minutes 1
+soak: install system-deps
+	$(BIN)/python tests/soak.py $(SOAK_ARGS)
 
 check-config: install
 	$(BIN)/python -m gateway check-config $(CONFIG)
