@@ -88,7 +88,7 @@ class Soak:
                                     weights=[30, 20, 20, 8, 8, 8, 6])[0]
             try:
                 await self.one(http, kind)
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 self.statuses[(kind, -1)] += 1
                 print(f"  client error on {kind}: {type(exc).__name__}: {exc}", file=sys.stderr)
 
