@@ -13,6 +13,7 @@ own status), 5xx -> UpstreamFailed.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -51,6 +52,13 @@ async def open_upstream(egress: Egress, pool: str, affinity_key: str | None, blo
                 resp = await exit_.session.request(req.method, req.url, headers=req.headers, data=req.body,
                                                    timeout=timeout, trace_request_ctx=progress)
         except (TimeoutError, aiohttp.ClientError, OSError, EOFError, *PROXY_ERRORS) as exc:  # type: ignore[misc]
+            if (bad_certificate := _certificate_error(exc)) is not None:
+                # The way out worked (the upstream's certificate came back through it): another exit would
+                # meet the same certificate, and the proxy must not be ejected for it.
+                egress.succeeded(exit_)
+                raise UpstreamFailed(f"provider {provider}'s TLS certificate could not be verified "
+                                     f"({bad_certificate.verify_message}); the request was not sent",
+                                     code="upstream_tls_error") from exc
             if not progress.connected:  # the request never left: this way out failed, try the next
                 egress.failed(exit_, "timeout" if isinstance(exc, PROXY_TIMEOUTS) else "connect_error")
                 last: BaseException = exc
@@ -66,6 +74,21 @@ async def open_upstream(egress: Egress, pool: str, affinity_key: str | None, blo
         raise UpstreamFailed(f"provider {provider} is unreachable ({type(last).__name__})",
                              code="upstream_unreachable") from last
     raise egress_unavailable(provider, f"every proxy tried in egress pool '{pool}' failed to connect") from last
+
+
+def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind `exc`: aiohttp raises its own type for a direct
+    connection, while through aiohttp-socks it arrives as a ClientOSError caused by the ssl error."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            return None
+        if isinstance(seen, aiohttp.ClientConnectorCertificateError):
+            seen = seen.certificate_error
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 async def next_data(content: aiohttp.StreamReader, silence_s: float, tick_s: float,

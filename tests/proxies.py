@@ -334,7 +334,8 @@ _PPROXY_MAIN = (
 class PProxy(ProxyProcess):
     """`pproxy` (PyPI) as a subprocess, like `python -m pproxy -l socks5://127.0.0.1:PORT#user:pass -v --auth=-1`.
 
-    `scheme` is "socks5", "socks4" or "http" (CONNECT and absolute-URI requests). `--auth=-1` turns off
+    `scheme` is "socks5", "socks4", "http" (CONNECT and absolute-URI requests) or "https" (HTTP over TLS
+    to the proxy, with `tls_files` = (certfile, keyfile) as the proxy's identity). `--auth=-1` turns off
     pproxy's default of trusting an IP for 30 days after one successful login, which would otherwise let
     every later loopback connection in without (or with wrong) credentials. With `-v` it prints
     `<proto> <client ip:port> -> <target>:<port>` per tunnel, just BEFORE connecting upstream (so a tunnel
@@ -342,21 +343,25 @@ class PProxy(ProxyProcess):
     """
 
     name = "pproxy"
-    TARGET = re.compile(r"^(?:socks5|socks4|http) \S+ -> (\S+)$", re.M)
+    TARGET = re.compile(r"^(?:socks5|socks4|http|https) \S+ -> (\S+)$", re.M)
 
     def __init__(self, scheme: str = "socks5", user: str | None = None, password: str | None = None,
-                 port: int | None = None) -> None:
-        if scheme not in ("socks5", "socks4", "http"):
-            raise ValueError(f"pproxy scheme {scheme!r}: socks5, socks4 or http")
+                 port: int | None = None, tls_files: tuple[str, str] | None = None) -> None:
+        if scheme not in ("socks5", "socks4", "http", "https"):
+            raise ValueError(f"pproxy scheme {scheme!r}: socks5, socks4, http or https")
+        if (scheme == "https") != (tls_files is not None):
+            raise ValueError("an https proxy needs tls_files, and only it")
         super().__init__(port, user, password)
         self.scheme = scheme
+        self.tls_files = tls_files
 
     def command(self) -> list[str]:
-        listen = f"{self.scheme}://{HOST}:{self.port}"
+        listen = f"{'http+ssl' if self.scheme == 'https' else self.scheme}://{HOST}:{self.port}"
         if self.user is not None:
             listen += f"#{self.user}:{self.password}"
+        tls = ["--ssl", ",".join(self.tls_files)] if self.tls_files else []
         return [sys.executable, "-u", "-W", "ignore::DeprecationWarning", "-c", _PPROXY_MAIN,
-                "-l", listen, "-v", "--auth=-1"]
+                "-l", listen, "-v", "--auth=-1", *tls]
 
 
 class Tinyproxy(ProxyProcess):
