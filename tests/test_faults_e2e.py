@@ -316,3 +316,34 @@ async def test_malformed_stream_event(scripted: tuple[ScriptedUpstream, Rig], ba
     assert usage == expected_cost(rig, "fake/gpt-4o", record)
     assert upstream.requests == 1
     await rig.no_leak()
+
+
+# --- slow and late answers -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_answer_in_small_pieces_arrives_whole_and_billed(rig: Rig, stream: bool) -> None:
+    rig.proxy.fault = Fault("slow", chunk=7)  # every 7 bytes a write of its own: SSE lines split anywhere
+    _, _, credits = await rig.ledger()
+    status, raw, _ = await rig.post({**BODY, "stream": stream})
+    assert status == 200
+    if stream:
+        text, errors = delivered_text(raw)
+        assert text == "".join(_recorded_content()) and errors == [] and raw.endswith(b"data: [DONE]\n\n")
+    else:
+        assert json.loads(raw)["choices"][0]["message"]["content"]
+    assert rig.proxy.forwarded_down > 0
+    balance, usage, _ = await rig.ledger()
+    assert usage > 0 and balance + usage == credits
+    await rig.no_leak()
+
+
+async def test_answer_later_than_the_first_byte_timeout_is_a_504_not_resent(rig: Rig) -> None:
+    rig.proxy.fault = Fault("latency", delay_s=5)  # first_byte_s is 1.5 (+ connect_s 1) in the test config
+    before = await rig.ledger()
+    status, raw, _ = await rig.post(BODY)
+    payload = json.loads(raw)
+    assert status == 504 and payload["error"]["code"] == "upstream_timeout", payload
+    assert len(rig.fake.requests) == 1  # the body was sent: the upstream may be working on it
+    assert await rig.ledger() == before
+    await rig.no_leak()
