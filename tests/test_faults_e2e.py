@@ -21,6 +21,7 @@ from aiohttp import web
 from fakes.openai_upstream import FakeOpenAI, recorded_events
 from faultproxy import Fault, FaultProxy, after_events, after_headers, at_start
 from harness import PROVIDER_KEY, Gateway, gateway_config, start_gateway, validate
+from yarl import URL
 
 from gateway import billing
 from gateway.state import RUNTIME
@@ -76,7 +77,8 @@ class Rig:
 async def rig(request: pytest.FixtureRequest, aiohttp_server: Any,
               fake_openai: tuple[FakeOpenAI, str]) -> AsyncIterator[Rig]:
     fake, url = fake_openai
-    port = int(url.split(":")[2].split("/")[0])
+    port = URL(url).port
+    assert port is not None
     store_url = "" if request.param == "memory" else request.getfixturevalue("redis_url")
     async with FaultProxy(port) as proxy:
         config = gateway_config(proxy.url(), store_url, prefix=f"f{uuid.uuid4().hex}:", retries=RETRIES)
@@ -118,7 +120,7 @@ def expected_cost(rig: Rig, model: str, record: dict[str, str]) -> int:
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 async def test_reset_before_headers_is_a_clear_502_and_never_resent(rig: Rig, stream: bool,
                                                                     log_lines: Callable[[], Any]) -> None:
-    rig.proxy.fault = Fault("reset", at=at_start)
+    rig.proxy.fault = Fault("reset", at=at_start, times=1)
     before = await rig.ledger()
     status, raw, _ = await rig.post({**BODY, "stream": stream})
     payload = json.loads(raw)
@@ -131,6 +133,8 @@ async def test_reset_before_headers_is_a_clear_502_and_never_resent(rig: Rig, st
     record = await rig.generation(generation_of(log_lines()))
     assert record["status"] == "502" and record["tokens_completion"] == "0"
     await rig.no_leak()
+    again, _, _ = await rig.post({**BODY, "stream": stream})  # on a fresh connection: the broken one is gone
+    assert again == 200 and rig.proxy.opened == 2
 
 
 async def test_reset_after_headers_of_a_json_answer_is_a_clear_502(rig: Rig, log_lines: Callable[[], Any]) -> None:

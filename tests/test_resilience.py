@@ -20,6 +20,7 @@ import yaml
 from fakes.openai_upstream import FakeOpenAI
 from faultproxy import Fault, FaultProxy, at_start
 from harness import Gateway, closed_port, gateway_config, gateway_config_text, start_gateway, validate
+from yarl import URL
 
 from egress.proxy import Progress, make_session
 from gateway import resilience, routing
@@ -163,7 +164,7 @@ async def behind_proxy(aiohttp_server: Any, fake_openai: tuple[FakeOpenAI, str])
     """Start a gateway whose providers reach the fake upstream through a FaultProxy: `await start(**cfg)`."""
     fake, url = fake_openai
     made: list[Gateway] = []
-    async with FaultProxy(int(url.split(":")[2].split("/")[0])) as proxy:
+    async with FaultProxy(URL(url).port or 0) as proxy:
         async def start(edit: Callable[[dict[str, Any]], None] | None = None, **options: Any) -> Gateway:
             doc = yaml.safe_load(gateway_config_text(proxy.url(), prefix=f"r{uuid.uuid4().hex}:", **options))
             if edit is not None:
