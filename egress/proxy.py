@@ -89,17 +89,21 @@ def make_connector(spec: ProxySpec | None) -> aiohttp.BaseConnector:
 
 @dataclass(slots=True)
 class Progress:
-    """Passed as a request's `trace_request_ctx`: did it get a connection (new or reused) to the upstream?
+    """Passed as a request's `trace_request_ctx`: did it get a connection (new or reused) to the upstream,
+    and did its body go out on it?
 
-    A failure before that point never reached the upstream, whatever exception the proxy library raised
-    (pproxy, for one, just closes the socket on a bad login): safe to retry on another way out.
+    A failure before `connected` never reached the upstream, whatever exception the proxy library raised
+    (pproxy, for one, just closes the socket on a bad login): safe to retry on another way out. Once
+    `sent` (the body was handed to the connection) the upstream may be acting on it: never resend.
     """
 
     connected: bool = False
+    sent: bool = False
 
 
 def _connection_tracer(on_connect: Callable[[float], None] | None) -> aiohttp.TraceConfig:
-    """Marks each request's Progress and measures new connections (TCP + proxy handshake + TLS)."""
+    """Marks each request's Progress (connected, body sent) and measures new connections (TCP + proxy
+    handshake + TLS). aiohttp calls on_request_chunk_sent just before it writes a body chunk."""
     trace = aiohttp.TraceConfig()
 
     async def start(_s: Any, ctx: SimpleNamespace, _p: Any) -> None:
@@ -113,7 +117,12 @@ def _connection_tracer(on_connect: Callable[[float], None] | None) -> aiohttp.Tr
     async def reused(_s: Any, ctx: SimpleNamespace, _p: Any) -> None:
         _mark(ctx)
 
+    async def body_sent(_s: Any, ctx: SimpleNamespace, _p: Any) -> None:
+        if isinstance(ctx.trace_request_ctx, Progress):
+            ctx.trace_request_ctx.sent = True
+
     trace.on_connection_create_start.append(start)
+    trace.on_request_chunk_sent.append(body_sent)
     trace.on_connection_create_end.append(created)
     trace.on_connection_reuseconn.append(reused)
     return trace

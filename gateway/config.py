@@ -102,6 +102,7 @@ class ProviderConfig(_Model):
     blocked_regions: list[str] = []  # never leave through a proxy tagged with one of these regions
     headers: dict[str, str] = {}
     timeouts: TimeoutsConfig = TimeoutsConfig()
+    max_concurrency: PosInt | None = None  # requests in flight per process; beyond it a fast 503, no queue
 
     @field_validator("kind")
     @classmethod
@@ -158,6 +159,8 @@ class RetriesConfig(_Model):
     max_delay_s: PosFloat = 8.0
     deadline_s: PosFloat = 60.0  # no new attempt (retry or fallback) starts after this
     honor_retry_after_up_to_s: NonNegFloat = 20.0
+    budget_ratio: Annotated[float, Field(ge=0, le=1)] = 0.2  # retries in flight per provider vs its active requests
+    budget_min: Annotated[int, Field(ge=0)] = 3  # retries in flight always allowed per provider
 
 
 class DefaultLimits(_Model):

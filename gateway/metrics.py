@@ -31,6 +31,10 @@ INSUFFICIENT = Counter("gateway_insufficient_balance_total", "Requests refused f
 STORE_ERRORS = Counter("gateway_store_errors_total", "Store operations that failed", ["operation"])
 STORE_UP = Gauge("gateway_store_up", "1 when the store answered the last check", multiprocess_mode="min")
 ACTIVE_STREAMS = Gauge("gateway_active_streams", "Streams being relayed now", multiprocess_mode="livesum")
+RETRIES = Counter("gateway_upstream_retries_total", "Retry decisions by provider: retried or budget_exhausted",
+                  ["provider", "outcome"])
+OVERLOADED = Counter("gateway_provider_overloaded_total", "Attempts refused by providers.*.max_concurrency",
+                     ["provider"])
 RELOADS = Counter("gateway_config_reloads_total", "Config reloads by result", ["result"])
 CONFIG_AGE = Gauge("gateway_config_age_seconds", "Seconds since the config in force was loaded",
                    multiprocess_mode="max")

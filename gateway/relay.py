@@ -5,14 +5,17 @@ Timeouts are split, never total: `connect_s` to open the connection (through the
 body. A reasoning model may stream for ten minutes; only a stalled one is cut.
 
 Lower-layer errors become gateway errors here and nowhere else:
-direct connection refused/reset -> UpstreamFailed (502), no way out of a proxy pool -> Unavailable (503
+direct connection refused -> UpstreamFailed (502), no way out of a proxy pool -> Unavailable (503
 egress_unavailable), first-byte timeout -> UpstreamTimeout (504), upstream 4xx -> UpstreamRejected (its
-own status), 5xx -> UpstreamFailed.
+own status), 5xx -> UpstreamFailed. Retryable are only failures before the request body left and
+answers with a status; a connection lost after the body was sent (`upstream_disconnected`), a timeout
+after it, and anything going wrong inside an answer's body are not: the upstream may be acting on it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from collections.abc import Awaitable, Callable
 
@@ -20,6 +23,7 @@ import aiohttp
 
 from egress.pool import Egress, EgressUnavailable, Exit
 from egress.proxy import PROXY_ERRORS, PROXY_TIMEOUTS, Progress
+from gateway import resilience
 from gateway.errors import GatewayError, Unavailable, UpstreamFailed, UpstreamRejected, UpstreamTimeout
 from providers.types import UpstreamHTTPError, UpstreamRequest
 
@@ -37,8 +41,8 @@ async def open_upstream(egress: Egress, pool: str, affinity_key: str | None, blo
     """Send the request through the provider's pool; return once the upstream's headers arrived.
 
     A way out that fails before the request reached the upstream (proxy refused, handshake failed,
-    connect timeout) counts against that proxy and the next exit is tried at once; once the request may
-    have been sent, there is no silent resend.
+    connect timeout) counts against that proxy and the next exit is tried at once; once the request body
+    was sent, there is no resend, here or by a retry (the error is not retryable).
     """
     try:
         exits = egress.plan(pool, affinity_key, blocked)
@@ -48,7 +52,7 @@ async def open_upstream(egress: Egress, pool: str, affinity_key: str | None, blo
     for exit_ in exits:
         progress = Progress()
         try:
-            async with asyncio.timeout(first_byte_s + connect_s):
+            async with asyncio.timeout(_header_wait(first_byte_s + connect_s)):
                 resp = await exit_.session.request(req.method, req.url, headers=req.headers, data=req.body,
                                                    timeout=timeout, trace_request_ctx=progress)
         except (TimeoutError, aiohttp.ClientError, OSError, EOFError, *PROXY_ERRORS) as exc:  # type: ignore[misc]
@@ -58,16 +62,13 @@ async def open_upstream(egress: Egress, pool: str, affinity_key: str | None, blo
                 egress.succeeded(exit_)
                 raise UpstreamFailed(f"provider {provider}'s TLS certificate could not be verified "
                                      f"({bad_certificate.verify_message}); the request was not sent",
-                                     code="upstream_tls_error") from exc
+                                     code="upstream_tls_error", retryable=False) from exc
             if not progress.connected:  # the request never left: this way out failed, try the next
                 egress.failed(exit_, "timeout" if isinstance(exc, PROXY_TIMEOUTS) else "connect_error")
                 last: BaseException = exc
                 continue
-            if isinstance(exc, TimeoutError):
-                raise UpstreamTimeout(f"provider {provider} did not answer in time") from exc
-            egress.failed(exit_, "reset")  # broken after the request may have left: no silent resend
-            raise UpstreamFailed(f"provider {provider}: the connection broke before an answer "
-                                 f"({type(exc).__name__})", code="upstream_unreachable") from exc
+            egress.failed(exit_, "reset")
+            raise _broken_before_answer(exc, provider, progress.sent) from exc
         egress.succeeded(exit_)
         return resp, exit_
     if exits[0].proxy is None:
@@ -91,6 +92,29 @@ def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | Non
     return None
 
 
+def _header_wait(own_s: float) -> float:
+    """How long this attempt may wait for headers: its own timeouts, or less when the request's deadline
+    (retries and fallbacks included) comes first."""
+    left = resilience.attempt_time_left()
+    return own_s if left is None else min(own_s, left)
+
+
+def _broken_before_answer(exc: BaseException, provider: str, sent: bool) -> GatewayError:
+    """A connection that failed after it was open but before the upstream's headers.
+
+    Before the body left, a retry is safe. After it, the upstream may be generating (and billing) an
+    answer we will never see: resending would pay twice, so the client gets the error instead.
+    """
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout(f"provider {provider} did not answer in time", retryable=not sent)
+    if not sent:
+        return UpstreamFailed(f"provider {provider}: the connection broke before the request was sent "
+                              f"({type(exc).__name__})", code="upstream_unreachable")
+    return UpstreamFailed(f"provider {provider}: the connection broke after the request was sent and before "
+                          f"an answer ({type(exc).__name__}); not resent, as the provider may have acted on it",
+                          code="upstream_disconnected", retryable=False)
+
+
 async def next_data(content: aiohttp.StreamReader, silence_s: float, tick_s: float,
                     on_tick: Callable[[], Awaitable[None]] | None = None) -> bytes:
     """The next piece of an upstream body (b"" at its end).
@@ -112,7 +136,8 @@ async def next_data(content: aiohttp.StreamReader, silence_s: float, tick_s: flo
                 return reader.result()
             waited += tick_s
             if waited >= silence_s:
-                raise UpstreamTimeout("the upstream went silent mid-answer", code="upstream_stalled")
+                raise UpstreamTimeout("the upstream went silent mid-answer", code="upstream_stalled",
+                                      retryable=False)  # it was answering: no resend
             if on_tick is not None:
                 await on_tick()
     finally:
@@ -126,10 +151,24 @@ async def read_body(resp: aiohttp.ClientResponse, silence_s: float) -> bytes:
         while data := await next_data(resp.content, silence_s, silence_s):
             body += data
             if len(body) > MAX_UPSTREAM_BODY:
-                raise UpstreamFailed("the upstream's answer is too large")
+                raise UpstreamFailed("the upstream's answer is too large", retryable=False)
     except aiohttp.ClientError as exc:
-        raise UpstreamFailed(f"the upstream connection broke ({type(exc).__name__})") from exc
+        raise UpstreamFailed(f"the upstream connection broke mid-answer ({type(exc).__name__})",
+                             code="upstream_disconnected", retryable=False) from exc
     return bytes(body)
+
+
+_HTML = re.compile(r"^\s*<(!doctype html|html|head|body)\b", re.IGNORECASE)
+_TITLE = re.compile(r"<(title|h1)\b[^>]*>([^<]{1,200})<", re.IGNORECASE)
+
+
+def _unhtml(message: str) -> str:
+    """A load balancer's HTML error page (nginx, Cloudflare) as one readable line, not markup."""
+    if not _HTML.match(message):
+        return message
+    title = _TITLE.search(message)
+    text = " ".join(title.group(2).split()) if title else ""
+    return f"an HTML error page ({text})" if text else "an HTML error page"
 
 
 def map_upstream_error(err: UpstreamHTTPError, provider: str, own_key: bool,
@@ -139,7 +178,7 @@ def map_upstream_error(err: UpstreamHTTPError, provider: str, own_key: bool,
     A 401/403 on the operator's configured key is the operator's problem, not the client's: it becomes a
     502 naming the provider, so a client never believes its own gateway key was refused.
     """
-    message = scrub(err.message) or f"provider {provider} answered HTTP {err.status}"
+    message = scrub(_unhtml(err.message)) or f"provider {provider} answered HTTP {err.status}"
     headers = {"Retry-After": retry_after} if retry_after and err.status in (429, 503, 529) else {}
     if err.status in (401, 403) and not own_key:
         return UpstreamFailed(f"provider {provider} refused the gateway's configured credentials "

@@ -3,8 +3,9 @@
 A request's candidates are its model, then the models it lists itself (OpenRouter's `models` field),
 then the model's configured `fallbacks`. A candidate is tried again on retryable failures (429, 5xx,
 529, timeouts, egress failures) with exponential back-off and full jitter, honouring the upstream's
-`Retry-After`, and all of it inside one deadline; then the next candidate. Nothing is retried once a
-byte reached the client: such failures are never raised to this level.
+`Retry-After`, and all of it inside one deadline; then the next candidate (`gateway.resilience` runs
+the loop, under a retry budget). Nothing is resent once the request body left, nor retried once a byte
+reached the client: such failures are never retryable.
 """
 
 from __future__ import annotations
@@ -29,15 +30,21 @@ def candidates(catalog: Catalog, body: dict[str, Any]) -> list[Route]:
     return [r for r in routes if not (r.model_id in seen or seen.add(r.model_id))]  # type: ignore[func-returns-value]
 
 
+MOVE_ON_AT_ONCE = frozenset({"egress_unavailable", "provider_overloaded"})
+
+
 def retry_delay(attempt: int, error: GatewayError, cfg: RetriesConfig) -> float | None:
     """Seconds to wait before retrying the same model, or None to move on to the next candidate.
 
-    A pool with no healthy proxy stays that way until its probes say otherwise: retrying the same model
-    would only make the client wait, so such an error moves on at once.
+    A pool with no healthy proxy stays that way until its probes say otherwise, and a provider at its
+    concurrency cap is busy now: retrying the same model would only make the client wait (or add to the
+    crowd), so such errors move on at once. Otherwise full jitter: uniform between 0 and the exponential
+    cap, which spreads a crowd of failing requests best (AWS Architecture Blog, "Exponential Backoff And
+    Jitter").
     """
-    if error.code == "egress_unavailable":
+    if error.code in MOVE_ON_AT_ONCE:
         return None
-    delay = min(cfg.max_delay_s, cfg.base_delay_s * 2**attempt) * random.uniform(0.5, 1.0)
+    delay = random.uniform(0.0, min(cfg.max_delay_s, cfg.base_delay_s * 2**attempt))
     retry_after = error.headers.get("Retry-After")
     if retry_after:
         try:

@@ -17,6 +17,7 @@ from gateway.auth import KeyCache
 from gateway.catalog import Catalog
 from gateway.config import Config
 from gateway.metering import Settlements
+from gateway.resilience import Guard
 from gateway.store import KeyRecord, Store
 
 
@@ -40,6 +41,7 @@ class Runtime:
     egress: Egress = field(default_factory=Egress)
     settlements: Settlements = field(default_factory=Settlements)
     key_cache: KeyCache = field(default_factory=KeyCache)
+    guard: Guard = field(default_factory=Guard)  # retry budget and concurrency caps of this process
 
 
 RUNTIME = web.AppKey("runtime", Runtime)

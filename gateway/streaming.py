@@ -64,20 +64,13 @@ async def pump(resp: aiohttp.ClientResponse, adapter: Adapter, state: StreamStat
         while not state.done:
             data = await next_data(resp.content, silence_s, keepalive_s, out.keepalive)
             events = decoder.feed(data) if data else decoder.flush()  # a last event may lack its blank line
-            batch = bytearray()
-            for event in events:
-                for chunk in adapter.parse_stream_event(state, event):
-                    chunk["id"] = generation_id
-                    relayed.text_bytes += _text_bytes(chunk)
-                    if _is_tail(chunk):
-                        if chunk.get("choices") or wants_usage:
-                            relayed.held.append(chunk)
-                        continue
-                    batch += frame(chunk)
+            batch, broken = _frame(adapter, state, events, relayed, wants_usage, generation_id)
             if batch:
                 if relayed.first_at is None:
                     relayed.first_at = now()
-                await out.write(bytes(batch))
+                await out.write(batch)
+            if broken is not None:
+                raise broken
             if not data and not state.done:
                 if state.finish_reason is not None:
                     break  # some servers end without [DONE]; the answer itself was complete
@@ -88,6 +81,29 @@ async def pump(resp: aiohttp.ClientResponse, adapter: Adapter, state: StreamStat
     except (aiohttp.ClientError, ProviderError) as exc:
         raise UpstreamFailed(f"the upstream stream broke ({type(exc).__name__})",
                              code="upstream_stream_error") from exc
+
+
+def _frame(adapter: Adapter, state: StreamState, events: list[Any], relayed: Relayed, wants_usage: bool,
+           generation_id: str) -> tuple[bytes, ProviderError | None]:
+    """One read's events as client frames, and the error of an event that could not be read.
+
+    The frames before a broken event still go out: they are counted in `relayed`, so they are billed,
+    and a client must receive everything it pays for.
+    """
+    batch = bytearray()
+    try:
+        for event in events:
+            for chunk in adapter.parse_stream_event(state, event):
+                chunk["id"] = generation_id
+                relayed.text_bytes += _text_bytes(chunk)
+                if _is_tail(chunk):
+                    if chunk.get("choices") or wants_usage:
+                        relayed.held.append(chunk)
+                    continue
+                batch += frame(chunk)
+    except ProviderError as exc:
+        return bytes(batch), exc
+    return bytes(batch), None
 
 
 async def finish(out: SSEWriter, relayed: Relayed, bill: Bill, billing_event: bool) -> None:

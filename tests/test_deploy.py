@@ -59,6 +59,8 @@ METRICS: dict[str, tuple[str, frozenset[str]]] = {
         ("gateway_store_errors_total", "counter", "operation"),
         ("gateway_active_streams", "gauge", ""),
         ("gateway_config_reloads_total", "counter", "result"),
+        ("gateway_upstream_retries_total", "counter", "provider outcome"),
+        ("gateway_provider_overloaded_total", "counter", "provider"),
         ("gateway_config_age_seconds", "gauge", ""),
         ("gateway_store_up", "gauge", ""),
         ("gateway_egress_proxy_up", "gauge", "pool proxy"),

@@ -17,7 +17,7 @@ import orjson
 from aiohttp import web
 
 from egress.pool import Egress, EgressUnavailable
-from gateway import billing, limits, metering, metrics, routing, streaming
+from gateway import billing, limits, metering, metrics, resilience, routing, streaming
 from gateway.auth import model_allowed
 from gateway.catalog import Route
 from gateway.errors import Forbidden, GatewayError, InvalidRequest, Unavailable, UpstreamFailed, error_event
@@ -111,29 +111,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 async def _serve_first(request: web.Request, routes: list[Route], body: dict[str, Any]) -> web.StreamResponse:
     """Try each candidate, retrying retryable failures, until one answers or the deadline passes."""
-    cfg = request.app[RUNTIME].snapshot.config.retries
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + cfg.deadline_s
-    last: GatewayError | None = None
-    for route in routes:
-        for attempt in range(cfg.max_retries + 1):
-            try:
-                return await _serve(request, route, body)
-            except GatewayError as exc:
-                if not exc.retryable or (route is routes[-1] and attempt == cfg.max_retries):
-                    raise
-                last = exc
-            delay = routing.retry_delay(attempt, last, cfg)
-            if attempt == cfg.max_retries or delay is None or loop.time() + delay > deadline:
-                break
-            log.info("retrying", model=route.model_id, attempt=attempt + 1, delay_s=round(delay, 3),
-                     error=last.code)
-            await asyncio.sleep(delay)
-        if loop.time() >= deadline:
-            break
-        log.info("falling back", model=route.model_id, error=last.code if last else None)
-    assert last is not None
-    raise last
+    runtime = request.app[RUNTIME]
+    return await resilience.serve_first(runtime.guard, runtime.snapshot.config.retries, routes,
+                                        lambda route: _serve(request, route, body))
 
 
 async def _serve(request: web.Request, route: Route, body: dict[str, Any]) -> web.StreamResponse:
@@ -199,7 +179,7 @@ async def _relay_json(resp: aiohttp.ClientResponse, adapter: Adapter, chat: Chat
         result = adapter.parse_response(raw, target)
     except ProviderError as exc:
         raise UpstreamFailed(f"provider {target.provider} sent an answer the gateway cannot read: {exc}",
-                             code="upstream_bad_response") from exc
+                             code="upstream_bad_response", retryable=False) from exc  # it answered: no resend
     answer = result.body
     choices = answer.get("choices") or [{}]
     outcome.status, outcome.upstream_id = 200, str(answer.get("id", ""))
