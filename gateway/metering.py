@@ -178,6 +178,9 @@ async def admit(store: Store, settlements: Settlements, config: Config, route: R
     except StoreError as exc:
         metrics.STORE_ERRORS.labels("admit").inc()
         metrics.STORE_UP.set(0)
+        if exc.maybe_applied:  # the hold may be in place: give it back once the store answers again
+            settlements.retry(store, _release_args(key.id, generation_id, route.model_id,
+                                                   config.billing.generation_ttl_s))
         raise store_unavailable(exc) from exc
     except asyncio.CancelledError:
         # the script may still place the hold after we stopped waiting: give it straight back
@@ -196,9 +199,14 @@ async def _release(store: Store, key_id: str, generation_id: str, model_id: str,
     The store runs a process's commands in the order they were sent, so this settle cannot overtake the
     admit it undoes; if that admit was refused or never ran, it only records a cancelled generation.
     """
-    record = {"id": generation_id, "model": model_id, "cancelled": "1", "status": "499"}
     with contextlib.suppress(StoreError):
-        await store.settle(key_id, generation_id, 0, 0, record, ttl_s)
+        await store.settle(*_release_args(key_id, generation_id, model_id, ttl_s))
+
+
+def _release_args(key_id: str, generation_id: str, model_id: str, ttl_s: int) -> tuple[Any, ...]:
+    """`store.settle` arguments that charge nothing and record the generation as abandoned."""
+    record = {"id": generation_id, "model": model_id, "cancelled": "1", "status": "499"}
+    return key_id, generation_id, 0, 0, record, ttl_s
 
 
 def _refuse_unless_ok(result: AdmitResult, hold: int, model_id: str) -> None:

@@ -221,3 +221,38 @@ async def test_black_hole_proxy_is_a_prompt_503_and_holds_nothing(aiohttp_server
             await hole.until(lambda: hole.open == 0)  # every handshake the gateway gave up on was closed
         finally:
             await gw.close()
+
+
+async def test_an_admit_whose_reply_is_lost_gives_its_hold_back(make_gateway: Any, own_redis: RedisServer,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis ran the admit (the hold is placed) but its reply never came back: the client gets a 503 and
+    the hold is returned as soon as Redis answers again — not when its TTL ends, minutes later."""
+    monkeypatch.setattr("gateway.store.redis.SOCKET_TIMEOUT_S", 0.5)
+    async with FaultProxy(own_redis.port) as proxy:
+        gw = await make_gateway(store_url=f"redis://127.0.0.1:{proxy.port}/0", prefix=f"rl{uuid.uuid4().hex}:",
+                                billing={"key_cache_s": 30})
+        async with aiohttp.ClientSession() as http:
+            body = {"model": "fake/gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+            url = gw.url + "/v1/chat/completions"
+            async with http.post(url, json=body, headers=gw.auth()) as resp:
+                assert resp.status == 200  # key cached, scripts loaded, the store's connections open
+            admin = aioredis.from_url(own_redis.url)
+            await admin.client_kill_filter(_type="normal", skipme=True)  # the next admit opens a new connection
+            await proxy.until(lambda: proxy.open == 0)
+            proxy.fault = Fault("stall", times=1)  # ... whose replies never come back
+            async with http.post(url, json=body, headers=gw.auth()) as resp:
+                answer = await resp.json()
+                assert resp.status == 503 and answer["error"]["code"] == "store_unavailable", answer
+            assert proxy.faults_fired == 1
+            store = gw.app[RUNTIME].store
+            prefix = gw.app[RUNTIME].snapshot.config.store.prefix
+            holds_key = f"{prefix}holds:{{{gw.key_id}}}"
+            for _ in range(100):
+                record = await store.get_key(gw.key_id)
+                assert record is not None
+                if await admin.hlen(holds_key) == 0 and record.balance + record.usage == record.credits:
+                    break
+                await asyncio.sleep(0.05)
+            assert await admin.hlen(holds_key) == 0
+            assert record.balance + record.usage == record.credits
+            await admin.aclose()

@@ -17,7 +17,15 @@ from typing import Protocol
 
 
 class StoreError(Exception):
-    """The store is unreachable or failed; callers answer 503 and retry later."""
+    """The store is unreachable or failed; callers answer 503 and retry later.
+
+    `maybe_applied`: the command reached the store before the failure (its reply was lost), so it may
+    have taken effect — an admit's hold may be in place and must be given back.
+    """
+
+    def __init__(self, message: str, maybe_applied: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_applied = maybe_applied
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,8 @@ socket: each call appends a future to a FIFO, writes its command, and the protoc
 the order replies arrive (parsed by hiredis, the parser redis-py itself uses when installed).
 
 Failure semantics match the rest of the store: every failure is a redis-py exception (`ConnectionError`,
-`TimeoutError`, `ResponseError`) for `RedisStore._boundary` to turn into `StoreError`. Nothing is retried
+`TimeoutError`, `ResponseError`) for `RedisStore._boundary` to turn into `StoreError`; `ReplyLost` marks
+the failures after which a command may still have run (it was sent, its reply never came). Nothing is retried
 here except an EVALSHA refused with NOSCRIPT (after a Redis restart), which did not run and is resent
 as EVAL. A timeout drops the connection (as redis-py does): the server may be stuck, and every caller
 behind it would time out too. The next call reconnects.
@@ -28,6 +29,14 @@ from redis.asyncio.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+
+class ReplyLost(RedisConnectionError):
+    """The connection failed with this command sent or queued: it may have run."""
+
+
+class ReplyTimeout(ReplyLost, RedisTimeoutError):
+    """No reply in time; the connection was dropped, and the command may have run."""
 
 
 class _Protocol(asyncio.Protocol):
@@ -63,11 +72,11 @@ class _Protocol(asyncio.Protocol):
                 if not future.done():
                     future.set_result(reply)
         except (hiredis.ProtocolError, IndexError) as exc:  # garbage, or a reply nobody asked for
-            self.abort(RedisConnectionError(f"redis protocol error: {exc}"))
+            self.abort(ReplyLost(f"redis protocol error: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        self._fail_all(RedisConnectionError("connection to redis lost"))
+        self._fail_all(ReplyLost("connection to redis lost"))
 
     def abort(self, error: Exception) -> None:
         self.lost = True
@@ -176,7 +185,7 @@ class Multiplexed:
 
 def _expire(protocol: _Protocol, future: asyncio.Future[Any], timeout_s: float) -> None:
     if not future.done():
-        protocol.abort(RedisTimeoutError(f"redis did not answer within {timeout_s:g} s"))
+        protocol.abort(ReplyTimeout(f"redis did not answer within {timeout_s:g} s"))
 
 
 def _tls_context(options: dict[str, Any]) -> ssl.SSLContext:

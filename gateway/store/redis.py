@@ -53,7 +53,7 @@ from gateway.store.memory import (
     validate_new_record,
     validate_settle,
 )
-from gateway.store.multiplex import Multiplexed, sha1
+from gateway.store.multiplex import Multiplexed, ReplyLost, sha1
 
 CONNECT_TIMEOUT_S = 3.0
 SOCKET_TIMEOUT_S = 3.0
@@ -199,7 +199,8 @@ class RedisStore:
             yield
         except _ERRORS as exc:
             detail = redact(f"{type(exc).__name__}: {exc}", self._secrets)
-            raise StoreError(f"redis {op} failed at {self._address}: {detail}") from exc
+            raise StoreError(f"redis {op} failed at {self._address}: {detail}",
+                             maybe_applied=isinstance(exc, ReplyLost)) from exc
 
     async def ping(self) -> None:
         async with self._boundary("ping"):
