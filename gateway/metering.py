@@ -102,6 +102,7 @@ class Ticket:
     byok: bool
     admitted: AdmitResult
     streamed: bool
+    endpoint: str = "chat"
     started: float = field(default_factory=time.time)
     egress: str = "direct"
     _task: asyncio.Task[billing.Bill] | None = None
@@ -165,9 +166,15 @@ def _flag(value: bool) -> str:
 
 
 async def admit(store: Store, settlements: Settlements, config: Config, route: Route, key: KeyRecord,
-                body: dict[str, Any], byok: bool, streamed: bool) -> Ticket:
-    """Check and count limits and place the worst-case hold in one atomic store step, or refuse."""
-    worst = billing.worst_case_usage(body, route.model.max_output_tokens, config.billing.default_max_output_tokens)
+                body: dict[str, Any], byok: bool, streamed: bool, worst: Usage | None = None,
+                endpoint: str = "chat") -> Ticket:
+    """Check and count limits and place the worst-case hold in one atomic store step, or refuse.
+
+    `worst` is the usage the hold must cover (the endpoint knows it); by default a chat request's.
+    """
+    if worst is None:
+        worst = billing.worst_case_usage(body, route.model.max_output_tokens,
+                                         config.billing.default_max_output_tokens)
     generation_id = new_generation_id()
     hold = to_nano(config.billing.byok_fee) if byok else billing.token_cost(route.price, worst)
     eff = limits.effective(route.model.limits, config.limits.default, key)
@@ -190,7 +197,7 @@ async def admit(store: Store, settlements: Settlements, config: Config, route: R
     _refuse_unless_ok(result, hold, route.model_id)
     return Ticket(store=store, settlements=settlements, config=config, route=route, key=key,
                   generation_id=generation_id, hold=hold, byok=byok, admitted=result, streamed=streamed,
-                  egress=route.provider.egress)
+                  endpoint=endpoint, egress=route.provider.egress)
 
 
 async def _release(store: Store, key_id: str, generation_id: str, model_id: str, ttl_s: int) -> None:

@@ -1,7 +1,9 @@
 """Relaying an upstream event stream to the client, with the bill attached at the end.
 
-Each upstream read becomes one client write, as soon as it arrives. The chunk that carries
-`finish_reason` is held back until the request is settled, then sent with `billing` on it: a plain
+Each upstream read becomes one client write, as soon as it arrives. What the client sees is a codec's
+business: `ChunkCodec` relays the adapter's `chat.completion.chunk` objects (subclasses re-encode them for
+another API, e.g. legacy completions or Anthropic's events). The chunk that carries `finish_reason` is
+held back until the request is settled, then sent with `billing` on it: a plain
 `for chunk in stream: chunk.choices[0]` loop of the official SDKs sees nothing unusual. When the client
 asked for usage, the usage chunk carries `billing` too; the named `billing_update` event (which the SDKs
 turn into a chunk without `choices`) is sent only on request.
@@ -9,32 +11,50 @@ turn into a chunk without `choices`) is sent only on request.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
-from gateway.billing import Bill
-from gateway.errors import UpstreamFailed
+from gateway.errors import GatewayError, UpstreamFailed, error_event
 from gateway.relay import next_data
 from gateway.sse import DONE, SSEWriter, frame
 from providers.framing import SSEDecoder
 from providers.registry import Adapter
-from providers.types import JSON, ProviderError, StreamState, UpstreamHTTPError
+from providers.types import JSON, ProviderError, SSEEvent, StreamState, UpstreamHTTPError
 
 
-@dataclass(slots=True)
+class StreamCodec(Protocol):
+    """Upstream SSE events in, client bytes out; `state` is the upstream's accounting (usage, finish)."""
+
+    state: StreamState
+
+    def feed(self, event: SSEEvent) -> tuple[bytes, int]:
+        """Bytes to relay now (may be empty) and how many bytes of generated text they hold."""
+
+    def finish(self, billing: JSON, billing_event: bool) -> bytes:
+        """The held tail with the bill on it and the stream's terminator."""
+
+    def error(self, err: GatewayError) -> bytes:
+        """A failure after the headers went out, as the client's SDK expects one."""
+
+
 class Relayed:
     """What reached the client so far: for the bill when the upstream's usage never comes."""
 
-    text_bytes: int = 0
-    first_at: float | None = None
-    held: list[JSON] = field(default_factory=list)  # finish and usage chunks waiting for the bill
+    __slots__ = ("first_at", "text_bytes")
+
+    def __init__(self) -> None:
+        self.text_bytes = 0
+        self.first_at: float | None = None
 
 
-def _text_bytes(chunk: JSON) -> int:
+def text_bytes(chunk: JSON) -> int:
+    """Generated text in a chat chunk (or a legacy completion chunk's `text`)."""
     n = 0
     for choice in chunk.get("choices") or ():
+        text = choice.get("text")
+        if isinstance(text, str):
+            n += len(text.encode())
         delta = choice.get("delta") or {}
         for key in ("content", "reasoning_content", "refusal"):
             value = delta.get(key)
@@ -52,19 +72,58 @@ def _is_tail(chunk: JSON) -> bool:
     return not choices or any(c.get("finish_reason") for c in choices)
 
 
-async def pump(resp: aiohttp.ClientResponse, adapter: Adapter, state: StreamState, out: SSEWriter,
-               wants_usage: bool, silence_s: float, keepalive_s: float, relayed: Relayed, now: Any,
-               generation_id: str) -> None:
-    """Relay until the upstream says it is done; tail chunks are kept in `relayed.held`.
+class ChunkCodec:
+    """The adapter's chat chunks, relayed as OpenAI SSE; every chunk carries the gateway's generation id,
+    the handle for /v1/generation. Subclasses change `encode`/`end` to speak another API."""
 
-    Every chunk carries the gateway's generation id, the handle for /v1/generation.
-    """
+    def __init__(self, adapter: Adapter, state: StreamState, generation_id: str, wants_usage: bool) -> None:
+        self.adapter, self.state = adapter, state
+        self.generation_id, self.wants_usage = generation_id, wants_usage
+        self.held: list[JSON] = []  # finish and usage chunks waiting for the bill
+
+    def feed(self, event: SSEEvent) -> tuple[bytes, int]:
+        batch, n = bytearray(), 0
+        for chunk in self.adapter.parse_stream_event(self.state, event):
+            chunk["id"] = self.generation_id
+            n += text_bytes(chunk)
+            if _is_tail(chunk):
+                if chunk.get("choices") or self.wants_usage:
+                    self.held.append(chunk)
+                continue
+            batch += self.encode(chunk)
+        return bytes(batch), n
+
+    def finish(self, billing: JSON, billing_event: bool) -> bytes:
+        tail = bytearray()
+        for chunk in self.held:
+            chunk["billing"] = billing
+            if not chunk.get("choices") and isinstance(chunk.get("usage"), dict):
+                chunk["usage"]["cost"] = billing["request_cost"]
+            tail += self.encode(chunk)
+        if billing_event:
+            tail += frame({"billing": billing}, event="billing_update")
+        return bytes(tail) + self.end()
+
+    def encode(self, chunk: JSON) -> bytes:
+        return frame(chunk)
+
+    def end(self) -> bytes:
+        return DONE
+
+    def error(self, err: GatewayError) -> bytes:
+        return error_event(err)
+
+
+async def pump(resp: aiohttp.ClientResponse, codec: StreamCodec, out: SSEWriter, silence_s: float,
+               keepalive_s: float, relayed: Relayed, now: Any) -> None:
+    """Relay until the upstream says it is done; the codec keeps the tail for `finish`."""
     decoder = SSEDecoder()
+    state = codec.state
     try:
         while not state.done:
             data = await next_data(resp.content, silence_s, keepalive_s, out.keepalive)
             events = decoder.feed(data) if data else decoder.flush()  # a last event may lack its blank line
-            batch, broken = _frame(adapter, state, events, relayed, wants_usage, generation_id)
+            batch, broken = _frame(codec, events, relayed)
             if batch:
                 if relayed.first_at is None:
                     relayed.first_at = now()
@@ -83,9 +142,8 @@ async def pump(resp: aiohttp.ClientResponse, adapter: Adapter, state: StreamStat
                              code="upstream_stream_error") from exc
 
 
-def _frame(adapter: Adapter, state: StreamState, events: list[Any], relayed: Relayed, wants_usage: bool,
-           generation_id: str) -> tuple[bytes, ProviderError | None]:
-    """One read's events as client frames, and the error of an event that could not be read.
+def _frame(codec: StreamCodec, events: list[SSEEvent], relayed: Relayed) -> tuple[bytes, ProviderError | None]:
+    """One read's events as client bytes, and the error of an event that could not be read.
 
     The frames before a broken event still go out: they are counted in `relayed`, so they are billed,
     and a client must receive everything it pays for.
@@ -93,30 +151,15 @@ def _frame(adapter: Adapter, state: StreamState, events: list[Any], relayed: Rel
     batch = bytearray()
     try:
         for event in events:
-            for chunk in adapter.parse_stream_event(state, event):
-                chunk["id"] = generation_id
-                relayed.text_bytes += _text_bytes(chunk)
-                if _is_tail(chunk):
-                    if chunk.get("choices") or wants_usage:
-                        relayed.held.append(chunk)
-                    continue
-                batch += frame(chunk)
+            relay, n = codec.feed(event)
+            relayed.text_bytes += n
+            batch += relay
     except ProviderError as exc:
         return bytes(batch), exc
     return bytes(batch), None
 
 
-async def finish(out: SSEWriter, relayed: Relayed, bill: Bill, billing_event: bool) -> None:
-    """The held tail with the bill on it, the opt-in billing event, then [DONE]."""
-    block = bill.block()
-    tail = bytearray()
-    for chunk in relayed.held:
-        chunk["billing"] = block
-        if not chunk.get("choices") and isinstance(chunk.get("usage"), dict):
-            chunk["usage"]["cost"] = block["request_cost"]
-        tail += frame(chunk)
-    if billing_event:
-        tail += frame({"billing": block}, event="billing_update")
-    tail += DONE
-    await out.write(bytes(tail))
+async def finish(out: SSEWriter, codec: StreamCodec, billing: JSON, billing_event: bool) -> None:
+    """The held tail with the bill on it, the opt-in billing event, then the terminator."""
+    await out.write(codec.finish(billing, billing_event))
     await out.finish()

@@ -1,4 +1,5 @@
-"""POST /v1/chat/completions: catalog -> provider adapter -> egress -> relay, streamed or not.
+"""POST /v1/chat/completions, and the pipeline every endpoint shares: catalog -> admit -> translate ->
+egress -> relay -> settle, streamed or not (`serve`; what differs per API is a `gateway.exchange.Endpoint`).
 
 The client's response headers go out only after the upstream answered 2xx, so an upstream refusal still
 reaches the client as a proper HTTP status. From then on each upstream event is relayed as soon as it
@@ -17,19 +18,19 @@ import orjson
 from aiohttp import web
 
 from egress.pool import Egress, EgressUnavailable
-from gateway import billing, limits, metering, metrics, resilience, routing, streaming
+from gateway import limits, metering, metrics, resilience, routing, streaming
 from gateway.auth import model_allowed
 from gateway.catalog import Route
-from gateway.errors import Forbidden, GatewayError, InvalidRequest, Unavailable, UpstreamFailed, error_event
+from gateway.errors import Forbidden, GatewayError, InvalidRequest, Unavailable, UpstreamFailed
+from gateway.exchange import CHAT, Endpoint, Exchange
 from gateway.images import image_parts, inline_remote_images
 from gateway.logging import get_logger, redactor
 from gateway.relay import egress_unavailable, map_upstream_error, open_upstream, read_body
 from gateway.requests import read_json
 from gateway.sse import ClientGone, SSEWriter
 from gateway.state import KEY, LOG, RATE_HEADERS, RUNTIME
-from providers import registry
-from providers.registry import Adapter
-from providers.types import ChatRequest, ProviderError, Target, UpstreamHTTPError, Usage
+from gateway.streaming import StreamCodec
+from providers.types import ProviderError, Target, UpstreamHTTPError
 
 GATEWAY_FIELDS = ("provider_api_key", "models")  # ours (BYOK, OpenRouter's fallback list), never forwarded
 log = get_logger("gateway.chat")
@@ -91,11 +92,15 @@ def _scrubber(own_key: str) -> Any:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    runtime = request.app[RUNTIME]
-    config = runtime.snapshot.config
+    config = request.app[RUNTIME].snapshot.config
     body = await read_json(request, config.server.max_body_bytes)
     _validate(body)
-    routes = routing.candidates(runtime.snapshot.catalog, body)
+    return await serve(request, body, CHAT)
+
+
+async def serve(request: web.Request, body: dict[str, Any], op: Endpoint) -> web.StreamResponse:
+    """Any endpoint's request through the pipeline: its candidates, then `_serve_first`."""
+    routes = routing.candidates(request.app[RUNTIME].snapshot.catalog, body)
     has_images = bool(image_parts(body))
     primary = routes[0]
     request[LOG]["streamed"] = bool(body.get("stream"))
@@ -106,48 +111,48 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         raise InvalidRequest(f"Model '{primary.model_id}' does not accept images.", code="model_not_vision",
                              param="messages")
     usable = [r for r in routes if model_allowed(request[KEY], r.model_id) and (r.model.vision or not has_images)]
-    return await _serve_first(request, usable, body)
+    return await _serve_first(request, usable, body, op)
 
 
-async def _serve_first(request: web.Request, routes: list[Route], body: dict[str, Any]) -> web.StreamResponse:
+async def _serve_first(request: web.Request, routes: list[Route], body: dict[str, Any],
+                       op: Endpoint) -> web.StreamResponse:
     """Try each candidate, retrying retryable failures, until one answers or the deadline passes."""
     runtime = request.app[RUNTIME]
     return await resilience.serve_first(runtime.guard, runtime.snapshot.config.retries, routes,
-                                        lambda route: _serve(request, route, body))
+                                        lambda route: _serve(request, route, body, op))
 
 
-async def _serve(request: web.Request, route: Route, body: dict[str, Any]) -> web.StreamResponse:
+async def _serve(request: web.Request, route: Route, body: dict[str, Any], op: Endpoint) -> web.StreamResponse:
     """One attempt on one model: admit (hold + limits), call, settle — whatever happens."""
     runtime = request.app[RUNTIME]
     config = runtime.snapshot.config
     fields = request[LOG]
     fields.update(model=route.model_id, provider=route.provider_name)
     fields["attempts"] = fields.get("attempts", 0) + 1
+    exchange = op.exchange(route)
     api_key, byok = _provider_key(request, body, route)
     ticket = await metering.admit(runtime.store, runtime.settlements, config, route, request[KEY], body, byok,
-                                  bool(body.get("stream")))
+                                  bool(body.get("stream")), op.worst_case(body, route, config), op.name)
     request[RATE_HEADERS] = limits.headers(ticket.admitted)
     fields["generation_id"] = ticket.generation_id
     outcome = metering.Outcome(status=502)  # until the upstream answers well, an exit releases the hold
     try:
-        return await _call(request, route, body, api_key, byok, ticket, outcome)
+        return await _call(request, route, body, op, exchange, api_key, byok, ticket, outcome)
     finally:
         await metering.close(ticket, outcome)
         fields.update(prompt_tokens=outcome.usage.prompt_tokens, completion_tokens=outcome.usage.completion_tokens)
 
 
-async def _call(request: web.Request, route: Route, body: dict[str, Any], api_key: str, byok: bool,
-                ticket: metering.Ticket, outcome: metering.Outcome) -> web.StreamResponse:
+async def _call(request: web.Request, route: Route, body: dict[str, Any], op: Endpoint, exchange: Exchange,
+                api_key: str, byok: bool, ticket: metering.Ticket, outcome: metering.Outcome) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
-    adapter = registry.get(route.provider.kind)
     affinity, blocked = _affinity_key(route, api_key), frozenset(route.provider.blocked_regions)
     clean = {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
-    if adapter.NEEDS_INLINE_IMAGES and image_parts(clean):
+    if exchange.needs_inline_images and image_parts(clean):
         clean = await _inline_images(runtime.egress, route, affinity, blocked, clean)
-    chat = ChatRequest(body=clean, stream=ticket.streamed)
     target = route.target(api_key)
     try:
-        upstream_request = adapter.build_request(chat, target)
+        upstream_request = exchange.build(clean, target, ticket.streamed)
     except ProviderError as exc:
         raise InvalidRequest(f"This request cannot be sent to {route.model_id}: {exc}", code="untranslatable") from exc
     t = route.provider.timeouts
@@ -160,63 +165,43 @@ async def _call(request: web.Request, route: Route, body: dict[str, Any], api_ke
     try:
         if resp.status >= 300:
             raw = await read_body(resp, t.between_chunks_s)
-            err = adapter.parse_error(resp.status, raw)
+            err = exchange.parse_error(resp.status, raw)
             outcome.status = request[LOG]["upstream_status"] = resp.status
             log.warning("upstream refused", provider=route.provider_name, status=resp.status,
                         upstream_message=err.message[:500])
             raise map_upstream_error(err, route.provider_name, byok, scrub, resp.headers.get("Retry-After"))
-        if chat.stream:
-            return await _relay_stream(request, resp, adapter, chat, target, ticket, outcome, scrub)
-        return await _relay_json(resp, adapter, chat, target, ticket, outcome)
+        if ticket.streamed:
+            codec = exchange.codec(clean, target, ticket.generation_id, op.wants_usage(clean))
+            return await _relay_stream(request, resp, codec, op, clean, target, ticket, outcome, scrub)
+        return await _relay_json(resp, exchange, op, clean, target, ticket, outcome)
     finally:
         resp.close()
 
 
-async def _relay_json(resp: aiohttp.ClientResponse, adapter: Adapter, chat: ChatRequest, target: Target,
-                      ticket: metering.Ticket, outcome: metering.Outcome) -> web.Response:
+async def _relay_json(resp: aiohttp.ClientResponse, exchange: Exchange, op: Endpoint, body: dict[str, Any],
+                      target: Target, ticket: metering.Ticket, outcome: metering.Outcome) -> web.Response:
     raw = await read_body(resp, ticket.route.provider.timeouts.between_chunks_s)
     try:
-        result = adapter.parse_response(raw, target)
+        reply = exchange.parse(raw, target)
     except ProviderError as exc:
         raise UpstreamFailed(f"provider {target.provider} sent an answer the gateway cannot read: {exc}",
                              code="upstream_bad_response", retryable=False) from exc  # it answered: no resend
-    answer = result.body
-    choices = answer.get("choices") or [{}]
-    outcome.status, outcome.upstream_id = 200, str(answer.get("id", ""))
-    outcome.finish_reason = choices[0].get("finish_reason")
-    outcome.usage, outcome.estimated = result.usage, not result.usage.reported
+    outcome.status, outcome.upstream_id, outcome.finish_reason = 200, reply.upstream_id, reply.finish_reason
+    outcome.usage, outcome.estimated = reply.usage, not reply.usage.reported
     if outcome.estimated:
-        outcome.usage = _estimate(chat.body, sum(_text_bytes(c.get("message") or {}) for c in choices))
+        outcome.usage = op.estimate(body, reply.text_bytes)
     bill = await ticket.settle(outcome)
-    answer["id"] = ticket.generation_id
-    answer["billing"] = bill.block()
-    usage = answer.setdefault("usage", _usage_json(outcome.usage))
-    usage["cost"] = bill.block()["request_cost"]
+    answer = op.present(reply, bill, ticket.generation_id)
     return web.Response(body=orjson.dumps(answer), content_type="application/json")
 
 
-def _usage_json(usage: Usage) -> dict[str, int]:
-    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens}
-
-
-def _estimate(body: dict[str, Any], text_bytes: int) -> Usage:
-    return Usage(prompt_tokens=billing.estimate_prompt_tokens(body),
-                 completion_tokens=billing.estimate_tokens(text_bytes))
-
-
-def _text_bytes(message: dict[str, Any]) -> int:
-    content = message.get("content")
-    return len(content.encode()) if isinstance(content, str) else 0
-
-
-async def _relay_stream(request: web.Request, resp: aiohttp.ClientResponse, adapter: Adapter,
-                        chat: ChatRequest, target: Target, ticket: metering.Ticket, outcome: metering.Outcome,
+async def _relay_stream(request: web.Request, resp: aiohttp.ClientResponse, codec: StreamCodec, op: Endpoint,
+                        body: dict[str, Any], target: Target, ticket: metering.Ticket, outcome: metering.Outcome,
                         scrub: Any) -> web.StreamResponse:
     config = request.app[RUNTIME].snapshot.config
     out = SSEWriter(request)
     await out.start()
-    state = adapter.new_stream_state(chat, target)
+    state = codec.state
     relayed = streaming.Relayed()
     fields = request[LOG]
 
@@ -226,17 +211,16 @@ async def _relay_stream(request: web.Request, resp: aiohttp.ClientResponse, adap
         if state.usage.reported:
             outcome.usage = state.usage
         elif relayed.text_bytes:
-            outcome.usage, outcome.estimated = _estimate(chat.body, relayed.text_bytes), True
+            outcome.usage, outcome.estimated = op.estimate(body, relayed.text_bytes), True
 
     metrics.ACTIVE_STREAMS.inc()
     try:
-        await streaming.pump(resp, adapter, state, out, _wants_usage(chat.body),
-                             target_silence(ticket), config.server.sse_keepalive_s, relayed, time.time,
-                             ticket.generation_id)
+        await streaming.pump(resp, codec, out, target_silence(ticket), config.server.sse_keepalive_s, relayed,
+                             time.time)
         account(200)
         bill = await ticket.settle(outcome)
         billing_event = config.billing.stream_billing_event or request.headers.get("X-Billing-Event", "") == "true"
-        await streaming.finish(out, relayed, bill, billing_event)
+        await streaming.finish(out, codec, bill.block(), billing_event)
     except ClientGone:
         outcome.cancelled = True
         account(499)  # nginx's "client closed request"; the upstream is closed by our caller
@@ -249,7 +233,7 @@ async def _relay_stream(request: web.Request, resp: aiohttp.ClientResponse, adap
         err = exc if isinstance(exc, GatewayError) else map_upstream_error(exc, target.provider, False, scrub)
         account(err.status)
         fields.update(status=err.status, error=err.code)
-        await _try_write(out, error_event(err))
+        await _try_write(out, codec.error(err))
     finally:
         metrics.ACTIVE_STREAMS.dec()
         if relayed.first_at is not None:
@@ -259,11 +243,6 @@ async def _relay_stream(request: web.Request, resp: aiohttp.ClientResponse, adap
 
 def target_silence(ticket: metering.Ticket) -> float:
     return ticket.route.provider.timeouts.between_chunks_s
-
-
-def _wants_usage(body: dict[str, Any]) -> bool:
-    opts = body.get("stream_options")
-    return isinstance(opts, dict) and opts.get("include_usage") is True
 
 
 async def _try_write(out: SSEWriter, data: bytes) -> None:

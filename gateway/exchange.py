@@ -1,0 +1,151 @@
+"""What an API family plugs into the shared pipeline: admit -> translate -> egress -> relay -> settle.
+
+The pipeline (`gateway.handlers.chat`) knows nothing about chat, embeddings or Anthropic's format. Each
+API family is an `Endpoint`: it says what a request may cost at worst, estimates usage the upstream did
+not report, picks the `Exchange` for the provider kind behind a route, and presents the answer with its
+bill. An `Exchange` is the translation for one (endpoint, provider kind) pair: the upstream request, the
+answer read back as a `Reply`, and a stream codec. Translation itself stays in `providers/` (pure); the
+classes here only choose and wire it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from gateway import billing
+from gateway.billing import Bill
+from gateway.catalog import Route
+from gateway.config import Config
+from gateway.errors import InvalidRequest
+from gateway.streaming import ChunkCodec, StreamCodec
+from providers import registry
+from providers.registry import Adapter
+from providers.types import JSON, ChatRequest, Target, UpstreamHTTPError, UpstreamRequest, Usage
+
+
+@dataclass(slots=True)
+class Reply:
+    """A complete non-streamed answer, client-shaped but without its bill yet."""
+
+    body: JSON
+    usage: Usage
+    finish_reason: str | None = None
+    upstream_id: str = ""
+    text_bytes: int = 0  # generated text, for an estimate when the upstream reported no usage
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Exchange(Protocol):
+    """One endpoint's translation for one provider kind."""
+
+    needs_inline_images: bool
+
+    def build(self, body: JSON, target: Target, stream: bool) -> UpstreamRequest: ...
+
+    def parse(self, raw: bytes, target: Target) -> Reply: ...
+
+    def parse_error(self, status: int, raw: bytes) -> UpstreamHTTPError: ...
+
+    def codec(self, body: JSON, target: Target, generation_id: str, wants_usage: bool) -> StreamCodec: ...
+
+
+class Endpoint(Protocol):
+    """An API family served by the pipeline."""
+
+    name: str  # "chat", "completions", ...: recorded with each generation
+
+    def exchange(self, route: Route) -> Exchange: ...
+
+    def worst_case(self, body: JSON, route: Route, config: Config) -> Usage: ...
+
+    def estimate(self, body: JSON, text_bytes: int) -> Usage: ...
+
+    def wants_usage(self, body: JSON) -> bool: ...
+
+    def present(self, reply: Reply, bill: Bill, generation_id: str) -> JSON: ...
+
+
+def untranslatable(route: Route, what: str) -> InvalidRequest:
+    return InvalidRequest(f"Model '{route.model_id}' (provider kind {route.provider.kind}) does not serve {what}.",
+                          code="unsupported_endpoint", param="model")
+
+
+def chat_text_bytes(choices: list[Any]) -> int:
+    """Generated text of a chat answer's choices."""
+    n = 0
+    for choice in choices:
+        content = (choice.get("message") or {}).get("content") if isinstance(choice, dict) else None
+        n += len(content.encode()) if isinstance(content, str) else 0
+    return n
+
+
+class ChatExchange:
+    """OpenAI chat in, any adapter out: the provider modules' own job."""
+
+    def __init__(self, adapter: Adapter) -> None:
+        self.adapter = adapter
+        self.needs_inline_images = adapter.NEEDS_INLINE_IMAGES
+
+    def build(self, body: JSON, target: Target, stream: bool) -> UpstreamRequest:
+        return self.adapter.build_request(ChatRequest(body=body, stream=stream), target)
+
+    def parse(self, raw: bytes, target: Target) -> Reply:
+        result = self.adapter.parse_response(raw, target)
+        answer = result.body
+        choices = answer.get("choices") or [{}]
+        return Reply(body=answer, usage=result.usage, finish_reason=choices[0].get("finish_reason"),
+                     upstream_id=str(answer.get("id", "")), text_bytes=chat_text_bytes(choices))
+
+    def parse_error(self, status: int, raw: bytes) -> UpstreamHTTPError:
+        return self.adapter.parse_error(status, raw)
+
+    def codec(self, body: JSON, target: Target, generation_id: str, wants_usage: bool) -> StreamCodec:
+        state = self.adapter.new_stream_state(ChatRequest(body=body, stream=True), target)
+        return ChunkCodec(self.adapter, state, generation_id, wants_usage)
+
+
+def openai_present(reply: Reply, bill: Bill, generation_id: str) -> JSON:
+    """An OpenAI-shaped answer with the gateway's id, OpenRouter's `usage.cost` and the billing block."""
+    answer = reply.body
+    block = bill.block()
+    answer["id"] = generation_id
+    answer["billing"] = block
+    usage = answer.setdefault("usage", usage_json(reply.usage))
+    usage["cost"] = block["request_cost"]
+    return answer
+
+
+def usage_json(usage: Usage) -> dict[str, int]:
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens}
+
+
+def wants_stream_usage(body: JSON) -> bool:
+    opts = body.get("stream_options")
+    return isinstance(opts, dict) and opts.get("include_usage") is True
+
+
+class ChatEndpoint:
+    """POST /v1/chat/completions."""
+
+    name = "chat"
+
+    def exchange(self, route: Route) -> Exchange:
+        return ChatExchange(registry.get(route.provider.kind))
+
+    def worst_case(self, body: JSON, route: Route, config: Config) -> Usage:
+        return billing.worst_case_usage(body, route.model.max_output_tokens, config.billing.default_max_output_tokens)
+
+    def estimate(self, body: JSON, text_bytes: int) -> Usage:
+        return Usage(prompt_tokens=billing.estimate_prompt_tokens(body),
+                     completion_tokens=billing.estimate_tokens(text_bytes))
+
+    def wants_usage(self, body: JSON) -> bool:
+        return wants_stream_usage(body)
+
+    def present(self, reply: Reply, bill: Bill, generation_id: str) -> JSON:
+        return openai_present(reply, bill, generation_id)
+
+
+CHAT = ChatEndpoint()
