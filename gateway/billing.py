@@ -26,12 +26,12 @@ def nano_to_usd(nano: int) -> float:
 
 
 def token_cost(price: Price, usage: Usage) -> int:
-    """The cost of `usage` at `price`, per-request fee included."""
+    """The cost of `usage` at `price`, per-request and per-image fees included."""
     cached = min(usage.cached_tokens + usage.cache_write_tokens, usage.prompt_tokens)
     fresh = usage.prompt_tokens - cached
     total = (fresh * price.input_per_mtok + cached * price.cached_input_per_mtok
              + usage.completion_tokens * price.output_per_mtok)
-    return -(-total // MTOK) + price.per_request
+    return -(-total // MTOK) + price.per_request + usage.images * price.per_image
 
 
 def estimate_tokens(text_bytes: int) -> int:

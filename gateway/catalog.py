@@ -22,6 +22,7 @@ class Price:
     output_per_mtok: int
     cached_input_per_mtok: int
     per_request: int
+    per_image: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,7 @@ class Route:
                 "cached_input_per_mtok": p.cached_input_per_mtok if p.cached_input_per_mtok is not None
                 else p.input_per_mtok,
                 "per_request": p.per_request,
+                "per_image": p.per_image,
             },
             "vision": self.model.vision,
             "context_window": self.model.context_window,
@@ -86,7 +88,7 @@ class Catalog:
                 upstream_model=model.upstream or rest,
                 price=Price(to_nano(price.input_per_mtok), to_nano(price.output_per_mtok),
                             to_nano(price.input_per_mtok if cached is None else cached),
-                            to_nano(price.per_request)),
+                            to_nano(price.per_request), to_nano(price.per_image)),
                 model=model,
                 limits=model.limits or config.limits.default,
             )

@@ -117,6 +117,7 @@ class PriceConfig(_Model):
     output_per_mtok: NonNegFloat = 0.0
     cached_input_per_mtok: NonNegFloat | None = None  # None: cached tokens cost as input
     per_request: NonNegFloat = 0.0
+    per_image: NonNegFloat = 0.0  # USD per generated image (/v1/images/generations)
 
 
 class ParamsConfig(_Model):
@@ -140,6 +141,25 @@ class ModelConfig(_Model):
     limits: LimitsConfig | None = None
     aliases: list[str] = []
     fallbacks: list[str] = []
+    # /v1/completions: "native" passes it to the upstream's own /completions, "chat" translates it to chat;
+    # unset: native on kind openai, chat elsewhere
+    completions: Literal["native", "chat"] | None = None
+
+
+class PresetConfig(_Model):
+    """A virtual model (`@preset/<name>`): a catalog model plus a system prompt and fixed parameters."""
+
+    model: str
+    system: str = ""
+    params: dict[str, Any] = {}  # set on every request, over the client's own values
+    system_override: bool = False  # true: a client's system message replaces the preset's instead of following it
+
+
+class DefaultModels(_Model):
+    """The model an endpoint uses when a request names none (the OpenAI SDK may omit it there)."""
+
+    moderations: str = ""
+    images: str = ""
 
 
 class BillingConfig(_Model):
@@ -176,6 +196,8 @@ class Config(_Model):
     billing: BillingConfig = BillingConfig()
     retries: RetriesConfig = RetriesConfig()
     models: dict[str, ModelConfig] = {}
+    presets: dict[str, PresetConfig] = {}
+    default_models: DefaultModels = DefaultModels()
 
     def secrets(self) -> list[str]:
         """Every secret value in this config, for the log redactor."""
@@ -321,6 +343,12 @@ def _cross_check(config: Config) -> list[str]:
         for i, fb in enumerate(model.fallbacks):
             if fb not in config.models:
                 problems.append(f"models.{mid}.fallbacks.{i}: no model {fb!r} in models")
+    for name, preset in config.presets.items():
+        if preset.model not in config.models:
+            problems.append(f"presets.{name}.model: no model {preset.model!r} in models")
+    for endpoint, mid in config.default_models.model_dump().items():
+        if mid and mid not in config.models:
+            problems.append(f"default_models.{endpoint}: no model {mid!r} in models")
     for pname, pool in config.egress.pools.items():
         names = [p.name for p in pool.proxies]
         if len(set(names)) != len(names):

@@ -10,18 +10,19 @@ classes here only choose and wire it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from gateway import billing
+from gateway import billing, presets
 from gateway.billing import Bill
 from gateway.catalog import Route
-from gateway.config import Config
+from gateway.config import Config, PresetConfig
 from gateway.errors import InvalidRequest
 from gateway.streaming import ChunkCodec, StreamCodec
-from providers import registry
+from providers import openai, passthrough, registry
 from providers.registry import Adapter
-from providers.types import JSON, ChatRequest, Target, UpstreamHTTPError, UpstreamRequest, Usage
+from providers.types import JSON, ChatRequest, StreamState, Target, UpstreamHTTPError, UpstreamRequest, Usage
 
 
 @dataclass(slots=True)
@@ -65,6 +66,13 @@ class Endpoint(Protocol):
 
     def present(self, reply: Reply, bill: Bill, generation_id: str) -> JSON: ...
 
+    def apply_preset(self, preset: PresetConfig, body: JSON) -> JSON: ...
+
+
+def no_presets(preset: PresetConfig, body: JSON) -> JSON:
+    raise InvalidRequest("Presets apply to /v1/chat/completions and /v1/messages only.", code="preset_not_supported",
+                         param="model")
+
 
 def untranslatable(route: Route, what: str) -> InvalidRequest:
     return InvalidRequest(f"Model '{route.model_id}' (provider kind {route.provider.kind}) does not serve {what}.",
@@ -103,6 +111,34 @@ class ChatExchange:
     def codec(self, body: JSON, target: Target, generation_id: str, wants_usage: bool) -> StreamCodec:
         state = self.adapter.new_stream_state(ChatRequest(body=body, stream=True), target)
         return ChunkCodec(self.adapter, state, generation_id, wants_usage)
+
+
+class PassthroughExchange:
+    """An OpenAI endpoint besides chat on an OpenAI-kind upstream: the body goes out as the client sent it."""
+
+    needs_inline_images = False
+
+    def __init__(self, path: str, parse: Callable[[bytes, Target], tuple[JSON, Usage]]) -> None:
+        self.path, self._parse = path, parse
+
+    def build(self, body: JSON, target: Target, stream: bool) -> UpstreamRequest:
+        return passthrough.build_request(self.path, body, target, stream)
+
+    def parse(self, raw: bytes, target: Target) -> Reply:
+        answer, usage = self._parse(raw, target)
+        choices = answer.get("choices")
+        first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+        text = sum(len(c["text"].encode()) for c in choices or ()
+                   if isinstance(c, dict) and isinstance(c.get("text"), str))
+        return Reply(body=answer, usage=usage, finish_reason=first.get("finish_reason"),
+                     upstream_id=str(answer.get("id", "")), text_bytes=text)
+
+    def parse_error(self, status: int, raw: bytes) -> UpstreamHTTPError:
+        return openai.parse_error(status, raw)
+
+    def codec(self, body: JSON, target: Target, generation_id: str, wants_usage: bool) -> StreamCodec:
+        return ChunkCodec(registry.get("openai"), StreamState(public_model=target.public_model), generation_id,
+                          wants_usage)
 
 
 def openai_present(reply: Reply, bill: Bill, generation_id: str) -> JSON:
@@ -146,6 +182,9 @@ class ChatEndpoint:
 
     def present(self, reply: Reply, bill: Bill, generation_id: str) -> JSON:
         return openai_present(reply, bill, generation_id)
+
+    def apply_preset(self, preset: PresetConfig, body: JSON) -> JSON:
+        return presets.apply_chat(preset, body)
 
 
 CHAT = ChatEndpoint()

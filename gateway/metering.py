@@ -158,6 +158,7 @@ class Ticket:
             "finish_reason": outcome.finish_reason or "", "is_byok": _flag(self.byok),
             "estimated": _flag(outcome.estimated), "status": str(outcome.status),
             "upstream_id": outcome.upstream_id, "egress": self.egress, "reserved": str(self.hold),
+            "endpoint": self.endpoint, "images": str(outcome.usage.images),
         }
 
 

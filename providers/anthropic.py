@@ -299,6 +299,13 @@ def parse_response(body: bytes, target: Target) -> ChatResult:
     return ChatResult(body=answer, usage=usage)
 
 
+def usage_from(raw: Any) -> Usage:
+    """`Usage` of an Anthropic `usage` object (absent -> `reported=False`)."""
+    counts: dict[str, int] = {}
+    _add_counts(counts, raw)
+    return _usage(counts)
+
+
 def _finish_reason(stop_reason: Any, tool_calls: bool) -> str:
     if stop_reason is None and tool_calls:
         return "tool_calls"

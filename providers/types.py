@@ -66,6 +66,7 @@ class Usage:
     cached_tokens: int = 0  # part of prompt_tokens read from the provider's prompt cache
     cache_write_tokens: int = 0  # part of prompt_tokens written to the cache (Anthropic)
     reasoning_tokens: int = 0  # part of completion_tokens
+    images: int = 0  # images generated (priced per image, not per token)
     reported: bool = False  # False when the upstream sent no usage and counts are missing/estimated
 
     @property

@@ -11,12 +11,14 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+from apis_config import Upstreams, config_doc
 from fakes.clock import FakeClock
 from fakes.openai_upstream import FakeOpenAI
 from fakes.openai_upstream import make_app as make_fake_app
 from harness import Gateway, gateway_config, start_gateway
 from redis_server import RedisServer, find_binary
 
+from gateway.config import parse
 from gateway.logging import configure as configure_logging
 from gateway.logging import sink
 from gateway.store import MemoryStore, RedisStore, Store
@@ -129,3 +131,29 @@ async def make_gateway(aiohttp_server: Any, fake_openai: tuple[FakeOpenAI, str])
     yield make
     for gateway in made:
         await gateway.close()
+
+
+# --- a gateway in front of all three fake provider kinds (both stores) -------------------------------
+
+
+@pytest.fixture
+async def all_upstreams(aiohttp_server: Any) -> Upstreams:
+    """Fake OpenAI, Anthropic and Gemini upstreams on loopback (see `apis_config` for the models)."""
+    ups = Upstreams()
+    ups.urls["anthropic"] = str((await aiohttp_server(ups.anthropic_app())).make_url("")).rstrip("/")
+    ups.urls["gemini"] = str((await aiohttp_server(ups.gemini_app())).make_url("")).rstrip("/")
+    ups.urls["openai"] = str((await aiohttp_server(ups.openai_app())).make_url("/v1"))
+    return ups
+
+
+@pytest.fixture(params=["memory", "redis"], ids=["memory", "redis"])
+async def api_gateway(request: pytest.FixtureRequest, aiohttp_server: Any,
+                      all_upstreams: Upstreams) -> AsyncIterator[Gateway]:
+    """The gateway with every endpoint's models configured (`apis_config.config_doc`), on each store."""
+    store_url = "" if request.param == "memory" else request.getfixturevalue("redis_url")
+    doc = config_doc(all_upstreams.urls, store_url, f"t{uuid.uuid4().hex}:")
+    gateway = await start_gateway(aiohttp_server, parse(json.dumps(doc), {}), all_upstreams.openai)
+    gateway.extra["upstreams"] = all_upstreams
+    gateway.extra["doc"] = doc
+    yield gateway
+    await gateway.close()

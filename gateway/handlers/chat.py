@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from egress.pool import Egress, EgressUnavailable
-from gateway import limits, metering, metrics, resilience, routing, streaming
+from gateway import limits, metering, metrics, presets, resilience, routing, streaming
 from gateway.auth import model_allowed
 from gateway.catalog import Route
 from gateway.errors import Forbidden, GatewayError, InvalidRequest, Unavailable, UpstreamFailed
@@ -99,18 +99,32 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 async def serve(request: web.Request, body: dict[str, Any], op: Endpoint) -> web.StreamResponse:
-    """Any endpoint's request through the pipeline: its candidates, then `_serve_first`."""
-    routes = routing.candidates(request.app[RUNTIME].snapshot.catalog, body)
+    """Any endpoint's request through the pipeline: preset, candidates and checks, then `_serve_first`.
+
+    A key allowed a preset (`@preset/name`) may use the preset's model through it.
+    """
+    snapshot = request.app[RUNTIME].snapshot
+    key = request[KEY]
+    asked = body.get("model")
+    preset = presets.lookup(snapshot.config.presets, asked)
+    if preset is not None:
+        body = op.apply_preset(preset, body)
+        request[LOG]["preset"] = asked
+    routes = routing.candidates(snapshot.catalog, body)
     has_images = bool(image_parts(body))
     primary = routes[0]
     request[LOG]["streamed"] = bool(body.get("stream"))
-    if not model_allowed(request[KEY], primary.model_id):
-        raise Forbidden(f"This key may not use model '{primary.model_id}'.", code="model_not_allowed",
-                        param="model")
+
+    def allowed(model_id: str) -> bool:
+        return model_allowed(key, model_id) or (preset is not None and model_allowed(key, str(asked)))
+
+    if not allowed(primary.model_id):
+        raise Forbidden(f"This key may not use model '{asked if preset else primary.model_id}'.",
+                        code="model_not_allowed", param="model")
     if has_images and not primary.model.vision:
         raise InvalidRequest(f"Model '{primary.model_id}' does not accept images.", code="model_not_vision",
                              param="messages")
-    usable = [r for r in routes if model_allowed(request[KEY], r.model_id) and (r.model.vision or not has_images)]
+    usable = [r for r in routes if allowed(r.model_id) and (r.model.vision or not has_images)]
     return await _serve_first(request, usable, body, op)
 
 
@@ -189,7 +203,7 @@ async def _relay_json(resp: aiohttp.ClientResponse, exchange: Exchange, op: Endp
     outcome.status, outcome.upstream_id, outcome.finish_reason = 200, reply.upstream_id, reply.finish_reason
     outcome.usage, outcome.estimated = reply.usage, not reply.usage.reported
     if outcome.estimated:
-        outcome.usage = op.estimate(body, reply.text_bytes)
+        outcome.usage = reply.usage = op.estimate(body, reply.text_bytes)
     bill = await ticket.settle(outcome)
     answer = op.present(reply, bill, ticket.generation_id)
     return web.Response(body=orjson.dumps(answer), content_type="application/json")

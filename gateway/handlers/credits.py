@@ -17,7 +17,7 @@ from gateway.metering import store_unavailable
 from gateway.state import KEY, RUNTIME
 from gateway.store import StoreError
 
-_INTS = ("tokens_prompt", "tokens_completion", "tokens_cached", "latency", "generation_time", "status")
+_INTS = ("tokens_prompt", "tokens_completion", "tokens_cached", "latency", "generation_time", "status", "images")
 _FLAGS = ("streamed", "cancelled", "is_byok", "estimated")
 
 

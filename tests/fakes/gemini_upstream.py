@@ -11,6 +11,10 @@ Routes (`{model}` is any model name unless `models` is set):
   (with its blank line) per write and no [DONE], as Gemini does. Without `alt=sse` the same chunks come as
   one JSON array, as the real endpoint answers.
 
+- POST /v1beta/models/{model}:batchEmbedContents — `{"embeddings": [{"values": [...]}, ...]}`, one per
+  request, in Google's documented `BatchEmbedContentsResponse` shape (no recording of it exists in the wire
+  folder); each vector is `EMBED_DIMENSIONS` floats derived from the text, or `outputDimensionality` long.
+
 Every request needs an API key (`x-goog-api-key` header or `?key=`), else 400 with the recorded
 `googleai/unary-failure-api-key.json` body; a model not in `models` gets 404 with
 `googleai/unary-failure-unknown-model.json`. `status` + `error_body` answer any other error.
@@ -40,6 +44,7 @@ UNARY_TOOL = "vertexai/unary-success-function-call-with-arguments.json"
 STREAM = "googleai/streaming-success-basic-reply-short.txt"
 STREAM_TOOL = "vertexai/streaming-success-function-call-short.txt"
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+EMBED_DIMENSIONS = 8
 
 
 def recorded_events(name: str) -> list[bytes]:
@@ -130,7 +135,7 @@ async def _generate(request: web.Request) -> web.StreamResponse:
     fake = request.app[FAKE_KEY]
     model, _, method = request.match_info["target"].partition(":")
     body = await _record(request, model, method)
-    if method not in ("generateContent", "streamGenerateContent"):
+    if method not in ("generateContent", "streamGenerateContent", "batchEmbedContents"):
         return _google_error(404, f"Method {method!r} not found.", "NOT_FOUND")
     if not (request.headers.get("x-goog-api-key") or request.query.get("key")):
         return web.json_response(recorded_json("googleai/unary-failure-api-key.json"), status=400)
@@ -139,6 +144,8 @@ async def _generate(request: web.Request) -> web.StreamResponse:
     await asyncio.sleep(fake.delay_before_headers_s)
     if fake.status != 200:
         return _error_response(fake.status, fake.error_body)
+    if method == "batchEmbedContents":
+        return _embed(body)
     if not isinstance(body, dict) or not isinstance(body.get("contents"), list | dict):
         return _google_error(400, "Invalid JSON payload received.", "INVALID_ARGUMENT")
     if method == "generateContent":
@@ -146,6 +153,23 @@ async def _generate(request: web.Request) -> web.StreamResponse:
     if request.query.get("alt") != "sse":
         return web.json_response(recorded_chunks(fake.stream_name()))
     return await _stream(request, fake, recorded_events(fake.stream_name()))
+
+
+def embedding_of(text: str, dimensions: int = EMBED_DIMENSIONS) -> list[float]:
+    """A deterministic vector for a text (what the fake answers; tests recompute it)."""
+    return [round(((len(text) * 31 + i * 17) % 97) / 97 - 0.5, 6) for i in range(dimensions)]
+
+
+def _embed(body: Any) -> web.Response:
+    requests = body.get("requests") if isinstance(body, dict) else None
+    if not isinstance(requests, list) or not requests:
+        return _google_error(400, "* BatchEmbedContentsRequest.requests: contents is not specified", "INVALID_ARGUMENT")
+    embeddings = []
+    for one in requests:
+        parts = (one.get("content") or {}).get("parts") or []
+        text = "".join(str(part.get("text", "")) for part in parts)
+        embeddings.append({"values": embedding_of(text, one.get("outputDimensionality") or EMBED_DIMENSIONS)})
+    return web.json_response({"embeddings": embeddings})
 
 
 async def _stream(request: web.Request, fake: FakeGemini, events: list[bytes]) -> web.StreamResponse:

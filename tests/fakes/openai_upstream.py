@@ -5,6 +5,17 @@ Streamed answers replay the recorded SSE events of `sdk-stream-text-with-usage.s
 `sdk-stream-tool-call.sse` with `tool_stream`) byte for byte, one event per write; the final `choices: []`
 usage chunk is sent only when the request set `stream_options.include_usage`, as real OpenAI does.
 
+Other endpoints, in OpenAI's documented shapes (openai-openapi.yaml examples; the wire folder holds
+only abridged or request-side recordings of them):
+
+- `POST /v1/completions`: `docs-completions.response.json` with the requested model; streamed, its text
+  in `text_completion` chunks of one word each (the shape of `docs-completions-stream.abridged.txt`), a
+  last chunk with `finish_reason`, a `choices: []` usage chunk when `stream_options.include_usage`, [DONE].
+- `POST /v1/embeddings`: one `embedding` per input string (`EMBEDDING` floats; base64 float32 when
+  `encoding_format: base64`, as the SDK asks by default) and the documented usage of 8 prompt tokens.
+- `POST /v1/moderations`: the documented `modr-...` example answer, one result per input.
+- `POST /v1/images/generations`: `n` images as `b64_json` of a 1x1 PNG, with the documented usage.
+
 With `allowed_peers` set, a request from any other peer address is refused with 451, the way a provider
 blocks a region: the egress tests use it as an upstream that serves only the proxy's outgoing address.
 Each recorded request carries its peer address.
@@ -21,7 +32,9 @@ A test sets the controls on a `FakeOpenAI` before calling and reads `fake.reques
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +44,22 @@ from aiohttp import web
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 WIRE = SHARED / "wire" / "openai"
 POLL_S = 0.05
+EMBEDDING = [0.0023064255, -0.009327292, -0.0028842222]
+PNG_1X1 = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
+MODERATION_RESULT = {  # the example answer of POST /moderations in openai-openapi.yaml
+    "flagged": True,
+    "categories": {"sexual": False, "hate": False, "harassment": True, "self-harm": False, "sexual/minors": False,
+                   "hate/threatening": False, "violence/graphic": False, "self-harm/intent": False,
+                   "self-harm/instructions": False, "harassment/threatening": True, "violence": True},
+    "category_scores": {"sexual": 0.000011726012417057063, "hate": 0.22706663608551025,
+                        "harassment": 0.5215635299682617, "self-harm": 2.227119921371923e-6,
+                        "sexual/minors": 7.107352217872176e-8, "hate/threatening": 0.023547329008579254,
+                        "violence/graphic": 0.00003391829886822961, "self-harm/intent": 1.646940972932498e-6,
+                        "self-harm/instructions": 1.1198755256458526e-9,
+                        "harassment/threatening": 0.5694745779037476, "violence": 0.9971134662628174},
+}
+IMAGE_USAGE = {"total_tokens": 100, "input_tokens": 50, "output_tokens": 50,
+               "input_tokens_details": {"text_tokens": 10, "image_tokens": 40}}
 
 
 def recorded_events(name: str) -> list[bytes]:
@@ -121,6 +150,10 @@ def make_app(fake: FakeOpenAI) -> web.Application:
     app[FAKE_KEY] = fake
     fake.shutting_down = False
     app.router.add_post("/v1/chat/completions", _chat)
+    app.router.add_post("/v1/completions", _completions)
+    app.router.add_post("/v1/embeddings", _embeddings)
+    app.router.add_post("/v1/moderations", _moderations)
+    app.router.add_post("/v1/images/generations", _images)
     app.router.add_get("/v1/models", _models)
     app.on_shutdown.append(_on_shutdown)
     return app
@@ -186,6 +219,88 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     except (asyncio.CancelledError, ConnectionResetError):
         fake.client_disconnected.set()
         raise
+
+
+async def _refusal(request: web.Request, fake: FakeOpenAI, body: Any) -> web.Response | None:
+    """What every endpoint answers before its own work: region block, configured failure, bad JSON."""
+    if (refused := _refused_peer(request)) is not None:
+        return refused
+    await asyncio.sleep(fake.delay_before_headers_s)
+    if fake.status != 200 and (fake.fail_times is None or fake.fail_times > 0):
+        if fake.fail_times is not None:
+            fake.fail_times -= 1
+        response = _error_response(fake.status, fake.error_body)
+        response.headers.update(fake.error_headers)
+        return response
+    if not isinstance(body, dict):
+        return _error_response(400, _error("We could not parse the JSON body of your request.",
+                                           "invalid_request_error"))
+    return None
+
+
+def completion_events(body: dict[str, Any]) -> list[bytes]:
+    """A streamed legacy completion of the recorded answer's text, one word a chunk."""
+    answer = json.loads((WIRE / "docs-completions.response.json").read_bytes())
+    head = {"id": answer["id"], "object": "text_completion", "created": answer["created"],
+            "model": body.get("model"), "system_fingerprint": answer["system_fingerprint"]}
+    words = answer["choices"][0]["text"].split(" ")
+    texts = [w if i == 0 else " " + w for i, w in enumerate(words)]
+    chunks = [{**head, "choices": [{"text": t, "index": 0, "logprobs": None, "finish_reason": None}]} for t in texts]
+    chunks.append({**head, "choices": [{"text": "", "index": 0, "logprobs": None, "finish_reason": "length"}]})
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        chunks.append({**head, "choices": [], "usage": answer["usage"]})
+    return [b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks] + [b"data: [DONE]\n\n"]
+
+
+async def _completions(request: web.Request) -> web.StreamResponse:
+    fake = request.app[FAKE_KEY]
+    body = await _record(request)
+    if (refused := await _refusal(request, fake, body)) is not None:
+        return refused
+    if body.get("stream"):
+        return await _stream(request, fake, completion_events(body))
+    answer = json.loads((WIRE / "docs-completions.response.json").read_bytes())
+    answer["model"] = body.get("model", answer["model"])
+    return web.json_response(answer)
+
+
+def embedding_base64(values: list[float]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
+
+
+async def _embeddings(request: web.Request) -> web.StreamResponse:
+    fake = request.app[FAKE_KEY]
+    body = await _record(request)
+    if (refused := await _refusal(request, fake, body)) is not None:
+        return refused
+    inputs = body.get("input")
+    inputs = [inputs] if isinstance(inputs, str) else inputs if isinstance(inputs, list) else []
+    vector: Any = embedding_base64(EMBEDDING) if body.get("encoding_format") == "base64" else EMBEDDING
+    data = [{"object": "embedding", "embedding": vector, "index": i} for i in range(len(inputs))]
+    return web.json_response({"object": "list", "data": data, "model": body.get("model"),
+                              "usage": {"prompt_tokens": 8, "total_tokens": 8}})
+
+
+async def _moderations(request: web.Request) -> web.StreamResponse:
+    fake = request.app[FAKE_KEY]
+    body = await _record(request)
+    if (refused := await _refusal(request, fake, body)) is not None:
+        return refused
+    inputs = body.get("input")
+    count = len(inputs) if isinstance(inputs, list) and all(isinstance(i, str) for i in inputs) else 1
+    return web.json_response({"id": "modr-AB8CjOTu2jiq12hp1AQPfeqFWaORR",
+                              "model": body.get("model", "omni-moderation-latest"),
+                              "results": [MODERATION_RESULT] * count})
+
+
+async def _images(request: web.Request) -> web.StreamResponse:
+    fake = request.app[FAKE_KEY]
+    body = await _record(request)
+    if (refused := await _refusal(request, fake, body)) is not None:
+        return refused
+    n = body.get("n", 1)
+    return web.json_response({"created": 1713833628, "data": [{"b64_json": PNG_1X1}] * n, "usage": IMAGE_USAGE})
 
 
 async def _stream(request: web.Request, fake: FakeOpenAI, events: list[bytes]) -> web.StreamResponse:

@@ -1,0 +1,224 @@
+"""OpenAI's endpoints besides chat on the shared pipeline: legacy completions, embeddings, moderations and
+image generation. Each says which provider kinds serve it and how, what a request may cost at worst, and
+how its answer is presented with the bill (the billing block and OpenRouter's `usage.cost`, as chat's).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway import billing
+from gateway.billing import Bill
+from gateway.catalog import Route
+from gateway.config import Config, PresetConfig
+from gateway.exchange import (
+    ChatExchange,
+    Exchange,
+    PassthroughExchange,
+    Reply,
+    no_presets,
+    openai_present,
+    untranslatable,
+    wants_stream_usage,
+)
+from gateway.sse import frame
+from gateway.streaming import ChunkCodec, StreamCodec
+from providers import completions, gemini_embed, passthrough, registry
+from providers.types import JSON, Target, UpstreamHTTPError, UpstreamRequest, Usage
+
+
+def input_tokens(value: Any) -> int:
+    """Tokens of an embeddings/moderations `input`: strings by their length, token-id arrays as counted."""
+    if isinstance(value, str):
+        return billing.estimate_tokens(len(value.encode()))
+    if isinstance(value, list):
+        if value and all(isinstance(v, int) for v in value):
+            return len(value)
+        return sum(input_tokens(v) for v in value)
+    if isinstance(value, dict):  # a moderation part: {"type": "text", "text": ...} or an image
+        return input_tokens(value.get("text")) if value.get("type") == "text" else billing.IMAGE_TOKENS
+    return 0
+
+
+def _count(body: JSON, name: str, default: int = 1) -> int:
+    value = body.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
+
+
+# -- completions -----------------------------------------------------------------------------------
+
+
+class CompletionCodec(ChunkCodec):
+    """Chat chunks re-encoded as streamed `text_completion` objects."""
+
+    def encode(self, chunk: JSON) -> bytes:
+        return frame(completions.completion_chunk(chunk))
+
+
+class ChatCompletionsExchange(ChatExchange):
+    """A legacy completion on a chat-only model: one user turn out, `choices[].text` back."""
+
+    def build(self, body: JSON, target: Target, stream: bool) -> UpstreamRequest:
+        return super().build(completions.chat_body(body), target, stream)
+
+    def parse(self, raw: bytes, target: Target) -> Reply:
+        reply = super().parse(raw, target)
+        reply.body = completions.completion_from_chat(reply.body)
+        return reply
+
+    def codec(self, body: JSON, target: Target, generation_id: str, wants_usage: bool) -> StreamCodec:
+        chat = ChatExchange.codec(self, completions.chat_body(body), target, generation_id, wants_usage)
+        assert isinstance(chat, ChunkCodec)
+        return CompletionCodec(chat.adapter, chat.state, generation_id, wants_usage)
+
+
+class CompletionsEndpoint:
+    """POST /v1/completions."""
+
+    name = "completions"
+
+    def exchange(self, route: Route) -> Exchange:
+        kind = route.provider.kind
+        if (route.model.completions or ("native" if kind == "openai" else "chat")) == "native":
+            return PassthroughExchange("completions", passthrough.parse_completion)
+        return ChatCompletionsExchange(registry.get(kind))
+
+    def worst_case(self, body: JSON, route: Route, config: Config) -> Usage:
+        ceiling = route.model.max_output_tokens or config.billing.default_max_output_tokens
+        per_choice = min(_count(body, "max_tokens", completions.DEFAULT_MAX_TOKENS), ceiling)
+        n = max(_count(body, "n"), _count(body, "best_of"))
+        return Usage(prompt_tokens=input_tokens(body.get("prompt")), completion_tokens=n * per_choice)
+
+    def estimate(self, body: JSON, text_bytes: int) -> Usage:
+        return Usage(prompt_tokens=input_tokens(body.get("prompt")),
+                     completion_tokens=billing.estimate_tokens(text_bytes))
+
+    def wants_usage(self, body: JSON) -> bool:
+        return wants_stream_usage(body)
+
+    def present(self, reply: Reply, bill: Bill, generation_id: str) -> JSON:
+        return openai_present(reply, bill, generation_id)
+
+    def apply_preset(self, preset: PresetConfig, body: JSON) -> JSON:
+        return no_presets(preset, body)
+
+
+# -- embeddings, moderations, images ----------------------------------------------------------------
+
+
+class GeminiEmbedExchange:
+    """OpenAI embeddings on Gemini's batchEmbedContents."""
+
+    needs_inline_images = False
+
+    def __init__(self) -> None:
+        self.encoding_format: Any = "float"
+
+    def build(self, body: JSON, target: Target, stream: bool) -> UpstreamRequest:
+        self.encoding_format = body.get("encoding_format", "float")
+        return gemini_embed.build_request(body, target)
+
+    def parse(self, raw: bytes, target: Target) -> Reply:
+        answer, usage = gemini_embed.parse_response(raw, target, self.encoding_format)
+        return Reply(body=answer, usage=usage)
+
+    def parse_error(self, status: int, raw: bytes) -> UpstreamHTTPError:
+        return registry.get("gemini").parse_error(status, raw)
+
+    def codec(self, body: JSON, target: Target, generation_id: str, wants_usage: bool) -> StreamCodec:
+        raise AssertionError("embeddings never stream")
+
+
+class _OneShot:
+    """An endpoint answered in one JSON object, served by OpenAI-kind upstreams only."""
+
+    name = ""
+    path = ""
+    what = ""
+
+    def exchange(self, route: Route) -> Exchange:
+        if route.provider.kind != "openai":
+            raise untranslatable(route, self.what)
+        return PassthroughExchange(self.path, self.parser())
+
+    def parser(self) -> Any:
+        raise NotImplementedError
+
+    def estimate(self, body: JSON, text_bytes: int) -> Usage:
+        return Usage(prompt_tokens=input_tokens(body.get("input")))
+
+    def wants_usage(self, body: JSON) -> bool:
+        return False
+
+    def present(self, reply: Reply, bill: Bill, generation_id: str) -> JSON:
+        answer = reply.body
+        answer["billing"] = bill.block()
+        usage = answer.get("usage")
+        if isinstance(usage, dict):
+            usage["cost"] = answer["billing"]["request_cost"]
+        answer.setdefault("id", generation_id)
+        return answer
+
+    def apply_preset(self, preset: PresetConfig, body: JSON) -> JSON:
+        return no_presets(preset, body)
+
+
+class EmbeddingsEndpoint(_OneShot):
+    """POST /v1/embeddings: priced per input token (the model's input_per_mtok)."""
+
+    name, path, what = "embeddings", "embeddings", "/v1/embeddings"
+
+    def exchange(self, route: Route) -> Exchange:
+        if route.provider.kind == "gemini":
+            return GeminiEmbedExchange()
+        return super().exchange(route)
+
+    def parser(self) -> Any:
+        return passthrough.parse_embeddings
+
+    def worst_case(self, body: JSON, route: Route, config: Config) -> Usage:
+        return Usage(prompt_tokens=input_tokens(body.get("input")))
+
+    def present(self, reply: Reply, bill: Bill, generation_id: str) -> JSON:
+        reply.body["usage"] = {"prompt_tokens": reply.usage.prompt_tokens, "total_tokens": reply.usage.prompt_tokens}
+        answer = super().present(reply, bill, generation_id)
+        answer["id"] = generation_id
+        return answer
+
+
+class ModerationsEndpoint(_OneShot):
+    """POST /v1/moderations: priced per request (OpenAI does not charge; the operator may)."""
+
+    name, path, what = "moderations", "moderations", "/v1/moderations"
+
+    def parser(self) -> Any:
+        return passthrough.parse_moderation
+
+    def worst_case(self, body: JSON, route: Route, config: Config) -> Usage:
+        return Usage()
+
+    def present(self, reply: Reply, bill: Bill, generation_id: str) -> JSON:
+        answer = super().present(reply, bill, generation_id)
+        answer["id"] = generation_id
+        return answer
+
+
+class ImagesEndpoint(_OneShot):
+    """POST /v1/images/generations: priced per image (the model's per_image), plus tokens when reported."""
+
+    name, path, what = "images", "images/generations", "/v1/images/generations"
+
+    def parser(self) -> Any:
+        return passthrough.parse_images
+
+    def worst_case(self, body: JSON, route: Route, config: Config) -> Usage:
+        return Usage(images=_count(body, "n"))
+
+    def estimate(self, body: JSON, text_bytes: int) -> Usage:
+        return Usage()
+
+
+COMPLETIONS = CompletionsEndpoint()
+EMBEDDINGS = EmbeddingsEndpoint()
+MODERATIONS = ModerationsEndpoint()
+IMAGES = ImagesEndpoint()

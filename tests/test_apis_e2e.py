@@ -1,0 +1,297 @@
+"""Legacy completions, embeddings, moderations and image generation through the running gateway with the
+official openai SDK, on both stores: each answer validated, billed exactly, rate-limited, recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from fakes.anthropic_upstream import WIRE as ANTHROPIC_WIRE
+from fakes.gemini_upstream import embedding_of
+from fakes.openai_upstream import EMBEDDING
+from fakes.openai_upstream import WIRE as OPENAI_WIRE
+from harness import Gateway, clear_of_minute_boundary, run_cli, validate
+from test_billing_e2e import key_state, nano, settled
+from test_metrics import scrape, value
+
+PROMPT = "Say this is a test"
+INSTRUCT_COST = 5 * 1_500 + 7 * 2_000  # docs-completions.response.json: 5 + 7 tokens at 1.5 / 2 USD per Mtok
+CLAUDE_COST = 705 * 3_000 + 25 * 15_000  # sdk-messages-end-turn.response.json at 3 / 15 USD per Mtok
+CLAUDE_STREAM_COST = 11 * 3_000 + 6 * 15_000  # sdk-stream-basic.sse
+
+
+async def generation(gateway: Gateway, gen_id: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as http, http.get(gateway.url + "/v1/generation", params={"id": gen_id},
+                                                         headers=gateway.auth()) as r:
+        assert r.status == 200, await r.text()
+        return dict((await r.json())["data"])
+
+
+async def assert_charged(gateway: Gateway, before: int, cost: int, gen_id: str, endpoint: str) -> dict[str, Any]:
+    """The balance moved by exactly `cost`, no hold is left, and the record says so."""
+    await settled(gateway)
+    balance, usage, credits = await key_state(gateway)
+    assert balance == before - cost and balance + usage == credits
+    record = await generation(gateway, gen_id)
+    assert record["endpoint"] == endpoint and nano(record["total_cost"]) == cost
+    return record
+
+
+# -- completions ---------------------------------------------------------------------------------
+
+
+async def test_completion_passed_through_to_an_openai_kind_upstream(api_gateway: Gateway) -> None:
+    before, _, _ = await key_state(api_gateway)
+    client = api_gateway.openai()
+    raw = await client.completions.with_raw_response.create(model="oai/gpt-3.5-turbo-instruct", prompt=PROMPT,
+                                                            max_tokens=7, temperature=0)
+    body = json.loads(raw.content)
+    validate(body, "CreateCompletionResponse")
+    recorded = json.loads((OPENAI_WIRE / "docs-completions.response.json").read_text())
+    assert body["choices"][0]["text"] == recorded["choices"][0]["text"]
+    assert body["object"] == "text_completion" and body["model"] == "oai/gpt-3.5-turbo-instruct"
+    assert nano(body["billing"]["request_cost"]) == INSTRUCT_COST == nano(body["usage"]["cost"])
+    sent = api_gateway.fake.last
+    assert sent.path == "/v1/completions" and sent.body["model"] == "gpt-3.5-turbo-instruct"
+    assert sent.body["prompt"] == PROMPT and sent.body["max_tokens"] == 7
+    assert raw.headers["x-ratelimit-remaining-requests"] == "59"
+    record = await assert_charged(api_gateway, before, INSTRUCT_COST, body["id"], "completions")
+    assert (record["tokens_prompt"], record["tokens_completion"]) == (5, 7)
+
+
+async def test_completion_stream_passed_through(api_gateway: Gateway) -> None:
+    before, _, _ = await key_state(api_gateway)
+    client = api_gateway.openai()
+    stream = await client.completions.create(model="oai/gpt-3.5-turbo-instruct", prompt=PROMPT, max_tokens=7,
+                                             stream=True)
+    text, last = "", None
+    async for chunk in stream:
+        text += chunk.choices[0].text  # the plain loop: every chunk has a choice
+        last = chunk
+    assert text == "\n\nThis is indeed a test"
+    assert last is not None and last.choices[0].finish_reason == "length"
+    bill = (last.model_extra or {})["billing"]
+    validate(last.model_dump(exclude_unset=True), "CreateCompletionResponse")
+    assert nano(bill["request_cost"]) == INSTRUCT_COST
+    assert api_gateway.fake.last.body["stream_options"] == {"include_usage": True}  # the gateway asks for usage
+    await assert_charged(api_gateway, before, INSTRUCT_COST, last.id, "completions")
+
+
+async def test_completion_translated_to_chat_for_anthropic(api_gateway: Gateway) -> None:
+    before, _, _ = await key_state(api_gateway)
+    client = api_gateway.openai()
+    raw = await client.completions.with_raw_response.create(model="claude/sonnet", prompt=PROMPT)
+    body = json.loads(raw.content)
+    validate(body, "CreateCompletionResponse")
+    answer = json.loads((ANTHROPIC_WIRE / "sdk-messages-end-turn.response.json").read_text())
+    assert body["choices"][0]["text"] == answer["content"][0]["text"]
+    assert body["choices"][0]["finish_reason"] == "stop" and body["object"] == "text_completion"
+    sent = api_gateway.extra["upstreams"].anthropic.last.body
+    assert sent["messages"] == [{"role": "user", "content": PROMPT}]
+    assert sent["max_tokens"] == 16  # the legacy endpoint's default, not the model's maximum
+    await assert_charged(api_gateway, before, CLAUDE_COST, body["id"], "completions")
+
+
+async def test_completion_stream_translated_to_chat(api_gateway: Gateway) -> None:
+    before, _, _ = await key_state(api_gateway)
+    client = api_gateway.openai()
+    stream = await client.completions.create(model="claude/sonnet", prompt=PROMPT, stream=True,
+                                             stream_options={"include_usage": True})
+    chunks = [chunk async for chunk in stream]
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == "Hello there!"
+    usage_chunk = chunks[-1]
+    assert usage_chunk.choices == [] and usage_chunk.usage is not None
+    assert (usage_chunk.usage.prompt_tokens, usage_chunk.usage.completion_tokens) == (11, 6)
+    for chunk in chunks:
+        assert chunk.object == "text_completion" and chunk.id == chunks[0].id
+    finish = chunks[-2]
+    validate(finish.model_dump(exclude_unset=True), "CreateCompletionResponse")
+    assert finish.choices[0].finish_reason == "stop"
+    assert nano((finish.model_extra or {})["billing"]["request_cost"]) == CLAUDE_STREAM_COST
+    await assert_charged(api_gateway, before, CLAUDE_STREAM_COST, chunks[0].id, "completions")
+
+
+async def test_completion_options_chat_cannot_express_are_400(api_gateway: Gateway) -> None:
+    client = api_gateway.openai()
+    with pytest.raises(openai.BadRequestError) as info:
+        await client.completions.create(model="claude/sonnet", prompt=PROMPT, echo=True)
+    assert info.value.code == "untranslatable" and "echo" in info.value.message
+    with pytest.raises(openai.BadRequestError) as info:
+        await client.completions.create(model="oai/gpt-4o", prompt=["one", "two"])
+    assert info.value.code == "untranslatable"
+    balance, usage, credits = await key_state(api_gateway)
+    assert usage == 0 and balance == credits  # refused before anything was charged
+
+
+# -- embeddings ----------------------------------------------------------------------------------
+
+
+async def test_embeddings_passed_through_in_both_encodings(api_gateway: Gateway) -> None:
+    before, _, _ = await key_state(api_gateway)
+    client = api_gateway.openai()
+    result = await client.embeddings.create(model="oai/text-embedding-3-small", input="The food was delicious")
+    assert api_gateway.fake.last.body["encoding_format"] == "base64"  # the SDK's default, decoded by the SDK
+    assert result.data[0].embedding == pytest.approx(EMBEDDING, rel=1e-6)
+    cost = 8 * 20  # the documented 8 prompt tokens at 0.02 USD per Mtok
+    assert nano((result.model_extra or {})["billing"]["request_cost"]) == cost
+    raw = await client.embeddings.with_raw_response.create(model="oai/text-embedding-3-small", input=["a", "b"],
+                                                           encoding_format="float")
+    body = json.loads(raw.content)
+    validate({k: v for k, v in body.items() if k not in ("billing", "id")}, "CreateEmbeddingResponse")
+    assert [d["index"] for d in body["data"]] == [0, 1] and body["model"] == "oai/text-embedding-3-small"
+    assert body["usage"] == {"prompt_tokens": 8, "total_tokens": 8, "cost": body["billing"]["request_cost"]}
+    await assert_charged(api_gateway, before - cost, cost, body["id"], "embeddings")
+
+
+async def test_embeddings_on_gemini_batch_embed_contents(api_gateway: Gateway) -> None:
+    before, _, _ = await key_state(api_gateway)
+    client = api_gateway.openai()
+    texts = ["hello world", "bonjour"]
+    raw = await client.embeddings.with_raw_response.create(model="google/embedding", input=texts,
+                                                           encoding_format="float", dimensions=4)
+    body = json.loads(raw.content)
+    validate({k: v for k, v in body.items() if k not in ("billing", "id")}, "CreateEmbeddingResponse")
+    assert [d["embedding"] for d in body["data"]] == [embedding_of(t, 4) for t in texts]
+    sent = api_gateway.extra["upstreams"].gemini.last
+    assert sent.method == "batchEmbedContents" and sent.model == "gemini-embedding-001"
+    assert sent.body["requests"][1] == {"model": "models/gemini-embedding-001",
+                                        "content": {"parts": [{"text": "bonjour"}]}, "outputDimensionality": 4}
+    tokens = 4 + 3  # no usage from Gemini: estimated from the input's bytes (11 and 7, three a token)
+    assert body["usage"]["prompt_tokens"] == tokens and body["billing"]["estimated"] is True
+    record = await assert_charged(api_gateway, before, tokens * 150, body["id"], "embeddings")
+    assert record["estimated"] is True
+    decoded = await client.embeddings.create(model="google/embedding", input="hello world")  # base64 by default
+    assert decoded.data[0].embedding == pytest.approx(embedding_of("hello world"), rel=1e-6)
+
+
+async def test_embeddings_count_in_the_rate_limit(api_gateway: Gateway) -> None:
+    await clear_of_minute_boundary()
+    client = api_gateway.openai()
+    for _ in range(2):
+        await client.embeddings.create(model="oai/text-embedding-3-small", input="x")
+    with pytest.raises(openai.RateLimitError) as info:
+        await client.embeddings.create(model="oai/text-embedding-3-small", input="x")
+    assert info.value.response.headers["x-ratelimit-limit-requests"] == "2"
+    assert len(api_gateway.fake.requests) == 2
+
+
+async def test_embeddings_refused_where_no_kind_serves_them(api_gateway: Gateway) -> None:
+    client = api_gateway.openai()
+    with pytest.raises(openai.BadRequestError) as info:
+        await client.embeddings.create(model="claude/sonnet", input="x")
+    assert info.value.code == "unsupported_endpoint" and "claude/sonnet" in info.value.message
+    async with aiohttp.ClientSession() as http, http.post(
+            api_gateway.url + "/v1/embeddings", json={"model": "oai/text-embedding-3-small"},
+            headers=api_gateway.auth()) as r:
+        assert r.status == 400 and (await r.json())["error"]["param"] == "input"
+
+
+# -- moderations and images ------------------------------------------------------------------------
+
+
+async def test_moderation_uses_the_default_model_and_its_request_price(api_gateway: Gateway) -> None:
+    before, _, _ = await key_state(api_gateway)
+    client = api_gateway.openai()
+    result = await client.moderations.create(input="I want to kill them.")
+    assert result.results[0].flagged is True and result.results[0].categories.violence is True
+    assert result.model == "oai/omni-moderation-latest"
+    sent = api_gateway.fake.last
+    assert sent.path == "/v1/moderations" and sent.body["model"] == "omni-moderation-latest"
+    assert sent.headers["Authorization"] == "Bearer sk-openai-test-000000000000000000"
+    await assert_charged(api_gateway, before, 100_000, result.id, "moderations")
+
+
+async def test_moderation_refused_on_a_non_openai_kind(api_gateway: Gateway) -> None:
+    client = api_gateway.openai()
+    with pytest.raises(openai.BadRequestError) as info:
+        await client.moderations.create(model="google/flash", input="x")
+    assert info.value.code == "unsupported_endpoint"
+
+
+async def test_images_priced_per_image(api_gateway: Gateway) -> None:
+    before, _, _ = await key_state(api_gateway)
+    client = api_gateway.openai()
+    result = await client.images.generate(prompt="A cute baby sea otter", n=2, size="1024x1024")
+    assert len(result.data or []) == 2 and (result.data or [])[0].b64_json
+    extra = result.model_extra or {}
+    assert nano(extra["billing"]["request_cost"]) == 2 * 40_000_000
+    sent = api_gateway.fake.last
+    assert sent.path == "/v1/images/generations" and sent.body["model"] == "gpt-image-1" and sent.body["n"] == 2
+    record = await assert_charged(api_gateway, before, 2 * 40_000_000, extra["id"], "images")
+    assert record["images"] == 2
+
+
+async def test_images_hold_covers_every_image_asked(api_gateway: Gateway) -> None:
+    poor, poor_id = await api_gateway.add_key("poor", balance=50_000_000)  # one image's worth and a bit
+    client = api_gateway.openai(api_key=poor)
+    with pytest.raises(openai.APIStatusError) as info:
+        await client.images.generate(prompt="otters", n=2)
+    assert info.value.status_code == 402
+    assert api_gateway.fake.requests == []
+    assert await key_state(api_gateway, poor_id) == (50_000_000, 0, 50_000_000)
+    with pytest.raises(openai.BadRequestError) as bad:
+        await client.images.generate(prompt="otters", n=11)
+    assert bad.value.param == "n"
+
+
+# -- the same machinery as chat: keys, logs, metrics, export ---------------------------------------------
+
+
+async def test_key_model_globs_apply_to_every_endpoint(api_gateway: Gateway) -> None:
+    key, _ = await api_gateway.add_key("scoped", models=("oai/gpt-*", "claude/son*"))
+    client = api_gateway.openai(api_key=key)
+    await client.completions.create(model="oai/gpt-3.5-turbo-instruct", prompt=PROMPT)
+    with pytest.raises(openai.PermissionDeniedError) as info:
+        await client.embeddings.create(model="oai/text-embedding-3-small", input="x")
+    assert info.value.code == "model_not_allowed" and "oai/text-embedding-3-small" in info.value.message
+    with pytest.raises(openai.PermissionDeniedError) as info:
+        await client.moderations.create(input="x")  # the default model is checked too
+    assert "oai/omni-moderation-latest" in info.value.message
+
+
+async def test_endpoints_are_logged_and_counted(api_gateway: Gateway, log_lines: Any) -> None:
+    client = api_gateway.openai()
+    before = await scrape(api_gateway)
+    await client.embeddings.create(model="oai/text-embedding-3-small", input="x")
+    await client.images.generate(prompt="otter")
+    after = await scrape(api_gateway)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("gateway_requests_total", route="/v1/embeddings", model="oai/text-embedding-3-small",
+                 provider="oai", status_class="2xx") == 1
+    assert delta("gateway_requests_total", route="/v1/images/generations", model="oai/gpt-image-1") == 1
+    assert delta("gateway_tokens_total", model="oai/text-embedding-3-small", direction="in") == 8
+    assert delta("gateway_cost_dollars_total", model="oai/gpt-image-1") == pytest.approx(0.04)
+    lines = [line for line in log_lines() if line.get("event") == "request"]
+    embed = next(line for line in lines if line["path"] == "/v1/embeddings")
+    assert embed["key_id"] == api_gateway.key_id and embed["model"] == "oai/text-embedding-3-small"
+    assert embed["status"] == 200 and embed["generation_id"].startswith("gen-") and embed["prompt_tokens"] == 8
+
+
+async def test_usage_export_lists_every_endpoint(api_gateway: Gateway, tmp_path: Path, redis_url: str) -> None:
+    doc = api_gateway.extra["doc"]
+    if not doc["store"]["url"]:
+        pytest.skip("the usage export reads the Redis store")
+    client = api_gateway.openai()
+    await client.completions.create(model="oai/gpt-3.5-turbo-instruct", prompt=PROMPT)
+    await client.embeddings.create(model="oai/text-embedding-3-small", input="x")
+    await client.moderations.create(input="x")
+    await client.images.generate(prompt="otter")
+    await settled(api_gateway)
+    config = tmp_path / "gw.json"
+    config.write_text(json.dumps(doc))
+    out = await asyncio.to_thread(run_cli, "usage", "export", "--config", str(config))
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["endpoint"] for r in rows] == ["completions", "embeddings", "moderations", "images"]
+    assert [r["charged_nano"] for r in rows] == [INSTRUCT_COST, 160, 100_000, 40_000_000]
+    assert rows[3]["images"] == "1"
+    for row in rows:  # and each is in /v1/generation
+        assert (await generation(api_gateway, row["generation_id"]))["endpoint"] == row["endpoint"]
