@@ -16,7 +16,7 @@ from egress.proxy import ProxySpec
 from gateway import config as config_mod
 from gateway import metrics
 from gateway.config import Config
-from gateway.handlers import admin, apis, chat, credits, health, models
+from gateway.handlers import admin, apis, chat, credits, health, messages, models
 from gateway.logging import get_logger, redactor
 from gateway.middleware import add_response_headers, request_context, require_admin, require_key
 from gateway.state import RUNTIME, Runtime, Snapshot
@@ -87,6 +87,7 @@ def create_app(config: Config, config_path: str | None = None, extra_middlewares
     app.router.add_post("/v1/embeddings", apis.embeddings)
     app.router.add_post("/v1/moderations", apis.moderations)
     app.router.add_post("/v1/images/generations", apis.image_generations)
+    app.router.add_post("/v1/messages", messages.messages)
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/credits", credits.credits)
     app.router.add_get("/v1/generation", credits.generation)

@@ -50,6 +50,11 @@ class GatewayError(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
+    def anthropic_body(self, request_id: str = "") -> dict[str, Any]:
+        """Anthropic's error shape, which the Anthropic SDK parses; our code rides along as `code`."""
+        error = {"type": anthropic_type(self), "message": self.message, "code": self.code}
+        return {"type": "error", "error": error, "request_id": request_id}
+
 
 class InvalidRequest(GatewayError):
     status, type, code = 400, "invalid_request_error", "invalid_request"
@@ -99,12 +104,30 @@ class UpstreamRejected(GatewayError):
     type = "invalid_request_error"
 
 
-def error_response(err: GatewayError, request_id: str) -> web.Response:
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
+                    403: "permission_error", 404: "not_found_error", 413: "request_too_large",
+                    429: "rate_limit_error", 504: "timeout_error", 529: "overloaded_error"}
+
+
+def anthropic_type(err: GatewayError) -> str:
+    """Anthropic's error type for a gateway error, by status (an overloaded upstream stays overloaded)."""
+    if err.code in ("upstream_overloaded", "overloaded_error"):
+        return "overloaded_error"
+    return _ANTHROPIC_TYPES.get(err.status, "api_error" if err.status >= 500 else "invalid_request_error")
+
+
+def error_response(err: GatewayError, request_id: str, anthropic: bool = False) -> web.Response:
+    """The error as JSON: OpenAI's shape, or Anthropic's for the Anthropic-format endpoint."""
     headers = {"X-Request-Id": request_id, **err.headers}
-    return web.Response(status=err.status, body=orjson.dumps(err.body()), headers=headers,
-                        content_type="application/json")
+    body = err.anthropic_body(request_id) if anthropic else err.body()
+    return web.Response(status=err.status, body=orjson.dumps(body), headers=headers, content_type="application/json")
 
 
 def error_event(err: GatewayError) -> bytes:
     """The same error as an SSE event, for failures after a stream's headers went out."""
     return b"data: " + orjson.dumps(err.body()) + b"\n\n"
+
+
+def anthropic_error_event(err: GatewayError) -> bytes:
+    """Anthropic's `error` stream event, which the Anthropic SDK raises as an APIStatusError."""
+    return b"event: error\ndata: " + orjson.dumps(err.anthropic_body()) + b"\n\n"

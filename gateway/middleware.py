@@ -29,6 +29,7 @@ from gateway.logging import get_logger
 from gateway.state import KEY, LOG, RATE_HEADERS, REQUEST_ID, RUNTIME
 
 log = get_logger("gateway.request")
+ANTHROPIC_PATH = "/v1/messages"
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _HTTP_ERRORS: dict[int, tuple[type[GatewayError], str]] = {
     404: (NotFound, "Unknown path. This gateway serves the OpenAI API under /v1/."),
@@ -40,6 +41,11 @@ _HTTP_ERRORS: dict[int, tuple[type[GatewayError], str]] = {
 def _request_id(request: web.Request) -> str:
     given = request.headers.get("X-Request-Id", "")
     return given if _CLIENT_ID.match(given) else "req_" + os.urandom(16).hex()
+
+
+def _anthropic(request: web.Request) -> bool:
+    """Anthropic-format clients get errors in Anthropic's shape, which their SDK parses."""
+    return request.path.startswith(ANTHROPIC_PATH)
 
 
 def _from_http_exception(exc: web.HTTPException) -> GatewayError:
@@ -63,15 +69,15 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     except GatewayError as exc:
         status = exc.status
         fields.setdefault("error", exc.code or exc.type)
-        return error_response(exc, rid)
+        return error_response(exc, rid, _anthropic(request))
     except web.HTTPException as exc:
         err = _from_http_exception(exc)
         status = err.status
-        return error_response(err, rid)
+        return error_response(err, rid, _anthropic(request))
     except Exception:
         log.exception("unhandled error")
         err = GatewayError("The gateway failed to handle this request.", code="internal_error")
-        return error_response(err, rid)
+        return error_response(err, rid, _anthropic(request))
     finally:
         elapsed = time.perf_counter() - started
         final = fields.pop("status", status)

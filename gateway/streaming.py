@@ -20,7 +20,7 @@ from gateway.relay import next_data
 from gateway.sse import DONE, SSEWriter, frame
 from providers.framing import SSEDecoder
 from providers.registry import Adapter
-from providers.types import JSON, ProviderError, SSEEvent, StreamState, UpstreamHTTPError
+from providers.types import JSON, ProviderError, SSEEvent, StreamState, UpstreamHTTPError, Usage
 
 
 class StreamCodec(Protocol):
@@ -31,8 +31,8 @@ class StreamCodec(Protocol):
     def feed(self, event: SSEEvent) -> tuple[bytes, int]:
         """Bytes to relay now (may be empty) and how many bytes of generated text they hold."""
 
-    def finish(self, billing: JSON, billing_event: bool) -> bytes:
-        """The held tail with the bill on it and the stream's terminator."""
+    def finish(self, billing: JSON, billing_event: bool, usage: Usage) -> bytes:
+        """The held tail with the bill (and the usage billed) on it, and the stream's terminator."""
 
     def error(self, err: GatewayError) -> bytes:
         """A failure after the headers went out, as the client's SDK expects one."""
@@ -93,7 +93,7 @@ class ChunkCodec:
             batch += self.encode(chunk)
         return bytes(batch), n
 
-    def finish(self, billing: JSON, billing_event: bool) -> bytes:
+    def finish(self, billing: JSON, billing_event: bool, usage: Usage) -> bytes:
         tail = bytearray()
         for chunk in self.held:
             chunk["billing"] = billing
@@ -159,7 +159,7 @@ def _frame(codec: StreamCodec, events: list[SSEEvent], relayed: Relayed) -> tupl
     return bytes(batch), None
 
 
-async def finish(out: SSEWriter, codec: StreamCodec, billing: JSON, billing_event: bool) -> None:
+async def finish(out: SSEWriter, codec: StreamCodec, billing: JSON, billing_event: bool, usage: Usage) -> None:
     """The held tail with the bill on it, the opt-in billing event, then the terminator."""
-    await out.write(codec.finish(billing, billing_event))
+    await out.write(codec.finish(billing, billing_event, usage))
     await out.finish()

@@ -64,13 +64,20 @@ _RETRYABLE_TYPES = frozenset({"overloaded_error", "rate_limit_error", "api_error
 
 def build_request(req: ChatRequest, target: Target) -> UpstreamRequest:
     """POST {base_url}/v1/messages with the client's chat request in Anthropic's shape."""
+    return messages_request(_translate_body(req, target), target, req.stream)
+
+
+def messages_request(body: JSON, target: Target, stream: bool, beta: str = "") -> UpstreamRequest:
+    """POST {base_url}/v1/messages with a body already in Anthropic's shape (`anthropic-beta` when given)."""
     headers = {"anthropic-version": API_VERSION, "content-type": "application/json",
-               "accept": "text/event-stream" if req.stream else "application/json"}
+               "accept": "text/event-stream" if stream else "application/json"}
     if target.api_key:
         headers["x-api-key"] = target.api_key
+    if beta:
+        headers["anthropic-beta"] = beta
     headers.update(target.headers)
     return UpstreamRequest(method="POST", url=f"{target.base_url}/v1/messages", headers=headers,
-                           body=orjson.dumps(_translate_body(req, target)), stream=req.stream)
+                           body=orjson.dumps(body), stream=stream)
 
 
 def _translate_body(req: ChatRequest, target: Target) -> JSON:
@@ -304,6 +311,11 @@ def usage_from(raw: Any) -> Usage:
     counts: dict[str, int] = {}
     _add_counts(counts, raw)
     return _usage(counts)
+
+
+def finish_reason(stop_reason: Any, tool_calls: bool) -> str:
+    """OpenAI's finish_reason for an Anthropic stop_reason."""
+    return _finish_reason(stop_reason, tool_calls)
 
 
 def _finish_reason(stop_reason: Any, tool_calls: bool) -> str:

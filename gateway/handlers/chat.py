@@ -234,7 +234,7 @@ async def _relay_stream(request: web.Request, resp: aiohttp.ClientResponse, code
         account(200)
         bill = await ticket.settle(outcome)
         billing_event = config.billing.stream_billing_event or request.headers.get("X-Billing-Event", "") == "true"
-        await streaming.finish(out, codec, bill.block(), billing_event)
+        await streaming.finish(out, codec, bill.block(), billing_event, outcome.usage)
     except ClientGone:
         outcome.cancelled = True
         account(499)  # nginx's "client closed request"; the upstream is closed by our caller

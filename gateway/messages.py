@@ -1,0 +1,189 @@
+"""Anthropic's Messages format (`POST /v1/messages`) on the shared pipeline.
+
+A route to an Anthropic-kind provider is a native pass-through: the client's body goes upstream as it
+is (model renamed, the client's `anthropic-beta` forwarded), so thinking signatures, cache marks and
+server tools survive; the adapter still reads every event for usage and the finish. Any other provider
+gets the request translated to OpenAI chat (`providers.anthropic_inbound`), served by its adapter, and
+the answer translated back.
+
+Billing: the message JSON carries the `billing` block; a stream's `message_delta` event carries it too,
+beside `usage` (the Anthropic SDK keeps unknown fields of an event and `text_stream` never sees it).
+Errors reach the client in Anthropic's shape (see `gateway.errors.anthropic_type`).
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from gateway import billing, presets
+from gateway.billing import Bill
+from gateway.catalog import Route
+from gateway.config import Config, PresetConfig
+from gateway.errors import GatewayError, anthropic_error_event
+from gateway.exchange import ChatExchange, Exchange, Reply
+from gateway.sse import frame
+from gateway.streaming import ChunkCodec, StreamCodec, text_bytes
+from providers import anthropic, anthropic_inbound, registry
+from providers.anthropic_inbound import MessageStream
+from providers.types import (
+    JSON,
+    ChatRequest,
+    ProviderError,
+    SSEEvent,
+    Target,
+    UpstreamHTTPError,
+    UpstreamRequest,
+    Usage,
+)
+
+HELD_EVENTS = frozenset({"message_delta", "message_stop"})  # wait for the bill
+
+
+class NativeCodec:
+    """An Anthropic upstream's events relayed as they are; message_delta/message_stop wait for the bill."""
+
+    def __init__(self, target: Target, generation_id: str) -> None:
+        self.adapter = registry.get("anthropic")
+        self.state = self.adapter.new_stream_state(ChatRequest(body={}, stream=True), target)
+        self.generation_id, self.model = generation_id, target.public_model
+        self.held: list[tuple[str, JSON]] = []
+
+    def feed(self, event: SSEEvent) -> tuple[bytes, int]:
+        chunks = self.adapter.parse_stream_event(self.state, event)  # usage, finish, done; raises on `error`
+        data = orjson.loads(event.data)
+        name = event.event or str(data.get("type") or "")
+        if name == "message_start" and isinstance(data.get("message"), dict):
+            data["message"].update(id=self.generation_id, model=self.model)
+        n = sum(text_bytes(chunk) for chunk in chunks)
+        if name in HELD_EVENTS:
+            self.held.append((name, data))
+            return b"", n
+        return frame(data, event=name or None), n
+
+    def finish(self, billing: JSON, billing_event: bool, usage: Usage) -> bytes:
+        tail = bytearray()
+        for name, data in self.held:
+            if name == "message_delta":
+                data["billing"] = billing
+            tail += frame(data, event=name)
+        return bytes(tail)
+
+    def error(self, err: GatewayError) -> bytes:
+        return anthropic_error_event(err)
+
+
+class NativeExchange:
+    """Anthropic format in, Anthropic upstream out: nothing translated."""
+
+    needs_inline_images = False
+
+    def __init__(self, beta: str) -> None:
+        self.beta = beta
+
+    def build(self, body: JSON, target: Target, stream: bool) -> UpstreamRequest:
+        out = {k: v for k, v in body.items() if k not in target.drop or k in ("model", "messages", "max_tokens")}
+        out["model"] = target.upstream_model
+        if stream:
+            out["stream"] = True
+        else:
+            out.pop("stream", None)
+        return anthropic.messages_request(out, target, stream, self.beta)
+
+    def parse(self, raw: bytes, target: Target) -> Reply:
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ProviderError(f"upstream answer is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("content"), list):
+            raise ProviderError("upstream answer is not an Anthropic message")
+        data["model"] = target.public_model
+        blocks = [b for b in data["content"] if isinstance(b, dict)]
+        tool_use = any(b.get("type") == "tool_use" for b in blocks)
+        text = sum(len(str(b.get("text", "")).encode()) for b in blocks if b.get("type") == "text")
+        return Reply(body=data, usage=anthropic.usage_from(data.get("usage")),
+                     finish_reason=anthropic.finish_reason(data.get("stop_reason"), tool_use),
+                     upstream_id=str(data.get("id", "")), text_bytes=text)
+
+    def parse_error(self, status: int, raw: bytes) -> UpstreamHTTPError:
+        return anthropic.parse_error(status, raw)
+
+    def codec(self, body: JSON, target: Target, generation_id: str, wants_usage: bool) -> StreamCodec:
+        return NativeCodec(target, generation_id)
+
+
+class MessagesCodec(ChunkCodec):
+    """Chat chunks re-encoded as Anthropic stream events."""
+
+    def __init__(self, chat: ChunkCodec, model: str) -> None:
+        super().__init__(chat.adapter, chat.state, chat.generation_id, wants_usage=True)
+        self.stream = MessageStream(chat.generation_id, model)
+
+    def encode(self, chunk: JSON) -> bytes:
+        return b"".join(frame(data, event=name) for name, data in self.stream.feed(chunk))
+
+    def finish(self, billing: JSON, billing_event: bool, usage: Usage) -> bytes:
+        tail = b"".join(self.encode(chunk) for chunk in self.held if chunk.get("choices"))
+        return tail + b"".join(frame(data, event=name) for name, data in self.stream.end(usage, {"billing": billing}))
+
+    def error(self, err: GatewayError) -> bytes:
+        return anthropic_error_event(err)
+
+
+class TranslatedExchange(ChatExchange):
+    """Anthropic format in, any other kind out, through the OpenAI chat shape."""
+
+    def build(self, body: JSON, target: Target, stream: bool) -> UpstreamRequest:
+        return super().build(anthropic_inbound.chat_body(body), target, stream)
+
+    def parse(self, raw: bytes, target: Target) -> Reply:
+        reply = super().parse(raw, target)
+        reply.body = anthropic_inbound.message_from_chat(reply.body, reply.usage, target.public_model)
+        if not reply.usage.reported:
+            del reply.body["usage"]  # filled with the estimate when presented
+        return reply
+
+    def codec(self, body: JSON, target: Target, generation_id: str, wants_usage: bool) -> StreamCodec:
+        chat = ChatExchange.codec(self, anthropic_inbound.chat_body(body), target, generation_id, True)
+        assert isinstance(chat, ChunkCodec)
+        return MessagesCodec(chat, target.public_model)
+
+
+class MessagesEndpoint:
+    """POST /v1/messages; one per request, as it carries the client's `anthropic-beta` header."""
+
+    name = "messages"
+
+    def __init__(self, beta: str = "") -> None:
+        self.beta = beta
+
+    def exchange(self, route: Route) -> Exchange:
+        if route.provider.kind == "anthropic":
+            return NativeExchange(self.beta)
+        return TranslatedExchange(registry.get(route.provider.kind))
+
+    def worst_case(self, body: JSON, route: Route, config: Config) -> Usage:
+        worst = billing.worst_case_usage(body, route.model.max_output_tokens, config.billing.default_max_output_tokens)
+        worst.prompt_tokens += _system_tokens(body)
+        return worst
+
+    def estimate(self, body: JSON, text_bytes: int) -> Usage:
+        return Usage(prompt_tokens=billing.estimate_prompt_tokens(body) + _system_tokens(body),
+                     completion_tokens=billing.estimate_tokens(text_bytes))
+
+    def wants_usage(self, body: JSON) -> bool:
+        return True
+
+    def present(self, reply: Reply, bill: Bill, generation_id: str) -> JSON:
+        answer = reply.body
+        answer["id"] = generation_id
+        answer.setdefault("usage", anthropic_inbound.usage_json(reply.usage))
+        answer["billing"] = bill.block()
+        return answer
+
+    def apply_preset(self, preset: PresetConfig, body: JSON) -> JSON:
+        return presets.apply_anthropic(preset, body)
+
+
+def _system_tokens(body: JSON) -> int:
+    system = body.get("system")
+    return billing.estimate_tokens(len(orjson.dumps(system))) if system else 0

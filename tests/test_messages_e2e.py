@@ -1,0 +1,221 @@
+"""Anthropic's Messages API through the running gateway with the official anthropic SDK, on both stores:
+natively to an Anthropic upstream and translated to OpenAI and Gemini ones, plain and streamed, billed,
+rate-limited, recorded, and with errors in Anthropic's shape."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import anthropic
+import pytest
+from fakes.anthropic_upstream import WIRE as ANTHROPIC_WIRE
+from fakes.gemini_upstream import recorded_chunks
+from fakes.openai_upstream import WIRE as OPENAI_WIRE
+from harness import Gateway, clear_of_minute_boundary
+from test_apis_e2e import assert_charged, generation
+from test_billing_e2e import key_state, nano
+
+MESSAGES: list[Any] = [{"role": "user", "content": "Hello"}]
+CLAUDE_COST = 705 * 3_000 + 25 * 15_000  # sdk-messages-end-turn.response.json at 3 / 15 USD per Mtok
+CLAUDE_STREAM_COST = 11 * 3_000 + 6 * 15_000  # sdk-stream-basic.sse
+GPT4O_COST = 19 * 2_500 + 10 * 10_000  # docs-chat-default.response.json at 2.5 / 10 USD per Mtok
+
+
+def _openai_stream_usage() -> tuple[int, int]:
+    raw = (OPENAI_WIRE / "sdk-stream-text-with-usage.sse").read_bytes()
+    for block in raw.split(b"\n\n"):
+        data = block.removeprefix(b"data: ").strip()
+        if data.startswith(b"{") and json.loads(data).get("usage"):
+            usage = json.loads(data)["usage"]
+            return usage["prompt_tokens"], usage["completion_tokens"]
+    raise AssertionError("no usage chunk")
+
+
+def _openai_stream_text() -> str:
+    raw = (OPENAI_WIRE / "sdk-stream-text-with-usage.sse").read_bytes()
+    text = ""
+    for block in raw.split(b"\n\n"):
+        data = block.removeprefix(b"data: ").strip()
+        if data.startswith(b"{"):
+            for choice in json.loads(data)["choices"]:
+                text += choice["delta"].get("content") or ""
+    return text
+
+
+@pytest.fixture
+async def claude(api_gateway: Gateway) -> AsyncIterator[anthropic.AsyncAnthropic]:
+    client = anthropic.AsyncAnthropic(base_url=api_gateway.url, api_key=api_gateway.key, max_retries=0)
+    yield client
+    await client.close()
+
+
+# -- native pass-through ---------------------------------------------------------------------------
+
+
+async def test_messages_create_natively_to_anthropic(api_gateway: Gateway, claude: anthropic.AsyncAnthropic) -> None:
+    before, _, _ = await key_state(api_gateway)
+    message = await claude.messages.create(model="claude/sonnet", max_tokens=100, messages=MESSAGES,
+                                           system="Be brief.", extra_headers={"anthropic-beta": "tools-2024-04-04"})
+    recorded = json.loads((ANTHROPIC_WIRE / "sdk-messages-end-turn.response.json").read_text())
+    assert message.content[0].text == recorded["content"][0]["text"]  # type: ignore[union-attr]
+    assert message.model == "claude/sonnet" and message.stop_reason == "end_turn"
+    assert message.usage.input_tokens == 705 and message.usage.output_tokens == 25
+    bill = (message.model_extra or {})["billing"]
+    assert nano(bill["request_cost"]) == CLAUDE_COST and bill["using_own_key"] is False
+    sent = api_gateway.extra["upstreams"].anthropic.last
+    assert sent.body == {"model": "claude-sonnet-4-0", "max_tokens": 100, "messages": MESSAGES, "system": "Be brief."}
+    assert sent.headers["x-api-key"] == "sk-ant-test-key-0000000000000000"  # the provider's key, not the client's
+    assert sent.headers["anthropic-beta"] == "tools-2024-04-04"
+    record = await assert_charged(api_gateway, before, CLAUDE_COST, message.id, "messages")
+    assert record["provider_name"] == "claude" and record["finish_reason"] == "stop"
+
+
+async def test_messages_stream_natively_to_anthropic(api_gateway: Gateway, claude: anthropic.AsyncAnthropic) -> None:
+    before, _, _ = await key_state(api_gateway)
+    async with claude.messages.stream(model="claude/sonnet", max_tokens=100, messages=MESSAGES) as stream:
+        text = "".join([piece async for piece in stream.text_stream])
+        final = await stream.get_final_message()
+    assert text == "Hello there!"
+    assert final.content[0].text == "Hello there!"  # type: ignore[union-attr]
+    assert final.stop_reason == "end_turn" and final.usage.output_tokens == 6 and final.usage.input_tokens == 11
+    await assert_charged(api_gateway, before, CLAUDE_STREAM_COST, final.id, "messages")
+
+
+async def test_stream_events_carry_the_bill_on_message_delta(api_gateway: Gateway,
+                                                             claude: anthropic.AsyncAnthropic) -> None:
+    stream = await claude.messages.create(model="claude/sonnet", max_tokens=100, messages=MESSAGES, stream=True)
+    events = [event async for event in stream]
+    assert events[0].type == "message_start" and events[-1].type == "message_stop"
+    delta = next(e for e in events if e.type == "message_delta")
+    bill = (delta.model_extra or {})["billing"]
+    assert nano(bill["request_cost"]) == CLAUDE_STREAM_COST and bill["currency"] == "USD"
+    assert events[0].message.id.startswith("gen-")  # type: ignore[union-attr]
+
+
+# -- translated to other kinds -------------------------------------------------------------------------
+
+
+async def test_messages_create_translated_to_openai(api_gateway: Gateway, claude: anthropic.AsyncAnthropic) -> None:
+    before, _, _ = await key_state(api_gateway)
+    message = await claude.messages.create(model="oai/gpt-4o", max_tokens=50, messages=MESSAGES,
+                                           system="Be brief.", stop_sequences=["END"])
+    recorded = json.loads((OPENAI_WIRE / "docs-chat-default.response.json").read_text())
+    assert message.content[0].text == recorded["choices"][0]["message"]["content"]  # type: ignore[union-attr]
+    assert message.stop_reason == "end_turn" and message.model == "oai/gpt-4o"
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (19, 10)
+    sent = api_gateway.fake.last.body
+    assert sent["messages"] == [{"role": "system", "content": "Be brief."}, *MESSAGES]
+    assert sent["max_tokens"] == 50 and sent["stop"] == ["END"] and sent["model"] == "gpt-4o"
+    await assert_charged(api_gateway, before, GPT4O_COST, message.id, "messages")
+
+
+async def test_messages_stream_translated_to_openai(api_gateway: Gateway, claude: anthropic.AsyncAnthropic) -> None:
+    before, _, _ = await key_state(api_gateway)
+    async with claude.messages.stream(model="oai/gpt-4o", max_tokens=50, messages=MESSAGES) as stream:
+        text = "".join([piece async for piece in stream.text_stream])
+        final = await stream.get_final_message()
+    assert text == _openai_stream_text() and final.content[0].text == text  # type: ignore[union-attr]
+    prompt, completion = _openai_stream_usage()
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (prompt, completion)
+    assert final.stop_reason == "end_turn"
+    await assert_charged(api_gateway, before, prompt * 2_500 + completion * 10_000, final.id, "messages")
+
+
+async def test_messages_stream_translated_to_gemini(api_gateway: Gateway, claude: anthropic.AsyncAnthropic) -> None:
+    async with claude.messages.stream(model="google/flash", max_tokens=50, messages=MESSAGES) as stream:
+        text = "".join([piece async for piece in stream.text_stream])
+        final = await stream.get_final_message()
+    chunks = recorded_chunks("googleai/streaming-success-basic-reply-short.txt")
+    expected = "".join(p.get("text", "") for c in chunks for cand in c.get("candidates", [])
+                       for p in (cand.get("content") or {}).get("parts", []))
+    assert text == expected and final.usage.output_tokens > 0
+    sent = api_gateway.extra["upstreams"].gemini.last
+    assert sent.method == "streamGenerateContent" and sent.body["contents"][0]["parts"] == [{"text": "Hello"}]
+
+
+# -- errors, keys, limits ------------------------------------------------------------------------------
+
+
+async def test_errors_come_in_anthropics_shape(api_gateway: Gateway, claude: anthropic.AsyncAnthropic) -> None:
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        await claude.messages.create(model="nope/nope", max_tokens=10, messages=MESSAGES)
+    assert missing.value.body["type"] == "error"  # type: ignore[index]
+    assert missing.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+    async with aiohttp.ClientSession() as http:
+        async with http.post(api_gateway.url + "/v1/messages", json={"model": "claude/sonnet", "messages": MESSAGES},
+                             headers={"x-api-key": api_gateway.key, "anthropic-version": "2023-06-01"}) as r:
+            body = await r.json()
+            assert r.status == 400 and body["error"]["type"] == "invalid_request_error"
+            assert "max_tokens" in body["error"]["message"] and body["request_id"] == r.headers["X-Request-Id"]
+        async with http.post(api_gateway.url + "/v1/messages", json={}, headers={"x-api-key": "gw-wrong"}) as r:
+            body = await r.json()
+            assert r.status == 401 and body == {"type": "error", "request_id": r.headers["X-Request-Id"],
+                                                "error": {"type": "authentication_error", "code": "invalid_api_key",
+                                                          "message": body["error"]["message"]}}
+    bad = anthropic.AsyncAnthropic(base_url=api_gateway.url, api_key="gw-not-a-key", max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError):
+        await bad.messages.create(model="claude/sonnet", max_tokens=10, messages=MESSAGES)
+    await bad.close()
+
+
+async def test_gateway_key_in_x_api_key(api_gateway: Gateway) -> None:
+    async with aiohttp.ClientSession() as http, http.post(
+            api_gateway.url + "/v1/messages", json={"model": "claude/sonnet", "max_tokens": 10, "messages": MESSAGES},
+            headers={"x-api-key": api_gateway.key, "anthropic-version": "2099-01-01"}) as r:
+        assert r.status == 200
+        body = await r.json()
+    assert body["type"] == "message" and body["billing"]["request_cost"] > 0
+
+
+async def test_upstream_refusal_keeps_anthropics_type(api_gateway: Gateway, claude: anthropic.AsyncAnthropic) -> None:
+    fake = api_gateway.extra["upstreams"].anthropic
+    fake.status, fake.error_body = 529, fake.overloaded_body()
+    with pytest.raises(anthropic.APIStatusError) as info:
+        await claude.messages.create(model="claude/sonnet", max_tokens=10, messages=MESSAGES)
+    assert info.value.status_code == 503
+    assert info.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+    balance, usage, credits = await key_state(api_gateway)
+    assert usage == 0 and balance == credits
+
+
+async def test_mid_stream_error_is_an_anthropic_error_event(api_gateway: Gateway,
+                                                            claude: anthropic.AsyncAnthropic) -> None:
+    api_gateway.extra["upstreams"].anthropic.error_event_after = 3
+    with pytest.raises(anthropic.APIStatusError) as info:
+        async with claude.messages.stream(model="claude/sonnet", max_tokens=10, messages=MESSAGES) as stream:
+            async for _ in stream.text_stream:
+                pass
+    assert info.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+
+
+async def test_models_the_key_may_not_use_are_403(api_gateway: Gateway) -> None:
+    key, _ = await api_gateway.add_key("scoped", models=("oai/*", "claude/son*"))
+    client = anthropic.AsyncAnthropic(base_url=api_gateway.url, api_key=key, max_retries=0)
+    await client.messages.create(model="claude/sonnet", max_tokens=10, messages=MESSAGES)
+    with pytest.raises(anthropic.PermissionDeniedError) as info:
+        await client.messages.create(model="google/flash", max_tokens=10, messages=MESSAGES)
+    await client.close()
+    assert "google/flash" in info.value.message
+    assert info.value.body["error"]["type"] == "permission_error"  # type: ignore[index]
+
+
+async def test_messages_count_in_the_rate_limit(make_api_gateway: Any) -> None:
+    await clear_of_minute_boundary()
+    gw = await make_api_gateway({"claude/sonnet": {"limits": {"rpm": 1}}})
+    client = anthropic.AsyncAnthropic(base_url=gw.url, api_key=gw.key, max_retries=0)
+    raw = await client.messages.with_raw_response.create(model="claude/sonnet", max_tokens=10, messages=MESSAGES)
+    assert raw.headers["x-ratelimit-remaining-requests"] == "0"
+    with pytest.raises(anthropic.RateLimitError) as info:
+        await client.messages.create(model="claude/sonnet", max_tokens=10, messages=MESSAGES)
+    await client.close()
+    assert info.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+    assert int(info.value.response.headers["retry-after"]) >= 1
+
+
+async def test_generation_record_of_a_message(api_gateway: Gateway, claude: anthropic.AsyncAnthropic) -> None:
+    message = await claude.messages.create(model="oai/gpt-4o", max_tokens=10, messages=MESSAGES)
+    record = await generation(api_gateway, message.id)
+    assert record["model"] == "oai/gpt-4o" and record["endpoint"] == "messages" and record["streamed"] is False
