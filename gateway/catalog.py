@@ -11,6 +11,7 @@ from typing import Any
 
 from gateway.config import Config, LimitsConfig, ModelConfig, ProviderConfig, to_nano
 from gateway.errors import NotFound
+from providers import registry
 from providers.types import Target
 
 
@@ -70,7 +71,14 @@ class Route:
             "context_window": self.model.context_window,
             "max_output_tokens": self.model.max_output_tokens,
             "aliases": list(self.model.aliases),
+            "provider": self.provider_name,
+            "supported_parameters": self.supported_parameters(),
         }
+
+    def supported_parameters(self) -> list[str]:
+        """What the provider kind carries upstream, less what this model drops."""
+        dropped = set(self.model.params.drop)
+        return [p for p in registry.get(self.provider.kind).SUPPORTED_PARAMETERS if p not in dropped]
 
 
 class Catalog:

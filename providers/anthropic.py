@@ -47,6 +47,8 @@ from providers.types import (
 
 STREAM_FRAMING = "sse"
 NEEDS_INLINE_IMAGES = False
+SUPPORTED_PARAMETERS = ("temperature", "top_p", "top_k", "max_tokens", "max_completion_tokens", "stop", "tools",
+                        "tool_choice", "parallel_tool_calls")  # what the translation carries
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
 

@@ -32,6 +32,10 @@ from providers.types import (
 
 STREAM_FRAMING = "sse"
 NEEDS_INLINE_IMAGES = False  # OpenAI-compatible servers fetch image URLs themselves
+# what a client may set (OpenRouter's parameter names), shown by /v1/models/{id}/endpoints
+SUPPORTED_PARAMETERS = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "max_tokens",
+                        "max_completion_tokens", "logit_bias", "logprobs", "top_logprobs", "seed", "response_format",
+                        "stop", "tools", "tool_choice", "parallel_tool_calls", "reasoning_effort")
 
 _MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
 _FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})

@@ -27,6 +27,7 @@ class Adapter(Protocol):
 
     STREAM_FRAMING: str  # "sse" or "ndjson": how the upstream frames its stream
     NEEDS_INLINE_IMAGES: bool  # the upstream takes image bytes only: the gateway inlines https image URLs
+    SUPPORTED_PARAMETERS: tuple[str, ...]  # request fields the kind carries upstream (OpenRouter's names)
 
     def build_request(self, req: ChatRequest, target: Target) -> UpstreamRequest: ...
 
