@@ -141,9 +141,9 @@ class ModelConfig(_Model):
     limits: LimitsConfig | None = None
     aliases: list[str] = []
     fallbacks: list[str] = []
-    # /v1/completions: "native" passes it to the upstream's own /completions, "chat" translates it to chat;
-    # unset: native on kind openai, chat elsewhere
-    completions: Literal["native", "chat"] | None = None
+    # /v1/completions: "chat" translates it to one chat turn; "native" passes it to the upstream's own
+    # /completions (kind openai: instruct and base models, e.g. gpt-3.5-turbo-instruct, vLLM, Ollama)
+    completions: Literal["native", "chat"] = "chat"
 
 
 class PresetConfig(_Model):
@@ -343,6 +343,10 @@ def _cross_check(config: Config) -> list[str]:
         for i, fb in enumerate(model.fallbacks):
             if fb not in config.models:
                 problems.append(f"models.{mid}.fallbacks.{i}: no model {fb!r} in models")
+    for mid, model in config.models.items():
+        serving = config.providers.get(mid.partition("/")[0])
+        if model.completions == "native" and serving is not None and serving.kind != "openai":
+            problems.append(f"models.{mid}.completions: native legacy completions need a provider of kind openai")
     for name, preset in config.presets.items():
         if preset.model not in config.models:
             problems.append(f"presets.{name}.model: no model {preset.model!r} in models")

@@ -78,10 +78,11 @@ class CompletionsEndpoint:
     name = "completions"
 
     def exchange(self, route: Route) -> Exchange:
-        kind = route.provider.kind
-        if (route.model.completions or ("native" if kind == "openai" else "chat")) == "native":
+        if route.model.completions == "native":
+            if route.provider.kind != "openai":
+                raise untranslatable(route, "native /v1/completions")
             return PassthroughExchange("completions", passthrough.parse_completion)
-        return ChatCompletionsExchange(registry.get(kind))
+        return ChatCompletionsExchange(registry.get(route.provider.kind))
 
     def worst_case(self, body: JSON, route: Route, config: Config) -> Usage:
         ceiling = route.model.max_output_tokens or config.billing.default_max_output_tokens

@@ -49,8 +49,9 @@ def config_doc(urls: dict[str, str], store_url: str = "", prefix: str = "gw:") -
             "google": {"kind": "gemini", "base_url": urls["gemini"], "api_key": GEMINI_KEY},
         },
         "models": {
-            "oai/gpt-3.5-turbo-instruct": {"price": {"input_per_mtok": 1.5, "output_per_mtok": 2}},
-            "oai/gpt-4o": {"price": {"input_per_mtok": 2.5, "output_per_mtok": 10}, "completions": "chat",
+            "oai/gpt-3.5-turbo-instruct": {"price": {"input_per_mtok": 1.5, "output_per_mtok": 2},
+                                           "completions": "native"},
+            "oai/gpt-4o": {"price": {"input_per_mtok": 2.5, "output_per_mtok": 10},
                            "context_window": 128000, "max_output_tokens": 16384, "vision": True},
             "claude/sonnet": {"upstream": "claude-sonnet-4-0", "max_output_tokens": 1024, "context_window": 200000,
                               "price": {"input_per_mtok": 3, "output_per_mtok": 15, "cached_input_per_mtok": 0.3}},

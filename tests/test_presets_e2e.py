@@ -68,11 +68,14 @@ async def test_a_key_may_be_limited_to_a_preset(api_gateway: Gateway) -> None:
     assert "oai/gpt-4o" in info.value.message
 
 
-def test_preset_of_an_unknown_model_is_a_config_error() -> None:
+def test_new_config_keys_are_cross_checked() -> None:
+    text = ("providers: {c: {kind: anthropic, base_url: 'https://x'}}\nmodels: {c/m: {completions: native}}\n"
+            "presets: {bot: {model: x/y}}\ndefault_models: {images: a/b}\n")
     with pytest.raises(ConfigError) as info:
-        parse("presets: {bot: {model: x/y}}\ndefault_models: {images: a/b}\n", {})
+        parse(text, {})
     assert "presets.bot.model: no model 'x/y' in models" in str(info.value)
     assert "default_models.images: no model 'a/b' in models" in str(info.value)
+    assert "models.c/m.completions: native legacy completions need a provider of kind openai" in str(info.value)
 
 
 async def test_keys_create_models_glob_from_the_command_line(make_api_gateway: Any, redis_url: str,
