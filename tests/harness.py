@@ -7,6 +7,7 @@ plain aiohttp; the store is a real redis-server or the memory store.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import yaml
 from aiohttp import web
 from fakes.openai_upstream import FakeOpenAI
 from openai import AsyncOpenAI
@@ -37,6 +39,19 @@ def validate(obj: Any, root: str) -> None:
     """Raise unless `obj` validates against OpenAI's own schema `root`."""
     schema = {"$schema": _SCHEMAS["$schema"], "$defs": _SCHEMAS["$defs"], "$ref": f"#/$defs/{root}"}
     jsonschema.Draft202012Validator(schema).validate(obj)
+
+
+@functools.cache
+def _spec_defs() -> dict[str, Any]:
+    """OpenAI's full OpenAPI 3.1 spec's schemas (a superset of openai-schemas.json: moderations, images)."""
+    schemas = yaml.load((SHARED / "openai-openapi.yaml").read_text(), Loader=yaml.CSafeLoader)["components"]["schemas"]
+    text = json.dumps(schemas, default=str).replace('"#/components/schemas/', '"#/$defs/')
+    return dict(json.loads(text))
+
+
+def validate_spec(obj: Any, root: str) -> None:
+    """Raise unless `obj` validates against schema `root` of OpenAI's OpenAPI spec."""
+    jsonschema.Draft202012Validator({"$defs": _spec_defs(), "$ref": f"#/$defs/{root}"}).validate(obj)
 
 
 def closed_port() -> int:

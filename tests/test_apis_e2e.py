@@ -15,7 +15,7 @@ from fakes.anthropic_upstream import WIRE as ANTHROPIC_WIRE
 from fakes.gemini_upstream import embedding_of
 from fakes.openai_upstream import EMBEDDING
 from fakes.openai_upstream import WIRE as OPENAI_WIRE
-from harness import Gateway, clear_of_minute_boundary, run_cli, validate
+from harness import Gateway, clear_of_minute_boundary, run_cli, validate, validate_spec
 from test_billing_e2e import key_state, nano, settled
 from test_metrics import scrape, value
 
@@ -197,7 +197,9 @@ async def test_embeddings_refused_where_no_kind_serves_them(api_gateway: Gateway
 async def test_moderation_uses_the_default_model_and_its_request_price(api_gateway: Gateway) -> None:
     before, _, _ = await key_state(api_gateway)
     client = api_gateway.openai()
-    result = await client.moderations.create(input="I want to kill them.")
+    raw = await client.moderations.with_raw_response.create(input="I want to kill them.")
+    validate_spec(json.loads(raw.content), "CreateModerationResponse")
+    result = raw.parse()
     assert result.results[0].flagged is True and result.results[0].categories.violence is True
     assert result.model == "oai/omni-moderation-latest"
     sent = api_gateway.fake.last
@@ -216,7 +218,9 @@ async def test_moderation_refused_on_a_non_openai_kind(api_gateway: Gateway) -> 
 async def test_images_priced_per_image(api_gateway: Gateway) -> None:
     before, _, _ = await key_state(api_gateway)
     client = api_gateway.openai()
-    result = await client.images.generate(prompt="A cute baby sea otter", n=2, size="1024x1024")
+    raw = await client.images.with_raw_response.generate(prompt="A cute baby sea otter", n=2, size="1024x1024")
+    validate_spec(json.loads(raw.content), "ImagesResponse")
+    result = raw.parse()
     assert len(result.data or []) == 2 and (result.data or [])[0].b64_json
     extra = result.model_extra or {}
     assert nano(extra["billing"]["request_cost"]) == 2 * 40_000_000

@@ -13,7 +13,9 @@ only abridged or request-side recordings of them):
   last chunk with `finish_reason`, a `choices: []` usage chunk when `stream_options.include_usage`, [DONE].
 - `POST /v1/embeddings`: one `embedding` per input string (`EMBEDDING` floats; base64 float32 when
   `encoding_format: base64`, as the SDK asks by default) and the documented usage of 8 prompt tokens.
-- `POST /v1/moderations`: the documented `modr-...` example answer, one result per input.
+- `POST /v1/moderations`: the documented `modr-...` example answer, one result per input, completed with
+  the categories (`illicit`, `illicit/violent`, `category_applied_input_types`) that omni-moderation
+  answers with and the current spec requires.
 - `POST /v1/images/generations`: `n` images as `b64_json` of a 1x1 PNG, with the documented usage.
 
 With `allowed_peers` set, a request from any other peer address is refused with 451, the way a provider
@@ -58,6 +60,10 @@ MODERATION_RESULT = {  # the example answer of POST /moderations in openai-opena
                         "self-harm/instructions": 1.1198755256458526e-9,
                         "harassment/threatening": 0.5694745779037476, "violence": 0.9971134662628174},
 }
+# the documented example predates the categories omni-moderation answers with and the spec now requires
+MODERATION_RESULT["categories"].update({"illicit": False, "illicit/violent": False})  # type: ignore[union-attr]
+MODERATION_RESULT["category_scores"].update({"illicit": 0.00001, "illicit/violent": 0.00001})  # type: ignore[union-attr]
+MODERATION_RESULT["category_applied_input_types"] = {name: ["text"] for name in MODERATION_RESULT["categories"]}
 IMAGE_USAGE = {"total_tokens": 100, "input_tokens": 50, "output_tokens": 50,
                "input_tokens_details": {"text_tokens": 10, "image_tokens": 40}}
 
