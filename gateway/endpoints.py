@@ -5,6 +5,7 @@ how its answer is presented with the bill (the billing block and OpenRouter's `u
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from gateway import billing
@@ -25,6 +26,8 @@ from gateway.sse import frame
 from gateway.streaming import ChunkCodec, StreamCodec
 from providers import completions, gemini_embed, passthrough, registry
 from providers.types import JSON, Target, UpstreamHTTPError, UpstreamRequest, Usage
+
+Parser = Callable[[bytes, Target], tuple[JSON, Usage]]
 
 
 def input_tokens(value: Any) -> int:
@@ -101,7 +104,7 @@ class CompletionsEndpoint:
         return openai_present(reply, bill, generation_id)
 
     def apply_preset(self, preset: PresetConfig, body: JSON) -> JSON:
-        return no_presets(preset, body)
+        no_presets(preset)
 
 
 # -- embeddings, moderations, images ----------------------------------------------------------------
@@ -142,7 +145,7 @@ class _OneShot:
             raise untranslatable(route, self.what)
         return PassthroughExchange(self.path, self.parser())
 
-    def parser(self) -> Any:
+    def parser(self) -> Parser:
         raise NotImplementedError
 
     def estimate(self, body: JSON, text_bytes: int) -> Usage:
@@ -161,7 +164,7 @@ class _OneShot:
         return answer
 
     def apply_preset(self, preset: PresetConfig, body: JSON) -> JSON:
-        return no_presets(preset, body)
+        no_presets(preset)
 
 
 class EmbeddingsEndpoint(_OneShot):
@@ -174,7 +177,7 @@ class EmbeddingsEndpoint(_OneShot):
             return GeminiEmbedExchange()
         return super().exchange(route)
 
-    def parser(self) -> Any:
+    def parser(self) -> Parser:
         return passthrough.parse_embeddings
 
     def worst_case(self, body: JSON, route: Route, config: Config) -> Usage:
@@ -192,7 +195,7 @@ class ModerationsEndpoint(_OneShot):
 
     name, path, what = "moderations", "moderations", "/v1/moderations"
 
-    def parser(self) -> Any:
+    def parser(self) -> Parser:
         return passthrough.parse_moderation
 
     def worst_case(self, body: JSON, route: Route, config: Config) -> Usage:
@@ -209,7 +212,7 @@ class ImagesEndpoint(_OneShot):
 
     name, path, what = "images", "images/generations", "/v1/images/generations"
 
-    def parser(self) -> Any:
+    def parser(self) -> Parser:
         return passthrough.parse_images
 
     def worst_case(self, body: JSON, route: Route, config: Config) -> Usage:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from gateway import billing, presets
 from gateway.billing import Bill
@@ -69,7 +69,8 @@ class Endpoint(Protocol):
     def apply_preset(self, preset: PresetConfig, body: JSON) -> JSON: ...
 
 
-def no_presets(preset: PresetConfig, body: JSON) -> JSON:
+def no_presets(preset: PresetConfig) -> NoReturn:
+    """`apply_preset` of the endpoints that have no system prompt to put a preset's into."""
     raise InvalidRequest("Presets apply to /v1/chat/completions and /v1/messages only.", code="preset_not_supported",
                          param="model")
 
