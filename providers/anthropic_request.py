@@ -1,0 +1,227 @@
+"""An OpenAI chat request as an Anthropic Messages request body.
+
+The body is built from scratch, so what Anthropic does not know (`n`, penalties, logprobs,
+`response_format`, `reasoning_effort`, `stream_options`, ...) stays behind. Translation decisions:
+
+- `system` / `developer` messages, wherever they stand, become the top-level `system`: an array of text
+  blocks, one per non-empty text, in order (keeps message boundaries and `cache_control` marks).
+- Consecutive messages of one role share one turn; `tool` messages become `tool_result` blocks of a user
+  turn, which a following user message joins, so turns alternate. A turn that is one plain text is sent
+  as a string, as the SDK does. Empty texts are left out (Anthropic rejects empty text blocks).
+- Images: `data:` URIs -> base64 source blocks, http(s) URLs -> url source blocks (Anthropic fetches them).
+- `tool_choice`: auto -> auto, none -> `{"type": "none"}` (tools are still sent, so `tool_use` blocks in
+  the history stay valid), required -> any, a named function -> tool; `parallel_tool_calls: false` ->
+  `disable_parallel_tool_use`.
+- `max_tokens` is required upstream: `max_completion_tokens`, else `max_tokens`, else the model's default.
+  `temperature` is clamped to Anthropic's 0..1. `target.drop` applies to the client's field names before
+  translation and to Anthropic's after it (model, messages and max_tokens are never dropped).
+
+Pure: no I/O. `ProviderError` means the request cannot be expressed for Anthropic.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from providers.types import JSON, ChatRequest, ProviderError, Target
+
+DEFAULT_MAX_TOKENS = 4096
+_TOOL_CHOICES = {"auto": "auto", "none": "none", "required": "any"}
+_REQUIRED = frozenset({"model", "messages", "max_tokens"})
+
+__all__ = ["DEFAULT_MAX_TOKENS", "translate_body", "translate_messages"]
+
+
+def translate_body(req: ChatRequest, target: Target) -> JSON:
+    """The Anthropic request body for a client's OpenAI chat body (which is left untouched)."""
+    src = {k: v for k, v in req.body.items() if k not in target.drop or k in _REQUIRED}
+    messages = src.get("messages")
+    if not isinstance(messages, list):
+        raise ProviderError("messages must be a list")
+    system, turns = translate_messages(messages)
+    out: JSON = {"model": target.upstream_model, "max_tokens": _max_tokens(src, target), "messages": turns}
+    if system:
+        out["system"] = system
+    _sampling(src, out)
+    _tools(src, out)
+    user = src.get("user") or src.get("safety_identifier")
+    if isinstance(user, str) and user:
+        out["metadata"] = {"user_id": user}
+    if req.stream:
+        out["stream"] = True
+    for name in target.drop:
+        if name not in _REQUIRED:
+            out.pop(name, None)
+    return out
+
+
+def _max_tokens(src: JSON, target: Target) -> int:
+    for value in (_int(src.get("max_completion_tokens")), _int(src.get("max_tokens"))):
+        if value is not None:
+            return value
+    return target.default_max_tokens or DEFAULT_MAX_TOKENS
+
+
+def _sampling(src: JSON, out: JSON) -> None:
+    temperature = src.get("temperature")
+    if isinstance(temperature, int | float) and not isinstance(temperature, bool):
+        out["temperature"] = min(max(temperature, 0), 1)
+    for name in ("top_p", "top_k"):
+        if src.get(name) is not None:
+            out[name] = src[name]
+    stop = src.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if isinstance(stop, list) and stop:
+        out["stop_sequences"] = stop
+
+
+def translate_messages(messages: list[Any]) -> tuple[list[JSON], list[JSON]]:
+    """(system text blocks, alternating user/assistant turns) for OpenAI `messages`."""
+    system: list[JSON] = []
+    turns: list[JSON] = []
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            raise ProviderError(f"messages[{i}] is not an object")
+        role = msg.get("role")
+        if role in ("system", "developer"):
+            blocks = _parts(msg.get("content"), f"messages[{i}]")
+            if any(block["type"] != "text" for block in blocks):
+                raise ProviderError(f"messages[{i}]: system messages can hold only text for Anthropic models")
+            system.extend(blocks)
+            continue
+        if role == "user":
+            blocks = _parts(msg.get("content"), f"messages[{i}]")
+        elif role == "assistant":
+            blocks = _assistant_blocks(msg, i)
+        elif role == "tool":
+            role, blocks = "user", [_tool_result(msg, i)]
+        else:
+            raise ProviderError(f"messages[{i}]: role {role!r} is not supported for Anthropic models")
+        if not blocks:
+            continue
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+    for turn in turns:
+        content = turn["content"]
+        if len(content) == 1 and content[0].keys() == {"type", "text"}:
+            turn["content"] = content[0]["text"]  # plain text turns as strings, the way the SDK sends them
+    return system, turns
+
+
+def _parts(content: Any, where: str) -> list[JSON]:
+    """Text / image blocks of an OpenAI message content (a string or a list of parts)."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    if not isinstance(content, list):
+        raise ProviderError(f"{where}.content must be a string or a list of parts")
+    blocks: list[JSON] = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("text", "refusal"):
+            text = part.get(kind)
+            if not isinstance(text, str):
+                raise ProviderError(f"{where}.content[{j}] has no {kind} string")
+            if not text:
+                continue
+            block: JSON = {"type": "text", "text": text}
+        elif kind == "image_url":
+            block = _image(part.get("image_url"), f"{where}.content[{j}]")
+        else:
+            raise ProviderError(f"{where}.content[{j}]: part type {kind!r} is not supported for Anthropic models")
+        if isinstance(part.get("cache_control"), dict):
+            block["cache_control"] = part["cache_control"]
+        blocks.append(block)
+    return blocks
+
+
+def _image(image: Any, where: str) -> JSON:
+    url = image.get("url") if isinstance(image, dict) else image
+    if not isinstance(url, str):
+        raise ProviderError(f"{where}: image_url has no url")
+    if url.startswith("data:"):
+        header, comma, data = url[5:].partition(",")
+        media_type, _, encoding = header.partition(";")
+        if not comma or encoding != "base64" or not media_type:
+            raise ProviderError(f"{where}: image data URIs must be data:<media type>;base64,<data>")
+        return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+    if url.startswith(("https://", "http://")):
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    raise ProviderError(f"{where}: image URLs must be https:// or data: URIs")
+
+
+def _assistant_blocks(msg: JSON, i: int) -> list[JSON]:
+    blocks = _parts(msg.get("content"), f"messages[{i}]")
+    calls = msg.get("tool_calls") or []
+    if not isinstance(calls, list):
+        raise ProviderError(f"messages[{i}].tool_calls must be a list")
+    for j, call in enumerate(calls):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(call.get("id"), str) or not isinstance(fn.get("name"), str):
+            raise ProviderError(f"messages[{i}].tool_calls[{j}] needs an id and a function name")
+        try:
+            args = orjson.loads(fn.get("arguments") or "{}")
+        except orjson.JSONDecodeError as exc:
+            raise ProviderError(f"messages[{i}].tool_calls[{j}].function.arguments is not valid JSON") from exc
+        if not isinstance(args, dict):
+            raise ProviderError(f"messages[{i}].tool_calls[{j}].function.arguments must be a JSON object")
+        blocks.append({"type": "tool_use", "id": call["id"], "name": fn["name"], "input": args})
+    return blocks
+
+
+def _tool_result(msg: JSON, i: int) -> JSON:
+    call_id = msg.get("tool_call_id")
+    if not isinstance(call_id, str):
+        raise ProviderError(f"messages[{i}] (role tool) needs a tool_call_id")
+    block: JSON = {"type": "tool_result", "tool_use_id": call_id}
+    content = msg.get("content")
+    if isinstance(content, str):
+        if content:
+            block["content"] = content
+    elif content := _parts(content, f"messages[{i}]"):
+        block["content"] = content
+    return block
+
+
+def _tools(src: JSON, out: JSON) -> None:
+    """`tools`, `tool_choice` and `parallel_tool_calls` -> Anthropic's tools and tool_choice."""
+    tools = src.get("tools")
+    if not isinstance(tools, list) or not tools:
+        return
+    converted = []
+    for j, tool in enumerate(tools):
+        fn = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise ProviderError(f"tools[{j}]: only function tools with a name are supported for Anthropic models")
+        spec: JSON = {"name": fn["name"]}
+        if isinstance(fn.get("description"), str):
+            spec["description"] = fn["description"]
+        spec["input_schema"] = fn.get("parameters") or {"type": "object", "properties": {}}
+        converted.append(spec)
+    out["tools"] = converted
+    choice = _tool_choice(src.get("tool_choice"))
+    if src.get("parallel_tool_calls") is False and choice.get("type") != "none":
+        choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
+    if choice:
+        out["tool_choice"] = choice
+
+
+def _tool_choice(choice: Any) -> JSON:
+    if isinstance(choice, str) and choice in _TOOL_CHOICES:
+        return {"type": _TOOL_CHOICES[choice]}
+    fn = choice.get("function") if isinstance(choice, dict) else None
+    if isinstance(fn, dict) and isinstance(fn.get("name"), str):
+        return {"type": "tool", "name": fn["name"]}
+    if choice is None:
+        return {}
+    raise ProviderError(f"tool_choice {choice!r} is not supported for Anthropic models")
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
