@@ -88,6 +88,7 @@ def create_app(config: Config, config_path: str | None = None, extra_middlewares
     app.router.add_post("/v1/moderations", apis.moderations)
     app.router.add_post("/v1/images/generations", apis.image_generations)
     app.router.add_post("/v1/messages", messages.messages)
+    app.router.add_post("/v1/messages/count_tokens", messages.count_tokens)
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/models/{name:.+}", models.model_or_endpoints)
     app.router.add_get("/v1/credits", credits.credits)

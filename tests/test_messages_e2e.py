@@ -219,3 +219,19 @@ async def test_generation_record_of_a_message(api_gateway: Gateway, claude: anth
     message = await claude.messages.create(model="oai/gpt-4o", max_tokens=10, messages=MESSAGES)
     record = await generation(api_gateway, message.id)
     assert record["model"] == "oai/gpt-4o" and record["endpoint"] == "messages" and record["streamed"] is False
+
+
+async def test_count_tokens_is_answered_by_the_gateway_for_any_provider(
+        api_gateway: Gateway, claude: anthropic.AsyncAnthropic) -> None:
+    before, _, _ = await key_state(api_gateway)
+    seen = len(api_gateway.fake.requests)
+    short = await claude.messages.count_tokens(model="oai/gpt-4o", messages=MESSAGES)
+    long = await claude.messages.count_tokens(model="oai/gpt-4o", system="Be brief. " * 50,
+                                              messages=[{"role": "user", "content": "x" * 3000}])
+    assert 0 < short.input_tokens < long.input_tokens
+    assert long.input_tokens >= 1000  # 3,000 bytes of text: the estimate errs high, never low
+    assert len(api_gateway.fake.requests) == seen  # no upstream call
+    assert (await key_state(api_gateway))[0] == before  # nothing charged
+    with pytest.raises(anthropic.NotFoundError) as info:
+        await claude.messages.count_tokens(model="no/such-model", messages=MESSAGES)
+    assert info.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
