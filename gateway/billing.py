@@ -69,11 +69,16 @@ def requested_max_output(body: dict[str, Any]) -> int | None:
 
 
 def worst_case_usage(body: dict[str, Any], model_max_output: int | None, default_max_output: int) -> Usage:
-    """The usage a hold must cover: the prompt estimate plus every output token the request may produce."""
+    """The usage a hold must cover: the prompt estimate plus every output token the request may produce.
+
+    With `n` choices the upstream may produce `max_tokens` for each of them (the prompt is counted once).
+    """
     asked = requested_max_output(body)
     ceiling = model_max_output or default_max_output
     max_out = min(asked, ceiling) if asked else ceiling
-    return Usage(prompt_tokens=estimate_prompt_tokens(body), completion_tokens=max_out)
+    n = body.get("n")
+    choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+    return Usage(prompt_tokens=estimate_prompt_tokens(body), completion_tokens=max_out * choices)
 
 
 @dataclass(frozen=True, slots=True)

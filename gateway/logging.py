@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import sys
+import traceback
 from collections.abc import Iterable, MutableMapping
 from typing import IO, Any
 
@@ -26,6 +27,9 @@ _PATTERNS = [
     (re.compile(r"\b(sk|xai|pk|rk)-[A-Za-z0-9_*-]{12,}"), r"\1-" + REDACTED),
     (re.compile(r"\bAIza[0-9A-Za-z_-]{20,}"), REDACTED),  # Google API keys
     (re.compile(r"(?i)\b([a-z][a-z0-9+]*://[^:/@\s]*):[^@\s/]+@"), r"\1:" + REDACTED + "@"),  # user:pass@
+    # a raw header line, as aiohttp's parser quotes a malformed one: the value runs to the line's end
+    (re.compile(r"(?i)\b((?:proxy-)?authorization|x-api-key|x-provider-api-key|x-goog-api-key):[^\r\n'\"]*"),
+     r"\1: " + REDACTED),
 ]
 # Every pattern above needs one of these substrings (lower-cased); a string with none of them (nearly every
 # string of a request's log line) is left alone after a few substring tests, which cost far less than one
@@ -139,6 +143,26 @@ def _add_pid(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutab
     return event
 
 
+def _scrubbing(factory: Any) -> Any:
+    """A LogRecord factory whose records carry scrubbed text: stdlib loggers (aiohttp's, which quote a
+    malformed request's header line, Authorization included) pass the same redactor as our own lines."""
+    if getattr(factory, "scrubs", False):
+        return factory
+
+    def make(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
+        try:
+            record.msg, record.args = redactor.scrub(record.getMessage()), None
+        except Exception:  # a malformed call site: keep its record as it was
+            return record  # type: ignore[no-any-return]
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redactor.scrub("".join(traceback.format_exception(*record.exc_info)).rstrip())
+        return record  # type: ignore[no-any-return]
+
+    make.scrubs = True  # type: ignore[attr-defined]
+    return make
+
+
 def configure(level: str = "info") -> None:
     structlog.configure(
         processors=[
@@ -154,6 +178,7 @@ def configure(level: str = "info") -> None:
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    logging.setLogRecordFactory(_scrubbing(logging.getLogRecordFactory()))
 
 
 def get_logger(name: str = "gateway") -> Any:

@@ -1,4 +1,9 @@
-"""Reading client bodies: size-capped before anything is buffered, JSON-checked with clear 400s."""
+"""Reading client bodies: size-capped before anything is buffered, JSON-checked with clear 400s.
+
+JSON that parses can still be hostile: orjson parses any depth but serializes at most 254 levels, and
+every translator walks the body, so a request nested deeper than `MAX_DEPTH` is refused here, for every
+endpoint at once, before any code that could fail on it runs.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ import orjson
 from aiohttp import web
 
 from gateway.errors import InvalidRequest, PayloadTooLarge
+
+MAX_DEPTH = 64  # real requests (messages > content parts > tool schemas) stay far below
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
@@ -36,4 +43,19 @@ async def read_json(request: web.Request, limit: int) -> dict[str, Any]:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    if _depth_exceeds(body, MAX_DEPTH):
+        raise InvalidRequest(f"The request body exceeds the depth limit: it nests more than {MAX_DEPTH} levels.",
+                             code="invalid_json")
     return body
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether objects/arrays nest deeper than `limit`; iterative, so depth itself cannot crash the check."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False

@@ -36,6 +36,7 @@ STREAM_FRAMING = "sse"
 NEEDS_INLINE_IMAGES = False
 SUPPORTED_PARAMETERS = ("temperature", "top_p", "top_k", "max_tokens", "max_completion_tokens", "stop", "tools",
                         "tool_choice", "parallel_tool_calls")  # what the translation carries
+MAX_CHOICES = 1  # the Messages API has no `n`: one answer per request
 API_VERSION = "2023-06-01"
 
 # finish-reason-map.json (LiteLLM); model_context_window_exceeded is the SDK's newer "ran out of room"

@@ -40,6 +40,8 @@ def translate_body(req: ChatRequest, target: Target) -> JSON:
     messages = src.get("messages")
     if not isinstance(messages, list):
         raise ProviderError("messages must be a list")
+    if src.get("n") not in (None, 1):
+        raise ProviderError("Anthropic models give one choice per request: n must be 1")
     system, turns = translate_messages(messages)
     out: JSON = {"model": target.upstream_model, "max_tokens": _max_tokens(src, target), "messages": turns}
     if system:

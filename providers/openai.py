@@ -36,6 +36,7 @@ NEEDS_INLINE_IMAGES = False  # OpenAI-compatible servers fetch image URLs themse
 SUPPORTED_PARAMETERS = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "max_tokens",
                         "max_completion_tokens", "logit_bias", "logprobs", "top_logprobs", "seed", "response_format",
                         "stop", "tools", "tool_choice", "parallel_tool_calls", "reasoning_effort")
+MAX_CHOICES = 128  # `n`: OpenAI's documented maximum, billed in one usage block
 
 _MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
 _FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})

@@ -28,6 +28,7 @@ class Adapter(Protocol):
     STREAM_FRAMING: str  # "sse" or "ndjson": how the upstream frames its stream
     NEEDS_INLINE_IMAGES: bool  # the upstream takes image bytes only: the gateway inlines https image URLs
     SUPPORTED_PARAMETERS: tuple[str, ...]  # request fields the kind carries upstream (OpenRouter's names)
+    MAX_CHOICES: int  # the largest `n` the upstream honours (1: it would silently answer one choice)
 
     def build_request(self, req: ChatRequest, target: Target) -> UpstreamRequest: ...
 

@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from egress.pool import Egress, EgressUnavailable
-from gateway import limits, metering, metrics, presets, resilience, routing, streaming
+from gateway import limits, metering, metrics, presets, resilience, routing, streaming, validation
 from gateway.auth import model_allowed
 from gateway.catalog import Route
 from gateway.errors import Forbidden, GatewayError, InvalidRequest, Unavailable, UpstreamFailed
@@ -95,6 +95,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     config = request.app[RUNTIME].snapshot.config
     body = await read_json(request, config.server.max_body_bytes)
     _validate(body)
+    validation.check_chat(body, request.headers.get("X-Provider-Api-Key"))
     return await serve(request, body, CHAT)
 
 
@@ -124,7 +125,9 @@ async def serve(request: web.Request, body: dict[str, Any], op: Endpoint) -> web
     if has_images and not primary.model.vision:
         raise InvalidRequest(f"Model '{primary.model_id}' does not accept images.", code="model_not_vision",
                              param="messages")
-    usable = [r for r in routes if allowed(r.model_id) and (r.model.vision or not has_images)]
+    validation.check_route(body, primary, op.name)
+    usable = [r for r in routes if allowed(r.model_id) and (r.model.vision or not has_images)
+              and validation.serves(body, r, op.name)]
     return await _serve_first(request, usable, body, op)
 
 

@@ -220,7 +220,7 @@ async def _chat(request: web.Request) -> web.StreamResponse:
         if not body.get("stream"):
             answer = json.loads((WIRE / "docs-chat-default.response.json").read_bytes())
             answer["model"] = body.get("model", answer["model"])
-            return web.json_response(answer)
+            return web.json_response(_with_choices(answer, body.get("n")))
         return await _stream(request, fake, fake.stream_events(body))
     except (asyncio.CancelledError, ConnectionResetError):
         fake.client_disconnected.set()
@@ -307,6 +307,17 @@ async def _images(request: web.Request) -> web.StreamResponse:
         return refused
     n = body.get("n", 1)
     return web.json_response({"created": 1713833628, "data": [{"b64_json": PNG_1X1}] * n, "usage": IMAGE_USAGE})
+
+
+def _with_choices(answer: dict[str, Any], n: Any) -> dict[str, Any]:
+    """`n` choices as OpenAI gives them: one per index, completion tokens counted over all of them."""
+    if not isinstance(n, int) or n <= 1:
+        return answer
+    answer["choices"] = [{**answer["choices"][0], "index": i} for i in range(n)]
+    usage = answer["usage"]
+    usage["completion_tokens"] *= n
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    return answer
 
 
 async def _stream(request: web.Request, fake: FakeOpenAI, events: list[bytes]) -> web.StreamResponse:

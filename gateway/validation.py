@@ -1,0 +1,114 @@
+"""Hostile and malformed chat requests, refused with a clear 400 before anything is held or sent upstream.
+
+`read_json` (gateway.requests) has already refused bodies that are too large, not JSON, not UTF-8 or
+nested too deeply. What is checked here is what JSON allows but no provider accepts: unknown roles,
+numbers out of range (negative `max_tokens`, `temperature` 7, `n` 10,000), model names and BYOK keys
+that are not what they claim to be, and requests a model cannot serve (`n` > 1 where the provider gives
+one choice per request, `max_tokens` beyond the model's maximum, a key's own caps).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from gateway.catalog import Route
+from gateway.errors import InvalidRequest
+from providers import registry
+
+MAX_MODEL_NAME = 256
+MAX_PROVIDER_KEY = 512
+CHOICE_ENDPOINTS = frozenset({"chat", "completions"})  # where `n` asks the model for several answers
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+_PROVIDER_KEY = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII without spaces: it goes into a header
+
+# field: (lowest, highest, must be a whole number) — OpenAI's documented ranges
+_NUMBERS: dict[str, tuple[float, float, bool]] = {
+    "temperature": (0, 2, False),
+    "top_p": (0, 1, False),
+    "presence_penalty": (-2, 2, False),
+    "frequency_penalty": (-2, 2, False),
+    "n": (1, 128, True),
+    "max_tokens": (1, 2**31 - 1, True),
+    "max_completion_tokens": (1, 2**31 - 1, True),
+    "top_logprobs": (0, 20, True),
+    "seed": (-(2**63), 2**63 - 1, True),
+}
+
+
+def check_chat(body: dict[str, Any], provider_key_header: str | None = None) -> None:
+    """Refuse what no upstream would accept, naming the field, before the request costs anything."""
+    model = body.get("model")
+    if isinstance(model, str) and len(model) > MAX_MODEL_NAME:
+        raise InvalidRequest(f"'model' is longer than {MAX_MODEL_NAME} characters.", param="model",
+                             code="invalid_value")
+    for i, message in enumerate(body.get("messages") or ()):
+        _check_message(message, i)
+    for name, (low, high, whole) in _NUMBERS.items():
+        if body.get(name) is not None:
+            _check_number(body[name], name, low, high, whole)
+    for provider_key in (body.get("provider_api_key"), provider_key_header):
+        if provider_key is not None:
+            check_provider_key(provider_key)
+
+
+def _check_message(message: dict[str, Any], i: int) -> None:
+    role = message.get("role")
+    if role not in ROLES:
+        raise InvalidRequest(f"messages[{i}].role {str(role)[:40]!r} is not one of {', '.join(sorted(ROLES))}.",
+                             param=f"messages[{i}].role", code="invalid_value")
+    content = message.get("content")
+    if content is not None and not isinstance(content, str | list):
+        raise InvalidRequest(f"messages[{i}].content must be a string, an array of parts or null.",
+                             param=f"messages[{i}].content", code="invalid_type")
+    if isinstance(content, list) and not all(isinstance(p, dict) and isinstance(p.get("type"), str)
+                                             for p in content):
+        raise InvalidRequest(f"Each part of messages[{i}].content must be an object with a string 'type'.",
+                             param=f"messages[{i}].content", code="invalid_type")
+
+
+def _check_number(value: Any, name: str, low: float, high: float, whole: bool) -> None:
+    kind = "an integer" if whole else "a number"
+    if isinstance(value, bool) or not isinstance(value, int | float) or (whole and not isinstance(value, int)):
+        raise InvalidRequest(f"'{name}' must be {kind}.", param=name, code="invalid_type")
+    if not math.isfinite(value) or not low <= value <= high:
+        raise InvalidRequest(f"'{name}' must be {kind} from {low} to {high}; got {value!r:.40}.", param=name,
+                             code="invalid_value")
+
+
+def check_provider_key(value: Any) -> str:
+    """A client's own provider key (BYOK) is sent upstream in a header: printable ASCII only, bounded."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_PROVIDER_KEY or not _PROVIDER_KEY.match(value):
+        raise InvalidRequest(f"'provider_api_key' must be 1 to {MAX_PROVIDER_KEY} printable ASCII characters "
+                             "without spaces.", param="provider_api_key", code="invalid_value")
+    return value
+
+
+def choices(body: dict[str, Any]) -> int:
+    """How many choices the request asks for (`n`, default 1)."""
+    n = body.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+
+
+def serves(body: dict[str, Any], route: Route, endpoint: str = "chat") -> bool:
+    """Whether `route`'s provider can give the request all its choices (fallbacks that cannot are skipped).
+
+    `n` counts choices on the text endpoints only (for images it counts pictures, checked by the handler).
+    """
+    return endpoint not in CHOICE_ENDPOINTS or choices(body) <= registry.get(route.provider.kind).MAX_CHOICES
+
+
+def check_route(body: dict[str, Any], route: Route, endpoint: str = "chat") -> None:
+    """What the primary model allows: `n`, `max_tokens`."""
+    if not serves(body, route, endpoint):
+        raise InvalidRequest(f"Model '{route.model_id}' gives one choice per request (provider kind "
+                             f"'{route.provider.kind}'): 'n' must be 1.", param="n", code="unsupported_value")
+    for name in ("max_completion_tokens", "max_tokens"):
+        asked = body.get(name)
+        if not isinstance(asked, int):
+            continue
+        ceiling = route.model.max_output_tokens
+        if ceiling and asked > ceiling:
+            raise InvalidRequest(f"'{name}' is too large: {asked}. Model '{route.model_id}' gives at most "
+                                 f"{ceiling} output tokens.", param=name, code="invalid_value")
