@@ -1,22 +1,19 @@
 """Images in chat requests: whether a request has any, and inlining https image URLs for upstreams that
 only take bytes (Gemini).
 
-The gateway never fetches a client-given URL unless the provider needs inline bytes, and then only over
-https, never from loopback/private/link-local addresses (no SSRF into the operator's network), through
-the provider's own egress route, within a size and a time limit.
+The gateway never fetches a client-given URL unless the provider needs inline bytes, and then only under
+`gateway.fetch`'s rules (https, public addresses only, redirects re-checked, no SSRF into the operator's
+network), through the provider's own egress route, within a size and a time limit.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import ipaddress
-import socket
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 
+from gateway import fetch
 from gateway.errors import InvalidRequest
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
@@ -39,58 +36,22 @@ def _refuse(url: str, why: str) -> InvalidRequest:
                           param="messages")
 
 
-def _private(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    return not ip.is_global or ip.is_multicast
-
-
-async def _check_host(url: str, resolve_locally: bool) -> None:
-    parts = urlsplit(url)
-    if parts.scheme != "https" or not parts.hostname:
-        raise _refuse(url, "only https URLs (or data: URIs) are accepted")
-    host = parts.hostname
+async def _data_uri(session: aiohttp.ClientSession, url: str, guard: fetch.Guard) -> str:
     try:
-        literal = ipaddress.ip_address(host)
-    except ValueError:
-        literal = None
-    if literal is not None:
-        if _private(host):
-            raise _refuse(url, "it points to a private or loopback address")
-        return
-    if host == "localhost" or host.endswith((".localhost", ".local", ".internal")):
-        raise _refuse(url, "it points to a private or loopback address")
-    if resolve_locally:
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
-        except OSError as exc:
-            raise _refuse(url, "its host does not resolve") from exc
-        if any(_private(str(info[4][0])) for info in infos):
-            raise _refuse(url, "it points to a private or loopback address")
-
-
-async def _fetch(session: aiohttp.ClientSession, url: str) -> str:
-    try:
-        async with asyncio.timeout(FETCH_TIMEOUT_S), session.get(url, allow_redirects=False) as resp:
-            if resp.status != 200:
-                raise _refuse(url, f"fetching it gave HTTP {resp.status}")
-            media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
-            if not media_type.startswith("image/"):
-                raise _refuse(url, "it is not an image")
-            data = await resp.content.read(MAX_IMAGE_BYTES + 1)
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        raise _refuse(url, f"fetching it failed ({type(exc).__name__})") from exc
-    if len(data) > MAX_IMAGE_BYTES:
-        raise _refuse(url, f"it is larger than {MAX_IMAGE_BYTES} bytes")
-    return f"data:{media_type};base64,{base64.b64encode(data).decode()}"
+        got = await fetch.fetch(session, url, guard, MAX_IMAGE_BYTES, FETCH_TIMEOUT_S)
+    except fetch.Refused as exc:
+        raise _refuse(url, str(exc)) from exc
+    return f"data:{got.media_type};base64,{base64.b64encode(got.data).decode()}"
 
 
 async def inline_remote_images(body: dict[str, Any], session: aiohttp.ClientSession,
-                               resolve_locally: bool) -> dict[str, Any]:
+                               resolve_locally: bool, guard: fetch.Guard | None = None) -> dict[str, Any]:
     """A copy of `body` whose https image URLs are data: URIs; the client's body is left as it was.
 
-    `resolve_locally`: the fetch leaves directly, so the host's addresses are checked here; through a
-    proxy the name is resolved at the proxy and only literal addresses and local names are refused.
+    `resolve_locally`: the fetch leaves directly, so the host's addresses are checked (and pinned) here;
+    through a proxy the name is resolved at the proxy and only literal addresses and local names are refused.
     """
+    guard = guard or fetch.Guard(resolve_locally)
     if not any(not str(img.get("url", "")).startswith("data:") for img in image_parts(body)):
         return body
     messages = []
@@ -103,8 +64,7 @@ async def inline_remote_images(body: dict[str, Any], session: aiohttp.ClientSess
         for part in content:
             url = str(part.get("image_url", {}).get("url", "")) if isinstance(part, dict) else ""
             if part.get("type") == "image_url" and url and not url.startswith("data:"):
-                await _check_host(url, resolve_locally)
-                part = {**part, "image_url": {**part["image_url"], "url": await _fetch(session, url)}}
+                part = {**part, "image_url": {**part["image_url"], "url": await _data_uri(session, url, guard)}}
             parts.append(part)
         messages.append({**message, "content": parts})
     return {**body, "messages": messages}

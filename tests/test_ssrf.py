@@ -1,0 +1,245 @@
+"""SSRF: the only URLs the gateway fetches itself (image URLs inlined for Gemini) are https, public, pinned
+to the address that was checked, re-checked after every redirect, and bounded in size and time.
+
+Real TLS servers on loopback stand in for "the internet": a test guard treats 127.0.0.1 as public and
+everything else (127.0.0.2 included) as private; the production guard is exercised on every spelling of
+a private address, where it must refuse before any connection is made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+import trustme
+from aiohttp import web
+
+from gateway import fetch, images
+from gateway.errors import InvalidRequest
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+PUBLIC = ipaddress.IPv4Address("127.0.0.1")
+
+
+@dataclass
+class Site:
+    """A TLS image server: its URL, the requests it saw, and a stall to hang /slow on."""
+
+    url: str
+    seen: list[tuple[str, str]] = field(default_factory=list)  # (path, Host header)
+    stall: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _site_app(site_ref: list[Site]) -> web.Application:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        site = site_ref[0]
+        site.seen.append((request.path, request.headers.get("Host", "")))
+        if request.path == "/cat.png":
+            return web.Response(body=PNG, content_type="image/png")
+        if request.path == "/redirect":
+            raise web.HTTPFound(request.query["to"])
+        if request.path == "/loop":
+            raise web.HTTPFound("/loop")
+        if request.path == "/page":
+            return web.Response(text="<html></html>", content_type="text/html")
+        if request.path in ("/big", "/big-chunked"):
+            response = web.StreamResponse(headers={"Content-Type": "image/png"})
+            if request.path == "/big":
+                response.content_length = 5000
+            await response.prepare(request)
+            for _ in range(5):
+                await response.write(b"\x00" * 1000)
+            return response
+        await site.stall.wait()  # /slow
+        return web.Response(body=PNG, content_type="image/png")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    return app
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+async def sites(aiohttp_server: Any, ca: trustme.CA) -> AsyncIterator[dict[str, Site]]:
+    """`public` on 127.0.0.1 and `private` on 127.0.0.2, both with certificates the test session trusts."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("images.test", "127.0.0.1", "127.0.0.2").configure_cert(ctx)
+    made: dict[str, Site] = {}
+    for name, host in (("public", "127.0.0.1"), ("private", "127.0.0.2")):
+        ref: list[Site] = []
+        server = await aiohttp_server(_site_app(ref), host=host, ssl=ctx)
+        ref.append(Site(str(server.make_url("")).rstrip("/")))
+        made[name] = ref[0]
+    yield made
+    for site in made.values():
+        site.stall.set()
+
+
+@pytest.fixture
+async def session(ca: trustme.CA) -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session that trusts the test CA and counts every request it starts."""
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    trace = aiohttp.TraceConfig()
+    started: list[str] = []
+
+    async def on_start(_s: Any, _c: Any, params: aiohttp.TraceRequestStartParams) -> None:
+        started.append(str(params.url))
+
+    trace.on_request_start.append(on_start)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx), trace_configs=[trace]) as http:
+        http.started = started  # type: ignore[attr-defined]
+        yield http
+
+
+class Resolver:
+    """Stands in for DNS (names are not ours to register): answers from a table and counts lookups."""
+
+    def __init__(self, table: dict[str, list[str]]) -> None:
+        self.table, self.calls = table, 0
+
+    async def __call__(self, host: str, _port: int) -> list[str]:
+        self.calls += 1
+        if host not in self.table:
+            raise OSError("no such name")
+        return self.table[host]
+
+
+def test_guard(resolver: Resolver | None = None) -> fetch.Guard:
+    return fetch.Guard(resolve_locally=True, refuse=lambda ip: ip != PUBLIC,
+                       resolve=resolver or Resolver({"images.test": ["127.0.0.1"]}))
+
+
+test_guard.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
+REFUSED_URLS = [
+    "http://93.184.216.34/cat.png",  # plain http, even to a public address
+    "ftp://93.184.216.34/cat.png",
+    "file:///etc/passwd",
+    "https://127.0.0.1/cat.png",
+    "https://127.0.0.1:8443/cat.png",
+    "https://2130706433/cat.png",  # 127.0.0.1 in decimal
+    "https://0x7f000001/cat.png",  # in hex
+    "https://0177.0.0.1/cat.png",  # in octal
+    "https://127.1/cat.png",  # short form
+    "https://0/cat.png",  # 0.0.0.0
+    "https://[::1]/cat.png",
+    "https://[::ffff:127.0.0.1]/cat.png",  # IPv4-mapped
+    "https://[::ffff:7f00:1]/cat.png",
+    "https://[::ffff:169.254.169.254]/latest/meta-data/",
+    "https://[64:ff9b::a00:1]/cat.png",  # NAT64 of 10.0.0.1
+    "https://[2002:7f00:1::]/cat.png",  # 6to4 of 127.0.0.1
+    "https://10.1.2.3/cat.png",
+    "https://172.16.0.1/cat.png",
+    "https://192.168.1.1/cat.png",
+    "https://100.64.0.1/cat.png",  # carrier-grade NAT
+    "https://169.254.169.254/latest/meta-data/",  # cloud metadata
+    "https://2852039166/latest/meta-data/",  # the same, in decimal
+    "https://[fd00:ec2::254]/latest/meta-data/",  # AWS's IPv6 metadata address
+    "https://[fe80::1]/cat.png",
+    "https://224.0.0.1/cat.png",
+    "https://localhost/cat.png",
+    "https://images.localhost/cat.png",
+    "https://metadata.google.internal/computeMetadata/v1/",
+    "https://intranet/cat.png",  # single-label names are local by definition
+    "https://user:pass@10.0.0.1/cat.png",
+]
+
+
+@pytest.mark.parametrize("resolve_locally", [True, False], ids=["direct", "through-proxy"])
+@pytest.mark.parametrize("url", REFUSED_URLS)
+async def test_private_and_non_https_urls_are_refused_before_connecting(
+        session: aiohttp.ClientSession, url: str, resolve_locally: bool) -> None:
+    with pytest.raises(fetch.Refused):
+        await fetch.fetch(session, url, fetch.Guard(resolve_locally), 1000, 5)
+    assert session.started == []  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("addresses", "refused"), [
+    pytest.param(["127.0.0.1"], True, id="loopback"),
+    pytest.param(["::1"], True, id="loopback-v6"),
+    pytest.param(["::ffff:10.0.0.1"], True, id="mapped-private"),
+    pytest.param(["93.184.216.34", "10.0.0.1"], True, id="one-private-among-public"),
+    pytest.param(["169.254.169.254"], True, id="metadata"),
+])
+async def test_a_name_resolving_to_a_private_address_is_refused(
+        session: aiohttp.ClientSession, addresses: list[str], refused: bool) -> None:
+    guard = fetch.Guard(True, resolve=Resolver({"evil.example": addresses}))
+    with pytest.raises(fetch.Refused, match="resolves to a private"):
+        await fetch.fetch(session, "https://evil.example/cat.png", guard, 1000, 5)
+    assert session.started == []  # type: ignore[attr-defined]
+
+
+async def test_fetch_connects_to_the_address_it_checked(session: aiohttp.ClientSession,
+                                                        sites: dict[str, Site]) -> None:
+    """One lookup, and the connection goes to that address: a DNS answer that changes after the check
+    (rebinding) is never asked for. TLS and Host still carry the name."""
+    port = sites["public"].url.rsplit(":", 1)[1]
+    resolver = Resolver({"images.test": ["127.0.0.1"]})
+    got = await fetch.fetch(session, f"https://images.test:{port}/cat.png", test_guard(resolver), 1000, 5)
+    assert got == fetch.Fetched("image/png", PNG)
+    assert resolver.calls == 1
+    assert sites["public"].seen == [("/cat.png", f"images.test:{port}")]
+    assert session.started == [f"https://127.0.0.1:{port}/cat.png"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("target", ["private", "http", "metadata"])
+async def test_redirects_are_checked_again(session: aiohttp.ClientSession, sites: dict[str, Site],
+                                           target: str) -> None:
+    to = {"private": sites["private"].url + "/cat.png",
+          "http": sites["public"].url.replace("https:", "http:") + "/cat.png",
+          "metadata": "https://169.254.169.254/latest/meta-data/"}[target]
+    with pytest.raises(fetch.Refused):
+        await fetch.fetch(session, sites["public"].url + "/redirect?to=" + to, test_guard(), 1000, 5)
+    assert [path for path, _ in sites["public"].seen] == ["/redirect"]
+    assert sites["private"].seen == []
+
+
+async def test_a_checked_redirect_is_followed_and_loops_are_cut(session: aiohttp.ClientSession,
+                                                               sites: dict[str, Site]) -> None:
+    public = sites["public"].url
+    got = await fetch.fetch(session, f"{public}/redirect?to={public}/cat.png", test_guard(), 1000, 5)
+    assert got.data == PNG
+    with pytest.raises(fetch.Refused, match="redirects more than"):
+        await fetch.fetch(session, public + "/loop", test_guard(), 1000, 5)
+    assert len(sites["public"].seen) == 2 + fetch.MAX_REDIRECTS + 1
+
+
+@pytest.mark.parametrize(("path", "why"), [
+    pytest.param("/big", "larger than 1000", id="declared-too-large"),
+    pytest.param("/big-chunked", "larger than 1000", id="streamed-too-large"),
+    pytest.param("/page", "not of type image", id="not-an-image"),
+    pytest.param("/slow", "longer than 0.5 s", id="too-slow"),
+])
+async def test_size_type_and_time_limits(session: aiohttp.ClientSession, sites: dict[str, Site], path: str,
+                                         why: str) -> None:
+    with pytest.raises(fetch.Refused, match=why):
+        await fetch.fetch(session, sites["public"].url + path, test_guard(), 1000, 0.5)
+
+
+async def test_inlining_refuses_with_a_clear_400(session: aiohttp.ClientSession) -> None:
+    body = {"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "https://[::ffff:127.0.0.1]/cat.png"}}]}]}
+    with pytest.raises(InvalidRequest) as info:
+        await images.inline_remote_images(body, session, resolve_locally=True)
+    assert info.value.code == "invalid_image_url" and info.value.status == 400
+    assert "private" in info.value.message
+
+
+async def test_inlining_fetches_under_the_guard(session: aiohttp.ClientSession, sites: dict[str, Site]) -> None:
+    url = sites["public"].url + "/cat.png"
+    body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]}
+    inlined = await images.inline_remote_images(body, session, resolve_locally=True, guard=test_guard())
+    assert inlined["messages"][0]["content"][0]["image_url"]["url"].startswith("data:image/png;base64,iVBORw0KGgo")
+    assert body["messages"][0]["content"][0]["image_url"]["url"] == url  # the client's body is left alone
