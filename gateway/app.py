@@ -16,7 +16,7 @@ from egress.proxy import ProxySpec
 from gateway import config as config_mod
 from gateway import metrics
 from gateway.config import Config
-from gateway.handlers import admin, apis, chat, credits, health, messages, models
+from gateway.handlers import admin, apis, chat, credits, docs, health, messages, models
 from gateway.logging import get_logger, redactor
 from gateway.middleware import add_response_headers, request_context, require_admin, require_key
 from gateway.state import RUNTIME, Runtime, Snapshot
@@ -96,6 +96,7 @@ def create_app(config: Config, config_path: str | None = None, extra_middlewares
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get("/metrics", health.metrics)
+    app.router.add_get("/openapi.json", docs.openapi_json)
     app.router.add_get("/admin/egress", admin.egress)
     app.router.add_get("/admin/keys", admin.list_keys)
     app.router.add_post("/admin/keys", admin.create_key)

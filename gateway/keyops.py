@@ -10,6 +10,8 @@ from gateway import keys
 from gateway.config import NANO
 from gateway.store import KeyRecord, Store
 
+MAX_USD = 1_000_000_000
+
 
 class KeyNotFound(LookupError):
     """No key with that id."""
@@ -23,6 +25,8 @@ def usd_to_nano(value: Any) -> int:
         raise ValueError(f"not an amount in USD: {value!r}") from None
     if not amount.is_finite() or isinstance(value, bool):
         raise ValueError(f"not an amount in USD: {value!r}")
+    if abs(amount) > MAX_USD:  # beyond this the nano-dollar integer would not fit Redis's 64 bits
+        raise ValueError(f"amount out of range: at most {MAX_USD} USD either way")
     return int(amount * NANO)
 
 

@@ -51,6 +51,7 @@ async def test_admin_key_lifecycle(make_gateway: Any) -> None:
     pytest.param("/admin/keys", {"balance": 1}, 400, "missing_required_parameter", id="no-name"),
     pytest.param("/admin/keys", {"name": "x", "balance": "lots"}, 400, "invalid_value", id="bad-balance"),
     pytest.param("/admin/keys", {"name": "x", "balance": 1, "rpm": 0}, 400, "invalid_value", id="bad-rpm"),
+    pytest.param("/admin/keys", {"name": "x", "balance": 1e30}, 400, "invalid_value", id="balance-beyond-int64"),
     pytest.param("/admin/keys/key_nope/topup", {"amount": 1}, 404, "key_not_found", id="unknown-key"),
     pytest.param("/admin/keys/key_nope/disable", None, 404, "key_not_found", id="unknown-key-disable"),
 ])
