@@ -53,7 +53,9 @@ def check_chat(body: dict[str, Any], provider_key_header: str | None = None) -> 
             check_provider_key(provider_key)
 
 
-def _check_message(message: dict[str, Any], i: int) -> None:
+def _check_message(message: Any, i: int) -> None:
+    if not isinstance(message, dict):
+        raise InvalidRequest(f"messages[{i}] must be an object.", param=f"messages[{i}]", code="invalid_type")
     role = message.get("role")
     if role not in ROLES:
         raise InvalidRequest(f"messages[{i}].role {str(role)[:40]!r} is not one of {', '.join(sorted(ROLES))}.",

@@ -1,0 +1,161 @@
+"""Property-based fuzzing (hypothesis) of the parts that read hostile bytes: the SSE/NDJSON decoders, the
+request translators, and the readers of upstream answers.
+
+The contract under fuzzing: whatever arrives, a translator either returns well-formed data or raises
+`ProviderError` (which the gateway maps to a clear 4xx/502) — never another exception, which would be a
+500 or a broken stream.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway import billing, validation
+from gateway.errors import InvalidRequest
+from gateway.images import image_parts
+from providers import registry
+from providers.framing import NDJSONDecoder, SSEDecoder
+from providers.types import ChatRequest, ProviderError, SSEEvent, Target
+
+FUZZ = settings(max_examples=int(os.environ.get("GW_FUZZ_EXAMPLES", "150")), deadline=None,  # raise it to hunt
+                suppress_health_check=[HealthCheck.too_slow])
+KINDS = sorted(registry.KINDS)
+TARGET = Target(provider="p", base_url="https://upstream.example", api_key="k", upstream_model="m",
+                public_model="p/m", max_tokens_field=None, drop=(), headers=(), default_max_tokens=64)
+
+# --- strategies ---------------------------------------------------------------------------------------
+
+scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False,
+                                                                                  allow_infinity=False) | st.text()
+json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=20)
+roles = st.sampled_from(["system", "developer", "user", "assistant", "tool", "function"]) | st.text(max_size=6)
+part = st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url", "input_audio", "file"]) | st.text()},
+                             optional={"text": json_values, "image_url": json_values})
+message = st.fixed_dictionaries({"role": roles}, optional={
+    "content": st.none() | st.text() | st.lists(part | json_values, max_size=3) | json_values,
+    "tool_calls": json_values | st.lists(st.fixed_dictionaries({"id": st.text(), "type": st.just("function"),
+                                                                "function": json_values})),
+    "tool_call_id": st.text() | json_values, "name": st.text()})
+chat_bodies = st.fixed_dictionaries(
+    {"model": st.text(max_size=20), "messages": st.lists(message | json_values, min_size=1, max_size=4)},
+    optional={name: json_values | st.integers(-5, 300) | st.floats(-3, 3) for name in (
+        "temperature", "top_p", "n", "max_tokens", "max_completion_tokens", "stop", "tools", "tool_choice",
+        "response_format", "stream_options", "seed", "user", "logprobs", "top_logprobs")})
+
+
+def chunkings(data: bytes) -> st.SearchStrategy[list[bytes]]:
+    """Every way of cutting `data` into pieces, as an upstream's TCP reads might."""
+    cuts = st.lists(st.integers(0, len(data)), max_size=8).map(sorted)
+    return cuts.map(lambda points: [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)])
+
+
+sse_bytes = st.lists(st.sampled_from([b"data: ", b"event: x", b"id: 7", b": comment", b"{\"a\":1}", b"[DONE]",
+                                      b"\n", b"\r\n", b"\r", b"\n\n", b"retry: 5", b"data:", b"\xff\xfe", b" "])
+                     | st.binary(max_size=8), max_size=30).map(b"".join)
+
+# --- framing --------------------------------------------------------------------------------------------
+
+
+def _decode_sse(pieces: list[bytes]) -> list[SSEEvent] | str:
+    decoder = SSEDecoder(max_event_bytes=4096)
+    try:
+        events = [event for piece in pieces for event in decoder.feed(piece)]
+        return events + decoder.flush()
+    except ProviderError as exc:
+        return str(exc)
+
+
+@FUZZ
+@given(st.data(), sse_bytes)
+def test_sse_decoding_is_independent_of_chunking(data: st.DataObject, raw: bytes) -> None:
+    whole = _decode_sse([raw])
+    assert _decode_sse(data.draw(chunkings(raw))) == whole
+
+
+@FUZZ
+@given(st.data(), st.lists(st.binary(max_size=10) | st.just(b"\n") | st.just(b"\r\n"), max_size=20).map(b"".join))
+def test_ndjson_decoding_is_independent_of_chunking(data: st.DataObject, raw: bytes) -> None:
+    def decode(pieces: list[bytes]) -> list[bytes] | str:
+        decoder = NDJSONDecoder(max_line_bytes=4096)
+        try:
+            return [line for piece in pieces for line in decoder.feed(piece)] + decoder.flush()
+        except ProviderError as exc:
+            return str(exc)
+
+    assert decode(data.draw(chunkings(raw))) == decode([raw])
+
+
+# --- requests -------------------------------------------------------------------------------------------
+
+
+@FUZZ
+@pytest.mark.parametrize("kind", KINDS)
+@given(body=chat_bodies, stream=st.booleans())
+def test_translators_take_any_body_or_refuse_it_cleanly(kind: str, body: dict[str, Any], stream: bool) -> None:
+    """Bodies the gateway's checks let through reach the translator; anything else must be a clean 400."""
+    try:
+        validation.check_chat(body)
+    except InvalidRequest:
+        return
+    billing.estimate_prompt_tokens(body)  # runs before the translator, on the same body
+    image_parts(body)
+    try:
+        req = registry.get(kind).build_request(ChatRequest(body=body, stream=stream), TARGET)
+    except ProviderError:
+        return
+    assert req.url.startswith(TARGET.base_url)
+    assert all(isinstance(k, str) and isinstance(v, str) and "\n" not in v for k, v in req.headers.items())
+    assert isinstance(orjson.loads(req.body), dict)
+
+
+# --- answers --------------------------------------------------------------------------------------------
+
+answers = (st.binary(max_size=200)
+           | json_values.map(lambda v: json.dumps(v).encode())
+           | st.fixed_dictionaries({"choices": json_values, "usage": json_values, "content": json_values,
+                                    "candidates": json_values, "usageMetadata": json_values,
+                                    "type": st.sampled_from(["message", "error", "message_start",
+                                                             "content_block_delta", "message_delta"]),
+                                    "error": json_values}).map(lambda v: json.dumps(v).encode()))
+
+
+@FUZZ
+@pytest.mark.parametrize("kind", KINDS)
+@given(raw=answers)
+def test_upstream_answers_parse_or_raise_provider_error(kind: str, raw: bytes) -> None:
+    adapter = registry.get(kind)
+    try:
+        result = adapter.parse_response(raw, TARGET)
+    except ProviderError:
+        pass
+    else:
+        assert isinstance(result.body, dict)
+        orjson.dumps(result.body)
+    err = adapter.parse_error(502, raw)
+    assert isinstance(err.message, str) and err.status == 502
+
+
+@FUZZ
+@pytest.mark.parametrize("kind", KINDS)
+@given(events=st.lists(st.builds(SSEEvent, data=answers, event=st.sampled_from(["", "message_start", "ping",
+                                                                                  "content_block_delta",
+                                                                                  "error"])), max_size=6))
+def test_stream_events_translate_or_raise_provider_error(kind: str, events: list[SSEEvent]) -> None:
+    adapter = registry.get(kind)
+    state = adapter.new_stream_state(ChatRequest(body={"model": "p/m", "messages": []}, stream=True), TARGET)
+    for event in events:
+        try:
+            chunks = adapter.parse_stream_event(state, event)
+        except ProviderError:
+            continue
+        for chunk in chunks:
+            assert isinstance(chunk, dict)
+            orjson.dumps(chunk)
