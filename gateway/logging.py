@@ -14,6 +14,7 @@ import re
 import sys
 import traceback
 from collections.abc import Iterable, MutableMapping
+from contextvars import ContextVar
 from typing import IO, Any
 
 import orjson
@@ -34,7 +35,7 @@ _PATTERNS = [
 # Every pattern above needs one of these substrings (lower-cased); a string with none of them (nearly every
 # string of a request's log line) is left alone after a few substring tests, which cost far less than one
 # regex scan trying every pattern (or one alternation of them all) at every position.
-_HINTS = ("bearer", "basic", "gw-", "sk-", "xai-", "pk-", "rk-", "aiza", "://")
+_HINTS = ("bearer", "basic", "gw-", "sk-", "xai-", "pk-", "rk-", "aiza", "://", "authorization", "api-key")
 _SECRET_NAMES = frozenset({"authorization", "x-api-key", "api_key", "provider_api_key", "x-provider-api-key",
                            "password", "admin_token", "x-goog-api-key", "key", "token"})
 
@@ -46,8 +47,17 @@ def _fallback(value: Any) -> str:
     return repr(value)
 
 
+def _json_spelling(secret: str) -> str:
+    """How `secret` reads inside a rendered JSON line (escaped when it holds a quote or a backslash)."""
+    return orjson.dumps(secret)[1:-1].decode()
+
+
+_REQUEST_SECRETS: ContextVar[tuple[str, ...]] = ContextVar("request_secrets", default=())
+
+
 class Redactor:
-    """A structlog processor; `update()` swaps the known secret values atomically on config reload.
+    """A structlog processor; `update()` swaps the known secret values atomically on config reload,
+    `protect()` adds one for the current request only (a client's BYOK key).
 
     `render` is the final processor (JSON line out): one scan of the rendered line decides whether
     anything in it could be a secret — a hint of a pattern, a secret-named field, a known value in raw or
@@ -55,10 +65,17 @@ class Redactor:
     again and scrubbed as text, which also covers secrets inside the repr of a non-JSON value.
     """
 
+    MIN_PROTECTED = 6  # shorter strings are no key, and replacing them would garble every line
+
     def __init__(self) -> None:
         self._secrets: re.Pattern[str] | None = None
         self._values: tuple[str, ...] = ()
         self._line_values: tuple[bytes, ...] = ()
+
+    def protect(self, secret: str) -> None:
+        """Redact `secret` from every line written in this context (the request's task) from now on."""
+        if len(secret) >= self.MIN_PROTECTED:
+            _REQUEST_SECRETS.set((*_REQUEST_SECRETS.get(), secret))
 
     def update(self, secrets: Iterable[str]) -> None:
         values = sorted({s for s in secrets if s}, key=len, reverse=True)
@@ -69,15 +86,19 @@ class Redactor:
 
     def _suspect(self, text: str) -> bool:
         low = text.lower()
-        return any(h in low for h in _HINTS) or any(v in text for v in self._values)
+        return (any(h in low for h in _HINTS) or any(v in text for v in self._values)
+                or any(v in text for v in _REQUEST_SECRETS.get()))
 
     def _suspect_line(self, line: bytes) -> bool:
         low = line.lower()
-        return any(h in low for h in _LINE_HINTS) or any(v in line for v in self._line_values)
+        return (any(h in low for h in _LINE_HINTS) or any(v in line for v in self._line_values)
+                or any(v.encode() in line or _json_spelling(v).encode() in line for v in _REQUEST_SECRETS.get()))
 
     def scrub(self, text: str) -> str:
         if not self._suspect(text):
             return text
+        for secret in _REQUEST_SECRETS.get():
+            text = text.replace(secret, REDACTED).replace(_json_spelling(secret), REDACTED)
         if self._secrets is not None:
             text = self._secrets.sub(REDACTED, text)
         for pattern, repl in _PATTERNS:

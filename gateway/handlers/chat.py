@@ -58,6 +58,7 @@ def _provider_key(request: web.Request, body: dict[str, Any], route: Route) -> t
     if byok:
         if not isinstance(byok, str):
             raise InvalidRequest("'provider_api_key' must be a string.", param="provider_api_key")
+        redactor.protect(byok)
         return byok, True
     prov = route.provider
     if not prov.api_key and prov.api_key_env:
