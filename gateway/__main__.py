@@ -3,7 +3,8 @@
     python -m gateway serve        --config FILE [--host H] [--port P] [--workers N]
     python -m gateway check-config FILE
     python -m gateway keys create  --config FILE --name NAME --balance USD [--rpm N] [--rpd N]
-                                   [--models GLOB,...] [--json]
+                                   [--models GLOB,...] [--max-streams N] [--max-tokens N]
+                                   [--max-body-bytes N] [--json]
     python -m gateway keys topup   --config FILE KEY_ID USD
     python -m gateway keys list    --config FILE [--json]
     python -m gateway keys disable --config FILE KEY_ID
@@ -39,6 +40,17 @@ def _usd(text: str) -> int:
         return keyops.usd_to_nano(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(text: str) -> int:
+    """A whole number >= 1 (a cap of 0 would refuse everything: leave the cap out instead)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
 
 
 def _dollars(nano: int) -> str:
@@ -95,7 +107,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
     async def create(store: Store) -> int:
         models = tuple(m.strip() for m in (args.models or "").split(",") if m.strip())
-        plain, record = await keyops.create(store, args.name, args.balance, args.rpm, args.rpd, models)
+        caps = {cap: getattr(args, cap) for cap in keyops.CAPS}
+        plain, record = await keyops.create(store, args.name, args.balance, args.rpm, args.rpd, models, **caps)
         if args.json:
             print(orjson.dumps({**keyops.key_json(record), "key": plain}).decode())
         else:
@@ -206,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--rpm", type=int)
     create.add_argument("--rpd", type=int)
     create.add_argument("--models", help="comma-separated globs of allowed model ids")
+    create.add_argument("--max-streams", type=_positive, help="concurrent streamed requests of this key")
+    create.add_argument("--max-tokens", type=_positive, help="output tokens one request may ask for")
+    create.add_argument("--max-body-bytes", type=_positive, help="largest request body of this key")
     create.add_argument("--json", action="store_true")
     topup = ksub.add_parser("topup")
     topup.add_argument("key_id")

@@ -11,6 +11,7 @@ from gateway.config import NANO
 from gateway.store import KeyRecord, Store
 
 MAX_USD = 1_000_000_000
+CAPS = ("max_streams", "max_tokens", "max_body_bytes")  # per-key caps, same names in CLI, admin API, records
 
 
 class KeyNotFound(LookupError):
@@ -35,13 +36,17 @@ def key_json(record: KeyRecord) -> dict[str, Any]:
     return {"id": record.id, "name": record.name, "prefix": record.prefix,
             "balance": float(Decimal(record.balance) / NANO), "credits": float(Decimal(record.credits) / NANO),
             "usage": float(Decimal(record.usage) / NANO), "disabled": record.disabled, "rpm": record.rpm,
-            "rpd": record.rpd, "models": list(record.models), "created": record.created}
+            "rpd": record.rpd, "models": list(record.models), "created": record.created,
+            **{cap: getattr(record, cap) for cap in CAPS}}
 
 
 async def create(store: Store, name: str, balance: int, rpm: int | None = None, rpd: int | None = None,
-                 models: Sequence[str] = ()) -> tuple[str, KeyRecord]:
-    """A new key: the plaintext (shown once) and its stored record."""
-    plain, record = keys.new_record(name, balance, rpm, rpd, tuple(models))
+                 models: Sequence[str] = (), **caps: int | None) -> tuple[str, KeyRecord]:
+    """A new key: the plaintext (shown once) and its stored record; `caps` as named in CAPS."""
+    unknown = set(caps) - set(CAPS)
+    if unknown:
+        raise TypeError(f"unknown caps: {sorted(unknown)}")
+    plain, record = keys.new_record(name, balance, rpm, rpd, tuple(models), **caps)
     await store.create_key(record)
     return plain, await store.get_key(record.id) or record
 

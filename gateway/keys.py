@@ -98,8 +98,12 @@ def new_record(
     rpm: int | None = None,
     rpd: int | None = None,
     models: Iterable[str] = (),
+    **caps: int | None,
 ) -> tuple[str, KeyRecord]:
-    """Make a new key; return its plaintext (to show once, never store) and the record to store."""
+    """Make a new key; return its plaintext (to show once, never store) and the record to store.
+
+    `caps`: the record's per-key caps (max_streams, max_tokens, max_body_bytes).
+    """
     key = generate()
     record = KeyRecord(
         id=new_key_id(),
@@ -111,5 +115,6 @@ def new_record(
         rpm=rpm,
         rpd=rpd,
         models=tuple(models),
+        **caps,  # type: ignore[arg-type]
     )
     return key, record

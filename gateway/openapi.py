@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.keyops import CAPS
 from gateway.validation import MAX_MODEL_NAME, MAX_PROVIDER_KEY, ROLES
 
 JSON = dict[str, Any]
@@ -97,11 +98,13 @@ def _schemas(models: list[str]) -> JSON:
             "balance": money, "credits": money, "usage": money, "disabled": {"type": "boolean"},
             "rpm": {"type": ["integer", "null"]}, "rpd": {"type": ["integer", "null"]},
             "models": {"type": "array", "items": {"type": "string"}}, "created": {"type": "integer"},
+            **{cap: {"type": ["integer", "null"]} for cap in CAPS},
             "key": {"type": "string", "description": "the plaintext key, in the creation answer only"}}},
         "NewKey": {"type": "object", "required": ["name", "balance"], "properties": {
             "name": {"type": "string", "minLength": 1}, "balance": _number(0, 1e9),
             "rpm": {"type": "integer", "minimum": 1}, "rpd": {"type": "integer", "minimum": 1},
-            "models": {"type": "array", "items": {"type": "string"}}}},
+            "models": {"type": "array", "items": {"type": "string"}},
+            **{cap: {"type": "integer", "minimum": 1} for cap in CAPS}}},
         "Amount": {"type": "object", "required": ["amount"], "properties": {"amount": _number(-1e9, 1e9)}},
     }
 

@@ -72,7 +72,9 @@ async def create_key(request: web.Request) -> web.Response:
     if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
         raise InvalidRequest("'models' must be an array of model id globs.", param="models", code="invalid_type")
     balance, rpm, rpd = _amount(body, "balance"), _opt_limit(body, "rpm"), _opt_limit(body, "rpd")
-    plain, record = await _run(request, lambda store: keyops.create(store, name.strip(), balance, rpm, rpd, models))
+    caps = {cap: _opt_limit(body, cap) for cap in keyops.CAPS}
+    plain, record = await _run(request, lambda store: keyops.create(store, name.strip(), balance, rpm, rpd, models,
+                                                                    **caps))
     return _json({**keyops.key_json(record), "key": plain}, status=201)
 
 

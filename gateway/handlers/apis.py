@@ -7,17 +7,19 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import caps
 from gateway.endpoints import COMPLETIONS, EMBEDDINGS, IMAGES, MODERATIONS
 from gateway.errors import InvalidRequest
 from gateway.handlers.chat import serve
 from gateway.requests import read_json
-from gateway.state import RUNTIME
+from gateway.state import KEY, RUNTIME
 
 MAX_IMAGES = 10  # OpenAI's own bound on `n`
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    return await read_json(request, request.app[RUNTIME].snapshot.config.server.max_body_bytes)
+    return await read_json(request, caps.body_limit(request.app[RUNTIME].snapshot.config.server.max_body_bytes,
+                                                    request[KEY]))
 
 
 def _model(body: dict[str, Any], default: str = "") -> None:

@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from egress.pool import Egress, EgressUnavailable
-from gateway import limits, metering, metrics, presets, resilience, routing, streaming, validation
+from gateway import caps, limits, metering, metrics, presets, resilience, routing, streaming, validation
 from gateway.auth import model_allowed
 from gateway.catalog import Route
 from gateway.errors import Forbidden, GatewayError, InvalidRequest, Unavailable, UpstreamFailed
@@ -94,7 +94,7 @@ def _scrubber(own_key: str) -> Any:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     config = request.app[RUNTIME].snapshot.config
-    body = await read_json(request, config.server.max_body_bytes)
+    body = await read_json(request, caps.body_limit(config.server.max_body_bytes, request[KEY]))
     _validate(body)
     validation.check_chat(body, request.headers.get("X-Provider-Api-Key"))
     return await serve(request, body, CHAT)
@@ -127,9 +127,12 @@ async def serve(request: web.Request, body: dict[str, Any], op: Endpoint) -> web
         raise InvalidRequest(f"Model '{primary.model_id}' does not accept images.", code="model_not_vision",
                              param="messages")
     validation.check_route(body, primary, op.name)
+    caps.apply_max_tokens(body, key, primary.model.max_output_tokens, fill=op.name in validation.CHOICE_ENDPOINTS)
     usable = [r for r in routes if allowed(r.model_id) and (r.model.vision or not has_images)
               and validation.serves(body, r, op.name)]
-    return await _serve_first(request, usable, body, op)
+    ttl_s = snapshot.config.billing.hold_ttl_s
+    async with caps.stream_slot(request.app[RUNTIME].store, key, bool(body.get("stream")), ttl_s):
+        return await _serve_first(request, usable, body, op)
 
 
 async def _serve_first(request: web.Request, routes: list[Route], body: dict[str, Any],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway import billing, presets
+from gateway import billing, caps, presets
 from gateway.auth import model_allowed
 from gateway.errors import Forbidden, InvalidRequest
 from gateway.handlers.chat import serve
@@ -40,7 +40,8 @@ def _validate(body: dict[str, object], needs_max_tokens: bool = True) -> None:
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
-    body = await read_json(request, request.app[RUNTIME].snapshot.config.server.max_body_bytes)
+    body = await read_json(request, caps.body_limit(request.app[RUNTIME].snapshot.config.server.max_body_bytes,
+                                                    request[KEY]))
     _validate(body)
     beta = request.headers.get("anthropic-beta", "")[:MAX_BETA_HEADER]
     return await serve(request, body, MessagesEndpoint(beta))
@@ -54,7 +55,7 @@ async def count_tokens(request: web.Request) -> web.Response:
     no rate limit counted — as Anthropic's own endpoint is free. The model must exist and be allowed.
     """
     snapshot = request.app[RUNTIME].snapshot
-    body = await read_json(request, snapshot.config.server.max_body_bytes)
+    body = await read_json(request, caps.body_limit(snapshot.config.server.max_body_bytes, request[KEY]))
     _validate(body, needs_max_tokens=False)
     asked = body["model"]
     preset = presets.lookup(snapshot.config.presets, asked)

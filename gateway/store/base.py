@@ -44,6 +44,10 @@ class KeyRecord:
     models: tuple[str, ...] = field(default=())  # glob patterns of allowed model ids; empty = all
     credits: int = 0  # nano-dollars ever granted (create + top-ups)
     usage: int = 0  # nano-dollars ever captured by settled charges
+    # per-key caps (None: only the gateway's own limits apply)
+    max_streams: int | None = None  # concurrent streamed requests
+    max_tokens: int | None = None  # output tokens one request may ask for (and is given when it asks none)
+    max_body_bytes: int | None = None  # request body size, below server.max_body_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +127,14 @@ class Store(Protocol):
 
     async def get_generation(self, key_id: str, generation_id: str) -> dict[str, str] | None:
         """The generation record stored at settle, only under the key that made it."""
+
+    async def open_stream(self, key_id: str, stream_id: str, cap: int, ttl_s: int) -> bool:
+        """Count a stream of the key in, atomically, unless `cap` are open; False when full.
+
+        A stream not closed within `ttl_s` (its process died) stops counting by itself.
+        """
+
+    async def close_stream(self, key_id: str, stream_id: str) -> None: ...
 
     def iter_usage(self, since_ms: int = 0) -> AsyncIterator[dict[str, str]]:
         """Every audited charge of every key since `since_ms` (store clock, ms), per key in time order."""

@@ -46,6 +46,7 @@ class MemoryStore:
         self._generations: dict[tuple[str, str], _Generation] = {}  # (id, generation id) -> settled record
         self._expiries: list[tuple[int, str, str]] = []  # heap of (expires_ms, id, generation id)
         self._audit: dict[str, deque[dict[str, str]]] = {}  # id -> entries, oldest first
+        self._streams: dict[str, dict[str, int]] = {}  # id -> open stream id -> expires_ms
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -155,6 +156,21 @@ class MemoryStore:
         entry = audit_entry(key_id, generation_id, model, charged, tokens, record)
         self._audit.setdefault(key_id, deque(maxlen=AUDIT_MAXLEN)).append({**entry, "ts_ms": str(now)})
         return settlement
+
+    async def open_stream(self, key_id: str, stream_id: str, cap: int, ttl_s: int) -> bool:
+        now = self._now_ms()
+        open_ = {sid: exp for sid, exp in self._streams.get(key_id, {}).items() if exp > now}
+        if len(open_) >= cap:
+            self._streams[key_id] = open_
+            return False
+        self._streams[key_id] = {**open_, stream_id: now + ttl_s * 1000}
+        return True
+
+    async def close_stream(self, key_id: str, stream_id: str) -> None:
+        open_ = self._streams.get(key_id, {})
+        open_.pop(stream_id, None)
+        if not open_:
+            self._streams.pop(key_id, None)
 
     async def get_generation(self, key_id: str, generation_id: str) -> dict[str, str] | None:
         found = self._generations.get((key_id, generation_id))
@@ -293,6 +309,10 @@ def validate_new_record(record: KeyRecord) -> None:
         raise TypeError(f"balance must be int nano-dollars, not {type(record.balance).__name__}")
     if record.balance < 0:
         raise ValueError("a new key's balance must not be negative")
+    for cap in ("max_streams", "max_tokens", "max_body_bytes"):
+        value = getattr(record, cap)
+        if value is not None and (type(value) is not int or value < 1):
+            raise ValueError(f"{cap} must be a whole number >= 1")
 
 
 def validate_models(models: tuple[str, ...]) -> None:

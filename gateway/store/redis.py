@@ -4,11 +4,13 @@ Layout (every name starts with the configurable prefix `p`, default ``gw:``; ``{
 hash tag, so everything of one key lives in one Cluster slot and each ledger script touches one slot)::
 
     {p}key:{<id>}                         hash   id name key_hash prefix created disabled balance credits
-                                                 usage rpm rpd models
+                                                 usage rpm rpd models max_streams max_tokens
+                                                 max_body_bytes
     {p}holds:{<id>}                       hash   generation id -> "amount:expires_ms" (open holds)
     {p}rl:{<id>}:<model>:<rpm|rpd|tpm>:<n> string used count of window n (expires when the window ends)
     {p}gen:{<id>}:<generation id>         hash   the settled generation's record (+ charged, balance_after)
     {p}audit:{<id>}                       stream one entry per settled charge (MAXLEN ~ 1,000,000)
+    {p}streams:{<id>}                     zset   open stream id -> expiry ms (the key's max_streams cap)
     {p}keyhash:<hash>                     string -> id (the auth lookup)
     {p}keys                               zset   id scored by created (equal scores order by id)
 
@@ -73,6 +75,17 @@ return 1
 _RELEASE_HASH = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+
+# KEYS: the key's open streams (zset: stream id -> expiry ms). ARGV: stream id, cap, ttl ms. 1 when counted in.
+_OPEN_STREAM = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+return 1
 """
 
 # KEYS: key hash. ARGV: "0" or "1". 0 when the key is missing.
@@ -159,6 +172,7 @@ class RedisStore:
         self._create_key = self._redis.register_script(_CREATE_KEY)
         self._release_hash = self._redis.register_script(_RELEASE_HASH)
         self._set_disabled = self._redis.register_script(_SET_DISABLED)
+        self._open_stream = self._redis.register_script(_OPEN_STREAM)
         self._topup = self._redis.register_script(_ledger_script("topup"))
         # the per-request scripts share one pipelined connection (see store/multiplex.py for why)
         self._mux = Multiplexed(url, CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S)
@@ -180,6 +194,9 @@ class RedisStore:
 
     def _audit(self, key_id: str) -> str:
         return f"{self._prefix}audit:{{{key_id}}}"
+
+    def _streams(self, key_id: str) -> str:
+        return f"{self._prefix}streams:{{{key_id}}}"
 
     def _hash_index(self, key_hash: str) -> str:
         return f"{self._prefix}keyhash:{key_hash}"
@@ -296,6 +313,14 @@ class RedisStore:
             raise ValueError(f"no key {key_id} to settle against")
         return Settlement(charged=int(charged), balance=int(balance), already_settled=status == "replay")
 
+    async def open_stream(self, key_id: str, stream_id: str, cap: int, ttl_s: int) -> bool:
+        async with self._boundary("open_stream"):
+            return bool(await self._open_stream(keys=[self._streams(key_id)], args=[stream_id, cap, ttl_s * 1000]))
+
+    async def close_stream(self, key_id: str, stream_id: str) -> None:
+        async with self._boundary("close_stream"):
+            await self._redis.zrem(self._streams(key_id), stream_id)
+
     async def get_generation(self, key_id: str, generation_id: str) -> dict[str, str] | None:
         async with self._boundary("get_generation"):
             fields = cast("dict[str, str]", await self._redis.hgetall(self._generation(key_id, generation_id)))
@@ -336,6 +361,7 @@ def _encode(record: KeyRecord) -> dict[str, str]:
         "rpm": "" if record.rpm is None else str(record.rpm),
         "rpd": "" if record.rpd is None else str(record.rpd),
         "models": ",".join(record.models),
+        **{cap: "" if getattr(record, cap) is None else str(getattr(record, cap)) for cap in _CAPS},
     }
 
 
@@ -355,9 +381,13 @@ def _decode(fields: dict[str, str], address: str) -> KeyRecord:
             rpm=_opt_int(fields.get("rpm", "")),
             rpd=_opt_int(fields.get("rpd", "")),
             models=tuple(m for m in fields.get("models", "").split(",") if m),
+            **{cap: _opt_int(fields.get(cap, "")) for cap in _CAPS},  # absent in records made before caps
         )
     except (KeyError, ValueError) as exc:
         raise StoreError(f"malformed key record in redis at {address}: {exc!r}") from exc
+
+
+_CAPS = ("max_streams", "max_tokens", "max_body_bytes")
 
 
 def _opt_int(value: str) -> int | None:

@@ -1,0 +1,160 @@
+"""Per-key caps: concurrent streams (counted in the store, across processes), output tokens per request,
+request body size — set with `keys create` or POST /admin/keys, enforced before anything is held."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from fakes.clock import FakeClock
+from harness import Gateway, gateway_config_text, run_cli
+
+from gateway.state import RUNTIME
+from gateway.store import Store
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+# --- the store contract (both backends) -------------------------------------------------------------
+
+
+async def test_stream_slots_count_to_the_cap_and_free_on_close(store: Store) -> None:
+    assert await store.open_stream("key_a", "s1", 2, 60)
+    assert await store.open_stream("key_a", "s2", 2, 60)
+    assert not await store.open_stream("key_a", "s3", 2, 60)
+    assert await store.open_stream("key_b", "s1", 2, 60)  # another key's slots are its own
+    await store.close_stream("key_a", "s1")
+    assert await store.open_stream("key_a", "s3", 2, 60)
+    await store.close_stream("key_a", "never-opened")  # closing twice or unknown ids is harmless
+    assert not await store.open_stream("key_a", "s4", 2, 60)
+
+
+async def test_a_slot_left_open_frees_itself_at_its_ttl(clocked_store: tuple[Store, FakeClock | None]) -> None:
+    store, clock = clocked_store
+    assert await store.open_stream("key_a", "dead-process", 1, 1)
+    assert not await store.open_stream("key_a", "s2", 1, 1)
+    if clock is not None:
+        clock.now += 1.5
+    else:
+        await asyncio.sleep(1.1)  # Redis's own clock (TIME inside the script) has to pass the expiry
+    assert await store.open_stream("key_a", "s2", 1, 1)
+
+
+# --- end to end -------------------------------------------------------------------------------------
+
+
+async def test_concurrent_streams_beyond_the_cap_are_429(gateway: Gateway) -> None:
+    capped, _ = await gateway.add_key("capped", max_streams=1)
+    gateway.fake.delay_between_chunks_s = 0.1
+    client = gateway.openai(api_key=capped)
+    first = await client.chat.completions.create(model="fake/gpt-4o", messages=MESSAGES,  # type: ignore[arg-type]
+                                                 stream=True)
+    chunks = first.__aiter__()
+    await chunks.__anext__()  # the first stream is open and holds the key's only slot
+    with pytest.raises(openai.RateLimitError) as info:
+        await client.chat.completions.create(model="fake/gpt-4o", messages=MESSAGES,  # type: ignore[arg-type]
+                                             stream=True)
+    assert info.value.code == "too_many_streams"
+    gateway.fake.delay_between_chunks_s = 0  # (read at every chunk: the first stream now runs out quickly)
+    await client.chat.completions.create(model="fake/gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+    other = gateway.openai()  # another key is not affected
+    async for _ in await other.chat.completions.create(model="fake/gpt-4o", messages=MESSAGES,  # type: ignore[arg-type]
+                                                       stream=True):
+        pass
+    async for _ in chunks:
+        pass
+    async for _ in await client.chat.completions.create(model="fake/gpt-4o", messages=MESSAGES,  # type: ignore[arg-type]
+                                                        stream=True):
+        pass  # the slot came back when the first stream ended
+
+
+async def test_a_client_gone_mid_stream_gives_its_slot_back(gateway: Gateway) -> None:
+    capped, _ = await gateway.add_key("capped", max_streams=1)
+    gateway.fake.delay_between_chunks_s = 0.2
+    async with aiohttp.ClientSession() as http:
+        async with http.post(gateway.url + "/v1/chat/completions", headers=gateway.auth(capped),
+                             json={"model": "fake/gpt-4o", "messages": MESSAGES, "stream": True}) as r:
+            await r.content.readline()
+        # the response was closed mid-stream: the gateway notices at its next write and releases the slot
+        await asyncio.wait_for(gateway.fake.client_disconnected.wait(), 10)
+    gateway.fake.delay_between_chunks_s = 0
+    for _ in range(50):
+        async with aiohttp.ClientSession() as http, http.post(
+                gateway.url + "/v1/chat/completions", headers=gateway.auth(capped),
+                json={"model": "fake/gpt-4o", "messages": MESSAGES, "stream": True}) as r:
+            await r.read()
+            if r.status == 200:
+                return
+        await asyncio.sleep(0.05)  # the relay's finally may still be running: poll, bounded
+    pytest.fail("the stream slot was never released")
+
+
+async def test_max_tokens_cap_refuses_more_and_fills_in_when_absent(gateway: Gateway) -> None:
+    capped, _ = await gateway.add_key("capped", max_tokens=50)
+    client = gateway.openai(api_key=capped)
+    with pytest.raises(openai.BadRequestError) as info:
+        await client.chat.completions.create(model="fake/gpt-4o", messages=MESSAGES,  # type: ignore[arg-type]
+                                             max_tokens=51)
+    assert info.value.param == "max_tokens" and "at most 50" in info.value.message
+    assert gateway.fake.requests == []
+    answer = await client.chat.completions.create(model="fake/metered", messages=MESSAGES)  # type: ignore[arg-type]
+    assert gateway.fake.last.body["max_tokens"] == 50
+    assert round(answer.model_extra["billing"]["reserved"] * 1e9) == 50 * 10_000  # type: ignore[index]
+    await client.chat.completions.create(model="fake/gpt-5", messages=MESSAGES)  # type: ignore[arg-type]
+    assert gateway.fake.last.body["max_completion_tokens"] == 50  # renamed for the model, as a client's would be
+    await client.chat.completions.create(model="fake/gpt-4o", messages=MESSAGES,  # type: ignore[arg-type]
+                                         max_tokens=20)
+    assert gateway.fake.last.body["max_tokens"] == 20
+
+
+async def test_body_size_cap_is_413_for_that_key_only(gateway: Gateway) -> None:
+    capped, _ = await gateway.add_key("capped", max_body_bytes=1000)
+    body = {"model": "fake/gpt-4o", "messages": [{"role": "user", "content": "x" * 2000}]}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(gateway.url + "/v1/chat/completions", json=body, headers=gateway.auth(capped)) as r:
+            payload = await r.json()
+            assert r.status == 413 and payload["error"]["code"] == "request_too_large"
+            assert "1000" in payload["error"]["message"]
+        async with http.post(gateway.url + "/v1/chat/completions", json=body, headers=gateway.auth()) as r:
+            assert r.status == 200
+    record = await gateway.app[RUNTIME].store.get_key(gateway.key_id)
+    assert record is not None
+
+
+# --- how caps are set -------------------------------------------------------------------------------
+
+
+def test_cli_sets_caps_and_refuses_zero(tmp_path: Path, redis_url: str) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(gateway_config_text("http://127.0.0.1:9/v1", redis_url, prefix="capscli:"))
+    made = run_cli("keys", "create", "--config", str(path), "--name", "c", "--balance", "1", "--max-streams", "2",
+                   "--max-tokens", "300", "--max-body-bytes", "4096", "--json")
+    assert made.returncode == 0, made.stderr
+    shown = json.loads(made.stdout)
+    assert (shown["max_streams"], shown["max_tokens"], shown["max_body_bytes"]) == (2, 300, 4096)
+    listed = json.loads(run_cli("keys", "list", "--config", str(path), "--json").stdout)
+    assert [k["max_streams"] for k in listed if k["id"] == shown["id"]] == [2]
+    refused = run_cli("keys", "create", "--config", str(path), "--name", "c", "--balance", "1", "--max-streams", "0")
+    assert refused.returncode == 2 and ">= 1" in refused.stderr
+
+
+async def test_admin_api_sets_caps(make_gateway: Any) -> None:
+    admin = "admin-token-for-caps-0123456789"
+    gw = await make_gateway(admin_token=admin)
+    headers = {"Authorization": f"Bearer {admin}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(gw.url + "/admin/keys", headers=headers,
+                             json={"name": "c", "balance": 1, "max_streams": 3, "max_tokens": 10}) as r:
+            made = await r.json()
+            assert r.status == 201
+            assert (made["max_streams"], made["max_tokens"], made["max_body_bytes"]) == (3, 10, None)
+        async with http.post(gw.url + "/admin/keys", headers=headers,
+                             json={"name": "c", "balance": 1, "max_body_bytes": 0}) as r:
+            assert r.status == 400 and (await r.json())["error"]["param"] == "max_body_bytes"
+    record = await gw.app[RUNTIME].store.get_key(made["id"])
+    assert record is not None and record.max_streams == 3 and record.max_tokens == 10
