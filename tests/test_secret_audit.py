@@ -225,3 +225,32 @@ async def test_no_secret_reaches_logs_metrics_errors_exports_or_redis(
     leaks = {place: _hits(text, secrets) for place, text in places.items()}
     assert leaks == {place: [] for place in places}
     assert gateway_keys[1] in "\n".join(traffic.excluded)  # the one place it belongs: its creation answer
+
+
+def test_a_protected_key_is_redacted_within_its_request_only() -> None:
+    """aiohttp runs each request in its own task (its own context): a BYOK key protected there is
+    redacted from that request's lines and forgotten with it, so the list never grows across requests."""
+    import contextvars
+
+    from gateway.logging import REDACTED, redactor
+
+    def request() -> tuple[str, bytes]:
+        redactor.protect("plain-byok-key-42")
+        line = redactor.render(None, "info", {"event": "x", "detail": 'quote "plain-byok-key-42"'})
+        return redactor.scrub("upstream said: plain-byok-key-42 is invalid"), line
+
+    said, line = contextvars.copy_context().run(request)
+    assert said == f"upstream said: {REDACTED} is invalid"
+    assert b"plain-byok-key-42" not in line
+    assert redactor.scrub("later: plain-byok-key-42") == "later: plain-byok-key-42"  # another request's context
+
+
+@pytest.mark.parametrize("line", [
+    "b'Authorization: Bearer token-with-no-known-prefix\\x01'",
+    "b'X-Provider-Api-Key: token-with-no-known-prefix\\x00'",
+    "x-goog-api-key:token-with-no-known-prefix",
+])
+def test_raw_header_lines_are_redacted(line: str) -> None:
+    from gateway.logging import redactor
+
+    assert "token-with-no-known-prefix" not in redactor.scrub(line)
