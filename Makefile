@@ -7,7 +7,7 @@ CONFIG ?= config.yaml
 # binary:package pairs — the Debian package is installed when its binary is missing (dante's binary is danted)
 APT_PACKAGES := redis-server:redis-server microsocks:microsocks tinyproxy:tinyproxy danted:dante-server wrk:wrk systemd-analyze:systemd promtool:prometheus
 
-.PHONY: install system-deps run test lint check-config bench soak clean
+.PHONY: install system-deps run test audit lint check-config bench soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ run: install
 
 test: install system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# the whole suite with every log line (debug) searched for the secrets it used (tests/secret_audit_plugin.py)
+audit: install system-deps
+	GW_SECRET_AUDIT=1 $(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: install
 	$(BIN)/ruff check gateway providers egress tests

@@ -11,11 +11,12 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+import secret_audit_plugin
 from apis_config import Upstreams, config_doc
 from fakes.clock import FakeClock
 from fakes.openai_upstream import FakeOpenAI
 from fakes.openai_upstream import make_app as make_fake_app
-from harness import Gateway, gateway_config, start_gateway
+from harness import PROVIDER_KEY, Gateway, gateway_config, start_gateway
 from redis_server import RedisServer, find_binary
 
 from gateway.config import parse
@@ -104,6 +105,14 @@ def pytest_configure(config: pytest.Config) -> None:
     configure_logging("debug")
     # GW_TEST_LOGS=1 shows the gateway's lines on stderr when debugging a test
     sink.target = sys.stderr.buffer if os.environ.get("GW_TEST_LOGS") else open(os.devnull, "wb")  # noqa: SIM115
+    if secret_audit_plugin.ENABLED:  # GW_SECRET_AUDIT=1: the whole session's logs searched for secrets
+        secret_audit_plugin.start()
+        secret_audit_plugin.register(PROVIDER_KEY)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if secret_audit_plugin.ENABLED:
+        secret_audit_plugin.finish(session)
 
 
 @pytest.fixture

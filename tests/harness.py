@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import secret_audit_plugin
 import yaml
 from aiohttp import web
 from fakes.openai_upstream import FakeOpenAI
@@ -139,6 +140,7 @@ class Gateway:
 
     async def add_key(self, name: str = "test", **kwargs: Any) -> tuple[str, str]:
         plain, record = keys.new_record(name, kwargs.pop("balance", 10_000_000_000), **kwargs)
+        secret_audit_plugin.register(plain)
         await self.app[RUNTIME].store.create_key(record)
         return plain, record.id
 
