@@ -129,10 +129,11 @@ async def test_byok_header_that_is_not_a_key_is_400(gateway: Gateway) -> None:
     pytest.param(b"X-Request-Id: abc\rdef", id="bare-cr"),
     pytest.param(b"X-Provider-Api-Key: sk-abc\r\n injected-by-folding", id="obs-fold"),
     pytest.param(b"X-Provider-Api-Key: sk-\x00abc", id="nul"),
+    pytest.param(b"X-Request-Id: " + b"a" * 20_000, id="header-over-8k"),
 ])
 async def test_header_with_cr_lf_is_refused_by_the_http_parser(gateway: Gateway, header_line: bytes) -> None:
-    """aiohttp's parser refuses these before any handler runs: the client gets a plain 400 and the
-    connection is closed; nothing is sent upstream."""
+    """aiohttp's parser refuses these (and header values over its 8190-byte limit) before any handler runs:
+    the client gets a plain-text 400 and the connection is closed; nothing is sent upstream."""
     host, port = gateway.url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     body = chat()
