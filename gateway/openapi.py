@@ -67,9 +67,38 @@ def _chat_request(models: list[str]) -> JSON:
     }}
 
 
+def _other_requests(models: list[str]) -> JSON:
+    """Bodies of the endpoints beside chat: legacy completions, embeddings, moderations, images, Anthropic's."""
+    model = {"type": "string", "minLength": 1, "maxLength": MAX_MODEL_NAME, "examples": models[:5]}
+    text_or_list = {"anyOf": [{"type": "string", "minLength": 1}, {"type": "array", "minItems": 1}]}
+    return {
+        "CompletionRequest": {"type": "object", "required": ["model", "prompt"], "properties": {
+            "model": model, "prompt": text_or_list, "stream": {"type": "boolean"},
+            "max_tokens": _number(1, 2**31 - 1, integer=True), "n": _number(1, 128, integer=True),
+            "temperature": _number(0, 2)}},
+        "EmbeddingRequest": {"type": "object", "required": ["model", "input"], "properties": {
+            "model": model, "input": text_or_list, "encoding_format": {"enum": ["float", "base64"]}}},
+        "ModerationRequest": {"type": "object", "required": ["input"], "properties": {
+            "model": model, "input": text_or_list}},
+        "ImageRequest": {"type": "object", "required": ["prompt"], "properties": {
+            "model": model, "prompt": {"type": "string", "minLength": 1}, "n": _number(1, 10, integer=True)}},
+        "AnthropicMessagesRequest": {"type": "object", "required": ["model", "max_tokens", "messages"], "properties": {
+            "model": model, "max_tokens": _number(1, 2**31 - 1, integer=True), "stream": {"type": "boolean"},
+            "messages": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["role", "content"], "properties": {
+                    "role": {"enum": ["user", "assistant"]},
+                    "content": {"anyOf": [{"type": "string"}, {"type": "array"}]}}},
+                "examples": [[{"role": "user", "content": "Hello"}]]}}},
+        "AnthropicError": {"type": "object", "required": ["type", "error"], "properties": {
+            "type": {"const": "error"}, "error": {"type": "object", "required": ["type", "message"], "properties": {
+                "type": {"type": "string"}, "message": {"type": "string"}}}}},
+    }
+
+
 def _schemas(models: list[str]) -> JSON:
     money = {"type": "number"}
     return {
+        **_other_requests(models),
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {
             "type": "object", "required": ["message", "type", "param", "code"], "properties": {
                 "message": {"type": "string"}, "type": {"type": "string"},
@@ -120,6 +149,35 @@ def _op(summary: str, responses: JSON, *errors: str, security: str | None = "gat
     return op
 
 
+def _anthropic_errors() -> JSON:
+    return {s: _json(_ref("AnthropicError"), d) for s, d in ERROR_STATUSES.items()}
+
+
+def _other_paths() -> JSON:
+    """#8's endpoints: the same pipeline as chat, their own bodies and answers."""
+    obj = {"type": "object"}
+    stream = {"schema": {"type": "string"}, "description": "SSE events"}
+    messages = _op("Anthropic's Messages API (errors in Anthropic's shape)", {"200": {
+        "description": "An Anthropic message, or its event stream", "content": {
+            "application/json": {"schema": obj}, "text/event-stream": stream}}}, body="AnthropicMessagesRequest")
+    messages["responses"].update(_anthropic_errors())
+    name = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}]
+    return {
+        "/v1/completions": {"post": _op("Legacy text completion", {"200": {
+            "description": "A text completion, or its SSE stream", "content": {
+                "application/json": {"schema": obj}, "text/event-stream": stream}}},
+            *ERROR_STATUSES, body="CompletionRequest")},
+        "/v1/embeddings": {"post": _op("Embeddings", {"200": _json(obj)}, *ERROR_STATUSES, body="EmbeddingRequest")},
+        "/v1/moderations": {"post": _op("Moderation", {"200": _json(obj)}, *ERROR_STATUSES,
+                                        body="ModerationRequest")},
+        "/v1/images/generations": {"post": _op("Image generation", {"200": _json(obj)}, *ERROR_STATUSES,
+                                               body="ImageRequest")},
+        "/v1/messages": {"post": messages},
+        "/v1/models/{name}": {"get": _op("One model (or, with /endpoints, OpenRouter's endpoints listing)",
+                                         {"200": _json(obj)}, "401", "403", "404", "503", params=name)},
+    }
+
+
 def _paths() -> JSON:
     key_id = [{"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}]
     keys = {"type": "object", "properties": {"data": {"type": "array", "items": _ref("Key")}}}
@@ -128,6 +186,7 @@ def _paths() -> JSON:
         "application/json": {"schema": _ref("ChatCompletion")}, "text/event-stream": stream}}
     status = {"type": "object", "properties": {"status": {"type": "string"}}}
     return {
+        **_other_paths(),
         "/v1/chat/completions": {"post": _op("OpenAI chat completion, any configured provider", {"200": chat_ok},
                                              *ERROR_STATUSES, body="ChatRequest")},
         "/v1/models": {"get": _op("Models this key may use", {"200": _json(_ref("ModelList"))}, "401", "403",

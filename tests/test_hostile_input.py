@@ -194,3 +194,25 @@ async def test_error_bodies_never_echo_the_provider_key(gateway: Gateway) -> Non
     status, payload = await post_raw(gateway, chat(provider_api_key=PROVIDER_KEY + " "))
     assert status == 400
     assert PROVIDER_KEY not in json.dumps(payload)
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    pytest.param("/v1/completions", {"model": "fake/gpt-4o", "prompt": "hi"}, id="completions"),
+    pytest.param("/v1/embeddings", {"model": "fake/gpt-4o", "input": "hi"}, id="embeddings"),
+    pytest.param("/v1/messages", {"model": "fake/gpt-4o", "max_tokens": 5, "messages": MESSAGES}, id="messages"),
+])
+@pytest.mark.parametrize("hostile", ["byok-crlf", "deep-nesting"])
+async def test_every_endpoint_refuses_hostile_bodies(gateway: Gateway, path: str, body: dict[str, Any],
+                                                     hostile: str) -> None:
+    if hostile == "byok-crlf":
+        raw = json.dumps({**body, "provider_api_key": "sk-a\r\nX-Injected: 1"}).encode()
+    else:
+        raw = json.dumps({**body, "metadata": []}).encode().replace(b'"metadata": []', b'"metadata": '
+                                                                   + b"[" * 100 + b"]" * 100)
+    async with aiohttp.ClientSession() as http, http.post(gateway.url + path, data=raw, headers={
+            **gateway.auth(), "Content-Type": "application/json"}) as r:
+        assert r.status == 400, await r.text()
+        payload = await r.json()
+    message = payload["error"]["message"]
+    assert ("printable" if hostile == "byok-crlf" else "depth") in message
+    await untouched(gateway)

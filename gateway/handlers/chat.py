@@ -56,9 +56,7 @@ def _provider_key(request: web.Request, body: dict[str, Any], route: Route) -> t
     """The key to call the provider with, and whether it is the client's own (BYOK)."""
     byok = body.get("provider_api_key") or request.headers.get("X-Provider-Api-Key", "")
     if byok:
-        if not isinstance(byok, str):
-            raise InvalidRequest("'provider_api_key' must be a string.", param="provider_api_key")
-        redactor.protect(byok)
+        redactor.protect(validation.check_provider_key(byok))  # it goes into a header: printable ASCII only
         return byok, True
     prov = route.provider
     if not prov.api_key and prov.api_key_env:
