@@ -89,6 +89,9 @@ def _other_requests(models: list[str]) -> JSON:
                     "role": {"enum": ["user", "assistant"]},
                     "content": {"anyOf": [{"type": "string"}, {"type": "array"}]}}},
                 "examples": [[{"role": "user", "content": "Hello"}]]}}},
+        "AnthropicCountRequest": {"type": "object", "required": ["model", "messages"], "properties": {
+            "model": model, "messages": {"type": "array", "minItems": 1, "items": {"type": "object"},
+                                         "examples": [[{"role": "user", "content": "Hello"}]]}}},
         "AnthropicError": {"type": "object", "required": ["type", "error"], "properties": {
             "type": {"const": "error"}, "error": {"type": "object", "required": ["type", "message"], "properties": {
                 "type": {"type": "string"}, "message": {"type": "string"}}}}},
@@ -161,6 +164,10 @@ def _other_paths() -> JSON:
         "description": "An Anthropic message, or its event stream", "content": {
             "application/json": {"schema": obj}, "text/event-stream": stream}}}, body="AnthropicMessagesRequest")
     messages["responses"].update(_anthropic_errors())
+    count = _op("Anthropic's token count: the gateway's own estimate, free", {"200": _json(
+        {"type": "object", "required": ["input_tokens"], "properties": {"input_tokens": {"type": "integer"}}})},
+        body="AnthropicCountRequest")
+    count["responses"].update(_anthropic_errors())
     name = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}]
     return {
         "/v1/completions": {"post": _op("Legacy text completion", {"200": {
@@ -173,6 +180,7 @@ def _other_paths() -> JSON:
         "/v1/images/generations": {"post": _op("Image generation", {"200": _json(obj)}, *ERROR_STATUSES,
                                                body="ImageRequest")},
         "/v1/messages": {"post": messages},
+        "/v1/messages/count_tokens": {"post": count},
         "/v1/models/{name}": {"get": _op("One model (or, with /endpoints, OpenRouter's endpoints listing)",
                                          {"200": _json(obj)}, "401", "403", "404", "503", params=name)},
     }

@@ -110,7 +110,7 @@ def openai_shaped_errors(ctx: Any, response: Any, case: Any) -> bool:
         raise AssertionError(f"{case.method} {case.path}: HTTP {response.status_code}: {response.text[:300]}")
     if response.status_code >= 400 and not (case.path == "/readyz" and response.status_code == 503):
         body = response.json()
-        if case.path == "/v1/messages":  # Anthropic's API, Anthropic's error shape
+        if case.path.startswith("/v1/messages"):  # Anthropic's API, Anthropic's error shape
             assert body["type"] == "error" and isinstance(body["error"]["message"], str), body
         else:
             validate(body, "ErrorResponse")
@@ -151,4 +151,5 @@ def test_served_document_is_the_one_fuzzed(live: Live) -> None:
             assert "responses" in op, (method, path)
     assert set(doc["paths"]) >= {"/v1/chat/completions", "/v1/models", "/v1/credits", "/v1/generation",
                                  "/admin/keys", "/openapi.json", "/v1/completions", "/v1/embeddings",
-                                 "/v1/moderations", "/v1/images/generations", "/v1/messages", "/v1/models/{name}"}
+                                 "/v1/moderations", "/v1/images/generations", "/v1/messages", "/v1/models/{name}",
+                                 "/v1/messages/count_tokens"}
