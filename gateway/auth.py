@@ -7,6 +7,7 @@ never stored, logged or echoed.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from fnmatch import fnmatchcase
@@ -47,6 +48,22 @@ class KeyCache:
 
     def __init__(self) -> None:
         self._entries: dict[str, tuple[float, KeyRecord]] = {}
+        self._lookups: dict[str, asyncio.Future[KeyRecord | None]] = {}
+
+    async def lookup(self, store: Store, digest: str) -> KeyRecord | None:
+        """One store lookup per key at a time: a burst with a cold cache (after a restart, or a client's
+        first thousand streams at once) waits for the first lookup instead of sending a thousand."""
+        pending = self._lookups.get(digest)
+        if pending is None:
+            pending = asyncio.ensure_future(store.get_key_by_hash(digest))
+            self._lookups[digest] = pending
+            pending.add_done_callback(lambda done: self._finished(digest, done))
+        return await asyncio.shield(pending)
+
+    def _finished(self, digest: str, done: asyncio.Future[KeyRecord | None]) -> None:
+        self._lookups.pop(digest, None)
+        if not done.cancelled():
+            done.exception()  # retrieved here, so a lookup every waiter left does not warn at exit
 
     def get(self, digest: str, now: float) -> KeyRecord | None:
         entry = self._entries.get(digest)
@@ -72,7 +89,7 @@ async def authenticate(request: web.Request, store: Store, cache: KeyCache | Non
     record = cache.get(digest, now) if cache is not None else None
     if record is None:
         try:
-            record = await store.get_key_by_hash(digest)
+            record = await (cache.lookup(store, digest) if cache is not None else store.get_key_by_hash(digest))
         except StoreError as exc:
             metrics.STORE_ERRORS.labels("auth").inc()
             raise Unavailable("The gateway's key store is unavailable; retry shortly.",
