@@ -1,4 +1,4 @@
-"""`GW_SECRET_AUDIT=1` (or `make audit`): the whole suite's traffic, logged at debug, searched for secrets.
+"""`GW_SECRET_AUDIT=1` (set by `make test`): the whole suite's traffic, logged at debug, searched for secrets.
 
 Every line the gateway writes (its structlog sink, whichever buffer a test points it at) and every stdlib
 log record (aiohttp's own, at DEBUG) is copied to one audit buffer for the whole session. At the end the
@@ -7,7 +7,7 @@ harness issued, and whatever a test registered with `register()`. Any hit fails 
 the secret and the first line it was found in.
 
 `tests/test_secret_audit.py` runs the same search over a representative mix of traffic in every
-`make test`; this plugin is the wider net, for a release or after touching logging or error paths.
+`make test`; this plugin is the wider net over every test's traffic, also in `make test`.
 """
 
 from __future__ import annotations
