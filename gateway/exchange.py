@@ -1,6 +1,6 @@
 """What an API family plugs into the shared pipeline: admit -> translate -> egress -> relay -> settle.
 
-The pipeline (`gateway.handlers.chat`) knows nothing about chat, embeddings or Anthropic's format. Each
+The pipeline (`gateway.pipeline`) knows nothing about chat, embeddings or Anthropic's format. Each
 API family is an `Endpoint`: it says what a request may cost at worst, estimates usage the upstream did
 not report, picks the `Exchange` for the provider kind behind a route, and presents the answer with its
 bill. An `Exchange` is the translation for one (endpoint, provider kind) pair: the upstream request, the

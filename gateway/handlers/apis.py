@@ -1,5 +1,5 @@
 """POST /v1/completions, /v1/embeddings, /v1/moderations and /v1/images/generations: each body checked
-for what the pipeline needs, then served like chat (`gateway.handlers.chat.serve`)."""
+for what the pipeline needs, then served like chat (`gateway.pipeline.serve`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from aiohttp import web
 from gateway import caps
 from gateway.endpoints import COMPLETIONS, EMBEDDINGS, IMAGES, MODERATIONS
 from gateway.errors import InvalidRequest
-from gateway.handlers.chat import serve
+from gateway.pipeline import serve
 from gateway.requests import read_json
 from gateway.state import KEY, RUNTIME
 

@@ -12,8 +12,8 @@ from aiohttp import web
 from gateway import billing, caps, presets
 from gateway.auth import model_allowed
 from gateway.errors import Forbidden, InvalidRequest
-from gateway.handlers.chat import serve
 from gateway.messages import MessagesEndpoint
+from gateway.pipeline import serve
 from gateway.requests import read_json
 from gateway.state import KEY, LOG, RUNTIME
 from providers import anthropic_inbound

@@ -1,0 +1,249 @@
+"""The pipeline every endpoint shares: preset -> catalog -> checks -> admit -> translate -> egress -> relay ->
+settle, streamed or not (`serve`). What differs per API (chat, completions, embeddings, Anthropic's
+format...) is a `gateway.exchange.Endpoint`; the handlers in `gateway.handlers` read and check their body,
+then hand it here.
+
+The client's response headers go out only after the upstream answered 2xx, so an upstream refusal still
+reaches the client as a proper HTTP status. From then on each upstream event is relayed as soon as it
+arrives, with keep-alive comments while the upstream is silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from egress.pool import Egress, EgressUnavailable
+from gateway import caps, limits, metering, metrics, presets, resilience, routing, streaming, validation
+from gateway.auth import model_allowed
+from gateway.catalog import Route
+from gateway.errors import Forbidden, GatewayError, InvalidRequest, Unavailable, UpstreamFailed
+from gateway.exchange import Endpoint, Exchange
+from gateway.images import image_parts, inline_remote_images
+from gateway.logging import get_logger, redactor
+from gateway.relay import egress_unavailable, map_upstream_error, open_upstream, read_body
+from gateway.sse import ClientGone, SSEWriter
+from gateway.state import KEY, LOG, RATE_HEADERS, RUNTIME
+from gateway.streaming import StreamCodec
+from providers.types import ProviderError, Target, UpstreamHTTPError
+
+GATEWAY_FIELDS = ("provider_api_key", "models")  # ours (BYOK, OpenRouter's fallback list), never forwarded
+log = get_logger("gateway.pipeline")
+
+
+def _provider_key(request: web.Request, body: dict[str, Any], route: Route) -> tuple[str, bool]:
+    """The key to call the provider with, and whether it is the client's own (BYOK)."""
+    byok = body.get("provider_api_key") or request.headers.get("X-Provider-Api-Key", "")
+    if byok:
+        redactor.protect(validation.check_provider_key(byok))  # it goes into a header: printable ASCII only
+        return byok, True
+    prov = route.provider
+    if not prov.api_key and prov.api_key_env:
+        raise Unavailable(
+            f"Provider '{route.provider_name}' has no API key configured on this gateway: the operator "
+            f"must set {prov.api_key_env}, or send your own key in 'provider_api_key' or the "
+            "X-Provider-Api-Key header.", code="provider_not_configured")
+    return prov.api_key, False
+
+
+async def _inline_images(egress: Egress, route: Route, affinity: str, blocked: frozenset[str],
+                         body: dict[str, Any]) -> dict[str, Any]:
+    """Image URLs as bytes for upstreams that take only bytes, fetched along the provider's own way out."""
+    try:
+        exit_ = egress.plan(route.provider.egress, affinity, blocked)[0]
+    except EgressUnavailable as exc:
+        raise egress_unavailable(route.provider_name, str(exc)) from exc
+    return await inline_remote_images(body, exit_.session, resolve_locally=exit_.proxy is None)
+
+
+def _affinity_key(route: Route, api_key: str) -> str:
+    """Which identity the provider sees: its API key (hashed: the pool never holds a key)."""
+    return hashlib.sha256(f"{route.provider_name}\0{api_key}".encode()).hexdigest()
+
+
+def _scrubber(own_key: str) -> Any:
+    def scrub(text: str) -> str:
+        if own_key:
+            text = text.replace(own_key, "[REDACTED]")
+        return redactor.scrub(text)
+    return scrub
+
+
+async def serve(request: web.Request, body: dict[str, Any], op: Endpoint) -> web.StreamResponse:
+    """Any endpoint's request through the pipeline: preset, candidates and checks, then `_serve_first`.
+
+    A key allowed a preset (`@preset/name`) may use the preset's model through it.
+    """
+    snapshot = request.app[RUNTIME].snapshot
+    key = request[KEY]
+    asked = body.get("model")
+    preset = presets.lookup(snapshot.config.presets, asked)
+    if preset is not None:
+        body = op.apply_preset(preset, body)
+        request[LOG]["preset"] = asked
+    routes = routing.candidates(snapshot.catalog, body)
+    has_images = bool(image_parts(body))
+    primary = routes[0]
+    request[LOG]["streamed"] = bool(body.get("stream"))
+
+    def allowed(model_id: str) -> bool:
+        return model_allowed(key, model_id) or (preset is not None and model_allowed(key, str(asked)))
+
+    if not allowed(primary.model_id):
+        raise Forbidden(f"This key may not use model '{asked if preset else primary.model_id}'.",
+                        code="model_not_allowed", param="model")
+    if has_images and not primary.model.vision:
+        raise InvalidRequest(f"Model '{primary.model_id}' does not accept images.", code="model_not_vision",
+                             param="messages")
+    validation.check_route(body, primary, op.name)
+    caps.apply_max_tokens(body, key, primary.model.max_output_tokens, fill=op.name in validation.CHOICE_ENDPOINTS)
+    usable = [r for r in routes if allowed(r.model_id) and (r.model.vision or not has_images)
+              and validation.serves(body, r, op.name)]
+    ttl_s = snapshot.config.billing.hold_ttl_s
+    async with caps.stream_slot(request.app[RUNTIME].store, key, bool(body.get("stream")), ttl_s):
+        return await _serve_first(request, usable, body, op)
+
+
+async def _serve_first(request: web.Request, routes: list[Route], body: dict[str, Any],
+                       op: Endpoint) -> web.StreamResponse:
+    """Try each candidate, retrying retryable failures, until one answers or the deadline passes."""
+    runtime = request.app[RUNTIME]
+    return await resilience.serve_first(runtime.guard, runtime.snapshot.config.retries, routes,
+                                        lambda route: _serve(request, route, body, op))
+
+
+async def _serve(request: web.Request, route: Route, body: dict[str, Any], op: Endpoint) -> web.StreamResponse:
+    """One attempt on one model: admit (hold + limits), call, settle — whatever happens."""
+    runtime = request.app[RUNTIME]
+    config = runtime.snapshot.config
+    fields = request[LOG]
+    fields.update(model=route.model_id, provider=route.provider_name)
+    fields["attempts"] = fields.get("attempts", 0) + 1
+    exchange = op.exchange(route)
+    api_key, byok = _provider_key(request, body, route)
+    ticket = await metering.admit(runtime.store, runtime.settlements, config, route, request[KEY], body, byok,
+                                  bool(body.get("stream")), op.worst_case(body, route, config), op.name)
+    request[RATE_HEADERS] = limits.headers(ticket.admitted)
+    fields["generation_id"] = ticket.generation_id
+    outcome = metering.Outcome(status=502)  # until the upstream answers well, an exit releases the hold
+    try:
+        return await _call(request, route, body, op, exchange, api_key, byok, ticket, outcome)
+    finally:
+        await metering.close(ticket, outcome)
+        fields.update(prompt_tokens=outcome.usage.prompt_tokens, completion_tokens=outcome.usage.completion_tokens)
+
+
+async def _call(request: web.Request, route: Route, body: dict[str, Any], op: Endpoint, exchange: Exchange,
+                api_key: str, byok: bool, ticket: metering.Ticket, outcome: metering.Outcome) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    affinity, blocked = _affinity_key(route, api_key), frozenset(route.provider.blocked_regions)
+    clean = {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
+    if exchange.needs_inline_images and image_parts(clean):
+        clean = await _inline_images(runtime.egress, route, affinity, blocked, clean)
+    target = route.target(api_key)
+    try:
+        upstream_request = exchange.build(clean, target, ticket.streamed)
+    except ProviderError as exc:
+        raise InvalidRequest(f"This request cannot be sent to {route.model_id}: {exc}", code="untranslatable") from exc
+    t = route.provider.timeouts
+    asked = time.perf_counter()
+    resp, exit_ = await open_upstream(runtime.egress, route.provider.egress, affinity, blocked, upstream_request,
+                                      t.connect_s, t.first_byte_s, route.provider_name)
+    metrics.UPSTREAM.labels(route.provider_name, route.model_id).observe(time.perf_counter() - asked)
+    ticket.egress = request[LOG]["egress"] = exit_.name
+    scrub = _scrubber(api_key if byok else "")
+    try:
+        if resp.status >= 300:
+            raw = await read_body(resp, t.between_chunks_s)
+            err = exchange.parse_error(resp.status, raw)
+            outcome.status = request[LOG]["upstream_status"] = resp.status
+            log.warning("upstream refused", provider=route.provider_name, status=resp.status,
+                        upstream_message=err.message[:500])
+            raise map_upstream_error(err, route.provider_name, byok, scrub, resp.headers.get("Retry-After"))
+        if ticket.streamed:
+            codec = exchange.codec(clean, target, ticket.generation_id, op.wants_usage(clean))
+            return await _relay_stream(request, resp, codec, op, clean, target, ticket, outcome, scrub)
+        return await _relay_json(resp, exchange, op, clean, target, ticket, outcome)
+    finally:
+        resp.close()
+
+
+async def _relay_json(resp: aiohttp.ClientResponse, exchange: Exchange, op: Endpoint, body: dict[str, Any],
+                      target: Target, ticket: metering.Ticket, outcome: metering.Outcome) -> web.Response:
+    raw = await read_body(resp, ticket.route.provider.timeouts.between_chunks_s)
+    try:
+        reply = exchange.parse(raw, target)
+    except ProviderError as exc:
+        raise UpstreamFailed(f"provider {target.provider} sent an answer the gateway cannot read: {exc}",
+                             code="upstream_bad_response", retryable=False) from exc  # it answered: no resend
+    outcome.status, outcome.upstream_id, outcome.finish_reason = 200, reply.upstream_id, reply.finish_reason
+    outcome.usage, outcome.estimated = reply.usage, not reply.usage.reported
+    if outcome.estimated:
+        outcome.usage = reply.usage = op.estimate(body, reply.text_bytes)
+    bill = await ticket.settle(outcome)
+    answer = op.present(reply, bill, ticket.generation_id)
+    return web.Response(body=orjson.dumps(answer), content_type="application/json")
+
+
+async def _relay_stream(request: web.Request, resp: aiohttp.ClientResponse, codec: StreamCodec, op: Endpoint,
+                        body: dict[str, Any], target: Target, ticket: metering.Ticket, outcome: metering.Outcome,
+                        scrub: Any) -> web.StreamResponse:
+    config = request.app[RUNTIME].snapshot.config
+    out = SSEWriter(request)
+    await out.start()
+    state = codec.state
+    relayed = streaming.Relayed()
+    fields = request[LOG]
+
+    def account(status: int) -> None:
+        outcome.status, outcome.finish_reason, outcome.upstream_id = status, state.finish_reason, state.response_id
+        outcome.first_token_at = relayed.first_at
+        if state.usage.reported:
+            outcome.usage = state.usage
+        elif relayed.text_bytes:
+            outcome.usage, outcome.estimated = op.estimate(body, relayed.text_bytes), True
+
+    metrics.ACTIVE_STREAMS.inc()
+    try:
+        await streaming.pump(resp, codec, out, target_silence(ticket), config.server.sse_keepalive_s, relayed,
+                             time.time)
+        account(200)
+        bill = await ticket.settle(outcome)
+        billing_event = config.billing.stream_billing_event or request.headers.get("X-Billing-Event", "") == "true"
+        await streaming.finish(out, codec, bill.block(), billing_event, outcome.usage)
+    except ClientGone:
+        outcome.cancelled = True
+        account(499)  # nginx's "client closed request"; the upstream is closed by our caller
+        fields["status"] = 499
+    except asyncio.CancelledError:
+        outcome.cancelled = True
+        account(499)
+        raise
+    except (GatewayError, UpstreamHTTPError) as exc:
+        err = exc if isinstance(exc, GatewayError) else map_upstream_error(exc, target.provider, False, scrub)
+        account(err.status)
+        fields.update(status=err.status, error=err.code)
+        await _try_write(out, codec.error(err))
+    finally:
+        metrics.ACTIVE_STREAMS.dec()
+        if relayed.first_at is not None:
+            metrics.TTFT.labels(target.provider, target.public_model).observe(relayed.first_at - ticket.started)
+    return out.response
+
+
+def target_silence(ticket: metering.Ticket) -> float:
+    return ticket.route.provider.timeouts.between_chunks_s
+
+
+async def _try_write(out: SSEWriter, data: bytes) -> None:
+    try:
+        await out.write(data)
+        await out.finish()
+    except ClientGone:
+        pass
