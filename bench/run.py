@@ -25,6 +25,7 @@ import platform
 import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -406,6 +407,36 @@ def measure(bench: Bench, case: Case, variant: Variant, concurrency: int, first:
 
 # --- the extra measurements ------------------------------------------------------------------------
 
+
+def paired(bench: Bench, reference: str, variant: Variant, concurrency: int, rounds: int,
+           seconds: int) -> dict[str, Any]:
+    """The reference and the gateway measured alternately, `rounds` times, with the same body and concurrency.
+
+    On a shared VM the machine's speed drifts by tens of percent between runs minutes apart (the same commit
+    measured four times gave 499-900 us of CPU per request); a ratio of two runs seconds apart, taken as the
+    median over several rounds, is what such drift leaves standing.
+    """
+    body = bench.bodies[variant.name]
+    pairs = []
+    for _ in range(rounds):
+        quiet(probe_s=0.25)
+        ref = wrk(bench.servers[reference].port, body, bench.key, concurrency, bench.settings.threads, seconds)
+        gw = wrk(bench.servers["gateway"].port, body, bench.key, concurrency, bench.settings.threads, seconds)
+        pairs.append({"reference_rps": ref["requests"] / (ref["duration_us"] / 1e6),
+                      "gateway_rps": gw["requests"] / (gw["duration_us"] / 1e6),
+                      "reference_p50_ms": ref["latency_us"]["p50"] / 1000,
+                      "gateway_p50_ms": gw["latency_us"]["p50"] / 1000,
+                      "reference_p99_ms": ref["latency_us"]["p99"] / 1000,
+                      "gateway_p99_ms": gw["latency_us"]["p99"] / 1000,
+                      "errors": ref["non2xx"] + gw["non2xx"]})
+    ratios = sorted(p["gateway_rps"] / p["reference_rps"] for p in pairs)
+    added_p50 = sorted(p["gateway_p50_ms"] - p["reference_p50_ms"] for p in pairs)
+    added_p99 = sorted(p["gateway_p99_ms"] - p["reference_p99_ms"] for p in pairs)
+    return {"reference": reference, "variant": variant.name, "concurrency": concurrency, "rounds": pairs,
+            "median_ratio": round(statistics.median(ratios), 3),
+            "median_added_p50_ms": round(statistics.median(added_p50), 3),
+            "median_added_p99_ms": round(statistics.median(added_p99), 3)}
+
 def count_tunnels(bench: Bench, n: int) -> dict[str, Any]:
     """`n` sequential requests over one keep-alive client connection; tunnels the proxy opened meanwhile."""
     server = bench.servers["gateway_socks"]
@@ -738,6 +769,16 @@ def run_all(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
                 out["runs"].append(row)
                 log(f"       {row['rps']:.0f} req/s  p50 {row['latency_ms']['p50']:.2f} ms  "
                     f"p99 {row['latency_ms']['p99']:.2f} ms" + ("  ERRORS" if row["flagged"] else ""))
+
+    if {"1-direct", "2-bare", "3-gw", "4-gw"} <= only:
+        rounds = 2 if s.quick else 5
+        log(f"bench: paired rounds ({rounds} x 3 s each side): direct vs gateway at c=1, bare vs gateway at c=16")
+        revive(bench, "gateway")
+        out["paired"] = [paired(bench, "upstream", VARIANTS["json"], 1, rounds, 3)]
+        out["paired"] += [paired(bench, "passthrough", VARIANTS[v], 16, rounds, 3) for v in ("json", "s20")]
+        for p in out["paired"]:
+            log(f"       {p['reference']} vs gateway, {p['variant']} c={p['concurrency']}: median ratio "
+                f"{p['median_ratio']}, median added p50 {p['median_added_p50_ms']} ms")
 
     if "3-gw" in only:
         log("bench: Redis commands per request (MONITOR, 200 sequential requests, non-streamed and streamed)")
