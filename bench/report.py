@@ -170,12 +170,6 @@ def render(results: dict[str, Any]) -> str:
                      f"({len(p['rounds'])} x 3 s each side, alternating): req/s ratio median {p['median_ratio']:.2f} "
                      f"({each}); added p50 median {p['median_added_p50_ms']:.3f} ms, p99 "
                      f"{p['median_added_p99_ms']:.3f} ms")
-    for p in results.get("paired") or []:
-        each = ", ".join(f"{q['gateway_rps'] / q['reference_rps']:.2f}" for q in p["rounds"])
-        lines.append(f"paired rounds, {p['reference']} vs gateway, {p['variant']} c={p['concurrency']} "
-                     f"({len(p['rounds'])} x 3 s each side, alternating): req/s ratio median {p['median_ratio']:.2f} "
-                     f"({each}); added p50 median {p['median_added_p50_ms']:.3f} ms, p99 "
-                     f"{p['median_added_p99_ms']:.3f} ms")
     for rt in results.get("redis_round_trips") or []:
         lines.append(f"Redis commands sent by the gateway per request ({rt['variant']}, {rt['requests']} sequential, "
                      f"MONITOR): {rt['per_request']} {rt['commands']}")
