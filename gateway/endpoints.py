@@ -139,6 +139,7 @@ class _OneShot:
     name = ""
     path = ""
     what = ""
+    own_id = False  # the answer's id becomes the generation id (the handle for /v1/generation)
 
     def exchange(self, route: Route) -> Exchange:
         if route.provider.kind != "openai":
@@ -160,7 +161,10 @@ class _OneShot:
         usage = answer.get("usage")
         if isinstance(usage, dict):
             usage["cost"] = answer["billing"]["request_cost"]
-        answer.setdefault("id", generation_id)
+        if self.own_id:
+            answer["id"] = generation_id
+        else:
+            answer.setdefault("id", generation_id)
         return answer
 
     def apply_preset(self, preset: PresetConfig, body: JSON) -> JSON:
@@ -171,6 +175,7 @@ class EmbeddingsEndpoint(_OneShot):
     """POST /v1/embeddings: priced per input token (the model's input_per_mtok)."""
 
     name, path, what = "embeddings", "embeddings", "/v1/embeddings"
+    own_id = True
 
     def exchange(self, route: Route) -> Exchange:
         if route.provider.kind == "gemini":
@@ -185,26 +190,20 @@ class EmbeddingsEndpoint(_OneShot):
 
     def present(self, reply: Reply, bill: Bill, generation_id: str) -> JSON:
         reply.body["usage"] = {"prompt_tokens": reply.usage.prompt_tokens, "total_tokens": reply.usage.prompt_tokens}
-        answer = super().present(reply, bill, generation_id)
-        answer["id"] = generation_id
-        return answer
+        return super().present(reply, bill, generation_id)
 
 
 class ModerationsEndpoint(_OneShot):
     """POST /v1/moderations: priced per request (OpenAI does not charge; the operator may)."""
 
     name, path, what = "moderations", "moderations", "/v1/moderations"
+    own_id = True
 
     def parser(self) -> Parser:
         return passthrough.parse_moderation
 
     def worst_case(self, body: JSON, route: Route, config: Config) -> Usage:
         return Usage()
-
-    def present(self, reply: Reply, bill: Bill, generation_id: str) -> JSON:
-        answer = super().present(reply, bill, generation_id)
-        answer["id"] = generation_id
-        return answer
 
 
 class ImagesEndpoint(_OneShot):
