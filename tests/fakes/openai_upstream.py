@@ -208,15 +208,8 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     try:
         if not await _wait(request, fake.delay_before_headers_s):
             return web.Response()
-        if fake.status != 200 and (fake.fail_times is None or fake.fail_times > 0):
-            if fake.fail_times is not None:
-                fake.fail_times -= 1
-            response = _error_response(fake.status, fake.error_body)
-            response.headers.update(fake.error_headers)
-            return response
-        if not isinstance(body, dict):
-            return _error_response(400, _error("We could not parse the JSON body of your request.",
-                                               "invalid_request_error"))
+        if (early := _configured_failure(fake, body)) is not None:
+            return early
         if not body.get("stream"):
             answer = json.loads((WIRE / "docs-chat-default.response.json").read_bytes())
             answer["model"] = body.get("model", answer["model"])
@@ -232,6 +225,12 @@ async def _refusal(request: web.Request, fake: FakeOpenAI, body: Any) -> web.Res
     if (refused := _refused_peer(request)) is not None:
         return refused
     await asyncio.sleep(fake.delay_before_headers_s)
+    return _configured_failure(fake, body)
+
+
+def _configured_failure(fake: FakeOpenAI, body: Any) -> web.Response | None:
+    """The configured failure (`status`, `fail_times`, `error_headers`), or OpenAI's 400 for a body that is
+    not a JSON object; None when the request should be answered."""
     if fake.status != 200 and (fake.fail_times is None or fake.fail_times > 0):
         if fake.fail_times is not None:
             fake.fail_times -= 1
