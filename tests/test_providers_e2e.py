@@ -10,13 +10,10 @@ from typing import Any
 import openai
 import pytest
 import yaml
+from apis_config import ANTHROPIC_KEY, GEMINI_KEY, Upstreams
 from fakes.anthropic_upstream import WIRE as ANTHROPIC_WIRE
 from fakes.anthropic_upstream import FakeAnthropic
-from fakes.anthropic_upstream import make_app as anthropic_app
-from fakes.gemini_upstream import FakeGemini, recorded_chunks
-from fakes.gemini_upstream import make_app as gemini_app
-from fakes.openai_upstream import FakeOpenAI
-from fakes.openai_upstream import make_app as openai_app
+from fakes.gemini_upstream import recorded_chunks
 from harness import Gateway, start_gateway, validate
 
 from gateway.config import parse
@@ -25,38 +22,19 @@ from gateway.state import RUNTIME
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
 PIXEL = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQ"
          "AAAABJRU5ErkJggg==")
-ANTHROPIC_KEY = "sk-ant-test-key-0000000000000000"
-GEMINI_KEY = "AIzaTestKey000000000000000000000000"
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
                                                           "required": ["city"]}}}]
 
 
-class Upstreams:
-    def __init__(self) -> None:
-        self.anthropic = FakeAnthropic()
-        self.gemini = FakeGemini()
-        self.openai = FakeOpenAI()
-        self.urls: dict[str, str] = {}
-
-
 @pytest.fixture
-async def upstreams(aiohttp_server: Any) -> Upstreams:
-    ups = Upstreams()
-    ups.urls["anthropic"] = str((await aiohttp_server(anthropic_app(ups.anthropic))).make_url("")).rstrip("/")
-    ups.urls["gemini"] = str((await aiohttp_server(gemini_app(ups.gemini))).make_url("")).rstrip("/")
-    ups.urls["openai"] = str((await aiohttp_server(openai_app(ups.openai))).make_url("/v1"))
-    return ups
-
-
-@pytest.fixture
-async def gw(aiohttp_server: Any, upstreams: Upstreams) -> AsyncIterator[Gateway]:
+async def gw(aiohttp_server: Any, all_upstreams: Upstreams) -> AsyncIterator[Gateway]:
     doc = {
         "retries": {"max_retries": 1, "base_delay_s": 0.01, "max_delay_s": 0.02},
         "providers": {
-            "claude": {"kind": "anthropic", "base_url": upstreams.urls["anthropic"], "api_key": ANTHROPIC_KEY},
-            "oai": {"kind": "openai", "base_url": upstreams.urls["openai"], "api_key": "sk-openai-test-000000000"},
-            "google": {"kind": "gemini", "base_url": upstreams.urls["gemini"], "api_key": GEMINI_KEY},
+            "claude": {"kind": "anthropic", "base_url": all_upstreams.urls["anthropic"], "api_key": ANTHROPIC_KEY},
+            "oai": {"kind": "openai", "base_url": all_upstreams.urls["openai"], "api_key": "sk-openai-test-000000000"},
+            "google": {"kind": "gemini", "base_url": all_upstreams.urls["gemini"], "api_key": GEMINI_KEY},
         },
         "models": {
             "claude/sonnet": {"upstream": "claude-sonnet-4-0", "vision": True, "max_output_tokens": 1024,
@@ -67,7 +45,7 @@ async def gw(aiohttp_server: Any, upstreams: Upstreams) -> AsyncIterator[Gateway
                              "price": {"input_per_mtok": 0.1, "output_per_mtok": 0.4}},
         },
     }
-    gateway = await start_gateway(aiohttp_server, parse(yaml.safe_dump(doc), {}), upstreams.openai)
+    gateway = await start_gateway(aiohttp_server, parse(yaml.safe_dump(doc), {}), all_upstreams.openai)
     yield gateway
     await gateway.close()
 
@@ -90,7 +68,7 @@ def recorded_anthropic_stream(name: str) -> tuple[str, dict[str, Any]]:
     return text, json.loads(partial) if partial else {}
 
 
-async def test_claude_chat(gw: Gateway, upstreams: Upstreams) -> None:
+async def test_claude_chat(gw: Gateway, all_upstreams: Upstreams) -> None:
     raw = await gw.openai().chat.completions.with_raw_response.create(model="claude/sonnet",
                                                                        messages=MESSAGES)  # type: ignore[arg-type]
     body = json.loads(raw.content)
@@ -99,7 +77,7 @@ async def test_claude_chat(gw: Gateway, upstreams: Upstreams) -> None:
     assert body["choices"][0]["message"]["content"] == recorded_anthropic_text("sdk-messages-end-turn.response.json")
     assert body["choices"][0]["finish_reason"] == "stop"
     assert body["billing"]["request_cost"] > 0
-    sent = upstreams.anthropic.last
+    sent = all_upstreams.anthropic.last
     assert sent.headers["x-api-key"] == ANTHROPIC_KEY and sent.headers["anthropic-version"] == "2023-06-01"
     assert sent.body["model"] == "claude-sonnet-4-0" and sent.body["max_tokens"] == 1024
     assert sent.body["system"] == [{"type": "text", "text": "Be brief."}]
@@ -123,8 +101,8 @@ async def test_claude_stream_with_usage_and_bill(gw: Gateway) -> None:
     assert bill is not None and bill["request_cost"] > 0
 
 
-async def test_claude_streamed_tool_call_reassembled_by_the_sdk(gw: Gateway, upstreams: Upstreams) -> None:
-    upstreams.anthropic.tool_stream = True
+async def test_claude_streamed_tool_call_reassembled_by_the_sdk(gw: Gateway, all_upstreams: Upstreams) -> None:
+    all_upstreams.anthropic.tool_stream = True
     stream = await gw.openai().chat.completions.create(model="claude/sonnet", messages=MESSAGES,  # type: ignore[arg-type]
                                                        tools=TOOLS, stream=True)
     args, name, finish = "", None, None
@@ -136,41 +114,41 @@ async def test_claude_streamed_tool_call_reassembled_by_the_sdk(gw: Gateway, ups
         finish = chunk.choices[0].finish_reason or finish
     assert json.loads(args) == recorded_anthropic_stream("sdk-stream-tool-use.sse")[1]
     assert name and finish == "tool_calls"
-    assert upstreams.anthropic.last.body["tools"][0]["input_schema"]["required"] == ["city"]
+    assert all_upstreams.anthropic.last.body["tools"][0]["input_schema"]["required"] == ["city"]
 
 
-async def test_claude_vision(gw: Gateway, upstreams: Upstreams) -> None:
+async def test_claude_vision(gw: Gateway, all_upstreams: Upstreams) -> None:
     messages = [{"role": "user", "content": [{"type": "text", "text": "what is this?"},
                                              {"type": "image_url", "image_url": {"url": PIXEL}}]}]
     await gw.openai().chat.completions.create(model="claude/sonnet", messages=messages)  # type: ignore[arg-type]
-    blocks = upstreams.anthropic.last.body["messages"][0]["content"]
+    blocks = all_upstreams.anthropic.last.body["messages"][0]["content"]
     assert blocks[1] == {"type": "image", "source": {"type": "base64", "media_type": "image/png",
                                                      "data": PIXEL.split(",", 1)[1]}}
 
 
-async def test_overloaded_claude_falls_back_to_an_openai_model(gw: Gateway, upstreams: Upstreams) -> None:
-    upstreams.anthropic.status, upstreams.anthropic.error_body = 529, FakeAnthropic.overloaded_body()
+async def test_overloaded_claude_falls_back_to_an_openai_model(gw: Gateway, all_upstreams: Upstreams) -> None:
+    all_upstreams.anthropic.status, all_upstreams.anthropic.error_body = 529, FakeAnthropic.overloaded_body()
     raw = await gw.openai().chat.completions.with_raw_response.create(model="claude/sonnet",
                                                                        messages=MESSAGES)  # type: ignore[arg-type]
     body = json.loads(raw.content)
     assert body["model"] == "oai/gpt-4o"
-    assert len(upstreams.anthropic.requests) == 2  # one try, one retry, then the fallback
+    assert len(all_upstreams.anthropic.requests) == 2  # one try, one retry, then the fallback
     record = await gw.app[RUNTIME].store.get_generation(gw.key_id, body["id"])
     assert record is not None and record["model"] == "oai/gpt-4o"
     # billed at the serving model's price (2.5 / 10 per Mtok; the fake OpenAI answers 19 + 10 tokens)
     assert round(body["billing"]["request_cost"] * 1e9) == 147_500
 
 
-async def test_overloaded_claude_without_fallback_is_503(gw: Gateway, upstreams: Upstreams) -> None:
-    upstreams.anthropic.status, upstreams.anthropic.error_body = 529, FakeAnthropic.overloaded_body()
-    upstreams.openai.status = 500
+async def test_overloaded_claude_without_fallback_is_503(gw: Gateway, all_upstreams: Upstreams) -> None:
+    all_upstreams.anthropic.status, all_upstreams.anthropic.error_body = 529, FakeAnthropic.overloaded_body()
+    all_upstreams.openai.status = 500
     with pytest.raises(openai.APIStatusError) as info:
         await gw.openai().chat.completions.create(model="claude/sonnet", messages=MESSAGES)  # type: ignore[arg-type]
     assert info.value.status_code == 502  # the last candidate's failure (the OpenAI fallback's 500)
     with pytest.raises(openai.APIStatusError) as info:
         await gw.openai().chat.completions.create(model="claude/sonnet", messages=MESSAGES,  # type: ignore[arg-type]
                                                   extra_body={"models": []})
-    assert len(upstreams.anthropic.requests) == 4
+    assert len(all_upstreams.anthropic.requests) == 4
 
 
 def gemini_text(chunks: list[Any]) -> str:
@@ -178,35 +156,35 @@ def gemini_text(chunks: list[Any]) -> str:
                    for part in (cand.get("content") or {}).get("parts", []) if not part.get("thought"))
 
 
-async def test_gemini_chat(gw: Gateway, upstreams: Upstreams) -> None:
+async def test_gemini_chat(gw: Gateway, all_upstreams: Upstreams) -> None:
     raw = await gw.openai().chat.completions.with_raw_response.create(model="google/flash",
                                                                        messages=MESSAGES)  # type: ignore[arg-type]
     body = json.loads(raw.content)
     validate(body, "CreateChatCompletionResponse")
     assert body["model"] == "google/flash"
-    assert body["choices"][0]["message"]["content"] == gemini_text([upstreams.gemini.unary_answer()])
+    assert body["choices"][0]["message"]["content"] == gemini_text([all_upstreams.gemini.unary_answer()])
     assert body["usage"]["total_tokens"] > 0 and body["billing"]["request_cost"] > 0
-    sent = upstreams.gemini.last
+    sent = all_upstreams.gemini.last
     assert sent.path == "/v1beta/models/gemini-2.0-flash:generateContent"
     assert sent.headers.get("x-goog-api-key", sent.headers.get("X-Goog-Api-Key")) == GEMINI_KEY
     assert sent.body["systemInstruction"] == {"parts": [{"text": "Be brief."}]}
     assert sent.body["contents"] == [{"role": "user", "parts": [{"text": "Hello"}]}]
 
 
-async def test_gemini_stream(gw: Gateway, upstreams: Upstreams) -> None:
+async def test_gemini_stream(gw: Gateway, all_upstreams: Upstreams) -> None:
     stream = await gw.openai().chat.completions.create(model="google/flash", messages=MESSAGES,  # type: ignore[arg-type]
                                                        stream=True)
     text, finish = "", None
     async for chunk in stream:
         text += chunk.choices[0].delta.content or ""
         finish = chunk.choices[0].finish_reason or finish
-    assert text == gemini_text(recorded_chunks(upstreams.gemini.stream_name()))
+    assert text == gemini_text(recorded_chunks(all_upstreams.gemini.stream_name()))
     assert finish == "stop"
-    assert upstreams.gemini.last.query.get("alt") == "sse"
+    assert all_upstreams.gemini.last.query.get("alt") == "sse"
 
 
-async def test_gemini_streamed_tool_call(gw: Gateway, upstreams: Upstreams) -> None:
-    upstreams.gemini.tool_mode = True
+async def test_gemini_streamed_tool_call(gw: Gateway, all_upstreams: Upstreams) -> None:
+    all_upstreams.gemini.tool_mode = True
     stream = await gw.openai().chat.completions.create(model="google/flash", messages=MESSAGES,  # type: ignore[arg-type]
                                                        tools=TOOLS, stream=True)
     calls: dict[int, dict[str, str]] = {}
@@ -218,26 +196,26 @@ async def test_gemini_streamed_tool_call(gw: Gateway, upstreams: Upstreams) -> N
                 entry["name"] += call.function.name or ""
                 entry["arguments"] += call.function.arguments or ""
         finish = chunk.choices[0].finish_reason or finish
-    sent = [part["functionCall"] for chunk in recorded_chunks(upstreams.gemini.stream_name())
+    sent = [part["functionCall"] for chunk in recorded_chunks(all_upstreams.gemini.stream_name())
             for cand in chunk.get("candidates", []) for part in (cand.get("content") or {}).get("parts", [])
             if "functionCall" in part]
     assert [(c["name"], json.loads(c["arguments"])) for c in calls.values()] == [(f["name"], f.get("args", {}))
                                                                                   for f in sent]
     assert finish == "tool_calls"
-    declared = upstreams.gemini.last.body["tools"][0]["functionDeclarations"][0]
+    declared = all_upstreams.gemini.last.body["tools"][0]["functionDeclarations"][0]
     assert declared["name"] == "get_weather"
 
 
-async def test_gemini_vision_inline_and_no_fetch_of_private_urls(gw: Gateway, upstreams: Upstreams) -> None:
+async def test_gemini_vision_inline_and_no_fetch_of_private_urls(gw: Gateway, all_upstreams: Upstreams) -> None:
     messages = [{"role": "user", "content": [{"type": "text", "text": "what is this?"},
                                              {"type": "image_url", "image_url": {"url": PIXEL}}]}]
     await gw.openai().chat.completions.create(model="google/flash", messages=messages)  # type: ignore[arg-type]
-    parts = upstreams.gemini.last.body["contents"][0]["parts"]
+    parts = all_upstreams.gemini.last.body["contents"][0]["parts"]
     assert parts[1] == {"inlineData": {"mimeType": "image/png", "data": PIXEL.split(",", 1)[1]}}
-    for url in (upstreams.urls["gemini"] + "/cat.png", "https://127.0.0.1/cat.png", "https://10.0.0.8/x.png",
+    for url in (all_upstreams.urls["gemini"] + "/cat.png", "https://127.0.0.1/cat.png", "https://10.0.0.8/x.png",
                 "https://localhost/x.png"):
         bad = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]
         with pytest.raises(openai.BadRequestError) as info:
             await gw.openai().chat.completions.create(model="google/flash", messages=bad)  # type: ignore[arg-type]
         assert info.value.code == "invalid_image_url"
-    assert len(upstreams.gemini.requests) == 1
+    assert len(all_upstreams.gemini.requests) == 1
