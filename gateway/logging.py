@@ -52,6 +52,11 @@ def _json_spelling(secret: str) -> str:
     return orjson.dumps(secret)[1:-1].decode()
 
 
+def _line_spellings(secret: str) -> set[bytes]:
+    """The bytes `secret` may appear as in a rendered line: as is, or JSON-escaped."""
+    return {secret.encode(), _json_spelling(secret).encode()}
+
+
 _REQUEST_SECRETS: ContextVar[tuple[str, ...]] = ContextVar("request_secrets", default=())
 
 
@@ -82,7 +87,7 @@ class Redactor:
         self._secrets = re.compile("|".join(map(re.escape, values))) if values else None
         self._values = tuple(values)
         # in a rendered line a secret appears as is, or JSON-escaped when it holds a quote or a backslash
-        self._line_values = tuple({v.encode() for v in values} | {orjson.dumps(v)[1:-1] for v in values})
+        self._line_values = tuple(set().union(*map(_line_spellings, values)))
 
     def _suspect(self, text: str) -> bool:
         low = text.lower()
@@ -92,7 +97,7 @@ class Redactor:
     def _suspect_line(self, line: bytes) -> bool:
         low = line.lower()
         return (any(h in low for h in _LINE_HINTS) or any(v in line for v in self._line_values)
-                or any(v.encode() in line or _json_spelling(v).encode() in line for v in _REQUEST_SECRETS.get()))
+                or any(s in line for v in _REQUEST_SECRETS.get() for s in _line_spellings(v)))
 
     def scrub(self, text: str) -> str:
         if not self._suspect(text):
