@@ -1,4 +1,5 @@
-"""Adapter for Google's Gemini API: `generateContent` and `streamGenerateContent?alt=sse`.
+"""Adapter for Google's Gemini API: `generateContent` and `streamGenerateContent?alt=sse`. The request body
+is built by `gemini_request`; answers, errors and streams are read back here.
 
 Decisions where the formats differ:
 - system/developer messages, wherever they stand, go to `systemInstruction`; `tool` results are
@@ -29,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from providers.gemini_request import gemini_body
 from providers.types import (
     JSON,
     ChatRequest,
@@ -52,16 +54,6 @@ MAX_CHOICES = 1  # see `_generation_config`
 _FINISH_REASONS = {"MAX_TOKENS": "length", **dict.fromkeys((
     "SAFETY", "RECITATION", "LANGUAGE", "OTHER", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
     "IMAGE_PROHIBITED_CONTENT", "NO_IMAGE", "IMAGE_RECITATION", "IMAGE_OTHER", "ESCALATION"), "content_filter")}
-_SYSTEM_ROLES = frozenset({"system", "developer"})
-_TOOL_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
-_SAMPLING = {"temperature": "temperature", "top_p": "topP", "top_k": "topK", "seed": "seed"}  # plain renames
-_MAX_TOKENS_FIELDS = ("max_completion_tokens", "max_tokens")
-# the fields of Gemini's OpenAPI-subset `Schema`; a schema using others goes as JSON Schema instead
-_SCHEMA_KEYS = frozenset({
-    "type", "format", "title", "description", "nullable", "enum", "items", "properties", "required",
-    "anyOf", "propertyOrdering", "default", "example", "minItems", "maxItems", "minLength", "maxLength",
-    "pattern", "minimum", "maximum", "minProperties", "maxProperties"})
-_NO_PARAMETERS = frozenset({"type", "properties", "required", "additionalProperties", "$schema"})
 _ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 _HTTP_STATUSES = frozenset(int(status) for status in HTTPStatus)
 
@@ -79,181 +71,6 @@ def build_request(req: ChatRequest, target: Target) -> UpstreamRequest:
     headers.update(target.headers)
     url = f"{target.base_url}/v1beta/models/{target.upstream_model}:{method}"
     return UpstreamRequest("POST", url, headers, orjson.dumps(gemini_body(body)), req.stream)
-
-
-def gemini_body(body: JSON) -> JSON:
-    """The `GenerateContentRequest` for an OpenAI chat request body (which is left unchanged)."""
-    messages = body.get("messages")
-    if not isinstance(messages, list):
-        raise ProviderError("messages must be a list")
-    contents, system = _contents(messages)
-    out: JSON = {"contents": contents}
-    if system:
-        out["systemInstruction"] = {"parts": system}
-    if body.get("tools"):
-        out["tools"] = [{"functionDeclarations": [_declaration(tool) for tool in body["tools"]]}]
-    if body.get("tool_choice") is not None:
-        out["toolConfig"] = {"functionCallingConfig": _calling_config(body["tool_choice"])}
-    if config := _generation_config(body):
-        out["generationConfig"] = config
-    return out
-
-
-def _contents(messages: list[Any]) -> tuple[list[JSON], list[JSON]]:
-    """(contents, systemInstruction parts); tool results find their function's name by tool_call_id."""
-    contents: list[JSON] = []
-    system: list[JSON] = []
-    call_names: dict[str, str] = {}
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        role = message.get("role") if isinstance(message, dict) else None
-        if role in _SYSTEM_ROLES:
-            system += [{"text": text} for text in _texts(message.get("content"), where)]
-            continue
-        if role == "user":
-            gemini_role, parts = "user", _parts(message.get("content"), where)
-        elif role == "assistant":
-            gemini_role, parts = "model", _assistant_parts(message, call_names, where)
-        elif role == "tool":
-            gemini_role, parts = "user", [_function_response(message, call_names, where)]
-        else:
-            raise ProviderError(f"{where} has an unsupported role {role!r}")
-        if parts and contents and contents[-1]["role"] == gemini_role:
-            contents[-1]["parts"] += parts
-        elif parts:
-            contents.append({"role": gemini_role, "parts": parts})
-    return contents, system
-
-
-def _texts(content: Any, where: str) -> list[str]:
-    """The non-empty texts of a system or tool message's content (a string or text parts)."""
-    if content is None or isinstance(content, str):
-        return [content] if content else []
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-        return [part["text"] for part in content if isinstance(part.get("text"), str) and part["text"]]
-    raise ProviderError(f"{where}.content must be a string or a list of text parts")
-
-
-def _parts(content: Any, where: str) -> list[JSON]:
-    """Gemini parts of a user or assistant content: text, and images/audio/files as inlineData."""
-    if content is None or isinstance(content, str):
-        return [{"text": content}] if content else []
-    if not isinstance(content, list):
-        raise ProviderError(f"{where}.content must be a string or a list of parts")
-    parts: list[JSON] = []
-    for part in content:
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind in ("text", "refusal") and isinstance(part.get(kind), str):
-            parts += [{"text": part[kind]}] if part[kind] else []
-        elif kind == "image_url":
-            image = part.get("image_url")
-            parts.append(_inline_data(image.get("url") if isinstance(image, dict) else image, where))
-        elif kind == "input_audio" and isinstance(audio := part.get("input_audio"), dict) and audio.get("data"):
-            parts.append({"inlineData": {"mimeType": f"audio/{audio.get('format') or 'wav'}", "data": audio["data"]}})
-        elif kind == "file" and isinstance(file := part.get("file"), dict) and file.get("file_data"):
-            parts.append(_inline_data(file["file_data"], where))
-        else:
-            raise ProviderError(f"{where}: a content part of type {kind!r} cannot be sent to Gemini")
-    return parts
-
-
-def _inline_data(url: Any, where: str) -> JSON:
-    """`inlineData` from a base64 data: URI; Gemini does not fetch URLs."""
-    if isinstance(url, str) and url.startswith(("http://", "https://")):
-        raise ProviderError(f"{where}: Gemini takes image bytes only and the image URL {url[:100]!r} was not "
-                            "inlined; send it as a data: URI")
-    header, comma, data = url.partition(",") if isinstance(url, str) else ("", "", "")
-    mime_type = header.removeprefix("data:").split(";")[0]
-    if not (header.startswith("data:") and comma and header.endswith(";base64") and mime_type):
-        raise ProviderError(f"{where}: images and files must be base64 data: URIs (data:<type>;base64,...)")
-    return {"inlineData": {"mimeType": mime_type, "data": data}}
-
-
-def _assistant_parts(message: JSON, call_names: dict[str, str], where: str) -> list[JSON]:
-    parts = _parts(message.get("content"), where)
-    for call in message.get("tool_calls") or ():
-        function = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            raise ProviderError(f"{where}: a tool call has no function name")
-        try:
-            args = orjson.loads(function.get("arguments") or "{}")
-        except orjson.JSONDecodeError as exc:
-            raise ProviderError(f"{where}: tool call arguments are not valid JSON: {exc}") from exc
-        if not isinstance(args, dict):
-            raise ProviderError(f"{where}: tool call arguments must be a JSON object")
-        if isinstance(call.get("id"), str):
-            call_names[call["id"]] = function["name"]
-        parts.append({"functionCall": {"name": function["name"], "args": args}})
-    return parts
-
-
-def _function_response(message: JSON, call_names: dict[str, str], where: str) -> JSON:
-    """A `functionResponse` part: the JSON object the tool returned, else {"content": its text}."""
-    call_id = message.get("tool_call_id")
-    name = call_names.get(call_id) if isinstance(call_id, str) else None
-    if name is None:
-        raise ProviderError(f"{where}: tool_call_id {call_id!r} matches no earlier assistant tool call")
-    text = "".join(_texts(message.get("content"), where))
-    try:
-        response = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        response = None
-    return {"functionResponse": {"name": name, "response": response if isinstance(response, dict)
-                                 else {"content": text}}}
-
-
-def _declaration(tool: Any) -> JSON:
-    function = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
-    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-        raise ProviderError("only function tools with a name can be sent to Gemini")
-    declaration: JSON = {"name": function["name"]}
-    if function.get("description"):
-        declaration["description"] = function["description"]
-    params = function.get("parameters")
-    # Gemini refuses an OBJECT schema without properties: a function without parameters sends none
-    if isinstance(params, dict) and (params.get("properties") or not set(params) <= _NO_PARAMETERS):
-        declaration["parameters" if _fits_gemini_schema(params) else "parametersJsonSchema"] = params
-    return declaration
-
-
-def _fits_gemini_schema(schema: Any) -> bool:
-    """Whether a JSON Schema stays inside the OpenAPI subset of Gemini's `Schema` message."""
-    if not isinstance(schema, dict) or not set(schema) <= _SCHEMA_KEYS or not isinstance(schema.get("type", ""), str):
-        return False
-    properties, any_of = schema.get("properties", {}), schema.get("anyOf", [])
-    if not isinstance(properties, dict) or not isinstance(any_of, list):
-        return False
-    children = [*properties.values(), *any_of, *([schema["items"]] if "items" in schema else [])]
-    return all(_fits_gemini_schema(child) for child in children)
-
-
-def _calling_config(choice: Any) -> JSON:
-    if isinstance(choice, str) and choice in _TOOL_MODES:
-        return {"mode": _TOOL_MODES[choice]}
-    function = choice.get("function") if isinstance(choice, dict) and choice.get("type") == "function" else None
-    if isinstance(function, dict) and isinstance(function.get("name"), str):
-        return {"mode": "ANY", "allowedFunctionNames": [function["name"]]}
-    raise ProviderError(f"tool_choice {choice!r} cannot be sent to Gemini")
-
-
-def _generation_config(body: JSON) -> JSON:
-    if body.get("n") not in (None, 1):
-        raise ProviderError("Gemini models give one choice per request: n must be 1")
-    config: JSON = {}
-    max_tokens = next((body[k] for k in _MAX_TOKENS_FIELDS if body.get(k) is not None), None)
-    if max_tokens is not None:
-        config["maxOutputTokens"] = max_tokens
-    config.update({name: body[field] for field, name in _SAMPLING.items() if body.get(field) is not None})
-    if stop := body.get("stop"):
-        config["stopSequences"] = [stop] if isinstance(stop, str) else stop
-    fmt = body.get("response_format")
-    fmt = fmt if isinstance(fmt, dict) else {}
-    if fmt.get("type") in ("json_object", "json_schema"):
-        config["responseMimeType"] = "application/json"
-    schema = fmt.get("json_schema", {}).get("schema") if isinstance(fmt.get("json_schema"), dict) else None
-    if fmt.get("type") == "json_schema" and isinstance(schema, dict):
-        config["responseSchema" if _fits_gemini_schema(schema) else "responseJsonSchema"] = schema
-    return config
 
 
 # -- non-streamed answer ---------------------------------------------------------------------------
