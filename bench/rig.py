@@ -1,0 +1,325 @@
+"""The benchmark's rig: the processes it starts (redis, fake upstream, pass-through, microsocks, gateways),
+the request bodies and configs, and the load primitives (wrk, CPU meter, waiting for a quiet machine,
+reviving a dead server). `run.py` measures with it; `extras.py` holds the measurements beside the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import procs
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS = BENCH / "results"
+PY = sys.executable
+CHAT = "/v1/chat/completions"
+GATEWAY_ENV = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}  # as deploy/systemd's unit sets them
+NOISY_PCT = 25.0  # a run during which other processes used more than this % of a core is marked noisy
+MICROSOCKS_TUNNEL = re.compile(r"^client\[\d+\] \S+: connected to (\S+)$", re.M)  # as tests/proxies.py
+PROMPT = [
+    {"role": "system", "content": "You are a helpful assistant. Answer briefly and precisely."},
+    {"role": "user", "content": "Summarise in two sentences why a gateway should add almost no latency "
+                                "to each request it relays to a language model provider."},
+]
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    model: str
+    stream: bool
+    chunks: int  # content chunks per answer (0: not streamed)
+
+
+VARIANTS = {
+    "json": Variant("json", "bench-20", False, 0),
+    "s20": Variant("s20", "bench-20", True, 20),
+    "s1000": Variant("s1000", "bench-1000", True, 1000),
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    target: str  # which server: upstream | passthrough | gateway | gateway_socks | gateway_w2
+    variants: tuple[str, ...]
+    what: str
+
+
+CASES = (
+    Case("1-direct", "upstream", ("json", "s20", "s1000"), "wrk -> fake upstream"),
+    Case("2-bare", "passthrough", ("json", "s20", "s1000"), "wrk -> bare aiohttp pass-through -> upstream"),
+    Case("3-gw", "gateway", ("json",), "gateway, non-streamed, billing + limits on (Redis)"),
+    Case("4-gw", "gateway", ("s20",), "gateway, streamed, 20 chunks"),
+    Case("5-gw", "gateway", ("s1000",), "gateway, streamed, 1,000 chunks"),
+    Case("6-gw-socks5", "gateway_socks", ("json",), "gateway, non-streamed, upstream through microsocks"),
+    Case("7-gw-workers2", "gateway_w2", ("json",), "gateway --workers 2, non-streamed"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    quick: bool
+    duration_s: int
+    warmup_s: int
+    warmup_every_run: bool
+    concurrency: tuple[int, ...]
+    threads: int
+    open_streams: int
+    slow_stream_s: int
+    sequential_requests: int
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> Settings:
+        if args.quick:
+            return cls(True, args.duration or 1, 1, False, tuple(args.concurrency), args.threads,
+                       args.streams or 200, 3, 1000)
+        return cls(False, args.duration or 5, 1, True, tuple(args.concurrency), args.threads,
+                   args.streams or 1000, 10, 1000)
+
+
+# --- configs ---------------------------------------------------------------------------------------
+
+def gateway_config(redis_port: int, upstream_ports: list[int], socks_port: int | None = None,
+                   slow_models: tuple[str, ...] = ()) -> str:
+    """The bench config: Redis store, billing on (prices > 0), limits high enough never to refuse.
+
+    With several upstream ports, provider `bench` uses the first and `benchN` the others (a per-host
+    connection cap in the gateway cannot then hide the memory of many open streams).
+    """
+    egress = "direct"
+    pools = "  pools: {}\n"
+    if socks_port is not None:
+        egress = "socks"
+        # probes every hour: the tunnels counted at the proxy are then the requests' own
+        pools = (f"  pools:\n    socks:\n      proxies:\n        - {{name: microsocks-1, url: "
+                 f"\"socks5://127.0.0.1:{socks_port}\"}}\n"
+                 f"      health: {{interval_s: 3600, probe: \"tcp://127.0.0.1:{upstream_ports[0]}\"}}\n")
+    providers, models = [], []
+    price = "{input_per_mtok: 0.15, output_per_mtok: 0.6}"
+    for i, port in enumerate(upstream_ports):
+        name = "bench" if i == 0 else f"bench{i}"
+        providers.append(f"  {name}: {{kind: openai, base_url: \"http://127.0.0.1:{port}/v1\", "
+                         f"api_key: \"sk-bench-upstream-key-0000\", egress: {egress}}}")
+        for model in (("bench-20", "bench-1000") if i == 0 else ()) + slow_models:
+            alias = model if i == 0 else f"{model}@{i}"
+            models.append(f"  {name}/{model}: {{price: {price}, aliases: [\"{alias}\"]}}")
+    return (
+        "server: {host: 127.0.0.1, port: 8080, log_level: info}\n"
+        f"store: {{url: \"redis://127.0.0.1:{redis_port}/0\", prefix: \"bench:\"}}\n"
+        f"egress:\n{pools}"
+        "providers:\n" + "\n".join(providers) + "\n"
+        "limits:\n  default: {rpm: 100000000, rpd: 100000000}\n"
+        "models:\n" + "\n".join(models) + "\n"
+    )
+
+
+def body_for(variant: Variant) -> bytes:
+    body: dict[str, Any] = {"model": variant.model, "messages": PROMPT}
+    if variant.stream:
+        body["stream"] = True
+    return json.dumps(body).encode()
+
+
+# --- the environment -------------------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, settings: Settings, workdir: Path) -> None:
+        self.settings = settings
+        self.dir = workdir
+        self.servers: dict[str, procs.Server] = {}
+        self.key = ""
+        self.bodies: dict[str, Path] = {}
+        self.notes: list[str] = []
+        for name, variant in VARIANTS.items():
+            path = workdir / f"body-{name}.json"
+            path.write_bytes(body_for(variant))
+            self.bodies[name] = path
+
+    # processes
+    def start_redis(self) -> None:
+        port = procs.free_port()
+        server = procs.start("redis", [shutil.which("redis-server") or "redis-server", "--port", str(port),
+                                       "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                       "--daemonize", "no", "--dir", str(self.dir)], port, self.dir)
+        procs.wait_port(server)
+        self.servers["redis"] = server
+
+    def start_upstream(self, name: str = "upstream") -> procs.Server:
+        port = procs.free_port()
+        server = procs.start(name, [PY, str(BENCH / "fake_upstream.py"), "--port", str(port)], port, self.dir)
+        procs.wait_port(server)
+        self.servers[name] = server
+        return server
+
+    def start_passthrough(self) -> None:
+        port = procs.free_port()
+        up = self.servers["upstream"].port
+        server = procs.start("passthrough", [PY, str(BENCH / "passthrough.py"), "--port", str(port),
+                                             "--upstream", f"http://127.0.0.1:{up}"], port, self.dir)
+        procs.wait_port(server)
+        self.servers["passthrough"] = server
+
+    def start_microsocks(self) -> None:
+        port = procs.free_port()
+        binary = shutil.which("microsocks") or "microsocks"
+        server = procs.start("microsocks", [binary, "-i", "127.0.0.1", "-p", str(port), "-b", "127.0.0.1"],
+                             port, self.dir)
+        procs.wait_port(server)
+        self.servers["microsocks"] = server
+
+    def tunnels(self) -> int:
+        return len(MICROSOCKS_TUNNEL.findall(self.servers["microsocks"].err.read_text(errors="replace")))
+
+    def write_config(self, name: str, text: str) -> Path:
+        path = self.dir / f"{name}.yaml"
+        path.write_text(text)
+        return path
+
+    def start_gateway(self, name: str, config: Path, workers: int = 1) -> procs.Server:
+        port = procs.free_port()
+        cmd = [PY, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)]
+        if workers != 1:
+            cmd += ["--workers", str(workers)]
+        server = procs.start(name, cmd, port, self.dir, env=GATEWAY_ENV, cwd=ROOT)
+        self.servers[name] = server
+        procs.wait_http_ok(server, "/readyz", timeout=30)
+        return server
+
+    def create_key(self, config: Path) -> None:
+        out = subprocess.run([PY, "-m", "gateway", "keys", "create", "--config", str(config), "--name", "bench",
+                              "--balance", "1000000", "--json"], cwd=ROOT, capture_output=True, text=True,
+                             check=False, timeout=60)
+        if out.returncode != 0:
+            raise RuntimeError(f"keys create failed ({out.returncode}): {out.stderr.strip()}")
+        self.key = json.loads(out.stdout.strip().splitlines()[-1])["key"]
+
+    def redis_stats(self) -> dict[str, int]:
+        """Calls per Redis command so far (INFO commandstats)."""
+        import redis  # the project's dependency
+
+        client = redis.Redis(port=self.servers["redis"].port)
+        try:
+            stats = client.info("commandstats")
+        finally:
+            client.close()
+        return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+
+    # checks
+    def check(self, target: str, variant: Variant) -> None:
+        """One request before measuring: 200, and for streams every chunk and [DONE] arrived."""
+        server = self.servers[target]
+        status, body = post(server.port, self.bodies[variant.name].read_bytes(), self.key)
+        if status != 200:
+            raise RuntimeError(f"{target}/{variant.name}: HTTP {status}: {body[:500]!r}")
+        if variant.stream:
+            events = body.count(b"data: ")
+            if b"data: [DONE]" not in body or events < variant.chunks + 1:
+                raise RuntimeError(f"{target}/{variant.name}: {events} events, no [DONE]?\n{body[-500:]!r}")
+        if target.startswith("gateway") and b'"billing"' not in body:
+            raise RuntimeError(f"{target}/{variant.name}: no billing block in the answer: {body[-500:]!r}")
+
+
+def post(port: int, body: bytes, key: str, conn: http.client.HTTPConnection | None = None) -> tuple[int, bytes]:
+    own = conn is None
+    conn = conn or http.client.HTTPConnection(procs.HOST, port, timeout=30)
+    try:
+        conn.request("POST", CHAT, body=body, headers={"Authorization": f"Bearer {key}",
+                                                        "Content-Type": "application/json"})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        if own:
+            conn.close()
+
+
+# --- wrk -------------------------------------------------------------------------------------------
+
+def wrk(port: int, body: Path, key: str, concurrency: int, threads: int, duration_s: int) -> dict[str, Any]:
+    cmd = ["wrk", f"-t{min(threads, concurrency)}", f"-c{concurrency}", f"-d{duration_s}s", "--timeout", "10s",
+           "-s", str(BENCH / "post.lua"), f"http://127.0.0.1:{port}{CHAT}", "--", str(body), key]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=duration_s + 60)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no summary ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+    return json.loads(line.removeprefix("BENCH_JSON "))  # type: ignore[no-any-return]
+
+
+class CpuMeter:
+    """CPU used during one run by the measured server, and by processes this benchmark did not start
+    (other users of the machine: their load makes a run noisy)."""
+
+    def __init__(self, server_pids: list[int]) -> None:
+        self.server_pids = server_pids
+        self.snap = procs.cpu_ticks()
+        self.t0 = time.monotonic()
+
+    def stop(self) -> dict[str, float]:
+        wall = time.monotonic() - self.t0
+        snap = procs.cpu_ticks()
+        tick = procs.CLK_TCK * wall / 100  # ticks in 1 % of one core
+
+        def delta(pid: int) -> int:
+            return snap[pid][1] - self.snap.get(pid, (0, 0))[1]
+
+        mine = procs.tree(snap, os.getpid()) | procs.tree(self.snap, os.getpid())
+        other = sum(delta(p) for p in snap if p not in mine)
+        return {"server_cpu_pct": round(sum(delta(p) for p in self.server_pids if p in snap) / tick, 1),
+                "other_cpu_pct": round(other / tick, 1)}
+
+
+def quiet(max_wait_s: float = 10.0, threshold_pct: float = 20.0, probe_s: float = 0.5) -> float:
+    """Wait (up to `max_wait_s`) until processes the benchmark did not start use under `threshold_pct` of
+    a core; the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < max_wait_s:
+        meter = CpuMeter([])
+        time.sleep(probe_s)
+        if meter.stop()["other_cpu_pct"] < threshold_pct:
+            break
+    return round(time.monotonic() - started, 1)
+
+
+def revive(bench: Bench, target: str, settle_s: float = 0.3) -> str | None:
+    """If the server died (or lost a worker) during the last wrk, say how, and bring it back."""
+    server = bench.servers[target]
+    time.sleep(settle_s)  # a process killed by the hang-ups at the end of a wrk run dies within this
+    if server.alive():
+        return None
+    reason = server.exit_reason()
+    server.deaths.append(reason)
+    log(f"       !! {target} died ({reason}); restarting it")
+    server.restart()
+    if target.startswith("gateway"):
+        procs.wait_http_ok(server, "/readyz", timeout=30)
+    else:
+        procs.wait_port(server)
+    return reason
+
+
+def warm_gently(bench: Bench, target: str, variant: Variant, n: int = 200) -> None:
+    """Sequential requests over one keep-alive connection that is closed only between answers."""
+    server = bench.servers[target]
+    conn = http.client.HTTPConnection(procs.HOST, server.port, timeout=30)
+    try:
+        for _ in range(n):
+            post(server.port, bench.bodies[variant.name].read_bytes(), bench.key, conn)
+    finally:
+        conn.close()
+
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
