@@ -23,9 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
-from providers.types import JSON, ChatRequest, ProviderError, Target
+from providers.types import JSON, ChatRequest, ProviderError, Target, tool_arguments
 
 DEFAULT_MAX_TOKENS = 4096
 _TOOL_CHOICES = {"auto": "auto", "none": "none", "required": "any"}
@@ -167,12 +165,7 @@ def _assistant_blocks(msg: JSON, i: int) -> list[JSON]:
         fn = call.get("function") if isinstance(call, dict) else None
         if not isinstance(fn, dict) or not isinstance(call.get("id"), str) or not isinstance(fn.get("name"), str):
             raise ProviderError(f"messages[{i}].tool_calls[{j}] needs an id and a function name")
-        try:
-            args = orjson.loads(fn.get("arguments") or "{}")
-        except orjson.JSONDecodeError as exc:
-            raise ProviderError(f"messages[{i}].tool_calls[{j}].function.arguments is not valid JSON") from exc
-        if not isinstance(args, dict):
-            raise ProviderError(f"messages[{i}].tool_calls[{j}].function.arguments must be a JSON object")
+        args = tool_arguments(fn.get("arguments"), f"messages[{i}].tool_calls[{j}].function")
         blocks.append({"type": "tool_use", "id": call["id"], "name": fn["name"], "input": args})
     return blocks
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from providers.types import JSON, ProviderError
+from providers.types import JSON, ProviderError, tool_arguments
 
 _SYSTEM_ROLES = frozenset({"system", "developer"})
 _TOOL_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
@@ -112,16 +112,11 @@ def _inline_data(url: Any, where: str) -> JSON:
 
 def _assistant_parts(message: JSON, call_names: dict[str, str], where: str) -> list[JSON]:
     parts = _parts(message.get("content"), where)
-    for call in message.get("tool_calls") or ():
+    for j, call in enumerate(message.get("tool_calls") or ()):
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
             raise ProviderError(f"{where}: a tool call has no function name")
-        try:
-            args = orjson.loads(function.get("arguments") or "{}")
-        except orjson.JSONDecodeError as exc:
-            raise ProviderError(f"{where}: tool call arguments are not valid JSON: {exc}") from exc
-        if not isinstance(args, dict):
-            raise ProviderError(f"{where}: tool call arguments must be a JSON object")
+        args = tool_arguments(function.get("arguments"), f"{where}.tool_calls[{j}].function")
         if isinstance(call.get("id"), str):
             call_names[call["id"]] = function["name"]
         parts.append({"functionCall": {"name": function["name"], "args": args}})

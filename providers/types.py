@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 JSON = dict[str, Any]
 
 
@@ -105,6 +107,18 @@ class StreamState:
 
 class ProviderError(Exception):
     """The upstream's answer cannot be used."""
+
+
+def tool_arguments(raw: Any, where: str) -> JSON:
+    """An OpenAI tool call's `arguments` (JSON text; empty means none) as the object Anthropic's `input` and
+    Gemini's `args` take; `where` names the call's `function` in the client's request."""
+    try:
+        args = orjson.loads(raw or "{}")
+    except orjson.JSONDecodeError as exc:
+        raise ProviderError(f"{where}.arguments is not valid JSON") from exc
+    if not isinstance(args, dict):
+        raise ProviderError(f"{where}.arguments must be a JSON object")
+    return args
 
 
 class UpstreamHTTPError(ProviderError):
