@@ -563,6 +563,12 @@ def test_redis_keeps_balances_across_a_crash(tmp_path: Path) -> None:
         client.incrby("gw:balance:{k1}", 5_000_000_000)
         client.incrby("gw:balance:{k1}", -1_234)
         client.close()
+        # everysec writes the log from Redis' own loop, and postpones that by up to 2 s while a background
+        # fsync is still running (a busy disk): wait until the last write is in the log, within that bound
+        deadline = time.monotonic() + 3
+        while not any(b"-1234" in f.read_bytes() for f in tmp_path.glob("appendonlydir/*.aof")):
+            assert time.monotonic() < deadline, "the write did not reach the append-only file within 3 s"
+            time.sleep(0.05)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
