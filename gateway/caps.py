@@ -9,9 +9,9 @@ streams open cannot leak slots for longer than the TTL the caller gives (the hol
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 from gateway.errors import InvalidRequest, RateLimited
@@ -43,13 +43,19 @@ def apply_max_tokens(body: dict[str, Any], key: KeyRecord, model_max: int | None
         body["max_tokens"] = min(cap, model_max) if model_max else cap
 
 
-@asynccontextmanager
-async def stream_slot(store: Store, key: KeyRecord, streamed: bool, ttl_s: int) -> AsyncIterator[None]:
+def stream_slot(store: Store, key: KeyRecord, streamed: bool,
+                ttl_s: int) -> contextlib.AbstractAsyncContextManager[None]:
     """Hold one of the key's stream slots while the body runs; 429 when all are taken."""
-    cap = key.max_streams
-    if not streamed or not cap:
-        yield
-        return
+    if not streamed or not key.max_streams:
+        return _NO_SLOT
+    return _stream_slot(store, key, key.max_streams, ttl_s)
+
+
+_NO_SLOT: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
+
+
+@contextlib.asynccontextmanager
+async def _stream_slot(store: Store, key: KeyRecord, cap: int, ttl_s: int) -> AsyncIterator[None]:
     stream_id = uuid.uuid4().hex
     try:
         opened = await store.open_stream(key.id, stream_id, cap, ttl_s)

@@ -8,6 +8,7 @@ of every event, recursively, before the line is written.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -40,7 +41,9 @@ _SECRET_NAMES = frozenset({"authorization", "x-api-key", "api_key", "provider_ap
                            "password", "admin_token", "x-goog-api-key", "key", "token"})
 
 
-_LINE_HINTS = tuple(h.encode() for h in _HINTS) + tuple(f'"{name}":'.encode() for name in sorted(_SECRET_NAMES))
+# Searched in the rendered line as str: `bytes in bytes` first tries the needle as an int and builds a
+# TypeError for every miss, which made these tests cost more than the rest of the line's rendering.
+_LINE_HINTS = _HINTS + tuple(f'"{name}":' for name in sorted(_SECRET_NAMES))
 
 
 def _fallback(value: Any) -> str:
@@ -52,9 +55,9 @@ def _json_spelling(secret: str) -> str:
     return orjson.dumps(secret)[1:-1].decode()
 
 
-def _line_spellings(secret: str) -> set[bytes]:
-    """The bytes `secret` may appear as in a rendered line: as is, or JSON-escaped."""
-    return {secret.encode(), _json_spelling(secret).encode()}
+def _line_spellings(secret: str) -> set[str]:
+    """How `secret` may appear in a rendered line: as is, or JSON-escaped."""
+    return {secret, _json_spelling(secret)}
 
 
 _REQUEST_SECRETS: ContextVar[tuple[str, ...]] = ContextVar("request_secrets", default=())
@@ -75,7 +78,7 @@ class Redactor:
     def __init__(self) -> None:
         self._secrets: re.Pattern[str] | None = None
         self._values: tuple[str, ...] = ()
-        self._line_values: tuple[bytes, ...] = ()
+        self._line_values: tuple[str, ...] = ()
 
     def protect(self, secret: str) -> None:
         """Redact `secret` from every line written in this context (the request's task) from now on."""
@@ -95,9 +98,15 @@ class Redactor:
                 or any(v in text for v in _REQUEST_SECRETS.get()))
 
     def _suspect_line(self, line: bytes) -> bool:
-        low = line.lower()
-        return (any(h in low for h in _LINE_HINTS) or any(v in line for v in self._line_values)
-                or any(s in line for v in _REQUEST_SECRETS.get() for s in _line_spellings(v)))
+        text = line.decode()
+        low = text.lower()
+        for hint in _LINE_HINTS:
+            if hint in low:
+                return True
+        for value in self._line_values:
+            if value in text:
+                return True
+        return any(s in text for v in _REQUEST_SECRETS.get() for s in _line_spellings(v))
 
     def scrub(self, text: str) -> str:
         if not self._suspect(text):
@@ -134,16 +143,67 @@ class Redactor:
 
 
 class Sink:
-    """Where rendered lines go; tests point `target` at a buffer without reconfiguring structlog."""
+    """Where rendered lines go; tests point `target` at a buffer without reconfiguring structlog.
+
+    A serving process batches info and debug lines (`batch()`): they wait up to `delay_s` and leave in
+    one write. Every line used to cost a write(2) of its own to the journal's pipe, the dearest single
+    step of a request after its network I/O; a warning or an error still goes out at once, after any
+    lines waiting before it, so the journal keeps its order.
+    """
 
     def __init__(self, target: IO[bytes]) -> None:
         self.target = target
+        self._pending: list[bytes] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._delay_s = 0.0
 
     def write(self, data: bytes) -> None:
+        if self._pending:
+            self._drain()
         self.target.write(data)
 
+    def write_later(self, data: bytes) -> None:
+        if self._loop is None:
+            self.write(data)
+            return
+        if not self._pending:
+            self._loop.call_later(self._delay_s, self._drain)
+        self._pending.append(data)
+
+    def batch(self, loop: asyncio.AbstractEventLoop, delay_s: float) -> None:
+        """From now on, lines written through `write_later` on `loop` leave at most `delay_s` later."""
+        self._loop, self._delay_s = loop, delay_s
+
+    def unbatch(self) -> None:
+        self._loop = None
+        self.flush()
+
+    def _drain(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            self.write(data)
+
     def flush(self) -> None:
+        self._drain()
         self.target.flush()
+
+
+class _LineLogger:
+    """structlog's last stop: one rendered line per call; info and debug may wait for the sink's batch."""
+
+    def __init__(self, out: Sink) -> None:
+        self._out = out
+
+    def debug(self, message: bytes) -> None:
+        self._out.write_later(message + b"\n")
+
+    info = debug
+
+    def msg(self, message: bytes) -> None:
+        self._out.write(message + b"\n")
+
+    warning = error = critical = fatal = exception = log = msg
 
 
 redactor = Redactor()
@@ -200,7 +260,7 @@ def configure(level: str = "info") -> None:
             redactor.render,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.BytesLoggerFactory(sink),  # type: ignore[arg-type]
+        logger_factory=lambda *_args: _LineLogger(sink),
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 
 from egress.pool import Egress, EgressUnavailable, Exit
-from egress.proxy import PROXY_ERRORS, PROXY_TIMEOUTS, Progress
+from egress.proxy import PROXY_ERRORS, PROXY_TIMEOUTS, Progress, watching
 from gateway import resilience
 from gateway.errors import GatewayError, Unavailable, UpstreamFailed, UpstreamRejected, UpstreamTimeout
 from providers.types import UpstreamHTTPError, UpstreamRequest
@@ -52,9 +52,10 @@ async def open_upstream(egress: Egress, pool: str, affinity_key: str | None, blo
     for exit_ in exits:
         progress = Progress()
         try:
-            async with asyncio.timeout(_header_wait(first_byte_s + connect_s)):
-                resp = await exit_.session.request(req.method, req.url, headers=req.headers, data=req.body,
-                                                   timeout=timeout, trace_request_ctx=progress)
+            with watching(progress):
+                async with asyncio.timeout(_header_wait(first_byte_s + connect_s)):
+                    resp = await exit_.session.request(req.method, req.url, headers=req.headers, data=req.body,
+                                                       timeout=timeout)
         except (TimeoutError, aiohttp.ClientError, OSError, EOFError, *PROXY_ERRORS) as exc:  # type: ignore[misc]
             if (bad_certificate := _certificate_error(exc)) is not None:
                 # The way out worked (the upstream's certificate came back through it): another exit would

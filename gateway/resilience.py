@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import TypeVar
 
@@ -63,15 +63,8 @@ class Guard:
         self.retrying: Counter[str] = Counter()  # of which retries (from the decision to the attempt's end)
         self.in_flight: Counter[str] = Counter()  # attempts between admission and their last byte
 
-    @contextlib.contextmanager
-    def _count(self, counter: Counter[str], provider: str) -> Iterator[None]:
-        counter[provider] += 1
-        try:
-            yield
-        finally:
-            counter[provider] -= 1
-            if counter[provider] <= 0:
-                del counter[provider]
+    def _count(self, counter: Counter[str], provider: str) -> _Counted:
+        return _Counted(counter, provider)
 
     def working_on(self, provider: str) -> contextlib.AbstractContextManager[None]:
         return self._count(self.active, provider)
@@ -89,6 +82,24 @@ class Guard:
             metrics.OVERLOADED.labels(provider).inc()
             raise provider_overloaded(provider, cap)
         return self._count(self.in_flight, provider)
+
+
+class _Counted:
+    """Counts `provider` in `counter` while the block runs (a class: two of these run per request)."""
+
+    __slots__ = ("_counter", "_provider")
+
+    def __init__(self, counter: Counter[str], provider: str) -> None:
+        self._counter, self._provider = counter, provider
+
+    def __enter__(self) -> None:
+        self._counter[self._provider] += 1
+
+    def __exit__(self, *_exc: object) -> None:
+        counter, provider = self._counter, self._provider
+        counter[provider] -= 1
+        if counter[provider] <= 0:
+            del counter[provider]
 
 
 async def serve_first(guard: Guard, cfg: RetriesConfig, routes: list[Route],

@@ -12,7 +12,7 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import uvloop
@@ -24,13 +24,14 @@ from gateway.app import create_app, reload_config
 from gateway.config import Config, to_nano
 from gateway.handlers import health
 from gateway.handlers.health import METRICS_LISTENER
-from gateway.logging import configure, get_logger
+from gateway.logging import configure, get_logger, sink
 from gateway.middleware import request_context
 from gateway.state import RUNTIME
 from gateway.store import StoreError
 
 log = get_logger("gateway.server")
 READY_TASK = web.AppKey("ready_task", asyncio.Task[None])
+LOG_BATCH_S = 0.05  # info lines (one per request) reach the journal at most this late, many per write
 METRICS_RUNNER = web.AppKey("metrics_runner", web.AppRunner)
 
 
@@ -103,6 +104,13 @@ async def _metrics_listener(app: web.Application, listen: str) -> web.AppRunner:
     return runner
 
 
+async def _batched_log(_app: web.Application) -> AsyncIterator[None]:
+    """While serving, info lines leave in batches (`gateway.logging.Sink`); all of them before exit."""
+    sink.batch(asyncio.get_running_loop(), LOG_BATCH_S)
+    yield
+    sink.unbatch()
+
+
 async def _on_shutdown(app: web.Application) -> None:
     app[READY_TASK].cancel()
     if METRICS_RUNNER in app:
@@ -119,6 +127,7 @@ def serve(config: Config, config_path: str, host: str | None = None, port: int |
     overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     app = create_app(config, config_path, server_overrides=overrides)
     ready_dir = os.environ.get("GATEWAY_READY_DIR") if worker else None
+    app.cleanup_ctx.insert(0, _batched_log)  # cleaned up last: the other contexts' last lines are flushed too
     app.on_startup.append(_startup(not worker, f"{ready_dir}/{os.getpid()}" if ready_dir else None))
     app.on_shutdown.append(_on_shutdown)
     if not worker:

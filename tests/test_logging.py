@@ -104,3 +104,43 @@ def test_a_line_without_secrets_is_rendered_unchanged() -> None:
     event = {"event": "request", "path": "/v1/chat/completions", "status": 200, "latency_ms": 1.25,
              "model": "openai/gpt-4o", "key_id": "key_abc", "streamed": False}
     assert json.loads(redactor.render(None, "info", event)) == event
+
+
+class _Writes:
+    """A sink target that remembers each write(2) it would have cost."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.writes.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+async def test_batched_info_lines_leave_together_and_a_warning_keeps_their_order() -> None:
+    import asyncio
+
+    from gateway.logging import Sink, _LineLogger
+
+    target = _Writes()
+    out = Sink(target)  # type: ignore[arg-type]
+    line = _LineLogger(out)
+    out.batch(asyncio.get_running_loop(), 0.05)
+    for i in range(3):
+        line.info(b'{"n":%d}' % i)
+    assert target.writes == []  # waiting for the batch
+    await asyncio.sleep(0.1)
+    assert target.writes == [b'{"n":0}\n{"n":1}\n{"n":2}\n']  # one write for all three
+    line.info(b'{"n":3}')
+    line.warning(b'{"w":1}')  # at once, after the line that waited before it
+    assert target.writes[1:] == [b'{"n":3}\n', b'{"w":1}\n']
+    line.info(b'{"n":4}')
+    out.unbatch()  # shutdown: nothing is left behind
+    assert target.writes[-1] == b'{"n":4}\n'
+    line.info(b'{"n":5}')  # unbatched: written at once
+    assert target.writes[-1] == b'{"n":5}\n'
+    await asyncio.sleep(0.1)
+    assert len(target.writes) == 5

@@ -22,7 +22,7 @@ from faultproxy import Fault, FaultProxy, at_start
 from harness import Gateway, closed_port, gateway_config, gateway_config_text, start_gateway, validate
 from yarl import URL
 
-from egress.proxy import Progress, make_session
+from egress.proxy import Progress, make_session, watching
 from gateway import resilience, routing
 from gateway.catalog import Catalog, Route
 from gateway.config import RetriesConfig, parse
@@ -134,15 +134,42 @@ async def test_progress_tells_a_sent_body_from_a_refused_connection(aiohttp_serv
         async with FaultProxy(server.port) as proxy:
             proxy.fault = Fault("reset", at=at_start)
             sent = Progress()
-            with pytest.raises(aiohttp.ClientError):
-                await session.post(proxy.url("/x"), data=b'{"a": 1}', trace_request_ctx=sent)
+            with watching(sent), pytest.raises(aiohttp.ClientError):
+                await session.post(proxy.url("/x"), data=b'{"a": 1}')
             assert sent.connected and sent.sent  # the upstream may have the request: never resend it
         refused = Progress()
-        with pytest.raises(aiohttp.ClientConnectionError):
-            await session.post(f"http://127.0.0.1:{closed_port()}/x", data=b"{}", trace_request_ctx=refused)
+        with watching(refused), pytest.raises(aiohttp.ClientConnectionError):
+            await session.post(f"http://127.0.0.1:{closed_port()}/x", data=b"{}")
         assert not refused.connected and not refused.sent  # nothing left: a retry is safe
     finally:
         await session.close()
+
+
+async def test_new_connections_are_timed_and_reused_ones_are_not(aiohttp_server: Any) -> None:
+    from aiohttp import web
+
+    async def ok(_request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/x", ok)
+    server = await aiohttp_server(app)
+    timed: list[float] = []
+    session = make_session(on_connect=timed.append)
+    try:
+        for _ in range(3):
+            progress = Progress()
+            with watching(progress):
+                async with session.post(f"http://127.0.0.1:{server.port}/x", data=b"{}") as resp:
+                    assert await resp.text() == "ok"
+            assert progress.connected and progress.sent
+        outside = Progress()
+        async with session.post(f"http://127.0.0.1:{server.port}/x", data=b"{}") as resp:  # nobody watching
+            await resp.read()
+        assert not outside.connected
+    finally:
+        await session.close()
+    assert len(timed) == 1 and 0 < timed[0] < 5  # one new connection, then keep-alive reuse
 
 
 async def test_refused_connection_is_retried(make_gateway: Any, log_lines: Callable[[], Any]) -> None:

@@ -35,9 +35,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from importlib import resources
-from typing import cast  # casts: decode_responses=True makes every reply str
+from typing import Any, cast  # casts: decode_responses=True makes every reply str
 from urllib.parse import unquote, urlsplit
 
 import orjson
@@ -205,26 +204,20 @@ class RedisStore:
     def _zset(self) -> str:
         return f"{self._prefix}keys"
 
-    @asynccontextmanager
-    async def _boundary(self, op: str) -> AsyncIterator[None]:
+    def _boundary(self, op: str) -> _Boundary:
         """Turn any lower-layer failure of `op` into StoreError, its message scrubbed of the password.
 
         redis-py's own messages name host and port only, but scrubbing costs nothing and keeps the rule
         ("secrets never appear in logs or error bodies") from resting on another library's habits.
         """
-        try:
-            yield
-        except _ERRORS as exc:
-            detail = redact(f"{type(exc).__name__}: {exc}", self._secrets)
-            raise StoreError(f"redis {op} failed at {self._address}: {detail}",
-                             maybe_applied=isinstance(exc, ReplyLost)) from exc
+        return _Boundary(self, op)
 
     async def ping(self) -> None:
-        async with self._boundary("ping"):
+        with self._boundary("ping"):
             await self._redis.ping()
 
     async def close(self) -> None:
-        async with self._boundary("close"):
+        with self._boundary("close"):
             await self._mux.close()
             await self._redis.aclose()
 
@@ -238,7 +231,7 @@ class RedisStore:
         validate_new_record(record)
         fields = _encode(dataclasses.replace(record, credits=record.balance, usage=0))
         argv = [part for item in fields.items() for part in item]
-        async with self._boundary("create_key"):
+        with self._boundary("create_key"):
             if not await self._redis.set(self._hash_index(record.key_hash), record.id, nx=True):
                 raise ValueError("a key with this hash already exists")
             await self._redis.zadd(self._zset, {record.id: record.created}, nx=True)
@@ -247,18 +240,18 @@ class RedisStore:
                 raise ValueError(f"key id {record.id} already exists")
 
     async def get_key_by_hash(self, key_hash: str) -> KeyRecord | None:
-        async with self._boundary("get_key_by_hash"):
+        with self._boundary("get_key_by_hash"):
             key_id = cast("str | None", await self._redis.get(self._hash_index(key_hash)))
         return None if key_id is None else await self.get_key(key_id)
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
-        async with self._boundary("get_key"):
+        with self._boundary("get_key"):
             fields = cast("dict[str, str]", await self._redis.hgetall(self._key(key_id)))
         return _decode(fields, self._address) if fields else None
 
     async def list_keys(self) -> list[KeyRecord]:
         """All keys, oldest first: ids from the zset, then every hash in one pipelined round trip."""
-        async with self._boundary("list_keys"):
+        with self._boundary("list_keys"):
             ids = cast("list[str]", await self._redis.zrange(self._zset, 0, -1))
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key_id in ids:
@@ -267,14 +260,14 @@ class RedisStore:
         return [_decode(fields, self._address) for fields in rows if fields]
 
     async def set_disabled(self, key_id: str, disabled: bool) -> bool:
-        async with self._boundary("set_disabled"):
+        with self._boundary("set_disabled"):
             result = await self._set_disabled(keys=[self._key(key_id)], args=["1" if disabled else "0"])
         return bool(result)
 
     async def topup(self, key_id: str, amount: int) -> int | None:
         """Add `amount` to balance and credits in one script; None if the key is missing, ValueError below 0."""
         validate_amount(amount)
-        async with self._boundary("topup"):
+        with self._boundary("topup"):
             reply = await self._topup(keys=[self._key(key_id), self._holds(key_id)], args=[amount])
         if reply[0] == "missing":
             return None
@@ -291,7 +284,7 @@ class RedisStore:
         keys = [self._key(a.key_id), self._holds(a.key_id), self._windows(a.key_id, a.model_id)]
         limits = {"rpm": a.rpm, "rpd": a.rpd, "tpm": a.tpm}
         args = [a.generation_id, a.hold, a.hold_ttl_s * 1000, *("" if v is None else v for v in limits.values())]
-        async with self._boundary("admit"):
+        with self._boundary("admit"):
             reply = await self._mux.script(*self._admit, keys, args)
         outcome, balance, now = str(reply[0]), int(reply[1]), int(reply[2])
         if outcome in ("missing", "disabled"):
@@ -307,22 +300,22 @@ class RedisStore:
         args = [generation_id, cost, tokens, record_ttl_s, orjson.dumps(record), orjson.dumps(audit)]
         keys = [self._key(key_id), self._holds(key_id), self._generation(key_id, generation_id),
                 self._audit(key_id), self._windows(key_id, model)]
-        async with self._boundary("settle"):
+        with self._boundary("settle"):
             status, charged, balance = await self._mux.script(*self._settle, keys, args)
         if status == "missing":
             raise ValueError(f"no key {key_id} to settle against")
         return Settlement(charged=int(charged), balance=int(balance), already_settled=status == "replay")
 
     async def open_stream(self, key_id: str, stream_id: str, cap: int, ttl_s: int) -> bool:
-        async with self._boundary("open_stream"):
+        with self._boundary("open_stream"):
             return bool(await self._open_stream(keys=[self._streams(key_id)], args=[stream_id, cap, ttl_s * 1000]))
 
     async def close_stream(self, key_id: str, stream_id: str) -> None:
-        async with self._boundary("close_stream"):
+        with self._boundary("close_stream"):
             await self._redis.zrem(self._streams(key_id), stream_id)
 
     async def get_generation(self, key_id: str, generation_id: str) -> dict[str, str] | None:
-        async with self._boundary("get_generation"):
+        with self._boundary("get_generation"):
             fields = cast("dict[str, str]", await self._redis.hgetall(self._generation(key_id, generation_id)))
         return fields or None
 
@@ -331,12 +324,12 @@ class RedisStore:
 
         Pages through each stream with XRANGE; the entry id's milliseconds become the `ts_ms` field.
         """
-        async with self._boundary("iter_usage"):
+        with self._boundary("iter_usage"):
             ids = cast("list[str]", await self._redis.zrange(self._zset, 0, -1))
         for key_id in ids:
             start = f"{max(0, since_ms)}-0"
             while True:
-                async with self._boundary("iter_usage"):
+                with self._boundary("iter_usage"):
                     page = cast("list[tuple[str, dict[str, str]]]", await self._redis.xrange(
                         self._audit(key_id), min=start, max="+", count=AUDIT_PAGE))
                 for entry_id, fields in page:
@@ -392,3 +385,21 @@ _CAPS = ("max_streams", "max_tokens", "max_body_bytes")
 
 def _opt_int(value: str) -> int | None:
     return None if value == "" else int(value)
+
+
+class _Boundary:
+    """`RedisStore._boundary`: a plain context manager (it wraps awaits fine), two of which run per request."""
+
+    __slots__ = ("_op", "_store")
+
+    def __init__(self, store: RedisStore, op: str) -> None:
+        self._store, self._op = store, op
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, _type: type[BaseException] | None, exc: BaseException | None, _tb: Any) -> None:
+        if exc is not None and isinstance(exc, _ERRORS):
+            detail = redact(f"{type(exc).__name__}: {exc}", self._store._secrets)
+            raise StoreError(f"redis {self._op} failed at {self._store._address}: {detail}",
+                             maybe_applied=isinstance(exc, ReplyLost)) from exc
