@@ -1,10 +1,16 @@
 """Admission and settlement of one request: the hold placed before the upstream call, settled exactly once.
 
 `admit()` is the one store round trip on the way in (limits checked and counted, hold placed);
-`Ticket.settle()` is the one on the way out. Settling runs as its own task behind `asyncio.shield`, so a
-cancelled request (client gone, shutdown) still settles; a store that fails at that moment gets the
-settlement retried in the background until it answers (settling is idempotent per generation id), so a
-Redis outage never turns a served request into a free one.
+`Ticket.settle()` is the one on the way out. Settling runs as its own tracked task, so a cancelled
+request (client gone, shutdown) still settles; a store that fails at that moment gets the settlement
+retried in the background until it answers (settling is idempotent per generation id), so a Redis
+outage never turns a served request into a free one.
+
+The answer does not wait for that round trip when the bill is already certain: the store charges
+min(cost, hold + balance), so a cost within a live hold is charged in full, and the balance left is
+the one admission saw less this charge. The settlement is queued before the answer leaves, on the same
+ordered connection the key's next admission will use. Only a cost above the hold, or a hold that may
+have expired, waits for the store's word.
 """
 
 from __future__ import annotations
@@ -106,6 +112,7 @@ class Ticket:
     started: float = field(default_factory=time.time)
     egress: str = "direct"
     _task: asyncio.Task[billing.Bill] | None = None
+    _known: billing.Bill | None = None
 
     def cost(self, usage: Usage) -> int:
         if self.byok:
@@ -113,17 +120,30 @@ class Ticket:
         return billing.token_cost(self.route.price, usage)
 
     async def settle(self, outcome: Outcome) -> billing.Bill:
-        """Settle once; later calls (and a cancelled caller) share the first settlement."""
+        """Settle once; later calls (and a cancelled caller) share the first settlement. The bill comes
+        back at once when it is certain (see the module's docstring), else when the store answered."""
         if self._task is None:
-            self._task = self.settlements.track(self._settle(outcome))
+            cost = self._charge(outcome)
+            self._task = self.settlements.track(self._settle(outcome, cost))
+            if cost <= self.hold and time.time() - self.started < self.config.billing.hold_ttl_s / 2:
+                self._known = self._bill(outcome, cost, max(self.admitted.balance + self.hold - cost, 0))
+                self._count(outcome, cost)
+        if self._known is not None:
+            return self._known
         return await asyncio.shield(self._task)
 
     @property
     def settled(self) -> bool:
         return self._task is not None
 
-    async def _settle(self, outcome: Outcome) -> billing.Bill:
-        cost = self.cost(outcome.usage) if outcome.status < 300 or outcome.usage.total_tokens else 0
+    def _charge(self, outcome: Outcome) -> int:
+        return self.cost(outcome.usage) if outcome.status < 300 or outcome.usage.total_tokens else 0
+
+    def _bill(self, outcome: Outcome, charged: int, balance: int) -> billing.Bill:
+        return billing.Bill(cost=charged, balance=balance, reserved=self.hold, using_own_key=self.byok,
+                            estimated=outcome.estimated)
+
+    async def _settle(self, outcome: Outcome, cost: int) -> billing.Bill:
         now = time.time()
         record = self._record(outcome, now)
         args = (self.key.id, self.generation_id, cost, outcome.usage.total_tokens, record,
@@ -137,12 +157,15 @@ class Ticket:
                         generation_id=self.generation_id)
             self.settlements.retry(self.store, args)
             charged, balance = cost, max(self.admitted.balance + self.hold - cost, 0)
+        if self._known is None:  # else counted when the bill was known
+            self._count(outcome, charged)
+        return self._bill(outcome, charged, balance)
+
+    def _count(self, outcome: Outcome, charged: int) -> None:
         labels = (self.route.provider_name, self.route.model_id)
         metrics.child(metrics.TOKENS, *labels, "in").inc(outcome.usage.prompt_tokens)
         metrics.child(metrics.TOKENS, *labels, "out").inc(outcome.usage.completion_tokens)
         metrics.child(metrics.COST, *labels).inc(billing.nano_to_usd(charged))
-        return billing.Bill(cost=charged, balance=balance, reserved=self.hold, using_own_key=self.byok,
-                            estimated=outcome.estimated)
 
     def _record(self, outcome: Outcome, now: float) -> dict[str, str]:
         first = outcome.first_token_at or now
@@ -240,6 +263,6 @@ def _refuse_unless_ok(result: AdmitResult, hold: int, model_id: str) -> None:
 
 async def close(ticket: Ticket, outcome: Outcome) -> None:
     """Finally-clause helper: settle what was not settled yet. If the caller is cancelled meanwhile, the
-    settlement still completes: it is a tracked task behind a shield."""
+    settlement still completes: it is a tracked task."""
     if not ticket.settled:
         await ticket.settle(outcome)

@@ -94,7 +94,7 @@ class _Protocol(asyncio.Protocol):
 class Multiplexed:
     """Commands from any number of tasks over one connection, opened lazily and again after a failure."""
 
-    def __init__(self, url: str, connect_timeout_s: float, timeout_s: float) -> None:
+    def __init__(self, url: str, connect_timeout_s: float, timeout_s: float, scripts: tuple[str, ...] = ()) -> None:
         options: dict[str, Any] = dict(parse_url(url))
         self._path: str | None = options.get("path")
         self._host: str = options.get("host", "localhost")
@@ -105,6 +105,7 @@ class Multiplexed:
         self._ssl = _tls_context(options) if urlsplit(url).scheme == "rediss" else None
         self._connect_timeout_s = connect_timeout_s
         self._timeout_s = timeout_s
+        self._scripts = scripts
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
 
@@ -180,6 +181,9 @@ class Multiplexed:
             commands.append(("AUTH", *auth))
         if self._db:
             commands.append(("SELECT", self._db))
+        # Loaded up front, so a request's EVALSHA runs the first time: a NOSCRIPT detour (after a Redis
+        # restart) would send the command again a round trip later, behind other clients' commands.
+        commands.extend(("SCRIPT", "LOAD", source) for source in self._scripts)
         return commands
 
 

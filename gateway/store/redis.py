@@ -110,6 +110,10 @@ class _Script(tuple[str, str]):
     def __new__(cls, source: str) -> _Script:
         return super().__new__(cls, (source, sha1(source)))
 
+    @property
+    def source(self) -> str:
+        return self[0]
+
 
 def redacted_address(url: str) -> str:
     """The URL without credentials, query or fragment ("redis://127.0.0.1:6379/0"), fit for messages."""
@@ -174,9 +178,10 @@ class RedisStore:
         self._open_stream = self._redis.register_script(_OPEN_STREAM)
         self._topup = self._redis.register_script(_ledger_script("topup"))
         # the per-request scripts share one pipelined connection (see store/multiplex.py for why)
-        self._mux = Multiplexed(url, CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S)
         self._admit = _Script(_ledger_script("admit"))
         self._settle = _Script(_ledger_script("settle"))
+        self._mux = Multiplexed(url, CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S,
+                                scripts=(self._admit.source, self._settle.source))
 
     def _key(self, key_id: str) -> str:
         return f"{self._prefix}key:{{{key_id}}}"
