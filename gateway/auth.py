@@ -82,12 +82,12 @@ async def authenticate(request: web.Request, store: Store, cache: KeyCache | Non
     token = presented_key(request)
     if not token:
         raise Unauthorized("You didn't provide an API key. Send 'Authorization: Bearer <gateway key>'.")
-    if not keys.is_well_formed(token):
-        raise Unauthorized(_INVALID)
     digest = keys.hash_key(token)
     now = time.monotonic()
     record = cache.get(digest, now) if cache is not None else None
     if record is None:
+        if not keys.is_well_formed(token):  # a cached digest was a stored key's: checked when first seen
+            raise Unauthorized(_INVALID)
         try:
             record = await (cache.lookup(store, digest) if cache is not None else store.get_key_by_hash(digest))
         except StoreError as exc:

@@ -241,9 +241,9 @@ def _release_args(key_id: str, generation_id: str, model_id: str, ttl_s: int) ->
 
 
 def _refuse_unless_ok(result: AdmitResult, hold: int, model_id: str) -> None:
-    headers = limits.headers(result)
     if result.outcome == "ok":
         return
+    headers = limits.headers(result)
     if result.outcome == "rate_limited":
         metrics.RATE_LIMITED.labels(model_id).inc()
         window = {"rpm": "requests per minute", "rpd": "requests per day", "tpm": "tokens per minute"}

@@ -23,8 +23,10 @@ def _too_large(limit: int) -> PayloadTooLarge:
 
 async def read_limited(request: web.Request, limit: int) -> bytes:
     """The body, refusing past `limit` bytes whether or not the client declared a Content-Length."""
-    if request.content_length is not None and request.content_length > limit:
-        raise _too_large(limit)
+    if request.content_length is not None:
+        if request.content_length > limit:
+            raise _too_large(limit)
+        return await request.read()  # the parser stops at Content-Length: nothing more can arrive
     body = bytearray()
     async for chunk in request.content.iter_any():
         body += chunk

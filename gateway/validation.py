@@ -45,9 +45,10 @@ def check_chat(body: dict[str, Any], provider_key_header: str | None = None) -> 
                              code="invalid_value")
     for i, message in enumerate(body.get("messages") or ()):
         _check_message(message, i)
-    for name, (low, high, whole) in _NUMBERS.items():
-        if body.get(name) is not None:
-            _check_number(body[name], name, low, high, whole)
+    for name, bounds in _NUMBERS.items():
+        value = body.get(name)
+        if value is not None:
+            _check_number(value, name, *bounds)
     for provider_key in (body.get("provider_api_key"), provider_key_header):
         if provider_key is not None:
             check_provider_key(provider_key)

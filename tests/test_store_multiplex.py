@@ -101,6 +101,20 @@ async def test_a_server_that_never_answers_times_out_and_drops_the_connection() 
         silent.close()
 
 
+async def test_answered_commands_spread_over_several_timeouts_never_time_out(server: RedisServer) -> None:
+    """The one watchdog per connection times the oldest unanswered command only."""
+    mux = Multiplexed(server.url, 1, 0.3)
+    try:
+        for i in range(8):  # 1.2 s of commands, each answered at once, fired across the watchdog's ticks
+            assert await mux.call("INCR", "spread") == i + 1
+            await asyncio.sleep(0.15)
+        blocked = await asyncio.gather(mux.call("BLPOP", "never-pushed", "1"), return_exceptions=True)
+        assert isinstance(blocked[0], RedisTimeoutError)  # a reply 1 s away: over the 0.3 s limit
+        assert await mux.call("INCR", "spread") == 9  # reconnected
+    finally:
+        await mux.close()
+
+
 async def test_password_and_database_from_the_url_and_no_password_in_errors() -> None:
     with RedisServer(password="s3cret-pw") as srv:
         mux = Multiplexed(srv.url.replace("/0", "/3"), 1, 2)

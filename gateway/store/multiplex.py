@@ -40,21 +40,42 @@ class ReplyTimeout(ReplyLost, RedisTimeoutError):
 
 
 class _Protocol(asyncio.Protocol):
-    """Replies matched to waiting futures in order; a future whose caller gave up still takes its reply."""
+    """Replies matched to waiting futures in order; a future whose caller gave up still takes its reply.
 
-    def __init__(self) -> None:
+    One watchdog timer per connection, not one per command: replies come in order, so the oldest command
+    waiting is the one to time; the timer is re-armed for the next one only when it fires.
+    """
+
+    def __init__(self, timeout_s: float = 3.0) -> None:
         self.reader = hiredis.Reader(encoding="utf-8")
         self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.deadlines: deque[float] = deque()
         self.transport: asyncio.Transport | None = None
         self.lost = False
         self._outgoing: list[bytes] = []
+        self._timeout_s = timeout_s
+        self._watchdog: asyncio.TimerHandle | None = None
 
     def send(self, command: bytes, future: asyncio.Future[Any]) -> None:
         """Queue a command; the commands of one event-loop turn leave in one write (one syscall)."""
+        loop = future.get_loop()
         self.waiting.append(future)
+        self.deadlines.append(loop.time() + self._timeout_s)
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(self._timeout_s, self._watch)
         if not self._outgoing:
-            future.get_loop().call_soon(self._flush)
+            loop.call_soon(self._flush)
         self._outgoing.append(command)
+
+    def _watch(self) -> None:
+        self._watchdog = None
+        if not self.deadlines or self.lost:
+            return
+        left = self.deadlines[0] - asyncio.get_running_loop().time()
+        if left <= 0:
+            self.abort(ReplyTimeout(f"redis did not answer within {self._timeout_s:g} s"))
+        else:
+            self._watchdog = asyncio.get_running_loop().call_later(left, self._watch)
 
     def _flush(self) -> None:
         data, self._outgoing = b"".join(self._outgoing), []
@@ -69,6 +90,7 @@ class _Protocol(asyncio.Protocol):
         try:
             while (reply := self.reader.gets()) is not False:
                 future = self.waiting.popleft()
+                self.deadlines.popleft()
                 if not future.done():
                     future.set_result(reply)
         except (hiredis.ProtocolError, IndexError) as exc:  # garbage, or a reply nobody asked for
@@ -85,6 +107,10 @@ class _Protocol(asyncio.Protocol):
             self.transport.abort()
 
     def _fail_all(self, error: Exception) -> None:
+        self.deadlines.clear()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         while self.waiting:
             future = self.waiting.popleft()
             if not future.done():
@@ -134,14 +160,9 @@ class Multiplexed:
         self._protocol = None
 
     async def _send(self, protocol: _Protocol, args: tuple[Any, ...]) -> Any:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         protocol.send(hiredis.pack_command(args), future)
-        expiry = loop.call_later(self._timeout_s, _expire, protocol, future, self._timeout_s)
-        try:
-            return await future
-        finally:
-            expiry.cancel()
+        return await future
 
     async def _connect(self) -> _Protocol:
         """Concurrent callers share one connection attempt."""
@@ -159,9 +180,10 @@ class Multiplexed:
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 if self._path:
-                    _, protocol = await loop.create_unix_connection(_Protocol, self._path)
+                    _, protocol = await loop.create_unix_connection(self._new_protocol, self._path)
                 else:
-                    _, protocol = await loop.create_connection(_Protocol, self._host, self._port, ssl=self._ssl)
+                    _, protocol = await loop.create_connection(self._new_protocol, self._host, self._port,
+                                                               ssl=self._ssl)
                 for command in self._handshake():
                     reply = await self._send(protocol, command)
                     if isinstance(reply, hiredis.ReplyError):
@@ -174,6 +196,9 @@ class Multiplexed:
         self._protocol = protocol
         return protocol
 
+    def _new_protocol(self) -> _Protocol:
+        return _Protocol(self._timeout_s)
+
     def _handshake(self) -> list[tuple[Any, ...]]:
         commands: list[tuple[Any, ...]] = []
         if self._password is not None:
@@ -185,11 +210,6 @@ class Multiplexed:
         # restart) would send the command again a round trip later, behind other clients' commands.
         commands.extend(("SCRIPT", "LOAD", source) for source in self._scripts)
         return commands
-
-
-def _expire(protocol: _Protocol, future: asyncio.Future[Any], timeout_s: float) -> None:
-    if not future.done():
-        protocol.abort(ReplyTimeout(f"redis did not answer within {timeout_s:g} s"))
 
 
 def _tls_context(options: dict[str, Any]) -> ssl.SSLContext:
