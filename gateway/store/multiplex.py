@@ -57,12 +57,16 @@ class _Protocol(asyncio.Protocol):
         self._watchdog: asyncio.TimerHandle | None = None
 
     def send(self, command: bytes, future: asyncio.Future[Any]) -> None:
-        """Queue a command; the commands of one event-loop turn leave in one write (one syscall)."""
+        """Send a command: at once when no other is in flight (nothing to share a write with, and the
+        caller is waiting), else queued so that the commands of one event-loop turn leave in one write."""
         loop = future.get_loop()
         self.waiting.append(future)
         self.deadlines.append(loop.time() + self._timeout_s)
         if self._watchdog is None:
             self._watchdog = loop.call_later(self._timeout_s, self._watch)
+        if len(self.waiting) == 1 and self.transport is not None and not self.lost:
+            self.transport.write(command)
+            return
         if not self._outgoing:
             loop.call_soon(self._flush)
         self._outgoing.append(command)
