@@ -25,7 +25,7 @@ from gateway.errors import (
     Unauthorized,
     error_response,
 )
-from gateway.logging import get_logger
+from gateway.logging import access, get_logger
 from gateway.state import KEY, LOG, RATE_HEADERS, REQUEST_ID, RUNTIME
 
 log = get_logger("gateway.request")
@@ -83,8 +83,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         final = fields.pop("status", status)
         _count(request, fields, final, elapsed)
         if request.path.startswith("/v1/"):
-            log.info("request", method=request.method, path=request.path, status=final,
-                     latency_ms=round(elapsed * 1000, 2), **fields)
+            access(rid, {"method": request.method, "path": request.path, "status": final,
+                         "latency_ms": round(elapsed * 1000, 2), **fields})
         structlog.contextvars.unbind_contextvars("request_id")
 
 

@@ -1,0 +1,108 @@
+"""Instructions per request under callgrind: the one figure of this benchmark that does not drift.
+
+    .venv/bin/python bench/instructions.py                   # gateway and pass-through, non-streamed
+    .venv/bin/python bench/instructions.py --variant s20 --requests 200 --only gateway
+
+On this shared VM the same commit measured minutes apart moves by tens of percent in req/s and CPU time;
+callgrind counts the user-space instructions the server executes, which repeat to within a fraction of a
+percent (1.884M, 1.885M, 1.884M for three runs of one commit). It is blind to kernel time (system calls,
+wake-ups) and to cache misses, so it judges changes to the Python path, not the whole cost: `run.py`
+and `iterate.py` measure that.
+
+The server runs under `valgrind --tool=callgrind` with instrumentation off; a keep-alive client sends
+warm-up requests, instrumentation is switched on (`callgrind_control -i on`) for the measured ones, and
+the totals are read from the dump. Needs valgrind (Debian: apt-get install valgrind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import procs
+from rig import GATEWAY_ENV, PY, ROOT, VARIANTS, Bench, Settings, gateway_config, post
+
+
+def _server_cmd(bench: Bench, target: str, config: Path, port: int) -> list[str]:
+    if target == "passthrough":
+        return [PY, str(ROOT / "bench" / "passthrough.py"), "--port", str(port), "--upstream",
+                f"http://127.0.0.1:{bench.servers['upstream'].port}"]
+    return [PY, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)]
+
+
+def measure(bench: Bench, target: str, config: Path, variant: str, requests: int, warmup: int) -> float:
+    """Millions of instructions the server executed per request (sequential, one keep-alive connection)."""
+    port = procs.free_port()
+    out = bench.dir / f"callgrind-{target}.out"
+    cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+           *_server_cmd(bench, target, config, port)]
+    server = procs.start(f"cg-{target}", cmd, port, bench.dir, env=GATEWAY_ENV, cwd=ROOT)
+    try:
+        if target == "passthrough":
+            procs.wait_port(server, timeout=300)
+        else:
+            procs.wait_http_ok(server, "/readyz", timeout=300)
+        body = bench.bodies[variant].read_bytes()
+        conn = http.client.HTTPConnection(procs.HOST, port, timeout=120)
+        for _ in range(warmup):
+            post(port, body, bench.key, conn)
+        subprocess.run(["callgrind_control", "-i", "on", str(server.proc.pid)], capture_output=True, check=True)
+        for _ in range(requests):
+            status, answer = post(port, body, bench.key, conn)
+            if status != 200:
+                raise RuntimeError(f"{target}: HTTP {status}: {answer[:300]!r}")
+        subprocess.run(["callgrind_control", "-i", "off", str(server.proc.pid)], capture_output=True, check=True)
+        subprocess.run(["callgrind_control", "-d", str(server.proc.pid)], capture_output=True, check=True)
+        conn.close()
+    finally:
+        server.stop()
+    time.sleep(0.5)
+    total = 0
+    for dump in out.parent.glob(out.name + "*"):
+        for line in dump.read_text(errors="replace").splitlines():
+            if line.startswith(("summary:", "totals:")):
+                total = max(total, int(line.split()[1]))
+    return total / requests / 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", default="json", choices=sorted(VARIANTS))
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--only", choices=("gateway", "passthrough"))
+    args = parser.parse_args()
+    for tool in ("valgrind", "callgrind_control", "redis-server"):
+        if shutil.which(tool) is None:
+            print(f"{tool} is not installed (Debian: apt-get install valgrind redis-server)", file=sys.stderr)
+            return 2
+    workdir = Path(tempfile.mkdtemp(prefix="gw-instructions-"))
+    bench = Bench(Settings(quick=True, duration_s=1, warmup_s=0, warmup_every_run=False, concurrency=(1,),
+                           threads=1, open_streams=0, slow_stream_s=10, sequential_requests=0), workdir)
+    try:
+        bench.start_redis()
+        upstream = bench.start_upstream()
+        config = bench.write_config("gateway", gateway_config(bench.servers["redis"].port, [upstream.port]))
+        bench.create_key(config)
+        figures = {}
+        for target in ("gateway", "passthrough"):
+            if args.only in (None, target):
+                figures[target] = measure(bench, target, config, args.variant, args.requests, args.warmup)
+                print(f"{target:12} {args.variant}: {figures[target]:.3f} M instructions per request "
+                      f"({args.requests} sequential)", flush=True)
+        if len(figures) == 2:
+            print(f"gateway / pass-through: {figures['gateway'] / figures['passthrough']:.2f}")
+    finally:
+        procs.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
