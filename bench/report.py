@@ -173,6 +173,11 @@ def render(results: dict[str, Any]) -> str:
     for rt in results.get("redis_round_trips") or []:
         lines.append(f"Redis commands sent by the gateway per request ({rt['variant']}, {rt['requests']} sequential, "
                      f"MONITOR): {rt['per_request']} {rt['commands']}")
+    ins = results.get("instructions")
+    if ins:
+        lines.append(f"instructions per non-streamed request (callgrind, 300 sequential; user space only): gateway "
+                     f"{ins['gateway']:.3f} M, pass-through {ins['passthrough']:.3f} M "
+                     f"(x{ins['gateway'] / ins['passthrough']:.2f})")
     prof = results.get("profile")
     if prof and "summary" in prof:
         lines.append(f"\nprofile (py-spy, c=16 non-streamed): {prof['top']}, flame graph {prof['svg']}")

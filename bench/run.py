@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import procs
+import instructions
 import report
 from extras import count_tunnels, open_streams, paired, profile, redis_round_trips, run_workers_case
 from rig import (
@@ -278,6 +279,11 @@ def run_all(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         log("bench: Redis commands per request (MONITOR, 200 sequential requests, non-streamed and streamed)")
         revive(bench, "gateway")
         out["redis_round_trips"] = [redis_round_trips(bench, "gateway", VARIANTS[v], 200) for v in ("json", "s20")]
+
+    if "3-gw" in only and not s.quick and shutil.which("valgrind") and shutil.which("callgrind_control"):
+        log("bench: instructions per request under callgrind (300 sequential, gateway and pass-through)")
+        out["instructions"] = {target: round(instructions.measure(bench, target, direct_cfg, "json", 300, 50), 3)
+                               for target in ("gateway", "passthrough")}
 
     if args.profile:
         log(f"bench: profiling the gateway (non-streamed, c=16) for {args.profile_seconds} s with py-spy")
