@@ -119,16 +119,17 @@ class Ticket:
             return to_nano(self.config.billing.byok_fee)
         return billing.token_cost(self.route.price, usage)
 
-    async def settle(self, outcome: Outcome) -> billing.Bill:
+    async def settle(self, outcome: Outcome, wait: bool = False) -> billing.Bill:
         """Settle once; later calls (and a cancelled caller) share the first settlement. The bill comes
-        back at once when it is certain (see the module's docstring), else when the store answered."""
+        back at once when it is certain (see the module's docstring), else, or with `wait`, when the
+        store has answered."""
         if self._task is None:
             cost = self._charge(outcome)
             self._task = self.settlements.track(self._settle(outcome, cost))
             if cost <= self.hold and time.time() - self.started < self.config.billing.hold_ttl_s / 2:
                 self._known = self._bill(outcome, cost, max(self.admitted.balance + self.hold - cost, 0))
                 self._count(outcome, cost)
-        if self._known is not None:
+        if self._known is not None and not wait:
             return self._known
         return await asyncio.shield(self._task)
 
@@ -202,8 +203,10 @@ async def admit(store: Store, settlements: Settlements, config: Config, route: R
     generation_id = new_generation_id()
     hold = to_nano(config.billing.byok_fee) if byok else billing.token_cost(route.price, worst)
     eff = limits.effective(route.model.limits, config.limits.default, key)
+    streams = key.max_streams if streamed and key.max_streams else None
     admission = Admission(key_id=key.id, model_id=route.model_id, generation_id=generation_id, hold=hold,
-                          hold_ttl_s=config.billing.hold_ttl_s, rpm=eff.rpm, rpd=eff.rpd, tpm=eff.tpm)
+                          hold_ttl_s=config.billing.hold_ttl_s, rpm=eff.rpm, rpd=eff.rpd, tpm=eff.tpm,
+                          streams=streams)
     try:
         result = await store.admit(admission)
     except StoreError as exc:
@@ -218,7 +221,7 @@ async def admit(store: Store, settlements: Settlements, config: Config, route: R
         settlements.track(_release(store, key.id, generation_id, route.model_id, config.billing.generation_ttl_s))
         raise
     metrics.STORE_UP.set(1)
-    _refuse_unless_ok(result, hold, route.model_id)
+    _refuse_unless_ok(result, hold, route.model_id, streams)
     return Ticket(store=store, settlements=settlements, config=config, route=route, key=key,
                   generation_id=generation_id, hold=hold, byok=byok, admitted=result, streamed=streamed,
                   endpoint=endpoint, egress=route.provider.egress)
@@ -240,9 +243,12 @@ def _release_args(key_id: str, generation_id: str, model_id: str, ttl_s: int) ->
     return key_id, generation_id, 0, 0, record, ttl_s
 
 
-def _refuse_unless_ok(result: AdmitResult, hold: int, model_id: str) -> None:
+def _refuse_unless_ok(result: AdmitResult, hold: int, model_id: str, streams: int | None) -> None:
     if result.outcome == "ok":
         return
+    if result.outcome == "streams":
+        raise RateLimited(f"This key may have at most {streams} streams open at once; wait for one to finish.",
+                          code="too_many_streams")
     headers = limits.headers(result)
     if result.outcome == "rate_limited":
         metrics.RATE_LIMITED.labels(model_id).inc()
@@ -262,7 +268,9 @@ def _refuse_unless_ok(result: AdmitResult, hold: int, model_id: str) -> None:
 
 
 async def close(ticket: Ticket, outcome: Outcome) -> None:
-    """Finally-clause helper: settle what was not settled yet. If the caller is cancelled meanwhile, the
-    settlement still completes: it is a tracked task."""
+    """Finally-clause helper: settle what was not settled yet, and wait for the store to take it (an
+    attempt that ends here failed, and the retry or fallback that may follow must find its hold returned
+    and its slot free). If the caller is cancelled meanwhile, the settlement still completes: it is a
+    tracked task."""
     if not ticket.settled:
-        await ticket.settle(outcome)
+        await ticket.settle(outcome, wait=True)

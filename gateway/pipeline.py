@@ -105,9 +105,7 @@ async def serve(request: web.Request, body: dict[str, Any], op: Endpoint) -> web
     caps.apply_max_tokens(body, key, primary.model.max_output_tokens, fill=op.name in validation.CHOICE_ENDPOINTS)
     usable = [r for r in routes if allowed(r.model_id) and (r.model.vision or not has_images)
               and validation.serves(body, r, op.name)]
-    ttl_s = snapshot.config.billing.hold_ttl_s
-    async with caps.stream_slot(request.app[RUNTIME].store, key, bool(body.get("stream")), ttl_s):
-        return await _serve_first(request, usable, body, op)
+    return await _serve_first(request, usable, body, op)
 
 
 async def _serve_first(request: web.Request, routes: list[Route], body: dict[str, Any],

@@ -14,8 +14,10 @@ import pytest
 from fakes.clock import FakeClock
 from harness import Gateway, gateway_config_text, run_cli
 
+from gateway import keys
 from gateway.state import RUNTIME
 from gateway.store import Store
+from gateway.store.base import Admission
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -23,29 +25,100 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 # --- the store contract (both backends) -------------------------------------------------------------
 
 
-async def test_stream_slots_count_to_the_cap_and_free_on_close(store: Store) -> None:
-    assert await store.open_stream("key_a", "s1", 2, 60)
-    assert await store.open_stream("key_a", "s2", 2, 60)
-    assert not await store.open_stream("key_a", "s3", 2, 60)
-    assert await store.open_stream("key_b", "s1", 2, 60)  # another key's slots are its own
-    await store.close_stream("key_a", "s1")
-    assert await store.open_stream("key_a", "s3", 2, 60)
-    await store.close_stream("key_a", "never-opened")  # closing twice or unknown ids is harmless
-    assert not await store.open_stream("key_a", "s4", 2, 60)
+async def _funded(store: Store, name: str) -> str:
+    _, record = keys.new_record(name, 10_000_000_000)
+    await store.create_key(record)
+    return record.id
+
+
+def _stream(key_id: str, generation_id: str, cap: int | None, ttl_s: int = 60) -> Admission:
+    return Admission(key_id, "m/x", generation_id, hold=1000, hold_ttl_s=ttl_s, streams=cap)
+
+
+async def _settle(store: Store, key_id: str, generation_id: str) -> None:
+    await store.settle(key_id, generation_id, 0, 0, {"id": generation_id, "model": "m/x"}, 60)
+
+
+async def test_stream_slots_count_to_the_cap_and_free_at_settlement(store: Store) -> None:
+    a, b = await _funded(store, "a"), await _funded(store, "b")
+    assert (await store.admit(_stream(a, "s1", 2))).outcome == "ok"
+    assert (await store.admit(_stream(a, "s2", 2))).outcome == "ok"
+    full = await store.admit(_stream(a, "s3", 2))
+    assert full.outcome == "streams"
+    assert (await store.admit(_stream(b, "s1", 2))).outcome == "ok"  # another key's slots are its own
+    assert (await store.admit(_stream(a, "plain", None))).outcome == "ok"  # not a stream: not counted
+    await _settle(store, a, "s1")
+    assert (await store.admit(_stream(a, "s3", 2))).outcome == "ok"
+    await _settle(store, a, "never-admitted")  # settling what holds no slot frees none
+    assert (await store.admit(_stream(a, "s4", 2))).outcome == "streams"
+    after = await store.get_key(a)
+    assert after is not None  # s2, s3 and plain hold 1000 each; s1 settled at 0; the refused hold nothing
+    assert after.balance == 10_000_000_000 - 1000 * 3
+
+
+async def test_a_refused_stream_counts_nothing(store: Store) -> None:
+    a = await _funded(store, "a")
+    assert (await store.admit(_stream(a, "s1", 1))).outcome == "ok"
+    before = await store.get_key(a)
+    refused = await store.admit(Admission(a, "m/x", "s2", hold=1000, hold_ttl_s=60, rpm=1_000, streams=1))
+    assert refused.outcome == "streams"
+    assert await store.get_key(a) == before  # no hold placed
+    allowed = await store.admit(Admission(a, "m/x", "s3", hold=0, hold_ttl_s=60, rpm=1_000))
+    assert allowed.requests is not None and allowed.requests.remaining == 999  # the refusal was not counted
 
 
 async def test_a_slot_left_open_frees_itself_at_its_ttl(clocked_store: tuple[Store, FakeClock | None]) -> None:
     store, clock = clocked_store
-    assert await store.open_stream("key_a", "dead-process", 1, 1)
-    assert not await store.open_stream("key_a", "s2", 1, 1)
+    a = await _funded(store, "a")
+    assert (await store.admit(_stream(a, "dead-process", 1, ttl_s=1))).outcome == "ok"
+    assert (await store.admit(_stream(a, "s2", 1, ttl_s=1))).outcome == "streams"
     if clock is not None:
         clock.now += 1.5
     else:
         await asyncio.sleep(1.1)  # Redis's own clock (TIME inside the script) has to pass the expiry
-    assert await store.open_stream("key_a", "s2", 1, 1)
+    assert (await store.admit(_stream(a, "s2", 1, ttl_s=1))).outcome == "ok"
 
 
 # --- end to end -------------------------------------------------------------------------------------
+
+
+async def test_a_capped_keys_stream_costs_one_round_trip_in_and_one_out(make_gateway: Any, redis_url: str) -> None:
+    """The slot is taken by the admission script and freed by the settlement script: no command of its own."""
+    import uuid
+
+    import redis.asyncio as aioredis
+
+    gw = await make_gateway(store_url=redis_url, prefix=f"t{uuid.uuid4().hex}:", billing={"key_cache_s": 60})
+    capped, _ = await gw.add_key("capped", max_streams=1)
+    client = gw.openai(api_key=capped)
+    admin = aioredis.from_url(redis_url)
+
+    async def one_stream() -> None:
+        stream = await client.chat.completions.create(model="fake/gpt-4o", messages=MESSAGES,  # type: ignore[arg-type]
+                                                      stream=True)
+        async for _ in stream:
+            pass
+        await asyncio.sleep(0.05)  # its settlement leaves after the answer
+
+    seen: list[str] = []
+
+    async def watch(monitor: Any) -> None:
+        async for item in monitor.listen():
+            if item.get("client_type") != "lua":  # commands run inside the scripts are theirs, not trips
+                seen.append(item["command"].split()[0].lower())
+
+    try:
+        await one_stream()  # key cached, scripts loaded
+        async with admin.monitor() as monitor:
+            watcher = asyncio.create_task(watch(monitor))
+            await asyncio.sleep(0.1)
+            for _ in range(3):
+                await one_stream()  # with max_streams=1, each must have freed its slot for the next
+            await asyncio.sleep(0.1)
+            watcher.cancel()
+    finally:
+        await admin.aclose()
+    assert sorted(seen) == ["evalsha"] * 6, seen
 
 
 async def test_concurrent_streams_beyond_the_cap_are_429(gateway: Gateway) -> None:

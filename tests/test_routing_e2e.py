@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -103,3 +104,23 @@ async def test_fallback_skips_models_without_vision(make_gateway: Any) -> None:
             json={"model": "fake/gpt-5", "models": ["fake/gpt-4o"], "messages": image_message(PIXEL)}) as r:
         assert r.status == 502
     assert {r.body["model"] for r in gw.fake.requests} == {"gpt-5"}  # gpt-4o has no vision: never tried
+
+
+async def test_a_fallback_finds_the_failed_attempts_hold_returned(make_gateway: Any, redis_url: str) -> None:
+    """The answer of a served request does not wait for its settlement, but a failed attempt's release
+    does: with a balance for one hold only, the fallback tried at once after a 500 must be admitted."""
+    import uuid
+
+    gw = await make_gateway(retries={**FAST_RETRIES, "max_retries": 0}, store_url=redis_url,
+                            prefix=f"t{uuid.uuid4().hex}:")
+    # 10 USD per Mtok out on both models, so max_tokens=1000 holds ~0.01 USD; the key has 0.015
+    key, key_id = await gw.add_key("tight", balance=15_000_000)
+    gw.fake.status, gw.fake.fail_times = 500, 1
+    client = gw.openai(api_key=key)
+    done = await client.chat.completions.create(model="fake/gpt-4o", messages=MESSAGES,  # type: ignore[arg-type]
+                                                max_tokens=1000, extra_body={"models": ["fake/gpt-5"]})
+    assert done.model == "fake/gpt-5"
+    assert len(gw.fake.requests) == 2
+    await asyncio.sleep(0.05)  # the served request's own settlement is queued behind its answer
+    record = await gw.app[RUNTIME].store.get_key(key_id)
+    assert record is not None and record.balance + record.usage == record.credits

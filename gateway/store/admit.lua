@@ -1,7 +1,9 @@
 -- admit: missing, disabled, rate limits, money, in that order; only a full pass counts and holds.
 -- KEYS: key hash, holds hash, rate-limit prefix "{p}rl:{<key id>}:<model id>:" (windows append
 --       "<rpm|rpd|tpm>:<window index>"; same hash tag, so the same Cluster slot)
--- ARGV: generation id, hold, hold ttl ms, rpm, rpd, tpm ("" = unlimited)
+--       KEYS[4]: the key's open streams (sorted set: generation id -> expiry ms)
+-- ARGV: generation id, hold, hold ttl ms, rpm, rpd, tpm ("" = unlimited), open streams cap ("" = not a
+--       stream, or no cap): a stream is refused while that many are open, else counted open until settle
 -- Returns {outcome, balance, now ms, rpm used, rpd used, tpm used}; used counts include this request
 -- when it was admitted.
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -35,6 +37,12 @@ end
 if limited then
   return answer('rate_limited')
 end
+if ARGV[7] ~= '' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)  -- streams of dead processes
+  if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[7]) then
+    return answer('streams')
+  end
+end
 local hold = tonumber(ARGV[2])
 if hold > tonumber(redis.call('HGET', KEYS[1], 'balance')) then
   return answer('insufficient')
@@ -56,5 +64,9 @@ if hold > 0 then  -- a second admit of one generation id adds to its hold
   end
   redis.call('HSET', KEYS[2], ARGV[1], num(amount) .. ':' .. num(now + tonumber(ARGV[3])))
   redis.call('HINCRBY', KEYS[1], 'balance', '-' .. ARGV[2])
+end
+if ARGV[7] ~= '' then
+  redis.call('ZADD', KEYS[4], now + tonumber(ARGV[3]), ARGV[1])
+  redis.call('PEXPIRE', KEYS[4], ARGV[3])
 end
 return answer('ok')

@@ -66,6 +66,9 @@ class Admission:
     rpm: int | None = None
     rpd: int | None = None
     tpm: int | None = None
+    # a stream of a key with a cap on open streams: refused ("streams") while that many are open, else
+    # counted open until its settlement, or until hold_ttl_s when its process died before settling
+    streams: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +82,7 @@ class WindowState:
 
 @dataclass(frozen=True, slots=True)
 class AdmitResult:
-    outcome: str  # "ok" | "insufficient" | "rate_limited" | "disabled" | "missing"
+    outcome: str  # "ok" | "insufficient" | "rate_limited" | "streams" | "disabled" | "missing"
     balance: int  # available balance after the step (nano-dollars)
     retry_after_s: float = 0.0  # when rate_limited: seconds until the first blocking window resets
     limited_by: str = ""  # when rate_limited: "rpm" | "rpd" | "tpm"
@@ -119,22 +122,16 @@ class Store(Protocol):
     # --- the ledger and the limits (one atomic step each) -----------------------------------------
 
     async def admit(self, admission: Admission) -> AdmitResult:
-        """Check disabled/limits/balance; when all pass, count the request and place the hold."""
+        """Check disabled/limits/open streams/balance; when all pass, count the request (and the stream)
+        and place the hold."""
 
     async def settle(self, key_id: str, generation_id: str, cost: int, tokens: int,
                      record: dict[str, str], record_ttl_s: int) -> Settlement:
-        """Capture `cost` against the generation's hold, return the rest, record and audit it; idempotent."""
+        """Capture `cost` against the generation's hold, return the rest, close its stream slot if it had
+        one, record and audit it; idempotent."""
 
     async def get_generation(self, key_id: str, generation_id: str) -> dict[str, str] | None:
         """The generation record stored at settle, only under the key that made it."""
-
-    async def open_stream(self, key_id: str, stream_id: str, cap: int, ttl_s: int) -> bool:
-        """Count a stream of the key in, atomically, unless `cap` are open; False when full.
-
-        A stream not closed within `ttl_s` (its process died) stops counting by itself.
-        """
-
-    async def close_stream(self, key_id: str, stream_id: str) -> None: ...
 
     def iter_usage(self, since_ms: int = 0) -> AsyncIterator[dict[str, str]]:
         """Every audited charge of every key since `since_ms` (store clock, ms), per key in time order."""

@@ -104,7 +104,8 @@ class MemoryStore:
     # --- the ledger and the limits ----------------------------------------------------------------
 
     async def admit(self, admission: Admission) -> AdmitResult:
-        """Missing, disabled, rate limits, money — in that order; only a full pass counts and holds."""
+        """Missing, disabled, rate limits, open streams, money — in that order; only a full pass counts,
+        holds, and (for a capped stream) takes a stream slot."""
         validate_admission(admission)
         a = admission
         if a.key_id not in self._keys:
@@ -115,9 +116,12 @@ class MemoryStore:
             return AdmitResult(outcome="disabled", balance=record.balance)
         limits = {"rpm": a.rpm, "rpd": a.rpd, "tpm": a.tpm}
         used = {kind: self._used(a.key_id, a.model_id, kind, now) for kind in limits if limits[kind] is not None}
+        open_streams = self._open_streams(a.key_id, now) if a.streams is not None else {}
         outcome = "ok"
         if blocking(limits, used, now):
             outcome = "rate_limited"
+        elif a.streams is not None and len(open_streams) >= a.streams:
+            outcome = "streams"
         elif a.hold > record.balance:
             outcome = "insufficient"
         if outcome == "ok":
@@ -126,7 +130,15 @@ class MemoryStore:
                     used[kind] += 1
                     self._windows[(a.key_id, a.model_id, kind)] = (now // WINDOWS_MS[kind], used[kind])
             record = self._place_hold(record, a.generation_id, a.hold, now + a.hold_ttl_s * 1000)
+            if a.streams is not None:
+                open_streams[a.generation_id] = now + a.hold_ttl_s * 1000
         return admit_result(outcome, record.balance, limits, used, now)
+
+    def _open_streams(self, key_id: str, now: int) -> dict[str, int]:
+        """The key's open streams (generation id -> expiry ms), those of dead processes dropped."""
+        open_ = {gid: exp for gid, exp in self._streams.get(key_id, {}).items() if exp > now}
+        self._streams[key_id] = open_
+        return open_
 
     async def settle(self, key_id: str, generation_id: str, cost: int, tokens: int,
                      record: dict[str, str], record_ttl_s: int) -> Settlement:
@@ -136,6 +148,7 @@ class MemoryStore:
             raise ValueError(f"no key {key_id} to settle against")
         now = self._now_ms()
         self._forget_expired(now)
+        self._streams.get(key_id, {}).pop(generation_id, None)
         prior = self._generations.get((key_id, generation_id))
         if prior is not None:
             return dataclasses.replace(prior.settlement, already_settled=True)
@@ -156,21 +169,6 @@ class MemoryStore:
         entry = audit_entry(key_id, generation_id, model, charged, tokens, record)
         self._audit.setdefault(key_id, deque(maxlen=AUDIT_MAXLEN)).append({**entry, "ts_ms": str(now)})
         return settlement
-
-    async def open_stream(self, key_id: str, stream_id: str, cap: int, ttl_s: int) -> bool:
-        now = self._now_ms()
-        open_ = {sid: exp for sid, exp in self._streams.get(key_id, {}).items() if exp > now}
-        if len(open_) >= cap:
-            self._streams[key_id] = open_
-            return False
-        self._streams[key_id] = {**open_, stream_id: now + ttl_s * 1000}
-        return True
-
-    async def close_stream(self, key_id: str, stream_id: str) -> None:
-        open_ = self._streams.get(key_id, {})
-        open_.pop(stream_id, None)
-        if not open_:
-            self._streams.pop(key_id, None)
 
     async def get_generation(self, key_id: str, generation_id: str) -> dict[str, str] | None:
         found = self._generations.get((key_id, generation_id))
@@ -288,6 +286,8 @@ def validate_admission(a: Admission) -> None:
     for name, limit in (("rpm", a.rpm), ("rpd", a.rpd), ("tpm", a.tpm)):
         if limit is not None:
             validate_count(name, limit)
+    if a.streams is not None:
+        validate_count("streams", a.streams, minimum=1)
 
 
 def validate_settle(cost: int, tokens: int, record: Mapping[str, str], record_ttl_s: int) -> str:

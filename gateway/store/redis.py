@@ -76,16 +76,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: the key's open streams (zset: stream id -> expiry ms). ARGV: stream id, cap, ttl ms. 1 when counted in.
-_OPEN_STREAM = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
-return 1
-"""
 
 # KEYS: key hash. ARGV: "0" or "1". 0 when the key is missing.
 _SET_DISABLED = """
@@ -175,7 +165,6 @@ class RedisStore:
         self._create_key = self._redis.register_script(_CREATE_KEY)
         self._release_hash = self._redis.register_script(_RELEASE_HASH)
         self._set_disabled = self._redis.register_script(_SET_DISABLED)
-        self._open_stream = self._redis.register_script(_OPEN_STREAM)
         self._topup = self._redis.register_script(_ledger_script("topup"))
         # the per-request scripts share one pipelined connection (see store/multiplex.py for why)
         self._admit = _Script(_ledger_script("admit"))
@@ -283,12 +272,15 @@ class RedisStore:
     # --- the ledger and the limits: one script, one round trip each -------------------------------
 
     async def admit(self, admission: Admission) -> AdmitResult:
-        """Missing, disabled, rate limits, money — in that order; only a full pass counts and holds."""
+        """Missing, disabled, rate limits, open streams, money — in that order; only a full pass counts,
+        holds, and (for a capped stream) takes a stream slot."""
         validate_admission(admission)
         a = admission
-        keys = [self._key(a.key_id), self._holds(a.key_id), self._windows(a.key_id, a.model_id)]
+        keys = [self._key(a.key_id), self._holds(a.key_id), self._windows(a.key_id, a.model_id),
+                self._streams(a.key_id)]
         limits = {"rpm": a.rpm, "rpd": a.rpd, "tpm": a.tpm}
-        args = [a.generation_id, a.hold, a.hold_ttl_s * 1000, *("" if v is None else v for v in limits.values())]
+        args = [a.generation_id, a.hold, a.hold_ttl_s * 1000, *("" if v is None else v for v in limits.values()),
+                "" if a.streams is None else a.streams]
         with self._boundary("admit"):
             reply = await self._mux.script(*self._admit, keys, args)
         outcome, balance, now = str(reply[0]), int(reply[1]), int(reply[2])
@@ -304,20 +296,12 @@ class RedisStore:
         audit = audit_entry(key_id, generation_id, model, 0, tokens, record)  # the script sets "charged"
         args = [generation_id, cost, tokens, record_ttl_s, orjson.dumps(record), orjson.dumps(audit)]
         keys = [self._key(key_id), self._holds(key_id), self._generation(key_id, generation_id),
-                self._audit(key_id), self._windows(key_id, model)]
+                self._audit(key_id), self._windows(key_id, model), self._streams(key_id)]
         with self._boundary("settle"):
             status, charged, balance = await self._mux.script(*self._settle, keys, args)
         if status == "missing":
             raise ValueError(f"no key {key_id} to settle against")
         return Settlement(charged=int(charged), balance=int(balance), already_settled=status == "replay")
-
-    async def open_stream(self, key_id: str, stream_id: str, cap: int, ttl_s: int) -> bool:
-        with self._boundary("open_stream"):
-            return bool(await self._open_stream(keys=[self._streams(key_id)], args=[stream_id, cap, ttl_s * 1000]))
-
-    async def close_stream(self, key_id: str, stream_id: str) -> None:
-        with self._boundary("close_stream"):
-            await self._redis.zrem(self._streams(key_id), stream_id)
 
     async def get_generation(self, key_id: str, generation_id: str) -> dict[str, str] | None:
         with self._boundary("get_generation"):

@@ -1,5 +1,5 @@
 -- settle: capture min(cost, hold + balance), return the rest, record, count tokens, audit; idempotent.
--- KEYS: key hash, holds hash, generation record, audit stream, rate-limit prefix (as in admit.lua)
+-- KEYS: key hash, holds hash, generation record, audit stream, rate-limit prefix, open streams (as in admit.lua)
 -- ARGV: generation id, cost, tokens, record ttl s, the record as a JSON object of strings, the audit entry
 --       as a JSON object of strings (all but "charged", which is added here). Two JSON arguments rather
 --       than ~40 field/value arguments: packing each argument was the largest cost on the client side.
@@ -8,6 +8,7 @@
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'missing', '0', '0'}
 end
+redis.call('ZREM', KEYS[6], ARGV[1])  -- its stream slot, if it had one
 local prior = redis.call('HMGET', KEYS[3], 'charged', 'balance_after')
 if prior[1] then
   return {'replay', prior[1], prior[2]}
