@@ -9,6 +9,7 @@ settlements and closes the store: a stream that finished within the grace period
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import sys
@@ -88,7 +89,15 @@ def _startup(talk_to_systemd: bool, ready_file: str | None) -> Callable[[web.App
         app[READY_TASK] = asyncio.create_task(_announce_ready(app, talk_to_systemd, ready_file))
         if config.server.metrics_listen:
             app[METRICS_RUNNER] = await _metrics_listener(app, config.server.metrics_listen)
+        _freeze_startup_objects()
     return on_startup
+
+
+def _freeze_startup_objects() -> None:
+    """Keep what startup built (modules, config, catalog: ~70,000 objects) out of the garbage collector's
+    full passes, each of which otherwise stalls every request in flight for ~25 ms."""
+    gc.collect()
+    gc.freeze()
 
 
 async def _metrics_listener(app: web.Application, listen: str) -> web.AppRunner:
