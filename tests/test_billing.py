@@ -1,14 +1,20 @@
-"""Pure money and limit arithmetic: integer nano-dollars, worst cases, the tightest limit, OpenAI's formats."""
+"""Pure money and limit arithmetic: integer nano-dollars, worst cases, the tightest limit, OpenAI's formats;
+and when an answer waits for its settlement."""
 
 from __future__ import annotations
 
-import pytest
+import asyncio
 
+import pytest
+from harness import gateway_config
+
+from gateway import metering
 from gateway.billing import Bill, estimate_prompt_tokens, token_cost, worst_case_usage
-from gateway.catalog import Price
+from gateway.catalog import Catalog, Price
 from gateway.config import LimitsConfig, to_nano
+from gateway.keys import new_record
 from gateway.limits import effective, go_duration, headers, retry_after
-from gateway.store.base import AdmitResult, KeyRecord, WindowState
+from gateway.store.base import Admission, AdmitResult, KeyRecord, Settlement, WindowState
 from providers.types import Usage
 
 GPT5 = Price(input_per_mtok=to_nano(1.25), output_per_mtok=to_nano(10), cached_input_per_mtok=to_nano(0.125),
@@ -89,3 +95,63 @@ def test_rate_limit_headers_and_retry_after() -> None:
         "x-ratelimit-reset-requests": "42s", "x-ratelimit-limit-tokens": "1000",
         "x-ratelimit-remaining-tokens": "400", "x-ratelimit-reset-tokens": "10s"}
     assert retry_after(result) == "42"
+
+
+# --- when the answer waits for the settlement -------------------------------------------------------
+
+
+class _SlowSettleStore:
+    """Admits at once; each settlement waits until the test lets it through."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.settled: list[int] = []
+
+    async def admit(self, admission: Admission) -> AdmitResult:
+        return AdmitResult(outcome="ok", balance=1_000_000 - admission.hold)
+
+    async def settle(self, key_id: str, generation_id: str, cost: int, tokens: int, record: dict[str, str],
+                     record_ttl_s: int) -> Settlement:
+        await self.release.wait()
+        self.settled.append(cost)
+        return Settlement(charged=min(cost, 1_000_000), balance=1_000_000 - cost, already_settled=False)
+
+
+async def _ticket(store: _SlowSettleStore, max_tokens: int) -> tuple[metering.Ticket, metering.Settlements]:
+    config = gateway_config("http://127.0.0.1:9/v1")
+    route = Catalog(config).resolve("fake/gpt-5")
+    _, key = new_record("k", 1_000_000)
+    settlements = metering.Settlements()
+    body = {"model": "fake/gpt-5", "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens}
+    ticket = await metering.admit(store, settlements, config, route, key, body, False, False)  # type: ignore[arg-type]
+    return ticket, settlements
+
+
+async def test_a_certain_bill_is_answered_before_the_store_has_settled() -> None:
+    store = _SlowSettleStore()
+    ticket, settlements = await _ticket(store, max_tokens=100)
+    outcome = metering.Outcome(usage=Usage(prompt_tokens=19, completion_tokens=10, reported=True))
+    bill = await asyncio.wait_for(ticket.settle(outcome), 1)  # the store has not answered
+    assert bill.cost == 123_750 and bill.balance == 1_000_000 - 123_750
+    assert store.settled == [] and settlements.pending  # queued, tracked for shutdown
+    store.release.set()
+    await settlements.drain(1)
+    assert store.settled == [123_750]
+
+
+async def test_a_cost_above_the_hold_and_a_failed_attempt_wait_for_the_store() -> None:
+    store = _SlowSettleStore()
+    ticket, _ = await _ticket(store, max_tokens=1)  # holds the prompt estimate and one output token
+    over = metering.Outcome(usage=Usage(prompt_tokens=19, completion_tokens=500, reported=True))
+    waiting = asyncio.ensure_future(ticket.settle(over))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # how much of it the balance covers is the store's word
+    store.release.set()
+    assert (await waiting).cost == min(ticket.cost(over.usage), 1_000_000)
+    failed_ticket, _ = await _ticket(store := _SlowSettleStore(), max_tokens=100)
+    closing = asyncio.ensure_future(metering.close(failed_ticket, metering.Outcome(status=502)))
+    await asyncio.sleep(0.05)
+    assert not closing.done()  # a retry or fallback may follow: its hold must be back first
+    store.release.set()
+    await closing
+    assert store.settled == [0]
