@@ -162,6 +162,7 @@ class Sink:
         if self._pending:
             self._drain()
         self.target.write(data)
+        self.target.flush()  # a buffered stdout (no PYTHONUNBUFFERED) must not sit on lines either
 
     def write_later(self, data: bytes) -> None:
         if self._loop is None:

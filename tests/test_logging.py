@@ -107,17 +107,19 @@ def test_a_line_without_secrets_is_rendered_unchanged() -> None:
 
 
 class _Writes:
-    """A sink target that remembers each write(2) it would have cost."""
+    """A sink target that remembers each write(2) it would have cost, and what it was asked to flush."""
 
     def __init__(self) -> None:
         self.writes: list[bytes] = []
+        self.unflushed = 0
 
     def write(self, data: bytes) -> int:
         self.writes.append(bytes(data))
+        self.unflushed += 1
         return len(data)
 
     def flush(self) -> None:
-        pass
+        self.unflushed = 0
 
 
 async def test_batched_info_lines_leave_together_and_a_warning_keeps_their_order() -> None:
@@ -134,6 +136,7 @@ async def test_batched_info_lines_leave_together_and_a_warning_keeps_their_order
     assert target.writes == []  # waiting for the batch
     await asyncio.sleep(0.1)
     assert target.writes == [b'{"n":0}\n{"n":1}\n{"n":2}\n']  # one write for all three
+    assert target.unflushed == 0  # and flushed: a buffered stdout must not hold lines back
     line.info(b'{"n":3}')
     line.warning(b'{"w":1}')  # at once, after the line that waited before it
     assert target.writes[1:] == [b'{"n":3}\n', b'{"w":1}\n']
