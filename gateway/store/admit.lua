@@ -11,9 +11,11 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 end
 local now = now_ms()
 sweep(KEYS[1], KEYS[2], now)
-if redis.call('HGET', KEYS[1], 'disabled') == '1' then
-  return {'disabled', redis.call('HGET', KEYS[1], 'balance'), num(now), 0, 0, 0}
+local state = redis.call('HMGET', KEYS[1], 'disabled', 'balance')
+if state[1] == '1' then
+  return {'disabled', state[2], num(now), 0, 0, 0}
 end
+local balance = tonumber(state[2])
 
 local kinds = {'rpm', 'rpd', 'tpm'}
 local sizes = {60000, 86400000, 60000}
@@ -32,7 +34,7 @@ for i = 1, 3 do
 end
 
 local function answer(outcome)
-  return {outcome, redis.call('HGET', KEYS[1], 'balance'), num(now), used[1], used[2], used[3]}
+  return {outcome, num(balance), num(now), used[1], used[2], used[3]}
 end
 if limited then
   return answer('rate_limited')
@@ -44,7 +46,7 @@ if ARGV[7] ~= '' then
   end
 end
 local hold = tonumber(ARGV[2])
-if hold > tonumber(redis.call('HGET', KEYS[1], 'balance')) then
+if hold > balance then
   return answer('insufficient')
 end
 
@@ -63,7 +65,7 @@ if hold > 0 then  -- a second admit of one generation id adds to its hold
     amount = amount + tonumber(string.match(held, '^(%d+):'))
   end
   redis.call('HSET', KEYS[2], ARGV[1], num(amount) .. ':' .. num(now + tonumber(ARGV[3])))
-  redis.call('HINCRBY', KEYS[1], 'balance', '-' .. ARGV[2])
+  balance = redis.call('HINCRBY', KEYS[1], 'balance', '-' .. ARGV[2])
 end
 if ARGV[7] ~= '' then
   redis.call('ZADD', KEYS[4], now + tonumber(ARGV[3]), ARGV[1])

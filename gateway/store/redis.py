@@ -48,7 +48,6 @@ from redis.exceptions import RedisError
 from gateway.store.base import Admission, AdmitResult, KeyRecord, Settlement, StoreError
 from gateway.store.memory import (
     admit_result,
-    audit_entry,
     validate_admission,
     validate_amount,
     validate_new_record,
@@ -293,8 +292,7 @@ class RedisStore:
                      record: dict[str, str], record_ttl_s: int) -> Settlement:
         """Capture min(cost, hold + balance), return the rest, record and audit it; a replay changes nothing."""
         model = validate_settle(cost, tokens, record, record_ttl_s)
-        audit = audit_entry(key_id, generation_id, model, 0, tokens, record)  # the script sets "charged"
-        args = [generation_id, cost, tokens, record_ttl_s, orjson.dumps(record), orjson.dumps(audit)]
+        args = [generation_id, cost, tokens, record_ttl_s, orjson.dumps(record), key_id]  # the script audits
         keys = [self._key(key_id), self._holds(key_id), self._generation(key_id, generation_id),
                 self._audit(key_id), self._windows(key_id, model), self._streams(key_id)]
         with self._boundary("settle"):

@@ -1,8 +1,9 @@
 -- settle: capture min(cost, hold + balance), return the rest, record, count tokens, audit; idempotent.
 -- KEYS: key hash, holds hash, generation record, audit stream, rate-limit prefix, open streams (as in admit.lua)
--- ARGV: generation id, cost, tokens, record ttl s, the record as a JSON object of strings, the audit entry
---       as a JSON object of strings (all but "charged", which is added here). Two JSON arguments rather
---       than ~40 field/value arguments: packing each argument was the largest cost on the client side.
+-- ARGV: generation id, cost, tokens, record ttl s, the record as a JSON object of strings, key id. One JSON
+--       argument rather than ~20 field/value arguments (packing each argument was the largest cost on the
+--       client side); the audit entry is the record's fields plus the ledger's own, which win a clash
+--       (generation_id, key_id, tokens, charged), as store.memory.audit_entry builds it.
 -- Returns {status, charged, balance after}: status "settled", "replay" (the first answer; nothing
 -- changed) or "missing" (no such key; nothing changed).
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -24,15 +25,21 @@ if held then
 end
 local balance = tonumber(redis.call('HGET', KEYS[1], 'balance'))
 local charged = math.max(0, math.min(tonumber(ARGV[2]), hold + balance))
-redis.call('HINCRBY', KEYS[1], 'balance', num(hold - charged))
+local after = num(redis.call('HINCRBY', KEYS[1], 'balance', num(hold - charged)))
 redis.call('HINCRBY', KEYS[1], 'usage', num(charged))
-local after = redis.call('HGET', KEYS[1], 'balance')
 
+local fields = cjson.decode(ARGV[5])
 local record = {'charged', num(charged), 'balance_after', after}
-for k, v in pairs(cjson.decode(ARGV[5])) do
+local audit = {'generation_id', ARGV[1], 'key_id', ARGV[6], 'tokens', ARGV[3], 'charged', num(charged)}
+local ledger = {generation_id = true, key_id = true, tokens = true, charged = true}
+for k, v in pairs(fields) do
   if k ~= 'charged' and k ~= 'balance_after' then
     record[#record + 1] = k
     record[#record + 1] = v
+  end
+  if not ledger[k] then
+    audit[#audit + 1] = k
+    audit[#audit + 1] = v
   end
 end
 redis.call('HSET', KEYS[3], unpack(record))
@@ -45,14 +52,5 @@ if tonumber(ARGV[3]) > 0 then
   redis.call('PEXPIREAT', window, num((index + 1) * 60000))
 end
 
-local audit = {}
-for k, v in pairs(cjson.decode(ARGV[6])) do
-  if k ~= 'charged' then
-    audit[#audit + 1] = k
-    audit[#audit + 1] = v
-  end
-end
-audit[#audit + 1] = 'charged'
-audit[#audit + 1] = num(charged)
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', '1000000', '*', unpack(audit))
 return {'settled', num(charged), after}
