@@ -73,7 +73,14 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             out.append(_t(f"req/s at c=16 vs bare pass-through ({label})", ">= 60 %",
                           f"{r['ratio_to_bare'] * 100:.0f} % ({r['rps']:.0f} req/s)", r["ratio_to_bare"] >= 0.6))
     r = _run(results, "5-gw/s1000", 16)
-    if r and r.get("ratio_to_bare") is not None:
+    p = _paired(results, "s1000", 16)
+    if p:  # every answer has the same 1,000 chunks: the req/s ratio is the chunks/s ratio
+        out.append(_t("relayed chunks/s, 1,000-chunk streams, c=16, vs bare", ">= 60 %",
+                      f"{p['median_ratio'] * 100:.0f} % (median of {len(p['rounds'])} paired rounds; "
+                      f"{min(q['gateway_rps'] / q['reference_rps'] for q in p['rounds']) * 100:.0f}-"
+                      f"{max(q['gateway_rps'] / q['reference_rps'] for q in p['rounds']) * 100:.0f} %)",
+                      p["median_ratio"] >= 0.6))
+    elif r and r.get("ratio_to_bare") is not None:
         out.append(_t("relayed chunks/s, 1,000-chunk streams, c=16, vs bare", ">= 60 %",
                       f"{r['ratio_to_bare'] * 100:.0f} % ({r['chunks_per_s']:.0f} chunks/s)",
                       r["ratio_to_bare"] >= 0.6))

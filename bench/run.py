@@ -270,7 +270,7 @@ def run_all(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         log(f"bench: paired rounds ({rounds} x 3 s each side): direct vs gateway at c=1, bare vs gateway at c=16")
         revive(bench, "gateway")
         out["paired"] = [paired(bench, "upstream", VARIANTS["json"], 1, rounds, 3)]
-        out["paired"] += [paired(bench, "passthrough", VARIANTS[v], 16, rounds, 3) for v in ("json", "s20")]
+        out["paired"] += [paired(bench, "passthrough", VARIANTS[v], 16, rounds, 3) for v in ("json", "s20", "s1000")]
         for p in out["paired"]:
             log(f"       {p['reference']} vs gateway, {p['variant']} c={p['concurrency']}: median ratio "
                 f"{p['median_ratio']}, median added p50 {p['median_added_p50_ms']} ms")
