@@ -93,7 +93,7 @@ class _Watched:
         conn = await super().connect(req, traces, timeout)  # type: ignore[misc]
         progress = _WATCHED.get()
         if progress is not None:
-            progress.connected = progress.sent = True
+            progress.connected = True
         return conn
 
     async def _create_connection(self, req: Any, traces: Any, timeout: Any) -> Any:
@@ -139,7 +139,10 @@ class Progress:
     """
 
     connected: bool = False
-    sent: bool = False
+
+    @property
+    def sent(self) -> bool:
+        return self.connected
 
 
 _WATCHED: ContextVar[Progress | None] = ContextVar("egress_progress", default=None)

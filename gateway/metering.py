@@ -127,7 +127,7 @@ class Ticket:
             cost = self._charge(outcome)
             self._task = self.settlements.track(self._settle(outcome, cost))
             if cost <= self.hold and time.time() - self.started < self.config.billing.hold_ttl_s / 2:
-                self._known = self._bill(outcome, cost, max(self.admitted.balance + self.hold - cost, 0))
+                self._known = self._bill(outcome, cost, self._balance_after(cost))
                 self._count(outcome, cost)
         if self._known is not None and not wait:
             return self._known
@@ -139,6 +139,11 @@ class Ticket:
 
     def _charge(self, outcome: Outcome) -> int:
         return self.cost(outcome.usage) if outcome.status < 300 or outcome.usage.total_tokens else 0
+
+    def _balance_after(self, cost: int) -> int:
+        """The balance admission saw, the hold given back, `cost` charged: the store's figure when no other
+        request of the key moved it meanwhile."""
+        return max(self.admitted.balance + self.hold - cost, 0)
 
     def _bill(self, outcome: Outcome, charged: int, balance: int) -> billing.Bill:
         return billing.Bill(cost=charged, balance=balance, reserved=self.hold, using_own_key=self.byok,
@@ -157,7 +162,7 @@ class Ticket:
             log.warning("store unavailable at settlement; retrying in the background",
                         generation_id=self.generation_id)
             self.settlements.retry(self.store, args)
-            charged, balance = cost, max(self.admitted.balance + self.hold - cost, 0)
+            charged, balance = cost, self._balance_after(cost)
         if self._known is None:  # else counted when the bill was known
             self._count(outcome, charged)
         return self._bill(outcome, charged, balance)

@@ -69,7 +69,7 @@ async def open_upstream(egress: Egress, pool: str, affinity_key: str | None, blo
                 last: BaseException = exc
                 continue
             egress.failed(exit_, "reset")
-            raise _broken_before_answer(exc, provider, progress.sent) from exc
+            raise _broken_after_sending(exc, provider) from exc
         egress.succeeded(exit_)
         return resp, exit_
     if exits[0].proxy is None:
@@ -100,17 +100,14 @@ def _header_wait(own_s: float) -> float:
     return own_s if left is None else min(own_s, left)
 
 
-def _broken_before_answer(exc: BaseException, provider: str, sent: bool) -> GatewayError:
-    """A connection that failed after it was open but before the upstream's headers.
+def _broken_after_sending(exc: BaseException, provider: str) -> GatewayError:
+    """A connection that failed after the request had it (so was sent) but before the upstream's headers.
 
-    Before the body left, a retry is safe. After it, the upstream may be generating (and billing) an
-    answer we will never see: resending would pay twice, so the client gets the error instead.
+    The upstream may be generating (and billing) an answer we will never see: resending would pay twice,
+    so the client gets the error instead.
     """
     if isinstance(exc, TimeoutError):
-        return UpstreamTimeout(f"provider {provider} did not answer in time", retryable=not sent)
-    if not sent:
-        return UpstreamFailed(f"provider {provider}: the connection broke before the request was sent "
-                              f"({type(exc).__name__})", code="upstream_unreachable")
+        return UpstreamTimeout(f"provider {provider} did not answer in time", retryable=False)
     return UpstreamFailed(f"provider {provider}: the connection broke after the request was sent and before "
                           f"an answer ({type(exc).__name__}); not resent, as the provider may have acted on it",
                           code="upstream_disconnected", retryable=False)

@@ -46,7 +46,7 @@ class _Protocol(asyncio.Protocol):
     waiting is the one to time; the timer is re-armed for the next one only when it fires.
     """
 
-    def __init__(self, timeout_s: float = 3.0) -> None:
+    def __init__(self, timeout_s: float) -> None:
         self.reader = hiredis.Reader(encoding="utf-8")
         self.waiting: deque[asyncio.Future[Any]] = deque()
         self.deadlines: deque[float] = deque()
