@@ -19,6 +19,7 @@ from redis_server import RedisServer
 from gateway import keys
 from gateway.state import RUNTIME
 from gateway.store import RedisStore
+from gateway.store.base import Admission, AdmitResult
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -113,6 +114,9 @@ class Monitor:
     def client_commands(self) -> list[str]:
         return [line.split('"')[1].lower() for line in self.lines if '"' in line and " lua]" not in line]
 
+    def script_commands(self) -> list[str]:
+        return [line.split('"')[1].lower() for line in self.lines if '"' in line and " lua]" in line]
+
 
 async def test_hot_path_is_one_round_trip_in_and_one_out(make_gateway: Any, own_redis: RedisServer) -> None:
     gw = await make_gateway(store_url=own_redis.url, prefix="rt:")
@@ -125,6 +129,38 @@ async def test_hot_path_is_one_round_trip_in_and_one_out(make_gateway: Any, own_
         async for _ in stream:
             pass
     assert monitor.client_commands() == ["evalsha"] * 4  # per request: admit on the way in, settle on the way out
+
+
+async def test_open_holds_are_read_only_once_one_may_have_expired(own_redis: RedisServer) -> None:
+    """With many requests of one key in flight, admit and settle used to read (and parse) every open hold
+    of the key, each time: the key keeps the earliest time one may expire, and the holds hash is read
+    only once that time has come."""
+    store = RedisStore(own_redis.url, prefix="sweep:")
+    _, record = keys.new_record("t", 10_000_000_000)
+
+    async def admit(gen: str, ttl: int) -> AdmitResult:
+        return await store.admit(Admission(record.id, "fake/gpt-4o", gen, 1_000_000, ttl))
+
+    try:
+        await store.create_key(record)
+        for i in range(20):
+            assert (await admit(f"gen-open-{i}", 60)).outcome == "ok"
+        async with Monitor(own_redis.port) as monitor:
+            for i in range(5):
+                assert (await admit(f"gen-{i}", 60)).outcome == "ok"
+                await store.settle(record.id, f"gen-{i}", 500_000, 10, {"model": "fake/gpt-4o"}, 60)
+            assert (await admit("gen-short", 1)).outcome == "ok"
+        assert monitor.client_commands() == ["evalsha"] * 11
+        assert "hgetall" not in monitor.script_commands()
+
+        await asyncio.sleep(1.1)
+        async with Monitor(own_redis.port) as monitor:
+            after = await admit("gen-late", 60)  # sweeps: the short hold is back, the 20 others stay held
+        assert monitor.script_commands().count("hgetall") == 1
+        expected = 10_000_000_000 - 5 * 500_000 - 20 * 1_000_000 - 1_000_000
+        assert (after.outcome, after.balance) == ("ok", expected)
+    finally:
+        await store.close()
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])

@@ -533,6 +533,20 @@ async def test_admit_sweeps_expired_holds_before_the_money_check(ledger: Ledger)
     assert (result.outcome, result.balance) == ("ok", B - H)
 
 
+async def test_a_shorter_hold_after_longer_ones_still_expires_on_time(ledger: Ledger) -> None:
+    """Redis reads a key's holds only once the earliest expiry it keeps for them has come; a hold shorter
+    than those before it (hold_ttl_s lowered by a reload) must move that time earlier."""
+    assert (await ledger.admit("gen-long", hold=H, ttl=60)).outcome == "ok"
+    assert (await ledger.admit("gen-short", hold=2 * H, ttl=1)).outcome == "ok"
+    assert (await ledger.admit("gen-probe", hold=B - H)).outcome == "insufficient"
+    await ledger.advance(1.1)
+    probe = await ledger.admit("gen-probe", hold=B - H)  # fits only with the short hold back
+    assert (probe.outcome, probe.balance) == ("ok", 0)
+    long = await ledger.settle("gen-long", cost=H)  # the long one is still held, and captured
+    assert long == Settlement(charged=H, balance=0, already_settled=False)
+    assert await ledger.state() == (0, B, H)
+
+
 async def test_topup_adds_to_credits(ledger: Ledger) -> None:
     await ledger.admit(hold=H)
     await ledger.settle(cost=H // 4)

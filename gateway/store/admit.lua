@@ -6,16 +6,16 @@
 --       stream, or no cap): a stream is refused while that many are open, else counted open until settle
 -- Returns {outcome, balance, now ms, rpm used, rpd used, tpm used}; used counts include this request
 -- when it was admitted.
-if redis.call('EXISTS', KEYS[1]) == 0 then
+local state = redis.call('HMGET', KEYS[1], 'disabled', 'balance', 'holds_expire')
+if not state[2] then  -- every key hash has a balance
   return {'missing', '0', '0', 0, 0, 0}
 end
 local now = now_ms()
-sweep(KEYS[1], KEYS[2], now)
-local state = redis.call('HMGET', KEYS[1], 'disabled', 'balance')
+local swept, bound = sweep(KEYS[1], KEYS[2], now, state[3])
+local balance = tonumber(swept or state[2])
 if state[1] == '1' then
-  return {'disabled', state[2], num(now), 0, 0, 0}
+  return {'disabled', num(balance), num(now), 0, 0, 0}
 end
-local balance = tonumber(state[2])
 
 local kinds = {'rpm', 'rpd', 'tpm'}
 local sizes = {60000, 86400000, 60000}
@@ -64,7 +64,9 @@ if hold > 0 then  -- a second admit of one generation id adds to its hold
   if held then
     amount = amount + tonumber(string.match(held, '^(%d+):'))
   end
-  redis.call('HSET', KEYS[2], ARGV[1], num(amount) .. ':' .. num(now + tonumber(ARGV[3])))
+  local expires = now + tonumber(ARGV[3])
+  redis.call('HSET', KEYS[2], ARGV[1], num(amount) .. ':' .. num(expires))
+  bound_hold(KEYS[1], bound, expires)
   balance = redis.call('HINCRBY', KEYS[1], 'balance', '-' .. ARGV[2])
 end
 if ARGV[7] ~= '' then

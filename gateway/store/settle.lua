@@ -6,7 +6,8 @@
 --       (generation_id, key_id, tokens, charged), as store.memory.audit_entry builds it.
 -- Returns {status, charged, balance after}: status "settled", "replay" (the first answer; nothing
 -- changed) or "missing" (no such key; nothing changed).
-if redis.call('EXISTS', KEYS[1]) == 0 then
+local state = redis.call('HMGET', KEYS[1], 'balance', 'holds_expire')
+if not state[1] then  -- every key hash has a balance
   return {'missing', '0', '0'}
 end
 redis.call('ZREM', KEYS[6], ARGV[1])  -- its stream slot, if it had one
@@ -15,7 +16,7 @@ if prior[1] then
   return {'replay', prior[1], prior[2]}
 end
 local now = now_ms()
-sweep(KEYS[1], KEYS[2], now)
+local swept = sweep(KEYS[1], KEYS[2], now, state[2])
 
 local hold = 0
 local held = redis.call('HGET', KEYS[2], ARGV[1])
@@ -23,7 +24,7 @@ if held then
   hold = tonumber(string.match(held, '^(%d+):'))
   redis.call('HDEL', KEYS[2], ARGV[1])
 end
-local balance = tonumber(redis.call('HGET', KEYS[1], 'balance'))
+local balance = tonumber(swept or state[1])
 local charged = math.max(0, math.min(tonumber(ARGV[2]), hold + balance))
 local after = num(redis.call('HINCRBY', KEYS[1], 'balance', num(hold - charged)))
 redis.call('HINCRBY', KEYS[1], 'usage', num(charged))
