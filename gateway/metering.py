@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import random
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -37,7 +37,9 @@ RETRY_DELAYS_S = (0.2, 0.5, 1, 2, 5, 10, 30)  # then every 30 s
 
 
 def new_generation_id() -> str:
-    return f"gen-{int(time.time())}-{os.urandom(10).hex()}"
+    # random, not secrets/os.urandom: an id must be unique, not unguessable (a generation is readable only
+    # by its own key), and os.urandom is a system call on every request
+    return f"gen-{int(time.time())}-{random.randbytes(10).hex()}"
 
 
 def store_unavailable(exc: StoreError) -> Unavailable:
@@ -216,7 +218,7 @@ async def admit(store: Store, settlements: Settlements, config: Config, route: R
         result = await store.admit(admission)
     except StoreError as exc:
         metrics.STORE_ERRORS.labels("admit").inc()
-        metrics.STORE_UP.set(0)
+        metrics.store_up(False)
         if exc.maybe_applied:  # the hold may be in place: give it back once the store answers again
             settlements.retry(store, _release_args(key.id, generation_id, route.model_id,
                                                    config.billing.generation_ttl_s))
@@ -225,7 +227,7 @@ async def admit(store: Store, settlements: Settlements, config: Config, route: R
         # the script may still place the hold after we stopped waiting: give it straight back
         settlements.track(_release(store, key.id, generation_id, route.model_id, config.billing.generation_ttl_s))
         raise
-    metrics.STORE_UP.set(1)
+    metrics.store_up(True)
     _refuse_unless_ok(result, hold, route.model_id, streams)
     return Ticket(store=store, settlements=settlements, config=config, route=route, key=key,
                   generation_id=generation_id, hold=hold, byok=byok, admitted=result, streamed=streamed,

@@ -49,6 +49,17 @@ def child(metric: Any, *labels: str) -> Any:
     return metric.labels(*labels)
 
 
+_store_up: bool | None = None
+
+
+def store_up(up: bool) -> None:
+    """STORE_UP, written only when it changes: every request reports, and a gauge's set takes a lock."""
+    global _store_up
+    if up is not _store_up:
+        _store_up = up
+        STORE_UP.set(1 if up else 0)
+
+
 def status_class(status: int) -> str:
     return f"{status // 100}xx"
 

@@ -6,7 +6,7 @@ this module turns both into the response and the request's single JSON log line.
 
 from __future__ import annotations
 
-import os
+import random
 import re
 import time
 from typing import Any
@@ -40,7 +40,7 @@ _HTTP_ERRORS: dict[int, tuple[type[GatewayError], str]] = {
 
 def _request_id(request: web.Request) -> str:
     given = request.headers.get("X-Request-Id", "")
-    return given if _CLIENT_ID.match(given) else "req_" + os.urandom(16).hex()
+    return given if _CLIENT_ID.match(given) else "req_" + random.randbytes(16).hex()  # unique, not secret
 
 
 def _anthropic(request: web.Request) -> bool:

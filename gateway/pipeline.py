@@ -153,7 +153,7 @@ async def _call(request: web.Request, route: Route, body: dict[str, Any], op: En
     asked = time.perf_counter()
     resp, exit_ = await open_upstream(runtime.egress, route.provider.egress, affinity, blocked, upstream_request,
                                       t.connect_s, t.first_byte_s, route.provider_name)
-    metrics.UPSTREAM.labels(route.provider_name, route.model_id).observe(time.perf_counter() - asked)
+    metrics.child(metrics.UPSTREAM, route.provider_name, route.model_id).observe(time.perf_counter() - asked)
     ticket.egress = request[LOG]["egress"] = exit_.name
     scrub = _scrubber(api_key if byok else "")
     try:
@@ -231,7 +231,7 @@ async def _relay_stream(request: web.Request, resp: aiohttp.ClientResponse, code
     finally:
         metrics.ACTIVE_STREAMS.dec()
         if relayed.first_at is not None:
-            metrics.TTFT.labels(target.provider, target.public_model).observe(relayed.first_at - ticket.started)
+            metrics.child(metrics.TTFT, target.provider, target.public_model).observe(relayed.first_at - ticket.started)
     return out.response
 
 

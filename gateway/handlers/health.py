@@ -26,7 +26,7 @@ async def readyz(request: web.Request) -> web.Response:
     except StoreError:
         checks["store"] = "unreachable"
         metrics_mod.STORE_ERRORS.labels("ping").inc()
-    metrics_mod.STORE_UP.set(1 if checks["store"] == "ok" else 0)
+    metrics_mod.store_up(checks["store"] == "ok")
     ready = all(v == "ok" for v in checks.values())
     body = {"status": "ready" if ready else "not_ready", "checks": checks,
             "config_age_s": round(time.time() - runtime.snapshot.loaded_at, 1)}

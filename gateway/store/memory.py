@@ -295,8 +295,11 @@ def validate_settle(cost: int, tokens: int, record: Mapping[str, str], record_tt
     validate_count("cost", cost)
     validate_count("tokens", tokens)
     validate_count("record_ttl_s", record_ttl_s, minimum=1, maximum=MAX_TTL_S)
-    if not all(type(k) is str and type(v) is str for k, v in record.items()):
-        raise TypeError("generation record fields and values must be str")
+    try:  # str.join refuses anything but str, in C: a generator over the items cost more than the script call
+        "".join(record)
+        "".join(record.values())
+    except TypeError:
+        raise TypeError("generation record fields and values must be str") from None
     if "model" not in record:
         raise ValueError('generation record needs a "model" field (the model id its tokens count against)')
     return record["model"]
