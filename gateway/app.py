@@ -97,12 +97,17 @@ def create_app(config: Config, config_path: str | None = None, extra_middlewares
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get("/metrics", health.metrics)
     app.router.add_get("/openapi.json", docs.openapi_json)
-    app.router.add_get("/admin/egress", admin.egress)
-    app.router.add_get("/admin/keys", admin.list_keys)
-    app.router.add_post("/admin/keys", admin.create_key)
-    app.router.add_post("/admin/keys/{key_id}/topup", admin.topup)
-    app.router.add_post("/admin/keys/{key_id}/disable", admin.disable)
+    add_admin_routes(app.router)
     return app
+
+
+def add_admin_routes(router: web.UrlDispatcher) -> None:
+    """On the main listener, or on `server.admin_listen`'s (gateway.server)."""
+    router.add_get("/admin/egress", admin.egress)
+    router.add_get("/admin/keys", admin.list_keys)
+    router.add_post("/admin/keys", admin.create_key)
+    router.add_post("/admin/keys/{key_id}/topup", admin.topup)
+    router.add_post("/admin/keys/{key_id}/disable", admin.disable)
 
 
 async def reload_config(app: web.Application) -> bool:

@@ -49,6 +49,7 @@ class ServerConfig(_Model):
     shutdown_grace_s: PosFloat = 30.0  # streams in flight may finish for this long after SIGTERM
     metrics_listen: str = Field(default="", pattern=r"^$|^[^:]+:\d+$")  # "host:port": /metrics there only
     metrics_token: str = ""  # when set, /metrics needs "Authorization: Bearer <token>"
+    admin_listen: str = Field(default="", pattern=r"^$|^[^:]+:\d+$")  # "host:port": /admin/* there only
 
 
 class StoreConfig(_Model):

@@ -26,7 +26,7 @@ from gateway.errors import (
     error_response,
 )
 from gateway.logging import access, get_logger
-from gateway.state import KEY, LOG, RATE_HEADERS, REQUEST_ID, RUNTIME
+from gateway.state import KEY, LOG, RATE_HEADERS, REQUEST_ID, RUNTIME, served_here
 
 log = get_logger("gateway.request")
 ANTHROPIC_PATH = "/v1/messages"
@@ -111,9 +111,13 @@ async def require_key(request: web.Request, handler: Handler) -> web.StreamRespo
 
 @web.middleware
 async def require_admin(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Admin routes take `Bearer <server.admin_token>`, never a client key; they are off without a token."""
+    """Admin routes take `Bearer <server.admin_token>`, never a client key; they are off without a token,
+    and served on `server.admin_listen` only when that is set."""
     if request.path.startswith("/admin/"):
-        token = request.app[RUNTIME].snapshot.config.server.admin_token
+        server = request.app[RUNTIME].snapshot.config.server
+        if not served_here(request, "admin", server.admin_listen):
+            raise web.HTTPNotFound()
+        token = server.admin_token
         if not token:
             raise NotFound("Admin routes are off: set server.admin_token to enable them.", code="admin_disabled")
         if not bearer_matches(request, token):

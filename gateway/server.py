@@ -21,19 +21,18 @@ from aiohttp import web
 
 from egress import health as egress_health
 from gateway import keys, systemd
-from gateway.app import create_app, reload_config
+from gateway.app import add_admin_routes, create_app, reload_config
 from gateway.config import Config, to_nano
 from gateway.handlers import health
-from gateway.handlers.health import METRICS_LISTENER
 from gateway.logging import configure, get_logger, sink
-from gateway.middleware import request_context
-from gateway.state import RUNTIME
+from gateway.middleware import request_context, require_admin
+from gateway.state import RUNTIME, SIDE
 from gateway.store import StoreError
 
 log = get_logger("gateway.server")
 READY_TASK = web.AppKey("ready_task", asyncio.Task[None])
 LOG_BATCH_S = 0.05  # info lines (one per request) reach the journal at most this late, many per write
-METRICS_RUNNER = web.AppKey("metrics_runner", web.AppRunner)
+SIDE_RUNNERS = web.AppKey("side_runners", list)
 
 
 async def _starter_key(app: web.Application) -> None:
@@ -87,8 +86,8 @@ def _startup(talk_to_systemd: bool, ready_file: str | None) -> Callable[[web.App
         log.info("gateway started", host=config.server.host, port=config.server.port, pid=os.getpid(),
                  store="redis" if config.store.url else "memory", models=len(config.models))
         app[READY_TASK] = asyncio.create_task(_announce_ready(app, talk_to_systemd, ready_file))
-        if config.server.metrics_listen:
-            app[METRICS_RUNNER] = await _metrics_listener(app, config.server.metrics_listen)
+        app[SIDE_RUNNERS] = [await _side_listener(app, address, what)
+                             for address, what in _side_addresses(config).items()]
         _freeze_startup_objects()
     return on_startup
 
@@ -100,13 +99,25 @@ def _freeze_startup_objects() -> None:
     gc.freeze()
 
 
-async def _metrics_listener(app: web.Application, listen: str) -> web.AppRunner:
-    """/metrics on its own address, as operators keep it off the public listener."""
-    metrics_app = web.Application(middlewares=[request_context])
-    metrics_app[RUNTIME] = app[RUNTIME]
-    metrics_app[METRICS_LISTENER] = True
-    metrics_app.router.add_get("/metrics", health.metrics)
-    runner = web.AppRunner(metrics_app, access_log=None)
+def _side_addresses(config: Config) -> dict[str, frozenset[str]]:
+    """What each side listener serves; /metrics and /admin/* may share one address."""
+    moved: dict[str, set[str]] = {}
+    for what, address in (("metrics", config.server.metrics_listen), ("admin", config.server.admin_listen)):
+        if address:
+            moved.setdefault(address, set()).add(what)
+    return {address: frozenset(what) for address, what in moved.items()}
+
+
+async def _side_listener(app: web.Application, listen: str, what: frozenset[str]) -> web.AppRunner:
+    """/metrics or /admin/* on an address of their own, as operators keep them off the public listener."""
+    side = web.Application(middlewares=[request_context, require_admin])
+    side[RUNTIME] = app[RUNTIME]
+    side[SIDE] = what
+    if "metrics" in what:
+        side.router.add_get("/metrics", health.metrics)
+    if "admin" in what:
+        add_admin_routes(side.router)
+    runner = web.AppRunner(side, access_log=None)
     await runner.setup()
     host, _, port = listen.rpartition(":")
     await web.TCPSite(runner, host, int(port), reuse_port=True).start()
@@ -122,8 +133,8 @@ async def _batched_log(_app: web.Application) -> AsyncIterator[None]:
 
 async def _on_shutdown(app: web.Application) -> None:
     app[READY_TASK].cancel()
-    if METRICS_RUNNER in app:
-        await app[METRICS_RUNNER].cleanup()
+    for runner in app.get(SIDE_RUNNERS, ()):
+        await runner.cleanup()
     log.info("shutting down: no new connections; requests in flight may finish",
              grace_s=app[RUNTIME].snapshot.config.server.shutdown_grace_s)
 

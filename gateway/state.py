@@ -45,6 +45,14 @@ class Runtime:
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
+# what a side listener (server.metrics_listen / server.admin_listen) serves: "metrics", "admin" or both
+SIDE = web.AppKey("side", frozenset)
+
+
+def served_here(request: web.Request, what: str, listen: str) -> bool:
+    """Routes moved to a side listener are served there only; the others only on the main listener."""
+    return bool(listen) == (what in request.app.get(SIDE, frozenset()))
+
 
 REQUEST_ID = web.RequestKey("request_id", str)
 KEY = web.RequestKey("key", KeyRecord)

@@ -85,3 +85,28 @@ async def test_metrics_on_their_own_protected_listener(tmp_path: Path, redis_url
             async with http.get(f"http://127.0.0.1:{port}/metrics",
                                 headers={"Authorization": "Bearer metrics-tok-123"}) as r:
                 assert r.status == 200 and "gateway_config_age_seconds" in await r.text()
+
+
+async def test_admin_on_its_own_listener_shared_with_metrics(tmp_path: Path, redis_url: str) -> None:
+    port = GatewayProcess(tmp_path / "x.yaml").port  # a free port for the side listener
+    path = tmp_path / "gw.yaml"
+    path.write_text(gateway_config_text("http://127.0.0.1:9/v1", redis_url, f"a{uuid.uuid4().hex}:",
+                                        admin_token=ADMIN, admin_listen=f"127.0.0.1:{port}",
+                                        metrics_listen=f"127.0.0.1:{port}"))
+    side = f"http://127.0.0.1:{port}"
+    with GatewayProcess(path) as gw:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(gw.url + "/admin/keys", headers={"Authorization": f"Bearer {ADMIN}"}) as r:
+                assert r.status == 404 and (await r.json())["error"]["code"] == "not_found"  # moved off
+            async with http.get(side + "/admin/keys") as r:
+                assert r.status == 401 and (await r.json())["error"]["code"] == "invalid_admin_token"
+            async with http.post(side + "/admin/keys", json={"name": "dave", "balance": 1},
+                                 headers={"Authorization": f"Bearer {ADMIN}"}) as r:
+                assert r.status == 201
+                created = await r.json()
+            async with http.get(side + "/metrics") as r:
+                assert r.status == 200 and "gateway_config_age_seconds" in await r.text()
+            async with http.get(side + "/v1/models", headers={"Authorization": f"Bearer {created['key']}"}) as r:
+                assert r.status == 404  # the client API stays on the main listener
+            async with http.get(gw.url + "/v1/models", headers={"Authorization": f"Bearer {created['key']}"}) as r:
+                assert r.status == 200  # where the key made on the side listener works

@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from gateway import metrics as metrics_mod
 from gateway.auth import bearer_matches
 from gateway.errors import Unauthorized
-from gateway.state import RUNTIME
+from gateway.state import RUNTIME, served_here
 from gateway.store import StoreError
 
 
@@ -33,9 +33,6 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if ready else 503)
 
 
-METRICS_LISTENER = web.AppKey("metrics_listener", bool)
-
-
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format: this process's metrics, or the sum over workers.
 
@@ -43,7 +40,7 @@ async def metrics(request: web.Request) -> web.Response:
     `server.metrics_token` when one is set.
     """
     server = request.app[RUNTIME].snapshot.config.server
-    if bool(server.metrics_listen) != request.app.get(METRICS_LISTENER, False):
+    if not served_here(request, "metrics", server.metrics_listen):
         raise web.HTTPNotFound()
     if server.metrics_token and not bearer_matches(request, server.metrics_token):
         raise Unauthorized("/metrics needs 'Authorization: Bearer <metrics token>'.", code="invalid_metrics_token")
