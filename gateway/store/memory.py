@@ -42,6 +42,7 @@ class MemoryStore:
         self._keys: dict[str, KeyRecord] = {}  # id -> record
         self._by_hash: dict[str, str] = {}  # key_hash -> id
         self._holds: dict[str, dict[str, tuple[int, int]]] = {}  # id -> generation id -> (amount, expires_ms)
+        self._holds_expire: dict[str, int] = {}  # id -> at or before its holds' earliest expiry (as in Redis)
         self._windows: dict[tuple[str, str, str], tuple[int, int]] = {}  # (id, model, kind) -> (index, used)
         self._generations: dict[tuple[str, str], _Generation] = {}  # (id, generation id) -> settled record
         self._expiries: list[tuple[int, str, str]] = []  # heap of (expires_ms, id, generation id)
@@ -186,14 +187,22 @@ class MemoryStore:
     # --- helpers: each runs inside one method body, so inside its atomic step ------------------------
 
     def _sweep(self, key_id: str, now: int) -> KeyRecord:
-        """Return the key's expired holds to its balance; the record as it is afterwards."""
+        """Return the key's expired holds to its balance, once one may have expired (see ledger.lua's
+        sweep); the record as it is afterwards."""
         record = self._keys[key_id]
+        bound = self._holds_expire.get(key_id)
+        if bound is not None and now < bound:
+            return record
         holds = self._holds.get(key_id, {})
         expired = [gen for gen, (_, expires) in holds.items() if expires <= now]
         if expired:
             returned = sum(holds.pop(gen)[0] for gen in expired)
             record = dataclasses.replace(record, balance=record.balance + returned)
             self._keys[key_id] = record
+        if holds:
+            self._holds_expire[key_id] = min(expires for _, expires in holds.values())
+        else:
+            self._holds_expire.pop(key_id, None)
         return record
 
     def _place_hold(self, record: KeyRecord, generation_id: str, amount: int, expires: int) -> KeyRecord:
@@ -203,6 +212,8 @@ class MemoryStore:
         holds = self._holds.setdefault(record.id, {})
         held, _ = holds.get(generation_id, (0, 0))
         holds[generation_id] = (held + amount, expires)
+        if expires < self._holds_expire.get(record.id, expires + 1):
+            self._holds_expire[record.id] = expires
         record = dataclasses.replace(record, balance=record.balance - amount)
         self._keys[record.id] = record
         return record
