@@ -8,8 +8,12 @@ Decisions where the formats differ:
 - images, audio and files must be base64 data: URIs (the gateway inlines https image URLs first).
 - tool schemas within the OpenAPI subset of Gemini's `Schema` go as `parameters`, others (strict OpenAI tools:
   `additionalProperties`, type lists, `$ref`) as `parametersJsonSchema`; the same for `responseSchema`.
-- thought parts become `reasoning_content`; thought signatures, code execution, grounding and image output
-  are dropped. Calls get ids `call_` + 24 random hex digits (unique across turns, unlike a counter).
+- thought parts become `reasoning_content`; code execution, grounding and image output are dropped. Calls
+  get ids `call_` + 24 random hex digits (unique across turns, unlike a counter).
+- a functionCall's `thoughtSignature` (Gemini 3 requires it back on that call in the next request, else 400)
+  goes out as the tool call's `extra_content.google.thought_signature`, Google's own OpenAI-compatible
+  spelling, and comes back from there onto the `functionCall` part (a malformed one is ignored). Signatures
+  on text parts are dropped: Gemini does not require them back.
 - a prompt blocked before any candidate is an answer (Gemini said 200 and bills the prompt): content None,
   `refusal` naming the block reason, finish_reason `content_filter`.
 - usage: prompt = promptTokenCount + toolUsePromptTokenCount (billed as input; the total is then Gemini's
@@ -118,15 +122,27 @@ def _fields(candidate: JSON) -> JSON:
     for part in parts if isinstance(parts, list) else ():  # code execution, images ... are skipped
         if isinstance(part, dict) and isinstance(part.get("text"), str):
             (thoughts if part.get("thought") else texts).append(part["text"])
-        elif isinstance(part, dict) and isinstance(call := part.get("functionCall"), dict):
-            calls.append({"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": {
-                "name": str(call.get("name", "")), "arguments": orjson.dumps(call.get("args") or {}).decode()}})
+        elif isinstance(part, dict) and isinstance(part.get("functionCall"), dict):
+            calls.append(_tool_call(part))
     fields: JSON = {"reasoning_content": "".join(thoughts)} if thoughts else {}
     if texts:
         fields["content"] = "".join(texts)
     if calls:
         fields["tool_calls"] = calls
     return fields
+
+
+def _tool_call(part: JSON) -> JSON:
+    """An OpenAI tool call for a `functionCall` part. Gemini 3 refuses the next turn unless the call comes
+    back with its `thoughtSignature`, so the signature rides along where Google's own OpenAI endpoint puts
+    it, `extra_content.google.thought_signature`, which clients built for that endpoint already send back."""
+    call = part["functionCall"]
+    out: JSON = {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": {
+        "name": str(call.get("name", "")), "arguments": orjson.dumps(call.get("args") or {}).decode()}}
+    signature = part.get("thoughtSignature")
+    if isinstance(signature, str) and signature:
+        out["extra_content"] = {"google": {"thought_signature": signature}}
+    return out
 
 
 def _finish_reason(raw: Any, tool_calls: bool) -> str:

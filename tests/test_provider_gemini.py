@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from openai.lib.streaming.chat import ChatCompletionStreamState
-from openai.types.chat import ChatCompletionChunk
+from openai.types.chat import ChatCompletionChunk, ChatCompletionMessage
 
 from providers import gemini
 from providers.framing import SSEDecoder
@@ -72,6 +72,11 @@ def expected_usage(meta: dict[str, Any] | None) -> Usage:
     return usage
 
 
+def extra_content(signature: str | None) -> dict[str, Any] | None:
+    """What a tool call carries for a functionCall part with this thoughtSignature (None: no key at all)."""
+    return None if signature is None else {"google": {"thought_signature": signature}}
+
+
 def expected_answer(responses: list[dict[str, Any]]) -> dict[str, Any]:
     parts = [part for response in responses for part in recorded_parts(response)]
     texts = [p["text"] for p in parts if "text" in p and not p.get("thought")]
@@ -79,6 +84,7 @@ def expected_answer(responses: list[dict[str, Any]]) -> dict[str, Any]:
     metas = [r["usageMetadata"] for r in responses if "usageMetadata" in r]
     return {"content": "".join(texts) if texts else None, "reasoning": "".join(thoughts) if thoughts else None,
             "calls": [(p["functionCall"]["name"], p["functionCall"]["args"]) for p in parts if "functionCall" in p],
+            "extra": [extra_content(p.get("thoughtSignature")) for p in parts if "functionCall" in p],
             "usage": expected_usage(metas[-1] if metas else None)}
 
 
@@ -141,6 +147,7 @@ def test_parse_recorded_response(path: Path) -> None:
     assert (message["content"], message.get("reasoning_content")) == (expected["content"], expected["reasoning"])
     calls = message.get("tool_calls", [])
     assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == expected["calls"]
+    assert [c.get("extra_content") for c in calls] == expected["extra"]
     for call in calls:
         assert call["function"]["arguments"] == json.dumps(json.loads(call["function"]["arguments"]),
                                                            separators=(",", ":"))
@@ -262,6 +269,7 @@ def test_recorded_stream_translation(path: Path, chunk_size: int) -> None:
     calls = [got["calls"][i] for i in sorted(got["calls"])]
     assert sorted(got["calls"]) == list(range(call_count))
     assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == expected["calls"]
+    assert [c.get("extra_content") for c in calls] == expected["extra"]
     assert (state.finish_reason, state.done) == (finish_reason, finish_reason is not None)
     assert got["finish"] == ([finish_reason] if finish_reason else [])
     assert state.usage == expected["usage"]
@@ -303,8 +311,10 @@ def new_state() -> Any:
     return gemini.new_stream_state(ChatRequest(body={}, stream=True), TARGET)
 
 
-def call_chunk(name: str, args: dict[str, Any], finish: str | None = None) -> SSEEvent:
-    part = {"functionCall": {"name": name, "args": args}}
+def call_chunk(name: str, args: dict[str, Any], finish: str | None = None, signature: str | None = None) -> SSEEvent:
+    part: dict[str, Any] = {"functionCall": {"name": name, "args": args}}
+    if signature is not None:
+        part["thoughtSignature"] = signature
     candidate: dict[str, Any] = {"content": {"role": "model", "parts": [part]}}
     if finish:
         candidate["finishReason"] = finish
@@ -631,6 +641,122 @@ def test_build_request_url_and_headers(target: Target, stream: bool, url: str, h
     assert (upstream.method, upstream.url, upstream.headers, upstream.stream) == ("POST", url, headers, stream)
 
 
+# -- thought signatures: out on the tool call, back on the functionCall part --------------------------
+
+SIGNED_UNARY = WIRE / "googleai/unary-success-thinking-function-call-thought-summary-signature.json"
+SIGNED_STREAM = WIRE / "googleai/streaming-success-thinking-function-call-thought-summary-signature.txt"
+PARALLEL = WIRE / "vertexai/unary-success-function-call-parallel-calls.json"
+
+
+def signed_part(responses: list[dict[str, Any]]) -> dict[str, Any]:
+    """The recording's one functionCall part, read off the file, with its thoughtSignature."""
+    [part] = [p for response in responses for p in recorded_parts(response) if "functionCall" in p]
+    assert isinstance(part["thoughtSignature"], str) and len(part["thoughtSignature"]) > 100
+    return part
+
+
+def next_turn(assistant: dict[str, Any]) -> dict[str, Any]:
+    """The Gemini body of the request a client sends after running the tools this answer called."""
+    results = [{"role": "tool", "tool_call_id": call["id"], "content": '{"now": "2025-07-28T10:00:00Z"}'}
+               for call in assistant["tool_calls"]]
+    body = {"model": "google/gemini-3-pro-preview",
+            "messages": [user("How many days until New Year's Eve?"), assistant, *results]}
+    original = copy.deepcopy(body)
+    sent = orjson.loads(gemini.build_request(ChatRequest(body=body, stream=False), TARGET).body)
+    assert body == original
+    assert [content["role"] for content in sent["contents"]] == ["user", "model", "user"]
+    return sent
+
+
+def test_recorded_signature_reaches_its_tool_call() -> None:
+    raw = SIGNED_UNARY.read_bytes()
+    part = signed_part([json.loads(raw)])
+    body = gemini.parse_response(raw, TARGET).body
+    assert_valid("CreateChatCompletionResponse", body)
+    [call] = body["choices"][0]["message"]["tool_calls"]
+    assert call["extra_content"] == {"google": {"thought_signature": part["thoughtSignature"]}}
+    assert call["extra_content"]["google"]["thought_signature"].startswith("CtQOAVSoXO74PmYr9AFurEIJ")
+
+
+@pytest.mark.parametrize("chunk_size", [1 << 20, 7], ids=["whole", "every_7"])
+def test_recorded_stream_signature_rides_on_the_chunk_with_its_call(chunk_size: int) -> None:
+    part = signed_part(recorded_stream(SIGNED_STREAM))
+    chunks, _ = translate_stream(SIGNED_STREAM.read_bytes(), chunk_size)
+    [(chunk, call)] = [(chunk, call) for chunk in chunks for choice in chunk["choices"]
+                       for call in choice["delta"].get("tool_calls", [])]
+    assert_valid("CreateChatCompletionStreamResponse", chunk)
+    assert (call["index"], call["function"]["name"]) == (0, "now")
+    assert call["extra_content"] == {"google": {"thought_signature": part["thoughtSignature"]}}
+    assert call["extra_content"]["google"]["thought_signature"].startswith("CiIBVKhc7vB+vaaq6rA/KC79")
+
+
+def signed_parallel_answer() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The recorded parallel calls as Gemini 3 sends them: the first call alone carries a signature."""
+    recorded = json.loads(PARALLEL.read_text())
+    parts = recorded_parts(recorded)
+    parts[0]["thoughtSignature"] = signed_part([json.loads(SIGNED_UNARY.read_text())])["thoughtSignature"]
+    return parts, gemini.parse_response(orjson.dumps(recorded), TARGET).body["choices"][0]["message"]
+
+
+def test_only_the_signed_call_of_a_parallel_set_has_extra_content() -> None:
+    parts, message = signed_parallel_answer()
+    calls = message["tool_calls"]
+    assert len(calls) == len(parts) == 3
+    assert calls[0]["extra_content"] == {"google": {"thought_signature": parts[0]["thoughtSignature"]}}
+    assert ["extra_content" in call for call in calls] == [True, False, False]
+
+
+def test_unsigned_streamed_call_has_no_extra_content() -> None:
+    state = new_state()
+    chunks = gemini.parse_stream_event(state, call_chunk("a", {}, signature="c2ln"))
+    chunks += gemini.parse_stream_event(state, call_chunk("b", {}, "STOP"))
+    calls = [call for c in chunks for choice in c["choices"] for call in choice["delta"].get("tool_calls", [])]
+    assert [call.get("extra_content", "absent") for call in calls] == [
+        {"google": {"thought_signature": "c2ln"}}, "absent"]
+
+
+@pytest.mark.parametrize("client", ["as_received", "openai_sdk_model_dump"])
+def test_recorded_signature_goes_back_on_its_function_call(client: str) -> None:
+    raw = SIGNED_UNARY.read_bytes()
+    message = gemini.parse_response(raw, TARGET).body["choices"][0]["message"]
+    if client == "openai_sdk_model_dump":  # what an SDK user appends to the history: unknown fields kept
+        message = ChatCompletionMessage.model_validate(message).model_dump()
+    sent = next_turn(message)
+    assert sent["contents"][1]["parts"] == [signed_part([json.loads(raw)])]  # the recorded part, as recorded
+
+
+def test_recorded_stream_signature_goes_back_through_the_sdk_accumulator() -> None:
+    chunks, _ = translate_stream(SIGNED_STREAM.read_bytes(), 1 << 20)
+    sdk = ChatCompletionStreamState()
+    for chunk in chunks:
+        sdk.handle_chunk(ChatCompletionChunk.model_validate(chunk))
+    message = sdk.get_final_completion().choices[0].message.model_dump()
+    sent = next_turn(message)
+    assert sent["contents"][1]["parts"] == [signed_part(recorded_stream(SIGNED_STREAM))]
+
+
+def test_parallel_calls_go_back_with_the_signature_on_the_first_only() -> None:
+    parts, message = signed_parallel_answer()
+    assert next_turn(message)["contents"][1]["parts"] == parts
+
+
+MALFORMED_EXTRA = {
+    "null": None,
+    "not_an_object": "CiIBVKhc",
+    "google_not_an_object": {"google": "CiIBVKhc"},
+    "signature_not_a_string": {"google": {"thought_signature": 42}},
+    "signature_a_list": {"google": {"thought_signature": ["CiIBVKhc"]}},
+    "signature_empty": {"google": {"thought_signature": ""}},
+    "other_vendor_only": {"openrouter": {"thought_signature": "CiIBVKhc"}},
+}
+
+
+@pytest.mark.parametrize("extra", MALFORMED_EXTRA.values(), ids=list(MALFORMED_EXTRA))
+def test_malformed_extra_content_is_ignored(extra: Any) -> None:
+    sent = next_turn({"role": "assistant", "content": None, "tool_calls": [{**CALLS[1], "extra_content": extra}]})
+    assert sent["contents"][1]["parts"] == [{"functionCall": {"name": "now", "args": {}}}]
+
+
 # -- property: nothing is lost or reordered --------------------------------------------------------
 
 TEXT = st.text(min_size=1, max_size=12)
@@ -648,12 +774,24 @@ SYSTEM = st.builds(lambda role, text: {"role": role, "content": text}, st.sample
 ASSISTANT = TEXT.map(lambda text: {"role": "assistant", "content": text})
 
 
+# a tool call's extra fields: none, a signature, or one of the malformed extra_content values
+EXTRA = st.one_of(st.just({}), st.from_regex(r"[A-Za-z0-9+/]{1,24}={0,2}", fullmatch=True).map(
+    lambda signature: {"extra_content": {"google": {"thought_signature": signature}}}),
+    st.sampled_from(list(MALFORMED_EXTRA.values())).map(lambda extra: {"extra_content": extra}))
+
+
+def sent_signature(call: dict[str, Any]) -> str | None:
+    """The signature Gemini must get back for a call EXTRA made (None for none or a malformed one)."""
+    extra = call.get("extra_content")
+    return None if extra is None or extra in MALFORMED_EXTRA.values() else extra["google"]["thought_signature"]
+
+
 @st.composite
 def tool_exchange(draw: st.DrawFn) -> list[dict[str, Any]]:
     """An assistant turn with calls (ids reused across exchanges), then one result per call, any order."""
-    calls = draw(st.lists(st.tuples(NAME, ARGS), min_size=1, max_size=3))
-    tool_calls = [{"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
-                  for i, (name, args) in enumerate(calls)]
+    calls = draw(st.lists(st.tuples(NAME, ARGS, EXTRA), min_size=1, max_size=3))
+    tool_calls = [{"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": json.dumps(args)},
+                   **extra} for i, (name, args, extra) in enumerate(calls)]
     order = draw(st.permutations(range(len(calls))))
     results = [{"role": "tool", "tool_call_id": f"call_{i}", "content": draw(TEXT | ARGS.map(json.dumps))}
                for i in order]
@@ -692,7 +830,8 @@ def openai_sequence(messages: list[dict[str, Any]]) -> tuple[list[str], list[tup
                     items.append((gemini_role, "image", mime, data))
             for call in m.get("tool_calls", []):
                 names[call["id"]] = call["function"]["name"]
-                items.append(("model", "call", call["function"]["name"], json.loads(call["function"]["arguments"])))
+                items.append(("model", "call", call["function"]["name"], json.loads(call["function"]["arguments"]),
+                              sent_signature(call)))
     return system, items
 
 
@@ -707,7 +846,8 @@ def gemini_sequence(body: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ..
             elif "inlineData" in part:
                 items.append((role, "image", part["inlineData"]["mimeType"], part["inlineData"]["data"]))
             elif "functionCall" in part:
-                items.append((role, "call", part["functionCall"]["name"], part["functionCall"]["args"]))
+                items.append((role, "call", part["functionCall"]["name"], part["functionCall"]["args"],
+                              part.get("thoughtSignature")))
             else:
                 items.append((role, "response", part["functionResponse"]["name"], part["functionResponse"]["response"]))
     return system, items
