@@ -2,9 +2,11 @@
 
 Kind `openai` covers OpenAI, DeepSeek, xAI, OpenRouter, Ollama's `/v1` and vLLM. The request is passed
 through with the model substituted and the per-model parameter fixes of the config applied (renames and
-drops are data in `Target`); answers are passed through with the public model id, and the fields OpenAI's
-schema requires but compatible servers often omit are filled in. Extra fields the upstream sends
-(DeepSeek's `reasoning_content`, OpenRouter's `provider`, `usage.cost`) are kept.
+drops are data in `Target`), its history cleared of what earlier answers added for the client only
+(`reasoning_content`, the `extra_content` holding a Gemini thought signature on tool calls). Answers are
+passed through with the public model id, and the fields OpenAI's schema requires but compatible servers
+often omit are filled in. Extra fields the upstream sends (DeepSeek's `reasoning_content`, OpenRouter's
+`provider`, `usage.cost`) are kept.
 
 Pure and synchronous: no I/O, no aiohttp.
 """
@@ -77,7 +79,7 @@ def _adapt_body(req: ChatRequest, target: Target) -> JSON:
                 body.setdefault(field, value)
     for name in target.drop:
         body.pop(name, None)
-    body["messages"] = [_without_reasoning(m) for m in body.get("messages") or ()]
+    body["messages"] = [_history_message(m) for m in body.get("messages") or ()]
     if req.stream:
         body["stream"] = True
         options = body.get("stream_options")
@@ -88,11 +90,27 @@ def _adapt_body(req: ChatRequest, target: Target) -> JSON:
     return body
 
 
-def _without_reasoning(message: Any) -> Any:
-    """DeepSeek answers 400 when a previous turn's `reasoning_content` is sent back: history never needs it."""
-    if isinstance(message, dict) and "reasoning_content" in message:
-        return {k: v for k, v in message.items() if k != "reasoning_content"}
+def _history_message(message: Any) -> Any:
+    """A history message without what other answers added for the client's eyes only (a copy when changed).
+
+    DeepSeek answers 400 when a previous turn's `reasoning_content` is sent back, and OpenAI to an unknown
+    field in a message, such as the `extra_content` (a Gemini thought signature) that a conversation begun
+    on a Gemini model carries on its tool calls; history needs neither.
+    """
+    if not isinstance(message, dict):
+        return message
+    if "reasoning_content" in message:
+        message = {k: v for k, v in message.items() if k != "reasoning_content"}
+    calls = message.get("tool_calls")
+    if isinstance(calls, list) and any(isinstance(call, dict) and "extra_content" in call for call in calls):
+        message = {**message, "tool_calls": [_without_extra_content(call) for call in calls]}
     return message
+
+
+def _without_extra_content(call: Any) -> Any:
+    if isinstance(call, dict) and "extra_content" in call:
+        return {k: v for k, v in call.items() if k != "extra_content"}
+    return call
 
 
 # -- non-streamed answer ---------------------------------------------------------------------------

@@ -419,3 +419,34 @@ def test_deepseek_reasoning_deltas_pass_through_unchanged() -> None:
     [out] = openai.parse_stream_event(state, SSEEvent(data=orjson.dumps(chunk)))
     assert out["choices"][0]["delta"]["reasoning_content"] == "First, compare"
     assert out["model"] == "deepseek/deepseek-reasoner"
+
+
+def test_gemini_thought_signature_is_stripped_from_history() -> None:
+    """A conversation begun on a Gemini model carries `extra_content` on its tool calls; OpenAI refuses
+    unknown fields in messages, so a client switching models must not have its turn refused for it."""
+    recorded = wire_json("gemini", "googleai", "unary-success-thinking-function-call-thought-summary-signature.json")
+    signature = recorded["candidates"][0]["content"]["parts"][1]["thoughtSignature"]
+    signed = {"id": "call_1", "type": "function", "function": {"name": "now", "arguments": "{}"},
+              "extra_content": {"google": {"thought_signature": signature}}}
+    plain = {"id": "call_2", "type": "function", "function": {"name": "sum", "arguments": '{"x":1}'}}
+    body = {"model": "openai/gpt-5", "messages": [
+        {"role": "user", "content": "Days until New Year's Eve?"},
+        {"role": "assistant", "content": None, "reasoning_content": "I need the date.", "tool_calls": [signed, plain]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "2025-07-28"},
+        {"role": "tool", "tool_call_id": "call_2", "content": "1"}]}
+    original = copy.deepcopy(body)
+    sent = orjson.loads(openai.build_request(ChatRequest(body=body, stream=True), TARGET).body)
+    assert body == original  # the client's body, signature included, is untouched
+    assert sent["messages"][1] == {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "now", "arguments": "{}"}}, plain]}
+    assert [sent["messages"][i] for i in (0, 2, 3)] == [original["messages"][i] for i in (0, 2, 3)]
+    assert_valid("CreateChatCompletionRequest", sent)
+
+
+def test_history_without_extra_content_is_not_copied() -> None:
+    """The common case costs no copy: messages without anything to strip go out as the same objects."""
+    assistant = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}
+    body = {"model": "x", "messages": [{"role": "user", "content": "q"}, assistant]}
+    adapted = openai._adapt_body(ChatRequest(body=body, stream=False), TARGET)
+    assert all(a is b for a, b in zip(adapted["messages"], body["messages"], strict=True))
