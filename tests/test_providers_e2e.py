@@ -219,3 +219,35 @@ async def test_gemini_vision_inline_and_no_fetch_of_private_urls(gw: Gateway, al
             await gw.openai().chat.completions.create(model="google/flash", messages=bad)  # type: ignore[arg-type]
         assert info.value.code == "invalid_image_url"
     assert len(all_upstreams.gemini.requests) == 1
+
+
+SIGNED = "googleai/{}-success-thinking-function-call-thought-summary-signature.{}"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "streamed"])
+async def test_gemini_thought_signature_round_trip(gw: Gateway, all_upstreams: Upstreams, stream: bool) -> None:
+    """The SDK user's ordinary loop (append the answer, append the tool result, ask again) gives Gemini 3 its
+    signature back on the functionCall part, and an OpenAI model asked next never sees it."""
+    fake = all_upstreams.gemini
+    fake.unary_recording, fake.stream_recording = SIGNED.format("unary", "json"), SIGNED.format("streaming", "txt")
+    client = gw.openai()
+    messages: list[Any] = [{"role": "user", "content": "How many days until New Year's Eve?"}]
+    if stream:
+        async with client.chat.completions.stream(model="google/flash", messages=messages, tools=TOOLS) as events:
+            async for _ in events:
+                pass
+            message = (await events.get_final_completion()).choices[0].message
+        [part] = [p for chunk in recorded_chunks(fake.stream_recording) for c in chunk["candidates"]
+                  for p in c["content"]["parts"] if "functionCall" in p]
+    else:
+        answer = await client.chat.completions.create(model="google/flash", messages=messages,  # type: ignore[arg-type]
+                                                      tools=TOOLS)
+        message = answer.choices[0].message
+        [part] = [p for p in fake.unary_answer()["candidates"][0]["content"]["parts"] if "functionCall" in p]
+    [call] = message.tool_calls or []
+    messages += [message, {"role": "tool", "tool_call_id": call.id, "content": "2025-07-28"}]
+    await client.chat.completions.create(model="google/flash", messages=messages, tools=TOOLS)  # type: ignore[arg-type]
+    assert fake.last.body["contents"][1] == {"role": "model", "parts": [part]}  # signature and all, as recorded
+    await client.chat.completions.create(model="oai/gpt-4o", messages=messages, tools=TOOLS)  # type: ignore[arg-type]
+    sent_call = all_upstreams.openai.last.body["messages"][1]["tool_calls"][0]
+    assert "extra_content" not in sent_call and sent_call["id"] == call.id
