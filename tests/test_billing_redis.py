@@ -131,6 +131,25 @@ async def test_hot_path_is_one_round_trip_in_and_one_out(make_gateway: Any, own_
     assert monitor.client_commands() == ["evalsha"] * 4  # per request: admit on the way in, settle on the way out
 
 
+async def test_a_redis_unix_socket_carries_the_whole_money_path(make_gateway: Any, own_redis: RedisServer) -> None:
+    """deploy/README.md offers a local Redis over its unix socket (cheaper round trips than TCP loopback):
+    keys, admission, settlement and the generation record all go through it."""
+    gw = await make_gateway(store_url=f"unix://{own_redis.socket_path}", prefix="ux:")
+    client = gw.openai()
+    done = await client.chat.completions.with_raw_response.create(model="fake/gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+    answer = done.parse()
+    async with aiohttp.ClientSession() as http, http.get(
+            gw.url + "/v1/generation", params={"id": answer.id}, headers={"Authorization": f"Bearer {gw.key}"}) as r:
+        record = await r.json()
+    assert r.status == 200 and record["data"]["id"] == answer.id
+    assert record["data"]["total_cost"] > 0
+    direct = aioredis.Redis(unix_socket_path=str(own_redis.socket_path), decode_responses=True)
+    try:
+        assert [k async for k in direct.scan_iter("ux:*")]  # the store wrote through the socket
+    finally:
+        await direct.aclose()
+
+
 async def test_open_holds_are_read_only_once_one_may_have_expired(own_redis: RedisServer) -> None:
     """With many requests of one key in flight, admit and settle used to read (and parse) every open hold
     of the key, each time: the key keeps the earliest time one may expire, and the holds hash is read
