@@ -15,6 +15,13 @@ gateway's internal OpenAI chat request, which every adapter already serves, and 
 - Answers: `reasoning_content` -> a `thinking` block, `content` -> a `text` block, `tool_calls` ->
   `tool_use` blocks; finish_reason stop/length/tool_calls/content_filter -> stop_reason
   end_turn/max_tokens/tool_use/refusal. Usage: input_tokens exclude cache reads and writes, as Anthropic's do.
+- Gemini thought signatures: Gemini 3 refuses the next turn unless each signed function call comes back with
+  its signature, which chat carries as the tool call's `extra_content.google.thought_signature`. Anthropic's
+  format has no field on `tool_use` for it, but its clients keep `thinking` blocks and their signatures (Claude
+  wants them back with tool use), so the signature travels as the `signature` of a thinking block right
+  before the call's `tool_use`: the reasoning block when that is the block just before, else a new block
+  with empty `thinking`. The signature goes out behind the prefix `GEMINI_SIGNATURE` ("gemini:"), which no
+  base64 signature (Anthropic's are) can start with, so that requests can tell ours from Claude's.
 
 Pure and synchronous: no I/O, no aiohttp. `ProviderError` means the request cannot be expressed.
 """
@@ -31,6 +38,7 @@ _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool
                  "function_call": "tool_use"}
 _TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 _SAMPLING = ("temperature", "top_p", "stream")
+GEMINI_SIGNATURE = "gemini:"  # marks a thinking block's signature as a Gemini thought signature we put there
 
 
 # -- request ---------------------------------------------------------------------------------------
@@ -199,11 +207,32 @@ def message_from_chat(answer: JSON, usage: Usage, model: str) -> JSON:
         content.append({"type": "text", "text": message["content"]})
     for call in message.get("tool_calls") or ():
         fn = call.get("function") or {}
+        if signature := _signature_of(call):
+            _sign(content, signature)
         content.append({"type": "tool_use", "id": str(call.get("id")), "name": str(fn.get("name")),
                         "input": _arguments(fn.get("arguments"))})
     return {"id": str(answer.get("id", "")), "type": "message", "role": "assistant", "model": model,
             "content": content, "stop_reason": stop_reason(choice.get("finish_reason")), "stop_sequence": None,
             "usage": usage_json(usage)}
+
+
+def _signature_of(call: Any) -> str | None:
+    """The thinking-block signature for a tool call that carries a Gemini thought signature (see the module
+    docstring), else None; a malformed `extra_content` is no signature."""
+    extra = call.get("extra_content") if isinstance(call, dict) else None
+    google = extra.get("google") if isinstance(extra, dict) else None
+    signature = google.get("thought_signature") if isinstance(google, dict) else None
+    return GEMINI_SIGNATURE + signature if isinstance(signature, str) and signature else None
+
+
+def _sign(content: list[JSON], signature: str) -> None:
+    """Put the signature on a thinking block right before the tool_use about to be added: the reasoning
+    block when it is the last one (one block, as Claude would send), else a new one with empty thinking."""
+    last = content[-1] if content else None
+    if last is not None and last["type"] == "thinking" and not last["signature"]:
+        last["signature"] = signature
+    else:
+        content.append({"type": "thinking", "thinking": "", "signature": signature})
 
 
 def _arguments(raw: Any) -> Any:
@@ -286,13 +315,25 @@ class MessageStream:
         return [*events, ("content_block_delta", {"type": "content_block_delta", "index": self.block,
                                                   "delta": delta})]
 
+    def _sign(self, signature: str) -> list[Event]:
+        """A signature_delta on the thinking block before the tool_use that opens next: the open reasoning
+        block, else a new empty one. The signature comes with the call's first delta (Gemini sends a call
+        whole); one arriving later, once the tool_use block is open, could not precede it and is not sent."""
+        events: list[Event] = []
+        if self.kind != "thinking":
+            events = self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+        return [*events, ("content_block_delta", {"type": "content_block_delta", "index": self.block,
+                                                  "delta": {"type": "signature_delta", "signature": signature}})]
+
     def _tool(self, call: JSON) -> list[Event]:
         fn = call.get("function") or {}
         index = call.get("index", 0)
         events: list[Event] = []
         if index not in self.tools:
-            events = self._open("tool_use", {"type": "tool_use", "id": str(call.get("id") or f"toolu_{index}"),
-                                             "name": str(fn.get("name") or ""), "input": {}})
+            if signature := _signature_of(call):
+                events = self._sign(signature)
+            events += self._open("tool_use", {"type": "tool_use", "id": str(call.get("id") or f"toolu_{index}"),
+                                              "name": str(fn.get("name") or ""), "input": {}})
             self.tools[index] = self.block
         arguments = fn.get("arguments")
         if isinstance(arguments, str) and arguments:

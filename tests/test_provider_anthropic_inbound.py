@@ -14,9 +14,11 @@ from typing import Any
 
 import pytest
 from anthropic.lib.streaming._messages import accumulate_event
+from anthropic.types import Message as SDKMessage
+from fakes.gemini_upstream import recorded_chunks
 from harness import validate
 
-from providers import anthropic, anthropic_inbound, openai
+from providers import anthropic, anthropic_inbound, gemini, openai
 from providers.anthropic_inbound import MessageStream
 from providers.framing import SSEDecoder
 from providers.types import ChatRequest, ProviderError, Target, Usage
@@ -26,6 +28,8 @@ ANTHROPIC = SHARED / "wire" / "anthropic"
 OPENAI = SHARED / "wire" / "openai"
 TARGET = Target(provider="claude", base_url="https://api.anthropic.com", api_key="k", upstream_model="claude-x",
                 public_model="claude/x")
+GEMINI_TARGET = Target(provider="google", base_url="https://generativelanguage.googleapis.com", api_key="k",
+                       upstream_model="gemini-3-pro-preview", public_model="google/gemini-3")
 
 
 def recorded(name: str) -> dict[str, Any]:
@@ -216,3 +220,134 @@ def test_an_empty_stream_still_opens_and_closes_the_message() -> None:
     events = MessageStream("gen-1", "m").end(Usage(), None)
     assert [n for n, _ in events] == ["message_start", "message_delta", "message_stop"]
     assert _accumulate(events).content == []
+
+
+# -- Gemini thought signatures: out on a thinking block, back on the functionCall part ----------------------
+
+SIGNED_UNARY = "googleai/unary-success-thinking-function-call-thought-summary-signature.json"
+SIGNED_STREAM = "googleai/streaming-success-thinking-function-call-thought-summary-signature.txt"
+PARALLEL = "vertexai/unary-success-function-call-parallel-calls.json"
+
+
+def gemini_recording(name: str) -> dict[str, Any]:
+    return dict(json.loads((SHARED / "wire" / "gemini" / name).read_text()))
+
+
+def signed_recording() -> tuple[dict[str, Any], str, str]:
+    """The recorded signed answer, its thought summary and its functionCall's signature, read off the file."""
+    recorded = gemini_recording(SIGNED_UNARY)
+    thought, call = recorded["candidates"][0]["content"]["parts"]
+    assert thought["thought"] is True and call["functionCall"] == {"name": "now", "args": {}}
+    return recorded, thought["text"], call["thoughtSignature"]
+
+
+def _thinking(text: str, signature: str) -> dict[str, Any]:
+    return {"type": "thinking", "thinking": text, "signature": signature}
+
+
+def _now() -> dict[str, Any]:
+    return {"type": "tool_use", "id": None, "name": "now", "input": {}}  # the id is Gemini adapter's random one
+
+
+def signed_cases() -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Gemini answers with a signed call, and the content blocks each must become (tool_use ids left None)."""
+    recorded, thought, signature = signed_recording()
+    parts = recorded["candidates"][0]["content"]["parts"]
+    alone = json.loads(json.dumps(recorded))
+    del alone["candidates"][0]["content"]["parts"][0]
+    after_text = json.loads(json.dumps(recorded))
+    after_text["candidates"][0]["content"]["parts"].insert(1, {"text": "Let me check the date."})
+    parallel = gemini_recording(PARALLEL)  # as Gemini 3 sends parallel calls: the first one alone signed
+    parallel["candidates"][0]["content"]["parts"][0]["thoughtSignature"] = parts[1]["thoughtSignature"]
+    sums = [{"type": "tool_use", "id": None, "name": "sum", "input": p["functionCall"]["args"]}
+            for p in parallel["candidates"][0]["content"]["parts"]]
+    signed = "gemini:" + signature
+    return {
+        "after_its_reasoning": (recorded, [_thinking(thought, signed), _now()]),
+        "without_reasoning": (alone, [_thinking("", signed), _now()]),
+        "after_text": (after_text, [_thinking(thought, ""), {"type": "text", "text": "Let me check the date."},
+                                    _thinking("", signed), _now()]),
+        "parallel_first_signed": (parallel, [_thinking("", signed), *sums]),
+    }
+
+
+def _with_ids(expected: list[dict[str, Any]], chat_message: dict[str, Any]) -> list[dict[str, Any]]:
+    ids = iter(call["id"] for call in chat_message["tool_calls"])
+    return [{**block, "id": next(ids)} if block["type"] == "tool_use" else block for block in expected]
+
+
+def unary_content(response: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(Anthropic content blocks, chat message) for a Gemini answer, through providers.gemini and back here."""
+    chat = gemini.parse_response(json.dumps(response).encode(), GEMINI_TARGET)
+    message = anthropic_inbound.message_from_chat(chat.body, chat.usage, "google/gemini-3")
+    SDKMessage.model_validate(message)
+    return message["content"], chat.body["choices"][0]["message"]
+
+
+def streamed_events(raw: bytes) -> tuple[list[tuple[str, dict[str, Any]]], list[dict[str, Any]]]:
+    """(Anthropic stream events, chat chunks) for a Gemini SSE stream."""
+    chunks = _chat_chunks(gemini, raw)
+    return _translate(chunks, Usage(prompt_tokens=38, completion_tokens=8, reported=True)), chunks
+
+
+def _streamed_message(chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    """The chat message the chunks add up to (only the tool calls' ids are needed here)."""
+    calls = [call for chunk in chunks for choice in chunk["choices"] for call in choice["delta"].get("tool_calls", [])]
+    return {"tool_calls": calls}
+
+
+@pytest.mark.parametrize("case", list(signed_cases()))
+def test_gemini_signature_rides_on_a_thinking_block_before_its_tool_use(case: str) -> None:
+    """Unary and streamed alike, from the same answer (streamed as one event, as Gemini may send it)."""
+    response, expected = signed_cases()[case]
+    content, chat_message = unary_content(response)
+    assert content == _with_ids(expected, chat_message)
+    events, chunks = streamed_events(b"data: " + json.dumps(response).encode() + b"\r\n\r\n")
+    names = [n for n, _ in events]
+    assert names.count("content_block_start") == names.count("content_block_stop") == len(expected)
+    rebuilt = [_plain(b.to_dict()) for b in _accumulate(events).content]
+    assert rebuilt == _with_ids(expected, _streamed_message(chunks))
+
+
+def test_recorded_gemini_stream_signs_its_reasoning_block() -> None:
+    """The recorded stream: thought summaries in two events, the signed call in a third. The signature_delta
+    closes the reasoning block (index 0) before the tool_use block (index 1) opens."""
+    chunks = recorded_chunks(SIGNED_STREAM)
+    thoughts = [p["text"] for c in chunks[:2] for p in c["candidates"][0]["content"]["parts"]]
+    signature = chunks[2]["candidates"][0]["content"]["parts"][0]["thoughtSignature"]
+    events, chat_chunks = streamed_events((SHARED / "wire" / "gemini" / SIGNED_STREAM).read_bytes())
+    blocks = [(name, data["index"], (data.get("content_block") or data.get("delta") or {}).get("type"))
+              for name, data in events if name.startswith("content_block")]
+    assert blocks == [("content_block_start", 0, "thinking"), ("content_block_delta", 0, "thinking_delta"),
+                      ("content_block_delta", 0, "thinking_delta"), ("content_block_delta", 0, "signature_delta"),
+                      ("content_block_stop", 0, None), ("content_block_start", 1, "tool_use"),
+                      ("content_block_delta", 1, "input_json_delta"), ("content_block_stop", 1, None)]
+    [signed] = [data for _, data in events if (data.get("delta") or {}).get("type") == "signature_delta"]
+    assert signed == {"type": "content_block_delta", "index": 0,
+                      "delta": {"type": "signature_delta", "signature": "gemini:" + signature}}
+    assert signature.startswith("CiIBVKhc7vB+vaaq6rA/KC79")
+    [call] = _streamed_message(chat_chunks)["tool_calls"]
+    assert [_plain(b.to_dict()) for b in _accumulate(events).content] == [
+        _thinking("".join(thoughts), "gemini:" + signature),
+        {"type": "tool_use", "id": call["id"], "name": "now", "input": {}}]
+
+
+MALFORMED_EXTRA = {
+    "null": None,
+    "google_not_an_object": {"google": "CiIBVKhc"},
+    "signature_not_a_string": {"google": {"thought_signature": 42}},
+    "signature_empty": {"google": {"thought_signature": ""}},
+    "other_vendor_only": {"openrouter": {"thought_signature": "CiIBVKhc"}},
+}
+
+
+@pytest.mark.parametrize("extra", MALFORMED_EXTRA.values(), ids=list(MALFORMED_EXTRA))
+def test_tool_call_without_a_usable_signature_gets_no_thinking_block(extra: Any) -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "now", "arguments": "{}"}, "extra_content": extra}
+    answer = {"id": "x", "choices": [{"index": 0, "finish_reason": "tool_calls",
+                                      "message": {"role": "assistant", "content": None, "tool_calls": [call]}}]}
+    tool_use = {"type": "tool_use", "id": "call_1", "name": "now", "input": {}}
+    assert anthropic_inbound.message_from_chat(answer, Usage(), "m")["content"] == [tool_use]
+    chunk = {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, **call}]}, "finish_reason": "tool_calls"}]}
+    events = _translate([chunk], Usage())
+    assert [data["content_block"]["type"] for name, data in events if name == "content_block_start"] == ["tool_use"]
