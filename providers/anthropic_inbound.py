@@ -9,7 +9,8 @@ gateway's internal OpenAI chat request, which every adapter already serves, and 
   `service_tier` have no OpenAI equivalent and stay behind (a native Anthropic route keeps them).
 - Blocks: text -> text parts; images (base64 / url sources) -> `image_url` (data URI / URL);
   `tool_use` -> assistant `tool_calls` (input as JSON text); each `tool_result` -> a `tool` message placed
-  before the rest of its user turn; `thinking` / `redacted_thinking` blocks of earlier turns are dropped.
+  before the rest of its user turn; `thinking` / `redacted_thinking` blocks of earlier turns are dropped
+  (one of ours still hands its Gemini signature to the call after it, below).
 - Tools: `input_schema` -> `parameters`; `tool_choice` auto/any/tool/none -> auto/required/named/none;
   `disable_parallel_tool_use` -> `parallel_tool_calls: false`.
 - Answers: `reasoning_content` -> a `thinking` block, `content` -> a `text` block, `tool_calls` ->
@@ -20,8 +21,13 @@ gateway's internal OpenAI chat request, which every adapter already serves, and 
   format has no field on `tool_use` for it, but its clients keep `thinking` blocks and their signatures (Claude
   wants them back with tool use), so the signature travels as the `signature` of a thinking block right
   before the call's `tool_use`: the reasoning block when that is the block just before, else a new block
-  with empty `thinking`. The signature goes out behind the prefix `GEMINI_SIGNATURE` ("gemini:"), which no
-  base64 signature (Anthropic's are) can start with, so that requests can tell ours from Claude's.
+  with empty `thinking`. The rule that brings it back: a thinking block directly followed by a `tool_use`,
+  whose signature starts with `GEMINI_SIGNATURE` ("gemini:"), gives that call the rest of the signature.
+  The prefix marks the signatures this module wrote: a conversation begun on Claude carries thinking blocks
+  with Anthropic's own signatures before its tool_use blocks, even with empty `thinking` (Claude's
+  `display: "omitted"`), and Gemini 3 refuses a signature it did not make ("Corrupted thought signature"),
+  where it accepts earlier turns with none. No base64 signature starts with "gemini:", so no foreign one is
+  ever handed on; a client that never talks to Gemini sees and sends nothing new.
 
 Pure and synchronous: no I/O, no aiohttp. `ProviderError` means the request cannot be expressed.
 """
@@ -142,20 +148,39 @@ def _tool_message(block: JSON, where: str) -> JSON:
 
 def _assistant(blocks: list[Any], i: int) -> list[JSON]:
     texts, calls = [], []
+    signature = None  # the Gemini signature of the block just before, when it was one of our thinking blocks
     for j, block in enumerate(blocks):
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
             texts.append(str(block.get("text") or ""))
         elif kind == "tool_use":
-            calls.append({"id": str(block.get("id")), "type": "function",
-                          "function": {"name": str(block.get("name")),
-                                       "arguments": orjson.dumps(block.get("input") or {}).decode()}})
+            calls.append(_tool_call(block, signature))
         elif kind not in ("thinking", "redacted_thinking"):
             raise ProviderError(f"messages[{i}].content[{j}]: block type {kind!r} is not supported on this model")
+        signature = _gemini_signature(block) if kind == "thinking" else None
     message: JSON = {"role": "assistant", "content": "".join(texts) if texts else None}
     if calls:
         message["tool_calls"] = calls
     return [message]
+
+
+def _tool_call(block: JSON, signature: str | None) -> JSON:
+    call: JSON = {"id": str(block.get("id")), "type": "function",
+                  "function": {"name": str(block.get("name")),
+                               "arguments": orjson.dumps(block.get("input") or {}).decode()}}
+    if signature:
+        call["extra_content"] = {"google": {"thought_signature": signature}}
+    return call
+
+
+def _gemini_signature(block: JSON) -> str | None:
+    """The Gemini thought signature a thinking block of ours carries. Only signatures behind our prefix are
+    taken: an Anthropic one handed to Gemini would get the turn refused. Clients send back whatever they were
+    given, so anything else (no string, no prefix, nothing after it) is no signature, not an error."""
+    signature = block.get("signature")
+    if isinstance(signature, str) and signature.startswith(GEMINI_SIGNATURE):
+        return signature[len(GEMINI_SIGNATURE):] or None
+    return None
 
 
 def _tools(body: JSON, out: JSON) -> None:

@@ -276,12 +276,12 @@ def _with_ids(expected: list[dict[str, Any]], chat_message: dict[str, Any]) -> l
     return [{**block, "id": next(ids)} if block["type"] == "tool_use" else block for block in expected]
 
 
-def unary_content(response: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """(Anthropic content blocks, chat message) for a Gemini answer, through providers.gemini and back here."""
+def unary_message(response: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(Anthropic message, chat message) for a Gemini answer, through providers.gemini and then here."""
     chat = gemini.parse_response(json.dumps(response).encode(), GEMINI_TARGET)
     message = anthropic_inbound.message_from_chat(chat.body, chat.usage, "google/gemini-3")
     SDKMessage.model_validate(message)
-    return message["content"], chat.body["choices"][0]["message"]
+    return message, chat.body["choices"][0]["message"]
 
 
 def streamed_events(raw: bytes) -> tuple[list[tuple[str, dict[str, Any]]], list[dict[str, Any]]]:
@@ -300,8 +300,8 @@ def _streamed_message(chunks: list[dict[str, Any]]) -> dict[str, Any]:
 def test_gemini_signature_rides_on_a_thinking_block_before_its_tool_use(case: str) -> None:
     """Unary and streamed alike, from the same answer (streamed as one event, as Gemini may send it)."""
     response, expected = signed_cases()[case]
-    content, chat_message = unary_content(response)
-    assert content == _with_ids(expected, chat_message)
+    message, chat_message = unary_message(response)
+    assert message["content"] == _with_ids(expected, chat_message)
     events, chunks = streamed_events(b"data: " + json.dumps(response).encode() + b"\r\n\r\n")
     names = [n for n, _ in events]
     assert names.count("content_block_start") == names.count("content_block_stop") == len(expected)
@@ -351,3 +351,101 @@ def test_tool_call_without_a_usable_signature_gets_no_thinking_block(extra: Any)
     chunk = {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, **call}]}, "finish_reason": "tool_calls"}]}
     events = _translate([chunk], Usage())
     assert [data["content_block"]["type"] for name, data in events if name == "content_block_start"] == ["tool_use"]
+
+
+def next_turn(content: list[dict[str, Any]]) -> dict[str, Any]:
+    """The Gemini body of the request an Anthropic client sends after running the tools of this content."""
+    results = [{"type": "tool_result", "tool_use_id": block["id"], "content": '{"now": "2025-07-28T10:00:00Z"}'}
+               for block in content if block["type"] == "tool_use"]
+    body = {"model": "google/gemini-3", "max_tokens": 100, "messages": [
+        {"role": "user", "content": "How many days until New Year's Eve?"},
+        {"role": "assistant", "content": content}, {"role": "user", "content": results}]}
+    chat = anthropic_inbound.chat_body(body)
+    validate(chat, "CreateChatCompletionRequest")
+    sent = json.loads(gemini.build_request(ChatRequest(body=chat, stream=False), GEMINI_TARGET).body)
+    assert [c["role"] for c in sent["contents"]] == ["user", "model", "user"]
+    return dict(sent)
+
+
+def _sdk_content(message: Any) -> list[dict[str, Any]]:
+    """What an SDK user appends: the SDK's own content blocks, dumped as the SDK sends them."""
+    return [block.model_dump(exclude_none=True) for block in message.content]
+
+
+@pytest.mark.parametrize("client", ["as_received", "anthropic_sdk"])
+@pytest.mark.parametrize("case", list(signed_cases()))
+def test_gemini_signature_comes_back_on_its_function_call(case: str, client: str) -> None:
+    """Gemini gets back its answer's parts as recorded, signature and all, less the thought summaries."""
+    response, _ = signed_cases()[case]
+    message, _ = unary_message(response)
+    content = message["content"] if client == "as_received" else _sdk_content(SDKMessage.model_validate(message))
+    expected = [p for p in response["candidates"][0]["content"]["parts"] if not p.get("thought")]
+    assert next_turn(content)["contents"][1] == {"role": "model", "parts": expected}
+
+
+def test_recorded_gemini_stream_signature_comes_back_through_the_sdk_accumulator() -> None:
+    events, _ = streamed_events((SHARED / "wire" / "gemini" / SIGNED_STREAM).read_bytes())
+    [part] = [p for c in recorded_chunks(SIGNED_STREAM) for p in c["candidates"][0]["content"]["parts"]
+              if "functionCall" in p]
+    assert next_turn(_sdk_content(_accumulate(events)))["contents"][1] == {"role": "model", "parts": [part]}
+
+
+CLAUDE_SIGNATURE = next(json.loads(e.data)["delta"]["signature"] for e in SSEDecoder().feed(
+    (ANTHROPIC / "docs-stream-thinking.sse").read_bytes()) if b"signature_delta" in e.data)
+
+
+@pytest.mark.parametrize("thinking", ["I need today's date first.", ""], ids=["summarized", "display_omitted"])
+def test_claude_signatures_never_reach_gemini(thinking: str) -> None:
+    """A conversation begun on Claude keeps Claude's signed thinking before its tool_use, with empty text too
+    (`display: "omitted"`); Gemini refuses a signature it did not make, so none is handed on."""
+    assert CLAUDE_SIGNATURE.startswith("EqQBCgIYAhIM")
+    content = [_thinking(thinking, CLAUDE_SIGNATURE), {"type": "tool_use", "id": "toolu_01", "name": "now",
+                                                       "input": {}}]
+    sent = next_turn(content)
+    assert sent["contents"][1] == {"role": "model", "parts": [{"functionCall": {"name": "now", "args": {}}}]}
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "assistant", "content": content}]}
+    assert anthropic_inbound.chat_body(body)["messages"] == [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "toolu_01", "type": "function", "function": {"name": "now", "arguments": "{}"}}]}]
+
+
+OURS = _thinking("", "gemini:CiIBVKhc")
+CALL = {"type": "tool_use", "id": "call_1", "name": "now", "input": {}}
+NOT_CARRIED = {
+    "signature_not_a_string": [{**OURS, "signature": 42}, CALL],
+    "signature_missing": [{"type": "thinking", "thinking": ""}, CALL],
+    "signature_empty": [_thinking("", ""), CALL],
+    "prefix_only": [_thinking("", "gemini:"), CALL],
+    "prefix_not_first": [_thinking("", "x-gemini:CiIBVKhc"), CALL],
+    "text_in_between": [OURS, {"type": "text", "text": "Checking."}, CALL],
+    "redacted_in_between": [OURS, {"type": "redacted_thinking", "data": "EmwKAhgB"}, CALL],
+    "after_the_call": [CALL, OURS],
+}
+
+
+@pytest.mark.parametrize("content", NOT_CARRIED.values(), ids=list(NOT_CARRIED))
+def test_only_our_signature_directly_before_a_tool_use_is_carried(content: list[dict[str, Any]]) -> None:
+    """Clients send back whatever they were given: anything else is dropped with the thinking, not refused."""
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "assistant", "content": content}]}
+    [message] = anthropic_inbound.chat_body(body)["messages"]
+    assert message["tool_calls"] == [{"id": "call_1", "type": "function",
+                                      "function": {"name": "now", "arguments": "{}"}}]
+
+
+def test_each_call_gets_the_signature_of_the_block_just_before_it() -> None:
+    content = [_thinking("", "gemini:c2lnMQ=="), CALL, {**CALL, "id": "call_2"}, _thinking("", "gemini:c2lnMw=="),
+               {**CALL, "id": "call_3"}]
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "assistant", "content": content}]}
+    [message] = anthropic_inbound.chat_body(body)["messages"]
+    assert [(call["id"], call.get("extra_content")) for call in message["tool_calls"]] == [
+        ("call_1", {"google": {"thought_signature": "c2lnMQ=="}}), ("call_2", None),
+        ("call_3", {"google": {"thought_signature": "c2lnMw=="}})]
+
+
+def test_a_carried_signature_never_reaches_an_anthropic_upstream() -> None:
+    """/v1/messages to an Anthropic model is a native pass-through, but chat built here may still meet
+    providers.anthropic: it makes tool_use blocks of id, name and input only."""
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "q"},
+                                                        {"role": "assistant", "content": [OURS, CALL]}]}
+    chat = anthropic_inbound.chat_body(body)
+    assert chat["messages"][1]["tool_calls"][0]["extra_content"] == {"google": {"thought_signature": "CiIBVKhc"}}
+    assert forward(chat)["messages"][1] == {"role": "assistant", "content": [CALL]}
