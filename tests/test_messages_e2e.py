@@ -136,6 +136,43 @@ async def test_messages_stream_translated_to_gemini(api_gateway: Gateway, claude
     assert sent.method == "streamGenerateContent" and sent.body["contents"][0]["parts"] == [{"text": "Hello"}]
 
 
+SIGNED = "googleai/{}-success-thinking-function-call-thought-summary-signature.{}"
+NOW_TOOL: list[Any] = [{"name": "now", "description": "The current date and time",
+                        "input_schema": {"type": "object", "properties": {}}}]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "streamed"])
+async def test_gemini_thought_signature_survives_the_sdk_tool_loop(
+        api_gateway: Gateway, claude: anthropic.AsyncAnthropic, stream: bool) -> None:
+    """The Anthropic SDK user's loop (Claude Code's): append the answer's content as the assistant turn, the
+    tool results as the next user turn, ask again. Gemini 3 gets its functionCall part back as recorded,
+    signature and all; an OpenAI model asked next never sees it."""
+    fake = api_gateway.extra["upstreams"].gemini
+    fake.unary_recording, fake.stream_recording = SIGNED.format("unary", "json"), SIGNED.format("streaming", "txt")
+    messages: list[Any] = [{"role": "user", "content": "How many days until New Year's Eve?"}]
+    if stream:
+        async with claude.messages.stream(model="google/flash", max_tokens=1000, messages=messages,
+                                          tools=NOW_TOOL) as events:
+            message = await events.get_final_message()
+        parts = [p for c in recorded_chunks(fake.stream_recording) for p in c["candidates"][0]["content"]["parts"]]
+    else:
+        message = await claude.messages.create(model="google/flash", max_tokens=1000, messages=messages, tools=NOW_TOOL)
+        parts = fake.unary_answer()["candidates"][0]["content"]["parts"]
+    [part] = [p for p in parts if "functionCall" in p]
+    thinking, tool_use = message.content
+    assert thinking.type == "thinking" and thinking.signature == "gemini:" + part["thoughtSignature"]
+    assert thinking.thinking == "".join(p["text"] for p in parts if p.get("thought"))
+    assert tool_use.type == "tool_use" and tool_use.name == "now" and message.stop_reason == "tool_use"
+    messages += [{"role": "assistant", "content": message.content},
+                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tool_use.id,
+                                               "content": "2025-07-28"}]}]
+    await claude.messages.create(model="google/flash", max_tokens=1000, messages=messages, tools=NOW_TOOL)
+    assert fake.last.body["contents"][1] == {"role": "model", "parts": [part]}  # signature and all, as recorded
+    await claude.messages.create(model="oai/gpt-4o", max_tokens=1000, messages=messages, tools=NOW_TOOL)
+    assert api_gateway.fake.last.body["messages"][1] == {"role": "assistant", "content": None, "tool_calls": [
+        {"id": tool_use.id, "type": "function", "function": {"name": "now", "arguments": "{}"}}]}
+
+
 # -- errors, keys, limits ------------------------------------------------------------------------------
 
 
