@@ -83,6 +83,8 @@ class NativeExchange:
     def build(self, body: JSON, target: Target, stream: bool) -> UpstreamRequest:
         out = {k: v for k, v in body.items() if k not in target.drop or k in ("model", "messages", "max_tokens")}
         out["model"] = target.upstream_model
+        if "messages" in out:
+            out["messages"] = anthropic_inbound.claude_history(out["messages"])
         if stream:
             out["stream"] = True
         else:

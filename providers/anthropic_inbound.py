@@ -27,7 +27,9 @@ gateway's internal OpenAI chat request, which every adapter already serves, and 
   with Anthropic's own signatures before its tool_use blocks, even with empty `thinking` (Claude's
   `display: "omitted"`), and Gemini 3 refuses a signature it did not make ("Corrupted thought signature"),
   where it accepts earlier turns with none. No base64 signature starts with "gemini:", so no foreign one is
-  ever handed on; a client that never talks to Gemini sees and sends nothing new.
+  ever handed on; a client that never talks to Gemini sees and sends nothing new. When such a conversation
+  goes on with Claude on the native route, `claude_history` leaves the thinking blocks written here behind
+  (Anthropic checks every signature it is sent).
 
 Pure and synchronous: no I/O, no aiohttp. `ProviderError` means the request cannot be expressed.
 """
@@ -38,13 +40,36 @@ from typing import Any
 
 import orjson
 
-from providers.types import JSON, ProviderError, Usage
+from providers.types import JSON, ProviderError, Usage, signed, thought_signature
 
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal",
                  "function_call": "tool_use"}
 _TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 _SAMPLING = ("temperature", "top_p", "stream")
 GEMINI_SIGNATURE = "gemini:"  # marks a thinking block's signature as a Gemini thought signature we put there
+
+
+def claude_history(messages: Any) -> Any:
+    """`messages` without the thinking blocks this module wrote for other models' answers (an empty signature,
+    or a Gemini one), for a conversation that goes on with Claude on the native route: Anthropic checks every
+    signature it is sent, and may drop any earlier turn's thinking. A copy where something was removed."""
+    if not isinstance(messages, list):
+        return messages
+    return [_without_our_thinking(m) for m in messages]
+
+
+def _without_our_thinking(message: Any) -> Any:
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, list) or not any(_ours(block) for block in content):
+        return message
+    return {**message, "content": [block for block in content if not _ours(block)]}
+
+
+def _ours(block: Any) -> bool:
+    if not isinstance(block, dict) or block.get("type") != "thinking":
+        return False
+    signature = block.get("signature")
+    return not signature or (isinstance(signature, str) and signature.startswith(GEMINI_SIGNATURE))
 
 
 # -- request ---------------------------------------------------------------------------------------
@@ -169,7 +194,7 @@ def _tool_call(block: JSON, signature: str | None) -> JSON:
                   "function": {"name": str(block.get("name")),
                                "arguments": orjson.dumps(block.get("input") or {}).decode()}}
     if signature:
-        call["extra_content"] = {"google": {"thought_signature": signature}}
+        call["extra_content"] = signed(signature)
     return call
 
 
@@ -243,11 +268,9 @@ def message_from_chat(answer: JSON, usage: Usage, model: str) -> JSON:
 
 def _signature_of(call: Any) -> str | None:
     """The thinking-block signature for a tool call that carries a Gemini thought signature (see the module
-    docstring), else None; a malformed `extra_content` is no signature."""
-    extra = call.get("extra_content") if isinstance(call, dict) else None
-    google = extra.get("google") if isinstance(extra, dict) else None
-    signature = google.get("thought_signature") if isinstance(google, dict) else None
-    return GEMINI_SIGNATURE + signature if isinstance(signature, str) and signature else None
+    docstring), else None."""
+    signature = thought_signature(call)
+    return GEMINI_SIGNATURE + signature if signature else None
 
 
 def _sign(content: list[JSON], signature: str) -> None:

@@ -46,6 +46,7 @@ from providers.types import (
     UpstreamHTTPError,
     UpstreamRequest,
     Usage,
+    signed,
 )
 
 STREAM_FRAMING = "sse"
@@ -141,7 +142,7 @@ def _tool_call(part: JSON) -> JSON:
         "name": str(call.get("name", "")), "arguments": orjson.dumps(call.get("args") or {}).decode()}}
     signature = part.get("thoughtSignature")
     if isinstance(signature, str) and signature:
-        out["extra_content"] = {"google": {"thought_signature": signature}}
+        out["extra_content"] = signed(signature)
     return out
 
 

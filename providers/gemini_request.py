@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from providers.types import JSON, ProviderError, tool_arguments
+from providers.types import JSON, ProviderError, thought_signature, tool_arguments
 
 _SYSTEM_ROLES = frozenset({"system", "developer"})
 _TOOL_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
@@ -120,19 +120,10 @@ def _assistant_parts(message: JSON, call_names: dict[str, str], where: str) -> l
         if isinstance(call.get("id"), str):
             call_names[call["id"]] = function["name"]
         part: JSON = {"functionCall": {"name": function["name"], "args": args}}
-        if signature := _thought_signature(call):
+        if signature := thought_signature(call):
             part["thoughtSignature"] = signature
         parts.append(part)
     return parts
-
-
-def _thought_signature(call: JSON) -> str | None:
-    """The signature `providers.gemini` put on this call, which Gemini 3 needs back on the same part. Clients
-    send back whatever they were given, so anything not shaped as we wrote it is ignored, not refused."""
-    extra = call.get("extra_content")
-    google = extra.get("google") if isinstance(extra, dict) else None
-    signature = google.get("thought_signature") if isinstance(google, dict) else None
-    return signature if isinstance(signature, str) and signature else None
 
 
 def _function_response(message: JSON, call_names: dict[str, str], where: str) -> JSON:

@@ -121,6 +121,21 @@ def tool_arguments(raw: Any, where: str) -> JSON:
     return args
 
 
+def thought_signature(call: Any) -> str | None:
+    """The Gemini thought signature a chat tool call carries, in Google's own OpenAI-compatible spelling
+    (`extra_content.google.thought_signature`), or None. Clients send back whatever they were given, so
+    anything not shaped as `signed` writes it is no signature, not an error."""
+    extra = call.get("extra_content") if isinstance(call, dict) else None
+    google = extra.get("google") if isinstance(extra, dict) else None
+    signature = google.get("thought_signature") if isinstance(google, dict) else None
+    return signature if isinstance(signature, str) and signature else None
+
+
+def signed(signature: str) -> JSON:
+    """The `extra_content` of a tool call that carries a Gemini thought signature (see `thought_signature`)."""
+    return {"google": {"thought_signature": signature}}
+
+
 class UpstreamHTTPError(ProviderError):
     """A non-2xx upstream answer, parsed from the provider's error shape.
 

@@ -18,6 +18,7 @@ from anthropic.types import Message as SDKMessage
 from fakes.gemini_upstream import recorded_chunks
 from harness import validate
 
+from gateway.messages import NativeExchange
 from providers import anthropic, anthropic_inbound, gemini, openai
 from providers.anthropic_inbound import MessageStream
 from providers.framing import SSEDecoder
@@ -449,3 +450,24 @@ def test_a_carried_signature_never_reaches_an_anthropic_upstream() -> None:
     chat = anthropic_inbound.chat_body(body)
     assert chat["messages"][1]["tool_calls"][0]["extra_content"] == {"google": {"thought_signature": "CiIBVKhc"}}
     assert forward(chat)["messages"][1] == {"role": "assistant", "content": [CALL]}
+
+
+def test_the_native_route_sends_claude_none_of_our_thinking_blocks() -> None:
+    """A conversation that moves from another model to Claude on the native route: Anthropic checks the
+    signature of every thinking block it is sent, so the ones this module wrote (empty signature for a
+    model's reasoning, "gemini:" for a Gemini signature) stay behind, Claude's own stay, and the client's
+    body is not changed."""
+    claude_own = _thinking("I need today's date first.", CLAUDE_SIGNATURE)
+    reasoning = _thinking("Gemini thought about it.", "")
+    history = [{"role": "user", "content": "How many days to New Year's Eve?"},
+               {"role": "assistant", "content": [reasoning, OURS, CALL]},
+               {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "2026-11-23"}]},
+               {"role": "assistant", "content": [claude_own, {**CALL, "id": "toolu_02"}]},
+               {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_02", "content": "ok"}]}]
+    body = {"model": "claude/x", "max_tokens": 50, "messages": history}
+    before = json.dumps(body, sort_keys=True)
+    sent = json.loads(NativeExchange("").build(body, TARGET, stream=False).body)
+    assert sent["messages"][1] == {"role": "assistant", "content": [CALL]}
+    assert sent["messages"][3] == history[3]  # Claude's own signed block goes back to Claude
+    assert [sent["messages"][i] for i in (0, 2, 4)] == [history[i] for i in (0, 2, 4)]
+    assert json.dumps(body, sort_keys=True) == before
