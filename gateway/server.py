@@ -25,7 +25,7 @@ from gateway.app import add_admin_routes, create_app, reload_config
 from gateway.config import Config, to_nano
 from gateway.handlers import health
 from gateway.logging import configure, get_logger, sink
-from gateway.middleware import request_context, require_admin
+from gateway.middleware import add_response_headers, request_context, require_admin
 from gateway.state import RUNTIME, SIDE
 from gateway.store import StoreError
 
@@ -113,6 +113,7 @@ async def _side_listener(app: web.Application, listen: str, what: frozenset[str]
     side = web.Application(middlewares=[request_context, require_admin])
     side[RUNTIME] = app[RUNTIME]
     side[SIDE] = what
+    side.on_response_prepare.append(add_response_headers)  # X-Request-Id, as on the main listener
     if "metrics" in what:
         side.router.add_get("/metrics", health.metrics)
     if "admin" in what:

@@ -100,6 +100,7 @@ async def test_admin_on_its_own_listener_shared_with_metrics(tmp_path: Path, red
                 assert r.status == 404 and (await r.json())["error"]["code"] == "not_found"  # moved off
             async with http.get(side + "/admin/keys") as r:
                 assert r.status == 401 and (await r.json())["error"]["code"] == "invalid_admin_token"
+                assert r.headers["X-Request-Id"].startswith("req_")
             async with http.post(side + "/admin/keys", json={"name": "dave", "balance": 1},
                                  headers={"Authorization": f"Bearer {ADMIN}"}) as r:
                 assert r.status == 201
