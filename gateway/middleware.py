@@ -6,6 +6,7 @@ this module turns both into the response and the request's single JSON log line.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 import time
@@ -63,21 +64,10 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     structlog.contextvars.bind_contextvars(request_id=rid)
     status = 500
     try:
-        response = await handler(request)
+        response = await _respond(request, handler, rid, fields)
         status = response.status
+        await _send(request, response)
         return response
-    except GatewayError as exc:
-        status = exc.status
-        fields.setdefault("error", exc.code or exc.type)
-        return error_response(exc, rid, _anthropic(request))
-    except web.HTTPException as exc:
-        err = _from_http_exception(exc)
-        status = err.status
-        return error_response(err, rid, _anthropic(request))
-    except Exception:
-        log.exception("unhandled error")
-        err = GatewayError("The gateway failed to handle this request.", code="internal_error")
-        return error_response(err, rid, _anthropic(request))
     finally:
         elapsed = time.perf_counter() - started
         final = fields.pop("status", status)
@@ -86,6 +76,29 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             access(rid, {"method": request.method, "path": request.path, "status": final,
                          "latency_ms": round(elapsed * 1000, 2), **fields})
         structlog.contextvars.unbind_contextvars("request_id")
+
+
+async def _respond(request: web.Request, handler: Handler, rid: str, fields: dict[str, Any]) -> web.StreamResponse:
+    """The handler's response, or the error it raised as an OpenAI (or Anthropic) error response."""
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        fields.setdefault("error", exc.code or exc.type)
+        return error_response(exc, rid, _anthropic(request))
+    except web.HTTPException as exc:
+        return error_response(_from_http_exception(exc), rid, _anthropic(request))
+    except Exception:
+        log.exception("unhandled error")
+        err = GatewayError("The gateway failed to handle this request.", code="internal_error")
+        return error_response(err, rid, _anthropic(request))
+
+
+async def _send(request: web.Request, response: web.StreamResponse) -> None:
+    """Write the response here rather than after the middlewares return (aiohttp's own prepare and
+    write_eof then find it done), so the client does not wait for the log line and the metrics."""
+    with contextlib.suppress(ConnectionError):  # the client left: aiohttp's own write finds out again
+        await response.prepare(request)
+        await response.write_eof()
 
 
 def _count(request: web.Request, fields: dict[str, Any], status: int, elapsed: float) -> None:
