@@ -16,6 +16,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,16 +150,22 @@ def stop_all() -> None:
 
 # --- /proc ----------------------------------------------------------------------------------------
 
-def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
+def _stats() -> Iterator[tuple[int, list[str]]]:
+    """(pid, fields of /proc/<pid>/stat after the command name) of every process still there."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+        except (OSError, IndexError):  # gone meanwhile
             continue
-        children.setdefault(int(fields[1]), []).append(int(entry))
+        yield int(entry), fields
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for child, fields in _stats():
+        children.setdefault(int(fields[1]), []).append(child)
     found, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):
@@ -221,16 +228,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 def cpu_ticks() -> dict[int, tuple[int, int]]:
     """pid -> (parent pid, user + system ticks) of every process."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        out[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
-    return out
+    return {pid: (int(fields[1]), int(fields[11]) + int(fields[12])) for pid, fields in _stats()}
 
 
 def busy_ticks() -> int:
