@@ -42,7 +42,7 @@ test: install system-deps
 audit: test
 
 lint: install
-	$(BIN)/ruff check gateway providers egress tests
+	$(BIN)/ruff check gateway providers egress tests bench
 	$(BIN)/mypy gateway providers egress
 
 # The benchmark of issue 6 (bench/README.md): ~5 minutes; BENCH_ARGS=--quick for a ~1-2 minute smoke run,

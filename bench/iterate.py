@@ -23,7 +23,7 @@ from pathlib import Path
 
 import procs
 import profile_stacks
-from rig import VARIANTS, Bench, CpuMeter, Settings, gateway_config, quiet, warm_gently, wrk
+from rig import VARIANTS, Bench, Settings, gateway_config, quiet, warm_gently, wrk
 
 
 def measure(bench: Bench, target: str, variant: str, concurrency: int, seconds: int) -> dict[str, float]:

@@ -33,8 +33,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import procs
 import instructions
+import procs
 import report
 from extras import count_tunnels, open_streams, paired, profile, redis_round_trips, run_workers_case
 from rig import (

@@ -48,8 +48,7 @@ class _Protocol(asyncio.Protocol):
 
     def __init__(self, timeout_s: float) -> None:
         self.reader = hiredis.Reader(encoding="utf-8")
-        self.waiting: deque[asyncio.Future[Any]] = deque()
-        self.deadlines: deque[float] = deque()
+        self.waiting: deque[tuple[asyncio.Future[Any], float]] = deque()  # (caller, its deadline), in send order
         self.transport: asyncio.Transport | None = None
         self.lost = False
         self._outgoing: list[bytes] = []
@@ -60,8 +59,7 @@ class _Protocol(asyncio.Protocol):
         """Send a command: at once when no other is in flight (nothing to share a write with, and the
         caller is waiting), else queued so that the commands of one event-loop turn leave in one write."""
         loop = future.get_loop()
-        self.waiting.append(future)
-        self.deadlines.append(loop.time() + self._timeout_s)
+        self.waiting.append((future, loop.time() + self._timeout_s))
         if self._watchdog is None:
             self._watchdog = loop.call_later(self._timeout_s, self._watch)
         if len(self.waiting) == 1 and self.transport is not None and not self.lost:
@@ -73,9 +71,9 @@ class _Protocol(asyncio.Protocol):
 
     def _watch(self) -> None:
         self._watchdog = None
-        if not self.deadlines or self.lost:
+        if not self.waiting or self.lost:
             return
-        left = self.deadlines[0] - asyncio.get_running_loop().time()
+        left = self.waiting[0][1] - asyncio.get_running_loop().time()
         if left <= 0:
             self.abort(ReplyTimeout(f"redis did not answer within {self._timeout_s:g} s"))
         else:
@@ -93,8 +91,7 @@ class _Protocol(asyncio.Protocol):
         self.reader.feed(data)
         try:
             while (reply := self.reader.gets()) is not False:
-                future = self.waiting.popleft()
-                self.deadlines.popleft()
+                future, _ = self.waiting.popleft()
                 if not future.done():
                     future.set_result(reply)
         except (hiredis.ProtocolError, IndexError) as exc:  # garbage, or a reply nobody asked for
@@ -111,12 +108,11 @@ class _Protocol(asyncio.Protocol):
             self.transport.abort()
 
     def _fail_all(self, error: Exception) -> None:
-        self.deadlines.clear()
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
         while self.waiting:
-            future = self.waiting.popleft()
+            future, _ = self.waiting.popleft()
             if not future.done():
                 future.set_exception(error)
 
