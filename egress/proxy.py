@@ -134,15 +134,11 @@ class Progress:
 
     A failure before `connected` never reached the upstream, whatever exception the proxy library raised
     (pproxy, for one, just closes the socket on a bad login): safe to retry on another way out. aiohttp
-    writes a request as soon as it has its connection, so from then on it counts as `sent`: the upstream
+    writes a request as soon as it has its connection, so from then on it counts as sent: the upstream
     may be acting on it, and it is never resent.
     """
 
     connected: bool = False
-
-    @property
-    def sent(self) -> bool:
-        return self.connected
 
 
 _WATCHED: ContextVar[Progress | None] = ContextVar("egress_progress", default=None)
