@@ -3,6 +3,11 @@ read back into OpenAI's chat shapes. The request translation lives in `anthropic
 
 Answers: `thinking` text is exposed as `reasoning_content` (as DeepSeek does, in stream deltas too);
 signatures and `redacted_thinking` are dropped. Prompt tokens = input + cache reads + cache writes.
+A call of the `json_response_format` tool (how `anthropic_request` carries `response_format`) is the answer:
+its input becomes the message `content` as JSON text (streamed: its `input_json_delta` fragments become
+content deltas), it is no tool call, and the answer's finish_reason is `stop` rather than `tool_calls`.
+Non-streamed, text blocks beside it (Anthropic writes none when the tool is forced) are left out, so the
+content stays parseable JSON.
 
 Pure and synchronous: no I/O, no aiohttp. `ProviderError` from `build_request` means the client's request
 cannot be expressed for Anthropic (bad tool-call arguments JSON, an unsupported part or role).
@@ -18,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from providers.anthropic_request import translate_body
+from providers.anthropic_request import JSON_TOOL, translate_body
 from providers.types import (
     JSON,
     ChatRequest,
@@ -35,7 +40,8 @@ from providers.types import (
 STREAM_FRAMING = "sse"
 NEEDS_INLINE_IMAGES = False
 SUPPORTED_PARAMETERS = ("temperature", "top_p", "top_k", "max_tokens", "max_completion_tokens", "stop", "tools",
-                        "tool_choice", "parallel_tool_calls")  # what the translation carries
+                        "tool_choice", "parallel_tool_calls", "response_format",
+                        "structured_outputs")  # what the translation carries
 MAX_CHOICES = 1  # the Messages API has no `n`: one answer per request
 API_VERSION = "2023-06-01"
 
@@ -76,17 +82,20 @@ def parse_response(body: bytes, target: Target) -> ChatResult:
     content = data.get("content")
     if not isinstance(content, list) or not isinstance(data.get("id"), str):
         raise ProviderError("upstream response is not an Anthropic message")
-    texts, thoughts, calls = [], [], []
+    texts, thoughts, calls, json_answer = [], [], [], None
     for block in content:
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
             texts.append(str(block.get("text") or ""))
         elif kind == "thinking":
             thoughts.append(str(block.get("thinking") or ""))
+        elif kind == "tool_use" and block.get("name") == JSON_TOOL:
+            json_answer = orjson.dumps(block.get("input") or {}).decode()
         elif kind == "tool_use":
             calls.append({"id": str(block.get("id")), "type": "function", "function": {
                 "name": str(block.get("name")), "arguments": orjson.dumps(block.get("input") or {}).decode()}})
-    message: JSON = {"role": "assistant", "content": "".join(texts) if texts else None, "refusal": None}
+    text = json_answer if json_answer is not None else "".join(texts) if texts else None
+    message: JSON = {"role": "assistant", "content": text, "refusal": None}
     if calls:
         message["tool_calls"] = calls
     if thoughts:
@@ -119,6 +128,8 @@ def finish_reason(stop_reason: Any, tool_calls: bool) -> str:
 def _finish_reason(stop_reason: Any, tool_calls: bool) -> str:
     if stop_reason is None and tool_calls:
         return "tool_calls"
+    if stop_reason == "tool_use" and not tool_calls:
+        return "stop"  # the only tool called was the response_format one: the answer is its content
     return _FINISH_REASONS.get(str(stop_reason), "stop")
 
 
@@ -193,6 +204,8 @@ class AnthropicStreamState(StreamState):
     tool_index: dict[Any, int] = field(default_factory=dict)  # content block index -> OpenAI tool_calls index
     stop_reason: str | None = None
     counts: dict[str, int] = field(default_factory=dict)  # Anthropic's token counts so far
+    answer_block: Any = None  # content block index of the response_format tool's call, once it started
+    answer_sent: bool = False  # some of that call's input went out as content
 
 
 def new_stream_state(req: ChatRequest, target: Target) -> StreamState:
@@ -221,6 +234,9 @@ def _message_start(state: AnthropicStreamState, data: JSON) -> list[JSON]:
 def _block_start(state: AnthropicStreamState, data: JSON) -> list[JSON]:
     block = data.get("content_block") or {}
     kind = block.get("type")
+    if kind == "tool_use" and block.get("name") == JSON_TOOL:
+        state.answer_block = data.get("index")
+        return _answer_text(state, orjson.dumps(block["input"]).decode() if block.get("input") else "")
     if kind == "tool_use":
         index = state.tool_index[data.get("index")] = len(state.tool_index)
         args = orjson.dumps(block["input"]).decode() if block.get("input") else ""
@@ -237,11 +253,27 @@ def _block_delta(state: AnthropicStreamState, data: JSON) -> list[JSON]:
         return [_chunk(state, {"content": delta["text"]})]
     if kind == "thinking_delta" and delta.get("thinking"):
         return [_chunk(state, {"reasoning_content": delta["thinking"]})]
+    if kind == "input_json_delta" and state.answer_block is not None and data.get("index") == state.answer_block:
+        return _answer_text(state, str(delta.get("partial_json") or ""))
     index = state.tool_index.get(data.get("index"))
     if kind == "input_json_delta" and delta.get("partial_json") and index is not None:
         call = {"index": index, "function": {"arguments": delta["partial_json"]}}
         return [_chunk(state, {"tool_calls": [call]})]
     return []  # signature_delta, citations_delta, empty fragments, server tool input
+
+
+def _block_stop(state: AnthropicStreamState, data: JSON) -> list[JSON]:
+    """The end of the response_format tool's call: `{}` as content if its input came without fragments."""
+    if state.answer_block is not None and data.get("index") == state.answer_block and not state.answer_sent:
+        return _answer_text(state, "{}")
+    return []
+
+
+def _answer_text(state: AnthropicStreamState, text: str) -> list[JSON]:
+    if not text:
+        return []
+    state.answer_sent = True
+    return [_chunk(state, {"content": text})]
 
 
 def _message_delta(state: AnthropicStreamState, data: JSON) -> list[JSON]:
@@ -278,6 +310,7 @@ _HANDLERS: dict[str, Callable[[AnthropicStreamState, JSON], list[JSON]]] = {
     "message_start": _message_start,
     "content_block_start": _block_start,
     "content_block_delta": _block_delta,
+    "content_block_stop": _block_stop,
     "message_delta": _message_delta,
     "message_stop": _message_stop,
     "error": _error_event,

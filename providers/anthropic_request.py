@@ -1,7 +1,8 @@
 """An OpenAI chat request as an Anthropic Messages request body.
 
-The body is built from scratch, so what Anthropic does not know (`n`, penalties, logprobs,
-`response_format`, `reasoning_effort`, `stream_options`, ...) stays behind. Translation decisions:
+The body is built from scratch, so what Anthropic does not know (`n`, penalties, `reasoning_effort`,
+`stream_options`, ...) stays behind; what would change the answer's meaning if dropped (`logprobs`,
+`top_logprobs`, legacy `functions` / `function_call`) is refused (`Untranslatable`). Translation decisions:
 
 - `system` / `developer` messages, wherever they stand, become the top-level `system`: an array of text
   blocks, one per non-empty text, in order (keeps message boundaries and `cache_control` marks).
@@ -12,6 +13,13 @@ The body is built from scratch, so what Anthropic does not know (`n`, penalties,
 - `tool_choice`: auto -> auto, none -> `{"type": "none"}` (tools are still sent, so `tool_use` blocks in
   the history stay valid), required -> any, a named function -> tool; `parallel_tool_calls: false` ->
   `disable_parallel_tool_use`.
+- `response_format` `json_schema` / `json_object` becomes one more tool, `json_response_format`, whose
+  `input_schema` is the client's schema (`{"type": "object"}` for json_object), forced with
+  `tool_choice: {"type": "tool"}` (Anthropic's own recipe for JSON output); `providers.anthropic` reads that
+  tool's input back as the message content. With the client's own tools beside it, the model must call one
+  of them or answer through the JSON tool (`{"type": "any"}`); `tool_choice: none` forces the JSON tool;
+  `required` or a named function ask for a tool call, which is then the answer, so the JSON tool is left
+  out. A client tool of that reserved name is refused. `{"type": "text"}` asks for nothing.
 - `max_tokens` is required upstream: `max_completion_tokens`, else `max_tokens`, else the model's default.
   `temperature` is clamped to Anthropic's 0..1. `target.drop` applies to the client's field names before
   translation and to Anthropic's after it (model, messages and max_tokens are never dropped).
@@ -23,13 +31,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from providers.types import JSON, ChatRequest, ProviderError, Target, tool_arguments
+from providers.types import JSON, ChatRequest, ProviderError, Target, Untranslatable, refuse_openai_only, tool_arguments
 
 DEFAULT_MAX_TOKENS = 4096
+JSON_TOOL = "json_response_format"  # the forced tool that carries a `response_format` answer
 _TOOL_CHOICES = {"auto": "auto", "none": "none", "required": "any"}
 _REQUIRED = frozenset({"model", "messages", "max_tokens"})
 
-__all__ = ["DEFAULT_MAX_TOKENS", "translate_body", "translate_messages"]
+__all__ = ["DEFAULT_MAX_TOKENS", "JSON_TOOL", "translate_body", "translate_messages"]
 
 
 def translate_body(req: ChatRequest, target: Target) -> JSON:
@@ -40,6 +49,7 @@ def translate_body(req: ChatRequest, target: Target) -> JSON:
         raise ProviderError("messages must be a list")
     if src.get("n") not in (None, 1):
         raise ProviderError("Anthropic models give one choice per request: n must be 1")
+    refuse_openai_only(src, "Anthropic")
     system, turns = translate_messages(messages)
     out: JSON = {"model": target.upstream_model, "max_tokens": _max_tokens(src, target), "messages": turns}
     if system:
@@ -185,26 +195,60 @@ def _tool_result(msg: JSON, i: int) -> JSON:
 
 
 def _tools(src: JSON, out: JSON) -> None:
-    """`tools`, `tool_choice` and `parallel_tool_calls` -> Anthropic's tools and tool_choice."""
+    """`tools`, `tool_choice`, `parallel_tool_calls` and `response_format` -> Anthropic's tools and tool_choice."""
     tools = src.get("tools")
-    if not isinstance(tools, list) or not tools:
+    converted = [_tool(tool, j) for j, tool in enumerate(tools)] if isinstance(tools, list) else []
+    choice = _tool_choice(src.get("tool_choice")) if converted else {}
+    answer_tool = _answer_tool(src.get("response_format"))
+    if answer_tool is not None and choice.get("type") in (None, "auto", "none"):
+        if any(spec["name"] == JSON_TOOL for spec in converted):
+            raise Untranslatable(f"the tool name {JSON_TOOL!r} is reserved for response_format on Anthropic models",
+                                 param="tools")
+        use_own = converted and choice.get("type") != "none"
+        choice = {"type": "any"} if use_own else {"type": "tool", "name": JSON_TOOL}
+        converted.append(answer_tool)
+    if not converted:
         return
-    converted = []
-    for j, tool in enumerate(tools):
-        fn = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-            raise ProviderError(f"tools[{j}]: only function tools with a name are supported for Anthropic models")
-        spec: JSON = {"name": fn["name"]}
-        if isinstance(fn.get("description"), str):
-            spec["description"] = fn["description"]
-        spec["input_schema"] = fn.get("parameters") or {"type": "object", "properties": {}}
-        converted.append(spec)
     out["tools"] = converted
-    choice = _tool_choice(src.get("tool_choice"))
     if src.get("parallel_tool_calls") is False and choice.get("type") != "none":
         choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
     if choice:
         out["tool_choice"] = choice
+
+
+def _tool(tool: Any, j: int) -> JSON:
+    fn = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+        raise ProviderError(f"tools[{j}]: only function tools with a name are supported for Anthropic models")
+    spec: JSON = {"name": fn["name"]}
+    if isinstance(fn.get("description"), str):
+        spec["description"] = fn["description"]
+    spec["input_schema"] = fn.get("parameters") or {"type": "object", "properties": {}}
+    return spec
+
+
+def _answer_tool(fmt: Any) -> JSON | None:
+    """The tool whose input is the answer `response_format` asks for, or None for plain text."""
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return None
+    description = "Give your answer by calling this tool: its input is the answer, as a JSON object"
+    if kind == "json_object":
+        return {"name": JSON_TOOL, "description": description + ".", "input_schema": {"type": "object"}}
+    spec = fmt.get("json_schema") if kind == "json_schema" else None
+    spec = spec if isinstance(spec, dict) else {}
+    schema = spec.get("schema", {"type": "object"}) if spec else None
+    if not isinstance(schema, dict):
+        raise Untranslatable("response_format must be {\"type\": \"text\"}, {\"type\": \"json_object\"} or "
+                             "{\"type\": \"json_schema\", \"json_schema\": {\"name\", \"schema\": {...}}}",
+                             param="response_format")
+    if isinstance(spec.get("name"), str):
+        description += f" following the schema {spec['name']!r}"
+    if isinstance(spec.get("description"), str):
+        description += f" ({spec['description']})"
+    return {"name": JSON_TOOL, "description": description + ".", "input_schema": schema}
 
 
 def _tool_choice(choice: Any) -> JSON:

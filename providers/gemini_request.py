@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from providers.types import JSON, ProviderError, thought_signature, tool_arguments
+from providers.types import JSON, ProviderError, refuse_openai_only, thought_signature, tool_arguments
 
 _SYSTEM_ROLES = frozenset({"system", "developer"})
 _TOOL_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
@@ -27,6 +27,7 @@ def gemini_body(body: JSON) -> JSON:
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise ProviderError("messages must be a list")
+    refuse_openai_only(body, "Gemini")
     contents, system = _contents(messages)
     out: JSON = {"contents": contents}
     if system:

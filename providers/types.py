@@ -6,6 +6,7 @@ translation can be tested on recorded wire bytes without a server. Nothing here 
 Exception tree::
 
     ProviderError                  the upstream said no, or said something we cannot read
+    ├── Untranslatable             a request field the upstream kind cannot honour (`param` names it)
     └── UpstreamHTTPError          a non-2xx answer, already read into (status, message, type, code)
 """
 
@@ -107,6 +108,33 @@ class StreamState:
 
 class ProviderError(Exception):
     """The upstream's answer cannot be used."""
+
+
+class Untranslatable(ProviderError):
+    """A field of the client's request that the upstream kind cannot honour; `param` names it, so the
+    client's 400 points at the field (and a fallback of another kind may still serve the request)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def refuse_openai_only(body: JSON, kind: str) -> None:
+    """Refuse what only OpenAI-kind upstreams honour: log probabilities and the legacy `functions` /
+    `function_call` fields. Dropping them would answer a different question than the client asked (no
+    logprobs where the client reads them, prose where it expects a function call), so the client gets a 400
+    naming the field instead. `logprobs: false`, `top_logprobs: 0` and empty values ask for nothing and pass.
+    """
+    if body.get("logprobs") not in (None, False):
+        raise Untranslatable(f"{kind} models return no log probabilities: 'logprobs' must be false or absent",
+                             param="logprobs")
+    if body.get("top_logprobs") not in (None, 0):
+        raise Untranslatable(f"{kind} models return no log probabilities: 'top_logprobs' must be absent",
+                             param="top_logprobs")
+    for name in ("functions", "function_call"):
+        if body.get(name):
+            raise Untranslatable(f"'{name}' (legacy function calling) is not supported for {kind} models: "
+                                 "use 'tools' and 'tool_choice'", param=name)
 
 
 def tool_arguments(raw: Any, where: str) -> JSON:

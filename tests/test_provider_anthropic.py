@@ -463,9 +463,9 @@ RECORDED_REQUESTS: dict[str, tuple[str, dict[str, Any], bool, dict[str, Any]]] =
         "tools": [{"type": "function", "function": {"name": "name", **{
             k: v for k, v in ALL_PARAMS["tools"][0].items() if k == "description"},
             "parameters": ALL_PARAMS["tools"][0]["input_schema"]}}],
-        # what Anthropic does not know is dropped
-        "n": 1, "presence_penalty": 0.1, "frequency_penalty": 0.2, "logprobs": True, "top_logprobs": 2,
-        "response_format": {"type": "json_object"}, "stream_options": {"include_usage": True}, "seed": 3},
+        # what Anthropic does not know is dropped (fields that ask for nothing included)
+        "n": 1, "presence_penalty": 0.1, "frequency_penalty": 0.2, "logprobs": False, "top_logprobs": 0,
+        "response_format": {"type": "text"}, "stream_options": {"include_usage": True}, "seed": 3},
         False, ALL_PARAMS),
 }
 UNMAPPED = ("_source", "_status", "service_tier", "thinking", "stream")  # recorded fields no OpenAI field maps to

@@ -5,6 +5,12 @@
 `"stream": true` it replays the recorded SSE events of `sdk-stream-basic.sse` (or `sdk-stream-tool-use.sse`
 with `tool_stream`) byte for byte, one event per write, each followed by its blank line.
 
+A request that forces a tool (`tool_choice: {"type": "tool", "name": ...}`) is answered as the real API
+answers it: with a call of that tool and no text before it. The answer is the recorded tool-use response
+(streamed: `sdk-stream-tool-use.sse` without its text block, the tool block renumbered to 0), the tool
+renamed to the forced one and, with `forced_tool_input` set, its input replaced (streamed: that input's
+JSON in three `input_json_delta` fragments where the recording has its fragments).
+
 Like the real API it wants a key (401 `authentication_error` otherwise) and an `anthropic-version` header
 (400 `invalid_request_error` otherwise), and error bodies have Anthropic's shape
 `{"type": "error", "error": {"type", "message"}, "request_id"}`. The key is accepted in `x-api-key` (what
@@ -68,6 +74,7 @@ class FakeAnthropic:
         self.tool_stream = False  # stream sdk-stream-tool-use.sse instead of sdk-stream-basic.sse
         self.tool_response = False  # answer sdk-messages-tool-use.response.json instead of the end_turn one
         self.error_event_after: int | None = None  # send the recorded overloaded `error` event after N events
+        self.forced_tool_input: dict[str, Any] | None = None  # a forced tool's input; None: the recorded one
         self.events_sent = 0  # events written by the last streamed answer
 
     @property
@@ -79,11 +86,64 @@ class FakeAnthropic:
         """The recorded 529 body of errors.json."""
         return dict(json.loads((WIRE / "errors.json").read_text())["examples"]["529_overloaded_http"])
 
-    def stream_events(self) -> list[bytes]:
-        events = recorded_events("sdk-stream-tool-use.sse" if self.tool_stream else "sdk-stream-basic.sse")
+    def stream_events(self, forced: str | None = None) -> list[bytes]:
+        if forced:
+            events = forced_tool_events(forced, self.forced_tool_input)
+        else:
+            events = recorded_events("sdk-stream-tool-use.sse" if self.tool_stream else "sdk-stream-basic.sse")
         if self.error_event_after is not None:
             events = [*events[:self.error_event_after], *recorded_events("docs-stream-error-event.sse")]
         return events
+
+
+def forced_tool(body: dict[str, Any]) -> str | None:
+    """The tool a request forces (`tool_choice: {"type": "tool", "name": ...}`), else None."""
+    choice = body.get("tool_choice")
+    return str(choice.get("name")) if isinstance(choice, dict) and choice.get("type") == "tool" else None
+
+
+def forced_tool_answer(name: str, tool_input: dict[str, Any] | None) -> dict[str, Any]:
+    """The recorded tool-use message with its one tool_use block calling `name` (with `tool_input`)."""
+    answer = json.loads((WIRE / "sdk-messages-tool-use.response.json").read_bytes())
+    (block,) = answer["content"]
+    block["name"] = name
+    if tool_input is not None:
+        block["input"] = tool_input
+    return dict(answer)
+
+
+def forced_tool_events(name: str, tool_input: dict[str, Any] | None) -> list[bytes]:
+    """`sdk-stream-tool-use.sse` as a forced call of `name`: its text block (index 0) left out, the tool block
+    renumbered to 0 and renamed; with `tool_input`, that JSON in three fragments instead of the recorded ones."""
+    out, fragments = [], None
+    if tool_input is not None:
+        text = json.dumps(tool_input)
+        third = -(-len(text) // 3)
+        fragments = [text[i:i + third] for i in range(0, len(text), third)]
+    for raw in recorded_events("sdk-stream-tool-use.sse"):
+        head, _, data = raw.strip().partition(b"\ndata: ")
+        event = json.loads(data)
+        if "index" not in event:
+            out.append(raw)
+            continue
+        if event["index"] == 0:
+            continue
+        event["index"] = 0
+        if event["type"] == "content_block_start":
+            event["content_block"]["name"] = name
+        delta = event.get("delta") or {}
+        if fragments is not None and delta.get("type") == "input_json_delta" and delta["partial_json"]:
+            for fragment in fragments:
+                out.append(_event(head, {**event, "delta": {**delta, "partial_json": fragment}}))
+            fragments = []
+            continue
+        out.append(_event(head, event))
+    return out
+
+
+def _event(head: bytes, data: dict[str, Any]) -> bytes:
+    """An event in the recording's own spelling: its `event:` line, compact JSON, a blank line."""
+    return head + b"\ndata: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
 
 
 FAKE_KEY = web.AppKey("fake_anthropic", FakeAnthropic)
@@ -120,20 +180,24 @@ async def _messages(request: web.Request) -> web.StreamResponse:
     if not isinstance(body, dict):
         return web.json_response(error_body("invalid_request_error", "There was an issue with the request body."),
                                  status=400)
+    forced = forced_tool(body)
     if body.get("stream"):
-        return await _stream(request, fake)
-    name = "sdk-messages-tool-use.response.json" if fake.tool_response else "sdk-messages-end-turn.response.json"
-    answer = json.loads((WIRE / name).read_bytes())
+        return await _stream(request, fake, forced)
+    if forced:
+        answer = forced_tool_answer(forced, fake.forced_tool_input)
+    else:
+        name = "sdk-messages-tool-use.response.json" if fake.tool_response else "sdk-messages-end-turn.response.json"
+        answer = json.loads((WIRE / name).read_bytes())
     answer["model"] = body.get("model", answer["model"])
     return web.json_response(answer, headers={"request-id": REQUEST_ID})
 
 
-async def _stream(request: web.Request, fake: FakeAnthropic) -> web.StreamResponse:
+async def _stream(request: web.Request, fake: FakeAnthropic, forced: str | None) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                            "Cache-Control": "no-cache", "request-id": REQUEST_ID})
     await response.prepare(request)
     fake.events_sent = 0
-    for i, event in enumerate(fake.stream_events()):
+    for i, event in enumerate(fake.stream_events(forced)):
         if i and fake.delay_between_events_s:
             await asyncio.sleep(fake.delay_between_events_s)
         await response.write(event)
