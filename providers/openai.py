@@ -5,8 +5,11 @@ through with the model substituted and the per-model parameter fixes of the conf
 drops are data in `Target`), its history cleared of what earlier answers added for the client only
 (`reasoning_content`, the `extra_content` holding a Gemini thought signature on tool calls). Answers are
 passed through with the public model id, and the fields OpenAI's schema requires but compatible servers
-often omit are filled in. Extra fields the upstream sends (DeepSeek's `reasoning_content`, OpenRouter's
-`provider`, `usage.cost`) are kept.
+(xAI, DeepSeek, Ollama, OpenRouter's providers) often omit are filled in, so that what the client gets
+validates against OpenAI's schema: a choice's `index` (its position), `finish_reason` (inferred; null in a
+chunk), `message` / `delta` (empty), `logprobs`; a tool call's `index` in chunks, its `type`, its `id` (made
+up when missing) and its `arguments` as JSON text; a null `system_fingerprint` is removed. Extra fields
+the upstream sends (DeepSeek's `reasoning_content`, OpenRouter's `provider`, `usage.cost`) are kept.
 
 Pure and synchronous: no I/O, no aiohttp.
 """
@@ -14,6 +17,7 @@ Pure and synchronous: no I/O, no aiohttp.
 from __future__ import annotations
 
 import time
+import uuid
 from http import HTTPStatus
 from typing import Any
 
@@ -37,7 +41,7 @@ NEEDS_INLINE_IMAGES = False  # OpenAI-compatible servers fetch image URLs themse
 # what a client may set (OpenRouter's parameter names), shown by /v1/models/{id}/endpoints
 SUPPORTED_PARAMETERS = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "max_tokens",
                         "max_completion_tokens", "logit_bias", "logprobs", "top_logprobs", "seed", "response_format",
-                        "stop", "tools", "tool_choice", "parallel_tool_calls", "reasoning_effort")
+                        "structured_outputs", "stop", "tools", "tool_choice", "parallel_tool_calls", "reasoning_effort")
 MAX_CHOICES = 128  # `n`: OpenAI's documented maximum, billed in one usage block
 
 _MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
@@ -126,26 +130,56 @@ def parse_response(body: bytes, target: Target) -> ChatResult:
     data.setdefault("object", "chat.completion")
     if not isinstance(data.get("created"), int):
         data["created"] = int(time.time())
-    if data.get("system_fingerprint", "") is None:  # the schema allows a string or nothing
-        del data["system_fingerprint"]
-    for choice in choices:
-        if isinstance(choice, dict):
-            _fill_choice(choice)
+    _drop_null_fingerprint(data)
+    data["choices"] = choices = [choice for choice in choices if isinstance(choice, dict)]
+    for i, choice in enumerate(choices):
+        _fill_choice(choice, i)
     return ChatResult(body=data, usage=usage_from(data.get("usage")))
 
 
-def _fill_choice(choice: JSON) -> None:
-    logprobs = choice.setdefault("logprobs", None)
-    if isinstance(logprobs, dict):
-        logprobs.setdefault("content", None)
-        logprobs.setdefault("refusal", None)
+def _drop_null_fingerprint(data: JSON) -> None:
+    if data.get("system_fingerprint", "") is None:  # the schema allows a string or nothing
+        del data["system_fingerprint"]
+
+
+def _fill_choice(choice: JSON, position: int) -> None:
+    _fill_index(choice, position)
+    _fill_logprobs(choice)
     message = choice.get("message")
     if not isinstance(message, dict):
         message = choice["message"] = {}
     message.setdefault("role", "assistant")
     message.setdefault("content", None)
     message.setdefault("refusal", None)
-    choice["finish_reason"] = _finish_reason(choice.get("finish_reason"), bool(message.get("tool_calls")))
+    calls = message.get("tool_calls")
+    if isinstance(calls, list):
+        for call in calls:
+            if isinstance(call, dict):
+                _fill_call(call)
+    choice["finish_reason"] = _finish_reason(choice.get("finish_reason"), bool(calls))
+
+
+def _fill_index(item: JSON, position: int) -> None:
+    if not isinstance(item.get("index"), int) or isinstance(item.get("index"), bool):
+        item["index"] = position
+
+
+def _fill_logprobs(choice: JSON) -> None:
+    logprobs = choice.setdefault("logprobs", None)
+    if isinstance(logprobs, dict):
+        logprobs.setdefault("content", None)
+        logprobs.setdefault("refusal", None)
+
+
+def _fill_call(call: JSON) -> None:
+    """A complete tool call (Ollama's may lack an id; some servers send the arguments as an object)."""
+    if call.get("type", "function") == "function":
+        call["type"] = "function"
+    if not isinstance(call.get("id"), str):
+        call["id"] = "call_" + uuid.uuid4().hex[:24]
+    fn = call.get("function")
+    if isinstance(fn, dict) and not isinstance(fn.get("arguments"), str):
+        fn["arguments"] = orjson.dumps(fn.get("arguments") or {}).decode()
 
 
 def _finish_reason(value: Any, tool_calls: bool) -> str:
@@ -261,17 +295,32 @@ def _record_chunk(state: StreamState, chunk: JSON) -> None:
         state.created = state.created or int(time.time())
         chunk["created"] = state.created
     chunk.setdefault("object", "chat.completion.chunk")
+    _drop_null_fingerprint(chunk)
     choices = chunk.get("choices")
-    if not isinstance(choices, list):
-        chunk["choices"] = choices = []
-    for choice in choices:
-        if isinstance(choice, dict) and choice.get("finish_reason") is not None:
-            delta = choice.get("delta")
-            tool_calls = isinstance(delta, dict) and bool(delta.get("tool_calls"))
-            choice["finish_reason"] = _finish_reason(choice["finish_reason"], tool_calls)
+    chunk["choices"] = choices = [c for c in choices if isinstance(c, dict)] if isinstance(choices, list) else []
+    for i, choice in enumerate(choices):
+        _fill_chunk_choice(choice, i)
+        if choice["finish_reason"] is not None:
             state.finish_reason = choice["finish_reason"]
     if isinstance(chunk.get("usage"), dict):
         state.usage = usage_from(chunk["usage"])
+
+
+def _fill_chunk_choice(choice: JSON, position: int) -> None:
+    """`index`, `delta` (with its tool calls' `index`) and `finish_reason` (null until the last chunk)."""
+    _fill_index(choice, position)
+    delta = choice.get("delta")
+    if not isinstance(delta, dict):
+        delta = choice["delta"] = {}
+    calls = delta.get("tool_calls")
+    if isinstance(calls, list):
+        for j, call in enumerate(calls):
+            if isinstance(call, dict):
+                _fill_index(call, j)
+    if "logprobs" in choice:
+        _fill_logprobs(choice)
+    finish = choice.get("finish_reason")
+    choice["finish_reason"] = None if finish is None else _finish_reason(finish, bool(calls))
 
 
 def _stream_error(error: Any) -> UpstreamHTTPError:

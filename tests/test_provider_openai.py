@@ -450,3 +450,56 @@ def test_history_without_extra_content_is_not_copied() -> None:
     body = {"model": "x", "messages": [{"role": "user", "content": "q"}, assistant]}
     adapted = openai._adapt_body(ChatRequest(body=body, stream=False), TARGET)
     assert all(a is b for a, b in zip(adapted["messages"], body["messages"], strict=True))
+
+
+# -- what OpenAI-compatible servers leave out ------------------------------------------------------
+
+# chunks as xAI, DeepSeek, Ollama and OpenRouter's providers have been seen to send them:
+# (upstream chunk, the (index, delta, finish_reason) of each relayed choice)
+SPARSE_CHUNKS: dict[str, tuple[bytes, list[tuple[int, dict[str, Any], str | None]]]] = {
+    "empty_choice": (b'{"id":"c","object":"chat.completion.chunk","created":1,"model":"grok-4","choices":[{}]}',
+                     [(0, {}, None)]),
+    "finish_without_delta_or_index": (b'{"id":"c","created":1,"model":"deepseek-chat","choices":'
+                                      b'[{"finish_reason":"stop"}]}', [(0, {}, "stop")]),
+    "null_delta_null_fingerprint": (b'{"id":"c","created":1,"model":"m","system_fingerprint":null,"choices":'
+                                    b'[{"index":0,"delta":null,"finish_reason":null}]}', [(0, {}, None)]),
+    "two_choices_without_index": (b'{"id":"c","created":1,"model":"m","choices":[{"delta":{"content":"a"}},'
+                                  b'{"delta":{"content":"b"},"finish_reason":"length"}]}',
+                                  [(0, {"content": "a"}, None), (1, {"content": "b"}, "length")]),
+    "tool_call_without_index": (
+        b'{"id":"c","created":1,"model":"llama3.2","choices":[{"delta":{"role":"assistant","tool_calls":'
+        b'[{"id":"call_1","type":"function","function":{"name":"f","arguments":"{}"}}]},"finish_reason":"eos"}]}',
+        [(0, {"role": "assistant", "tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                                    "function": {"name": "f", "arguments": "{}"}}]}, "stop")]),
+    "logprobs_without_refusal": (b'{"id":"c","created":1,"model":"m","choices":[{"index":0,"delta":'
+                                 b'{"content":"a"},"logprobs":{"content":[]}}]}', [(0, {"content": "a"}, None)]),
+    "non_object_choice_dropped": (b'{"id":"c","created":1,"model":"m","choices":[null,{"delta":{"content":"a"}}]}',
+                                  [(0, {"content": "a"}, None)]),
+}
+
+
+@pytest.mark.parametrize(("data", "expected"), SPARSE_CHUNKS.values(), ids=list(SPARSE_CHUNKS))
+def test_sparse_chunks_are_completed_to_openais_schema(data: bytes, expected: list[Any]) -> None:
+    validate = validator("CreateChatCompletionStreamResponse")
+    assert not validate.is_valid(orjson.loads(data))  # as sent, they do not validate
+    state = new_state()
+    (chunk,) = openai.parse_stream_event(state, SSEEvent(data=data))
+    assert_valid("CreateChatCompletionStreamResponse", chunk)
+    assert [(c["index"], c["delta"], c["finish_reason"]) for c in chunk["choices"]] == expected
+    assert "system_fingerprint" not in chunk or isinstance(chunk["system_fingerprint"], str)
+    finishes = [finish for _, _, finish in expected if finish]
+    assert state.finish_reason == (finishes[-1] if finishes else None)
+
+
+def test_sparse_response_is_completed_to_openais_schema() -> None:
+    sparse = {"id": "x", "created": 1, "model": "llama3.2", "system_fingerprint": None, "choices": [
+        {"message": {"content": "hi"}},
+        {"message": {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": {"a": 1}}}]}}]}
+    assert not validator("CreateChatCompletionResponse").is_valid(sparse)
+    body = openai.parse_response(orjson.dumps(sparse), TARGET).body
+    assert_valid("CreateChatCompletionResponse", body)
+    first, second = body["choices"]
+    assert (first["index"], first["message"]["content"], first["finish_reason"]) == (0, "hi", "stop")
+    (call,) = second["message"]["tool_calls"]
+    assert (second["index"], second["finish_reason"], call["type"]) == (1, "tool_calls", "function")
+    assert call["id"].startswith("call_") and json.loads(call["function"]["arguments"]) == {"a": 1}
