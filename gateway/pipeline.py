@@ -147,8 +147,9 @@ async def _call(request: web.Request, route: Route, body: dict[str, Any], op: En
     target = route.target(api_key)
     try:
         upstream_request = exchange.build(clean, target, ticket.streamed)
-    except ProviderError as exc:
-        raise InvalidRequest(f"This request cannot be sent to {route.model_id}: {exc}", code="untranslatable") from exc
+    except ProviderError as exc:  # nothing was sent: a fallback of another kind may take it (routing)
+        raise InvalidRequest(f"This request cannot be sent to {route.model_id}: {exc}", code="untranslatable",
+                             param=getattr(exc, "param", None), retryable=True) from exc
     t = route.provider.timeouts
     asked = time.perf_counter()
     resp, exit_ = await open_upstream(runtime.egress, route.provider.egress, affinity, blocked, upstream_request,

@@ -4,7 +4,8 @@ A request's candidates are its model, then the models it lists itself (OpenRoute
 then the model's configured `fallbacks`. A candidate is tried again on retryable failures (429, 5xx,
 529, timeouts, egress failures) with exponential back-off and full jitter, honouring the upstream's
 `Retry-After`, and all of it inside one deadline; then the next candidate (`gateway.resilience` runs
-the loop, under a retry budget). Nothing is resent once the request body left, nor retried once a byte
+the loop, under a retry budget). A request that a candidate's provider kind cannot express moves on to
+the next candidate at once. Nothing is resent once the request body left, nor retried once a byte
 reached the client: such failures are never retryable.
 """
 
@@ -30,15 +31,17 @@ def candidates(catalog: Catalog, body: dict[str, Any]) -> list[Route]:
     return [r for r in routes if not (r.model_id in seen or seen.add(r.model_id))]  # type: ignore[func-returns-value]
 
 
-MOVE_ON_AT_ONCE = frozenset({"egress_unavailable", "provider_overloaded"})
+MOVE_ON_AT_ONCE = frozenset({"egress_unavailable", "provider_overloaded", "untranslatable"})
 
 
 def retry_delay(attempt: int, error: GatewayError, cfg: RetriesConfig) -> float | None:
     """Seconds to wait before retrying the same model, or None to move on to the next candidate.
 
-    A pool with no healthy proxy stays that way until its probes say otherwise, and a provider at its
-    concurrency cap is busy now: retrying the same model would only make the client wait (or add to the
-    crowd), so such errors move on at once. Otherwise full jitter: uniform between 0 and the exponential
+    A pool with no healthy proxy stays that way until its probes say otherwise, a provider at its
+    concurrency cap is busy now, and a request the model's provider kind cannot express (`untranslatable`:
+    `logprobs` for Claude) stays so: retrying the same model would only make the client wait (or add to the
+    crowd), so such errors move on at once, to a candidate that may take the request; with none left, the
+    client gets the error. Otherwise full jitter: uniform between 0 and the exponential
     cap, which spreads a crowd of failing requests best (AWS Architecture Blog, "Exponential Backoff And
     Jitter").
     """

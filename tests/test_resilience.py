@@ -106,6 +106,30 @@ async def test_not_retryable_errors_end_the_request_at_once() -> None:
                                      _raise(InvalidRequest("bad")))
 
 
+async def test_untranslatable_moves_on_at_once_and_is_the_answer_when_nothing_else_takes_it() -> None:
+    """A request a model's kind cannot express stays so: no retry of that model, the next candidate at once."""
+    cfg = RetriesConfig(max_retries=3, base_delay_s=5, max_delay_s=5)  # a retry would sleep past the test
+    tried: list[str] = []
+
+    def serve(takes: set[str]) -> Callable[[Route], Any]:
+        async def attempt(route: Route) -> str:
+            tried.append(route.model_id)
+            if route.model_id not in takes:
+                raise InvalidRequest("cannot", code="untranslatable", param="logprobs", retryable=True)
+            return route.model_id
+        return attempt
+
+    routes = _routes("fake/gpt-4o", "fake/gpt-5")
+    assert await asyncio.wait_for(resilience.serve_first(resilience.Guard(), cfg, routes, serve({"fake/gpt-5"})),
+                                  1) == "fake/gpt-5"
+    assert tried == ["fake/gpt-4o", "fake/gpt-5"]
+    tried.clear()
+    with pytest.raises(InvalidRequest) as info:
+        await asyncio.wait_for(resilience.serve_first(resilience.Guard(), cfg, routes, serve(set())), 1)
+    assert (info.value.status, info.value.code, info.value.param) == (400, "untranslatable", "logprobs")
+    assert tried == ["fake/gpt-4o", "fake/gpt-5"]
+
+
 def _raise(exc: Exception) -> Callable[[Route], Any]:
     async def serve(_route: Route) -> str:
         raise exc
