@@ -5,12 +5,15 @@ business: `ChunkCodec` relays the adapter's `chat.completion.chunk` objects (sub
 another API, e.g. legacy completions or Anthropic's events). The chunk that carries `finish_reason` is
 held back until the request is settled, then sent with `billing` on it: a plain
 `for chunk in stream: chunk.choices[0]` loop of the official SDKs sees nothing unusual. When the client
-asked for usage, the usage chunk carries `billing` too; the named `billing_update` event (which the SDKs
-turn into a chunk without `choices`) is sent only on request.
+asked for usage, the usage chunk carries `billing` too; an upstream that reported none (a Gemini stream
+without `usageMetadata`) still ends with one, holding the usage billed (the gateway's estimate, or zeros
+when nothing was generated), as `stream_options.include_usage` promises. The named `billing_update`
+event (which the SDKs turn into a chunk without `choices`) is sent only on request.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, Protocol
 
 import aiohttp
@@ -95,7 +98,10 @@ class ChunkCodec:
 
     def finish(self, billing: JSON, billing_event: bool, usage: Usage) -> bytes:
         tail = bytearray()
-        for chunk in self.held:
+        held = self.held
+        if self.wants_usage and all(chunk.get("choices") for chunk in held):
+            held = [*held, self.usage_chunk(usage)]
+        for chunk in held:
             chunk["billing"] = billing
             if not chunk.get("choices") and isinstance(chunk.get("usage"), dict):
                 chunk["usage"]["cost"] = billing["request_cost"]
@@ -103,6 +109,13 @@ class ChunkCodec:
         if billing_event:
             tail += frame({"billing": billing}, event="billing_update")
         return bytes(tail) + self.end()
+
+    def usage_chunk(self, usage: Usage) -> JSON:
+        """The `choices: []` chunk for a client that asked for usage the upstream never sent."""
+        return {"id": self.generation_id, "object": "chat.completion.chunk",
+                "created": self.state.created or int(time.time()), "model": self.state.public_model, "choices": [],
+                "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                          "total_tokens": usage.total_tokens}}
 
     def encode(self, chunk: JSON) -> bytes:
         return frame(chunk)

@@ -1,0 +1,225 @@
+"""What a demanding user of /v1/chat/completions asks of Claude and Gemini models, through the official
+openai SDK, the running gateway and the fake upstreams (each replaying its provider's recorded wire shapes):
+structured outputs on Claude, fields no translation can honour, fallbacks past such a field, and the usage
+chunk of a stream whose upstream reported no usage."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+import yaml
+from apis_config import ANTHROPIC_KEY, GEMINI_KEY, OPENAI_KEY, Upstreams
+from fakes.gemini_upstream import recorded_chunks
+from harness import Gateway, start_gateway, validate
+from pydantic import BaseModel
+
+from gateway import billing
+from gateway.config import parse
+from gateway.state import RUNTIME
+from providers.anthropic_request import JSON_TOOL
+
+MESSAGES = [{"role": "user", "content": "Name a famous mathematician."}]
+NO_USAGE_STREAM = "googleai/streaming-success-finish-message.txt"  # a recorded Gemini stream without usageMetadata
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}}]
+
+
+class Person(BaseModel):
+    name: str
+    born: int
+
+
+ADA = {"name": "Ada Lovelace", "born": 1815}
+
+
+@pytest.fixture(params=["memory", "redis"], ids=["memory", "redis"])
+async def gw(request: pytest.FixtureRequest, aiohttp_server: Any, all_upstreams: Upstreams) -> AsyncIterator[Gateway]:
+    store_url = "" if request.param == "memory" else request.getfixturevalue("redis_url")
+    doc = {
+        "store": {"url": store_url, "prefix": f"t{uuid.uuid4().hex}:"},
+        "retries": {"max_retries": 0},
+        "providers": {
+            "claude": {"kind": "anthropic", "base_url": all_upstreams.urls["anthropic"], "api_key": ANTHROPIC_KEY},
+            "oai": {"kind": "openai", "base_url": all_upstreams.urls["openai"], "api_key": OPENAI_KEY},
+            "google": {"kind": "gemini", "base_url": all_upstreams.urls["gemini"], "api_key": GEMINI_KEY},
+        },
+        "models": {
+            "claude/sonnet": {"upstream": "claude-sonnet-4-0", "max_output_tokens": 1024,
+                              "price": {"input_per_mtok": 3, "output_per_mtok": 15}, "fallbacks": ["oai/gpt-4o"]},
+            "claude/solo": {"upstream": "claude-sonnet-4-0", "max_output_tokens": 1024,
+                            "price": {"input_per_mtok": 3, "output_per_mtok": 15}, "fallbacks": ["google/flash"]},
+            "oai/gpt-4o": {"price": {"input_per_mtok": 2.5, "output_per_mtok": 10}},
+            "google/flash": {"upstream": "gemini-2.0-flash", "max_output_tokens": 8192,
+                             "price": {"input_per_mtok": 0.1, "output_per_mtok": 0.4}},
+        },
+    }
+    gateway = await start_gateway(aiohttp_server, parse(yaml.safe_dump(doc), {}), all_upstreams.openai)
+    yield gateway
+    await gateway.close()
+
+
+async def balance(gw: Gateway) -> int:
+    await gw.app[RUNTIME].settlements.drain(5)
+    record = await gw.app[RUNTIME].store.get_key(gw.key_id)
+    assert record is not None
+    return record.balance
+
+
+# -- 1. response_format on Claude -------------------------------------------------------------------
+
+
+async def test_structured_output_on_claude_parsed_by_the_sdk(gw: Gateway, all_upstreams: Upstreams) -> None:
+    all_upstreams.anthropic.forced_tool_input = ADA
+    completion = await gw.openai().chat.completions.parse(model="claude/sonnet", messages=MESSAGES,  # type: ignore[arg-type]
+                                                          response_format=Person)
+    message = completion.choices[0].message
+    assert message.parsed == Person(**ADA)
+    assert not message.tool_calls and completion.choices[0].finish_reason == "stop"
+    sent = all_upstreams.anthropic.last.body
+    assert sent["tool_choice"] == {"type": "tool", "name": JSON_TOOL}
+    (tool,) = sent["tools"]
+    assert tool["name"] == JSON_TOOL and tool["input_schema"]["properties"].keys() == {"name", "born"}
+    assert "response_format" not in sent
+    assert completion.model == "claude/sonnet" and (completion.model_extra or {})["billing"]["request_cost"] > 0
+
+
+async def test_structured_output_on_claude_streamed(gw: Gateway, all_upstreams: Upstreams) -> None:
+    all_upstreams.anthropic.forced_tool_input = ADA
+    async with gw.openai().chat.completions.stream(model="claude/sonnet", messages=MESSAGES,  # type: ignore[arg-type]
+                                                   response_format=Person) as stream:
+        async for _ in stream:
+            pass
+        final = await stream.get_final_completion()
+    choice = final.choices[0]
+    assert choice.message.parsed == Person(**ADA)
+    assert not choice.message.tool_calls and choice.finish_reason == "stop"
+    assert all_upstreams.anthropic.last.body["stream"] is True
+
+
+async def test_json_object_on_claude_raw_answers_validate(gw: Gateway, all_upstreams: Upstreams) -> None:
+    body = {"model": "claude/sonnet", "messages": MESSAGES, "response_format": {"type": "json_object"}}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(gw.url + "/v1/chat/completions", json=body, headers=gw.auth()) as resp:
+            answer = await resp.json()
+        async with http.post(gw.url + "/v1/chat/completions", json={**body, "stream": True},
+                             headers=gw.auth()) as resp:
+            events = [line.removeprefix(b"data: ").strip() async for line in resp.content if line.startswith(b"data: ")]
+    validate(answer, "CreateChatCompletionResponse")
+    recorded = json.loads(answer["choices"][0]["message"]["content"])  # the fake's recorded tool input
+    assert recorded == {"location": "SF", "units": "c"}
+    assert all_upstreams.anthropic.last.body["tools"][0]["input_schema"] == {"type": "object"}
+    assert events[-1] == b"[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    for chunk in chunks:
+        validate(chunk, "CreateChatCompletionStreamResponse")
+    content = "".join(c["delta"].get("content") or "" for chunk in chunks for c in chunk["choices"])
+    assert json.loads(content) == {"location": "Paris"}  # the recorded stream's tool input
+    assert [c["finish_reason"] for chunk in chunks for c in chunk["choices"] if c["finish_reason"]] == ["stop"]
+
+
+async def test_structured_output_beside_client_tools(gw: Gateway, all_upstreams: Upstreams) -> None:
+    """The model must call one of the client's tools or answer in the format; here it calls a tool."""
+    all_upstreams.anthropic.tool_response = True
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": Person.model_json_schema()}}
+    completion = await gw.openai().chat.completions.create(model="claude/sonnet", messages=MESSAGES,  # type: ignore[arg-type]
+                                                           tools=TOOLS, response_format=fmt)  # type: ignore[arg-type]
+    sent = all_upstreams.anthropic.last.body
+    assert [t["name"] for t in sent["tools"]] == ["get_weather", JSON_TOOL] and sent["tool_choice"] == {"type": "any"}
+    assert completion.choices[0].finish_reason == "tool_calls"
+    assert completion.choices[0].message.tool_calls[0].function.name == "get_weather"  # type: ignore[union-attr]
+
+
+# -- 2. fields no translation can honour ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("fields", "param"), [
+    ({"logprobs": True}, "logprobs"), ({"logprobs": True, "top_logprobs": 2}, "logprobs"),
+    ({"functions": [{"name": "f", "parameters": {"type": "object"}}]}, "functions"),
+    ({"function_call": "auto"}, "function_call"),
+], ids=["logprobs", "top_logprobs", "functions", "function_call"])
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "streamed"])
+async def test_untranslatable_field_is_a_400_naming_it(gw: Gateway, all_upstreams: Upstreams, fields: dict[str, Any],
+                                                       param: str, stream: bool) -> None:
+    before = await balance(gw)
+    with pytest.raises(openai.BadRequestError) as info:
+        await gw.openai().chat.completions.create(model="google/flash", messages=MESSAGES,  # type: ignore[arg-type]
+                                                  stream=stream, extra_body=fields)
+    assert info.value.code == "untranslatable" and info.value.param == param and param in info.value.message
+    assert (all_upstreams.gemini.requests, all_upstreams.anthropic.requests) == ([], [])
+    assert await balance(gw) == before  # the hold was returned
+
+
+async def test_fields_asking_for_nothing_still_pass(gw: Gateway, all_upstreams: Upstreams) -> None:
+    for model in ("google/flash", "claude/solo"):
+        completion = await gw.openai().chat.completions.create(model=model, messages=MESSAGES,  # type: ignore[arg-type]
+                                                               logprobs=False)
+        assert completion.model == model and completion.choices[0].message.content
+    assert "logprobs" not in all_upstreams.anthropic.last.body and "logprobs" not in all_upstreams.gemini.last.body
+
+
+# -- 5. fallbacks past an untranslatable candidate --------------------------------------------------
+
+
+async def test_untranslatable_on_claude_falls_back_to_the_openai_model(gw: Gateway, all_upstreams: Upstreams) -> None:
+    completion = await gw.openai().chat.completions.create(model="claude/sonnet", messages=MESSAGES,  # type: ignore[arg-type]
+                                                           logprobs=True, top_logprobs=2)
+    assert completion.model == "oai/gpt-4o"
+    assert all_upstreams.anthropic.requests == []
+    sent = all_upstreams.openai.last.body
+    assert (sent["model"], sent["logprobs"], sent["top_logprobs"]) == ("gpt-4o", True, 2)
+    record = await gw.app[RUNTIME].store.get_generation(gw.key_id, completion.id)
+    assert record is not None and record["model"] == "oai/gpt-4o"
+    # billed at the serving model's price (2.5 / 10 per Mtok; the fake OpenAI answers 19 + 10 tokens)
+    assert round((completion.model_extra or {})["billing"]["request_cost"] * 1e9) == 19 * 2_500 + 10 * 10_000
+
+
+async def test_no_candidate_can_take_it_is_the_400(gw: Gateway, all_upstreams: Upstreams) -> None:
+    """claude/solo falls back to google/flash: neither has log probabilities."""
+    before = await balance(gw)
+    with pytest.raises(openai.BadRequestError) as info:
+        await gw.openai().chat.completions.create(model="claude/solo", messages=MESSAGES,  # type: ignore[arg-type]
+                                                  logprobs=True)
+    assert info.value.code == "untranslatable" and info.value.param == "logprobs"
+    assert (all_upstreams.anthropic.requests, all_upstreams.gemini.requests, all_upstreams.openai.requests) == (
+        [], [], [])
+    assert await balance(gw) == before
+
+
+# -- 4. the usage chunk of a stream without upstream usage -----------------------------------------
+
+
+async def test_gemini_stream_without_usage_metadata_still_ends_with_usage(gw: Gateway,
+                                                                          all_upstreams: Upstreams) -> None:
+    all_upstreams.gemini.stream_recording = NO_USAGE_STREAM
+    stream = await gw.openai().chat.completions.create(model="google/flash", messages=MESSAGES,  # type: ignore[arg-type]
+                                                       stream=True, stream_options={"include_usage": True})
+    chunks = [chunk async for chunk in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "".join(part["text"] for chunk in recorded_chunks(NO_USAGE_STREAM)
+                           for cand in chunk["candidates"] for part in cand["content"]["parts"])
+    last = chunks[-1]
+    validate(last.model_dump(exclude_unset=True), "CreateChatCompletionStreamResponse")
+    assert last.choices == [] and last.usage is not None
+    assert last.usage.completion_tokens == billing.estimate_tokens(len(text.encode()))  # the gateway's estimate
+    assert last.usage.prompt_tokens > 0
+    assert last.usage.total_tokens == last.usage.prompt_tokens + last.usage.completion_tokens
+    bill = (last.model_extra or {})["billing"]
+    assert bill["request_cost"] > 0 and (last.usage.model_extra or {})["cost"] == bill["request_cost"]
+    record = await gw.app[RUNTIME].store.get_generation(gw.key_id, last.id)
+    assert record is not None and record["estimated"] == "1"  # the store's record says the usage is estimated
+    assert int(record["tokens_completion"]) == last.usage.completion_tokens
+
+
+async def test_gemini_stream_without_usage_and_no_include_usage_has_no_usage_chunk(
+        gw: Gateway, all_upstreams: Upstreams) -> None:
+    all_upstreams.gemini.stream_recording = NO_USAGE_STREAM
+    stream = await gw.openai().chat.completions.create(model="google/flash", messages=MESSAGES,  # type: ignore[arg-type]
+                                                       stream=True)
+    chunks = [chunk async for chunk in stream]
+    assert all(chunk.choices for chunk in chunks) and chunks[-1].choices[0].finish_reason == "stop"
