@@ -76,8 +76,11 @@ class Route:
         }
 
     def supported_parameters(self) -> list[str]:
-        """What the provider kind carries upstream, less what this model drops."""
+        """What the provider kind carries upstream, less what this model drops (`structured_outputs`, a JSON
+        schema in `response_format`, goes with `response_format`)."""
         dropped = set(self.model.params.drop)
+        if "response_format" in dropped:
+            dropped.add("structured_outputs")
         return [p for p in registry.get(self.provider.kind).SUPPORTED_PARAMETERS if p not in dropped]
 
 

@@ -52,7 +52,7 @@ from providers.types import (
 STREAM_FRAMING = "sse"
 NEEDS_INLINE_IMAGES = True  # Gemini takes image bytes only
 SUPPORTED_PARAMETERS = ("temperature", "top_p", "top_k", "seed", "max_tokens", "max_completion_tokens", "stop",
-                        "response_format", "tools", "tool_choice")  # what the translation carries
+                        "response_format", "structured_outputs", "tools", "tool_choice")  # what the translation carries
 MAX_CHOICES = 1  # see `_generation_config`
 
 # wire/finish-reason-map.json "gemini_vertex" (LiteLLM); the rest (STOP, MALFORMED_FUNCTION_CALL, ...) is "stop"

@@ -82,3 +82,16 @@ async def test_models_a_key_may_not_use_stay_hidden(api_gateway: Gateway) -> Non
     assert (await _get(api_gateway, "/v1/models/oai/gpt-4o", key))[0] == 200
     assert (await _get(api_gateway, "/v1/models/claude/sonnet", key))[0] == 404
     assert (await _get(api_gateway, "/v1/models/claude/sonnet/endpoints", key))[0] == 404
+
+
+async def test_structured_outputs_listed_per_model(make_api_gateway: Any) -> None:
+    """Claude carries `response_format` (as a forced tool); a model that drops it lists neither name."""
+    gateway = await make_api_gateway({"oai/gpt-4o": {"params": {"drop": ["response_format"]}}})
+    for model in ("claude/sonnet", "google/flash", "oai/gpt-4o"):
+        status, body = await _get(gateway, f"/v1/models/{model}")
+        assert status == 200
+        listed = {"response_format", "structured_outputs"} & set(body["supported_parameters"])
+        assert listed == (set() if model == "oai/gpt-4o" else {"response_format", "structured_outputs"}), model
+    status, body = await _get(gateway, "/v1/models/claude/sonnet/endpoints")
+    validate_openrouter(body["data"], "ListEndpointsResponse")  # both are names OpenRouter's enum knows
+    assert "structured_outputs" in body["data"]["endpoints"][0]["supported_parameters"]
