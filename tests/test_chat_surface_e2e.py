@@ -223,3 +223,42 @@ async def test_gemini_stream_without_usage_and_no_include_usage_has_no_usage_chu
                                                        stream=True)
     chunks = [chunk async for chunk in stream]
     assert all(chunk.choices for chunk in chunks) and chunks[-1].choices[0].finish_reason == "stop"
+
+
+# -- 3. OpenAI-compatible upstreams that leave required fields out ---------------------------------
+
+
+async def raw_chat(gw: Gateway, body: dict[str, Any]) -> Any:
+    async with aiohttp.ClientSession() as http, http.post(gw.url + "/v1/chat/completions", json=body,
+                                                          headers=gw.auth()) as resp:
+        assert resp.status == 200, await resp.text()
+        if not body.get("stream"):
+            return await resp.json()
+        return [line.removeprefix(b"data: ").strip() async for line in resp.content if line.startswith(b"data: ")]
+
+
+@pytest.mark.parametrize("include_usage", [False, True], ids=["no_usage", "usage"])
+async def test_sparse_compatible_upstream_relayed_valid(gw: Gateway, all_upstreams: Upstreams,
+                                                        include_usage: bool) -> None:
+    """Chunks without delta, index, logprobs or finish_reason, and answers without index, logprobs or refusal,
+    reach the client complete: each validates against OpenAI's schema."""
+    all_upstreams.openai.sparse = True
+    body: dict[str, Any] = {"model": "oai/gpt-4o", "messages": MESSAGES}
+    answer = await raw_chat(gw, body)
+    validate(answer, "CreateChatCompletionResponse")
+    assert (answer["choices"][0]["index"], answer["choices"][0]["message"]["content"]) == (
+        0, "Hello! How can I assist you today?")
+    body["stream"] = True
+    if include_usage:
+        body["stream_options"] = {"include_usage": True}
+    events = await raw_chat(gw, body)
+    assert events[-1] == b"[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    for chunk in chunks:
+        validate(chunk, "CreateChatCompletionStreamResponse")
+    assert [c["finish_reason"] for chunk in chunks for c in chunk["choices"] if c["finish_reason"]] == ["stop"]
+    assert (chunks[-1]["choices"] == []) == include_usage
+    sent = [json.loads(e.removeprefix(b"data: ")) for e in all_upstreams.openai.stream_events(body)[:-1]]
+    assert any("index" not in c for chunk in sent for c in chunk["choices"])  # the upstream did leave them out
+    assert "".join(c["delta"].get("content") or "" for chunk in chunks for c in chunk["choices"]) == "".join(
+        (c.get("delta") or {}).get("content") or "" for chunk in sent for c in chunk["choices"])

@@ -18,6 +18,11 @@ only abridged or request-side recordings of them):
   answers with and the current spec requires.
 - `POST /v1/images/generations`: `n` images as `b64_json` of a 1x1 PNG, with the documented usage.
 
+With `sparse`, chat answers (streamed or not) come as OpenAI-compatible servers (xAI, DeepSeek, Ollama)
+are seen to send them: the recorded ones without each choice's `index` and `logprobs`, without a null
+`finish_reason`, the finish chunk without its `delta`, the message without `refusal`, and a null
+`system_fingerprint`.
+
 With `allowed_peers` set, a request from any other peer address is refused with 451, the way a provider
 blocks a region: the egress tests use it as an upstream that serves only the proxy's outgoing address.
 Each recorded request carries its peer address.
@@ -118,6 +123,7 @@ class FakeOpenAI:
         self.silence_s_before_first_chunk = 0.0
         self.giant_chunk_bytes: int | None = None
         self.tool_stream = False
+        self.sparse = False  # leave out what compatible servers leave out (see the module docstring)
         self.close_mid_stream_after: int | None = None
         self.client_disconnected = asyncio.Event()
         self.chunks_sent = 0  # events written by the last streamed answer
@@ -137,7 +143,32 @@ class FakeOpenAI:
         options = body.get("stream_options")
         if not (isinstance(options, dict) and options.get("include_usage") is True):
             events = [event for event in events if not _is_usage_chunk(event)]
+        if self.sparse:
+            events = [_sparse_event(event) for event in events]
         return events
+
+
+def _sparse(answer: dict[str, Any]) -> dict[str, Any]:
+    """A chat answer or chunk as a compatible server may send it (see the module docstring)."""
+    if "system_fingerprint" in answer:
+        answer["system_fingerprint"] = None
+    for choice in answer.get("choices") or ():
+        choice.pop("index", None)
+        choice.pop("logprobs", None)
+        if choice.get("finish_reason") is None:
+            choice.pop("finish_reason", None)
+        elif choice.get("delta") == {}:
+            del choice["delta"]
+        if isinstance(choice.get("message"), dict):
+            choice["message"].pop("refusal", None)
+    return answer
+
+
+def _sparse_event(event: bytes) -> bytes:
+    chunk = _payload(event)
+    if chunk is None:
+        return event
+    return b"data: " + json.dumps(_sparse(chunk), separators=(",", ":")).encode() + b"\n\n"
 
 
 def _with_giant_content(events: list[bytes], size: int) -> list[bytes]:
@@ -213,7 +244,8 @@ async def _chat(request: web.Request) -> web.StreamResponse:
         if not body.get("stream"):
             answer = json.loads((WIRE / "docs-chat-default.response.json").read_bytes())
             answer["model"] = body.get("model", answer["model"])
-            return web.json_response(_with_choices(answer, body.get("n")))
+            answer = _with_choices(answer, body.get("n"))
+            return web.json_response(_sparse(answer) if fake.sparse else answer)
         return await _stream(request, fake, fake.stream_events(body))
     except (asyncio.CancelledError, ConnectionResetError):
         fake.client_disconnected.set()
