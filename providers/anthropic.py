@@ -35,6 +35,7 @@ from providers.types import (
     UpstreamHTTPError,
     UpstreamRequest,
     Usage,
+    load_object,
 )
 
 STREAM_FRAMING = "sse"
@@ -78,7 +79,7 @@ def messages_request(body: JSON, target: Target, stream: bool, beta: str = "") -
 
 def parse_response(body: bytes, target: Target) -> ChatResult:
     """An Anthropic `message` as an OpenAI `chat.completion`, plus its usage."""
-    data = _load_object(body, "response")
+    data = load_object(body, "response")
     content = data.get("content")
     if not isinstance(content, list) or not isinstance(data.get("id"), str):
         raise ProviderError("upstream response is not an Anthropic message")
@@ -218,7 +219,7 @@ def parse_stream_event(state: StreamState, event: SSEEvent) -> list[JSON]:
         raise TypeError("the state must come from providers.anthropic.new_stream_state")
     if state.done:
         return []
-    data = _load_object(event.data, "stream event")
+    data = load_object(event.data, "stream event")
     name = event.event or str(data.get("type") or "")
     handler = _HANDLERS.get(name)
     return handler(state, data) if handler else []  # ping and unknown (future) events carry nothing for us
@@ -323,12 +324,3 @@ def _chunk(state: StreamState, delta: JSON, finish_reason: str | None = None) ->
             "model": state.public_model,
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
 
-
-def _load_object(raw: bytes, what: str) -> JSON:
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ProviderError(f"upstream {what} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ProviderError(f"upstream {what} is not a JSON object")
-    return data

@@ -46,6 +46,7 @@ from providers.types import (
     UpstreamHTTPError,
     UpstreamRequest,
     Usage,
+    load_object,
     signed,
 )
 
@@ -83,7 +84,7 @@ def build_request(req: ChatRequest, target: Target) -> UpstreamRequest:
 
 def parse_response(body: bytes, target: Target) -> ChatResult:
     """A `GenerateContentResponse` as an OpenAI `chat.completion` (first candidate) and its usage."""
-    data = _load_object(body, "response")
+    data = load_object(body, "response")
     if data.get("error"):
         raise _status_error(data["error"], 502)
     candidate = _first_candidate(data)
@@ -221,7 +222,7 @@ def parse_stream_event(state: StreamState, event: SSEEvent) -> list[JSON]:
     assert isinstance(state, GeminiStreamState), "a state made by gemini.new_stream_state"
     if state.done or not event.data.strip():
         return []
-    data = _load_object(event.data, "stream chunk")
+    data = load_object(event.data, "stream chunk")
     if data.get("error"):  # an error inside the 200 stream
         error = data["error"]
         code = error.get("code") if isinstance(error, dict) else None
@@ -260,12 +261,3 @@ def _chunk(state: GeminiStreamState, delta: JSON, finish_reason: str | None) -> 
             "model": state.public_model,
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
 
-
-def _load_object(raw: bytes, what: str) -> JSON:
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ProviderError(f"upstream {what} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ProviderError(f"upstream {what} is not a JSON object")
-    return data

@@ -34,6 +34,7 @@ from providers.types import (
     UpstreamHTTPError,
     UpstreamRequest,
     Usage,
+    load_object,
 )
 
 STREAM_FRAMING = "sse"
@@ -122,7 +123,7 @@ def _without_extra_content(call: Any) -> Any:
 
 def parse_response(body: bytes, target: Target) -> ChatResult:
     """An upstream `chat.completion` as OpenAI's schema describes it, plus its usage."""
-    data = _load_object(body, "response")
+    data = load_object(body, "response")
     choices = data.get("choices")
     if not isinstance(choices, list):
         raise ProviderError("upstream response has no choices")
@@ -276,7 +277,7 @@ def parse_stream_event(state: StreamState, event: SSEEvent) -> list[JSON]:
     if state.done or event.data.strip() == b"[DONE]":
         state.done = True
         return []
-    chunk = _load_object(event.data, "stream chunk")
+    chunk = load_object(event.data, "stream chunk")
     error = chunk.get("error")
     if error:
         raise _stream_error(error)
@@ -336,12 +337,3 @@ def _stream_error(error: Any) -> UpstreamHTTPError:
         retryable=retryable,
     )
 
-
-def _load_object(raw: bytes, what: str) -> JSON:
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ProviderError(f"upstream {what} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ProviderError(f"upstream {what} is not a JSON object")
-    return data

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from providers.openai import usage_from
-from providers.types import JSON, ProviderError, Target, UpstreamRequest, Usage
+from providers.types import JSON, ProviderError, Target, UpstreamRequest, Usage, load_object
 
 COMPLETION_FINISH = frozenset({"stop", "length", "content_filter"})
 
@@ -43,7 +43,7 @@ def build_request(path: str, body: JSON, target: Target, stream: bool = False) -
 
 def parse_completion(raw: bytes, target: Target) -> tuple[JSON, Usage]:
     """A legacy `text_completion` object as OpenAI's schema describes it, plus its usage."""
-    data = _load_object(raw)
+    data = load_object(raw)
     choices = data.get("choices")
     if not isinstance(choices, list):
         raise ProviderError("upstream completion has no choices")
@@ -65,7 +65,7 @@ def completion_finish(value: Any) -> str:
 
 
 def parse_embeddings(raw: bytes, target: Target) -> tuple[JSON, Usage]:
-    data = _load_object(raw)
+    data = load_object(raw)
     if not isinstance(data.get("data"), list):
         raise ProviderError("upstream embeddings answer has no data")
     data["model"] = target.public_model
@@ -85,7 +85,7 @@ def parse_embeddings(raw: bytes, target: Target) -> tuple[JSON, Usage]:
 
 def parse_moderation(raw: bytes, target: Target) -> tuple[JSON, Usage]:
     """Moderations report no tokens: what they cost is the model's per-request price."""
-    data = _load_object(raw)
+    data = load_object(raw)
     if not isinstance(data.get("results"), list):
         raise ProviderError("upstream moderation answer has no results")
     data["model"] = target.public_model
@@ -94,7 +94,7 @@ def parse_moderation(raw: bytes, target: Target) -> tuple[JSON, Usage]:
 
 def parse_images(raw: bytes, target: Target) -> tuple[JSON, Usage]:
     """An `ImagesResponse`; the bill counts the images it holds (token usage, when sent, is recorded)."""
-    data = _load_object(raw)
+    data = load_object(raw)
     images = data.get("data")
     if not isinstance(images, list):
         raise ProviderError("upstream images answer has no data")
@@ -119,13 +119,3 @@ def _fill_common(data: JSON, target: Target, kind: str) -> None:
 
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _load_object(raw: bytes) -> JSON:
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ProviderError(f"upstream answer is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ProviderError("upstream answer is not a JSON object")
-    return data

@@ -180,3 +180,15 @@ class UpstreamHTTPError(ProviderError):
         self.code = code
         self.param = param
         self.retryable = retryable
+
+
+def load_object(raw: bytes, what: str = "answer") -> JSON:
+    """An upstream's JSON object, or a ProviderError: a body that is not one is the upstream's fault,
+    and the relay turns that error into a 502 rather than letting a decode error escape."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ProviderError(f"upstream {what} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ProviderError(f"upstream {what} is not a JSON object")
+    return data
