@@ -33,6 +33,8 @@ def gemini_body(body: JSON) -> JSON:
     if system:
         out["systemInstruction"] = {"parts": system}
     if body.get("tools"):
+        if not isinstance(body["tools"], list):
+            raise ProviderError("tools must be a list")
         out["tools"] = [{"functionDeclarations": [_declaration(tool) for tool in body["tools"]]}]
     if body.get("tool_choice") is not None:
         out["toolConfig"] = {"functionCallingConfig": _calling_config(body["tool_choice"])}
