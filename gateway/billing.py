@@ -19,6 +19,7 @@ NANO = 1_000_000_000
 MTOK = 1_000_000
 IMAGE_TOKENS = 1_600  # generous per-image allowance for the prompt estimate (a 2048px tile set)
 MESSAGE_OVERHEAD = 8  # role, separators
+IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})  # OpenAI chat, Responses, Anthropic
 
 
 def nano_to_usd(nano: int) -> float:
@@ -40,7 +41,9 @@ def estimate_tokens(text_bytes: int) -> int:
 
 
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:
-    """An upper-leaning estimate of a chat request's prompt tokens, without a tokenizer."""
+    """An upper-leaning estimate of a request's prompt tokens, without a tokenizer: an OpenAI chat body or an
+    Anthropic Messages body (its top-level `system`, images inside `tool_result` blocks). The one estimate
+    of holds, of usage the upstream did not report, and of /v1/messages/count_tokens."""
     tokens = 0
     for message in body.get("messages") or ():
         tokens += MESSAGE_OVERHEAD
@@ -48,16 +51,27 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
         if isinstance(content, str):
             tokens += estimate_tokens(len(content.encode()))
         elif isinstance(content, list):
-            for part in content:
-                if isinstance(part, dict) and part.get("type") in ("image_url", "input_image", "image"):
-                    tokens += IMAGE_TOKENS
-                else:
-                    tokens += estimate_tokens(len(orjson.dumps(part)))
+            tokens += sum(_part_tokens(part) for part in content)
         if isinstance(message, dict) and message.get("tool_calls"):
             tokens += estimate_tokens(len(orjson.dumps(message["tool_calls"])))
-    if body.get("tools"):
-        tokens += estimate_tokens(len(orjson.dumps(body["tools"])))
+    for name in ("system", "tools"):
+        if body.get(name):
+            tokens += estimate_tokens(len(orjson.dumps(body[name])))
     return tokens
+
+
+def _part_tokens(part: Any) -> int:
+    """An image costs a flat allowance whatever its encoding (base64 text is no measure of its tokens);
+    a block holding blocks (Anthropic's `tool_result`) costs its own fields plus each of its blocks."""
+    if not isinstance(part, dict):
+        return estimate_tokens(len(orjson.dumps(part)))
+    if part.get("type") in IMAGE_PARTS:
+        return IMAGE_TOKENS
+    nested = part.get("content")
+    if isinstance(nested, list):
+        rest = {name: value for name, value in part.items() if name != "content"}
+        return estimate_tokens(len(orjson.dumps(rest))) + sum(_part_tokens(block) for block in nested)
+    return estimate_tokens(len(orjson.dumps(part)))
 
 
 def requested_max_output(body: dict[str, Any]) -> int | None:

@@ -128,6 +128,6 @@ def error_event(err: GatewayError) -> bytes:
     return b"data: " + orjson.dumps(err.body()) + b"\n\n"
 
 
-def anthropic_error_event(err: GatewayError) -> bytes:
+def anthropic_error_event(err: GatewayError, request_id: str) -> bytes:
     """Anthropic's `error` stream event, which the Anthropic SDK raises as an APIStatusError."""
-    return b"event: error\ndata: " + orjson.dumps(err.anthropic_body()) + b"\n\n"
+    return b"event: error\ndata: " + orjson.dumps(err.anthropic_body(request_id)) + b"\n\n"

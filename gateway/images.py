@@ -1,5 +1,5 @@
-"""Images in chat requests: whether a request has any, and inlining https image URLs for upstreams that
-only take bytes (Gemini).
+"""Images in chat and Anthropic Messages requests: whether a request has any, and inlining https image URLs
+for upstreams that only take bytes (Gemini).
 
 The gateway never fetches a client-given URL unless the provider needs inline bytes, and then only under
 `gateway.fetch`'s rules (https, public addresses only, redirects re-checked, no SSRF into the operator's
@@ -9,6 +9,7 @@ network), through the provider's own egress route, within a size and a time limi
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -20,15 +21,45 @@ MAX_IMAGE_BYTES = 20 * 1024 * 1024
 FETCH_TIMEOUT_S = 15.0
 
 
-def image_parts(body: dict[str, Any]) -> list[dict[str, Any]]:
-    """The `image_url` objects of every message part, in order."""
-    found = []
+def _parts(content: Any) -> Iterator[dict[str, Any]]:
+    """The parts of a message content, and those inside Anthropic `tool_result` blocks."""
+    for part in content if isinstance(content, list) else ():
+        if isinstance(part, dict):
+            yield part
+            if part.get("type") == "tool_result":
+                yield from _parts(part.get("content"))
+
+
+def _is_image(part: dict[str, Any]) -> bool:
+    """OpenAI's `{"type": "image_url", "image_url": {"url"}}` or Anthropic's `{"type": "image", "source":
+    {"type": "base64" | "url" | ..., ...}}` (on /v1/messages, also inside a `tool_result`)."""
+    return part.get("type") == "image" or (part.get("type") == "image_url" and isinstance(part.get("image_url"), dict))
+
+
+def _remote_url(part: dict[str, Any]) -> str | None:
+    """The URL an image part points to, None for inline bytes (a data: URI, a base64 source) or no image."""
+    if part.get("type") == "image_url" and isinstance(part.get("image_url"), dict):
+        url = str(part["image_url"].get("url", ""))
+    elif part.get("type") == "image" and isinstance(part.get("source"), dict) and part["source"].get("type") == "url":
+        url = str(part["source"].get("url", ""))
+    else:
+        return None
+    return None if url.startswith("data:") else url
+
+
+def _all_parts(body: dict[str, Any]) -> Iterator[dict[str, Any]]:
     for message in body.get("messages") or ():
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list):
-            found += [part["image_url"] for part in content if isinstance(part, dict)
-                      and part.get("type") == "image_url" and isinstance(part.get("image_url"), dict)]
-    return found
+        yield from _parts(message.get("content") if isinstance(message, dict) else None)
+
+
+def has_images(body: dict[str, Any]) -> bool:
+    """Whether any message holds an image, in OpenAI's or Anthropic's shape."""
+    return any(_is_image(part) for part in _all_parts(body))
+
+
+def has_remote_images(body: dict[str, Any]) -> bool:
+    """Whether any image is given by URL (an upstream that takes only bytes needs it fetched)."""
+    return any(_remote_url(part) is not None for part in _all_parts(body))
 
 
 def _refuse(url: str, why: str) -> InvalidRequest:
@@ -46,25 +77,40 @@ async def _data_uri(session: aiohttp.ClientSession, url: str, guard: fetch.Guard
 
 async def inline_remote_images(body: dict[str, Any], session: aiohttp.ClientSession,
                                resolve_locally: bool, guard: fetch.Guard | None = None) -> dict[str, Any]:
-    """A copy of `body` whose https image URLs are data: URIs; the client's body is left as it was.
+    """A copy of `body` whose https image URLs are inline bytes (data: URIs, Anthropic base64 sources); the
+    client's body is left as it was.
 
     `resolve_locally`: the fetch leaves directly, so the host's addresses are checked (and pinned) here;
     through a proxy the name is resolved at the proxy and only literal addresses and local names are refused.
     """
-    guard = guard or fetch.Guard(resolve_locally)
-    if not any(not str(img.get("url", "")).startswith("data:") for img in image_parts(body)):
+    if not has_remote_images(body):
         return body
+    inline = _Inliner(session, guard or fetch.Guard(resolve_locally))
     messages = []
     for message in body["messages"]:
         content = message.get("content") if isinstance(message, dict) else None
-        if not isinstance(content, list):
-            messages.append(message)
-            continue
-        parts = []
-        for part in content:
-            url = str(part.get("image_url", {}).get("url", "")) if isinstance(part, dict) else ""
-            if part.get("type") == "image_url" and url and not url.startswith("data:"):
-                part = {**part, "image_url": {**part["image_url"], "url": await _data_uri(session, url, guard)}}
-            parts.append(part)
-        messages.append({**message, "content": parts})
+        messages.append({**message, "content": await inline.content(content)} if isinstance(content, list)
+                        else message)
     return {**body, "messages": messages}
+
+
+class _Inliner:
+    """Rewrites remote image parts as inline ones, one fetch each, under one guard."""
+
+    def __init__(self, session: aiohttp.ClientSession, guard: fetch.Guard) -> None:
+        self.session, self.guard = session, guard
+
+    async def content(self, content: list[Any]) -> list[Any]:
+        return [await self.part(part) if isinstance(part, dict) else part for part in content]
+
+    async def part(self, part: dict[str, Any]) -> dict[str, Any]:
+        if part.get("type") == "tool_result" and isinstance(part.get("content"), list):
+            return {**part, "content": await self.content(part["content"])}
+        url = _remote_url(part)
+        if url is None:
+            return part
+        data_uri = await _data_uri(self.session, url, self.guard)
+        if part.get("type") == "image_url":
+            return {**part, "image_url": {**part["image_url"], "url": data_uri}}
+        media_type, _, data = data_uri.removeprefix("data:").partition(";base64,")
+        return {**part, "source": {"type": "base64", "media_type": media_type, "data": data}}

@@ -23,8 +23,8 @@ from gateway.errors import GatewayError, anthropic_error_event
 from gateway.exchange import ChatExchange, Exchange, Reply
 from gateway.sse import frame
 from gateway.streaming import ChunkCodec, StreamCodec, text_bytes
-from providers import anthropic, anthropic_inbound, registry
-from providers.anthropic_inbound import MessageStream
+from providers import anthropic, anthropic_answer, anthropic_inbound, registry
+from providers.anthropic_answer import MessageStream
 from providers.types import (
     JSON,
     ChatRequest,
@@ -68,8 +68,8 @@ class NativeCodec:
             tail += frame(data, event=name)
         return bytes(tail)
 
-    def error(self, err: GatewayError) -> bytes:
-        return anthropic_error_event(err)
+    def error(self, err: GatewayError, request_id: str) -> bytes:
+        return anthropic_error_event(err, request_id)
 
 
 class NativeExchange:
@@ -116,9 +116,9 @@ class NativeExchange:
 class MessagesCodec(ChunkCodec):
     """Chat chunks re-encoded as Anthropic stream events."""
 
-    def __init__(self, chat: ChunkCodec, model: str) -> None:
+    def __init__(self, chat: ChunkCodec, model: str, stop_sequences: object) -> None:
         super().__init__(chat.adapter, chat.state, chat.generation_id, wants_usage=True)
-        self.stream = MessageStream(chat.generation_id, model)
+        self.stream = MessageStream(chat.generation_id, model, stop_sequences)
 
     def encode(self, chunk: JSON) -> bytes:
         return b"".join(frame(data, event=name) for name, data in self.stream.feed(chunk))
@@ -127,27 +127,35 @@ class MessagesCodec(ChunkCodec):
         tail = b"".join(self.encode(chunk) for chunk in self.held if chunk.get("choices"))
         return tail + b"".join(frame(data, event=name) for name, data in self.stream.end(usage, {"billing": billing}))
 
-    def error(self, err: GatewayError) -> bytes:
-        return anthropic_error_event(err)
+    def error(self, err: GatewayError, request_id: str) -> bytes:
+        return anthropic_error_event(err, request_id)
 
 
 class TranslatedExchange(ChatExchange):
-    """Anthropic format in, any other kind out, through the OpenAI chat shape."""
+    """Anthropic format in, any other kind out, through the OpenAI chat shape. One per attempt: `build`
+    keeps the client's stop sequences for the answer, which names the one it stopped on."""
+
+    stop_sequences: object = None
+
+    def chat_body(self, body: JSON) -> JSON:
+        return anthropic_inbound.chat_body(body, top_k="top_k" in self.adapter.SUPPORTED_PARAMETERS)
 
     def build(self, body: JSON, target: Target, stream: bool) -> UpstreamRequest:
-        return super().build(anthropic_inbound.chat_body(body), target, stream)
+        self.stop_sequences = body.get("stop_sequences")
+        return super().build(self.chat_body(body), target, stream)
 
     def parse(self, raw: bytes, target: Target) -> Reply:
         reply = super().parse(raw, target)
-        reply.body = anthropic_inbound.message_from_chat(reply.body, reply.usage, target.public_model)
+        reply.body = anthropic_answer.message_from_chat(reply.body, reply.usage, target.public_model,
+                                                        self.stop_sequences)
         if not reply.usage.reported:
             del reply.body["usage"]  # filled with the estimate when presented
         return reply
 
     def codec(self, body: JSON, target: Target, generation_id: str, wants_usage: bool) -> StreamCodec:
-        chat = ChatExchange.codec(self, anthropic_inbound.chat_body(body), target, generation_id, True)
+        chat = ChatExchange.codec(self, self.chat_body(body), target, generation_id, True)
         assert isinstance(chat, ChunkCodec)
-        return MessagesCodec(chat, target.public_model)
+        return MessagesCodec(chat, target.public_model, body.get("stop_sequences"))
 
 
 class MessagesEndpoint:
@@ -164,12 +172,10 @@ class MessagesEndpoint:
         return TranslatedExchange(registry.get(route.provider.kind))
 
     def worst_case(self, body: JSON, route: Route, config: Config) -> Usage:
-        worst = billing.worst_case_usage(body, route.model.max_output_tokens, config.billing.default_max_output_tokens)
-        worst.prompt_tokens += _system_tokens(body)
-        return worst
+        return billing.worst_case_usage(body, route.model.max_output_tokens, config.billing.default_max_output_tokens)
 
     def estimate(self, body: JSON, text_bytes: int) -> Usage:
-        return Usage(prompt_tokens=billing.estimate_prompt_tokens(body) + _system_tokens(body),
+        return Usage(prompt_tokens=billing.estimate_prompt_tokens(body),
                      completion_tokens=billing.estimate_tokens(text_bytes))
 
     def wants_usage(self, body: JSON) -> bool:
@@ -178,14 +184,10 @@ class MessagesEndpoint:
     def present(self, reply: Reply, bill: Bill, generation_id: str) -> JSON:
         answer = reply.body
         answer["id"] = generation_id
-        answer.setdefault("usage", anthropic_inbound.usage_json(reply.usage))
+        answer.setdefault("usage", anthropic_answer.usage_json(reply.usage))
         answer["billing"] = bill.block()
         return answer
 
     def apply_preset(self, preset: PresetConfig, body: JSON) -> JSON:
         return presets.apply_anthropic(preset, body)
 
-
-def _system_tokens(body: JSON) -> int:
-    system = body.get("system")
-    return billing.estimate_tokens(len(orjson.dumps(system))) if system else 0

@@ -25,11 +25,11 @@ from gateway.auth import model_allowed
 from gateway.catalog import Route
 from gateway.errors import Forbidden, GatewayError, InvalidRequest, Unavailable, UpstreamFailed
 from gateway.exchange import Endpoint, Exchange
-from gateway.images import image_parts, inline_remote_images
+from gateway.images import has_images, has_remote_images, inline_remote_images
 from gateway.logging import get_logger, redactor
 from gateway.relay import egress_unavailable, map_upstream_error, open_upstream, read_body
 from gateway.sse import ClientGone, SSEWriter
-from gateway.state import KEY, LOG, RATE_HEADERS, RUNTIME
+from gateway.state import KEY, LOG, RATE_HEADERS, REQUEST_ID, RUNTIME
 from gateway.streaming import StreamCodec
 from providers.types import ProviderError, Target, UpstreamHTTPError
 
@@ -88,7 +88,7 @@ async def serve(request: web.Request, body: dict[str, Any], op: Endpoint) -> web
         body = op.apply_preset(preset, body)
         request[LOG]["preset"] = asked
     routes = routing.candidates(snapshot.catalog, body)
-    has_images = bool(image_parts(body))
+    images = has_images(body)
     primary = routes[0]
     request[LOG]["streamed"] = bool(body.get("stream"))
 
@@ -98,12 +98,12 @@ async def serve(request: web.Request, body: dict[str, Any], op: Endpoint) -> web
     if not allowed(primary.model_id):
         raise Forbidden(f"This key may not use model '{asked if preset else primary.model_id}'.",
                         code="model_not_allowed", param="model")
-    if has_images and not primary.model.vision:
+    if images and not primary.model.vision:
         raise InvalidRequest(f"Model '{primary.model_id}' does not accept images.", code="model_not_vision",
                              param="messages")
     validation.check_route(body, primary, op.name)
     caps.apply_max_tokens(body, key, primary.model.max_output_tokens, fill=op.name in validation.CHOICE_ENDPOINTS)
-    usable = [r for r in routes if allowed(r.model_id) and (r.model.vision or not has_images)
+    usable = [r for r in routes if allowed(r.model_id) and (r.model.vision or not images)
               and validation.serves(body, r, op.name)]
     return await _serve_first(request, usable, body, op)
 
@@ -142,7 +142,7 @@ async def _call(request: web.Request, route: Route, body: dict[str, Any], op: En
     runtime = request.app[RUNTIME]
     affinity, blocked = _affinity_key(route, api_key), frozenset(route.provider.blocked_regions)
     clean = {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
-    if exchange.needs_inline_images and image_parts(clean):
+    if exchange.needs_inline_images and has_remote_images(clean):
         clean = await _inline_images(runtime.egress, route, affinity, blocked, clean)
     target = route.target(api_key)
     try:
@@ -228,7 +228,7 @@ async def _relay_stream(request: web.Request, resp: aiohttp.ClientResponse, code
         err = exc if isinstance(exc, GatewayError) else map_upstream_error(exc, target.provider, False, scrub)
         account(err.status)
         fields.update(status=err.status, error=err.code)
-        await _try_write(out, codec.error(err))
+        await _try_write(out, codec.error(err, request[REQUEST_ID]))
     finally:
         metrics.ACTIVE_STREAMS.dec()
         if relayed.first_at is not None:

@@ -37,8 +37,9 @@ class StreamCodec(Protocol):
     def finish(self, billing: JSON, billing_event: bool, usage: Usage) -> bytes:
         """The held tail with the bill (and the usage billed) on it, and the stream's terminator."""
 
-    def error(self, err: GatewayError) -> bytes:
-        """A failure after the headers went out, as the client's SDK expects one."""
+    def error(self, err: GatewayError, request_id: str) -> bytes:
+        """A failure after the headers went out, as the client's SDK expects one (Anthropic's names the
+        request, as its error bodies do)."""
 
 
 class Relayed:
@@ -123,7 +124,7 @@ class ChunkCodec:
     def end(self) -> bytes:
         return DONE
 
-    def error(self, err: GatewayError) -> bytes:
+    def error(self, err: GatewayError, request_id: str) -> bytes:
         return error_event(err)
 
 

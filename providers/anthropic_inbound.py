@@ -5,17 +5,19 @@ gateway's internal OpenAI chat request, which every adapter already serves, and 
 (or stream of chunks) becomes an Anthropic `message` (or its SSE events). Translation decisions:
 
 - `system` (a string or text blocks) -> one leading system message; `cache_control` marks are kept on
-  text parts. `stop_sequences` -> `stop`; `metadata.user_id` -> `user`; `top_k`, `thinking`,
-  `service_tier` have no OpenAI equivalent and stay behind (a native Anthropic route keeps them).
+  text parts. `stop_sequences` -> `stop`; `metadata.user_id` -> `user`; `top_k` only for kinds that take
+  it (Gemini); `thinking`, `service_tier` have no OpenAI equivalent and stay behind (a native Anthropic
+  route keeps them).
 - Blocks: text -> text parts; images (base64 / url sources) -> `image_url` (data URI / URL);
   `tool_use` -> assistant `tool_calls` (input as JSON text); each `tool_result` -> a `tool` message placed
-  before the rest of its user turn; `thinking` / `redacted_thinking` blocks of earlier turns are dropped
-  (one of ours still hands its Gemini signature to the call after it, below).
+  before the rest of its user turn (its images, which a `tool` message cannot hold, open the user message
+  after the tool messages, behind a text naming the tool call); `thinking` / `redacted_thinking` blocks of
+  earlier turns are dropped (one of ours still hands its Gemini signature to the call after it, below), and
+  an assistant turn left with nothing is dropped whole.
 - Tools: `input_schema` -> `parameters`; `tool_choice` auto/any/tool/none -> auto/required/named/none;
   `disable_parallel_tool_use` -> `parallel_tool_calls: false`.
-- Answers: `reasoning_content` -> a `thinking` block, `content` -> a `text` block, `tool_calls` ->
-  `tool_use` blocks; finish_reason stop/length/tool_calls/content_filter -> stop_reason
-  end_turn/max_tokens/tool_use/refusal. Usage: input_tokens exclude cache reads and writes, as Anthropic's do.
+- `output_config.format` (or the beta's `output_format`) json_schema -> `response_format` json_schema.
+- The answer (message or stream events) is `providers.anthropic_answer`'s job.
 - Gemini thought signatures: Gemini 3 refuses the next turn unless each signed function call comes back with
   its signature, which chat carries as the tool call's `extra_content.google.thought_signature`. Anthropic's
   format has no field on `tool_use` for it, but its clients keep `thinking` blocks and their signatures (Claude
@@ -40,29 +42,45 @@ from typing import Any
 
 import orjson
 
-from providers.types import JSON, ProviderError, Usage, signed, thought_signature
+from providers.anthropic_answer import GEMINI_SIGNATURE
+from providers.anthropic_request import claude_tool_id
+from providers.types import JSON, ProviderError, signed
 
-_STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal",
-                 "function_call": "tool_use"}
 _TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 _SAMPLING = ("temperature", "top_p", "stream")
-GEMINI_SIGNATURE = "gemini:"  # marks a thinking block's signature as a Gemini thought signature we put there
 
 
 def claude_history(messages: Any) -> Any:
-    """`messages` without the thinking blocks this module wrote for other models' answers (an empty signature,
-    or a Gemini one), for a conversation that goes on with Claude on the native route: Anthropic checks every
-    signature it is sent, and may drop any earlier turn's thinking. A copy where something was removed."""
+    """`messages` as Claude takes them, for a conversation that goes on with Claude on the native route:
+    without the thinking blocks this module wrote for other models' answers (an empty signature, or a Gemini
+    one; Anthropic checks every signature it is sent, and may drop any earlier turn's thinking), and with
+    tool ids other providers made rewritten by `claude_tool_id`. A turn that held nothing else is left out
+    (Claude refuses empty content). A copy where something changed."""
     if not isinstance(messages, list):
         return messages
-    return [_without_our_thinking(m) for m in messages]
+    return [m for m in map(_for_claude, messages) if m is not None]
 
 
-def _without_our_thinking(message: Any) -> Any:
+def _for_claude(message: Any) -> Any:
     content = message.get("content") if isinstance(message, dict) else None
-    if not isinstance(content, list) or not any(_ours(block) for block in content):
+    if not isinstance(content, list):
         return message
-    return {**message, "content": [block for block in content if not _ours(block)]}
+    blocks = [_claude_ids(block) for block in content if not _ours(block)]
+    if len(blocks) == len(content) and all(new is old for new, old in zip(blocks, content, strict=True)):
+        return message
+    return {**message, "content": blocks} if blocks else None
+
+
+_TOOL_ID_FIELDS = {"tool_use": "id", "tool_result": "tool_use_id"}
+
+
+def _claude_ids(block: Any) -> Any:
+    """A tool_use / tool_result block with its tool id as Claude accepts it (the block itself if it already is)."""
+    field = _TOOL_ID_FIELDS.get(str(block.get("type"))) if isinstance(block, dict) else None
+    call_id = block.get(field) if field else None
+    if not isinstance(call_id, str) or claude_tool_id(call_id) == call_id:
+        return block
+    return {**block, field: claude_tool_id(call_id)}
 
 
 def _ours(block: Any) -> bool:
@@ -75,15 +93,16 @@ def _ours(block: Any) -> bool:
 # -- request ---------------------------------------------------------------------------------------
 
 
-def chat_body(body: JSON) -> JSON:
-    """The OpenAI chat request an Anthropic Messages request stands for."""
+def chat_body(body: JSON, top_k: bool = False) -> JSON:
+    """The OpenAI chat request an Anthropic Messages request stands for. `top_k`: the target kind takes a
+    `top_k` field in its chat body (Gemini's adapter makes it `topK`); OpenAI itself refuses one."""
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise ProviderError("'messages' must be a list")
     out: JSON = {"model": body.get("model"), "messages": [*_system(body.get("system")), *_messages(messages)]}
     if isinstance(body.get("max_tokens"), int):
         out["max_tokens"] = body["max_tokens"]
-    for name in _SAMPLING:
+    for name in (*_SAMPLING, "top_k") if top_k else _SAMPLING:
         if body.get(name) is not None:
             out[name] = body[name]
     if isinstance(body.get("stop_sequences"), list) and body["stop_sequences"]:
@@ -92,7 +111,40 @@ def chat_body(body: JSON) -> JSON:
     if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
         out["user"] = metadata["user_id"]
     _tools(body, out)
+    if (response_format := _response_format(body)) is not None:
+        out["response_format"] = response_format
     return out
+
+
+def _response_format(body: JSON) -> JSON | None:
+    """OpenAI's `response_format` for `output_config.format` (or the beta's top-level `output_format`).
+
+    Claude decodes to the schema; OpenAI does so only in strict mode, which refuses schemas with optional
+    or open-ended properties that Claude takes. So strict when the schema fits it, else the schema as a
+    guide (the model still answers JSON), rather than a refusal of a request Claude would have served."""
+    config = body.get("output_config")
+    fmt = config.get("format") if isinstance(config, dict) else None
+    fmt = body.get("output_format") if fmt is None else fmt
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict):
+        raise ProviderError("output_config.format must be {\"type\": \"json_schema\", \"schema\": {...}}")
+    schema = fmt["schema"]
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": _strict_fit(schema)}}
+
+
+def _strict_fit(schema: Any) -> bool:
+    """Whether OpenAI's strict mode takes the schema: every object closed and all its properties required."""
+    if isinstance(schema, list):
+        return all(_strict_fit(item) for item in schema)
+    if not isinstance(schema, dict):
+        return True
+    properties = schema.get("properties")
+    if isinstance(properties, dict) or schema.get("type") == "object":
+        names = set(properties) if isinstance(properties, dict) else set()
+        if schema.get("additionalProperties") is not False or set(schema.get("required") or ()) != names:
+            return False
+    return all(_strict_fit(value) for key, value in schema.items() if key not in ("required", "enum", "const"))
 
 
 def _system(system: Any) -> list[JSON]:
@@ -131,21 +183,34 @@ def _messages(messages: list[Any]) -> list[JSON]:
 
 
 def _user(blocks: list[Any], i: int) -> list[JSON]:
-    """Tool results first (each its own `tool` message, answering the previous assistant turn), then the rest."""
+    """Tool results first (each its own `tool` message, answering the previous assistant turn), then the rest.
+
+    A `tool` message holds text only, so a tool result's images go into the user message after the tool
+    messages, each group behind a text naming its tool call, ahead of the user's own blocks."""
     results: list[JSON] = []
+    moved: list[JSON] = []
     parts: list[JSON] = []
     for j, block in enumerate(blocks):
         where = f"messages[{i}].content[{j}]"
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "tool_result":
-            results.append(_tool_message(block, where))
+            message, images = _tool_message(block, where)
+            results.append(message)
+            if images:
+                moved += [{"type": "text", "text": f"[Image(s) of the result of tool call {block['tool_use_id']}]"},
+                          *images]
         elif kind == "text":
             parts.append(_text_part(block, where))
         elif kind == "image":
-            parts.append({"type": "image_url", "image_url": {"url": _image_url(block.get("source"), where)}})
+            parts.append(_image_part(block, where))
         else:
             raise ProviderError(f"{where}: block type {kind!r} is not supported on this model")
+    parts = moved + parts
     return results + ([{"role": "user", "content": parts}] if parts else [])
+
+
+def _image_part(block: JSON, where: str) -> JSON:
+    return {"type": "image_url", "image_url": {"url": _image_url(block.get("source"), where)}}
 
 
 def _image_url(source: Any, where: str) -> str:
@@ -156,19 +221,31 @@ def _image_url(source: Any, where: str) -> str:
     raise ProviderError(f"{where}: images need a base64 or url source")
 
 
-def _tool_message(block: JSON, where: str) -> JSON:
+def _tool_message(block: JSON, where: str) -> tuple[JSON, list[JSON]]:
+    """The `tool` message of a tool_result, and its images as `image_url` parts (for the next user message;
+    the tool message says they follow)."""
     if not isinstance(block.get("tool_use_id"), str):
         raise ProviderError(f"{where}: tool_result needs a tool_use_id")
     content = block.get("content")
+    images: list[JSON] = []
     if isinstance(content, list):
-        texts = [b.get("text") for b in content if isinstance(b, dict) and b.get("type") == "text"]
-        if len(texts) != len(content):
-            raise ProviderError(f"{where}: only text tool results are supported on this model")
-        content = "".join(str(t) for t in texts)
+        texts = []
+        for k, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text":
+                texts.append(str(part.get("text")))
+            elif kind == "image":
+                images.append(_image_part(part, f"{where}.content[{k}]"))
+            else:
+                raise ProviderError(f"{where}: only text and image tool results are supported on this model")
+        content = "".join(texts)
     text = content if isinstance(content, str) else ""
+    if images:
+        note = f"[{len(images)} image(s) follow in the next user message]"
+        text = f"{text}\n{note}" if text else note
     if block.get("is_error") is True:
         text = f"Error: {text}"
-    return {"role": "tool", "tool_call_id": block["tool_use_id"], "content": text}
+    return {"role": "tool", "tool_call_id": block["tool_use_id"], "content": text}, images
 
 
 def _assistant(blocks: list[Any], i: int) -> list[JSON]:
@@ -183,7 +260,10 @@ def _assistant(blocks: list[Any], i: int) -> list[JSON]:
         elif kind not in ("thinking", "redacted_thinking"):
             raise ProviderError(f"messages[{i}].content[{j}]: block type {kind!r} is not supported on this model")
         signature = _gemini_signature(block) if kind == "thinking" else None
-    message: JSON = {"role": "assistant", "content": "".join(texts) if texts else None}
+    text = "".join(texts)
+    if not text and not calls:
+        return []  # only thinking (Claude Code sends such turns back): no empty assistant message
+    message: JSON = {"role": "assistant", "content": text or None}
     if calls:
         message["tool_calls"] = calls
     return [message]
@@ -230,161 +310,3 @@ def _tools(body: JSON, out: JSON) -> None:
         out["tool_choice"] = _TOOL_CHOICES[kind]
     if choice.get("disable_parallel_tool_use") is True:
         out["parallel_tool_calls"] = False
-
-
-# -- answer ----------------------------------------------------------------------------------------
-
-
-def stop_reason(finish_reason: Any) -> str:
-    return _STOP_REASONS.get(str(finish_reason), "end_turn")
-
-
-def usage_json(usage: Usage) -> JSON:
-    """Anthropic's `usage`: input_tokens are the fresh ones, cache reads and writes counted apart."""
-    fresh = max(usage.prompt_tokens - usage.cached_tokens - usage.cache_write_tokens, 0)
-    return {"input_tokens": fresh, "output_tokens": usage.completion_tokens,
-            "cache_read_input_tokens": usage.cached_tokens, "cache_creation_input_tokens": usage.cache_write_tokens}
-
-
-def message_from_chat(answer: JSON, usage: Usage, model: str) -> JSON:
-    """An Anthropic `message` for an OpenAI `chat.completion` (its first choice)."""
-    choice = (answer.get("choices") or [{}])[0]
-    message = choice.get("message") or {}
-    content: list[JSON] = []
-    if isinstance(message.get("reasoning_content"), str) and message["reasoning_content"]:
-        content.append({"type": "thinking", "thinking": message["reasoning_content"], "signature": ""})
-    if isinstance(message.get("content"), str) and message["content"]:
-        content.append({"type": "text", "text": message["content"]})
-    for call in message.get("tool_calls") or ():
-        fn = call.get("function") or {}
-        if signature := _signature_of(call):
-            _sign(content, signature)
-        content.append({"type": "tool_use", "id": str(call.get("id")), "name": str(fn.get("name")),
-                        "input": _arguments(fn.get("arguments"))})
-    return {"id": str(answer.get("id", "")), "type": "message", "role": "assistant", "model": model,
-            "content": content, "stop_reason": stop_reason(choice.get("finish_reason")), "stop_sequence": None,
-            "usage": usage_json(usage)}
-
-
-def _signature_of(call: Any) -> str | None:
-    """The thinking-block signature for a tool call that carries a Gemini thought signature (see the module
-    docstring), else None."""
-    signature = thought_signature(call)
-    return GEMINI_SIGNATURE + signature if signature else None
-
-
-def _sign(content: list[JSON], signature: str) -> None:
-    """Put the signature on a thinking block right before the tool_use about to be added: the reasoning
-    block when it is the last one (one block, as Claude would send), else a new one with empty thinking."""
-    last = content[-1] if content else None
-    if last is not None and last["type"] == "thinking" and not last["signature"]:
-        last["signature"] = signature
-    else:
-        content.append({"type": "thinking", "thinking": "", "signature": signature})
-
-
-def _arguments(raw: Any) -> Any:
-    try:
-        value = orjson.loads(raw or "{}")
-    except orjson.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-# -- stream ----------------------------------------------------------------------------------------
-
-Event = tuple[str, JSON]
-
-
-class MessageStream:
-    """Chat chunks in, Anthropic stream events out: message_start, content_block_start/delta/stop per
-    block, then (at `end`) message_delta with the stop reason and usage, and message_stop."""
-
-    def __init__(self, message_id: str, model: str) -> None:
-        self.message_id, self.model = message_id, model
-        self.started = False
-        self.block = -1  # index of the open content block, -1 when none is open
-        self.kind = ""  # "text", "thinking" or "tool_use"
-        self.tools: dict[int, int] = {}  # OpenAI tool_calls index -> content block index
-        self.finish_reason: str | None = None
-        self.usage = Usage()
-
-    def feed(self, chunk: JSON) -> list[Event]:
-        events = self._start() if not self.started else []
-        if isinstance(chunk.get("usage"), dict) and not chunk.get("choices"):
-            return events
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") or {}
-            if isinstance(delta.get("reasoning_content"), str) and delta["reasoning_content"]:
-                events += self._delta("thinking", {"type": "thinking_delta", "thinking": delta["reasoning_content"]})
-            if isinstance(delta.get("content"), str) and delta["content"]:
-                events += self._delta("text", {"type": "text_delta", "text": delta["content"]})
-            for call in delta.get("tool_calls") or ():
-                events += self._tool(call)
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
-                events += self._close()
-        return events
-
-    def end(self, usage: Usage, extra: JSON | None = None) -> list[Event]:
-        """The closing events; `extra` fields (the bill) ride on message_delta, which the SDKs tolerate."""
-        events = (self._start() if not self.started else []) + self._close()
-        delta: JSON = {"type": "message_delta",
-                       "delta": {"stop_reason": stop_reason(self.finish_reason), "stop_sequence": None},
-                       "usage": usage_json(usage), **(extra or {})}
-        return [*events, ("message_delta", delta), ("message_stop", {"type": "message_stop"})]
-
-    def _start(self) -> list[Event]:
-        self.started = True
-        message: JSON = {"id": self.message_id, "type": "message", "role": "assistant", "model": self.model,
-                   "content": [], "stop_reason": None, "stop_sequence": None,
-                   "usage": {"input_tokens": 0, "output_tokens": 0}}
-        return [("message_start", {"type": "message_start", "message": message})]
-
-    def _open(self, kind: str, block: JSON) -> list[Event]:
-        events = self._close()
-        self.block += 1
-        self.kind = kind
-        return [*events, ("content_block_start", {"type": "content_block_start", "index": self.block,
-                                                  "content_block": block})]
-
-    def _close(self) -> list[Event]:
-        if not self.kind:
-            return []
-        self.kind = ""
-        return [("content_block_stop", {"type": "content_block_stop", "index": self.block})]
-
-    def _delta(self, kind: str, delta: JSON) -> list[Event]:
-        events: list[Event] = []
-        if self.kind != kind:
-            empty = {"type": "text", "text": ""} if kind == "text" else {"type": "thinking", "thinking": "",
-                                                                          "signature": ""}
-            events = self._open(kind, empty)
-        return [*events, ("content_block_delta", {"type": "content_block_delta", "index": self.block,
-                                                  "delta": delta})]
-
-    def _sign(self, signature: str) -> list[Event]:
-        """A signature_delta on the thinking block before the tool_use that opens next: the open reasoning
-        block, else a new empty one. The signature comes with the call's first delta (Gemini sends a call
-        whole); one arriving later, once the tool_use block is open, could not precede it and is not sent."""
-        events: list[Event] = []
-        if self.kind != "thinking":
-            events = self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
-        return [*events, ("content_block_delta", {"type": "content_block_delta", "index": self.block,
-                                                  "delta": {"type": "signature_delta", "signature": signature}})]
-
-    def _tool(self, call: JSON) -> list[Event]:
-        fn = call.get("function") or {}
-        index = call.get("index", 0)
-        events: list[Event] = []
-        if index not in self.tools:
-            if signature := _signature_of(call):
-                events = self._sign(signature)
-            events += self._open("tool_use", {"type": "tool_use", "id": str(call.get("id") or f"toolu_{index}"),
-                                              "name": str(fn.get("name") or ""), "input": {}})
-            self.tools[index] = self.block
-        arguments = fn.get("arguments")
-        if isinstance(arguments, str) and arguments:
-            events.append(("content_block_delta", {"type": "content_block_delta", "index": self.tools[index],
-                                                   "delta": {"type": "input_json_delta", "partial_json": arguments}}))
-        return events

@@ -20,6 +20,9 @@ The body is built from scratch, so what Anthropic does not know (`n`, penalties,
   of them or answer through the JSON tool (`{"type": "any"}`); `tool_choice: none` forces the JSON tool;
   `required` or a named function ask for a tool call, which is then the answer, so the JSON tool is left
   out. A client tool of that reserved name is refused. `{"type": "text"}` asks for nothing.
+- Tool call ids: Claude takes only `^[a-zA-Z0-9_-]+$`; an id from another provider with other characters
+  (`functions.get_weather:0`) is rewritten by `claude_tool_id`, the same way in the `tool_use` and its
+  `tool_result`, so the pair still matches.
 - `max_tokens` is required upstream: `max_completion_tokens`, else `max_tokens`, else the model's default.
   `temperature` is clamped to Anthropic's 0..1. `target.drop` applies to the client's field names before
   translation and to Anthropic's after it (model, messages and max_tokens are never dropped).
@@ -29,6 +32,8 @@ Pure: no I/O. `ProviderError` means the request cannot be expressed for Anthropi
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Any
 
 from providers.types import JSON, ChatRequest, ProviderError, Target, Untranslatable, refuse_openai_only, tool_arguments
@@ -38,7 +43,20 @@ JSON_TOOL = "json_response_format"  # the forced tool that carries a `response_f
 _TOOL_CHOICES = {"auto": "auto", "none": "none", "required": "any"}
 _REQUIRED = frozenset({"model", "messages", "max_tokens"})
 
-__all__ = ["DEFAULT_MAX_TOKENS", "JSON_TOOL", "translate_body", "translate_messages"]
+_TOOL_ID = re.compile(r"[a-zA-Z0-9_-]+")
+_NOT_TOOL_ID = re.compile(r"[^a-zA-Z0-9_-]")
+
+__all__ = ["DEFAULT_MAX_TOKENS", "JSON_TOOL", "claude_tool_id", "translate_body", "translate_messages"]
+
+
+def claude_tool_id(call_id: str) -> str:
+    """`call_id` as Claude accepts it: unchanged when it fits `^[a-zA-Z0-9_-]+$`, else its other characters
+    made `_` and a digest of the whole id appended, so that two ids differing only there stay apart and a
+    tool_use and its tool_result, rewritten apart, still agree. Claude's own ids always fit."""
+    if _TOOL_ID.fullmatch(call_id):
+        return call_id
+    digest = hashlib.sha256(call_id.encode()).hexdigest()[:12]
+    return f"{_NOT_TOOL_ID.sub('_', call_id)}_{digest}" if call_id else f"toolu_{digest}"
 
 
 def translate_body(req: ChatRequest, target: Target) -> JSON:
@@ -176,7 +194,7 @@ def _assistant_blocks(msg: JSON, i: int) -> list[JSON]:
         if not isinstance(fn, dict) or not isinstance(call.get("id"), str) or not isinstance(fn.get("name"), str):
             raise ProviderError(f"messages[{i}].tool_calls[{j}] needs an id and a function name")
         args = tool_arguments(fn.get("arguments"), f"messages[{i}].tool_calls[{j}].function")
-        blocks.append({"type": "tool_use", "id": call["id"], "name": fn["name"], "input": args})
+        blocks.append({"type": "tool_use", "id": claude_tool_id(call["id"]), "name": fn["name"], "input": args})
     return blocks
 
 
@@ -184,7 +202,7 @@ def _tool_result(msg: JSON, i: int) -> JSON:
     call_id = msg.get("tool_call_id")
     if not isinstance(call_id, str):
         raise ProviderError(f"messages[{i}] (role tool) needs a tool_call_id")
-    block: JSON = {"type": "tool_result", "tool_use_id": call_id}
+    block: JSON = {"type": "tool_result", "tool_use_id": claude_tool_id(call_id)}
     content = msg.get("content")
     if isinstance(content, str):
         if content:

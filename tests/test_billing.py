@@ -9,7 +9,7 @@ import pytest
 from harness import gateway_config
 
 from gateway import metering
-from gateway.billing import Bill, estimate_prompt_tokens, token_cost, worst_case_usage
+from gateway.billing import IMAGE_TOKENS, Bill, estimate_prompt_tokens, token_cost, worst_case_usage
 from gateway.catalog import Catalog, Price
 from gateway.config import LimitsConfig, to_nano
 from gateway.keys import new_record
@@ -52,6 +52,25 @@ def test_prompt_estimate_counts_images_and_tools() -> None:
     tools = {**text, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}
     assert estimate_prompt_tokens(image) > estimate_prompt_tokens(text) + 1000
     assert estimate_prompt_tokens(tools) > estimate_prompt_tokens(text)
+
+
+BIG_PNG = {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo" + "A" * 300_000}  # ~225 kB image
+
+
+@pytest.mark.parametrize("content", [
+    [{"type": "image", "source": BIG_PNG}],
+    [{"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "image", "source": BIG_PNG}]}],
+    [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{BIG_PNG['data']}"}}],
+], ids=["anthropic-image", "image-in-tool-result", "openai-data-uri"])
+def test_an_image_counts_its_allowance_not_its_base64(content: list[object]) -> None:
+    """An image is IMAGE_TOKENS (~1,600) whatever its size; its 300 kB of base64 would be ~100,000."""
+    tokens = estimate_prompt_tokens({"messages": [{"role": "user", "content": content}]})
+    assert IMAGE_TOKENS <= tokens < IMAGE_TOKENS + 50
+
+
+def test_anthropic_system_counts_in_the_estimate() -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    assert estimate_prompt_tokens({**body, "system": "x" * 3000}) >= estimate_prompt_tokens(body) + 1000
 
 
 def test_bill_block_has_the_seed_fields_and_more() -> None:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from gateway import billing, validation
 from gateway.errors import InvalidRequest
-from gateway.images import image_parts
+from gateway.images import has_images
 from providers import registry
 from providers.framing import NDJSONDecoder, SSEDecoder
 from providers.types import ChatRequest, ProviderError, SSEEvent, Target
@@ -106,7 +106,7 @@ def test_translators_take_any_body_or_refuse_it_cleanly(kind: str, body: dict[st
     except InvalidRequest:
         return
     billing.estimate_prompt_tokens(body)  # runs before the translator, on the same body
-    image_parts(body)
+    has_images(body)
     try:
         req = registry.get(kind).build_request(ChatRequest(body=body, stream=stream), TARGET)
     except ProviderError:

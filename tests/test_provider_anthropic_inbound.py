@@ -19,8 +19,8 @@ from fakes.gemini_upstream import recorded_chunks
 from harness import validate
 
 from gateway.messages import NativeExchange
-from providers import anthropic, anthropic_inbound, gemini, openai
-from providers.anthropic_inbound import MessageStream
+from providers import anthropic, anthropic_answer, anthropic_inbound, gemini, openai
+from providers.anthropic_answer import MessageStream
 from providers.framing import SSEDecoder
 from providers.types import ChatRequest, ProviderError, Target, Usage
 
@@ -124,7 +124,7 @@ def test_what_chat_cannot_express_is_refused(body: dict[str, Any]) -> None:
 def test_chat_answer_with_tool_calls_as_a_message() -> None:
     answer = json.loads((OPENAI / "docs-chat-tools.response.json").read_text())
     usage = Usage(prompt_tokens=82, completion_tokens=17, cached_tokens=2, reported=True)
-    message = anthropic_inbound.message_from_chat(answer, usage, "oai/gpt-4o")
+    message = anthropic_answer.message_from_chat(answer, usage, "oai/gpt-4o")
     call = answer["choices"][0]["message"]["tool_calls"][0]
     assert message["stop_reason"] == "tool_use" and message["role"] == "assistant" and message["model"] == "oai/gpt-4o"
     assert message["content"] == [{"type": "tool_use", "id": call["id"], "name": call["function"]["name"],
@@ -136,7 +136,7 @@ def test_chat_answer_with_tool_calls_as_a_message() -> None:
 @pytest.mark.parametrize(("finish", "stop"), [("stop", "end_turn"), ("length", "max_tokens"),
                                                ("tool_calls", "tool_use"), ("content_filter", "refusal")])
 def test_stop_reasons(finish: str, stop: str) -> None:
-    assert anthropic_inbound.stop_reason(finish) == stop
+    assert anthropic_answer.stop_reason(finish) == stop
 
 
 # -- streams -------------------------------------------------------------------------------------------
@@ -280,7 +280,7 @@ def _with_ids(expected: list[dict[str, Any]], chat_message: dict[str, Any]) -> l
 def unary_message(response: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(Anthropic message, chat message) for a Gemini answer, through providers.gemini and then here."""
     chat = gemini.parse_response(json.dumps(response).encode(), GEMINI_TARGET)
-    message = anthropic_inbound.message_from_chat(chat.body, chat.usage, "google/gemini-3")
+    message = anthropic_answer.message_from_chat(chat.body, chat.usage, "google/gemini-3")
     SDKMessage.model_validate(message)
     return message, chat.body["choices"][0]["message"]
 
@@ -348,7 +348,7 @@ def test_tool_call_without_a_usable_signature_gets_no_thinking_block(extra: Any)
     answer = {"id": "x", "choices": [{"index": 0, "finish_reason": "tool_calls",
                                       "message": {"role": "assistant", "content": None, "tool_calls": [call]}}]}
     tool_use = {"type": "tool_use", "id": "call_1", "name": "now", "input": {}}
-    assert anthropic_inbound.message_from_chat(answer, Usage(), "m")["content"] == [tool_use]
+    assert anthropic_answer.message_from_chat(answer, Usage(), "m")["content"] == [tool_use]
     chunk = {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, **call}]}, "finish_reason": "tool_calls"}]}
     events = _translate([chunk], Usage())
     assert [data["content_block"]["type"] for name, data in events if name == "content_block_start"] == ["tool_use"]

@@ -9,6 +9,7 @@ a private address, where it must refuse before any connection is made.
 from __future__ import annotations
 
 import asyncio
+import base64
 import ipaddress
 import ssl
 from collections.abc import AsyncIterator
@@ -243,3 +244,30 @@ async def test_inlining_fetches_under_the_guard(session: aiohttp.ClientSession, 
     inlined = await images.inline_remote_images(body, session, resolve_locally=True, guard=test_guard())
     assert inlined["messages"][0]["content"][0]["image_url"]["url"].startswith("data:image/png;base64,iVBORw0KGgo")
     assert body["messages"][0]["content"][0]["image_url"]["url"] == url  # the client's body is left alone
+
+
+async def test_inlining_fetches_anthropic_url_images_under_the_guard(session: aiohttp.ClientSession,
+                                                                     sites: dict[str, Site]) -> None:
+    """/v1/messages to Gemini: Anthropic's url image blocks, also inside a tool_result, become base64 blocks."""
+    url = sites["public"].url + "/cat.png"
+    image = {"type": "image", "source": {"type": "url", "url": url}, "cache_control": {"type": "ephemeral"}}
+    body = {"messages": [{"role": "user", "content": [
+        image, {"type": "tool_result", "tool_use_id": "t1", "content": [{"type": "text", "text": "see"}, image]}]}]}
+    assert images.has_images(body) and images.has_remote_images(body)
+    inlined = await images.inline_remote_images(body, session, resolve_locally=True, guard=test_guard())
+    block, result = inlined["messages"][0]["content"]
+    expected = {"type": "base64", "media_type": "image/png", "data": base64.b64encode(PNG).decode()}
+    assert block == {**image, "source": expected} and result["content"][1] == {**image, "source": expected}
+    assert result["content"][0] == {"type": "text", "text": "see"}
+    assert not images.has_remote_images(inlined) and images.has_images(inlined)
+    assert body["messages"][0]["content"][0] is image and image["source"]["url"] == url  # the client's body as it was
+    assert [path for path, _ in sites["public"].seen] == ["/cat.png", "/cat.png"]
+
+
+async def test_inlining_refuses_a_private_anthropic_url_image(session: aiohttp.ClientSession) -> None:
+    body = {"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [
+        {"type": "image", "source": {"type": "url", "url": "https://169.254.169.254/latest/meta-data/"}}]}]}]}
+    with pytest.raises(InvalidRequest) as info:
+        await images.inline_remote_images(body, session, resolve_locally=True)
+    assert info.value.code == "invalid_image_url"
+    assert session.started == []  # type: ignore[attr-defined]

@@ -50,9 +50,12 @@ async def messages(request: web.Request) -> web.StreamResponse:
 async def count_tokens(request: web.Request) -> web.Response:
     """POST /v1/messages/count_tokens (Claude Code asks before long requests): `{"input_tokens": n}`.
 
-    Answered by the gateway itself with the estimate its holds use (bytes/3 plus a per-message overhead,
-    tools not counted; errs high), whatever provider serves the model: no upstream call, nothing charged,
-    no rate limit counted — as Anthropic's own endpoint is free. The model must exist and be allowed.
+    Answered by the gateway itself with the estimate its holds use (`billing.estimate_prompt_tokens`: bytes/3
+    plus a per-message overhead, ~1,600 an image; errs high), whatever provider serves the model: no upstream
+    call, nothing charged, no rate limit counted — as Anthropic's own endpoint is free. The model must exist
+    and be allowed. A Claude model takes the body as its own endpoint would (documents, server tools,
+    thinking...: the native route sends them on); another model only what translates to chat, as
+    /v1/messages would refuse the rest.
     """
     snapshot = request.app[RUNTIME].snapshot
     body = await read_json(request, caps.body_limit(snapshot.config.server.max_body_bytes, request[KEY]))
@@ -65,9 +68,10 @@ async def count_tokens(request: web.Request) -> web.Response:
     key = request[KEY]
     if not (model_allowed(key, route.model_id) or (preset is not None and model_allowed(key, str(asked)))):
         raise Forbidden(f"This key may not use model '{asked}'.", code="model_not_allowed", param="model")
-    try:
-        chat = anthropic_inbound.chat_body(body)
-    except ProviderError as exc:
-        raise InvalidRequest(f"messages: {exc}", param="messages", code="invalid_value") from exc
+    if route.provider.kind != "anthropic":
+        try:
+            anthropic_inbound.chat_body(body)
+        except ProviderError as exc:
+            raise InvalidRequest(f"messages: {exc}", param="messages", code="invalid_value") from exc
     request[LOG]["model"] = route.model_id
-    return web.json_response({"input_tokens": billing.estimate_prompt_tokens(chat)})
+    return web.json_response({"input_tokens": billing.estimate_prompt_tokens(body)})

@@ -2,8 +2,9 @@
 
 Non-streamed answers are `docs-chat-default.response.json` with `model` set to the requested model.
 Streamed answers replay the recorded SSE events of `sdk-stream-text-with-usage.sse` (or
-`sdk-stream-tool-call.sse` with `tool_stream`) byte for byte, one event per write; the final `choices: []`
-usage chunk is sent only when the request set `stream_options.include_usage`, as real OpenAI does.
+`sdk-stream-tool-call.sse` with `tool_stream`, or the recording `stream_recording` names) byte for byte,
+one event per write; the final `choices: []` usage chunk is sent only when the request set
+`stream_options.include_usage`, as real OpenAI does.
 
 Other endpoints, in OpenAI's documented shapes (openai-openapi.yaml examples; the wire folder holds
 only abridged or request-side recordings of them):
@@ -124,6 +125,7 @@ class FakeOpenAI:
         self.giant_chunk_bytes: int | None = None
         self.tool_stream = False
         self.sparse = False  # leave out what compatible servers leave out (see the module docstring)
+        self.stream_recording: str | None = None  # another recorded stream to replay (e.g. sdk-stream-refusal.sse)
         self.close_mid_stream_after: int | None = None
         self.client_disconnected = asyncio.Event()
         self.chunks_sent = 0  # events written by the last streamed answer
@@ -136,7 +138,8 @@ class FakeOpenAI:
 
     def stream_events(self, body: dict[str, Any]) -> list[bytes]:
         """The SSE events (bytes) a streamed answer to `body` consists of, [DONE] included."""
-        name = "sdk-stream-tool-call.sse" if self.tool_stream else "sdk-stream-text-with-usage.sse"
+        name = self.stream_recording or ("sdk-stream-tool-call.sse" if self.tool_stream
+                                         else "sdk-stream-text-with-usage.sse")
         events = recorded_events(name)
         if self.giant_chunk_bytes is not None:
             events = _with_giant_content(events, self.giant_chunk_bytes)

@@ -1,0 +1,203 @@
+"""OpenAI chat answers as Anthropic Messages answers: the answer half of `providers.anthropic_inbound`.
+
+- A `chat.completion` -> a `message`: `reasoning_content` -> a `thinking` block, `content` -> a `text` block,
+  `refusal` -> a `text` block with stop_reason `refusal`, `tool_calls` -> `tool_use` blocks; finish_reason
+  stop/length/tool_calls/content_filter -> stop_reason end_turn/max_tokens/tool_use/refusal, and
+  `stop_sequence` with the matched string when the upstream names it (vLLM's `choices[].stop_reason`).
+  Usage: input_tokens exclude cache reads and writes, as Anthropic's do.
+- Chat chunks -> `message_start`, `content_block_start/delta/stop` per block, `message_delta`, `message_stop`.
+- A Gemini thought signature on a tool call rides as the signature of a thinking block right before its
+  `tool_use`, prefixed `GEMINI_SIGNATURE` (see `providers.anthropic_inbound`, which reads it back).
+
+Pure and synchronous: no I/O, no aiohttp.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from providers.types import JSON, Usage, thought_signature
+
+_STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal",
+                 "function_call": "tool_use"}
+GEMINI_SIGNATURE = "gemini:"  # marks a thinking block's signature as a Gemini thought signature we put there
+
+
+# -- answer ----------------------------------------------------------------------------------------
+
+
+def stop_reason(finish_reason: Any) -> str:
+    return _STOP_REASONS.get(str(finish_reason), "end_turn")
+
+
+def usage_json(usage: Usage) -> JSON:
+    """Anthropic's `usage`: input_tokens are the fresh ones, cache reads and writes counted apart."""
+    fresh = max(usage.prompt_tokens - usage.cached_tokens - usage.cache_write_tokens, 0)
+    return {"input_tokens": fresh, "output_tokens": usage.completion_tokens,
+            "cache_read_input_tokens": usage.cached_tokens, "cache_creation_input_tokens": usage.cache_write_tokens}
+
+
+def stop_of(choice: JSON, refused: bool, stop_sequences: Any) -> tuple[str, str | None]:
+    """(stop_reason, stop_sequence) of a choice. A refusal is one, whatever the finish_reason; a stop on one
+    of the client's `stop_sequences` is named when the upstream says which (vLLM's `stop_reason` holds the
+    matched string), else it is an `end_turn` like any other stop."""
+    if refused:
+        return "refusal", None
+    matched = choice.get("stop_reason")
+    if (choice.get("finish_reason") == "stop" and isinstance(matched, str) and isinstance(stop_sequences, list)
+            and matched in stop_sequences):
+        return "stop_sequence", matched
+    return stop_reason(choice.get("finish_reason")), None
+
+
+def message_from_chat(answer: JSON, usage: Usage, model: str, stop_sequences: Any = None) -> JSON:
+    """An Anthropic `message` for an OpenAI `chat.completion` (its first choice); an OpenAI `refusal` is
+    the text of the answer, which stopped for `refusal`."""
+    choice = (answer.get("choices") or [{}])[0]
+    message = choice.get("message") or {}
+    content: list[JSON] = []
+    if isinstance(message.get("reasoning_content"), str) and message["reasoning_content"]:
+        content.append({"type": "thinking", "thinking": message["reasoning_content"], "signature": ""})
+    if isinstance(message.get("content"), str) and message["content"]:
+        content.append({"type": "text", "text": message["content"]})
+    refused = isinstance(message.get("refusal"), str) and bool(message["refusal"])
+    if refused:
+        content.append({"type": "text", "text": message["refusal"]})
+    for call in message.get("tool_calls") or ():
+        fn = call.get("function") or {}
+        if signature := _signature_of(call):
+            _sign(content, signature)
+        content.append({"type": "tool_use", "id": str(call.get("id")), "name": str(fn.get("name")),
+                        "input": _arguments(fn.get("arguments"))})
+    reason, matched = stop_of(choice, refused, stop_sequences)
+    return {"id": str(answer.get("id", "")), "type": "message", "role": "assistant", "model": model,
+            "content": content, "stop_reason": reason, "stop_sequence": matched, "usage": usage_json(usage)}
+
+
+def _signature_of(call: Any) -> str | None:
+    """The thinking-block signature for a tool call that carries a Gemini thought signature (see the module
+    docstring), else None."""
+    signature = thought_signature(call)
+    return GEMINI_SIGNATURE + signature if signature else None
+
+
+def _sign(content: list[JSON], signature: str) -> None:
+    """Put the signature on a thinking block right before the tool_use about to be added: the reasoning
+    block when it is the last one (one block, as Claude would send), else a new one with empty thinking."""
+    last = content[-1] if content else None
+    if last is not None and last["type"] == "thinking" and not last["signature"]:
+        last["signature"] = signature
+    else:
+        content.append({"type": "thinking", "thinking": "", "signature": signature})
+
+
+def _arguments(raw: Any) -> Any:
+    try:
+        value = orjson.loads(raw or "{}")
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+# -- stream ----------------------------------------------------------------------------------------
+
+Event = tuple[str, JSON]
+
+
+class MessageStream:
+    """Chat chunks in, Anthropic stream events out: message_start, content_block_start/delta/stop per
+    block, then (at `end`) message_delta with the stop reason and usage, and message_stop."""
+
+    def __init__(self, message_id: str, model: str, stop_sequences: Any = None) -> None:
+        self.message_id, self.model, self.stop_sequences = message_id, model, stop_sequences
+        self.started = False
+        self.refused = False  # a `refusal` delta came: its text is relayed and the stop reason is `refusal`
+        self.finish: JSON = {}  # the choice that carried finish_reason
+        self.block = -1  # index of the open content block, -1 when none is open
+        self.kind = ""  # "text", "thinking" or "tool_use"
+        self.tools: dict[int, int] = {}  # OpenAI tool_calls index -> content block index
+        self.usage = Usage()
+
+    def feed(self, chunk: JSON) -> list[Event]:
+        events = self._start() if not self.started else []
+        if isinstance(chunk.get("usage"), dict) and not chunk.get("choices"):
+            return events
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            if isinstance(delta.get("reasoning_content"), str) and delta["reasoning_content"]:
+                events += self._delta("thinking", {"type": "thinking_delta", "thinking": delta["reasoning_content"]})
+            for name in ("content", "refusal"):
+                if isinstance(delta.get(name), str) and delta[name]:
+                    self.refused = self.refused or name == "refusal"
+                    events += self._delta("text", {"type": "text_delta", "text": delta[name]})
+            for call in delta.get("tool_calls") or ():
+                events += self._tool(call)
+            if choice.get("finish_reason"):
+                self.finish = choice
+                events += self._close()
+        return events
+
+    def end(self, usage: Usage, extra: JSON | None = None) -> list[Event]:
+        """The closing events; `extra` fields (the bill) ride on message_delta, which the SDKs tolerate."""
+        events = (self._start() if not self.started else []) + self._close()
+        reason, matched = stop_of(self.finish, self.refused, self.stop_sequences)
+        delta: JSON = {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": matched},
+                       "usage": usage_json(usage), **(extra or {})}
+        return [*events, ("message_delta", delta), ("message_stop", {"type": "message_stop"})]
+
+    def _start(self) -> list[Event]:
+        self.started = True
+        message: JSON = {"id": self.message_id, "type": "message", "role": "assistant", "model": self.model,
+                   "content": [], "stop_reason": None, "stop_sequence": None,
+                   "usage": {"input_tokens": 0, "output_tokens": 0}}
+        return [("message_start", {"type": "message_start", "message": message})]
+
+    def _open(self, kind: str, block: JSON) -> list[Event]:
+        events = self._close()
+        self.block += 1
+        self.kind = kind
+        return [*events, ("content_block_start", {"type": "content_block_start", "index": self.block,
+                                                  "content_block": block})]
+
+    def _close(self) -> list[Event]:
+        if not self.kind:
+            return []
+        self.kind = ""
+        return [("content_block_stop", {"type": "content_block_stop", "index": self.block})]
+
+    def _delta(self, kind: str, delta: JSON) -> list[Event]:
+        events: list[Event] = []
+        if self.kind != kind:
+            empty = {"type": "text", "text": ""} if kind == "text" else {"type": "thinking", "thinking": "",
+                                                                          "signature": ""}
+            events = self._open(kind, empty)
+        return [*events, ("content_block_delta", {"type": "content_block_delta", "index": self.block,
+                                                  "delta": delta})]
+
+    def _sign(self, signature: str) -> list[Event]:
+        """A signature_delta on the thinking block before the tool_use that opens next: the open reasoning
+        block, else a new empty one. The signature comes with the call's first delta (Gemini sends a call
+        whole); one arriving later, once the tool_use block is open, could not precede it and is not sent."""
+        events: list[Event] = []
+        if self.kind != "thinking":
+            events = self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+        return [*events, ("content_block_delta", {"type": "content_block_delta", "index": self.block,
+                                                  "delta": {"type": "signature_delta", "signature": signature}})]
+
+    def _tool(self, call: JSON) -> list[Event]:
+        fn = call.get("function") or {}
+        index = call.get("index", 0)
+        events: list[Event] = []
+        if index not in self.tools:
+            if signature := _signature_of(call):
+                events = self._sign(signature)
+            events += self._open("tool_use", {"type": "tool_use", "id": str(call.get("id") or f"toolu_{index}"),
+                                              "name": str(fn.get("name") or ""), "input": {}})
+            self.tools[index] = self.block
+        arguments = fn.get("arguments")
+        if isinstance(arguments, str) and arguments:
+            events.append(("content_block_delta", {"type": "content_block_delta", "index": self.tools[index],
+                                                   "delta": {"type": "input_json_delta", "partial_json": arguments}}))
+        return events
