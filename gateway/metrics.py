@@ -29,7 +29,10 @@ COST = Counter("gateway_cost_dollars_total", "Dollars charged to balances", ["pr
 RATE_LIMITED = Counter("gateway_rate_limited_total", "Requests refused by a rate limit", ["model"])
 INSUFFICIENT = Counter("gateway_insufficient_balance_total", "Requests refused for balance", ["model"])
 STORE_ERRORS = Counter("gateway_store_errors_total", "Store operations that failed", ["operation"])
-STORE_UP = Gauge("gateway_store_up", "1 when the store answered the last check", multiprocess_mode="min")
+# the most recent answer of any live worker: each scrape pings the store and writes the truth, so with
+# --workers N no worker's stale "down" (or a dead worker's file) can outvote the worker that just asked
+STORE_UP = Gauge("gateway_store_up", "1 when the store answered the last check",
+                 multiprocess_mode="livemostrecent")
 ACTIVE_STREAMS = Gauge("gateway_active_streams", "Streams being relayed now", multiprocess_mode="livesum")
 RETRIES = Counter("gateway_upstream_retries_total", "Retry decisions by provider: retried or budget_exhausted",
                   ["provider", "outcome"])
@@ -52,10 +55,14 @@ def child(metric: Any, *labels: str) -> Any:
 _store_up: bool | None = None
 
 
-def store_up(up: bool) -> None:
-    """STORE_UP, written only when it changes: every request reports, and a gauge's set takes a lock."""
+def store_up(up: bool, force: bool = False) -> None:
+    """STORE_UP, written only when it changes: every request reports, and a gauge's set takes a lock.
+
+    `force` writes anyway (a scrape's own check): with workers the newest write of any worker wins, so
+    the check that answers a scrape must be the newest even when this process saw the same before.
+    """
     global _store_up
-    if up is not _store_up:
+    if force or up is not _store_up:
         _store_up = up
         STORE_UP.set(1 if up else 0)
 

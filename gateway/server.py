@@ -20,7 +20,7 @@ import uvloop
 from aiohttp import web
 
 from egress import health as egress_health
-from gateway import keys, systemd
+from gateway import keys, metrics, systemd
 from gateway.app import add_admin_routes, create_app, reload_config
 from gateway.config import Config, to_nano
 from gateway.handlers import health
@@ -60,15 +60,21 @@ async def _reload(app: web.Application, talk_to_systemd: bool) -> None:
 
 
 async def _announce_ready(app: web.Application, talk_to_systemd: bool, ready_file: str | None) -> None:
-    """READY once the store answered (retrying while it does not) and the pools were probed once."""
+    """READY once the store answered (retrying while it does not) and the pools were probed once.
+
+    The first answer also sets gateway_store_up, so a worker that no request has reached yet reports
+    the truth (not the gauge's initial 0) from its first scrape.
+    """
     runtime = app[RUNTIME]
     while True:
         try:
             await runtime.store.ping()
             break
-        except StoreError:
-            log.warning("store not answering yet; not ready")
+        except StoreError as exc:  # its message names the server by a redacted address, password scrubbed
+            metrics.store_up(False)
+            log.warning("store not answering yet; not ready", reason=str(exc))
             await asyncio.sleep(1)
+    metrics.store_up(True)
     await egress_health.check_all_once(runtime.egress)
     if ready_file:
         Path(ready_file).touch()

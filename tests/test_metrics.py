@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import math
 import re
+import signal
+import time
 import uuid
+from collections.abc import Iterator
+from typing import Any
 
 import aiohttp
 import openai
 import pytest
 from harness import Gateway
+from redis_server import RedisServer
+
+from gateway import metrics as metrics_mod
+from gateway.handlers.health import STORE_CHECK_S
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -92,3 +101,48 @@ async def test_random_model_names_do_not_grow_the_series(gateway: Gateway) -> No
 async def test_metrics_need_no_key_and_show_no_secret(gateway: Gateway) -> None:
     text = await scrape(gateway)
     assert gateway.key not in text and "sk-fake-provider-key" not in text
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server of this test's own, to stop, freeze and start without disturbing the session's."""
+    with RedisServer() as server:
+        yield server
+
+
+async def timed_scrape(gateway: Gateway) -> tuple[float, float]:
+    """gateway_store_up of one scrape, and how long the scrape took."""
+    started = time.monotonic()
+    text = await scrape(gateway)
+    return value_of(text, "gateway_store_up"), time.monotonic() - started
+
+
+def value_of(text: str, name: str) -> float:
+    """An unlabelled sample's value; NaN when absent."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return math.nan
+
+
+async def test_a_scrape_asks_the_store_itself(make_gateway: Any, own_redis: RedisServer) -> None:
+    """No request touches the store between the scrapes: each must find out on its own, within ~2 s."""
+    gateway = await make_gateway(store_url=own_redis.url, prefix=f"t{uuid.uuid4().hex}:")
+    metrics_mod.store_up(False)  # stale, as an idle gateway's gauge used to be
+    assert (await timed_scrape(gateway))[0] == 1
+
+    own_redis.stop()
+    up, took = await timed_scrape(gateway)
+    assert up == 0 and took < STORE_CHECK_S + 1
+
+    own_redis.start()
+    assert (await timed_scrape(gateway))[0] == 1
+
+    assert own_redis._proc is not None
+    own_redis._proc.send_signal(signal.SIGSTOP)  # the server holds connections but never answers
+    try:
+        up, took = await timed_scrape(gateway)
+    finally:
+        own_redis._proc.send_signal(signal.SIGCONT)
+    assert up == 0 and STORE_CHECK_S - 0.5 < took < STORE_CHECK_S + 1
+    assert (await timed_scrape(gateway))[0] == 1

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 from harness import GatewayProcess, gateway_config_text
+from redis_server import RedisServer
 
 from gateway import keys
 from gateway.store import RedisStore
@@ -192,3 +193,35 @@ async def test_startup_objects_are_frozen_out_of_full_collections(aiohttp_server
         assert gc.get_freeze_count() > 10_000  # the modules, the config, the catalog...
     finally:
         gc.unfreeze()
+
+
+async def test_every_worker_reports_the_store_truthfully(tmp_path: Path, fake_openai: tuple[Any, str]) -> None:
+    """With --workers 2 a scrape lands on either worker; whichever it is, gateway_store_up must say what
+    the store does now — from the first scrape (no request ever touched the store), through an outage,
+    and after the store came back (no worker's stale 'down' may outvote the one that asked)."""
+    with RedisServer() as redis:
+        path = tmp_path / "workers.yaml"
+        path.write_text(gateway_config_text(fake_openai[1], redis.url, f"srv{uuid.uuid4().hex}:"))
+        gw = GatewayProcess(path)
+        gw.extra_args = ["--workers", "2"]
+        with gw:
+            for _ in range(100):  # both workers announced readiness: their first ping was answered
+                if any(e["event"] == "all workers ready" for e in gw.log()):
+                    break
+                await asyncio.sleep(0.1)
+            assert await store_up_per_scrape(gw.url, 8) == [1.0] * 8
+            redis.stop()
+            assert await store_up_per_scrape(gw.url, 8) == [0.0] * 8
+            redis.start()
+            assert await store_up_per_scrape(gw.url, 8) == [1.0] * 8
+
+
+async def store_up_per_scrape(url: str, scrapes: int) -> list[float]:
+    """gateway_store_up of `scrapes` scrapes, each on a new connection so the kernel spreads them."""
+    found = []
+    for _ in range(scrapes):
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http, \
+                http.get(url + "/metrics") as r:
+            text = await r.text()
+        found += [float(li.rsplit(" ", 1)[1]) for li in text.splitlines() if li.startswith("gateway_store_up ")]
+    return found

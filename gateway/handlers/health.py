@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from aiohttp import web
@@ -11,22 +12,32 @@ from gateway import metrics as metrics_mod
 from gateway.auth import bearer_matches
 from gateway.errors import Unauthorized
 from gateway.state import RUNTIME, served_here
-from gateway.store import StoreError
+from gateway.store import Store, StoreError
+
+STORE_CHECK_S = 2.0  # a scrape or readiness probe waits at most this long for the store's answer
 
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def store_answers(store: Store) -> bool:
+    """Ping the store, waiting at most STORE_CHECK_S (a black-holed Redis must not hang a scrape), and
+    write the answer to gateway_store_up."""
+    try:
+        async with asyncio.timeout(STORE_CHECK_S):
+            await store.ping()
+        up = True
+    except (StoreError, TimeoutError):
+        metrics_mod.STORE_ERRORS.labels("ping").inc()
+        up = False
+    metrics_mod.store_up(up, force=True)
+    return up
+
+
 async def readyz(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    checks = {"config": "ok", "store": "ok"}
-    try:
-        await runtime.store.ping()
-    except StoreError:
-        checks["store"] = "unreachable"
-        metrics_mod.STORE_ERRORS.labels("ping").inc()
-    metrics_mod.store_up(checks["store"] == "ok")
+    checks = {"config": "ok", "store": "ok" if await store_answers(runtime.store) else "unreachable"}
     ready = all(v == "ok" for v in checks.values())
     body = {"status": "ready" if ready else "not_ready", "checks": checks,
             "config_age_s": round(time.time() - runtime.snapshot.loaded_at, 1)}
@@ -44,5 +55,6 @@ async def metrics(request: web.Request) -> web.Response:
         raise web.HTTPNotFound()
     if server.metrics_token and not bearer_matches(request, server.metrics_token):
         raise Unauthorized("/metrics needs 'Authorization: Bearer <metrics token>'.", code="invalid_metrics_token")
+    await store_answers(request.app[RUNTIME].store)  # an idle gateway's gauge would otherwise be stale
     metrics_mod.CONFIG_AGE.set(time.time() - request.app[RUNTIME].snapshot.loaded_at)
     return web.Response(body=metrics_mod.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
