@@ -16,9 +16,11 @@ import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from redis.connection import parse_url as parse_redis_url
 
 from providers.registry import KINDS
 
@@ -52,10 +54,35 @@ class ServerConfig(_Model):
     admin_listen: str = Field(default="", pattern=r"^$|^[^:]+:\d+$")  # "host:port": /admin/* there only
 
 
+STORE_SCHEMES = ("redis", "rediss", "unix")
+
+
 class StoreConfig(_Model):
     url: str = ""  # empty: in-process memory store
     prefix: str = "gw:"
     starter_key_balance: NonNegFloat = 1.0  # USD on the key a memory-store gateway creates at startup
+
+    @field_validator("url")
+    @classmethod
+    def _store_url(cls, url: str) -> str:
+        """Refused at load rather than at the first request; never quoted back, as it may hold a password."""
+        if not url:
+            return url
+        scheme, sep, _ = url.partition("://")
+        if not sep or scheme not in STORE_SCHEMES:  # lower case: redis-py refuses "REDIS://"
+            raise ValueError("must be a redis://, rediss:// or unix:// URL, or empty for the in-process "
+                             "memory store (one process only)")
+        try:
+            parse_redis_url(url)  # redis-py's own parser (port, db, options), the one the store uses
+        except ValueError:  # its message may quote a fragment of a malformed password: say it our way
+            raise ValueError("is not a valid Redis URL (check the port and db; percent-encode @ : / in a "
+                             "password)") from None
+        path = urlsplit(url).path
+        if scheme == "unix" and not path:
+            raise ValueError("a unix:// URL needs the socket's path (unix:///run/redis/redis-server.sock)")
+        if scheme != "unix" and not re.fullmatch(r"/?\d*", path):  # redis-py would ignore it: db 0
+            raise ValueError("the path of a redis:// URL is the database number (redis://host:6379/0)")
+        return url
 
 
 class HealthConfig(_Model):
@@ -244,16 +271,95 @@ def parse(text: str, environ: dict[str, str], source: str = "<config>") -> Confi
     problems: list[str] = []
     data = _substitute(raw, environ, (), problems)
     _note_key_env(raw, data)
-    if problems:
-        raise ConfigError("\n".join(problems))
-    try:
-        config = Config.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError("\n".join(_describe(e) for e in exc.errors())) from None
-    problems = _cross_check(config)
-    if problems:
+    config, pruned = _validate(data, problems)
+    if config is not None:
+        problems += _unless_pruned(_cross_check(config), pruned)
+    if problems or config is None:
         raise ConfigError("\n".join(problems))
     return config
+
+
+_PRUNE_ROUNDS = 6  # an invalid proxy URL takes 4 (url, proxy, empty list, pool); nesting is bounded
+
+
+def _validate(data: dict[str, Any], problems: list[str]) -> tuple[Config | None, list[tuple[Any, ...]]]:
+    """Validate, adding every problem to `problems`; then drop the invalid parts and validate what is left,
+    so the cross-references of the rest are checked too and an operator sees every problem in one go.
+
+    Returns the pruned config (None if pruning could not make one) and the paths that were dropped.
+    """
+    named = {p.split(": ", 1)[0] for p in problems}  # an unset variable's "" would be reported twice
+    pruned: list[tuple[Any, ...]] = []
+    for attempt in range(_PRUNE_ROUNDS):
+        try:
+            return Config.model_validate(data), pruned
+        except ValidationError as exc:
+            errors = exc.errors()
+        if attempt == 0:  # later rounds only meet the consequences of pruning
+            problems += [_describe(e) for e in errors if ".".join(map(str, e["loc"])) not in named]
+        for err in errors:
+            loc = tuple(err["loc"])
+            path = _prune(data, loc[:-1] if err["type"] == "missing" else loc)
+            if path:
+                pruned.append(path)
+        _drop_holes(data)
+    return None, pruned
+
+
+_HOLE = object()  # a list item pruned in this round; removed afterwards so other items' indexes hold meanwhile
+
+
+def _prune(data: dict[str, Any], loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Remove the deepest node that exists on `loc` (a mapping key then takes its default); its path.
+
+    `loc` may run past what exists (pydantic names union members and missing keys): it is cut there.
+    """
+    parent: Any = None
+    node: Any = data
+    path: tuple[Any, ...] = ()
+    for part in loc:
+        if not _has(node, part):
+            break
+        parent, node, path = node, node[part], (*path, part)
+    if not path:
+        return ()
+    if isinstance(parent, dict):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = _HOLE
+    return path
+
+
+def _has(node: Any, part: Any) -> bool:
+    if isinstance(node, dict):
+        return part in node
+    return isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node) and node[part] is not _HOLE
+
+
+def _drop_holes(node: Any) -> None:
+    if isinstance(node, dict):
+        for value in node.values():
+            _drop_holes(value)
+    elif isinstance(node, list):
+        node[:] = [v for v in node if v is not _HOLE]
+        for value in node:
+            _drop_holes(value)
+
+
+_COLLECTIONS = {("providers",), ("models",), ("presets",), ("egress", "pools")}
+
+
+def _unless_pruned(problems: list[str], pruned: list[tuple[Any, ...]]) -> list[str]:
+    """Cross-check problems that are not echoes of a dropped part: none about a dropped path itself,
+    none naming a dropped entry (a model of a provider that was itself invalid) or one that lost a list
+    item (a pool without its invalid proxy), none at all when a whole section was dropped."""
+    if any(len(path) == 1 and path[0] in Config.model_fields for path in pruned):
+        return []
+    paths = [".".join(map(str, path)) for path in pruned]
+    entries = [repr(path[len(c)]) for path in pruned for c in _COLLECTIONS if path[:len(c)] == c
+               and (len(path) == len(c) + 1 or any(isinstance(part, int) for part in path))]
+    return [p for p in problems if not any(p.startswith((f"{d}.", f"{d}:")) for d in paths)
+            and not any(name in p for name in entries)]
 
 
 def _substitute(node: Any, env: dict[str, str], path: tuple[str, ...], problems: list[str]) -> Any:
@@ -266,10 +372,10 @@ def _substitute(node: Any, env: dict[str, str], path: tuple[str, ...], problems:
 
     def repl(m: re.Match[str]) -> str:
         name, has_default, default = m.group(1), m.group(2) is not None, m.group(3) or ""
+        if has_default:  # as in a shell: a variable that is set but empty takes the default too
+            return env.get(name) or default
         if name in env:
             return env[name]
-        if has_default:
-            return default
         problems.append(f"{'.'.join(path)}: environment variable {name} is not set")
         return ""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,118 @@ def test_a_provider_left_without_a_usable_proxy_is_refused() -> None:
     assert parse(POOLED.replace("region: cn", "region: de"), {}).providers["openai"].blocked_regions == ["ru", "cn"]
     fallback = POOLED.replace("      proxies:", "      fallback_direct: true\n      proxies:")
     assert parse(fallback, {}).egress.pools["eu"].fallback_direct
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    pytest.param({}, "redis://127.0.0.1:6379/0", id="unset"),
+    pytest.param({"REDIS_URL": ""}, "redis://127.0.0.1:6379/0", id="set-but-empty"),
+    pytest.param({"REDIS_URL": "unix:///run/redis.sock"}, "unix:///run/redis.sock", id="set"),
+])
+def test_a_default_covers_unset_and_empty_variables_as_in_a_shell(env: dict[str, str], expected: str) -> None:
+    text = BASE + 'store: {url: "${REDIS_URL:-redis://127.0.0.1:6379/0}"}\n'
+    assert parse(text, env).store.url == expected
+
+
+def test_a_variable_without_default_may_be_empty_but_must_be_set() -> None:
+    text = BASE.replace("${OPENAI_API_KEY:-}", "${OPENAI_API_KEY}")
+    assert parse(text, {"OPENAI_API_KEY": ""}).providers["openai"].api_key == ""
+    with pytest.raises(ConfigError, match="environment variable OPENAI_API_KEY is not set"):
+        parse(text, {})
+
+
+@pytest.mark.parametrize("url", [
+    "", "redis://127.0.0.1:6379/0", "rediss://:pw@redis.example:6380/2", "redis://127.0.0.1",
+    "unix:///run/redis/redis-server.sock", "unix:///run/redis/redis-server.sock?password=pw&db=1",
+])
+def test_store_urls_the_store_can_open(url: str) -> None:
+    assert parse(BASE + f'store: {{url: "{url}"}}\n', {}).store.url == url
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    pytest.param("http://:hunter2-secret@127.0.0.1:6379", "must be a redis://, rediss:// or unix:// URL, or empty",
+                 id="http"),
+    pytest.param("127.0.0.1:6379", "must be a redis://, rediss:// or unix:// URL", id="no-scheme"),
+    pytest.param("memory", "or empty for the in-process memory store", id="memory-word"),
+    pytest.param("REDIS://127.0.0.1:6379", "must be a redis://", id="upper-case"),  # redis-py refuses it
+    pytest.param("redis://:hunter2-secret@127.0.0.1:63x9/0", "is not a valid Redis URL", id="bad-port"),
+    pytest.param("redis://:hunter2/secret@127.0.0.1:6379/0", "percent-encode @ : / in a password",
+                 id="slash-in-password"),
+    pytest.param("redis://:hunter2-secret@127.0.0.1:6379/zero", "the database number", id="bad-db"),
+    pytest.param("unix://", "needs the socket's path", id="unix-without-path"),
+])
+def test_store_url_is_checked_at_load_without_quoting_it(url: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(BASE + 'store: {url: "${REDIS_URL}"}\n', {"REDIS_URL": url})
+    message = str(info.value)
+    assert message.startswith("store.url: ") and expected in message
+    assert "hunter2" not in message and "secret" not in message
+
+
+def test_every_kind_of_problem_is_reported_in_one_go() -> None:
+    """Unset variables, invalid values and dangling references: one run names them all."""
+    text = BASE.replace("input_per_mtok: 1.25", "input_per_mtok: -1") + """
+  openai/gpt-4o: {price: {output_per_mtok: 5}, fallbacks: [openai/nope]}
+  ghost/model: {}
+server: {admin_token: "${ADMIN_TOKEN}"}
+presets:
+  helper: {model: openai/gpt-4o, system_overide: true}
+"""
+    text = text.replace('api_key: "${OPENAI_API_KEY:-}"}', 'api_key: "${OPENAI_API_KEY:-}", egress: eu}')
+    with pytest.raises(ConfigError) as info:
+        parse(text, {})
+    assert sorted(str(info.value).splitlines()) == sorted([
+        "server.admin_token: environment variable ADMIN_TOKEN is not set",
+        "models.openai/gpt-5.price.input_per_mtok: must be a number >= 0.0",
+        "presets.helper.system_overide: unknown key (typo?)",
+        "providers.openai.egress: no pool named 'eu' (or use 'direct')",
+        "models.openai/gpt-4o.fallbacks.0: no model 'openai/nope' in models",
+        "models.ghost/model: no provider named 'ghost' in providers",
+    ])
+
+
+def test_references_to_an_invalid_entry_are_not_reported_twice() -> None:
+    """A provider with a bad kind is reported once; its models do not add 'no provider named ...'."""
+    text = BASE.replace("kind: openai", "kind: telepathy")
+    with pytest.raises(ConfigError) as info:
+        parse(text, {})
+    assert str(info.value).splitlines() == ["providers.openai.kind: must be one of anthropic, gemini, openai"]
+
+
+def test_an_invalid_proxy_is_reported_once_and_its_pool_is_not_missing() -> None:
+    """Without its invalid proxy the pool would leave the provider only a blocked region: not reported."""
+    valid = POOLED.replace("region: cn", "region: de")
+    text = valid.replace('url: "http://127.0.0.1:3128"', 'url: "ftp://127.0.0.1:21"')
+    with pytest.raises(ConfigError) as info:
+        parse(text, {})
+    assert str(info.value).splitlines() == [
+        "egress.pools.eu.proxies.1.url: must match ^(socks5h?|socks4a?|https?)://"]
+
+
+def _names_in_config(text: str) -> set[str]:
+    """Every ${NAME} in the text, but the placeholder its header comment writes as "${VAR}"."""
+    return set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", text)) - {"VAR"}
+
+
+def test_the_deploy_env_example_and_config_yaml_name_the_same_variables() -> None:
+    """Every ${VAR} of the shipped config (its commented examples included) has a line in the env file
+    template, set or commented out, and the template names nothing the config does not read."""
+    config_vars = _names_in_config((ROOT / "config.yaml").read_text())
+    example = (ROOT / "deploy" / "gateway.env.example").read_text()
+    example_vars = set(re.findall(r"(?m)^#?\s*([A-Z_][A-Z0-9_]*)=", example))
+    assert config_vars, "config.yaml reads no variables?"
+    assert config_vars - example_vars == set(), "missing from deploy/gateway.env.example"
+    assert example_vars - config_vars == set(), "not read by config.yaml"
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    pytest.param("modelz: {}\n", ["modelz: unknown key (typo?)",
+                                  "models.openai/gpt-5.fallbacks.0: no model 'x/y' in models"], id="stray-section"),
+    pytest.param("presets: [a, b]\n", ["presets: must be a mapping"], id="section-not-a-mapping"),
+])
+def test_a_bad_section_fakes_no_dangling_references(extra: str, expected: list[str]) -> None:
+    """A stray top-level key hides nothing; a section that is not even a mapping is reported alone, as
+    every reference into the rest could be its echo."""
+    text = BASE.replace("aliases: [gpt-5]", "aliases: [gpt-5]\n    fallbacks: [x/y]") + extra
+    with pytest.raises(ConfigError) as info:
+        parse(text, {})
+    assert str(info.value).splitlines() == expected
