@@ -8,9 +8,11 @@
     python -m gateway keys topup   --config FILE KEY_ID USD
     python -m gateway keys list    --config FILE [--json]
     python -m gateway keys disable --config FILE KEY_ID
-    python -m gateway usage export --config FILE [--since ISO] [--format jsonl|csv]
+    python -m gateway usage export --config FILE [--since ISO] [--until ISO] [--format jsonl|csv]
 
-Exit status: 0 done, 1 the store or the key said no, 2 bad usage or an invalid config.
+Exit status: 0 done; 1 the store failed (unreachable, an error) or `serve` cannot listen; 2 bad input —
+a bad argument, an invalid config, an unknown key id, a deduction below zero — said in one line on
+stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
@@ -34,27 +36,69 @@ from gateway.logging import configure as configure_logging
 from gateway.store import Store, StoreError, open_store
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad usage is one line on stderr and exit status 2, as for every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
 def _usd(text: str) -> int:
-    """A dollar amount from the command line -> nano-dollars, exactly."""
+    """A dollar amount from the command line -> nano-dollars, exactly (negative: a deduction)."""
     try:
         return keyops.usd_to_nano(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _balance(text: str) -> int:
+    """A new key's balance: dollars, not below zero."""
+    nano = _usd(text)
+    if nano < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+    return nano
+
+
 def _positive(text: str) -> int:
-    """A whole number >= 1 (a cap of 0 would refuse everything: leave the cap out instead)."""
+    """A whole number >= 1 (a limit or cap of 0 would refuse everything: leave it out instead)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
-        raise argparse.ArgumentTypeError("must be >= 1")
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {value}")
+    return value
+
+
+def _moment_ms(text: str) -> int:
+    """An ISO date or date-time (UTC unless it says otherwise) -> unix milliseconds."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO date/time (e.g. 2026-01-31 or 2026-01-31T12:00Z): "
+                                         f"{text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 1-65535, not {value}")
     return value
 
 
 def _dollars(nano: int) -> str:
     return str(Decimal(nano) / NANO)
+
+
+def _bad_input(message: str) -> int:
+    print(message, file=sys.stderr)
+    return 2
 
 
 def _load(path: str) -> Config:
@@ -74,9 +118,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    if args.workers < 1:
-        print("--workers must be at least 1", file=sys.stderr)
-        return 2
     if args.workers > 1:
         from gateway.supervisor import supervise
 
@@ -120,11 +161,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
         try:
             balance = await keyops.topup(store, args.key_id, args.amount)
         except keyops.KeyNotFound:
-            print(f"no key {args.key_id}", file=sys.stderr)
-            return 1
+            return _bad_input(f"no key {args.key_id!r} (see `keys list`)")
         except ValueError as exc:
-            print(f"refused: {exc}", file=sys.stderr)
-            return 1
+            return _bad_input(f"refused: {exc}")
         print(f"{args.key_id}: balance ${_dollars(balance)}")
         return 0
 
@@ -142,8 +181,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
         try:
             await keyops.disable(store, args.key_id)
         except keyops.KeyNotFound:
-            print(f"no key {args.key_id}", file=sys.stderr)
-            return 1
+            return _bad_input(f"no key {args.key_id!r} (see `keys list`)")
         print(f"{args.key_id}: disabled")
         return 0
 
@@ -163,28 +201,20 @@ def _usage_row(entry: dict[str, str]) -> dict[str, Any]:
             "cost_usd": _dollars(charged), "charged_nano": charged}
 
 
-def _since_ms(text: str | None) -> int:
-    if not text:
-        return 0
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise SystemExit(f"--since: not an ISO date/time: {text!r}") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
-
-
 def cmd_usage_export(args: argparse.Namespace) -> int:
     """Every settled charge from the store's audit streams, as JSON lines or CSV on stdout."""
     config = _load(args.config)
-    since = _since_ms(args.since)
+    since, until = args.since or 0, args.until
+    if until is not None and until <= since:
+        return _bad_input("--until must be later than --since")
 
     async def export(store: Store) -> int:
         writer = csv.DictWriter(sys.stdout, USAGE_COLUMNS, extrasaction="ignore") if args.format == "csv" else None
         if writer is not None:
             writer.writeheader()
         async for entry in store.iter_usage(since):
+            if until is not None and int(entry.get("ts_ms", "0")) >= until:
+                continue  # each key's stream is in time order, but keys follow one another
             row = _usage_row(entry)
             if writer is not None:
                 writer.writerow(row)
@@ -196,14 +226,14 @@ def cmd_usage_export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m gateway", description="LLM edge gateway")
+    parser = _Parser(prog="python -m gateway", description="LLM edge gateway")
     sub = parser.add_subparsers(dest="cmd", required=True)
 
     serve = sub.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", required=True)
     serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--port", type=_port)
+    serve.add_argument("--workers", type=_positive, default=1)
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # started by the supervisor
     serve.set_defaults(func=cmd_serve)
 
@@ -215,9 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     ksub = keys_p.add_subparsers(dest="keys_cmd", required=True)
     create = ksub.add_parser("create")
     create.add_argument("--name", required=True)
-    create.add_argument("--balance", type=_usd, required=True, help="USD")
-    create.add_argument("--rpm", type=int)
-    create.add_argument("--rpd", type=int)
+    create.add_argument("--balance", type=_balance, required=True, help="USD")
+    create.add_argument("--rpm", type=_positive, help="requests per minute, per model")
+    create.add_argument("--rpd", type=_positive, help="requests per day, per model")
     create.add_argument("--models", help="comma-separated globs of allowed model ids")
     create.add_argument("--max-streams", type=_positive, help="concurrent streamed requests of this key")
     create.add_argument("--max-tokens", type=_positive, help="output tokens one request may ask for")
@@ -238,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     usub = usage_p.add_subparsers(dest="usage_cmd", required=True)
     export = usub.add_parser("export", help="every settled charge, from the audit streams")
     export.add_argument("--config", required=True)
-    export.add_argument("--since", help="ISO date/time (UTC unless it says otherwise)")
+    export.add_argument("--since", type=_moment_ms, help="ISO date/time (UTC unless it says otherwise)")
+    export.add_argument("--until", type=_moment_ms, help="ISO date/time, exclusive (UTC unless it says otherwise)")
     export.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     export.set_defaults(func=cmd_usage_export)
     return parser

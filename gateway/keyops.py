@@ -9,8 +9,9 @@ from typing import Any
 from gateway import keys
 from gateway.config import NANO
 from gateway.store import KeyRecord, Store
+from gateway.store.memory import MAX_AMOUNT
 
-MAX_USD = 1_000_000_000
+MAX_USD = Decimal(MAX_AMOUNT) / NANO  # ~9 million: what the store's Lua scripts count exactly in nano-dollars
 CAPS = ("max_streams", "max_tokens", "max_body_bytes")  # per-key caps, same names in CLI, admin API, records
 
 
@@ -26,9 +27,15 @@ def usd_to_nano(value: Any) -> int:
         raise ValueError(f"not an amount in USD: {value!r}") from None
     if not amount.is_finite() or isinstance(value, bool):
         raise ValueError(f"not an amount in USD: {value!r}")
-    if abs(amount) > MAX_USD:  # beyond this the nano-dollar integer would not fit Redis's 64 bits
+    if abs(amount) > MAX_USD:  # beyond this Lua's doubles would no longer count nano-dollars exactly
         raise ValueError(f"amount out of range: at most {MAX_USD} USD either way")
     return int(amount * NANO)
+
+
+def dollars(nano: int) -> str:
+    """Nano-dollars as operators read them: "$1.25", "-$0.000000001"."""
+    sign = "-" if nano < 0 else ""
+    return f"{sign}${Decimal(abs(nano)) / NANO}"
 
 
 def key_json(record: KeyRecord) -> dict[str, Any]:
@@ -52,7 +59,13 @@ async def create(store: Store, name: str, balance: int, rpm: int | None = None, 
 
 
 async def topup(store: Store, key_id: str, amount: int) -> int:
-    balance = await store.topup(key_id, amount)
+    """Add `amount` (negative: deduct); ValueError in dollars when a deduction would go below zero."""
+    try:
+        balance = await store.topup(key_id, amount)
+    except ValueError:  # the store's message counts nano-dollars; an operator thinks in dollars
+        record = await store.get_key(key_id)
+        have = f" (balance {dollars(record.balance)})" if record is not None else ""
+        raise ValueError(f"a deduction of {dollars(-amount)} would leave key {key_id} below zero{have}") from None
     if balance is None:
         raise KeyNotFound(key_id)
     return balance

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.keyops import CAPS
+from gateway.keyops import CAPS, MAX_USD
 from gateway.validation import MAX_MODEL_NAME, MAX_PROVIDER_KEY, ROLES
+
+_MAX_USD = float(int(MAX_USD))  # whole dollars: a float of the exact bound could round above it
 
 JSON = dict[str, Any]
 ERROR_STATUSES = {
@@ -133,11 +135,11 @@ def _schemas(models: list[str]) -> JSON:
             **{cap: {"type": ["integer", "null"]} for cap in CAPS},
             "key": {"type": "string", "description": "the plaintext key, in the creation answer only"}}},
         "NewKey": {"type": "object", "required": ["name", "balance"], "properties": {
-            "name": {"type": "string", "minLength": 1}, "balance": _number(0, 1e9),
+            "name": {"type": "string", "minLength": 1}, "balance": _number(0, _MAX_USD),
             "rpm": {"type": "integer", "minimum": 1}, "rpd": {"type": "integer", "minimum": 1},
             "models": {"type": "array", "items": {"type": "string"}},
             **{cap: {"type": "integer", "minimum": 1} for cap in CAPS}}},
-        "Amount": {"type": "object", "required": ["amount"], "properties": {"amount": _number(-1e9, 1e9)}},
+        "Amount": {"type": "object", "required": ["amount"], "properties": {"amount": _number(-_MAX_USD, _MAX_USD)}},
     }
 
 

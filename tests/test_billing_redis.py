@@ -259,3 +259,8 @@ async def test_usage_export(tmp_path: Path, redis_url: str, make_gateway: Any,
     future = await asyncio.to_thread(run_cli, "usage", "export", "--config", str(config), "--since",
                                      "2999-01-01T00:00:00Z", env={"REDIS_URL": redis_url})
     assert future.stdout == ""
+    until = await asyncio.to_thread(run_cli, "usage", "export", "--config", str(config), "--until",
+                                    rows[2]["ts"], env={"REDIS_URL": redis_url})  # exclusive
+    assert until.returncode == 0, until.stderr
+    before = [json.loads(line)["generation_id"] for line in until.stdout.splitlines()]
+    assert before == [r["generation_id"] for r in rows if r["ts"] < rows[2]["ts"]] and ids[0] in before

@@ -62,7 +62,7 @@ def test_keys_lifecycle(redis_config: Path, redis_url: str) -> None:
     listed = json.loads(run_cli("keys", "list", "--config", str(redis_config), "--json", env=env).stdout)
     assert listed[0]["disabled"] is True and listed[0]["balance"] == 6.75
     missing = run_cli("keys", "topup", "--config", str(redis_config), "key_nope", "1", env=env)
-    assert missing.returncode == 1 and "no key" in missing.stderr
+    assert missing.returncode == 2 and "no key 'key_nope'" in missing.stderr
 
 
 def test_keys_on_the_memory_store_say_why_not(tmp_path: Path) -> None:
@@ -149,3 +149,76 @@ async def _eventually(check: Any, timeout: float = 10) -> bool:
             return True
         await asyncio.sleep(0.1)
     return False
+
+
+def one_line_refusal(result: Any) -> str:
+    """Exit status 2, nothing on stdout, one line on stderr (no usage block, no traceback); that line."""
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert result.stdout == "" and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return str(lines[0])
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    pytest.param(["keys", "create", "--name", "a", "--balance", "-1"], "--balance: must not be negative",
+                 id="negative-balance"),
+    pytest.param(["keys", "create", "--name", "a", "--balance", "lots"], "not an amount in USD: 'lots'",
+                 id="balance-not-a-number"),
+    pytest.param(["keys", "create", "--name", "a", "--balance", "1e300"], "at most 9007199.254740991 USD",
+                 id="balance-too-large"),
+    pytest.param(["keys", "create", "--name", "a", "--balance", "1", "--rpm", "0"], "--rpm: must be a whole number",
+                 id="rpm-zero"),
+    pytest.param(["keys", "create", "--name", "a", "--balance", "1", "--rpd", "-5"], "--rpd: must be a whole number",
+                 id="rpd-negative"),
+    pytest.param(["keys", "create", "--name", "a", "--balance", "1", "--rpm", "many"], "--rpm: not a whole number",
+                 id="rpm-not-a-number"),
+    pytest.param(["keys", "topup", "key_x", "NaN"], "not an amount in USD: 'NaN'", id="topup-nan"),
+    pytest.param(["keys", "topup", "key_x", "ten"], "not an amount in USD: 'ten'", id="topup-not-a-number"),
+    pytest.param(["keys", "topup", "key_nope", "1"], "no key 'key_nope'", id="topup-unknown-key"),
+    pytest.param(["keys", "disable", "key_nope"], "no key 'key_nope'", id="disable-unknown-key"),
+    pytest.param(["usage", "export", "--since", "yesterday"], "--since: not an ISO date/time", id="since-malformed"),
+    pytest.param(["usage", "export", "--until", "2026-13-01"], "--until: not an ISO date/time", id="until-malformed"),
+    pytest.param(["usage", "export", "--since", "2026-02-01", "--until", "2026-01-01"],
+                 "--until must be later than --since", id="until-before-since"),
+    pytest.param(["keys", "list", "--jsn"], "unrecognized arguments: --jsn", id="unknown-option"),
+])
+def test_bad_input_is_one_line_and_exit_status_2(redis_config: Path, redis_url: str, args: list[str],
+                                                 expected: str) -> None:
+    subcommand = args[:2]
+    result = run_cli(*subcommand, "--config", str(redis_config), *args[2:], env={"REDIS_URL": redis_url})
+    assert expected in one_line_refusal(result)
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    pytest.param(["--port", "0"], "--port: must be 1-65535, not 0", id="port-zero"),
+    pytest.param(["--port", "65536"], "--port: must be 1-65535, not 65536", id="port-too-high"),
+    pytest.param(["--port", "http"], "--port: not a port number: 'http'", id="port-not-a-number"),
+    pytest.param(["--workers", "0"], "--workers: must be a whole number >= 1", id="no-workers"),
+])
+def test_serve_refuses_bad_arguments_before_starting(tmp_path: Path, args: list[str], expected: str) -> None:
+    path = tmp_path / "mem.yaml"
+    path.write_text(gateway_config_text("http://127.0.0.1:9/v1"))
+    assert expected in one_line_refusal(run_cli("serve", "--config", str(path), *args, timeout=20))
+
+
+def test_a_deduction_below_zero_is_refused_in_dollars(redis_config: Path, redis_url: str) -> None:
+    env = {"REDIS_URL": redis_url}
+    created = json.loads(run_cli("keys", "create", "--config", str(redis_config), "--name", "c", "--balance", "1.5",
+                                 "--json", env=env).stdout)
+    line = one_line_refusal(run_cli("keys", "topup", "--config", str(redis_config), created["id"], "-2", env=env))
+    assert line == f"refused: a deduction of $2 would leave key {created['id']} below zero (balance $1.5)"
+    deducted = run_cli("keys", "topup", "--config", str(redis_config), created["id"], "-0.5", env=env)
+    assert deducted.returncode == 0 and f"{created['id']}: balance $1" in deducted.stdout
+
+
+def test_check_config_prints_every_kind_of_problem(tmp_path: Path) -> None:
+    """README's example: an invalid value and a dangling reference, in one run."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(gateway_config_text("http://127.0.0.1:9/v1").replace("input_per_mtok: 1.25", "input_per_mtok: -3")
+                   .replace('api_key: "${NOKEY_API_KEY:-}"', 'api_key: "${NOKEY_API_KEY:-}", egress: eu'))
+    result = run_cli("check-config", str(bad))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["invalid config:",
+                                          "models.fake/gpt-5.price.input_per_mtok: must be a number >= 0.0",
+                                          "providers.nokey.egress: no pool named 'eu' (or use 'direct')"]
