@@ -38,7 +38,7 @@ class _Model(BaseModel):
 NonNegFloat = Annotated[float, Field(ge=0)]
 PosFloat = Annotated[float, Field(gt=0)]
 PosInt = Annotated[int, Field(ge=1)]
-Port = Annotated[int, Field(ge=0, le=65535)]
+Port = Annotated[int, Field(ge=1, le=65535)]
 
 
 class ServerConfig(_Model):
@@ -52,6 +52,13 @@ class ServerConfig(_Model):
     metrics_listen: str = Field(default="", pattern=r"^$|^[^:]+:\d+$")  # "host:port": /metrics there only
     metrics_token: str = ""  # when set, /metrics needs "Authorization: Bearer <token>"
     admin_listen: str = Field(default="", pattern=r"^$|^[^:]+:\d+$")  # "host:port": /admin/* there only
+
+    @field_validator("metrics_listen", "admin_listen")
+    @classmethod
+    def _listen_port(cls, address: str) -> str:
+        if address and not 1 <= int(address.rpartition(":")[2]) <= 65535:
+            raise ValueError("the port must be 1-65535")
+        return address
 
 
 STORE_SCHEMES = ("redis", "rediss", "unix")

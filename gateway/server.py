@@ -12,6 +12,7 @@ import asyncio
 import gc
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -127,8 +128,26 @@ async def _side_listener(app: web.Application, listen: str, what: frozenset[str]
     runner = web.AppRunner(side, access_log=None)
     await runner.setup()
     host, _, port = listen.rpartition(":")
-    await web.TCPSite(runner, host, int(port), reuse_port=True).start()
+    try:
+        await web.TCPSite(runner, host, int(port), reuse_port=True).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ListenError(host, int(port), exc) from exc
     return runner
+
+
+class ListenError(Exception):
+    """An address the gateway was told to listen on cannot be bound (taken, not ours, not a name)."""
+
+    def __init__(self, host: str, port: int, cause: OSError) -> None:
+        super().__init__(f"cannot listen on {host}:{port}: {listen_reason(cause)}")
+
+
+def listen_reason(exc: OSError) -> str:
+    """The kernel's or resolver's own words ("Address already in use"), without asyncio's wrapping."""
+    if isinstance(exc, socket.gaierror):
+        return exc.strerror or str(exc)
+    return os.strerror(exc.errno) if exc.errno else str(exc)
 
 
 async def _batched_log(_app: web.Application) -> AsyncIterator[None]:
@@ -160,11 +179,23 @@ def serve(config: Config, config_path: str, host: str | None = None, port: int |
     if not worker:
         app.on_shutdown.append(_notify_stopping)
     config = app[RUNTIME].snapshot.config
-    web.run_app(app, host=config.server.host, port=config.server.port, reuse_port=worker,
-                access_log=None, print=None, shutdown_timeout=config.server.shutdown_grace_s,
-                loop=uvloop.new_event_loop())
+    try:
+        web.run_app(app, host=config.server.host, port=config.server.port, reuse_port=worker,
+                    access_log=None, print=None, shutdown_timeout=config.server.shutdown_grace_s,
+                    loop=uvloop.new_event_loop())
+    except ListenError as exc:  # a side listener (metrics_listen, admin_listen)
+        return _cannot_listen(str(exc))
+    except OSError as exc:  # the main listener: the only socket run_app itself binds
+        return _cannot_listen(f"cannot listen on {config.server.host}:{config.server.port}: {listen_reason(exc)}")
     log.info("stopped")
     return 0
+
+
+def _cannot_listen(message: str) -> int:
+    """One line on stderr (the journal has it under systemd), exit status 1: the machine said no."""
+    sink.flush()
+    print(message, file=sys.stderr, flush=True)
+    return 1
 
 
 async def _notify_stopping(app: web.Application) -> None:

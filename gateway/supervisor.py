@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -120,5 +121,24 @@ def supervise(config: Config, config_path: str, host: str | None, port: int | No
         print("--workers above 1 needs a shared store: set store.url (REDIS_URL); N memory stores would be "
               "N separate sets of keys and balances", file=sys.stderr)
         return 2
-    return Supervisor(config, config_path, host or config.server.host,
-                      port if port is not None else config.server.port, workers).run()
+    host, port = host or config.server.host, port if port is not None else config.server.port
+    problem = _cannot_bind(host, port)
+    if problem:  # else every worker would die at its bind, and be restarted, for ever
+        print(f"cannot listen on {host}:{port}: {problem}", file=sys.stderr)
+        return 1
+    return Supervisor(config, config_path, host, port, workers).run()
+
+
+def _cannot_bind(host: str, port: int) -> str:
+    """Why the workers could not bind host:port (as they do, with SO_REUSEPORT), or "" when they can."""
+    from gateway.server import listen_reason
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _name, address in infos:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                probe.bind(address)
+    except OSError as exc:
+        return listen_reason(exc)
+    return ""

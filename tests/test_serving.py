@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from harness import GatewayProcess, gateway_config_text
+from harness import GatewayProcess, closed_port, gateway_config_text
 from redis_server import RedisServer
 
 from gateway import keys
@@ -225,3 +225,46 @@ async def store_up_per_scrape(url: str, scrapes: int) -> list[float]:
             text = await r.text()
         found += [float(li.rsplit(" ", 1)[1]) for li in text.splitlines() if li.startswith("gateway_store_up ")]
     return found
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A loopback port another socket listens on (without SO_REUSEPORT, as a foreign server would)."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield int(holder.getsockname()[1])
+
+
+@pytest.mark.parametrize(("where", "workers"), [("main", 1), ("main", 2), ("metrics_listen", 1)])
+def test_a_taken_port_is_one_line_and_exit_status_1(tmp_path: Path, redis_url: str, taken_port: int,
+                                                    where: str, workers: int) -> None:
+    path = tmp_path / "taken.yaml"
+    side = {"metrics_listen": f"127.0.0.1:{taken_port}"} if where != "main" else {}
+    path.write_text(gateway_config_text("http://127.0.0.1:9/v1", redis_url, f"srv{uuid.uuid4().hex}:", **side))
+    port = taken_port if where == "main" else closed_port()
+    result = subprocess.run([*GatewayProcess.python_m_gateway(), "serve", "--config", str(path), "--port", str(port),
+                             "--workers", str(workers)], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [f"cannot listen on 127.0.0.1:{taken_port}: Address already in use"]
+
+
+async def test_startup_says_why_the_store_does_not_answer_and_keeps_its_password(
+        tmp_path: Path, fake_openai: tuple[Any, str]) -> None:
+    """A Redis that wants a password gets a wrong one: the log line names the failure, never the password."""
+    wrong = "wrong-Pa55word-123"
+    with RedisServer(password="right-Pa55word-456") as redis:
+        path = tmp_path / "auth.yaml"
+        path.write_text(gateway_config_text(fake_openai[1], f"redis://:{wrong}@127.0.0.1:{redis.port}/0",
+                                            f"srv{uuid.uuid4().hex}:"))
+        with GatewayProcess(path) as gw:
+            for _ in range(100):
+                waiting = [e for e in gw.log() if e["event"] == "store not answering yet; not ready"]
+                if waiting:
+                    break
+                await asyncio.sleep(0.1)
+        assert waiting, gw.stdout()
+        reason = waiting[0]["reason"]
+        assert "AuthenticationError" in reason and f"127.0.0.1:{redis.port}" in reason
+        assert wrong not in gw.stdout() + gw.stderr()
