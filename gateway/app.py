@@ -17,7 +17,7 @@ from gateway import config as config_mod
 from gateway import metrics
 from gateway.config import Config
 from gateway.handlers import admin, apis, chat, credits, docs, health, messages, models
-from gateway.logging import get_logger, redactor
+from gateway.logging import get_logger, redactor, set_level
 from gateway.middleware import add_response_headers, request_context, require_admin, require_key
 from gateway.state import RUNTIME, Runtime, Snapshot
 from gateway.store import open_store
@@ -131,6 +131,8 @@ async def reload_config(app: web.Application) -> bool:
     redactor.update([*old.secrets(), *new.secrets()])  # requests in flight still hold the old ones
     await runtime.egress.configure(_pools(new))
     runtime.snapshot = Snapshot.of(new)
+    if new.server.log_level != old.server.log_level:  # serve() applied the old one at startup
+        set_level(new.server.log_level)
     metrics.RELOADS.labels("success").inc()
     log.info("config reloaded", path=runtime.config_path, models=len(new.models),
              providers=len(new.providers))

@@ -284,9 +284,40 @@ def _scrubbing(factory: Any) -> Any:
     return make
 
 
-def configure(level: str = "info") -> None:
+class _LevelBound(structlog.BoundLoggerBase):
+    """A bound logger that reads the level at each call: structlog's filtering classes fix it when a
+    logger is first used (loggers are cached), so a reload could not change `server.log_level`."""
+
+    def debug(self, event: str, **kw: Any) -> Any:
+        return self._proxy_to_logger("debug", event, **kw) if _threshold <= logging.DEBUG else None
+
+    def info(self, event: str, **kw: Any) -> Any:
+        return self._proxy_to_logger("info", event, **kw) if _threshold <= logging.INFO else None
+
+    def warning(self, event: str, **kw: Any) -> Any:
+        return self._proxy_to_logger("warning", event, **kw) if _threshold <= logging.WARNING else None
+
+    def error(self, event: str, **kw: Any) -> Any:
+        return self._proxy_to_logger("error", event, **kw)  # no level above error: always written
+
+    def exception(self, event: str, **kw: Any) -> Any:
+        kw.setdefault("exc_info", True)
+        return self.error(event, **kw)
+
+    def critical(self, event: str, **kw: Any) -> Any:
+        return self._proxy_to_logger("critical", event, **kw)
+
+    warn = warning
+
+
+def set_level(level: str) -> None:
+    """The threshold every logger, cached or not, and the per-request line obey from now on."""
     global _threshold
     _threshold = _LEVELS[level]
+
+
+def configure(level: str = "info") -> None:
+    set_level(level)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -296,7 +327,7 @@ def configure(level: str = "info") -> None:
             structlog.processors.format_exc_info,
             redactor.render,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        wrapper_class=_LevelBound,
         logger_factory=lambda *_args: _LineLogger(sink),
         cache_logger_on_first_use=True,
     )

@@ -222,3 +222,28 @@ def test_check_config_prints_every_kind_of_problem(tmp_path: Path) -> None:
     assert result.stderr.splitlines() == ["invalid config:",
                                           "models.fake/gpt-5.price.input_per_mtok: must be a number >= 0.0",
                                           "providers.nokey.egress: no pool named 'eu' (or use 'direct')"]
+
+
+async def test_sighup_applies_a_new_log_level(tmp_path: Path, fake_openai: tuple[Any, str]) -> None:
+    """warning -> info on reload: the per-request line appears; info -> warning: it stops again."""
+    path = tmp_path / "levels.yaml"
+    quiet = gateway_config_text(fake_openai[1], log_level="warning")
+    loud = gateway_config_text(fake_openai[1], log_level="info")
+    path.write_text(quiet)
+    with GatewayProcess(path) as gw:
+        async def lines_of_one_request() -> int:
+            """Per-request log lines one (unauthenticated, 401) request writes."""
+            before = sum(1 for e in gw.log() if e["event"] == "request")
+            assert (await _get(gw.url, "gw-nope"))[0] == 401
+            await asyncio.sleep(0.3)  # info lines leave in batches, at most 50 ms late
+            return sum(1 for e in gw.log() if e["event"] == "request") - before
+
+        assert await lines_of_one_request() == 0
+        path.write_text(loud)
+        gw.signal(signal.SIGHUP)
+        assert await _eventually(lambda: _logged(gw, "config reloaded"))
+        assert await lines_of_one_request() == 1
+        path.write_text(quiet)
+        gw.signal(signal.SIGHUP)
+        await asyncio.sleep(1)  # "config reloaded" is an info line: not written at warning
+        assert await lines_of_one_request() == 0

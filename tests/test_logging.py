@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from harness import PROVIDER_KEY, Gateway
 
-from gateway.logging import REDACTED, Redactor
+from gateway.logging import REDACTED, Redactor, get_logger, set_level, sink
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 Lines = Callable[[], list[dict[str, Any]]]
@@ -147,3 +147,20 @@ async def test_batched_info_lines_leave_together_and_a_warning_keeps_their_order
     assert target.writes[-1] == b'{"n":5}\n'
     await asyncio.sleep(0.1)
     assert len(target.writes) == 5
+
+
+def test_a_logger_in_use_obeys_a_new_level(log_lines: Lines) -> None:
+    """structlog caches a logger at first use; the level (a reload's server.log_level) must still apply."""
+    log = get_logger("test.levels")
+    try:
+        log.debug("before")  # first use: cached at the session's debug level
+        set_level("warning")
+        log.info("hidden")
+        log.warning("shown")
+        set_level("info")
+        log.debug("hidden too")
+        log.info("shown too")
+    finally:
+        set_level("debug")  # the session's level (conftest)
+    sink.flush()
+    assert [e["event"] for e in log_lines() if e.get("event") != "request"] == ["before", "shown", "shown too"]
