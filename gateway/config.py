@@ -391,7 +391,8 @@ def _substitute(node: Any, env: dict[str, str], path: tuple[str, ...], problems:
 
 def _note_key_env(raw: dict[str, Any], data: dict[str, Any]) -> None:
     """Remember which variable each provider key came from, so errors can say "set OPENAI_API_KEY"."""
-    for name, prov in (raw.get("providers") or {}).items():
+    providers = raw.get("providers")
+    for name, prov in (providers if isinstance(providers, dict) else {}).items():  # else validation says why
         if not isinstance(prov, dict) or not isinstance(prov.get("api_key"), str):
             continue
         m = _VAR.fullmatch(prov["api_key"].strip())
@@ -412,6 +413,7 @@ _MESSAGES = {
     "bool_type": "must be true or false",
     "string_type": "must be a string",
     "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
     "list_type": "must be a list",
     "missing": "is required",
     "extra_forbidden": "unknown key (typo?)",

@@ -238,10 +238,14 @@ def test_the_deploy_env_example_and_config_yaml_name_the_same_variables() -> Non
     pytest.param("modelz: {}\n", ["modelz: unknown key (typo?)",
                                   "models.openai/gpt-5.fallbacks.0: no model 'x/y' in models"], id="stray-section"),
     pytest.param("presets: [a, b]\n", ["presets: must be a mapping"], id="section-not-a-mapping"),
+    pytest.param("providers: [openai]\n", ["providers: must be a mapping"], id="providers-not-a-mapping"),
+    pytest.param("presets: {p: [1]}\n", ["presets.p: must be a mapping",
+                                         "models.openai/gpt-5.fallbacks.0: no model 'x/y' in models"],
+                 id="entry-not-a-mapping"),
 ])
 def test_a_bad_section_fakes_no_dangling_references(extra: str, expected: list[str]) -> None:
-    """A stray top-level key hides nothing; a section that is not even a mapping is reported alone, as
-    every reference into the rest could be its echo."""
+    """A stray top-level key or a broken entry hides nothing; a section that is not even a mapping is
+    reported alone, as every reference into the rest could be its echo."""
     text = BASE.replace("aliases: [gpt-5]", "aliases: [gpt-5]\n    fallbacks: [x/y]") + extra
     with pytest.raises(ConfigError) as info:
         parse(text, {})
