@@ -24,14 +24,20 @@ def test_check_config_accepts_the_shipped_config() -> None:
     assert "ok" in result.stdout
 
 
-def test_check_config_names_every_problem(tmp_path: Path) -> None:
+def check_spoilt_config(tmp_path: Path, old: str, new: str) -> str:
+    """check-config's stderr for the test config with a negative price and `old` replaced by `new`."""
     bad = tmp_path / "bad.yaml"
     bad.write_text(gateway_config_text("http://127.0.0.1:9/v1").replace("input_per_mtok: 1.25", "input_per_mtok: -3")
-                   .replace("kind: openai\n    base_url", "kind: nope\n    base_url"))
+                   .replace(old, new))
     result = run_cli("check-config", str(bad))
     assert result.returncode == 2
-    assert "models.fake/gpt-5.price.input_per_mtok: must be a number >= 0" in result.stderr
-    assert "providers.fake.kind: must be one of" in result.stderr
+    return result.stderr
+
+
+def test_check_config_names_every_problem(tmp_path: Path) -> None:
+    stderr = check_spoilt_config(tmp_path, "kind: openai\n    base_url", "kind: nope\n    base_url")
+    assert "models.fake/gpt-5.price.input_per_mtok: must be a number >= 0" in stderr
+    assert "providers.fake.kind: must be one of" in stderr
 
 
 @pytest.fixture
@@ -214,14 +220,10 @@ def test_a_deduction_below_zero_is_refused_in_dollars(redis_config: Path, redis_
 
 def test_check_config_prints_every_kind_of_problem(tmp_path: Path) -> None:
     """README's example: an invalid value and a dangling reference, in one run."""
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(gateway_config_text("http://127.0.0.1:9/v1").replace("input_per_mtok: 1.25", "input_per_mtok: -3")
-                   .replace('api_key: "${NOKEY_API_KEY:-}"', 'api_key: "${NOKEY_API_KEY:-}", egress: eu'))
-    result = run_cli("check-config", str(bad))
-    assert result.returncode == 2
-    assert result.stderr.splitlines() == ["invalid config:",
-                                          "models.fake/gpt-5.price.input_per_mtok: must be a number >= 0.0",
-                                          "providers.nokey.egress: no pool named 'eu' (or use 'direct')"]
+    stderr = check_spoilt_config(tmp_path, 'api_key: "${NOKEY_API_KEY:-}"', 'api_key: "${NOKEY_API_KEY:-}", egress: eu')
+    assert stderr.splitlines() == ["invalid config:",
+                                   "models.fake/gpt-5.price.input_per_mtok: must be a number >= 0.0",
+                                   "providers.nokey.egress: no pool named 'eu' (or use 'direct')"]
 
 
 async def test_sighup_applies_a_new_log_level(tmp_path: Path, fake_openai: tuple[Any, str]) -> None:
