@@ -13,14 +13,13 @@ from gateway.billing import Bill
 from gateway.catalog import Route
 from gateway.config import Config, PresetConfig
 from gateway.exchange import (
+    ChatEndpoint,
     ChatExchange,
     Exchange,
     PassthroughExchange,
     Reply,
     no_presets,
-    openai_present,
     untranslatable,
-    wants_stream_usage,
 )
 from gateway.sse import frame
 from gateway.streaming import ChunkCodec, StreamCodec
@@ -75,8 +74,8 @@ class ChatCompletionsExchange(ChatExchange):
         return CompletionCodec(chat.adapter, chat.state, generation_id, wants_usage)
 
 
-class CompletionsEndpoint:
-    """POST /v1/completions."""
+class CompletionsEndpoint(ChatEndpoint):
+    """POST /v1/completions: presented and streamed as chat is, held on its own `prompt` and `n`/`best_of`."""
 
     name = "completions"
 
@@ -96,12 +95,6 @@ class CompletionsEndpoint:
     def estimate(self, body: JSON, text_bytes: int) -> Usage:
         return Usage(prompt_tokens=input_tokens(body.get("prompt")),
                      completion_tokens=billing.estimate_tokens(text_bytes))
-
-    def wants_usage(self, body: JSON) -> bool:
-        return wants_stream_usage(body)
-
-    def present(self, reply: Reply, bill: Bill, generation_id: str) -> JSON:
-        return openai_present(reply, bill, generation_id)
 
     def apply_preset(self, preset: PresetConfig, body: JSON) -> JSON:
         no_presets(preset)

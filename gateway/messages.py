@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import orjson
 
-from gateway import billing, presets
+from gateway import presets
 from gateway.billing import Bill
 from gateway.catalog import Route
-from gateway.config import Config, PresetConfig
+from gateway.config import PresetConfig
 from gateway.errors import GatewayError, anthropic_error_event
-from gateway.exchange import ChatExchange, Exchange, Reply
+from gateway.exchange import ChatEndpoint, ChatExchange, Exchange, Reply
 from gateway.sse import frame
 from gateway.streaming import ChunkCodec, StreamCodec, text_bytes
 from providers import anthropic, anthropic_answer, anthropic_inbound, registry
@@ -158,8 +158,9 @@ class TranslatedExchange(ChatExchange):
         return MessagesCodec(chat, target.public_model, body.get("stop_sequences"))
 
 
-class MessagesEndpoint:
-    """POST /v1/messages; one per request, as it carries the client's `anthropic-beta` header."""
+class MessagesEndpoint(ChatEndpoint):
+    """POST /v1/messages; one per request, as it carries the client's `anthropic-beta` header. Held and
+    estimated as chat is (the estimator reads both formats); answered in Anthropic's."""
 
     name = "messages"
 
@@ -170,13 +171,6 @@ class MessagesEndpoint:
         if route.provider.kind == "anthropic":
             return NativeExchange(self.beta)
         return TranslatedExchange(registry.get(route.provider.kind))
-
-    def worst_case(self, body: JSON, route: Route, config: Config) -> Usage:
-        return billing.worst_case_usage(body, route.model.max_output_tokens, config.billing.default_max_output_tokens)
-
-    def estimate(self, body: JSON, text_bytes: int) -> Usage:
-        return Usage(prompt_tokens=billing.estimate_prompt_tokens(body),
-                     completion_tokens=billing.estimate_tokens(text_bytes))
 
     def wants_usage(self, body: JSON) -> bool:
         return True
