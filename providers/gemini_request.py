@@ -8,12 +8,20 @@ from typing import Any
 
 import orjson
 
-from providers.types import JSON, ProviderError, refuse_openai_only, thought_signature, tool_arguments
+from providers.types import (
+    JSON,
+    ProviderError,
+    Untranslatable,
+    refuse_openai_only,
+    thought_signature,
+    tool_arguments,
+)
 
 _SYSTEM_ROLES = frozenset({"system", "developer"})
 _TOOL_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
 _SAMPLING = {"temperature": "temperature", "top_p": "topP", "top_k": "topK", "seed": "seed"}  # plain renames
 _MAX_TOKENS_FIELDS = ("max_completion_tokens", "max_tokens")
+_RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema"})  # what `_response_format` can express
 # the fields of Gemini's OpenAPI-subset `Schema`; a schema using others goes as JSON Schema instead
 _SCHEMA_KEYS = frozenset({
     "type", "format", "title", "description", "nullable", "enum", "items", "properties", "required",
@@ -37,7 +45,9 @@ def gemini_body(body: JSON) -> JSON:
             raise ProviderError("tools must be a list")
         out["tools"] = [{"functionDeclarations": [_declaration(tool) for tool in body["tools"]]}]
     if body.get("tool_choice") is not None:
-        out["toolConfig"] = {"functionCallingConfig": _calling_config(body["tool_choice"])}
+        calling = _calling_config(body["tool_choice"])  # checked even when unused: a bad one is still a 400
+        if out.get("tools"):  # without tools Gemini has nothing to choose from, and a toolConfig only risks a 400
+            out["toolConfig"] = {"functionCallingConfig": calling}
     if config := _generation_config(body):
         out["generationConfig"] = config
     return out
@@ -188,11 +198,23 @@ def _generation_config(body: JSON) -> JSON:
     config.update({name: body[field] for field, name in _SAMPLING.items() if body.get(field) is not None})
     if stop := body.get("stop"):
         config["stopSequences"] = [stop] if isinstance(stop, str) else stop
-    fmt = body.get("response_format")
-    fmt = fmt if isinstance(fmt, dict) else {}
-    if fmt.get("type") in ("json_object", "json_schema"):
-        config["responseMimeType"] = "application/json"
-    schema = fmt.get("json_schema", {}).get("schema") if isinstance(fmt.get("json_schema"), dict) else None
-    if fmt.get("type") == "json_schema" and isinstance(schema, dict):
+    config.update(_response_format(body.get("response_format")))
+    return config
+
+
+def _response_format(fmt: Any) -> JSON:
+    """The generationConfig fields for OpenAI's `response_format`. A type Gemini cannot honour is refused, not
+    ignored: the client would read a prose answer where it asked for a format."""
+    if fmt is None:
+        return {}
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind not in _RESPONSE_FORMATS:
+        raise Untranslatable(f"response_format type {str(kind)[:40]!r} cannot be sent to Gemini: use text, "
+                             "json_object or json_schema", param="response_format")
+    if kind == "text":
+        return {}
+    config: JSON = {"responseMimeType": "application/json"}
+    schema = fmt["json_schema"].get("schema") if isinstance(fmt.get("json_schema"), dict) else None
+    if kind == "json_schema" and isinstance(schema, dict):
         config["responseSchema" if _fits_gemini_schema(schema) else "responseJsonSchema"] = schema
     return config

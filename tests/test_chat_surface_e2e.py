@@ -142,7 +142,8 @@ async def test_structured_output_beside_client_tools(gw: Gateway, all_upstreams:
     ({"logprobs": True}, "logprobs"), ({"logprobs": True, "top_logprobs": 2}, "logprobs"),
     ({"functions": [{"name": "f", "parameters": {"type": "object"}}]}, "functions"),
     ({"function_call": "auto"}, "function_call"),
-], ids=["logprobs", "top_logprobs", "functions", "function_call"])
+    ({"response_format": {"type": "grammar", "grammar": "root ::= \"yes\""}}, "response_format"),
+], ids=["logprobs", "top_logprobs", "functions", "function_call", "response_format_grammar"])
 @pytest.mark.parametrize("stream", [False, True], ids=["unary", "streamed"])
 async def test_untranslatable_field_is_a_400_naming_it(gw: Gateway, all_upstreams: Upstreams, fields: dict[str, Any],
                                                        param: str, stream: bool) -> None:

@@ -23,7 +23,15 @@ from openai.types.chat import ChatCompletionChunk, ChatCompletionMessage
 
 from providers import gemini
 from providers.framing import SSEDecoder
-from providers.types import ChatRequest, ProviderError, SSEEvent, Target, UpstreamHTTPError, Usage
+from providers.types import (
+    ChatRequest,
+    ProviderError,
+    SSEEvent,
+    Target,
+    Untranslatable,
+    UpstreamHTTPError,
+    Usage,
+)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 WIRE = SHARED / "wire" / "gemini"
@@ -553,9 +561,19 @@ BUILD_CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
          "tools": [{"functionDeclarations": [{"name": "lookup", "description": "Look up.",
                                               "parametersJsonSchema": STRICT_TOOL["function"]["parameters"]}]}],
          "toolConfig": {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["lookup"]}}}),
-    "tool_choice_required_and_none": ({"messages": [user("q")], "tool_choice": "required"},
+    "tool_choice_required_with_tools": ({"messages": [user("q")], "tools": [STRICT_TOOL], "tool_choice": "required"},
         {"contents": [{"role": "user", "parts": [{"text": "q"}]}],
+         "tools": [{"functionDeclarations": [{"name": "lookup", "description": "Look up.",
+                                              "parametersJsonSchema": STRICT_TOOL["function"]["parameters"]}]}],
          "toolConfig": {"functionCallingConfig": {"mode": "ANY"}}}),
+    "tool_choice_without_tools_sends_no_tool_config": ({"messages": [user("q")], "tool_choice": "required"},
+        {"contents": [{"role": "user", "parts": [{"text": "q"}]}]}),
+    "tool_choice_with_empty_tools_sends_no_tool_config": ({"messages": [user("q")], "tools": [],
+                                                          "tool_choice": {"type": "function",
+                                                                          "function": {"name": "lookup"}}},
+        {"contents": [{"role": "user", "parts": [{"text": "q"}]}]}),
+    "response_format_text_asks_for_nothing": ({"messages": [user("q")], "response_format": {"type": "text"}},
+        {"contents": [{"role": "user", "parts": [{"text": "q"}]}]}),
     "generation_config": ({"messages": [user("q")], "max_tokens": 5, "max_completion_tokens": 9, "stop": "END",
                            "seed": 7, "n": 1, "response_format": {"type": "json_object"}, "temperature": None,
                            "user": "u1", "stream_options": {"include_usage": True}, "parallel_tool_calls": False,
@@ -591,7 +609,7 @@ def test_target_drop_applies_to_openai_fields() -> None:
 
 
 def test_tool_choice_none() -> None:
-    body = {"messages": [user("q")], "tool_choice": "none"}
+    body = {"messages": [user("q")], "tools": [STRICT_TOOL], "tool_choice": "none"}
     got = orjson.loads(gemini.build_request(ChatRequest(body=body, stream=True), TARGET).body)
     assert got["toolConfig"] == {"functionCallingConfig": {"mode": "NONE"}}
 
@@ -616,7 +634,19 @@ REJECTED = {
     "non_function_tool": ({"messages": [user("q")], "tools": [{"type": "custom", "custom": {"name": "x"}}]},
                           "function tools"),
     "messages_not_list": ({"messages": "hi"}, "messages must be a list"),
+    "odd_tool_choice_without_tools": ({"messages": [user("q")], "tool_choice": {"type": "custom"}}, "tool_choice"),
 }
+
+
+@pytest.mark.parametrize("fmt", [{"type": "grammar", "grammar": "root ::= 'a'"}, {"type": "regex"}, {},
+                                 {"type": None}, "json_object", ["json_schema"]],
+                         ids=["grammar", "regex", "no_type", "null_type", "a_string", "a_list"])
+def test_untranslatable_response_format_names_the_field(fmt: Any) -> None:
+    """A format Gemini cannot honour is a 400 naming `response_format`, not a prose answer in its place."""
+    with pytest.raises(Untranslatable, match="response_format") as caught:
+        gemini.build_request(ChatRequest(body={"messages": [user("q")], "response_format": fmt}, stream=False),
+                             TARGET)
+    assert caught.value.param == "response_format"
 
 
 @pytest.mark.parametrize(("body", "match"), REJECTED.values(), ids=list(REJECTED))
