@@ -3,8 +3,10 @@ is built by `gemini_request`; answers, errors and streams are read back here.
 
 Decisions where the formats differ:
 - system/developer messages, wherever they stand, go to `systemInstruction`; `tool` results are
-  `functionResponse` parts of a `user` turn named after the assistant call with that tool_call_id; turns of
-  one role are merged; empty texts are left out (Gemini refuses them). `n` > 1 is a `ProviderError`.
+  `functionResponse` parts of a `user` turn named after the assistant call with that tool_call_id (images a
+  tool returned follow all the functionResponse parts of that turn as inlineData, behind a text naming the
+  call); turns of one role are merged; empty texts are left out (Gemini refuses them). `n` > 1 is a
+  `ProviderError`.
 - images, audio and files must be base64 data: URIs (the gateway inlines https image URLs first).
 - tool schemas within the OpenAPI subset of Gemini's `Schema` go as `parameters`, others (strict OpenAI tools:
   `additionalProperties`, type lists, `$ref`) as `parametersJsonSchema`; the same for `responseSchema`.

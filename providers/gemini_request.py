@@ -54,13 +54,21 @@ def gemini_body(body: JSON) -> JSON:
 
 
 def _contents(messages: list[Any]) -> tuple[list[JSON], list[JSON]]:
-    """(contents, systemInstruction parts); tool results find their function's name by tool_call_id."""
+    """(contents, systemInstruction parts); tool results find their function's name by tool_call_id.
+
+    Images a tool returned (a functionResponse holds JSON only) follow all the functionResponse parts of
+    their turn as inlineData, each group behind a text naming its call, as /v1/messages does for Claude's
+    tool_result images on OpenAI-kind models."""
     contents: list[JSON] = []
     system: list[JSON] = []
     call_names: dict[str, str] = {}
+    images: list[JSON] = []  # of the tool results just read, for the end of their run
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         role = message.get("role") if isinstance(message, dict) else None
+        if role != "tool" and images:
+            _append(contents, "user", images)
+            images = []
         if role in _SYSTEM_ROLES:
             system += [{"text": text} for text in _texts(message.get("content"), where)]
             continue
@@ -69,14 +77,21 @@ def _contents(messages: list[Any]) -> tuple[list[JSON], list[JSON]]:
         elif role == "assistant":
             gemini_role, parts = "model", _assistant_parts(message, call_names, where)
         elif role == "tool":
-            gemini_role, parts = "user", [_function_response(message, call_names, where)]
+            response, returned = _function_response(message, call_names, where)
+            gemini_role, parts, images = "user", [response], images + returned
         else:
             raise ProviderError(f"{where} has an unsupported role {role!r}")
-        if parts and contents and contents[-1]["role"] == gemini_role:
-            contents[-1]["parts"] += parts
-        elif parts:
-            contents.append({"role": gemini_role, "parts": parts})
+        _append(contents, gemini_role, parts)
+    _append(contents, "user", images)
     return contents, system
+
+
+def _append(contents: list[JSON], role: str, parts: list[JSON]) -> None:
+    """Parts onto the last turn when it has the same role (Gemini wants turns to alternate), else a new turn."""
+    if parts and contents and contents[-1]["role"] == role:
+        contents[-1]["parts"] += parts
+    elif parts:
+        contents.append({"role": role, "parts": parts})
 
 
 def _texts(content: Any, where: str) -> list[str]:
@@ -139,19 +154,30 @@ def _assistant_parts(message: JSON, call_names: dict[str, str], where: str) -> l
     return parts
 
 
-def _function_response(message: JSON, call_names: dict[str, str], where: str) -> JSON:
-    """A `functionResponse` part: the JSON object the tool returned, else {"content": its text}."""
+def _function_response(message: JSON, call_names: dict[str, str], where: str) -> tuple[JSON, list[JSON]]:
+    """A `functionResponse` part (the JSON object the tool returned, else {"content": its text}) and the
+    parts that carry the images it returned, a text naming the call first (none without images)."""
     call_id = message.get("tool_call_id")
     name = call_names.get(call_id) if isinstance(call_id, str) else None
     if name is None:
         raise ProviderError(f"{where}: tool_call_id {call_id!r} matches no earlier assistant tool call")
-    text = "".join(_texts(message.get("content"), where))
+    content = message.get("content")
+    if isinstance(content, list):
+        is_image = [isinstance(part, dict) and part.get("type") == "image_url" for part in content]
+        images = _parts([part for part, image in zip(content, is_image, strict=True) if image], where)
+        content = [part for part, image in zip(content, is_image, strict=True) if not image]
+    else:
+        images = []
+    text = "".join(_texts(content, where))
     try:
         response = orjson.loads(text)
     except orjson.JSONDecodeError:
         response = None
-    return {"functionResponse": {"name": name, "response": response if isinstance(response, dict)
-                                 else {"content": text}}}
+    if not isinstance(response, dict):
+        note = f"[{len(images)} image(s) follow the tool results]" if images else ""
+        response = {"content": f"{text}\n{note}" if text and note else text or note}
+    returned = [{"text": f"[Image(s) of the result of tool call {call_id}]"}, *images] if images else []
+    return {"functionResponse": {"name": name, "response": response}}, returned
 
 
 def _declaration(tool: Any) -> JSON:

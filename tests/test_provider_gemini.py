@@ -555,6 +555,40 @@ BUILD_CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {"contents": [{"role": "user", "parts": [
             {"inlineData": {"mimeType": "audio/wav", "data": "UklGRg=="}},
             {"inlineData": {"mimeType": "application/pdf", "data": "JVBERi0="}}]}]}),
+    "tool_images_follow_all_function_responses": ({"messages": [
+        user("Screenshots?"), {"role": "assistant", "content": None, "tool_calls": CALLS},
+        {"role": "tool", "tool_call_id": "call_a", "content": [
+            {"type": "text", "text": "two shots"},
+            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
+            {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/"}}]},
+        {"role": "tool", "tool_call_id": "call_b", "content": [
+            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}", "detail": "low"}}]},
+        user("Compare them.")]},
+        {"contents": [
+            {"role": "user", "parts": [{"text": "Screenshots?"}]},
+            {"role": "model", "parts": [{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}},
+                                        {"functionCall": {"name": "now", "args": {}}}]},
+            {"role": "user", "parts": [
+                {"functionResponse": {"name": "get_weather", "response": {
+                    "content": "two shots\n[2 image(s) follow the tool results]"}}},
+                {"functionResponse": {"name": "now", "response": {"content": "[1 image(s) follow the tool results]"}}},
+                {"text": "[Image(s) of the result of tool call call_a]"},
+                {"inlineData": {"mimeType": "image/png", "data": PNG}},
+                {"inlineData": {"mimeType": "image/jpeg", "data": "/9j/"}},
+                {"text": "[Image(s) of the result of tool call call_b]"},
+                {"inlineData": {"mimeType": "image/png", "data": PNG}},
+                {"text": "Compare them."}]}]}),
+    "tool_image_last_message_and_json_result": ({"messages": [
+        {"role": "assistant", "content": None, "tool_calls": CALLS[:1]},
+        {"role": "tool", "tool_call_id": "call_a", "content": [
+            {"type": "text", "text": '{"temp": 21}'},
+            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}}]}]},
+        {"contents": [
+            {"role": "model", "parts": [{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}]},
+            {"role": "user", "parts": [
+                {"functionResponse": {"name": "get_weather", "response": {"temp": 21}}},
+                {"text": "[Image(s) of the result of tool call call_a]"},
+                {"inlineData": {"mimeType": "image/png", "data": PNG}}]}]}),
     "strict_tool_named_choice": ({"messages": [user("q")], "tools": [STRICT_TOOL],
                                   "tool_choice": {"type": "function", "function": {"name": "lookup"}}},
         {"contents": [{"role": "user", "parts": [{"text": "q"}]}],
@@ -634,6 +668,14 @@ REJECTED = {
     "non_function_tool": ({"messages": [user("q")], "tools": [{"type": "custom", "custom": {"name": "x"}}]},
                           "function tools"),
     "messages_not_list": ({"messages": "hi"}, "messages must be a list"),
+    "tool_image_url_not_inlined": ({"messages": [
+        {"role": "assistant", "content": None, "tool_calls": CALLS[:1]},
+        {"role": "tool", "tool_call_id": "call_a", "content": [
+            {"type": "image_url", "image_url": {"url": "https://example.com/shot.png"}}]}]}, "was not inlined"),
+    "tool_audio_part": ({"messages": [
+        {"role": "assistant", "content": None, "tool_calls": CALLS[:1]},
+        {"role": "tool", "tool_call_id": "call_a", "content": [
+            {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}]}]}, "text parts"),
     "odd_tool_choice_without_tools": ({"messages": [user("q")], "tool_choice": {"type": "custom"}}, "tool_choice"),
 }
 

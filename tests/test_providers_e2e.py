@@ -221,6 +221,47 @@ async def test_gemini_vision_inline_and_no_fetch_of_private_urls(gw: Gateway, al
     assert len(all_upstreams.gemini.requests) == 1
 
 
+async def balance(gw: Gateway) -> int:
+    await gw.app[RUNTIME].settlements.drain(5)
+    record = await gw.app[RUNTIME].store.get_key(gw.key_id)
+    assert record is not None
+    return record.balance
+
+
+def tool_turn(*image_urls: str) -> list[Any]:
+    """A conversation whose last message is a tool result holding a text and images (as computer-use and
+    screenshot tools return them)."""
+    call = {"id": "call_shot", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}
+    images = [{"type": "image_url", "image_url": {"url": url}} for url in image_urls]
+    return [{"role": "user", "content": "Weather in Oslo? Show me."},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_shot", "content": [{"type": "text", "text": "rainy"}, *images]}]
+
+
+async def test_gemini_tool_result_images_follow_the_function_response(gw: Gateway, all_upstreams: Upstreams) -> None:
+    answer = await gw.openai().chat.completions.create(model="google/flash", messages=tool_turn(PIXEL),  # type: ignore[arg-type]
+                                                       tools=TOOLS)
+    assert answer.choices[0].message.content
+    last = all_upstreams.gemini.last.body["contents"][-1]
+    assert last == {"role": "user", "parts": [
+        {"functionResponse": {"name": "get_weather",
+                              "response": {"content": "rainy\n[1 image(s) follow the tool results]"}}},
+        {"text": "[Image(s) of the result of tool call call_shot]"},
+        {"inlineData": {"mimeType": "image/png", "data": PIXEL.split(",", 1)[1]}}]}
+
+
+async def test_gemini_tool_result_image_urls_are_fetched_under_the_ssrf_guard(gw: Gateway,
+                                                                              all_upstreams: Upstreams) -> None:
+    before = await balance(gw)
+    for url in (all_upstreams.urls["gemini"] + "/cat.png", "https://169.254.169.254/latest/meta-data/"):
+        with pytest.raises(openai.BadRequestError) as info:
+            await gw.openai().chat.completions.create(model="google/flash", messages=tool_turn(url),  # type: ignore[arg-type]
+                                                      tools=TOOLS)
+        assert info.value.code == "invalid_image_url"
+    assert all_upstreams.gemini.requests == []
+    assert await balance(gw) == before
+
+
 SIGNED = "googleai/{}-success-thinking-function-call-thought-summary-signature.{}"
 
 

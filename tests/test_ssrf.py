@@ -246,6 +246,20 @@ async def test_inlining_fetches_under_the_guard(session: aiohttp.ClientSession, 
     assert body["messages"][0]["content"][0]["image_url"]["url"] == url  # the client's body is left alone
 
 
+async def test_inlining_fetches_images_of_openai_tool_messages(session: aiohttp.ClientSession,
+                                                               sites: dict[str, Site]) -> None:
+    """Chat to Gemini: an image a tool returned by URL is fetched like any other (Gemini takes bytes only)."""
+    url = sites["public"].url + "/cat.png"
+    body = {"messages": [{"role": "tool", "tool_call_id": "c1", "content": [
+        {"type": "text", "text": "shot"}, {"type": "image_url", "image_url": {"url": url}}]}]}
+    assert images.has_remote_images(body)
+    inlined = await images.inline_remote_images(body, session, resolve_locally=True, guard=test_guard())
+    text, image = inlined["messages"][0]["content"]
+    assert text == {"type": "text", "text": "shot"}
+    assert image["image_url"]["url"] == f"data:image/png;base64,{base64.b64encode(PNG).decode()}"
+    assert [path for path, _ in sites["public"].seen] == ["/cat.png"]
+
+
 async def test_inlining_fetches_anthropic_url_images_under_the_guard(session: aiohttp.ClientSession,
                                                                      sites: dict[str, Site]) -> None:
     """/v1/messages to Gemini: Anthropic's url image blocks, also inside a tool_result, become base64 blocks."""
