@@ -48,6 +48,7 @@ class Route:
             drop=tuple(self.model.params.drop),
             headers=tuple(self.provider.headers.items()),
             default_max_tokens=self.model.max_output_tokens,
+            keep_cache_control=self.provider.keeps_cache_control(),
         )
 
     def public_info(self, created: int) -> dict[str, Any]:

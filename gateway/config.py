@@ -25,6 +25,7 @@ from redis.connection import parse_url as parse_redis_url
 from providers.registry import KINDS
 
 NANO = 1_000_000_000  # nano-dollars per dollar
+CACHE_CONTROL_HOSTS = frozenset({"openrouter.ai"})  # OpenAI-compatible APIs that document `cache_control`
 
 
 class ConfigError(Exception):
@@ -138,6 +139,15 @@ class ProviderConfig(_Model):
     headers: dict[str, str] = {}
     timeouts: TimeoutsConfig = TimeoutsConfig()
     max_concurrency: PosInt | None = None  # requests in flight per process; beyond it a fast 503, no queue
+    # kind openai: pass Anthropic-style `cache_control` marks on (OpenRouter documents them); None: only when
+    # base_url is OpenRouter's. Strict OpenAI-compatible servers refuse the unknown field, so they get none.
+    cache_control: bool | None = None
+
+    def keeps_cache_control(self) -> bool:
+        """Whether an OpenAI-kind upstream is sent the `cache_control` marks clients put on content parts."""
+        if self.cache_control is not None:
+            return self.cache_control
+        return (urlsplit(self.base_url).hostname or "").lower() in CACHE_CONTROL_HOSTS
 
     @field_validator("kind")
     @classmethod

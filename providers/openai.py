@@ -3,7 +3,8 @@
 Kind `openai` covers OpenAI, DeepSeek, xAI, OpenRouter, Ollama's `/v1` and vLLM. The request is passed
 through with the model substituted and the per-model parameter fixes of the config applied (renames and
 drops are data in `Target`), its history cleared of what earlier answers added for the client only
-(`reasoning_content`, the `extra_content` holding a Gemini thought signature on tool calls). Answers are
+(`reasoning_content`, the `extra_content` holding a Gemini thought signature on tool calls), and without
+Anthropic's `cache_control` marks unless the provider keeps them (`Target.keep_cache_control`). Answers are
 passed through with the public model id, and the fields OpenAI's schema requires but compatible servers
 (xAI, DeepSeek, Ollama, OpenRouter's providers) often omit are filled in, so that what the client gets
 validates against OpenAI's schema: a choice's `index` (its position), `finish_reason` (inferred; null in a
@@ -85,6 +86,8 @@ def _adapt_body(req: ChatRequest, target: Target) -> JSON:
     for name in target.drop:
         body.pop(name, None)
     body["messages"] = [_history_message(m) for m in body.get("messages") or ()]
+    if not target.keep_cache_control:
+        _drop_cache_control(body)
     if req.stream:
         body["stream"] = True
         options = body.get("stream_options")
@@ -110,6 +113,31 @@ def _history_message(message: Any) -> Any:
     if isinstance(calls, list) and any(isinstance(call, dict) and "extra_content" in call for call in calls):
         message = {**message, "tool_calls": [_without_extra_content(call) for call in calls]}
     return message
+
+
+def _drop_cache_control(body: JSON) -> None:
+    """Remove Anthropic's prompt-caching marks (`cache_control`) from the body's messages' content parts, its
+    tools and its top level, in place on the copies `_adapt_body` made. Clients and our /v1/messages
+    translation leave them on parts, and a strict OpenAI-compatible upstream answers 400 to the unknown
+    field; OpenAI caches prefixes by itself. Upstreams that document the marks (OpenRouter) keep them."""
+    body.pop("cache_control", None)
+    body["messages"] = [_without_marks(message) for message in body["messages"]]
+    if isinstance(body.get("tools"), list):
+        body["tools"] = [_unmarked(tool) for tool in body["tools"]]
+
+
+def _without_marks(message: Any) -> Any:
+    """A message whose content parts carry no `cache_control` (a copy when one did)."""
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, list) or not any(isinstance(p, dict) and "cache_control" in p for p in content):
+        return message
+    return {**message, "content": [_unmarked(part) for part in content]}
+
+
+def _unmarked(item: Any) -> Any:
+    if isinstance(item, dict) and "cache_control" in item:
+        return {k: v for k, v in item.items() if k != "cache_control"}
+    return item
 
 
 def _without_extra_content(call: Any) -> Any:

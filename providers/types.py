@@ -37,6 +37,7 @@ class Target:
     drop: tuple[str, ...] = ()  # request fields the upstream rejects for this model
     headers: tuple[tuple[str, str], ...] = ()  # extra static headers from the config
     default_max_tokens: int | None = None  # for kinds that require max_tokens (anthropic)
+    keep_cache_control: bool = False  # kind openai: the upstream takes Anthropic-style `cache_control` marks
 
 
 @dataclass(frozen=True, slots=True)

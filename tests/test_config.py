@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.catalog import Catalog
 from gateway.config import ConfigError, load, parse, to_nano
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -250,3 +251,18 @@ def test_a_bad_section_fakes_no_dangling_references(extra: str, expected: list[s
     with pytest.raises(ConfigError) as info:
         parse(text, {})
     assert str(info.value).splitlines() == expected
+
+
+@pytest.mark.parametrize(("fields", "keeps"), [
+    ('base_url: "https://api.openai.com/v1"', False),
+    ('base_url: "https://openrouter.ai/api/v1"', True),
+    ('base_url: "https://OpenRouter.ai/api/v1"', True),
+    ('base_url: "https://openrouter.ai.example.com/v1"', False),
+    ('base_url: "https://openrouter.ai/api/v1", cache_control: false', False),
+    ('base_url: "http://127.0.0.1:4000/v1", cache_control: true', True),
+], ids=["openai", "openrouter", "openrouter_any_case", "lookalike_host", "openrouter_turned_off", "proxy_turned_on"])
+def test_cache_control_marks_go_to_openrouter_or_where_configured(fields: str, keeps: bool) -> None:
+    doc = f"providers:\n  p: {{kind: openai, {fields}}}\nmodels:\n  p/m: {{}}\n"
+    config = parse(doc, {})
+    assert config.providers["p"].keeps_cache_control() is keeps
+    assert Catalog(config).resolve("p/m").target("").keep_cache_control is keeps

@@ -11,12 +11,15 @@ from typing import Any
 import aiohttp
 import anthropic
 import pytest
+from apis_config import OPENAI_KEY, Upstreams, config_doc
 from fakes.anthropic_upstream import WIRE as ANTHROPIC_WIRE
 from fakes.gemini_upstream import recorded_chunks
 from fakes.openai_upstream import WIRE as OPENAI_WIRE
-from harness import Gateway, clear_of_minute_boundary
+from harness import Gateway, clear_of_minute_boundary, start_gateway
 from test_apis_e2e import assert_charged, generation
 from test_billing_e2e import key_state, nano
+
+from gateway.config import parse
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Hello"}]
 CLAUDE_COST = 705 * 3_000 + 25 * 15_000  # sdk-messages-end-turn.response.json at 3 / 15 USD per Mtok
@@ -110,6 +113,33 @@ async def test_messages_create_translated_to_openai(api_gateway: Gateway, claude
     assert sent["messages"] == [{"role": "system", "content": "Be brief."}, *MESSAGES]
     assert sent["max_tokens"] == 50 and sent["stop"] == ["END"] and sent["model"] == "gpt-4o"
     await assert_charged(api_gateway, before, GPT4O_COST, message.id, "messages")
+
+
+async def test_cache_marks_reach_only_openai_kind_upstreams_that_take_them(aiohttp_server: Any,
+                                                                            all_upstreams: Upstreams) -> None:
+    """Claude Code marks its system prompt and last turn with `cache_control`; translated for a strict
+    OpenAI-compatible upstream they are left behind, for one configured to take them (OpenRouter) kept."""
+    doc = config_doc(all_upstreams.urls)
+    doc["providers"]["router"] = {"kind": "openai", "base_url": all_upstreams.urls["openai"], "api_key": OPENAI_KEY,
+                                  "cache_control": True}
+    doc["models"]["router/gpt-4o"] = {"upstream": "gpt-4o", "price": {"input_per_mtok": 2.5, "output_per_mtok": 10}}
+    gw = await start_gateway(aiohttp_server, parse(json.dumps(doc), {}), all_upstreams.openai)
+    client = anthropic.AsyncAnthropic(base_url=gw.url, api_key=gw.key, max_retries=0)
+    mark = {"type": "ephemeral"}
+    try:
+        for model in ("oai/gpt-4o", "router/gpt-4o"):
+            message = await client.messages.create(
+                model=model, max_tokens=50, system=[{"type": "text", "text": "Be brief.", "cache_control": mark}],
+                messages=[{"role": "user", "content": [{"type": "text", "text": "Hello", "cache_control": mark}]}])
+            assert message.model == model and message.content
+        plain, marked = [request.body["messages"] for request in all_upstreams.openai.requests[-2:]]
+        assert plain == [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+                         {"role": "user", "content": [{"type": "text", "text": "Hello"}]}]
+        assert marked == [{"role": "system", "content": [{"type": "text", "text": "Be brief.", "cache_control": mark}]},
+                          {"role": "user", "content": [{"type": "text", "text": "Hello", "cache_control": mark}]}]
+    finally:
+        await client.close()
+        await gw.close()
 
 
 async def test_messages_stream_translated_to_openai(api_gateway: Gateway, claude: anthropic.AsyncAnthropic) -> None:

@@ -452,6 +452,56 @@ def test_history_without_extra_content_is_not_copied() -> None:
     assert all(a is b for a, b in zip(adapted["messages"], body["messages"], strict=True))
 
 
+def marked_request() -> dict[str, Any]:
+    """OpenAI's recorded image request, with `cache_control` where clients and /v1/messages leave it: a system
+    text part (our translation of Anthropic's `system` blocks), a user text part, a tool, the top level."""
+    body = json.loads((WIRE / "openai" / "docs-chat-image-input.request.json").read_text())
+    mark = {"type": "ephemeral"}
+    body["messages"][0]["content"][0]["cache_control"] = mark
+    body["messages"].insert(0, {"role": "system", "content": [{"type": "text", "text": "Be brief.",
+                                                               "cache_control": mark}]})
+    body["tools"] = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}},
+                      "cache_control": mark}]
+    body["cache_control"] = mark
+    return body
+
+
+def marks(value: Any) -> int:
+    """How many `cache_control` keys a JSON value holds anywhere."""
+    if isinstance(value, dict):
+        return ("cache_control" in value) + sum(marks(v) for v in value.values())
+    return sum(marks(v) for v in value) if isinstance(value, list) else 0
+
+
+def test_cache_control_marks_are_stripped_for_a_strict_openai_upstream() -> None:
+    body = marked_request()
+    original = copy.deepcopy(body)
+    sent = orjson.loads(openai.build_request(ChatRequest(body=body, stream=False), TARGET).body)
+    assert marks(original) == 4 and marks(sent) == 0
+    assert body == original  # the client's body is untouched
+    assert sent["messages"][0]["content"] == [{"type": "text", "text": "Be brief."}]
+    assert sent["messages"][1]["content"][1] == original["messages"][1]["content"][1]  # the image part as it was
+    assert sent["tools"] == [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    assert_valid("CreateChatCompletionRequest", sent)
+
+
+def test_cache_control_marks_are_kept_for_an_upstream_that_documents_them() -> None:
+    """OpenRouter's ChatContentText and ChatFunctionTool (wire/openrouter/openrouter-openapi.yaml) take them."""
+    body = marked_request()
+    openrouter = Target(provider="openrouter", base_url="https://openrouter.ai/api/v1", api_key="sk-or",
+                        upstream_model="anthropic/claude-sonnet-4", public_model="openrouter/claude",
+                        keep_cache_control=True)
+    sent = orjson.loads(openai.build_request(ChatRequest(body=body, stream=False), openrouter).body)
+    assert marks(sent) == 4 and sent["messages"] == body["messages"] and sent["tools"] == body["tools"]
+
+
+def test_openrouter_schema_documents_cache_control_on_text_parts() -> None:
+    """What the default of `providers.*.cache_control` rests on, read off OpenRouter's own spec."""
+    spec = (WIRE / "openrouter" / "openrouter-openapi.yaml").read_text()
+    text_part = spec.split("\n    ChatContentText:\n", 1)[1].split("\n    ChatContentVideo:", 1)[0]
+    assert "cache_control:" in text_part
+
+
 # -- what OpenAI-compatible servers leave out ------------------------------------------------------
 
 # chunks as xAI, DeepSeek, Ollama and OpenRouter's providers have been seen to send them:
