@@ -95,15 +95,29 @@ def choices(body: dict[str, Any]) -> int:
 
 
 def serves(body: dict[str, Any], route: Route, endpoint: str = "chat") -> bool:
-    """Whether `route`'s provider can give the request all its choices (fallbacks that cannot are skipped).
+    """Whether `route`'s provider can give the request all its choices and take its turns (fallbacks that
+    cannot are skipped).
 
     `n` counts choices on the text endpoints only (for images it counts pictures, checked by the handler).
     """
+    if endpoint == "messages" and not _claude_takes_turns(body, route):
+        return False
     return endpoint not in CHOICE_ENDPOINTS or choices(body) <= registry.get(route.provider.kind).MAX_CHOICES
 
 
+def _claude_takes_turns(body: dict[str, Any], route: Route) -> bool:
+    """Claude (the native /v1/messages route) answers 400 "first message must use the "user" role" to a
+    conversation opening with an assistant turn; other kinds take one, translated to chat."""
+    messages = body.get("messages")
+    first = messages[0] if isinstance(messages, list) and messages else None
+    return route.provider.kind != "anthropic" or not isinstance(first, dict) or first.get("role") == "user"
+
+
 def check_route(body: dict[str, Any], route: Route, endpoint: str = "chat") -> None:
-    """What the primary model allows: `n`, `max_tokens`."""
+    """What the primary model allows: `n`, `max_tokens`, on Claude's native route a first user turn."""
+    if endpoint == "messages" and not _claude_takes_turns(body, route):
+        raise InvalidRequest(f"messages: the first message must use the \"user\" role (model '{route.model_id}', "
+                             "provider kind 'anthropic').", param="messages[0].role", code="invalid_value")
     if not serves(body, route, endpoint):
         raise InvalidRequest(f"Model '{route.model_id}' gives one choice per request (provider kind "
                              f"'{route.provider.kind}'): 'n' must be 1.", param="n", code="unsupported_value")

@@ -19,7 +19,10 @@ from harness import Gateway, clear_of_minute_boundary, start_gateway
 from test_apis_e2e import assert_charged, generation
 from test_billing_e2e import key_state, nano
 
+from gateway import validation
+from gateway.catalog import Catalog
 from gateway.config import parse
+from gateway.errors import InvalidRequest
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Hello"}]
 CLAUDE_COST = 705 * 3_000 + 25 * 15_000  # sdk-messages-end-turn.response.json at 3 / 15 USD per Mtok
@@ -228,6 +231,40 @@ async def test_errors_come_in_anthropics_shape(api_gateway: Gateway, claude: ant
     await bad.close()
 
 
+BAD_TURNS = {
+    "system_role": ([{"role": "system", "content": "Be brief."}, *MESSAGES], "messages.0.role"),
+    "tool_role": ([*MESSAGES, {"role": "assistant", "content": "Hi"}, {"role": "tool", "content": "x"}],
+                  "messages.2.role"),
+    "assistant_first": ([{"role": "assistant", "content": "Hi!"}, *MESSAGES], 'first message must use the "user" role'),
+}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "streamed"])
+@pytest.mark.parametrize(("messages", "said"), BAD_TURNS.values(), ids=list(BAD_TURNS))
+async def test_turns_claude_refuses_are_refused_before_the_upstream(
+        api_gateway: Gateway, claude: anthropic.AsyncAnthropic, messages: list[Any], said: str, stream: bool) -> None:
+    """What Claude would answer 400 to costs no round trip, holds nothing and counts no request."""
+    fake = api_gateway.extra["upstreams"].anthropic
+    seen, before = len(fake.requests), await key_state(api_gateway)
+    with pytest.raises(anthropic.BadRequestError) as info:
+        await claude.messages.create(model="claude/sonnet", max_tokens=10, messages=messages, stream=stream)
+    body = info.value.body
+    assert isinstance(body, dict) and body["type"] == "error"
+    assert body["error"]["type"] == "invalid_request_error" and said in body["error"]["message"]
+    assert body["error"]["code"] == "invalid_value" and body["request_id"]
+    assert len(fake.requests) == seen and await key_state(api_gateway) == before
+    ok = await claude.messages.with_raw_response.create(model="claude/sonnet", max_tokens=10, messages=MESSAGES)
+    assert ok.headers["x-ratelimit-remaining-requests"] == "59"  # the refused request was never admitted
+
+
+async def test_an_assistant_first_conversation_still_reaches_other_kinds(api_gateway: Gateway,
+                                                                         claude: anthropic.AsyncAnthropic) -> None:
+    """Chat takes an opening assistant turn (a greeting a UI shows): only Claude's route refuses it."""
+    message = await claude.messages.create(model="oai/gpt-4o", max_tokens=10,
+                                           messages=[{"role": "assistant", "content": "Hi!"}, *MESSAGES])
+    assert message.content and api_gateway.fake.last.body["messages"][0] == {"role": "assistant", "content": "Hi!"}
+
+
 async def test_gateway_key_in_x_api_key(api_gateway: Gateway) -> None:
     async with aiohttp.ClientSession() as http, http.post(
             api_gateway.url + "/v1/messages", json={"model": "claude/sonnet", "max_tokens": 10, "messages": MESSAGES},
@@ -302,3 +339,18 @@ async def test_count_tokens_is_answered_by_the_gateway_for_any_provider(
     with pytest.raises(anthropic.NotFoundError) as info:
         await claude.messages.count_tokens(model="no/such-model", messages=MESSAGES)
     assert info.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+
+
+def test_only_claude_candidates_are_held_to_a_first_user_turn() -> None:
+    """On /v1/messages a Claude fallback is skipped for an assistant-first conversation and a Claude primary
+    refuses it; other endpoints and kinds are not concerned by this check."""
+    catalog = Catalog(parse(json.dumps(config_doc({"openai": "http://127.0.0.1:1", "anthropic": "http://127.0.0.1:2",
+                                                   "gemini": "http://127.0.0.1:3"})), {}))
+    claude_route, oai = catalog.resolve("claude/sonnet"), catalog.resolve("oai/gpt-4o")
+    opening = {"messages": [{"role": "assistant", "content": "Hi!"}, *MESSAGES]}
+    assert not validation.serves(opening, claude_route, "messages")
+    assert validation.serves(opening, oai, "messages") and validation.serves(opening, claude_route, "chat")
+    assert validation.serves({"messages": MESSAGES}, claude_route, "messages")
+    with pytest.raises(InvalidRequest, match="first message") as info:
+        validation.check_route(opening, claude_route, "messages")
+    assert (info.value.status, info.value.param) == (400, "messages[0].role")

@@ -20,6 +20,7 @@ from providers import anthropic_inbound
 from providers.types import ProviderError
 
 MAX_BETA_HEADER = 1000
+ROLES = ("user", "assistant")
 
 
 def _validate(body: dict[str, object], needs_max_tokens: bool = True) -> None:
@@ -35,6 +36,11 @@ def _validate(body: dict[str, object], needs_max_tokens: bool = True) -> None:
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
         raise InvalidRequest("messages: must be a non-empty list of message objects", param="messages",
                              code="missing_required_parameter" if messages is None else "invalid_type")
+    for i, message in enumerate(messages):
+        if message.get("role") not in ROLES:  # Anthropic's format has no other (`system` is a top-level field)
+            raise InvalidRequest(f"messages.{i}.role: Input should be 'user' or 'assistant' (the system prompt "
+                                 "goes in the top-level 'system' field)", param=f"messages[{i}].role",
+                                 code="invalid_value")
     if "stream" in body and not isinstance(body["stream"], bool):
         raise InvalidRequest("stream: must be a boolean", param="stream", code="invalid_type")
 
