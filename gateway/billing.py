@@ -7,11 +7,14 @@ than its tokens.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from gateway import pdf
 from gateway.catalog import Price
 from providers.types import Usage
 
@@ -20,6 +23,10 @@ MTOK = 1_000_000
 IMAGE_TOKENS = 1_600  # generous per-image allowance for the prompt estimate (a 2048px tile set)
 MESSAGE_OVERHEAD = 8  # role, separators
 IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})  # OpenAI chat, Responses, Anthropic
+# a PDF page: Claude reads each as its text (1,500-3,000 tokens by Anthropic's PDF guide) and as an image
+PDF_PAGE_TOKENS = 3_000 + IMAGE_TOKENS
+PDF_BYTES_PER_PAGE = 50_000  # pages assumed of a PDF whose pages cannot be counted (errs high: text pages weigh less)
+PDF_DATA_URI = "data:application/pdf;base64,"
 
 
 def nano_to_usd(nano: int) -> float:
@@ -67,11 +74,38 @@ def _part_tokens(part: Any) -> int:
         return estimate_tokens(len(orjson.dumps(part)))
     if part.get("type") in IMAGE_PARTS:
         return IMAGE_TOKENS
+    if (encoded := _pdf_base64(part)) is not None:
+        return pdf_tokens(encoded) + estimate_tokens(len(orjson.dumps(part)) - len(encoded))
     nested = part.get("content")
     if isinstance(nested, list):
         rest = {name: value for name, value in part.items() if name != "content"}
         return estimate_tokens(len(orjson.dumps(rest))) + sum(_part_tokens(block) for block in nested)
     return estimate_tokens(len(orjson.dumps(part)))
+
+
+def _pdf_base64(part: dict[str, Any]) -> str | None:
+    """The base64 text of an inline PDF: Anthropic's `document` block with a base64 source, or an OpenAI chat
+    `file` part with a PDF data: URI (what Gemini and OpenAI take)."""
+    source = part.get("source")
+    if part.get("type") == "document" and isinstance(source, dict) and source.get("type") == "base64" \
+            and source.get("media_type") == "application/pdf" and isinstance(source.get("data"), str):
+        return str(source["data"])
+    file = part.get("file")
+    data = file.get("file_data") if part.get("type") == "file" and isinstance(file, dict) else None
+    return data.removeprefix(PDF_DATA_URI) if isinstance(data, str) and data.startswith(PDF_DATA_URI) else None
+
+
+def pdf_tokens(encoded: str) -> int:
+    """A PDF's allowance: `PDF_PAGE_TOKENS` a page, its pages counted in its bytes (`gateway.pdf`), else
+    assumed from its size. Base64 length is no measure: 1 MB of PDF is ~350k tokens read as text, a few
+    pages' worth to the model."""
+    try:
+        raw = base64.b64decode(encoded)
+    except (binascii.Error, ValueError):
+        raw = b""
+    size = len(raw) or len(encoded) * 3 // 4
+    pages = pdf.count_pages(raw) if raw else None
+    return (pages or max(1, -(-size // PDF_BYTES_PER_PAGE))) * PDF_PAGE_TOKENS
 
 
 def requested_max_output(body: dict[str, Any]) -> int | None:

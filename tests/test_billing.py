@@ -4,12 +4,22 @@ and when an answer waits for its settlement."""
 from __future__ import annotations
 
 import asyncio
+import base64
 
 import pytest
 from harness import gateway_config
+from pdfs import make_pdf
 
-from gateway import metering
-from gateway.billing import IMAGE_TOKENS, Bill, estimate_prompt_tokens, token_cost, worst_case_usage
+from gateway import metering, pdf
+from gateway.billing import (
+    IMAGE_TOKENS,
+    PDF_BYTES_PER_PAGE,
+    PDF_PAGE_TOKENS,
+    Bill,
+    estimate_prompt_tokens,
+    token_cost,
+    worst_case_usage,
+)
 from gateway.catalog import Catalog, Price
 from gateway.config import LimitsConfig, to_nano
 from gateway.keys import new_record
@@ -66,6 +76,61 @@ def test_an_image_counts_its_allowance_not_its_base64(content: list[object]) -> 
     """An image is IMAGE_TOKENS (~1,600) whatever its size; its 300 kB of base64 would be ~100,000."""
     tokens = estimate_prompt_tokens({"messages": [{"role": "user", "content": content}]})
     assert IMAGE_TOKENS <= tokens < IMAGE_TOKENS + 50
+
+
+def pdf_block(data: bytes) -> dict[str, object]:
+    return {"type": "document", "title": "report", "source": {
+        "type": "base64", "media_type": "application/pdf", "data": base64.b64encode(data).decode()}}
+
+
+def pdf_tokens_of(part: dict[str, object]) -> int:
+    """The estimate a user turn holding `part` adds to an empty one."""
+    empty = estimate_prompt_tokens({"messages": [{"role": "user", "content": []}]})
+    return estimate_prompt_tokens({"messages": [{"role": "user", "content": [part]}]}) - empty
+
+
+@pytest.mark.parametrize("object_stream", [False, True], ids=["classic", "object_stream"])
+@pytest.mark.parametrize("pages", [1, 3, 12])
+def test_pdf_pages_are_counted_in_either_layout(pages: int, object_stream: bool) -> None:
+    data = make_pdf(pages, object_stream=object_stream)
+    assert data.startswith(b"%PDF-1.") and data.rstrip().endswith(b"%%EOF")
+    assert (b"/Type /Page " in data) is not object_stream  # page dictionaries compressed in the PDF 1.5 layout
+    assert pdf.count_pages(data) == pages
+    assert pdf.count_pages(b"%PDF-1.4\n% nothing here\n%%EOF") is None
+
+
+@pytest.mark.parametrize("object_stream", [False, True], ids=["classic", "object_stream"])
+def test_a_pdf_document_counts_its_pages_not_its_base64(object_stream: bool) -> None:
+    """A 1 MB three-page PDF (a heavy scan on page one): 1.3 MB of base64, ~450,000 tokens read as text,
+    which held a funded key's request at 402. Its allowance is three pages'."""
+    data = make_pdf(3, padding=1_050_000, object_stream=object_stream)
+    assert len(data) > 1_000_000
+    block = pdf_block(data)
+    tokens = pdf_tokens_of(block)
+    assert 3 * PDF_PAGE_TOKENS <= tokens < 3 * PDF_PAGE_TOKENS + 50  # the title and fields, not the data
+    assert tokens * 20 < len(block["source"]["data"]) // 3  # type: ignore[index]
+    chat_file = {"type": "file", "file": {"filename": "r.pdf", "file_data": "data:application/pdf;base64,"
+                                          + block["source"]["data"]}}  # type: ignore[index]
+    assert 3 * PDF_PAGE_TOKENS <= pdf_tokens_of(chat_file) < 3 * PDF_PAGE_TOKENS + 50
+
+
+def test_a_pdf_whose_pages_cannot_be_counted_is_estimated_by_size() -> None:
+    """Page dictionaries in an object stream that does not inflate (another filter, damage): a page per
+    PDF_BYTES_PER_PAGE, still far below its base64 length."""
+    data = make_pdf(2, padding=400_000, object_stream=True)
+    unreadable = data.replace(b"/Filter /FlateDecode", b"/Filter /LZWDecode").replace(b"x\x9c", b"\x00\x00")
+    assert pdf.count_pages(data) == 2 and pdf.count_pages(unreadable) is None
+    pages = -(-len(unreadable) // PDF_BYTES_PER_PAGE)
+    assert pages * PDF_PAGE_TOKENS <= pdf_tokens_of(pdf_block(unreadable)) < pages * PDF_PAGE_TOKENS + 50
+    assert PDF_PAGE_TOKENS <= pdf_tokens_of(pdf_block(b"not a pdf")) < PDF_PAGE_TOKENS + 50  # at least a page
+    bad_base64 = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
+                                                 "data": "J" * 300_001}}  # wrong padding: sized by its text
+    assert pdf_tokens_of(bad_base64) >= -(-225_000 // PDF_BYTES_PER_PAGE) * PDF_PAGE_TOKENS
+
+
+def test_text_documents_keep_the_text_estimate() -> None:
+    text = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x" * 30_000}}
+    assert 10_000 <= pdf_tokens_of(text) < 10_100
 
 
 def test_anthropic_system_counts_in_the_estimate() -> None:

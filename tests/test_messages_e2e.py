@@ -4,6 +4,7 @@ rate-limited, recorded, and with errors in Anthropic's shape."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,10 +17,12 @@ from fakes.anthropic_upstream import WIRE as ANTHROPIC_WIRE
 from fakes.gemini_upstream import recorded_chunks
 from fakes.openai_upstream import WIRE as OPENAI_WIRE
 from harness import Gateway, clear_of_minute_boundary, start_gateway
+from pdfs import make_pdf
 from test_apis_e2e import assert_charged, generation
 from test_billing_e2e import key_state, nano
 
 from gateway import validation
+from gateway.billing import PDF_PAGE_TOKENS
 from gateway.catalog import Catalog
 from gateway.config import parse
 from gateway.errors import InvalidRequest
@@ -339,6 +342,32 @@ async def test_count_tokens_is_answered_by_the_gateway_for_any_provider(
     with pytest.raises(anthropic.NotFoundError) as info:
         await claude.messages.count_tokens(model="no/such-model", messages=MESSAGES)
     assert info.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+
+
+async def test_a_pdf_is_held_at_its_pages_not_its_base64(aiohttp_server: Any, all_upstreams: Upstreams) -> None:
+    """A 600 kB three-page PDF to Claude from a key holding 30 cents: estimated by its base64 (~270k tokens at
+    3 USD/Mtok) the hold was a 402; at three pages' allowance it is served, and count_tokens says the same.
+    (The fake upstream, an aiohttp app, takes bodies up to 1 MB; Anthropic's own limit is 32 MB.)"""
+    doc = config_doc(all_upstreams.urls)
+    doc["server"]["max_body_bytes"] = 4 * 1024 * 1024
+    gw = await start_gateway(aiohttp_server, parse(json.dumps(doc), {}), all_upstreams.openai)
+    gw.key, gw.key_id = await gw.add_key("thrifty", balance=300_000_000)
+    client = anthropic.AsyncAnthropic(base_url=gw.url, api_key=gw.key, max_retries=0)
+    data = base64.b64encode(make_pdf(3, padding=600_000, object_stream=True)).decode()
+    messages: Any = [{"role": "user", "content": [
+        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": data}},
+        {"type": "text", "text": "Summarise the report."}]}]
+    try:
+        counted = await client.messages.count_tokens(model="claude/sonnet", messages=messages)
+        assert 3 * PDF_PAGE_TOKENS <= counted.input_tokens < 3 * PDF_PAGE_TOKENS + 100
+        assert counted.input_tokens * 15 < len(data) // 3  # what its base64 read as text came to
+        message = await client.messages.create(model="claude/sonnet", max_tokens=100, messages=messages)
+        assert message.content and (message.model_extra or {})["billing"]["reserved"] < 0.3
+        sent = all_upstreams.anthropic.last.body["messages"][0]["content"][0]
+        assert sent["source"]["data"] == data  # the document itself went upstream untouched
+    finally:
+        await client.close()
+        await gw.close()
 
 
 def test_only_claude_candidates_are_held_to_a_first_user_turn() -> None:

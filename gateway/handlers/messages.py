@@ -57,11 +57,11 @@ async def count_tokens(request: web.Request) -> web.Response:
     """POST /v1/messages/count_tokens (Claude Code asks before long requests): `{"input_tokens": n}`.
 
     Answered by the gateway itself with the estimate its holds use (`billing.estimate_prompt_tokens`: bytes/3
-    plus a per-message overhead, ~1,600 an image; errs high), whatever provider serves the model: no upstream
-    call, nothing charged, no rate limit counted — as Anthropic's own endpoint is free. The model must exist
-    and be allowed. A Claude model takes the body as its own endpoint would (documents, server tools,
-    thinking...: the native route sends them on); another model only what translates to chat, as
-    /v1/messages would refuse the rest.
+    plus a per-message overhead, ~1,600 an image, 4,600 a PDF page; errs high), whatever provider serves the
+    model: no upstream call, nothing charged, no rate limit counted — as Anthropic's own endpoint is free. The
+    model must exist and be allowed. A Claude model takes the body as its own endpoint would (documents,
+    server tools, thinking...: the native route sends them on); another model only what translates to chat,
+    as /v1/messages would refuse the rest.
     """
     snapshot = request.app[RUNTIME].snapshot
     body = await read_json(request, caps.body_limit(snapshot.config.server.max_body_bytes, request[KEY]))
