@@ -16,7 +16,7 @@ import zlib
 PAGE = re.compile(rb"/Type\s*/Page(?![A-Za-z0-9])")
 STREAM = re.compile(rb"\bstream\r?\n")
 DICT_WINDOW = 512  # bytes before a `stream` keyword searched for its dictionary's /ObjStm
-INFLATE_BUDGET = 16 * 1024 * 1024  # inflated bytes read from object streams per document, at most
+INFLATE_BUDGET = 4 * 1024 * 1024  # inflated bytes read from object streams per document (page dicts are small)
 
 
 def count_pages(data: bytes) -> int | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import zlib
 
 import pytest
 from harness import gateway_config
@@ -126,6 +127,18 @@ def test_a_pdf_whose_pages_cannot_be_counted_is_estimated_by_size() -> None:
     bad_base64 = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
                                                  "data": "J" * 300_001}}  # wrong padding: sized by its text
     assert pdf_tokens_of(bad_base64) >= -(-225_000 // PDF_BYTES_PER_PAGE) * PDF_PAGE_TOKENS
+
+
+def test_an_object_stream_is_inflated_within_a_budget() -> None:
+    """A compressed object stream that inflates to 64 MB (a zip bomb) is read up to the budget and no further;
+    a page dictionary past the budget is not found."""
+    bomb = zlib.compress(b" " * (64 * 1024 * 1024) + b"<< /Type /Page >>")
+    data = (b"%%PDF-1.5\n1 0 obj\n<< /Type /ObjStm /N 1 /First 0 /Filter /FlateDecode /Length %d >>\nstream\n"
+            % len(bomb)) + bomb + b"\nendstream\nendobj\n%%EOF\n"
+    assert len(data) < 100_000 and pdf.count_pages(data) is None
+    small = zlib.compress(b"1 0 << /Type /Page >>")
+    fits = data.replace(bomb, small).replace(b"/Length %d" % len(bomb), b"/Length %d" % len(small))
+    assert pdf.count_pages(fits) == 1
 
 
 def test_text_documents_keep_the_text_estimate() -> None:
