@@ -20,7 +20,7 @@ from gateway.catalog import Route
 from gateway.config import Config, PresetConfig
 from gateway.errors import InvalidRequest
 from gateway.streaming import ChunkCodec, StreamCodec
-from providers import openai, passthrough, registry
+from providers import openai, passthrough, reasoning, registry
 from providers.registry import Adapter
 from providers.types import JSON, ChatRequest, StreamState, Target, UpstreamHTTPError, UpstreamRequest, Usage
 
@@ -90,19 +90,25 @@ def chat_text_bytes(choices: list[Any]) -> int:
 
 
 class ChatExchange:
-    """OpenAI chat in, any adapter out: the provider modules' own job."""
+    """OpenAI chat in, any adapter out: the provider modules' own job. A request with `reasoning.exclude`
+    gets its answer without `reasoning_content`, whatever the kind (the tokens are billed all the same)."""
 
     def __init__(self, adapter: Adapter) -> None:
         self.adapter = adapter
         self.needs_inline_images = adapter.NEEDS_INLINE_IMAGES
+        self.hide_reasoning = False  # set by `build` from the request it sends
 
     def build(self, body: JSON, target: Target, stream: bool) -> UpstreamRequest:
+        self.hide_reasoning = reasoning.excluded(body)
         return self.adapter.build_request(ChatRequest(body=body, stream=stream), target)
 
     def parse(self, raw: bytes, target: Target) -> Reply:
         result = self.adapter.parse_response(raw, target)
         answer = result.body
         choices = answer.get("choices") or [{}]
+        if self.hide_reasoning:
+            for choice in choices:
+                (choice.get("message") or {}).pop("reasoning_content", None)
         return Reply(body=answer, usage=result.usage, finish_reason=choices[0].get("finish_reason"),
                      upstream_id=str(answer.get("id", "")), text_bytes=chat_text_bytes(choices))
 
@@ -111,7 +117,7 @@ class ChatExchange:
 
     def codec(self, body: JSON, target: Target, generation_id: str, wants_usage: bool) -> StreamCodec:
         state = self.adapter.new_stream_state(ChatRequest(body=body, stream=True), target)
-        return ChunkCodec(self.adapter, state, generation_id, wants_usage)
+        return ChunkCodec(self.adapter, state, generation_id, wants_usage, hide_reasoning=reasoning.excluded(body))
 
 
 class PassthroughExchange:
@@ -172,7 +178,13 @@ class ChatEndpoint:
         return ChatExchange(registry.get(route.provider.kind))
 
     def worst_case(self, body: JSON, route: Route, config: Config) -> Usage:
-        return billing.worst_case_usage(body, route.model.max_output_tokens, config.billing.default_max_output_tokens)
+        """The client's own worst case, or more when the translation gives the upstream more room (Claude's
+        thinking raises max_tokens above its budget)."""
+        usage = billing.worst_case_usage(body, route.model.max_output_tokens, config.billing.default_max_output_tokens)
+        sent = registry.get(route.provider.kind).max_output_tokens(body, route.target(""))
+        if sent is not None and sent > usage.completion_tokens:
+            usage.completion_tokens = sent
+        return usage
 
     def estimate(self, body: JSON, text_bytes: int) -> Usage:
         return Usage(prompt_tokens=billing.estimate_prompt_tokens(body),

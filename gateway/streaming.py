@@ -71,6 +71,16 @@ def text_bytes(chunk: JSON) -> int:
     return n
 
 
+def _hide_reasoning(chunk: JSON) -> bool:
+    """Take `reasoning_content` out of a chunk's deltas; True when nothing is left worth sending."""
+    emptied = False
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta")
+        if isinstance(delta, dict) and delta.pop("reasoning_content", None) is not None:
+            emptied = emptied or (not delta and not choice.get("finish_reason"))
+    return emptied and len(chunk.get("choices") or ()) == 1
+
+
 def _is_tail(chunk: JSON) -> bool:
     choices = chunk.get("choices")
     return not choices or any(c.get("finish_reason") for c in choices)
@@ -80,16 +90,20 @@ class ChunkCodec:
     """The adapter's chat chunks, relayed as OpenAI SSE; every chunk carries the gateway's generation id,
     the handle for /v1/generation. Subclasses change `encode`/`end` to speak another API."""
 
-    def __init__(self, adapter: Adapter, state: StreamState, generation_id: str, wants_usage: bool) -> None:
+    def __init__(self, adapter: Adapter, state: StreamState, generation_id: str, wants_usage: bool,
+                 hide_reasoning: bool = False) -> None:
         self.adapter, self.state = adapter, state
         self.generation_id, self.wants_usage = generation_id, wants_usage
+        self.hide_reasoning = hide_reasoning  # `reasoning.exclude`: no reasoning_content deltas reach the client
         self.held: list[JSON] = []  # finish and usage chunks waiting for the bill
 
     def feed(self, event: SSEEvent) -> tuple[bytes, int]:
         batch, n = bytearray(), 0
         for chunk in self.adapter.parse_stream_event(self.state, event):
             chunk["id"] = self.generation_id
-            n += text_bytes(chunk)
+            n += text_bytes(chunk)  # hidden reasoning was generated all the same: it counts for an estimate
+            if self.hide_reasoning and _hide_reasoning(chunk):
+                continue
             if _is_tail(chunk):
                 if chunk.get("choices") or self.wants_usage:
                     self.held.append(chunk)

@@ -15,7 +15,8 @@ from typing import Any
 
 from gateway.catalog import Route
 from gateway.errors import InvalidRequest
-from providers import registry
+from providers import reasoning, registry
+from providers.types import Untranslatable
 
 MAX_MODEL_NAME = 256
 MAX_PROVIDER_KEY = 512
@@ -52,6 +53,16 @@ def check_chat(body: dict[str, Any], provider_key_header: str | None = None) -> 
     for provider_key in (body.get("provider_api_key"), provider_key_header):
         if provider_key is not None:
             check_provider_key(provider_key)
+    _check_reasoning(body)
+
+
+def _check_reasoning(body: dict[str, Any]) -> None:
+    """`reasoning_effort` and `reasoning` in the one reading every provider kind shares: a value no kind could
+    honour (an unknown effort, a negative budget, two efforts that disagree) is the client's 400."""
+    try:
+        reasoning.requested(body)
+    except Untranslatable as exc:
+        raise InvalidRequest(f"{exc}.", param=exc.param, code="invalid_value") from exc
 
 
 def _check_message(message: Any, i: int) -> None:

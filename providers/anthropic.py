@@ -1,8 +1,12 @@
 """Adapter for Anthropic's Messages API (`POST {base_url}/v1/messages`): answers, errors and streams
 read back into OpenAI's chat shapes. The request translation lives in `anthropic_request`.
 
-Answers: `thinking` text is exposed as `reasoning_content` (as DeepSeek does, in stream deltas too);
-signatures and `redacted_thinking` are dropped. Prompt tokens = input + cache reads + cache writes.
+Answers: `thinking` text is exposed as `reasoning_content` (as DeepSeek does, in stream deltas too). Claude
+refuses the next turn of a tool loop with thinking unless the calling turn comes back with its thinking blocks
+(signatures included, `redacted_thinking` too), so the blocks before a tool call ride on that call as
+`extra_content.anthropic.thinking_blocks` (streamed: in the `delta.tool_calls[i]` that opens the call), beside
+where Gemini's thought signature rides; `anthropic_request` puts them back. A turn without tool calls carries
+none: Claude does not want its thinking back there. Prompt tokens = input + cache reads + cache writes.
 A call of the `json_response_format` tool (how `anthropic_request` carries `response_format`) is the answer:
 its input becomes the message `content` as JSON text (streamed: its `input_json_delta` fragments become
 content deltas), it is no tool call, and the answer's finish_reason is `stop` rather than `tool_calls`.
@@ -23,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from providers import reasoning
 from providers.anthropic_request import JSON_TOOL, translate_body
 from providers.types import (
     JSON,
@@ -35,6 +40,7 @@ from providers.types import (
     UpstreamHTTPError,
     UpstreamRequest,
     Usage,
+    claude_signed,
     load_object,
 )
 
@@ -42,7 +48,7 @@ STREAM_FRAMING = "sse"
 NEEDS_INLINE_IMAGES = False
 SUPPORTED_PARAMETERS = ("temperature", "top_p", "top_k", "max_tokens", "max_completion_tokens", "stop", "tools",
                         "tool_choice", "parallel_tool_calls", "response_format",
-                        "structured_outputs")  # what the translation carries
+                        "structured_outputs", "reasoning", "reasoning_effort")  # what the translation carries
 MAX_CHOICES = 1  # the Messages API has no `n`: one answer per request
 API_VERSION = "2023-06-01"
 
@@ -59,6 +65,18 @@ _RETRYABLE_TYPES = frozenset({"overloaded_error", "rate_limit_error", "api_error
 def build_request(req: ChatRequest, target: Target) -> UpstreamRequest:
     """POST {base_url}/v1/messages with the client's chat request in Anthropic's shape."""
     return messages_request(translate_body(req, target), target, req.stream)
+
+
+def max_output_tokens(body: JSON, target: Target) -> int | None:
+    """The max_tokens the upstream request will carry when it may exceed the client's own: thinking raises it
+    to make room for its budget, and the hold must cover what Claude may then write. None otherwise (and
+    for a request the translation refuses: `build_request` reports that)."""
+    if not any(body.get(name) is not None for name in reasoning.FIELDS):
+        return None
+    try:
+        return int(translate_body(ChatRequest(body=body, stream=False), target)["max_tokens"])
+    except ProviderError:
+        return None
 
 
 def messages_request(body: JSON, target: Target, stream: bool, beta: str = "") -> UpstreamRequest:
@@ -84,22 +102,27 @@ def parse_response(body: bytes, target: Target) -> ChatResult:
     if not isinstance(content, list) or not isinstance(data.get("id"), str):
         raise ProviderError("upstream response is not an Anthropic message")
     texts, thoughts, calls, json_answer = [], [], [], None
+    signed: list[JSON] = []  # thinking blocks waiting for the tool call they precede
     for block in content:
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
             texts.append(str(block.get("text") or ""))
-        elif kind == "thinking":
-            thoughts.append(str(block.get("thinking") or ""))
+        elif kind in ("thinking", "redacted_thinking"):
+            thoughts.append(str(block.get("thinking") or "") if kind == "thinking" else "")
+            signed += _carried(block)
         elif kind == "tool_use" and block.get("name") == JSON_TOOL:
             json_answer = orjson.dumps(block.get("input") or {}).decode()
         elif kind == "tool_use":
-            calls.append({"id": str(block.get("id")), "type": "function", "function": {
-                "name": str(block.get("name")), "arguments": orjson.dumps(block.get("input") or {}).decode()}})
+            call: JSON = {"id": str(block.get("id")), "type": "function", "function": {
+                "name": str(block.get("name")), "arguments": orjson.dumps(block.get("input") or {}).decode()}}
+            if signed:
+                call["extra_content"], signed = claude_signed(signed), []
+            calls.append(call)
     text = json_answer if json_answer is not None else "".join(texts) if texts else None
     message: JSON = {"role": "assistant", "content": text, "refusal": None}
     if calls:
         message["tool_calls"] = calls
-    if thoughts:
+    if any(thoughts):
         message["reasoning_content"] = "".join(thoughts)
     counts: dict[str, int] = {}
     _add_counts(counts, data.get("usage"))
@@ -112,6 +135,16 @@ def parse_response(body: bytes, target: Target) -> ChatResult:
     if usage.reported:
         answer["usage"] = _usage_json(usage)
     return ChatResult(body=answer, usage=usage)
+
+
+def _carried(block: JSON) -> list[JSON]:
+    """A thinking block as it must come back to Claude (nothing when it has no signature to prove it)."""
+    if block.get("type") == "redacted_thinking":
+        return [{"type": "redacted_thinking", "data": block["data"]}] if isinstance(block.get("data"), str) else []
+    signature = block.get("signature")
+    if not isinstance(signature, str) or not signature:
+        return []
+    return [{"type": "thinking", "thinking": str(block.get("thinking") or ""), "signature": signature}]
 
 
 def usage_from(raw: Any) -> Usage:
@@ -207,6 +240,8 @@ class AnthropicStreamState(StreamState):
     counts: dict[str, int] = field(default_factory=dict)  # Anthropic's token counts so far
     answer_block: Any = None  # content block index of the response_format tool's call, once it started
     answer_sent: bool = False  # some of that call's input went out as content
+    thinking: dict[Any, JSON] = field(default_factory=dict)  # content block index -> thinking block being read
+    signed: list[JSON] = field(default_factory=list)  # finished thinking blocks waiting for the next tool call
 
 
 def new_stream_state(req: ChatRequest, target: Target) -> StreamState:
@@ -243,7 +278,14 @@ def _block_start(state: AnthropicStreamState, data: JSON) -> list[JSON]:
         args = orjson.dumps(block["input"]).decode() if block.get("input") else ""
         call = {"index": index, "id": str(block.get("id")), "type": "function",
                 "function": {"name": str(block.get("name")), "arguments": args}}
+        if state.signed:
+            call["extra_content"], state.signed = claude_signed(state.signed), []
         return [_chunk(state, {"tool_calls": [call]})]
+    if kind == "thinking":
+        state.thinking[data.get("index")] = {"type": "thinking", "thinking": str(block.get("thinking") or ""),
+                                             "signature": str(block.get("signature") or "")}
+    elif kind == "redacted_thinking":
+        state.signed += _carried(block)
     return []  # text and thinking blocks start empty; their deltas follow
 
 
@@ -252,7 +294,12 @@ def _block_delta(state: AnthropicStreamState, data: JSON) -> list[JSON]:
     kind = delta.get("type")
     if kind == "text_delta" and delta.get("text"):
         return [_chunk(state, {"content": delta["text"]})]
+    thinking = state.thinking.get(data.get("index"))
+    if kind == "signature_delta" and thinking is not None:
+        thinking["signature"] += str(delta.get("signature") or "")
     if kind == "thinking_delta" and delta.get("thinking"):
+        if thinking is not None:
+            thinking["thinking"] += str(delta["thinking"])
         return [_chunk(state, {"reasoning_content": delta["thinking"]})]
     if kind == "input_json_delta" and state.answer_block is not None and data.get("index") == state.answer_block:
         return _answer_text(state, str(delta.get("partial_json") or ""))
@@ -264,7 +311,11 @@ def _block_delta(state: AnthropicStreamState, data: JSON) -> list[JSON]:
 
 
 def _block_stop(state: AnthropicStreamState, data: JSON) -> list[JSON]:
-    """The end of the response_format tool's call: `{}` as content if its input came without fragments."""
+    """The end of a thinking block (kept for the next tool call) or of the response_format tool's call: `{}`
+    as content if its input came without fragments."""
+    thinking = state.thinking.pop(data.get("index"), None)
+    if thinking is not None:
+        state.signed += _carried(thinking)
     if state.answer_block is not None and data.get("index") == state.answer_block and not state.answer_sent:
         return _answer_text(state, "{}")
     return []

@@ -1,7 +1,7 @@
 """An OpenAI chat request as an Anthropic Messages request body.
 
-The body is built from scratch, so what Anthropic does not know (`n`, penalties, `reasoning_effort`,
-`stream_options`, ...) stays behind; what would change the answer's meaning if dropped (`logprobs`,
+The body is built from scratch, so what Anthropic does not know (`n`, penalties, `stream_options`, ...)
+stays behind; what would change the answer's meaning if dropped (`logprobs`,
 `top_logprobs`, legacy `functions` / `function_call`) is refused (`Untranslatable`). Translation decisions:
 
 - `system` / `developer` messages, wherever they stand, become the top-level `system`: an array of text
@@ -26,6 +26,20 @@ The body is built from scratch, so what Anthropic does not know (`n`, penalties,
 - `max_tokens` is required upstream: `max_completion_tokens`, else `max_tokens`, else the model's default.
   `temperature` is clamped to Anthropic's 0..1. `target.drop` applies to the client's field names before
   translation and to Anthropic's after it (model, messages and max_tokens are never dropped).
+- Reasoning (`reasoning_effort`, OpenRouter's `reasoning`; see `providers.reasoning`) becomes
+  `thinking: {"type": "enabled", "budget_tokens": B}`. B is `reasoning.max_tokens`, else the effort's share of
+  max_tokens (max/xhigh 95 %, high 80 %, medium 50 %, low 20 %, minimal 10 %), at least 1024 (Anthropic's
+  minimum). Anthropic wants B < max_tokens: when it is not, max_tokens becomes B + the client's max_tokens (the
+  answer keeps the room the client asked for), both bounded by the model's max_output_tokens; a model whose
+  maximum leaves no room for 1024 thinking tokens is refused. Thinking allows no other temperature than 1,
+  no top_k and no top_p below 0.95: those are left out rather than refused (clients and frameworks set them
+  by default). Thinking is not sent when Anthropic would refuse it: a forced tool (`tool_choice` required or
+  a named function, or the tool that carries `response_format`), or a last assistant turn that called tools
+  without its thinking blocks (a history from another model, or a client that dropped `extra_content`) —
+  Anthropic lets such a turn go without thinking. Claude's thinking blocks come back on a tool call's
+  `extra_content.anthropic.thinking_blocks` (see `providers.anthropic`) and go out again at the place they
+  stood: the first call's before the turn's text, a later call's right before its `tool_use`; without
+  thinking on the request they stay behind.
 
 Pure: no I/O. `ProviderError` means the request cannot be expressed for Anthropic.
 """
@@ -36,9 +50,23 @@ import hashlib
 import re
 from typing import Any
 
-from providers.types import JSON, ChatRequest, ProviderError, Target, Untranslatable, refuse_openai_only, tool_arguments
+from providers import reasoning
+from providers.types import (
+    JSON,
+    ChatRequest,
+    ProviderError,
+    Target,
+    Untranslatable,
+    claude_thinking,
+    refuse_openai_only,
+    tool_arguments,
+)
 
 DEFAULT_MAX_TOKENS = 4096
+MIN_THINKING_BUDGET = 1024  # Anthropic refuses a smaller budget_tokens
+MIN_THINKING_TOP_P = 0.95  # the lowest top_p Anthropic takes with thinking
+_FORCED_CHOICES = frozenset({"any", "tool"})  # tool_choice types Anthropic refuses with thinking
+_THINKING_BLOCKS = frozenset({"thinking", "redacted_thinking"})
 JSON_TOOL = "json_response_format"  # the forced tool that carries a `response_format` answer
 _TOOL_CHOICES = {"auto": "auto", "none": "none", "required": "any"}
 _REQUIRED = frozenset({"model", "messages", "max_tokens"})
@@ -74,6 +102,7 @@ def translate_body(req: ChatRequest, target: Target) -> JSON:
         out["system"] = system
     _sampling(src, out)
     _tools(src, out)
+    _thinking(src, out, target)
     user = src.get("user") or src.get("safety_identifier")
     if isinstance(user, str) and user:
         out["metadata"] = {"user_id": user}
@@ -104,6 +133,53 @@ def _sampling(src: JSON, out: JSON) -> None:
         stop = [stop]
     if isinstance(stop, list) and stop:
         out["stop_sequences"] = stop
+
+
+def _thinking(src: JSON, out: JSON, target: Target) -> None:
+    """`thinking` (and the max_tokens and sampling it needs) when the request asks for reasoning and Anthropic
+    would take it; otherwise the history's carried thinking blocks stay behind. See the module docstring."""
+    wish = reasoning.requested(src)
+    if wish is None or not wish.on or not _thinking_allowed(out):
+        _strip_thinking(out["messages"])
+        return
+    asked = out["max_tokens"]
+    budget = max(wish.budget_for(asked), MIN_THINKING_BUDGET)
+    max_tokens = asked if budget < asked else budget + asked
+    if target.default_max_tokens:
+        max_tokens = min(max_tokens, target.default_max_tokens)
+        budget = min(budget, max_tokens - 1)
+    if budget < MIN_THINKING_BUDGET:
+        raise Untranslatable(f"thinking needs at least {MIN_THINKING_BUDGET} tokens below max_tokens, and this "
+                             f"model answers at most {max_tokens} tokens", param="reasoning")
+    out["thinking"] = {"type": "enabled", "budget_tokens": budget}
+    out["max_tokens"] = max_tokens
+    if out.get("temperature") != 1:
+        out.pop("temperature", None)
+    out.pop("top_k", None)
+    top_p = out.get("top_p")
+    if isinstance(top_p, int | float) and top_p < MIN_THINKING_TOP_P:
+        del out["top_p"]
+
+
+def _thinking_allowed(out: JSON) -> bool:
+    """Whether Anthropic takes thinking with this body: no forced tool, and a last assistant turn that called
+    tools starts with its thinking blocks (Anthropic's rule for the tool loop in progress)."""
+    choice = out.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") in _FORCED_CHOICES:
+        return False
+    last = next((turn for turn in reversed(out["messages"]) if turn["role"] == "assistant"), None)
+    content = last["content"] if last is not None else None
+    if not isinstance(content, list) or not any(block.get("type") == "tool_use" for block in content):
+        return True
+    return content[0].get("type") in _THINKING_BLOCKS
+
+
+def _strip_thinking(turns: list[JSON]) -> None:
+    """Leave out the thinking blocks carried back from earlier answers: only a request with thinking on
+    needs them, and one without has no use for them."""
+    for turn in turns:
+        if turn["role"] == "assistant" and isinstance(turn["content"], list):
+            turn["content"] = [block for block in turn["content"] if block.get("type") not in _THINKING_BLOCKS]
 
 
 def translate_messages(messages: list[Any]) -> tuple[list[JSON], list[JSON]]:
@@ -194,6 +270,11 @@ def _assistant_blocks(msg: JSON, i: int) -> list[JSON]:
         if not isinstance(fn, dict) or not isinstance(call.get("id"), str) or not isinstance(fn.get("name"), str):
             raise ProviderError(f"messages[{i}].tool_calls[{j}] needs an id and a function name")
         args = tool_arguments(fn.get("arguments"), f"messages[{i}].tool_calls[{j}].function")
+        thinking = claude_thinking(call)
+        if j == 0:
+            blocks[:0] = thinking  # Claude's turn starts with its thinking, before any text
+        else:
+            blocks += thinking  # interleaved thinking stood right before its tool_use
         blocks.append({"type": "tool_use", "id": claude_tool_id(call["id"]), "name": fn["name"], "input": args})
     return blocks
 

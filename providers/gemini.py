@@ -10,8 +10,10 @@ Decisions where the formats differ:
 - images, audio and files must be base64 data: URIs (the gateway inlines https image URLs first).
 - tool schemas within the OpenAPI subset of Gemini's `Schema` go as `parameters`, others (strict OpenAI tools:
   `additionalProperties`, type lists, `$ref`) as `parametersJsonSchema`; the same for `responseSchema`.
-- thought parts become `reasoning_content`; code execution, grounding and image output are dropped. Calls
-  get ids `call_` + 24 random hex digits (unique across turns, unlike a counter).
+- `reasoning_effort` / `reasoning` become `generationConfig.thinkingConfig` (see `gemini_request`), with
+  `includeThoughts` so that the thought summaries come back; thought parts become `reasoning_content`;
+  code execution, grounding and image output are dropped. Calls get ids `call_` + 24 random hex digits
+  (unique across turns, unlike a counter).
 - a functionCall's `thoughtSignature` (Gemini 3 requires it back on that call in the next request, else 400)
   goes out as the tool call's `extra_content.google.thought_signature`, Google's own OpenAI-compatible
   spelling, and comes back from there onto the `functionCall` part (a malformed one is ignored). Signatures
@@ -55,7 +57,8 @@ from providers.types import (
 STREAM_FRAMING = "sse"
 NEEDS_INLINE_IMAGES = True  # Gemini takes image bytes only
 SUPPORTED_PARAMETERS = ("temperature", "top_p", "top_k", "seed", "max_tokens", "max_completion_tokens", "stop",
-                        "response_format", "structured_outputs", "tools", "tool_choice")  # what the translation carries
+                        "response_format", "structured_outputs", "tools", "tool_choice", "reasoning",
+                        "reasoning_effort")  # what the translation carries
 MAX_CHOICES = 1  # see `_generation_config`
 
 # wire/finish-reason-map.json "gemini_vertex" (LiteLLM); the rest (STOP, MALFORMED_FUNCTION_CALL, ...) is "stop"
@@ -79,6 +82,11 @@ def build_request(req: ChatRequest, target: Target) -> UpstreamRequest:
     headers.update(target.headers)
     url = f"{target.base_url}/v1beta/models/{target.upstream_model}:{method}"
     return UpstreamRequest("POST", url, headers, orjson.dumps(gemini_body(body)), req.stream)
+
+
+def max_output_tokens(body: JSON, target: Target) -> int | None:
+    """None: this kind sends no more output tokens than the client asked for."""
+    return None
 
 
 # -- non-streamed answer ---------------------------------------------------------------------------

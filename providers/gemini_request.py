@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from providers import reasoning
 from providers.types import (
     JSON,
     ProviderError,
@@ -28,6 +29,9 @@ _SCHEMA_KEYS = frozenset({
     "anyOf", "propertyOrdering", "default", "example", "minItems", "maxItems", "minLength", "maxLength",
     "pattern", "minimum", "maximum", "minProperties", "maxProperties"})
 _NO_PARAMETERS = frozenset({"type", "properties", "required", "additionalProperties", "$schema"})
+# effort -> thinkingBudget: Google's own OpenAI-compatible endpoint's figures (low 1k, medium 8k, high 24k);
+# the higher efforts stay at 24k, the most every Gemini 2.5 model takes
+THINKING_BUDGETS = {"minimal": 512, "low": 1024, "medium": 8192, "high": 24576, "xhigh": 24576, "max": 24576}
 
 
 def gemini_body(body: JSON) -> JSON:
@@ -225,6 +229,8 @@ def _generation_config(body: JSON) -> JSON:
     if stop := body.get("stop"):
         config["stopSequences"] = [stop] if isinstance(stop, str) else stop
     config.update(_response_format(body.get("response_format")))
+    if thinking := _thinking_config(body, max_tokens):
+        config["thinkingConfig"] = thinking
     return config
 
 
@@ -243,4 +249,25 @@ def _response_format(fmt: Any) -> JSON:
     schema = fmt["json_schema"].get("schema") if isinstance(fmt.get("json_schema"), dict) else None
     if kind == "json_schema" and isinstance(schema, dict):
         config["responseSchema" if _fits_gemini_schema(schema) else "responseJsonSchema"] = schema
+    return config
+
+
+def _thinking_config(body: JSON, max_tokens: Any) -> JSON:
+    """`thinkingConfig` for `reasoning_effort` / `reasoning` (see `providers.reasoning`): off is budget 0 (a
+    model that cannot stop thinking, Gemini 2.5 Pro, answers 400); an effort is Google's own budget for it, at
+    most the effort's share of `max_tokens` when the client set one (Gemini's thoughts count against it);
+    `reasoning.max_tokens` is the budget. Thought summaries come back as `reasoning_content` unless `exclude`."""
+    wish = reasoning.requested(body)
+    if wish is None:
+        return {}
+    config: JSON = {"includeThoughts": bool(wish.on) and not wish.exclude}
+    if wish.on is False:
+        config["thinkingBudget"] = 0
+    elif wish.on and wish.budget is not None:
+        config["thinkingBudget"] = wish.budget
+    elif wish.on:
+        budget = THINKING_BUDGETS[wish.effort]
+        if isinstance(max_tokens, int) and not isinstance(max_tokens, bool):
+            budget = min(budget, wish.budget_for(max_tokens))
+        config["thinkingBudget"] = budget
     return config

@@ -146,6 +146,11 @@ def _without_extra_content(call: Any) -> Any:
     return call
 
 
+def max_output_tokens(body: JSON, target: Target) -> int | None:
+    """None: this kind sends no more output tokens than the client asked for."""
+    return None
+
+
 # -- non-streamed answer ---------------------------------------------------------------------------
 
 

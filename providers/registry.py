@@ -32,6 +32,10 @@ class Adapter(Protocol):
 
     def build_request(self, req: ChatRequest, target: Target) -> UpstreamRequest: ...
 
+    def max_output_tokens(self, body: JSON, target: Target) -> int | None:
+        """The output tokens the upstream request allows when the translation sets more than the client
+        asked (the hold must cover them), else None."""
+
     def parse_response(self, body: bytes, target: Target) -> ChatResult: ...
 
     def parse_error(self, status: int, body: bytes) -> UpstreamHTTPError: ...

@@ -165,6 +165,32 @@ def signed(signature: str) -> JSON:
     return {"google": {"thought_signature": signature}}
 
 
+def claude_thinking(call: Any) -> list[JSON]:
+    """The Claude thinking blocks a chat tool call carries (`extra_content.anthropic.thinking_blocks`), in
+    order, or []. Claude refuses the next turn of a tool loop with thinking unless the turn that called the
+    tool comes back with its thinking blocks verbatim, so they ride where Gemini's thought signature rides.
+    Only well-formed blocks count (`thinking` with its text and signature, `redacted_thinking` with its data):
+    clients send back whatever they were given, and anything else is no block, not an error."""
+    extra = call.get("extra_content") if isinstance(call, dict) else None
+    anthropic = extra.get("anthropic") if isinstance(extra, dict) else None
+    blocks = anthropic.get("thinking_blocks") if isinstance(anthropic, dict) else None
+    return [block for block in blocks if _thinking_block(block)] if isinstance(blocks, list) else []
+
+
+def _thinking_block(block: Any) -> bool:
+    if not isinstance(block, dict):
+        return False
+    if block.get("type") == "thinking":
+        return isinstance(block.get("thinking"), str) and isinstance(block.get("signature"), str) \
+            and bool(block["signature"])
+    return block.get("type") == "redacted_thinking" and isinstance(block.get("data"), str) and bool(block["data"])
+
+
+def claude_signed(blocks: list[JSON]) -> JSON:
+    """The `extra_content` of a tool call that carries Claude thinking blocks (see `claude_thinking`)."""
+    return {"anthropic": {"thinking_blocks": blocks}}
+
+
 class UpstreamHTTPError(ProviderError):
     """A non-2xx upstream answer, parsed from the provider's error shape.
 
