@@ -11,6 +11,13 @@ answers it: with a call of that tool and no text before it. The answer is the re
 renamed to the forced one and, with `forced_tool_input` set, its input replaced (streamed: that input's
 JSON in three `input_json_delta` fragments where the recording has its fragments).
 
+A request with `thinking: {"type": "enabled", "budget_tokens": B}` is checked as the real API checks it
+(400 `invalid_request_error` for B < 1024 or B >= max_tokens, a temperature other than 1, top_k, a forced
+tool_choice, or a last assistant turn that called tools without starting with the thinking block this fake
+signed, text and signature verbatim) and answered with that thinking block first: the thinking and signature
+of `docs-stream-thinking.sse` (streamed: its thinking block's events, the other blocks renumbered after it),
+and with `redacted` a `redacted_thinking` block after it.
+
 Like the real API it wants a key (401 `authentication_error` otherwise) and an `anthropic-version` header
 (400 `invalid_request_error` otherwise), and error bodies have Anthropic's shape
 `{"type": "error", "error": {"type", "message"}, "request_id"}`. The key is accepted in `x-api-key` (what
@@ -76,6 +83,7 @@ class FakeAnthropic:
         self.error_event_after: int | None = None  # send the recorded overloaded `error` event after N events
         self.forced_tool_input: dict[str, Any] | None = None  # a forced tool's input; None: the recorded one
         self.events_sent = 0  # events written by the last streamed answer
+        self.redacted = False  # with thinking: a redacted_thinking block after the thinking block
 
     @property
     def last(self) -> RecordedRequest:
@@ -146,6 +154,87 @@ def _event(head: bytes, data: dict[str, Any]) -> bytes:
     return head + b"\ndata: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
 
 
+REDACTED_DATA = "EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rLVyIwxtE3rAFBa8cr3qpPkNRj2YfWXGmKDxH4mPnZ5sQ7vB5URj"
+
+
+def recorded_thinking() -> dict[str, Any]:
+    """The thinking block of `docs-stream-thinking.sse`, put together: its text and its signature."""
+    text, signature = "", ""
+    for raw in recorded_events("docs-stream-thinking.sse"):
+        event = json.loads(raw.strip().partition(b"\ndata: ")[2])
+        delta = event.get("delta") or {}
+        text += delta.get("thinking", "") if delta.get("type") == "thinking_delta" else ""
+        signature += delta.get("signature", "") if delta.get("type") == "signature_delta" else ""
+    return {"type": "thinking", "thinking": text, "signature": signature}
+
+
+def thinking_blocks(redacted: bool) -> list[dict[str, Any]]:
+    """What this fake thinks, in the order it answers it."""
+    return [recorded_thinking(), *([{"type": "redacted_thinking", "data": REDACTED_DATA}] if redacted else [])]
+
+
+def thinking_error(body: dict[str, Any]) -> str | None:
+    """The real API's refusal of a thinking request (the rules of Anthropic's extended thinking), or None."""
+    thinking = body.get("thinking")
+    if not isinstance(thinking, dict) or thinking.get("type") != "enabled":
+        return None
+    budget, max_tokens = thinking.get("budget_tokens"), body.get("max_tokens")
+    if not isinstance(budget, int) or budget < 1024:
+        return "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+    if not isinstance(max_tokens, int) or budget >= max_tokens:
+        return "`max_tokens` must be greater than `thinking.budget_tokens`."
+    if body.get("temperature", 1) != 1:
+        return "`temperature` may only be set to 1 when thinking is enabled."
+    if "top_k" in body:
+        return "`top_k` is not supported when thinking is enabled."
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
+        return "Thinking may not be enabled when tool_choice forces tool use."
+    return _history_error(body.get("messages") or [])
+
+
+def _history_error(messages: list[Any]) -> str | None:
+    """A last assistant turn that called tools must start with the thinking blocks this fake signed."""
+    last = next((i for i in range(len(messages) - 1, -1, -1) if messages[i].get("role") == "assistant"), None)
+    content = messages[last]["content"] if last is not None else None
+    if not isinstance(content, list) or not any(block.get("type") == "tool_use" for block in content):
+        return None
+    if content[0].get("type") not in ("thinking", "redacted_thinking"):
+        return (f"messages.{last}.content.0.type: Expected `thinking` or `redacted_thinking`, but found "
+                f"`{content[0].get('type')}`. When `thinking` is enabled, a final `assistant` message must start "
+                "with a thinking block (preceeding the lastmost set of `tool_use` and `tool_result` blocks).")
+    for j, block in enumerate(content):
+        if block.get("type") == "thinking" and block != recorded_thinking():
+            return f"messages.{last}.content.{j}: Invalid `signature` in `thinking` block"
+        if block.get("type") == "redacted_thinking" and block != {"type": "redacted_thinking", "data": REDACTED_DATA}:
+            return f"messages.{last}.content.{j}: Invalid `data` in `redacted_thinking` block"
+    return None
+
+
+def thinking_events(events: list[bytes], redacted: bool) -> list[bytes]:
+    """`events` with the recorded thinking block (and a redacted one) first, the other blocks renumbered."""
+    thought = [raw for raw in recorded_events("docs-stream-thinking.sse") if b'"index": 0' in raw]
+    extra = len(thought) and 1 + redacted
+    out: list[bytes] = []
+    for raw in events:
+        head, _, data = raw.strip().partition(b"\ndata: ")
+        event = json.loads(data)
+        if event.get("type") == "message_start":
+            out.append(raw)
+            out += thought
+            if redacted:
+                block = {"type": "redacted_thinking", "data": REDACTED_DATA}
+                out.append(_event(b"event: content_block_start",
+                                  {"type": "content_block_start", "index": 1, "content_block": block}))
+                out.append(_event(b"event: content_block_stop", {"type": "content_block_stop", "index": 1}))
+            continue
+        if "index" in event:
+            event["index"] += extra
+            raw = _event(head, event)
+        out.append(raw)
+    return out
+
+
 FAKE_KEY = web.AppKey("fake_anthropic", FakeAnthropic)
 _STATUS_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
                  403: "permission_error", 404: "not_found_error", 413: "request_too_large",
@@ -180,24 +269,30 @@ async def _messages(request: web.Request) -> web.StreamResponse:
     if not isinstance(body, dict):
         return web.json_response(error_body("invalid_request_error", "There was an issue with the request body."),
                                  status=400)
+    if refusal := thinking_error(body):
+        return web.json_response(error_body("invalid_request_error", refusal), status=400)
+    thinks = isinstance(body.get("thinking"), dict)
     forced = forced_tool(body)
     if body.get("stream"):
-        return await _stream(request, fake, forced)
+        return await _stream(request, fake, forced, thinks)
     if forced:
         answer = forced_tool_answer(forced, fake.forced_tool_input)
     else:
         name = "sdk-messages-tool-use.response.json" if fake.tool_response else "sdk-messages-end-turn.response.json"
         answer = json.loads((WIRE / name).read_bytes())
     answer["model"] = body.get("model", answer["model"])
+    if thinks:
+        answer["content"][:0] = thinking_blocks(fake.redacted)
     return web.json_response(answer, headers={"request-id": REQUEST_ID})
 
 
-async def _stream(request: web.Request, fake: FakeAnthropic, forced: str | None) -> web.StreamResponse:
+async def _stream(request: web.Request, fake: FakeAnthropic, forced: str | None, thinks: bool) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                            "Cache-Control": "no-cache", "request-id": REQUEST_ID})
     await response.prepare(request)
     fake.events_sent = 0
-    for i, event in enumerate(fake.stream_events(forced)):
+    events = fake.stream_events(forced)
+    for i, event in enumerate(thinking_events(events, fake.redacted) if thinks else events):
         if i and fake.delay_between_events_s:
             await asyncio.sleep(fake.delay_between_events_s)
         await response.write(event)

@@ -11,6 +11,11 @@ Routes (`{model}` is any model name unless `models` is set):
   (with its blank line) per write and no [DONE], as Gemini does. Without `alt=sse` the same chunks come as
   one JSON array, as the real endpoint answers.
 
+A request with `generationConfig.thinkingConfig.includeThoughts: true` (and a budget other than 0) is
+answered with the recorded thinking answers instead, thought-summary parts first:
+`googleai/*-success-thinking-reply-thought-summary.*`, or with `tool_mode`
+`googleai/*-success-thinking-function-call-thought-summary-signature.*` (a signed function call).
+
 - POST /v1beta/models/{model}:batchEmbedContents — `{"embeddings": [{"values": [...]}, ...]}`, one per
   request, in Google's documented `BatchEmbedContentsResponse` shape (no recording of it exists in the wire
   folder); each vector is `EMBED_DIMENSIONS` floats derived from the text, or `outputDimensionality` long.
@@ -43,6 +48,8 @@ UNARY = "googleai/unary-success-basic-reply-short.json"
 UNARY_TOOL = "vertexai/unary-success-function-call-with-arguments.json"
 STREAM = "googleai/streaming-success-basic-reply-short.txt"
 STREAM_TOOL = "vertexai/streaming-success-function-call-short.txt"
+THINKING = "googleai/{}-success-thinking-reply-thought-summary.{}"
+THINKING_TOOL = "googleai/{}-success-thinking-function-call-thought-summary-signature.{}"
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 EMBED_DIMENSIONS = 8
 
@@ -103,11 +110,23 @@ class FakeGemini:
     def last(self) -> RecordedRequest:
         return self.requests[-1]
 
-    def unary_answer(self) -> Any:
+    def unary_answer(self, thinks: bool = False) -> Any:
+        if thinks and not self.unary_recording:
+            return recorded_json((THINKING_TOOL if self.tool_mode else THINKING).format("unary", "json"))
         return recorded_json(self.unary_recording or (UNARY_TOOL if self.tool_mode else UNARY))
 
-    def stream_name(self) -> str:
+    def stream_name(self, thinks: bool = False) -> str:
+        if thinks and not self.stream_recording:
+            return (THINKING_TOOL if self.tool_mode else THINKING).format("streaming", "txt")
         return self.stream_recording or (STREAM_TOOL if self.tool_mode else STREAM)
+
+
+def shows_thoughts(body: Any) -> bool:
+    """Whether a request asks for thought summaries (includeThoughts with thinking not turned off)."""
+    config = body.get("generationConfig") if isinstance(body, dict) else None
+    thinking = config.get("thinkingConfig") if isinstance(config, dict) else None
+    return isinstance(thinking, dict) and thinking.get("includeThoughts") is True \
+        and thinking.get("thinkingBudget") != 0
 
 
 FAKE_KEY = web.AppKey("fake_gemini", FakeGemini)
@@ -148,11 +167,12 @@ async def _generate(request: web.Request) -> web.StreamResponse:
         return _embed(body)
     if not isinstance(body, dict) or not isinstance(body.get("contents"), list | dict):
         return _google_error(400, "Invalid JSON payload received.", "INVALID_ARGUMENT")
+    thinks = shows_thoughts(body)
     if method == "generateContent":
-        return web.json_response(fake.unary_answer())
+        return web.json_response(fake.unary_answer(thinks))
     if request.query.get("alt") != "sse":
-        return web.json_response(recorded_chunks(fake.stream_name()))
-    return await _stream(request, fake, recorded_events(fake.stream_name()))
+        return web.json_response(recorded_chunks(fake.stream_name(thinks)))
+    return await _stream(request, fake, recorded_events(fake.stream_name(thinks)))
 
 
 def embedding_of(text: str, dimensions: int = EMBED_DIMENSIONS) -> list[float]:
