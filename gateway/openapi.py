@@ -12,6 +12,7 @@ from typing import Any
 
 from gateway.keyops import CAPS, MAX_USD
 from gateway.validation import MAX_MODEL_NAME, MAX_PROVIDER_KEY, ROLES
+from providers import reasoning
 
 _MAX_USD = float(int(MAX_USD))  # whole dollars: a float of the exact bound could round above it
 
@@ -63,6 +64,11 @@ def _chat_request(models: list[str]) -> JSON:
         "temperature": _number(0, 2), "top_p": _number(0, 1),
         "presence_penalty": _number(-2, 2), "frequency_penalty": _number(-2, 2),
         "n": _number(1, 128, integer=True),
+        "reasoning_effort": {"type": "string", "enum": sorted(reasoning.EFFORTS)},
+        "reasoning": {"type": "object", "description": "OpenRouter's unified reasoning control", "properties": {
+            "effort": {"type": "string", "enum": sorted(reasoning.EFFORTS)},
+            "max_tokens": {"type": "integer", "minimum": 0}, "exclude": {"type": "boolean"},
+            "enabled": {"type": "boolean"}}},
         "models": {"type": "array", "items": {"type": "string"}, "description": "OpenRouter-style fallbacks"},
         "provider_api_key": {"type": "string", "minLength": 1, "maxLength": MAX_PROVIDER_KEY,
                              "pattern": "^[!-~]+$", "description": "BYOK: the client's own provider key"},
