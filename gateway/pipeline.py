@@ -11,6 +11,7 @@ arrives, with keep-alive comments while the upstream is silent.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import time
 from typing import Any
@@ -144,7 +145,7 @@ async def _call(request: web.Request, route: Route, body: dict[str, Any], op: En
     clean = {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
     if exchange.needs_inline_images and has_remote_images(clean):
         clean = await _inline_images(runtime.egress, route, affinity, blocked, clean)
-    target = route.target(api_key)
+    target = _capped(route.target(api_key), ticket.key.max_tokens)
     try:
         upstream_request = exchange.build(clean, target, ticket.streamed)
     except ProviderError as exc:  # nothing was sent: a fallback of another kind may take it (routing)
@@ -171,6 +172,15 @@ async def _call(request: web.Request, route: Route, body: dict[str, Any], op: En
         return await _relay_json(resp, exchange, op, clean, target, ticket, outcome)
     finally:
         resp.close()
+
+
+def _capped(target: Target, key_cap: int | None) -> Target:
+    """The key's output cap as the most the translation may give the upstream: Claude's thinking raises
+    max_tokens above the client's ask, and a capped key must not get more than its cap that way either."""
+    if not key_cap:
+        return target
+    ceiling = min(key_cap, target.default_max_tokens) if target.default_max_tokens else key_cap
+    return dataclasses.replace(target, default_max_tokens=ceiling)
 
 
 async def _relay_json(resp: aiohttp.ClientResponse, exchange: Exchange, op: Endpoint, body: dict[str, Any],

@@ -36,7 +36,8 @@ class Target:
     max_tokens_field: str | None = None  # rename max_tokens to this field ("max_completion_tokens")
     drop: tuple[str, ...] = ()  # request fields the upstream rejects for this model
     headers: tuple[tuple[str, str], ...] = ()  # extra static headers from the config
-    default_max_tokens: int | None = None  # for kinds that require max_tokens (anthropic)
+    # for kinds that require max_tokens (anthropic), and the most a translation may raise it to (thinking)
+    default_max_tokens: int | None = None
     keep_cache_control: bool = False  # kind openai: the upstream takes Anthropic-style `cache_control` marks
 
 

@@ -18,7 +18,7 @@ from fakes.anthropic_upstream import recorded_thinking
 from fakes.gemini_upstream import THINKING, recorded_chunks, recorded_json
 from harness import Gateway, start_gateway, validate
 from test_apis_e2e import assert_charged
-from test_billing_e2e import key_state, nano
+from test_billing_e2e import key_state, nano, settled
 
 from gateway.config import parse
 
@@ -79,6 +79,26 @@ async def test_claude_thinks_when_asked_and_bills_it(gw: Gateway, all_upstreams:
     assert nano(body["billing"]["request_cost"]) == expected
     assert nano(body["billing"]["reserved"]) >= 2024 * CLAUDE_PRICE[1]  # the hold covers the raised max_tokens
     await assert_charged(gw, before, expected, body["id"], "chat")
+
+
+async def test_a_keys_output_cap_bounds_the_raise(gw: Gateway, all_upstreams: Upstreams) -> None:
+    """Thinking raises max_tokens, but never above the key's per-request cap; a cap that leaves no room for
+    Anthropic's minimum budget is a 400 that costs nothing."""
+    capped, _ = await gw.add_key("capped", max_tokens=1500)
+    client = gw.openai(api_key=capped)
+    await client.chat.completions.create(model="claude/sonnet", messages=MESSAGES, reasoning_effort="low",
+                                         max_tokens=1000)
+    sent = all_upstreams.anthropic.last.body
+    assert (sent["max_tokens"], sent["thinking"]["budget_tokens"]) == (1500, 1024)
+    tiny, tiny_id = await gw.add_key("tiny", max_tokens=1000)
+    before = await key_state(gw, tiny_id)
+    with pytest.raises(openai.BadRequestError) as info:
+        await gw.openai(api_key=tiny).chat.completions.create(model="claude/sonnet", messages=MESSAGES,
+                                                              reasoning_effort="low")
+    assert info.value.code == "untranslatable" and info.value.param == "reasoning"
+    assert len(all_upstreams.anthropic.requests) == 1
+    await settled(gw)
+    assert await key_state(gw, tiny_id) == before  # the hold came back whole
 
 
 async def test_claude_stream_reasoning_content(gw: Gateway, all_upstreams: Upstreams) -> None:
