@@ -3,14 +3,15 @@
 Kind `openai` covers OpenAI, DeepSeek, xAI, OpenRouter, Ollama's `/v1` and vLLM. The request is passed
 through with the model substituted and the per-model parameter fixes of the config applied (renames and
 drops are data in `Target`), its history cleared of what earlier answers added for the client only
-(`reasoning_content`, the `extra_content` holding a Gemini thought signature on tool calls), and without
-Anthropic's `cache_control` marks unless the provider keeps them (`Target.keep_cache_control`). Answers are
-passed through with the public model id, and the fields OpenAI's schema requires but compatible servers
-(xAI, DeepSeek, Ollama, OpenRouter's providers) often omit are filled in, so that what the client gets
-validates against OpenAI's schema: a choice's `index` (its position), `finish_reason` (inferred; null in a
-chunk), `message` / `delta` (empty), `logprobs`; a tool call's `index` in chunks, its `type`, its `id` (made
-up when missing) and its `arguments` as JSON text; a null `system_fingerprint` is removed. Extra fields
-the upstream sends (DeepSeek's `reasoning_content`, OpenRouter's `provider`, `usage.cost`) are kept.
+(`reasoning_content`, the `extra_content` holding a Gemini thought signature or Claude's thinking blocks on
+tool calls), and without Anthropic's `cache_control` marks unless the provider keeps them
+(`Target.keep_cache_control`). Answers are passed through with the public model id, and the fields OpenAI's
+schema requires but compatible servers (xAI, DeepSeek, Ollama, OpenRouter's providers) often omit are filled
+in, so that what the client gets validates against OpenAI's schema: a choice's `index` (its position),
+`finish_reason` (inferred; null in a chunk), `message` / `delta` (empty), `logprobs`; a tool call's `index` in
+chunks, its `type`, its `id` (made up when missing) and its `arguments` as JSON text; a null
+`system_fingerprint` is removed. Extra fields the upstream sends (DeepSeek's `reasoning_content`,
+OpenRouter's `provider`, `usage.cost`) are kept.
 
 Pure and synchronous: no I/O, no aiohttp.
 """
@@ -102,8 +103,8 @@ def _history_message(message: Any) -> Any:
     """A history message without what other answers added for the client's eyes only (a copy when changed).
 
     DeepSeek answers 400 when a previous turn's `reasoning_content` is sent back, and OpenAI to an unknown
-    field in a message, such as the `extra_content` (a Gemini thought signature) that a conversation begun
-    on a Gemini model carries on its tool calls; history needs neither.
+    field in a message, such as the `extra_content` (a Gemini thought signature, Claude's thinking blocks)
+    that a conversation begun on a Gemini or Claude model carries on its tool calls; history needs neither.
     """
     if not isinstance(message, dict):
         return message

@@ -146,6 +146,10 @@ async def test_claude_thinking_tool_loop_with_the_sdk(gw: Gateway, all_upstreams
     turn = sent["messages"][1]["content"]
     assert turn[0] == recorded_thinking() and turn[1]["type"] == "redacted_thinking"
     assert turn[-1]["type"] == "tool_use" and turn[-1]["id"] == call.id
+    await client.chat.completions.create(model="oai/gpt-4o", messages=messages, tools=TOOLS)
+    sent_call = all_upstreams.openai.last.body["messages"][1]["tool_calls"][0]  # OpenAI refuses unknown fields
+    assert "extra_content" not in sent_call and sent_call["id"] == call.id
+    assert "reasoning_content" not in all_upstreams.openai.last.body["messages"][1]
 
 
 async def test_claude_history_without_signature_goes_without_thinking(gw: Gateway, all_upstreams: Upstreams) -> None:
