@@ -164,3 +164,65 @@ async def test_adapter_reads_the_fakes_529(base_url: str, fake: FakeAnthropic) -
     status, raw = await send(base_url, ChatRequest(body={"model": "m", "messages": MSGS}, stream=False))
     err = adapter.parse_error(status, raw)
     assert (err.status, err.code, err.message, err.retryable) == (529, "overloaded_error", "Overloaded", True)
+
+
+THINKING: dict[str, Any] = {"type": "enabled", "budget_tokens": 1024}
+
+
+@pytest.mark.parametrize("redacted", [False, True])
+async def test_thinking_answer_in_the_recorded_shape(sdk: anthropic.AsyncAnthropic, fake: FakeAnthropic,
+                                                     redacted: bool) -> None:
+    """The SDK reads the thinking answer; its thinking block is docs-stream-thinking.sse's, put together."""
+    fake.tool_response, fake.redacted = True, redacted
+    message = await sdk.messages.create(model="claude-sonnet-4-0", max_tokens=2000, messages=MSGS,
+                                        thinking=THINKING)  # type: ignore[arg-type]
+    kinds = [block.type for block in message.content]
+    assert kinds == ["thinking", *(["redacted_thinking"] if redacted else []), "tool_use"]
+    deltas = [json.loads(raw.strip().partition(b"\ndata: ")[2]).get("delta", {})
+              for raw in recorded_events("docs-stream-thinking.sse")]
+    thinking = message.content[0]
+    assert thinking.type == "thinking"
+    assert thinking.thinking == "".join(d["thinking"] for d in deltas if d.get("type") == "thinking_delta")
+    assert thinking.signature == "".join(d["signature"] for d in deltas if d.get("type") == "signature_delta")
+
+
+@pytest.mark.parametrize("redacted", [False, True])
+async def test_thinking_stream_the_sdk_puts_together(sdk: anthropic.AsyncAnthropic, fake: FakeAnthropic,
+                                                     redacted: bool) -> None:
+    fake.tool_stream, fake.redacted = True, redacted
+    async with sdk.messages.stream(model="claude-sonnet-4-0", max_tokens=2000, messages=MSGS,
+                                   thinking=THINKING) as stream:  # type: ignore[arg-type]
+        message = await stream.get_final_message()
+    plain = await sdk.messages.create(model="claude-sonnet-4-0", max_tokens=2000, messages=MSGS,
+                                      thinking=THINKING)  # type: ignore[arg-type]
+    assert message.content[0] == plain.content[0]  # the same thinking block, streamed or not
+    assert [b.type for b in message.content] == ["thinking", *(["redacted_thinking"] if redacted else []),
+                                                 "text", "tool_use"]
+    assert message.usage.output_tokens > 0
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"thinking": {"type": "enabled", "budget_tokens": 1000}}, "greater than or equal to 1024"),
+    ({"thinking": {"type": "enabled", "budget_tokens": 2000}}, "must be greater than `thinking.budget_tokens`"),
+    ({"thinking": THINKING, "temperature": 0.5}, "`temperature` may only be set to 1"),
+    ({"thinking": THINKING, "top_k": 5}, "top_k"),
+    ({"thinking": THINKING, "tools": [{"name": "t", "input_schema": {"type": "object"}}],
+      "tool_choice": {"type": "any"}}, "forces tool use"),
+    ({"thinking": THINKING, "messages": [*MSGS, {"role": "assistant", "content": [
+        {"type": "tool_use", "id": "toolu_1", "name": "t", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "x"}]}]},
+     "must start with a thinking block"),
+    ({"thinking": THINKING, "messages": [*MSGS, {"role": "assistant", "content": [
+        {"type": "thinking", "thinking": "made up", "signature": "Zm9yZ2Vk"},
+        {"type": "tool_use", "id": "toolu_1", "name": "t", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "x"}]}]},
+     "Invalid `signature`"),
+], ids=["budget_floor", "budget_above_max", "temperature", "top_k", "forced_tool", "unsigned_turn", "forged"])
+async def test_thinking_refused_as_anthropic_refuses(sdk: anthropic.AsyncAnthropic, fields: dict[str, Any],
+                                                     message: str) -> None:
+    body: dict[str, Any] = {"model": "claude-sonnet-4-0", "max_tokens": 2000, "messages": MSGS, **fields}
+    sampling = {name: body.pop(name) for name in ("temperature", "top_k") if name in body}  # not in this SDK
+    with pytest.raises(anthropic.BadRequestError) as info:
+        await sdk.messages.create(**body, extra_body=sampling)
+    assert info.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    assert message in info.value.body["error"]["message"]  # type: ignore[index]

@@ -164,3 +164,27 @@ async def test_adapter_round_trip_through_fake(client: Client, fake: FakeGemini,
         message = gemini.parse_response(await resp.read(), target).body["choices"][0]["message"]
         assert [(c["function"]["name"], c["function"]["arguments"]) for c in message["tool_calls"]] == [
             ("sum", '{"y":5,"x":4}')]
+
+
+THINKS = {**BODY, "generationConfig": {"thinkingConfig": {"includeThoughts": True, "thinkingBudget": 1024}}}
+
+
+@pytest.mark.parametrize(("body", "tool_mode", "recording"), [
+    (THINKS, False, "googleai/unary-success-thinking-reply-thought-summary.json"),
+    (THINKS, True, "googleai/unary-success-thinking-function-call-thought-summary-signature.json"),
+    ({**BODY, "generationConfig": {"thinkingConfig": {"includeThoughts": False, "thinkingBudget": 1024}}}, False,
+     "googleai/unary-success-basic-reply-short.json"),
+    ({**BODY, "generationConfig": {"thinkingConfig": {"includeThoughts": True, "thinkingBudget": 0}}}, False,
+     "googleai/unary-success-basic-reply-short.json"),
+], ids=["thoughts", "thoughts_tool_mode", "thoughts_hidden", "thinking_off"])
+async def test_thought_summaries_when_asked(client: Client, fake: FakeGemini, body: dict[str, Any], tool_mode: bool,
+                                            recording: str) -> None:
+    fake.tool_mode = tool_mode
+    resp = await client.post(UNARY_PATH, json=body, headers=KEY)
+    assert (resp.status, await resp.json()) == (200, wire(recording))
+
+
+async def test_thought_summaries_streamed_byte_for_byte(client: Client) -> None:
+    recording = "googleai/streaming-success-thinking-reply-thought-summary.txt"
+    resp = await client.post(STREAM_PATH, params={"alt": "sse"}, json=THINKS, headers=KEY)
+    assert await read_raw_writes(resp) == (WIRE / recording).read_bytes()
