@@ -152,6 +152,26 @@ async def test_claude_thinking_tool_loop_with_the_sdk(gw: Gateway, all_upstreams
     assert "reasoning_content" not in all_upstreams.openai.last.body["messages"][1]
 
 
+async def test_thinking_on_tool_calls_validates(gw: Gateway, all_upstreams: Upstreams) -> None:
+    """`extra_content` on a tool call keeps the answer and its chunks within OpenAI's schemas."""
+    fake = all_upstreams.anthropic
+    fake.tool_response = fake.tool_stream = True
+    client = gw.openai()
+    raw = await client.chat.completions.with_raw_response.create(model="claude/sonnet", messages=MESSAGES,
+                                                                  tools=TOOLS, reasoning_effort="low")
+    body = json.loads(raw.content)
+    validate(body, "CreateChatCompletionResponse")
+    assert body["choices"][0]["message"]["tool_calls"][0]["extra_content"]["anthropic"]["thinking_blocks"]
+    stream = await client.chat.completions.create(model="claude/sonnet", messages=MESSAGES, tools=TOOLS,
+                                                  reasoning_effort="low", stream=True)
+    carried = 0
+    async for chunk in stream:
+        dumped = chunk.model_dump(exclude_unset=True)
+        validate(dumped, "CreateChatCompletionStreamResponse")
+        carried += "extra_content" in json.dumps(dumped)
+    assert carried == 1
+
+
 async def test_claude_history_without_signature_goes_without_thinking(gw: Gateway, all_upstreams: Upstreams) -> None:
     """A tool turn another model made (or one the client kept only id/type/function of) has no thinking block:
     the request goes without thinking, which Anthropic accepts, rather than failing."""
