@@ -42,13 +42,19 @@ part = st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url", "inp
 message = st.fixed_dictionaries({"role": roles}, optional={
     "content": st.none() | st.text() | st.lists(part | json_values, max_size=3) | json_values,
     "tool_calls": json_values | st.lists(st.fixed_dictionaries({"id": st.text(), "type": st.just("function"),
-                                                                "function": json_values})),
+                                                                "function": json_values},
+                                                               optional={"extra_content": json_values})),
     "tool_call_id": st.text() | json_values, "name": st.text()})
+efforts = st.sampled_from(["none", "minimal", "low", "medium", "high", "xhigh", "max"]) | json_values
+reasoning_objects = st.fixed_dictionaries({}, optional={
+    "effort": efforts, "max_tokens": st.integers(-5, 100_000) | json_values, "exclude": st.booleans() | json_values,
+    "enabled": st.booleans() | json_values}) | json_values
 chat_bodies = st.fixed_dictionaries(
     {"model": st.text(max_size=20), "messages": st.lists(message | json_values, min_size=1, max_size=4)},
-    optional={name: json_values | st.integers(-5, 300) | st.floats(-3, 3) for name in (
+    optional={**{name: json_values | st.integers(-5, 300) | st.floats(-3, 3) for name in (
         "temperature", "top_p", "n", "max_tokens", "max_completion_tokens", "stop", "tools", "tool_choice",
-        "response_format", "stream_options", "seed", "user", "logprobs", "top_logprobs")})
+        "response_format", "stream_options", "seed", "user", "logprobs", "top_logprobs")},
+        "reasoning_effort": efforts, "reasoning": reasoning_objects})
 
 
 def chunkings(data: bytes) -> st.SearchStrategy[list[bytes]]:
@@ -107,6 +113,8 @@ def test_translators_take_any_body_or_refuse_it_cleanly(kind: str, body: dict[st
         return
     billing.estimate_prompt_tokens(body)  # runs before the translator, on the same body
     has_images(body)
+    ceiling = registry.get(kind).max_output_tokens(body, TARGET)  # the hold's figure, also before the translator
+    assert ceiling is None or (isinstance(ceiling, int) and ceiling > 0)
     try:
         req = registry.get(kind).build_request(ChatRequest(body=body, stream=stream), TARGET)
     except ProviderError:
