@@ -6,7 +6,7 @@ Built once per config (and rebuilt on reload), so a request does one dict lookup
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.config import Config, LimitsConfig, ModelConfig, ProviderConfig, to_nano
@@ -36,20 +36,25 @@ class Route:
     model: ModelConfig
     limits: LimitsConfig
 
-    def target(self, api_key: str) -> Target:
-        """What the adapter needs to build this route's upstream request."""
-        return Target(
+    keyless: Target = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keyless", Target(
             provider=self.provider_name,
             base_url=self.provider.base_url.rstrip("/"),
-            api_key=api_key,
+            api_key="",
             upstream_model=self.upstream_model,
             public_model=self.model_id,
             max_tokens_field=self.model.params.max_tokens_field,
             drop=tuple(self.model.params.drop),
             headers=tuple(self.provider.headers.items()),
             default_max_tokens=self.model.max_output_tokens,
-            keep_cache_control=self.provider.keeps_cache_control(),
-        )
+            keep_cache_control=self.provider.keeps_cache_control,
+        ))
+
+    def target(self, api_key: str) -> Target:
+        """What the adapter needs to build this route's upstream request (built once, but for the key)."""
+        return replace(self.keyless, api_key=api_key) if api_key else self.keyless
 
     def public_info(self, created: int) -> dict[str, Any]:
         """The /v1/models entry: OpenAI's Model object plus what a client needs to choose and budget."""

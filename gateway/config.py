@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 from decimal import Decimal
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -143,8 +144,10 @@ class ProviderConfig(_Model):
     # base_url is OpenRouter's. Strict OpenAI-compatible servers refuse the unknown field, so they get none.
     cache_control: bool | None = None
 
+    @cached_property
     def keeps_cache_control(self) -> bool:
-        """Whether an OpenAI-kind upstream is sent the `cache_control` marks clients put on content parts."""
+        """Whether an OpenAI-kind upstream is sent the `cache_control` marks clients put on content parts
+        (worked out once: every request's target reads it)."""
         if self.cache_control is not None:
             return self.cache_control
         return (urlsplit(self.base_url).hostname or "").lower() in CACHE_CONTROL_HOSTS

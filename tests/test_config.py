@@ -264,5 +264,5 @@ def test_a_bad_section_fakes_no_dangling_references(extra: str, expected: list[s
 def test_cache_control_marks_go_to_openrouter_or_where_configured(fields: str, keeps: bool) -> None:
     doc = f"providers:\n  p: {{kind: openai, {fields}}}\nmodels:\n  p/m: {{}}\n"
     config = parse(doc, {})
-    assert config.providers["p"].keeps_cache_control() is keeps
+    assert config.providers["p"].keeps_cache_control is keeps
     assert Catalog(config).resolve("p/m").target("").keep_cache_control is keeps
