@@ -332,13 +332,28 @@ def _record_chunk(state: StreamState, chunk: JSON) -> None:
     chunk.setdefault("object", "chat.completion.chunk")
     _drop_null_fingerprint(chunk)
     choices = chunk.get("choices")
-    chunk["choices"] = choices = [c for c in choices if isinstance(c, dict)] if isinstance(choices, list) else []
+    if type(choices) is not list:
+        chunk["choices"] = choices = []
+    for choice in choices:  # a plain loop: a generator per chunk costs more than the check
+        if type(choice) is not dict:
+            chunk["choices"] = choices = [c for c in choices if isinstance(c, dict)]
+            break
     for i, choice in enumerate(choices):
+        if _plain_content_choice(choice):
+            continue  # most chunks of a stream, and complete as they are: nothing to fill, nothing finished
         _fill_chunk_choice(choice, i)
         if choice["finish_reason"] is not None:
             state.finish_reason = choice["finish_reason"]
     if isinstance(chunk.get("usage"), dict):
         state.usage = usage_from(chunk["usage"])
+
+
+def _plain_content_choice(choice: JSON) -> bool:
+    """A choice as OpenAI itself sends it mid-stream: an `index`, a `delta` without tool calls, a null
+    `finish_reason` and no `logprobs` to complete. Checked first because it is the per-chunk path."""
+    delta = choice.get("delta")
+    return (type(delta) is dict and "tool_calls" not in delta and choice.get("finish_reason", False) is None
+            and type(choice.get("index")) is int and choice.get("logprobs") is None)
 
 
 def _fill_chunk_choice(choice: JSON, position: int) -> None:
