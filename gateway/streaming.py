@@ -53,22 +53,31 @@ class Relayed:
 
 
 def text_bytes(chunk: JSON) -> int:
-    """Generated text in a chat chunk (or a legacy completion chunk's `text`)."""
+    """Generated text in a chat chunk (or a legacy completion chunk's `text`), in UTF-8 bytes. Written out
+    field by field: it runs for every chunk of every stream."""
     n = 0
     for choice in chunk.get("choices") or ():
         text = choice.get("text")
-        if isinstance(text, str):
-            n += len(text.encode())
-        delta = choice.get("delta") or {}
-        for key in ("content", "reasoning_content", "refusal"):
-            value = delta.get(key)
-            if isinstance(value, str):
-                n += len(value.encode())
+        if text.__class__ is str:
+            n += _utf8_len(text)
+        delta = choice.get("delta")
+        if not delta:
+            continue
+        content = delta.get("content")
+        if content.__class__ is str:
+            n += _utf8_len(content)
+        for key in ("reasoning_content", "refusal"):
+            if key in delta and (value := delta[key]).__class__ is str:
+                n += _utf8_len(value)
         for call in delta.get("tool_calls") or ():
             args = (call.get("function") or {}).get("arguments")
             if isinstance(args, str):
-                n += len(args.encode())
+                n += _utf8_len(args)
     return n
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
 
 
 def _hide_reasoning(chunk: JSON) -> bool:
@@ -83,7 +92,12 @@ def _hide_reasoning(chunk: JSON) -> bool:
 
 def _is_tail(chunk: JSON) -> bool:
     choices = chunk.get("choices")
-    return not choices or any(c.get("finish_reason") for c in choices)
+    if not choices:
+        return True
+    for choice in choices:  # noqa: SIM110 - a loop: a generator per chunk costs more than the test
+        if choice.get("finish_reason"):
+            return True
+    return False
 
 
 class ChunkCodec:
@@ -98,7 +112,7 @@ class ChunkCodec:
         self.held: list[JSON] = []  # finish and usage chunks waiting for the bill
 
     def feed(self, event: SSEEvent) -> tuple[bytes, int]:
-        batch, n = bytearray(), 0
+        batch, n = b"", 0  # mostly one chunk an event: b"" + frame is the frame itself, no copy
         for chunk in self.adapter.parse_stream_event(self.state, event):
             chunk["id"] = self.generation_id
             n += text_bytes(chunk)  # hidden reasoning was generated all the same: it counts for an estimate
@@ -109,7 +123,7 @@ class ChunkCodec:
                     self.held.append(chunk)
                 continue
             batch += self.encode(chunk)
-        return bytes(batch), n
+        return batch, n
 
     def finish(self, billing: JSON, billing_event: bool, usage: Usage) -> bytes:
         tail = bytearray()
