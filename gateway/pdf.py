@@ -37,9 +37,10 @@ def _object_streams(data: bytes) -> list[bytes]:
         own = head[max(0, head.rfind(b"obj")):]  # this object's dictionary, not the one before it
         if b"/ObjStm" not in own or budget <= 0:
             continue
+        end = data.find(b"endstream", match.end())
         inflater = zlib.decompressobj()
-        try:
-            chunk = inflater.decompress(view[match.end():], budget)
+        try:  # only this stream's bytes: the rest of the file as input would be copied once per stream
+            chunk = inflater.decompress(view[match.end():end if end >= 0 else len(data)], budget)
         except zlib.error:
             continue
         budget -= len(chunk)

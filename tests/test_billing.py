@@ -141,6 +141,28 @@ def test_an_object_stream_is_inflated_within_a_budget() -> None:
     assert pdf.count_pages(fits) == 1
 
 
+def test_each_object_stream_is_inflated_from_its_own_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Thousands of small object streams before a large tail: each is handed to zlib alone, never with the
+    rest of the file behind it (zlib copies unread input, so a body of many streams cost quadratic time)."""
+    piece = (b"1 0 obj <</Type /ObjStm /N 1 /Filter /FlateDecode>> stream\n"
+             + zlib.compress(b"1 0 << /Type /Page >>") + b"\nendstream endobj\n")
+    data = b"%PDF-1.5\n" + piece * 500 + b"%" * 2_000_000 + b"\n%%EOF\n"
+    inputs: list[int] = []
+    real = zlib.decompressobj
+
+    class Recording:
+        def __init__(self) -> None:
+            self.inner = real()
+
+        def decompress(self, raw: bytes, max_length: int = 0) -> bytes:
+            inputs.append(len(raw))
+            return self.inner.decompress(raw, max_length)
+
+    monkeypatch.setattr(pdf.zlib, "decompressobj", Recording)
+    assert pdf.count_pages(data) == 500
+    assert len(inputs) == 500 and max(inputs) < len(piece)
+
+
 def test_text_documents_keep_the_text_estimate() -> None:
     text = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x" * 30_000}}
     assert 10_000 <= pdf_tokens_of(text) < 10_100
