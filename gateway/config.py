@@ -2,7 +2,9 @@
 
 `load(path)` reads YAML, substitutes `${VAR}` / `${VAR:-default}` inside string values (after parsing, so
 a password holding `#` or `: ` cannot change the YAML's structure), validates it, and raises one
-`ConfigError` listing every problem as `yaml.path: what is wrong`, so an operator fixes a file in one go.
+`ConfigError` listing every problem as `yaml.path: what is wrong`, so an operator fixes a file in one go
+(`gateway.config_check` finds them all: validation that goes on past an invalid part, and the references
+between sections).
 
 Exception tree::
 
@@ -20,9 +22,10 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from redis.connection import parse_url as parse_redis_url
 
+from gateway import config_check
 from providers.registry import KINDS
 
 NANO = 1_000_000_000  # nano-dollars per dollar
@@ -291,95 +294,12 @@ def parse(text: str, environ: dict[str, str], source: str = "<config>") -> Confi
     problems: list[str] = []
     data = _substitute(raw, environ, (), problems)
     _note_key_env(raw, data)
-    config, pruned = _validate(data, problems)
+    config, pruned = config_check.validate(Config, data, problems)
     if config is not None:
-        problems += _unless_pruned(_cross_check(config), pruned)
+        problems += config_check.unless_pruned(config_check.cross_check(config), pruned, set(Config.model_fields))
     if problems or config is None:
         raise ConfigError("\n".join(problems))
     return config
-
-
-_PRUNE_ROUNDS = 6  # an invalid proxy URL takes 4 (url, proxy, empty list, pool); nesting is bounded
-
-
-def _validate(data: dict[str, Any], problems: list[str]) -> tuple[Config | None, list[tuple[Any, ...]]]:
-    """Validate, adding every problem to `problems`; then drop the invalid parts and validate what is left,
-    so the cross-references of the rest are checked too and an operator sees every problem in one go.
-
-    Returns the pruned config (None if pruning could not make one) and the paths that were dropped.
-    """
-    named = {p.split(": ", 1)[0] for p in problems}  # an unset variable's "" would be reported twice
-    pruned: list[tuple[Any, ...]] = []
-    for attempt in range(_PRUNE_ROUNDS):
-        try:
-            return Config.model_validate(data), pruned
-        except ValidationError as exc:
-            errors = exc.errors()
-        if attempt == 0:  # later rounds only meet the consequences of pruning
-            problems += [_describe(e) for e in errors if ".".join(map(str, e["loc"])) not in named]
-        for err in errors:
-            loc = tuple(err["loc"])
-            path = _prune(data, loc[:-1] if err["type"] == "missing" else loc)
-            if path:
-                pruned.append(path)
-        _drop_holes(data)
-    return None, pruned
-
-
-_HOLE = object()  # a list item pruned in this round; removed afterwards so other items' indexes hold meanwhile
-
-
-def _prune(data: dict[str, Any], loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Remove the deepest node that exists on `loc` (a mapping key then takes its default); its path.
-
-    `loc` may run past what exists (pydantic names union members and missing keys): it is cut there.
-    """
-    parent: Any = None
-    node: Any = data
-    path: tuple[Any, ...] = ()
-    for part in loc:
-        if not _has(node, part):
-            break
-        parent, node, path = node, node[part], (*path, part)
-    if not path:
-        return ()
-    if isinstance(parent, dict):
-        del parent[path[-1]]
-    else:
-        parent[path[-1]] = _HOLE
-    return path
-
-
-def _has(node: Any, part: Any) -> bool:
-    if isinstance(node, dict):
-        return part in node
-    return isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node) and node[part] is not _HOLE
-
-
-def _drop_holes(node: Any) -> None:
-    if isinstance(node, dict):
-        for value in node.values():
-            _drop_holes(value)
-    elif isinstance(node, list):
-        node[:] = [v for v in node if v is not _HOLE]
-        for value in node:
-            _drop_holes(value)
-
-
-_COLLECTIONS = {("providers",), ("models",), ("presets",), ("egress", "pools")}
-
-
-def _unless_pruned(problems: list[str], pruned: list[tuple[Any, ...]]) -> list[str]:
-    """Cross-check problems that are not echoes of a dropped part: none about a dropped path itself,
-    none naming a dropped entry (a model of a provider that was itself invalid) or one that lost a list
-    item (a pool without its invalid proxy), none at all when a whole section was dropped."""
-    if any(len(path) == 1 and path[0] in Config.model_fields for path in pruned):
-        return []
-    paths = [".".join(map(str, path)) for path in pruned]
-    entries = [repr(path[len(c)]) for path in pruned for c in _COLLECTIONS if path[:len(c)] == c
-               and (len(path) == len(c) + 1 or any(isinstance(part, int) for part in path))]
-    return [p for p in problems if not any(p.startswith((f"{d}.", f"{d}:")) for d in paths)
-            and not any(name in p for name in entries)]
 
 
 def _substitute(node: Any, env: dict[str, str], path: tuple[str, ...], problems: list[str]) -> Any:
@@ -411,79 +331,3 @@ def _note_key_env(raw: dict[str, Any], data: dict[str, Any]) -> None:
         m = _VAR.fullmatch(prov["api_key"].strip())
         if m and "api_key_env" not in prov:
             data["providers"][name]["api_key_env"] = m.group(1)
-
-
-_MESSAGES = {
-    "greater_than_equal": "must be a number >= {ge}",
-    "greater_than": "must be a number > {gt}",
-    "less_than_equal": "must be a number <= {le}",
-    "float_parsing": "must be a number",
-    "float_type": "must be a number",
-    "int_parsing": "must be a whole number",
-    "int_type": "must be a whole number",
-    "int_from_float": "must be a whole number",
-    "bool_parsing": "must be true or false",
-    "bool_type": "must be true or false",
-    "string_type": "must be a string",
-    "dict_type": "must be a mapping",
-    "model_type": "must be a mapping",
-    "list_type": "must be a list",
-    "missing": "is required",
-    "extra_forbidden": "unknown key (typo?)",
-    "literal_error": "must be one of {expected}",
-    "string_pattern_mismatch": "must match {pattern}",
-    "too_short": "must not be empty",
-    "string_too_short": "must not be empty",
-}
-
-
-def _describe(err: Any) -> str:
-    loc = ".".join(str(p) for p in err["loc"])
-    template = _MESSAGES.get(err["type"])
-    if template is None:
-        return f"{loc}: {str(err['msg']).removeprefix('Value error, ')}"
-    return f"{loc}: {template.format(**(err.get('ctx') or {}))}"
-
-
-def _cross_check(config: Config) -> list[str]:
-    """References between sections: a reader should not meet a dangling name at request time."""
-    problems = []
-    for name, prov in config.providers.items():
-        pool = config.egress.pools.get(prov.egress)
-        if prov.egress != "direct" and pool is None:
-            problems.append(f"providers.{name}.egress: no pool named {prov.egress!r} (or use 'direct')")
-        elif pool is not None and not pool.fallback_direct and all(
-                (px.region or "") in prov.blocked_regions for px in pool.proxies):
-            problems.append(f"providers.{name}.blocked_regions: leaves no usable proxy in pool {prov.egress!r} "
-                            f"(every proxy is in {sorted(prov.blocked_regions)}); add one or set fallback_direct")
-    public: dict[str, str] = {}
-    for mid in config.models:
-        public[mid] = f"models.{mid}"
-    for mid, model in config.models.items():
-        provider, sep, rest = mid.partition("/")
-        if not sep or not rest:
-            problems.append(f"models.{mid}: model ids are 'provider/model'")
-        elif provider not in config.providers:
-            problems.append(f"models.{mid}: no provider named {provider!r} in providers")
-        for i, alias in enumerate(model.aliases):
-            if alias in public:
-                problems.append(f"models.{mid}.aliases.{i}: {alias!r} is already used by {public[alias]}")
-            public[alias] = f"models.{mid}.aliases"
-        for i, fb in enumerate(model.fallbacks):
-            if fb not in config.models:
-                problems.append(f"models.{mid}.fallbacks.{i}: no model {fb!r} in models")
-    for mid, model in config.models.items():
-        serving = config.providers.get(mid.partition("/")[0])
-        if model.completions == "native" and serving is not None and serving.kind != "openai":
-            problems.append(f"models.{mid}.completions: native legacy completions need a provider of kind openai")
-    for name, preset in config.presets.items():
-        if preset.model not in config.models:
-            problems.append(f"presets.{name}.model: no model {preset.model!r} in models")
-    for endpoint, mid in config.default_models.model_dump().items():
-        if mid and mid not in config.models:
-            problems.append(f"default_models.{endpoint}: no model {mid!r} in models")
-    for pname, pool in config.egress.pools.items():
-        names = [p.name for p in pool.proxies]
-        if len(set(names)) != len(names):
-            problems.append(f"egress.pools.{pname}.proxies: proxy names must be unique")
-    return problems
