@@ -44,7 +44,7 @@ import orjson
 
 from providers.anthropic_answer import GEMINI_SIGNATURE
 from providers.anthropic_request import claude_tool_id
-from providers.types import JSON, ProviderError, signed
+from providers.types import JSON, ProviderError, images_follow, images_heading, signed
 
 _TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 _SAMPLING = ("temperature", "top_p", "stream")
@@ -197,8 +197,7 @@ def _user(blocks: list[Any], i: int) -> list[JSON]:
             message, images = _tool_message(block, where)
             results.append(message)
             if images:
-                moved += [{"type": "text", "text": f"[Image(s) of the result of tool call {block['tool_use_id']}]"},
-                          *images]
+                moved += [{"type": "text", "text": images_heading(block["tool_use_id"])}, *images]
         elif kind == "text":
             parts.append(_text_part(block, where))
         elif kind == "image":
@@ -241,8 +240,7 @@ def _tool_message(block: JSON, where: str) -> tuple[JSON, list[JSON]]:
         content = "".join(texts)
     text = content if isinstance(content, str) else ""
     if images:
-        note = f"[{len(images)} image(s) follow in the next user message]"
-        text = f"{text}\n{note}" if text else note
+        text = images_follow(text, len(images), "in the next user message")
     if block.get("is_error") is True:
         text = f"Error: {text}"
     return {"role": "tool", "tool_call_id": block["tool_use_id"], "content": text}, images

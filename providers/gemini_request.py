@@ -13,6 +13,8 @@ from providers.types import (
     JSON,
     ProviderError,
     Untranslatable,
+    images_follow,
+    images_heading,
     refuse_openai_only,
     thought_signature,
     tool_arguments,
@@ -178,9 +180,8 @@ def _function_response(message: JSON, call_names: dict[str, str], where: str) ->
     except orjson.JSONDecodeError:
         response = None
     if not isinstance(response, dict):
-        note = f"[{len(images)} image(s) follow the tool results]" if images else ""
-        response = {"content": f"{text}\n{note}" if text and note else text or note}
-    returned = [{"text": f"[Image(s) of the result of tool call {call_id}]"}, *images] if images else []
+        response = {"content": images_follow(text, len(images), "the tool results") if images else text}
+    returned = [{"text": images_heading(str(call_id))}, *images] if images else []
     return {"functionResponse": {"name": name, "response": response}}, returned
 
 

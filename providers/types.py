@@ -210,6 +210,18 @@ class UpstreamHTTPError(ProviderError):
         self.retryable = retryable
 
 
+def images_follow(text: str, count: int, where: str) -> str:
+    """A tool result's text noting that its `count` images follow `where`: a chat `tool` message and a
+    Gemini functionResponse hold no images, so translations move them to the next user turn."""
+    note = f"[{count} image(s) follow {where}]"
+    return f"{text}\n{note}" if text else note
+
+
+def images_heading(call_id: str) -> str:
+    """The text ahead of a tool result's moved images, naming the call they answer."""
+    return f"[Image(s) of the result of tool call {call_id}]"
+
+
 def load_object(raw: bytes, what: str = "answer") -> JSON:
     """An upstream's JSON object, or a ProviderError: a body that is not one is the upstream's fault,
     and the relay turns that error into a 502 rather than letting a decode error escape."""
