@@ -31,6 +31,7 @@ from providers import reasoning
 from providers.anthropic_request import JSON_TOOL, translate_body
 from providers.types import (
     JSON,
+    THINKING_BLOCKS,
     ChatRequest,
     ChatResult,
     ProviderError,
@@ -107,7 +108,7 @@ def parse_response(body: bytes, target: Target) -> ChatResult:
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
             texts.append(str(block.get("text") or ""))
-        elif kind in ("thinking", "redacted_thinking"):
+        elif kind in THINKING_BLOCKS:
             thoughts.append(str(block.get("thinking") or "") if kind == "thinking" else "")
             signed += _carried(block)
         elif kind == "tool_use" and block.get("name") == JSON_TOOL:

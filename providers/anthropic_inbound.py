@@ -44,7 +44,7 @@ import orjson
 
 from providers.anthropic_answer import GEMINI_SIGNATURE
 from providers.anthropic_request import claude_tool_id
-from providers.types import JSON, ProviderError, images_follow, images_heading, signed
+from providers.types import JSON, THINKING_BLOCKS, ProviderError, images_follow, images_heading, signed
 
 _TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 _SAMPLING = ("temperature", "top_p", "stream")
@@ -255,7 +255,7 @@ def _assistant(blocks: list[Any], i: int) -> list[JSON]:
             texts.append(str(block.get("text") or ""))
         elif kind == "tool_use":
             calls.append(_tool_call(block, signature))
-        elif kind not in ("thinking", "redacted_thinking"):
+        elif kind not in THINKING_BLOCKS:
             raise ProviderError(f"messages[{i}].content[{j}]: block type {kind!r} is not supported on this model")
         signature = _gemini_signature(block) if kind == "thinking" else None
     text = "".join(texts)

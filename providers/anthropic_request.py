@@ -53,6 +53,7 @@ from typing import Any
 from providers import reasoning
 from providers.types import (
     JSON,
+    THINKING_BLOCKS,
     ChatRequest,
     ProviderError,
     Target,
@@ -66,7 +67,6 @@ DEFAULT_MAX_TOKENS = 4096
 MIN_THINKING_BUDGET = 1024  # Anthropic refuses a smaller budget_tokens
 MIN_THINKING_TOP_P = 0.95  # the lowest top_p Anthropic takes with thinking
 _FORCED_CHOICES = frozenset({"any", "tool"})  # tool_choice types Anthropic refuses with thinking
-_THINKING_BLOCKS = frozenset({"thinking", "redacted_thinking"})
 JSON_TOOL = "json_response_format"  # the forced tool that carries a `response_format` answer
 _TOOL_CHOICES = {"auto": "auto", "none": "none", "required": "any"}
 _REQUIRED = frozenset({"model", "messages", "max_tokens"})
@@ -171,7 +171,7 @@ def _thinking_allowed(out: JSON) -> bool:
     content = last["content"] if last is not None else None
     if not isinstance(content, list) or not any(block.get("type") == "tool_use" for block in content):
         return True
-    return content[0].get("type") in _THINKING_BLOCKS
+    return content[0].get("type") in THINKING_BLOCKS
 
 
 def _strip_thinking(turns: list[JSON]) -> None:
@@ -179,7 +179,7 @@ def _strip_thinking(turns: list[JSON]) -> None:
     needs them, and one without has no use for them."""
     for turn in turns:
         if turn["role"] == "assistant" and isinstance(turn["content"], list):
-            turn["content"] = [block for block in turn["content"] if block.get("type") not in _THINKING_BLOCKS]
+            turn["content"] = [block for block in turn["content"] if block.get("type") not in THINKING_BLOCKS]
 
 
 def translate_messages(messages: list[Any]) -> tuple[list[JSON], list[JSON]]:

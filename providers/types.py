@@ -166,6 +166,9 @@ def signed(signature: str) -> JSON:
     return {"google": {"thought_signature": signature}}
 
 
+THINKING_BLOCKS = frozenset({"thinking", "redacted_thinking"})  # Claude's block types of its reasoning
+
+
 def claude_thinking(call: Any) -> list[JSON]:
     """The Claude thinking blocks a chat tool call carries (`extra_content.anthropic.thinking_blocks`), in
     order, or []. Claude refuses the next turn of a tool loop with thinking unless the turn that called the
