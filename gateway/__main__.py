@@ -24,14 +24,13 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any, NoReturn
 
 import orjson
 
 from gateway import config as config_mod
 from gateway import keyops
-from gateway.config import NANO, Config
+from gateway.config import Config
 from gateway.logging import configure as configure_logging
 from gateway.store import Store, StoreError, open_store
 
@@ -92,10 +91,6 @@ def _port(text: str) -> int:
     return value
 
 
-def _dollars(nano: int) -> str:
-    return str(Decimal(nano) / NANO)
-
-
 def _bad_input(message: str) -> int:
     print(message, file=sys.stderr)
     return 2
@@ -153,7 +148,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
         if args.json:
             print(orjson.dumps({**keyops.key_json(record), "key": plain}).decode())
         else:
-            print(f"created key {record.id} ({record.name}), balance ${_dollars(record.balance)}\n"
+            print(f"created key {record.id} ({record.name}), balance {keyops.dollars(record.balance)}\n"
                   f"{plain}\nThis key is shown once; store it now.")
         return 0
 
@@ -164,7 +159,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
             return _bad_input(f"no key {args.key_id!r} (see `keys list`)")
         except ValueError as exc:
             return _bad_input(f"refused: {exc}")
-        print(f"{args.key_id}: balance ${_dollars(balance)}")
+        print(f"{args.key_id}: balance {keyops.dollars(balance)}")
         return 0
 
     async def listing(store: Store) -> int:
@@ -198,7 +193,7 @@ def _usage_row(entry: dict[str, str]) -> dict[str, Any]:
     charged = int(entry.get("charged", "0"))
     ts_ms = int(entry.get("ts_ms", "0"))
     return {**entry, "ts": datetime.fromtimestamp(ts_ms / 1000, UTC).isoformat(timespec="milliseconds"),
-            "cost_usd": _dollars(charged), "charged_nano": charged}
+            "cost_usd": keyops.usd(charged), "charged_nano": charged}
 
 
 def cmd_usage_export(args: argparse.Namespace) -> int:

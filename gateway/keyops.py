@@ -32,10 +32,14 @@ def usd_to_nano(value: Any) -> int:
     return int(amount * NANO)
 
 
+def usd(nano: int) -> str:
+    """Nano-dollars as an exact decimal number of dollars: "1.25", "0.000000001"."""
+    return str(Decimal(nano) / NANO)
+
+
 def dollars(nano: int) -> str:
     """Nano-dollars as operators read them: "$1.25", "-$0.000000001"."""
-    sign = "-" if nano < 0 else ""
-    return f"{sign}${Decimal(abs(nano)) / NANO}"
+    return f"-${usd(-nano)}" if nano < 0 else f"${usd(nano)}"
 
 
 def key_json(record: KeyRecord) -> dict[str, Any]:
