@@ -86,8 +86,9 @@ def _adapt_body(req: ChatRequest, target: Target) -> JSON:
                 body.setdefault(field, value)
     for name in target.drop:
         body.pop(name, None)
-    body["messages"] = [_history_message(m) for m in body.get("messages") or ()]
-    if not target.keep_cache_control:
+    strip_marks = not target.keep_cache_control
+    body["messages"] = [_history_message(m, strip_marks) for m in body.get("messages") or ()]
+    if strip_marks:
         _drop_cache_control(body)
     if req.stream:
         body["stream"] = True
@@ -99,8 +100,9 @@ def _adapt_body(req: ChatRequest, target: Target) -> JSON:
     return body
 
 
-def _history_message(message: Any) -> Any:
-    """A history message without what other answers added for the client's eyes only (a copy when changed).
+def _history_message(message: Any, strip_marks: bool) -> Any:
+    """A history message without what other answers added for the client's eyes only, and without its content
+    parts' `cache_control` marks when `strip_marks` (see `_drop_cache_control`); a copy when changed.
 
     DeepSeek answers 400 when a previous turn's `reasoning_content` is sent back, and OpenAI to an unknown
     field in a message, such as the `extra_content` (a Gemini thought signature, Claude's thinking blocks)
@@ -113,16 +115,15 @@ def _history_message(message: Any) -> Any:
     calls = message.get("tool_calls")
     if isinstance(calls, list) and any(isinstance(call, dict) and "extra_content" in call for call in calls):
         message = {**message, "tool_calls": [_without_extra_content(call) for call in calls]}
-    return message
+    return _without_marks(message) if strip_marks else message
 
 
 def _drop_cache_control(body: JSON) -> None:
-    """Remove Anthropic's prompt-caching marks (`cache_control`) from the body's messages' content parts, its
-    tools and its top level, in place on the copies `_adapt_body` made. Clients and our /v1/messages
-    translation leave them on parts, and a strict OpenAI-compatible upstream answers 400 to the unknown
-    field; OpenAI caches prefixes by itself. Upstreams that document the marks (OpenRouter) keep them."""
+    """Remove Anthropic's prompt-caching marks (`cache_control`) from the body's tools and top level, in place
+    on the copy `_adapt_body` made (its messages' parts lose theirs in `_history_message`). Clients and our
+    /v1/messages translation leave them on parts, and a strict OpenAI-compatible upstream answers 400 to the
+    unknown field; OpenAI caches prefixes by itself. Upstreams that document the marks (OpenRouter) keep them."""
     body.pop("cache_control", None)
-    body["messages"] = [_without_marks(message) for message in body["messages"]]
     if isinstance(body.get("tools"), list):
         body["tools"] = [_unmarked(tool) for tool in body["tools"]]
 
