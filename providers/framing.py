@@ -34,6 +34,25 @@ class _LineSplitter:
         self._skip_lf = False  # the previous chunk ended in CR: a LF first in the next one belongs to it
         self._head: bytes | None = b""  # stream start while it may still be a (split) BOM; None once decided
 
+    def unread(self, data: bytes) -> bytes | None:
+        """`data` after the unterminated line, without a stream-opening BOM: what the splitter would cut
+        next, for another reader to take over (then `clear`). None while it must decide itself (a CR
+        whose LF may follow, a BOM not yet whole)."""
+        if self._skip_lf:
+            return None
+        if self._head is not None:
+            data = self._head + data
+            if len(data) < len(_BOM) and _BOM.startswith(data):
+                return None
+            return data[len(_BOM):] if data.startswith(_BOM) else data
+        return bytes(self._rest) + data if self._rest else data
+
+    def clear(self) -> None:
+        """Forget what `unread` handed over."""
+        self._head = None
+        if self._rest:
+            self._rest = bytearray()
+
     @property
     def pending(self) -> int:
         """Bytes of the current, not yet terminated line."""
@@ -73,7 +92,7 @@ class _LineSplitter:
 class SSEDecoder:
     """Incremental `text/event-stream` decoder: `feed(bytes) -> list[SSEEvent]`."""
 
-    __slots__ = ("_data", "_event", "_id", "_lines", "_max", "_size")
+    __slots__ = ("_data", "_event", "_id", "_lines", "_max", "_size", "_tail")
 
     def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
         self._max = max_event_bytes
@@ -82,9 +101,51 @@ class SSEDecoder:
         self._size = 0  # bytes of data lines in the current event
         self._event = ""
         self._id = ""
+        self._tail = b""  # the shortcut's unfinished event, raw; the line machinery holds nothing meanwhile
 
     def feed(self, data: bytes) -> list[SSEEvent]:
         """Decode the next chunk of the stream; returns the events it completed, in order."""
+        run = self.feed_run(data)
+        if run is not None:
+            return [self.event(line) for line in run]
+        if self._tail:  # the start of an event the shortcut kept: the line machinery takes it over
+            data, self._tail = self._tail + data, b""
+        return self._feed(data)
+
+    def feed_run(self, data: bytes) -> list[bytes] | None:
+        """The common read, taken without the line machinery: starting at an event, whole events of one
+        `data: ` line each (as OpenAI-compatible servers write them), then maybe the start of the next,
+        kept raw for the next read. Returns the `data: ...` lines of those events (`event` makes one an
+        event), or None, consuming nothing, for anything else (comments, named or multi-line events, CR
+        line ends), which `feed` decodes with the line machinery."""
+        if self._data or self._event:
+            return None
+        if b"\r" in data or (unread := self._lines.unread(data)) is None:
+            return None
+        data = self._tail + unread  # at an event's start: the splitter's line or the kept tail, not both
+        end = data.rfind(b"\n\n")
+        rest = data[end + 2:] if end >= 0 else data
+        if len(rest) > self._max:
+            return None  # the general path raises where it must
+        lines: list[bytes] = []
+        if end >= 0:
+            whole = data[:end]
+            lines = whole.split(b"\n\n")
+            if whole.count(b"\n") != 2 * (len(lines) - 1):
+                return None  # a part holds a line end of its own: more lines in an event, or blank lines
+            limit = self._max + 5  # `data: ` and the value's line end count as the general path counts them
+            for line in lines:
+                if not line.startswith(b"data: ") or len(line) > limit:
+                    return None
+        self._lines.clear()
+        self._tail = rest
+        return lines
+
+    def event(self, line: bytes) -> SSEEvent:
+        """The event of a `data: ...` line that `feed_run` returned."""
+        return SSEEvent(line[6:], "", self._id)
+
+    def _feed(self, data: bytes) -> list[SSEEvent]:
         events: list[SSEEvent] = []
         for line in self._lines.feed(data):
             if not line:
@@ -102,8 +163,10 @@ class SSEDecoder:
     def flush(self) -> list[SSEEvent]:
         """End of stream: the pending event if it has data (WHATWG would drop it; some servers omit the
         final blank line). The caller decides whether to use it."""
-        events = self.feed(b"\n\n") if (self._data or self._lines.pending) else []
-        return events
+        tail, self._tail = self._tail, b""
+        if tail:
+            return self._feed(tail + b"\n\n")
+        return self._feed(b"\n\n") if (self._data or self._lines.pending) else []
 
     def _field(self, line: bytes) -> None:
         name, colon, value = line.partition(b":")

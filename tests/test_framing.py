@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 import time
 from collections.abc import Callable
@@ -134,6 +135,41 @@ def test_max_event_bytes_counts_per_event() -> None:
     decoder = SSEDecoder(max_event_bytes=1024)
     events = decode(decoder, [b"data: " + b"x" * 900 + b"\n\n"] * 5)
     assert len(events) == 5
+
+
+class LinesOnly(SSEDecoder):
+    """The decoder without its whole-events shortcut: every byte through the line machinery."""
+
+    def feed(self, data: bytes) -> list[SSEEvent]:
+        return self._feed(data)
+
+
+SIMPLE = [b"data: a\n\n", b'data: {"x":1}\n\n', b"data: \n\n", b"data:  c\n\n", b"data: [DONE]\n\n"]
+OTHER = [b"data:b\n\n", b": ping\n\n", b"event: e\n", b"id: 4\n", b"data: m\ndata: n\n\n", b"data: r\r\n\r\n", b"\n",
+         b"data: half"]
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_whole_event_reads_decode_as_the_line_machinery_does(seed: int) -> None:
+    """Reads of one-line events skip the line splitter, a read that ends inside an event too; everything
+    else (a named or multi-line event, comments, CRs, a pending id) must come out exactly as the general
+    path decodes it, whichever way the reads fall."""
+    rng = random.Random(seed)
+    chunks = []
+    for _ in range(rng.randint(1, 10)):  # reads of a few events each, now and then something else
+        read = b"".join(rng.choice(SIMPLE if rng.random() < 0.8 else OTHER) for _ in range(rng.randint(1, 4)))
+        cut = rng.randint(1, len(read)) if rng.random() < 0.4 else len(read)
+        chunks += [read[:cut], read[cut:]]
+    decoder, reference = SSEDecoder(), LinesOnly()
+    assert decode(decoder, chunks) == decode(reference, chunks)
+    assert decoder.flush() == reference.flush()
+
+
+def test_whole_event_reads_keep_the_size_limit() -> None:
+    at_limit = b"data: " + b"x" * 1023 + b"\n\n"  # the value and its line end: 1,024 bytes
+    assert len(decode(SSEDecoder(max_event_bytes=1024), [at_limit, at_limit])) == 2
+    with pytest.raises(ProviderError, match="exceeds 1024 bytes"):
+        decode(SSEDecoder(max_event_bytes=1024), [at_limit, b"data: " + b"x" * 1024 + b"\n\n"])
 
 
 def naive_ndjson(raw: bytes) -> list[bytes]:
