@@ -22,7 +22,7 @@ from gateway.config import PresetConfig
 from gateway.errors import GatewayError, anthropic_error_event
 from gateway.exchange import ChatEndpoint, ChatExchange, Exchange, Reply
 from gateway.sse import frame
-from gateway.streaming import ChunkCodec, StreamCodec, text_bytes
+from gateway.streaming import ChunkCodec, StreamCodec, Template, text_bytes
 from providers import anthropic, anthropic_answer, anthropic_inbound, registry
 from providers.anthropic_answer import MessageStream
 from providers.types import (
@@ -42,6 +42,8 @@ HELD_EVENTS = frozenset({"message_delta", "message_stop"})  # wait for the bill
 class NativeCodec:
     """An Anthropic upstream's events relayed as they are; message_delta/message_stop wait for the bill."""
 
+    template: Template | None = None  # Claude's events are relayed one by one
+    learning = 0
     def __init__(self, target: Target, generation_id: str) -> None:
         self.adapter = registry.get("anthropic")
         self.state = self.adapter.new_stream_state(ChatRequest(body={}, stream=True), target)
@@ -115,6 +117,8 @@ class NativeExchange:
 
 class MessagesCodec(ChunkCodec):
     """Chat chunks re-encoded as Anthropic stream events."""
+
+    templated = False  # a text delta opens a content block first when the one before was not text
 
     def __init__(self, chat: ChunkCodec, model: str, stop_sequences: object) -> None:
         super().__init__(chat.adapter, chat.state, chat.generation_id, wants_usage=True)

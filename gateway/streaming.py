@@ -13,10 +13,12 @@ event (which the SDKs turn into a chunk without `choices`) is sent only on reque
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any, Protocol
 
 import aiohttp
+import orjson
 
 from gateway.errors import GatewayError, UpstreamFailed, error_event
 from gateway.relay import next_data
@@ -30,6 +32,8 @@ class StreamCodec(Protocol):
     """Upstream SSE events in, client bytes out; `state` is the upstream's accounting (usage, finish)."""
 
     state: StreamState
+    template: Template | None  # once known, the events it matches are relayed without `feed`
+    learning: int  # while > 0, `feed` may learn a template
 
     def feed(self, event: SSEEvent) -> tuple[bytes, int]:
         """Bytes to relay now (may be empty) and how many bytes of generated text they hold."""
@@ -100,9 +104,101 @@ def _is_tail(chunk: JSON) -> bool:
     return False
 
 
+# Bytes a JSON string holds only escaped, or that are not text: such a chunk goes the parsing way.
+_NOT_VERBATIM = re.compile(rb'["\\\x00-\x1f]')
+_MARK = "\x7fgateway-text\x7f"  # stands for the text while a template's client side is encoded
+
+
+class Template:
+    """One content-only chunk of a stream, upstream bytes and client bytes, with its text cut out.
+
+    OpenAI-compatible servers send most of a stream as chunks that differ only in the text: same id,
+    created, model, fingerprint, one choice with a null finish_reason. Parsing such a chunk changes nothing
+    but the text relayed (the adapter's `VERBATIM_CHUNKS`), so once one was parsed and encoded, a later
+    event with the same bytes around a plain text (no escapes, no control characters, valid UTF-8) is
+    relayed as the same client bytes around that text, without decoding and encoding JSON. Learned from the
+    first such chunk; what does not match (the role chunk, tool calls, the finish, usage) is parsed as ever.
+    """
+
+    __slots__ = ("head", "out_head", "out_tail", "size", "tail")
+
+    def __init__(self, head: bytes, tail: bytes, out_head: bytes, out_tail: bytes) -> None:
+        self.head, self.tail = b"data: " + head, tail  # as `SSEDecoder.feed_run` hands on an event's line
+        self.size = len(self.head) + len(tail)
+        self.out_head, self.out_tail = out_head, out_tail
+
+    def text(self, line: bytes) -> bytes | None:
+        """The text of a `data: ...` line that matches; UTF-8 only if the line is."""
+        if len(line) > self.size and line.startswith(self.head) and line.endswith(self.tail):
+            text = line[len(self.head):len(line) - len(self.tail)]
+            if _NOT_VERBATIM.search(text) is None:
+                return text
+        return None
+
+    @classmethod
+    def learn(cls, data: bytes, chunk: JSON, text: str, encode: Any) -> Template | None:
+        """The template of event `data`, parsed into the content-only `chunk` (as it will be relayed) of
+        `text`, whose client bytes `encode` makes; None unless the text can be cut out of both."""
+        raw = text.encode()
+        if _NOT_VERBATIM.search(raw) is not None:
+            return None
+        marker = b'"content":"' + raw + b'"'
+        if data.count(marker) != 1:
+            return None
+        start = data.index(marker) + len(marker) - len(raw) - 1
+        head, tail = data[:start], data[start + len(raw):]
+        # The cut is the text and nothing else when another text there parses to the same chunk but for
+        # it: a letter outside a string is no JSON, and inside any other string it would change that one.
+        other = "y" if text == "x" else "x"
+        try:
+            upstream, probe = orjson.loads(data), orjson.loads(head + other.encode() + tail)
+            upstream["choices"][0]["delta"]["content"] = other
+        except (orjson.JSONDecodeError, LookupError, TypeError):
+            return None
+        if probe != upstream:
+            return None
+        delta = chunk["choices"][0]["delta"]
+        delta["content"] = _MARK
+        try:
+            out = encode(chunk)
+        finally:
+            delta["content"] = text
+        mark = _MARK.encode()
+        if out.count(mark) != 1:
+            return None
+        out_head, _, out_tail = out.partition(mark)
+        return cls(head, tail, out_head, out_tail)
+
+
+def _content_text(chunk: JSON) -> str | None:
+    """The text of a chunk that is nothing but text: one choice, unfinished, a delta of `content` only,
+    no usage."""
+    choices = chunk.get("choices")
+    if type(choices) is not list or len(choices) != 1 or chunk.get("usage") is not None:
+        return None
+    choice = choices[0]
+    delta = choice.get("delta")
+    if type(delta) is not dict or len(delta) != 1 or choice.get("finish_reason", False) is not None:
+        return None
+    text = delta.get("content")
+    return text if type(text) is str and text else None
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 class ChunkCodec:
     """The adapter's chat chunks, relayed as OpenAI SSE; every chunk carries the gateway's generation id,
-    the handle for /v1/generation. Subclasses change `encode`/`end` to speak another API."""
+    the handle for /v1/generation. Subclasses change `encode`/`end` to speak another API; one whose
+    encoding of a chunk depends on earlier chunks sets `templated` False."""
+
+    templated = True
+    LEARNING = 3  # content-only chunks a stream tries to learn its template from before it gives up
 
     def __init__(self, adapter: Adapter, state: StreamState, generation_id: str, wants_usage: bool,
                  hide_reasoning: bool = False) -> None:
@@ -110,6 +206,8 @@ class ChunkCodec:
         self.generation_id, self.wants_usage = generation_id, wants_usage
         self.hide_reasoning = hide_reasoning  # `reasoning.exclude`: no reasoning_content deltas reach the client
         self.held: list[JSON] = []  # finish and usage chunks waiting for the bill
+        self.template: Template | None = None
+        self.learning = self.LEARNING if self.templated and adapter.VERBATIM_CHUNKS else 0
 
     def feed(self, event: SSEEvent) -> tuple[bytes, int]:
         batch, n = b"", 0  # mostly one chunk an event: b"" + frame is the frame itself, no copy
@@ -123,7 +221,16 @@ class ChunkCodec:
                     self.held.append(chunk)
                 continue
             batch += self.encode(chunk)
+            if self.learning:
+                self._learn(event.data, chunk)
         return batch, n
+
+    def _learn(self, data: bytes, chunk: JSON) -> None:
+        text = _content_text(chunk)
+        if text is not None:
+            self.learning -= 1
+            if (template := Template.learn(data, chunk, text, self.encode)) is not None:
+                self.template, self.learning = template, 0
 
     def finish(self, billing: JSON, billing_event: bool, usage: Usage) -> bytes:
         tail = bytearray()
@@ -164,8 +271,7 @@ async def pump(resp: aiohttp.ClientResponse, codec: StreamCodec, out: SSEWriter,
     try:
         while not state.done:
             data = await next_data(resp.content, silence_s, keepalive_s, out.keepalive)
-            events = decoder.feed(data) if data else decoder.flush()  # a last event may lack its blank line
-            batch, broken = _frame(codec, events, relayed)
+            batch, broken = relay_read(codec, decoder, data, relayed)
             if batch:
                 if relayed.first_at is None:
                     relayed.first_at = now()
@@ -184,6 +290,16 @@ async def pump(resp: aiohttp.ClientResponse, codec: StreamCodec, out: SSEWriter,
                              code="upstream_stream_error") from exc
 
 
+def relay_read(codec: StreamCodec, decoder: SSEDecoder, data: bytes,
+               relayed: Relayed) -> tuple[bytes, ProviderError | None]:
+    """One upstream read (b"" at the body's end) as client bytes, and the error of an event that could
+    not be read; what was relayed is counted in `relayed`."""
+    if data and (lines := decoder.feed_run(data)) is not None:
+        return _relay_run(codec, decoder, lines, relayed)
+    events = decoder.feed(data) if data else decoder.flush()  # a last event may lack its blank line
+    return _frame(codec, events, relayed)
+
+
 def _frame(codec: StreamCodec, events: list[SSEEvent], relayed: Relayed) -> tuple[bytes, ProviderError | None]:
     """One read's events as client bytes, and the error of an event that could not be read.
 
@@ -199,6 +315,35 @@ def _frame(codec: StreamCodec, events: list[SSEEvent], relayed: Relayed) -> tupl
     except ProviderError as exc:
         return bytes(batch), exc
     return bytes(batch), None
+
+
+def _relay_run(codec: StreamCodec, decoder: SSEDecoder, lines: list[bytes],
+               relayed: Relayed) -> tuple[bytes, ProviderError | None]:
+    """A read of whole one-line events (`SSEDecoder.feed_run`) as client bytes, as `_frame` would make
+    them: the events the codec's template matches are relayed from their bytes, the others fed to the
+    codec. This is the loop a long stream spends its time in."""
+    template = codec.template
+    utf8 = all(map(bytes.isascii, lines)) or all(map(_is_utf8, lines))  # then so is any text cut out of them
+    if not utf8 or (template is None and not codec.learning):
+        return _frame(codec, [decoder.event(line) for line in lines], relayed)
+    state = codec.state
+    out: list[bytes] = []
+    n = 0
+    try:
+        for line in lines:
+            if template is not None and not state.done and (text := template.text(line)) is not None:
+                out += (template.out_head, text, template.out_tail)
+                n += len(text)
+                continue
+            relay, k = codec.feed(decoder.event(line))
+            out.append(relay)
+            n += k
+            template = codec.template  # maybe learnt from this event
+    except ProviderError as exc:
+        return b"".join(out), exc
+    finally:
+        relayed.text_bytes += n
+    return b"".join(out), None
 
 
 async def finish(out: SSEWriter, codec: StreamCodec, billing: JSON, billing_event: bool, usage: Usage) -> None:

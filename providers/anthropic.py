@@ -47,6 +47,7 @@ from providers.types import (
 
 STREAM_FRAMING = "sse"
 NEEDS_INLINE_IMAGES = False
+VERBATIM_CHUNKS = False
 SUPPORTED_PARAMETERS = ("temperature", "top_p", "top_k", "max_tokens", "max_completion_tokens", "stop", "tools",
                         "tool_choice", "parallel_tool_calls", "response_format",
                         "structured_outputs", "reasoning", "reasoning_effort")  # what the translation carries

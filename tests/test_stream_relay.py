@@ -1,0 +1,217 @@
+"""gateway.streaming's relay of OpenAI-kind streams: the bytes-level shortcut must change nothing.
+
+A stream's content-only chunks are relayed from their bytes once a template was learnt (see
+`streaming.Template`). Every test here relays the same upstream bytes twice, read the same way: once as
+the gateway does and once with learning switched off (every event parsed and encoded), and requires the
+same client bytes, the same error at the same place, the same text count for the bill and the same
+stream state. The upstream bytes are the recorded OpenAI streams and synthetic ones built to hit every
+way out of the shortcut: escapes, non-ASCII and invalid UTF-8 text, control characters, fields that
+change mid-stream, a second "content" key, events after [DONE], spaced JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway import streaming
+from gateway.endpoints import CompletionCodec
+from providers import openai, registry
+from providers.framing import SSEDecoder
+from providers.types import StreamState
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+RECORDED = sorted((SHARED / "wire" / "openai").glob("sdk-stream-*.sse"))
+BILLING = {"request_cost": "0.000001", "balance": "1.00"}
+
+
+def chunk(text: str | None = None, *, finish: str | None = None, delta: dict[str, Any] | None = None,
+          spaced: bool = False, **top: Any) -> bytes:
+    """One upstream event as an OpenAI-compatible server writes it."""
+    body: dict[str, Any] = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1700000000,
+                            "model": "gpt-4o-mini", "system_fingerprint": "fp_1"}
+    body.update(top)
+    if "choices" not in top:
+        body["choices"] = [{"index": 0, "delta": delta if delta is not None else {"content": text},
+                            "logprobs": None, "finish_reason": finish}]
+    raw = json.dumps(body, ensure_ascii=False).encode() if spaced else orjson.dumps(body)
+    return b"data: " + raw + b"\n\n"
+
+
+def stream(texts: list[str], spaced: bool = False) -> bytes:
+    """A whole stream: the role chunk, one chunk a text, the finish, usage, [DONE]."""
+    n = len(texts)
+    role = chunk(delta={"role": "assistant", "content": "", "refusal": None}, spaced=spaced)
+    usage = chunk(choices=[], usage={"prompt_tokens": 3, "completion_tokens": n, "total_tokens": 3 + n})
+    body = b"".join(chunk(t, spaced=spaced) for t in texts)
+    return role + body + chunk(delta={}, finish="stop", spaced=spaced) + usage + b"data: [DONE]\n\n"
+
+
+def relay(raw: bytes, reads: list[int], learn: bool, codec_type: type = streaming.ChunkCodec,
+          wants_usage: bool = True) -> tuple[bytes, str | None, int, StreamState, int]:
+    """Client bytes, error, text bytes counted, final state and events parsed, for `raw` read in pieces
+    that end at `reads`."""
+    adapter = registry.get("openai")
+    parsed = 0
+
+    class Counting:
+        """The openai adapter, counting the events it parses."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(adapter, name)
+
+        def parse_stream_event(self, state: StreamState, event: Any) -> list[Any]:
+            nonlocal parsed
+            parsed += 1
+            return adapter.parse_stream_event(state, event)
+
+    codec = codec_type(Counting(), StreamState(public_model="gw/model"), "gen-42", wants_usage)
+    if not learn:
+        codec.learning = 0
+    decoder, relayed = SSEDecoder(), streaming.Relayed()
+    out, error, start = bytearray(), None, 0
+    for end in [*reads, len(raw), None]:
+        data = raw[start:end] if end is not None else b""
+        start = end or start
+        batch, broken = streaming.relay_read(codec, decoder, data, relayed)
+        out += batch
+        if broken is not None:
+            error = str(broken)
+            break
+        if codec.state.done:
+            break
+    if error is None:
+        out += codec.finish(BILLING, False, codec.state.usage)
+    return bytes(out), error, relayed.text_bytes, codec.state, parsed
+
+
+def same_either_way(raw: bytes, reads: list[int], **kw: Any) -> int:
+    """Relay with and without the shortcut; returns the events the shortcut run parsed."""
+    fast = relay(raw, reads, True, **kw)
+    slow = relay(raw, reads, False, **kw)
+    assert fast[:4] == slow[:4]
+    return fast[4]
+
+
+def event_ends(raw: bytes) -> list[int]:
+    return [i + 2 for i in range(len(raw)) if raw.startswith(b"\n\n", i)]
+
+
+READINGS: dict[str, Callable[[bytes], list[int]]] = {
+    "whole": lambda raw: [],
+    "per_event": event_ends,
+    "every_7": lambda raw: list(range(7, len(raw), 7)),
+    "every_500": lambda raw: list(range(500, len(raw), 500)),
+    "random": lambda raw: sorted(random.Random(len(raw)).sample(range(1, len(raw)), min(40, len(raw) - 1))),
+}
+
+
+@pytest.mark.parametrize("reading", READINGS.values(), ids=list(READINGS))
+@pytest.mark.parametrize("path", RECORDED, ids=[p.stem for p in RECORDED])
+def test_recorded_streams_relay_identically(path: Path, reading: Callable[[bytes], list[int]]) -> None:
+    raw = path.read_bytes()
+    same_either_way(raw, reading(raw))
+
+
+TEXTS = {
+    "ascii": [" Hello", ",", " world", "!"] * 5,
+    "x_and_y": ["x", "y", "x", "xy"] * 4,  # the learning probe's own letters
+    "escapes": [" a", ' "quoted"', " back\\slash", " line\nend", " tab\there", " a", " b"],
+    "non_ascii": [" café", " 日本語", " emoji 🎉", " a", " naïve", " ok"] * 3,
+    "u2028": [" a", " sep\u2028arator", " b", " c"],
+    "long": [" " + "w" * 5000, " short", " " + "é" * 3000, " end"],
+    "empty_text": [" a", "", " b", "", " c"],
+}
+
+
+@pytest.mark.parametrize("spaced", [False, True], ids=["compact", "spaced"])
+@pytest.mark.parametrize("reading", READINGS.values(), ids=list(READINGS))
+@pytest.mark.parametrize("texts", TEXTS.values(), ids=list(TEXTS))
+def test_synthetic_streams_relay_identically(texts: list[str], reading: Callable[[bytes], list[int]],
+                                             spaced: bool) -> None:
+    raw = stream(texts, spaced=spaced)
+    same_either_way(raw, reading(raw))
+    same_either_way(raw, reading(raw), codec_type=CompletionCodec)
+    same_either_way(raw, reading(raw), wants_usage=False)
+
+
+def test_the_shortcut_carries_a_long_stream() -> None:
+    """A 1,000-chunk stream parses only the events around its content chunks (the role chunk, the one
+    the template is learnt from, the finish, usage, [DONE]), whichever way it is read."""
+    raw = stream([f" tok{i}" for i in range(1000)])
+    for reading in READINGS.values():
+        assert same_either_way(raw, reading(raw)) <= 6
+    assert relay(raw, event_ends(raw), False)[4] == 1004
+
+
+@pytest.mark.parametrize("bad", [b"\t", b"\x01", b"\xff\xfe", b"\xc3"], ids=["tab", "control", "bad_utf8", "cut_utf8"])
+def test_unreadable_text_fails_where_parsing_fails(bad: bytes) -> None:
+    """Raw control characters and invalid UTF-8 inside a string are no JSON: the same frames reach the
+    client before the same error, shortcut or not."""
+    good = b"".join(chunk(f" t{i}") for i in range(5))
+    raw = chunk(delta={"role": "assistant", "content": ""}) + good + chunk(" BAD").replace(b"BAD", bad) + good
+    for reading in READINGS.values():
+        fast, slow = relay(raw, reading(raw), True), relay(raw, reading(raw), False)
+        assert fast[:4] == slow[:4]
+        assert fast[1] is not None
+
+
+CHANGES = {
+    "id_changes": lambda i: {"id": "chatcmpl-2"} if i > 5 else {},
+    "model_changes": lambda i: {"model": "gpt-4o"} if i > 5 else {},
+    "created_changes": lambda i: {"created": 1700000000 + i},
+    "fingerprint_null_later": lambda i: {"system_fingerprint": None} if i % 3 else {},
+    "usage_null_on_every_chunk": lambda i: {"usage": None},
+    "a_padding_field_of_varying_length": lambda i: {"obfuscation": "p" * (i % 4)},
+    "second_content_key": lambda i: {"note": {"content": f" t{i}"}},
+}
+
+
+@pytest.mark.parametrize("change", CHANGES.values(), ids=list(CHANGES))
+def test_chunks_that_differ_beyond_the_text_are_parsed(change: Callable[[int], dict[str, Any]]) -> None:
+    texts = [f" t{i % 3}" for i in range(12)]
+    raw = chunk(delta={"role": "assistant", "content": ""})
+    raw += b"".join(chunk(t, **change(i)) for i, t in enumerate(texts))
+    raw += chunk(delta={}, finish="stop") + b"data: [DONE]\n\n"
+    for reading in READINGS.values():
+        same_either_way(raw, reading(raw))
+
+
+def test_tool_call_and_reasoning_streams_relay_identically() -> None:
+    call = {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                            "function": {"name": "f", "arguments": ""}}]}
+    args = [{"tool_calls": [{"index": 0, "function": {"arguments": part}}]} for part in ('{"a"', ': 1', "}")]
+    reasoning = [{"reasoning_content": part} for part in ("think", "ing")]
+    raw = b"".join(chunk(delta=d) for d in [*reasoning, {"content": "a"}, {"content": "b"}, call, *args])
+    raw += chunk(delta={}, finish="tool_calls") + b"data: [DONE]\n\n"
+    for reading in READINGS.values():
+        same_either_way(raw, reading(raw))
+
+
+def test_events_after_done_are_not_relayed() -> None:
+    raw = stream([" a", " b", " c"]) + b"".join(chunk(f" late{i}") for i in range(5))
+    assert b"late" not in relay(raw, [], True)[0]
+    same_either_way(raw, [])
+
+
+def test_a_template_needs_its_text_cut_out_exactly() -> None:
+    """Learning refuses a chunk whose text cannot be told apart from the rest of its bytes."""
+    codec = streaming.ChunkCodec(openai, StreamState(public_model="m"), "gen-1", True)
+
+    def learn(raw: bytes) -> streaming.Template | None:
+        [event] = SSEDecoder().feed(raw)
+        [parsed] = openai.parse_stream_event(StreamState(public_model="m"), event)
+        parsed["id"] = "gen-1"
+        text = parsed["choices"][0]["delta"].get("content")
+        return streaming.Template.learn(event.data, parsed, text, codec.encode)
+
+    assert learn(chunk(" hi")) is not None
+    assert learn(chunk(" hi", note={"content": " hi"})) is None  # twice there: which one?
+    assert learn(chunk(' "hi"')) is None  # escaped in the upstream's bytes
+    assert learn(chunk(" hi", spaced=True)) is None  # `"content": "` with a space: not found, parsed as ever
