@@ -118,29 +118,29 @@ async def next_data(content: aiohttp.StreamReader, silence_s: float, tick_s: flo
     """The next piece of an upstream body (b"" at its end).
 
     Buffered bytes are returned at once without scheduling anything; otherwise wait, calling `on_tick`
-    every `tick_s` of silence (SSE keep-alive, disconnect check) and giving up after `silence_s`.
+    every `tick_s` of silence (SSE keep-alive, disconnect check) and giving up after `silence_s`. The
+    wait is the reader's own under a deadline (no task of its own): a long stream waits once a read.
     """
     if content.at_eof():
         return b""
     data = content.read_nowait()
     if data:
         return data
-    reader = asyncio.ensure_future(content.readany())
     waited = 0.0
-    try:
-        while True:
-            done, _ = await asyncio.wait((reader,), timeout=min(tick_s, silence_s - waited))
-            if done:
-                return reader.result()
-            waited += tick_s
-            if waited >= silence_s:
-                raise UpstreamTimeout("the upstream went silent mid-answer", code="upstream_stalled",
-                                      retryable=False)  # it was answering: no resend
-            if on_tick is not None:
-                await on_tick()
-    finally:
-        if not reader.done():
-            reader.cancel()
+    while True:
+        deadline = asyncio.timeout(min(tick_s, silence_s - waited))
+        try:
+            async with deadline:
+                return await content.readany()  # cancelled by the deadline: nothing was read
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # not ours
+        waited += tick_s
+        if waited >= silence_s:
+            raise UpstreamTimeout("the upstream went silent mid-answer", code="upstream_stalled",
+                                  retryable=False)  # it was answering: no resend
+        if on_tick is not None:
+            await on_tick()
 
 
 async def read_body(resp: aiohttp.ClientResponse, silence_s: float) -> bytes:
