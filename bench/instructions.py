@@ -77,6 +77,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--only", choices=("gateway", "passthrough"))
+    parser.add_argument("--keep", action="store_true", help="keep the callgrind dumps (for callgrind_annotate)")
     args = parser.parse_args()
     for tool in ("valgrind", "callgrind_control", "redis-server"):
         if shutil.which(tool) is None:
@@ -100,7 +101,10 @@ def main() -> int:
             print(f"gateway / pass-through: {figures['gateway'] / figures['passthrough']:.2f}")
     finally:
         procs.stop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if args.keep:
+            print(f"callgrind dumps kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
