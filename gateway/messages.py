@@ -37,13 +37,16 @@ from providers.types import (
 )
 
 HELD_EVENTS = frozenset({"message_delta", "message_stop"})  # wait for the bill
+REWRITTEN = HELD_EVENTS | {"message_start"}  # the rest are relayed as their bytes came (one data line each)
 
 
 class NativeCodec:
-    """An Anthropic upstream's events relayed as they are; message_delta/message_stop wait for the bill."""
+    """An Anthropic upstream's events relayed as they are, as their bytes came where nothing changes in
+    them; message_start gets the gateway's id and model, message_delta/message_stop wait for the bill."""
 
     template: Template | None = None  # Claude's events are relayed one by one
     learning = 0
+
     def __init__(self, target: Target, generation_id: str) -> None:
         self.adapter = registry.get("anthropic")
         self.state = self.adapter.new_stream_state(ChatRequest(body={}, stream=True), target)
@@ -52,8 +55,11 @@ class NativeCodec:
 
     def feed(self, event: SSEEvent) -> tuple[bytes, int]:
         chunks = self.adapter.parse_stream_event(self.state, event)  # usage, finish, done; raises on `error`
+        name = event.event
+        if name and name not in REWRITTEN and b"\n" not in event.data:  # the adapter read it: valid JSON
+            return b"event: " + name.encode() + b"\ndata: " + event.data + b"\n\n", sum(map(text_bytes, chunks))
         data = orjson.loads(event.data)
-        name = event.event or str(data.get("type") or "")
+        name = name or str(data.get("type") or "")
         if name == "message_start" and isinstance(data.get("message"), dict):
             data["message"].update(id=self.generation_id, model=self.model)
         n = sum(text_bytes(chunk) for chunk in chunks)

@@ -22,9 +22,10 @@ import pytest
 
 from gateway import streaming
 from gateway.endpoints import CompletionCodec
-from providers import openai, registry
+from gateway.messages import REWRITTEN, NativeCodec
+from providers import anthropic, openai, registry
 from providers.framing import SSEDecoder
-from providers.types import StreamState
+from providers.types import ChatRequest, StreamState, Target
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 RECORDED = sorted((SHARED / "wire" / "openai").glob("sdk-stream-*.sse"))
@@ -215,3 +216,42 @@ def test_a_template_needs_its_text_cut_out_exactly() -> None:
     assert learn(chunk(" hi", note={"content": " hi"})) is None  # twice there: which one?
     assert learn(chunk(' "hi"')) is None  # escaped in the upstream's bytes
     assert learn(chunk(" hi", spaced=True)) is None  # `"content": "` with a space: not found, parsed as ever
+
+
+# -- Anthropic upstreams on the Anthropic format: relayed as they came ------------------------------
+
+ANTHROPIC = sorted(p for p in (SHARED / "wire" / "anthropic").glob("*stream*.sse") if "error" not in p.name)
+CLAUDE = Target(provider="anthropic", base_url="https://api.anthropic.com", api_key="k",
+                upstream_model="claude-haiku-4-5", public_model="anthropic/claude-haiku-4-5")
+
+
+@pytest.mark.parametrize("reading", READINGS.values(), ids=list(READINGS))
+@pytest.mark.parametrize("path", ANTHROPIC, ids=[p.stem for p in ANTHROPIC])
+def test_native_claude_events_reach_the_client_as_they_came(path: Path, reading: Callable[[bytes], list[int]]) -> None:
+    """Events the gateway changes nothing in go out as the upstream's bytes; message_start carries the
+    gateway's id and model, message_delta the bill; the JSON of every event is the upstream's otherwise."""
+    raw = path.read_bytes()
+    codec = NativeCodec(CLAUDE, "gen-7")
+    decoder, relayed, out, start = SSEDecoder(), streaming.Relayed(), bytearray(), 0
+    for end in [*reading(raw), len(raw), None]:
+        batch, broken = streaming.relay_read(codec, decoder, raw[start:end] if end is not None else b"", relayed)
+        assert broken is None
+        out += batch
+        start = end or start
+    out += codec.finish(BILLING, False, codec.state.usage)
+    upstream_decoder = SSEDecoder()
+    sent = upstream_decoder.feed(raw) + upstream_decoder.flush()  # a recording may end without a blank line
+    got = SSEDecoder().feed(bytes(out))
+    assert [e.event for e in got] == [e.event for e in sent]
+    for upstream, client in zip(sent, got, strict=True):
+        theirs, ours = orjson.loads(upstream.data), orjson.loads(client.data)
+        if upstream.event == "message_start":
+            theirs["message"].update(id="gen-7", model="anthropic/claude-haiku-4-5")
+        elif upstream.event == "message_delta":
+            theirs["billing"] = BILLING
+        elif upstream.event not in REWRITTEN:
+            assert b"data: " + upstream.data + b"\n\n" in out  # its own bytes
+        assert ours == theirs
+    state = anthropic.new_stream_state(ChatRequest(body={}, stream=True), CLAUDE)
+    chunks = [c for e in sent for c in anthropic.parse_stream_event(state, e)]
+    assert relayed.text_bytes == sum(map(streaming.text_bytes, chunks))
