@@ -133,10 +133,10 @@ class SSEDecoder:
             lines = whole.split(b"\n\n")
             if whole.count(b"\n") != 2 * (len(lines) - 1):
                 return None  # a part holds a line end of its own: more lines in an event, or blank lines
-            limit = self._max + 5  # `data: ` and the value's line end count as the general path counts them
-            for line in lines:
-                if not line.startswith(b"data: ") or len(line) > limit:
-                    return None
+            if not whole.startswith(b"data: ") or whole.count(b"\n\ndata: ") != len(lines) - 1:
+                return None  # each part a `data: ` line
+            if max(map(len, lines)) > self._max + 5:  # `data: ` and the line end, as the general path counts
+                return None
         self._lines.clear()
         self._tail = rest
         return lines
