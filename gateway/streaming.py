@@ -171,17 +171,19 @@ class Template:
 
 
 def _content_text(chunk: JSON) -> str | None:
-    """The text of a chunk that is nothing but text: one choice, unfinished, a delta of `content` only,
-    no usage."""
+    """The text of a chunk whose only generated text is its `content`: one choice, unfinished, no usage.
+    What else it holds (a role on every chunk, `reasoning_content: null`...) is part of its template."""
     choices = chunk.get("choices")
-    if type(choices) is not list or len(choices) != 1 or chunk.get("usage") is not None:
+    if type(choices) is not list or len(choices) != 1 or isinstance(chunk.get("usage"), dict):
         return None
     choice = choices[0]
-    delta = choice.get("delta")
-    if type(delta) is not dict or len(delta) != 1 or choice.get("finish_reason", False) is not None:
+    delta = choice.get("delta") if type(choice) is dict else None
+    if type(delta) is not dict or choice.get("finish_reason") is not None:
         return None
     text = delta.get("content")
-    return text if type(text) is str and text else None
+    if type(text) is not str or not text or text_bytes(chunk) != _utf8_len(text):
+        return None
+    return text
 
 
 def _is_utf8(raw: bytes) -> bool:

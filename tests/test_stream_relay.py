@@ -55,7 +55,7 @@ def stream(texts: list[str], spaced: bool = False) -> bytes:
 
 
 def relay(raw: bytes, reads: list[int], learn: bool, codec_type: type = streaming.ChunkCodec,
-          wants_usage: bool = True) -> tuple[bytes, str | None, int, StreamState, int]:
+          wants_usage: bool = True, hide_reasoning: bool = False) -> tuple[bytes, str | None, int, StreamState, int]:
     """Client bytes, error, text bytes counted, final state and events parsed, for `raw` read in pieces
     that end at `reads`."""
     adapter = registry.get("openai")
@@ -72,7 +72,7 @@ def relay(raw: bytes, reads: list[int], learn: bool, codec_type: type = streamin
             parsed += 1
             return adapter.parse_stream_event(state, event)
 
-    codec = codec_type(Counting(), StreamState(public_model="gw/model"), "gen-42", wants_usage)
+    codec = codec_type(Counting(), StreamState(public_model="gw/model"), "gen-42", wants_usage, hide_reasoning)
     if not learn:
         codec.learning = 0
     decoder, relayed = SSEDecoder(), streaming.Relayed()
@@ -149,6 +149,36 @@ def test_the_shortcut_carries_a_long_stream() -> None:
     for reading in READINGS.values():
         assert same_either_way(raw, reading(raw)) <= 6
     assert relay(raw, event_ends(raw), False)[4] == 1004
+
+
+COMPANIONS = {  # what compatible servers put next to the text on every chunk
+    "role_on_every_chunk": {"role": "assistant"},  # OpenRouter, some vLLM builds
+    "null_reasoning": {"reasoning_content": None},  # DeepSeek
+    "null_refusal_and_calls": {"refusal": None, "tool_calls": None},
+    "empty_reasoning": {"reasoning_content": ""},
+}
+
+
+@pytest.mark.parametrize("hide", [False, True], ids=["shown", "reasoning_hidden"])
+@pytest.mark.parametrize("companion", COMPANIONS.values(), ids=list(COMPANIONS))
+def test_chunks_with_fixed_companions_of_the_text_take_the_shortcut(companion: dict[str, Any], hide: bool) -> None:
+    texts = [f" t{i}" for i in range(200)]
+    raw = chunk(delta={"role": "assistant", "content": ""}) + b"".join(chunk(delta={"content": t, **companion})
+                                                                         for t in texts)
+    raw += chunk(delta={}, finish="stop") + b"data: [DONE]\n\n"
+    for reading in READINGS.values():
+        fast = relay(raw, reading(raw), True, hide_reasoning=hide)
+        assert fast[:4] == relay(raw, reading(raw), False, hide_reasoning=hide)[:4]
+        assert fast[4] <= 5
+
+
+def test_a_chunk_with_more_text_than_its_content_teaches_nothing() -> None:
+    """Reasoning next to the content counts for the bill too: such chunks are parsed one by one."""
+    raw = b"".join(chunk(delta={"content": f" t{i}", "reasoning_content": " r"}) for i in range(20))
+    raw += chunk(delta={}, finish="stop") + b"data: [DONE]\n\n"
+    fast = relay(raw, [], True)
+    assert fast[:4] == relay(raw, [], False)[:4]
+    assert fast[4] == 22
 
 
 @pytest.mark.parametrize("bad", [b"\t", b"\x01", b"\xff\xfe", b"\xc3"], ids=["tab", "control", "bad_utf8", "cut_utf8"])
