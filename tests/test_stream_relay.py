@@ -285,3 +285,28 @@ def test_native_claude_events_reach_the_client_as_they_came(path: Path, reading:
     state = anthropic.new_stream_state(ChatRequest(body={}, stream=True), CLAUDE)
     chunks = [c for e in sent for c in anthropic.parse_stream_event(state, e)]
     assert relayed.text_bytes == sum(map(streaming.text_bytes, chunks))
+
+
+def padded(text: str | None, pad: str, first: bool = False, **kw: Any) -> bytes:
+    """A chunk as OpenAI sends it by default: `obfuscation` random characters after (or before) the rest."""
+    event = orjson.loads(chunk(text, **kw)[6:])
+    if first:
+        event = {"obfuscation": pad, **event}
+    else:
+        event["obfuscation"] = pad
+    return b"data: " + orjson.dumps(event) + b"\n\n"
+
+
+@pytest.mark.parametrize("first", [False, True], ids=["padding_last", "padding_first"])
+def test_openais_padding_is_relayed_as_it_came_and_the_shortcut_holds(first: bool) -> None:
+    rng = random.Random(7)
+    pads = ["".join(rng.choice("abcXYZ0189") for _ in range(rng.randint(0, 12))) for _ in range(300)]
+    pads[50] = 'a"b'  # one the upstream had to escape: that chunk is parsed
+    raw = padded(None, "x", first, delta={"role": "assistant", "content": ""})
+    raw += b"".join(padded(f" t{i}", pad, first) for i, pad in enumerate(pads))
+    raw += padded(None, "q", first, delta={}, finish="stop") + b"data: [DONE]\n\n"
+    for reading in READINGS.values():
+        fast, slow = relay(raw, reading(raw), True), relay(raw, reading(raw), False)
+        assert fast[:4] == slow[:4]
+        assert fast[4] <= 6
+    assert b'"obfuscation":"' + pads[7].encode() + b'"' in fast[0]
