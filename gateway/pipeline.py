@@ -11,6 +11,7 @@ arrives, with keep-alive comments while the upstream is silent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import time
@@ -238,7 +239,8 @@ async def _relay_stream(request: web.Request, resp: aiohttp.ClientResponse, code
         err = exc if isinstance(exc, GatewayError) else map_upstream_error(exc, target.provider, False, scrub)
         account(err.status)
         fields.update(status=err.status, error=err.code)
-        await _try_write(out, codec.error(err, request[REQUEST_ID]))
+        with contextlib.suppress(ClientGone):
+            await out.finish(codec.error(err, request[REQUEST_ID]))
     finally:
         metrics.ACTIVE_STREAMS.dec()
         if relayed.first_at is not None:
@@ -248,11 +250,3 @@ async def _relay_stream(request: web.Request, resp: aiohttp.ClientResponse, code
 
 def target_silence(ticket: metering.Ticket) -> float:
     return ticket.route.provider.timeouts.between_chunks_s
-
-
-async def _try_write(out: SSEWriter, data: bytes) -> None:
-    try:
-        await out.write(data)
-        await out.finish()
-    except ClientGone:
-        pass

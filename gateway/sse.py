@@ -54,8 +54,11 @@ class SSEWriter:
     async def keepalive(self) -> None:
         await self.write(KEEPALIVE)
 
-    async def finish(self) -> None:
+    async def finish(self, last: bytes = b"") -> None:
+        """The last events and the end of the body, in one write."""
+        if last and self.client_gone():
+            raise ClientGone
         try:
-            await self.response.write_eof()
+            await self.response.write_eof(last)
         except (ConnectionError, RuntimeError) as exc:
             raise ClientGone from exc

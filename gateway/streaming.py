@@ -397,5 +397,4 @@ def _relay_run(codec: StreamCodec, decoder: SSEDecoder, lines: list[bytes],
 
 async def finish(out: SSEWriter, codec: StreamCodec, billing: JSON, billing_event: bool, usage: Usage) -> None:
     """The held tail with the bill on it, the opt-in billing event, then the terminator."""
-    await out.write(codec.finish(billing, billing_event, usage))
-    await out.finish()
+    await out.finish(codec.finish(billing, billing_event, usage))
