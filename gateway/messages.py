@@ -55,14 +55,14 @@ class NativeCodec:
 
     def feed(self, event: SSEEvent) -> tuple[bytes, int]:
         chunks = self.adapter.parse_stream_event(self.state, event)  # usage, finish, done; raises on `error`
+        n = sum(map(text_bytes, chunks))
         name = event.event
         if name and name not in REWRITTEN and b"\n" not in event.data:  # the adapter read it: valid JSON
-            return b"event: " + name.encode() + b"\ndata: " + event.data + b"\n\n", sum(map(text_bytes, chunks))
+            return b"event: " + name.encode() + b"\ndata: " + event.data + b"\n\n", n
         data = orjson.loads(event.data)
         name = name or str(data.get("type") or "")
         if name == "message_start" and isinstance(data.get("message"), dict):
             data["message"].update(id=self.generation_id, model=self.model)
-        n = sum(text_bytes(chunk) for chunk in chunks)
         if name in HELD_EVENTS:
             self.held.append((name, data))
             return b"", n

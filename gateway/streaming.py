@@ -198,21 +198,23 @@ class Template:
         except (orjson.JSONDecodeError, LookupError, TypeError):
             return None
         kept = [where[name] for where, name in fields]
-        for i, (where, name) in enumerate(fields):
-            where[name] = _MARK % i
+        marks = [_MARK % i for i in range(len(fields))]
+        for (where, name), mark in zip(fields, marks, strict=True):
+            where[name] = mark
         try:
             encoded = encode(chunk)
         finally:
             for (where, name), value in zip(fields, kept, strict=True):
                 where[name] = value
-        marks = [encoded.find((_MARK % i).encode()) for i in range(len(fields))]
-        if any(encoded.count((_MARK % i).encode()) != 1 for i in range(len(fields))):
+        marked = [mark.encode() for mark in marks]
+        if any(encoded.count(mark) != 1 for mark in marked):
             return None
+        found = [encoded.index(mark) for mark in marked]
         out, at = [], 0
-        order = sorted(range(len(fields)), key=lambda i: marks[i])
+        order = sorted(range(len(fields)), key=lambda i: found[i])
         for i in order:
-            out.append(encoded[at:marks[i]])
-            at = marks[i] + len((_MARK % i).encode())
+            out.append(encoded[at:found[i]])
+            at = found[i] + len(marked[i])
         out.append(encoded[at:])
         # strings travel in the upstream's order; the client's order may differ
         return cls(pieces, out, [positions.index(i) for i in order], positions.index(0))
