@@ -37,6 +37,7 @@ class Route:
     limits: LimitsConfig
 
     keyless: Target = field(init=False, repr=False, compare=False)
+    keyed: Target = field(init=False, repr=False, compare=False)  # with the configured key
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keyless", Target(
@@ -51,9 +52,13 @@ class Route:
             default_max_tokens=self.model.max_output_tokens,
             keep_cache_control=self.provider.keeps_cache_control,
         ))
+        object.__setattr__(self, "keyed", replace(self.keyless, api_key=self.provider.api_key))
 
     def target(self, api_key: str) -> Target:
-        """What the adapter needs to build this route's upstream request (built once, but for the key)."""
+        """What the adapter needs to build this route's upstream request: built once for the configured key
+        (dataclasses.replace costs more than a request's auth), per call for a client's own key."""
+        if api_key == self.keyed.api_key:
+            return self.keyed
         return replace(self.keyless, api_key=api_key) if api_key else self.keyless
 
     def public_info(self, created: int) -> dict[str, Any]:

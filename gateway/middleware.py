@@ -12,7 +12,6 @@ import re
 import time
 from typing import Any
 
-import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
@@ -26,7 +25,7 @@ from gateway.errors import (
     Unauthorized,
     error_response,
 )
-from gateway.logging import access, get_logger
+from gateway.logging import access, bind_request_id, get_logger, unbind_request_id
 from gateway.state import KEY, LOG, RATE_HEADERS, REQUEST_ID, RUNTIME, served_here
 
 log = get_logger("gateway.request")
@@ -61,7 +60,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     rid = request[REQUEST_ID] = _request_id(request)
     fields: dict[str, Any] = {}
     request[LOG] = fields
-    structlog.contextvars.bind_contextvars(request_id=rid)
+    bound = bind_request_id(rid)
     status = 500
     try:
         response = await _respond(request, handler, rid, fields)
@@ -75,7 +74,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         if request.path.startswith("/v1/"):
             access(rid, {"method": request.method, "path": request.path, "status": final,
                          "latency_ms": round(elapsed * 1000, 2), **fields})
-        structlog.contextvars.unbind_contextvars("request_id")
+        unbind_request_id(bound)
 
 
 async def _respond(request: web.Request, handler: Handler, rid: str, fields: dict[str, Any]) -> web.StreamResponse:

@@ -15,6 +15,7 @@ after it, and anything going wrong inside an answer's body are not: the upstream
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import ssl
 from collections.abc import Awaitable, Callable
@@ -48,7 +49,7 @@ async def open_upstream(egress: Egress, pool: str, affinity_key: str | None, blo
         exits = egress.plan(pool, affinity_key, blocked)
     except EgressUnavailable as exc:
         raise egress_unavailable(provider, str(exc)) from exc
-    timeout = aiohttp.ClientTimeout(total=None, connect=connect_s, sock_connect=connect_s)
+    timeout = _connect_timeout(connect_s)
     for exit_ in exits:
         progress = Progress()
         try:
@@ -76,6 +77,12 @@ async def open_upstream(egress: Egress, pool: str, affinity_key: str | None, blo
         raise UpstreamFailed(f"provider {provider} is unreachable ({type(last).__name__})",
                              code="upstream_unreachable") from last
     raise egress_unavailable(provider, f"every proxy tried in egress pool '{pool}' failed to connect") from last
+
+
+@functools.lru_cache(maxsize=64)
+def _connect_timeout(connect_s: float) -> aiohttp.ClientTimeout:
+    """aiohttp's timeout for connecting (the rest is ours): one per configured value, not one per request."""
+    return aiohttp.ClientTimeout(total=None, connect=connect_s, sock_connect=connect_s)
 
 
 def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:

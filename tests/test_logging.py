@@ -164,3 +164,22 @@ def test_a_logger_in_use_obeys_a_new_level(log_lines: Lines) -> None:
         set_level("debug")  # the session's level (conftest)
     sink.flush()
     assert [e["event"] for e in log_lines() if e.get("event") != "request"] == ["before", "shown", "shown too"]
+
+
+async def test_lines_inside_a_request_carry_its_request_id(gateway: Gateway, log_lines: Lines) -> None:
+    """A warning logged while a request is served names that request; the id does not outlive it, though
+    a keep-alive connection serves its next request in the same task."""
+    gateway.fake.status = 400
+    gateway.fake.error_body = {"error": {"message": "no", "type": "invalid_request_error", "param": None,
+                                         "code": None}}
+    async with aiohttp.ClientSession() as http:  # one keep-alive connection for both requests
+        for rid in ("first-request", "second-request"):
+            headers = {**gateway.auth(), "X-Request-Id": rid}
+            async with http.post(gateway.url + "/v1/chat/completions", headers=headers,
+                                 json={"model": "fake/gpt-4o", "messages": MESSAGES}) as r:
+                assert r.status == 400
+    refused = [line for line in log_lines() if line["event"] == "upstream refused"]
+    assert [line.get("request_id") for line in refused] == ["first-request", "second-request"]
+    get_logger("test").warning("outside")  # outside any request
+    outside = [line for line in log_lines() if line["event"] == "outside"]
+    assert len(outside) == 1 and "request_id" not in outside[0]
