@@ -247,15 +247,20 @@ os.register_at_fork(after_in_child=_new_pid)
 _stamped = (-1, "")  # (second, its "YYYY-MM-DDTHH:MM:SS")
 
 
-def _now_iso() -> str:
-    """UTC now as structlog's TimeStamper(fmt="iso", utc=True) writes it, the date part formatted once a
-    second (datetime.isoformat for every line cost more than rendering the rest of it)."""
+def utc_second(second: int) -> str:
+    """A Unix second as "YYYY-MM-DDTHH:MM:SS" (UTC), formatted once for the many lines and records of one
+    second: strftime for each cost more than rendering the rest of a log line."""
     global _stamped
-    now = time.time()
-    second = int(now)
     if second != _stamped[0]:
         _stamped = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-    return f"{_stamped[1]}.{int((now - second) * 1_000_000):06d}Z"
+    return _stamped[1]
+
+
+def _now_iso() -> str:
+    """UTC now as structlog's TimeStamper(fmt="iso", utc=True) writes it."""
+    now = time.time()
+    second = int(now)
+    return f"{utc_second(second)}.{int((now - second) * 1_000_000):06d}Z"
 
 
 def _timestamp(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

@@ -27,7 +27,7 @@ from gateway import billing, limits, metrics
 from gateway.catalog import Route
 from gateway.config import Config, to_nano
 from gateway.errors import Forbidden, InsufficientQuota, RateLimited, Unauthorized, Unavailable
-from gateway.logging import get_logger
+from gateway.logging import get_logger, utc_second
 from gateway.store.base import Admission, AdmitResult, KeyRecord, Store, StoreError
 from providers.types import Usage
 
@@ -179,7 +179,7 @@ class Ticket:
         first = outcome.first_token_at or now
         return {
             "id": self.generation_id, "model": self.route.model_id, "provider_name": self.route.provider_name,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
+            "created_at": utc_second(int(self.started)) + "Z",
             "tokens_prompt": str(outcome.usage.prompt_tokens),
             "tokens_completion": str(outcome.usage.completion_tokens),
             "tokens_cached": str(outcome.usage.cached_tokens),

@@ -47,6 +47,7 @@ class _Protocol(asyncio.Protocol):
     """
 
     def __init__(self, timeout_s: float) -> None:
+        self.loop = asyncio.get_running_loop()
         self.reader = hiredis.Reader(encoding="utf-8")
         self.waiting: deque[tuple[asyncio.Future[Any], float]] = deque()  # (caller, its deadline), in send order
         self.transport: asyncio.Transport | None = None
@@ -58,7 +59,7 @@ class _Protocol(asyncio.Protocol):
     def send(self, command: bytes, future: asyncio.Future[Any]) -> None:
         """Send a command: at once when no other is in flight (nothing to share a write with, and the
         caller is waiting), else queued so that the commands of one event-loop turn leave in one write."""
-        loop = future.get_loop()
+        loop = self.loop
         self.waiting.append((future, loop.time() + self._timeout_s))
         if self._watchdog is None:
             self._watchdog = loop.call_later(self._timeout_s, self._watch)
@@ -159,10 +160,13 @@ class Multiplexed:
             self._protocol.transport.close()
         self._protocol = None
 
-    async def _send(self, protocol: _Protocol, args: tuple[Any, ...]) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    @staticmethod
+    def _send(protocol: _Protocol, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        """The command on its way, its reply to come in the future returned (awaited by the caller: no
+        coroutine of its own, and the protocol's loop rather than asking for the running one)."""
+        future: asyncio.Future[Any] = protocol.loop.create_future()
         protocol.send(hiredis.pack_command(args), future)
-        return await future
+        return future
 
     async def _connect(self) -> _Protocol:
         """Concurrent callers share one connection attempt."""
