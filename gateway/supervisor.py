@@ -92,7 +92,9 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        return 0 if all(p.returncode == 0 for p in self.workers) else 1
+        # A worker still starting (a replacement, say) has no handler yet and dies of the SIGTERM itself:
+        # that is the stop asked for, not a failure (systemd would mark the unit failed on a plain stop).
+        return 0 if all(p.returncode in (0, -signal.SIGTERM) for p in self.workers) else 1
 
     def run(self) -> int:
         for handled in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):

@@ -132,6 +132,27 @@ async def test_workers_share_the_port_restart_and_sum_their_metrics(redis_config
     assert gw.proc is not None and gw.proc.returncode == 0
 
 
+async def test_stopping_while_a_worker_restarts_is_a_clean_stop(redis_config: tuple[Path, str]) -> None:
+    """The replacement of a dead worker is still importing when the stop comes: it dies of the SIGTERM
+    before it could handle it, which is the stop asked for, so the supervisor still exits 0."""
+    gw = GatewayProcess(redis_config[0])
+    gw.extra_args = ["--workers", "2"]
+    with gw:
+        pids = {e["pid"] for e in gw.log() if e["event"] == "worker started"}
+        for _ in range(100):
+            if len({e["pid"] for e in gw.log() if e["event"] == "ready"}) == 2:
+                break
+            await asyncio.sleep(0.1)
+        os.kill(sorted(pids)[0], signal.SIGKILL)
+        for _ in range(200):
+            if len({e["pid"] for e in gw.log() if e["event"] == "worker started"}) == 3:
+                break
+            await asyncio.sleep(0.02)
+        assert gw.stop() == 0, gw.stdout()[-2000:]
+    replacement = ({e["pid"] for e in gw.log() if e["event"] == "worker started"} - pids).pop()
+    assert not any(e["pid"] == replacement and e["event"] == "ready" for e in gw.log())  # it never got that far
+
+
 def test_workers_refuse_the_memory_store(tmp_path: Path) -> None:
     path = tmp_path / "mem.yaml"
     path.write_text(gateway_config_text("http://127.0.0.1:9/v1"))
