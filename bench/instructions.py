@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import procs
-from rig import GATEWAY_ENV, PY, ROOT, VARIANTS, Bench, Settings, gateway_config, post
+from rig import GATEWAY_ENV, PY, ROOT, VARIANTS, Bench, post, sequential_bench
 
 
 def _server_cmd(bench: Bench, target: str, config: Path, port: int) -> list[str]:
@@ -84,13 +84,8 @@ def main() -> int:
             print(f"{tool} is not installed (Debian: apt-get install valgrind redis-server)", file=sys.stderr)
             return 2
     workdir = Path(tempfile.mkdtemp(prefix="gw-instructions-"))
-    bench = Bench(Settings(quick=True, duration_s=1, warmup_s=0, warmup_every_run=False, concurrency=(1,),
-                           threads=1, open_streams=0, slow_stream_s=10, sequential_requests=0), workdir)
     try:
-        bench.start_redis()
-        upstream = bench.start_upstream()
-        config = bench.write_config("gateway", gateway_config(bench.servers["redis"].port, [upstream.port]))
-        bench.create_key(config)
+        bench, config = sequential_bench(workdir)
         figures = {}
         for target in ("gateway", "passthrough"):
             if args.only in (None, target):

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import procs
-from rig import GATEWAY_ENV, PY, ROOT, VARIANTS, Bench, Settings, gateway_config, post
+from rig import GATEWAY_ENV, PY, ROOT, VARIANTS, Bench, post, sequential_bench
 
 # Run in the server before its own code: SIGUSR1 starts counting (in every frame already running too, so
 # a connection's long-lived task counts from its next line), SIGUSR2 stops and writes the counts.
@@ -148,13 +148,8 @@ def main() -> int:
         print("redis-server is not installed (Debian: apt-get install redis-server)", file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="gw-lines-"))
-    bench = Bench(Settings(quick=True, duration_s=1, warmup_s=0, warmup_every_run=False, concurrency=(1,),
-                           threads=1, open_streams=0, slow_stream_s=10, sequential_requests=0), workdir)
     try:
-        bench.start_redis()
-        upstream = bench.start_upstream()
-        config = bench.write_config("gateway", gateway_config(bench.servers["redis"].port, [upstream.port]))
-        bench.create_key(config)
+        bench, config = sequential_bench(workdir)
         shares = {}
         for target in ("gateway", "passthrough"):
             if args.only in (None, target):

@@ -232,6 +232,18 @@ class Bench:
             raise RuntimeError(f"{target}/{variant.name}: no billing block in the answer: {body[-500:]!r}")
 
 
+def sequential_bench(workdir: Path) -> tuple[Bench, Path]:
+    """Redis, the fake upstream, the bench config and a key: what the one-request-at-a-time measurements
+    (`instructions.py`, `lines.py`) start before their server. The caller stops them (`procs.stop_all`)."""
+    bench = Bench(Settings(quick=True, duration_s=1, warmup_s=0, warmup_every_run=False, concurrency=(1,),
+                           threads=1, open_streams=0, slow_stream_s=10, sequential_requests=0), workdir)
+    bench.start_redis()
+    upstream = bench.start_upstream()
+    config = bench.write_config("gateway", gateway_config(bench.servers["redis"].port, [upstream.port]))
+    bench.create_key(config)
+    return bench, config
+
+
 def post(port: int, body: bytes, key: str, conn: http.client.HTTPConnection | None = None) -> tuple[int, bytes]:
     own = conn is None
     conn = conn or http.client.HTTPConnection(procs.HOST, port, timeout=30)
