@@ -17,7 +17,6 @@ the totals are read from the dump. Needs valgrind (Debian: apt-get install valgr
 from __future__ import annotations
 
 import argparse
-import http.client
 import shutil
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import time
 from pathlib import Path
 
 import procs
-from rig import GATEWAY_ENV, PY, ROOT, VARIANTS, Bench, post, sequential_bench
+from rig import GATEWAY_ENV, PY, ROOT, VARIANTS, Bench, drive_sequential, sequential_bench
 
 
 def _server_cmd(bench: Bench, target: str, config: Path, port: int) -> list[str]:
@@ -43,23 +42,18 @@ def measure(bench: Bench, target: str, config: Path, variant: str, requests: int
     cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
            *_server_cmd(bench, target, config, port)]
     server = procs.start(f"cg-{target}", cmd, port, bench.dir, env=GATEWAY_ENV, cwd=ROOT)
+    pid = str(server.pid)
+
+    def callgrind(*args: str) -> None:
+        subprocess.run(["callgrind_control", *args, pid], capture_output=True, check=True)
+
+    def off() -> None:
+        callgrind("-i", "off")
+        callgrind("-d")  # dump the counts
+
     try:
-        if target == "passthrough":
-            procs.wait_port(server, timeout=300)
-        else:
-            procs.wait_http_ok(server, "/readyz", timeout=300)
-        body = bench.bodies[variant].read_bytes()
-        conn = http.client.HTTPConnection(procs.HOST, port, timeout=120)
-        for _ in range(warmup):
-            post(port, body, bench.key, conn)
-        subprocess.run(["callgrind_control", "-i", "on", str(server.proc.pid)], capture_output=True, check=True)
-        for _ in range(requests):
-            status, answer = post(port, body, bench.key, conn)
-            if status != 200:
-                raise RuntimeError(f"{target}: HTTP {status}: {answer[:300]!r}")
-        subprocess.run(["callgrind_control", "-i", "off", str(server.proc.pid)], capture_output=True, check=True)
-        subprocess.run(["callgrind_control", "-d", str(server.proc.pid)], capture_output=True, check=True)
-        conn.close()
+        drive_sequential(bench, server, target, variant, requests, warmup, lambda: callgrind("-i", "on"), off,
+                         ready_timeout=300)
     finally:
         server.stop()
     time.sleep(0.5)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import http.client
 import os
 import pickle
 import shutil
@@ -27,7 +26,7 @@ import time
 from pathlib import Path
 
 import procs
-from rig import GATEWAY_ENV, PY, ROOT, VARIANTS, Bench, post, sequential_bench
+from rig import GATEWAY_ENV, PY, ROOT, VARIANTS, Bench, drive_sequential, sequential_bench
 
 # Run in the server before its own code: SIGUSR1 starts counting (in every frame already running too, so
 # a connection's long-lived task counts from its next line), SIGUSR2 stops and writes the counts.
@@ -75,27 +74,20 @@ def count(bench: Bench, target: str, config: Path, variant: str, requests: int, 
     out = bench.dir / f"lines-{target}.pickle"
     server = procs.start(f"lines-{target}", [PY, "-c", _server_code(bench, target, config, port, out)], port,
                          bench.dir, env=GATEWAY_ENV, cwd=ROOT)
-    try:
-        if target == "passthrough":
-            procs.wait_port(server, timeout=60)
-        else:
-            procs.wait_http_ok(server, "/readyz", timeout=60)
-        body = bench.bodies[variant].read_bytes()
-        conn = http.client.HTTPConnection(procs.HOST, port, timeout=120)
-        for _ in range(warmup):
-            post(port, body, bench.key, conn)
+
+    def on() -> None:
         os.kill(server.pid, signal.SIGUSR1)
         time.sleep(0.3)  # the handler runs between two bytecodes of the idle loop
-        for _ in range(requests):
-            status, answer = post(port, body, bench.key, conn)
-            if status != 200:
-                raise RuntimeError(f"{target}: HTTP {status}: {answer[:300]!r}")
+
+    def off() -> None:
         os.kill(server.pid, signal.SIGUSR2)
         deadline = time.monotonic() + 30
         while not out.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(0.3)  # let the dump finish
-        conn.close()
+
+    try:
+        drive_sequential(bench, server, target, variant, requests, warmup, on, off, ready_timeout=60)
     finally:
         server.stop()
     with out.open("rb") as f:

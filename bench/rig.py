@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -242,6 +243,29 @@ def sequential_bench(workdir: Path) -> tuple[Bench, Path]:
     config = bench.write_config("gateway", gateway_config(bench.servers["redis"].port, [upstream.port]))
     bench.create_key(config)
     return bench, config
+
+
+def drive_sequential(bench: Bench, server: procs.Server, target: str, variant: str, requests: int, warmup: int,
+                     on: Callable[[], None], off: Callable[[], None], ready_timeout: float) -> None:
+    """Once `server` is ready: `warmup` requests, then `requests` between `on()` and `off()` (what turns
+    the measurement on and off), one at a time on one keep-alive connection; any non-200 is an error."""
+    if target == "passthrough":
+        procs.wait_port(server, timeout=ready_timeout)
+    else:
+        procs.wait_http_ok(server, "/readyz", timeout=ready_timeout)
+    body = bench.bodies[variant].read_bytes()
+    conn = http.client.HTTPConnection(procs.HOST, server.port, timeout=120)
+    try:
+        for _ in range(warmup):
+            post(server.port, body, bench.key, conn)
+        on()
+        for _ in range(requests):
+            status, answer = post(server.port, body, bench.key, conn)
+            if status != 200:
+                raise RuntimeError(f"{target}: HTTP {status}: {answer[:300]!r}")
+        off()
+    finally:
+        conn.close()
 
 
 def post(port: int, body: bytes, key: str, conn: http.client.HTTPConnection | None = None) -> tuple[int, bytes]:
