@@ -60,8 +60,11 @@ async def _reload(app: web.Application, talk_to_systemd: bool) -> None:
         systemd.notify("READY=1")
 
 
-async def _announce_ready(app: web.Application, talk_to_systemd: bool, ready_file: str | None) -> None:
-    """READY once the store answered (retrying while it does not) and the pools were probed once.
+async def _announce_ready(app: web.Application, talk_to_systemd: bool, ready_file: str | None,
+                          listening: asyncio.Event | None) -> None:
+    """READY once the store answered (retrying while it does not), the pools were probed once and the
+    main listener is bound (`listening`: on_startup, where this task begins, runs before aiohttp binds it,
+    and with an instant store and no pools READY=1 could otherwise reach systemd first).
 
     The first answer also sets gateway_store_up, so a worker that no request has reached yet reports
     the truth (not the gauge's initial 0) from its first scrape.
@@ -77,6 +80,8 @@ async def _announce_ready(app: web.Application, talk_to_systemd: bool, ready_fil
             await asyncio.sleep(1)
     metrics.store_up(True)
     await egress_health.check_all_once(runtime.egress)
+    if listening is not None:
+        await listening.wait()
     if ready_file:
         Path(ready_file).touch()
     if talk_to_systemd:
@@ -84,7 +89,8 @@ async def _announce_ready(app: web.Application, talk_to_systemd: bool, ready_fil
     log.info("ready")
 
 
-def _startup(talk_to_systemd: bool, ready_file: str | None) -> Callable[[web.Application], Awaitable[None]]:
+def _startup(talk_to_systemd: bool, ready_file: str | None,
+             listening: asyncio.Event | None = None) -> Callable[[web.Application], Awaitable[None]]:
     async def on_startup(app: web.Application) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload(app, talk_to_systemd)))
@@ -92,7 +98,7 @@ def _startup(talk_to_systemd: bool, ready_file: str | None) -> Callable[[web.App
         config = app[RUNTIME].snapshot.config
         log.info("gateway started", host=config.server.host, port=config.server.port, pid=os.getpid(),
                  store="redis" if config.store.url else "memory", models=len(config.models))
-        app[READY_TASK] = asyncio.create_task(_announce_ready(app, talk_to_systemd, ready_file))
+        app[READY_TASK] = asyncio.create_task(_announce_ready(app, talk_to_systemd, ready_file, listening))
         app[SIDE_RUNNERS] = [await _side_listener(app, address, what)
                              for address, what in _side_addresses(config).items()]
         _freeze_startup_objects()
@@ -174,15 +180,17 @@ def serve(config: Config, config_path: str, host: str | None = None, port: int |
     app = create_app(config, config_path, server_overrides=overrides)
     ready_dir = os.environ.get("GATEWAY_READY_DIR") if worker else None
     app.cleanup_ctx.insert(0, _batched_log)  # cleaned up last: the other contexts' last lines are flushed too
-    app.on_startup.append(_startup(not worker, f"{ready_dir}/{os.getpid()}" if ready_dir else None))
+    listening = asyncio.Event()
+    app.on_startup.append(_startup(not worker, f"{ready_dir}/{os.getpid()}" if ready_dir else None, listening))
     app.on_shutdown.append(_on_shutdown)
     if not worker:
         app.on_shutdown.append(_notify_stopping)
     config = app[RUNTIME].snapshot.config
     try:
+        # run_app calls `print` once, when every listener is bound: the moment READY may go out
         web.run_app(app, host=config.server.host, port=config.server.port, reuse_port=worker,
-                    access_log=None, print=None, shutdown_timeout=config.server.shutdown_grace_s,
-                    loop=uvloop.new_event_loop())
+                    access_log=None, print=lambda _banner: listening.set(),
+                    shutdown_timeout=config.server.shutdown_grace_s, loop=uvloop.new_event_loop())
     except ListenError as exc:  # a side listener (metrics_listen, admin_listen)
         return _cannot_listen(str(exc))
     except OSError as exc:  # the main listener: the only socket run_app itself binds

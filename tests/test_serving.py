@@ -76,6 +76,26 @@ async def test_systemd_notifications(redis_config: tuple[Path, str], notify_sock
         assert await asyncio.to_thread(gw.proc.wait, 15) == 0  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+async def test_ready_only_once_the_port_accepts(tmp_path: Path, fake_openai: tuple[Any, str], notify_socket: Any,
+                                                host: str) -> None:
+    """systemd starts what depends on the gateway at READY=1: by then a client must be able to connect, also
+    with a store that answers at once (memory) and no pools to probe, and a host name to resolve first."""
+    sock, address = notify_socket
+    path = tmp_path / "gateway.yaml"
+    path.write_text(gateway_config_text(fake_openai[1], host=host))
+    gw = GatewayProcess(path, {"NOTIFY_SOCKET": address})
+    with gw.stdout_path.open("wb") as out, gw.stderr_path.open("wb") as err:
+        gw.proc = subprocess.Popen([*gw.python_m_gateway(), "serve", "--config", str(path), "--port", str(gw.port)],
+                                   stdout=out, stderr=err, env={**os.environ, "NOTIFY_SOCKET": address})
+    try:
+        await wait_for(sock, "READY=1")
+        with socket.socket() as client:  # at once: no retry
+            assert client.connect_ex(("127.0.0.1", gw.port)) == 0, gw.stderr()
+    finally:
+        gw.stop()
+
+
 async def test_in_flight_stream_finishes_and_is_billed_on_sigterm(redis_config: tuple[Path, str], redis_url: str,
                                                                   fake_openai: tuple[Any, str]) -> None:
     fake = fake_openai[0]
@@ -214,6 +234,29 @@ async def test_startup_objects_are_frozen_out_of_full_collections(aiohttp_server
         assert gc.get_freeze_count() > 10_000  # the modules, the config, the catalog...
     finally:
         gc.unfreeze()
+
+
+async def test_ready_waits_for_the_listener(aiohttp_server: Any, tmp_path: Path) -> None:
+    """The readiness check (store, pools) finishes at once with a memory store and no pools, inside
+    on_startup, before aiohttp binds the main listener: READY (here a worker's ready file) must wait for
+    the listener."""
+    from harness import gateway_config
+
+    from gateway.app import create_app
+    from gateway.server import _startup
+
+    app = create_app(gateway_config("http://127.0.0.1:9/v1"))
+    listening, ready_file = asyncio.Event(), tmp_path / "ready"
+    app.on_startup.append(_startup(False, str(ready_file), listening))
+    await aiohttp_server(app)
+    await asyncio.sleep(0.3)  # ample for a memory store's ping
+    assert not ready_file.exists()
+    listening.set()
+    for _ in range(50):
+        if ready_file.exists():
+            break
+        await asyncio.sleep(0.02)
+    assert ready_file.exists()
 
 
 async def test_every_worker_reports_the_store_truthfully(tmp_path: Path, fake_openai: tuple[Any, str]) -> None:
