@@ -62,13 +62,19 @@ async def _reload(app: web.Application, talk_to_systemd: bool) -> None:
 
 async def _announce_ready(app: web.Application, talk_to_systemd: bool, ready_file: str | None,
                           listening: asyncio.Event | None) -> None:
-    """READY once the store answered (retrying while it does not), the pools were probed once and the
-    main listener is bound (`listening`: on_startup, where this task begins, runs before aiohttp binds it,
-    and with an instant store and no pools READY=1 could otherwise reach systemd first).
+    """READY once the main listener is bound, the store answered (retrying while it does not) and the
+    pools were probed once.
+
+    `listening` is set when aiohttp has bound the main listener, after on_startup (where this task begins):
+    with an instant store and no pools READY=1 could otherwise reach systemd first. It is awaited before
+    the store: when startup fails, this task must still be at a wait that its cancellation ends (a ping
+    cut short while the store closes has been seen to swallow the cancellation).
 
     The first answer also sets gateway_store_up, so a worker that no request has reached yet reports
     the truth (not the gauge's initial 0) from its first scrape.
     """
+    if listening is not None:
+        await listening.wait()
     runtime = app[RUNTIME]
     while True:
         try:
@@ -80,8 +86,6 @@ async def _announce_ready(app: web.Application, talk_to_systemd: bool, ready_fil
             await asyncio.sleep(1)
     metrics.store_up(True)
     await egress_health.check_all_once(runtime.egress)
-    if listening is not None:
-        await listening.wait()
     if ready_file:
         Path(ready_file).touch()
     if talk_to_systemd:
