@@ -22,7 +22,8 @@ from gateway.config import PresetConfig
 from gateway.errors import GatewayError, anthropic_error_event
 from gateway.exchange import ChatEndpoint, ChatExchange, Exchange, Reply
 from gateway.sse import frame
-from gateway.streaming import ChunkCodec, StreamCodec, Template, text_bytes
+from gateway.streaming import ChunkCodec, StreamCodec, text_bytes
+from gateway.template import Template
 from providers import anthropic, anthropic_answer, anthropic_inbound, registry
 from providers.anthropic_answer import MessageStream
 from providers.types import (

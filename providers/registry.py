@@ -29,7 +29,7 @@ class Adapter(Protocol):
     NEEDS_INLINE_IMAGES: bool  # the upstream takes image bytes only: the gateway inlines https image URLs
     # Stream events are `chat.completion.chunk` JSON whose parse, past the stream's first chunk, depends on
     # their own bytes alone, and a content-only chunk's on nothing but its text: a later event equal to a
-    # parsed content-only one but for the text may be relayed from its bytes (gateway.streaming.Template).
+    # parsed content-only one but for the text may be relayed from its bytes (gateway.template.Template).
     VERBATIM_CHUNKS: bool
     SUPPORTED_PARAMETERS: tuple[str, ...]  # request fields the kind carries upstream (OpenRouter's names)
     MAX_CHOICES: int  # the largest `n` the upstream honours (1: it would silently answer one choice)

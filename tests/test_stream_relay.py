@@ -1,7 +1,7 @@
 """gateway.streaming's relay of OpenAI-kind streams: the bytes-level shortcut must change nothing.
 
 A stream's content-only chunks are relayed from their bytes once a template was learnt (see
-`streaming.Template`). Every test here relays the same upstream bytes twice, read the same way: once as
+`gateway.template.Template`). Every test here relays the same upstream bytes twice, read the same way: once as
 the gateway does and once with learning switched off (every event parsed and encoded), and requires the
 same client bytes, the same error at the same place, the same text count for the bill and the same
 stream state. The upstream bytes are the recorded OpenAI streams and synthetic ones built to hit every
@@ -23,6 +23,7 @@ import pytest
 from gateway import streaming
 from gateway.endpoints import CompletionCodec
 from gateway.messages import REWRITTEN, NativeCodec
+from gateway.template import Template
 from providers import anthropic, openai, registry
 from providers.framing import SSEDecoder
 from providers.types import ChatRequest, StreamState, Target
@@ -235,12 +236,12 @@ def test_a_template_needs_its_text_cut_out_exactly() -> None:
     """Learning refuses a chunk whose text cannot be told apart from the rest of its bytes."""
     codec = streaming.ChunkCodec(openai, StreamState(public_model="m"), "gen-1", True)
 
-    def learn(raw: bytes) -> streaming.Template | None:
+    def learn(raw: bytes) -> Template | None:
         [event] = SSEDecoder().feed(raw)
         [parsed] = openai.parse_stream_event(StreamState(public_model="m"), event)
         parsed["id"] = "gen-1"
         text = parsed["choices"][0]["delta"].get("content")
-        return streaming.Template.learn(event.data, parsed, text, codec.encode)
+        return Template.learn(event.data, parsed, text, codec.encode)
 
     assert learn(chunk(" hi")) is not None
     assert learn(chunk(" hi", note={"content": " hi"})) is None  # twice there: which one?
