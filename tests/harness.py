@@ -185,11 +185,16 @@ class GatewayProcess:
     def python_m_gateway() -> list[str]:
         return [sys.executable, "-m", "gateway"]
 
-    def start(self, timeout: float = 20) -> GatewayProcess:
+    def launch(self) -> subprocess.Popen[bytes]:
+        """The process started, without waiting for it to listen."""
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(
                 [*self.python_m_gateway(), "serve", "--config", str(self.config_path), "--port", str(self.port),
                  *self.extra_args], cwd=ROOT, env=_env(self._env), stdout=out, stderr=err)
+        return self.proc
+
+    def start(self, timeout: float = 20) -> GatewayProcess:
+        self.launch()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

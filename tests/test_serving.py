@@ -85,9 +85,7 @@ async def test_ready_only_once_the_port_accepts(tmp_path: Path, fake_openai: tup
     path = tmp_path / "gateway.yaml"
     path.write_text(gateway_config_text(fake_openai[1], host=host))
     gw = GatewayProcess(path, {"NOTIFY_SOCKET": address})
-    with gw.stdout_path.open("wb") as out, gw.stderr_path.open("wb") as err:
-        gw.proc = subprocess.Popen([*gw.python_m_gateway(), "serve", "--config", str(path), "--port", str(gw.port)],
-                                   stdout=out, stderr=err, env={**os.environ, "NOTIFY_SOCKET": address})
+    gw.launch()
     try:
         await wait_for(sock, "READY=1")
         with socket.socket() as client:  # at once: no retry
