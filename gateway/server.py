@@ -67,8 +67,8 @@ async def _announce_ready(app: web.Application, talk_to_systemd: bool, ready_fil
 
     `listening` is set when aiohttp has bound the main listener, after on_startup (where this task begins):
     with an instant store and no pools READY=1 could otherwise reach systemd first. It is awaited before
-    the store: when startup fails, this task must still be at a wait that its cancellation ends (a ping
-    cut short while the store closes has been seen to swallow the cancellation).
+    the store: when startup fails, this task is cancelled at a wait that ends, not in the middle of a ping
+    (redis-py on Python 3.11 could lose such a cancellation; `store.redis` now hands it back).
 
     The first answer also sets gateway_store_up, so a worker that no request has reached yet reports
     the truth (not the gauge's initial 0) from its first scrape.

@@ -205,12 +205,16 @@ class RedisStore:
         """
         return _Boundary(self, op)
 
+    def _redis_py(self, op: str) -> _Boundary:
+        """`_boundary` around a call through redis-py, which may swallow the caller's cancellation."""
+        return _RedisPyBoundary(self, op)
+
     async def ping(self) -> None:
-        with self._boundary("ping"):
+        with self._redis_py("ping"):
             await self._redis.ping()
 
     async def close(self) -> None:
-        with self._boundary("close"):
+        with self._redis_py("close"):
             await self._mux.close()
             await self._redis.aclose()
 
@@ -224,7 +228,7 @@ class RedisStore:
         validate_new_record(record)
         fields = _encode(dataclasses.replace(record, credits=record.balance, usage=0))
         argv = [part for item in fields.items() for part in item]
-        with self._boundary("create_key"):
+        with self._redis_py("create_key"):
             if not await self._redis.set(self._hash_index(record.key_hash), record.id, nx=True):
                 raise ValueError("a key with this hash already exists")
             await self._redis.zadd(self._zset, {record.id: record.created}, nx=True)
@@ -233,18 +237,18 @@ class RedisStore:
                 raise ValueError(f"key id {record.id} already exists")
 
     async def get_key_by_hash(self, key_hash: str) -> KeyRecord | None:
-        with self._boundary("get_key_by_hash"):
+        with self._redis_py("get_key_by_hash"):
             key_id = cast("str | None", await self._redis.get(self._hash_index(key_hash)))
         return None if key_id is None else await self.get_key(key_id)
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
-        with self._boundary("get_key"):
+        with self._redis_py("get_key"):
             fields = cast("dict[str, str]", await self._redis.hgetall(self._key(key_id)))
         return _decode(fields, self._address) if fields else None
 
     async def list_keys(self) -> list[KeyRecord]:
         """All keys, oldest first: ids from the zset, then every hash in one pipelined round trip."""
-        with self._boundary("list_keys"):
+        with self._redis_py("list_keys"):
             ids = cast("list[str]", await self._redis.zrange(self._zset, 0, -1))
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key_id in ids:
@@ -253,14 +257,14 @@ class RedisStore:
         return [_decode(fields, self._address) for fields in rows if fields]
 
     async def set_disabled(self, key_id: str, disabled: bool) -> bool:
-        with self._boundary("set_disabled"):
+        with self._redis_py("set_disabled"):
             result = await self._set_disabled(keys=[self._key(key_id)], args=["1" if disabled else "0"])
         return bool(result)
 
     async def topup(self, key_id: str, amount: int) -> int | None:
         """Add `amount` to balance and credits in one script; None if the key is missing, ValueError below 0."""
         validate_amount(amount)
-        with self._boundary("topup"):
+        with self._redis_py("topup"):
             reply = await self._topup(keys=[self._key(key_id), self._holds(key_id)], args=[amount])
         if reply[0] == "missing":
             return None
@@ -302,7 +306,7 @@ class RedisStore:
         return Settlement(charged=int(charged), balance=int(balance), already_settled=status == "replay")
 
     async def get_generation(self, key_id: str, generation_id: str) -> dict[str, str] | None:
-        with self._boundary("get_generation"):
+        with self._redis_py("get_generation"):
             fields = cast("dict[str, str]", await self._redis.hgetall(self._generation(key_id, generation_id)))
         return fields or None
 
@@ -311,12 +315,12 @@ class RedisStore:
 
         Pages through each stream with XRANGE; the entry id's milliseconds become the `ts_ms` field.
         """
-        with self._boundary("iter_usage"):
+        with self._redis_py("iter_usage"):
             ids = cast("list[str]", await self._redis.zrange(self._zset, 0, -1))
         for key_id in ids:
             start = f"{max(0, since_ms)}-0"
             while True:
-                with self._boundary("iter_usage"):
+                with self._redis_py("iter_usage"):
                     page = cast("list[tuple[str, dict[str, str]]]", await self._redis.xrange(
                         self._audit(key_id), min=start, max="+", count=AUDIT_PAGE))
                 for entry_id, fields in page:
@@ -390,3 +394,27 @@ class _Boundary:
             detail = redact(f"{type(exc).__name__}: {exc}", self._store._secrets)
             raise StoreError(f"redis {self._op} failed at {self._store._address}: {detail}",
                              maybe_applied=isinstance(exc, ReplyLost)) from exc
+
+
+class _RedisPyBoundary(_Boundary):
+    """`RedisStore._redis_py`: also hands back a cancellation that redis-py swallowed.
+
+    On Python 3.11, `asyncio.wait_for` (which redis-py uses to write while it sets a connection up)
+    returns the awaited result when that step finishes in the same loop turn as the task's cancellation,
+    and the cancellation is lost: the cancelled task carries on (a shutdown waiting for it hangs; a
+    deadline around it passes unnoticed). A task whose cancellation count rose during the call was
+    cancelled, whatever the call returned or raised, and leaves cancelled. The multiplexed commands
+    (admit, settle) await plain futures and need no such check.
+    """
+
+    __slots__ = ("_cancelling", "_task")
+
+    def __enter__(self) -> None:
+        self._task = asyncio.current_task()
+        self._cancelling = self._task.cancelling() if self._task is not None else 0
+
+    def __exit__(self, _type: type[BaseException] | None, exc: BaseException | None, _tb: Any) -> None:
+        if (not isinstance(exc, asyncio.CancelledError) and self._task is not None
+                and self._task.cancelling() > self._cancelling):
+            raise asyncio.CancelledError(f"redis {self._op} was cancelled") from exc
+        super().__exit__(_type, exc, _tb)
