@@ -63,12 +63,16 @@ async def create(store: Store, name: str, balance: int, rpm: int | None = None, 
 
 
 async def topup(store: Store, key_id: str, amount: int) -> int:
-    """Add `amount` (negative: deduct); ValueError in dollars when a deduction would go below zero."""
+    """Add `amount` (negative: deduct); ValueError in dollars when a deduction would go below zero, or a
+    grant past the most a key can hold (its credits exact in the store's arithmetic)."""
     try:
         balance = await store.topup(key_id, amount)
     except ValueError:  # the store's message counts nano-dollars; an operator thinks in dollars
         record = await store.get_key(key_id)
         have = f" (balance {dollars(record.balance)})" if record is not None else ""
+        if amount > 0:
+            raise ValueError(f"a top-up of {dollars(amount)} would take key {key_id} past the most a key can "
+                             f"hold, {dollars(MAX_AMOUNT)} ever granted{have}") from None
         raise ValueError(f"a deduction of {dollars(-amount)} would leave key {key_id} below zero{have}") from None
     if balance is None:
         raise KeyNotFound(key_id)

@@ -47,6 +47,20 @@ async def test_admin_key_lifecycle(make_gateway: Any) -> None:
     assert getattr(info.value, "status_code", None) == 403
 
 
+async def test_a_top_up_past_what_a_key_can_hold_is_refused_in_dollars(make_gateway: Any) -> None:
+    gw = await make_gateway(admin_token=ADMIN)
+    status, created = await call(gw, "POST", "/admin/keys", {"name": "whale", "balance": 9_000_000})
+    assert status == 201
+    status, refused = await call(gw, "POST", f"/admin/keys/{created['id']}/topup", {"amount": 8_000})
+    assert status == 400 and refused["error"]["code"] == "invalid_value"
+    assert "past the most a key can hold, $9007199.254740991 ever granted (balance $9000000" in \
+        refused["error"]["message"]
+    status, listed = await call(gw, "GET", "/admin/keys")
+    assert [k["balance"] for k in listed["data"] if k["id"] == created["id"]] == [9_000_000]
+    status, topped = await call(gw, "POST", f"/admin/keys/{created['id']}/topup", {"amount": 7_000})
+    assert status == 200 and topped["balance"] == 9_007_000
+
+
 @pytest.mark.parametrize(("path", "body", "status", "code"), [
     pytest.param("/admin/keys", {"balance": 1}, 400, "missing_required_parameter", id="no-name"),
     pytest.param("/admin/keys", {"name": "x", "balance": "lots"}, 400, "invalid_value", id="bad-balance"),

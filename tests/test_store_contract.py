@@ -23,7 +23,7 @@ from gateway.store import (
     StoreError,
     open_store,
 )
-from gateway.store.memory import MemoryStore
+from gateway.store.memory import MAX_AMOUNT, MemoryStore
 from gateway.store.redis import redact, redacted_address, url_secrets
 
 
@@ -53,7 +53,7 @@ async def test_create_then_get_by_id_and_by_hash(store: Store) -> None:
     [
         pytest.param({"rpm": None, "rpd": None, "models": ()}, id="no-limits-all-models"),
         pytest.param({"disabled": True, "balance": 0, "credits": 7, "usage": 3}, id="disabled-ledger-reset"),
-        pytest.param({"name": "büro, ünïcode ☃", "balance": 2**62}, id="unicode-name-large-balance"),
+        pytest.param({"name": "büro, ünïcode ☃", "balance": MAX_AMOUNT}, id="unicode-name-largest-balance"),
         pytest.param({"rpm": 0, "rpd": 0, "models": ("a",)}, id="zero-limits-one-model"),
     ],
 )
@@ -147,6 +147,24 @@ async def test_topup_below_zero_refused_and_nothing_changes(store: Store) -> Non
     with pytest.raises(ValueError):
         await store.topup(record.id, -6)
     assert await store.get_key(record.id) == stored(record)
+
+
+async def test_grants_stop_where_the_ledger_stops_being_exact(store: Store) -> None:
+    """Balance and credits stay at or below 2^53 - 1, which Lua's doubles hold exactly: a top-up that
+    would pass it is refused whole; deductions always go through."""
+    record = make_record(balance=MAX_AMOUNT - 10)
+    await store.create_key(record)
+    with pytest.raises(ValueError, match="above"):
+        await store.topup(record.id, 11)
+    assert await store.get_key(record.id) == stored(record)
+    assert await store.topup(record.id, 10) == MAX_AMOUNT
+    with pytest.raises(ValueError, match="above"):
+        await store.topup(record.id, 1)
+    assert await store.topup(record.id, -5) == MAX_AMOUNT - 5
+    assert await store.topup(record.id, 5) == MAX_AMOUNT
+    assert await store.get_key(record.id) == dataclasses.replace(record, balance=MAX_AMOUNT, credits=MAX_AMOUNT)
+    with pytest.raises(ValueError, match="must not exceed"):
+        await store.create_key(make_record(key_id="key_000000000002", balance=MAX_AMOUNT + 1))
 
 
 @pytest.mark.parametrize("amount", [pytest.param(2**53, id="above"), pytest.param(-(2**53), id="below")])

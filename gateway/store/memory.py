@@ -91,7 +91,8 @@ class MemoryStore:
         return True
 
     async def topup(self, key_id: str, amount: int) -> int | None:
-        """Add `amount` to balance and credits; None when the key is missing, ValueError below zero."""
+        """Add `amount` to balance and credits; None when the key is missing, ValueError below zero or
+        above MAX_AMOUNT (credits, the sum of every grant, bound the balance)."""
         validate_amount(amount)
         if key_id not in self._keys:
             return None
@@ -99,6 +100,8 @@ class MemoryStore:
         balance = record.balance + amount
         if balance < 0:
             raise ValueError(f"topup of {amount} would leave key {key_id} with a negative balance")
+        if amount > 0 and max(balance, record.credits + amount) > MAX_AMOUNT:
+            raise ValueError(topup_too_large(key_id, amount))
         self._keys[key_id] = dataclasses.replace(record, balance=balance, credits=record.credits + amount)
         return balance
 
@@ -283,6 +286,10 @@ def validate_amount(amount: int) -> None:
         raise ValueError(f"amount {amount} is out of range (|amount| <= 2**53 - 1)")
 
 
+def topup_too_large(key_id: str, amount: int) -> str:
+    return f"topup of {amount} would take key {key_id} above {MAX_AMOUNT} nano-dollars"
+
+
 def validate_count(name: str, value: int, minimum: int = 0, maximum: int = MAX_AMOUNT) -> None:
     """An int argument (money, tokens, limit, TTL) within [minimum, maximum], so exact in Lua."""
     if type(value) is not int:
@@ -323,6 +330,8 @@ def validate_new_record(record: KeyRecord) -> None:
         raise TypeError(f"balance must be int nano-dollars, not {type(record.balance).__name__}")
     if record.balance < 0:
         raise ValueError("a new key's balance must not be negative")
+    if record.balance > MAX_AMOUNT:
+        raise ValueError(f"a new key's balance must not exceed {MAX_AMOUNT} nano-dollars")
     for cap in ("max_streams", "max_tokens", "max_body_bytes"):
         value = getattr(record, cap)
         if value is not None and (type(value) is not int or value < 1):

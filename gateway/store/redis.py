@@ -47,7 +47,9 @@ from redis.exceptions import RedisError
 
 from gateway.store.base import Admission, AdmitResult, KeyRecord, Settlement, StoreError
 from gateway.store.memory import (
+    MAX_AMOUNT,
     admit_result,
+    topup_too_large,
     validate_admission,
     validate_amount,
     validate_new_record,
@@ -262,14 +264,17 @@ class RedisStore:
         return bool(result)
 
     async def topup(self, key_id: str, amount: int) -> int | None:
-        """Add `amount` to balance and credits in one script; None if the key is missing, ValueError below 0."""
+        """Add `amount` to balance and credits in one script; None if the key is missing, ValueError below 0
+        or above MAX_AMOUNT."""
         validate_amount(amount)
         with self._redis_py("topup"):
-            reply = await self._topup(keys=[self._key(key_id), self._holds(key_id)], args=[amount])
+            reply = await self._topup(keys=[self._key(key_id), self._holds(key_id)], args=[amount, MAX_AMOUNT])
         if reply[0] == "missing":
             return None
         if reply[0] == "negative":
             raise ValueError(f"topup of {amount} would leave key {key_id} with a negative balance")
+        if reply[0] == "too_large":
+            raise ValueError(topup_too_large(key_id, amount))
         return int(reply[1])
 
     # --- the ledger and the limits: one script, one round trip each -------------------------------
