@@ -20,8 +20,9 @@ from rig import BENCH, CHAT, GATEWAY_ENV, PROMPT, PY, RESULTS, ROOT, Bench, Vari
 
 
 def paired(bench: Bench, reference: str, variant: Variant, concurrency: int, rounds: int,
-           seconds: int) -> dict[str, Any]:
-    """The reference and the gateway measured alternately, `rounds` times, with the same body and concurrency.
+           seconds: int, target: str = "gateway") -> dict[str, Any]:
+    """The reference and the target (the gateway, or the pass-through at c=1 for the floor under the latency
+    target) measured alternately, `rounds` times, with the same body and concurrency.
 
     On a shared VM the machine's speed drifts by tens of percent between runs minutes apart (the same commit
     measured four times gave 499-900 us of CPU per request); a ratio of two runs seconds apart, taken as the
@@ -32,7 +33,7 @@ def paired(bench: Bench, reference: str, variant: Variant, concurrency: int, rou
     for _ in range(rounds):
         quiet(probe_s=0.25)
         ref = wrk(bench.servers[reference].port, body, bench.key, concurrency, bench.settings.threads, seconds)
-        gw = wrk(bench.servers["gateway"].port, body, bench.key, concurrency, bench.settings.threads, seconds)
+        gw = wrk(bench.servers[target].port, body, bench.key, concurrency, bench.settings.threads, seconds)
         pairs.append({"reference_rps": ref["requests"] / (ref["duration_us"] / 1e6),
                       "gateway_rps": gw["requests"] / (gw["duration_us"] / 1e6),
                       "reference_p50_ms": ref["latency_us"]["p50"] / 1000,
@@ -43,10 +44,20 @@ def paired(bench: Bench, reference: str, variant: Variant, concurrency: int, rou
     ratios = sorted(p["gateway_rps"] / p["reference_rps"] for p in pairs)
     added_p50 = sorted(p["gateway_p50_ms"] - p["reference_p50_ms"] for p in pairs)
     added_p99 = sorted(p["gateway_p99_ms"] - p["reference_p99_ms"] for p in pairs)
-    return {"reference": reference, "variant": variant.name, "concurrency": concurrency, "rounds": pairs,
+    return {"reference": reference, "target": target, "variant": variant.name, "concurrency": concurrency,
+            "rounds": pairs,
             "median_ratio": round(statistics.median(ratios), 3),
             "median_added_p50_ms": round(statistics.median(added_p50), 3),
             "median_added_p99_ms": round(statistics.median(added_p99), 3)}
+
+def store_round_trip(bench: Bench) -> dict[str, Any]:
+    """One admission's round trip to the benchmark's Redis, timed by `store_rtt.py` in a process of its own."""
+    out = subprocess.run([PY, str(BENCH / "store_rtt.py"), "--port", str(bench.servers["redis"].port)],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1:] or [f"exit {out.returncode}"]}
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
 
 def count_tunnels(bench: Bench, n: int) -> dict[str, Any]:
     """`n` sequential requests over one keep-alive client connection; tunnels the proxy opened meanwhile."""

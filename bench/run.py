@@ -36,7 +36,15 @@ from typing import Any
 import instructions
 import procs
 import report
-from extras import count_tunnels, open_streams, paired, profile, redis_round_trips, run_workers_case
+from extras import (
+    count_tunnels,
+    open_streams,
+    paired,
+    profile,
+    redis_round_trips,
+    run_workers_case,
+    store_round_trip,
+)
 from rig import (
     BENCH,
     CASES,
@@ -271,9 +279,13 @@ def run_all(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         revive(bench, "gateway")
         out["paired"] = [paired(bench, "upstream", VARIANTS["json"], 1, rounds, 3)]
         out["paired"] += [paired(bench, "passthrough", VARIANTS[v], 16, rounds, 3) for v in ("json", "s20", "s1000")]
+        # the floor under the c=1 target: what the pass-through adds, plus the gateway's one round trip in
+        out["paired"].append(paired(bench, "upstream", VARIANTS["json"], 1, rounds, 3, target="passthrough"))
         for p in out["paired"]:
-            log(f"       {p['reference']} vs gateway, {p['variant']} c={p['concurrency']}: median ratio "
+            log(f"       {p['reference']} vs {p['target']}, {p['variant']} c={p['concurrency']}: median ratio "
                 f"{p['median_ratio']}, median added p50 {p['median_added_p50_ms']} ms")
+        out["store_round_trip"] = store_round_trip(bench)
+        log(f"       one admission's Redis round trip: {out['store_round_trip']}")
 
     if "3-gw" in only:
         log("bench: Redis commands per request (MONITOR, 200 sequential requests, non-streamed and streamed)")
