@@ -33,7 +33,7 @@ from gateway.relay import egress_unavailable, map_upstream_error, open_upstream,
 from gateway.sse import ClientGone, SSEWriter
 from gateway.state import KEY, LOG, RATE_HEADERS, REQUEST_ID, RUNTIME
 from gateway.streaming import StreamCodec
-from providers.types import ProviderError, Target, UpstreamHTTPError
+from providers.types import ProviderError, Target, UpstreamHTTPError, UpstreamRequest
 
 GATEWAY_FIELDS = ("provider_api_key", "models")  # ours (BYOK, OpenRouter's fallback list), never forwarded
 log = get_logger("gateway.pipeline")
@@ -119,7 +119,13 @@ async def _serve_first(request: web.Request, routes: list[Route], body: dict[str
 
 
 async def _serve(request: web.Request, route: Route, body: dict[str, Any], op: Endpoint) -> web.StreamResponse:
-    """One attempt on one model: admit (hold + limits), call, settle — whatever happens."""
+    """One attempt on one model: translate, admit (hold + limits), call, settle — whatever happens.
+
+    The translation comes first, so a request this model's provider cannot express is refused (or moves
+    on to a fallback) before it counts against the key's limits. Only a body whose remote images must be
+    fetched for the upstream is translated after admission: a key that would be refused must not make
+    the gateway fetch anything.
+    """
     runtime = request.app[RUNTIME]
     config = runtime.snapshot.config
     fields = request[LOG]
@@ -127,31 +133,43 @@ async def _serve(request: web.Request, route: Route, body: dict[str, Any], op: E
     fields["attempts"] = fields.get("attempts", 0) + 1
     exchange = op.exchange(route)
     api_key, byok = _provider_key(request, body, route)
-    ticket = await metering.admit(runtime.store, runtime.settlements, config, route, request[KEY], body, byok,
-                                  bool(body.get("stream")), op.worst_case(body, route, config), op.name)
+    key = request[KEY]
+    streamed = bool(body.get("stream"))
+    clean = {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
+    target = _capped(route.target(api_key), key.max_tokens)
+    inline = exchange.needs_inline_images and has_remote_images(clean)
+    upstream_request = None if inline else _translate(exchange, route, clean, target, streamed)
+    ticket = await metering.admit(runtime.store, runtime.settlements, config, route, key, body, byok, streamed,
+                                  op.worst_case(body, route, config), op.name)
     request[RATE_HEADERS] = limits.headers(ticket.admitted)
     fields["generation_id"] = ticket.generation_id
     outcome = metering.Outcome(status=502)  # until the upstream answers well, an exit releases the hold
     try:
-        return await _call(request, route, body, op, exchange, api_key, byok, ticket, outcome)
+        if upstream_request is None:
+            clean = await _inline_images(runtime.egress, route, _affinity_key(route, api_key),
+                                         frozenset(route.provider.blocked_regions), clean)
+            upstream_request = _translate(exchange, route, clean, target, streamed)
+        return await _call(request, route, op, exchange, upstream_request, clean, target, api_key, byok, ticket,
+                           outcome)
     finally:
         await metering.close(ticket, outcome)
         fields.update(prompt_tokens=outcome.usage.prompt_tokens, completion_tokens=outcome.usage.completion_tokens)
 
 
-async def _call(request: web.Request, route: Route, body: dict[str, Any], op: Endpoint, exchange: Exchange,
-                api_key: str, byok: bool, ticket: metering.Ticket, outcome: metering.Outcome) -> web.StreamResponse:
-    runtime = request.app[RUNTIME]
-    affinity, blocked = _affinity_key(route, api_key), frozenset(route.provider.blocked_regions)
-    clean = {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
-    if exchange.needs_inline_images and has_remote_images(clean):
-        clean = await _inline_images(runtime.egress, route, affinity, blocked, clean)
-    target = _capped(route.target(api_key), ticket.key.max_tokens)
+def _translate(exchange: Exchange, route: Route, clean: dict[str, Any], target: Target,
+               streamed: bool) -> UpstreamRequest:
     try:
-        upstream_request = exchange.build(clean, target, ticket.streamed)
+        return exchange.build(clean, target, streamed)
     except ProviderError as exc:  # nothing was sent: a fallback of another kind may take it (routing)
         raise InvalidRequest(f"This request cannot be sent to {route.model_id}: {exc}", code="untranslatable",
                              param=getattr(exc, "param", None), retryable=True) from exc
+
+
+async def _call(request: web.Request, route: Route, op: Endpoint, exchange: Exchange,
+                upstream_request: UpstreamRequest, clean: dict[str, Any], target: Target, api_key: str, byok: bool,
+                ticket: metering.Ticket, outcome: metering.Outcome) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    affinity, blocked = _affinity_key(route, api_key), frozenset(route.provider.blocked_regions)
     t = route.provider.timeouts
     asked = time.perf_counter()
     resp, exit_ = await open_upstream(runtime.egress, route.provider.egress, affinity, blocked, upstream_request,

@@ -192,6 +192,25 @@ async def test_no_candidate_can_take_it_is_the_400(gw: Gateway, all_upstreams: U
     assert await balance(gw) == before
 
 
+async def test_an_untranslatable_request_uses_none_of_the_keys_limits(gw: Gateway, all_upstreams: Upstreams) -> None:
+    """Refused before admission: no request counted against rpm, no hold placed, so the key's one request a
+    minute is still there for a request the model can take."""
+    key, key_id = await gw.add_key("one-a-minute", rpm=1)
+    client = gw.openai(api_key=key)
+    for _ in range(3):
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.chat.completions.create(model="claude/solo", messages=MESSAGES,  # type: ignore[arg-type]
+                                                 logprobs=True)
+        assert info.value.code == "untranslatable"
+    completion = await client.chat.completions.create(model="claude/solo", messages=MESSAGES)  # type: ignore[arg-type]
+    assert completion.model == "claude/solo" and completion.choices[0].message.content
+    with pytest.raises(openai.RateLimitError):  # and the limit itself still holds
+        await client.chat.completions.create(model="claude/solo", messages=MESSAGES)  # type: ignore[arg-type]
+    await gw.app[RUNTIME].settlements.drain(5)
+    record = await gw.app[RUNTIME].store.get_key(key_id)
+    assert record is not None and record.balance + record.usage == record.credits
+
+
 # -- 4. the usage chunk of a stream without upstream usage -----------------------------------------
 
 
