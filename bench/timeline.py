@@ -83,9 +83,9 @@ signal.signal(signal.SIGUSR2, _stop)
 """
 
 PHASES = [
-    ("start", "admit", "auth, body, checks, route"),
+    ("start", "admit", "auth, body, checks, route, translate"),
     ("admit", "admitted", "admission (one Redis round trip)"),
-    ("admitted", "call", "translate, egress plan"),
+    ("admitted", "call", "to the upstream call"),
     ("call", "headers", "upstream call to its headers"),
     ("headers", "read", "status check"),
     ("read", "body", "upstream body"),
