@@ -23,8 +23,8 @@ from gateway.store import (
     StoreError,
     open_store,
 )
+from gateway.store.boundary import redact, redacted_address, url_secrets
 from gateway.store.memory import MAX_AMOUNT, MemoryStore
-from gateway.store.redis import redact, redacted_address, url_secrets
 
 
 def make_record(key_id: str = "key_000000000001", created: int = 1_700_000_000, **kw: Any) -> KeyRecord:

@@ -23,7 +23,7 @@ crash between them leaves at most an unreachable index entry, never a half-visib
 
 Every failure below this boundary (redis-py errors, OSError, timeouts) leaves as `StoreError` with the
 cause chained; messages name the server by a redacted address, never by the URL, which may hold a
-password, and any spelling of that password is scrubbed from the cause's text.
+password, and any spelling of that password is scrubbed from the cause's text (`store/boundary.py`).
 The client does not retry commands by itself: a write whose reply was lost (e.g. a socket timeout after
 HINCRBY ran) must not run twice. Stale pooled connections are still replaced on checkout, so a Redis
 restart costs no failed request once the server is back. The pool blocks (up to `POOL_WAIT_S`) rather
@@ -32,20 +32,18 @@ than failing when a burst of requests wants more than `MAX_CONNECTIONS` connecti
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from importlib import resources
-from typing import Any, cast  # casts: decode_responses=True makes every reply str
-from urllib.parse import unquote, urlsplit
+from typing import cast  # casts: decode_responses=True makes every reply str
 
 import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from gateway.store.base import Admission, AdmitResult, KeyRecord, Settlement, StoreError
+from gateway.store.boundary import Boundary, RedisPyBoundary, redacted_address, url_secrets
 from gateway.store.memory import (
     MAX_AMOUNT,
     admit_result,
@@ -55,7 +53,7 @@ from gateway.store.memory import (
     validate_new_record,
     validate_settle,
 )
-from gateway.store.multiplex import Multiplexed, ReplyLost, sha1
+from gateway.store.multiplex import Multiplexed, sha1
 
 CONNECT_TIMEOUT_S = 3.0
 SOCKET_TIMEOUT_S = 3.0
@@ -92,9 +90,6 @@ def _ledger_script(name: str) -> str:
     return files.joinpath("ledger.lua").read_text() + "\n" + files.joinpath(f"{name}.lua").read_text()
 
 
-_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
-
-
 class _Script(tuple[str, str]):
     """A script's source and its SHA1, as `Multiplexed.script` takes them."""
 
@@ -104,39 +99,6 @@ class _Script(tuple[str, str]):
     @property
     def source(self) -> str:
         return self[0]
-
-
-def redacted_address(url: str) -> str:
-    """The URL without credentials, query or fragment ("redis://127.0.0.1:6379/0"), fit for messages."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "redis (unparsable url)"
-    return f"{parts.scheme}://{host}{port}{parts.path}"
-
-
-def url_secrets(url: str) -> tuple[str, ...]:
-    """Every spelling of the URL's password (userinfo or ``?password=``, raw and percent-decoded)."""
-    try:
-        parts = urlsplit(url)
-        found = [parts.password or ""]
-    except ValueError:
-        return ()
-    for pair in parts.query.split("&"):
-        name, _, value = pair.partition("=")
-        if unquote(name) == "password":
-            found.append(value)
-    spellings = {s for raw in found for s in (raw, unquote(raw)) if s}
-    return tuple(sorted(spellings, key=len, reverse=True))
-
-
-def redact(text: str, secrets: tuple[str, ...]) -> str:
-    """`text` with every secret replaced by "***" (longest first, so no fragment of one survives)."""
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text
 
 
 class RedisStore:
@@ -199,17 +161,13 @@ class RedisStore:
     def _zset(self) -> str:
         return f"{self._prefix}keys"
 
-    def _boundary(self, op: str) -> _Boundary:
-        """Turn any lower-layer failure of `op` into StoreError, its message scrubbed of the password.
+    def _boundary(self, op: str) -> Boundary:
+        """Turn any lower-layer failure of `op` into StoreError, its message scrubbed of the password."""
+        return Boundary(op, self._address, self._secrets)
 
-        redis-py's own messages name host and port only, but scrubbing costs nothing and keeps the rule
-        ("secrets never appear in logs or error bodies") from resting on another library's habits.
-        """
-        return _Boundary(self, op)
-
-    def _redis_py(self, op: str) -> _Boundary:
+    def _redis_py(self, op: str) -> Boundary:
         """`_boundary` around a call through redis-py, which may swallow the caller's cancellation."""
-        return _RedisPyBoundary(self, op)
+        return RedisPyBoundary(op, self._address, self._secrets)
 
     async def ping(self) -> None:
         with self._redis_py("ping"):
@@ -381,45 +339,3 @@ _CAPS = ("max_streams", "max_tokens", "max_body_bytes")
 
 def _opt_int(value: str) -> int | None:
     return None if value == "" else int(value)
-
-
-class _Boundary:
-    """`RedisStore._boundary`: a plain context manager (it wraps awaits fine), two of which run per request."""
-
-    __slots__ = ("_op", "_store")
-
-    def __init__(self, store: RedisStore, op: str) -> None:
-        self._store, self._op = store, op
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, _type: type[BaseException] | None, exc: BaseException | None, _tb: Any) -> None:
-        if exc is not None and isinstance(exc, _ERRORS):
-            detail = redact(f"{type(exc).__name__}: {exc}", self._store._secrets)
-            raise StoreError(f"redis {self._op} failed at {self._store._address}: {detail}",
-                             maybe_applied=isinstance(exc, ReplyLost)) from exc
-
-
-class _RedisPyBoundary(_Boundary):
-    """`RedisStore._redis_py`: also hands back a cancellation that redis-py swallowed.
-
-    On Python 3.11, `asyncio.wait_for` (which redis-py uses to write while it sets a connection up)
-    returns the awaited result when that step finishes in the same loop turn as the task's cancellation,
-    and the cancellation is lost: the cancelled task carries on (a shutdown waiting for it hangs; a
-    deadline around it passes unnoticed). A task whose cancellation count rose during the call was
-    cancelled, whatever the call returned or raised, and leaves cancelled. The multiplexed commands
-    (admit, settle) await plain futures and need no such check.
-    """
-
-    __slots__ = ("_cancelling", "_task")
-
-    def __enter__(self) -> None:
-        self._task = asyncio.current_task()
-        self._cancelling = self._task.cancelling() if self._task is not None else 0
-
-    def __exit__(self, _type: type[BaseException] | None, exc: BaseException | None, _tb: Any) -> None:
-        if (not isinstance(exc, asyncio.CancelledError) and self._task is not None
-                and self._task.cancelling() > self._cancelling):
-            raise asyncio.CancelledError(f"redis {self._op} was cancelled") from exc
-        super().__exit__(_type, exc, _tb)
