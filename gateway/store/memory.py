@@ -99,7 +99,7 @@ class MemoryStore:
         record = self._sweep(key_id, self._now_ms())
         balance = record.balance + amount
         if balance < 0:
-            raise ValueError(f"topup of {amount} would leave key {key_id} with a negative balance")
+            raise ValueError(topup_negative(key_id, amount))
         if amount > 0 and max(balance, record.credits + amount) > MAX_AMOUNT:
             raise ValueError(topup_too_large(key_id, amount))
         self._keys[key_id] = dataclasses.replace(record, balance=balance, credits=record.credits + amount)
@@ -284,6 +284,10 @@ def validate_amount(amount: int) -> None:
         raise TypeError(f"amount must be int nano-dollars, not {type(amount).__name__}")
     if abs(amount) > MAX_AMOUNT:
         raise ValueError(f"amount {amount} is out of range (|amount| <= 2**53 - 1)")
+
+
+def topup_negative(key_id: str, amount: int) -> str:
+    return f"topup of {amount} would leave key {key_id} with a negative balance"
 
 
 def topup_too_large(key_id: str, amount: int) -> str:

@@ -47,6 +47,7 @@ from gateway.store.boundary import Boundary, RedisPyBoundary, redacted_address, 
 from gateway.store.memory import (
     MAX_AMOUNT,
     admit_result,
+    topup_negative,
     topup_too_large,
     validate_admission,
     validate_amount,
@@ -230,7 +231,7 @@ class RedisStore:
         if reply[0] == "missing":
             return None
         if reply[0] == "negative":
-            raise ValueError(f"topup of {amount} would leave key {key_id} with a negative balance")
+            raise ValueError(topup_negative(key_id, amount))
         if reply[0] == "too_large":
             raise ValueError(topup_too_large(key_id, amount))
         return int(reply[1])
