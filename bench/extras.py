@@ -22,7 +22,8 @@ from rig import BENCH, CHAT, GATEWAY_ENV, PROMPT, PY, RESULTS, ROOT, Bench, Vari
 def paired(bench: Bench, reference: str, variant: Variant, concurrency: int, rounds: int,
            seconds: int, target: str = "gateway") -> dict[str, Any]:
     """The reference and the target (the gateway, or the pass-through at c=1 for the floor under the latency
-    target) measured alternately, `rounds` times, with the same body and concurrency.
+    target) measured alternately, `rounds` times, with the same body and concurrency. The target's figures
+    keep the `gateway_*` names whatever it is: `report.py` and earlier results read them by those names.
 
     On a shared VM the machine's speed drifts by tens of percent between runs minutes apart (the same commit
     measured four times gave 499-900 us of CPU per request); a ratio of two runs seconds apart, taken as the
