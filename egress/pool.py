@@ -155,12 +155,14 @@ class Egress:
     def __init__(self) -> None:
         self.pools: dict[str, Pool] = {}
         self._direct: aiohttp.ClientSession | None = None
+        self._direct_exit: Exit | None = None  # made once: the direct route's exit is the same for every request
         self._states: dict[tuple[str, str, str], ProxyState] = {}  # (pool, name, url)
 
     async def configure(self, pools: Mapping[str, PoolSpec]) -> None:
         """Adopt new pools; a proxy kept with the same URL keeps its session and health."""
         if self._direct is None:
             self._direct = make_session()
+            self._direct_exit = Exit(None, self._direct)
         old, self._states = self._states, {}
         new_pools = {}
         for spec in pools.values():
@@ -186,16 +188,16 @@ class Egress:
     def plan(self, pool_name: str, affinity_key: str | None = None,
              blocked: frozenset[str] = frozenset()) -> list[Exit]:
         """The exits to try, in order: at most the pool's max_attempts."""
-        assert self._direct is not None, "configure() first"
+        assert self._direct_exit is not None, "configure() first"
         if pool_name == DIRECT:
-            return [Exit(None, self._direct)]
+            return [self._direct_exit]
         pool = self.pools[pool_name]
         order = pool.order(affinity_key, blocked)
         exits = [Exit(s, s.session) for s in order if s.session is not None][: pool.spec.max_attempts]
         if exits:
             return exits
         if pool.spec.fallback_direct:
-            return [Exit(None, self._direct)]
+            return [self._direct_exit]
         raise EgressUnavailable(pool_name, "no healthy proxy left" + (
             f" outside the blocked regions {sorted(blocked)}" if blocked else ""))
 
@@ -241,5 +243,5 @@ class Egress:
         sessions = [s.session for s in self._states.values() if s.session]
         if self._direct is not None:
             sessions.append(self._direct)
-        self._states, self.pools, self._direct = {}, {}, None
+        self._states, self.pools, self._direct, self._direct_exit = {}, {}, None, None
         await asyncio.gather(*(s.close() for s in sessions))
