@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from gateway import pdf
 from gateway.catalog import Price
-from providers.types import Usage
+from providers.types import Usage, record
 
 NANO = 1_000_000_000
 MTOK = 1_000_000
@@ -129,7 +128,7 @@ def worst_case_usage(body: dict[str, Any], model_max_output: int | None, default
     return Usage(prompt_tokens=estimate_prompt_tokens(body), completion_tokens=max_out * choices)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Bill:
     """What the client is told about its request's cost."""
 

@@ -8,13 +8,13 @@ the tightest applies.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from gateway.config import LimitsConfig
 from gateway.store.base import AdmitResult, KeyRecord, WindowState
+from providers.types import record
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Effective:
     rpm: int | None
     rpd: int | None

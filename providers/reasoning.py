@@ -16,10 +16,9 @@ Pure: no I/O. A malformed value is an `Untranslatable` naming the field (the gat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from providers.types import JSON, Untranslatable
+from providers.types import JSON, Untranslatable, record
 
 # effort -> share of the request's output tokens given to thinking (OpenRouter's reasoning-tokens guide)
 EFFORT_SHARE = {"max": 0.95, "xhigh": 0.95, "high": 0.8, "medium": 0.5, "low": 0.2, "minimal": 0.1}
@@ -29,7 +28,7 @@ FIELDS = ("reasoning", "reasoning_effort")  # the request fields this module rea
 __all__ = ["EFFORTS", "EFFORT_SHARE", "FIELDS", "Reasoning", "excluded", "requested"]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Reasoning:
     """One request's reasoning wish. `on` is None when the request leaves the model's default alone."""
 

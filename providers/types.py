@@ -12,12 +12,27 @@ Exception tree::
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, dataclass_transform
 
 import orjson
 
 JSON = dict[str, Any]
+_T = TypeVar("_T")
+
+
+@dataclass_transform(frozen_default=True)
+def record(cls: type[_T]) -> type[_T]:
+    """A frozen dataclass to the type checker (`make lint` refuses an assignment to a field), a plain
+    slots dataclass at run time, hashed by its fields as a frozen one is.
+
+    For the small records every request makes and drops (a hold's admission, its answer, a bill, an
+    upstream request): a frozen dataclass's `__init__` sets each field through `object.__setattr__`,
+    ~150 ns a field, which came to 4 % of a request's instructions. Records that live longer and are
+    shared between requests (routes, targets, config) stay `frozen=True`, checked at run time too.
+    """
+    return dataclasses.dataclass(cls, slots=True, unsafe_hash=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +56,7 @@ class Target:
     keep_cache_control: bool = False  # kind openai: the upstream takes Anthropic-style `cache_control` marks
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ChatRequest:
     """A client's chat request after the gateway checked its shape.
 
@@ -53,7 +68,7 @@ class ChatRequest:
     stream: bool
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class UpstreamRequest:
     method: str
     url: str
@@ -79,7 +94,7 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ChatResult:
     """A complete non-streamed answer: an OpenAI `chat.completion` object and its usage."""
 

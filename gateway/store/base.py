@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from providers.types import record
+
 
 class StoreError(Exception):
     """The store is unreachable or failed; callers answer 503 and retry later.
@@ -50,7 +52,7 @@ class KeyRecord:
     max_body_bytes: int | None = None  # request body size, below server.max_body_bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Admission:
     """One request asking to start: the limits to check and count, and the money to hold.
 
@@ -71,7 +73,7 @@ class Admission:
     streams: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WindowState:
     """One rate-limit window after the check, for the x-ratelimit-* headers."""
 
@@ -80,7 +82,7 @@ class WindowState:
     reset_s: float  # seconds until the window resets
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AdmitResult:
     outcome: str  # "ok" | "insufficient" | "rate_limited" | "streams" | "disabled" | "missing"
     balance: int  # available balance after the step (nano-dollars)
@@ -90,7 +92,7 @@ class AdmitResult:
     tokens: WindowState | None = None  # the tpm window (None if unlimited)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Settlement:
     charged: int  # nano-dollars actually captured (may be below the cost when the balance ran out)
     balance: int  # available balance after settling
