@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 from harness import PROVIDER_KEY, Gateway
 
+from gateway.logging import _SECRET_NAMES as SECRET_NAMES
 from gateway.logging import REDACTED, Redactor, get_logger, set_level, sink
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -96,6 +97,18 @@ def test_rendered_lines_hold_no_secret(event: dict[str, Any]) -> None:
     for secret in ("abcdefgh12345678", "whatever-value", "s3cr3t-value", "s3cr3t"):
         assert secret not in line
     assert REDACTED in line
+
+
+@pytest.mark.parametrize("name", sorted(SECRET_NAMES))
+def test_every_secret_named_field_is_masked_in_a_rendered_line(name: str) -> None:
+    """The line's check looks for fewer needles than there are names (`"admin_token":` is caught by
+    `token":`): each name, at the top and nested, in any case, still gets its value masked."""
+    redactor = Redactor()
+    for field in (name, name.upper(), name.title()):
+        event = {"event": "x", field: "plain-value-0001", "nested": {field: "plain-value-0002"}}
+        line = redactor.render(None, "info", event).decode()
+        assert "plain-value" not in line, line
+        assert json.loads(line)[field] == REDACTED
 
 
 def test_a_line_without_secrets_is_rendered_unchanged() -> None:
