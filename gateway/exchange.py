@@ -109,8 +109,8 @@ class ChatExchange:
         if self.hide_reasoning:
             for choice in choices:
                 (choice.get("message") or {}).pop("reasoning_content", None)
-        return Reply(body=answer, usage=result.usage, finish_reason=choices[0].get("finish_reason"),
-                     upstream_id=str(answer.get("id", "")), text_bytes=chat_text_bytes(choices))
+        return Reply(answer, result.usage, choices[0].get("finish_reason"), str(answer.get("id", "")),
+                     chat_text_bytes(choices))
 
     def parse_error(self, status: int, raw: bytes) -> UpstreamHTTPError:
         return self.adapter.parse_error(status, raw)

@@ -31,7 +31,7 @@ def effective(model: LimitsConfig | None, default: LimitsConfig, key: KeyRecord)
         own = getattr(model, field) if model is not None else None
         return own if own is not None else getattr(default, field)
 
-    return Effective(rpm=_tightest(pick("rpm"), key.rpm), rpd=_tightest(pick("rpd"), key.rpd), tpm=pick("tpm"))
+    return Effective(_tightest(pick("rpm"), key.rpm), _tightest(pick("rpd"), key.rpd), pick("tpm"))
 
 
 def go_duration(seconds: float) -> str:

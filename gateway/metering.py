@@ -148,8 +148,7 @@ class Ticket:
         return max(self.admitted.balance + self.hold - cost, 0)
 
     def _bill(self, outcome: Outcome, charged: int, balance: int) -> billing.Bill:
-        return billing.Bill(cost=charged, balance=balance, reserved=self.hold, using_own_key=self.byok,
-                            estimated=outcome.estimated)
+        return billing.Bill(charged, balance, self.hold, self.byok, outcome.estimated)
 
     async def _settle(self, outcome: Outcome, cost: int) -> billing.Bill:
         now = time.time()
@@ -211,9 +210,8 @@ async def admit(store: Store, settlements: Settlements, config: Config, route: R
     hold = to_nano(config.billing.byok_fee) if byok else billing.token_cost(route.price, worst)
     eff = limits.effective(route.model.limits, config.limits.default, key)
     streams = key.max_streams if streamed and key.max_streams else None
-    admission = Admission(key_id=key.id, model_id=route.model_id, generation_id=generation_id, hold=hold,
-                          hold_ttl_s=config.billing.hold_ttl_s, rpm=eff.rpm, rpd=eff.rpd, tpm=eff.tpm,
-                          streams=streams)
+    admission = Admission(key.id, route.model_id, generation_id, hold, config.billing.hold_ttl_s,
+                          eff.rpm, eff.rpd, eff.tpm, streams)
     try:
         result = await store.admit(admission)
     except StoreError as exc:
@@ -229,9 +227,8 @@ async def admit(store: Store, settlements: Settlements, config: Config, route: R
         raise
     metrics.store_up(True)
     _refuse_unless_ok(result, hold, route.model_id, streams)
-    return Ticket(store=store, settlements=settlements, config=config, route=route, key=key,
-                  generation_id=generation_id, hold=hold, byok=byok, admitted=result, streamed=streamed,
-                  endpoint=endpoint, egress=route.provider.egress)
+    return Ticket(store, settlements, config, route, key, generation_id, hold, byok, result, streamed,
+                  endpoint, time.time(), route.provider.egress)
 
 
 async def _release(store: Store, key_id: str, generation_id: str, model_id: str, ttl_s: int) -> None:

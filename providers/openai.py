@@ -66,13 +66,8 @@ def build_request(req: ChatRequest, target: Target) -> UpstreamRequest:
     if target.api_key:
         headers["Authorization"] = f"Bearer {target.api_key}"
     headers.update(target.headers)
-    return UpstreamRequest(
-        method="POST",
-        url=f"{target.base_url}/chat/completions",
-        headers=headers,
-        body=orjson.dumps(_adapt_body(req, target)),
-        stream=req.stream,
-    )
+    return UpstreamRequest("POST", f"{target.base_url}/chat/completions", headers,
+                           orjson.dumps(_adapt_body(req, target)), req.stream)
 
 
 def _adapt_body(req: ChatRequest, target: Target) -> JSON:

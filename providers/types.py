@@ -31,6 +31,10 @@ def record(cls: type[_T]) -> type[_T]:
     upstream request): a frozen dataclass's `__init__` sets each field through `object.__setattr__`,
     ~150 ns a field, which came to 4 % of a request's instructions. Records that live longer and are
     shared between requests (routes, targets, config) stay `frozen=True`, checked at run time too.
+
+    The request path makes the hottest of them with positional arguments, in field order, from variables
+    named like the fields: CPython 3.11 calls a class's `__init__` with keywords through a dict built
+    for the call and unpacked again (~1,000 instructions a call, 2 % of a request's).
     """
     return dataclasses.dataclass(cls, slots=True, unsafe_hash=True)
 

@@ -262,10 +262,9 @@ def admit_result(outcome: str, balance: int, limits: Mapping[str, int | None], u
         limit = limits[kind]
         if limit is None:
             return None
-        return WindowState(limit=limit, remaining=max(0, limit - used[kind]), reset_s=reset_ms(kind, now_ms) / 1000)
+        return WindowState(limit, max(0, limit - used[kind]), reset_ms(kind, now_ms) / 1000)
 
-    return AdmitResult(outcome=outcome, balance=balance, retry_after_s=retry / 1000, limited_by=limited_by,
-                       requests=window("rpm"), tokens=window("tpm"))
+    return AdmitResult(outcome, balance, retry / 1000, limited_by, window("rpm"), window("tpm"))
 
 
 def audit_entry(key_id: str, generation_id: str, model: str, charged: int, tokens: int,
