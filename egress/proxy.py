@@ -162,11 +162,13 @@ class watching:  # lower case: used like a function, `with watching(progress):`
 
 def make_session(spec: ProxySpec | None = None,
                  on_connect: Callable[[float], None] | None = None) -> aiohttp.ClientSession:
-    """A session with no total timeout: the caller bounds connect, first byte and silences itself."""
+    """A session with no total timeout (the caller bounds connect, first byte and silences itself) and no
+    cookie jar: every client shares it, so an upstream's cookie must not ride on the next client's request."""
     return aiohttp.ClientSession(
         connector=make_connector(spec, on_connect),
         timeout=aiohttp.ClientTimeout(total=None),
         auto_decompress=True,
+        cookie_jar=aiohttp.DummyCookieJar(),
     )
 
 

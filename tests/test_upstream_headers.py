@@ -4,14 +4,20 @@ headers, X-Forwarded-* or cookies."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
+import openai
 import pytest
-from harness import PROVIDER_KEY, Gateway
+from fakes.openai_upstream import FakeOpenAI
+from harness import PROVIDER_KEY, Gateway, gateway_config, start_gateway
 
 from gateway.catalog import Catalog
 from gateway.config import parse
 from providers import registry
 from providers.types import ChatRequest
+
+MESSAGES = [{"role": "user", "content": "hi"}]
 
 # what aiohttp's client adds to every request, plus what the adapters set themselves
 TRANSPORT = {"host", "content-length", "content-type", "accept", "accept-encoding", "user-agent"}
@@ -93,3 +99,23 @@ def test_adapters_build_headers_from_their_allowlist_only(kind: str, stream: boo
     assert {name.lower() for name in req.headers} <= TRANSPORT | ADAPTER_HEADERS[kind]
     assert req.url.startswith(route.provider.base_url)
     assert "10.0.0.1" not in req.url
+
+
+async def test_a_cookie_an_upstream_sets_never_rides_on_a_later_request(
+        aiohttp_server: Any, fake_openai: tuple[FakeOpenAI, str]) -> None:
+    """Providers behind a CDN set cookies (Cloudflare's `__cf_bm`); the gateway's sessions are shared by
+    every client, so a kept cookie would carry one client's state into every other's requests. The
+    upstream is reached by host name here: aiohttp's default jar ignores cookies from IP addresses."""
+    fake, upstream_url = fake_openai
+    gw = await start_gateway(aiohttp_server, gateway_config(upstream_url.replace("127.0.0.1", "localhost")), fake)
+    try:
+        client = gw.openai()
+        fake.status, fake.fail_times = 400, 1
+        fake.error_headers = {"Set-Cookie": "__cf_bm=one-clients-state; Path=/; HttpOnly"}
+        with pytest.raises(openai.BadRequestError):
+            await client.chat.completions.create(model="fake/gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+        await client.chat.completions.create(model="fake/gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+        assert len(fake.requests) == 2
+        assert "Cookie" not in fake.last.headers and "one-clients-state" not in fake.last.raw.decode()
+    finally:
+        await gw.close()
