@@ -56,7 +56,7 @@ async def open_upstream(egress: Egress, pool: str, affinity_key: str | None, blo
             with watching(progress):
                 async with asyncio.timeout(_header_wait(first_byte_s + connect_s)):
                     resp = await exit_.session.request(req.method, req.url, headers=req.headers, data=req.body,
-                                                       timeout=timeout)
+                                                       timeout=timeout, allow_redirects=False)
         except (TimeoutError, aiohttp.ClientError, OSError, EOFError, *PROXY_ERRORS) as exc:  # type: ignore[misc]
             if (bad_certificate := _certificate_error(exc)) is not None:
                 # The way out worked (the upstream's certificate came back through it): another exit would
@@ -185,6 +185,10 @@ def map_upstream_error(err: UpstreamHTTPError, provider: str, own_key: bool,
     """
     message = scrub(_unhtml(err.message)) or f"provider {provider} answered HTTP {err.status}"
     headers = {"Retry-After": retry_after} if retry_after and err.status in (429, 503, 529) else {}
+    if 300 <= err.status < 400:  # never followed: it would resend the prompt and the key headers elsewhere
+        return UpstreamFailed(f"provider {provider} answered with a redirect (HTTP {err.status}), which the "
+                              f"gateway does not follow: a prompt and a provider key go only where the config "
+                              f"sends them. Check providers.{provider}.base_url.", code="upstream_redirect")
     if err.status in (401, 403) and not own_key:
         return UpstreamFailed(f"provider {provider} refused the gateway's configured credentials "
                               f"(HTTP {err.status}): {message}", code="upstream_auth_failed", retryable=False)

@@ -8,6 +8,8 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from fakes.openai_upstream import FakeOpenAI
+from fakes.openai_upstream import make_app as make_fake_app
 from harness import PROVIDER_KEY, Gateway, validate
 
 from gateway import keys
@@ -152,6 +154,23 @@ async def test_upstream_5xx_is_502(gateway: Gateway, upstream_status: int) -> No
     gateway.fake.status = upstream_status
     status, payload, headers = await post(gateway, {"model": "fake/gpt-4o", "messages": MESSAGES})
     check(status, payload, headers, 502, "upstream_error", "upstream_error")
+
+
+@pytest.mark.parametrize("redirect", [307, 308, 302])
+async def test_an_upstream_redirect_is_not_followed(gateway: Gateway, aiohttp_server: Any, redirect: int) -> None:
+    """A 307/308 would make the HTTP client post the prompt again, with the provider-key headers (only
+    `Authorization` is dropped across origins; Anthropic's `x-api-key` is not), to wherever it points."""
+    elsewhere = FakeOpenAI()
+    server = await aiohttp_server(make_fake_app(elsewhere))
+    gateway.fake.status = redirect
+    gateway.fake.error_headers = {"Location": str(server.make_url("/v1/chat/completions"))}
+    status, payload, headers = await post(gateway, {"model": "fake/gpt-4o", "messages": MESSAGES})
+    check(status, payload, headers, 502, "upstream_error", "upstream_redirect")
+    assert "providers.fake.base_url" in payload["error"]["message"]
+    assert elsewhere.requests == [] and len(gateway.fake.requests) == 1
+    async with aiohttp.ClientSession() as http, http.get(gateway.url + "/v1/credits", headers=gateway.auth()) as r:
+        credits = (await r.json())["data"]
+    assert credits["total_usage"] == 0 and credits["total_credits"] == 10  # nothing charged, the hold given back
 
 
 async def test_upstream_timeout_is_504(gateway: Gateway) -> None:

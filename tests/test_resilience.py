@@ -27,7 +27,9 @@ from gateway import resilience, routing
 from gateway.catalog import Catalog, Route
 from gateway.config import RetriesConfig, parse
 from gateway.errors import InvalidRequest, UpstreamFailed
+from gateway.relay import map_upstream_error
 from gateway.state import RUNTIME
+from providers.types import UpstreamHTTPError
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -127,6 +129,22 @@ async def test_untranslatable_moves_on_at_once_and_is_the_answer_when_nothing_el
     with pytest.raises(InvalidRequest) as info:
         await asyncio.wait_for(resilience.serve_first(resilience.Guard(), cfg, routes, serve(set())), 1)
     assert (info.value.status, info.value.code, info.value.param) == (400, "untranslatable", "logprobs")
+    assert tried == ["fake/gpt-4o", "fake/gpt-5"]
+
+
+async def test_a_redirecting_provider_is_not_retried_but_a_fallback_is_tried_at_once() -> None:
+    """The same base URL redirects again: the next candidate straight away, no back-off on this one."""
+    cfg = RetriesConfig(max_retries=3, base_delay_s=5, max_delay_s=5)  # a retry would sleep past the test
+    tried: list[str] = []
+
+    async def serve(route: Route) -> str:
+        tried.append(route.model_id)
+        if route.model_id == "fake/gpt-4o":
+            raise map_upstream_error(UpstreamHTTPError(307, ""), "fake", False, str)
+        return route.model_id
+
+    routes = _routes("fake/gpt-4o", "fake/gpt-5")
+    assert await asyncio.wait_for(resilience.serve_first(resilience.Guard(), cfg, routes, serve), 1) == "fake/gpt-5"
     assert tried == ["fake/gpt-4o", "fake/gpt-5"]
 
 
