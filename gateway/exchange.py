@@ -100,7 +100,7 @@ class ChatExchange:
 
     def build(self, body: JSON, target: Target, stream: bool) -> UpstreamRequest:
         self.hide_reasoning = reasoning.excluded(body)
-        return self.adapter.build_request(ChatRequest(body=body, stream=stream), target)
+        return self.adapter.build_request(ChatRequest(body, stream), target)
 
     def parse(self, raw: bytes, target: Target) -> Reply:
         result = self.adapter.parse_response(raw, target)

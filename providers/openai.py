@@ -166,7 +166,7 @@ def parse_response(body: bytes, target: Target) -> ChatResult:
     data["choices"] = choices = [choice for choice in choices if isinstance(choice, dict)]
     for i, choice in enumerate(choices):
         _fill_choice(choice, i)
-    return ChatResult(body=data, usage=usage_from(data.get("usage")))
+    return ChatResult(data, usage_from(data.get("usage")))
 
 
 def _drop_null_fingerprint(data: JSON) -> None:

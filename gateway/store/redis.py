@@ -267,7 +267,7 @@ class RedisStore:
             status, charged, balance = await self._mux.script(*self._settle, keys, args)
         if status == "missing":
             raise ValueError(f"no key {key_id} to settle against")
-        return Settlement(charged=int(charged), balance=int(balance), already_settled=status == "replay")
+        return Settlement(int(charged), int(balance), status == "replay")
 
     async def get_generation(self, key_id: str, generation_id: str) -> dict[str, str] | None:
         with self._redis_py("get_generation"):
