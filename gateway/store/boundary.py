@@ -54,7 +54,8 @@ def redact(text: str, secrets: tuple[str, ...]) -> str:
 
 
 class Boundary:
-    """`RedisStore._boundary`: a plain context manager (it wraps awaits fine), two of which run per request."""
+    """`RedisStore._boundary`: a plain context manager (it wraps awaits fine), two of which run per request.
+    It keeps nothing of a call, so one per operation serves every call (a subclass that does must not)."""
 
     __slots__ = ("_address", "_op", "_secrets")
 

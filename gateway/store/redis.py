@@ -108,6 +108,7 @@ class RedisStore:
     def __init__(self, url: str, prefix: str = "gw:") -> None:
         self._address = redacted_address(url)
         self._secrets = url_secrets(url)
+        self._boundaries: dict[str, Boundary] = {}
         self._prefix = prefix
         try:
             pool = aioredis.BlockingConnectionPool.from_url(
@@ -163,8 +164,12 @@ class RedisStore:
         return f"{self._prefix}keys"
 
     def _boundary(self, op: str) -> Boundary:
-        """Turn any lower-layer failure of `op` into StoreError, its message scrubbed of the password."""
-        return Boundary(op, self._address, self._secrets)
+        """Turn any lower-layer failure of `op` into StoreError, its message scrubbed of the password. It
+        keeps no state of a call, so every call of `op` shares one (admit and settle run per request)."""
+        boundary = self._boundaries.get(op)
+        if boundary is None:
+            boundary = self._boundaries[op] = Boundary(op, self._address, self._secrets)
+        return boundary
 
     def _redis_py(self, op: str) -> Boundary:
         """`_boundary` around a call through redis-py, which may swallow the caller's cancellation."""
