@@ -154,15 +154,13 @@ class Egress:
 
     def __init__(self) -> None:
         self.pools: dict[str, Pool] = {}
-        self._direct: aiohttp.ClientSession | None = None
-        self._direct_exit: Exit | None = None  # made once: the direct route's exit is the same for every request
+        self._direct: Exit | None = None  # made once: the direct route's exit is the same for every request
         self._states: dict[tuple[str, str, str], ProxyState] = {}  # (pool, name, url)
 
     async def configure(self, pools: Mapping[str, PoolSpec]) -> None:
         """Adopt new pools; a proxy kept with the same URL keeps its session and health."""
         if self._direct is None:
-            self._direct = make_session()
-            self._direct_exit = Exit(None, self._direct)
+            self._direct = Exit(None, make_session())
         old, self._states = self._states, {}
         new_pools = {}
         for spec in pools.values():
@@ -188,16 +186,16 @@ class Egress:
     def plan(self, pool_name: str, affinity_key: str | None = None,
              blocked: frozenset[str] = frozenset()) -> list[Exit]:
         """The exits to try, in order: at most the pool's max_attempts."""
-        assert self._direct_exit is not None, "configure() first"
+        assert self._direct is not None, "configure() first"
         if pool_name == DIRECT:
-            return [self._direct_exit]
+            return [self._direct]
         pool = self.pools[pool_name]
         order = pool.order(affinity_key, blocked)
         exits = [Exit(s, s.session) for s in order if s.session is not None][: pool.spec.max_attempts]
         if exits:
             return exits
         if pool.spec.fallback_direct:
-            return [self._direct_exit]
+            return [self._direct]
         raise EgressUnavailable(pool_name, "no healthy proxy left" + (
             f" outside the blocked regions {sorted(blocked)}" if blocked else ""))
 
@@ -242,6 +240,6 @@ class Egress:
     async def close(self) -> None:
         sessions = [s.session for s in self._states.values() if s.session]
         if self._direct is not None:
-            sessions.append(self._direct)
-        self._states, self.pools, self._direct, self._direct_exit = {}, {}, None, None
+            sessions.append(self._direct.session)
+        self._states, self.pools, self._direct = {}, {}, None
         await asyncio.gather(*(s.close() for s in sessions))

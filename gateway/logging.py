@@ -42,8 +42,6 @@ _SECRET_NAMES = frozenset({"authorization", "x-api-key", "api_key", "provider_ap
                            "password", "admin_token", "x-goog-api-key", "key", "token"})
 
 
-
-
 def _fewest(needles: Iterable[str]) -> tuple[str, ...]:
     """The needles that hold no other: a line holding a dropped one holds the one inside it too. Each test
     scans the whole line (~1,000 instructions), and these tests were 2 % of a request's."""

@@ -12,7 +12,6 @@ Exception tree::
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, dataclass_transform
 
@@ -36,7 +35,7 @@ def record(cls: type[_T]) -> type[_T]:
     named like the fields: CPython 3.11 calls a class's `__init__` with keywords through a dict built
     for the call and unpacked again (~1,000 instructions a call, 2 % of a request's).
     """
-    return dataclasses.dataclass(cls, slots=True, unsafe_hash=True)
+    return dataclass(cls, slots=True, unsafe_hash=True)
 
 
 @dataclass(frozen=True, slots=True)
