@@ -148,3 +148,16 @@ class Bill:
             "reserved": nano_to_usd(self.reserved),
             "estimated": self.estimated,
         }
+
+
+# Money figures an upstream's `usage` may carry about the operator's own account (OpenRouter: the price
+# it charged, its upstream's, whether the operator's key was used): never the client's business.
+UPSTREAM_MONEY = ("cost_details", "is_byok")
+
+
+def restate_usage(usage: dict[str, Any], block: dict[str, Any]) -> None:
+    """An upstream's `usage` object as the client's: `cost` (OpenRouter's field, which clients read) is
+    what this request cost the key, and the upstream's own money figures are gone."""
+    usage["cost"] = block["request_cost"]
+    for name in UPSTREAM_MONEY:
+        usage.pop(name, None)

@@ -153,7 +153,7 @@ class _OneShot:
         answer["billing"] = bill.block()
         usage = answer.get("usage")
         if isinstance(usage, dict):
-            usage["cost"] = answer["billing"]["request_cost"]
+            billing.restate_usage(usage, answer["billing"])
         if self.own_id:
             answer["id"] = generation_id
         else:

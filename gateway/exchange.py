@@ -154,8 +154,10 @@ def openai_present(reply: Reply, bill: Bill, generation_id: str) -> JSON:
     block = bill.block()
     answer["id"] = generation_id
     answer["billing"] = block
-    usage = answer.setdefault("usage", usage_json(reply.usage))
-    usage["cost"] = block["request_cost"]
+    usage = answer.get("usage")
+    if not isinstance(usage, dict):  # absent, or a compatible server's `"usage": null`
+        usage = answer["usage"] = usage_json(reply.usage)
+    billing.restate_usage(usage, block)
     return answer
 
 

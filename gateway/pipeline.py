@@ -180,7 +180,8 @@ async def _call(request: web.Request, route: Route, op: Endpoint, exchange: Exch
     try:
         if resp.status >= 300:
             raw = await read_body(resp, t.between_chunks_s)
-            err = exchange.parse_error(resp.status, raw)
+            # scrubbed whole, before an adapter cuts its text short: a key cut in two is no longer recognised
+            err = exchange.parse_error(resp.status, scrub(raw.decode("utf-8", "replace")).encode())
             outcome.status = request[LOG]["upstream_status"] = resp.status
             log.warning("upstream refused", provider=route.provider_name, status=resp.status,
                         upstream_message=err.message[:500])

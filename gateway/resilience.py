@@ -118,7 +118,10 @@ async def serve_first(guard: Guard, cfg: RetriesConfig, routes: list[Route],
         except GatewayError as exc:
             if not exc.retryable:
                 raise
-            last = exc
+            # a candidate that cannot express the request says nothing about the ones that could: their
+            # failure (a 429 with its Retry-After, a 503...) is the answer, the 400 only when none could
+            if last is None or exc.code != "untranslatable" or last.code == "untranslatable":
+                last = exc
     assert last is not None
     raise last
 

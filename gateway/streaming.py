@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from gateway.billing import restate_usage
 from gateway.errors import GatewayError, UpstreamFailed, error_event
 from gateway.relay import next_data
 from gateway.sse import DONE, SSEWriter, frame
@@ -174,8 +175,8 @@ class ChunkCodec:
             held = [*held, self.usage_chunk(usage)]
         for chunk in held:
             chunk["billing"] = billing
-            if not chunk.get("choices") and isinstance(chunk.get("usage"), dict):
-                chunk["usage"]["cost"] = billing["request_cost"]
+            if isinstance(chunk.get("usage"), dict):
+                restate_usage(chunk["usage"], billing)
             tail += self.encode(chunk)
         if billing_event:
             tail += frame({"billing": billing}, event="billing_update")

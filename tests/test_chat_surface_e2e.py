@@ -55,6 +55,8 @@ async def gw(request: pytest.FixtureRequest, aiohttp_server: Any, all_upstreams:
             "claude/solo": {"upstream": "claude-sonnet-4-0", "max_output_tokens": 1024,
                             "price": {"input_per_mtok": 3, "output_per_mtok": 15}, "fallbacks": ["google/flash"]},
             "oai/gpt-4o": {"price": {"input_per_mtok": 2.5, "output_per_mtok": 10}},
+            "oai/then-claude": {"upstream": "gpt-4o", "price": {"input_per_mtok": 2.5, "output_per_mtok": 10},
+                                "fallbacks": ["claude/sonnet"]},
             "google/flash": {"upstream": "gemini-2.0-flash", "max_output_tokens": 8192,
                              "price": {"input_per_mtok": 0.1, "output_per_mtok": 0.4}},
         },
@@ -189,6 +191,20 @@ async def test_no_candidate_can_take_it_is_the_400(gw: Gateway, all_upstreams: U
     assert info.value.code == "untranslatable" and info.value.param == "logprobs"
     assert (all_upstreams.anthropic.requests, all_upstreams.gemini.requests, all_upstreams.openai.requests) == (
         [], [], [])
+    assert await balance(gw) == before
+
+
+async def test_a_fallback_that_cannot_take_it_does_not_hide_the_primarys_answer(gw: Gateway,
+                                                                                 all_upstreams: Upstreams) -> None:
+    """The OpenAI primary answers 429 and its Claude fallback cannot express `logprobs`: the client gets the
+    429 with its Retry-After (which the SDKs retry), not the fallback's 400 (which they never retry)."""
+    before = await balance(gw)
+    all_upstreams.openai.status, all_upstreams.openai.error_headers = 429, {"Retry-After": "7"}
+    with pytest.raises(openai.RateLimitError) as info:
+        await gw.openai().chat.completions.create(model="oai/then-claude", messages=MESSAGES,  # type: ignore[arg-type]
+                                                  logprobs=True)
+    assert info.value.response.headers["Retry-After"] == "7"
+    assert len(all_upstreams.openai.requests) == 1 and all_upstreams.anthropic.requests == []
     assert await balance(gw) == before
 
 

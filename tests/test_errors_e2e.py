@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -10,9 +11,10 @@ import openai
 import pytest
 from fakes.openai_upstream import FakeOpenAI
 from fakes.openai_upstream import make_app as make_fake_app
-from harness import PROVIDER_KEY, Gateway, validate
+from harness import PROVIDER_KEY, Gateway, gateway_config_text, start_gateway, validate
 
 from gateway import keys
+from gateway.config import parse
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 WIRE_ERRORS = "openai"
@@ -171,6 +173,27 @@ async def test_an_upstream_redirect_is_not_followed(gateway: Gateway, aiohttp_se
     async with aiohttp.ClientSession() as http, http.get(gateway.url + "/v1/credits", headers=gateway.auth()) as r:
         credits = (await r.json())["data"]
     assert credits["total_usage"] == 0 and credits["total_credits"] == 10  # nothing charged, the hold given back
+
+
+async def test_a_provider_key_cut_short_with_the_error_text_is_still_redacted(
+        aiohttp_server: Any, log_lines: Callable[[], list[dict[str, Any]]]) -> None:
+    """An upstream's error text is cut to 500 characters for the client's message: a key that straddles the
+    cut is no longer the value the redactor knows, and a key of no known shape (hex, as Azure's) matches
+    no pattern either. The whole body is scrubbed before it is cut."""
+    key = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
+    fake = FakeOpenAI()
+    fake.status, fake.error_body = 400, "x" * 480 + " " + key + " was rejected"
+    server = await aiohttp_server(make_fake_app(fake))
+    text = gateway_config_text(str(server.make_url("/v1"))).replace(PROVIDER_KEY, key)
+    gateway = await start_gateway(aiohttp_server, parse(text, {}), fake)
+    try:
+        status, payload, headers = await post(gateway, {"model": "fake/gpt-4o", "messages": MESSAGES})
+        check(status, payload, headers, 400, "upstream_error", None)
+        assert "x" * 400 in payload["error"]["message"]  # the upstream's text, cut
+        for where in (json.dumps(payload), json.dumps(log_lines())):
+            assert key[:8] not in where and key[-8:] not in where
+    finally:
+        await gateway.close()
 
 
 async def test_upstream_timeout_is_504(gateway: Gateway) -> None:

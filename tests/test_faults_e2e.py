@@ -322,6 +322,64 @@ async def test_malformed_stream_event(scripted: tuple[ScriptedUpstream, Rig], ba
     await rig.no_leak()
 
 
+ANSWER = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+          "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}]}
+# OpenRouter's usage (shared/wire/openrouter/api-chat-completions.usage.json): its price to the operator
+OPENROUTER_USAGE = {"prompt_tokens": 10, "completion_tokens": 15, "total_tokens": 25, "cost": 0.0012,
+                    "cost_details": {"upstream_inference_cost": None, "upstream_inference_prompt_cost": 0.0008,
+                                     "upstream_inference_completions_cost": 0.0004}, "is_byok": False}
+
+
+async def test_an_answer_with_null_usage_is_estimated_billed_and_answered(
+        scripted: tuple[ScriptedUpstream, Rig]) -> None:
+    """`"usage": null` (a compatible server's way of saying none): estimated like an absent one, never a 500
+    after the charge."""
+    upstream, rig = scripted
+    upstream.parts = [json.dumps({**ANSWER, "usage": None}).encode()]
+    _, _, credits = await rig.ledger()
+    status, raw, _ = await rig.post(BODY)
+    answer = json.loads(raw)
+    assert status == 200, answer
+    validate(answer, "CreateChatCompletionResponse")
+    assert answer["billing"]["estimated"] is True and answer["usage"]["completion_tokens"] > 0
+    balance, usage, _ = await rig.ledger()
+    assert usage > 0 and balance + usage == credits
+    assert answer["usage"]["cost"] == answer["billing"]["request_cost"] == billing.nano_to_usd(usage)
+
+
+async def test_an_upstreams_own_money_figures_never_reach_the_client(scripted: tuple[ScriptedUpstream, Rig]) -> None:
+    """An OpenRouter upstream's `usage` tells the operator's price (`cost`, `cost_details`, `is_byok`): the
+    client reads its own cost in `usage.cost` and nothing of the operator's."""
+    upstream, rig = scripted
+    upstream.parts = [json.dumps({**ANSWER, "usage": OPENROUTER_USAGE}).encode()]
+    status, raw, _ = await rig.post(BODY)
+    answer = json.loads(raw)
+    assert status == 200, answer
+    assert answer["usage"]["cost"] == answer["billing"]["request_cost"] != OPENROUTER_USAGE["cost"]
+    assert "cost_details" not in answer["usage"] and "is_byok" not in answer["usage"]
+    assert answer["usage"]["completion_tokens"] == 15
+
+
+@pytest.mark.parametrize("usage_apart", [False, True], ids=["usage-on-finish", "usage-chunk"])
+async def test_a_streams_upstream_money_figures_never_reach_the_client(scripted: tuple[ScriptedUpstream, Rig],
+                                                                       usage_apart: bool) -> None:
+    upstream, rig = scripted
+    upstream.content_type = "text/event-stream"
+    finish = json.loads(_chunk(finish="stop")[6:])
+    tail = [{**finish, "choices": []}] if usage_apart else []
+    (tail or [finish])[-1]["usage"] = OPENROUTER_USAGE
+    upstream.parts = [_chunk("Hello"), b"data: " + json.dumps(finish).encode() + b"\n\n",
+                      *(b"data: " + json.dumps(c).encode() + b"\n\n" for c in tail), b"data: [DONE]\n\n"]
+    status, raw, _ = await rig.post({**BODY, "stream": True, "stream_options": {"include_usage": True}})
+    assert status == 200
+    events = [json.loads(block[6:]) for block in raw.split(b"\n\n") if block.startswith(b"data: {")]
+    usages = [e["usage"] for e in events if e.get("usage")]
+    assert usages and all("cost_details" not in u and "is_byok" not in u for u in usages), usages
+    assert [u["cost"] for u in usages] == [e["billing"]["request_cost"] for e in events if e.get("usage")]
+    _, used, _ = await rig.ledger()
+    assert usages[-1]["cost"] == billing.nano_to_usd(used) and usages[-1]["completion_tokens"] == 15
+
+
 # --- slow and late answers -----------------------------------------------------------------------------
 
 
