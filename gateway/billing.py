@@ -33,10 +33,13 @@ def nano_to_usd(nano: int) -> float:
 
 
 def token_cost(price: Price, usage: Usage) -> int:
-    """The cost of `usage` at `price`, per-request and per-image fees included."""
-    cached = min(usage.cached_tokens + usage.cache_write_tokens, usage.prompt_tokens)
-    fresh = usage.prompt_tokens - cached
-    total = (fresh * price.input_per_mtok + cached * price.cached_input_per_mtok
+    """The cost of `usage` at `price`, per-request and per-image fees included. Of the prompt, cache reads
+    cost the cached price and cache writes the write price (providers charge a write above fresh input)."""
+    read = min(usage.cached_tokens, usage.prompt_tokens)
+    written = min(usage.cache_write_tokens, usage.prompt_tokens - read)
+    fresh = usage.prompt_tokens - read - written
+    write_price = price.input_per_mtok if price.cache_write_per_mtok is None else price.cache_write_per_mtok
+    total = (fresh * price.input_per_mtok + read * price.cached_input_per_mtok + written * write_price
              + usage.completion_tokens * price.output_per_mtok)
     return -(-total // MTOK) + price.per_request + usage.images * price.per_image
 

@@ -24,6 +24,7 @@ class Price:
     cached_input_per_mtok: int
     per_request: int
     per_image: int = 0
+    cache_write_per_mtok: int | None = None  # None: as input
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,8 @@ class Route:
                 "output_per_mtok": p.output_per_mtok,
                 "cached_input_per_mtok": p.cached_input_per_mtok if p.cached_input_per_mtok is not None
                 else p.input_per_mtok,
+                "cache_write_per_mtok": p.cache_write_per_mtok if p.cache_write_per_mtok is not None
+                else p.input_per_mtok,
                 "per_request": p.per_request,
                 "per_image": p.per_image,
             },
@@ -110,7 +113,9 @@ class Catalog:
                 upstream_model=model.upstream or rest,
                 price=Price(to_nano(price.input_per_mtok), to_nano(price.output_per_mtok),
                             to_nano(price.input_per_mtok if cached is None else cached),
-                            to_nano(price.per_request), to_nano(price.per_image)),
+                            to_nano(price.per_request), to_nano(price.per_image),
+                            to_nano(price.input_per_mtok if price.cache_write_per_mtok is None
+                                    else price.cache_write_per_mtok)),
                 model=model,
                 limits=model.limits or config.limits.default,
             )

@@ -167,6 +167,7 @@ class PriceConfig(_Model):
     input_per_mtok: NonNegFloat = 0.0
     output_per_mtok: NonNegFloat = 0.0
     cached_input_per_mtok: NonNegFloat | None = None  # None: cached tokens cost as input
+    cache_write_per_mtok: NonNegFloat | None = None  # None: tokens written to a cache cost as input
     per_request: NonNegFloat = 0.0
     per_image: NonNegFloat = 0.0  # USD per generated image (/v1/images/generations)
 

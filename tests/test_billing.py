@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import zlib
 
 import pytest
@@ -30,6 +31,8 @@ from providers.types import Usage
 
 GPT5 = Price(input_per_mtok=to_nano(1.25), output_per_mtok=to_nano(10), cached_input_per_mtok=to_nano(0.125),
              per_request=0)
+SONNET = Price(input_per_mtok=to_nano(3), output_per_mtok=to_nano(15), cached_input_per_mtok=to_nano(0.3),
+               per_request=0, cache_write_per_mtok=to_nano(3.75))
 
 
 @pytest.mark.parametrize(("price", "usage", "nano"), [
@@ -42,6 +45,14 @@ GPT5 = Price(input_per_mtok=to_nano(1.25), output_per_mtok=to_nano(10), cached_i
                  id="per-request-fee"),
     pytest.param(GPT5, Usage(prompt_tokens=10, completion_tokens=0, cached_tokens=50), 1250,
                  id="cached-never-above-prompt"),
+    # nano-dollars per token: input 3,000, cache read 300, cache write 3,750; 12 fresh, 2,000 read, 300 written
+    pytest.param(SONNET, Usage(prompt_tokens=2312, completion_tokens=0, cached_tokens=2000, cache_write_tokens=300),
+                 12 * 3_000 + 2000 * 300 + 300 * 3_750, id="cache-write-at-its-price"),
+    pytest.param(dataclasses.replace(SONNET, cache_write_per_mtok=None),
+                 Usage(prompt_tokens=2312, completion_tokens=0, cached_tokens=2000, cache_write_tokens=300),
+                 12 * 3_000 + 2000 * 300 + 300 * 3_000, id="cache-write-as-input-without-a-price"),
+    pytest.param(SONNET, Usage(prompt_tokens=100, completion_tokens=0, cached_tokens=80, cache_write_tokens=50),
+                 80 * 300 + 20 * 3_750, id="reads-and-writes-never-above-prompt"),
 ])
 def test_token_cost_is_exact_integer_arithmetic(price: Price, usage: Usage, nano: int) -> None:
     assert token_cost(price, usage) == nano

@@ -51,6 +51,7 @@ async def test_one_model_with_its_provider_pricing_and_parameters(api_gateway: G
     validate(body, "Model")
     assert body["id"] == "claude/sonnet" and body["provider"] == "claude" and body["context_window"] == 200000
     assert body["pricing"]["input_per_mtok"] == 3 and body["pricing"]["cached_input_per_mtok"] == 0.3
+    assert body["pricing"]["cache_write_per_mtok"] == 3.75
     assert "top_k" in body["supported_parameters"] and "logit_bias" not in body["supported_parameters"]
     client = api_gateway.openai()
     model = await client.models.retrieve("oai/gpt-4o")  # the SDK's own call
@@ -66,6 +67,11 @@ async def test_openrouter_endpoints_listing(api_gateway: Gateway) -> None:
     assert endpoint["pricing"]["prompt"] == "0.0000025" and endpoint["pricing"]["completion"] == "0.00001"
     assert endpoint["max_completion_tokens"] == 16384 and "seed" in endpoint["supported_parameters"]
     assert body["data"]["architecture"]["input_modalities"] == ["text", "image"]
+    assert endpoint["pricing"]["input_cache_read"] == endpoint["pricing"]["input_cache_write"] == "0.0000025"
+    status, claude = await _get(api_gateway, "/v1/models/claude/sonnet/endpoints")
+    validate_openrouter(claude["data"], "ListEndpointsResponse")
+    assert claude["data"]["endpoints"][0]["pricing"]["input_cache_read"] == "0.0000003"
+    assert claude["data"]["endpoints"][0]["pricing"]["input_cache_write"] == "0.00000375"
     status, image = await _get(api_gateway, "/v1/models/oai/gpt-image-1/endpoints")
     assert image["data"]["endpoints"][0]["pricing"]["image"] == "0.04"
 
