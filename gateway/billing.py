@@ -111,11 +111,14 @@ def pdf_tokens(encoded: str) -> int:
 
 
 def requested_max_output(body: dict[str, Any]) -> int | None:
+    """The larger of the two fields when both are set: which one an upstream honours depends on its kind
+    and on `params.max_tokens_field`, and the hold must cover either."""
+    most = None
     for name in ("max_completion_tokens", "max_tokens"):
         value = body.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0 and (most is None or value > most):
+            most = value
+    return most
 
 
 def worst_case_usage(body: dict[str, Any], model_max_output: int | None, default_max_output: int) -> Usage:
@@ -124,8 +127,10 @@ def worst_case_usage(body: dict[str, Any], model_max_output: int | None, default
     With `n` choices the upstream may produce `max_tokens` for each of them (the prompt is counted once).
     """
     asked = requested_max_output(body)
-    ceiling = model_max_output or default_max_output
-    max_out = min(asked, ceiling) if asked else ceiling
+    if asked:  # what the upstream is sent; the default is the worst case only when nobody set one
+        max_out = min(asked, model_max_output) if model_max_output else asked
+    else:
+        max_out = model_max_output or default_max_output
     n = body.get("n")
     choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
     return Usage(prompt_tokens=estimate_prompt_tokens(body), completion_tokens=max_out * choices)

@@ -87,8 +87,9 @@ class CompletionsEndpoint(ChatEndpoint):
         return ChatCompletionsExchange(registry.get(route.provider.kind))
 
     def worst_case(self, body: JSON, route: Route, config: Config) -> Usage:
-        ceiling = route.model.max_output_tokens or config.billing.default_max_output_tokens
-        per_choice = min(_count(body, "max_tokens", completions.DEFAULT_MAX_TOKENS), ceiling)
+        asked = _count(body, "max_tokens", completions.DEFAULT_MAX_TOKENS)  # what the upstream is sent
+        ceiling = route.model.max_output_tokens
+        per_choice = min(asked, ceiling) if ceiling else asked
         n = max(_count(body, "n"), _count(body, "best_of"))
         return Usage(prompt_tokens=input_tokens(body.get("prompt")), completion_tokens=n * per_choice)
 

@@ -19,7 +19,7 @@ from gateway.billing import Bill
 from gateway.catalog import Route
 from gateway.config import Config, PresetConfig
 from gateway.errors import InvalidRequest
-from gateway.streaming import ChunkCodec, StreamCodec
+from gateway.streaming import ChunkCodec, StreamCodec, text_bytes
 from providers import openai, passthrough, reasoning, registry
 from providers.registry import Adapter
 from providers.types import JSON, ChatRequest, StreamState, Target, UpstreamHTTPError, UpstreamRequest, Usage
@@ -81,12 +81,10 @@ def untranslatable(route: Route, what: str) -> InvalidRequest:
 
 
 def chat_text_bytes(choices: list[Any]) -> int:
-    """Generated text of a chat answer's choices."""
-    n = 0
-    for choice in choices:
-        content = (choice.get("message") or {}).get("content") if isinstance(choice, dict) else None
-        n += len(content.encode()) if isinstance(content, str) else 0
-    return n
+    """Generated text of a chat answer's choices, counted as a stream's deltas are (content, reasoning,
+    refusal, tool-call arguments)."""
+    return text_bytes({"choices": [{"delta": c.get("message")} for c in choices if isinstance(c, dict)
+                                   and isinstance(c.get("message"), dict)]})
 
 
 class ChatExchange:
@@ -106,11 +104,11 @@ class ChatExchange:
         result = self.adapter.parse_response(raw, target)
         answer = result.body
         choices = answer.get("choices") or [{}]
+        generated = chat_text_bytes(choices)  # hidden reasoning was generated all the same
         if self.hide_reasoning:
             for choice in choices:
                 (choice.get("message") or {}).pop("reasoning_content", None)
-        return Reply(answer, result.usage, choices[0].get("finish_reason"), str(answer.get("id", "")),
-                     chat_text_bytes(choices))
+        return Reply(answer, result.usage, choices[0].get("finish_reason"), str(answer.get("id", "")), generated)
 
     def parse_error(self, status: int, raw: bytes) -> UpstreamHTTPError:
         return self.adapter.parse_error(status, raw)

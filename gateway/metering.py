@@ -29,6 +29,7 @@ from gateway.config import Config, to_nano
 from gateway.errors import Forbidden, InsufficientQuota, RateLimited, Unauthorized, Unavailable
 from gateway.logging import get_logger, utc_second
 from gateway.store.base import Admission, AdmitResult, KeyRecord, Store, StoreError
+from gateway.store.memory import MAX_AMOUNT
 from providers.types import Usage
 
 log = get_logger("gateway.metering")
@@ -208,6 +209,7 @@ async def admit(store: Store, settlements: Settlements, config: Config, route: R
                                          config.billing.default_max_output_tokens)
     generation_id = new_generation_id()
     hold = to_nano(config.billing.byok_fee) if byok else billing.token_cost(route.price, worst)
+    hold = min(hold, MAX_AMOUNT)  # no balance reaches it: refused as insufficient, not as a bad argument
     eff = limits.effective(route.model.limits, config.limits.default, key)
     streams = key.max_streams if streamed and key.max_streams else None
     admission = Admission(key.id, route.model_id, generation_id, hold, config.billing.hold_ttl_s,

@@ -235,6 +235,11 @@ async def _relay_stream(request: web.Request, resp: aiohttp.ClientResponse, code
         outcome.first_token_at = relayed.first_at
         if state.usage.reported:
             outcome.usage = state.usage
+            if not state.done and relayed.text_bytes:  # a cut stream's usage may be a running count (Gemini
+                guess = op.estimate(body, relayed.text_bytes)  # sends candidatesTokenCount only at the end)
+                if guess.completion_tokens > state.usage.completion_tokens:
+                    outcome.usage = dataclasses.replace(state.usage, completion_tokens=guess.completion_tokens)
+                    outcome.estimated = True
         elif relayed.text_bytes:
             outcome.usage, outcome.estimated = op.estimate(body, relayed.text_bytes), True
 

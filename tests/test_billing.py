@@ -7,9 +7,11 @@ import asyncio
 import base64
 import dataclasses
 import zlib
+from pathlib import Path
 
+import orjson
 import pytest
-from harness import gateway_config
+from harness import SHARED, gateway_config, gateway_config_text
 from pdfs import make_pdf
 
 from gateway import metering, pdf
@@ -23,11 +25,18 @@ from gateway.billing import (
     worst_case_usage,
 )
 from gateway.catalog import Catalog, Price
-from gateway.config import LimitsConfig, to_nano
+from gateway.config import LimitsConfig, parse, to_nano
+from gateway.endpoints import COMPLETIONS
+from gateway.errors import InsufficientQuota
+from gateway.exchange import CHAT, ChatExchange
 from gateway.keys import new_record
 from gateway.limits import effective, go_duration, headers, retry_after
+from gateway.store import MemoryStore
 from gateway.store.base import Admission, AdmitResult, KeyRecord, Settlement, WindowState
-from providers.types import Usage
+from gateway.streaming import text_bytes
+from gateway.validation import check_route
+from providers import registry
+from providers.types import Target, Usage
 
 GPT5 = Price(input_per_mtok=to_nano(1.25), output_per_mtok=to_nano(10), cached_input_per_mtok=to_nano(0.125),
              per_request=0)
@@ -64,7 +73,68 @@ def test_worst_case_uses_max_tokens_then_the_models_ceiling() -> None:
     assert worst_case_usage({**body, "max_completion_tokens": 70}, 1000, 4096).completion_tokens == 70
     assert worst_case_usage({**body, "max_tokens": 5000}, 1000, 4096).completion_tokens == 1000
     assert worst_case_usage(body, None, 4096).completion_tokens == 4096
+    # the default is the worst case only when nobody set one: a client's larger ask goes upstream as sent
+    assert worst_case_usage({**body, "max_tokens": 100_000}, None, 4096).completion_tokens == 100_000
+    both = {**body, "max_completion_tokens": 1, "max_tokens": 8000}  # which one counts is the upstream's call
+    assert worst_case_usage(both, None, 4096).completion_tokens == 8000
     assert worst_case_usage(body, 1000, 4096).prompt_tokens >= 100  # 300 bytes is at most ~100 tokens
+
+
+def test_the_hold_covers_the_max_tokens_the_upstream_is_sent() -> None:
+    """Whatever reaches the upstream as a limit, for a model that renames the field or has no ceiling of its own,
+    the hold counts at least that many output tokens (a chat and a legacy completion alike)."""
+    text = gateway_config_text("http://127.0.0.1:9/v1") + (
+        "  fake/renamed: {upstream: gpt-4o, price: {output_per_mtok: 10}, max_output_tokens: 16384,"
+        " params: {max_tokens_field: max_tokens}}\n")
+    config = parse(text, {})  # billing.default_max_output_tokens: 4096
+    catalog = Catalog(config)
+    hi = [{"role": "user", "content": "hi"}]
+    for model, body in [("fake/renamed", {"messages": hi, "max_completion_tokens": 1, "max_tokens": 8000}),
+                        ("fake/gpt-4o", {"messages": hi, "max_tokens": 100_000})]:  # no max_output_tokens
+        route = catalog.resolve(model)
+        check_route({**body, "model": model}, route)  # accepted as it is
+        sent = orjson.loads(CHAT.exchange(route).build(dict(body), route.target("k"), False).body)
+        held = CHAT.worst_case(body, route, config).completion_tokens
+        assert max(sent.get("max_tokens", 0), sent.get("max_completion_tokens", 0)) <= held, (model, held, sent)
+    legacy = {"model": "fake/gpt-4o", "prompt": "hi", "max_tokens": 100_000}
+    assert COMPLETIONS.worst_case(legacy, catalog.resolve("fake/gpt-4o"), config).completion_tokens == 100_000
+
+
+async def test_a_hold_no_balance_can_cover_is_a_402_not_a_500() -> None:
+    """With the client's ask held in full, `n` x `max_tokens` at a high price passes what the store counts
+    exactly (MAX_AMOUNT, which it refuses as a bad argument): that is a hold no balance covers."""
+    text = gateway_config_text("http://127.0.0.1:9/v1") + (
+        "  fake/pricey: {upstream: gpt-4o, price: {input_per_mtok: 1, output_per_mtok: 600}}\n")
+    config = parse(text, {})
+    route = Catalog(config).resolve("fake/pricey")
+    store = MemoryStore()
+    _, key = new_record("k", 10**12)
+    await store.create_key(key)
+    body = {"model": "fake/pricey", "messages": [{"role": "user", "content": "hi"}], "n": 128,
+            "max_tokens": 2**31 - 1}
+    with pytest.raises(InsufficientQuota):
+        await metering.admit(store, metering.Settlements(), config, route, key, body, False, False,
+                             CHAT.worst_case(body, route, config))
+    after = await store.get_key(key.id)
+    assert after is not None and (after.balance, after.usage) == (key.balance, 0)  # nothing held
+
+
+def test_an_answer_without_usage_is_estimated_from_all_it_generated_as_a_stream_is() -> None:
+    """No usage from the upstream: the estimate counts tool-call arguments and reasoning (hidden from the
+    client or not), as a stream's does, not only `content`."""
+    answer = orjson.loads((Path(SHARED) / "wire/openai/docs-chat-tools.response.json").read_bytes())
+    del answer["usage"]  # a compatible server that reports none
+    message = answer["choices"][0]["message"]
+    message["reasoning_content"] = "Let me call the weather tool for Boston."  # DeepSeek's field
+    as_streamed = text_bytes({"choices": [{"delta": dict(message)}]})
+    assert as_streamed > len(message["reasoning_content"])  # the tool call's arguments count too
+    target = Target(provider="fake", base_url="http://x/v1", api_key="k", upstream_model="m", public_model="fake/m")
+    for hide in (False, True):
+        exchange = ChatExchange(registry.get("openai"))
+        exchange.hide_reasoning = hide  # `reasoning.exclude`
+        reply = exchange.parse(orjson.dumps(answer), target)
+        assert not reply.usage.reported and reply.text_bytes == as_streamed
+        assert ("reasoning_content" in reply.body["choices"][0]["message"]) is not hide
 
 
 def test_prompt_estimate_counts_images_and_tools() -> None:

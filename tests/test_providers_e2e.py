@@ -3,10 +3,12 @@ fake upstreams that replay each provider's recorded wire format."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
 import yaml
@@ -16,6 +18,7 @@ from fakes.anthropic_upstream import FakeAnthropic
 from fakes.gemini_upstream import recorded_chunks
 from harness import Gateway, start_gateway, validate
 
+from gateway import billing
 from gateway.config import parse
 from gateway.state import RUNTIME
 
@@ -292,3 +295,29 @@ async def test_gemini_thought_signature_round_trip(gw: Gateway, all_upstreams: U
     await client.chat.completions.create(model="oai/gpt-4o", messages=messages, tools=TOOLS)  # type: ignore[arg-type]
     sent_call = all_upstreams.openai.last.body["messages"][1]["tool_calls"][0]
     assert "extra_content" not in sent_call and sent_call["id"] == call.id
+
+
+async def test_a_cut_gemini_stream_is_billed_for_the_text_it_relayed(api_gateway: Gateway) -> None:
+    """Gemini puts a running `usageMetadata` on every chunk, with `candidatesTokenCount` only on the last
+    (wire: googleai/streaming-success-basic-reply-long.txt): a client that leaves mid-stream pays for the text
+    it received, estimated, not for its prompt alone."""
+    gemini = api_gateway.extra["upstreams"].gemini
+    gemini.stream_recording = "googleai/streaming-success-basic-reply-long.txt"
+    gemini.delay_between_chunks_s = 0.05
+    received = 0
+    async with aiohttp.ClientSession() as http:
+        body = {"model": "google/flash", "messages": [{"role": "user", "content": "A long story."}], "stream": True}
+        r = await http.post(api_gateway.url + "/v1/chat/completions", json=body, headers=api_gateway.auth())
+        first = json.loads((await r.content.readuntil(b"\n\n"))[6:])
+        for _ in range(10):
+            chunk = json.loads((await r.content.readuntil(b"\n\n"))[6:])
+            received += len((chunk["choices"][0]["delta"].get("content") or "").encode())
+        r.close()
+    store, record = api_gateway.app[RUNTIME].store, None
+    for _ in range(100):  # the gateway notices at its next write
+        await asyncio.sleep(0.05)
+        if (record := await store.get_generation(api_gateway.key_id, first["id"])) is not None:
+            break
+    assert record is not None and record["cancelled"] == "1" and record["estimated"] == "1", record
+    assert received > 200 and int(record["tokens_completion"]) >= billing.estimate_tokens(received)
+    assert int(record["tokens_prompt"]) == 10  # the upstream's own count stays
