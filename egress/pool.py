@@ -39,6 +39,8 @@ from egress.proxy import ProxySpec, make_session
 DIRECT = "direct"
 AFFINITY_MAX = 100_000  # remembered key -> proxy assignments per pool
 EWMA_ALPHA = 0.3
+RETIRE_POLL_S = 1.0  # a session a reload removed is closed once no request uses it any more ...
+RETIRE_MAX_S = 3600.0  # ... or after this long, whatever is still streaming through it
 
 
 class EgressUnavailable(Exception):
@@ -105,6 +107,11 @@ class Exit:
         return self.proxy.spec.name if self.proxy else DIRECT
 
 
+def _in_use(session: aiohttp.ClientSession) -> bool:
+    """Whether a request holds (or is opening) a connection of the session: aiohttp has no public word for it."""
+    return bool(getattr(session.connector, "_acquired", None))
+
+
 def _score(key: str, name: str) -> bytes:
     return hashlib.sha256(f"{key}\0{name}".encode()).digest()
 
@@ -156,6 +163,8 @@ class Egress:
         self.pools: dict[str, Pool] = {}
         self._direct: Exit | None = None  # made once: the direct route's exit is the same for every request
         self._states: dict[tuple[str, str, str], ProxyState] = {}  # (pool, name, url)
+        self._retiring: set[aiohttp.ClientSession] = set()  # removed by a reload, still carrying requests
+        self._reapers: set[asyncio.Task[None]] = set()
 
     async def configure(self, pools: Mapping[str, PoolSpec]) -> None:
         """Adopt new pools; a proxy kept with the same URL keeps its session and health."""
@@ -173,9 +182,28 @@ class Egress:
                 states.append(state)
             new_pools[spec.name] = Pool(spec, states)
         self.pools = new_pools
-        for state in old.values():
-            metrics.forget(state.pool, state.spec.name)
-        await asyncio.gather(*(s.session.close() for s in old.values() if s.session))
+        kept = {(pool, name) for pool, name, _url in self._states}
+        for state in old.values():  # a proxy whose URL changed (a new password) keeps its series
+            if (state.pool, state.spec.name) not in kept:
+                metrics.forget(state.pool, state.spec.name)
+        idle = [s.session for s in old.values() if s.session and not _in_use(s.session)]
+        for state in old.values():  # a request in flight finishes on the config it started with
+            if state.session and state.session not in idle:
+                self._retire(state.session)
+        await asyncio.gather(*(s.close() for s in idle))
+
+    def _retire(self, session: aiohttp.ClientSession) -> None:
+        self._retiring.add(session)
+        task = asyncio.create_task(self._close_when_idle(session))
+        self._reapers.add(task)
+        task.add_done_callback(self._reapers.discard)
+
+    async def _close_when_idle(self, session: aiohttp.ClientSession) -> None:
+        deadline = time.monotonic() + RETIRE_MAX_S
+        while _in_use(session) and time.monotonic() < deadline:
+            await asyncio.sleep(RETIRE_POLL_S)
+        self._retiring.discard(session)
+        await session.close()
 
     def _new_state(self, pool: str, proxy: ProxySpec) -> ProxyState:
         state = ProxyState(spec=proxy, pool=pool)
@@ -189,7 +217,9 @@ class Egress:
         assert self._direct is not None, "configure() first"
         if pool_name == DIRECT:
             return [self._direct]
-        pool = self.pools[pool_name]
+        pool = self.pools.get(pool_name)
+        if pool is None:  # a request that started before a reload removed its pool
+            raise EgressUnavailable(pool_name, "the pool is no longer configured")
         order = pool.order(affinity_key, blocked)
         exits = [Exit(s, s.session) for s in order if s.session is not None][: pool.spec.max_attempts]
         if exits:
@@ -241,5 +271,9 @@ class Egress:
         sessions = [s.session for s in self._states.values() if s.session]
         if self._direct is not None:
             sessions.append(self._direct.session)
+        for task in list(self._reapers):
+            task.cancel()
+        sessions += self._retiring
+        self._retiring = set()
         self._states, self.pools, self._direct = {}, {}, None
         await asyncio.gather(*(s.close() for s in sessions))

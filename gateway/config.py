@@ -110,6 +110,22 @@ class ProxyConfig(_Model):
     url: str = Field(pattern=r"^(socks5h?|socks4a?|https?)://")
     region: str | None = None
 
+    @field_validator("url")
+    @classmethod
+    def _usable_url(cls, url: str) -> str:
+        """Refused at load rather than at start-up or reload; never quoted back (it holds a password)."""
+        parts = urlsplit(url)
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError("a proxy URL is scheme://[user:password@]host[:port]: percent-encode / ? # @ "
+                             "in the user name or password")
+        try:
+            parts.port  # noqa: B018  (raises on a port that is not a number 0-65535)
+        except ValueError:
+            raise ValueError("the port must be a number 1-65535 (percent-encode : / ? # @ in a password)") from None
+        if not parts.hostname or parts.port == 0:
+            raise ValueError("a proxy URL needs a host and a port 1-65535")
+        return url
+
 
 class PoolConfig(_Model):
     strategy: Literal["round_robin", "least_latency", "random"] = "round_robin"

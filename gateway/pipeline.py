@@ -259,8 +259,14 @@ async def _relay_stream(request: web.Request, resp: aiohttp.ClientResponse, code
         outcome.cancelled = True
         account(499)
         raise
-    except (GatewayError, UpstreamHTTPError) as exc:
-        err = exc if isinstance(exc, GatewayError) else map_upstream_error(exc, target.provider, False, scrub)
+    except Exception as exc:  # the stream is open: no new HTTP response can follow it, an error event can
+        if isinstance(exc, GatewayError):
+            err = exc
+        elif isinstance(exc, UpstreamHTTPError):
+            err = map_upstream_error(exc, target.provider, False, scrub)
+        else:
+            log.exception("stream relay failed")
+            err = UpstreamFailed(f"the upstream stream broke ({type(exc).__name__})", code="upstream_stream_error")
         account(err.status)
         fields.update(status=err.status, error=err.code)
         with contextlib.suppress(ClientGone):

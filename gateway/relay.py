@@ -69,7 +69,8 @@ async def open_upstream(egress: Egress, pool: str, affinity_key: str | None, blo
                 egress.failed(exit_, "timeout" if isinstance(exc, PROXY_TIMEOUTS) else "connect_error")
                 last: BaseException = exc
                 continue
-            egress.failed(exit_, "reset")
+            if not isinstance(exc, TimeoutError):  # a slow upstream is not the proxy's failure
+                egress.failed(exit_, "reset")
             raise _broken_after_sending(exc, provider) from exc
         egress.succeeded(exit_)
         return resp, exit_

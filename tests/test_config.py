@@ -219,6 +219,23 @@ def test_an_invalid_proxy_is_reported_once_and_its_pool_is_not_missing() -> None
         "egress.pools.eu.proxies.1.url: must match ^(socks5h?|socks4a?|https?)://"]
 
 
+@pytest.mark.parametrize("url", [
+    "socks5h://u:${PW}@127.0.0.1:1080",  # a password from the environment holding '#' (or '/', '?'), not encoded
+    "socks5h://u:pw-0000@127.0.0.1:99999",  # a port out of range
+    "socks5h://u:pw-0000@127.0.0.1:10a80",  # not a number
+    "socks5h://u:pw-0000@127.0.0.1:0",
+    "http://",  # no host
+])
+def test_a_proxy_url_the_gateway_cannot_use_is_refused_without_quoting_it(url: str) -> None:
+    """Refused when the config loads, not at start-up or mid-reload, whose error quoted the password up to
+    its '#' ("Port could not be cast to integer value as 'zq9'")."""
+    text = POOLED.replace("region: cn", "region: de").replace("socks5h://user:pw@127.0.0.1:1080", url)
+    with pytest.raises(ConfigError) as info:
+        parse(text, {"PW": "zq9#cd-proxy-secret"})
+    assert str(info.value).startswith("egress.pools.eu.proxies.0.url: ")
+    assert "zq9" not in str(info.value) and "pw-0000" not in str(info.value)
+
+
 def _names_in_config(text: str) -> set[str]:
     """Every ${NAME} in the text, but the placeholder its header comment writes as "${VAR}"."""
     return set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", text)) - {"VAR"}

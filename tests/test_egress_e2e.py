@@ -7,6 +7,7 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -17,7 +18,10 @@ from fakes.openai_upstream import FakeOpenAI
 from harness import Gateway, start_gateway
 from proxies import BlackHole, Dante, Microsocks, PProxy, Tinyproxy
 
+from gateway import streaming
+from gateway.app import reload_config
 from gateway.config import parse
+from gateway.state import RUNTIME
 
 ADMIN = "admin-token-for-tests-0123456789"
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -25,19 +29,23 @@ PROXY_PASSWORD = "pr0xy-s3cret-pw"
 
 
 def config(upstream_url: str, proxies: list[dict[str, Any]], **pool: Any) -> Any:
+    return parse(yaml.safe_dump(config_doc(upstream_url, proxies, **pool)), {})
+
+
+def config_doc(upstream_url: str, proxies: list[dict[str, Any]], first_byte_s: float = 5, **pool: Any) -> Any:
     health = {"interval_s": 0.3, "timeout_s": 1, "eject_after_failures": 2, "restore_after_successes": 1,
               **pool.pop("health", {})}
-    doc = {
+    return {
         "server": {"admin_token": ADMIN, "sse_keepalive_s": 0.5},
         "egress": {"pools": {"p": {"proxies": proxies, "health": health, **pool}}},
         "providers": {
             "viapool": {"kind": "openai", "base_url": upstream_url, "api_key": "sk-provider-key-000000000000",
-                        "egress": "p", "timeouts": {"connect_s": 1, "first_byte_s": 5, "between_chunks_s": 5}},
+                        "egress": "p",
+                        "timeouts": {"connect_s": 1, "first_byte_s": first_byte_s, "between_chunks_s": 5}},
             "direct": {"kind": "openai", "base_url": upstream_url, "api_key": "sk-provider-key-000000000000"},
         },
         "models": {"viapool/gpt": {"upstream": "gpt-4o"}, "direct/gpt": {"upstream": "gpt-4o"}},
     }
-    return parse(yaml.safe_dump(doc), {})
 
 
 @pytest.fixture
@@ -268,6 +276,90 @@ async def test_admin_routes_need_the_admin_token(upstream: Any, socks_pair: Any,
         for headers in ({}, gw.auth(), {"Authorization": "Bearer wrong"}):
             async with http.get(gw.url + "/admin/egress", headers=headers) as r:
                 assert r.status == 401
+
+
+async def test_a_slow_upstream_ejects_no_proxy(upstream: Any, socks_pair: Any, started: Any) -> None:
+    """Waiting past first_byte_s for a model that thinks is the upstream's slowness, not the proxy's failure:
+    counted against the proxy, a client sending slow requests would move every key to another exit."""
+    fake, url = upstream
+    a, b = socks_pair
+    quiet = {"interval_s": 60}  # no health check restores what the requests would eject
+    gw = await started(config(url, [{"name": "a", "url": a.url}, {"name": "b", "url": b.url}], first_byte_s=0.3,
+                              health=quiet), fake)
+    fake.delay_before_headers_s = 2.0
+    for _ in range(3):
+        with pytest.raises(openai.APIStatusError) as info:
+            await chat(gw)
+        assert info.value.status_code == 504
+    pool = await admin_egress(gw)
+    assert [(p["name"], p["state"], p["ejections"]) for p in pool["proxies"]] == [("a", "up", 0), ("b", "up", 0)]
+
+
+async def test_a_reload_removing_a_proxy_lets_its_streams_finish(upstream: Any, socks_pair: Any, started: Any,
+                                                                 tmp_path: Path) -> None:
+    """A request in flight finishes on the config it started with: the removed proxy's session (a rotated
+    password is a removal too) closes once nothing uses it, not under a stream's feet."""
+    fake, url = upstream
+    a, b = socks_pair
+    gw = await started(config(url, [{"name": "a", "url": a.url}]), fake)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config_doc(url, [{"name": "b", "url": b.url}])))
+    gw.app[RUNTIME].config_path = str(path)
+    fake.delay_between_chunks_s = 0.1
+    stream = await chat(gw, stream=True)
+    parts, finish, reloaded = [], None, False
+    async for chunk in stream:
+        if chunk.choices:
+            parts.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+        if len(parts) == 2 and not reloaded:
+            reloaded = await reload_config(gw.app)
+            assert reloaded
+    assert finish == "stop" and len(parts) > 5  # the stream that started on proxy a ran to its end
+    await chat(gw)  # the next request leaves through the new proxy
+    assert fake.last.peer == "127.0.0.3"
+
+
+async def test_a_reload_with_an_unusable_proxy_url_keeps_the_config_in_force(upstream: Any, socks_pair: Any,
+                                                                          started: Any, tmp_path: Path) -> None:
+    fake, url = upstream
+    a, _ = socks_pair
+    gw = await started(config(url, [{"name": "a", "url": a.url}]), fake)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config_doc(url, [{"name": "a", "url": a.url},
+                                                    {"name": "bad", "url": "socks5h://u:pw@127.0.0.1:99999"}])))
+    gw.app[RUNTIME].config_path = str(path)
+    assert await reload_config(gw.app) is False
+    assert (await chat(gw)).choices[0].message.content
+
+
+async def test_an_unexpected_failure_mid_stream_ends_it_with_an_error_event(
+        upstream: Any, socks_pair: Any, started: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever breaks inside a stream whose headers went out, the client gets an SSE error event its SDK
+    raises, never a second HTTP response written into the open body."""
+    fake, url = upstream
+    a, _ = socks_pair
+    gw = await started(config(url, [{"name": "a", "url": a.url}]), fake)
+    real, calls = streaming.next_data, []
+
+    async def flaky(*args: Any) -> bytes:
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("Connection closed.")
+        return await real(*args)
+
+    monkeypatch.setattr(streaming, "next_data", flaky)
+    fake.delay_between_chunks_s = 0.05
+    stream = await chat(gw, stream=True)
+    ids = set()
+    with pytest.raises(openai.APIError) as info:
+        async for chunk in stream:
+            ids.add(chunk.id)
+    assert not isinstance(info.value, openai.APIConnectionError), info.value
+    assert "upstream_stream_error" in str(info.value.body)
+    await gw.app[RUNTIME].settlements.drain(5)
+    record = await gw.app[RUNTIME].store.get_generation(gw.key_id, ids.pop())
+    assert record is not None and record["status"] == "502" and int(record["tokens_completion"]) > 0  # billed
 
 
 async def _wait_state(gw: Gateway, name: str, state: str, timeout: float) -> dict[str, Any]:

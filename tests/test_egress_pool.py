@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from egress.pool import DIRECT, Egress, EgressUnavailable, PoolSpec
 from egress.proxy import ProxySpec
@@ -124,6 +126,26 @@ async def test_reload_keeps_surviving_proxies_and_closes_removed_ones(egress: Eg
     assert not kept["p1"].up  # health survives a reload
     for gone in ("p2", "p3"):
         assert states[gone].session is not None and states[gone].session.closed
+
+
+async def test_a_pool_a_reload_removed_is_unavailable_to_a_request_that_planned_on_it(egress: Egress) -> None:
+    """A request that started on the old config plans again for a retry or fallback: a 503 it can take,
+    not a KeyError (500)."""
+    await configure(egress)
+    await egress.configure({"eu2": PoolSpec(name="eu2", proxies=PROXIES)})
+    with pytest.raises(EgressUnavailable):
+        egress.plan("eu", "k")
+
+
+async def test_a_proxy_whose_password_rotates_keeps_its_up_series(egress: Egress) -> None:
+    await configure(egress)
+    labels = {"pool": "eu", "proxy": "p0"}
+    assert REGISTRY.get_sample_value("gateway_egress_proxy_up", labels) == 1
+    rotated = (dataclasses.replace(PROXIES[0], url=PROXIES[0].url.replace("pw0secret", "pw0rotated")), *PROXIES[1:])
+    await configure(egress, proxies=rotated)
+    assert REGISTRY.get_sample_value("gateway_egress_proxy_up", labels) == 1
+    await configure(egress, proxies=PROXIES[1:])  # removed: its series goes
+    assert REGISTRY.get_sample_value("gateway_egress_proxy_up", labels) is None
 
 
 async def test_snapshot_names_hosts_never_credentials(egress: Egress) -> None:
