@@ -266,6 +266,7 @@ def _message_start(state: AnthropicStreamState, data: JSON) -> list[JSON]:
     message = data.get("message") or {}
     state.response_id = str(message.get("id") or "")
     _add_counts(state.counts, message.get("usage"))
+    state.usage = _usage(state.counts)  # so far: a stream cut short is billed its exact input all the same
     return [_chunk(state, {"role": "assistant", "content": ""})]
 
 
@@ -335,6 +336,7 @@ def _message_delta(state: AnthropicStreamState, data: JSON) -> list[JSON]:
     if delta.get("stop_reason"):
         state.stop_reason = str(delta["stop_reason"])
     _add_counts(state.counts, data.get("usage"))
+    state.usage = _usage(state.counts)
     return []
 
 

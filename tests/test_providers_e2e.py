@@ -297,6 +297,25 @@ async def test_gemini_thought_signature_round_trip(gw: Gateway, all_upstreams: U
     assert "extra_content" not in sent_call and sent_call["id"] == call.id
 
 
+async def hang_up_after(gateway: Gateway, model: str, chunks: int) -> tuple[dict[str, str], int]:
+    """Stream a chat, read `chunks` chunks, hang up: the generation record once settled, and the text bytes read."""
+    received = 0
+    async with aiohttp.ClientSession() as http:
+        body = {"model": model, "messages": [{"role": "user", "content": "A long story."}], "stream": True}
+        r = await http.post(gateway.url + "/v1/chat/completions", json=body, headers=gateway.auth())
+        first = json.loads((await r.content.readuntil(b"\n\n"))[6:])
+        for _ in range(chunks):
+            chunk = json.loads((await r.content.readuntil(b"\n\n"))[6:])
+            received += len((chunk["choices"][0]["delta"].get("content") or "").encode())
+        r.close()
+    store = gateway.app[RUNTIME].store
+    for _ in range(100):  # the gateway notices at its next write
+        await asyncio.sleep(0.05)
+        if (record := await store.get_generation(gateway.key_id, first["id"])) is not None:
+            return record, received
+    raise AssertionError("no generation record")
+
+
 async def test_a_cut_gemini_stream_is_billed_for_the_text_it_relayed(api_gateway: Gateway) -> None:
     """Gemini puts a running `usageMetadata` on every chunk, with `candidatesTokenCount` only on the last
     (wire: googleai/streaming-success-basic-reply-long.txt): a client that leaves mid-stream pays for the text
@@ -304,20 +323,18 @@ async def test_a_cut_gemini_stream_is_billed_for_the_text_it_relayed(api_gateway
     gemini = api_gateway.extra["upstreams"].gemini
     gemini.stream_recording = "googleai/streaming-success-basic-reply-long.txt"
     gemini.delay_between_chunks_s = 0.05
-    received = 0
-    async with aiohttp.ClientSession() as http:
-        body = {"model": "google/flash", "messages": [{"role": "user", "content": "A long story."}], "stream": True}
-        r = await http.post(api_gateway.url + "/v1/chat/completions", json=body, headers=api_gateway.auth())
-        first = json.loads((await r.content.readuntil(b"\n\n"))[6:])
-        for _ in range(10):
-            chunk = json.loads((await r.content.readuntil(b"\n\n"))[6:])
-            received += len((chunk["choices"][0]["delta"].get("content") or "").encode())
-        r.close()
-    store, record = api_gateway.app[RUNTIME].store, None
-    for _ in range(100):  # the gateway notices at its next write
-        await asyncio.sleep(0.05)
-        if (record := await store.get_generation(api_gateway.key_id, first["id"])) is not None:
-            break
-    assert record is not None and record["cancelled"] == "1" and record["estimated"] == "1", record
+    record, received = await hang_up_after(api_gateway, "google/flash", 10)
+    assert record["cancelled"] == "1" and record["estimated"] == "1", record
     assert received > 200 and int(record["tokens_completion"]) >= billing.estimate_tokens(received)
     assert int(record["tokens_prompt"]) == 10  # the upstream's own count stays
+
+
+async def test_a_cut_claude_stream_is_billed_its_exact_input(api_gateway: Gateway) -> None:
+    """`message_start` carries the exact input tokens (wire: sdk-stream-basic.sse, 11): a stream cut before
+    `message_stop` is billed those, not the gateway's prompt estimate, and its output estimated."""
+    claude = api_gateway.extra["upstreams"].anthropic
+    claude.delay_between_events_s = 0.1
+    record, received = await hang_up_after(api_gateway, "claude/sonnet", 2)
+    assert record["cancelled"] == "1" and record["estimated"] == "1", record
+    assert int(record["tokens_prompt"]) == 11
+    assert received and int(record["tokens_completion"]) >= billing.estimate_tokens(received)
