@@ -50,8 +50,10 @@ class ProxySpec:
 
     @property
     def host(self) -> str:
+        """host:port as a URL writes it: an IPv6 address in brackets, so its own colons are not the port's."""
         parts = urlsplit(self.url)
-        return f"{parts.hostname}:{parts.port}"
+        host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname
+        return f"{host}:{parts.port}"
 
     @property
     def scheme(self) -> str:

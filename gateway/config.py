@@ -19,7 +19,7 @@ from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -110,6 +110,11 @@ class ProxyConfig(_Model):
     url: str = Field(pattern=r"^(socks5h?|socks4a?|https?)://")
     region: str | None = None
 
+    @field_validator("region")
+    @classmethod
+    def _region_case(cls, region: str | None) -> str | None:
+        return region.lower() if region else region  # `DE` and `de` are one region to `blocked_regions`
+
     @field_validator("url")
     @classmethod
     def _usable_url(cls, url: str) -> str:
@@ -156,6 +161,11 @@ class ProviderConfig(_Model):
     api_key_env: str = ""  # filled by the loader from `${VAR}` in api_key: named in "set VAR" errors
     egress: str = "direct"
     blocked_regions: list[str] = []  # never leave through a proxy tagged with one of these regions
+
+    @field_validator("blocked_regions")
+    @classmethod
+    def _regions_case(cls, regions: list[str]) -> list[str]:
+        return [r.lower() for r in regions]
     headers: dict[str, str] = {}
     timeouts: TimeoutsConfig = TimeoutsConfig()
     max_concurrency: PosInt | None = None  # requests in flight per process; beyond it a fast 503, no queue
@@ -270,8 +280,8 @@ class Config(_Model):
     def secrets(self) -> list[str]:
         """Every secret value in this config, for the log redactor."""
         out = [self.server.admin_token, self.server.metrics_token, *(p.api_key for p in self.providers.values())]
-        out += [_url_password(px.url) for pool in self.egress.pools.values() for px in pool.proxies]
-        out.append(_url_password(self.store.url))
+        out += [pw for pool in self.egress.pools.values() for px in pool.proxies for pw in _url_passwords(px.url)]
+        out += _url_passwords(self.store.url)
         return [s for s in out if len(s) >= 4]
 
 
@@ -280,9 +290,13 @@ def to_nano(usd: float) -> int:
     return int(Decimal(repr(usd)) * NANO)
 
 
-def _url_password(url: str) -> str:
-    m = re.match(r"^[a-z0-9+]+://[^:/@]*:([^@]*)@", url)
-    return m.group(1) if m else ""
+def _url_passwords(url: str) -> list[str]:
+    """A URL's password as written and as sent (percent-decoded); one with an unencoded '@' in it too."""
+    try:
+        written = urlsplit(url).password or ""
+    except ValueError:
+        return []
+    return [written, unquote(written)] if written else []
 
 
 # --- loading -------------------------------------------------------------------------------------

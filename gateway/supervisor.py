@@ -1,10 +1,10 @@
 """`serve --workers N`: N gateway processes sharing one port (SO_REUSEPORT) under this parent.
 
-The parent restarts a worker that dies, forwards SIGHUP (reload) and SIGTERM/SIGINT (graceful shutdown)
-to every worker, and alone talks to systemd: READY=1 once every worker reported ready, RELOADING=1 /
-READY=1 around a reload, STOPPING=1 at shutdown. Workers keep their metrics in a shared
-PROMETHEUS_MULTIPROC_DIR, so any worker's /metrics shows the sum over all of them. The store must be
-shared (Redis): N memory stores would be N different sets of balances.
+The parent restarts a worker that dies, forwards SIGHUP (reload; to a worker still starting once it is
+ready) and SIGTERM/SIGINT (graceful shutdown) to every worker, and alone talks to systemd: READY=1 once
+every worker reported ready, RELOADING=1 / READY=1 around a reload, STOPPING=1 at shutdown. Workers
+keep their metrics in a shared PROMETHEUS_MULTIPROC_DIR, so any worker's /metrics shows the sum over all
+of them. The store must be shared (Redis): N memory stores would be N different sets of balances.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class Supervisor:
         self.workers: list[subprocess.Popen[bytes]] = []
         self.restarts: list[float] = []
         self.pending: list[int] = []  # signals received, handled by the main loop
+        self.reload_due: set[int] = set()  # workers that were still starting when a reload came
         self.announced = False
 
     def _spawn(self) -> subprocess.Popen[bytes]:
@@ -74,9 +75,31 @@ class Supervisor:
                 time.sleep(1)
             self.workers[i] = self._spawn()
 
+    def _ready(self) -> set[int]:
+        return {int(p.name) for p in (self.state_dir / "ready").iterdir()}
+
+    def _reload(self) -> None:
+        """SIGHUP to every ready worker. One still starting has no handler yet and would die of it (and, had
+        it read the file before the change, keep the old config): it gets its SIGHUP once it is ready."""
+        ready = self._ready()
+        for proc in self.workers:
+            if proc.poll() is None:
+                if proc.pid in ready:
+                    proc.send_signal(signal.SIGHUP)
+                else:
+                    self.reload_due.add(proc.pid)
+
+    def _reload_late_starters(self) -> None:
+        if self.reload_due:
+            ready = self._ready()
+            for proc in self.workers:
+                if proc.pid in self.reload_due and proc.pid in ready and proc.poll() is None:
+                    proc.send_signal(signal.SIGHUP)
+            self.reload_due &= {p.pid for p in self.workers if p.pid not in ready and p.poll() is None}
+
     def _announce_ready(self) -> None:
-        ready = {p.name for p in (self.state_dir / "ready").iterdir()}
-        if not self.announced and all(str(p.pid) in ready for p in self.workers):
+        ready = self._ready()
+        if not self.announced and all(p.pid in ready for p in self.workers):
             self.announced = True
             systemd.notify("READY=1", f"MAINPID={os.getpid()}")
             log.info("all workers ready", workers=self.count)
@@ -106,11 +129,12 @@ class Supervisor:
                     signum = self.pending.pop(0)
                     if signum == signal.SIGHUP:
                         systemd.reloading()
-                        self._forward(signal.SIGHUP)
+                        self._reload()
                         systemd.notify("READY=1")
                     else:
                         return self._stop()
                 self._replace_dead()
+                self._reload_late_starters()
                 self._announce_ready()
                 time.sleep(POLL_S)
         finally:

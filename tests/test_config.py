@@ -130,6 +130,8 @@ def test_a_provider_left_without_a_usable_proxy_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"providers\.openai\.blocked_regions: leaves no usable proxy in pool 'eu'"):
         parse(POOLED, {})
     assert parse(POOLED.replace("region: cn", "region: de"), {}).providers["openai"].blocked_regions == ["ru", "cn"]
+    with pytest.raises(ConfigError, match=r"leaves no usable proxy"):  # a region's case does not hide it
+        parse(POOLED.replace("region: cn", "region: CN"), {})
     fallback = POOLED.replace("      proxies:", "      fallback_direct: true\n      proxies:")
     assert parse(fallback, {}).egress.pools["eu"].fallback_direct
 
@@ -234,6 +236,17 @@ def test_a_proxy_url_the_gateway_cannot_use_is_refused_without_quoting_it(url: s
         parse(text, {"PW": "zq9#cd-proxy-secret"})
     assert str(info.value).startswith("egress.pools.eu.proxies.0.url: ")
     assert "zq9" not in str(info.value) and "pw-0000" not in str(info.value)
+
+
+@pytest.mark.parametrize(("url", "password"), [
+    ("socks5h://user:pw@127.0.0.1:1080", "pw"),  # too short to redact
+    ("socks5h://u:p@ssword123@127.0.0.1:1080", "p@ssword123"),  # an '@' left unencoded: the last one ends it
+    ("socks5h://u:pa%2Fss%40word@127.0.0.1:1080", "pa/ss@word"),  # as sent to the proxy
+])
+def test_every_proxy_password_is_a_secret_to_redact(url: str, password: str) -> None:
+    config = parse(POOLED.replace("region: cn", "region: de").replace("socks5h://user:pw@127.0.0.1:1080", url), {})
+    assert (password in config.secrets()) is (len(password) >= 4)
+    assert "p" not in config.secrets() and "user" not in config.secrets()
 
 
 def _names_in_config(text: str) -> set[str]:

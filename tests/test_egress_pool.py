@@ -148,6 +148,11 @@ async def test_a_proxy_whose_password_rotates_keeps_its_up_series(egress: Egress
     assert REGISTRY.get_sample_value("gateway_egress_proxy_up", labels) is None
 
 
+def test_an_ipv6_proxy_host_is_written_in_brackets() -> None:
+    assert ProxySpec("v6", "socks5h://u:secret-pw@[::1]:1080").host == "[::1]:1080"
+    assert ProxySpec("v4", "socks5h://127.0.0.1:1080").host == "127.0.0.1:1080"
+
+
 async def test_snapshot_names_hosts_never_credentials(egress: Egress) -> None:
     await configure(egress)
     text = json.dumps(egress.snapshot())

@@ -171,6 +171,35 @@ async def test_stopping_while_a_worker_restarts_is_a_clean_stop(redis_config: tu
     assert not any(e["pid"] == replacement and e["event"] == "ready" for e in gw.log())  # it never got that far
 
 
+async def test_a_reload_while_a_worker_restarts_reaches_it_once_it_is_ready(redis_config: tuple[Path, str]) -> None:
+    """SIGHUP forwarded to a worker still importing would kill it (no handler yet) and could leave it on the
+    config it read before the change: it gets the reload once it is ready, and lives."""
+    gw = GatewayProcess(redis_config[0])
+    gw.extra_args = ["--workers", "2"]
+    with gw:
+        pids = {e["pid"] for e in gw.log() if e["event"] == "worker started"}
+        for _ in range(100):
+            if len({e["pid"] for e in gw.log() if e["event"] == "ready"}) == 2:
+                break
+            await asyncio.sleep(0.1)
+        os.kill(sorted(pids)[0], signal.SIGKILL)
+        for _ in range(200):
+            if len(started := {e["pid"] for e in gw.log() if e["event"] == "worker started"}) == 3:
+                break
+            await asyncio.sleep(0.02)
+        replacement = (started - pids).pop()
+        gw.signal(signal.SIGHUP)  # the replacement is still importing
+        for _ in range(150):
+            reloaded = {e["pid"] for e in gw.log() if e["event"] == "config reloaded"}
+            if reloaded >= {replacement, sorted(pids)[1]}:
+                break
+            await asyncio.sleep(0.1)
+        events = [e["event"] for e in gw.log() if e.get("pid") == replacement]
+        assert "ready" in events and "config reloaded" in events, events
+        assert len({e["pid"] for e in gw.log() if e["event"] == "worker started"}) == 3  # no further restart
+        assert gw.stop() == 0, gw.stdout()[-2000:]
+
+
 def test_workers_refuse_the_memory_store(tmp_path: Path) -> None:
     path = tmp_path / "mem.yaml"
     path.write_text(gateway_config_text("http://127.0.0.1:9/v1"))
