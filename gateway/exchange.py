@@ -19,7 +19,7 @@ from gateway.billing import Bill
 from gateway.catalog import Route
 from gateway.config import Config, PresetConfig
 from gateway.errors import InvalidRequest
-from gateway.streaming import ChunkCodec, StreamCodec, text_bytes
+from gateway.streaming import ChunkCodec, StreamCodec, message_bytes
 from providers import openai, passthrough, reasoning, registry
 from providers.registry import Adapter
 from providers.types import JSON, ChatRequest, StreamState, Target, UpstreamHTTPError, UpstreamRequest, Usage
@@ -83,8 +83,12 @@ def untranslatable(route: Route, what: str) -> InvalidRequest:
 def chat_text_bytes(choices: list[Any]) -> int:
     """Generated text of a chat answer's choices, counted as a stream's deltas are (content, reasoning,
     refusal, tool-call arguments)."""
-    return text_bytes({"choices": [{"delta": c.get("message")} for c in choices if isinstance(c, dict)
-                                   and isinstance(c.get("message"), dict)]})
+    n = 0
+    for choice in choices:
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if isinstance(message, dict):
+            n += message_bytes(message)
+    return n
 
 
 class ChatExchange:

@@ -65,18 +65,24 @@ def text_bytes(chunk: JSON) -> int:
         if text.__class__ is str:
             n += _utf8_len(text)
         delta = choice.get("delta")
-        if not delta:
-            continue
-        content = delta.get("content")
-        if content.__class__ is str:
-            n += _utf8_len(content)
-        for key in ("reasoning_content", "refusal"):
-            if key in delta and (value := delta[key]).__class__ is str:
-                n += _utf8_len(value)
-        for call in delta.get("tool_calls") or ():
-            args = (call.get("function") or {}).get("arguments")
-            if isinstance(args, str):
-                n += _utf8_len(args)
+        if delta:
+            n += message_bytes(delta)
+    return n
+
+
+def message_bytes(message: JSON) -> int:
+    """Generated text in a chat delta or message: content, reasoning, refusal, tool-call arguments."""
+    n = 0
+    content = message.get("content")
+    if content.__class__ is str:
+        n += _utf8_len(content)
+    for key in ("reasoning_content", "refusal"):
+        if key in message and (value := message[key]).__class__ is str:
+            n += _utf8_len(value)
+    for call in message.get("tool_calls") or ():
+        args = (call.get("function") or {}).get("arguments")
+        if isinstance(args, str):
+            n += _utf8_len(args)
     return n
 
 
