@@ -33,6 +33,7 @@ from gateway import keyops
 from gateway.config import Config
 from gateway.logging import configure as configure_logging
 from gateway.store import Store, StoreError, open_store
+from gateway.store.memory import MAX_AMOUNT
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,6 +67,8 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {value}")
+    if value > MAX_AMOUNT:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_AMOUNT}, not {value}")
     return value
 
 

@@ -19,13 +19,14 @@ from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from redis.connection import parse_url as parse_redis_url
 
 from gateway import config_check
+from gateway.store.boundary import url_secrets
 from providers.registry import KINDS
 
 NANO = 1_000_000_000  # nano-dollars per dollar
@@ -280,23 +281,14 @@ class Config(_Model):
     def secrets(self) -> list[str]:
         """Every secret value in this config, for the log redactor."""
         out = [self.server.admin_token, self.server.metrics_token, *(p.api_key for p in self.providers.values())]
-        out += [pw for pool in self.egress.pools.values() for px in pool.proxies for pw in _url_passwords(px.url)]
-        out += _url_passwords(self.store.url)
+        out += [pw for pool in self.egress.pools.values() for px in pool.proxies for pw in url_secrets(px.url)]
+        out += url_secrets(self.store.url)
         return [s for s in out if len(s) >= 4]
 
 
 def to_nano(usd: float) -> int:
     """Dollars as written in YAML -> integer nano-dollars, exactly (1.1 stays 1_100_000_000)."""
     return int(Decimal(repr(usd)) * NANO)
-
-
-def _url_passwords(url: str) -> list[str]:
-    """A URL's password as written and as sent (percent-decoded); one with an unencoded '@' in it too."""
-    try:
-        written = urlsplit(url).password or ""
-    except ValueError:
-        return []
-    return [written, unquote(written)] if written else []
 
 
 # --- loading -------------------------------------------------------------------------------------

@@ -54,9 +54,16 @@ def _window_headers(kind: str, window: WindowState | None) -> dict[str, str]:
             f"x-ratelimit-reset-{kind}": go_duration(window.reset_s)}
 
 
+def _requests_window(result: AdmitResult) -> WindowState | None:
+    """The requests window that binds: the one with fewer requests left (rpm or rpd; on a tie the one that
+    resets later), so a request the day refuses is not told that the minute has requests left."""
+    windows = [w for w in (result.requests, result.day) if w is not None]
+    return min(windows, key=lambda w: (max(w.remaining, 0), -w.reset_s)) if windows else None
+
+
 def headers(result: AdmitResult) -> dict[str, str]:
     """OpenAI's x-ratelimit-* headers for the windows that apply."""
-    return {**_window_headers("requests", result.requests), **_window_headers("tokens", result.tokens)}
+    return {**_window_headers("requests", _requests_window(result)), **_window_headers("tokens", result.tokens)}
 
 
 def retry_after(result: AdmitResult) -> str:

@@ -254,7 +254,7 @@ def _refuse_unless_ok(result: AdmitResult, hold: int, model_id: str, streams: in
         return
     if result.outcome == "streams":
         raise RateLimited(f"This key may have at most {streams} streams open at once; wait for one to finish.",
-                          code="too_many_streams")
+                          code="too_many_streams", headers={"Retry-After": "1"})
     headers = limits.headers(result)
     if result.outcome == "rate_limited":
         metrics.RATE_LIMITED.labels(model_id).inc()

@@ -66,6 +66,11 @@ async def test_a_top_up_past_what_a_key_can_hold_is_refused_in_dollars(make_gate
     pytest.param("/admin/keys", {"name": "x", "balance": "lots"}, 400, "invalid_value", id="bad-balance"),
     pytest.param("/admin/keys", {"name": "x", "balance": 1, "rpm": 0}, 400, "invalid_value", id="bad-rpm"),
     pytest.param("/admin/keys", {"name": "x", "balance": 1e30}, 400, "invalid_value", id="balance-beyond-int64"),
+    pytest.param("/admin/keys", {"name": "x", "balance": 1, "models": [""]}, 400, "invalid_type", id="empty-glob"),
+    pytest.param("/admin/keys", {"name": "x", "balance": 1, "max_streams": 2**60}, 400, "invalid_value",
+                 id="cap-beyond-what-the-store-counts"),
+    pytest.param("/admin/keys", {"name": "x", "balance": 1, "rpd": 2**53}, 400, "invalid_value",
+                 id="limit-beyond-what-the-store-counts"),
     pytest.param("/admin/keys/key_nope/topup", {"amount": 1}, 404, "key_not_found", id="unknown-key"),
     pytest.param("/admin/keys/key_nope/disable", None, 404, "key_not_found", id="unknown-key-disable"),
 ])

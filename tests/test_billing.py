@@ -297,6 +297,20 @@ def test_rate_limit_headers_and_retry_after() -> None:
     assert retry_after(result) == "42"
 
 
+def test_the_requests_headers_describe_the_window_that_binds() -> None:
+    """A key whose day is spent is not told that its minute has requests left (with a reset in seconds while
+    Retry-After says hours); a day-only limit has requests headers too."""
+    minute, day = WindowState(limit=60, remaining=59, reset_s=31), WindowState(limit=1, remaining=0, reset_s=73231)
+    refused = AdmitResult(outcome="rate_limited", balance=0, retry_after_s=73231, limited_by="rpd",
+                          requests=minute, day=day)
+    assert headers(refused) == {"x-ratelimit-limit-requests": "1", "x-ratelimit-remaining-requests": "0",
+                                "x-ratelimit-reset-requests": "20h20m31s"}
+    assert headers(AdmitResult(outcome="ok", balance=0, day=day))["x-ratelimit-limit-requests"] == "1"
+    roomy = WindowState(limit=1000, remaining=900, reset_s=70000)
+    assert headers(AdmitResult(outcome="ok", balance=0, requests=minute, day=roomy))[
+        "x-ratelimit-remaining-requests"] == "59"
+
+
 # --- when the answer waits for the settlement -------------------------------------------------------
 
 

@@ -133,6 +133,7 @@ async def test_concurrent_streams_beyond_the_cap_are_429(gateway: Gateway) -> No
         await client.chat.completions.create(model="fake/gpt-4o", messages=MESSAGES,  # type: ignore[arg-type]
                                              stream=True)
     assert info.value.code == "too_many_streams"
+    assert info.value.response.headers["Retry-After"] == "1"  # the README's promise for every 429
     gateway.fake.delay_between_chunks_s = 0  # (read at every chunk: the first stream now runs out quickly)
     await client.chat.completions.create(model="fake/gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
     other = gateway.openai()  # another key is not affected

@@ -98,6 +98,23 @@ async def test_model_pattern_with_comma_refused(store: Store) -> None:
     assert await store.list_keys() == []
 
 
+@pytest.mark.parametrize("models", [("",), ("x/y", "")], ids=["only-empty", "with-empty"])
+async def test_an_empty_model_pattern_is_refused(store: Store, models: tuple[str, ...]) -> None:
+    """Kept, "" matched no model (memory: every request a 403); dropped on Redis's comma-joined read, it left
+    no pattern, which allows every model: one key, two meanings."""
+    with pytest.raises(ValueError, match="empty"):
+        await store.create_key(make_record(models=models))
+    assert await store.list_keys() == []
+
+
+@pytest.mark.parametrize("field", ["rpm", "rpd", "max_streams", "max_tokens", "max_body_bytes"])
+async def test_a_limit_or_cap_the_scripts_cannot_count_is_refused_at_create(store: Store, field: str) -> None:
+    """Accepted, every admission of the key failed validation (a 500 on every request)."""
+    with pytest.raises(ValueError, match=field):
+        await store.create_key(make_record(**{field: MAX_AMOUNT + 1}))
+    await store.create_key(make_record(**{field: MAX_AMOUNT}))
+
+
 async def test_list_is_oldest_first_ties_by_id(store: Store) -> None:
     for key_id, created in [("key_c", 300), ("key_b", 100), ("key_z", 200), ("key_a", 200)]:
         await store.create_key(make_record(key_id=key_id, created=created))

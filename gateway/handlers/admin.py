@@ -16,6 +16,7 @@ from gateway.metering import store_unavailable
 from gateway.requests import read_json
 from gateway.state import RUNTIME
 from gateway.store import StoreError
+from gateway.store.memory import MAX_AMOUNT
 
 ADMIN_BODY_LIMIT = 64 * 1024
 
@@ -37,8 +38,9 @@ def _opt_limit(body: dict[str, Any], field: str) -> int | None:
     value = body.get(field)
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise InvalidRequest(f"'{field}' must be a whole number >= 1.", param=field, code="invalid_value")
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_AMOUNT:
+        raise InvalidRequest(f"'{field}' must be a whole number from 1 to {MAX_AMOUNT}.", param=field,
+                             code="invalid_value")
     return value
 
 
@@ -69,8 +71,9 @@ async def create_key(request: web.Request) -> web.Response:
     if not isinstance(name, str) or not name.strip():
         raise InvalidRequest("'name' is required.", param="name", code="missing_required_parameter")
     models = body.get("models") or []
-    if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
-        raise InvalidRequest("'models' must be an array of model id globs.", param="models", code="invalid_type")
+    if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
+        raise InvalidRequest("'models' must be an array of non-empty model id globs.", param="models",
+                             code="invalid_type")
     balance, rpm, rpd = _amount(body, "balance"), _opt_limit(body, "rpm"), _opt_limit(body, "rpd")
     caps = {cap: _opt_limit(body, cap) for cap in keyops.CAPS}
     plain, record = await _run(request, lambda store: keyops.create(store, name.strip(), balance, rpm, rpd, models,

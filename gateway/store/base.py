@@ -90,6 +90,7 @@ class AdmitResult:
     limited_by: str = ""  # when rate_limited: "rpm" | "rpd" | "tpm"
     requests: WindowState | None = None  # the rpm window (None if unlimited)
     tokens: WindowState | None = None  # the tpm window (None if unlimited)
+    day: WindowState | None = None  # the rpd window (None if unlimited)
 
 
 @record

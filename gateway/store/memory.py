@@ -264,7 +264,7 @@ def admit_result(outcome: str, balance: int, limits: Mapping[str, int | None], u
             return None
         return WindowState(limit, max(0, limit - used[kind]), reset_ms(kind, now_ms) / 1000)
 
-    return AdmitResult(outcome, balance, retry / 1000, limited_by, window("rpm"), window("tpm"))
+    return AdmitResult(outcome, balance, retry / 1000, limited_by, window("rpm"), window("tpm"), window("rpd"))
 
 
 def audit_entry(key_id: str, generation_id: str, model: str, charged: int, tokens: int,
@@ -335,13 +335,17 @@ def validate_new_record(record: KeyRecord) -> None:
         raise ValueError("a new key's balance must not be negative")
     if record.balance > MAX_AMOUNT:
         raise ValueError(f"a new key's balance must not exceed {MAX_AMOUNT} nano-dollars")
-    for cap in ("max_streams", "max_tokens", "max_body_bytes"):
-        value = getattr(record, cap)
-        if value is not None and (type(value) is not int or value < 1):
-            raise ValueError(f"{cap} must be a whole number >= 1")
+    # admit hands limits and caps to the scripts, which count exactly only up to MAX_AMOUNT (validate_admission)
+    for name, lowest in (("rpm", 0), ("rpd", 0), ("max_streams", 1), ("max_tokens", 1), ("max_body_bytes", 1)):
+        value = getattr(record, name)
+        if value is not None and (type(value) is not int or not lowest <= value <= MAX_AMOUNT):
+            raise ValueError(f"{name} must be a whole number from {lowest} to {MAX_AMOUNT}")
 
 
 def validate_models(models: tuple[str, ...]) -> None:
-    """Refuse a model glob with ',': Redis stores the list comma-joined, and both backends must agree."""
+    """Refuse a model glob with ',' or an empty one: Redis stores the list comma-joined (and drops empty
+    parts when reading it back), and both backends must agree."""
     if any("," in m for m in models):
         raise ValueError("model patterns must not contain ','")
+    if any(not m for m in models):
+        raise ValueError("model patterns must not be empty")
