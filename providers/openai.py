@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
@@ -299,8 +300,15 @@ def _reason(status: int) -> str:
 # -- stream ----------------------------------------------------------------------------------------
 
 
+@dataclass(slots=True)
+class OpenAIStreamState(StreamState):
+    # (choice index, upstream tool-call index) -> (call id, index relayed): Ollama's /v1 sends every call of a
+    # parallel set at index 0, each with its own id (ollama/ollama#15457), which clients would merge into one
+    calls: dict[tuple[int, int], tuple[str, int]] = field(default_factory=dict)
+
+
 def new_stream_state(req: ChatRequest, target: Target) -> StreamState:
-    return StreamState(public_model=target.public_model)
+    return OpenAIStreamState(public_model=target.public_model)
 
 
 def parse_stream_event(state: StreamState, event: SSEEvent) -> list[JSON]:
@@ -338,7 +346,7 @@ def _record_chunk(state: StreamState, chunk: JSON) -> None:
     for i, choice in enumerate(choices):
         if _plain_content_choice(choice):
             continue  # most chunks of a stream, and complete as they are: nothing to fill, nothing finished
-        _fill_chunk_choice(choice, i)
+        _fill_chunk_choice(choice, i, state)
         if choice["finish_reason"] is not None:
             state.finish_reason = choice["finish_reason"]
     if isinstance(chunk.get("usage"), dict):
@@ -353,9 +361,14 @@ def _plain_content_choice(choice: JSON) -> bool:
             and type(choice.get("index")) is int and choice.get("logprobs") is None)
 
 
-def _fill_chunk_choice(choice: JSON, position: int) -> None:
-    """`index`, `delta` (with its tool calls' `index`) and `finish_reason` (null until the last chunk)."""
+def _fill_chunk_choice(choice: JSON, position: int, state: StreamState) -> None:
+    """`index`, `delta` (with its tool calls' `index`) and `finish_reason` (null until the last chunk). A
+    streamed legacy `text_completion` choice (native /v1/completions) keeps its own shape: no `delta`."""
     _fill_index(choice, position)
+    if "text" in choice and "delta" not in choice:
+        finish = choice.get("finish_reason")
+        choice["finish_reason"] = None if finish is None else _finish_reason(finish, False)
+        return
     delta = choice.get("delta")
     if not isinstance(delta, dict):
         delta = choice["delta"] = {}
@@ -364,10 +377,28 @@ def _fill_chunk_choice(choice: JSON, position: int) -> None:
         for j, call in enumerate(calls):
             if isinstance(call, dict):
                 _fill_index(call, j)
+                _renumber(state, choice["index"], call)
     if "logprobs" in choice:
         _fill_logprobs(choice)
     finish = choice.get("finish_reason")
     choice["finish_reason"] = None if finish is None else _finish_reason(finish, bool(calls))
+
+
+def _renumber(state: StreamState, choice: int, call: JSON) -> None:
+    """A tool-call delta's `index` as relayed: a new id at an index a call with another id holds is a new call,
+    given the next free index; deltas without an id continue the call last seen at their index."""
+    if not isinstance(state, OpenAIStreamState):
+        return
+    key, call_id = (choice, call["index"]), call.get("id")
+    call_id = call_id if isinstance(call_id, str) else ""
+    known = state.calls.get(key)
+    if known is None or (call_id and known[0] and call_id != known[0]):
+        taken = [relay for (c, _), (_, relay) in state.calls.items() if c == choice]
+        relay = call["index"] if known is None and call["index"] not in taken else max(taken, default=-1) + 1
+        state.calls[key] = (call_id, relay)
+    elif call_id and not known[0]:
+        state.calls[key] = (call_id, known[1])
+    call["index"] = state.calls[key][1]
 
 
 def _stream_error(error: Any) -> UpstreamHTTPError:

@@ -79,6 +79,7 @@ async def test_completion_stream_passed_through(api_gateway: Gateway) -> None:
     validate(last.model_dump(exclude_unset=True), "CreateCompletionResponse")
     assert nano(bill["request_cost"]) == INSTRUCT_COST
     assert api_gateway.fake.last.body["stream_options"] == {"include_usage": True}  # the gateway asks for usage
+    assert all("delta" not in choice for choice in last.model_dump()["choices"])  # a legacy chunk, not a chat one
     await assert_charged(api_gateway, before, INSTRUCT_COST, last.id, "completions")
 
 

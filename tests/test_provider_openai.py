@@ -10,9 +10,13 @@ from typing import Any
 
 import orjson
 import pytest
+from anthropic.lib.streaming._messages import accumulate_event
 from jsonschema import Draft202012Validator
+from openai.lib.streaming.chat import ChatCompletionStreamState
+from openai.types.chat import ChatCompletionChunk
 
 from providers import openai
+from providers.anthropic_answer import MessageStream
 from providers.framing import SSEDecoder
 from providers.types import ChatRequest, ProviderError, SSEEvent, Target, UpstreamHTTPError, Usage
 
@@ -116,6 +120,49 @@ def test_recorded_stream_translation(path: Path, chunk_size: int) -> None:
     assert state.usage == Usage(prompt_tokens=prompt, completion_tokens=completion, reported=True)
     assert state.done
     assert (state.response_id, state.created) == (upstream[0]["id"], upstream[0]["created"])
+
+
+def _at_index_0(raw: bytes) -> bytes:
+    """The recorded parallel tool calls as Ollama's /v1 sends them: every call's deltas at `index` 0, each call
+    with its own id (ollama/ollama#15457)."""
+    return raw.replace(b'"index":1,', b'"index":0,').replace(b'"tool_calls":[{"index":1', b'"tool_calls":[{"index":0')
+
+
+def test_parallel_tool_calls_sent_at_one_index_stay_apart() -> None:
+    """A new call id at an index another call holds is a new call: the SDKs would merge the two into one call
+    whose arguments are two JSON objects run together (chat), or drop the second (/v1/messages)."""
+    raw = (WIRE / "openai" / "sdk-stream-tool-calls-parallel.sse").read_bytes()
+    assert _at_index_0(raw).count(b'"index":1') == 0
+    recorded = aggregate(translate(raw, 1 << 20)[0])["args"]
+    assert aggregate(translate(_at_index_0(raw), 7)[0])["args"] == recorded and len(recorded) == 2
+    ids = [call["id"] for chunk in translate(raw, 1 << 20)[0] for choice in chunk["choices"]
+           for call in choice["delta"].get("tool_calls") or () if call.get("id")]
+    calls = [(call_id, json.loads(recorded[i])) for i, call_id in enumerate(ids)]
+    sdk = ChatCompletionStreamState()
+    for chunk in translate(_at_index_0(raw), 1 << 20)[0]:
+        sdk.handle_chunk(ChatCompletionChunk.model_validate(chunk))
+    made = sdk.current_completion_snapshot.choices[0].message.tool_calls or []
+    assert [(c.id, json.loads(c.function.arguments)) for c in made] == calls
+    stream = MessageStream("gen-1", "ollama/qwen3")
+    events = [event for chunk in translate(_at_index_0(raw), 1 << 20)[0] for event in stream.feed(chunk)]
+    events += stream.end(Usage(prompt_tokens=149, completion_tokens=60, reported=True))
+    snapshot, bufs = None, {}  # type: ignore[var-annotated]
+    for _, data in events:
+        snapshot = accumulate_event(event=json.loads(json.dumps(data)), current_snapshot=snapshot, json_bufs=bufs)
+    assert snapshot is not None
+    assert [(b.id, b.input) for b in snapshot.content] == calls  # two tool_use blocks, as the SDK sees them
+
+
+def test_a_legacy_completion_chunk_keeps_its_shape() -> None:
+    """A streamed `text_completion` passed through (`completions: native`) comes back as the upstream sent it:
+    no chat `delta` in its choices, no chat-only keys in its legacy `logprobs`."""
+    chunk = {"id": "cmpl-7iA7iJjj8V2zOkCGvWF2hAkDWBQZe", "object": "text_completion", "created": 1690759702,
+             "choices": [{"text": "This", "index": 0, "finish_reason": None,
+                          "logprobs": {"tokens": ["This"], "token_logprobs": [-0.1], "top_logprobs": [{"This": -0.1}],
+                                       "text_offset": [0]}}],
+             "model": "gpt-3.5-turbo-instruct"}
+    [out] = openai.parse_stream_event(new_state(), SSEEvent(json.dumps(chunk).encode()))
+    assert out["choices"][0] == chunk["choices"][0]
 
 
 def new_state() -> Any:
