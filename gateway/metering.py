@@ -90,11 +90,14 @@ class Settlements:
             return
 
     async def drain(self, timeout_s: float) -> None:
-        if self.pending:
-            _, left = await asyncio.wait(list(self.pending), timeout=timeout_s)
-            for task in left:
-                log.error("settlement lost at shutdown; the hold returns to the balance at its TTL")
-                task.cancel()
+        """Wait for every settlement, also the retries that settlements still in flight hand off meanwhile."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.pending and (left_s := deadline - loop.time()) > 0:
+            await asyncio.wait(list(self.pending), timeout=left_s)
+        for task in list(self.pending):
+            log.error("settlement lost at shutdown; the hold returns to the balance at its TTL")
+            task.cancel()
 
 
 @dataclass(slots=True)

@@ -12,9 +12,11 @@ dead connection looks like) are only true of the real thing. Nothing is persiste
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -109,6 +111,18 @@ class RedisServer:
         """Stop and start again on the same port; with no persistence, all data is gone afterwards."""
         self.stop()
         self.start()
+
+    def pause(self, resume_after_s: float | None = None) -> None:
+        """Stall the server (SIGSTOP: connections stay open, nothing answers), as a fork or a slow disk does;
+        with `resume_after_s`, a timer thread lets it go on by itself."""
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGSTOP)
+        if resume_after_s is not None:
+            threading.Timer(resume_after_s, self.resume).start()
+
+    def resume(self) -> None:
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGCONT)
 
     def close(self) -> None:
         """Stop the server and remove its working directory."""

@@ -10,13 +10,18 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from harness import gateway_config
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway import metering
+from gateway.catalog import Catalog
+from gateway.keys import new_record
 from gateway.store.base import Admission, KeyRecord, StoreError
 from gateway.store.multiplex import Multiplexed, sha1
 from gateway.store.redis import RedisStore
+from providers.types import Usage
 from tests.redis_server import RedisServer
 
 SCRIPT = "return {ARGV[1], redis.call('INCR', KEYS[1])}"
@@ -195,4 +200,69 @@ async def test_a_cancelled_store_call_leaves_its_task_cancelled(server: RedisSer
         assert cut_short == 150
         assert await store.get_key("k1") is not None  # and the store still works
     finally:
+        await store.close()
+
+
+async def test_a_connection_lost_right_after_its_handshake_fails_the_call_instead_of_hanging() -> None:
+    """Redis goes away between the set-up's last reply and the first command (a restart at that moment): the
+    call fails as a connection error (a 503 above it), not a wait for ever on a socket no watchdog times."""
+
+    async def answer_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)  # the handshake: SCRIPT LOAD
+        writer.write(b"$40\r\n" + b"0" * 40 + b"\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(answer_then_close, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    mux = Multiplexed(f"redis://127.0.0.1:{port}/0", 1, 1, scripts=("return 1",))
+    try:
+        with pytest.raises(RedisConnectionError):
+            await asyncio.wait_for(mux.call("PING"), 3)
+    finally:
+        await mux.close()
+        server.close()
+
+
+async def test_a_connection_attempt_whose_callers_all_gave_up_is_not_reused_once_dead(server: RedisServer) -> None:
+    """The only caller waiting for the connection is cancelled and the connection completes anyway: after a
+    later Redis restart the next call reconnects, rather than being handed that attempt's dead connection."""
+    mux = Multiplexed(server.url, 1, 1)
+    try:
+        first = asyncio.ensure_future(mux.call("PING"))
+        await asyncio.sleep(0)  # the connection attempt has begun
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await asyncio.sleep(0.2)  # ... and completed, with no caller left to see it
+        server.restart()
+        await asyncio.sleep(0.2)  # the old connection is known lost
+        assert await asyncio.wait_for(mux.call("PING"), 3) == "PONG"
+    finally:
+        await mux.close()
+
+
+async def test_shutdown_drains_the_retry_a_settlement_in_flight_hands_off(server: RedisServer,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis stalls just as an answer is billed: the settlement times out and hands itself to a background
+    retry. The shutdown's drain waits for that retry too (Redis is back a second later), rather than return
+    and let the store close under it: the served request is charged."""
+    monkeypatch.setattr("gateway.store.redis.SOCKET_TIMEOUT_S", 0.3)
+    store = RedisStore(server.url, prefix="drain:")
+    try:
+        config = gateway_config("http://127.0.0.1:9/v1")
+        route = Catalog(config).resolve("fake/gpt-5")
+        _, key = new_record("k", 1_000_000_000)
+        await store.create_key(key)
+        settlements = metering.Settlements()
+        body = {"model": "fake/gpt-5", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}
+        ticket = await metering.admit(store, settlements, config, route, key, body, False, False)
+        server.pause(resume_after_s=1.0)
+        bill = await ticket.settle(metering.Outcome(usage=Usage(prompt_tokens=19, completion_tokens=10,
+                                                                 reported=True)))  # known: answered at once
+        await settlements.drain(10)
+        assert not settlements.pending
+        generation = await store.get_generation(key.id, ticket.generation_id)
+        assert generation is not None and int(generation["charged"]) == bill.cost
+    finally:
+        server.resume()
         await store.close()

@@ -60,6 +60,9 @@ class _Protocol(asyncio.Protocol):
         """Send a command: at once when no other is in flight (nothing to share a write with, and the
         caller is waiting), else queued so that the commands of one event-loop turn leave in one write."""
         loop = self.loop
+        if self.lost:  # never sent: no watchdog would time it, and no reply will come
+            future.set_exception(RedisConnectionError("connection to redis lost"))
+            return
         self.waiting.append((future, loop.time() + self._timeout_s))
         if self._watchdog is None:
             self._watchdog = loop.call_later(self._timeout_s, self._watch)
@@ -171,13 +174,15 @@ class Multiplexed:
     async def _connect(self) -> _Protocol:
         """Concurrent callers share one connection attempt."""
         if self._connecting is None:
-            self._connecting = asyncio.ensure_future(self._open())
-        connecting = self._connecting
-        try:
-            return await asyncio.shield(connecting)
-        finally:
-            if connecting.done() and self._connecting is connecting:
-                self._connecting = None
+            self._connecting = connecting = asyncio.ensure_future(self._open())
+            connecting.add_done_callback(self._connected)  # cleared even when every caller gave up
+        return await asyncio.shield(self._connecting)
+
+    def _connected(self, connecting: asyncio.Future[_Protocol]) -> None:
+        if self._connecting is connecting:
+            self._connecting = None
+        if not connecting.cancelled():
+            connecting.exception()  # retrieved: an attempt no caller awaited any more is not an error to log
 
     async def _open(self) -> _Protocol:
         loop = asyncio.get_running_loop()
