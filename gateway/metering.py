@@ -16,7 +16,6 @@ have expired, waits for the store's word.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections.abc import Coroutine
@@ -28,7 +27,7 @@ from gateway.catalog import Route
 from gateway.config import Config, to_nano
 from gateway.errors import Forbidden, InsufficientQuota, RateLimited, Unauthorized, Unavailable
 from gateway.logging import get_logger, utc_second
-from gateway.store.base import Admission, AdmitResult, KeyRecord, Store, StoreError
+from gateway.store.base import Admission, AdmitResult, KeyMissing, KeyRecord, Store, StoreError
 from gateway.store.memory import MAX_AMOUNT
 from providers.types import Usage
 
@@ -86,6 +85,9 @@ class Settlements:
                 await store.settle(*args)
             except StoreError:
                 continue
+            except KeyMissing:
+                _key_missing(args)
+                return
             log.info("deferred settlement done", generation_id=args[1], attempts=attempt)
             return
 
@@ -168,6 +170,9 @@ class Ticket:
                         generation_id=self.generation_id)
             self.settlements.retry(self.store, args)
             charged, balance = cost, self._balance_after(cost)
+        except KeyMissing:  # the answer was served: the client gets it, the operator the error
+            _key_missing(args)
+            charged, balance = 0, 0
         if self._known is None:  # else counted when the bill was known
             self._count(outcome, charged)
         return self._bill(outcome, charged, balance)
@@ -194,6 +199,11 @@ class Ticket:
             "upstream_id": outcome.upstream_id, "egress": self.egress, "reserved": str(self.hold),
             "endpoint": self.endpoint, "images": str(outcome.usage.images),
         }
+
+
+def _key_missing(args: tuple[Any, ...]) -> None:
+    log.error("settlement for a key the store no longer has (deleted, or the store lost its data); "
+              "nothing charged", key_id=args[0], generation_id=args[1], cost=args[2])
 
 
 def _flag(value: bool) -> str:
@@ -228,7 +238,8 @@ async def admit(store: Store, settlements: Settlements, config: Config, route: R
         raise store_unavailable(exc) from exc
     except asyncio.CancelledError:
         # the script may still place the hold after we stopped waiting: give it straight back
-        settlements.track(_release(store, key.id, generation_id, route.model_id, config.billing.generation_ttl_s))
+        settlements.track(_release(store, settlements, key.id, generation_id, route.model_id,
+                                   config.billing.generation_ttl_s))
         raise
     metrics.store_up(True)
     _refuse_unless_ok(result, hold, route.model_id, streams)
@@ -236,14 +247,21 @@ async def admit(store: Store, settlements: Settlements, config: Config, route: R
                   endpoint, time.time(), route.provider.egress)
 
 
-async def _release(store: Store, key_id: str, generation_id: str, model_id: str, ttl_s: int) -> None:
-    """Settle an abandoned admission at zero: returns its hold if the script placed one.
+async def _release(store: Store, settlements: Settlements, key_id: str, generation_id: str, model_id: str,
+                   ttl_s: int) -> None:
+    """Settle an abandoned admission at zero: returns its hold if the script placed one (once the store
+    answers again, if it fails now: else the hold and a stream slot would wait for the hold's TTL).
 
     The store runs a process's commands in the order they were sent, so this settle cannot overtake the
     admit it undoes; if that admit was refused or never ran, it only records a cancelled generation.
     """
-    with contextlib.suppress(StoreError):
-        await store.settle(*_release_args(key_id, generation_id, model_id, ttl_s))
+    args = _release_args(key_id, generation_id, model_id, ttl_s)
+    try:
+        await store.settle(*args)
+    except StoreError:
+        settlements.retry(store, args)
+    except KeyMissing:
+        pass
 
 
 def _release_args(key_id: str, generation_id: str, model_id: str, ttl_s: int) -> tuple[Any, ...]:

@@ -23,6 +23,7 @@ from gateway.store import (
     StoreError,
     open_store,
 )
+from gateway.store.base import KeyMissing
 from gateway.store.boundary import redact, redacted_address, url_secrets
 from gateway.store.memory import MAX_AMOUNT, MemoryStore
 
@@ -616,7 +617,7 @@ async def test_settle_refuses_bad_arguments_and_missing_keys(ledger: Ledger) -> 
         await ledger.store.settle(ledger.key.id, "gen-1", -1, 1, {"model": MODEL}, 60)
     with pytest.raises(TypeError):
         await ledger.store.settle(ledger.key.id, "gen-1", 1.5, 1, {"model": MODEL}, 60)  # type: ignore[arg-type]
-    with pytest.raises(ValueError):
+    with pytest.raises(KeyMissing):  # a ValueError of its own kind: the caller tells it from a bad argument
         await ledger.store.settle("key_missing", "gen-1", 1, 1, {"model": MODEL}, 60)
     with pytest.raises(ValueError):
         await ledger.admit(hold=-1)

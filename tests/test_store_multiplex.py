@@ -7,6 +7,7 @@ import contextlib
 import random
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -19,6 +20,7 @@ from gateway import metering
 from gateway.catalog import Catalog
 from gateway.keys import new_record
 from gateway.store.base import Admission, KeyRecord, StoreError
+from gateway.store.memory import MemoryStore
 from gateway.store.multiplex import Multiplexed, sha1
 from gateway.store.redis import RedisStore
 from providers.types import Usage
@@ -266,3 +268,64 @@ async def test_shutdown_drains_the_retry_a_settlement_in_flight_hands_off(server
     finally:
         server.resume()
         await store.close()
+
+
+async def test_a_served_request_whose_key_the_store_lost_is_answered_and_logged(
+        server: RedisServer, log_lines: Any) -> None:
+    """Redis restarted without its data between admission and settlement: the answer was served, so the
+    client gets it (not a 500); the operator gets an error line naming the key and generation."""
+    store = RedisStore(server.url, prefix="lost:")
+    try:
+        config = gateway_config("http://127.0.0.1:9/v1")
+        route = Catalog(config).resolve("fake/gpt-5")
+        _, key = new_record("k", 1_000_000_000)
+        await store.create_key(key)
+        settlements = metering.Settlements()
+        body = {"model": "fake/gpt-5", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}
+        ticket = await metering.admit(store, settlements, config, route, key, body, False, False)
+        server.restart()  # no persistence: the key is gone
+        outcome = metering.Outcome(usage=Usage(prompt_tokens=19, completion_tokens=10, reported=True))
+        await ticket.settle(outcome, wait=True)  # the old connection is lost: retried in the background
+        await settlements.drain(5)
+        assert not settlements.pending
+        [line] = [li for li in log_lines() if li["event"].startswith("settlement for a key the store no longer")]
+        assert line["level"] == "error" and (line["key_id"], line["generation_id"]) == (key.id, ticket.generation_id)
+    finally:
+        await store.close()
+
+
+async def test_a_cancelled_admission_gives_its_hold_back_once_the_store_answers_again() -> None:
+    """The request is cancelled while its admission is in flight and the store fails the zero settlement
+    that undoes it: the hold (and a stream slot) come back at the next try, not at the hold's TTL."""
+
+    class Flaky(MemoryStore):
+        settles = 0
+
+        async def admit(self, admission: Admission) -> Any:
+            result = await super().admit(admission)  # the script ran: the hold is in place ...
+            await asyncio.sleep(10)  # ... and its answer is late
+            return result
+
+        async def settle(self, *args: Any) -> Any:
+            self.settles += 1
+            if self.settles == 1:
+                raise StoreError("store down")
+            return await super().settle(*args)
+
+    store = Flaky()
+    config = gateway_config("http://127.0.0.1:9/v1")
+    route = Catalog(config).resolve("fake/gpt-5")
+    _, key = new_record("k", 1_000_000_000, max_streams=1)
+    await store.create_key(key)
+    settlements = metering.Settlements()
+    body = {"model": "fake/gpt-5", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}
+    admitting = asyncio.ensure_future(metering.admit(store, settlements, config, route, key, body, False, True))
+    await asyncio.sleep(0.05)
+    admitting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await admitting
+    await settlements.drain(5)
+    record = await store.get_key(key.id)
+    assert store.settles == 2 and record is not None and record.balance == record.credits
+    again = await MemoryStore.admit(store, Admission(key.id, route.model_id, "gen-next", 0, 60, streams=1))
+    assert again.outcome == "ok"  # the stream slot came back too

@@ -30,6 +30,10 @@ class StoreError(Exception):
         self.maybe_applied = maybe_applied
 
 
+class KeyMissing(ValueError):
+    """A settlement for a key the store does not have (deleted, or a Redis that lost its data)."""
+
+
 @dataclass(frozen=True, slots=True)
 class KeyRecord:
     """A gateway key as stored: never the key itself, only its SHA-256 hex digest and a visible prefix."""

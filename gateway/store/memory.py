@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 
-from gateway.store.base import Admission, AdmitResult, KeyRecord, Settlement, WindowState
+from gateway.store.base import Admission, AdmitResult, KeyMissing, KeyRecord, Settlement, WindowState
 
 MAX_AMOUNT = 2**53 - 1  # money and token arguments stay exact in Lua's doubles below this
 MAX_TTL_S = 10**9  # about 31 years; keeps now + ttl in milliseconds exact in Lua too
@@ -149,7 +149,7 @@ class MemoryStore:
         """Capture min(cost, hold + balance), return the rest, record and audit it; a replay changes nothing."""
         model = validate_settle(cost, tokens, record, record_ttl_s)
         if key_id not in self._keys:
-            raise ValueError(f"no key {key_id} to settle against")
+            raise KeyMissing(f"no key {key_id} to settle against")
         now = self._now_ms()
         self._forget_expired(now)
         self._streams.get(key_id, {}).pop(generation_id, None)

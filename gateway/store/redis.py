@@ -42,7 +42,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from gateway.store.base import Admission, AdmitResult, KeyRecord, Settlement, StoreError
+from gateway.store.base import Admission, AdmitResult, KeyMissing, KeyRecord, Settlement, StoreError
 from gateway.store.boundary import Boundary, RedisPyBoundary, redacted_address, url_secrets
 from gateway.store.memory import (
     MAX_AMOUNT,
@@ -271,7 +271,7 @@ class RedisStore:
         with self._boundary("settle"):
             status, charged, balance = await self._mux.script(*self._settle, keys, args)
         if status == "missing":
-            raise ValueError(f"no key {key_id} to settle against")
+            raise KeyMissing(f"no key {key_id} to settle against")
         return Settlement(int(charged), int(balance), status == "replay")
 
     async def get_generation(self, key_id: str, generation_id: str) -> dict[str, str] | None:
