@@ -57,8 +57,11 @@ def _window_headers(kind: str, window: WindowState | None) -> dict[str, str]:
 def _requests_window(result: AdmitResult) -> WindowState | None:
     """The requests window that binds: the one with fewer requests left (rpm or rpd; on a tie the one that
     resets later), so a request the day refuses is not told that the minute has requests left."""
-    windows = [w for w in (result.requests, result.day) if w is not None]
-    return min(windows, key=lambda w: (max(w.remaining, 0), -w.reset_s)) if windows else None
+    minute, day = result.requests, result.day
+    if day is None or minute is None:
+        return minute or day
+    left, day_left = max(minute.remaining, 0), max(day.remaining, 0)
+    return day if day_left < left or (day_left == left and day.reset_s > minute.reset_s) else minute
 
 
 def headers(result: AdmitResult) -> dict[str, str]:
