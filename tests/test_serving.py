@@ -150,24 +150,30 @@ async def test_workers_share_the_port_restart_and_sum_their_metrics(redis_config
     assert gw.proc is not None and gw.proc.returncode == 0
 
 
+async def kill_a_worker(gw: GatewayProcess) -> tuple[int, int]:
+    """Once both workers are ready, kill one; return the survivor's pid and its replacement's, which has
+    just been started (and is still importing)."""
+    pids = {e["pid"] for e in gw.log() if e["event"] == "worker started"}
+    for _ in range(100):
+        if len({e["pid"] for e in gw.log() if e["event"] == "ready"}) == 2:
+            break
+        await asyncio.sleep(0.1)
+    os.kill(sorted(pids)[0], signal.SIGKILL)
+    for _ in range(200):
+        if len(started := {e["pid"] for e in gw.log() if e["event"] == "worker started"}) == 3:
+            return sorted(pids)[1], (started - pids).pop()
+        await asyncio.sleep(0.02)
+    raise AssertionError("no replacement started")
+
+
 async def test_stopping_while_a_worker_restarts_is_a_clean_stop(redis_config: tuple[Path, str]) -> None:
     """The replacement of a dead worker is still importing when the stop comes: it dies of the SIGTERM
     before it could handle it, which is the stop asked for, so the supervisor still exits 0."""
     gw = GatewayProcess(redis_config[0])
     gw.extra_args = ["--workers", "2"]
     with gw:
-        pids = {e["pid"] for e in gw.log() if e["event"] == "worker started"}
-        for _ in range(100):
-            if len({e["pid"] for e in gw.log() if e["event"] == "ready"}) == 2:
-                break
-            await asyncio.sleep(0.1)
-        os.kill(sorted(pids)[0], signal.SIGKILL)
-        for _ in range(200):
-            if len({e["pid"] for e in gw.log() if e["event"] == "worker started"}) == 3:
-                break
-            await asyncio.sleep(0.02)
+        _, replacement = await kill_a_worker(gw)
         assert gw.stop() == 0, gw.stdout()[-2000:]
-    replacement = ({e["pid"] for e in gw.log() if e["event"] == "worker started"} - pids).pop()
     assert not any(e["pid"] == replacement and e["event"] == "ready" for e in gw.log())  # it never got that far
 
 
@@ -177,21 +183,10 @@ async def test_a_reload_while_a_worker_restarts_reaches_it_once_it_is_ready(redi
     gw = GatewayProcess(redis_config[0])
     gw.extra_args = ["--workers", "2"]
     with gw:
-        pids = {e["pid"] for e in gw.log() if e["event"] == "worker started"}
-        for _ in range(100):
-            if len({e["pid"] for e in gw.log() if e["event"] == "ready"}) == 2:
-                break
-            await asyncio.sleep(0.1)
-        os.kill(sorted(pids)[0], signal.SIGKILL)
-        for _ in range(200):
-            if len(started := {e["pid"] for e in gw.log() if e["event"] == "worker started"}) == 3:
-                break
-            await asyncio.sleep(0.02)
-        replacement = (started - pids).pop()
+        survivor, replacement = await kill_a_worker(gw)
         gw.signal(signal.SIGHUP)  # the replacement is still importing
         for _ in range(150):
-            reloaded = {e["pid"] for e in gw.log() if e["event"] == "config reloaded"}
-            if reloaded >= {replacement, sorted(pids)[1]}:
+            if {e["pid"] for e in gw.log() if e["event"] == "config reloaded"} >= {replacement, survivor}:
                 break
             await asyncio.sleep(0.1)
         events = [e["event"] for e in gw.log() if e.get("pid") == replacement]

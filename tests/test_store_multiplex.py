@@ -243,6 +243,17 @@ async def test_a_connection_attempt_whose_callers_all_gave_up_is_not_reused_once
         await mux.close()
 
 
+async def admitted(store: RedisStore) -> tuple[metering.Ticket, metering.Settlements]:
+    """A new key's request admitted through the gateway's metering, and the settlements it will use."""
+    config = gateway_config("http://127.0.0.1:9/v1")
+    _, key = new_record("k", 1_000_000_000)
+    await store.create_key(key)
+    settlements = metering.Settlements()
+    body = {"model": "fake/gpt-5", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}
+    route = Catalog(config).resolve("fake/gpt-5")
+    return await metering.admit(store, settlements, config, route, key, body, False, False), settlements
+
+
 async def test_shutdown_drains_the_retry_a_settlement_in_flight_hands_off(server: RedisServer,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Redis stalls just as an answer is billed: the settlement times out and hands itself to a background
@@ -251,19 +262,13 @@ async def test_shutdown_drains_the_retry_a_settlement_in_flight_hands_off(server
     monkeypatch.setattr("gateway.store.redis.SOCKET_TIMEOUT_S", 0.3)
     store = RedisStore(server.url, prefix="drain:")
     try:
-        config = gateway_config("http://127.0.0.1:9/v1")
-        route = Catalog(config).resolve("fake/gpt-5")
-        _, key = new_record("k", 1_000_000_000)
-        await store.create_key(key)
-        settlements = metering.Settlements()
-        body = {"model": "fake/gpt-5", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}
-        ticket = await metering.admit(store, settlements, config, route, key, body, False, False)
+        ticket, settlements = await admitted(store)
         server.pause(resume_after_s=1.0)
         bill = await ticket.settle(metering.Outcome(usage=Usage(prompt_tokens=19, completion_tokens=10,
                                                                  reported=True)))  # known: answered at once
         await settlements.drain(10)
         assert not settlements.pending
-        generation = await store.get_generation(key.id, ticket.generation_id)
+        generation = await store.get_generation(ticket.key.id, ticket.generation_id)
         assert generation is not None and int(generation["charged"]) == bill.cost
     finally:
         server.resume()
@@ -276,20 +281,15 @@ async def test_a_served_request_whose_key_the_store_lost_is_answered_and_logged(
     client gets it (not a 500); the operator gets an error line naming the key and generation."""
     store = RedisStore(server.url, prefix="lost:")
     try:
-        config = gateway_config("http://127.0.0.1:9/v1")
-        route = Catalog(config).resolve("fake/gpt-5")
-        _, key = new_record("k", 1_000_000_000)
-        await store.create_key(key)
-        settlements = metering.Settlements()
-        body = {"model": "fake/gpt-5", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}
-        ticket = await metering.admit(store, settlements, config, route, key, body, False, False)
+        ticket, settlements = await admitted(store)
         server.restart()  # no persistence: the key is gone
         outcome = metering.Outcome(usage=Usage(prompt_tokens=19, completion_tokens=10, reported=True))
         await ticket.settle(outcome, wait=True)  # the old connection is lost: retried in the background
         await settlements.drain(5)
         assert not settlements.pending
         [line] = [li for li in log_lines() if li["event"].startswith("settlement for a key the store no longer")]
-        assert line["level"] == "error" and (line["key_id"], line["generation_id"]) == (key.id, ticket.generation_id)
+        assert line["level"] == "error"
+        assert (line["key_id"], line["generation_id"]) == (ticket.key.id, ticket.generation_id)
     finally:
         await store.close()
 
