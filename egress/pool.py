@@ -106,6 +106,12 @@ class Exit:
     def name(self) -> str:
         return self.proxy.spec.name if self.proxy else DIRECT
 
+    @property
+    def resolves_locally(self) -> bool:
+        """Whether the gateway resolves the names this exit connects to (direct, socks5://, socks4://),
+        so a caller can check the addresses and connect to the one it checked."""
+        return self.proxy is None or self.proxy.spec.resolves_locally
+
 
 def _in_use(session: aiohttp.ClientSession) -> bool:
     """Whether a request holds (or is opening) a connection of the session: aiohttp has no public word for it."""

@@ -6,22 +6,29 @@ connector runs the proxy handshake inside aiohttp's connect step — so the hand
 request's connect timeout — and tunnels TLS to the upstream inside the proxy connection.
 
 `socks5h://` resolves names at the proxy (no DNS query leaves the gateway's region); `socks5://` resolves
-locally, as curl does.
+locally, as curl does (so do `socks4://`; `socks4a://` and HTTP(S) CONNECT proxies resolve at the proxy).
+Where names are resolved locally, a caller may resolve one itself, check the address and ask for it (a URL
+with the address as its host and `server_hostname` set to the name): the tunnel then goes to that address
+and TLS verifies the name, as it does on the direct route.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
+from ssl import SSLContext
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import aiohttp_socks
+import python_socks
 import python_socks._errors
+from aiohttp.client_proto import ResponseHandler
 from aiohttp_socks import ProxyConnector, ProxyType
 from python_socks.async_.asyncio.v2 import Proxy
 
@@ -38,6 +45,7 @@ PROXY_TIMEOUTS: tuple[type[BaseException], ...] = (TimeoutError, aiohttp_socks.P
 
 _TYPES = {"socks5": ProxyType.SOCKS5, "socks5h": ProxyType.SOCKS5, "socks4": ProxyType.SOCKS4,
           "socks4a": ProxyType.SOCKS4, "http": ProxyType.HTTP, "https": ProxyType.HTTP}
+LOCAL_DNS_SCHEMES = frozenset({"socks5", "socks4"})  # the gateway resolves the name, the proxy gets an address
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +67,11 @@ class ProxySpec:
     def scheme(self) -> str:
         return urlsplit(self.url).scheme
 
+    @property
+    def resolves_locally(self) -> bool:
+        """Whether names are resolved here, by the gateway, and the proxy is handed an address."""
+        return self.scheme in LOCAL_DNS_SCHEMES
+
 
 @dataclass(frozen=True, slots=True)
 class _Parsed:
@@ -77,7 +90,12 @@ def _parse(url: str) -> _Parsed:
     return _Parsed(type=_TYPES[parts.scheme], host=parts.hostname or "", port=parts.port or default_port,
                    username=unquote(parts.username) if parts.username else None,
                    password=unquote(parts.password) if parts.password else None,
-                   rdns=parts.scheme in ("socks5h", "socks4a", "http", "https"), tls=parts.scheme == "https")
+                   rdns=parts.scheme not in LOCAL_DNS_SCHEMES, tls=parts.scheme == "https")
+
+
+def _proxy(p: _Parsed) -> Proxy:
+    return Proxy(proxy_type=p.type, host=p.host, port=p.port, username=p.username, password=p.password,
+                 rdns=p.rdns, proxy_ssl=ssl.create_default_context() if p.tls else None)
 
 
 class _Watched:
@@ -110,8 +128,56 @@ class _DirectConnector(_Watched, aiohttp.TCPConnector):
     pass
 
 
+# The TLS name aiohttp asked for, from `_wrap_create_connection` down to `_connect_via_proxy` (same task).
+_TLS_NAME: ContextVar[str | None] = ContextVar("egress_tls_name", default=None)
+
+
+class _TunnelHandler(ResponseHandler):
+    """Keeps the tunnel's StreamWriter alive: its `__del__` would close the transport (aiohttp-socks does the same)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, writer: asyncio.StreamWriter) -> None:
+        super().__init__(loop)
+        self._writer = writer
+
+
 class _ProxyConnector(_Watched, ProxyConnector):
-    pass
+    """aiohttp-socks' connector, which verifies the upstream's certificate against the tunnel's destination.
+    A request that names its TLS server (`server_hostname`, as a fetch pinned to a checked address does)
+    gets its tunnel to the URL's host (the address) and TLS with that name instead."""
+
+    def __init__(self, parsed: _Parsed, **kwargs: Any) -> None:
+        super().__init__(proxy_type=parsed.type, host=parsed.host, port=parsed.port, username=parsed.username,
+                         password=parsed.password, rdns=parsed.rdns,
+                         proxy_ssl=ssl.create_default_context() if parsed.tls else None, **kwargs)
+        self._parsed = parsed
+
+    async def _wrap_create_connection(self, *args: Any, **kwargs: Any) -> Any:
+        token = _TLS_NAME.set(kwargs.get("server_hostname"))
+        try:
+            return await super()._wrap_create_connection(*args, **kwargs)
+        finally:
+            _TLS_NAME.reset(token)
+
+    async def _connect_via_proxy(self, host: str, port: int, ssl: SSLContext | None = None,
+                                 timeout: float | None = None) -> Any:
+        name = _TLS_NAME.get()
+        if ssl is None or not name or name == host:
+            return await super()._connect_via_proxy(host, port, ssl, timeout)
+        try:  # one deadline for the proxy handshake and TLS, as aiohttp-socks has
+            async with asyncio.timeout(timeout):
+                stream = await _proxy(self._parsed).connect(dest_host=host, dest_port=port, timeout=timeout)
+                try:
+                    await stream.start_tls(hostname=name, ssl_context=ssl)
+                except BaseException:
+                    await stream.close()
+                    raise
+        except TimeoutError as exc:
+            raise python_socks.ProxyTimeoutError(f"Proxy connection timed out: {timeout}") from exc
+        transport = stream.writer.transport
+        protocol = _TunnelHandler(self._loop, stream.writer)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        return transport, protocol
 
 
 def make_connector(spec: ProxySpec | None,
@@ -120,11 +186,7 @@ def make_connector(spec: ProxySpec | None,
     if spec is None:
         connector = _DirectConnector(limit=0, limit_per_host=CONNECTIONS_PER_HOST, ttl_dns_cache=300)
     else:
-        p = _parse(spec.url)
-        connector = _ProxyConnector(proxy_type=p.type, host=p.host, port=p.port, username=p.username,
-                                    password=p.password, rdns=p.rdns,
-                                    proxy_ssl=ssl.create_default_context() if p.tls else None,
-                                    limit=0, limit_per_host=CONNECTIONS_PER_HOST)
+        connector = _ProxyConnector(_parse(spec.url), limit=0, limit_per_host=CONNECTIONS_PER_HOST)
     connector.on_connect = on_connect
     return connector  # type: ignore[return-value]
 
@@ -176,9 +238,7 @@ def make_session(spec: ProxySpec | None = None,
 
 async def probe_tcp(spec: ProxySpec, host: str, port: int, timeout: float) -> float:
     """Open (and close) a tunnel to host:port through the proxy; the seconds it took."""
-    p = _parse(spec.url)
-    proxy = Proxy(proxy_type=p.type, host=p.host, port=p.port, username=p.username, password=p.password,
-                  rdns=p.rdns, proxy_ssl=ssl.create_default_context() if p.tls else None)
+    proxy = _proxy(_parse(spec.url))
     started = time.perf_counter()
     stream = await proxy.connect(dest_host=host, dest_port=port, timeout=timeout)
     elapsed = time.perf_counter() - started

@@ -5,10 +5,12 @@ Used for image URLs inlined for providers that take bytes only. The rules:
 - https only, on every hop; at most `MAX_REDIRECTS` redirects, each target checked like the first URL;
 - hosts that are IP literals in any spelling the resolver would accept (``2130706433``, ``0x7f.1``,
   ``0177.0.0.1``, ``[::ffff:127.0.0.1]``, NAT64 and 6to4 wrappings) are judged by the address they name;
-- a name is resolved once, every address it resolves to must be public, and the connection goes to the
-  address that was checked (the Host header and TLS name stay the name), so DNS rebinding between check
-  and connect cannot redirect it. Through a proxy the name is resolved at the proxy (``socks5h``: no DNS
-  leaves locally), so only literals and local names can be refused here;
+- wherever the gateway resolves names itself (the direct route, and ``socks5://`` and ``socks4://``
+  proxies, which are handed an address) a name is resolved once, every address it resolves to must be
+  public, and the connection goes to the address that was checked (through the proxy, the tunnel is asked
+  for that address; the Host header and TLS name stay the name), so DNS rebinding between check and
+  connect cannot redirect it. Through a proxy that resolves names itself (``socks5h``, ``socks4a``, HTTP(S)
+  CONNECT: no DNS leaves locally) only literals and local names can be refused here;
 - refused: loopback, private, link-local (169.254.169.254 and other metadata addresses), CGNAT,
   unspecified, multicast, reserved — anything `ipaddress` does not call global;
 - the whole fetch, redirects included, is bounded by `timeout_s` and the body by `max_bytes`.
@@ -74,7 +76,7 @@ async def system_resolve(host: str, port: int) -> list[str]:
 class Guard:
     """The policy one fetch runs under; tests swap `refuse` and `resolve`, production keeps the defaults."""
 
-    resolve_locally: bool  # the fetch leaves directly (names are resolved and pinned here)
+    resolve_locally: bool  # the gateway resolves names on this route (direct, socks5://, socks4://): check and pin
     refuse: Callable[[IPAddress], bool] = refused_address
     resolve: Resolve = system_resolve
 

@@ -80,8 +80,9 @@ async def inline_remote_images(body: dict[str, Any], session: aiohttp.ClientSess
     """A copy of `body` whose https image URLs are inline bytes (data: URIs, Anthropic base64 sources); the
     client's body is left as it was.
 
-    `resolve_locally`: the fetch leaves directly, so the host's addresses are checked (and pinned) here;
-    through a proxy the name is resolved at the proxy and only literal addresses and local names are refused.
+    `resolve_locally`: the gateway resolves names on this route (direct, or a `socks5://` / `socks4://`
+    proxy), so the host's addresses are checked (and pinned) here; through a proxy that resolves names itself
+    (`socks5h://`, `socks4a://`, HTTP(S) CONNECT) only literal addresses and local names are refused.
     """
     if not has_remote_images(body):
         return body

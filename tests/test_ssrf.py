@@ -3,7 +3,9 @@ to the address that was checked, re-checked after every redirect, and bounded in
 
 Real TLS servers on loopback stand in for "the internet": a test guard treats 127.0.0.1 as public and
 everything else (127.0.0.2 included) as private; the production guard is exercised on every spelling of
-a private address, where it must refuse before any connection is made.
+a private address, where it must refuse before any connection is made. Through proxies that resolve names
+locally (`socks5://`, `socks4://`: real microsocks and pproxy on loopback), a patched `getaddrinfo` makes
+test names resolve to chosen loopback addresses, since the proxy library resolves with it too.
 """
 
 from __future__ import annotations
@@ -12,16 +14,20 @@ import asyncio
 import base64
 import ipaddress
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
 import pytest
 import trustme
 from aiohttp import web
+from proxies import Microsocks, PProxy
 
-from gateway import fetch, images
+from egress.pool import Egress, PoolSpec
+from egress.proxy import ProxySpec
+from gateway import fetch, images, pipeline
 from gateway.errors import InvalidRequest
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
@@ -74,7 +80,7 @@ def ca() -> trustme.CA:
 async def sites(aiohttp_server: Any, ca: trustme.CA) -> AsyncIterator[dict[str, Site]]:
     """`public` on 127.0.0.1 and `private` on 127.0.0.2, both with certificates the test session trusts."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("images.test", "127.0.0.1", "127.0.0.2").configure_cert(ctx)
+    ca.issue_cert("images.test", "evil.test", "127.0.0.1", "127.0.0.2").configure_cert(ctx)
     made: dict[str, Site] = {}
     for name, host in (("public", "127.0.0.1"), ("private", "127.0.0.2")):
         ref: list[Site] = []
@@ -285,3 +291,137 @@ async def test_inlining_refuses_a_private_anthropic_url_image(session: aiohttp.C
         await images.inline_remote_images(body, session, resolve_locally=True)
     assert info.value.code == "invalid_image_url"
     assert session.started == []  # type: ignore[attr-defined]
+
+
+# Through a proxy. `socks5://` and `socks4://` resolve names locally (aiohttp-socks with rdns off): the
+# gateway's own resolver answers, so the addresses can be checked here and the tunnel pinned to the one
+# checked. `socks5h://`, `socks4a://` and HTTP(S) CONNECT proxies resolve at the proxy.
+
+LOCAL_DNS_SCHEMES = {"direct": True, "socks5": True, "socks4": True,
+                     "socks5h": False, "socks4a": False, "http": False, "https": False}
+
+
+@pytest.fixture
+async def dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Names the event loop's `getaddrinfo` answers with a chosen address (the gateway's resolver and the
+    proxy library's both use it); other names resolve as usual. `dns["?asked"]` lists the names asked."""
+    loop = asyncio.get_running_loop()
+    real = loop.getaddrinfo
+    table: dict[str, Any] = {"?asked": []}
+
+    async def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in table:
+            table["?asked"].append(host)
+            return await real(table[host], port, *args, **kwargs)
+        return await real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    return table
+
+
+@pytest.fixture
+def trusting_egress(ca: trustme.CA, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Egress sessions verify with aiohttp's default context: make it trust the test CA, for this test only."""
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    monkeypatch.setattr(aiohttp.connector, "_SSL_CONTEXT_VERIFIED", ctx)
+
+
+@pytest.fixture
+async def named_site(aiohttp_server: Any, ca: trustme.CA) -> Site:
+    """A TLS image server on 127.0.0.1 whose certificate names `images.test` only (not its address)."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("images.test").configure_cert(ctx)
+    ref: list[Site] = []
+    server = await aiohttp_server(_site_app(ref), host="127.0.0.1", ssl=ctx)
+    ref.append(Site(str(server.make_url("")).rstrip("/")))
+    return ref[0]
+
+
+@pytest.fixture
+def proxy(request: pytest.FixtureRequest) -> Iterator[Microsocks | PProxy | None]:
+    """A locally-resolving proxy on loopback for the scheme in `request.param` (None for the direct route)."""
+    if request.param == "direct":
+        yield None
+        return
+    with Microsocks() if request.param == "socks5" else PProxy(request.param) as server:
+        yield server
+
+
+async def _egress(scheme: str, url: str = "socks5://127.0.0.1:1") -> Egress:
+    """An egress with one pool `p` of one proxy, its URL's scheme set to `scheme` (nothing is connected yet)."""
+    egress = Egress()
+    await egress.configure({"p": PoolSpec("p", (ProxySpec("x", scheme + url[url.index(":"):]),))})
+    return egress
+
+
+def _route(pool: str) -> Any:
+    return SimpleNamespace(provider=SimpleNamespace(egress=pool), provider_name="gemini")
+
+
+@pytest.mark.parametrize(("scheme", "resolves_locally"), LOCAL_DNS_SCHEMES.items())
+async def test_the_guard_checks_addresses_wherever_the_gateway_resolves_the_name(
+        monkeypatch: pytest.MonkeyPatch, scheme: str, resolves_locally: bool) -> None:
+    """The pipeline fetches images along the provider's own way out, and checks the host's addresses on
+    every route where the gateway resolves the name: direct, socks5:// and socks4://."""
+    guards: list[fetch.Guard] = []
+
+    async def fake_fetch(_session: Any, _url: str, guard: fetch.Guard, *_args: Any) -> fetch.Fetched:
+        guards.append(guard)
+        return fetch.Fetched("image/png", PNG)
+
+    monkeypatch.setattr(images.fetch, "fetch", fake_fetch)
+    egress = await _egress("socks5" if scheme == "direct" else scheme)
+    body = {"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "https://images.test/cat.png"}}]}]}
+    try:
+        await pipeline._inline_images(egress, _route("direct" if scheme == "direct" else "p"), "k", frozenset(), body)
+    finally:
+        await egress.close()
+    assert [guard.resolve_locally for guard in guards] == [resolves_locally]
+
+
+@pytest.mark.parametrize("proxy", ["direct", "socks5", "socks4"], indirect=True)
+async def test_a_name_resolving_to_a_private_address_is_refused_through_a_locally_resolving_proxy(
+        proxy: Microsocks | PProxy | None, sites: dict[str, Site], dns: dict[str, Any],
+        trusting_egress: None) -> None:
+    """The production guard, the pipeline's way in: the same 400 as on the direct route, no tunnel opened."""
+    dns["evil.test"] = "127.0.0.2"  # where the "private" site listens
+    url = sites["private"].url.replace("127.0.0.2", "evil.test") + "/cat.png"
+    body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]}
+    egress = await _egress(proxy.scheme if proxy else "socks5", proxy.url if proxy else "socks5://127.0.0.1:1")
+    try:
+        with pytest.raises(InvalidRequest) as info:
+            await pipeline._inline_images(egress, _route("p" if proxy else "direct"), "k", frozenset(), body)
+    finally:
+        await egress.close()
+    assert info.value.code == "invalid_image_url"
+    assert info.value.message == (f"Image URL {url!r} cannot be used: its host resolves to a private, loopback "
+                                  "or link-local address.")
+    assert dns["?asked"] == ["evil.test"]  # resolved once, by the guard
+    assert sites["private"].seen == []
+    if proxy is not None:
+        assert proxy.targets() == []
+
+
+@pytest.mark.parametrize("proxy", ["socks5", "socks4"], indirect=True)
+async def test_a_name_resolving_to_an_allowed_address_is_fetched_through_the_proxy_pinned(
+        proxy: Microsocks | PProxy, named_site: Site, dns: dict[str, Any], trusting_egress: None) -> None:
+    """One lookup; the proxy is asked for the checked address (a later DNS answer is never used), and TLS
+    (SNI and certificate check) and Host keep the name: the site's certificate names images.test only."""
+    assert proxy is not None
+    dns["images.test"] = "127.0.0.2"  # what the name would rebind to, had anyone but the guard resolved it
+    port = named_site.url.rsplit(":", 1)[1]
+    resolver = Resolver({"images.test": ["127.0.0.1"]})
+    egress = await _egress(proxy.scheme, proxy.url)
+    try:
+        exit_ = egress.plan("p")[0]
+        guard = fetch.Guard(LOCAL_DNS_SCHEMES[proxy.scheme], refuse=lambda ip: ip != PUBLIC, resolve=resolver)
+        got = await fetch.fetch(exit_.session, f"https://images.test:{port}/cat.png", guard, 1000, 5)
+    finally:
+        await egress.close()
+    assert got == fetch.Fetched("image/png", PNG)
+    assert resolver.calls == 1
+    assert named_site.seen == [("/cat.png", f"images.test:{port}")]
+    assert proxy.targets() == [f"127.0.0.1:{port}"]  # the tunnel went to the checked address, via the proxy
+    assert dns["?asked"] == []  # the proxy library resolved nothing
