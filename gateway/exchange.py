@@ -19,7 +19,7 @@ from gateway.billing import Bill
 from gateway.catalog import Route
 from gateway.config import Config, PresetConfig
 from gateway.errors import InvalidRequest
-from gateway.streaming import ChunkCodec, StreamCodec, message_bytes
+from gateway.streaming import ChunkCodec, StreamCodec, message_bytes, strip_reasoning
 from providers import openai, passthrough, reasoning, registry
 from providers.registry import Adapter
 from providers.types import JSON, ChatRequest, StreamState, Target, UpstreamHTTPError, UpstreamRequest, Usage
@@ -93,7 +93,8 @@ def chat_text_bytes(choices: list[Any]) -> int:
 
 class ChatExchange:
     """OpenAI chat in, any adapter out: the provider modules' own job. A request with `reasoning.exclude`
-    gets its answer without `reasoning_content`, whatever the kind (the tokens are billed all the same)."""
+    gets its answer without reasoning (`reasoning_content` or `reasoning`), whatever the kind (the tokens are
+    billed all the same)."""
 
     def __init__(self, adapter: Adapter) -> None:
         self.adapter = adapter
@@ -111,7 +112,8 @@ class ChatExchange:
         generated = chat_text_bytes(choices)  # hidden reasoning was generated all the same
         if self.hide_reasoning:
             for choice in choices:
-                (choice.get("message") or {}).pop("reasoning_content", None)
+                if isinstance(message := choice.get("message"), dict):
+                    strip_reasoning(message)
         return Reply(answer, result.usage, choices[0].get("finish_reason"), str(answer.get("id", "")), generated)
 
     def parse_error(self, status: int, raw: bytes) -> UpstreamHTTPError:

@@ -25,7 +25,16 @@ from gateway.sse import DONE, SSEWriter, frame
 from gateway.template import Template
 from providers.framing import SSEDecoder
 from providers.registry import Adapter
-from providers.types import JSON, ProviderError, SSEEvent, StreamState, UpstreamHTTPError, Usage
+from providers.types import (
+    JSON,
+    REASONING_FIELDS,
+    ProviderError,
+    SSEEvent,
+    StreamState,
+    UpstreamHTTPError,
+    Usage,
+    reasoning_text,
+)
 
 
 class StreamCodec(Protocol):
@@ -71,14 +80,16 @@ def text_bytes(chunk: JSON) -> int:
 
 
 def message_bytes(message: JSON) -> int:
-    """Generated text in a chat delta or message: content, reasoning, refusal, tool-call arguments."""
+    """Generated text in a chat delta or message: content, reasoning (once, under either of its names),
+    refusal, tool-call arguments."""
     n = 0
     content = message.get("content")
     if content.__class__ is str:
         n += _utf8_len(content)
-    for key in ("reasoning_content", "refusal"):
-        if key in message and (value := message[key]).__class__ is str:
-            n += _utf8_len(value)
+    if (reasoning := reasoning_text(message)):
+        n += _utf8_len(reasoning)
+    if "refusal" in message and (refusal := message["refusal"]).__class__ is str:
+        n += _utf8_len(refusal)
     for call in message.get("tool_calls") or ():
         args = (call.get("function") or {}).get("arguments")
         if isinstance(args, str):
@@ -90,12 +101,22 @@ def _utf8_len(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode())
 
 
+def strip_reasoning(message: JSON) -> bool:
+    """Take the reasoning (under any of `REASONING_FIELDS`) out of a chat message or delta; True when one of
+    them held something (a null one goes too, but then the delta had nothing to hide)."""
+    hidden = False
+    for name in REASONING_FIELDS:
+        if message.pop(name, None) is not None:
+            hidden = True
+    return hidden
+
+
 def _hide_reasoning(chunk: JSON) -> bool:
-    """Take `reasoning_content` out of a chunk's deltas; True when nothing is left worth sending."""
+    """Take the reasoning out of a chunk's deltas; True when nothing is left worth sending."""
     emptied = False
     for choice in chunk.get("choices") or ():
         delta = choice.get("delta")
-        if isinstance(delta, dict) and delta.pop("reasoning_content", None) is not None:
+        if isinstance(delta, dict) and strip_reasoning(delta):
             emptied = emptied or (not delta and not choice.get("finish_reason"))
     return emptied and len(chunk.get("choices") or ()) == 1
 
@@ -110,9 +131,11 @@ def _is_tail(chunk: JSON) -> bool:
     return False
 
 
-def _content_text(chunk: JSON) -> str | None:
-    """The text of a chunk whose only generated text is its `content`: one choice, unfinished, no usage.
-    What else it holds (a role on every chunk, `reasoning_content: null`...) is part of its template."""
+def _content_text(chunk: JSON, counted: int) -> str | None:
+    """The text of a chunk whose only generated text is its `content`: one choice, unfinished, no usage;
+    `counted` is its `text_bytes` as it came, before hidden reasoning left it (a template learnt from a chunk
+    whose reasoning was hidden would relay the chunks like it without counting their reasoning). What else
+    it holds (a role on every chunk, `reasoning_content: null`, `reasoning: ""`...) is part of its template."""
     choices = chunk.get("choices")
     if type(choices) is not list or len(choices) != 1 or isinstance(chunk.get("usage"), dict):
         return None
@@ -121,7 +144,7 @@ def _content_text(chunk: JSON) -> str | None:
     if type(delta) is not dict or choice.get("finish_reason") is not None:
         return None
     text = delta.get("content")
-    if type(text) is not str or not text or text_bytes(chunk) != _utf8_len(text):
+    if type(text) is not str or not text or counted != _utf8_len(text):
         return None
     return text
 
@@ -146,7 +169,7 @@ class ChunkCodec:
                  hide_reasoning: bool = False) -> None:
         self.adapter, self.state = adapter, state
         self.generation_id, self.wants_usage = generation_id, wants_usage
-        self.hide_reasoning = hide_reasoning  # `reasoning.exclude`: no reasoning_content deltas reach the client
+        self.hide_reasoning = hide_reasoning  # `reasoning.exclude`: no reasoning deltas reach the client
         self.held: list[JSON] = []  # finish and usage chunks waiting for the bill
         self.template: Template | None = None
         self.learning = self.LEARNING if self.templated and adapter.VERBATIM_CHUNKS else 0
@@ -155,7 +178,8 @@ class ChunkCodec:
         batch, n = b"", 0  # mostly one chunk an event: b"" + frame is the frame itself, no copy
         for chunk in self.adapter.parse_stream_event(self.state, event):
             chunk["id"] = self.generation_id
-            n += text_bytes(chunk)  # hidden reasoning was generated all the same: it counts for an estimate
+            counted = text_bytes(chunk)  # hidden reasoning was generated all the same: it counts for an estimate
+            n += counted
             if self.hide_reasoning and _hide_reasoning(chunk):
                 continue
             if _is_tail(chunk):
@@ -164,11 +188,11 @@ class ChunkCodec:
                 continue
             batch += self.encode(chunk)
             if self.learning:
-                self._learn(event.data, chunk)
+                self._learn(event.data, chunk, counted)
         return batch, n
 
-    def _learn(self, data: bytes, chunk: JSON) -> None:
-        text = _content_text(chunk)
+    def _learn(self, data: bytes, chunk: JSON, counted: int) -> None:
+        text = _content_text(chunk, counted)
         if text is not None:
             self.learning -= 1
             if (template := Template.learn(data, chunk, text, self.encode)) is not None:

@@ -1,6 +1,7 @@
 """OpenAI chat answers as Anthropic Messages answers: the answer half of `providers.anthropic_inbound`.
 
-- A `chat.completion` -> a `message`: `reasoning_content` -> a `thinking` block, `content` -> a `text` block,
+- A `chat.completion` -> a `message`: `reasoning_content` (or `reasoning`, as OpenRouter, Ollama and vLLM name
+  it; see `types.REASONING_FIELDS`) -> a `thinking` block, `content` -> a `text` block,
   `refusal` -> a `text` block with stop_reason `refusal`, `tool_calls` -> `tool_use` blocks; finish_reason
   stop/length/tool_calls/content_filter -> stop_reason end_turn/max_tokens/tool_use/refusal, and
   `stop_sequence` with the matched string when the upstream names it (vLLM's `choices[].stop_reason`).
@@ -18,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from providers.types import JSON, Usage, thought_signature
+from providers.types import JSON, Usage, reasoning_text, thought_signature
 
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal",
                  "function_call": "tool_use"}
@@ -58,8 +59,8 @@ def message_from_chat(answer: JSON, usage: Usage, model: str, stop_sequences: An
     choice = (answer.get("choices") or [{}])[0]
     message = choice.get("message") or {}
     content: list[JSON] = []
-    if isinstance(message.get("reasoning_content"), str) and message["reasoning_content"]:
-        content.append({"type": "thinking", "thinking": message["reasoning_content"], "signature": ""})
+    if reasoning := reasoning_text(message):
+        content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
     if isinstance(message.get("content"), str) and message["content"]:
         content.append({"type": "text", "text": message["content"]})
     refused = isinstance(message.get("refusal"), str) and bool(message["refusal"])
@@ -126,8 +127,8 @@ class MessageStream:
             return events
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
-            if isinstance(delta.get("reasoning_content"), str) and delta["reasoning_content"]:
-                events += self._delta("thinking", {"type": "thinking_delta", "thinking": delta["reasoning_content"]})
+            if reasoning := reasoning_text(delta):
+                events += self._delta("thinking", {"type": "thinking_delta", "thinking": reasoning})
             for name in ("content", "refusal"):
                 if isinstance(delta.get(name), str) and delta[name]:
                     self.refused = self.refused or name == "refusal"

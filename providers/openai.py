@@ -10,8 +10,8 @@ schema requires but compatible servers (xAI, DeepSeek, Ollama, OpenRouter's prov
 in, so that what the client gets validates against OpenAI's schema: a choice's `index` (its position),
 `finish_reason` (inferred; null in a chunk), `message` / `delta` (empty), `logprobs`; a tool call's `index` in
 chunks, its `type`, its `id` (made up when missing) and its `arguments` as JSON text; a null
-`system_fingerprint` is removed. Extra fields the upstream sends (DeepSeek's `reasoning_content`,
-OpenRouter's `provider`, `usage.cost`) are kept.
+`system_fingerprint` is removed. Extra fields the upstream sends (DeepSeek's `reasoning_content`, the
+`reasoning` of OpenRouter, Ollama and vLLM under its own name, OpenRouter's `provider`, `usage.cost`) are kept.
 
 Pure and synchronous: no I/O, no aiohttp.
 """

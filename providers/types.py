@@ -186,6 +186,22 @@ def signed(signature: str) -> JSON:
 
 THINKING_BLOCKS = frozenset({"thinking", "redacted_thinking"})  # Claude's block types of its reasoning
 
+# The names a chat message or delta gives the model's reasoning text: DeepSeek's `reasoning_content` (which the
+# gateway's own translations of Claude and Gemini write too), and `reasoning`, OpenRouter's, Ollama's /v1's and
+# newer vLLM's (which sends both, holding the same text). Only these two fields of a message or delta: the
+# request's top-level `reasoning` object is another thing (`providers.reasoning`).
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+
+
+def reasoning_text(message: JSON) -> str:
+    """The reasoning text of a chat message or delta, under either of `REASONING_FIELDS` ("" when none). A server
+    that sends both names sends the same text twice: it is read once, the first name holding any."""
+    for name in REASONING_FIELDS:
+        value = message.get(name)
+        if value.__class__ is str and value:
+            return value
+    return ""
+
 
 def claude_thinking(call: Any) -> list[JSON]:
     """The Claude thinking blocks a chat tool call carries (`extra_content.anthropic.thinking_blocks`), in

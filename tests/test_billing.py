@@ -119,22 +119,29 @@ async def test_a_hold_no_balance_can_cover_is_a_402_not_a_500() -> None:
     assert after is not None and (after.balance, after.usage) == (key.balance, 0)  # nothing held
 
 
-def test_an_answer_without_usage_is_estimated_from_all_it_generated_as_a_stream_is() -> None:
+@pytest.mark.parametrize("names", [("reasoning_content",), ("reasoning",), ("reasoning_content", "reasoning")],
+                         ids=["deepseek", "openrouter_ollama", "vllm_both"])
+def test_an_answer_without_usage_is_estimated_from_all_it_generated_as_a_stream_is(names: tuple[str, ...]) -> None:
     """No usage from the upstream: the estimate counts tool-call arguments and reasoning (hidden from the
-    client or not), as a stream's does, not only `content`."""
+    client or not, under either of its names, once when a server sends both), as a stream's does, not only
+    `content`; `reasoning.exclude` takes the reasoning out under every name."""
     answer = orjson.loads((Path(SHARED) / "wire/openai/docs-chat-tools.response.json").read_bytes())
     del answer["usage"]  # a compatible server that reports none
     message = answer["choices"][0]["message"]
-    message["reasoning_content"] = "Let me call the weather tool for Boston."  # DeepSeek's field
+    thought = "Let me call the weather tool for Boston."
+    for name in names:
+        message[name] = thought
     as_streamed = text_bytes({"choices": [{"delta": dict(message)}]})
-    assert as_streamed > len(message["reasoning_content"])  # the tool call's arguments count too
+    arguments = message["tool_calls"][0]["function"]["arguments"]
+    assert as_streamed == len(thought) + len(arguments.encode())  # the tool call's arguments count too
     target = Target(provider="fake", base_url="http://x/v1", api_key="k", upstream_model="m", public_model="fake/m")
     for hide in (False, True):
         exchange = ChatExchange(registry.get("openai"))
         exchange.hide_reasoning = hide  # `reasoning.exclude`
         reply = exchange.parse(orjson.dumps(answer), target)
         assert not reply.usage.reported and reply.text_bytes == as_streamed
-        assert ("reasoning_content" in reply.body["choices"][0]["message"]) is not hide
+        kept = reply.body["choices"][0]["message"]
+        assert [name for name in names if name in kept] == ([] if hide else list(names))  # never renamed
 
 
 def test_prompt_estimate_counts_images_and_tools() -> None:

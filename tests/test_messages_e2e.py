@@ -15,6 +15,7 @@ import pytest
 from apis_config import OPENAI_KEY, Upstreams, config_doc
 from fakes.anthropic_upstream import WIRE as ANTHROPIC_WIRE
 from fakes.gemini_upstream import recorded_chunks
+from fakes.openai_upstream import REASONING
 from fakes.openai_upstream import WIRE as OPENAI_WIRE
 from harness import Gateway, clear_of_minute_boundary, start_gateway
 from pdfs import make_pdf
@@ -158,6 +159,28 @@ async def test_messages_stream_translated_to_openai(api_gateway: Gateway, claude
     assert (final.usage.input_tokens, final.usage.output_tokens) == (prompt, completion)
     assert final.stop_reason == "end_turn"
     await assert_charged(api_gateway, before, prompt * 2_500 + completion * 10_000, final.id, "messages")
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+async def test_openai_kind_reasoning_becomes_a_thinking_block(api_gateway: Gateway, claude: anthropic.AsyncAnthropic,
+                                                              field: str) -> None:
+    """Claude Code on a reasoning model behind an OpenAI-compatible server: the reasoning comes back as a
+    `thinking` block (streamed: thinking deltas) before the text, whether the server names it
+    `reasoning_content` (DeepSeek) or `reasoning` (OpenRouter, Ollama's /v1, vLLM)."""
+    api_gateway.fake.reasoning_field = field
+    message = await claude.messages.create(model="oai/gpt-4o", max_tokens=50, messages=MESSAGES)
+    recorded = json.loads((OPENAI_WIRE / "docs-chat-default.response.json").read_text())
+    assert [block.type for block in message.content] == ["thinking", "text"]
+    assert message.content[0].thinking == REASONING  # type: ignore[union-attr]
+    assert message.content[1].text == recorded["choices"][0]["message"]["content"]  # type: ignore[union-attr]
+    thinking = ""
+    async with claude.messages.stream(model="oai/gpt-4o", max_tokens=50, messages=MESSAGES) as stream:
+        async for event in stream:
+            if event.type == "thinking":
+                thinking += event.thinking
+        final = await stream.get_final_message()
+    assert thinking == REASONING and [block.type for block in final.content] == ["thinking", "text"]
+    assert final.content[1].text == _openai_stream_text()  # type: ignore[union-attr]
 
 
 async def test_messages_stream_translated_to_gemini(api_gateway: Gateway, claude: anthropic.AsyncAnthropic) -> None:

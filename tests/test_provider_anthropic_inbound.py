@@ -133,6 +133,32 @@ def test_chat_answer_with_tool_calls_as_a_message() -> None:
                                 "cache_creation_input_tokens": 0}
 
 
+@pytest.mark.parametrize("names", [("reasoning_content",), ("reasoning",), ("reasoning_content", "reasoning")],
+                         ids=["deepseek", "openrouter_ollama", "vllm_both"])
+def test_chat_reasoning_under_either_name_is_a_thinking_block(names: tuple[str, ...]) -> None:
+    """DeepSeek's `reasoning_content`, OpenRouter's and Ollama's `reasoning`, or both (vLLM, the same text):
+    one thinking block before the text, in an answer and in a stream."""
+    answer = json.loads((OPENAI / "docs-chat-default.response.json").read_text())
+    message = answer["choices"][0]["message"]
+    for name in names:
+        message[name] = "Greet back."
+    translated = anthropic_answer.message_from_chat(answer, Usage(), "m")["content"]
+    assert translated == [{"type": "thinking", "thinking": "Greet back.", "signature": ""},
+                          {"type": "text", "text": message["content"]}]
+
+    def delta(**fields: Any) -> dict[str, Any]:
+        return {"choices": [{"index": 0, "delta": fields, "finish_reason": None}]}
+
+    chunks = [delta(**dict.fromkeys(names, part)) for part in ("Greet", " back.")]
+    chunks += [delta(content="Hello!"), {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]
+    events = _translate(chunks, Usage(prompt_tokens=3, completion_tokens=4, reported=True))
+    assert [data["delta"]["type"] for name, data in events if name == "content_block_delta"] == \
+        ["thinking_delta", "thinking_delta", "text_delta"]
+    rebuilt = _accumulate(events)
+    assert [(b.type, b.thinking if b.type == "thinking" else b.text) for b in rebuilt.content] == \
+        [("thinking", "Greet back."), ("text", "Hello!")]
+
+
 @pytest.mark.parametrize(("finish", "stop"), [("stop", "end_turn"), ("length", "max_tokens"),
                                                ("tool_calls", "tool_use"), ("content_filter", "refusal")])
 def test_stop_reasons(finish: str, stop: str) -> None:

@@ -1,7 +1,8 @@
 """Reasoning through the running gateway with the official openai SDK: `reasoning_effort` and OpenRouter's
 `reasoning` object turn thinking on for Claude and Gemini (fake upstreams that answer with the recorded
 thinking blocks and thought parts, and refuse what Anthropic refuses), reasoning comes back as
-`reasoning_content`, a Claude thinking + tool loop runs the SDK's usual way, and thinking is billed as output."""
+`reasoning_content`, a Claude thinking + tool loop runs the SDK's usual way, and thinking is billed as output.
+An OpenAI-compatible upstream's reasoning keeps its name (`reasoning_content` or `reasoning`); `exclude` hides it."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from apis_config import ANTHROPIC_KEY, GEMINI_KEY, Upstreams
 from fakes.anthropic_upstream import WIRE as ANTHROPIC_WIRE
 from fakes.anthropic_upstream import recorded_thinking
 from fakes.gemini_upstream import THINKING, recorded_chunks, recorded_json
+from fakes.openai_upstream import REASONING
 from harness import Gateway, start_gateway, validate
 from test_apis_e2e import assert_charged
 from test_billing_e2e import key_state, nano, settled
@@ -262,6 +264,48 @@ async def test_gemini_none_and_exclude(gw: Gateway, all_upstreams: Upstreams) ->
 async def test_a_model_that_drops_reasoning(gw: Gateway, all_upstreams: Upstreams) -> None:
     await gw.openai().chat.completions.create(model="google/flash-2.0", messages=MESSAGES, reasoning_effort="high")
     assert "thinkingConfig" not in all_upstreams.gemini.last.body.get("generationConfig", {})
+
+
+# -- OpenAI-compatible upstreams: DeepSeek's `reasoning_content`, or `reasoning` (OpenRouter, Ollama, vLLM) --------
+
+REASONING_NAMES = ("reasoning_content", "reasoning")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "streamed"])
+@pytest.mark.parametrize("field", REASONING_NAMES)
+async def test_openai_kind_reasoning_keeps_its_name_and_exclude_hides_it(gw: Gateway, all_upstreams: Upstreams,
+                                                                         field: str, stream: bool) -> None:
+    """An OpenAI-kind upstream's reasoning reaches the client under the name the upstream gave it, and
+    `reasoning.exclude` hides it under either name (it is still billed: the upstream's usage counts it)."""
+    all_upstreams.openai.reasoning_field = field
+    client = gw.openai()
+
+    async def reasoning_seen(extra: dict[str, Any]) -> dict[str, str]:
+        """The reasoning fields of the answer's message (streamed: of its deltas, joined), by name."""
+        seen: dict[str, str] = {}
+        if not stream:
+            raw = await client.chat.completions.with_raw_response.create(model="oai/gpt-4o", messages=MESSAGES,
+                                                                          extra_body=extra)
+            body = json.loads(raw.content)
+            validate(body, "CreateChatCompletionResponse")
+            message = body["choices"][0]["message"]
+            assert message["content"]
+            return {name: message[name] for name in REASONING_NAMES if name in message}
+        text = ""
+        async for chunk in await client.chat.completions.create(model="oai/gpt-4o", messages=MESSAGES, stream=True,
+                                                                extra_body=extra):
+            validate(chunk.model_dump(exclude_unset=True), "CreateChatCompletionStreamResponse")
+            for choice in chunk.choices:
+                text += choice.delta.content or ""
+                for name, value in (choice.delta.model_extra or {}).items():
+                    if name in REASONING_NAMES:
+                        seen[name] = seen.get(name, "") + value
+        assert text
+        return seen
+
+    assert await reasoning_seen({}) == {field: REASONING}
+    assert await reasoning_seen({"reasoning": {"exclude": True}}) == {}
+    assert all_upstreams.openai.last.body["reasoning"] == {"exclude": True}  # the upstream was asked as sent
 
 
 # -- the surface ---------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from gateway.messages import REWRITTEN, NativeCodec
 from gateway.template import Template
 from providers import anthropic, openai, registry
 from providers.framing import SSEDecoder
-from providers.types import ChatRequest, StreamState, Target
+from providers.types import REASONING_FIELDS, ChatRequest, StreamState, Target
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 RECORDED = sorted((SHARED / "wire" / "openai").glob("sdk-stream-*.sse"))
@@ -157,6 +157,8 @@ COMPANIONS = {  # what compatible servers put next to the text on every chunk
     "null_reasoning": {"reasoning_content": None},  # DeepSeek
     "null_refusal_and_calls": {"refusal": None, "tool_calls": None},
     "empty_reasoning": {"reasoning_content": ""},
+    "null_reasoning_named_reasoning": {"reasoning": None},  # OpenRouter
+    "empty_reasoning_named_reasoning": {"reasoning": ""},
 }
 
 
@@ -173,13 +175,51 @@ def test_chunks_with_fixed_companions_of_the_text_take_the_shortcut(companion: d
         assert fast[4] <= 5
 
 
-def test_a_chunk_with_more_text_than_its_content_teaches_nothing() -> None:
-    """Reasoning next to the content counts for the bill too: such chunks are parsed one by one."""
-    raw = b"".join(chunk(delta={"content": f" t{i}", "reasoning_content": " r"}) for i in range(20))
+@pytest.mark.parametrize("hide", [False, True], ids=["shown", "reasoning_hidden"])
+@pytest.mark.parametrize("field", REASONING_FIELDS)
+def test_a_chunk_with_more_text_than_its_content_teaches_nothing(field: str, hide: bool) -> None:
+    """Reasoning next to the content counts for the bill too, under either name and hidden or not: such
+    chunks are parsed one by one (a template learnt from one would relay the next without its reasoning's
+    bytes counted)."""
+    raw = b"".join(chunk(delta={"content": f" t{i}", field: " r"}) for i in range(20))
     raw += chunk(delta={}, finish="stop") + b"data: [DONE]\n\n"
-    fast = relay(raw, [], True)
-    assert fast[:4] == relay(raw, [], False)[:4]
+    fast = relay(raw, [], True, hide_reasoning=hide)
+    assert fast[:4] == relay(raw, [], False, hide_reasoning=hide)[:4]
+    assert fast[2] == sum(len(f" t{i}") for i in range(20)) + 20 * len(" r")
     assert fast[4] == 22
+
+
+def client_chunks(out: bytes) -> list[dict[str, Any]]:
+    """The chat chunks a client got (no [DONE])."""
+    return [orjson.loads(block.removeprefix(b"data: ")) for block in out.split(b"\n\n")
+            if block.startswith(b"data: {")]
+
+
+@pytest.mark.parametrize("hide", [False, True], ids=["shown", "reasoning_hidden"])
+@pytest.mark.parametrize("names", [("reasoning_content",), ("reasoning",), REASONING_FIELDS],
+                         ids=["deepseek", "openrouter_ollama", "vllm_both"])
+def test_reasoning_deltas_under_either_name(names: tuple[str, ...], hide: bool) -> None:
+    """Reasoning streamed as `reasoning_content` or `reasoning` (vLLM sends both, the same text), before and
+    after content chunks the shortcut relays: shown, it goes out under the upstream's name(s) and never as
+    content; hidden (`reasoning.exclude`), no client chunk holds it; either way it counts once for the bill."""
+    thoughts = [f" thought{i}" for i in range(6)]
+    texts = [f" t{i}" for i in range(10)]
+
+    def thinking(parts: list[str]) -> bytes:
+        return b"".join(chunk(delta=dict.fromkeys(names, part)) for part in parts)
+
+    raw = chunk(delta={"role": "assistant", "content": ""}) + thinking(thoughts[:3])
+    raw += b"".join(chunk(t) for t in texts) + thinking(thoughts[3:]) + chunk(" end")
+    raw += chunk(delta={}, finish="stop") + b"data: [DONE]\n\n"
+    for reading in READINGS.values():
+        fast = relay(raw, reading(raw), True, hide_reasoning=hide)
+        assert fast[:4] == relay(raw, reading(raw), False, hide_reasoning=hide)[:4]
+        assert fast[2] == len("".join(thoughts + texts + [" end"]))
+        deltas = [c["choices"][0]["delta"] for c in client_chunks(fast[0]) if c["choices"]]
+        assert "".join(d.get("content") or "" for d in deltas) == "".join(texts) + " end"
+        seen = {name: "".join(d[name] for d in deltas if name in d) for name in REASONING_FIELDS}
+        shown = "".join(thoughts)
+        assert seen == {name: shown if name in names and not hide else "" for name in REASONING_FIELDS}
 
 
 @pytest.mark.parametrize("bad", [b"\t", b"\x01", b"\xff\xfe", b"\xc3"], ids=["tab", "control", "bad_utf8", "cut_utf8"])

@@ -24,6 +24,10 @@ are seen to send them: the recorded ones without each choice's `index` and `logp
 `finish_reason`, the finish chunk without its `delta`, the message without `refusal`, and a null
 `system_fingerprint`.
 
+With `reasoning_field` set, chat answers carry the model's reasoning (`REASONING`) under that name, as
+reasoning models' servers send it: `reasoning_content` (DeepSeek) or `reasoning` (OpenRouter, Ollama's `/v1`,
+newer vLLM); streamed, as deltas of their own (`REASONING_PARTS`) between the role chunk and the content.
+
 With `allowed_peers` set, a request from any other peer address is refused with 451, the way a provider
 blocks a region: the egress tests use it as an upstream that serves only the proxy's outgoing address.
 Each recorded request carries its peer address.
@@ -70,6 +74,8 @@ MODERATION_RESULT = {  # the example answer of POST /moderations in openai-opena
 MODERATION_RESULT["categories"].update({"illicit": False, "illicit/violent": False})  # type: ignore[union-attr]
 MODERATION_RESULT["category_scores"].update({"illicit": 0.00001, "illicit/violent": 0.00001})  # type: ignore[union-attr]
 MODERATION_RESULT["category_applied_input_types"] = {name: ["text"] for name in MODERATION_RESULT["categories"]}
+REASONING_PARTS = ("The user greets me.", " A short greeting back will do.")
+REASONING = "".join(REASONING_PARTS)
 IMAGE_USAGE = {"total_tokens": 100, "input_tokens": 50, "output_tokens": 50,
                "input_tokens_details": {"text_tokens": 10, "image_tokens": 40}}
 
@@ -131,6 +137,7 @@ class FakeOpenAI:
         self.chunks_sent = 0  # events written by the last streamed answer
         self.shutting_down = False
         self.allowed_peers: set[str] | None = None  # None: everyone; else other peers get 451
+        self.reasoning_field: str | None = None  # "reasoning_content" or "reasoning": answers carry REASONING
 
     @property
     def last(self) -> RecordedRequest:
@@ -146,9 +153,21 @@ class FakeOpenAI:
         options = body.get("stream_options")
         if not (isinstance(options, dict) and options.get("include_usage") is True):
             events = [event for event in events if not _is_usage_chunk(event)]
+        if self.reasoning_field is not None:
+            events = _with_reasoning(events, self.reasoning_field)
         if self.sparse:
             events = [_sparse_event(event) for event in events]
         return events
+
+
+def _with_reasoning(events: list[bytes], name: str) -> list[bytes]:
+    """The role chunk, one chunk a part of REASONING under `name` (in the role chunk's envelope), the rest."""
+    first = json.loads(events[0].removeprefix(b"data: "))
+    chunks = []
+    for part in REASONING_PARTS:
+        first["choices"][0]["delta"] = {name: part}
+        chunks.append(b"data: " + json.dumps(first, separators=(",", ":")).encode() + b"\n\n")
+    return [events[0], *chunks, *events[1:]]
 
 
 def _sparse(answer: dict[str, Any]) -> dict[str, Any]:
@@ -247,6 +266,8 @@ async def _chat(request: web.Request) -> web.StreamResponse:
         if not body.get("stream"):
             answer = json.loads((WIRE / "docs-chat-default.response.json").read_bytes())
             answer["model"] = body.get("model", answer["model"])
+            if fake.reasoning_field is not None:
+                answer["choices"][0]["message"][fake.reasoning_field] = REASONING
             answer = _with_choices(answer, body.get("n"))
             return web.json_response(_sparse(answer) if fake.sparse else answer)
         return await _stream(request, fake, fake.stream_events(body))
