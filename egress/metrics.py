@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 from prometheus_client import Counter, Gauge, Histogram
 
 UP = Gauge("gateway_egress_proxy_up", "1 when the proxy is in service, 0 when ejected", ["pool", "proxy"],
-           multiprocess_mode="min")
+           multiprocess_mode="livemin")  # a dead worker's 0 must not outlive it
 REQUESTS = Counter("gateway_egress_requests_total", "Upstream connection attempts through a proxy by outcome",
                    ["pool", "proxy", "outcome"])
 CONNECT_SECONDS = Histogram("gateway_egress_connect_seconds", "New connection time: TCP, proxy handshake, TLS",
@@ -20,6 +21,11 @@ _OUTCOMES = ("ok", "connect_error", "timeout", "reset")
 
 def forget(pool: str, proxy: str) -> None:
     """Drop the series of a proxy a reload removed, so dashboards don't show ghosts."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # prometheus-client cannot remove a series from the workers' files (remove() only warns): the
+        # series stays until a restart, but at least not as "down" (an alert no reload would clear)
+        UP.labels(pool, proxy).set(1)
+        return
     with contextlib.suppress(KeyError):
         UP.remove(pool, proxy)
         CONNECT_SECONDS.remove(pool, proxy)

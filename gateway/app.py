@@ -134,6 +134,7 @@ async def reload_config(app: web.Application) -> bool:
     if new.server.log_level != old.server.log_level:  # serve() applied the old one at startup
         set_level(new.server.log_level)
     metrics.RELOADS.labels("success").inc()
+    metrics.CONFIG_AGE.set(0)  # else a worker no scrape reached since keeps its pre-reload age in the max
     log.info("config reloaded", path=runtime.config_path, models=len(new.models),
              providers=len(new.providers))
     return True

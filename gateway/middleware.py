@@ -6,6 +6,7 @@ this module turns both into the response and the request's single JSON log line.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 import re
@@ -67,6 +68,9 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         status = response.status
         await _send(request, response)
         return response
+    except asyncio.CancelledError:  # cut by the shutdown's grace (or a client gone): not a gateway failure
+        status = 499
+        raise
     finally:
         elapsed = time.perf_counter() - started
         final = fields.pop("status", status)

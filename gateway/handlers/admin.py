@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway import keyops
+from gateway import keyops, metrics
 from gateway.errors import InvalidRequest, NotFound
 from gateway.metering import store_unavailable
 from gateway.requests import read_json
@@ -49,6 +49,7 @@ async def _run(request: web.Request, action: Any) -> Any:
     try:
         return await action(request.app[RUNTIME].store)
     except StoreError as exc:
+        metrics.STORE_ERRORS.labels("admin").inc()
         raise store_unavailable(exc) from exc
     except keyops.KeyNotFound as exc:
         raise NotFound(f"No key {exc.args[0]!r}.", code="key_not_found") from None

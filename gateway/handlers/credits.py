@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway import metrics
 from gateway.billing import nano_to_usd
 from gateway.errors import InvalidRequest, NotFound
 from gateway.metering import store_unavailable
@@ -30,6 +31,7 @@ async def credits(request: web.Request) -> web.Response:
     try:
         record = await runtime.store.get_key(request[KEY].id)
     except StoreError as exc:
+        metrics.STORE_ERRORS.labels("credits").inc()
         raise store_unavailable(exc) from exc
     if record is None:
         raise NotFound("This key no longer exists.", code="key_not_found")
@@ -62,6 +64,7 @@ async def generation(request: web.Request) -> web.Response:
     try:
         raw = await runtime.store.get_generation(request[KEY].id, gen_id[:100])
     except StoreError as exc:
+        metrics.STORE_ERRORS.labels("generation").inc()
         raise store_unavailable(exc) from exc
     if raw is None:
         raise NotFound(f"No generation '{gen_id[:100]}' for this key (records are kept for a limited time).",
