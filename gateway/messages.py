@@ -147,9 +147,11 @@ class TranslatedExchange(ChatExchange):
     keeps the client's stop sequences for the answer, which names the one it stopped on."""
 
     stop_sequences: object = None
+    preset_params: JSON | None = None  # a preset's chat-vocabulary params (`presets.chat_params`)
 
     def chat_body(self, body: JSON) -> JSON:
-        return anthropic_inbound.chat_body(body, top_k="top_k" in self.adapter.SUPPORTED_PARAMETERS)
+        chat = anthropic_inbound.chat_body(body, top_k="top_k" in self.adapter.SUPPORTED_PARAMETERS)
+        return {**chat, **self.preset_params} if self.preset_params else chat
 
     def build(self, body: JSON, target: Target, stream: bool) -> UpstreamRequest:
         self.stop_sequences = body.get("stop_sequences")
@@ -177,11 +179,14 @@ class MessagesEndpoint(ChatEndpoint):
 
     def __init__(self, beta: str = "") -> None:
         self.beta = beta
+        self.preset_params: JSON = {}
 
     def exchange(self, route: Route) -> Exchange:
         if route.provider.kind == "anthropic":
             return NativeExchange(self.beta)
-        return TranslatedExchange(registry.get(route.provider.kind))
+        exchange = TranslatedExchange(registry.get(route.provider.kind))
+        exchange.preset_params = self.preset_params
+        return exchange
 
     def wants_usage(self, body: JSON) -> bool:
         return True
@@ -194,5 +199,6 @@ class MessagesEndpoint(ChatEndpoint):
         return answer
 
     def apply_preset(self, preset: PresetConfig, body: JSON) -> JSON:
+        self.preset_params = presets.chat_params(preset)
         return presets.apply_anthropic(preset, body)
 

@@ -39,9 +39,14 @@ GATEWAY_FIELDS = ("provider_api_key", "models")  # ours (BYOK, OpenRouter's fall
 log = get_logger("gateway.pipeline")
 
 
+def _client_key(request: web.Request, body: dict[str, Any]) -> str:
+    """The client's own provider key (BYOK), or "" when it sent none."""
+    return body.get("provider_api_key") or request.headers.get("X-Provider-Api-Key") or ""
+
+
 def _provider_key(request: web.Request, body: dict[str, Any], route: Route) -> tuple[str, bool]:
     """The key to call the provider with, and whether it is the client's own (BYOK)."""
-    byok = body.get("provider_api_key") or request.headers.get("X-Provider-Api-Key", "")
+    byok = _client_key(request, body)
     if byok:
         redactor.protect(validation.check_provider_key(byok))  # it goes into a header: printable ASCII only
         return byok, True
@@ -94,8 +99,9 @@ async def serve(request: web.Request, body: dict[str, Any], op: Endpoint) -> web
     primary = routes[0]
     request[LOG]["streamed"] = bool(body.get("stream"))
 
-    def allowed(model_id: str) -> bool:
-        return model_allowed(key, model_id) or (preset is not None and model_allowed(key, str(asked)))
+    def allowed(model_id: str) -> bool:  # a preset grants its own model only, not what the body lists
+        return model_allowed(key, model_id) or (preset is not None and model_id == primary.model_id
+                                                and model_allowed(key, str(asked)))
 
     if not allowed(primary.model_id):
         raise Forbidden(f"This key may not use model '{asked if preset else primary.model_id}'.",
@@ -105,8 +111,9 @@ async def serve(request: web.Request, body: dict[str, Any], op: Endpoint) -> web
                              param="messages")
     validation.check_route(body, primary, op.name)
     caps.apply_max_tokens(body, key, primary.model.max_output_tokens, fill=op.name in validation.CHOICE_ENDPOINTS)
+    byok = bool(_client_key(request, body))  # a client's key is for one provider: its fallbacks stay there
     usable = [r for r in routes if allowed(r.model_id) and (r.model.vision or not images)
-              and validation.serves(body, r, op.name)]
+              and validation.serves(body, r, op.name) and not (byok and r.provider_name != primary.provider_name)]
     return await _serve_first(request, usable, body, op)
 
 

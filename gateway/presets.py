@@ -14,6 +14,9 @@ from gateway.config import PresetConfig
 from gateway.errors import NotFound
 
 PREFIX = "@preset/"
+# what Anthropic's Messages API takes as it is; a preset's other params are chat's (reasoning_effort, seed...)
+ANTHROPIC_FIELDS = frozenset({"max_tokens", "temperature", "top_p", "top_k", "stop_sequences", "metadata", "thinking",
+                              "tool_choice", "tools", "service_tier", "output_config", "stream"})
 
 
 def lookup(presets: dict[str, PresetConfig], model: Any) -> PresetConfig | None:
@@ -36,13 +39,19 @@ def apply_chat(preset: PresetConfig, body: dict[str, Any]) -> dict[str, Any]:
     return {**body, **preset.params, "model": preset.model, "messages": [*lead, *body.get("messages", [])]}
 
 
+def chat_params(preset: PresetConfig) -> dict[str, Any]:
+    """A preset's params Anthropic's format has no field for: set over a translated route's chat body."""
+    return {k: v for k, v in preset.params.items() if k not in ANTHROPIC_FIELDS}
+
+
 def apply_anthropic(preset: PresetConfig, body: dict[str, Any]) -> dict[str, Any]:
     """An Anthropic Messages body with the preset's model, `system` and params."""
     own = body.get("system")
     blocks = [{"type": "text", "text": own}] if isinstance(own, str) and own else own if isinstance(own, list) else []
     lead = [] if not preset.system or (preset.system_override and blocks) else \
         [{"type": "text", "text": preset.system}]
-    out = {**body, **preset.params, "model": preset.model}
+    native = {k: v for k, v in preset.params.items() if k in ANTHROPIC_FIELDS}
+    out = {**body, **native, "model": preset.model}
     if lead or blocks:
         out["system"] = [*lead, *blocks]
     return out

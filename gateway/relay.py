@@ -190,7 +190,7 @@ def map_upstream_error(err: UpstreamHTTPError, provider: str, own_key: bool,
         return UpstreamFailed(f"provider {provider} answered with a redirect (HTTP {err.status}), which the "
                               f"gateway does not follow: a prompt and a provider key go only where the config "
                               f"sends them. Check providers.{provider}.base_url.", code="upstream_redirect")
-    if err.status in (401, 403) and not own_key:
+    if err.key_refused and not own_key:
         return UpstreamFailed(f"provider {provider} refused the gateway's configured credentials "
                               f"(HTTP {err.status}): {message}", code="upstream_auth_failed", retryable=False)
     if err.status == 529 or err.code == "overloaded_error":
@@ -200,4 +200,4 @@ def map_upstream_error(err: UpstreamHTTPError, provider: str, own_key: bool,
         return UpstreamRejected(message, status=err.status, type_=err.type or "invalid_request_error",
                                 code=err.code, param=err.param, headers=headers, retryable=err.status == 429)
     return UpstreamFailed(f"provider {provider} failed (HTTP {err.status}): {message}",
-                          code="upstream_error")
+                          code="upstream_error", headers=headers)

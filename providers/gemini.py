@@ -67,6 +67,7 @@ _FINISH_REASONS = {"MAX_TOKENS": "length", **dict.fromkeys((
     "SAFETY", "RECITATION", "LANGUAGE", "OTHER", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
     "IMAGE_PROHIBITED_CONTENT", "NO_IMAGE", "IMAGE_RECITATION", "IMAGE_OTHER", "ESCALATION"), "content_filter")}
 _ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+_KEY_REFUSED = frozenset({"API_KEY_INVALID", "API_KEY_SERVICE_BLOCKED", "API_KEY_HTTP_REFERRER_BLOCKED"})
 _HTTP_STATUSES = frozenset(int(status) for status in HTTPStatus)
 
 
@@ -209,9 +210,12 @@ def _status_error(error: Any, status: int) -> UpstreamHTTPError:
     error = error if isinstance(error, dict) else {"message": str(error)}
     reason = HTTPStatus(status).phrase if status in _HTTP_STATUSES else f"HTTP {status}"
     type_ = "server_error" if status >= 500 else _ERROR_TYPES.get(status, "invalid_request_error")
+    details = error.get("details")
+    refused = isinstance(details, list) and any(isinstance(d, dict) and d.get("reason") in _KEY_REFUSED
+                                                for d in details)  # Gemini refuses a key with a 400
     return UpstreamHTTPError(status, str(error.get("message") or "") or reason, type_=type_,
                              code=str(error["status"]) if error.get("status") else None,
-                             retryable=status == 429 or status >= 500)
+                             retryable=status == 429 or status >= 500, key_refused=refused)
 
 
 # -- stream ----------------------------------------------------------------------------------------

@@ -237,9 +237,10 @@ class UpstreamHTTPError(ProviderError):
     """
 
     def __init__(self, status: int, message: str, type_: str = "upstream_error", code: str | None = None,
-                 param: str | None = None, retryable: bool = False) -> None:
+                 param: str | None = None, retryable: bool = False, key_refused: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.key_refused = key_refused or status in (401, 403)  # the provider refused the key sent
         self.message = message
         self.type = type_
         self.code = code

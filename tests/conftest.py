@@ -170,13 +170,16 @@ async def api_gateway(request: pytest.FixtureRequest, aiohttp_server: Any,
 
 @pytest.fixture
 async def make_api_gateway(aiohttp_server: Any, all_upstreams: Upstreams) -> AsyncIterator[Any]:
-    """`await make_api_gateway({model id: fields to merge})`: `api_gateway`'s config with model changes."""
+    """`await make_api_gateway({model id: fields to merge})`: `api_gateway`'s config with model changes (and
+    presets added)."""
     made: list[Gateway] = []
 
-    async def make(models: dict[str, dict[str, Any]], store_url: str = "") -> Gateway:
+    async def make(models: dict[str, dict[str, Any]], store_url: str = "",
+                   presets: dict[str, Any] | None = None) -> Gateway:
         doc = config_doc(all_upstreams.urls, store_url, f"t{uuid.uuid4().hex}:")
         for mid, fields in models.items():
             doc["models"][mid] = {**doc["models"].get(mid, {}), **fields}
+        doc["presets"].update(presets or {})
         gateway = await start_gateway(aiohttp_server, parse(json.dumps(doc), {}), all_upstreams.openai)
         gateway.extra.update(upstreams=all_upstreams, doc=doc)
         made.append(gateway)

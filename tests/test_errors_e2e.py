@@ -11,7 +11,7 @@ import openai
 import pytest
 from fakes.openai_upstream import FakeOpenAI
 from fakes.openai_upstream import make_app as make_fake_app
-from harness import PROVIDER_KEY, Gateway, gateway_config_text, start_gateway, validate
+from harness import PROVIDER_KEY, SHARED, Gateway, gateway_config_text, start_gateway, validate
 
 from gateway import keys
 from gateway.config import parse
@@ -255,3 +255,15 @@ async def test_unknown_path_and_method_are_openai_shaped(gateway: Gateway) -> No
         async with http.get(gateway.url + "/v1/chat/completions", headers=gateway.auth()) as r:
             assert r.status == 405
             validate(await r.json(), "ErrorResponse")
+
+
+async def test_gemini_refusing_the_operators_key_is_the_operators_502(api_gateway: Gateway) -> None:
+    """Gemini refuses a bad key with 400 INVALID_ARGUMENT, reason API_KEY_INVALID (wire:
+    gemini/googleai/unary-failure-api-key.json), not 401/403: with the configured key that is the operator's
+    problem, a 502 upstream_auth_failed, not a 400 the client cannot fix."""
+    ups = api_gateway.extra["upstreams"]
+    ups.gemini.status = 400
+    ups.gemini.error_body = json.loads((SHARED / "wire/gemini/googleai/unary-failure-api-key.json").read_text())
+    with pytest.raises(openai.APIStatusError) as info:
+        await api_gateway.openai().chat.completions.create(model="google/flash", messages=MESSAGES)  # type: ignore[arg-type]
+    assert (info.value.status_code, info.value.code) == (502, "upstream_auth_failed"), info.value.body

@@ -17,6 +17,8 @@ from harness import Gateway, run_cli
 
 from gateway.config import ConfigError, parse
 
+MESSAGES = [{"role": "user", "content": "hi"}]
+
 ASK = [{"role": "system", "content": "Reply in French."}, {"role": "user", "content": "Hello"}]
 
 
@@ -96,3 +98,36 @@ async def test_keys_create_models_glob_from_the_command_line(make_api_gateway: A
     assert info.value.code == "model_not_allowed" and "'google/flash'" in info.value.message
     listed = [m.id async for m in client.models.list()]
     assert "google/flash" not in listed and "claude/sonnet" in listed
+
+
+async def test_a_key_limited_to_a_preset_reaches_no_other_model_through_models(api_gateway: Gateway) -> None:
+    """A key allowed only `@preset/support` (oai/gpt-4o) does not get claude/sonnet by listing it in `models`
+    and waiting for the preset's model to fail."""
+    ups = api_gateway.extra["upstreams"]
+    key, _ = await api_gateway.add_key("agent-only", models=("@preset/support",))
+    ups.openai.status = 500
+    with pytest.raises(openai.APIStatusError):
+        await api_gateway.openai(api_key=key).chat.completions.create(
+            model="@preset/support", messages=MESSAGES, extra_body={"models": ["claude/sonnet"]})  # type: ignore[arg-type]
+    assert len(ups.openai.requests) == 1 and ups.anthropic.requests == []
+
+
+async def test_preset_params_apply_on_messages_as_on_chat(make_api_gateway: Any) -> None:
+    """A preset's chat params (the README's `reasoning_effort: low`) reach a translated route of /v1/messages
+    as they reach chat, and never a native Claude route, whose API refuses unknown fields."""
+    gw = await make_api_gateway({}, presets={
+        "oai": {"model": "oai/gpt-4o", "params": {"reasoning_effort": "low", "temperature": 0.2}},
+        "claude": {"model": "claude/sonnet", "params": {"reasoning_effort": "low", "temperature": 0.2}}})
+    ups = gw.extra["upstreams"]
+    await gw.openai().chat.completions.create(model="@preset/oai", messages=MESSAGES)  # type: ignore[arg-type]
+    assert ups.openai.last.body.get("reasoning_effort") == "low"
+    client = anthropic.AsyncAnthropic(base_url=gw.url, api_key=gw.key, max_retries=0)
+    try:
+        await client.messages.create(model="@preset/oai", max_tokens=10, messages=MESSAGES)  # type: ignore[arg-type]
+        translated = ups.openai.last.body
+        await client.messages.create(model="@preset/claude", max_tokens=10, messages=MESSAGES)  # type: ignore[arg-type]
+        native = ups.anthropic.last.body
+    finally:
+        await client.close()
+    assert (translated.get("reasoning_effort"), translated.get("temperature")) == ("low", 0.2), translated
+    assert "reasoning_effort" not in native and native["temperature"] == 0.2, native

@@ -124,3 +124,30 @@ async def test_a_fallback_finds_the_failed_attempts_hold_returned(make_gateway: 
     await asyncio.sleep(0.05)  # the served request's own settlement is queued behind its answer
     record = await gw.app[RUNTIME].store.get_key(key_id)
     assert record is not None and record.balance + record.usage == record.credits
+
+
+async def test_a_clients_own_key_never_goes_to_a_fallback_of_another_provider(api_gateway: Any) -> None:
+    """A BYOK key is for the provider of the model asked for: when that model fails, a fallback at another
+    provider (the request's `models`, or the config's `fallbacks`) is not tried with the client's key."""
+    ups = api_gateway.extra["upstreams"]
+    ups.openai.status = 500
+    own = "sk-client-own-openai-key-000000000001"
+    with pytest.raises(openai.APIStatusError):
+        await api_gateway.openai().chat.completions.create(
+            model="oai/gpt-4o", messages=MESSAGES,  # type: ignore[arg-type]
+            extra_body={"provider_api_key": own, "models": ["claude/sonnet"]})
+    assert ups.openai.requests and ups.anthropic.requests == []
+    assert all(r.headers["Authorization"] == f"Bearer {own}" for r in ups.openai.requests)
+
+
+async def test_an_upstream_503s_retry_after_is_honoured_and_reaches_the_client(make_gateway: Any) -> None:
+    gw = await make_gateway(retries=FAST_RETRIES)
+    gw.fake.status, gw.fake.fail_times, gw.fake.error_headers = 503, 1, {"Retry-After": "1"}
+    started = time.monotonic()
+    await gw.openai().chat.completions.create(model="fake/gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+    assert time.monotonic() - started >= 1.0 and len(gw.fake.requests) == 2  # waited as told, then served
+    gw.fake.fail_times, gw.fake.error_headers = 10, {"Retry-After": "7"}
+    async with aiohttp.ClientSession() as http, http.post(
+            gw.url + "/v1/chat/completions", headers=gw.auth(),
+            json={"model": "fake/gpt-4o", "messages": MESSAGES}) as r:
+        assert r.status == 502 and r.headers.get("Retry-After") == "7"
