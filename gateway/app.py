@@ -128,6 +128,12 @@ async def reload_config(app: web.Application) -> bool:
         log.warning("store settings changed; they take effect at the next restart")
     if new.server.host != old.server.host or new.server.port != old.server.port:
         log.warning("listen address changed; it takes effect at the next restart")
+    # the side listeners were bound at startup: what they (and the main listener) serve stays as started
+    side = {f: getattr(old.server, f) for f in ("metrics_listen", "admin_listen")
+            if getattr(new.server, f) != getattr(old.server, f)}
+    if side:
+        log.warning("side listener addresses changed; they take effect at the next restart", fields=sorted(side))
+        new = new.model_copy(update={"server": new.server.model_copy(update=side)})
     redactor.update([*old.secrets(), *new.secrets()])  # requests in flight still hold the old ones
     await runtime.egress.configure(_pools(new))
     runtime.snapshot = Snapshot.of(new)

@@ -50,31 +50,38 @@ class KeyCache:
         self._entries: dict[str, tuple[float, KeyRecord]] = {}
         self._lookups: dict[str, asyncio.Future[KeyRecord | None]] = {}
 
-    async def lookup(self, store: Store, digest: str) -> KeyRecord | None:
+    async def lookup(self, store: Store, digest: str, now: float) -> KeyRecord | None:
         """One store lookup per key at a time: a burst with a cold cache (after a restart, or a client's
-        first thousand streams at once) waits for the first lookup instead of sending a thousand."""
+        first thousand streams at once) waits for the first lookup instead of sending a thousand.
+
+        The lookup caches what it found itself, stamped with when it started (`now` of its first caller):
+        a request that joined it later must not keep that older answer longer, nor put it over a newer one."""
         pending = self._lookups.get(digest)
         if pending is None:
             pending = asyncio.ensure_future(store.get_key_by_hash(digest))
             self._lookups[digest] = pending
-            pending.add_done_callback(lambda done: self._finished(digest, done))
+            pending.add_done_callback(lambda done: self._finished(digest, done, now))
         return await asyncio.shield(pending)
 
-    def _finished(self, digest: str, done: asyncio.Future[KeyRecord | None]) -> None:
+    def _finished(self, digest: str, done: asyncio.Future[KeyRecord | None], started: float) -> None:
         self._lookups.pop(digest, None)
-        if not done.cancelled():
-            done.exception()  # retrieved here, so a lookup every waiter left does not warn at exit
+        if done.cancelled() or done.exception() is not None:  # retrieved: a lookup every waiter left is quiet
+            return
+        if (record := done.result()) is not None:
+            self.put(digest, record, started)
 
-    def get(self, digest: str, now: float) -> KeyRecord | None:
+    def get(self, digest: str, now: float, ttl_s: float) -> KeyRecord | None:
+        """The record cached less than `ttl_s` ago: the TTL in force now, so a reload shortening
+        `billing.key_cache_s` applies to entries cached before it too."""
         entry = self._entries.get(digest)
-        if entry is None or entry[0] <= now:
+        if entry is None or entry[0] + ttl_s <= now:
             return None
         return entry[1]
 
-    def put(self, digest: str, record: KeyRecord, until: float) -> None:
+    def put(self, digest: str, record: KeyRecord, at: float) -> None:
         if len(self._entries) >= self.MAX_ENTRIES:
             self._entries.clear()
-        self._entries[digest] = (until, record)
+        self._entries[digest] = (at, record)
 
 
 async def authenticate(request: web.Request, store: Store, cache: KeyCache | None = None,
@@ -84,18 +91,16 @@ async def authenticate(request: web.Request, store: Store, cache: KeyCache | Non
         raise Unauthorized("You didn't provide an API key. Send 'Authorization: Bearer <gateway key>'.")
     digest = keys.hash_key(token)
     now = time.monotonic()
-    record = cache.get(digest, now) if cache is not None else None
+    record = cache.get(digest, now, ttl_s) if cache is not None else None
     if record is None:
         if not keys.is_well_formed(token):  # a cached digest was a stored key's: checked when first seen
             raise Unauthorized(_INVALID)
         try:
-            record = await (cache.lookup(store, digest) if cache is not None else store.get_key_by_hash(digest))
+            record = await (cache.lookup(store, digest, now) if cache is not None else store.get_key_by_hash(digest))
         except StoreError as exc:
             metrics.STORE_ERRORS.labels("auth").inc()
             raise Unavailable("The gateway's key store is unavailable; retry shortly.",
                               code="store_unavailable") from exc
-        if record is not None and cache is not None and ttl_s > 0:
-            cache.put(digest, record, now + ttl_s)
     if record is None or not keys.hashes_match(record.key_hash, digest):
         raise Unauthorized(_INVALID)
     if record.disabled:

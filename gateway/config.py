@@ -302,6 +302,8 @@ def load(path: str | os.PathLike[str], environ: dict[str, str] | None = None) ->
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:  # a ValueError: the CLI and a reload catch ConfigError only
+        raise ConfigError(f"{path}: not UTF-8 text (invalid byte at offset {exc.start})") from None
     return parse(text, environ if environ is not None else dict(os.environ), source=str(path))
 
 
