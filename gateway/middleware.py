@@ -51,7 +51,8 @@ def _anthropic(request: web.Request) -> bool:
 
 def _from_http_exception(exc: web.HTTPException) -> GatewayError:
     cls, message = _HTTP_ERRORS.get(exc.status, (InvalidRequest, exc.reason))
-    return cls(message, status=exc.status)
+    allow = exc.headers.get("Allow")  # a 405 must name the methods the path takes (RFC 9110 15.5.6)
+    return cls(message, status=exc.status, headers={"Allow": allow} if allow is not None else None)
 
 
 @web.middleware

@@ -7,14 +7,16 @@ endpoint at once, before any code that could fail on it runs.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from gateway.errors import InvalidRequest, PayloadTooLarge
+from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge
 
 MAX_DEPTH = 64  # real requests (messages > content parts > tool schemas) stay far below
+BODY_IDLE_TIMEOUT_S = 60.0  # the longest silence inside a request body
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
@@ -22,16 +24,40 @@ def _too_large(limit: int) -> PayloadTooLarge:
 
 
 async def read_limited(request: web.Request, limit: int) -> bytes:
-    """The body, refusing past `limit` bytes whether or not the client declared a Content-Length."""
-    if request.content_length is not None:
-        if request.content_length > limit:
-            raise _too_large(limit)
-        return await request.read()  # the parser stops at Content-Length: nothing more can arrive
+    """The body, refusing past `limit` bytes as it decodes (a gzip or deflate body is counted inflated,
+    not by its Content-Length), a body that does not decode, and one that stalls for
+    `BODY_IDLE_TIMEOUT_S` (aiohttp would wait for it for ever, holding the connection and its buffer)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit)
+    try:
+        if request.content.is_eof():  # all of it came with the headers (nearly every request): one read
+            body = await request.read()
+            if len(body) > limit:
+                raise _too_large(limit)
+            return body
+        return await _read_slowly(request.content, limit)
+    except web.HTTPRequestEntityTooLarge:  # past aiohttp's own bound (the server's limit plus a margin)
+        raise _too_large(limit) from None
+    except web.RequestPayloadError as exc:  # a Content-Encoding that does not decode, broken framing
+        raise InvalidRequest("The request body could not be read: it does not decode as its Content-Encoding "
+                             "says.", code="invalid_body") from exc
+
+
+async def _read_slowly(content: Any, limit: int) -> bytes:
     body = bytearray()
-    async for chunk in request.content.iter_any():
-        body += chunk
-        if len(body) > limit:
-            raise _too_large(limit)
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(BODY_IDLE_TIMEOUT_S) as idle:
+            while chunk := await content.readany():
+                body += chunk
+                if len(body) > limit:
+                    raise _too_large(limit)
+                if content.is_eof():
+                    break
+                idle.reschedule(loop.time() + BODY_IDLE_TIMEOUT_S)
+    except TimeoutError as exc:
+        raise GatewayError(f"The request body stalled: nothing arrived for {BODY_IDLE_TIMEOUT_S:g} s.",
+                           status=408, type_="invalid_request_error", code="request_timeout") from exc
     return bytes(body)
 
 
