@@ -30,6 +30,7 @@ from gateway import keys
 from gateway.app import create_app
 from gateway.config import Config, parse
 from gateway.state import RUNTIME
+from gateway.store import RedisStore
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 PROVIDER_KEY = "sk-fake-provider-key-0123456789abcdef"
@@ -242,3 +243,12 @@ async def clear_of_minute_boundary(margin_s: float = 8.0) -> None:
     left = 60 - time.time() % 60
     if left < margin_s:
         await asyncio.sleep(left + 0.2)
+
+
+async def funded_key(redis_url: str, prefix: str) -> tuple[str, str]:
+    """A key with $10 made straight in Redis, for a gateway process started on the same store and prefix."""
+    store = RedisStore(redis_url, prefix=prefix)
+    plain, record = keys.new_record("funded", 10_000_000_000)
+    await store.create_key(record)
+    await store.close()
+    return plain, record.id

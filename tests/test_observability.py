@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from harness import GatewayProcess, gateway_config_text
+from harness import GatewayProcess, funded_key, gateway_config_text
 from prometheus_client import multiprocess
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -86,17 +86,6 @@ def test_a_dead_workers_config_age_does_not_outlive_it(tmp_path: Path) -> None:
     assert _sample(text, "gateway_config_age_seconds") == [5.0]
 
 
-async def _funded_key(redis_url: str, prefix: str) -> tuple[str, str]:
-    from gateway import keys
-    from gateway.store import RedisStore
-
-    store = RedisStore(redis_url, prefix=prefix)
-    plain, record = keys.new_record("obs", 10_000_000_000)
-    await store.create_key(record)
-    await store.close()
-    return plain, record.id
-
-
 async def test_a_stream_cut_by_the_shutdown_grace_is_logged_and_counted_as_499(
         tmp_path: Path, redis_url: str, fake_openai: tuple[Any, str]) -> None:
     """A stream still running when server.shutdown_grace_s ends is cancelled: the generation record says
@@ -108,7 +97,7 @@ async def test_a_stream_cut_by_the_shutdown_grace_is_logged_and_counted_as_499(
     prefix = f"obs{uuid.uuid4().hex}:"
     path = tmp_path / "gateway.yaml"
     path.write_text(gateway_config_text(fake_openai[1], redis_url, prefix, shutdown_grace_s=1))
-    key, _ = await _funded_key(redis_url, prefix)
+    key, _ = await funded_key(redis_url, prefix)
     with GatewayProcess(path) as gw:
         async with aiohttp.ClientSession() as http, http.post(
                 gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},

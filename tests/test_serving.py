@@ -15,10 +15,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from harness import GatewayProcess, closed_port, gateway_config_text
+from harness import GatewayProcess, closed_port, funded_key, gateway_config_text
 from redis_server import RedisServer
 
-from gateway import keys
 from gateway.store import RedisStore
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -52,14 +51,6 @@ def redis_config(tmp_path: Path, redis_url: str, fake_openai: tuple[Any, str]) -
     path = tmp_path / "gateway.yaml"
     path.write_text(gateway_config_text(fake_openai[1], redis_url, prefix, shutdown_grace_s=10))
     return path, prefix
-
-
-async def funded_key(redis_url: str, prefix: str) -> tuple[str, str]:
-    store = RedisStore(redis_url, prefix=prefix)
-    plain, record = keys.new_record("srv", 10_000_000_000)
-    await store.create_key(record)
-    await store.close()
-    return plain, record.id
 
 
 async def test_systemd_notifications(redis_config: tuple[Path, str], notify_socket: Any) -> None:
