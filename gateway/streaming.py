@@ -186,6 +186,12 @@ class ChunkCodec:
                 if chunk.get("choices") or self.wants_usage:
                     self.held.append(chunk)
                 continue
+            if (usage := chunk.get("usage")).__class__ is dict:
+                # usage on an unfinished chunk (OpenRouter's last one has an empty choice): it waits for the
+                # bill like any usage, as a `choices: []` chunk, and only for a client that asked for it
+                del chunk["usage"]
+                if self.wants_usage:
+                    self.held.append({**chunk, "choices": [], "usage": usage})
             batch += self.encode(chunk)
             if self.learning:
                 self._learn(event.data, chunk, counted)
@@ -245,7 +251,7 @@ async def pump(resp: aiohttp.ClientResponse, codec: StreamCodec, out: SSEWriter,
             if broken is not None:
                 raise broken
             if not data and not state.done:
-                if state.finish_reason is not None:
+                if state.finish_reason is not None and state.choices_seen <= state.choices_finished:
                     break  # some servers end without [DONE]; the answer itself was complete
                 raise UpstreamFailed("the upstream closed the stream before it finished",
                                      code="upstream_truncated")

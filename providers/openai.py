@@ -345,10 +345,13 @@ def _record_chunk(state: StreamState, chunk: JSON) -> None:
             break
     for i, choice in enumerate(choices):
         if _plain_content_choice(choice):
+            state.choices_seen.add(choice["index"])
             continue  # most chunks of a stream, and complete as they are: nothing to fill, nothing finished
         _fill_chunk_choice(choice, i, state)
+        state.choices_seen.add(choice["index"])
         if choice["finish_reason"] is not None:
             state.finish_reason = choice["finish_reason"]
+            state.choices_finished.add(choice["index"])
     if isinstance(chunk.get("usage"), dict):
         state.usage = usage_from(chunk["usage"])
 

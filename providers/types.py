@@ -124,6 +124,10 @@ class StreamState:
     done: bool = False  # the upstream signalled the end ([DONE], message_stop, ...)
     response_id: str = ""
     created: int = 0
+    # indexes of the choices seen and of those finished (OpenAI-kind streams, n > 1): a stream that ends
+    # without [DONE] is complete only when every choice it began has finished
+    choices_seen: set[int] = field(default_factory=set)
+    choices_finished: set[int] = field(default_factory=set)
 
 
 class ProviderError(Exception):
