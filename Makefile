@@ -7,10 +7,18 @@ CONFIG ?= config.yaml
 # binary:package pairs — the Debian package is installed when its binary is missing (dante's binary is danted)
 APT_PACKAGES := redis-server:redis-server microsocks:microsocks tinyproxy:tinyproxy danted:dante-server wrk:wrk systemd-analyze:systemd promtool:prometheus
 
-.PHONY: install system-deps run test audit lint check-config bench soak clean
+.PHONY: install system-deps venv-deps run test audit lint check-config bench soak clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+# Debian's python3 lacks ensurepip (package python3-venv): without it `python3 -m venv` fails half-way.
+venv-deps:
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian package: python3-venv"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv; \
+	  else echo "missing: python3-venv — install it (Debian: apt-get install python3-venv)" >&2; exit 1; fi; }
+
+$(STAMP): pyproject.toml | venv-deps
+	test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 

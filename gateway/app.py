@@ -23,6 +23,9 @@ from gateway.state import RUNTIME, Runtime, Snapshot
 from gateway.store import open_store
 
 log = get_logger("gateway.app")
+# after the shutdown grace, settlements still pending get this long: grace + this stays within the
+# supervisor's grace + 10 s for its workers and the unit's TimeoutStopSec=45 (which SIGKILLs mid-drain)
+SHUTDOWN_DRAIN_S = 8.0
 
 
 def _pools(config: Config) -> dict[str, PoolSpec]:
@@ -64,7 +67,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     prober = asyncio.create_task(egress_health.run(runtime.egress))
     yield
     prober.cancel()
-    await runtime.settlements.drain(timeout_s=30)
+    await runtime.settlements.drain(timeout_s=SHUTDOWN_DRAIN_S)
     await runtime.egress.close()
     await runtime.store.close()
 

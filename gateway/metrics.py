@@ -39,6 +39,8 @@ RETRIES = Counter("gateway_upstream_retries_total", "Retry decisions by provider
 OVERLOADED = Counter("gateway_provider_overloaded_total", "Attempts refused by providers.*.max_concurrency",
                      ["provider"])
 RELOADS = Counter("gateway_config_reloads_total", "Config reloads by result", ["result"])
+for _result in ("success", "failure"):  # exposed at 0 from the start: increase() misses a series born at 1
+    RELOADS.labels(_result)
 # live*: a dead worker's file is deleted by the supervisor (mark_process_dead); "max" would keep its
 # last age for ever, so the gauge could never drop back after a reload
 CONFIG_AGE = Gauge("gateway_config_age_seconds", "Seconds since the config in force was loaded",

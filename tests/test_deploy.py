@@ -580,3 +580,68 @@ def test_redis_keeps_balances_across_a_crash(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+
+
+# --- a fresh machine, the reload alert's first failure, the stop budget ---------------------------------
+
+
+def test_make_test_installs_python3_venv_before_it_creates_the_venv(tmp_path: Path) -> None:
+    """Debian's python3 has no ensurepip (it is in python3-venv / python3.X-venv): `python3 -m venv` fails
+    on a fresh machine, and leaves a .venv/bin/python without pip that the next `make` takes as done. The
+    Makefile must install python3-venv (when missing, as root) before it creates the venv."""
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy(REPO / name, tmp_path / name)
+    result = subprocess.run(["make", "-n", "test"], cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    venv_at = out.find("-m venv")
+    assert venv_at >= 0, out
+    assert "python3-venv" in out[:venv_at], f"nothing installs python3-venv before `-m venv`:\n{out}"
+
+
+def test_reload_failure_series_exists_before_the_first_failure() -> None:
+    """The alert is `increase(gateway_config_reloads_total{result="failure"}[15m]) > 0`. increase() needs two
+    samples of a series: when the series appears only at the first failure (value 1), increase() is 0 and
+    the first failed reload after a start never alerts. So the gateway must expose it at 0 from the start
+    (alerts_test.yml assumes exactly that: '0 0 0 1 1 ...')."""
+    out = _fresh_exposition()
+    assert re.search(r'^gateway_config_reloads_total\{result="failure"\} 0\.0$', out, re.M), out
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+def test_reload_failed_alert_fires_on_the_series_as_the_gateway_exposes_it(tmp_path: Path) -> None:
+    """The failure series as a freshly started gateway exposes it (absent, before the fix), then one failed
+    reload at minute 3: the alert must fire."""
+    exposed = re.search(r'^gateway_config_reloads_total\{result="failure"\} 0\.0$', _fresh_exposition(), re.M)
+    [rule] = [r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]
+              if r.get("alert") == "LLMGatewayConfigReloadFailed"]
+    test = {"rule_files": [str(ALERTS)], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [{"series": 'gateway_config_reloads_total{result="failure"}',
+                          "values": ("0 0 0" if exposed else "_ _ _") + " 1 1 1 1 1 1 1 1 1"}],
+        "alert_rule_test": [{"eval_time": "5m", "alertname": "LLMGatewayConfigReloadFailed", "exp_alerts": [
+            {"exp_labels": {"severity": "warning", "result": "failure"},
+             "exp_annotations": rule["annotations"]}]}]}]}
+    path = tmp_path / "reload_test.yml"
+    path.write_text(yaml.safe_dump(test))
+    result = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _fresh_exposition() -> str:
+    code = "import gateway.metrics as m, sys; sys.stdout.write(m.render().decode())"
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
+                          env={"PATH": "/usr/bin:/bin"}).stdout
+
+
+def test_the_stop_budget_covers_the_grace_and_the_settlement_drain() -> None:
+    """After SIGTERM requests in flight get server.shutdown_grace_s (30 s by default), then pending
+    settlements get the drain: both must end before systemd's SIGKILL (TimeoutStopSec) and, with --workers,
+    before the supervisor kills its workers (grace + 10 s), or retries still running die unlogged."""
+    from gateway.app import SHUTDOWN_DRAIN_S
+    from gateway.config import ServerConfig
+
+    grace_s = ServerConfig().shutdown_grace_s
+    stop = [line.split("=", 1)[1] for line in UNIT.read_text().splitlines() if line.startswith("TimeoutStopSec=")]
+    assert float(stop[-1].removesuffix("s")) > grace_s + SHUTDOWN_DRAIN_S
+    assert SHUTDOWN_DRAIN_S < 10  # the supervisor's margin after the grace (gateway/supervisor.py)
