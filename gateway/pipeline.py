@@ -25,6 +25,7 @@ from egress.pool import Egress, EgressUnavailable
 from gateway import caps, limits, metering, metrics, presets, resilience, routing, streaming, validation
 from gateway.auth import model_allowed
 from gateway.catalog import Route
+from gateway.config import Config
 from gateway.errors import Forbidden, GatewayError, InvalidRequest, Unavailable, UpstreamFailed
 from gateway.exchange import Endpoint, Exchange
 from gateway.images import has_images, has_remote_images, inline_remote_images
@@ -114,18 +115,20 @@ async def serve(request: web.Request, body: dict[str, Any], op: Endpoint) -> web
     byok = bool(_client_key(request, body))  # a client's key is for one provider: its fallbacks stay there
     usable = [r for r in routes if allowed(r.model_id) and (r.model.vision or not images)
               and validation.serves(body, r, op.name) and not (byok and r.provider_name != primary.provider_name)]
-    return await _serve_first(request, usable, body, op)
+    return await _serve_first(request, snapshot.config, usable, body, op)
 
 
-async def _serve_first(request: web.Request, routes: list[Route], body: dict[str, Any],
+async def _serve_first(request: web.Request, config: Config, routes: list[Route], body: dict[str, Any],
                        op: Endpoint) -> web.StreamResponse:
-    """Try each candidate, retrying retryable failures, until one answers or the deadline passes."""
-    runtime = request.app[RUNTIME]
-    return await resilience.serve_first(runtime.guard, runtime.snapshot.config.retries, routes,
-                                        lambda route: _serve(request, route, body, op))
+    """Try each candidate, retrying retryable failures, until one answers or the deadline passes. Every
+    attempt runs on the config the request started with (its routes are that config's): a reload meanwhile
+    applies to the next request."""
+    return await resilience.serve_first(request.app[RUNTIME].guard, config.retries, routes,
+                                        lambda route: _serve(request, config, route, body, op))
 
 
-async def _serve(request: web.Request, route: Route, body: dict[str, Any], op: Endpoint) -> web.StreamResponse:
+async def _serve(request: web.Request, config: Config, route: Route, body: dict[str, Any],
+                 op: Endpoint) -> web.StreamResponse:
     """One attempt on one model: translate, admit (hold + limits), call, settle — whatever happens.
 
     The translation comes first, so a request this model's provider cannot express is refused (or moves
@@ -134,7 +137,6 @@ async def _serve(request: web.Request, route: Route, body: dict[str, Any], op: E
     the gateway fetch anything.
     """
     runtime = request.app[RUNTIME]
-    config = runtime.snapshot.config
     fields = request[LOG]
     fields.update(model=route.model_id, provider=route.provider_name)
     fields["attempts"] = fields.get("attempts", 0) + 1
@@ -230,7 +232,7 @@ async def _relay_json(resp: aiohttp.ClientResponse, exchange: Exchange, op: Endp
 async def _relay_stream(request: web.Request, resp: aiohttp.ClientResponse, codec: StreamCodec, op: Endpoint,
                         body: dict[str, Any], target: Target, ticket: metering.Ticket, outcome: metering.Outcome,
                         scrub: Any) -> web.StreamResponse:
-    config = request.app[RUNTIME].snapshot.config
+    config = ticket.config  # the request's own, as every attempt's
     out = SSEWriter(request)
     await out.start()
     state = codec.state

@@ -128,3 +128,29 @@ async def test_a_reload_adding_admin_listen_does_not_turn_admin_off(tmp_path: Pa
         assert await _reloaded(gw, 1)
         assert await _status(gw.url + "/admin/keys", ADMIN) == 200
         assert await _status(gw.url + "/metrics", "") == 200
+
+
+async def test_a_request_in_flight_finishes_on_the_config_it_started_with(
+        make_gateway: Any, fake_openai: tuple[Any, str], tmp_path: Path) -> None:
+    """A reload while a request waits for its upstream applies to the next request only: the stream that
+    started without `billing.stream_billing_event` ends without the event, the next one has it."""
+    gw = await make_gateway()
+    path = tmp_path / "gw.yaml"
+    path.write_text(gateway_config_text(fake_openai[1], billing={"stream_billing_event": True}))
+    gw.app[RUNTIME].config_path = str(path)
+    gw.fake.delay_before_headers_s = 0.5
+
+    async def stream() -> bytes:
+        async with aiohttp.ClientSession() as http, http.post(
+                gw.url + "/v1/chat/completions", headers=gw.auth(),
+                json={"model": "fake/gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": True}) as r:
+            assert r.status == 200
+            return await r.read()
+
+    started = asyncio.ensure_future(stream())
+    while not gw.fake.requests:  # admitted and waiting for the upstream's headers
+        await asyncio.sleep(0.01)
+    assert await reload_config(gw.app) is True
+    assert b"event: billing_update" not in await started
+    gw.fake.delay_before_headers_s = 0
+    assert b"event: billing_update" in await stream()
