@@ -74,10 +74,8 @@ class Route:
                 "currency": "USD",
                 "input_per_mtok": p.input_per_mtok,
                 "output_per_mtok": p.output_per_mtok,
-                "cached_input_per_mtok": p.cached_input_per_mtok if p.cached_input_per_mtok is not None
-                else p.input_per_mtok,
-                "cache_write_per_mtok": p.cache_write_per_mtok if p.cache_write_per_mtok is not None
-                else p.input_per_mtok,
+                "cached_input_per_mtok": p.cache_read,
+                "cache_write_per_mtok": p.cache_write,
                 "per_request": p.per_request,
                 "per_image": p.per_image,
             },
@@ -105,17 +103,14 @@ class Catalog:
         for mid, model in config.models.items():
             provider_name, _, rest = mid.partition("/")
             price = model.price
-            cached = price.cached_input_per_mtok
             self.routes[mid] = Route(
                 model_id=mid,
                 provider_name=provider_name,
                 provider=config.providers[provider_name],
                 upstream_model=model.upstream or rest,
                 price=Price(to_nano(price.input_per_mtok), to_nano(price.output_per_mtok),
-                            to_nano(price.input_per_mtok if cached is None else cached),
-                            to_nano(price.per_request), to_nano(price.per_image),
-                            to_nano(price.input_per_mtok if price.cache_write_per_mtok is None
-                                    else price.cache_write_per_mtok)),
+                            to_nano(price.cache_read), to_nano(price.per_request), to_nano(price.per_image),
+                            to_nano(price.cache_write)),
                 model=model,
                 limits=model.limits or config.limits.default,
             )

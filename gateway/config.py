@@ -198,6 +198,16 @@ class PriceConfig(_Model):
     per_request: NonNegFloat = 0.0
     per_image: NonNegFloat = 0.0  # USD per generated image (/v1/images/generations)
 
+    @property
+    def cache_read(self) -> float:
+        """USD per million prompt tokens read from the cache: the input price unless set."""
+        return self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
+
+    @property
+    def cache_write(self) -> float:
+        """USD per million prompt tokens written to the cache: the input price unless set."""
+        return self.input_per_mtok if self.cache_write_per_mtok is None else self.cache_write_per_mtok
+
 
 class ParamsConfig(_Model):
     max_tokens_field: Literal["max_tokens", "max_completion_tokens"] | None = None

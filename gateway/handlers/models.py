@@ -70,10 +70,7 @@ def endpoints_info(route: Route, created: int) -> dict[str, Any]:
     model, price = route.model, route.model.price
     inputs = ["text", "image"] if model.vision else ["text"]
     pricing = {"prompt": _per_token(price.input_per_mtok), "completion": _per_token(price.output_per_mtok),
-               "input_cache_read": _per_token(price.cached_input_per_mtok if price.cached_input_per_mtok is not None
-                                              else price.input_per_mtok),
-               "input_cache_write": _per_token(price.cache_write_per_mtok if price.cache_write_per_mtok is not None
-                                               else price.input_per_mtok),
+               "input_cache_read": _per_token(price.cache_read), "input_cache_write": _per_token(price.cache_write),
                "request": _usd(price.per_request), "image": _usd(price.per_image)}
     endpoint = {
         "name": f"{route.provider_name}: {route.model_id}", "model_id": route.model_id,
