@@ -192,10 +192,14 @@ class Egress:
         for state in old.values():  # a proxy whose URL changed (a new password) keeps its series
             if (state.pool, state.spec.name) not in kept:
                 metrics.forget(state.pool, state.spec.name)
-        idle = [s.session for s in old.values() if s.session and not _in_use(s.session)]
+        idle = []
         for state in old.values():  # a request in flight finishes on the config it started with
-            if state.session and state.session not in idle:
+            if state.session is None:
+                continue
+            if _in_use(state.session):
                 self._retire(state.session)
+            else:
+                idle.append(state.session)
         await asyncio.gather(*(s.close() for s in idle))
 
     def _retire(self, session: aiohttp.ClientSession) -> None:

@@ -93,9 +93,13 @@ def _parse(url: str) -> _Parsed:
                    rdns=parts.scheme not in LOCAL_DNS_SCHEMES, tls=parts.scheme == "https")
 
 
+def _proxy_ssl(p: _Parsed) -> ssl.SSLContext | None:
+    return ssl.create_default_context() if p.tls else None
+
+
 def _proxy(p: _Parsed) -> Proxy:
     return Proxy(proxy_type=p.type, host=p.host, port=p.port, username=p.username, password=p.password,
-                 rdns=p.rdns, proxy_ssl=ssl.create_default_context() if p.tls else None)
+                 rdns=p.rdns, proxy_ssl=_proxy_ssl(p))
 
 
 class _Watched:
@@ -147,8 +151,7 @@ class _ProxyConnector(_Watched, ProxyConnector):
 
     def __init__(self, parsed: _Parsed, **kwargs: Any) -> None:
         super().__init__(proxy_type=parsed.type, host=parsed.host, port=parsed.port, username=parsed.username,
-                         password=parsed.password, rdns=parsed.rdns,
-                         proxy_ssl=ssl.create_default_context() if parsed.tls else None, **kwargs)
+                         password=parsed.password, rdns=parsed.rdns, proxy_ssl=_proxy_ssl(parsed), **kwargs)
         self._parsed = parsed
 
     async def _wrap_create_connection(self, *args: Any, **kwargs: Any) -> Any:

@@ -162,11 +162,6 @@ class ProviderConfig(_Model):
     api_key_env: str = ""  # filled by the loader from `${VAR}` in api_key: named in "set VAR" errors
     egress: str = "direct"
     blocked_regions: list[str] = []  # never leave through a proxy tagged with one of these regions
-
-    @field_validator("blocked_regions")
-    @classmethod
-    def _regions_case(cls, regions: list[str]) -> list[str]:
-        return [r.lower() for r in regions]
     headers: dict[str, str] = {}
     timeouts: TimeoutsConfig = TimeoutsConfig()
     max_concurrency: PosInt | None = None  # requests in flight per process; beyond it a fast 503, no queue
@@ -188,6 +183,11 @@ class ProviderConfig(_Model):
         if kind not in KINDS:
             raise ValueError(f"must be one of {', '.join(sorted(KINDS))}")
         return kind
+
+    @field_validator("blocked_regions")
+    @classmethod
+    def _regions_case(cls, regions: list[str]) -> list[str]:
+        return [r.lower() for r in regions]  # as proxies' regions are read
 
 
 class PriceConfig(_Model):

@@ -11,7 +11,7 @@ import asyncio
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import StreamReader, web
 
 from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge
 
@@ -43,7 +43,7 @@ async def read_limited(request: web.Request, limit: int) -> bytes:
                              "says.", code="invalid_body") from exc
 
 
-async def _read_slowly(content: Any, limit: int) -> bytes:
+async def _read_slowly(content: StreamReader, limit: int) -> bytes:
     body = bytearray()
     loop = asyncio.get_running_loop()
     try:
