@@ -1,17 +1,14 @@
 """Adapter for OpenAI's Chat Completions wire format and the servers that copy it.
 
-Kind `openai` covers OpenAI, DeepSeek, xAI, OpenRouter, Ollama's `/v1` and vLLM. The request is passed
-through with the model substituted and the per-model parameter fixes of the config applied (renames and
-drops are data in `Target`), its history cleared of what earlier answers added for the client only
-(`reasoning_content`, the `extra_content` holding a Gemini thought signature or Claude's thinking blocks on
-tool calls), and without Anthropic's `cache_control` marks unless the provider keeps them
-(`Target.keep_cache_control`). Answers are passed through with the public model id, and the fields OpenAI's
-schema requires but compatible servers (xAI, DeepSeek, Ollama, OpenRouter's providers) often omit are filled
-in, so that what the client gets validates against OpenAI's schema: a choice's `index` (its position),
-`finish_reason` (inferred; null in a chunk), `message` / `delta` (empty), `logprobs`; a tool call's `index` in
-chunks, its `type`, its `id` (made up when missing) and its `arguments` as JSON text; a null
-`system_fingerprint` is removed. Extra fields the upstream sends (DeepSeek's `reasoning_content`, the
-`reasoning` of OpenRouter, Ollama and vLLM under its own name, OpenRouter's `provider`, `usage.cost`) are kept.
+Kind `openai` covers OpenAI, DeepSeek, xAI, OpenRouter, Ollama's `/v1` and vLLM. The request is built by
+`openai_request` (the client's body, adapted for the target model). Answers, errors and streams are read back
+here: passed through with the public model id, and the fields OpenAI's schema requires but compatible servers
+(xAI, DeepSeek, Ollama, OpenRouter's providers) often omit are filled in, so that what the client gets
+validates against OpenAI's schema: a choice's `index` (its position), `finish_reason` (inferred; null in a
+chunk), `message` / `delta` (empty), `logprobs`; a tool call's `index` in chunks, its `type`, its `id` (made
+up when missing) and its `arguments` as JSON text; a null `system_fingerprint` is removed. Extra fields the
+upstream sends (DeepSeek's `reasoning_content`, the `reasoning` of OpenRouter, Ollama and vLLM under its own
+name, OpenRouter's `provider`, `usage.cost`) are kept.
 
 Pure and synchronous: no I/O, no aiohttp.
 """
@@ -26,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from providers.openai_request import build_request as build_request  # the adapter's request half
 from providers.types import (
     JSON,
     ChatRequest,
@@ -35,7 +33,6 @@ from providers.types import (
     StreamState,
     Target,
     UpstreamHTTPError,
-    UpstreamRequest,
     Usage,
     load_object,
 )
@@ -49,100 +46,9 @@ SUPPORTED_PARAMETERS = ("temperature", "top_p", "frequency_penalty", "presence_p
                         "structured_outputs", "stop", "tools", "tool_choice", "parallel_tool_calls", "reasoning_effort")
 MAX_CHOICES = 128  # `n`: OpenAI's documented maximum, billed in one usage block
 
-_MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
 _FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
 _FINISH_REASON_MAP = {"eos": "stop", "eos_token": "stop", "error": "stop"}  # finish-reason-map.json
 _NOT_RETRYABLE_CODES = frozenset({"insufficient_quota"})  # a 429 that no retry will fix
-
-
-# -- request ---------------------------------------------------------------------------------------
-
-
-def build_request(req: ChatRequest, target: Target) -> UpstreamRequest:
-    """POST {base_url}/chat/completions with the client's body, adapted for the target model."""
-    headers = {
-        "Content-Type": "application/json",
-        "Accept": "text/event-stream" if req.stream else "application/json",
-    }
-    if target.api_key:
-        headers["Authorization"] = f"Bearer {target.api_key}"
-    headers.update(target.headers)
-    return UpstreamRequest("POST", f"{target.base_url}/chat/completions", headers,
-                           orjson.dumps(_adapt_body(req, target)), req.stream)
-
-
-def _adapt_body(req: ChatRequest, target: Target) -> JSON:
-    """A shallow copy of the client's body with the target's model, renames and drops applied."""
-    body = dict(req.body)
-    body["model"] = target.upstream_model
-    field = target.max_tokens_field
-    if field:
-        for alias in _MAX_TOKENS_FIELDS:
-            if alias != field and alias in body:
-                value = body.pop(alias)
-                body.setdefault(field, value)
-    for name in target.drop:
-        body.pop(name, None)
-    strip_marks = not target.keep_cache_control
-    body["messages"] = [_history_message(m, strip_marks) for m in body.get("messages") or ()]
-    if strip_marks:
-        _drop_cache_control(body)
-    if req.stream:
-        body["stream"] = True
-        options = body.get("stream_options")
-        body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-    else:
-        body.pop("stream", None)
-        body.pop("stream_options", None)  # OpenAI answers 400 to stream_options without stream
-    return body
-
-
-def _history_message(message: Any, strip_marks: bool) -> Any:
-    """A history message without what other answers added for the client's eyes only, and without its content
-    parts' `cache_control` marks when `strip_marks` (see `_drop_cache_control`); a copy when changed.
-
-    DeepSeek answers 400 when a previous turn's `reasoning_content` is sent back, and OpenAI to an unknown
-    field in a message, such as the `extra_content` (a Gemini thought signature, Claude's thinking blocks)
-    that a conversation begun on a Gemini or Claude model carries on its tool calls; history needs neither.
-    """
-    if not isinstance(message, dict):
-        return message
-    if "reasoning_content" in message:
-        message = {k: v for k, v in message.items() if k != "reasoning_content"}
-    calls = message.get("tool_calls")
-    if isinstance(calls, list) and any(isinstance(call, dict) and "extra_content" in call for call in calls):
-        message = {**message, "tool_calls": [_without_extra_content(call) for call in calls]}
-    return _without_marks(message) if strip_marks else message
-
-
-def _drop_cache_control(body: JSON) -> None:
-    """Remove Anthropic's prompt-caching marks (`cache_control`) from the body's tools and top level, in place
-    on the copy `_adapt_body` made (its messages' parts lose theirs in `_history_message`). Clients and our
-    /v1/messages translation leave them on parts, and a strict OpenAI-compatible upstream answers 400 to the
-    unknown field; OpenAI caches prefixes by itself. Upstreams that document the marks (OpenRouter) keep them."""
-    body.pop("cache_control", None)
-    if isinstance(body.get("tools"), list):
-        body["tools"] = [_unmarked(tool) for tool in body["tools"]]
-
-
-def _without_marks(message: Any) -> Any:
-    """A message whose content parts carry no `cache_control` (a copy when one did)."""
-    content = message.get("content") if isinstance(message, dict) else None
-    if not isinstance(content, list) or not any(isinstance(p, dict) and "cache_control" in p for p in content):
-        return message
-    return {**message, "content": [_unmarked(part) for part in content]}
-
-
-def _unmarked(item: Any) -> Any:
-    if isinstance(item, dict) and "cache_control" in item:
-        return {k: v for k, v in item.items() if k != "cache_control"}
-    return item
-
-
-def _without_extra_content(call: Any) -> Any:
-    if isinstance(call, dict) and "extra_content" in call:
-        return {k: v for k, v in call.items() if k != "extra_content"}
-    return call
 
 
 def max_output_tokens(body: JSON, target: Target) -> int | None:

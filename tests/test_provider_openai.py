@@ -15,7 +15,7 @@ from jsonschema import Draft202012Validator
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletionChunk
 
-from providers import openai
+from providers import openai, openai_request
 from providers.anthropic_answer import MessageStream
 from providers.framing import SSEDecoder
 from providers.types import ChatRequest, ProviderError, SSEEvent, Target, UpstreamHTTPError, Usage
@@ -495,7 +495,7 @@ def test_history_without_extra_content_is_not_copied() -> None:
     assistant = {"role": "assistant", "content": None, "tool_calls": [
         {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}
     body = {"model": "x", "messages": [{"role": "user", "content": "q"}, assistant]}
-    adapted = openai._adapt_body(ChatRequest(body=body, stream=False), TARGET)
+    adapted = openai_request.adapt_body(ChatRequest(body=body, stream=False), TARGET)
     assert all(a is b for a, b in zip(adapted["messages"], body["messages"], strict=True))
 
 
