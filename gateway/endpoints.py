@@ -42,6 +42,14 @@ def input_tokens(value: Any) -> int:
     return 0
 
 
+def prompt_count(prompt: Any) -> int:
+    """How many prompts a legacy completion asks for: a batch (a list of strings or of token-id lists) is
+    answered with `n` choices for each of its prompts; a string or one token-id list is one prompt."""
+    if isinstance(prompt, list) and prompt and not all(isinstance(v, int) for v in prompt):
+        return len(prompt)
+    return 1
+
+
 def _count(body: JSON, name: str, default: int = 1) -> int:
     value = body.get(name)
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
@@ -74,6 +82,19 @@ class ChatCompletionsExchange(ChatExchange):
         return CompletionCodec(chat.adapter, chat.state, generation_id, wants_usage)
 
 
+class NativeCompletionsExchange(PassthroughExchange):
+    """A legacy completion on the upstream's own `/completions`, told the `max_tokens` its hold counted when
+    the client named none: compatible servers (Ollama, llama.cpp) generate without limit then."""
+
+    def __init__(self) -> None:
+        super().__init__("completions", passthrough.parse_completion)
+
+    def build(self, body: JSON, target: Target, stream: bool) -> UpstreamRequest:
+        if body.get("max_tokens") is None:
+            body = {**body, "max_tokens": completions.DEFAULT_MAX_TOKENS}
+        return super().build(body, target, stream)
+
+
 class CompletionsEndpoint(ChatEndpoint):
     """POST /v1/completions: presented and streamed as chat is, held on its own `prompt` and `n`/`best_of`."""
 
@@ -83,14 +104,14 @@ class CompletionsEndpoint(ChatEndpoint):
         if route.model.completions == "native":
             if route.provider.kind != "openai":
                 raise untranslatable(route, "native /v1/completions")
-            return PassthroughExchange("completions", passthrough.parse_completion)
+            return NativeCompletionsExchange()
         return ChatCompletionsExchange(registry.get(route.provider.kind))
 
     def worst_case(self, body: JSON, route: Route, config: Config) -> Usage:
         asked = _count(body, "max_tokens", completions.DEFAULT_MAX_TOKENS)  # what the upstream is sent
         ceiling = route.model.max_output_tokens
         per_choice = min(asked, ceiling) if ceiling else asked
-        n = max(_count(body, "n"), _count(body, "best_of"))
+        n = max(_count(body, "n"), _count(body, "best_of")) * prompt_count(body.get("prompt"))
         return Usage(prompt_tokens=input_tokens(body.get("prompt")), completion_tokens=n * per_choice)
 
     def estimate(self, body: JSON, text_bytes: int) -> Usage:
@@ -209,7 +230,11 @@ class ImagesEndpoint(_OneShot):
         return passthrough.parse_images
 
     def worst_case(self, body: JSON, route: Route, config: Config) -> Usage:
-        return Usage(images=_count(body, "n"))
+        """`n` images and, for a model with token prices (gpt-image-1 reports its tokens), the prompt and
+        each image's output tokens up to the model's `max_output_tokens` (else the billing default)."""
+        n = _count(body, "n")
+        per_image = route.model.max_output_tokens or config.billing.default_max_output_tokens
+        return Usage(prompt_tokens=input_tokens(body.get("prompt")), completion_tokens=n * per_image, images=n)
 
     def estimate(self, body: JSON, text_bytes: int) -> Usage:
         return Usage()

@@ -300,3 +300,86 @@ async def test_usage_export_lists_every_endpoint(api_gateway: Gateway, tmp_path:
     assert rows[3]["images"] == "1"
     for row in rows:  # and each is in /v1/generation
         assert (await generation(api_gateway, row["generation_id"]))["endpoint"] == row["endpoint"]
+
+
+# Holds of the endpoints besides chat: what is reserved before the upstream call covers what the call may
+# be charged, so a key cannot be served more than it can pay for (both stores).
+STORES = pytest.mark.parametrize("store", ["memory", "redis"])
+
+
+async def _gateway(make_api_gateway: Any, request: pytest.FixtureRequest, store: str,
+                   models: dict[str, dict[str, Any]]) -> Gateway:
+    url = "" if store == "memory" else request.getfixturevalue("redis_url")
+    gateway: Gateway = await make_api_gateway(models, store_url=url)
+    return gateway
+
+
+# gpt-image-1 as OpenAI bills it: by tokens (5 USD per Mtok of text input, 40 per Mtok of image output)
+TOKEN_PRICED_IMAGES = {"oai/gpt-image-1": {"price": {"input_per_mtok": 5, "output_per_mtok": 40}}}
+IMAGE_COST = 50 * 5_000 + 50 * 40_000  # the fake's documented usage: 50 input and 50 output tokens
+
+
+@STORES
+async def test_image_hold_covers_the_token_prices(make_api_gateway: Any, request: pytest.FixtureRequest,
+                                                  store: str) -> None:
+    gateway = await _gateway(make_api_gateway, request, store, TOKEN_PRICED_IMAGES)
+    fake = gateway.extra["upstreams"].openai
+    poor, poor_id = await gateway.add_key("poor", balance=1_000_000)  # $0.001: less than one image costs
+    with pytest.raises(openai.APIStatusError) as info:
+        await gateway.openai(api_key=poor).images.generate(prompt="otters", n=1)
+    assert info.value.status_code == 402 and info.value.code == "insufficient_quota"
+    assert fake.requests == []
+    assert await key_state(gateway, poor_id) == (1_000_000, 0, 1_000_000)
+    before, _, _ = await key_state(gateway)  # a funded key is charged the tokens the upstream reports
+    result = await gateway.openai().images.generate(prompt="otters", n=1)
+    extra = result.model_extra or {}
+    assert nano(extra["billing"]["request_cost"]) == IMAGE_COST
+    await assert_charged(gateway, before, IMAGE_COST, extra["id"], "images")
+
+
+INSTRUCT_OUT = 2_000  # oai/gpt-3.5-turbo-instruct: 2 USD per Mtok of output
+
+
+@STORES
+async def test_native_completion_hold_covers_every_prompt_of_a_batch(make_api_gateway: Any,
+                                                                     request: pytest.FixtureRequest,
+                                                                     store: str) -> None:
+    gateway = await _gateway(make_api_gateway, request, store, {})
+    fake = gateway.extra["upstreams"].openai
+    balance = 5 * 100 * INSTRUCT_OUT  # room for five prompts' 100 tokens, not for twenty
+    poor, poor_id = await gateway.add_key("poor", balance=balance)
+    client = gateway.openai(api_key=poor)
+    with pytest.raises(openai.APIStatusError) as info:  # OpenAI answers n choices for each prompt
+        await client.completions.create(model="oai/gpt-3.5-turbo-instruct", prompt=["Say this is a test"] * 20,
+                                        max_tokens=100)
+    assert info.value.status_code == 402
+    with pytest.raises(openai.APIStatusError) as info:  # token-id prompts: a list of lists is a batch too
+        await client.completions.create(model="oai/gpt-3.5-turbo-instruct", prompt=[[1, 2, 3]] * 20,
+                                        max_tokens=100)
+    assert info.value.status_code == 402
+    assert fake.requests == []
+    assert await key_state(gateway, poor_id) == (balance, 0, balance)
+    await client.completions.create(model="oai/gpt-3.5-turbo-instruct", prompt=[1, 2, 3], max_tokens=100)
+    assert len(fake.requests) == 1  # one token-id prompt is one prompt
+
+
+async def test_native_completion_is_bounded_by_what_its_hold_counts(api_gateway: Gateway) -> None:
+    """The hold of a native completion counts 16 output tokens when the client names no `max_tokens` (the
+    legacy default): the upstream must be told so, since compatible servers (Ollama, llama.cpp) generate
+    without limit when the field is absent or -1."""
+    fake = api_gateway.extra["upstreams"].openai
+    client = api_gateway.openai()
+    raw = await client.completions.with_raw_response.create(model="oai/gpt-3.5-turbo-instruct", prompt="hi")
+    assert fake.last.body["max_tokens"] == 16
+    billing = raw.parse().model_extra["billing"]  # type: ignore[index]
+    assert nano(billing["reserved"]) >= 16 * INSTRUCT_OUT
+    await client.completions.create(model="oai/gpt-3.5-turbo-instruct", prompt="hi", max_tokens=5)
+    assert fake.last.body["max_tokens"] == 5
+    before = await key_state(api_gateway)
+    sent = len(fake.requests)
+    for bad in (-1, 2.5, "16"):
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.completions.create(model="oai/gpt-3.5-turbo-instruct", prompt="hi",
+                                            max_tokens=bad)  # type: ignore[arg-type]
+        assert info.value.param == "max_tokens"
+    assert len(fake.requests) == sent and await key_state(api_gateway) == before

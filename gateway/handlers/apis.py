@@ -52,6 +52,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
     _required(body, "prompt", (str, list))
     if "stream" in body and not isinstance(body["stream"], bool):
         raise InvalidRequest("'stream' must be a boolean.", param="stream", code="invalid_type")
+    max_tokens = body.get("max_tokens")  # the hold counts it: -1 ("no limit" to Ollama, llama.cpp) must not pass
+    if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0):
+        raise InvalidRequest("'max_tokens' must be a non-negative integer.", param="max_tokens", code="invalid_value")
     return await serve(request, body, COMPLETIONS)
 
 
