@@ -155,6 +155,11 @@ class TimeoutsConfig(_Model):
     between_chunks_s: PosFloat = 300.0  # longest silence inside a body
 
 
+# `providers.*.headers` names whose value is a credential (a key-checking proxy's `api-key`, `cf-aig-authorization`,
+# `x-portkey-api-key`, `X-Auth-Token`...); other headers (`HTTP-Referer`, `X-Title`) are not secret
+_SECRET_HEADER = re.compile(r"(?i)auth|key|token|secret|passw|cookie|session|signature|credential")
+
+
 class ProviderConfig(_Model):
     kind: str
     base_url: str = Field(pattern=r"^https?://")
@@ -291,6 +296,8 @@ class Config(_Model):
     def secrets(self) -> list[str]:
         """Every secret value in this config, for the log redactor."""
         out = [self.server.admin_token, self.server.metrics_token, *(p.api_key for p in self.providers.values())]
+        out += [v for p in self.providers.values() for name, value in p.headers.items()
+                if _SECRET_HEADER.search(name) for v in (value, value.rpartition(" ")[2])]  # "Bearer <token>"
         out += [pw for pool in self.egress.pools.values() for px in pool.proxies for pw in url_secrets(px.url)]
         out += url_secrets(self.store.url)
         return [s for s in out if len(s) >= 4]
@@ -320,8 +327,8 @@ def load(path: str | os.PathLike[str], environ: dict[str, str] | None = None) ->
 def parse(text: str, environ: dict[str, str], source: str = "<config>") -> Config:
     try:
         raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    except yaml.YAMLError as exc:  # not chained: its text quotes the offending line
+        raise ConfigError(f"{source}: not valid YAML: {_yaml_problem(exc)}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -335,6 +342,27 @@ def parse(text: str, environ: dict[str, str], source: str = "<config>") -> Confi
     if problems or config is None:
         raise ConfigError("\n".join(problems))
     return config
+
+
+# what PyYAML names in quotes: a token's kind ('<stream end>') or one character ('\\t') is kept; anything
+# longer is a piece of the file (an alias, a tag, a key) and may be a piece of a secret
+_QUOTED = re.compile(r"'(<[a-z ]+>|\\?.)'|'[^']*'|\"[^\"]*\"")
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where the YAML parser stopped and why, without the snippet of the line it quotes (the line may hold
+    a provider key or a proxy password) nor the piece of a value it names."""
+    if isinstance(exc, yaml.reader.ReaderError):  # a character that YAML does not allow: no text quoted
+        return f"unacceptable character #x{exc.character:04x} at position {exc.position}"
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return type(exc).__name__
+    parts = []
+    for what, mark in ((exc.context, exc.context_mark), (exc.problem, exc.problem_mark)):
+        if what or mark:
+            where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            said = _QUOTED.sub(lambda m: m.group(0) if m.group(1) else "...", what or "")
+            parts.append(": ".join(p for p in (where, said) if p))
+    return "; ".join(parts) or "syntax error"
 
 
 def _substitute(node: Any, env: dict[str, str], path: tuple[str, ...], problems: list[str]) -> Any:

@@ -5,6 +5,7 @@ too; each problem is said as `yaml.path: what is wrong`, never quoting a value t
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -121,8 +122,16 @@ _MESSAGES = {
 }
 
 
+_NAME = re.compile(r"[A-Za-z0-9_-]*")
+
+
 def _describe(err: Any) -> str:
-    loc = ".".join(str(p) for p in err["loc"])
+    parts = [str(p) for p in err["loc"]]
+    if err["type"] == "extra_forbidden" and parts and not _NAME.fullmatch(parts[-1]):
+        # not a misspelt name but a key and its value run together (`{api_key:sk-...}` in a flow mapping
+        # is one plain scalar): the value may be a secret, so only the name before it is said
+        parts[-1] = f"{_NAME.match(parts[-1]).group(0)}... (a key holding ':' or a space; not quoted)"  # type: ignore[union-attr]
+    loc = ".".join(parts)
     template = _MESSAGES.get(err["type"])
     if template is None:
         return f"{loc}: {str(err['msg']).removeprefix('Value error, ')}"
@@ -134,7 +143,10 @@ def cross_check(config: Config) -> list[str]:
     problems = []
     for name, prov in config.providers.items():
         pool = config.egress.pools.get(prov.egress)
-        if prov.egress != "direct" and pool is None:
+        if prov.egress != "direct" and pool is None and ("://" in prov.egress or "@" in prov.egress):
+            problems.append(f"providers.{name}.egress: names a pool, not a proxy URL (a proxy goes in "
+                            "egress.pools.<name>.proxies; the value is not quoted, as it may hold a password)")
+        elif prov.egress != "direct" and pool is None:
             problems.append(f"providers.{name}.egress: no pool named {prov.egress!r} (or use 'direct')")
         elif pool is not None and not pool.fallback_direct and all(
                 (px.region or "") in prov.blocked_regions for px in pool.proxies):

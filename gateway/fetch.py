@@ -27,6 +27,8 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
+from egress.proxy import PROXY_ERRORS
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolve = Callable[[str, int], Awaitable[list[str]]]
 MAX_REDIRECTS = 3
@@ -124,7 +126,7 @@ async def fetch(session: aiohttp.ClientSession, url: str, guard: Guard, max_byte
             raise Refused(f"it redirects more than {MAX_REDIRECTS} times")
     except TimeoutError as exc:
         raise Refused(f"fetching it took longer than {timeout_s:g} s") from exc
-    except (aiohttp.ClientError, OSError) as exc:
+    except (aiohttp.ClientError, OSError, EOFError, *PROXY_ERRORS) as exc:  # type: ignore[misc]  # aiohttp-socks: its own
         raise Refused(f"fetching it failed ({type(exc).__name__})") from exc
 
 

@@ -198,7 +198,7 @@ async def _call(request: web.Request, route: Route, op: Endpoint, exchange: Exch
         if ticket.streamed:
             codec = exchange.codec(clean, target, ticket.generation_id, op.wants_usage(clean))
             return await _relay_stream(request, resp, codec, op, clean, target, ticket, outcome, scrub)
-        return await _relay_json(resp, exchange, op, clean, target, ticket, outcome)
+        return await _relay_json(resp, exchange, op, clean, target, ticket, outcome, scrub)
     finally:
         resp.close()
 
@@ -213,12 +213,13 @@ def _capped(target: Target, key_cap: int | None) -> Target:
 
 
 async def _relay_json(resp: aiohttp.ClientResponse, exchange: Exchange, op: Endpoint, body: dict[str, Any],
-                      target: Target, ticket: metering.Ticket, outcome: metering.Outcome) -> web.Response:
+                      target: Target, ticket: metering.Ticket, outcome: metering.Outcome,
+                      scrub: Any) -> web.Response:
     raw = await read_body(resp, ticket.route.provider.timeouts.between_chunks_s)
     try:
         reply = exchange.parse(raw, target)
-    except ProviderError as exc:
-        raise UpstreamFailed(f"provider {target.provider} sent an answer the gateway cannot read: {exc}",
+    except ProviderError as exc:  # its text may be the upstream's own (an error inside a 200): scrubbed
+        raise UpstreamFailed(f"provider {target.provider} sent an answer the gateway cannot read: {scrub(str(exc))}",
                              code="upstream_bad_response", retryable=False) from exc  # it answered: no resend
     outcome.status, outcome.upstream_id, outcome.finish_reason = 200, reply.upstream_id, reply.finish_reason
     outcome.usage, outcome.estimated = reply.usage, not reply.usage.reported

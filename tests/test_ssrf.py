@@ -425,3 +425,19 @@ async def test_a_name_resolving_to_an_allowed_address_is_fetched_through_the_pro
     assert named_site.seen == [("/cat.png", f"images.test:{port}")]
     assert proxy.targets() == [f"127.0.0.1:{port}"]  # the tunnel went to the checked address, via the proxy
     assert dns["?asked"] == []  # the proxy library resolved nothing
+
+
+@pytest.mark.parametrize("scheme", ["socks5h", "socks4a", "http"])  # resolved at the proxy: no DNS here
+async def test_a_proxy_that_fails_an_image_fetch_is_a_clear_400_not_a_crash(scheme: str) -> None:
+    """aiohttp-socks raises its own errors (neither aiohttp's nor OSError) when the proxy refuses or is down: the
+    relay catches them, the image fetch let them escape as a 500 `internal_error` with a logged traceback."""
+    body = {"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "https://images.example.com/cat.png"}}]}]}
+    egress = await _egress(scheme, f"{scheme}://user:pw@127.0.0.1:1")  # nothing listens on port 1
+    try:
+        with pytest.raises(InvalidRequest) as info:
+            await pipeline._inline_images(egress, _route("p"), "k", frozenset(), body)
+    finally:
+        await egress.close()
+    assert info.value.code == "invalid_image_url" and info.value.status == 400
+    assert "fetching it failed" in info.value.message
