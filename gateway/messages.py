@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import orjson
 
-from gateway import presets
+from gateway import billing, presets
 from gateway.billing import Bill
 from gateway.catalog import Route
 from gateway.config import PresetConfig
@@ -127,9 +127,9 @@ class MessagesCodec(ChunkCodec):
 
     templated = False  # a text delta opens a content block first when the one before was not text
 
-    def __init__(self, chat: ChunkCodec, model: str, stop_sequences: object) -> None:
+    def __init__(self, chat: ChunkCodec, model: str, stop_sequences: object, input_tokens: int) -> None:
         super().__init__(chat.adapter, chat.state, chat.generation_id, wants_usage=True)
-        self.stream = MessageStream(chat.generation_id, model, stop_sequences)
+        self.stream = MessageStream(chat.generation_id, model, stop_sequences, input_tokens)
 
     def encode(self, chunk: JSON) -> bytes:
         return b"".join(frame(data, event=name) for name, data in self.stream.feed(chunk))
@@ -168,7 +168,9 @@ class TranslatedExchange(ChatExchange):
     def codec(self, body: JSON, target: Target, generation_id: str, wants_usage: bool) -> StreamCodec:
         chat = ChatExchange.codec(self, self.chat_body(body), target, generation_id, True)
         assert isinstance(chat, ChunkCodec)
-        return MessagesCodec(chat, target.public_model, body.get("stop_sequences"))
+        # message_start states the prompt's tokens, as Anthropic's does: the estimate (count_tokens' figure)
+        return MessagesCodec(chat, target.public_model, body.get("stop_sequences"),
+                             billing.estimate_prompt_tokens(body))
 
 
 class MessagesEndpoint(ChatEndpoint):

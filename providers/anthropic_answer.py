@@ -109,10 +109,13 @@ Event = tuple[str, JSON]
 
 class MessageStream:
     """Chat chunks in, Anthropic stream events out: message_start, content_block_start/delta/stop per
-    block, then (at `end`) message_delta with the stop reason and usage, and message_stop."""
+    block, then (at `end`) message_delta with the stop reason and usage, and message_stop. `input_tokens`: what
+    message_start states (Anthropic's carries the prompt's count there; chat upstreams report theirs only at the
+    end, so the caller's estimate), the final message_delta then carrying the upstream's count."""
 
-    def __init__(self, message_id: str, model: str, stop_sequences: Any = None) -> None:
+    def __init__(self, message_id: str, model: str, stop_sequences: Any = None, input_tokens: int = 0) -> None:
         self.message_id, self.model, self.stop_sequences = message_id, model, stop_sequences
+        self.input_tokens = input_tokens
         self.started = False
         self.refused = False  # a `refusal` delta came: its text is relayed and the stop reason is `refusal`
         self.finish: JSON = {}  # the choice that carried finish_reason
@@ -152,7 +155,7 @@ class MessageStream:
         self.started = True
         message: JSON = {"id": self.message_id, "type": "message", "role": "assistant", "model": self.model,
                    "content": [], "stop_reason": None, "stop_sequence": None,
-                   "usage": {"input_tokens": 0, "output_tokens": 0}}
+                   "usage": {"input_tokens": self.input_tokens, "output_tokens": 0}}
         return [("message_start", {"type": "message_start", "message": message})]
 
     def _open(self, kind: str, block: JSON) -> list[Event]:

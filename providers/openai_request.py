@@ -2,9 +2,9 @@
 
 The body is passed through with the model substituted and the per-model parameter fixes of the config
 applied (renames and drops are data in `Target`), its history cleared of what earlier answers added for the
-client only (`reasoning_content`, the `extra_content` holding a Gemini thought signature or Claude's thinking
-blocks on tool calls), and without Anthropic's `cache_control` marks unless the provider keeps them
-(`Target.keep_cache_control`).
+client only (`reasoning_content` or `reasoning`, the `extra_content` holding a Gemini thought signature or
+Claude's thinking blocks on tool calls), and without Anthropic's `cache_control` marks unless the provider keeps
+them (`Target.keep_cache_control`).
 
 Pure and synchronous: no I/O, no aiohttp.
 """
@@ -15,9 +15,10 @@ from typing import Any
 
 import orjson
 
-from providers.types import JSON, ChatRequest, Target, UpstreamRequest
+from providers.types import JSON, REASONING_FIELDS, ChatRequest, Target, UpstreamRequest
 
 MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
+_REASONING = frozenset(REASONING_FIELDS)
 
 
 def build_request(req: ChatRequest, target: Target) -> UpstreamRequest:
@@ -64,13 +65,14 @@ def _history_message(message: Any, strip_marks: bool) -> Any:
     parts' `cache_control` marks when `strip_marks` (see `_drop_cache_control`); a copy when changed.
 
     DeepSeek answers 400 when a previous turn's `reasoning_content` is sent back, and OpenAI to an unknown
-    field in a message, such as the `extra_content` (a Gemini thought signature, Claude's thinking blocks)
+    field in a message, such as `reasoning` (the name OpenRouter, Ollama and vLLM answer with, which a client
+    sends back with the turn) or the `extra_content` (a Gemini thought signature, Claude's thinking blocks)
     that a conversation begun on a Gemini or Claude model carries on its tool calls; history needs neither.
     """
     if not isinstance(message, dict):
         return message
-    if "reasoning_content" in message:
-        message = {k: v for k, v in message.items() if k != "reasoning_content"}
+    if not _REASONING.isdisjoint(message):
+        message = {k: v for k, v in message.items() if k not in _REASONING}
     calls = message.get("tool_calls")
     if isinstance(calls, list) and any(isinstance(call, dict) and "extra_content" in call for call in calls):
         message = {**message, "tool_calls": [_without_extra_content(call) for call in calls]}

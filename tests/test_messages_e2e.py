@@ -406,3 +406,20 @@ def test_only_claude_candidates_are_held_to_a_first_user_turn() -> None:
     with pytest.raises(InvalidRequest, match="first message") as info:
         validation.check_route(opening, claude_route, "messages")
     assert (info.value.status, info.value.param) == (400, "messages[0].role")
+
+
+@pytest.mark.parametrize("model", ["oai/gpt-4o", "google/flash"])
+async def test_translated_stream_states_its_input_tokens_on_message_start(
+        claude: anthropic.AsyncAnthropic, model: str) -> None:
+    """Anthropic's message_start carries the prompt's input_tokens; clients that read them there (not from
+    the final message_delta) saw 0 from a translated stream. OpenAI and Gemini report usage only at the end,
+    so message_start states the estimate count_tokens gives; the final message_delta has the upstream's count."""
+    counted = await claude.messages.count_tokens(model=model, system="Be brief.", messages=MESSAGES)
+    stream = await claude.messages.create(model=model, max_tokens=50, system="Be brief.", messages=MESSAGES,
+                                          stream=True)
+    events = [event async for event in stream]
+    start = events[0]
+    assert start.type == "message_start"
+    assert start.message.usage.input_tokens == counted.input_tokens > 0
+    delta = next(e for e in events if e.type == "message_delta")
+    assert delta.usage.input_tokens  # the upstream's own count, which the SDK's final message keeps

@@ -442,17 +442,20 @@ def test_parse_error_truncates_text_to_500_chars() -> None:
     assert err.message == "x" * 500
 
 
-def test_reasoning_content_is_stripped_from_history() -> None:
-    """DeepSeek's reasoner rejects its own reasoning_content sent back in the message history."""
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_reasoning_content_is_stripped_from_history(field: str) -> None:
+    """DeepSeek's reasoner rejects its own reasoning_content sent back in the message history, and OpenAI an
+    unknown field in a message: an answer's reasoning under either name the gateway relays it by (`reasoning`
+    is OpenRouter's, Ollama's and vLLM's) stays out of the history it forwards."""
     body = {"model": "deepseek/deepseek-reasoner", "messages": [
         {"role": "user", "content": "9.11 or 9.8?"},
-        {"role": "assistant", "content": "9.8", "reasoning_content": "compare decimals"},
+        {"role": "assistant", "content": "9.8", field: "compare decimals"},
         {"role": "user", "content": "why?"}]}
     target = Target(provider="deepseek", base_url="https://api.deepseek.com/v1", api_key="k",
                     upstream_model="deepseek-reasoner", public_model="deepseek/deepseek-reasoner")
     sent = orjson.loads(openai.build_request(ChatRequest(body=body, stream=False), target).body)
     assert sent["messages"][1] == {"role": "assistant", "content": "9.8"}
-    assert body["messages"][1]["reasoning_content"] == "compare decimals"  # the client's body is untouched
+    assert body["messages"][1][field] == "compare decimals"  # the client's body is untouched
 
 
 def test_deepseek_reasoning_deltas_pass_through_unchanged() -> None:
