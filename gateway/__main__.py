@@ -72,6 +72,14 @@ def _positive(text: str) -> int:
     return value
 
 
+def _globs(text: str) -> tuple[str, ...]:
+    """--models: comma-separated globs. One that names none would restrict nothing: every model allowed."""
+    globs = tuple(m.strip() for m in text.split(",") if m.strip())
+    if not globs:
+        raise argparse.ArgumentTypeError(f"no model glob in {text!r} (leave --models out to allow every model)")
+    return globs
+
+
 def _moment_ms(text: str) -> int:
     """An ISO date or date-time (UTC unless it says otherwise) -> unix milliseconds."""
     try:
@@ -145,9 +153,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
     config = _load(args.config)
 
     async def create(store: Store) -> int:
-        models = tuple(m.strip() for m in (args.models or "").split(",") if m.strip())
         caps = {cap: getattr(args, cap) for cap in keyops.CAPS}
-        plain, record = await keyops.create(store, args.name, args.balance, args.rpm, args.rpd, models, **caps)
+        plain, record = await keyops.create(store, args.name, args.balance, args.rpm, args.rpd, args.models or (),
+                                            **caps)
         if args.json:
             print(orjson.dumps({**keyops.key_json(record), "key": plain}).decode())
         else:
@@ -246,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--balance", type=_balance, required=True, help="USD")
     create.add_argument("--rpm", type=_positive, help="requests per minute, per model")
     create.add_argument("--rpd", type=_positive, help="requests per day, per model")
-    create.add_argument("--models", help="comma-separated globs of allowed model ids")
+    create.add_argument("--models", type=_globs, help="comma-separated globs of allowed model ids")
     create.add_argument("--max-streams", type=_positive, help="concurrent streamed requests of this key")
     create.add_argument("--max-tokens", type=_positive, help="output tokens one request may ask for")
     create.add_argument("--max-body-bytes", type=_positive, help="largest request body of this key")

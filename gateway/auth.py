@@ -28,8 +28,9 @@ def bearer(request: web.Request) -> str:
 
 
 def bearer_matches(request: web.Request, secret: str) -> bool:
-    """Whether the request carries `secret` as its bearer token, compared in constant time."""
-    return hmac.compare_digest(bearer(request).encode(), secret.encode())
+    """Whether the request carries `secret` as its bearer token, compared in constant time (header bytes
+    that are not UTF-8 come as lone surrogates: encoded back as they came, they just do not match)."""
+    return hmac.compare_digest(bearer(request).encode("utf-8", "surrogateescape"), secret.encode())
 
 
 def presented_key(request: web.Request) -> str:

@@ -33,8 +33,9 @@ def usd_to_nano(value: Any) -> int:
 
 
 def usd(nano: int) -> str:
-    """Nano-dollars as an exact decimal number of dollars: "1.25", "0.000000001"."""
-    return str(Decimal(nano) / NANO)
+    """Nano-dollars as an exact decimal number of dollars: "1.25", "0.000000001" (never str(Decimal)'s
+    scientific "1E-9", which it writes for anything under a micro-dollar)."""
+    return format(Decimal(nano) / NANO, "f")
 
 
 def dollars(nano: int) -> str:

@@ -72,9 +72,10 @@ def hash_key(key: str) -> str:
     """SHA-256 hex digest of the key: the only form a key is stored or looked up in.
 
     A plain fast hash is enough here, unlike for passwords: the key has ~190 bits of randomness, so a
-    leaked hash cannot be brute-forced, and a slow KDF would only add latency to every request.
+    leaked hash cannot be brute-forced, and a slow KDF would only add latency to every request. A
+    presented key with header bytes that are not UTF-8 (lone surrogates) hashes as the bytes it came as.
     """
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def hashes_match(a: str, b: str) -> bool:

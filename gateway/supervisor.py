@@ -148,10 +148,14 @@ def supervise(config: Config, config_path: str, host: str | None, port: int | No
               "N separate sets of keys and balances", file=sys.stderr)
         return 2
     host, port = host or config.server.host, port if port is not None else config.server.port
-    problem = _cannot_bind(host, port)
-    if problem:  # else every worker would die at its bind, and be restarted, for ever
-        print(f"cannot listen on {host}:{port}: {problem}", file=sys.stderr)
-        return 1
+    # the main listener and the side ones (metrics_listen, admin_listen), which every worker binds too
+    sides = (address.rpartition(":") for address in (config.server.metrics_listen, config.server.admin_listen))
+    addresses = dict.fromkeys([(host, port), *((h, int(p)) for h, _, p in sides if p)])
+    for where, number in addresses:
+        problem = _cannot_bind(where, number)
+        if problem:  # else every worker would die at its bind, and be restarted, for ever
+            print(f"cannot listen on {where}:{number}: {problem}", file=sys.stderr)
+            return 1
     return Supervisor(config, config_path, host, port, workers).run()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from pathlib import Path
@@ -67,6 +68,10 @@ async def test_a_top_up_past_what_a_key_can_hold_is_refused_in_dollars(make_gate
     pytest.param("/admin/keys", {"name": "x", "balance": 1, "rpm": 0}, 400, "invalid_value", id="bad-rpm"),
     pytest.param("/admin/keys", {"name": "x", "balance": 1e30}, 400, "invalid_value", id="balance-beyond-int64"),
     pytest.param("/admin/keys", {"name": "x", "balance": 1, "models": [""]}, 400, "invalid_type", id="empty-glob"),
+    # a falsy non-array is no restriction list either: it must not make a key that may use every model
+    pytest.param("/admin/keys", {"name": "x", "balance": 1, "models": ""}, 400, "invalid_type", id="models-empty"),
+    pytest.param("/admin/keys", {"name": "x", "balance": 1, "models": {}}, 400, "invalid_type", id="models-object"),
+    pytest.param("/admin/keys", {"name": "x", "balance": 1, "models": False}, 400, "invalid_type", id="models-false"),
     pytest.param("/admin/keys", {"name": "x", "balance": 1, "max_streams": 2**60}, 400, "invalid_value",
                  id="cap-beyond-what-the-store-counts"),
     pytest.param("/admin/keys", {"name": "x", "balance": 1, "rpd": 2**53}, 400, "invalid_value",
@@ -88,6 +93,35 @@ async def test_admin_needs_the_admin_token_never_a_client_key(make_gateway: Any)
     off = await make_gateway()
     status, payload = await call(off, "GET", "/admin/keys")
     assert status == 404 and payload["error"]["code"] == "admin_disabled"
+
+
+async def raw_get(url: str, path: str, header: bytes) -> tuple[int, Any]:
+    """GET with one header line sent as raw bytes (no client library sends bytes that are not UTF-8)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: gw\r\n" + header + b"\r\nConnection: close\r\n\r\n")
+    answer = await reader.read()
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+@pytest.mark.parametrize(("path", "header", "code"), [
+    pytest.param("/admin/keys", b"Authorization: Bearer \xff" + ADMIN.encode(), "invalid_admin_token", id="admin"),
+    pytest.param("/metrics", b"Authorization: Bearer \xfe\xff", "invalid_metrics_token", id="metrics"),
+    pytest.param("/v1/models", b"Authorization: Bearer gw-\xff\xfe", "invalid_api_key", id="client"),
+    pytest.param("/v1/messages/count_tokens", b"x-api-key: gw-\xc3", "invalid_api_key", id="anthropic-header"),
+])
+async def test_a_token_that_is_not_utf8_is_a_401_not_a_crash(make_gateway: Any, path: str, header: bytes,
+                                                             code: str) -> None:
+    """Header bytes that are not UTF-8 reach the handlers as lone surrogates: the token is still only a
+    wrong token (401), never a 500 from encoding it for the comparison or the hash."""
+    gw = await make_gateway(admin_token=ADMIN, metrics_token="metrics-tok-123")
+    status, body = await raw_get(gw.url, path, header)
+    if path.startswith("/v1/messages"):  # Anthropic's error shape there
+        assert (status, body["error"]["type"], body["error"]["code"]) == (401, "authentication_error", code)
+    else:
+        assert (status, body["error"]["code"]) == (401, code)
 
 
 async def test_metrics_on_their_own_protected_listener(tmp_path: Path, redis_url: str) -> None:

@@ -297,6 +297,8 @@ async def test_usage_export_lists_every_endpoint(api_gateway: Gateway, tmp_path:
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["endpoint"] for r in rows] == ["completions", "embeddings", "moderations", "images"]
     assert [r["charged_nano"] for r in rows] == [INSTRUCT_COST, 160, 100_000, 40_000_000]
+    # dollars as plain decimals, as the nano-dollars above say them: never "1.6E-7"
+    assert [r["cost_usd"] for r in rows] == ["0.0000215", "0.00000016", "0.0001", "0.04"]
     assert rows[3]["images"] == "1"
     for row in rows:  # and each is in /v1/generation
         assert (await generation(api_gateway, row["generation_id"]))["endpoint"] == row["endpoint"]

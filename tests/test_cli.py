@@ -179,6 +179,11 @@ def one_line_refusal(result: Any) -> str:
                  id="rpd-negative"),
     pytest.param(["keys", "create", "--name", "a", "--balance", "1", "--rpm", "many"], "--rpm: not a whole number",
                  id="rpm-not-a-number"),
+    # --models that names no glob at all would make a key that may use every model
+    pytest.param(["keys", "create", "--name", "a", "--balance", "1", "--models", ""], "--models: no model glob",
+                 id="models-empty"),
+    pytest.param(["keys", "create", "--name", "a", "--balance", "1", "--models", " , "], "--models: no model glob",
+                 id="models-only-commas"),
     pytest.param(["keys", "topup", "key_x", "NaN"], "not an amount in USD: 'NaN'", id="topup-nan"),
     pytest.param(["keys", "topup", "key_x", "ten"], "not an amount in USD: 'ten'", id="topup-not-a-number"),
     pytest.param(["keys", "topup", "key_nope", "1"], "no key 'key_nope'", id="topup-unknown-key"),
@@ -216,6 +221,20 @@ def test_a_deduction_below_zero_is_refused_in_dollars(redis_config: Path, redis_
     assert line == f"refused: a deduction of $2 would leave key {created['id']} below zero (balance $1.5)"
     deducted = run_cli("keys", "topup", "--config", str(redis_config), created["id"], "-0.5", env=env)
     assert deducted.returncode == 0 and f"{created['id']}: balance $1" in deducted.stdout
+
+
+def test_small_amounts_are_printed_as_plain_dollars(redis_config: Path, redis_url: str) -> None:
+    """Amounts under a micro-dollar read as decimals, as every other amount does ("$1.5"), not "$5E-7"."""
+    env = {"REDIS_URL": redis_url}
+    created = run_cli("keys", "create", "--config", str(redis_config), "--name", "tiny", "--balance", "0.0000005",
+                      env=env)
+    assert created.returncode == 0, created.stderr
+    assert "balance $0.0000005\n" in created.stdout
+    key_id = created.stdout.split()[2]
+    line = one_line_refusal(run_cli("keys", "topup", "--config", str(redis_config), key_id, "-0.000001", env=env))
+    assert line == f"refused: a deduction of $0.000001 would leave key {key_id} below zero (balance $0.0000005)"
+    topped = run_cli("keys", "topup", "--config", str(redis_config), key_id, "-0.000000499", env=env)
+    assert topped.returncode == 0 and topped.stdout == f"{key_id}: balance $0.000000001\n"
 
 
 def test_check_config_prints_every_kind_of_problem(tmp_path: Path) -> None:

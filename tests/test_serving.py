@@ -313,15 +313,19 @@ def taken_port() -> Iterator[int]:
         yield int(holder.getsockname()[1])
 
 
-@pytest.mark.parametrize(("where", "workers"), [("main", 1), ("main", 2), ("metrics_listen", 1)])
+@pytest.mark.parametrize(("where", "workers"), [("main", 1), ("main", 2), ("metrics_listen", 1),
+                                                ("metrics_listen", 2), ("admin_listen", 2)])
 def test_a_taken_port_is_one_line_and_exit_status_1(tmp_path: Path, redis_url: str, taken_port: int,
                                                     where: str, workers: int) -> None:
+    """Under --workers too: a side listener's taken port ends the supervisor at once, rather than every
+    worker dying at its bind and being restarted for ever."""
     path = tmp_path / "taken.yaml"
-    side = {"metrics_listen": f"127.0.0.1:{taken_port}"} if where != "main" else {}
-    path.write_text(gateway_config_text("http://127.0.0.1:9/v1", redis_url, f"srv{uuid.uuid4().hex}:", **side))
+    side = {where: f"127.0.0.1:{taken_port}"} if where != "main" else {}
+    path.write_text(gateway_config_text("http://127.0.0.1:9/v1", redis_url, f"srv{uuid.uuid4().hex}:",
+                                        admin_token="admin-token-0123456789abcdef", **side))
     port = taken_port if where == "main" else closed_port()
     result = subprocess.run([*GatewayProcess.python_m_gateway(), "serve", "--config", str(path), "--port", str(port),
-                             "--workers", str(workers)], capture_output=True, text=True, timeout=60, check=False)
+                             "--workers", str(workers)], capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [f"cannot listen on 127.0.0.1:{taken_port}: Address already in use"]

@@ -71,7 +71,9 @@ async def create_key(request: web.Request) -> web.Response:
     name = body.get("name")
     if not isinstance(name, str) or not name.strip():
         raise InvalidRequest("'name' is required.", param="name", code="missing_required_parameter")
-    models = body.get("models") or []
+    models = body.get("models")
+    if models is None:
+        models = []
     if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
         raise InvalidRequest("'models' must be an array of non-empty model id globs.", param="models",
                              code="invalid_type")
