@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -123,7 +124,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    # a worker starts on the config its supervisor has in force; it reloads from the file, as its siblings do
+    start = os.environ.get("GATEWAY_CONFIG_IN_FORCE") if args.worker else None
+    config = _load(start or args.config)
     if args.workers > 1:
         from gateway.supervisor import supervise
 

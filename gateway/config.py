@@ -315,13 +315,17 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
 
 def load(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> Config:
     """Read, substitute and validate a config file; ConfigError says what and where."""
+    return parse(read(path), environ if environ is not None else dict(os.environ), source=str(path))
+
+
+def read(path: str | os.PathLike[str]) -> str:
+    """A config file's text; ConfigError when it cannot be read or is not UTF-8."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:  # a ValueError: the CLI and a reload catch ConfigError only
         raise ConfigError(f"{path}: not UTF-8 text (invalid byte at offset {exc.start})") from None
-    return parse(text, environ if environ is not None else dict(os.environ), source=str(path))
 
 
 def parse(text: str, environ: dict[str, str], source: str = "<config>") -> Config:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from gateway import config as config_mod
 from gateway import systemd
 from gateway.config import Config
 from gateway.logging import configure, get_logger
@@ -41,6 +42,12 @@ class Supervisor:
                         GATEWAY_READY_DIR=str(self.state_dir / "ready"))
         for sub in ("metrics", "ready"):
             (self.state_dir / sub).mkdir()
+        # what a worker starts on: the config the others run (the start's, then each reload's they accepted),
+        # not the file as it is now, which may be broken since (a refused reload) or edited and not reloaded
+        self.config_path = config_path
+        self.in_force = self.state_dir / "config.yaml"
+        self._keep(config_mod.read(config_path))
+        self.env["GATEWAY_CONFIG_IN_FORCE"] = str(self.in_force)
         self.workers: list[subprocess.Popen[bytes]] = []
         self.restarts: list[float] = []
         self.pending: list[int] = []  # signals received, handled by the main loop
@@ -74,6 +81,23 @@ class Supervisor:
             if len(self.restarts) > RESTARTS_PER_WINDOW:
                 time.sleep(1)
             self.workers[i] = self._spawn()
+
+    def _keep(self, text: str) -> None:
+        """The config text in force, for the workers started from now on (it may hold secrets: 0600)."""
+        part = self.in_force.with_suffix(".part")
+        part.touch(mode=0o600)
+        part.write_text(text, encoding="utf-8")
+        part.replace(self.in_force)
+
+    def _accept(self) -> None:
+        """On SIGHUP: the file is what replacements start on if the workers will accept it (they parse it the
+        same way); if not, they refuse it and say why, and the config in force stays."""
+        try:
+            text = config_mod.read(self.config_path)
+            config_mod.parse(text, dict(os.environ), source=self.config_path)
+        except config_mod.ConfigError:
+            return
+        self._keep(text)
 
     def _ready(self) -> set[int]:
         return {int(p.name) for p in (self.state_dir / "ready").iterdir()}
@@ -129,6 +153,7 @@ class Supervisor:
                     signum = self.pending.pop(0)
                     if signum == signal.SIGHUP:
                         systemd.reloading()
+                        self._accept()
                         self._reload()
                         systemd.notify("READY=1")
                     else:

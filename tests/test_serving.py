@@ -349,3 +349,33 @@ async def test_startup_says_why_the_store_does_not_answer_and_keeps_its_password
         reason = waiting[0]["reason"]
         assert "AuthenticationError" in reason and f"127.0.0.1:{redis.port}" in reason
         assert wrong not in gw.stdout() + gw.stderr()
+
+
+async def test_a_replacement_worker_starts_on_the_config_in_force(redis_config: tuple[Path, str]) -> None:
+    """A dead worker's replacement runs what its siblings run, the config the last reload accepted, not what
+    the file holds now: a file broken since (its reload refused) made every replacement die at start, for
+    ever, and an edit not yet reloaded would have run beside the old config."""
+    path = redis_config[0]
+    gw = GatewayProcess(path)
+    gw.extra_args = ["--workers", "2"]
+    with gw:
+        for _ in range(150):
+            if len({e["pid"] for e in gw.log() if e["event"] == "ready"}) == 2:
+                break
+            await asyncio.sleep(0.1)
+        path.write_text(path.read_text() + "\nserver: [unclosed\n")
+        gw.signal(signal.SIGHUP)
+        for _ in range(150):
+            if len([e for e in gw.log() if e["event"] == "config reload failed; keeping the old config"]) == 2:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the workers did not refuse the broken file")
+        _, replacement = await kill_a_worker(gw)
+        for _ in range(150):
+            if any(e["pid"] == replacement and e["event"] == "ready" for e in gw.log()):
+                break
+            await asyncio.sleep(0.1)
+        assert any(e["pid"] == replacement and e["event"] == "ready" for e in gw.log()), gw.stdout()[-2000:]
+        assert len({e["pid"] for e in gw.log() if e["event"] == "worker started"}) == 3  # no further restart
+        assert gw.stop() == 0, gw.stdout()[-2000:]
