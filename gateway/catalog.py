@@ -25,6 +25,8 @@ class Price:
     per_request: int
     per_image: int = 0
     cache_write_per_mtok: int | None = None  # None: as input
+    cache_write_1h_per_mtok: int | None = None  # None: twice input, never below the write price
+    per_web_search: int = 0  # per search an upstream ran itself (Anthropic's web_search server tool)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,7 @@ class Route:
                 "output_per_mtok": p.output_per_mtok,
                 "cached_input_per_mtok": p.cache_read,
                 "cache_write_per_mtok": p.cache_write,
+                "cache_write_1h_per_mtok": p.cache_write_1h,
                 "per_request": p.per_request,
                 "per_image": p.per_image,
             },
@@ -110,7 +113,8 @@ class Catalog:
                 upstream_model=model.upstream or rest,
                 price=Price(to_nano(price.input_per_mtok), to_nano(price.output_per_mtok),
                             to_nano(price.cache_read), to_nano(price.per_request), to_nano(price.per_image),
-                            to_nano(price.cache_write)),
+                            to_nano(price.cache_write), to_nano(price.cache_write_1h),
+                            to_nano(price.per_web_search)),
                 model=model,
                 limits=model.limits or config.limits.default,
             )

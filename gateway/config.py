@@ -200,8 +200,10 @@ class PriceConfig(_Model):
     output_per_mtok: NonNegFloat = 0.0
     cached_input_per_mtok: NonNegFloat | None = None  # None: cached tokens cost as input
     cache_write_per_mtok: NonNegFloat | None = None  # None: tokens written to a cache cost as input
+    cache_write_1h_per_mtok: NonNegFloat | None = None  # None: 2x input, never below cache_write (see below)
     per_request: NonNegFloat = 0.0
     per_image: NonNegFloat = 0.0  # USD per generated image (/v1/images/generations)
+    per_web_search: NonNegFloat = 0.01  # USD per search of Anthropic's server tool (what Anthropic bills: $10 / 1,000)
 
     @property
     def cache_read(self) -> float:
@@ -212,6 +214,14 @@ class PriceConfig(_Model):
     def cache_write(self) -> float:
         """USD per million prompt tokens written to the cache: the input price unless set."""
         return self.input_per_mtok if self.cache_write_per_mtok is None else self.cache_write_per_mtok
+
+    @property
+    def cache_write_1h(self) -> float:
+        """USD per million prompt tokens written to the cache for an hour (Anthropic's `ttl: "1h"`): unless set,
+        twice the input price, what Anthropic charges, and never less than a (5-minute) write."""
+        if self.cache_write_1h_per_mtok is not None:
+            return self.cache_write_1h_per_mtok
+        return max(2 * self.input_per_mtok, self.cache_write)
 
 
 class ParamsConfig(_Model):

@@ -110,8 +110,9 @@ _ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 4
 
 
 def anthropic_type(err: GatewayError) -> str:
-    """Anthropic's error type for a gateway error, by status (an overloaded upstream stays overloaded)."""
-    if err.code in ("upstream_overloaded", "overloaded_error"):
+    """Anthropic's error type for a gateway error, by status (an overloaded upstream stays overloaded, and so
+    is a provider at its `max_concurrency`: busy now, try again shortly, as Anthropic's own 529 says)."""
+    if err.code in ("upstream_overloaded", "overloaded_error", "provider_overloaded"):
         return "overloaded_error"
     return _ANTHROPIC_TYPES.get(err.status, "api_error" if err.status >= 500 else "invalid_request_error")
 

@@ -143,10 +143,14 @@ async def require_admin(request: web.Request, handler: Handler) -> web.StreamRes
 
 
 async def add_response_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: request id and rate-limit headers on every response, streamed ones included."""
+    """on_response_prepare: request id and rate-limit headers on every response, streamed ones included. On
+    Anthropic's format the id is also `request-id`, the header Anthropic's API sends and its SDK reads
+    (`message._request_id`, `err.request_id`)."""
     rid = request.get(REQUEST_ID)
     if rid:
         response.headers["X-Request-Id"] = rid
+        if _anthropic(request):
+            response.headers["request-id"] = rid
     rate = request.get(RATE_HEADERS)
     if rate:
         response.headers.update(rate)

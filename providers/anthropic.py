@@ -6,7 +6,8 @@ refuses the next turn of a tool loop with thinking unless the calling turn comes
 (signatures included, `redacted_thinking` too), so the blocks before a tool call ride on that call as
 `extra_content.anthropic.thinking_blocks` (streamed: in the `delta.tool_calls[i]` that opens the call), beside
 where Gemini's thought signature rides; `anthropic_request` puts them back. A turn without tool calls carries
-none: Claude does not want its thinking back there. Prompt tokens = input + cache reads + cache writes.
+none: Claude does not want its thinking back there. Prompt tokens = input + cache reads + cache writes (of which
+`usage.cache_creation.ephemeral_1h_input_tokens` were written for an hour, at a higher price).
 A call of the `json_response_format` tool (how `anthropic_request` carries `response_format`) is the answer:
 its input becomes the message `content` as JSON text (streamed: its `input_json_delta` fragments become
 content deltas), it is no tool call, and the answer's finish_reason is `stop` rather than `tool_calls`.
@@ -181,6 +182,14 @@ def _add_counts(counts: dict[str, int], raw: Any) -> None:
     thinking = _int(details.get("thinking_tokens")) if isinstance(details, dict) else None
     if thinking is not None:
         counts["thinking_tokens"] = thinking
+    creation = raw.get("cache_creation")  # the writes by lifetime: a 1-hour one is billed 2x input, not 1.25x
+    hour = _int(creation.get("ephemeral_1h_input_tokens")) if isinstance(creation, dict) else None
+    if hour is not None:
+        counts["cache_creation_1h"] = hour
+    server = raw.get("server_tool_use")  # Anthropic bills each search of its web_search tool apart from tokens
+    searches = _int(server.get("web_search_requests")) if isinstance(server, dict) else None
+    if searches is not None:
+        counts["web_searches"] = searches
 
 
 def _usage(counts: dict[str, int]) -> Usage:
@@ -190,7 +199,9 @@ def _usage(counts: dict[str, int]) -> Usage:
     read, write = counts.get("cache_read_input_tokens", 0), counts.get("cache_creation_input_tokens", 0)
     return Usage(prompt_tokens=counts.get("input_tokens", 0) + read + write,
                  completion_tokens=counts.get("output_tokens", 0), cached_tokens=read, cache_write_tokens=write,
-                 reasoning_tokens=counts.get("thinking_tokens", 0), reported=True)
+                 reasoning_tokens=counts.get("thinking_tokens", 0), reported=True,
+                 cache_write_1h_tokens=min(counts.get("cache_creation_1h", 0), write),
+                 web_searches=counts.get("web_searches", 0))
 
 
 def _usage_json(usage: Usage) -> JSON:
@@ -199,6 +210,8 @@ def _usage_json(usage: Usage) -> JSON:
                  "total_tokens": usage.total_tokens,
                  "prompt_tokens_details": {"cached_tokens": usage.cached_tokens,
                                            "cache_write_tokens": usage.cache_write_tokens}}
+    if usage.cache_write_1h_tokens:
+        out["prompt_tokens_details"]["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
     if usage.reasoning_tokens:
         out["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
     return out

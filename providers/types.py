@@ -91,6 +91,8 @@ class Usage:
     reasoning_tokens: int = 0  # part of completion_tokens
     images: int = 0  # images generated (priced per image, not per token)
     reported: bool = False  # False when the upstream sent no usage and counts are missing/estimated
+    cache_write_1h_tokens: int = 0  # part of cache_write_tokens kept for an hour (Anthropic's `ttl: "1h"`)
+    web_searches: int = 0  # searches the upstream ran itself (Anthropic's web_search server tool), priced apiece
 
     @property
     def total_tokens(self) -> int:

@@ -62,6 +62,23 @@ SONNET = Price(input_per_mtok=to_nano(3), output_per_mtok=to_nano(15), cached_in
                  12 * 3_000 + 2000 * 300 + 300 * 3_000, id="cache-write-as-input-without-a-price"),
     pytest.param(SONNET, Usage(prompt_tokens=100, completion_tokens=0, cached_tokens=80, cache_write_tokens=50),
                  80 * 300 + 20 * 3_750, id="reads-and-writes-never-above-prompt"),
+    # of the 300 written, 200 for an hour (Anthropic: 2x input, 6,000 a token, against 3,750 for 5 minutes)
+    pytest.param(SONNET, Usage(prompt_tokens=2312, completion_tokens=0, cached_tokens=2000, cache_write_tokens=300,
+                               cache_write_1h_tokens=200),
+                 12 * 3_000 + 2000 * 300 + 100 * 3_750 + 200 * 6_000, id="1h-write-at-twice-input-by-default"),
+    pytest.param(dataclasses.replace(SONNET, cache_write_1h_per_mtok=to_nano(7.5)),
+                 Usage(prompt_tokens=2312, completion_tokens=0, cached_tokens=2000, cache_write_tokens=300,
+                       cache_write_1h_tokens=200),
+                 12 * 3_000 + 2000 * 300 + 100 * 3_750 + 200 * 7_500, id="1h-write-at-its-price"),
+    pytest.param(dataclasses.replace(SONNET, cache_write_per_mtok=to_nano(10)),
+                 Usage(prompt_tokens=300, completion_tokens=0, cache_write_tokens=300, cache_write_1h_tokens=300),
+                 300 * 10_000, id="1h-write-never-below-a-5m-write-by-default"),
+    pytest.param(SONNET, Usage(prompt_tokens=100, completion_tokens=0, cached_tokens=80, cache_write_tokens=50,
+                               cache_write_1h_tokens=50),
+                 80 * 300 + 20 * 6_000, id="1h-writes-never-above-the-writes"),
+    pytest.param(dataclasses.replace(SONNET, per_web_search=to_nano(0.01)),
+                 Usage(prompt_tokens=10, completion_tokens=2, web_searches=3),
+                 10 * 3_000 + 2 * 15_000 + 3 * 10_000_000, id="web-searches-priced-apiece"),
 ])
 def test_token_cost_is_exact_integer_arithmetic(price: Price, usage: Usage, nano: int) -> None:
     assert token_cost(price, usage) == nano

@@ -234,6 +234,46 @@ def test_stream_cache_and_thinking_tokens() -> None:
     assert_valid("CreateChatCompletionStreamResponse", chunks[-1])
 
 
+def test_stream_one_hour_cache_writes_are_counted_from_message_start() -> None:
+    """The breakdown of writes by lifetime comes in message_start only; message_delta's cumulative counts (without
+    it) do not erase it."""
+    state = new_state()
+    start = orjson.loads(START.data)
+    start["message"]["usage"].update(cache_creation_input_tokens=300, cache_creation={
+        "ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 200})
+    anthropic.parse_stream_event(state, event("message_start", start))
+    anthropic.parse_stream_event(state, event("message_delta", {"delta": {"stop_reason": "end_turn"}, "usage": {
+        "input_tokens": 10, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 300, "output_tokens": 40}}))
+    chunks = anthropic.parse_stream_event(state, event("message_stop", {}))
+    assert state.usage == Usage(410, 40, cached_tokens=100, cache_write_tokens=300, cache_write_1h_tokens=200,
+                                reported=True)
+    assert chunks[-1]["usage"]["prompt_tokens_details"] == {"cached_tokens": 100, "cache_write_tokens": 300,
+                                                            "cache_write_1h_tokens": 200}
+    assert_valid("CreateChatCompletionStreamResponse", chunks[-1])
+
+
+def test_web_searches_are_counted_from_the_last_usage() -> None:
+    """Anthropic's web_search server tool is billed per search; message_delta's cumulative count is the one."""
+    state = new_state()
+    anthropic.parse_stream_event(state, START)
+    anthropic.parse_stream_event(state, event("message_delta", {"delta": {"stop_reason": "end_turn"}, "usage": {
+        "input_tokens": 9000, "output_tokens": 40, "server_tool_use": {"web_search_requests": 2,
+                                                                      "web_fetch_requests": 1}}}))
+    assert (state.usage.web_searches, state.usage.prompt_tokens) == (2, 9105)
+    answer = {"id": "msg_s", "type": "message", "role": "assistant", "content": [{"type": "text", "text": "x"}],
+              "stop_reason": "end_turn", "usage": {"input_tokens": 9000, "output_tokens": 40,
+                                                   "server_tool_use": {"web_search_requests": 3}}}
+    assert anthropic.parse_response(orjson.dumps(answer), TARGET).usage.web_searches == 3
+
+
+def test_recorded_cache_creation_breakdown_of_zeros_is_no_one_hour_write() -> None:
+    recorded = orjson.loads((WIRE / "sdk-messages-end-turn.response.json").read_bytes())
+    assert recorded["usage"]["cache_creation"] == {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0}
+    result = anthropic.parse_response(orjson.dumps(recorded), TARGET)
+    assert result.usage.cache_write_1h_tokens == 0
+    assert "cache_write_1h_tokens" not in result.body["usage"]["prompt_tokens_details"]
+
+
 STREAM_EVENT_CASES = {
     "ping": (SSEEvent(b'{"type": "ping"}', event="ping"), []),
     "unknown_event": (SSEEvent(b'{"type": "future_thing"}', event="future_thing"), []),

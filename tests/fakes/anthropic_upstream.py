@@ -18,6 +18,9 @@ signed, text and signature verbatim) and answered with that thinking block first
 of `docs-stream-thinking.sse` (streamed: its thinking block's events, the other blocks renumbered after it),
 and with `redacted` a `redacted_thinking` block after it.
 
+With `usage` set, its fields (cache writes by lifetime, `server_tool_use`...) are put over the recorded usage
+(streamed: over message_start's, and over message_delta's but for the `cache_creation` breakdown).
+
 Like the real API it wants a key (401 `authentication_error` otherwise) and an `anthropic-version` header
 (400 `invalid_request_error` otherwise), and error bodies have Anthropic's shape
 `{"type": "error", "error": {"type", "message"}, "request_id"}`. The key is accepted in `x-api-key` (what
@@ -84,6 +87,9 @@ class FakeAnthropic:
         self.forced_tool_input: dict[str, Any] | None = None  # a forced tool's input; None: the recorded one
         self.events_sent = 0  # events written by the last streamed answer
         self.redacted = False  # with thinking: a redacted_thinking block after the thinking block
+        # Anthropic `usage` fields put over the recorded ones (streamed: message_start takes them all, the
+        # cumulative message_delta all but the `cache_creation` breakdown, as the real API's do)
+        self.usage: dict[str, Any] | None = None
 
     @property
     def last(self) -> RecordedRequest:
@@ -99,9 +105,28 @@ class FakeAnthropic:
             events = forced_tool_events(forced, self.forced_tool_input)
         else:
             events = recorded_events("sdk-stream-tool-use.sse" if self.tool_stream else "sdk-stream-basic.sse")
+        if self.usage is not None:
+            events = with_usage(events, self.usage)
         if self.error_event_after is not None:
             events = [*events[:self.error_event_after], *recorded_events("docs-stream-error-event.sse")]
         return events
+
+
+def with_usage(events: list[bytes], usage: dict[str, Any]) -> list[bytes]:
+    """`events` with `usage` put over message_start's usage, and over message_delta's but for the breakdown of
+    cache writes by lifetime (`cache_creation`), which the real API states in message_start only."""
+    out = []
+    for raw in events:
+        head, _, data = raw.strip().partition(b"\ndata: ")
+        event = json.loads(data)
+        if event.get("type") == "message_start":
+            event["message"]["usage"].update(usage)
+            raw = _event(head, event)
+        elif event.get("type") == "message_delta":
+            event["usage"].update({name: value for name, value in usage.items() if name != "cache_creation"})
+            raw = _event(head, event)
+        out.append(raw)
+    return out
 
 
 def forced_tool(body: dict[str, Any]) -> str | None:
@@ -281,6 +306,8 @@ async def _messages(request: web.Request) -> web.StreamResponse:
         name = "sdk-messages-tool-use.response.json" if fake.tool_response else "sdk-messages-end-turn.response.json"
         answer = json.loads((WIRE / name).read_bytes())
     answer["model"] = body.get("model", answer["model"])
+    if fake.usage is not None:
+        answer["usage"].update(fake.usage)
     if thinks:
         answer["content"][:0] = thinking_blocks(fake.redacted)
     return web.json_response(answer, headers={"request-id": REQUEST_ID})
