@@ -34,6 +34,7 @@ from providers.types import Usage
 log = get_logger("gateway.metering")
 T = TypeVar("T")
 RETRY_DELAYS_S = (0.2, 0.5, 1, 2, 5, 10, 30)  # then every 30 s
+MAX_TOKENS = MAX_AMOUNT // 2  # a count the store takes, prompt + completion included
 
 
 def new_generation_id() -> str:
@@ -132,6 +133,7 @@ class Ticket:
         back at once when it is certain (see the module's docstring), else, or with `wait`, when the
         store has answered."""
         if self._task is None:
+            _bound(outcome.usage)
             cost = self._charge(outcome)
             self._task = self.settlements.track(self._settle(outcome, cost))
             if cost <= self.hold and time.time() - self.started < self.config.billing.hold_ttl_s / 2:
@@ -146,7 +148,9 @@ class Ticket:
         return self._task is not None
 
     def _charge(self, outcome: Outcome) -> int:
-        return self.cost(outcome.usage) if outcome.status < 300 or outcome.usage.total_tokens else 0
+        if outcome.status < 300 or outcome.usage.total_tokens:  # the store charges min(cost, hold + balance)
+            return min(max(self.cost(outcome.usage), 0), MAX_AMOUNT)  # counts it takes: 0 .. MAX_AMOUNT
+        return 0
 
     def _balance_after(self, cost: int) -> int:
         """The balance admission saw, the hold given back, `cost` charged: the store's figure when no other
@@ -199,6 +203,18 @@ class Ticket:
             "upstream_id": outcome.upstream_id, "egress": self.egress, "reserved": str(self.hold),
             "endpoint": self.endpoint, "images": str(outcome.usage.images),
         }
+
+
+def _bound(usage: Usage) -> None:
+    """An upstream's counts as the store takes them (ints from 0 to MAX_TOKENS, else it refuses the settlement
+    and the hold waits for its TTL): a negative count is none, an absurd one the most there can be. Changed in
+    place, so the answer, the record, the log line and the metrics all state the counts billed."""
+    if (0 <= usage.prompt_tokens <= MAX_TOKENS and 0 <= usage.completion_tokens <= MAX_TOKENS
+            and 0 <= usage.cached_tokens <= MAX_TOKENS and 0 <= usage.cache_write_tokens <= MAX_TOKENS
+            and 0 <= usage.reasoning_tokens <= MAX_TOKENS):
+        return  # every sane answer: five comparisons
+    for name in ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens"):
+        setattr(usage, name, min(max(getattr(usage, name), 0), MAX_TOKENS))
 
 
 def _key_missing(args: tuple[Any, ...]) -> None:

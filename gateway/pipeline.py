@@ -30,7 +30,7 @@ from gateway.errors import Forbidden, GatewayError, InvalidRequest, Unavailable,
 from gateway.exchange import Endpoint, Exchange
 from gateway.images import has_images, has_remote_images, inline_remote_images
 from gateway.logging import get_logger, redactor
-from gateway.relay import egress_unavailable, map_upstream_error, open_upstream, read_body
+from gateway.relay import egress_unavailable, html_for_stream, map_upstream_error, open_upstream, read_body
 from gateway.sse import ClientGone, SSEWriter
 from gateway.state import KEY, LOG, RATE_HEADERS, REQUEST_ID, RUNTIME
 from gateway.streaming import StreamCodec
@@ -196,6 +196,8 @@ async def _call(request: web.Request, route: Route, op: Endpoint, exchange: Exch
                         upstream_message=err.message[:500])
             raise map_upstream_error(err, route.provider_name, byok, scrub, resp.headers.get("Retry-After"))
         if ticket.streamed:
+            if resp.content_type == "text/html":  # nothing went out yet: a proper status, not a broken stream
+                raise await html_for_stream(resp, route.provider_name, t.between_chunks_s, scrub)
             codec = exchange.codec(clean, target, ticket.generation_id, op.wants_usage(clean))
             return await _relay_stream(request, resp, codec, op, clean, target, ticket, outcome, scrub)
         return await _relay_json(resp, exchange, op, clean, target, ticket, outcome, scrub)

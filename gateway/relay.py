@@ -177,6 +177,16 @@ def _unhtml(message: str) -> str:
     return f"an HTML error page ({text})" if text else "an HTML error page"
 
 
+async def html_for_stream(resp: aiohttp.ClientResponse, provider: str, silence_s: float,
+                          scrub: Callable[[str], str]) -> GatewayError:
+    """A 200 HTML page where an event stream was asked for (a captive portal, a CDN's page): unreadable, so a
+    502 before the client's headers go out, naming the page. Not resent: the upstream answered."""
+    text = scrub((await read_body(resp, silence_s)).decode("utf-8", "replace"))
+    page = _unhtml(text) if _HTML.match(text) else "an HTML page"
+    return UpstreamFailed(f"provider {provider} answered a stream with {page}, not an event stream",
+                          code="upstream_bad_response", retryable=False)
+
+
 def map_upstream_error(err: UpstreamHTTPError, provider: str, own_key: bool,
                        scrub: Callable[[str], str], retry_after: str | None = None) -> GatewayError:
     """An upstream's refusal as the client should see it, with no secret in its message.

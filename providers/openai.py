@@ -15,6 +15,7 @@ Pure and synchronous: no I/O, no aiohttp.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -123,11 +124,13 @@ def _fill_call(call: JSON) -> None:
 
 def _finish_reason(value: Any, tool_calls: bool) -> str:
     """OpenAI's enum; missing -> inferred, non-standard values per finish-reason-map.json, else stop."""
-    if value in _FINISH_REASONS:
-        return str(value)
     if value is None:
         return "tool_calls" if tool_calls else "stop"
-    return _FINISH_REASON_MAP.get(str(value), "stop")
+    if value.__class__ is not str:  # an object or a list is unhashable: no set lookup, and no reason we know
+        return "stop"
+    if value in _FINISH_REASONS:
+        return value  # type: ignore[no-any-return]
+    return _FINISH_REASON_MAP.get(value, "stop")
 
 
 def usage_from(raw: Any) -> Usage:
@@ -150,7 +153,13 @@ def usage_from(raw: Any) -> Usage:
 
 
 def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    """A token count; a float one (OpenRouter counts image output as e.g. 14417.92 tokens) rounded up, as
+    billing rounds a cost up; anything else (a bool, a string, a negative float) is none."""
+    if value.__class__ is int:
+        return value  # type: ignore[no-any-return]
+    if value.__class__ is float and value > 0:
+        return math.ceil(min(value, 1e18))  # no JSON float is infinite; the gateway bounds what it bills
+    return 0
 
 
 # -- errors ----------------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ def parse_completion(raw: bytes, target: Target) -> tuple[JSON, Usage]:
 
 def completion_finish(value: Any) -> str:
     """The legacy enum (stop, length, content_filter); tool_calls and the unknown become stop."""
-    return str(value) if value in COMPLETION_FINISH else "stop"
+    return value if isinstance(value, str) and value in COMPLETION_FINISH else "stop"  # a list is unhashable
 
 
 def parse_embeddings(raw: bytes, target: Target) -> tuple[JSON, Usage]:

@@ -1,0 +1,303 @@
+"""Upstreams that misbehave: odd but possible answers of each provider kind, on every endpoint.
+
+A raw TCP upstream answers each request with bytes the test chose (status line, headers and body as
+written, a stream ending when the connection closes). Every case checks what the
+client gets (an OpenAI- or Anthropic-shaped error, never a 500, or a correct answer) and the ledger:
+no hold left behind, and the balance moved by exactly the cost the answer's billing block states.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from apis_config import config_doc
+from fakes.openai_upstream import FakeOpenAI
+from harness import Gateway, start_gateway, validate
+
+from gateway import billing
+from gateway.config import parse
+from gateway.state import RUNTIME
+from providers.types import Usage
+
+
+def http(status: int, body: bytes, content_type: str = "application/json") -> bytes:
+    """A whole HTTP/1.1 answer."""
+    head = [f"HTTP/1.1 {status} X", f"Content-Type: {content_type}", f"Content-Length: {len(body)}",
+            "Connection: close"]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def sse(*events: bytes | str | dict[str, Any], content_type: str = "text/event-stream") -> bytes:
+    """A streamed answer without a length, ending when the connection closes."""
+    parts = []
+    for event in events:
+        if isinstance(event, dict):
+            event = "data: " + json.dumps(event) + "\n\n"
+        parts.append(event.encode() if isinstance(event, str) else event)
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nConnection: close\r\n\r\n"
+    return head.encode() + b"".join(parts)
+
+
+@dataclass
+class RawUpstream:
+    answer: bytes = b""
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    url: str = ""
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
+            self.requests.append({"line": lines[0], "headers": headers, "body": json.loads(body or b"null")})
+            writer.write(self.answer)
+            await writer.drain()
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def raw_upstream() -> AsyncIterator[RawUpstream]:
+    up = RawUpstream()
+    server = await asyncio.start_server(up._serve, "127.0.0.1", 0)
+    up.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    yield up
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.fixture(params=["memory", "redis"], ids=["memory", "redis"])
+async def odd(request: pytest.FixtureRequest, aiohttp_server: Any,
+              raw_upstream: RawUpstream) -> AsyncIterator[tuple[Gateway, RawUpstream]]:
+    """A gateway whose every provider (openai, anthropic, gemini kinds) is the raw upstream."""
+    store_url = "" if request.param == "memory" else request.getfixturevalue("redis_url")
+    urls = {"openai": raw_upstream.url + "/v1", "anthropic": raw_upstream.url, "gemini": raw_upstream.url}
+    doc = config_doc(urls, store_url, f"t{uuid.uuid4().hex}:")
+    gw = await start_gateway(aiohttp_server, parse(json.dumps(doc), {}), FakeOpenAI())
+    yield gw, raw_upstream
+    await gw.close()
+
+
+async def ledger(gw: Gateway) -> tuple[int, int, int]:
+    """(balance, usage, held) of the gateway's key once every settlement is done."""
+    pending = gw.app[RUNTIME].settlements.pending
+    while pending:
+        await asyncio.wait(list(pending))
+    record = await gw.app[RUNTIME].store.get_key(gw.key_id)
+    assert record is not None
+    return record.balance, record.usage, record.credits - record.balance - record.usage
+
+
+async def call(gw: Gateway, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
+    async with aiohttp.ClientSession() as session, session.post(gw.url + path, json=body,
+                                                                headers=gw.auth()) as r:
+        return r.status, await r.read()
+
+
+def nano(usd: float) -> int:
+    return round(usd * 1_000_000_000)
+
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+MODELS = {"openai": "oai/gpt-4o", "anthropic": "claude/sonnet", "gemini": "google/flash"}
+
+
+def chat_answer(kind: str, completion: Any, stream: bool) -> bytes:
+    """A well-formed answer of `kind` whose usage reports `completion` output tokens (10 prompt tokens)."""
+    if kind == "openai":
+        head = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o"}
+        usage = {"prompt_tokens": 10, "completion_tokens": completion, "total_tokens": 10}
+        if not stream:
+            return http(200, json.dumps({
+                "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o", "usage": usage,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello"},
+                             "finish_reason": "stop"}],
+            }).encode())
+        return sse({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hello"},
+                                         "finish_reason": None}]},
+                   {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+                   {**head, "choices": [], "usage": usage}, "data: [DONE]\n\n")
+    if kind == "anthropic":
+        if not stream:
+            return http(200, json.dumps({
+                "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-0",
+                "content": [{"type": "text", "text": "Hello"}], "stop_reason": "end_turn", "stop_sequence": None,
+                "usage": {"input_tokens": 10, "output_tokens": completion}}).encode())
+        events = [
+            ("message_start", {"type": "message_start", "message": {
+                "id": "msg_1", "type": "message", "role": "assistant", "content": [], "model": "claude-sonnet-4-0",
+                "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 1}}}),
+            ("content_block_start", {"type": "content_block_start", "index": 0,
+                                     "content_block": {"type": "text", "text": ""}}),
+            ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                     "delta": {"type": "text_delta", "text": "Hello"}}),
+            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                               "usage": {"output_tokens": completion}}),
+            ("message_stop", {"type": "message_stop"}),
+        ]
+        return sse(*(f"event: {name}\ndata: {json.dumps(data)}\n\n" for name, data in events))
+    answer = {"candidates": [{"content": {"role": "model", "parts": [{"text": "Hello"}]}, "finishReason": "STOP",
+                              "index": 0}],
+              "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": completion, "totalTokenCount": 10},
+              "modelVersion": "gemini-2.0-flash", "responseId": "r1"}
+    return sse(answer) if stream else http(200, json.dumps(answer).encode())
+
+
+def stream_bill(raw: bytes) -> dict[str, Any]:
+    """The billing block of a streamed answer (chat chunks or Anthropic events)."""
+    bills = [json.loads(line[6:])["billing"] for line in raw.split(b"\n") if line.startswith(b"data: {")
+             and b'"billing"' in line]
+    assert len(bills) == 1, raw
+    return bills[0]
+
+
+@pytest.mark.parametrize("completion", [-5, 2**60, 2**40], ids=["negative", "count-above-2^53", "cost-above-balance"])
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("kind", list(MODELS))
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"], ids=["chat", "messages"])
+async def test_usage_out_of_range_is_bounded_not_a_500(odd: tuple[Gateway, RawUpstream], log_lines: Any, path: str,
+                                                       kind: str, stream: bool, completion: int) -> None:
+    """A count the store cannot take (negative, or a count or a cost above 2^53 - 1) made the settlement raise
+    ValueError: a 500 (or an error event) for a served answer, and the hold stuck until its TTL."""
+    gw, up = odd
+    up.answer = chat_answer(kind, completion, stream)
+    before, _, _ = await ledger(gw)
+    status, raw = await call(gw, path, {"model": MODELS[kind], "messages": MESSAGES, "max_tokens": 50,
+                                        "stream": stream})
+    assert status == 200, raw
+    assert b"error" not in raw, raw
+    bill = stream_bill(raw) if stream else json.loads(raw)["billing"]
+    balance, usage, held = await ledger(gw)
+    assert held == 0
+    assert before - balance == usage == nano(bill["request_cost"])
+    if completion < 0:  # the prompt is charged, the output counts as none
+        assert 0 < usage < 1_000_000
+    else:  # as any cost above what the key has: all of it, and no more
+        assert balance == 0
+    assert not [line for line in log_lines() if line.get("level") == "error"]
+
+
+async def test_a_negative_fee_count_charges_no_negative_cost(odd: tuple[Gateway, RawUpstream], log_lines: Any) -> None:
+    """A count billed apiece (Anthropic's web searches) that is negative made the cost negative, which the store
+    refuses like a count above its range: the cost is bounded at 0 too."""
+    gw, up = odd
+    up.answer = http(200, json.dumps({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-0",
+        "content": [{"type": "text", "text": "Hello"}], "stop_reason": "end_turn", "stop_sequence": None,
+        "usage": {"input_tokens": 0, "output_tokens": 0, "server_tool_use": {"web_search_requests": -10**6}}}).encode())
+    before, _, _ = await ledger(gw)
+    status, raw = await call(gw, "/v1/messages", {"model": MODELS["anthropic"], "messages": MESSAGES, "max_tokens": 50})
+    assert status == 200, raw
+    balance, usage, held = await ledger(gw)
+    cost = json.loads(raw)["billing"]["request_cost"]
+    assert held == 0
+    assert before - balance == usage == cost == 0
+    errors = [line for line in log_lines() if line.get("level") == "error"]
+    assert errors == []
+
+
+def with_finish(answer: bytes, finish: Any) -> bytes:
+    """`answer` (one of `chat_answer`'s, kind openai) with its finish_reason replaced, Content-Length refitted."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    body = body.replace(b'"finish_reason": "stop"', b'"finish_reason": ' + json.dumps(finish).encode())
+    if b"Content-Length" in head:
+        return http(200, body)
+    return head + b"\r\n\r\n" + body
+
+
+def completion_answer(finish: Any, stream: bool) -> bytes:
+    head = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "gpt-3.5-turbo-instruct"}
+    usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    choice = {"text": "hi", "index": 0, "logprobs": None, "finish_reason": finish}
+    if not stream:
+        return http(200, json.dumps({**head, "choices": [choice], "usage": usage}).encode())
+    return sse({**head, "choices": [choice]}, {**head, "choices": [], "usage": usage}, "data: [DONE]\n\n")
+
+
+@pytest.mark.parametrize("finish", [{"type": "stop"}, ["stop"]], ids=["object", "list"])
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages", "/v1/completions"],
+                         ids=["chat", "messages", "completions"])
+async def test_unhashable_finish_reason_is_an_unknown_one(odd: tuple[Gateway, RawUpstream], log_lines: Any, path: str,
+                                                          stream: bool, finish: Any) -> None:
+    """A finish_reason that is no string at all (an object, a list) is a reason the gateway does not know,
+    answered as `stop` like any other; it was looked up in a frozenset, which raised TypeError: a 500, or an
+    error event and an error-level traceback for the upstream's fault."""
+    gw, up = odd
+    if path == "/v1/completions":
+        up.answer = completion_answer(finish, stream)
+        body = {"model": "oai/gpt-3.5-turbo-instruct", "prompt": "hi", "max_tokens": 5, "stream": stream}
+    else:
+        up.answer = with_finish(chat_answer("openai", 5, stream), finish)
+        body = {"model": "oai/gpt-4o", "messages": MESSAGES, "max_tokens": 50, "stream": stream}
+    before, _, _ = await ledger(gw)
+    status, raw = await call(gw, path, body)
+    assert status == 200, raw
+    assert b"error" not in raw, raw
+    want = b'"stop_reason":"end_turn"' if path == "/v1/messages" else b'"finish_reason":"stop"'
+    assert want in raw
+    bill = stream_bill(raw) if stream else json.loads(raw)["billing"]
+    balance, usage, held = await ledger(gw)
+    assert held == 0 and before - balance == usage == nano(bill["request_cost"]) > 0
+    assert not [line for line in log_lines() if line.get("level") == "error"]
+
+
+PORTAL = b"<!DOCTYPE html><html><head><title>Wi-Fi login</title></head><body><form>...</form></body></html>"
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"], ids=["chat", "messages"])
+async def test_html_page_for_a_stream_is_a_502(odd: tuple[Gateway, RawUpstream], log_lines: Any, path: str,
+                                              kind: str) -> None:
+    """A 200 `text/html` answer to a streamed request (a captive portal, a CDN's page) is no event stream:
+    the client gets the 502 an unreadable answer gets, before any header went out, not a 200 whose stream
+    ends in 'the upstream closed the stream before it finished'."""
+    gw, up = odd
+    up.answer = http(200, PORTAL, "text/html; charset=utf-8")
+    before, _, _ = await ledger(gw)
+    status, raw = await call(gw, path, {"model": MODELS[kind], "messages": MESSAGES, "max_tokens": 50,
+                                        "stream": True})
+    assert status == 502, raw
+    payload = json.loads(raw)
+    error = payload["error"]
+    if path == "/v1/messages":
+        assert payload["type"] == "error" and error["type"] == "api_error"
+    else:
+        validate(payload, "ErrorResponse")
+        assert error["type"] == "upstream_error"
+    assert error["code"] == "upstream_bad_response"
+    assert "HTML" in error["message"] and "Wi-Fi login" in error["message"]
+    assert await ledger(gw) == (before, 0, 0)
+    assert len(up.requests) == 1  # it answered: not resent
+    assert not [line for line in log_lines() if line.get("level") == "error"]
+
+
+@pytest.mark.parametrize("completion", [13.0, 12.08], ids=["whole", "fraction"])
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"], ids=["chat", "messages"])
+async def test_float_token_counts_are_billed(odd: tuple[Gateway, RawUpstream], path: str, stream: bool,
+                                             completion: float) -> None:
+    """OpenAI-compatible servers may count in floats (OpenRouter reports image output as e.g. 14417.92 tokens):
+    such a count is tokens, billed rounded up, not none. It was read as 0, so the output was free while the
+    answer said `estimated: false`."""
+    gw, up = odd
+    up.answer = chat_answer("openai", completion, stream)
+    before, _, _ = await ledger(gw)
+    status, raw = await call(gw, path, {"model": "oai/gpt-4o", "messages": MESSAGES, "max_tokens": 50,
+                                        "stream": stream})
+    assert status == 200, raw
+    bill = stream_bill(raw) if stream else json.loads(raw)["billing"]
+    balance, usage, held = await ledger(gw)
+    route = gw.app[RUNTIME].snapshot.catalog.routes["oai/gpt-4o"]
+    assert held == 0 and bill["estimated"] is False
+    assert before - balance == usage == nano(bill["request_cost"]) == billing.token_cost(
+        route.price, Usage(prompt_tokens=10, completion_tokens=13))
