@@ -120,6 +120,7 @@ class Ticket:
     endpoint: str = "chat"
     started: float = field(default_factory=time.time)
     egress: str = "direct"
+    output_cap: int | None = None  # the most output tokens the upstream was allowed, when the request said
     _task: asyncio.Task[billing.Bill] | None = None
     _known: billing.Bill | None = None
 
@@ -134,6 +135,9 @@ class Ticket:
         store has answered."""
         if self._task is None:
             _bound(outcome.usage)
+            if outcome.estimated and self.output_cap is not None and outcome.usage.completion_tokens > self.output_cap:
+                # a count of the text relayed errs high: it never bills more output than the upstream could make
+                setattr(outcome.usage, "completion_tokens", self.output_cap)  # noqa: B010  (frozen to mypy only)
             cost = self._charge(outcome)
             self._task = self.settlements.track(self._settle(outcome, cost))
             if cost <= self.hold and time.time() - self.started < self.config.billing.hold_ttl_s / 2:
@@ -259,8 +263,9 @@ async def admit(store: Store, settlements: Settlements, config: Config, route: R
         raise
     metrics.store_up(True)
     _refuse_unless_ok(result, hold, route.model_id, streams)
+    cap = worst.completion_tokens if billing.requested_max_output(body) else None  # else unbounded upstream
     return Ticket(store, settlements, config, route, key, generation_id, hold, byok, result, streamed,
-                  endpoint, time.time(), route.provider.egress)
+                  endpoint, time.time(), route.provider.egress, cap)
 
 
 async def _release(store: Store, settlements: Settlements, key_id: str, generation_id: str, model_id: str,

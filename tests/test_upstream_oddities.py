@@ -205,6 +205,37 @@ async def test_a_negative_fee_count_charges_no_negative_cost(odd: tuple[Gateway,
     assert errors == []
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_an_estimate_bills_no_more_output_than_max_tokens_allowed(odd: tuple[Gateway, RawUpstream],
+                                                                       stream: bool) -> None:
+    """Without usage from the upstream the output is counted from the text relayed (3 bytes a token, erring
+    high): 3,000 bytes on a request allowed 50 tokens were billed as 1,000. The upstream cannot have made more
+    than it was allowed: the estimate stops there."""
+    gw, up = odd
+    text = "word " * 600
+    head = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o"}
+    if stream:
+        up.answer = sse({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": text},
+                                              "finish_reason": None}]},
+                        {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}, "data: [DONE]\n\n")
+    else:
+        up.answer = http(200, json.dumps({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": "length"}]}).encode())
+    before, _, _ = await ledger(gw)
+    body = {"model": "oai/gpt-4o", "messages": MESSAGES, "max_tokens": 50, "stream": stream}
+    status, raw = await call(gw, "/v1/chat/completions", body)
+    assert status == 200, raw
+    bill = stream_bill(raw) if stream else json.loads(raw)["billing"]
+    balance, usage, held = await ledger(gw)
+    route = gw.app[RUNTIME].snapshot.catalog.routes["oai/gpt-4o"]
+    prompt = billing.estimate_prompt_tokens(body)
+    assert bill["estimated"] is True and held == 0
+    assert before - balance == usage == nano(bill["request_cost"]) == billing.token_cost(
+        route.price, Usage(prompt_tokens=prompt, completion_tokens=50))
+
+
 def with_finish(answer: bytes, finish: Any) -> bytes:
     """`answer` (one of `chat_answer`'s, kind openai) with its finish_reason replaced, Content-Length refitted."""
     head, _, body = answer.partition(b"\r\n\r\n")
