@@ -7,7 +7,6 @@ this module turns both into the response and the request's single JSON log line.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import re
 import time
@@ -66,8 +65,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     status = 500
     try:
         response = await _respond(request, handler, rid, fields)
-        status = response.status
-        await _send(request, response)
+        status = response.status if await _send(request, response) else 499
         return response
     except asyncio.CancelledError:  # cut by the shutdown's grace (or a client gone): not a gateway failure
         status = 499
@@ -97,12 +95,16 @@ async def _respond(request: web.Request, handler: Handler, rid: str, fields: dic
         return error_response(err, rid, _anthropic(request))
 
 
-async def _send(request: web.Request, response: web.StreamResponse) -> None:
+async def _send(request: web.Request, response: web.StreamResponse) -> bool:
     """Write the response here rather than after the middlewares return (aiohttp's own prepare and
-    write_eof then find it done), so the client does not wait for the log line and the metrics."""
-    with contextlib.suppress(ConnectionError):  # the client left: aiohttp's own write finds out again
+    write_eof then find it done), so the client does not wait for the log line and the metrics. False
+    when the client had left (aiohttp does not cancel a handler whose client left): logged as 499."""
+    try:
         await response.prepare(request)
         await response.write_eof()
+    except ConnectionError:  # aiohttp's own write finds out again
+        return False
+    return True
 
 
 def _count(request: web.Request, fields: dict[str, Any], status: int, elapsed: float) -> None:

@@ -237,7 +237,6 @@ async def _relay_stream(request: web.Request, resp: aiohttp.ClientResponse, code
                         scrub: Any) -> web.StreamResponse:
     config = ticket.config  # the request's own, as every attempt's
     out = SSEWriter(request)
-    await out.start()
     state = codec.state
     relayed = streaming.Relayed()
     fields = request[LOG]
@@ -252,11 +251,13 @@ async def _relay_stream(request: web.Request, resp: aiohttp.ClientResponse, code
                 if guess.completion_tokens > state.usage.completion_tokens:
                     outcome.usage = dataclasses.replace(state.usage, completion_tokens=guess.completion_tokens)
                     outcome.estimated = True
-        elif relayed.text_bytes:
+        elif relayed.text_bytes or status == 499:  # a client that left before any text still had its
+            # prompt read by an upstream that had accepted it (a reasoning model may think for minutes)
             outcome.usage, outcome.estimated = op.estimate(body, relayed.text_bytes), True
 
     metrics.ACTIVE_STREAMS.inc()
     try:
+        await out.start()
         await streaming.pump(resp, codec, out, target_silence(ticket), config.server.sse_keepalive_s, relayed,
                              time.time)
         account(200)
