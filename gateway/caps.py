@@ -20,16 +20,26 @@ def body_limit(server_limit: int, key: KeyRecord) -> int:
     return min(server_limit, key.max_body_bytes) if key.max_body_bytes else server_limit
 
 
-def apply_max_tokens(body: dict[str, Any], key: KeyRecord, model_max: int | None, fill: bool = True) -> None:
-    """Refuse an ask above the key's ceiling; with `fill` (endpoints whose body takes `max_tokens`), give a
-    request that asks nothing the ceiling, so the upstream and the hold are bounded by it."""
+def check_max_tokens(body: dict[str, Any], key: KeyRecord) -> None:
+    """Refuse an ask above the key's ceiling."""
     cap = key.max_tokens
     if not cap:
         return
-    asked = [name for name in ("max_completion_tokens", "max_tokens") if isinstance(body.get(name), int)]
-    for name in asked:
+    for name in _asked(body):
         if body[name] > cap:
             raise InvalidRequest(f"'{name}' is too large: {body[name]}. This key may ask for at most {cap} "
                                  "output tokens per request.", param=name, code="invalid_value")
-    if fill and not asked:
-        body["max_tokens"] = min(cap, model_max) if model_max else cap
+
+
+def fill_max_tokens(body: dict[str, Any], key: KeyRecord, model_max: int | None) -> dict[str, Any]:
+    """For endpoints whose body takes `max_tokens`: a request that asks nothing given the key's ceiling
+    (within the model's own maximum), so the upstream and the hold are bounded by it. Per attempt: a
+    fallback with a smaller maximum is not sent the first model's figure."""
+    cap = key.max_tokens
+    if not cap or _asked(body):
+        return body
+    return {**body, "max_tokens": min(cap, model_max) if model_max else cap}
+
+
+def _asked(body: dict[str, Any]) -> list[str]:
+    return [name for name in ("max_completion_tokens", "max_tokens") if isinstance(body.get(name), int)]

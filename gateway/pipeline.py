@@ -45,6 +45,11 @@ def _client_key(request: web.Request, body: dict[str, Any]) -> str:
     return body.get("provider_api_key") or request.headers.get("X-Provider-Api-Key") or ""
 
 
+def _unconfigured(route: Route) -> bool:
+    """The provider needs a key (`api_key_env`) and the operator set none."""
+    return not route.provider.api_key and bool(route.provider.api_key_env)
+
+
 def _provider_key(request: web.Request, body: dict[str, Any], route: Route) -> tuple[str, bool]:
     """The key to call the provider with, and whether it is the client's own (BYOK)."""
     byok = _client_key(request, body)
@@ -52,7 +57,7 @@ def _provider_key(request: web.Request, body: dict[str, Any], route: Route) -> t
         redactor.protect(validation.check_provider_key(byok))  # it goes into a header: printable ASCII only
         return byok, True
     prov = route.provider
-    if not prov.api_key and prov.api_key_env:
+    if _unconfigured(route):
         raise Unavailable(
             f"Provider '{route.provider_name}' has no API key configured on this gateway: the operator "
             f"must set {prov.api_key_env}, or send your own key in 'provider_api_key' or the "
@@ -111,10 +116,14 @@ async def serve(request: web.Request, body: dict[str, Any], op: Endpoint) -> web
         raise InvalidRequest(f"Model '{primary.model_id}' does not accept images.", code="model_not_vision",
                              param="messages")
     validation.check_route(body, primary, op.name)
-    caps.apply_max_tokens(body, key, primary.model.max_output_tokens, fill=op.name in validation.CHOICE_ENDPOINTS)
+    caps.check_max_tokens(body, key)
     byok = bool(_client_key(request, body))  # a client's key is for one provider: its fallbacks stay there
+    # a fallback is skipped when it cannot give what was asked (images, choices, max_tokens), or when its
+    # provider has no key here (the request asked for another model: that one's answer is the client's)
     usable = [r for r in routes if allowed(r.model_id) and (r.model.vision or not images)
-              and validation.serves(body, r, op.name) and not (byok and r.provider_name != primary.provider_name)]
+              and validation.serves(body, r, op.name) and validation.within_output_cap(body, r)
+              and not (byok and r.provider_name != primary.provider_name)
+              and (r is primary or byok or not _unconfigured(r))]
     return await _serve_first(request, snapshot.config, usable, body, op)
 
 
@@ -143,6 +152,8 @@ async def _serve(request: web.Request, config: Config, route: Route, body: dict[
     exchange = op.exchange(route)
     api_key, byok = _provider_key(request, body, route)
     key = request[KEY]
+    if op.name in validation.CHOICE_ENDPOINTS:  # the key's output cap, within this attempt's model
+        body = caps.fill_max_tokens(body, key, route.model.max_output_tokens)
     streamed = bool(body.get("stream"))
     clean = {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
     target = _capped(route.target(api_key), key.max_tokens)

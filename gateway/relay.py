@@ -195,7 +195,7 @@ def map_upstream_error(err: UpstreamHTTPError, provider: str, own_key: bool,
     502 naming the provider, so a client never believes its own gateway key was refused.
     """
     message = scrub(_unhtml(err.message)) or f"provider {provider} answered HTTP {err.status}"
-    headers = {"Retry-After": retry_after} if retry_after and err.status in (429, 503, 529) else {}
+    headers = {"Retry-After": retry_after} if retry_after and (err.status == 429 or err.status >= 500) else {}
     if 300 <= err.status < 400:  # never followed: it would resend the prompt and the key headers elsewhere
         return UpstreamFailed(f"provider {provider} answered with a redirect (HTTP {err.status}), which the "
                               f"gateway does not follow: a prompt and a provider key go only where the config "

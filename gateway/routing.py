@@ -11,6 +11,8 @@ reached the client: such failures are never retryable.
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import random
 from typing import Any
 
@@ -34,6 +36,21 @@ def candidates(catalog: Catalog, body: dict[str, Any]) -> list[Route]:
 MOVE_ON_AT_ONCE = frozenset({"egress_unavailable", "provider_overloaded", "untranslatable", "upstream_redirect"})
 
 
+def retry_after_s(value: str) -> float | None:
+    """Seconds a `Retry-After` asks for: delay-seconds or an HTTP-date (RFC 9110 10.2.3); None when unreadable."""
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # RFC 850 / asctime forms carry no zone: HTTP dates are GMT
+        when = when.replace(tzinfo=datetime.UTC)
+    return (when - datetime.datetime.now(datetime.UTC)).total_seconds()
+
+
 def retry_delay(attempt: int, error: GatewayError, cfg: RetriesConfig) -> float | None:
     """Seconds to wait before retrying the same model, or None to move on to the next candidate.
 
@@ -50,9 +67,8 @@ def retry_delay(attempt: int, error: GatewayError, cfg: RetriesConfig) -> float 
     delay = random.uniform(0.0, min(cfg.max_delay_s, cfg.base_delay_s * 2**attempt))
     retry_after = error.headers.get("Retry-After")
     if retry_after:
-        try:
-            wanted = float(retry_after)
-        except ValueError:
+        wanted = retry_after_s(retry_after)
+        if wanted is None:
             return delay
         if wanted > cfg.honor_retry_after_up_to_s:
             return None

@@ -116,6 +116,18 @@ def serves(body: dict[str, Any], route: Route, endpoint: str = "chat") -> bool:
     return endpoint not in CHOICE_ENDPOINTS or choices(body) <= registry.get(route.provider.kind).MAX_CHOICES
 
 
+def within_output_cap(body: dict[str, Any], route: Route) -> bool:
+    """Whether the output tokens the request asks for are within the model's `max_output_tokens` (a fallback
+    that gives fewer is skipped: the gateway refuses such an ask to the model itself)."""
+    ceiling = route.model.max_output_tokens
+    if ceiling:
+        for name in ("max_completion_tokens", "max_tokens"):
+            value = body.get(name)
+            if isinstance(value, int) and value > ceiling:
+                return False
+    return True
+
+
 def _claude_takes_turns(body: dict[str, Any], route: Route) -> bool:
     """Claude (the native /v1/messages route) answers 400 "first message must use the "user" role" to a
     conversation opening with an assistant turn; other kinds take one, translated to chat."""

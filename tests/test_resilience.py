@@ -306,3 +306,21 @@ async def test_provider_at_its_cap_answers_a_fast_503(behind_proxy: Any) -> None
     assert record is not None and record.balance + record.usage == record.credits  # the 503 held nothing
     text = json.dumps(payload)
     assert "127.0.0.1" not in text
+
+
+def test_retry_after_as_an_http_date_is_honoured() -> None:
+    """Retry-After may be an HTTP-date (RFC 9110) as well as seconds: a date 5 s ahead waits about 5 s, one
+    past `honor_retry_after_up_to_s` moves on to the next model, instead of a retry at once."""
+    import email.utils
+
+    cfg = RetriesConfig(base_delay_s=0.001, max_delay_s=0.001, honor_retry_after_up_to_s=20)
+
+    def limited(seconds: float) -> UpstreamFailed:
+        date = email.utils.formatdate(time.time() + seconds, usegmt=True)
+        return UpstreamFailed("x", headers={"Retry-After": date})
+
+    delay = routing.retry_delay(0, limited(5), cfg)
+    assert delay is not None and 3.5 <= delay <= 5.5
+    assert routing.retry_delay(0, limited(60), cfg) is None
+    unreadable = UpstreamFailed("x", headers={"Retry-After": "soon"})
+    assert routing.retry_delay(0, unreadable, cfg) == pytest.approx(0, abs=0.01)

@@ -151,3 +151,72 @@ async def test_an_upstream_503s_retry_after_is_honoured_and_reaches_the_client(m
             gw.url + "/v1/chat/completions", headers=gw.auth(),
             json={"model": "fake/gpt-4o", "messages": MESSAGES}) as r:
         assert r.status == 502 and r.headers.get("Retry-After") == "7"
+
+
+async def test_a_fallback_whose_provider_has_no_key_is_skipped(make_gateway: Any) -> None:
+    """A fallback at a provider the operator configured no key for is not a candidate: the next one serves
+    (or the model asked for gives the answer), instead of the fallback's 503 ending the request."""
+    gw = await make_gateway(retries=FAST_RETRIES | {"max_retries": 0})
+    gw.fake.status, gw.fake.fail_times = 500, 1
+    done = await gw.openai().chat.completions.create(
+        model="fake/gpt-4o", messages=MESSAGES,  # type: ignore[arg-type]
+        extra_body={"models": ["nokey/model", "fake/gpt-5"]})
+    assert done.model == "fake/gpt-5"
+    assert [r.body["model"] for r in gw.fake.requests] == ["gpt-4o", "gpt-5"]
+    gw.fake.reset()
+    gw.fake.status = 500
+    with pytest.raises(openai.APIStatusError) as info:
+        await gw.openai().chat.completions.create(model="fake/gpt-4o", messages=MESSAGES,  # type: ignore[arg-type]
+                                                  extra_body={"models": ["nokey/model"]})
+    assert info.value.status_code == 502 and info.value.code == "upstream_error"  # the model asked for
+    with pytest.raises(openai.APIStatusError) as info:  # asked for itself: the 503 naming the variable
+        await gw.openai().chat.completions.create(model="nokey/model", messages=MESSAGES)  # type: ignore[arg-type]
+    assert info.value.status_code == 503 and "NOKEY_API_KEY" in info.value.message
+
+
+async def test_a_keys_output_cap_is_filled_in_per_attempt(api_gateway: Any) -> None:
+    """A key's --max-tokens given to a request that asks none is bounded by each attempt's own model: a
+    fallback with a smaller max_output_tokens is not sent (nor held for) the first model's figure."""
+    ups = api_gateway.extra["upstreams"]
+    ups.openai.status = 500
+    key, _ = await api_gateway.add_key("capped", max_tokens=5000)
+    done = await api_gateway.openai(api_key=key).chat.completions.create(
+        model="oai/gpt-4o", messages=MESSAGES, extra_body={"models": ["claude/sonnet"]})  # type: ignore[arg-type]
+    assert done.model == "claude/sonnet"
+    assert ups.openai.last.body["max_tokens"] == 5000  # oai/gpt-4o: up to 16384
+    assert ups.anthropic.last.body["max_tokens"] == 1024  # claude/sonnet: max_output_tokens 1024
+    # claude/sonnet: 15 USD per Mtok out; the hold covered its 1024 output tokens and the prompt estimate
+    assert (done.model_extra or {})["billing"]["reserved"] < 5000 * 15 / 1e6
+
+
+async def test_a_fallback_that_cannot_give_the_asked_max_tokens_is_skipped(api_gateway: Any) -> None:
+    """max_tokens above a fallback's max_output_tokens (which the gateway refuses for the model itself) is not
+    sent to it: that fallback is skipped."""
+    ups = api_gateway.extra["upstreams"]
+    ups.openai.status = 500
+    with pytest.raises(openai.APIStatusError) as info:
+        await api_gateway.openai().chat.completions.create(
+            model="oai/gpt-4o", messages=MESSAGES, max_tokens=4000,  # type: ignore[arg-type]
+            extra_body={"models": ["claude/sonnet"]})
+    assert info.value.status_code == 502
+    assert ups.anthropic.requests == []
+    done = await api_gateway.openai().chat.completions.create(
+        model="oai/gpt-4o", messages=MESSAGES, max_tokens=1000,  # type: ignore[arg-type]
+        extra_body={"models": ["claude/sonnet"]})
+    assert done.model == "claude/sonnet" and ups.anthropic.last.body["max_tokens"] == 1000
+
+
+async def test_any_upstream_5xxs_retry_after_is_honoured_and_reaches_the_client(make_gateway: Any) -> None:
+    """The README's "upstream 5xx (its Retry-After passed on)": a 500 or 502 asking for a wait gets it, as a
+    503 does, and the client is told it when no retry helped."""
+    gw = await make_gateway(retries=FAST_RETRIES)
+    gw.fake.status, gw.fake.fail_times, gw.fake.error_headers = 500, 1, {"Retry-After": "1"}
+    started = time.monotonic()
+    await gw.openai().chat.completions.create(model="fake/gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+    assert time.monotonic() - started >= 1.0 and len(gw.fake.requests) == 2
+    gw.fake.status, gw.fake.fail_times, gw.fake.error_headers = 502, 10, {"Retry-After": "30"}  # past honoring
+    async with aiohttp.ClientSession() as http, http.post(
+            gw.url + "/v1/chat/completions", headers=gw.auth(),
+            json={"model": "fake/gpt-4o", "messages": MESSAGES}) as r:
+        assert r.status == 502 and r.headers.get("Retry-After") == "30"
+    assert len(gw.fake.requests) == 3  # not retried within the 30 s asked
