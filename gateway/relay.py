@@ -5,8 +5,8 @@ Timeouts are split, never total: `connect_s` to open the connection (through the
 body. A reasoning model may stream for ten minutes; only a stalled one is cut.
 
 Lower-layer errors become gateway errors here and nowhere else:
-direct connection refused -> UpstreamFailed (502), no way out of a proxy pool -> Unavailable (503
-egress_unavailable), first-byte timeout -> UpstreamTimeout (504), upstream 4xx -> UpstreamRejected (its
+direct connection refused -> UpstreamFailed (502), direct connect or first-byte timeout -> UpstreamTimeout
+(504), no way out of a proxy pool -> Unavailable (503 egress_unavailable), upstream 4xx -> UpstreamRejected (its
 own status), 5xx -> UpstreamFailed. Retryable are only failures before the request body left and
 answers with a status; a connection lost after the body was sent (`upstream_disconnected`), a timeout
 after it, and anything going wrong inside an answer's body are not: the upstream may be acting on it.
@@ -75,6 +75,9 @@ async def open_upstream(egress: Egress, pool: str, affinity_key: str | None, blo
         egress.succeeded(exit_)
         return resp, exit_
     if exits[0].proxy is None:
+        if isinstance(last, TimeoutError):  # the connection never completed: the upstream's timeout (504)
+            raise UpstreamTimeout(f"provider {provider} did not accept a connection within {connect_s:g} s; "
+                                  "the request was not sent") from last
         raise UpstreamFailed(f"provider {provider} is unreachable ({type(last).__name__})",
                              code="upstream_unreachable") from last
     raise egress_unavailable(provider, f"every proxy tried in egress pool '{pool}' failed to connect") from last

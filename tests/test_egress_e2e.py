@@ -371,3 +371,19 @@ async def _wait_state(gw: Gateway, name: str, state: str, timeout: float) -> dic
         if time.monotonic() > deadline:
             raise AssertionError(f"proxy {name} never became {state}: {proxies[name]}")
         await asyncio.sleep(0.1)
+
+
+async def test_a_direct_connect_timeout_is_a_504(upstream: Any, started: Any) -> None:
+    """A direct route whose upstream never completes the connection (TLS to a silent host) is the README's
+    "upstream connect timeout": 504 `upstream_timeout`, not 502 `upstream_unreachable` (a refused connection)."""
+    fake, url = upstream
+    with BlackHole() as hole:
+        doc = config_doc(url, [{"name": "unused", "url": "socks5://127.0.0.1:9"}])
+        doc["providers"]["direct"].update(base_url=f"https://127.0.0.1:{hole.port}/v1", timeouts={"connect_s": 0.3})
+        doc["retries"] = {"max_retries": 0}
+        gw = await started(parse(yaml.safe_dump(doc), {}), fake)
+        with pytest.raises(openai.APIStatusError) as info:
+            await gw.openai().chat.completions.create(model="direct/gpt", messages=MESSAGES)
+        assert info.value.status_code == 504, info.value.body
+        assert info.value.code == "upstream_timeout"
+        assert hole.accepted() >= 1
