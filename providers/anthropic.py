@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from providers import reasoning
+from providers import anthropic_request, reasoning
 from providers.anthropic_request import JSON_TOOL, translate_body
 from providers.types import (
     JSON,
@@ -71,11 +71,12 @@ def build_request(req: ChatRequest, target: Target) -> UpstreamRequest:
 
 
 def max_output_tokens(body: JSON, target: Target) -> int | None:
-    """The max_tokens the upstream request will carry when it may exceed the client's own: thinking raises it
-    to make room for its budget, and the hold must cover what Claude may then write. None otherwise (and
-    for a request the translation refuses: `build_request` reports that)."""
+    """The max_tokens the upstream request will carry, which the hold must cover: Claude requires one, so a
+    request naming none is sent the model's (else 4096, whatever `billing.default_max_output_tokens` says),
+    and thinking raises it to make room for its budget. None for a request the translation refuses
+    (`build_request` reports that)."""
     if not any(body.get(name) is not None for name in reasoning.FIELDS):
-        return None
+        return anthropic_request.max_tokens(body, target)
     try:
         return int(translate_body(ChatRequest(body=body, stream=False), target)["max_tokens"])
     except ProviderError:

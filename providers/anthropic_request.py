@@ -74,7 +74,7 @@ _REQUIRED = frozenset({"model", "messages", "max_tokens"})
 _TOOL_ID = re.compile(r"[a-zA-Z0-9_-]+")
 _NOT_TOOL_ID = re.compile(r"[^a-zA-Z0-9_-]")
 
-__all__ = ["DEFAULT_MAX_TOKENS", "JSON_TOOL", "claude_tool_id", "translate_body", "translate_messages"]
+__all__ = ["DEFAULT_MAX_TOKENS", "JSON_TOOL", "claude_tool_id", "max_tokens", "translate_body", "translate_messages"]
 
 
 def claude_tool_id(call_id: str) -> str:
@@ -97,7 +97,7 @@ def translate_body(req: ChatRequest, target: Target) -> JSON:
         raise ProviderError("Anthropic models give one choice per request: n must be 1")
     refuse_openai_only(src, "Anthropic")
     system, turns = translate_messages(messages)
-    out: JSON = {"model": target.upstream_model, "max_tokens": _max_tokens(src, target), "messages": turns}
+    out: JSON = {"model": target.upstream_model, "max_tokens": max_tokens(src, target), "messages": turns}
     if system:
         out["system"] = system
     _sampling(src, out)
@@ -114,7 +114,8 @@ def translate_body(req: ChatRequest, target: Target) -> JSON:
     return out
 
 
-def _max_tokens(src: JSON, target: Target) -> int:
+def max_tokens(src: JSON, target: Target) -> int:
+    """The max_tokens Claude is sent before thinking's room: the client's, else the model's, else 4096."""
     for value in (_int(src.get("max_completion_tokens")), _int(src.get("max_tokens"))):
         if value is not None:
             return value

@@ -326,3 +326,12 @@ def test_gemini_thoughts_are_billed_as_output(name: str) -> None:
     parts = json.loads(raw)["candidates"][0]["content"]["parts"]
     assert result.body["choices"][0]["message"]["reasoning_content"] == "".join(
         p["text"] for p in parts if p.get("thought"))
+
+
+def test_the_hold_covers_the_max_tokens_claude_is_sent_without_thinking() -> None:
+    """Claude requires max_tokens: a request naming none is sent the model's maximum, else 4096, which the hold
+    must cover even where `billing.default_max_output_tokens` (the hold's default) is set lower."""
+    plain = Target(**{**{f: getattr(CLAUDE, f) for f in CLAUDE.__slots__}, "default_max_tokens": None})
+    assert claude_body(plain)["max_tokens"] == anthropic.max_output_tokens({"messages": HI}, plain) == 4096
+    assert anthropic.max_output_tokens({"messages": HI}, CLAUDE) == claude_body()["max_tokens"] == 64000
+    assert anthropic.max_output_tokens({"messages": HI, "max_completion_tokens": 700}, CLAUDE) == 700
