@@ -159,10 +159,14 @@ def cross_check(config: Config) -> list[str]:
         provider, sep, rest = mid.partition("/")
         if not sep or not rest:
             problems.append(f"models.{mid}: model ids are 'provider/model'")
+        elif provider == "@preset":
+            problems.append(f"models.{mid}: '@preset/' names presets; this model could never be reached")
         elif provider not in config.providers:
             problems.append(f"models.{mid}: no provider named {provider!r} in providers")
         for i, alias in enumerate(model.aliases):
-            if alias in public:
+            if alias.startswith("@preset/"):  # looked up as a preset first: listed, and never reached
+                problems.append(f"models.{mid}.aliases.{i}: {alias!r} is a preset's name (presets answer to @preset/)")
+            elif alias in public:
                 problems.append(f"models.{mid}.aliases.{i}: {alias!r} is already used by {public[alias]}")
             public[alias] = f"models.{mid}.aliases"
         for i, fb in enumerate(model.fallbacks):

@@ -80,6 +80,11 @@ def test_unset_variable_without_default_names_the_path() -> None:
                      "models.openai/gpt-5.fallbacks.0: no model 'x/y'", id="unknown-fallback"),
         pytest.param("aliases: [gpt-5]", "aliases: [openai/gpt-5]",
                      "models.openai/gpt-5.aliases.0: 'openai/gpt-5' is already used", id="alias-collision"),
+        pytest.param("aliases: [gpt-5]", 'aliases: ["@preset/fast"]',
+                     "models.openai/gpt-5.aliases.0: '@preset/fast' is a preset's name (presets answer to @preset/)",
+                     id="alias-in-the-presets-namespace"),
+        pytest.param("openai/gpt-5:", '"@preset/gpt-5":', "models.@preset/gpt-5: '@preset/' names presets",
+                     id="model-in-the-presets-namespace"),
     ],
 )
 def test_validation_errors_name_the_yaml_path(old: str, new: str, expected: str) -> None:
