@@ -58,7 +58,9 @@ def estimate_tokens(text_bytes: int) -> int:
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     """An upper-leaning estimate of a request's prompt tokens, without a tokenizer: an OpenAI chat body or an
     Anthropic Messages body (its top-level `system`, images inside `tool_result` blocks). The one estimate
-    of holds, of usage the upstream did not report, and of /v1/messages/count_tokens."""
+    of holds, of usage the upstream did not report, and of /v1/messages/count_tokens. Its PDFs share one
+    inflate budget (`gateway.pdf`)."""
+    budget = pdf.InflateBudget()
     tokens = 0
     for message in body.get("messages") or ():
         tokens += MESSAGE_OVERHEAD
@@ -66,7 +68,7 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
         if isinstance(content, str):
             tokens += estimate_tokens(len(content.encode()))
         elif isinstance(content, list):
-            tokens += sum(_part_tokens(part) for part in content)
+            tokens += sum(_part_tokens(part, budget) for part in content)
         if isinstance(message, dict) and message.get("tool_calls"):
             tokens += estimate_tokens(len(orjson.dumps(message["tool_calls"])))
     for name in ("system", "tools"):
@@ -75,7 +77,7 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     return tokens
 
 
-def _part_tokens(part: Any) -> int:
+def _part_tokens(part: Any, budget: pdf.InflateBudget) -> int:
     """An image costs a flat allowance whatever its encoding (base64 text is no measure of its tokens);
     a block holding blocks (Anthropic's `tool_result`) costs its own fields plus each of its blocks."""
     if not isinstance(part, dict):
@@ -83,11 +85,11 @@ def _part_tokens(part: Any) -> int:
     if part.get("type") in IMAGE_PARTS:
         return IMAGE_TOKENS
     if (encoded := _pdf_base64(part)) is not None:
-        return pdf_tokens(encoded) + estimate_tokens(len(orjson.dumps(part)) - len(encoded))
+        return pdf_tokens(encoded, budget) + estimate_tokens(len(orjson.dumps(part)) - len(encoded))
     nested = part.get("content")
     if isinstance(nested, list):
         rest = {name: value for name, value in part.items() if name != "content"}
-        return estimate_tokens(len(orjson.dumps(rest))) + sum(_part_tokens(block) for block in nested)
+        return estimate_tokens(len(orjson.dumps(rest))) + sum(_part_tokens(block, budget) for block in nested)
     return estimate_tokens(len(orjson.dumps(part)))
 
 
@@ -103,7 +105,7 @@ def _pdf_base64(part: dict[str, Any]) -> str | None:
     return data.removeprefix(PDF_DATA_URI) if isinstance(data, str) and data.startswith(PDF_DATA_URI) else None
 
 
-def pdf_tokens(encoded: str) -> int:
+def pdf_tokens(encoded: str, budget: pdf.InflateBudget | None = None) -> int:
     """A PDF's allowance: `PDF_PAGE_TOKENS` a page, its pages counted in its bytes (`gateway.pdf`), else
     assumed from its size. Base64 length is no measure: 1 MB of PDF is ~350k tokens read as text, a few
     pages' worth to the model."""
@@ -112,7 +114,7 @@ def pdf_tokens(encoded: str) -> int:
     except (binascii.Error, ValueError):
         raw = b""
     size = len(raw) or len(encoded) * 3 // 4
-    pages = pdf.count_pages(raw) if raw else None
+    pages = pdf.count_pages(raw, budget) if raw else None
     return (pages or max(1, -(-size // PDF_BYTES_PER_PAGE))) * PDF_PAGE_TOKENS
 
 

@@ -441,3 +441,22 @@ async def test_a_proxy_that_fails_an_image_fetch_is_a_clear_400_not_a_crash(sche
         await egress.close()
     assert info.value.code == "invalid_image_url" and info.value.status == 400
     assert "fetching it failed" in info.value.message
+
+
+async def test_a_requests_images_are_inlined_within_one_size_budget(session: aiohttp.ClientSession,
+                                                                   sites: dict[str, Site],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """MAX_IMAGE_BYTES bounds all the images of one request, not each: a thousand URLs of 20 MB images (for a
+    hold of ~$0.50 on a Gemini model) were all fetched and held in memory at once, 20 GB of them."""
+    monkeypatch.setattr(images, "MAX_IMAGE_BYTES", 10 * len(PNG))
+    url = sites["public"].url + "/cat.png"
+    body = {"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": f"{url}?{i}"}} for i in range(30)]}]}
+    with pytest.raises(InvalidRequest) as info:
+        await images.inline_remote_images(body, session, resolve_locally=True, guard=test_guard())
+    assert info.value.code == "invalid_image_url" and info.value.status == 400
+    assert "together" in info.value.message
+    assert len(sites["public"].seen) == 11  # the one past the budget is cut off as it comes
+    few = {"messages": [{"role": "user", "content": body["messages"][0]["content"][:10]}]}  # type: ignore[index]
+    inlined = await images.inline_remote_images(few, session, resolve_locally=True, guard=test_guard())
+    assert all(part["image_url"]["url"].startswith("data:image/png") for part in inlined["messages"][0]["content"])
