@@ -8,6 +8,7 @@ endpoint at once, before any code that could fail on it runs.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import orjson
@@ -16,6 +17,10 @@ from aiohttp import StreamReader, web
 from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge
 
 MAX_DEPTH = 64  # real requests (messages > content parts > tool schemas) stay far below
+WALK_AT_MOST = 10_000  # opening brackets of a body walked for its depth; beyond, its bytes are checked in C
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')  # a JSON string, escapes included
+_AS_SQUARE = bytes.maketrans(b"{}", b"[]")  # matched pairs stay matched in valid JSON: one kind to remove
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 BODY_IDLE_TIMEOUT_S = 60.0  # the longest silence inside a request body
 
 
@@ -72,11 +77,26 @@ async def read_json(request: web.Request, limit: int) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
     # nesting needs an opening bracket per level: a body with few of them (nearly every request) cannot
-    # be too deep, and counting them runs in C; only the rest is walked
-    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _depth_exceeds(body, MAX_DEPTH):
+    # be too deep, and counting them runs in C; only the rest is checked, a body of very many by its bytes
+    # (walking 7M empty arrays, 20 MB, took 6 s of the event loop)
+    brackets = raw.count(b"[") + raw.count(b"{")
+    if brackets > MAX_DEPTH and (_nests_deeper(raw, MAX_DEPTH) if brackets > WALK_AT_MOST
+                                 else _depth_exceeds(body, MAX_DEPTH)):
         raise InvalidRequest(f"The request body exceeds the depth limit: it nests more than {MAX_DEPTH} levels.",
                              code="invalid_json")
     return body
+
+
+def _nests_deeper(raw: bytes, limit: int) -> bool:
+    """`_depth_exceeds` on valid JSON's bytes, in C: without its strings, only its brackets kept, each round
+    removes the innermost (empty) pairs, one level of every branch; a body deeper than `limit` outlasts
+    `limit` rounds."""
+    brackets = _STRINGS.sub(b"", raw).translate(_AS_SQUARE, _NOT_BRACKETS)
+    for _ in range(limit):
+        if not brackets:
+            return False
+        brackets = brackets.replace(b"[]", b"")  # one pass over the old bytes: `[[]]` loses one level a round
+    return bool(brackets)
 
 
 def _depth_exceeds(value: Any, limit: int) -> bool:

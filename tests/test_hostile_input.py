@@ -216,3 +216,21 @@ async def test_every_endpoint_refuses_hostile_bodies(gateway: Gateway, path: str
     message = payload["error"]["message"]
     assert ("printable" if hostile == "byok-crlf" else "depth") in message
     await untouched(gateway)
+
+
+async def test_a_body_of_very_many_brackets_is_not_walked(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """7M empty arrays (20 MB) were walked node by node for their depth, 6 s of the event loop; a body of more
+    than WALK_AT_MOST brackets is checked on its bytes, and one nested too deep is still refused."""
+    from gateway import requests
+
+    def walked(value: Any, limit: int) -> bool:
+        raise AssertionError("walked")
+
+    monkeypatch.setattr(requests, "_depth_exceeds", walked)
+    wide = b"[" + b",".join([b"[]"] * (requests.WALK_AT_MOST + 1)) + b"]"
+    deep = b"[" + wide + b"," + b"[" * MAX_DEPTH + b"]" * MAX_DEPTH + b"]"
+    status, payload = await post_raw(gateway, chat(tools=[]).replace(b'"tools": []', b'"tools": ' + deep))
+    refused(status, payload, 400, "invalid_json", "depth")
+    await untouched(gateway)
+    status, payload = await post_raw(gateway, chat(tools=[]).replace(b'"tools": []', b'"tools": ' + wide))
+    assert status == 200, payload  # served: not too deep, and not walked
