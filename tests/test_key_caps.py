@@ -79,6 +79,23 @@ async def test_a_slot_left_open_frees_itself_at_its_ttl(clocked_store: tuple[Sto
     assert (await store.admit(_stream(a, "s2", 1, ttl_s=1))).outcome == "ok"
 
 
+async def test_a_shorter_streams_ttl_does_not_free_the_longer_open_slots(
+        clocked_store: tuple[Store, FakeClock | None]) -> None:
+    """A stream admitted with a short hold_ttl_s (lowered by a reload) after a long one: when the short one
+    has expired, the long one is still open and still takes its slot. Redis used to PEXPIRE the key's whole
+    set of open streams by the newest admission's TTL, so it vanished, long-lived slots and all."""
+    store, clock = clocked_store
+    a = await _funded(store, "a")
+    assert (await store.admit(_stream(a, "long", 2, ttl_s=600))).outcome == "ok"
+    assert (await store.admit(_stream(a, "short", 2, ttl_s=1))).outcome == "ok"
+    if clock is not None:
+        clock.now += 1.5
+    else:
+        await asyncio.sleep(1.1)
+    assert (await store.admit(_stream(a, "next", 2, ttl_s=600))).outcome == "ok"  # the short slot freed
+    assert (await store.admit(_stream(a, "over", 2, ttl_s=600))).outcome == "streams"  # long + next open
+
+
 # --- end to end -------------------------------------------------------------------------------------
 
 

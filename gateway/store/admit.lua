@@ -71,6 +71,8 @@ if hold > 0 then  -- a second admit of one generation id adds to its hold
 end
 if ARGV[7] ~= '' then
   redis.call('ZADD', KEYS[4], now + tonumber(ARGV[3]), ARGV[1])
-  redis.call('PEXPIRE', KEYS[4], ARGV[3])
+  -- the set lives as long as its latest slot (not this one's TTL: an earlier stream may have a longer one)
+  local latest = redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')
+  redis.call('PEXPIREAT', KEYS[4], num(tonumber(latest[2])))
 end
 return answer('ok')
