@@ -205,7 +205,8 @@ async def _call(request: web.Request, route: Route, op: Endpoint, exchange: Exch
             outcome.status = request[LOG]["upstream_status"] = resp.status
             log.warning("upstream refused", provider=route.provider_name, status=resp.status,
                         upstream_message=err.message[:500])
-            raise map_upstream_error(err, route.provider_name, byok, scrub, resp.headers.get("Retry-After"))
+            raise map_upstream_error(err, route.provider_name, byok, scrub,
+                                   resp.headers.get("Retry-After") or err.retry_after)
         if ticket.streamed:
             if resp.content_type == "text/html":  # nothing went out yet: a proper status, not a broken stream
                 raise await html_for_stream(resp, route.provider_name, t.between_chunks_s, scrub)

@@ -9,7 +9,8 @@ Decisions where the formats differ:
   `ProviderError`.
 - images, audio and files must be base64 data: URIs (the gateway inlines https image URLs first).
 - tool schemas within the OpenAPI subset of Gemini's `Schema` go as `parameters`, others (strict OpenAI tools:
-  `additionalProperties`, type lists, `$ref`) as `parametersJsonSchema`; the same for `responseSchema`.
+  `additionalProperties`, type lists, `$ref`, an `enum` of anything but strings) as `parametersJsonSchema`;
+  the same for `responseSchema`.
 - `reasoning_effort` / `reasoning` become `generationConfig.thinkingConfig` (see `gemini_request`), with
   `includeThoughts` so that the thought summaries come back; thought parts become `reasoning_content`;
   code execution, grounding and image output are dropped. Calls get ids `call_` + 24 random hex digits
@@ -22,6 +23,8 @@ Decisions where the formats differ:
   `refusal` naming the block reason, finish_reason `content_filter`.
 - usage: prompt = promptTokenCount + toolUsePromptTokenCount (billed as input; the total is then Gemini's
   totalTokenCount), completion = candidatesTokenCount + thoughtsTokenCount.
+- errors: a `google.rpc.RetryInfo` detail's `retryDelay` (Gemini sends no `Retry-After` header) becomes
+  the error's `retry_after`.
 - streams have no [DONE]: the chunk with a finishReason (only the last one has it) ends the answer with a
   finish chunk, a usage chunk when usage was reported, and `done`.
 
@@ -30,6 +33,8 @@ Pure and synchronous: no I/O, no aiohttp.
 
 from __future__ import annotations
 
+import math
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -69,6 +74,7 @@ _FINISH_REASONS = {"MAX_TOKENS": "length", **dict.fromkeys((
 _ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 _KEY_REFUSED = frozenset({"API_KEY_INVALID", "API_KEY_SERVICE_BLOCKED", "API_KEY_HTTP_REFERRER_BLOCKED"})
 _HTTP_STATUSES = frozenset(int(status) for status in HTTPStatus)
+_DURATION = re.compile(r"(\d{1,9}(?:\.\d{0,9})?)s")  # google.protobuf.Duration in JSON, not negative
 
 
 # -- request ---------------------------------------------------------------------------------------
@@ -210,12 +216,23 @@ def _status_error(error: Any, status: int) -> UpstreamHTTPError:
     error = error if isinstance(error, dict) else {"message": str(error)}
     reason = HTTPStatus(status).phrase if status in _HTTP_STATUSES else f"HTTP {status}"
     type_ = "server_error" if status >= 500 else _ERROR_TYPES.get(status, "invalid_request_error")
-    details = error.get("details")
-    refused = isinstance(details, list) and any(isinstance(d, dict) and d.get("reason") in _KEY_REFUSED
-                                                for d in details)  # Gemini refuses a key with a 400
+    details = error.get("details") if isinstance(error.get("details"), list) else []
+    refused = any(isinstance(d, dict) and d.get("reason") in _KEY_REFUSED
+                  for d in details)  # Gemini refuses a key with a 400
     return UpstreamHTTPError(status, str(error.get("message") or "") or reason, type_=type_,
                              code=str(error["status"]) if error.get("status") else None,
-                             retryable=status == 429 or status >= 500, key_refused=refused)
+                             retryable=status == 429 or status >= 500, key_refused=refused,
+                             retry_after=_retry_delay(details))
+
+
+def _retry_delay(details: list[Any]) -> str | None:
+    """A `google.rpc.RetryInfo` detail's `retryDelay` (a protobuf Duration, "38s" or "45.837906927s") as
+    `Retry-After` seconds, rounded up: Gemini states its wait there and sends no `Retry-After` header."""
+    for detail in details:
+        delay = detail.get("retryDelay") if isinstance(detail, dict) else None
+        if isinstance(delay, str) and (match := _DURATION.fullmatch(delay.strip())):
+            return str(math.ceil(float(match.group(1))))
+    return None
 
 
 # -- stream ----------------------------------------------------------------------------------------

@@ -203,9 +203,11 @@ def _fits_gemini_schema(schema: Any) -> bool:
     """Whether a JSON Schema stays inside the OpenAPI subset of Gemini's `Schema` message."""
     if not isinstance(schema, dict) or not set(schema) <= _SCHEMA_KEYS or not isinstance(schema.get("type", ""), str):
         return False
-    properties, any_of = schema.get("properties", {}), schema.get("anyOf", [])
+    properties, any_of, enum = schema.get("properties", {}), schema.get("anyOf", []), schema.get("enum", [])
     if not isinstance(properties, dict) or not isinstance(any_of, list):
         return False
+    if not isinstance(enum, list) or not all(isinstance(value, str) for value in enum):
+        return False  # `Schema.enum` holds strings only: Gemini refuses 1, true or null there with a 400
     children = [*properties.values(), *any_of, *([schema["items"]] if "items" in schema else [])]
     return all(_fits_gemini_schema(child) for child in children)
 

@@ -239,11 +239,13 @@ class UpstreamHTTPError(ProviderError):
     """A non-2xx upstream answer, parsed from the provider's error shape.
 
     `message` is the upstream's own text; the gateway scrubs secrets from it before a client sees it.
-    `retryable` marks overload/5xx/429 answers a fallback may retry elsewhere.
+    `retryable` marks overload/5xx/429 answers a fallback may retry elsewhere. `retry_after` is a wait (in
+    seconds, as a `Retry-After` value) the upstream stated in its body rather than in that header (Gemini).
     """
 
     def __init__(self, status: int, message: str, type_: str = "upstream_error", code: str | None = None,
-                 param: str | None = None, retryable: bool = False, key_refused: bool = False) -> None:
+                 param: str | None = None, retryable: bool = False, key_refused: bool = False,
+                 retry_after: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.key_refused = key_refused or status in (401, 403)  # the provider refused the key sent
@@ -252,6 +254,7 @@ class UpstreamHTTPError(ProviderError):
         self.code = code
         self.param = param
         self.retryable = retryable
+        self.retry_after = retry_after
 
 
 def images_follow(text: str, count: int, where: str) -> str:

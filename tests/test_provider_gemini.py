@@ -437,6 +437,28 @@ def test_parse_error_other_bodies(status: int, body: bytes, message: str, code: 
     assert (err.status, err.message, err.code, err.retryable) == (status, message, code, retryable)
 
 
+def retry_info_body(*details: Any) -> bytes:
+    return orjson.dumps({"error": {"code": 429, "message": "Quota exceeded.", "status": "RESOURCE_EXHAUSTED",
+                                   "details": list(details)}})
+
+
+@pytest.mark.parametrize(("details", "retry_after"), [
+    ([{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "38s"}], "38"),
+    ([{"@type": "type.googleapis.com/google.rpc.Help", "links": []},
+      {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "45.837906927s"}], "46"),
+    ([{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "0s"}], "0"),
+    ([{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "-3s"}], None),
+    ([{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": 38}], None),
+    ([{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "soon"}], None),
+    (["RetryInfo"], None),
+    ([], None),
+], ids=["whole", "fractional_after_help", "zero", "negative", "not_a_string", "garbage", "detail_not_object", "none"])
+def test_retry_info_becomes_retry_after(details: list[Any], retry_after: str | None) -> None:
+    """Gemini's 429 states its wait in a google.rpc.RetryInfo detail, not in a Retry-After header."""
+    err = gemini.parse_error(429, retry_info_body(*details))
+    assert (err.status, err.code, err.retryable, err.retry_after) == (429, "RESOURCE_EXHAUSTED", True, retry_after)
+
+
 def test_parse_error_truncates_text() -> None:
     assert gemini.parse_error(500, b"x" * 2000).message == "x" * 500
 
@@ -634,6 +656,36 @@ def test_build_request_body(body: dict[str, Any], expected: dict[str, Any]) -> N
     upstream = gemini.build_request(ChatRequest(body=body, stream=False), TARGET)
     assert body == original
     assert orjson.loads(upstream.body) == expected
+
+
+# Gemini's typed `Schema.enum` is a list of strings: an enum of numbers, booleans or null (a pydantic
+# `Literal[1, 2, 4]`, an `Optional[Literal[...]]`) sent there is refused with a 400 ("Invalid value at
+# 'tools.function_declarations[0].parameters.properties[0].value.enum[0]' (TYPE_STRING), 2"); the JSON Schema
+# fields (`parametersJsonSchema` / `responseJsonSchema`) take such enums as they are.
+NON_STRING_ENUMS = {
+    "integers": {"type": "object", "properties": {"size": {"type": "integer", "enum": [1, 2, 4]}}},
+    "nullable_strings": {"type": "object", "properties": {"unit": {"type": "string", "nullable": True,
+                                                                   "enum": ["c", "f", None]}}},
+    "booleans_in_items": {"type": "object", "properties": {"flags": {"type": "array", "items": {
+        "type": "boolean", "enum": [True]}}}},
+}
+
+
+@pytest.mark.parametrize("schema", NON_STRING_ENUMS.values(), ids=list(NON_STRING_ENUMS))
+def test_non_string_enums_go_as_json_schema(schema: dict[str, Any]) -> None:
+    body = {"messages": [user("q")], "tools": [function_tool("pick", "Pick one.", schema)],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}}
+    sent = orjson.loads(gemini.build_request(ChatRequest(body=body, stream=False), TARGET).body)
+    assert sent["tools"] == [{"functionDeclarations": [{"name": "pick", "description": "Pick one.",
+                                                        "parametersJsonSchema": schema}]}]
+    assert sent["generationConfig"] == {"responseMimeType": "application/json", "responseJsonSchema": schema}
+
+
+def test_string_enums_stay_in_gemini_schema() -> None:
+    schema = {"type": "object", "properties": {"unit": {"type": "string", "format": "enum", "enum": ["c", "f"]}}}
+    body = {"messages": [user("q")], "tools": [function_tool("pick", "Pick one.", schema)]}
+    sent = orjson.loads(gemini.build_request(ChatRequest(body=body, stream=False), TARGET).body)
+    assert sent["tools"][0]["functionDeclarations"][0]["parameters"] == schema
 
 
 def test_target_drop_applies_to_openai_fields() -> None:

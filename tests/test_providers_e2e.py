@@ -338,3 +338,25 @@ async def test_a_cut_claude_stream_is_billed_its_exact_input(api_gateway: Gatewa
     assert record["cancelled"] == "1" and record["estimated"] == "1", record
     assert int(record["tokens_prompt"]) == 11
     assert received and int(record["tokens_completion"]) >= billing.estimate_tokens(received)
+
+
+def gemini_quota_body(retry_delay: str) -> dict[str, Any]:
+    """Gemini's 429 as the Developer API sends it: no Retry-After header, the wait only in the body's
+    `google.rpc.RetryInfo` (a protobuf Duration, e.g. "38s" or "45.837906927s")."""
+    return {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED",
+                      "message": "You exceeded your current quota, please check your plan and billing details.",
+                      "details": [{"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [
+                          {"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                           "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"}]},
+                                  {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay}]}}
+
+
+async def test_gemini_quota_retry_delay_is_the_retry_after(gw: Gateway, all_upstreams: Upstreams) -> None:
+    """A 429 whose RetryInfo asks for 38 s (above `honor_retry_after_up_to_s`): no futile retry into the spent
+    window, and the client is told when to come back, as with any upstream's Retry-After."""
+    fake = all_upstreams.gemini
+    fake.status, fake.error_body = 429, gemini_quota_body("37.2s")
+    with pytest.raises(openai.RateLimitError) as info:
+        await gw.openai().chat.completions.create(model="google/flash", messages=MESSAGES)  # type: ignore[arg-type]
+    assert info.value.response.headers.get("Retry-After") == "38"
+    assert len(fake.requests) == 1  # the retry would have met the same spent quota
