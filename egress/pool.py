@@ -123,11 +123,11 @@ def _score(key: str, name: str) -> bytes:
 
 
 class Pool:
-    def __init__(self, spec: PoolSpec, states: list[ProxyState]) -> None:
+    def __init__(self, spec: PoolSpec, states: list[ProxyState], affinity: dict[str, str] | None = None) -> None:
         self.spec = spec
         self.states = states
         self._turn = itertools.count()
-        self._affinity: dict[str, str] = {}
+        self._affinity: dict[str, str] = {} if affinity is None else affinity
 
     def healthy(self, blocked: frozenset[str]) -> list[ProxyState]:
         return [s for s in self.states if s.up and (s.spec.region or "") not in blocked]
@@ -186,7 +186,8 @@ class Egress:
                 state.spec = proxy
                 self._states[ident] = state
                 states.append(state)
-            new_pools[spec.name] = Pool(spec, states)
+            before = self.pools.get(spec.name)  # a key moves only when its proxy is ejected, not at a reload
+            new_pools[spec.name] = Pool(spec, states, before._affinity if before is not None else None)
         self.pools = new_pools
         kept = {(pool, name) for pool, name, _url in self._states}
         for state in old.values():  # a proxy whose URL changed (a new password) keeps its series

@@ -61,7 +61,7 @@ class ProxySpec:
         """host:port as a URL writes it: an IPv6 address in brackets, so its own colons are not the port's."""
         parts = urlsplit(self.url)
         host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname
-        return f"{host}:{parts.port}"
+        return f"{host}:{parts.port or _default_port(parts.scheme)}"
 
     @property
     def scheme(self) -> str:
@@ -84,10 +84,13 @@ class _Parsed:
     tls: bool
 
 
+def _default_port(scheme: str) -> int:
+    return {"http": 8080, "https": 443}.get(scheme, 1080)
+
+
 def _parse(url: str) -> _Parsed:
     parts = urlsplit(url)
-    default_port = {"http": 8080, "https": 443}.get(parts.scheme, 1080)
-    return _Parsed(type=_TYPES[parts.scheme], host=parts.hostname or "", port=parts.port or default_port,
+    return _Parsed(type=_TYPES[parts.scheme], host=parts.hostname or "", port=parts.port or _default_port(parts.scheme),
                    username=unquote(parts.username) if parts.username else None,
                    password=unquote(parts.password) if parts.password else None,
                    rdns=parts.scheme not in LOCAL_DNS_SCHEMES, tls=parts.scheme == "https")

@@ -127,6 +127,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # a worker starts on the config its supervisor has in force; it reloads from the file, as its siblings do
     start = os.environ.get("GATEWAY_CONFIG_IN_FORCE") if args.worker else None
     config = _load(start or args.config)
+    started = os.environ.get("GATEWAY_CONFIG_AT_START") if args.worker else None
+    if started:  # what only a restart changes stays as the siblings started (a reload kept it for them)
+        config = config_mod.with_restart_settings(config, _load(started))
     if args.workers > 1:
         from gateway.supervisor import supervise
 

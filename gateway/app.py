@@ -82,7 +82,7 @@ def create_app(config: Config, config_path: str | None = None, extra_middlewares
     # aiohttp's own cap stays above ours so that our handler answers 413 in OpenAI's shape
     app = web.Application(middlewares=[request_context, require_key, require_admin, *extra_middlewares],
                           client_max_size=config.server.max_body_bytes + 1024)
-    app[RUNTIME] = Runtime(Snapshot.of(config), config_path, overrides)
+    app[RUNTIME] = Runtime(Snapshot.of(config), config_path, overrides, started=config)
     app.cleanup_ctx.append(_resources)
     app.on_response_prepare.append(add_response_headers)
     app.router.add_post("/v1/chat/completions", chat.chat_completions)
@@ -136,7 +136,8 @@ async def reload_config(app: web.Application) -> bool:
             if getattr(new.server, f) != getattr(old.server, f)}
     if side:
         log.warning("side listener addresses changed; they take effect at the next restart", fields=sorted(side))
-        new = new.model_copy(update={"server": new.server.model_copy(update=side)})
+    # the store, the listeners, the grace and a higher max_body_bytes (aiohttp's own limit) stay as started
+    new = config_mod.with_restart_settings(new, runtime.started or old)
     redactor.update([*old.secrets(), *new.secrets()])  # requests in flight still hold the old ones
     await runtime.egress.configure(_pools(new))
     runtime.snapshot = Snapshot.of(new)

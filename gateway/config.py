@@ -313,6 +313,19 @@ class Config(_Model):
         return [s for s in out if len(s) >= 4]
 
 
+# what only a restart changes (README "What a reload changes"); `max_body_bytes` may only go down
+RESTART_ONLY_SERVER = ("host", "port", "metrics_listen", "admin_listen", "shutdown_grace_s")
+
+
+def with_restart_settings(config: Config, started: Config) -> Config:
+    """`config` as a process started on `started` runs it after reloading it: the store, the listeners and
+    the shutdown grace stay `started`'s, and a `max_body_bytes` above `started`'s is `started`'s (aiohttp's
+    own limit, set at startup, answers 413 first)."""
+    server = {f: getattr(started.server, f) for f in RESTART_ONLY_SERVER}
+    server["max_body_bytes"] = min(config.server.max_body_bytes, started.server.max_body_bytes)
+    return config.model_copy(update={"store": started.store, "server": config.server.model_copy(update=server)})
+
+
 def to_nano(usd: float) -> int:
     """Dollars as written in YAML -> integer nano-dollars, exactly (1.1 stays 1_100_000_000)."""
     return int(Decimal(repr(usd)) * NANO)

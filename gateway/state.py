@@ -42,6 +42,7 @@ class Runtime:
     settlements: Settlements = field(default_factory=Settlements)
     key_cache: KeyCache = field(default_factory=KeyCache)
     guard: Guard = field(default_factory=Guard)  # retry budget and concurrency caps of this process
+    started: Config | None = None  # the config the process started on: what only a restart changes stays its
 
 
 RUNTIME = web.AppKey("runtime", Runtime)

@@ -46,8 +46,12 @@ class Supervisor:
         # not the file as it is now, which may be broken since (a refused reload) or edited and not reloaded
         self.config_path = config_path
         self.in_force = self.state_dir / "config.yaml"
-        self._keep(config_mod.read(config_path))
+        text = config_mod.read(config_path)
+        self._keep(text)
+        # ... on the store, listeners and grace the others started with, which a reload does not change
+        self._keep(text, self.state_dir / "started.yaml")
         self.env["GATEWAY_CONFIG_IN_FORCE"] = str(self.in_force)
+        self.env["GATEWAY_CONFIG_AT_START"] = str(self.state_dir / "started.yaml")
         self.workers: list[subprocess.Popen[bytes]] = []
         self.restarts: list[float] = []
         self.pending: list[int] = []  # signals received, handled by the main loop
@@ -82,12 +86,13 @@ class Supervisor:
                 time.sleep(1)
             self.workers[i] = self._spawn()
 
-    def _keep(self, text: str) -> None:
+    def _keep(self, text: str, path: Path | None = None) -> None:
         """The config text in force, for the workers started from now on (it may hold secrets: 0600)."""
-        part = self.in_force.with_suffix(".part")
+        path = path or self.in_force
+        part = path.with_suffix(".part")
         part.touch(mode=0o600)
         part.write_text(text, encoding="utf-8")
-        part.replace(self.in_force)
+        part.replace(path)
 
     def _accept(self) -> None:
         """On SIGHUP: the file is what replacements start on if the workers will accept it (they parse it the

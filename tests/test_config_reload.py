@@ -154,3 +154,24 @@ async def test_a_request_in_flight_finishes_on_the_config_it_started_with(
     assert b"event: billing_update" not in await started
     gw.fake.delay_before_headers_s = 0
     assert b"event: billing_update" in await stream()
+
+
+# --- a max_body_bytes above the start's takes a restart --------------------------------------------
+
+
+async def test_a_reload_raising_max_body_bytes_keeps_the_start_limit(
+        make_gateway: Any, fake_openai: tuple[Any, str], tmp_path: Path) -> None:
+    """README: a `max_body_bytes` above the one the process started with takes a restart (aiohttp's own limit,
+    set at startup, answers 413 first). No body above the start's limit is served after such a reload, and
+    the 413 names the limit in force, not the one the reload could not apply."""
+    gw = await make_gateway()  # max_body_bytes 65536
+    path = tmp_path / "gw.yaml"
+    path.write_text(gateway_config_text(fake_openai[1], max_body_bytes=200_000))
+    gw.app[RUNTIME].config_path = str(path)
+    assert await reload_config(gw.app) is True
+    for size in (65_536 + 500, 100_000):
+        body = {"model": "fake/gpt-4o", "messages": [{"role": "user", "content": "x" * size}]}
+        async with aiohttp.ClientSession() as http, http.post(gw.url + "/v1/chat/completions", json=body,
+                                                              headers=gw.auth()) as r:
+            assert r.status == 413, (size, r.status)
+            assert "limit of 65536 bytes" in (await r.json())["error"]["message"]

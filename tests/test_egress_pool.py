@@ -75,6 +75,21 @@ async def test_affinity_keeps_a_key_on_one_proxy_until_it_is_ejected(egress: Egr
     assert {k: names(egress, k)[0] for k in homes} == moved  # restoring p0 moves nobody back
 
 
+async def test_a_reload_moves_no_key_back(egress: Egress) -> None:
+    """A key moves only when its proxy is ejected: a reload that keeps the proxies (a price changed) must not
+    send the keys an ejection moved back to their first proxy, a second address for the provider to see."""
+    spec = await configure(egress)
+    homes = {f"key{i}": names(egress, f"key{i}")[0] for i in range(40)}
+    victim = egress.pools["eu"].states[0]
+    egress.eject(victim, spec.interval_s)
+    moved = {k: names(egress, k)[0] for k in homes}
+    egress.restore(victim)
+    await configure(egress)  # the same pool again, as a reload of an unrelated change makes it
+    assert {k: names(egress, k)[0] for k in homes} == moved
+    await configure(egress, proxies=PROXIES[1:])  # p0 removed: its keys had moved already, nobody else moves
+    assert {k: names(egress, k)[0] for k in homes} == moved
+
+
 async def test_passive_failures_eject_after_the_threshold(egress: Egress) -> None:
     await configure(egress, affinity=False, eject_after_failures=3)
     exit_ = next(e for e in egress.plan("eu") if e.name == "p2")
@@ -151,6 +166,13 @@ async def test_a_proxy_whose_password_rotates_keeps_its_up_series(egress: Egress
 def test_an_ipv6_proxy_host_is_written_in_brackets() -> None:
     assert ProxySpec("v6", "socks5h://u:secret-pw@[::1]:1080").host == "[::1]:1080"
     assert ProxySpec("v4", "socks5h://127.0.0.1:1080").host == "127.0.0.1:1080"
+
+
+def test_a_proxy_url_without_a_port_shows_the_port_it_is_reached_on() -> None:
+    """/admin/egress shows each proxy's host: the port the gateway connects to, never 'None'."""
+    assert ProxySpec("s", "socks5h://u:secret-pw@10.0.0.1").host == "10.0.0.1:1080"
+    assert ProxySpec("h", "http://10.0.0.2").host == "10.0.0.2:8080"
+    assert ProxySpec("t", "https://[::1]").host == "[::1]:443"
 
 
 async def test_snapshot_names_hosts_never_credentials(egress: Egress) -> None:

@@ -379,3 +379,39 @@ async def test_a_replacement_worker_starts_on_the_config_in_force(redis_config: 
         assert any(e["pid"] == replacement and e["event"] == "ready" for e in gw.log()), gw.stdout()[-2000:]
         assert len({e["pid"] for e in gw.log() if e["event"] == "worker started"}) == 3  # no further restart
         assert gw.stop() == 0, gw.stdout()[-2000:]
+
+
+async def test_a_replacement_worker_keeps_the_store_its_siblings_run(redis_config: tuple[Path, str],
+                                                                    redis_url: str) -> None:
+    """`store.*` takes effect at a restart only: a reload keeps the old store. A dead worker's replacement
+    starts on the config the last reload accepted, and must run the store its siblings run, not the one the
+    reload could not apply, or every request it takes gets a 401 (its keys and balances are elsewhere)."""
+    path, prefix = redis_config
+    plain, _ = await funded_key(redis_url, prefix)
+    gw = GatewayProcess(path)
+    gw.extra_args = ["--workers", "2"]
+    with gw:
+        for _ in range(150):
+            if len({e["pid"] for e in gw.log() if e["event"] == "ready"}) == 2:
+                break
+            await asyncio.sleep(0.1)
+        path.write_text(path.read_text().replace(prefix, f"other{uuid.uuid4().hex}:"))
+        gw.signal(signal.SIGHUP)
+        for _ in range(150):
+            if len([e for e in gw.log() if e["event"] == "config reloaded"]) == 2:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the workers did not reload")
+        _, replacement = await kill_a_worker(gw)
+        for _ in range(150):
+            if any(e["pid"] == replacement and e["event"] == "ready" for e in gw.log()):
+                break
+            await asyncio.sleep(0.1)
+        statuses = []
+        for _ in range(30):  # a new connection each time, so the kernel spreads them over both workers
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http, \
+                    http.get(gw.url + "/v1/credits", headers={"Authorization": f"Bearer {plain}"}) as r:
+                statuses.append(r.status)
+        assert statuses == [200] * 30, statuses
+        assert gw.stop() == 0, gw.stdout()[-2000:]
