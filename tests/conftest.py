@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import anthropic
 import pytest
 import secret_audit_plugin
 from apis_config import Upstreams, config_doc
@@ -166,6 +167,14 @@ async def api_gateway(request: pytest.FixtureRequest, aiohttp_server: Any,
     gateway.extra["doc"] = doc
     yield gateway
     await gateway.close()
+
+
+@pytest.fixture
+async def claude(api_gateway: Gateway) -> AsyncIterator[anthropic.AsyncAnthropic]:
+    """The official anthropic SDK on `api_gateway` (no retries of its own)."""
+    client = anthropic.AsyncAnthropic(base_url=api_gateway.url, api_key=api_gateway.key, max_retries=0)
+    yield client
+    await client.close()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ for an hour (`cache_control: {"type": "ephemeral", "ttl": "1h"}`) at twice the i
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
@@ -23,13 +22,6 @@ CACHED_USAGE = {"input_tokens": 12, "cache_read_input_tokens": 2000, "cache_crea
 PROMPT_COST = 12 * 3_000 + 2000 * 300 + 100 * 3_750 + 200 * 6_000
 CREATE_COST = PROMPT_COST + 25 * 15_000  # sdk-messages-end-turn.response.json: 25 output tokens
 STREAM_COST = PROMPT_COST + 6 * 15_000  # sdk-stream-basic.sse: 6 output tokens
-
-
-@pytest.fixture
-async def claude(api_gateway: Gateway) -> AsyncIterator[anthropic.AsyncAnthropic]:
-    client = anthropic.AsyncAnthropic(base_url=api_gateway.url, api_key=api_gateway.key, max_retries=0)
-    yield client
-    await client.close()
 
 
 @pytest.fixture

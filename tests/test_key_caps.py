@@ -67,15 +67,20 @@ async def test_a_refused_stream_counts_nothing(store: Store) -> None:
     assert allowed.requests is not None and allowed.requests.remaining == 999  # the refusal was not counted
 
 
+async def _past_a_second(clock: FakeClock | None) -> None:
+    """Past a 1 s TTL: the memory store's clock moved, or Redis's own (TIME inside the script) waited for."""
+    if clock is not None:
+        clock.now += 1.5
+    else:
+        await asyncio.sleep(1.1)
+
+
 async def test_a_slot_left_open_frees_itself_at_its_ttl(clocked_store: tuple[Store, FakeClock | None]) -> None:
     store, clock = clocked_store
     a = await _funded(store, "a")
     assert (await store.admit(_stream(a, "dead-process", 1, ttl_s=1))).outcome == "ok"
     assert (await store.admit(_stream(a, "s2", 1, ttl_s=1))).outcome == "streams"
-    if clock is not None:
-        clock.now += 1.5
-    else:
-        await asyncio.sleep(1.1)  # Redis's own clock (TIME inside the script) has to pass the expiry
+    await _past_a_second(clock)
     assert (await store.admit(_stream(a, "s2", 1, ttl_s=1))).outcome == "ok"
 
 
@@ -88,10 +93,7 @@ async def test_a_shorter_streams_ttl_does_not_free_the_longer_open_slots(
     a = await _funded(store, "a")
     assert (await store.admit(_stream(a, "long", 2, ttl_s=600))).outcome == "ok"
     assert (await store.admit(_stream(a, "short", 2, ttl_s=1))).outcome == "ok"
-    if clock is not None:
-        clock.now += 1.5
-    else:
-        await asyncio.sleep(1.1)
+    await _past_a_second(clock)
     assert (await store.admit(_stream(a, "next", 2, ttl_s=600))).outcome == "ok"  # the short slot freed
     assert (await store.admit(_stream(a, "over", 2, ttl_s=600))).outcome == "streams"  # long + next open
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
@@ -22,13 +21,6 @@ from gateway.billing import IMAGE_TOKENS
 PIXELS = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 90).decode()  # ~31 kB of base64
 IMAGE = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PIXELS}}
 CLAUDE_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
-
-
-@pytest.fixture
-async def claude(api_gateway: Gateway) -> AsyncIterator[anthropic.AsyncAnthropic]:
-    client = anthropic.AsyncAnthropic(base_url=api_gateway.url, api_key=api_gateway.key, max_retries=0)
-    yield client
-    await client.close()
 
 
 def _screenshot_turns(result: list[dict[str, Any]]) -> list[Any]:

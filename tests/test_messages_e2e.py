@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -53,13 +52,6 @@ def _openai_stream_text() -> str:
             for choice in json.loads(data)["choices"]:
                 text += choice["delta"].get("content") or ""
     return text
-
-
-@pytest.fixture
-async def claude(api_gateway: Gateway) -> AsyncIterator[anthropic.AsyncAnthropic]:
-    client = anthropic.AsyncAnthropic(base_url=api_gateway.url, api_key=api_gateway.key, max_retries=0)
-    yield client
-    await client.close()
 
 
 # -- native pass-through ---------------------------------------------------------------------------

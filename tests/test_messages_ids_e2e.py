@@ -21,13 +21,6 @@ from gateway.config import parse
 MESSAGES: list[Any] = [{"role": "user", "content": "Hello"}]
 
 
-@pytest.fixture
-async def claude(api_gateway: Gateway) -> AsyncIterator[anthropic.AsyncAnthropic]:
-    client = anthropic.AsyncAnthropic(base_url=api_gateway.url, api_key=api_gateway.key, max_retries=0)
-    yield client
-    await client.close()
-
-
 # -- request-id ----------------------------------------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ import signal
 import socket
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -351,6 +351,28 @@ async def test_startup_says_why_the_store_does_not_answer_and_keeps_its_password
         assert wrong not in gw.stdout() + gw.stderr()
 
 
+async def logged(gw: GatewayProcess, seen: Callable[[list[dict[str, Any]]], bool], seconds: float = 15) -> bool:
+    """Whether the gateway's log shows what `seen` looks for within `seconds`."""
+    for _ in range(int(seconds * 10)):
+        if seen(gw.log()):
+            return True
+        await asyncio.sleep(0.1)
+    return seen(gw.log())
+
+
+async def replaced_after_reload(gw: GatewayProcess, path: Path, text: str, outcome: str) -> int:
+    """Both workers ready, the config file rewritten to `text` and reloaded (each worker logging `outcome`),
+    then a worker killed: the pid of its replacement, once it is ready."""
+    assert await logged(gw, lambda log: len({e["pid"] for e in log if e["event"] == "ready"}) == 2)
+    path.write_text(text)
+    gw.signal(signal.SIGHUP)
+    assert await logged(gw, lambda log: len([e for e in log if e["event"] == outcome]) == 2), outcome
+    _, replacement = await kill_a_worker(gw)
+    assert await logged(gw, lambda log: any(e["pid"] == replacement and e["event"] == "ready" for e in log)), \
+        gw.stdout()[-2000:]
+    return replacement
+
+
 async def test_a_replacement_worker_starts_on_the_config_in_force(redis_config: tuple[Path, str]) -> None:
     """A dead worker's replacement runs what its siblings run, the config the last reload accepted, not what
     the file holds now: a file broken since (its reload refused) made every replacement die at start, for
@@ -359,24 +381,8 @@ async def test_a_replacement_worker_starts_on_the_config_in_force(redis_config: 
     gw = GatewayProcess(path)
     gw.extra_args = ["--workers", "2"]
     with gw:
-        for _ in range(150):
-            if len({e["pid"] for e in gw.log() if e["event"] == "ready"}) == 2:
-                break
-            await asyncio.sleep(0.1)
-        path.write_text(path.read_text() + "\nserver: [unclosed\n")
-        gw.signal(signal.SIGHUP)
-        for _ in range(150):
-            if len([e for e in gw.log() if e["event"] == "config reload failed; keeping the old config"]) == 2:
-                break
-            await asyncio.sleep(0.1)
-        else:
-            raise AssertionError("the workers did not refuse the broken file")
-        _, replacement = await kill_a_worker(gw)
-        for _ in range(150):
-            if any(e["pid"] == replacement and e["event"] == "ready" for e in gw.log()):
-                break
-            await asyncio.sleep(0.1)
-        assert any(e["pid"] == replacement and e["event"] == "ready" for e in gw.log()), gw.stdout()[-2000:]
+        await replaced_after_reload(gw, path, path.read_text() + "\nserver: [unclosed\n",
+                                    "config reload failed; keeping the old config")
         assert len({e["pid"] for e in gw.log() if e["event"] == "worker started"}) == 3  # no further restart
         assert gw.stop() == 0, gw.stdout()[-2000:]
 
@@ -391,23 +397,8 @@ async def test_a_replacement_worker_keeps_the_store_its_siblings_run(redis_confi
     gw = GatewayProcess(path)
     gw.extra_args = ["--workers", "2"]
     with gw:
-        for _ in range(150):
-            if len({e["pid"] for e in gw.log() if e["event"] == "ready"}) == 2:
-                break
-            await asyncio.sleep(0.1)
-        path.write_text(path.read_text().replace(prefix, f"other{uuid.uuid4().hex}:"))
-        gw.signal(signal.SIGHUP)
-        for _ in range(150):
-            if len([e for e in gw.log() if e["event"] == "config reloaded"]) == 2:
-                break
-            await asyncio.sleep(0.1)
-        else:
-            raise AssertionError("the workers did not reload")
-        _, replacement = await kill_a_worker(gw)
-        for _ in range(150):
-            if any(e["pid"] == replacement and e["event"] == "ready" for e in gw.log()):
-                break
-            await asyncio.sleep(0.1)
+        await replaced_after_reload(gw, path, path.read_text().replace(prefix, f"other{uuid.uuid4().hex}:"),
+                                    "config reloaded")
         statuses = []
         for _ in range(30):  # a new connection each time, so the kernel spreads them over both workers
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http, \

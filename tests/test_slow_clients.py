@@ -201,19 +201,27 @@ async def test_a_client_gone_while_the_upstream_thinks_is_a_499_not_a_crash(prod
     cancelled, the upstream closed), not an unhandled error with a traceback and a 500 counted against the
     gateway (aiohttp's server does not cancel a handler whose client left; the test server does)."""
     gateway = await production()
+    line = await hung_up_before_headers(gateway, {"model": "fake/gpt-4o", "messages": MESSAGES, "stream": True},
+                                        log_lines)
+    await settled_key(gateway, gateway.key_id)
+    record = await gateway.app[RUNTIME].store.get_generation(gateway.key_id, line["generation_id"])
+    assert record is not None and record["status"] == "499" and record["cancelled"] == "1", record
+    assert active_streams() == 0
+
+
+async def hung_up_before_headers(gateway: Any, body: dict[str, Any], log_lines: Any) -> dict[str, Any]:
+    """`body` sent by a client that hangs up while the upstream has not answered yet (1 s): the request's
+    access line, after checking it says 499 and nothing was logged as an error."""
     gateway.fake.delay_before_headers_s = 1.0
     _reader, writer = await raw_client(gateway)
-    writer.write(request_bytes(gateway, {"model": "fake/gpt-4o", "messages": MESSAGES, "stream": True}))
+    writer.write(request_bytes(gateway, body))
     await asyncio.sleep(0.3)
     writer.close()
     lines = await request_logged(log_lines)
     assert not [line for line in lines if line.get("level") == "error"], lines
     [line] = [line for line in lines if line.get("event") == "request"]
     assert line["status"] == 499, line
-    await settled_key(gateway, gateway.key_id)
-    record = await gateway.app[RUNTIME].store.get_generation(gateway.key_id, line["generation_id"])
-    assert record is not None and record["status"] == "499" and record["cancelled"] == "1", record
-    assert active_streams() == 0
+    return line
 
 
 async def request_logged(log_lines: Any, timeout_s: float = 5) -> list[dict[str, Any]]:
@@ -255,12 +263,4 @@ async def test_an_answer_its_client_never_got_is_logged_499(production: Any, log
     connection. The access line (and the request metrics) say 499, as for a stream whose client left,
     not 200 for an answer nobody received."""
     gateway = await production()
-    gateway.fake.delay_before_headers_s = 1.0
-    _reader, writer = await raw_client(gateway)
-    writer.write(request_bytes(gateway, {"model": "fake/gpt-4o", "messages": MESSAGES}))
-    await asyncio.sleep(0.3)
-    writer.close()
-    lines = await request_logged(log_lines)
-    assert not [line for line in lines if line.get("level") == "error"], lines
-    [line] = [line for line in lines if line.get("event") == "request"]
-    assert line["status"] == 499, line
+    await hung_up_before_headers(gateway, {"model": "fake/gpt-4o", "messages": MESSAGES}, log_lines)
