@@ -167,8 +167,9 @@ class Bill:
 
 
 # Money figures an upstream's `usage` may carry about the operator's own account (OpenRouter: the price
-# it charged, its upstream's, whether the operator's key was used): never the client's business.
-UPSTREAM_MONEY = ("cost_details", "is_byok")
+# it charged, its upstream's, whether the operator's key was used; xAI: its price in 1e-10 USD "ticks"):
+# never the client's business.
+UPSTREAM_MONEY = ("cost_details", "is_byok", "cost_in_usd_ticks")
 
 
 def restate_usage(usage: dict[str, Any], block: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ from gateway.errors import InvalidRequest
 from gateway.streaming import ChunkCodec, StreamCodec, message_bytes, strip_reasoning
 from providers import openai, passthrough, reasoning, registry
 from providers.registry import Adapter
-from providers.types import JSON, ChatRequest, StreamState, Target, UpstreamHTTPError, UpstreamRequest, Usage
+from providers.types import JSON, ChatRequest, Target, UpstreamHTTPError, UpstreamRequest, Usage
 
 
 @dataclass(slots=True)
@@ -148,8 +148,8 @@ class PassthroughExchange:
         return openai.parse_error(status, raw)
 
     def codec(self, body: JSON, target: Target, generation_id: str, wants_usage: bool) -> StreamCodec:
-        return ChunkCodec(registry.get("openai"), StreamState(public_model=target.public_model), generation_id,
-                          wants_usage)
+        return ChunkCodec(registry.get("openai"), openai.new_stream_state(ChatRequest(body=body, stream=True), target),
+                          generation_id, wants_usage)
 
 
 def openai_present(reply: Reply, bill: Bill, generation_id: str) -> JSON:

@@ -263,8 +263,9 @@ async def _relay_stream(request: web.Request, resp: aiohttp.ClientResponse, code
                 if guess.completion_tokens > state.usage.completion_tokens:
                     outcome.usage = dataclasses.replace(state.usage, completion_tokens=guess.completion_tokens)
                     outcome.estimated = True
-        elif relayed.text_bytes or status == 499:  # a client that left before any text still had its
-            # prompt read by an upstream that had accepted it (a reasoning model may think for minutes)
+        elif relayed.text_bytes or status in (200, 499):  # a client that left before any text still had its
+            # prompt read by an upstream that had accepted it (a reasoning model may think for minutes), and so
+            # had one whose answer came whole but empty (a non-streamed answer is billed its prompt too)
             outcome.usage, outcome.estimated = op.estimate(body, relayed.text_bytes), True
 
     metrics.ACTIVE_STREAMS.inc()

@@ -183,6 +183,13 @@ class ChunkCodec:
             if self.hide_reasoning and _hide_reasoning(chunk):
                 continue
             if _is_tail(chunk):
+                if chunk.get("choices") and (usage := chunk.get("usage")).__class__ is dict:
+                    # usage on the finish chunk (DeepSeek's last one): it rides its own `choices: []` chunk, as
+                    # OpenAI sends it, once, and only to a client that asked for it
+                    del chunk["usage"]
+                    if self.wants_usage:
+                        self.held += [chunk, {**chunk, "choices": [], "usage": usage}]
+                        continue
                 if chunk.get("choices") or self.wants_usage:
                     self.held.append(chunk)
                 continue

@@ -16,6 +16,7 @@ Pure and synchronous: no I/O, no aiohttp.
 from __future__ import annotations
 
 import math
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -50,6 +51,10 @@ MAX_CHOICES = 128  # `n`: OpenAI's documented maximum, billed in one usage block
 _FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
 _FINISH_REASON_MAP = {"eos": "stop", "eos_token": "stop", "error": "stop"}  # finish-reason-map.json
 _NOT_RETRYABLE_CODES = frozenset({"insufficient_quota"})  # a 429 that no retry will fix
+_CONTENT_BLOCK_METADATA = frozenset({"reasons", "flagged_input", "patterns"})  # OpenRouter's, on a 403
+# xAI refuses a key with a 400, `{"code": "Client specified an invalid argument", "error": "Incorrect API key
+# provided: xa***ab. ..."}` (older answers URL-encoded the text): the key was refused, as a 401 says elsewhere
+_BAD_KEY = re.compile(r"Incorrect(?: |%20)API(?: |%20)key\b")
 
 
 def max_output_tokens(body: JSON, target: Target) -> int | None:
@@ -134,7 +139,11 @@ def _finish_reason(value: Any, tool_calls: bool) -> str:
 
 
 def usage_from(raw: Any) -> Usage:
-    """`Usage` from an OpenAI-shaped `usage` object (absent or null -> `reported=False`)."""
+    """`Usage` from an OpenAI-shaped `usage` object (absent or null -> `reported=False`).
+
+    OpenAI counts reasoning inside `completion_tokens`; xAI (and Gemini's OpenAI-compatible endpoint) count it
+    beside them, in `total_tokens` only (prompt + completion + reasoning). Such a usage object is restated in
+    place the OpenAI way (its `completion_tokens` include the reasoning), which is also what is billed."""
     if not isinstance(raw, dict):
         return Usage()
     prompt_details = raw.get("prompt_tokens_details") or {}
@@ -142,12 +151,17 @@ def usage_from(raw: Any) -> Usage:
     cached = prompt_details.get("cached_tokens")
     if cached is None:
         cached = raw.get("prompt_cache_hit_tokens")  # DeepSeek
+    prompt, completion = _int(raw.get("prompt_tokens")), _int(raw.get("completion_tokens"))
+    reasoning = _int(completion_details.get("reasoning_tokens"))
+    if reasoning and _int(raw.get("total_tokens")) == prompt + completion + reasoning:  # reasoning beside output
+        completion += reasoning
+        raw["completion_tokens"] = completion
     return Usage(
-        prompt_tokens=_int(raw.get("prompt_tokens")),
-        completion_tokens=_int(raw.get("completion_tokens")),
+        prompt_tokens=prompt,
+        completion_tokens=completion,
         cached_tokens=_int(cached),
         cache_write_tokens=_int(prompt_details.get("cache_write_tokens")),  # OpenRouter
-        reasoning_tokens=_int(completion_details.get("reasoning_tokens")),
+        reasoning_tokens=reasoning,
         reported=True,
     )
 
@@ -179,14 +193,27 @@ def parse_error(status: int, body: bytes) -> UpstreamHTTPError:
     code = fields.get("code")
     code = None if code is None else str(code)
     retryable = (status == 429 or status >= 500) and code not in _NOT_RETRYABLE_CODES
-    return UpstreamHTTPError(
+    err = UpstreamHTTPError(
         status,
         message,
         type_=str(fields.get("type") or "upstream_error"),
         code=code,
         param=None if fields.get("param") is None else str(fields["param"]),
         retryable=retryable,
+        key_refused=status == 400 and _BAD_KEY.match(message) is not None,
     )
+    if status == 403 and _content_blocked(fields):
+        err.key_refused = False  # the request's content was refused, not the key it came with
+    return err
+
+
+def _content_blocked(fields: JSON) -> bool:
+    """OpenRouter's 403 for a prompt its moderation flagged (`metadata` with `reasons`, `flagged_input`) or a
+    guardrail blocked (`metadata.patterns`, "Request blocked: ..."): the client's request, not the key."""
+    metadata = fields.get("metadata")
+    if isinstance(metadata, dict) and not _CONTENT_BLOCK_METADATA.isdisjoint(metadata):
+        return True
+    return str(fields.get("message") or "").startswith("Request blocked")
 
 
 def _error_fields(data: JSON) -> JSON | None:
@@ -220,6 +247,7 @@ class OpenAIStreamState(StreamState):
     # (choice index, upstream tool-call index) -> (call id, index relayed): Ollama's /v1 sends every call of a
     # parallel set at index 0, each with its own id (ollama/ollama#15457), which clients would merge into one
     calls: dict[tuple[int, int], tuple[str, int]] = field(default_factory=dict)
+    legacy: bool = False  # a native /v1/completions stream: `text_completion` choices, no `delta`
 
 
 def new_stream_state(req: ChatRequest, target: Target) -> StreamState:
@@ -228,9 +256,11 @@ def new_stream_state(req: ChatRequest, target: Target) -> StreamState:
 
 def parse_stream_event(state: StreamState, event: SSEEvent) -> list[JSON]:
     """One upstream SSE event -> the `chat.completion.chunk` objects to relay (0 or 1)."""
-    if state.done or event.data.strip() == b"[DONE]":
-        state.done = True
+    if state.done:
         return []
+    if event.data.strip() == b"[DONE]":
+        state.done = True
+        return _finish_unfinished(state)
     chunk = load_object(event.data, "stream chunk")
     error = chunk.get("error")
     if error:
@@ -271,12 +301,33 @@ def _record_chunk(state: StreamState, chunk: JSON) -> None:
         state.usage = usage_from(chunk["usage"])
 
 
+def _finish_unfinished(state: StreamState) -> list[JSON]:
+    """At [DONE], the finish chunk a server left out (some end every choice with `finish_reason: null`): the
+    choices begun and never finished end as a non-streamed answer's would (`tool_calls` when they called a
+    tool, else `stop`), so the client still gets its finish chunk, which carries the bill."""
+    unfinished = sorted(state.choices_seen - state.choices_finished)
+    if not unfinished:
+        return []
+    legacy = isinstance(state, OpenAIStreamState) and state.legacy
+    called = {c for c, _ in state.calls} if isinstance(state, OpenAIStreamState) else set()
+    choices: list[JSON] = []
+    for i in unfinished:
+        reason = "tool_calls" if i in called else "stop"
+        choices.append({"text": "", "index": i, "logprobs": None, "finish_reason": reason} if legacy
+                       else {"index": i, "delta": {}, "logprobs": None, "finish_reason": reason})
+        state.choices_finished.add(i)
+        state.finish_reason = reason
+    return [{"object": "text_completion" if legacy else "chat.completion.chunk",
+             "created": state.created or int(time.time()), "model": state.public_model, "choices": choices}]
+
+
 def _plain_content_choice(choice: JSON) -> bool:
     """A choice as OpenAI itself sends it mid-stream: an `index`, a `delta` without tool calls, a null
     `finish_reason` and no `logprobs` to complete. Checked first because it is the per-chunk path."""
     delta = choice.get("delta")
     return (type(delta) is dict and "tool_calls" not in delta and choice.get("finish_reason", False) is None
-            and type(choice.get("index")) is int and choice.get("logprobs") is None)
+            and type(choice.get("index")) is int and choice.get("logprobs") is None
+            and delta.get("role", "") is not None)
 
 
 def _fill_chunk_choice(choice: JSON, position: int, state: StreamState) -> None:
@@ -284,18 +335,25 @@ def _fill_chunk_choice(choice: JSON, position: int, state: StreamState) -> None:
     streamed legacy `text_completion` choice (native /v1/completions) keeps its own shape: no `delta`."""
     _fill_index(choice, position)
     if "text" in choice and "delta" not in choice:
+        if isinstance(state, OpenAIStreamState):
+            state.legacy = True
         finish = choice.get("finish_reason")
         choice["finish_reason"] = None if finish is None else _finish_reason(finish, False)
         return
     delta = choice.get("delta")
     if not isinstance(delta, dict):
         delta = choice["delta"] = {}
+    if "role" in delta and delta["role"] is None:  # DeepSeek's finish chunk: the schema has no null role
+        del delta["role"]
     calls = delta.get("tool_calls")
     if isinstance(calls, list):
         for j, call in enumerate(calls):
             if isinstance(call, dict):
                 _fill_index(call, j)
                 _renumber(state, choice["index"], call)
+                fn = call.get("function")
+                if isinstance(fn, dict) and fn.get("arguments") is not None and not isinstance(fn["arguments"], str):
+                    fn["arguments"] = orjson.dumps(fn["arguments"]).decode()  # sent whole, as an object
     if "logprobs" in choice:
         _fill_logprobs(choice)
     finish = choice.get("finish_reason")
