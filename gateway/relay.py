@@ -196,7 +196,8 @@ def map_upstream_error(err: UpstreamHTTPError, provider: str, own_key: bool,
 
     A 401/403 on the operator's configured key is the operator's problem, not the client's: it becomes a
     502 naming the provider, so a client never believes its own gateway key was refused. So is a 402 on it
-    (the operator's account at the provider ran dry): a 503, never the client's own 402 `insufficient_quota`.
+    (the operator's account at the provider ran dry), as is OpenAI's 429 `insufficient_quota`: a 503, never the
+    client's own 402 `insufficient_quota`.
     """
     message = scrub(_unhtml(err.message)) or f"provider {provider} answered HTTP {err.status}"
     headers = {"Retry-After": retry_after} if retry_after and (err.status == 429 or err.status >= 500) else {}
@@ -207,7 +208,9 @@ def map_upstream_error(err: UpstreamHTTPError, provider: str, own_key: bool,
     if err.key_refused and not own_key:
         return UpstreamFailed(f"provider {provider} refused the gateway's configured credentials "
                               f"(HTTP {err.status}): {message}", code="upstream_auth_failed", retryable=False)
-    if err.status == 402 and not own_key:  # OpenRouter's "Insufficient credits", DeepSeek's "Insufficient Balance"
+    if (err.status == 402 or err.code == "insufficient_quota") and not own_key:
+        # OpenRouter's "Insufficient credits", DeepSeek's "Insufficient Balance", OpenAI's 429 quota (which the
+        # SDKs would retry as a rate limit, and whose code is the gateway's own for the client's balance)
         return Unavailable(f"provider {provider} refused the request: the gateway's account there has no "
                            f"credit left (HTTP 402): {message}", code="upstream_insufficient_credits",
                            retryable=False)
