@@ -146,8 +146,8 @@ def usage_from(raw: Any) -> Usage:
     place the OpenAI way (its `completion_tokens` include the reasoning), which is also what is billed."""
     if not isinstance(raw, dict):
         return Usage()
-    prompt_details = raw.get("prompt_tokens_details") or {}
-    completion_details = raw.get("completion_tokens_details") or {}
+    prompt_details = _details(raw.get("prompt_tokens_details"))
+    completion_details = _details(raw.get("completion_tokens_details"))
     cached = prompt_details.get("cached_tokens")
     if cached is None:
         cached = raw.get("prompt_cache_hit_tokens")  # DeepSeek
@@ -164,6 +164,11 @@ def usage_from(raw: Any) -> Usage:
         reasoning_tokens=reasoning,
         reported=True,
     )
+
+
+def _details(value: Any) -> JSON:
+    """A `*_tokens_details` object; anything else (null, a list a server sent) holds no counts."""
+    return value if value.__class__ is dict else {}
 
 
 def _int(value: Any) -> int:

@@ -603,3 +603,12 @@ def test_sparse_response_is_completed_to_openais_schema() -> None:
     (call,) = second["message"]["tool_calls"]
     assert (second["index"], second["finish_reason"], call["type"]) == (1, "tool_calls", "function")
     assert call["id"].startswith("call_") and json.loads(call["function"]["arguments"]) == {"a": 1}
+
+
+@pytest.mark.parametrize("details", [[1], "x", 5, True], ids=str)
+def test_usage_details_that_are_not_objects_hold_no_counts(details: Any) -> None:
+    """A server's `*_tokens_details` that is not an object (a list, a string) was read with `.get`: an
+    AttributeError, a 500 for a served answer. The counts beside it still count."""
+    usage = openai.usage_from({"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7,
+                               "prompt_tokens_details": details, "completion_tokens_details": details})
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.reasoning_tokens) == (3, 4, 0, 0)
