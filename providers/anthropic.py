@@ -252,6 +252,7 @@ def _reason(status: int) -> str:
 @dataclass(slots=True)
 class AnthropicStreamState(StreamState):
     tool_index: dict[Any, int] = field(default_factory=dict)  # content block index -> OpenAI tool_calls index
+    tool_args: set[Any] = field(default_factory=set)  # content block indexes of calls some arguments went out for
     stop_reason: str | None = None
     counts: dict[str, int] = field(default_factory=dict)  # Anthropic's token counts so far
     answer_block: Any = None  # content block index of the response_format tool's call, once it started
@@ -293,6 +294,8 @@ def _block_start(state: AnthropicStreamState, data: JSON) -> list[JSON]:
     if kind == "tool_use":
         index = state.tool_index[data.get("index")] = len(state.tool_index)
         args = orjson.dumps(block["input"]).decode() if block.get("input") else ""
+        if args:
+            state.tool_args.add(data.get("index"))
         call = {"index": index, "id": str(block.get("id")), "type": "function",
                 "function": {"name": str(block.get("name")), "arguments": args}}
         if state.signed:
@@ -322,17 +325,23 @@ def _block_delta(state: AnthropicStreamState, data: JSON) -> list[JSON]:
         return _answer_text(state, str(delta.get("partial_json") or ""))
     index = state.tool_index.get(data.get("index"))
     if kind == "input_json_delta" and delta.get("partial_json") and index is not None:
+        state.tool_args.add(data.get("index"))
         call = {"index": index, "function": {"arguments": delta["partial_json"]}}
         return [_chunk(state, {"tool_calls": [call]})]
     return []  # signature_delta, citations_delta, empty fragments, server tool input
 
 
 def _block_stop(state: AnthropicStreamState, data: JSON) -> list[JSON]:
-    """The end of a thinking block (kept for the next tool call) or of the response_format tool's call: `{}`
-    as content if its input came without fragments."""
+    """The end of a thinking block (kept for the next tool call), of a tool call or of the response_format
+    tool's call: `{}` as the arguments (as content) if its input came without fragments, as Claude streams a
+    call of a tool without parameters (OpenAI's arguments are JSON text, `{}` for no arguments)."""
     thinking = state.thinking.pop(data.get("index"), None)
     if thinking is not None:
         state.signed += _carried(thinking)
+    index = state.tool_index.get(data.get("index"))
+    if index is not None and data.get("index") not in state.tool_args:
+        state.tool_args.add(data.get("index"))
+        return [_chunk(state, {"tool_calls": [{"index": index, "function": {"arguments": "{}"}}]})]
     if state.answer_block is not None and data.get("index") == state.answer_block and not state.answer_sent:
         return _answer_text(state, "{}")
     return []

@@ -147,12 +147,14 @@ def forced_tool_answer(name: str, tool_input: dict[str, Any] | None) -> dict[str
 
 def forced_tool_events(name: str, tool_input: dict[str, Any] | None) -> list[bytes]:
     """`sdk-stream-tool-use.sse` as a forced call of `name`: its text block (index 0) left out, the tool block
-    renumbered to 0 and renamed; with `tool_input`, that JSON in three fragments instead of the recorded ones."""
+    renumbered to 0 and renamed; with `tool_input`, that JSON in three fragments instead of the recorded ones
+    (with `{}`, none: only the recorded empty fragment, as a call of a tool without parameters streams)."""
     out, fragments = [], None
     if tool_input is not None:
         text = json.dumps(tool_input)
         third = -(-len(text) // 3)
-        fragments = [text[i:i + third] for i in range(0, len(text), third)]
+        # an empty input streams as the API streams a call without arguments: the recorded "" fragment alone
+        fragments = [text[i:i + third] for i in range(0, len(text), third)] if tool_input else []
     for raw in recorded_events("sdk-stream-tool-use.sse"):
         head, _, data = raw.strip().partition(b"\ndata: ")
         event = json.loads(data)
