@@ -85,7 +85,8 @@ def _other_requests(models: list[str]) -> JSON:
             "max_tokens": _number(1, 2**31 - 1, integer=True), "n": _number(1, 128, integer=True),
             "temperature": _number(0, 2)}},
         "EmbeddingRequest": {"type": "object", "required": ["model", "input"], "properties": {
-            "model": model, "input": text_or_list, "encoding_format": {"enum": ["float", "base64"]}}},
+            "model": model, "input": text_or_list, "encoding_format": {"enum": ["float", "base64"]},
+            "dimensions": _number(1, 2**31 - 1, integer=True)}},
         "ModerationRequest": {"type": "object", "required": ["input"], "properties": {
             "model": model, "input": text_or_list}},
         "ImageRequest": {"type": "object", "required": ["prompt"], "properties": {

@@ -37,6 +37,10 @@ _NUMBERS: dict[str, tuple[float, float, bool]] = {
     "seed": (-(2**63), 2**63 - 1, True),
 }
 
+# legacy completions' (`max_tokens` may be 0 there: the endpoint checks it apart; `best_of` is theirs alone)
+COMPLETION_NUMBERS = {**{name: _NUMBERS[name] for name in ("temperature", "top_p", "presence_penalty",
+                                                            "frequency_penalty", "n")}, "best_of": (0, 20, True)}
+
 
 def check_chat(body: dict[str, Any], provider_key_header: str | None = None) -> None:
     """Refuse what no upstream would accept, naming the field, before the request costs anything."""
@@ -46,14 +50,19 @@ def check_chat(body: dict[str, Any], provider_key_header: str | None = None) -> 
                              code="invalid_value")
     for i, message in enumerate(body.get("messages") or ()):
         _check_message(message, i)
-    for name, bounds in _NUMBERS.items():
-        value = body.get(name)
-        if value is not None:
-            _check_number(value, name, *bounds)
+    check_numbers(body, _NUMBERS)
     for provider_key in (body.get("provider_api_key"), provider_key_header):
         if provider_key is not None:
             check_provider_key(provider_key)
     _check_reasoning(body)
+
+
+def check_numbers(body: dict[str, Any], numbers: dict[str, tuple[float, float, bool]]) -> None:
+    """Each field of `numbers` (name: lowest, highest, whole) that the body sets is of its type and range."""
+    for name, bounds in numbers.items():
+        value = body.get(name)
+        if value is not None:
+            _check_number(value, name, *bounds)
 
 
 def _check_reasoning(body: dict[str, Any]) -> None:

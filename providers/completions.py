@@ -2,7 +2,8 @@
 turn, the chat answer (or each stream chunk) becomes a `text_completion` object.
 
 - `prompt` (a string, or a list holding one string) -> one user message. Several prompts, token-id
-  prompts, `suffix`, `echo`, `logprobs` and `best_of` > 1 have no chat equivalent: `ProviderError`.
+  prompts, `suffix`, `echo`, `logprobs` and `best_of` > 1 have no chat equivalent: `Untranslatable`
+  naming the field.
 - `max_tokens` defaults to 16, the legacy endpoint's own default, so a request costs what it would at
   OpenAI; sampling fields that chat shares (`temperature`, `top_p`, `n`, `stop`, penalties, `seed`,
   `user`, `logit_bias`, `stream_options`) are kept.
@@ -16,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from providers.passthrough import completion_finish
-from providers.types import JSON, ProviderError
+from providers.types import JSON, Untranslatable
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 _SHARED = ("temperature", "top_p", "n", "stop", "presence_penalty", "frequency_penalty", "seed", "user",
@@ -28,10 +29,10 @@ def chat_body(body: JSON) -> JSON:
     """The chat request a legacy completion request stands for."""
     for name in _UNSUPPORTED:
         if body.get(name) not in (None, False):
-            raise ProviderError(f"'{name}' has no equivalent on chat models")
+            raise Untranslatable(f"'{name}' has no equivalent on chat models", param=name)
     best_of = body.get("best_of")
     if best_of not in (None, 1):
-        raise ProviderError("'best_of' has no equivalent on chat models")
+        raise Untranslatable("'best_of' has no equivalent on chat models", param="best_of")
     out: JSON = {"model": body.get("model"), "messages": [{"role": "user", "content": prompt_text(body.get("prompt"))}]}
     for name in _SHARED:
         if name in body:
@@ -47,7 +48,8 @@ def prompt_text(prompt: Any) -> str:
         prompt = prompt[0]
     if isinstance(prompt, str):
         return prompt
-    raise ProviderError("'prompt' must be one string for chat models (batches and token ids are not supported)")
+    raise Untranslatable("'prompt' must be one string for chat models (batches and token ids are not supported)",
+                         param="prompt")
 
 
 def completion_from_chat(answer: JSON) -> JSON:

@@ -8,9 +8,11 @@ ones (ai.google.dev, `BatchEmbedContentsRequest` / `BatchEmbedContentsResponse`)
     response  {"embeddings": [{"values": [float, ...]}, ...]}  (same order as the requests)
 
 OpenAI's `input` (a string or a list of strings) becomes one request per string; token-id inputs have no
-Gemini equivalent. `dimensions` -> `outputDimensionality`. `encoding_format: base64` (what the openai SDK
-asks for by default) is honoured: little-endian float32, base64, as OpenAI sends it. The answer reports
-no tokens unless a `usageMetadata.promptTokenCount` is present, so the gateway estimates them then.
+Gemini equivalent, and a batch takes at most `MAX_BATCH` requests (Google's 400 "at most 100 requests can
+be in one batch" otherwise): both are refused before anything is sent, naming `input`.
+`dimensions` -> `outputDimensionality`. `encoding_format: base64` (what the openai SDK asks for by default)
+is honoured: little-endian float32, base64, as OpenAI sends it. The answer reports no tokens
+unless a `usageMetadata.promptTokenCount` is present, so the gateway estimates them then.
 
 Pure and synchronous: no I/O, no aiohttp.
 """
@@ -23,14 +25,20 @@ from typing import Any
 
 import orjson
 
-from providers.types import JSON, ProviderError, Target, UpstreamRequest, Usage
+from providers.types import JSON, ProviderError, Target, Untranslatable, UpstreamRequest, Usage
+
+MAX_BATCH = 100  # batchEmbedContents' own bound on `requests`
 
 
 def embed_inputs(body: JSON) -> list[str]:
     value = body.get("input")
     texts = [value] if isinstance(value, str) else value
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-        raise ProviderError("'input' must be a string or a list of strings for Gemini embedding models")
+        raise Untranslatable("'input' must be a string or a list of strings for Gemini embedding models",
+                             param="input")
+    if len(texts) > MAX_BATCH:
+        raise Untranslatable(f"'input' holds {len(texts)} strings; Gemini embedding models take at most {MAX_BATCH} "
+                             "a request", param="input")
     return texts
 
 

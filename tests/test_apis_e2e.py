@@ -385,3 +385,97 @@ async def test_native_completion_is_bounded_by_what_its_hold_counts(api_gateway:
                                             max_tokens=bad)  # type: ignore[arg-type]
         assert info.value.param == "max_tokens"
     assert len(fake.requests) == sent and await key_state(api_gateway) == before
+
+
+# -- what OpenAI refuses is refused alike, naming the field, before anything is held or sent ---------------
+
+
+async def _post(gateway: Gateway, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as http, http.post(gateway.url + path, json=body,
+                                                          headers=gateway.auth()) as r:
+        return r.status, await r.json()
+
+
+async def test_gemini_embeddings_refuse_what_openai_refuses(api_gateway: Gateway) -> None:
+    """`dimensions` and `encoding_format` OpenAI answers 400 to: the Gemini translation ignored them and
+    answered 200 (8 dimensions for `"4"`, an empty vector for -3, floats for `"bogus"`)."""
+    gemini = api_gateway.extra["upstreams"].gemini
+    before = await key_state(api_gateway)
+    for field, bad in (("dimensions", 0), ("dimensions", "4"), ("dimensions", -3), ("dimensions", True),
+                       ("encoding_format", "bogus"), ("encoding_format", 1)):
+        status, answer = await _post(api_gateway, "/v1/embeddings",
+                                     {"model": "google/embedding", "input": "hello", field: bad})
+        assert status == 400, (field, bad, answer)
+        assert answer["error"]["param"] == field and answer["error"]["type"] == "invalid_request_error"
+    assert gemini.requests == [] and await key_state(api_gateway) == before
+    client = api_gateway.openai()  # what OpenAI takes still passes: null fields, both formats
+    status, answer = await _post(api_gateway, "/v1/embeddings", {"model": "google/embedding", "input": "hello",
+                                                                 "dimensions": None, "encoding_format": None})
+    assert status == 200 and len(answer["data"][0]["embedding"]) == 8
+    result = await client.embeddings.create(model="google/embedding", input="hello", dimensions=3)
+    assert result.data[0].embedding == pytest.approx(embedding_of("hello", 3), rel=1e-6)
+
+
+async def test_gemini_embeddings_token_ids_name_input(api_gateway: Gateway) -> None:
+    """Token ids (or a mix) have no Gemini form: a 400 `untranslatable` whose `param` names `input` (README)."""
+    gemini = api_gateway.extra["upstreams"].gemini
+    for bad in ([1, 2, 3], [[1, 2], [3]], ["a", 1]):
+        status, answer = await _post(api_gateway, "/v1/embeddings", {"model": "google/embedding", "input": bad})
+        assert status == 400, answer
+        assert answer["error"]["code"] == "untranslatable" and answer["error"]["param"] == "input"
+    assert gemini.requests == []
+
+
+async def test_gemini_embeddings_batch_beyond_100_refused_up_front(api_gateway: Gateway) -> None:
+    """batchEmbedContents takes at most 100 requests (OpenAI 2,048 inputs): a larger batch is the client's 400
+    naming `input`, before a hold or an upstream call, not Google's 400 relayed after one."""
+    gemini = api_gateway.extra["upstreams"].gemini
+    before = await key_state(api_gateway)
+    status, answer = await _post(api_gateway, "/v1/embeddings", {"model": "google/embedding", "input": ["x"] * 101})
+    assert status == 400, answer
+    assert answer["error"]["code"] == "untranslatable" and answer["error"]["param"] == "input"
+    assert "100" in answer["error"]["message"]
+    assert gemini.requests == [] and await key_state(api_gateway) == before
+    result = await api_gateway.openai().embeddings.create(model="google/embedding", input=["x"] * 100)
+    assert len(result.data) == 100 and len(gemini.requests) == 1
+
+
+async def test_translated_completion_refusals_name_the_field(api_gateway: Gateway) -> None:
+    """What chat cannot express is a 400 `untranslatable` whose `param` names the field (README)."""
+    for field, bad in (("echo", True), ("suffix", "!"), ("logprobs", 2), ("best_of", 3), ("prompt", ["a", "b"]),
+                       ("prompt", [1, 2, 3])):
+        body = {"model": "claude/sonnet", "prompt": PROMPT, field: bad}
+        status, answer = await _post(api_gateway, "/v1/completions", body)
+        assert status == 400 and answer["error"]["code"] == "untranslatable", answer
+        assert answer["error"]["param"] == field
+    assert api_gateway.extra["upstreams"].anthropic.requests == []
+
+
+async def test_completion_numbers_are_checked_like_chat(api_gateway: Gateway) -> None:
+    """`n` and `best_of` size a completion's hold: a string "20" counted as one choice while an upstream that
+    coerces it (vLLM) generates twenty. Wrong types and ranges are 400s naming the field, on every route."""
+    fake = api_gateway.extra["upstreams"].openai
+    before = await key_state(api_gateway)
+    for model in ("oai/gpt-3.5-turbo-instruct", "claude/sonnet"):
+        for field, bad, code in (("n", "20", "invalid_type"), ("n", 0, "invalid_value"), ("n", 129, "invalid_value"),
+                                 ("best_of", "3", "invalid_type"), ("best_of", 21, "invalid_value"),
+                                 ("temperature", 5, "invalid_value"), ("top_p", "1", "invalid_type")):
+            status, answer = await _post(api_gateway, "/v1/completions",
+                                         {"model": model, "prompt": PROMPT, field: bad})
+            assert status == 400, (model, field, bad, answer)
+            assert (answer["error"]["param"], answer["error"]["code"]) == (field, code)
+    assert fake.requests == [] and api_gateway.extra["upstreams"].anthropic.requests == []
+    assert await key_state(api_gateway) == before
+    status, answer = await _post(api_gateway, "/v1/completions", {"model": "oai/gpt-3.5-turbo-instruct",
+                                                                  "prompt": PROMPT, "n": None, "best_of": None})
+    assert status == 200, answer
+
+
+async def test_images_n_null_is_one_image(api_gateway: Gateway) -> None:
+    """OpenAI's `n` is nullable (clients that send every field send `"n": null`): one image, as when absent."""
+    before, _, _ = await key_state(api_gateway)
+    status, answer = await _post(api_gateway, "/v1/images/generations", {"prompt": "otter", "n": None})
+    assert status == 200, answer
+    validate_spec({k: v for k, v in answer.items() if k not in ("billing", "id")}, "ImagesResponse")
+    assert len(answer["data"]) == 1 and nano(answer["billing"]["request_cost"]) == 40_000_000
+    await assert_charged(api_gateway, before, 40_000_000, answer["id"], "images")

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import caps
+from gateway import caps, validation
 from gateway.endpoints import COMPLETIONS, EMBEDDINGS, IMAGES, MODERATIONS
 from gateway.errors import InvalidRequest
 from gateway.pipeline import serve
@@ -15,6 +15,7 @@ from gateway.requests import read_json
 from gateway.state import KEY, RUNTIME
 
 MAX_IMAGES = 10  # OpenAI's own bound on `n`
+ENCODING_FORMATS = ("float", "base64")
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -55,6 +56,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     max_tokens = body.get("max_tokens")  # the hold counts it: -1 ("no limit" to Ollama, llama.cpp) must not pass
     if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0):
         raise InvalidRequest("'max_tokens' must be a non-negative integer.", param="max_tokens", code="invalid_value")
+    validation.check_numbers(body, validation.COMPLETION_NUMBERS)  # `n`/`best_of` size the hold: "20" is not 1
     return await serve(request, body, COMPLETIONS)
 
 
@@ -63,6 +65,13 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     _model(body)
     _required(body, "input", (str, list))
     _no_stream(body, "/v1/embeddings")
+    dimensions = body.get("dimensions")  # OpenAI's 400s, also where the gateway translates (Gemini)
+    if dimensions is not None and (not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1):
+        raise InvalidRequest("'dimensions' must be an integer of at least 1.", param="dimensions",
+                             code="invalid_value")
+    if body.get("encoding_format") not in (None, *ENCODING_FORMATS):
+        raise InvalidRequest(f"'encoding_format' must be one of {', '.join(ENCODING_FORMATS)}.",
+                             param="encoding_format", code="invalid_value")
     return await serve(request, body, EMBEDDINGS)
 
 
@@ -79,7 +88,9 @@ async def image_generations(request: web.Request) -> web.StreamResponse:
     _model(body, request.app[RUNTIME].snapshot.config.default_models.images)
     _required(body, "prompt", (str,))
     _no_stream(body, "/v1/images/generations")
-    n = body.get("n", 1)
+    n = body.get("n")
+    if n is None:  # OpenAI's `n` is nullable: null means its default, one image
+        n = 1
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_IMAGES:
         raise InvalidRequest(f"'n' must be an integer from 1 to {MAX_IMAGES}.", param="n", code="invalid_value")
     return await serve(request, body, IMAGES)

@@ -19,6 +19,7 @@ answered with the recorded thinking answers instead, thought-summary parts first
 - POST /v1beta/models/{model}:batchEmbedContents — `{"embeddings": [{"values": [...]}, ...]}`, one per
   request, in Google's documented `BatchEmbedContentsResponse` shape (no recording of it exists in the wire
   folder); each vector is `EMBED_DIMENSIONS` floats derived from the text, or `outputDimensionality` long.
+  More than 100 requests in one batch get Google's 400 ("at most 100 requests can be in one batch").
 
 Every request needs an API key (`x-goog-api-key` header or `?key=`), else 400 with the recorded
 `googleai/unary-failure-api-key.json` body; a model not in `models` gets 404 with
@@ -52,6 +53,7 @@ THINKING = "googleai/{}-success-thinking-reply-thought-summary.{}"
 THINKING_TOOL = "googleai/{}-success-thinking-function-call-thought-summary-signature.{}"
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 EMBED_DIMENSIONS = 8
+EMBED_BATCH = 100  # batchEmbedContents takes at most 100 requests
 
 
 def recorded_events(name: str) -> list[bytes]:
@@ -184,6 +186,9 @@ def _embed(body: Any) -> web.Response:
     requests = body.get("requests") if isinstance(body, dict) else None
     if not isinstance(requests, list) or not requests:
         return _google_error(400, "* BatchEmbedContentsRequest.requests: contents is not specified", "INVALID_ARGUMENT")
+    if len(requests) > EMBED_BATCH:  # Google's own bound
+        return _google_error(400, "* BatchEmbedContentsRequest.requests: at most 100 requests can be in one batch",
+                             "INVALID_ARGUMENT")
     embeddings = []
     for one in requests:
         parts = (one.get("content") or {}).get("parts") or []

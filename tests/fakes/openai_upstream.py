@@ -360,7 +360,7 @@ async def _images(request: web.Request) -> web.StreamResponse:
     body = await _record(request)
     if (refused := await _refusal(request, fake, body)) is not None:
         return refused
-    n = body.get("n", 1)
+    n = body.get("n") or 1  # nullable, as OpenAI's own: null is its default
     return web.json_response({"created": 1713833628, "data": [{"b64_json": PNG_1X1}] * n, "usage": IMAGE_USAGE})
 
 
