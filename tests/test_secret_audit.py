@@ -120,13 +120,15 @@ async def _drive(t: Traffic, gw: Gateway, fake: FakeOpenAI, proxy: Microsocks) -
     assert fake.last.headers["Authorization"] == f"Bearer {BYOK_HEADER}"
     assert proxy.tunnels() >= 1
 
-    fake.status = 400  # upstream errors that quote the key they were called with back
-    for model, used, extra in (("fake/gpt-4o", PROVIDER_KEY, {}),
-                               ("fake/gpt-4o", BYOK_BODY, {"provider_api_key": BYOK_BODY, "stream": True}),
-                               ("proxied/gpt-4o", BYOK_HEADER, {"headers": {"X-Provider-Api-Key": BYOK_HEADER}})):
+    fake.status = 400  # upstream errors that quote the key they were called with back (xAI's 400 for a bad
+    # key: the operator's key refused is the operator's 502, a client's own is its 400)
+    for model, used, extra, status in (
+            ("fake/gpt-4o", PROVIDER_KEY, {}, 502),
+            ("fake/gpt-4o", BYOK_BODY, {"provider_api_key": BYOK_BODY, "stream": True}, 400),
+            ("proxied/gpt-4o", BYOK_HEADER, {"headers": {"X-Provider-Api-Key": BYOK_HEADER}}, 400)):
         fake.error_body = {"error": {"message": f"Incorrect API key provided: {used}.",
                                      "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}}
-        assert (await t.chat(key, model, **extra))[0] == 400
+        assert (await t.chat(key, model, **extra))[0] == status
     fake.status = 401  # the operator's key refused upstream: 502
     fake.error_body = {"error": {"message": f"Incorrect API key provided: {PROVIDER_KEY}.",
                                  "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}}
