@@ -25,13 +25,14 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, NoReturn
 
 import orjson
 
 from gateway import config as config_mod
 from gateway import keyops
-from gateway.config import Config
+from gateway.config import NANO, Config
 from gateway.logging import configure as configure_logging
 from gateway.store import Store, StoreError, open_store
 from gateway.store.memory import MAX_AMOUNT
@@ -180,13 +181,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
         return 0
 
     async def listing(store: Store) -> int:
-        records = await keyops.listing(store)
         if args.json:
-            print(orjson.dumps(records).decode())
+            print(orjson.dumps(await keyops.listing(store)).decode())
             return 0
-        for r in records:
-            state = "disabled" if r["disabled"] else "active"
-            print(f"{r['id']}  {r['prefix']}…  {state:8}  ${r['balance']:>14.9f}  {r['name']}")
+        for r in await store.list_keys():  # the balance exact, as `create` and `topup` print it (not via a float)
+            state = "disabled" if r.disabled else "active"
+            print(f"{r.id}  {r.prefix}…  {state:8}  ${Decimal(r.balance) / NANO:>14.9f}  {r.name}")
         return 0
 
     async def disable(store: Store) -> int:

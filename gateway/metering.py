@@ -139,10 +139,13 @@ class Ticket:
                 # a count of the text relayed errs high: it never bills more output than the upstream could make
                 setattr(outcome.usage, "completion_tokens", self.output_cap)  # noqa: B010  (frozen to mypy only)
             cost = self._charge(outcome)
-            self._task = self.settlements.track(self._settle(outcome, cost))
+            # the record is taken now: what the caller does with `outcome` afterwards (a client gone during the
+            # last write) cannot make the record, the metrics and the bill disagree with the charge
+            record, usage, estimated = self._record(outcome, time.time()), outcome.usage, outcome.estimated
+            self._task = self.settlements.track(self._settle(record, usage, estimated, cost))
             if cost <= self.hold and time.time() - self.started < self.config.billing.hold_ttl_s / 2:
-                self._known = self._bill(outcome, cost, self._balance_after(cost))
-                self._count(outcome, cost)
+                self._known = billing.Bill(cost, self._balance_after(cost), self.hold, self.byok, estimated)
+                self._count(usage, cost)
         if self._known is not None and not wait:
             return self._known
         return await asyncio.shield(self._task)
@@ -161,14 +164,8 @@ class Ticket:
         request of the key moved it meanwhile."""
         return max(self.admitted.balance + self.hold - cost, 0)
 
-    def _bill(self, outcome: Outcome, charged: int, balance: int) -> billing.Bill:
-        return billing.Bill(charged, balance, self.hold, self.byok, outcome.estimated)
-
-    async def _settle(self, outcome: Outcome, cost: int) -> billing.Bill:
-        now = time.time()
-        record = self._record(outcome, now)
-        args = (self.key.id, self.generation_id, cost, outcome.usage.total_tokens, record,
-                self.config.billing.generation_ttl_s)
+    async def _settle(self, record: dict[str, str], usage: Usage, estimated: bool, cost: int) -> billing.Bill:
+        args = (self.key.id, self.generation_id, cost, usage.total_tokens, record, self.config.billing.generation_ttl_s)
         try:
             result = await self.store.settle(*args)
             charged, balance = result.charged, result.balance
@@ -182,13 +179,13 @@ class Ticket:
             _key_missing(args)
             charged, balance = 0, 0
         if self._known is None:  # else counted when the bill was known
-            self._count(outcome, charged)
-        return self._bill(outcome, charged, balance)
+            self._count(usage, charged)
+        return billing.Bill(charged, balance, self.hold, self.byok, estimated)
 
-    def _count(self, outcome: Outcome, charged: int) -> None:
+    def _count(self, usage: Usage, charged: int) -> None:
         labels = (self.route.provider_name, self.route.model_id)
-        metrics.child(metrics.TOKENS, *labels, "in").inc(outcome.usage.prompt_tokens)
-        metrics.child(metrics.TOKENS, *labels, "out").inc(outcome.usage.completion_tokens)
+        metrics.child(metrics.TOKENS, *labels, "in").inc(usage.prompt_tokens)
+        metrics.child(metrics.TOKENS, *labels, "out").inc(usage.completion_tokens)
         metrics.child(metrics.COST, *labels).inc(billing.nano_to_usd(charged))
 
     def _record(self, outcome: Outcome, now: float) -> dict[str, str]:

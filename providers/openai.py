@@ -143,7 +143,9 @@ def usage_from(raw: Any) -> Usage:
 
     OpenAI counts reasoning inside `completion_tokens`; xAI (and Gemini's OpenAI-compatible endpoint) count it
     beside them, in `total_tokens` only (prompt + completion + reasoning). Such a usage object is restated in
-    place the OpenAI way (its `completion_tokens` include the reasoning), which is also what is billed."""
+    place the OpenAI way (its `completion_tokens` include the reasoning), which is also what is billed; so is
+    one whose counts are not whole non-negative numbers (OpenRouter's float counts): the answer states the
+    counts billed and recorded, not figures beside a `usage.cost` computed from others."""
     if not isinstance(raw, dict):
         return Usage()
     prompt_details = _details(raw.get("prompt_tokens_details"))
@@ -151,16 +153,19 @@ def usage_from(raw: Any) -> Usage:
     cached = prompt_details.get("cached_tokens")
     if cached is None:
         cached = raw.get("prompt_cache_hit_tokens")  # DeepSeek
-    prompt, completion = _int(raw.get("prompt_tokens")), _int(raw.get("completion_tokens"))
-    reasoning = _int(completion_details.get("reasoning_tokens"))
-    if reasoning and _int(raw.get("total_tokens")) == prompt + completion + reasoning:  # reasoning beside output
+    prompt, completion = token_count(raw.get("prompt_tokens")), token_count(raw.get("completion_tokens"))
+    reasoning = token_count(completion_details.get("reasoning_tokens"))
+    if reasoning and token_count(raw.get("total_tokens")) == prompt + completion + reasoning:  # beside the output
         completion += reasoning
-        raw["completion_tokens"] = completion
+    if raw.get("prompt_tokens") != prompt or raw.get("completion_tokens") != completion \
+            or raw["prompt_tokens"].__class__ is not int or raw["completion_tokens"].__class__ is not int:
+        # the answer states the counts billed (a float count rounded up, a negative one as none), whole
+        raw.update(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
-        cached_tokens=_int(cached),
-        cache_write_tokens=_int(prompt_details.get("cache_write_tokens")),  # OpenRouter
+        cached_tokens=token_count(cached),
+        cache_write_tokens=token_count(prompt_details.get("cache_write_tokens")),  # OpenRouter
         reasoning_tokens=reasoning,
         reported=True,
     )
@@ -171,11 +176,12 @@ def _details(value: Any) -> JSON:
     return value if value.__class__ is dict else {}
 
 
-def _int(value: Any) -> int:
-    """A token count; a float one (OpenRouter counts image output as e.g. 14417.92 tokens) rounded up, as
-    billing rounds a cost up; anything else (a bool, a string, a negative float) is none."""
+def token_count(value: Any) -> int:
+    """A token count as an OpenAI-kind upstream may write it (its images' too): a float one (OpenRouter counts
+    image output as e.g. 14417.92 tokens) rounded up, as billing rounds a cost up; anything else (a bool, a
+    string, a negative number) is none."""
     if value.__class__ is int:
-        return value  # type: ignore[no-any-return]
+        return value if value >= 0 else 0  # type: ignore[no-any-return]
     if value.__class__ is float and value > 0:
         return math.ceil(min(value, 1e18))  # no JSON float is infinite; the gateway bounds what it bills
     return 0

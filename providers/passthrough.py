@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from providers.openai import usage_from
+from providers.openai import token_count, usage_from
 from providers.types import JSON, ProviderError, Target, UpstreamRequest, Usage, load_object
 
 COMPLETION_FINISH = frozenset({"stop", "length", "content_filter"})
@@ -101,8 +101,13 @@ def parse_images(raw: bytes, target: Target) -> tuple[JSON, Usage]:
     if not isinstance(data.get("created"), int):
         data["created"] = int(time.time())
     tokens = data["usage"] if isinstance(data.get("usage"), dict) else {}
-    usage = Usage(prompt_tokens=_int(tokens.get("input_tokens")), completion_tokens=_int(tokens.get("output_tokens")),
-                  images=len(images), reported=True)
+    usage = Usage(prompt_tokens=token_count(tokens.get("input_tokens")),
+                  completion_tokens=token_count(tokens.get("output_tokens")), images=len(images), reported=True)
+    read = {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens}
+    if tokens and any(tokens.get(name).__class__ is not int or tokens[name] != n for name, n in read.items()):
+        # the answer states the counts billed, as a chat answer's usage does (`openai.usage_from`)
+        tokens.update(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens,
+                      total_tokens=usage.total_tokens)
     return data, usage
 
 
@@ -115,7 +120,3 @@ def _fill_common(data: JSON, target: Target, kind: str) -> None:
         data["id"] = ""
     if data.get("system_fingerprint", "") is None:
         del data["system_fingerprint"]
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0

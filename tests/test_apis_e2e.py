@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from fakes import openai_upstream as fake_openai_module
 from fakes.anthropic_upstream import WIRE as ANTHROPIC_WIRE
 from fakes.gemini_upstream import embedding_of
 from fakes.openai_upstream import EMBEDDING
@@ -337,6 +338,23 @@ async def test_image_hold_covers_the_token_prices(make_api_gateway: Any, request
     extra = result.model_extra or {}
     assert nano(extra["billing"]["request_cost"]) == IMAGE_COST
     await assert_charged(gateway, before, IMAGE_COST, extra["id"], "images")
+
+
+@STORES
+async def test_image_float_token_counts_are_billed_rounded_up(make_api_gateway: Any, request: pytest.FixtureRequest,
+                                                              store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An OpenAI-kind upstream's float token counts (OpenRouter counts image output as e.g. 14417.92 tokens) are
+    tokens rounded up, on images as on chat: they were read as none, so a token-priced image model's tokens were
+    free and the record said 0 tokens beside an answer stating 49.5 and 49.2."""
+    gateway = await _gateway(make_api_gateway, request, store, TOKEN_PRICED_IMAGES)
+    monkeypatch.setitem(fake_openai_module.IMAGE_USAGE, "input_tokens", 49.5)
+    monkeypatch.setitem(fake_openai_module.IMAGE_USAGE, "output_tokens", 49.2)
+    before, _, _ = await key_state(gateway)
+    extra = json.loads((await gateway.openai().images.with_raw_response.generate(prompt="otters", n=1)).content)
+    assert nano(extra["billing"]["request_cost"]) == IMAGE_COST  # 50 and 50 tokens, as the integer counts
+    assert (extra["usage"]["input_tokens"], extra["usage"]["output_tokens"]) == (50, 50)
+    record = await assert_charged(gateway, before, IMAGE_COST, extra["id"], "images")
+    assert (record["tokens_prompt"], record["tokens_completion"]) == (50, 50)
 
 
 INSTRUCT_OUT = 2_000  # oai/gpt-3.5-turbo-instruct: 2 USD per Mtok of output

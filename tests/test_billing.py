@@ -344,6 +344,7 @@ class _SlowSettleStore:
     def __init__(self) -> None:
         self.release = asyncio.Event()
         self.settled: list[int] = []
+        self.records: list[dict[str, str]] = []
 
     async def admit(self, admission: Admission) -> AdmitResult:
         return AdmitResult(outcome="ok", balance=1_000_000 - admission.hold)
@@ -352,6 +353,7 @@ class _SlowSettleStore:
                      record_ttl_s: int) -> Settlement:
         await self.release.wait()
         self.settled.append(cost)
+        self.records.append(record)
         return Settlement(charged=min(cost, 1_000_000), balance=1_000_000 - cost, already_settled=False)
 
 
@@ -375,6 +377,22 @@ async def test_a_certain_bill_is_answered_before_the_store_has_settled() -> None
     store.release.set()
     await settlements.drain(1)
     assert store.settled == [123_750]
+
+
+async def test_the_record_states_what_was_charged_whatever_the_outcome_becomes_after() -> None:
+    """A stream is settled, then its client turns out gone during the last write: the relay marks the outcome
+    cancelled with a fresh estimate. The settlement already made must keep the record, the metrics and the
+    bill to its own figures; the record was built when its task ran, from the outcome as it was by then."""
+    store = _SlowSettleStore()
+    ticket, settlements = await _ticket(store, max_tokens=100)
+    outcome = metering.Outcome(usage=Usage(prompt_tokens=19, completion_tokens=10, reported=True))
+    bill = await ticket.settle(outcome)
+    outcome.usage, outcome.status, outcome.cancelled = Usage(prompt_tokens=19, completion_tokens=90), 499, True
+    store.release.set()
+    await settlements.drain(1)
+    [record] = store.records
+    assert store.settled == [bill.cost] == [ticket.cost(Usage(prompt_tokens=19, completion_tokens=10))]
+    assert (record["tokens_prompt"], record["tokens_completion"], record["cancelled"]) == ("19", "10", "0")
 
 
 async def test_a_cost_above_the_hold_and_a_failed_attempt_wait_for_the_store() -> None:

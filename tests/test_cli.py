@@ -268,3 +268,16 @@ async def test_sighup_applies_a_new_log_level(tmp_path: Path, fake_openai: tuple
         gw.signal(signal.SIGHUP)
         await asyncio.sleep(1)  # "config reloaded" is an info line: not written at warning
         assert await lines_of_one_request() == 0
+
+
+def test_keys_list_states_the_balance_to_the_nano_dollar(redis_config: Path, redis_url: str) -> None:
+    """`keys list` prints the balance `keys create` stated, to the nano-dollar: it went through a float, which
+    past ~$4M no longer holds nine decimals (8655014.570578664 printed as ...665)."""
+    env = {"REDIS_URL": redis_url}
+    created = run_cli("keys", "create", "--config", str(redis_config), "--name", "big", "--balance",
+                      "8655014.570578664", env=env)
+    assert created.returncode == 0 and "balance $8655014.570578664\n" in created.stdout, created.stderr
+    key_id = created.stdout.split()[2]
+    listed = run_cli("keys", "list", "--config", str(redis_config), env=env)
+    line = next(line for line in listed.stdout.splitlines() if line.startswith(key_id))
+    assert "$8655014.570578664  big" in line, line

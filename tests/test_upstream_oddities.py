@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -332,3 +333,32 @@ async def test_float_token_counts_are_billed(odd: tuple[Gateway, RawUpstream], p
     assert held == 0 and bill["estimated"] is False
     assert before - balance == usage == nano(bill["request_cost"]) == billing.token_cost(
         route.price, Usage(prompt_tokens=10, completion_tokens=13))
+
+
+@pytest.mark.parametrize("completion", [12.08, -3], ids=["fraction", "negative"])
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_the_answer_states_the_token_counts_billed(odd: tuple[Gateway, RawUpstream], stream: bool,
+                                                         completion: float) -> None:
+    """The answer's `usage` states the counts the request was billed and recorded with (a float count rounded
+    up, a negative one as none), not the upstream's raw figures beside a `usage.cost` computed from others."""
+    gw, up = odd
+    up.answer = chat_answer("openai", completion, stream)
+    body: dict[str, Any] = {"model": "oai/gpt-4o", "messages": MESSAGES, "max_tokens": 50, "stream": stream}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    status, raw = await call(gw, "/v1/chat/completions", body)
+    assert status == 200, raw
+    if stream:
+        chunks = [json.loads(b[6:]) for b in raw.split(b"\n\n") if b.startswith(b"data: {")]
+        answer = next(c for c in chunks if c.get("usage"))
+    else:
+        answer = json.loads(raw)
+    await ledger(gw)
+    record = await gw.app[RUNTIME].store.get_generation(gw.key_id, answer["id"])
+    assert record is not None
+    billed = max(0, math.ceil(completion))
+    assert record["tokens_completion"] == str(billed) and record["tokens_prompt"] == "10"
+    usage = answer["usage"]
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (10, billed)
+    assert usage["total_tokens"] == 10 + billed
+    validate(answer, "CreateChatCompletionStreamResponse" if stream else "CreateChatCompletionResponse")
