@@ -58,14 +58,14 @@ def _probe_succeeded(egress: Egress, pool: Pool, state: ProxyState) -> None:
     state.successes += 1
     if state.successes >= pool.spec.restore_after_successes:
         egress.restore(state)
-    else:
-        state.next_probe_at = time.monotonic()
+    else:  # the next good probe an interval later, not at once
+        state.next_probe_at = time.monotonic() + pool.spec.interval_s
 
 
-async def check_pool(egress: Egress, pool: Pool) -> None:
-    """One round: every up proxy, and every ejected one whose back-off has passed."""
+async def check_pool(egress: Egress, pool: Pool, up_too: bool = True) -> None:
+    """One round: every up proxy (unless `up_too` is false), and every ejected one whose back-off has passed."""
     now = time.monotonic()
-    due = [s for s in pool.states if s.up or s.next_probe_at <= now]
+    due = [s for s in pool.states if (s.up and up_too) or (not s.up and s.next_probe_at <= now)]
     await asyncio.gather(*(probe_once(egress, pool, s) for s in due))
 
 
@@ -75,9 +75,22 @@ async def check_all_once(egress: Egress) -> None:
 
 
 async def run(egress: Egress) -> None:
-    """Probe every pool with a probe target, forever (cancel to stop); follows reloads of `egress.pools`."""
+    """Probe every pool with a probe target, forever (cancel to stop); follows reloads of `egress.pools`.
+
+    Each pool's up proxies are probed every `interval_s` of that pool (not of the pool probed most often),
+    its ejected ones when their back-off has passed."""
+    rounds: dict[str, float] = {}  # pool name -> when its next round starts
     while True:
         pools = [p for p in egress.pools.values() if p.spec.probe and p.states]
-        await asyncio.gather(*(check_pool(egress, p) for p in pools))
-        interval = min((p.spec.interval_s for p in pools), default=1.0)
-        await asyncio.sleep(interval * random.uniform(1 - JITTER, 1 + JITTER))
+        rounds = {name: at for name, at in rounds.items() if name in {p.spec.name for p in pools}}
+        now = time.monotonic()
+        full = [p for p in pools if rounds.get(p.spec.name, now) <= now]
+        ejected = [p for p in pools if p not in full and any(not s.up and s.next_probe_at <= now for s in p.states)]
+        await asyncio.gather(*(check_pool(egress, p) for p in full),
+                             *(check_pool(egress, p, up_too=False) for p in ejected))
+        done = time.monotonic()
+        for pool in full:
+            rounds[pool.spec.name] = done + pool.spec.interval_s * random.uniform(1 - JITTER, 1 + JITTER)
+        wake = min([*rounds.values(), *(s.next_probe_at for p in pools for s in p.states if not s.up)],
+                   default=done + 1.0)
+        await asyncio.sleep(min(max(wake - done, 0.01), 1.0))  # a reload may add a pool: look again within 1 s

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from ssl import SSLContext
+from ssl import SSLContext, SSLError
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -166,19 +166,31 @@ class _ProxyConnector(_Watched, ProxyConnector):
 
     async def _connect_via_proxy(self, host: str, port: int, ssl: SSLContext | None = None,
                                  timeout: float | None = None) -> Any:
-        name = _TLS_NAME.get()
-        if ssl is None or not name or name == host:
-            return await super()._connect_via_proxy(host, port, ssl, timeout)
+        """The tunnel, then TLS to the upstream inside it (with the name asked for, else the tunnel's host).
+
+        Done here rather than by aiohttp-socks, which runs both TLS handshakes in one call: a certificate
+        an `https://` proxy presents that fails verification is the proxy's failure (fail over, count it
+        against the proxy), not the upstream's (`upstream_tls_error`), so it must not reach the caller as
+        a bare certificate error."""
         try:  # one deadline for the proxy handshake and TLS, as aiohttp-socks has
             async with asyncio.timeout(timeout):
-                stream = await _proxy(self._parsed).connect(dest_host=host, dest_port=port, timeout=timeout)
                 try:
-                    await stream.start_tls(hostname=name, ssl_context=ssl)
+                    stream = await _proxy(self._parsed).connect(dest_host=host, dest_port=port, timeout=timeout)
+                except SSLError as exc:
+                    raise python_socks.ProxyError(f"TLS to the proxy failed ({exc.reason or type(exc).__name__})") \
+                        from exc
+                if ssl is None:
+                    return self._adopt(stream)
+                try:
+                    await stream.start_tls(hostname=_TLS_NAME.get() or host, ssl_context=ssl)
                 except BaseException:
                     await stream.close()
                     raise
         except TimeoutError as exc:
             raise python_socks.ProxyTimeoutError(f"Proxy connection timed out: {timeout}") from exc
+        return self._adopt(stream)
+
+    def _adopt(self, stream: Any) -> tuple[asyncio.Transport, ResponseHandler]:
         transport = stream.writer.transport
         protocol = _TunnelHandler(self._loop, stream.writer)
         transport.set_protocol(protocol)

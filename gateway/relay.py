@@ -69,6 +69,13 @@ async def open_upstream(egress: Egress, pool: str, affinity_key: str | None, blo
                 egress.failed(exit_, "timeout" if isinstance(exc, PROXY_TIMEOUTS) else "connect_error")
                 last: BaseException = exc
                 continue
+            if isinstance(exc, aiohttp.ClientResponseError):
+                # An answer came back through the way out, but its head is unreadable (a header over aiohttp's
+                # limit, a garbled status line): the upstream's fault, not the proxy's, and no broken connection.
+                egress.succeeded(exit_)
+                raise UpstreamFailed(f"provider {provider} sent an answer the gateway could not read "
+                                     f"({type(exc).__name__}); not resent, as the provider may have acted on it",
+                                     code="upstream_bad_response", retryable=False) from exc
             if not isinstance(exc, TimeoutError):  # a slow upstream is not the proxy's failure
                 egress.failed(exit_, "reset")
             raise _broken_after_sending(exc, provider) from exc
@@ -91,10 +98,11 @@ def _connect_timeout(connect_s: float) -> aiohttp.ClientTimeout:
 
 def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
     """The certificate verification failure behind `exc`: aiohttp raises its own type for a direct
-    connection, while through aiohttp-socks it arrives as a ClientOSError caused by the ssl error."""
+    connection, while through aiohttp-socks it arrives as a ClientOSError caused by the ssl error. A proxy
+    error is the proxy's, whatever caused it (an `https://` proxy's own certificate): never the upstream's."""
     seen: BaseException | None = exc
     for _ in range(4):
-        if seen is None:
+        if seen is None or isinstance(seen, PROXY_ERRORS):
             return None
         if isinstance(seen, aiohttp.ClientConnectorCertificateError):
             seen = seen.certificate_error

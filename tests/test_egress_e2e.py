@@ -13,11 +13,16 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+import trustme
 import yaml
 from fakes.openai_upstream import FakeOpenAI
 from harness import Gateway, start_gateway
+from prometheus_client import REGISTRY
 from proxies import BlackHole, Dante, Microsocks, PProxy, Tinyproxy
 
+from egress import health
+from egress.pool import Egress, PoolSpec
+from egress.proxy import ProxySpec
 from gateway import streaming
 from gateway.app import reload_config
 from gateway.config import parse
@@ -387,3 +392,69 @@ async def test_a_direct_connect_timeout_is_a_504(upstream: Any, started: Any) ->
         assert info.value.status_code == 504, info.value.body
         assert info.value.code == "upstream_timeout"
         assert hole.accepted() >= 1
+
+
+async def test_an_https_proxy_whose_certificate_fails_is_failed_over(upstream: Any, socks_pair: Any, started: Any,
+                                                                     tmp_path: Path) -> None:
+    """An `https://` proxy presenting a certificate the gateway does not trust is a proxy that failed its
+    handshake: the request fails over to the next proxy and the failure counts against that proxy. It is not
+    the upstream's certificate (a 502 `upstream_tls_error` naming the provider, counted as the proxy's success)."""
+    fake, url = upstream
+    _, b = socks_pair
+    leaf = trustme.CA().issue_cert("127.0.0.1")  # a CA the gateway does not trust
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    with PProxy("https", tls_files=(str(cert), str(key))) as untrusted:
+        cfg = config(url, [{"name": "bad", "url": untrusted.url}, {"name": "b", "url": b.url}], affinity=False,
+                     health={"interval_s": 60})
+        gw = await started(cfg, fake)
+        for _ in range(4):  # round robin: half of them start on the untrusted proxy
+            assert (await chat(gw)).choices[0].message.content
+            assert fake.last.peer == "127.0.0.3"
+    bad = next(p for p in (await admin_egress(gw))["proxies"] if p["name"] == "bad")
+    assert bad["requests"].get("connect_error", 0) >= 1 and "ok" not in bad["requests"], bad
+
+
+async def test_an_unreadable_answer_is_the_upstreams_fault_not_the_proxys(upstream: Any, socks_pair: Any,
+                                                                          started: Any) -> None:
+    """An upstream 500 whose head aiohttp cannot parse (a header over its 8 KB line limit) came back through
+    the tunnel: a 502 `upstream_bad_response` (an unreadable answer), no connection that "broke", and no
+    failure of the proxy, which upstream 5xx answers never eject."""
+    fake, url = upstream
+    a, b = socks_pair
+    gw = await started(config(url, [{"name": "a", "url": a.url}, {"name": "b", "url": b.url}], affinity=False,
+                              health={"interval_s": 60}), fake)
+    fake.status = 500
+    fake.error_headers = {"X-Debug": "x" * 9000}
+    for _ in range(6):
+        with pytest.raises(openai.APIStatusError) as info:
+            await chat(gw)
+        assert info.value.status_code == 502 and info.value.code == "upstream_bad_response", info.value.body
+    pool = await admin_egress(gw)
+    assert [(p["state"], p["ejections"], p["consecutive_failures"]) for p in pool["proxies"]] == [("up", 0, 0)] * 2
+
+
+async def test_each_pool_is_probed_at_its_own_interval(upstream: Any, socks_pair: Any) -> None:
+    """`health.interval_s` is per pool: a pool that asks for a probe a minute is not probed as often as a
+    neighbour that asks for one every 0.2 s."""
+    _, url = upstream
+    a, _ = socks_pair
+    target = "tcp://" + url.split("//")[1].split("/")[0]
+    egress = Egress()
+    await egress.configure({
+        "fast": PoolSpec("fast", (ProxySpec("f1", a.url),), interval_s=0.2, probe=target),
+        "slow": PoolSpec("slow", (ProxySpec("s1", a.url),), interval_s=60, probe=target)})
+
+    def probes(pool: str, name: str) -> float:
+        return REGISTRY.get_sample_value("gateway_egress_probes_total",
+                                         {"pool": pool, "proxy": name, "result": "ok"}) or 0.0
+
+    fast, slow = probes("fast", "f1"), probes("slow", "s1")
+    prober = asyncio.create_task(health.run(egress))
+    await asyncio.sleep(1.5)
+    prober.cancel()
+    await asyncio.gather(prober, return_exceptions=True)
+    await egress.close()
+    assert probes("fast", "f1") - fast >= 4
+    assert probes("slow", "s1") - slow == 1
