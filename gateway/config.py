@@ -101,7 +101,9 @@ class StoreConfig(_Model):
 class HealthConfig(_Model):
     interval_s: PosFloat = 10.0
     timeout_s: PosFloat = 5.0
-    probe: str = ""
+    # tcp://host:port (a tunnel), http(s)://... (any HTTP answer); anything else failed every probe, and
+    # probes eject without a cap: every proxy of the pool went down
+    probe: str = Field(default="", pattern=r"^$|^tcp://[^/:]+:\d+/?$|^https?://[^/]+")
     eject_after_failures: PosInt = 3
     restore_after_successes: PosInt = 1
 

@@ -141,6 +141,22 @@ def test_a_provider_left_without_a_usable_proxy_is_refused() -> None:
     assert parse(fallback, {}).egress.pools["eu"].fallback_direct
 
 
+@pytest.mark.parametrize(("probe", "ok"), [
+    ("tcp://api.openai.com:443", True), ("https://api.openai.com/v1/models", True), ("", True),
+    ("api.openai.com:443", False), ("tcp://api.openai.com", False), ("ftp://host/x", False),
+], ids=str)
+def test_a_health_probe_is_a_tunnel_or_an_http_url(probe: str, ok: bool) -> None:
+    """A probe the prober cannot read fails every time, and probes eject without the passive cap: a typo
+    took every proxy of the pool down. It is refused at load instead."""
+    health = f'      health: {{probe: "{probe}"}}\n      proxies:'
+    text = POOLED.replace("region: cn", "region: de").replace("      proxies:", health)
+    if ok:
+        assert parse(text, {}).egress.pools["eu"].health.probe == probe
+    else:
+        with pytest.raises(ConfigError, match=r"egress\.pools\.eu\.health\.probe: must match"):
+            parse(text, {})
+
+
 @pytest.mark.parametrize(("env", "expected"), [
     pytest.param({}, "redis://127.0.0.1:6379/0", id="unset"),
     pytest.param({"REDIS_URL": ""}, "redis://127.0.0.1:6379/0", id="set-but-empty"),
