@@ -70,21 +70,30 @@ OPENAI_USAGE = {"prompt_tokens": 32, "completion_tokens": 103, "total_tokens": 1
                 "completion_tokens_details": {"reasoning_tokens": 94}}
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
-@pytest.mark.parametrize("usage", [XAI_USAGE, OPENAI_USAGE], ids=["xai", "openai"])
-async def test_reasoning_tokens_counted_beside_completion_are_billed_as_output(
-        odd: tuple[Gateway, RawUpstream], usage: dict[str, Any], stream: bool) -> None:
-    """xAI bills its reasoning tokens as output but leaves them out of `completion_tokens`: the gateway billed
-    9 output tokens of 103 (a ninth of the output), and told the client the same."""
+async def chat_reporting(odd: tuple[Gateway, RawUpstream], usage: dict[str, Any],
+                         stream: bool) -> tuple[bytes, dict[str, Any], dict[str, Any]]:
+    """A chat request (usage asked for when streamed) answered with `usage`: the raw answer, the usage the
+    client got and its bill."""
     gw, up = odd
     up.answer = answer(json.loads(json.dumps(usage)), stream)
-    before = await ledger(gw)
     body = {"model": "oai/gpt-4o", "messages": MESSAGES, "stream": stream}
     if stream:
         body["stream_options"] = {"include_usage": True}
     status, raw = await call(gw, "/v1/chat/completions", body)
     assert status == 200, raw
     got, bill = client_usage_and_bill(raw, stream)
+    return raw, got, bill
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("usage", [XAI_USAGE, OPENAI_USAGE], ids=["xai", "openai"])
+async def test_reasoning_tokens_counted_beside_completion_are_billed_as_output(
+        odd: tuple[Gateway, RawUpstream], usage: dict[str, Any], stream: bool) -> None:
+    """xAI bills its reasoning tokens as output but leaves them out of `completion_tokens`: the gateway billed
+    9 output tokens of 103 (a ninth of the output), and told the client the same."""
+    gw, _ = odd
+    before = await ledger(gw)
+    _, got, bill = await chat_reporting(odd, usage, stream)
     assert (got["prompt_tokens"], got["completion_tokens"], got["total_tokens"]) == (32, 103, 135)
     assert got["completion_tokens_details"]["reasoning_tokens"] == 94
     cost = 32 * INPUT_NANO + 103 * OUTPUT_NANO
@@ -97,14 +106,7 @@ async def test_reasoning_tokens_counted_beside_completion_are_billed_as_output(
 async def test_xai_cost_in_ticks_never_reaches_the_client(odd: tuple[Gateway, RawUpstream], stream: bool) -> None:
     """`usage.cost_in_usd_ticks` is what xAI charged the operator: like OpenRouter's `cost_details`, it is the
     operator's business, and `usage.cost` says what the request cost the key."""
-    gw, up = odd
-    up.answer = answer(json.loads(json.dumps(XAI_USAGE)), stream)
-    body = {"model": "oai/gpt-4o", "messages": MESSAGES, "stream": stream}
-    if stream:
-        body["stream_options"] = {"include_usage": True}
-    status, raw = await call(gw, "/v1/chat/completions", body)
-    assert status == 200, raw
-    got, bill = client_usage_and_bill(raw, stream)
+    raw, got, bill = await chat_reporting(odd, XAI_USAGE, stream)
     assert b"cost_in_usd_ticks" not in raw and b"1234000" not in raw
     assert got["cost"] == bill["request_cost"]
 
