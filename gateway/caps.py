@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway import validation
 from gateway.errors import InvalidRequest
 from gateway.store.base import KeyRecord
 
@@ -23,12 +24,9 @@ def body_limit(server_limit: int, key: KeyRecord) -> int:
 def check_max_tokens(body: dict[str, Any], key: KeyRecord) -> None:
     """Refuse an ask above the key's ceiling."""
     cap = key.max_tokens
-    if not cap:
-        return
-    for name in _asked(body):
-        if body[name] > cap:
-            raise InvalidRequest(f"'{name}' is too large: {body[name]}. This key may ask for at most {cap} "
-                                 "output tokens per request.", param=name, code="invalid_value")
+    if cap and (name := validation.output_ask_over(body, cap)):
+        raise InvalidRequest(f"'{name}' is too large: {body[name]}. This key may ask for at most {cap} "
+                             "output tokens per request.", param=name, code="invalid_value")
 
 
 def fill_max_tokens(body: dict[str, Any], key: KeyRecord, model_max: int | None) -> dict[str, Any]:
@@ -36,10 +34,6 @@ def fill_max_tokens(body: dict[str, Any], key: KeyRecord, model_max: int | None)
     (within the model's own maximum), so the upstream and the hold are bounded by it. Per attempt: a
     fallback with a smaller maximum is not sent the first model's figure."""
     cap = key.max_tokens
-    if not cap or _asked(body):
+    if not cap or isinstance(body.get("max_completion_tokens"), int) or isinstance(body.get("max_tokens"), int):
         return body
     return {**body, "max_tokens": min(cap, model_max) if model_max else cap}
-
-
-def _asked(body: dict[str, Any]) -> list[str]:
-    return [name for name in ("max_completion_tokens", "max_tokens") if isinstance(body.get(name), int)]

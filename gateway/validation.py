@@ -129,12 +129,17 @@ def within_output_cap(body: dict[str, Any], route: Route) -> bool:
     """Whether the output tokens the request asks for are within the model's `max_output_tokens` (a fallback
     that gives fewer is skipped: the gateway refuses such an ask to the model itself)."""
     ceiling = route.model.max_output_tokens
-    if ceiling:
-        for name in ("max_completion_tokens", "max_tokens"):
-            value = body.get(name)
-            if isinstance(value, int) and value > ceiling:
-                return False
-    return True
+    return not ceiling or output_ask_over(body, ceiling) is None
+
+
+def output_ask_over(body: dict[str, Any], ceiling: int) -> str | None:
+    """The field (`max_completion_tokens`, then `max_tokens`) asking for more output tokens than `ceiling`:
+    a model's maximum or a key's cap."""
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and value > ceiling:
+            return name
+    return None
 
 
 def _claude_takes_turns(body: dict[str, Any], route: Route) -> bool:
@@ -153,11 +158,7 @@ def check_route(body: dict[str, Any], route: Route, endpoint: str = "chat") -> N
     if not serves(body, route, endpoint):
         raise InvalidRequest(f"Model '{route.model_id}' gives one choice per request (provider kind "
                              f"'{route.provider.kind}'): 'n' must be 1.", param="n", code="unsupported_value")
-    for name in ("max_completion_tokens", "max_tokens"):
-        asked = body.get(name)
-        if not isinstance(asked, int):
-            continue
-        ceiling = route.model.max_output_tokens
-        if ceiling and asked > ceiling:
-            raise InvalidRequest(f"'{name}' is too large: {asked}. Model '{route.model_id}' gives at most "
-                                 f"{ceiling} output tokens.", param=name, code="invalid_value")
+    ceiling = route.model.max_output_tokens
+    if ceiling and (name := output_ask_over(body, ceiling)):
+        raise InvalidRequest(f"'{name}' is too large: {body[name]}. Model '{route.model_id}' gives at most "
+                             f"{ceiling} output tokens.", param=name, code="invalid_value")
