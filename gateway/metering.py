@@ -141,9 +141,10 @@ class Ticket:
             cost = self._charge(outcome)
             # the record is taken now: what the caller does with `outcome` afterwards (a client gone during the
             # last write) cannot make the record, the metrics and the bill disagree with the charge
-            record, usage, estimated = self._record(outcome, time.time()), outcome.usage, outcome.estimated
+            now = time.time()
+            record, usage, estimated = self._record(outcome, now), outcome.usage, outcome.estimated
             self._task = self.settlements.track(self._settle(record, usage, estimated, cost))
-            if cost <= self.hold and time.time() - self.started < self.config.billing.hold_ttl_s / 2:
+            if cost <= self.hold and now - self.started < self.config.billing.hold_ttl_s / 2:
                 self._known = billing.Bill(cost, self._balance_after(cost), self.hold, self.byok, estimated)
                 self._count(usage, cost)
         if self._known is not None and not wait:
