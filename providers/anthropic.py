@@ -23,7 +23,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -44,6 +43,7 @@ from providers.types import (
     Usage,
     claude_signed,
     load_object,
+    status_phrase,
 )
 
 STREAM_FRAMING = "sse"
@@ -235,15 +235,8 @@ def parse_error(status: int, body: bytes) -> UpstreamHTTPError:
     if not isinstance(error, dict):  # a proxy's HTML page, an empty body, some other shape
         error = {"message": body.decode("utf-8", "replace").strip()[:500]}
     code = str(error["type"]) if error.get("type") else None  # "overloaded_error", "rate_limit_error", ...
-    return UpstreamHTTPError(status, str(error.get("message") or "") or _reason(status),
+    return UpstreamHTTPError(status, str(error.get("message") or "") or status_phrase(status),
                              type_=code or "upstream_error", code=code, retryable=status == 429 or status >= 500)
-
-
-def _reason(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return f"HTTP {status}"
 
 
 # -- stream ----------------------------------------------------------------------------------------

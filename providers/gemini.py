@@ -57,6 +57,7 @@ from providers.types import (
     Usage,
     load_object,
     signed,
+    status_phrase,
 )
 
 STREAM_FRAMING = "sse"
@@ -214,7 +215,7 @@ def parse_error(status: int, body: bytes) -> UpstreamHTTPError:
 def _status_error(error: Any, status: int) -> UpstreamHTTPError:
     """`code` is Gemini's status name (RESOURCE_EXHAUSTED, NOT_FOUND ...); `details` stay behind."""
     error = error if isinstance(error, dict) else {"message": str(error)}
-    reason = HTTPStatus(status).phrase if status in _HTTP_STATUSES else f"HTTP {status}"
+    reason = status_phrase(status)
     type_ = "server_error" if status >= 500 else _ERROR_TYPES.get(status, "invalid_request_error")
     details = error.get("details") if isinstance(error.get("details"), list) else []
     refused = any(isinstance(d, dict) and d.get("reason") in _KEY_REFUSED

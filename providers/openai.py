@@ -1,14 +1,14 @@
 """Adapter for OpenAI's Chat Completions wire format and the servers that copy it.
 
 Kind `openai` covers OpenAI, DeepSeek, xAI, OpenRouter, Ollama's `/v1` and vLLM. The request is built by
-`openai_request` (the client's body, adapted for the target model). Answers, errors and streams are read back
-here: passed through with the public model id, and the fields OpenAI's schema requires but compatible servers
-(xAI, DeepSeek, Ollama, OpenRouter's providers) often omit are filled in, so that what the client gets
-validates against OpenAI's schema: a choice's `index` (its position), `finish_reason` (inferred; null in a
-chunk), `message` / `delta` (empty), `logprobs`; a tool call's `index` in chunks, its `type`, its `id` (made
-up when missing) and its `arguments` as JSON text; a null `system_fingerprint` is removed. Extra fields the
-upstream sends (DeepSeek's `reasoning_content`, the `reasoning` of OpenRouter, Ollama and vLLM under its own
-name, OpenRouter's `provider`, `usage.cost`) are kept.
+`openai_request` (the client's body, adapted for the target model), errors are read by `openai_errors`.
+Answers and streams are read back here: passed through with the public model id, and the fields OpenAI's
+schema requires but compatible servers (xAI, DeepSeek, Ollama, OpenRouter's providers) often omit are filled
+in, so that what the client gets validates against OpenAI's schema: a choice's `index` (its position),
+`finish_reason` (inferred; null in a chunk), `message` / `delta` (empty), `logprobs`; a tool call's `index`
+in chunks, its `type`, its `id` (made up when missing) and its `arguments` as JSON text; a null
+`system_fingerprint` is removed. Extra fields the upstream sends (DeepSeek's `reasoning_content`, the
+`reasoning` of OpenRouter, Ollama and vLLM under its own name, OpenRouter's `provider`, `usage.cost`) are kept.
 
 Pure and synchronous: no I/O, no aiohttp.
 """
@@ -16,15 +16,15 @@ Pure and synchronous: no I/O, no aiohttp.
 from __future__ import annotations
 
 import math
-import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Any
 
 import orjson
 
+from providers.openai_errors import parse_error as parse_error  # the adapter's error half
+from providers.openai_errors import stream_error
 from providers.openai_request import build_request as build_request  # the adapter's request half
 from providers.types import (
     JSON,
@@ -34,7 +34,6 @@ from providers.types import (
     SSEEvent,
     StreamState,
     Target,
-    UpstreamHTTPError,
     Usage,
     load_object,
 )
@@ -50,11 +49,6 @@ MAX_CHOICES = 128  # `n`: OpenAI's documented maximum, billed in one usage block
 
 _FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
 _FINISH_REASON_MAP = {"eos": "stop", "eos_token": "stop", "error": "stop"}  # finish-reason-map.json
-_NOT_RETRYABLE_CODES = frozenset({"insufficient_quota"})  # a 429 that no retry will fix
-_CONTENT_BLOCK_METADATA = frozenset({"reasons", "flagged_input", "patterns"})  # OpenRouter's, on a 403
-# xAI refuses a key with a 400, `{"code": "Client specified an invalid argument", "error": "Incorrect API key
-# provided: xa***ab. ..."}` (older answers URL-encoded the text): the key was refused, as a 401 says elsewhere
-_BAD_KEY = re.compile(r"Incorrect(?: |%20)API(?: |%20)key\b")
 
 
 def max_output_tokens(body: JSON, target: Target) -> int | None:
@@ -187,69 +181,6 @@ def token_count(value: Any) -> int:
     return 0
 
 
-# -- errors ----------------------------------------------------------------------------------------
-
-
-def parse_error(status: int, body: bytes) -> UpstreamHTTPError:
-    """A non-2xx answer in any of the shapes OpenAI-compatible servers use."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        data = None
-    fields = _error_fields(data) if isinstance(data, dict) else None
-    if fields is None:
-        text = body.decode("utf-8", "replace").strip()
-        fields = {"message": text[:500]}
-    message = str(fields.get("message") or "") or _reason(status)
-    code = fields.get("code")
-    code = None if code is None else str(code)
-    retryable = (status == 429 or status >= 500) and code not in _NOT_RETRYABLE_CODES
-    err = UpstreamHTTPError(
-        status,
-        message,
-        type_=str(fields.get("type") or "upstream_error"),
-        code=code,
-        param=None if fields.get("param") is None else str(fields["param"]),
-        retryable=retryable,
-        key_refused=status == 400 and _BAD_KEY.match(message) is not None,
-    )
-    if status == 403 and _content_blocked(fields):
-        err.key_refused = False  # the request's content was refused, not the key it came with
-    return err
-
-
-def _content_blocked(fields: JSON) -> bool:
-    """OpenRouter's 403 for a prompt its moderation flagged (`metadata` with `reasons`, `flagged_input`) or a
-    guardrail blocked (`metadata.patterns`, "Request blocked: ..."): the client's request, not the key."""
-    metadata = fields.get("metadata")
-    if isinstance(metadata, dict) and not _CONTENT_BLOCK_METADATA.isdisjoint(metadata):
-        return True
-    return str(fields.get("message") or "").startswith("Request blocked")
-
-
-def _error_fields(data: JSON) -> JSON | None:
-    """message/type/param/code out of `{"error": {...}}`, `{"error": "..."}` or a top-level `message`."""
-    error = data.get("error")
-    if isinstance(error, str):  # Ollama
-        return {"message": error}
-    if isinstance(error, dict):  # OpenAI; OpenRouter with a numeric code and metadata.error_type
-        metadata = error.get("metadata")
-        fields = dict(error)
-        if not fields.get("type") and isinstance(metadata, dict) and metadata.get("error_type"):
-            fields["type"] = metadata["error_type"]
-        return fields
-    if "message" in data:  # vLLM's ErrorResponse: {"object": "error", "message", "type", "code"}
-        return data
-    return None
-
-
-def _reason(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return f"HTTP {status}"
-
-
 # -- stream ----------------------------------------------------------------------------------------
 
 
@@ -275,7 +206,7 @@ def parse_stream_event(state: StreamState, event: SSEEvent) -> list[JSON]:
     chunk = load_object(event.data, "stream chunk")
     error = chunk.get("error")
     if error:
-        raise _stream_error(error)
+        raise stream_error(error)
     chunk["model"] = state.public_model
     _record_chunk(state, chunk)
     return [chunk]
@@ -386,18 +317,3 @@ def _renumber(state: StreamState, choice: int, call: JSON) -> None:
     elif call_id and not known[0]:
         state.calls[key] = (call_id, known[1])
     call["index"] = state.calls[key][1]
-
-
-def _stream_error(error: Any) -> UpstreamHTTPError:
-    """An error object inside a 200 stream (OpenRouter, vLLM) -> 502 with the upstream's own words."""
-    fields = _error_fields({"error": error}) or {}
-    code = fields.get("code")
-    retryable = isinstance(code, int) and (code == 429 or code >= 500)
-    return UpstreamHTTPError(
-        502,
-        str(fields.get("message") or "upstream error in stream"),
-        type_=str(fields.get("type") or "upstream_error"),
-        code=None if code is None else str(code),
-        retryable=retryable,
-    )
-

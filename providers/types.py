@@ -13,6 +13,7 @@ Exception tree::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any, TypeVar, dataclass_transform
 
 import orjson
@@ -255,6 +256,14 @@ class UpstreamHTTPError(ProviderError):
         self.param = param
         self.retryable = retryable
         self.retry_after = retry_after
+
+
+def status_phrase(status: int) -> str:
+    """An HTTP status's reason phrase, the message of an error answer that says nothing itself."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"
 
 
 def images_follow(text: str, count: int, where: str) -> str:
