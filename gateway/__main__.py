@@ -31,7 +31,7 @@ from typing import Any, NoReturn
 import orjson
 
 from gateway import config as config_mod
-from gateway import keyops
+from gateway import config_load, keyops
 from gateway.config import NANO, Config
 from gateway.logging import configure as configure_logging
 from gateway.store import Store, StoreError, open_store
@@ -111,7 +111,7 @@ def _bad_input(message: str) -> int:
 
 def _load(path: str) -> Config:
     try:
-        return config_mod.load(path)
+        return config_load.load(path)
     except config_mod.ConfigError as exc:
         print(f"invalid config:\n{exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -14,7 +14,7 @@ from egress import health as egress_health
 from egress.pool import PoolSpec
 from egress.proxy import ProxySpec
 from gateway import config as config_mod
-from gateway import metrics
+from gateway import config_load, metrics
 from gateway.config import Config
 from gateway.handlers import admin, apis, chat, credits, docs, health, messages, models
 from gateway.logging import get_logger, redactor, set_level
@@ -120,7 +120,7 @@ async def reload_config(app: web.Application) -> bool:
         log.warning("config reload requested but the gateway was not started from a file")
         return False
     try:
-        new = _with_overrides(config_mod.load(runtime.config_path), runtime.server_overrides)
+        new = _with_overrides(config_load.load(runtime.config_path), runtime.server_overrides)
     except config_mod.ConfigError as exc:
         metrics.RELOADS.labels("failure").inc()
         log.error("config reload failed; keeping the old config", path=runtime.config_path,

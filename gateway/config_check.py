@@ -1,4 +1,4 @@
-"""What is wrong with a config, all of it in one go: the loader (`gateway.config.parse`) validates, and an
+"""What is wrong with a config, all of it in one go: the loader (`gateway.config_load.parse`) validates, and an
 invalid part is dropped and the rest validated again so that the references between sections are checked
 too; each problem is said as `yaml.path: what is wrong`, never quoting a value that may be a secret.
 """

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 
 from gateway import config as config_mod
-from gateway import systemd
+from gateway import config_load, systemd
 from gateway.config import Config
 from gateway.logging import configure, get_logger
 
@@ -46,7 +46,7 @@ class Supervisor:
         # not the file as it is now, which may be broken since (a refused reload) or edited and not reloaded
         self.config_path = config_path
         self.in_force = self.state_dir / "config.yaml"
-        text = config_mod.read(config_path)
+        text = config_load.read(config_path)
         self._keep(text)
         # ... on the store, listeners and grace the others started with, which a reload does not change
         self._keep(text, self.state_dir / "started.yaml")
@@ -98,8 +98,8 @@ class Supervisor:
         """On SIGHUP: the file is what replacements start on if the workers will accept it (they parse it the
         same way); if not, they refuse it and say why, and the config in force stays."""
         try:
-            text = config_mod.read(self.config_path)
-            config_mod.parse(text, dict(os.environ), source=self.config_path)
+            text = config_load.read(self.config_path)
+            config_load.parse(text, dict(os.environ), source=self.config_path)
         except config_mod.ConfigError:
             return
         self._keep(text)

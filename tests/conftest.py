@@ -20,7 +20,7 @@ from fakes.openai_upstream import make_app as make_fake_app
 from harness import PROVIDER_KEY, Gateway, gateway_config, start_gateway
 from redis_server import RedisServer, find_binary
 
-from gateway.config import parse
+from gateway.config_load import parse
 from gateway.logging import configure as configure_logging
 from gateway.logging import sink
 from gateway.store import MemoryStore, RedisStore, Store

@@ -28,7 +28,8 @@ from openai import AsyncOpenAI
 
 from gateway import keys
 from gateway.app import create_app
-from gateway.config import Config, parse
+from gateway.config import Config
+from gateway.config_load import parse
 from gateway.state import RUNTIME
 from gateway.store import RedisStore
 

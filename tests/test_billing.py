@@ -25,7 +25,8 @@ from gateway.billing import (
     worst_case_usage,
 )
 from gateway.catalog import Catalog, Price
-from gateway.config import LimitsConfig, parse, to_nano
+from gateway.config import LimitsConfig, to_nano
+from gateway.config_load import parse
 from gateway.endpoints import COMPLETIONS
 from gateway.errors import InsufficientQuota
 from gateway.exchange import CHAT, ChatExchange

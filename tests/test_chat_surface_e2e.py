@@ -20,7 +20,7 @@ from harness import Gateway, start_gateway, validate
 from pydantic import BaseModel
 
 from gateway import billing
-from gateway.config import parse
+from gateway.config_load import parse
 from gateway.state import RUNTIME
 from providers.anthropic_request import JSON_TOOL
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from gateway.catalog import Catalog
-from gateway.config import ConfigError, load, parse, to_nano
+from gateway.config import ConfigError, to_nano
+from gateway.config_load import load, parse
 
 ROOT = Path(__file__).resolve().parents[1]
 

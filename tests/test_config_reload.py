@@ -13,7 +13,8 @@ import pytest
 from harness import GatewayProcess, gateway_config_text, run_cli
 
 from gateway.app import reload_config
-from gateway.config import ConfigError, load
+from gateway.config import ConfigError
+from gateway.config_load import load
 from gateway.state import RUNTIME
 
 ADMIN = "admin-token-0123456789abcdef"

@@ -15,7 +15,8 @@ from fakes.openai_upstream import make_app as make_fake_app
 from harness import gateway_config_text, run_cli, start_gateway
 
 from gateway.app import reload_config
-from gateway.config import ConfigError, parse
+from gateway.config import ConfigError
+from gateway.config_load import parse
 from gateway.state import RUNTIME
 
 SECRET = "sk-live-0f1e2d3c4b5a6978"

@@ -25,7 +25,7 @@ from egress.pool import Egress, PoolSpec
 from egress.proxy import ProxySpec
 from gateway import streaming
 from gateway.app import reload_config
-from gateway.config import parse
+from gateway.config_load import parse
 from gateway.state import RUNTIME
 
 ADMIN = "admin-token-for-tests-0123456789"

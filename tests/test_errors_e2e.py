@@ -14,7 +14,7 @@ from fakes.openai_upstream import make_app as make_fake_app
 from harness import PROVIDER_KEY, SHARED, Gateway, gateway_config_text, start_gateway, validate
 
 from gateway import keys
-from gateway.config import parse
+from gateway.config_load import parse
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 WIRE_ERRORS = "openai"

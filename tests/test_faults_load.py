@@ -24,7 +24,7 @@ from harness import Gateway, start_gateway
 from proxies import Microsocks
 from redis_server import RedisServer
 
-from gateway.config import parse
+from gateway.config_load import parse
 from gateway.state import RUNTIME
 
 MESSAGES = [{"role": "user", "content": "hi"}]

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from harness import PROVIDER_KEY, Gateway, closed_port, start_gateway, validate
 
-from gateway.config import parse
+from gateway.config_load import parse
 from gateway.requests import MAX_DEPTH
 from gateway.state import RUNTIME
 

@@ -24,7 +24,7 @@ from test_billing_e2e import key_state, nano
 from gateway import validation
 from gateway.billing import PDF_PAGE_TOKENS
 from gateway.catalog import Catalog
-from gateway.config import parse
+from gateway.config_load import parse
 from gateway.errors import InvalidRequest
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Hello"}]

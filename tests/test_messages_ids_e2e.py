@@ -16,7 +16,7 @@ import pytest
 from apis_config import Upstreams, config_doc
 from harness import Gateway, start_gateway
 
-from gateway.config import parse
+from gateway.config_load import parse
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Hello"}]
 

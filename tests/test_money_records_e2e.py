@@ -22,7 +22,7 @@ from test_billing_e2e import key_state, nano, settled
 from test_metrics import scrape, value
 
 from gateway.__main__ import _usage_row
-from gateway.config import parse
+from gateway.config_load import parse
 from gateway.state import RUNTIME
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Hello"}]

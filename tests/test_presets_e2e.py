@@ -15,7 +15,8 @@ import pytest
 from apis_config import PRESET_SYSTEM
 from harness import Gateway, run_cli
 
-from gateway.config import ConfigError, parse
+from gateway.config import ConfigError
+from gateway.config_load import parse
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

@@ -19,7 +19,7 @@ from fakes.gemini_upstream import recorded_chunks
 from harness import Gateway, start_gateway, validate
 
 from gateway import billing
-from gateway.config import parse
+from gateway.config_load import parse
 from gateway.state import RUNTIME
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]

@@ -22,7 +22,7 @@ from harness import Gateway, start_gateway, validate
 from test_apis_e2e import assert_charged
 from test_billing_e2e import key_state, nano, settled
 
-from gateway.config import parse
+from gateway.config_load import parse
 
 MESSAGES: list[Any] = [{"role": "user", "content": "What is the GCD of 1071 and 462?"}]
 TOOLS: list[Any] = [{"type": "function", "function": {

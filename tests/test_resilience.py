@@ -25,7 +25,8 @@ from yarl import URL
 from egress.proxy import Progress, make_session, watching
 from gateway import resilience, routing
 from gateway.catalog import Catalog, Route
-from gateway.config import RetriesConfig, parse
+from gateway.config import RetriesConfig
+from gateway.config_load import parse
 from gateway.errors import InvalidRequest, UpstreamFailed
 from gateway.relay import map_upstream_error
 from gateway.state import RUNTIME

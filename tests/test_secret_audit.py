@@ -34,7 +34,7 @@ from proxies import Microsocks
 from redis_server import RedisServer
 
 from gateway import keys
-from gateway.config import parse
+from gateway.config_load import parse
 from gateway.logging import sink
 
 ADMIN = "adm1n-t0ken-for-the-audit-000000000"

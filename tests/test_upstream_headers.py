@@ -13,7 +13,7 @@ from fakes.openai_upstream import FakeOpenAI
 from harness import PROVIDER_KEY, Gateway, gateway_config, start_gateway
 
 from gateway.catalog import Catalog
-from gateway.config import parse
+from gateway.config_load import parse
 from providers import registry
 from providers.types import ChatRequest
 

@@ -23,7 +23,7 @@ from fakes.openai_upstream import FakeOpenAI
 from harness import Gateway, start_gateway, validate
 
 from gateway import billing
-from gateway.config import parse
+from gateway.config_load import parse
 from gateway.state import RUNTIME
 from providers.types import Usage
 
