@@ -205,7 +205,8 @@ def map_upstream_error(err: UpstreamHTTPError, provider: str, own_key: bool,
     A 401/403 on the operator's configured key is the operator's problem, not the client's: it becomes a
     502 naming the provider, so a client never believes its own gateway key was refused. So is a 402 on it
     (the operator's account at the provider ran dry), as is OpenAI's 429 `insufficient_quota`: a 503, never the
-    client's own 402 `insufficient_quota`.
+    client's own 402 `insufficient_quota`. A 404 on it means the configured route names a model the provider
+    does not serve: a 502 a fallback may still answer.
     """
     message = scrub(_unhtml(err.message)) or f"provider {provider} answered HTTP {err.status}"
     headers = {"Retry-After": retry_after} if retry_after and (err.status == 429 or err.status >= 500) else {}
@@ -222,6 +223,11 @@ def map_upstream_error(err: UpstreamHTTPError, provider: str, own_key: bool,
         return Unavailable(f"provider {provider} refused the request: the gateway's account there has no "
                            f"credit left (HTTP 402): {message}", code="upstream_insufficient_credits",
                            retryable=False)
+    if err.status == 404 and not own_key:
+        # Ollama's "model not found, try pulling it first", a retired or misspelt `upstream` id: the route the
+        # config gives is wrong, not the model the client named (which /v1/models lists)
+        return UpstreamFailed(f"provider {provider} does not serve the model this route names (HTTP 404): "
+                              f"{message}", code="upstream_model_not_found")
     if err.status == 529 or err.code == "overloaded_error":
         return Unavailable(f"provider {provider} is overloaded: {message}", code="upstream_overloaded",
                            retryable=True, headers=headers)

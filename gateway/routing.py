@@ -33,7 +33,8 @@ def candidates(catalog: Catalog, body: dict[str, Any]) -> list[Route]:
     return [r for r in routes if not (r.model_id in seen or seen.add(r.model_id))]  # type: ignore[func-returns-value]
 
 
-MOVE_ON_AT_ONCE = frozenset({"egress_unavailable", "provider_overloaded", "untranslatable", "upstream_redirect"})
+MOVE_ON_AT_ONCE = frozenset({"egress_unavailable", "provider_overloaded", "untranslatable", "upstream_redirect",
+                             "upstream_model_not_found"})
 
 
 def retry_after_s(value: str) -> float | None:
@@ -56,10 +57,11 @@ def retry_delay(attempt: int, error: GatewayError, cfg: RetriesConfig) -> float 
 
     A pool with no healthy proxy stays that way until its probes say otherwise, a provider at its
     concurrency cap is busy now, a request the model's provider kind cannot express (`untranslatable`:
-    `logprobs` for Claude) stays so, and so does a provider that answers with a redirect: retrying the
-    same model would only make the client wait (or add to the crowd), so such errors move on at once, to
-    a candidate that may take the request; with none left, the client gets the error. Otherwise full
-    jitter: uniform between 0 and the exponential cap, which spreads a crowd of failing requests best
+    `logprobs` for Claude) stays so, and so does a provider that answers with a redirect or does not know
+    the configured model: retrying the same model would only make the client wait (or add to the crowd), so
+    such errors move on at once, to a candidate that may take the request; with none left, the client gets
+    the error. Otherwise full jitter: uniform between 0 and the exponential cap, which spreads a crowd of
+    failing requests best
     (AWS Architecture Blog, "Exponential Backoff And Jitter").
     """
     if error.code in MOVE_ON_AT_ONCE:

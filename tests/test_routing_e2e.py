@@ -220,3 +220,47 @@ async def test_any_upstream_5xxs_retry_after_is_honoured_and_reaches_the_client(
             json={"model": "fake/gpt-4o", "messages": MESSAGES}) as r:
         assert r.status == 502 and r.headers.get("Retry-After") == "30"
     assert len(gw.fake.requests) == 3  # not retried within the 30 s asked
+
+
+OLLAMA_404 = {"error": {"message": 'model "llama3.2" not found, try pulling it first', "type": "api_error",
+                        "param": None, "code": None}}
+
+
+async def test_an_upstream_404_for_the_configured_model_is_the_operators_502(make_gateway: Any) -> None:
+    """Ollama's 404 for a model not pulled reached the client as its own 404, for a model /v1/models lists:
+    the client believed it had named a wrong model. The route is the operator's config: a 502, not retried
+    on the same model (it stays unknown there)."""
+    gw = await make_gateway(retries=FAST_RETRIES)
+    gw.fake.status, gw.fake.error_body = 404, OLLAMA_404
+    with pytest.raises(openai.APIStatusError) as info:
+        await gw.openai().chat.completions.create(model="local/llama", messages=MESSAGES)  # type: ignore[arg-type]
+    assert info.value.status_code == 502
+    error = info.value.body
+    assert isinstance(error, dict) and error["code"] == "upstream_model_not_found", error
+    assert "local" in error["message"] and "not found" in error["message"]
+    assert len(gw.fake.requests) == 1
+    record = await gw.app[RUNTIME].store.get_key(gw.key_id)
+    assert record is not None and record.usage == 0 and record.balance == record.credits
+
+
+async def test_an_upstream_404_moves_on_to_the_fallback(make_gateway: Any) -> None:
+    gw = await make_gateway(retries=FAST_RETRIES)
+    gw.fake.status, gw.fake.fail_times, gw.fake.error_body = 404, 1, OLLAMA_404
+    done = await gw.openai().chat.completions.create(
+        model="local/llama", messages=MESSAGES, extra_body={"models": ["fake/gpt-4o"]})  # type: ignore[arg-type]
+    assert done.model == "fake/gpt-4o"
+    assert [r.body["model"] for r in gw.fake.requests] == ["llama3.2", "gpt-4o"]
+
+
+async def test_a_404_on_the_clients_own_key_stays_the_clients(api_gateway: Any) -> None:
+    """With the client's own provider key a 404 ("does not exist or you do not have access to it") is about
+    what that key may reach: the client's to see as it is."""
+    ups = api_gateway.extra["upstreams"]
+    ups.openai.status, ups.openai.error_body = 404, {"error": {
+        "message": "The model `gpt-4o` does not exist or you do not have access to it.",
+        "type": "invalid_request_error", "param": None, "code": "model_not_found"}}
+    with pytest.raises(openai.NotFoundError) as info:
+        await api_gateway.openai().chat.completions.create(
+            model="oai/gpt-4o", messages=MESSAGES,  # type: ignore[arg-type]
+            extra_body={"provider_api_key": "sk-client-own-openai-key-000000000001"})
+    assert isinstance(info.value.body, dict) and info.value.body["code"] == "model_not_found", info.value.body
