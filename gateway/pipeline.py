@@ -289,7 +289,7 @@ async def _relay_stream(request: web.Request, resp: aiohttp.ClientResponse, code
         if isinstance(exc, GatewayError):
             err = exc
         elif isinstance(exc, UpstreamHTTPError):
-            err = map_upstream_error(exc, target.provider, False, scrub)
+            err = map_upstream_error(exc, target.provider, ticket.byok, scrub)
         else:
             log.exception("stream relay failed")
             err = UpstreamFailed(f"the upstream stream broke ({type(exc).__name__})", code="upstream_stream_error")

@@ -179,6 +179,29 @@ async def test_an_upstream_402_on_the_clients_own_key_stays_the_clients_402(gate
     validate(payload, "ErrorResponse")
 
 
+@pytest.mark.parametrize("own_key", [False, True], ids=["operators-key", "own-key"])
+async def test_an_error_event_saying_the_quota_is_spent_names_whose_account(odd: tuple[Gateway, RawUpstream],
+                                                                             own_key: bool) -> None:
+    """An error event in a started stream went through the operator's rules even with the client's own key:
+    "you exceeded your current quota" about the client's account read as the gateway's upstream credit."""
+    gw, up = odd
+    up.answer = sse({**HEAD, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"},
+                                          "finish_reason": None}]},
+                    {"error": {"message": "You exceeded your current quota", "type": "insufficient_quota",
+                               "code": "insufficient_quota"}})
+    body: dict[str, Any] = {"model": "oai/gpt-4o", "messages": MESSAGES, "max_tokens": 16, "stream": True}
+    if own_key:
+        body["provider_api_key"] = "sk-client-own-openai-key-000000000001"
+    status, raw = await call(gw, "/v1/chat/completions", body)
+    assert status == 200
+    error = chunks(raw)[-1]["error"]
+    validate({"error": error}, "ErrorResponse")
+    if own_key:
+        assert error["code"] != "upstream_insufficient_credits", error
+        assert "You exceeded your current quota" in error["message"]
+    else:
+        assert error["code"] == "upstream_insufficient_credits", error
+
 # -- 403: OpenRouter's moderation and guardrails refuse the content, not the key --------------------------
 
 OPENROUTER_403 = {
