@@ -8,6 +8,7 @@ network), through the provider's own egress route, within a size and a time limi
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +22,9 @@ from gateway.errors import InvalidRequest
 # hold of 1.6M tokens (~$0.50 at Gemini Flash prices)
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 FETCH_TIMEOUT_S = 15.0
+# and one time limit for them together: fifty URLs that each answer just inside FETCH_TIMEOUT_S held a
+# request, its hold and its stream slot for over ten minutes
+FETCH_TOTAL_S = 30.0
 
 
 def _parts(content: Any) -> Iterator[dict[str, Any]]:
@@ -69,13 +73,20 @@ def _refuse(url: str, why: str) -> InvalidRequest:
                           param="messages")
 
 
-async def _fetched(session: aiohttp.ClientSession, url: str, guard: fetch.Guard, max_bytes: int) -> fetch.Fetched:
+async def _fetched(session: aiohttp.ClientSession, url: str, guard: fetch.Guard, max_bytes: int,
+                   time_left_s: float) -> fetch.Fetched:
+    """One image within what the request's earlier fetches left of the byte and time budgets."""
+    together = f"the request's images take more than {FETCH_TOTAL_S:g} s to fetch together"
+    if time_left_s <= 0:
+        raise _refuse(url, together)
     try:
-        return await fetch.fetch(session, url, guard, max_bytes, FETCH_TIMEOUT_S)
+        return await fetch.fetch(session, url, guard, max_bytes, min(FETCH_TIMEOUT_S, time_left_s))
     except fetch.Refused as exc:
         why = str(exc)
         if max_bytes < MAX_IMAGE_BYTES and why.startswith("it is larger than"):
             why = f"the request's images come to more than {MAX_IMAGE_BYTES} bytes together"
+        elif time_left_s < FETCH_TIMEOUT_S and why.startswith("fetching it took longer than"):
+            why = together
         raise _refuse(url, why) from exc
 
 
@@ -101,11 +112,13 @@ async def inline_remote_images(body: dict[str, Any], session: aiohttp.ClientSess
 
 class _Inliner:
     """Rewrites remote image parts as inline ones, one fetch each, under one guard, within MAX_IMAGE_BYTES
-    for all of them."""
+    and FETCH_TOTAL_S for all of them."""
 
     def __init__(self, session: aiohttp.ClientSession, guard: fetch.Guard) -> None:
         self.session, self.guard = session, guard
         self.left = MAX_IMAGE_BYTES
+        self.clock = asyncio.get_running_loop().time
+        self.deadline = self.clock() + FETCH_TOTAL_S
 
     async def content(self, content: list[Any]) -> list[Any]:
         return [await self.part(part) if isinstance(part, dict) else part for part in content]
@@ -116,7 +129,7 @@ class _Inliner:
         url = _remote_url(part)
         if url is None:
             return part
-        got = await _fetched(self.session, url, self.guard, self.left)
+        got = await _fetched(self.session, url, self.guard, self.left, self.deadline - self.clock())
         self.left -= len(got.data)
         data_uri = f"data:{got.media_type};base64,{base64.b64encode(got.data).decode()}"
         if part.get("type") == "image_url":

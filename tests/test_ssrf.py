@@ -14,6 +14,7 @@ import asyncio
 import base64
 import ipaddress
 import ssl
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -55,6 +56,9 @@ def _site_app(site_ref: list[Site]) -> web.Application:
             raise web.HTTPFound("/loop")
         if request.path == "/page":
             return web.Response(text="<html></html>", content_type="text/html")
+        if request.path == "/lagging":  # each within its own time limit, slow together
+            await asyncio.sleep(0.3)
+            return web.Response(body=PNG, content_type="image/png")
         if request.path in ("/big", "/big-chunked"):
             response = web.StreamResponse(headers={"Content-Type": "image/png"})
             if request.path == "/big":
@@ -460,3 +464,20 @@ async def test_a_requests_images_are_inlined_within_one_size_budget(session: aio
     few = {"messages": [{"role": "user", "content": body["messages"][0]["content"][:10]}]}  # type: ignore[index]
     inlined = await images.inline_remote_images(few, session, resolve_locally=True, guard=test_guard())
     assert all(part["image_url"]["url"].startswith("data:image/png") for part in inlined["messages"][0]["content"])
+
+
+async def test_a_requests_image_fetches_share_one_time_limit(session: aiohttp.ClientSession, sites: dict[str, Site],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """FETCH_TIMEOUT_S bounded each fetch, one after another: fifty URLs that each answer just inside it held a
+    request (its hold, its stream slot, a worker's memory) for fifty times as long. They share one limit now."""
+    monkeypatch.setattr(images, "FETCH_TOTAL_S", 1.0)
+    url = sites["public"].url + "/lagging"
+    body = {"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": f"{url}?{i}"}} for i in range(10)]}]}
+    started = time.monotonic()
+    with pytest.raises(InvalidRequest) as info:
+        await images.inline_remote_images(body, session, resolve_locally=True, guard=test_guard())
+    assert time.monotonic() - started < 2.0
+    assert info.value.code == "invalid_image_url" and info.value.status == 400
+    assert "more than 1 s to fetch together" in info.value.message
+    assert len(sites["public"].seen) <= 4
