@@ -54,6 +54,7 @@ class Route:
             headers=tuple(self.provider.headers.items()),
             default_max_tokens=self.model.max_output_tokens,
             keep_cache_control=self.provider.keeps_cache_control,
+            keep_reasoning_details=self.provider.keeps_reasoning_details,
         ))
         object.__setattr__(self, "keyed", replace(self.keyless, api_key=self.provider.api_key))
 

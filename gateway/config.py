@@ -24,6 +24,9 @@ from providers.registry import KINDS
 
 NANO = 1_000_000_000  # nano-dollars per dollar
 CACHE_CONTROL_HOSTS = frozenset({"openrouter.ai"})  # OpenAI-compatible APIs that document `cache_control`
+# and those that want an earlier answer's `reasoning_details` back in the history (OpenRouter: Gemini 3's
+# thought signatures and Claude's signed thinking ride in it); other servers answer 400 to the field
+REASONING_DETAILS_HOSTS = frozenset({"openrouter.ai"})
 
 
 class ConfigError(Exception):
@@ -176,6 +179,10 @@ class ProviderConfig(_Model):
         if self.cache_control is not None:
             return self.cache_control
         return (urlsplit(self.base_url).hostname or "").lower() in CACHE_CONTROL_HOSTS
+
+    @cached_property
+    def keeps_reasoning_details(self) -> bool:
+        return (urlsplit(self.base_url).hostname or "").lower() in REASONING_DETAILS_HOSTS
 
     @field_validator("kind")
     @classmethod

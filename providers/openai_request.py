@@ -19,6 +19,7 @@ from providers.types import JSON, REASONING_FIELDS, ChatRequest, Target, Upstrea
 
 MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
 _REASONING = frozenset(REASONING_FIELDS)
+_REASONING_AND_DETAILS = _REASONING | {"reasoning_details"}  # OpenRouter's signed reasoning, for OpenRouter only
 
 
 def build_request(req: ChatRequest, target: Target) -> UpstreamRequest:
@@ -47,7 +48,8 @@ def adapt_body(req: ChatRequest, target: Target) -> JSON:
     for name in target.drop:
         body.pop(name, None)
     strip_marks = not target.keep_cache_control
-    body["messages"] = [_history_message(m, strip_marks) for m in body.get("messages") or ()]
+    answer_only = _REASONING if target.keep_reasoning_details else _REASONING_AND_DETAILS
+    body["messages"] = [_history_message(m, strip_marks, answer_only) for m in body.get("messages") or ()]
     if strip_marks:
         _drop_cache_control(body)
     if req.stream:
@@ -60,7 +62,7 @@ def adapt_body(req: ChatRequest, target: Target) -> JSON:
     return body
 
 
-def _history_message(message: Any, strip_marks: bool) -> Any:
+def _history_message(message: Any, strip_marks: bool, answer_only: frozenset[str]) -> Any:
     """A history message without what other answers added for the client's eyes only, and without its content
     parts' `cache_control` marks when `strip_marks` (see `_drop_cache_control`); a copy when changed.
 
@@ -68,11 +70,13 @@ def _history_message(message: Any, strip_marks: bool) -> Any:
     field in a message, such as `reasoning` (the name OpenRouter, Ollama and vLLM answer with, which a client
     sends back with the turn) or the `extra_content` (a Gemini thought signature, Claude's thinking blocks)
     that a conversation begun on a Gemini or Claude model carries on its tool calls; history needs neither.
+    OpenRouter's `reasoning_details` (`answer_only` holds it unless the upstream is OpenRouter, which wants it
+    back) is refused the same way by DeepSeek, MiniMax and OpenAI.
     """
     if not isinstance(message, dict):
         return message
-    if not _REASONING.isdisjoint(message):
-        message = {k: v for k, v in message.items() if k not in _REASONING}
+    if not answer_only.isdisjoint(message):
+        message = {k: v for k, v in message.items() if k not in answer_only}
     calls = message.get("tool_calls")
     if isinstance(calls, list) and any(isinstance(call, dict) and "extra_content" in call for call in calls):
         message = {**message, "tool_calls": [_without_extra_content(call) for call in calls]}

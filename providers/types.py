@@ -58,6 +58,7 @@ class Target:
     # for kinds that require max_tokens (anthropic), and the most a translation may raise it to (thinking)
     default_max_tokens: int | None = None
     keep_cache_control: bool = False  # kind openai: the upstream takes Anthropic-style `cache_control` marks
+    keep_reasoning_details: bool = False  # kind openai: the upstream wants history's `reasoning_details` back
 
 
 @record

@@ -318,3 +318,4 @@ def test_cache_control_marks_go_to_openrouter_or_where_configured(fields: str, k
     config = parse(doc, {})
     assert config.providers["p"].keeps_cache_control is keeps
     assert Catalog(config).resolve("p/m").target("").keep_cache_control is keeps
+    assert Catalog(config).resolve("p/m").target("").keep_reasoning_details is ("openrouter.ai/" in fields.lower())

@@ -458,6 +458,29 @@ def test_reasoning_content_is_stripped_from_history(field: str) -> None:
     assert body["messages"][1][field] == "compare decimals"  # the client's body is untouched
 
 
+DETAILS = [{"type": "reasoning.encrypted", "data": "gAAAAB...", "id": "tool_1", "format": "google-gemini-v1",
+            "index": 0}]
+
+
+@pytest.mark.parametrize("keeps", [False, True], ids=["other-server", "openrouter"])
+def test_reasoning_details_go_back_only_to_openrouter(keeps: bool) -> None:
+    """OpenRouter answers with `reasoning_details` (Gemini 3's thought signatures, Claude's signed thinking) and
+    wants them back with the turn; DeepSeek, MiniMax and OpenAI answer 400 to the field in a message, so a
+    conversation begun through OpenRouter could not move to them."""
+    body = {"model": "m", "messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "reasoning": "call it", "reasoning_details": DETAILS,
+         "tool_calls": [{"id": "tool_1", "type": "function", "function": {"name": "w", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "tool_1", "content": "sunny"}]}
+    target = Target(provider="p", base_url="https://x/v1", api_key="k", upstream_model="m", public_model="p/m",
+                    keep_reasoning_details=keeps)
+    sent = orjson.loads(openai.build_request(ChatRequest(body=body, stream=False), target).body)
+    assert "reasoning" not in sent["messages"][1]
+    assert ("reasoning_details" in sent["messages"][1]) is keeps
+    if keeps:
+        assert sent["messages"][1]["reasoning_details"] == DETAILS
+    assert body["messages"][1]["reasoning_details"] == DETAILS  # type: ignore[index]
+
 def test_deepseek_reasoning_deltas_pass_through_unchanged() -> None:
     target = Target(provider="deepseek", base_url="https://api.deepseek.com/v1", api_key="k",
                     upstream_model="deepseek-reasoner", public_model="deepseek/deepseek-reasoner")
