@@ -18,7 +18,9 @@ Decisions where the formats differ:
 - a functionCall's `thoughtSignature` (Gemini 3 requires it back on that call in the next request, else 400)
   goes out as the tool call's `extra_content.google.thought_signature`, Google's own OpenAI-compatible
   spelling, and comes back from there onto the `functionCall` part (a malformed one is ignored). Signatures
-  on text parts are dropped: Gemini does not require them back.
+  on text parts are dropped: Gemini does not require them back. A current-turn step with no signature to
+  give back (a conversation begun on another model) gets Google's documented stand-in on its first call
+  (`gemini_request.sign_current_turn`), for Gemini 3 and later and unversioned names.
 - a prompt blocked before any candidate is an answer (Gemini said 200 and bills the prompt): content None,
   `refusal` naming the block reason, finish_reason `content_filter`.
 - usage: prompt = promptTokenCount + toolUsePromptTokenCount (billed as input; the total is then Gemini's
@@ -43,7 +45,7 @@ from typing import Any
 
 import orjson
 
-from providers.gemini_request import gemini_body
+from providers.gemini_request import checks_signatures, gemini_body, sign_current_turn
 from providers.types import (
     JSON,
     ChatRequest,
@@ -90,7 +92,10 @@ def build_request(req: ChatRequest, target: Target) -> UpstreamRequest:
         headers["x-goog-api-key"] = target.api_key
     headers.update(target.headers)
     url = f"{target.base_url}/v1beta/models/{target.upstream_model}:{method}"
-    return UpstreamRequest("POST", url, headers, orjson.dumps(gemini_body(body)), req.stream)
+    out = gemini_body(body)
+    if checks_signatures(target.upstream_model):
+        sign_current_turn(out["contents"])
+    return UpstreamRequest("POST", url, headers, orjson.dumps(out), req.stream)
 
 
 def max_output_tokens(body: JSON, target: Target) -> int | None:

@@ -4,6 +4,7 @@ decisions where the two formats differ). Pure: no I/O; `ProviderError` when the 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -274,3 +275,34 @@ def _thinking_config(body: JSON, max_tokens: Any) -> JSON:
             budget = min(budget, wish.budget_for(max_tokens))
         config["thinkingBudget"] = budget
     return config
+
+
+# Google's documented stand-in for a thought signature the history does not have: it skips the check
+SKIP_SIGNATURE = "skip_thought_signature_validator"
+_GEMINI_VERSION = re.compile(r"gemini-(\d+)")
+
+
+def checks_signatures(model: str) -> bool:
+    """Whether the upstream model may be one that refuses unsigned function calls: Gemini 3 and later, and a
+    Gemini name without a version (`gemini-flash-latest` moves to new models by itself)."""
+    if "gemini" not in model:
+        return False
+    version = _GEMINI_VERSION.search(model)
+    return version is None or int(version.group(1)) >= 3
+
+
+def sign_current_turn(contents: list[JSON]) -> None:
+    """Gemini 3 refuses the request (400) unless the first functionCall of each model step in the current
+    turn (the steps since the last user content that is not function responses) carries its thought
+    signature. A conversation begun on another model, or a client that dropped `extra_content`, has none to
+    give: such a step's first call gets `SKIP_SIGNATURE`, in place on the parts this module built. Steps with
+    a signature and earlier turns (not checked) are left as they are."""
+    for content in reversed(contents):
+        parts = content["parts"]
+        if content["role"] == "user":
+            if not any("functionResponse" in part for part in parts):
+                return
+            continue
+        calls = [part for part in parts if "functionCall" in part]
+        if calls and not any("thoughtSignature" in call for call in calls):
+            calls[0]["thoughtSignature"] = SKIP_SIGNATURE

@@ -22,6 +22,7 @@ from gateway.messages import NativeExchange
 from providers import anthropic, anthropic_answer, anthropic_inbound, gemini, openai
 from providers.anthropic_answer import MessageStream
 from providers.framing import SSEDecoder
+from providers.gemini_request import SKIP_SIGNATURE
 from providers.types import ChatRequest, ProviderError, Target, Usage
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -424,12 +425,14 @@ CLAUDE_SIGNATURE = next(json.loads(e.data)["delta"]["signature"] for e in SSEDec
 @pytest.mark.parametrize("thinking", ["I need today's date first.", ""], ids=["summarized", "display_omitted"])
 def test_claude_signatures_never_reach_gemini(thinking: str) -> None:
     """A conversation begun on Claude keeps Claude's signed thinking before its tool_use, with empty text too
-    (`display: "omitted"`); Gemini refuses a signature it did not make, so none is handed on."""
+    (`display: "omitted"`); Gemini refuses a signature it did not make, so none is handed on: the call gets
+    Google's stand-in instead, as any unsigned call of Gemini 3's current turn does."""
     assert CLAUDE_SIGNATURE.startswith("EqQBCgIYAhIM")
     content = [_thinking(thinking, CLAUDE_SIGNATURE), {"type": "tool_use", "id": "toolu_01", "name": "now",
                                                        "input": {}}]
     sent = next_turn(content)
-    assert sent["contents"][1] == {"role": "model", "parts": [{"functionCall": {"name": "now", "args": {}}}]}
+    assert sent["contents"][1] == {"role": "model", "parts": [{"functionCall": {"name": "now", "args": {}},
+                                                                "thoughtSignature": SKIP_SIGNATURE}]}
     body = {"model": "m", "max_tokens": 5, "messages": [{"role": "assistant", "content": content}]}
     assert anthropic_inbound.chat_body(body)["messages"] == [{"role": "assistant", "content": None, "tool_calls": [
         {"id": "toolu_01", "type": "function", "function": {"name": "now", "arguments": "{}"}}]}]

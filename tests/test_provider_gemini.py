@@ -21,7 +21,7 @@ from jsonschema import Draft202012Validator
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessage
 
-from providers import gemini
+from providers import gemini, gemini_request
 from providers.framing import SSEDecoder
 from providers.types import (
     ChatRequest,
@@ -880,6 +880,51 @@ def test_malformed_extra_content_is_ignored(extra: Any) -> None:
     sent = next_turn({"role": "assistant", "content": None, "tool_calls": [{**CALLS[1], "extra_content": extra}]})
     assert sent["contents"][1]["parts"] == [{"functionCall": {"name": "now", "args": {}}}]
 
+
+GEMINI_3 = replace(TARGET, upstream_model="gemini-3-pro-preview")
+
+
+def sent_to(target: Target, messages: list[Any]) -> list[dict[str, Any]]:
+    body = {"model": "m", "messages": messages}
+    return orjson.loads(gemini.build_request(ChatRequest(body=body, stream=False), target).body)["contents"]
+
+
+def moved_conversation() -> list[Any]:
+    """A tool loop begun on another model (no signatures), then a new question, then a two-step tool loop."""
+    def step(call_id: str) -> list[Any]:
+        return [{"role": "assistant", "content": None, "tool_calls": [
+                    {**CALLS[1], "id": call_id}, {**CALLS[1], "id": call_id + "b"}]},
+                {"role": "tool", "tool_call_id": call_id, "content": "1"},
+                {"role": "tool", "tool_call_id": call_id + "b", "content": "2"}]
+    return [user("first question"), *step("a"), {"role": "assistant", "content": "done"}, user("second"),
+            *step("b"), *step("c")]
+
+
+def test_a_gemini_3_current_turn_without_signatures_gets_googles_stand_in() -> None:
+    """Gemini 3 answers 400 ("Function call is missing a thought_signature") to a tool loop begun on another
+    model: each step of the current turn gets the documented stand-in on its first call; the earlier turn,
+    which Gemini does not check, and the other calls stay unsigned."""
+    contents = sent_to(GEMINI_3, moved_conversation())
+    signatures = [[part.get("thoughtSignature") for part in content["parts"] if "functionCall" in part]
+                  for content in contents if content["role"] == "model"]
+    stand_in = gemini_request.SKIP_SIGNATURE
+    assert signatures == [[None, None], [], [stand_in, None], [stand_in, None]]
+
+
+def test_a_real_signature_is_never_replaced() -> None:
+    parts, message = signed_parallel_answer()
+    contents = sent_to(GEMINI_3, [user("q"), message, *[
+        {"role": "tool", "tool_call_id": call["id"], "content": "1"} for call in message["tool_calls"]]])
+    assert contents[1]["parts"] == parts
+
+
+@pytest.mark.parametrize(("model", "signs"), [
+    ("gemini-3-pro-preview", True), ("gemini-3.1-flash", True), ("gemini-4-argon", True),
+    ("gemini-flash-latest", True), ("gemini-2.5-flash", False), ("gemini-2.0-flash", False),
+    ("gemma-3-27b-it", False)])
+def test_the_stand_in_goes_only_to_models_that_check(model: str, signs: bool) -> None:
+    contents = sent_to(replace(TARGET, upstream_model=model), moved_conversation())
+    assert ("thoughtSignature" in contents[-2]["parts"][0]) is signs
 
 # -- property: nothing is lost or reordered --------------------------------------------------------
 

@@ -21,6 +21,7 @@ from harness import Gateway, start_gateway, validate
 from gateway import billing
 from gateway.config_load import parse
 from gateway.state import RUNTIME
+from providers import gemini_request
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
 PIXEL = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQ"
@@ -46,6 +47,7 @@ async def gw(aiohttp_server: Any, all_upstreams: Upstreams) -> AsyncIterator[Gat
             "oai/gpt-4o": {"upstream": "gpt-4o", "price": {"input_per_mtok": 2.5, "output_per_mtok": 10}},
             "google/flash": {"upstream": "gemini-2.0-flash", "vision": True, "max_output_tokens": 8192,
                              "price": {"input_per_mtok": 0.1, "output_per_mtok": 0.4}},
+            "google/pro3": {"upstream": "gemini-3-pro-preview", "price": {"input_per_mtok": 2, "output_per_mtok": 12}},
         },
     }
     gateway = await start_gateway(aiohttp_server, parse(yaml.safe_dump(doc), {}), all_upstreams.openai)
@@ -296,6 +298,22 @@ async def test_gemini_thought_signature_round_trip(gw: Gateway, all_upstreams: U
     sent_call = all_upstreams.openai.last.body["messages"][1]["tool_calls"][0]
     assert "extra_content" not in sent_call and sent_call["id"] == call.id
 
+
+
+async def test_a_tool_loop_begun_on_another_model_goes_on_with_gemini_3(gw: Gateway,
+                                                                        all_upstreams: Upstreams) -> None:
+    """Gemini 3 refuses a current-turn function call without its thought signature (the fake checks it as
+    Google documents): a tool call an OpenAI model made carries none, so moving the conversation to Gemini 3
+    was a 400. The gateway gives such a call Google's documented stand-in."""
+    messages: list[Any] = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
+            "name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
+    answer = await gw.openai().chat.completions.create(model="google/pro3", messages=messages, tools=TOOLS)
+    assert answer.choices[0].message.content
+    [call] = all_upstreams.gemini.last.body["contents"][1]["parts"]
+    assert call["thoughtSignature"] == gemini_request.SKIP_SIGNATURE
 
 async def hang_up_after(gateway: Gateway, model: str, chunks: int) -> tuple[dict[str, str], int]:
     """Stream a chat, read `chunks` chunks, hang up: the generation record once settled, and the text bytes read."""

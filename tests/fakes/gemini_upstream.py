@@ -21,6 +21,11 @@ answered with the recorded thinking answers instead, thought-summary parts first
   folder); each vector is `EMBED_DIMENSIONS` floats derived from the text, or `outputDimensionality` long.
   More than 100 requests in one batch get Google's 400 ("at most 100 requests can be in one batch").
 
+A Gemini 3 model (`gemini-3...`) checks thought signatures as Google documents it: in the current turn (the
+model's steps since the last user content that is not function responses) the first `functionCall` of each
+step must carry a `thoughtSignature`, else 400 INVALID_ARGUMENT "Function call is missing a
+thought_signature in functionCall parts..." (any non-empty string passes: the fake cannot check a real one).
+
 Every request needs an API key (`x-goog-api-key` header or `?key=`), else 400 with the recorded
 `googleai/unary-failure-api-key.json` body; a model not in `models` gets 404 with
 `googleai/unary-failure-unknown-model.json`. `status` + `error_body` answer any other error.
@@ -169,12 +174,32 @@ async def _generate(request: web.Request) -> web.StreamResponse:
         return _embed(body)
     if not isinstance(body, dict) or not isinstance(body.get("contents"), list | dict):
         return _google_error(400, "Invalid JSON payload received.", "INVALID_ARGUMENT")
+    if model.startswith("gemini-3") and (unsigned := _unsigned_call(body["contents"])) is not None:
+        return _google_error(400, "Function call is missing a thought_signature in functionCall parts. This is "
+                             "required for tools to work correctly, and missing thought_signature may lead to "
+                             f"degraded model performance. Additional data, function call `default_api:{unsigned}`"
+                             ". Please refer to https://ai.google.dev/gemini-api/docs/thought-signatures for more "
+                             "details.", "INVALID_ARGUMENT")
     thinks = shows_thoughts(body)
     if method == "generateContent":
         return web.json_response(fake.unary_answer(thinks))
     if request.query.get("alt") != "sse":
         return web.json_response(recorded_chunks(fake.stream_name(thinks)))
     return await _stream(request, fake, recorded_events(fake.stream_name(thinks)))
+
+
+def _unsigned_call(contents: Any) -> str | None:
+    """The name of a current-turn step's first function call that has no thought signature, or None."""
+    for content in reversed(contents if isinstance(contents, list) else []):
+        parts = [p for p in content.get("parts") or () if isinstance(p, dict)] if isinstance(content, dict) else []
+        if content.get("role") != "model":
+            if not any("functionResponse" in part for part in parts):
+                return None  # the user's own message: the current turn starts after it
+            continue
+        calls = [part for part in parts if "functionCall" in part]
+        if calls and not calls[0].get("thoughtSignature"):
+            return str(calls[0]["functionCall"].get("name"))
+    return None
 
 
 def embedding_of(text: str, dimensions: int = EMBED_DIMENSIONS) -> list[float]:
