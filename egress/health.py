@@ -1,5 +1,6 @@
 """Active health checks: each pool probes its proxies every `interval_s` (with jitter), ejected ones on
-an exponential back-off, and restores a proxy after `restore_after_successes` good probes in a row.
+an exponential back-off, and restores a proxy after `restore_after_successes` good probes in a row (more
+for a flapping one: `ProxyState.successes_needed`).
 
 A probe is `tcp://host:port` (a tunnel opened through the proxy and closed) or an `http(s)://` URL (any
 HTTP answer through the proxy counts). Probe failures count toward ejection like live failures, but are
@@ -35,7 +36,7 @@ async def probe_once(egress: Egress, pool: Pool, state: ProxyState) -> bool:
         _probe_failed(egress, pool, state)
         return False
     metrics.PROBES.labels(pool.spec.name, state.spec.name, "ok").inc()
-    state.record_connect(seconds)
+    state.record_latency(seconds)
     _probe_succeeded(egress, pool, state)
     return True
 
@@ -56,7 +57,7 @@ def _probe_succeeded(egress: Egress, pool: Pool, state: ProxyState) -> None:
         state.failures = 0
         return
     state.successes += 1
-    if state.successes >= pool.spec.restore_after_successes:
+    if state.successes >= state.successes_needed(pool.spec.restore_after_successes):
         egress.restore(state)
     else:  # the next good probe an interval later, not at once
         state.next_probe_at = time.monotonic() + pool.spec.interval_s

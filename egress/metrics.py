@@ -11,7 +11,8 @@ UP = Gauge("gateway_egress_proxy_up", "1 when the proxy is in service, 0 when ej
            multiprocess_mode="livemin")  # a dead worker's 0 must not outlive it
 REQUESTS = Counter("gateway_egress_requests_total", "Upstream connection attempts through a proxy by outcome",
                    ["pool", "proxy", "outcome"])
-CONNECT_SECONDS = Histogram("gateway_egress_connect_seconds", "New connection time: TCP, proxy handshake, TLS",
+CONNECT_SECONDS = Histogram("gateway_egress_connect_seconds",
+                            "New connection time of requests (not probes): TCP, proxy handshake, TLS",
                             ["pool", "proxy"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 EJECTIONS = Counter("gateway_egress_ejections_total", "Times a proxy was taken out of service", ["pool", "proxy"])
 PROBES = Counter("gateway_egress_probes_total", "Active health probes by result", ["pool", "proxy", "result"])

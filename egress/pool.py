@@ -7,6 +7,10 @@ machine per proxy fed by live traffic (passive) and probes (active, `egress.heal
     up --(eject_after_failures consecutive failures)--> ejected
     ejected --(restore_after_successes consecutive probe successes)--> up
 
+A proxy ejected again within FLAP_WINDOW probe intervals of its restoration is flapping (it passes probes,
+fails requests): each such ejection doubles the good probes it needs to come back, up to 2**MAX_FLAPS
+times `restore_after_successes`; an ejection after a longer stay in service starts over.
+
 Only the proxy's own failures count (connect refused/timeout, handshake failure, reset before the
 response); upstream HTTP errors never do, so no client can eject proxies with bad requests. Passive
 checks never eject more than `max_ejected_share` of a pool at once.
@@ -41,6 +45,8 @@ AFFINITY_MAX = 100_000  # remembered key -> proxy assignments per pool
 EWMA_ALPHA = 0.3
 RETIRE_POLL_S = 1.0  # a session a reload removed is closed once no request uses it any more ...
 RETIRE_MAX_S = 3600.0  # ... or after this long, whatever is still streaming through it
+FLAP_WINDOW = 10  # probe intervals: an ejection sooner than this after a restoration is a flap ...
+MAX_FLAPS = 5  # ... and doubles the probes the next restoration needs, up to 32 times as many
 
 
 class EgressUnavailable(Exception):
@@ -79,12 +85,23 @@ class ProxyState:
     ejections: int = 0
     backoff: int = 0  # probes of an ejected proxy wait interval * 2**backoff
     next_probe_at: float = 0.0
+    restored_at: float = float("-inf")
+    flaps: int = 0  # ejections in a row, each soon after the restoration before it
     outcomes: dict[str, int] = field(default_factory=dict)
 
     def record_connect(self, seconds: float) -> None:
+        """A request's new connection: the latency average and the connect histogram."""
+        self.record_latency(seconds)
+        metrics.CONNECT_SECONDS.labels(self.pool, self.spec.name).observe(seconds)
+
+    def record_latency(self, seconds: float) -> None:
+        """A probe's time feeds `least_latency` only: the histogram is what requests wait for."""
         self.latency_s = seconds if self.latency_s is None else (
             EWMA_ALPHA * seconds + (1 - EWMA_ALPHA) * self.latency_s)
-        metrics.CONNECT_SECONDS.labels(self.pool, self.spec.name).observe(seconds)
+
+    def successes_needed(self, restore_after: int) -> int:
+        """Good probes in a row that put this proxy back: more for one that keeps failing soon after."""
+        return restore_after * 2 ** min(self.flaps, MAX_FLAPS)
 
     def public(self) -> dict[str, Any]:
         """What /admin/egress shows: name, host, state — never the URL or its credentials."""
@@ -224,7 +241,8 @@ class Egress:
 
     def plan(self, pool_name: str, affinity_key: str | None = None,
              blocked: frozenset[str] = frozenset()) -> list[Exit]:
-        """The exits to try, in order: at most the pool's max_attempts."""
+        """The exits to try, in order: at most the pool's max_attempts proxies, then the direct route
+        when the pool may fall back to it."""
         assert self._direct is not None, "configure() first"
         if pool_name == DIRECT:
             return [self._direct]
@@ -233,12 +251,12 @@ class Egress:
             raise EgressUnavailable(pool_name, "the pool is no longer configured")
         order = pool.order(affinity_key, blocked)
         exits = [Exit(s, s.session) for s in order if s.session is not None][: pool.spec.max_attempts]
-        if exits:
-            return exits
-        if pool.spec.fallback_direct:
-            return [self._direct]
-        raise EgressUnavailable(pool_name, "no healthy proxy left" + (
-            f" outside the blocked regions {sorted(blocked)}" if blocked else ""))
+        if pool.spec.fallback_direct:  # last: taken when no proxy is healthy, or every one tried failed to connect
+            exits.append(self._direct)
+        elif not exits:
+            raise EgressUnavailable(pool_name, "no healthy proxy left" + (
+                f" outside the blocked regions {sorted(blocked)}" if blocked else ""))
+        return exits
 
     def succeeded(self, exit_: Exit) -> None:
         if exit_.proxy is not None:
@@ -258,14 +276,17 @@ class Egress:
             self.eject(state, pool.spec.interval_s)
 
     def eject(self, state: ProxyState, interval_s: float) -> None:
+        now = time.monotonic()
         state.up, state.successes, state.backoff = False, 0, 0
         state.ejections += 1
-        state.next_probe_at = time.monotonic() + interval_s
+        state.flaps = state.flaps + 1 if now - state.restored_at < FLAP_WINDOW * interval_s else 0
+        state.next_probe_at = now + interval_s
         metrics.UP.labels(state.pool, state.spec.name).set(0)
         metrics.EJECTIONS.labels(state.pool, state.spec.name).inc()
 
     def restore(self, state: ProxyState) -> None:
         state.up, state.failures, state.successes, state.backoff = True, 0, 0, 0
+        state.restored_at = time.monotonic()
         metrics.UP.labels(state.pool, state.spec.name).set(1)
 
     def _count(self, state: ProxyState, outcome: str) -> None:

@@ -42,19 +42,22 @@ async def open_upstream(egress: Egress, pool: str, affinity_key: str | None, blo
     """Send the request through the provider's pool; return once the upstream's headers arrived.
 
     A way out that fails before the request reached the upstream (proxy refused, handshake failed,
-    connect timeout) counts against that proxy and the next exit is tried at once; once the request body
-    was sent, there is no resend, here or by a retry (the error is not retryable).
+    connect timeout) counts against that proxy and the next exit is tried at once (the direct route last,
+    when the pool may fall back to it); once the request body was sent, there is no resend, here or by a
+    retry (the error is not retryable). The request's deadline running out while connecting is nobody's
+    failure and leaves no time for another exit.
     """
     try:
         exits = egress.plan(pool, affinity_key, blocked)
     except EgressUnavailable as exc:
         raise egress_unavailable(provider, str(exc)) from exc
-    timeout = _connect_timeout(connect_s)
+    timeout, own_s = _connect_timeout(connect_s), first_byte_s + connect_s
     for exit_ in exits:
         progress = Progress()
+        wait_s = _header_wait(own_s)
         try:
             with watching(progress):
-                async with asyncio.timeout(_header_wait(first_byte_s + connect_s)):
+                async with asyncio.timeout(wait_s) as waited:
                     resp = await exit_.session.request(req.method, req.url, headers=req.headers, data=req.body,
                                                        timeout=timeout, allow_redirects=False)
         except (TimeoutError, aiohttp.ClientError, OSError, EOFError, *PROXY_ERRORS) as exc:  # type: ignore[misc]
@@ -65,6 +68,10 @@ async def open_upstream(egress: Egress, pool: str, affinity_key: str | None, blo
                 raise UpstreamFailed(f"provider {provider}'s TLS certificate could not be verified "
                                      f"({bad_certificate.verify_message}); the request was not sent",
                                      code="upstream_tls_error", retryable=False) from exc
+            if not progress.connected and waited.expired() and wait_s < own_s:
+                # the request's deadline came before the exit's own connect timeout: not the exit's failure
+                raise UpstreamTimeout(f"provider {provider}: the request's deadline (retries.deadline_s) ran out "
+                                      "before a connection was made; the request was not sent") from exc
             if not progress.connected:  # the request never left: this way out failed, try the next
                 egress.failed(exit_, "timeout" if isinstance(exc, PROXY_TIMEOUTS) else "connect_error")
                 last: BaseException = exc
@@ -81,7 +88,7 @@ async def open_upstream(egress: Egress, pool: str, affinity_key: str | None, blo
             raise _broken_after_sending(exc, provider) from exc
         egress.succeeded(exit_)
         return resp, exit_
-    if exits[0].proxy is None:
+    if exits[-1].proxy is None:  # the direct route (or a pool's fallback to it) failed last: the upstream's
         if isinstance(last, TimeoutError):  # the connection never completed: the upstream's timeout (504)
             raise UpstreamTimeout(f"provider {provider} did not accept a connection within {connect_s:g} s; "
                                   "the request was not sent") from last

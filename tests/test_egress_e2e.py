@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import time
@@ -16,7 +17,7 @@ import pytest
 import trustme
 import yaml
 from fakes.openai_upstream import FakeOpenAI
-from harness import Gateway, start_gateway
+from harness import Gateway, closed_port, start_gateway
 from prometheus_client import REGISTRY
 from proxies import BlackHole, Dante, Microsocks, PProxy, Tinyproxy
 
@@ -26,7 +27,10 @@ from egress.proxy import ProxySpec
 from gateway import streaming
 from gateway.app import reload_config
 from gateway.config_load import parse
+from gateway.errors import GatewayError
+from gateway.relay import open_upstream
 from gateway.state import RUNTIME
+from providers.types import UpstreamRequest
 
 ADMIN = "admin-token-for-tests-0123456789"
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -458,3 +462,125 @@ async def test_each_pool_is_probed_at_its_own_interval(upstream: Any, socks_pair
     await egress.close()
     assert probes("fast", "f1") - fast >= 4
     assert probes("slow", "s1") - slow == 1
+
+
+async def test_fallback_direct_takes_a_request_whose_proxies_all_fail_at_the_proxy(
+        upstream: Any, socks_pair: Any, started: Any, log_lines: Any) -> None:
+    """With `fallback_direct: true`, a request whose every proxy failed before reaching the upstream goes
+    direct in the same request, not only once the health checks ejected them all; an upstream's own error
+    through a working proxy never sends the request direct."""
+    fake, url = upstream
+    a, b = socks_pair
+    doc = config_doc(url, [{"name": "a", "url": a.url}, {"name": "b", "url": b.url}], affinity=False,
+                     fallback_direct=True, health={"interval_s": 60})  # no probe ejects them during the test
+    doc["retries"] = {"max_retries": 0}
+    gw = await started(parse(yaml.safe_dump(doc), {}), fake)
+    fake.status = 500
+    with pytest.raises(openai.APIStatusError) as info:
+        await chat(gw)
+    assert info.value.status_code == 502
+    assert {r.peer for r in fake.requests} <= {"127.0.0.2", "127.0.0.3"}  # the upstream failed: not sent again
+    fake.status, fake.allowed_peers = 200, None
+    a.stop()
+    b.stop()
+    done = await chat(gw)
+    assert done.choices[0].message.content
+    assert fake.last.peer == "127.0.0.1"  # left directly
+    proxies = {p["name"]: p for p in (await admin_egress(gw))["proxies"]}
+    assert all(p["requests"].get("connect_error", 0) == 1 for p in proxies.values()), proxies
+    line = [x for x in log_lines() if x.get("event") == "request"][-1]
+    assert line["egress"] == "direct" and line["status"] == 200
+    await gw.app[RUNTIME].settlements.drain(5)
+    record = await gw.app[RUNTIME].store.get_generation(gw.key_id, done.id)
+    assert record is not None and record["egress"] == "direct"
+
+
+async def test_a_deadline_running_out_mid_connect_is_not_the_proxys_failure(upstream: Any, socks_pair: Any,
+                                                                           started: Any) -> None:
+    """A fallback whose request deadline (`retries.deadline_s`) ends while its proxy is still connecting
+    gets a 504 at the deadline; the proxy, whose own connect timeout had not run out, is not blamed (nor
+    is the next proxy, which had no time at all)."""
+    fake, url = upstream
+    _, b = socks_pair
+    with BlackHole() as hole:
+        doc = config_doc(url, [{"name": "hole", "url": f"socks5://127.0.0.1:{hole.port}"}, {"name": "b", "url": b.url}],
+                         affinity=False, health={"interval_s": 60, "timeout_s": 30, "eject_after_failures": 1},
+                         max_ejected_share=1.0)
+        doc["providers"]["viapool"]["timeouts"]["connect_s"] = 5
+        doc["providers"]["direct"]["base_url"] = f"http://127.0.0.1:{closed_port()}/v1"  # refused at once
+        doc["models"]["direct/gpt"]["fallbacks"] = ["viapool/gpt"]
+        doc["retries"] = {"max_retries": 0, "deadline_s": 0.5}
+        gw = await started(parse(yaml.safe_dump(doc), {}), fake)
+        gw.app[RUNTIME].egress.pools["p"]._turn = itertools.count(0)  # round robin: the black hole first
+        started_at = time.monotonic()
+        with pytest.raises(openai.APIStatusError) as info:
+            await chat(gw, "direct/gpt")
+        assert time.monotonic() - started_at < 2  # the deadline, not the proxy's 5 s connect timeout
+        assert info.value.status_code == 504 and info.value.code == "upstream_timeout", info.value.body
+        pool = await admin_egress(gw)  # the start-up probe of the black hole is still waiting
+    assert [(p["name"], p["state"], p["consecutive_failures"], p["requests"]) for p in pool["proxies"]] == [
+        ("hole", "up", 0, {}), ("b", "up", 0, {})]
+
+
+async def test_a_flapping_proxy_waits_longer_each_time_it_is_readmitted(upstream: Any, socks_pair: Any) -> None:
+    """A proxy that passes its probes but fails the requests (it cannot reach the provider) is not put back
+    at its first good probe each time: every ejection soon after a readmission doubles the good probes it needs."""
+    _, url = upstream
+    a, _ = socks_pair
+    target = "tcp://" + url.split("//")[1].split("/")[0]  # the probe's destination is reachable ...
+    egress = Egress()
+    await egress.configure({"p": PoolSpec("p", (ProxySpec("a", a.url),), interval_s=0.05, probe=target,
+                                          eject_after_failures=1, restore_after_successes=1, max_ejected_share=1.0)})
+    pool = egress.pools["p"]
+    state = pool.states[0]
+    refused = UpstreamRequest("POST", f"http://127.0.0.1:{closed_port()}/v1/chat/completions", {}, b"{}", False)
+    needed = []
+    try:
+        for _ in range(4):
+            with pytest.raises(GatewayError):  # ... the provider is not: the proxy refuses the tunnel
+                await open_upstream(egress, "p", None, frozenset(), refused, 1, 1, "viapool")
+            assert not state.up
+            probes = 0
+            while not state.up:
+                await asyncio.sleep(max(state.next_probe_at - time.monotonic(), 0))
+                assert await health.probe_once(egress, pool, state)
+                probes += 1
+            needed.append(probes)
+    finally:
+        await egress.close()
+    assert needed == [1, 2, 4, 8]
+    assert state.ejections == 4
+
+
+@pytest.mark.parametrize("probe", ["tcp", "http"])
+async def test_probes_are_not_in_the_request_connect_histogram(probe: str, upstream: Any, socks_pair: Any) -> None:
+    """`gateway_egress_connect_seconds` is what requests wait to connect; probes (counted by
+    `gateway_egress_probes_total`) must not skew it, while a request's new connection still counts."""
+    _, url = upstream
+    a, _ = socks_pair
+    host = url.split("//")[1].split("/")[0]
+    target = f"tcp://{host}" if probe == "tcp" else f"http://{host}/v1/models"
+    egress = Egress()
+    await egress.configure({"hp": PoolSpec("hp", (ProxySpec(probe, a.url),), probe=target)})
+    labels = {"pool": "hp", "proxy": probe}
+
+    def connects() -> float:
+        return REGISTRY.get_sample_value("gateway_egress_connect_seconds_count", labels) or 0.0
+
+    req = UpstreamRequest("POST", url + "/chat/completions",  # not kept alive: the http probe opens its own
+                          {"Authorization": "Bearer sk-test-000000000000", "Connection": "close"},
+                          json.dumps({"model": "gpt-4o", "messages": MESSAGES}).encode(), False)
+    try:
+        before = connects()
+        resp, _ = await open_upstream(egress, "hp", None, frozenset(), req, 1, 5, "viapool")
+        resp.close()
+        assert connects() == before + 1  # a request's new connection counts
+        state = egress.pools["hp"].states[0]
+        state.latency_s = None
+        for _ in range(3):
+            await health.check_all_once(egress)
+        assert REGISTRY.get_sample_value("gateway_egress_probes_total", {**labels, "result": "ok"}) == 3
+        assert connects() == before + 1  # the probes' do not
+        assert state.latency_s is not None  # though probes still feed least_latency
+    finally:
+        await egress.close()
