@@ -198,6 +198,24 @@ class _ProxyConnector(_Watched, ProxyConnector):
         return transport, protocol
 
 
+# Private methods of aiohttp and aiohttp-socks that the connectors above override. A release that renamed
+# one would silence its override without an error: fetches pinned to a checked address would lose their TLS
+# name, a proxy's bad certificate would be blamed on the provider, requests would not mark their connection.
+_OVERRIDDEN = ((ProxyConnector, "_connect_via_proxy"), (ProxyConnector, "_wrap_create_connection"),
+               (aiohttp.TCPConnector, "_create_connection"), (aiohttp.TCPConnector, "connect"))
+
+
+def check_overrides(hooks: tuple[tuple[type, str], ...] = _OVERRIDDEN) -> None:
+    """Refuse to start on library versions whose hooks moved (run at import)."""
+    for owner, name in hooks:
+        if not callable(getattr(owner, name, None)):
+            raise ImportError(f"{owner.__module__}.{owner.__qualname__}.{name} is gone, and egress.proxy "
+                              "overrides it: install the aiohttp and aiohttp-socks versions pyproject.toml names")
+
+
+check_overrides()
+
+
 def make_connector(spec: ProxySpec | None,
                    on_connect: Callable[[float], None] | None = None) -> aiohttp.BaseConnector:
     connector: _Watched

@@ -22,6 +22,7 @@ from fakes.openai_upstream import FakeOpenAI, make_app
 from harness import PROVIDER_KEY, GatewayProcess
 from proxies import Microsocks, PProxy, free_port
 
+from egress import proxy
 from gateway import keys
 from gateway.store import RedisStore
 
@@ -149,3 +150,15 @@ async def test_an_untrusted_upstream_certificate_is_refused_and_says_why(
             assert answer["error"]["code"] == "upstream_tls_error"
             assert "certificate" in answer["error"]["message"].lower()
     assert fake.requests == []  # nothing reached the upstream unverified
+
+
+def test_a_library_release_that_moved_an_overridden_hook_stops_the_import() -> None:
+    """The connectors override private methods of aiohttp and aiohttp-socks; a rename upstream would leave the
+    override dead and the TLS pinning silently off, so the gateway refuses to start instead."""
+    proxy.check_overrides()  # the installed versions have them all
+
+    class Moved:
+        async def _connect_via_proxy_v2(self) -> None: ...
+
+    with pytest.raises(ImportError, match="_connect_via_proxy is gone"):
+        proxy.check_overrides(((Moved, "_connect_via_proxy"),))
