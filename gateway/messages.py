@@ -80,6 +80,17 @@ class NativeCodec:
     def error(self, err: GatewayError, request_id: str) -> bytes:
         return anthropic_error_event(err, request_id)
 
+    def replay(self, raw: bytes, target: Target) -> tuple[bytes, int]:
+        """A whole message (an upstream that ignored `stream`) fed as the events Anthropic streams for it, so
+        the client gets them and the adapter counts them as if they had come so."""
+        self.adapter.parse_response(raw, target)  # raises when it is no message (an error object, say)
+        message = orjson.loads(raw)
+        batch, n = b"", 0
+        for name, data in anthropic_answer.message_events(message):
+            more, k = self.feed(SSEEvent(orjson.dumps(data), name))
+            batch, n = batch + more, n + k
+        return batch, n
+
 
 class NativeExchange:
     """Anthropic format in, Anthropic upstream out: nothing translated."""

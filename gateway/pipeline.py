@@ -30,7 +30,14 @@ from gateway.errors import Forbidden, GatewayError, InvalidRequest, Unavailable,
 from gateway.exchange import Endpoint, Exchange
 from gateway.images import has_images, has_remote_images, inline_remote_images
 from gateway.logging import get_logger, redactor
-from gateway.relay import egress_unavailable, html_for_stream, map_upstream_error, open_upstream, read_body
+from gateway.relay import (
+    egress_unavailable,
+    html_for_stream,
+    map_upstream_error,
+    open_upstream,
+    read_body,
+    read_head,
+)
 from gateway.sse import ClientGone, SSEWriter
 from gateway.state import KEY, LOG, RATE_HEADERS, REQUEST_ID, RUNTIME
 from gateway.streaming import StreamCodec
@@ -211,7 +218,12 @@ async def _call(request: web.Request, route: Route, op: Endpoint, exchange: Exch
             if resp.content_type == "text/html":  # nothing went out yet: a proper status, not a broken stream
                 raise await html_for_stream(resp, route.provider_name, t.between_chunks_s, scrub)
             codec = exchange.codec(clean, target, ticket.generation_id, op.wants_usage(clean))
-            return await _relay_stream(request, resp, codec, op, clean, target, ticket, outcome, scrub)
+            whole, head = None, b""
+            if resp.content_type == "application/json":  # decided once, at the answer's head
+                head = await read_head(resp, t.between_chunks_s)
+                if head.lstrip()[:1] in (b"{", b"["):  # it ignored `stream` (else: an event stream mislabelled)
+                    whole = await _replay(resp, head, codec, target, scrub, t.between_chunks_s)
+            return await _relay_stream(request, resp, codec, op, clean, target, ticket, outcome, scrub, whole, head)
         return await _relay_json(resp, exchange, op, clean, target, ticket, outcome, scrub)
     finally:
         resp.close()
@@ -232,9 +244,8 @@ async def _relay_json(resp: aiohttp.ClientResponse, exchange: Exchange, op: Endp
     raw = await read_body(resp, ticket.route.provider.timeouts.between_chunks_s)
     try:
         reply = exchange.parse(raw, target)
-    except ProviderError as exc:  # its text may be the upstream's own (an error inside a 200): scrubbed
-        raise UpstreamFailed(f"provider {target.provider} sent an answer the gateway cannot read: {scrub(str(exc))}",
-                             code="upstream_bad_response", retryable=False) from exc  # it answered: no resend
+    except ProviderError as exc:
+        raise _unreadable(target, exc, scrub) from exc
     outcome.status, outcome.upstream_id, outcome.finish_reason = 200, reply.upstream_id, reply.finish_reason
     outcome.usage, outcome.estimated = reply.usage, not reply.usage.reported
     if outcome.estimated:
@@ -244,9 +255,31 @@ async def _relay_json(resp: aiohttp.ClientResponse, exchange: Exchange, op: Endp
     return web.Response(body=orjson.dumps(answer), content_type="application/json")
 
 
+def _unreadable(target: Target, exc: ProviderError, scrub: Any) -> UpstreamFailed:
+    """A 200 answer the adapter cannot read; its text may be the upstream's own (an error inside a 200): scrubbed.
+    Not resent: it answered."""
+    return UpstreamFailed(f"provider {target.provider} sent an answer the gateway cannot read: {scrub(str(exc))}",
+                          code="upstream_bad_response", retryable=False)
+
+
+async def _replay(resp: aiohttp.ClientResponse, head: bytes, codec: StreamCodec, target: Target, scrub: Any,
+                  silence_s: float) -> tuple[bytes, int]:
+    """A JSON answer to a streamed request (a compatible server or a proxy that drops `stream`), `head` its first
+    bytes, as the stream's bytes, read before the client's headers go out: an unreadable one, or an error object,
+    is a proper 502."""
+    raw = await read_body(resp, silence_s, head)
+    try:
+        return codec.replay(raw, target)
+    except ProviderError as exc:
+        raise _unreadable(target, exc, scrub) from exc
+
+
 async def _relay_stream(request: web.Request, resp: aiohttp.ClientResponse, codec: StreamCodec, op: Endpoint,
                         body: dict[str, Any], target: Target, ticket: metering.Ticket, outcome: metering.Outcome,
-                        scrub: Any) -> web.StreamResponse:
+                        scrub: Any, whole: tuple[bytes, int] | None = None, head: bytes = b"") -> web.StreamResponse:
+    """The upstream's stream relayed as it comes (`head`: its first bytes, already read), or `whole`, a JSON
+    answer already made into the stream's bytes (and the text they hold), sent at once; billed alike, from the
+    usage the codec's state holds."""
     config = ticket.config  # the request's own, as every attempt's
     out = SSEWriter(request)
     state = codec.state
@@ -271,8 +304,12 @@ async def _relay_stream(request: web.Request, resp: aiohttp.ClientResponse, code
     metrics.ACTIVE_STREAMS.inc()
     try:
         await out.start()
-        await streaming.pump(resp, codec, out, target_silence(ticket), config.server.sse_keepalive_s, relayed,
-                             time.time)
+        if whole is None:
+            await streaming.pump(resp, codec, out, target_silence(ticket), config.server.sse_keepalive_s, relayed,
+                                 time.time, head)
+        else:
+            relayed.first_at, relayed.text_bytes = time.time(), whole[1]
+            await out.write(whole[0])
         account(200)
         bill = await ticket.settle(outcome)
         billing_event = config.billing.stream_billing_event or request.headers.get("X-Billing-Event", "") == "true"

@@ -169,8 +169,18 @@ async def next_data(content: aiohttp.StreamReader, silence_s: float, tick_s: flo
             await on_tick()
 
 
-async def read_body(resp: aiohttp.ClientResponse, silence_s: float) -> bytes:
-    body = bytearray()
+async def read_head(resp: aiohttp.ClientResponse, silence_s: float) -> bytes:
+    """The first bytes of an upstream body (b"" when it has none), for a caller that must look before it reads on."""
+    try:
+        return await next_data(resp.content, silence_s, silence_s)
+    except aiohttp.ClientError as exc:
+        raise UpstreamFailed(f"the upstream connection broke mid-answer ({type(exc).__name__})",
+                             code="upstream_disconnected", retryable=False) from exc
+
+
+async def read_body(resp: aiohttp.ClientResponse, silence_s: float, head: bytes = b"") -> bytes:
+    """A whole upstream body (`head`: its first bytes, already read)."""
+    body = bytearray(head)
     try:
         while data := await next_data(resp.content, silence_s, silence_s):
             body += data

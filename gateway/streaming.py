@@ -17,12 +17,14 @@ import time
 from typing import Any, Protocol
 
 import aiohttp
+import orjson
 
 from gateway.billing import restate_usage
 from gateway.errors import GatewayError, UpstreamFailed, error_event
 from gateway.relay import next_data
 from gateway.sse import DONE, SSEWriter, frame
 from gateway.template import Template
+from providers import openai
 from providers.framing import SSEDecoder
 from providers.registry import Adapter
 from providers.types import (
@@ -31,6 +33,7 @@ from providers.types import (
     ProviderError,
     SSEEvent,
     StreamState,
+    Target,
     UpstreamHTTPError,
     Usage,
     reasoning_text,
@@ -53,6 +56,11 @@ class StreamCodec(Protocol):
     def error(self, err: GatewayError, request_id: str) -> bytes:
         """A failure after the headers went out, as the client's SDK expects one (Anthropic's names the
         request, as its error bodies do)."""
+
+    def replay(self, raw: bytes, target: Target) -> tuple[bytes, int]:
+        """A whole JSON answer where a stream was asked for (an upstream that ignored `stream`) as the stream's
+        bytes up to its held tail, and the generated text they hold; `state` is left done, with the answer's
+        usage. ProviderError when the answer cannot be read (an error object in it included)."""
 
 
 class Relayed:
@@ -175,8 +183,13 @@ class ChunkCodec:
         self.learning = self.LEARNING if self.templated and adapter.VERBATIM_CHUNKS else 0
 
     def feed(self, event: SSEEvent) -> tuple[bytes, int]:
+        return self.relay(self.adapter.parse_stream_event(self.state, event), event.data)
+
+    def relay(self, chunks: list[JSON], data: bytes | None) -> tuple[bytes, int]:
+        """The adapter's chunks of one event (`data`: its bytes, to learn a template from; None when the
+        chunks were made from a whole answer) as client bytes, the tail held for the bill."""
         batch, n = b"", 0  # mostly one chunk an event: b"" + frame is the frame itself, no copy
-        for chunk in self.adapter.parse_stream_event(self.state, event):
+        for chunk in chunks:
             chunk["id"] = self.generation_id
             counted = text_bytes(chunk)  # hidden reasoning was generated all the same: it counts for an estimate
             n += counted
@@ -200,9 +213,33 @@ class ChunkCodec:
                 if self.wants_usage:
                     self.held.append({**chunk, "choices": [], "usage": usage})
             batch += self.encode(chunk)
-            if self.learning:
-                self._learn(event.data, chunk, counted)
+            if self.learning and data is not None:
+                self._learn(data, chunk, counted)
         return batch, n
+
+    def replay(self, raw: bytes, target: Target) -> tuple[bytes, int]:
+        """A JSON array is a stream without its SSE framing (Gemini's `streamGenerateContent` without
+        `alt=sse`): its items are the events. An object is the answer `generateContent` or a compatible server
+        gives without `stream`: read as a non-streamed answer is, and relayed as the chunks a stream of it has."""
+        state = self.state
+        if raw.lstrip()[:1] == b"[":
+            try:
+                items = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise ProviderError(f"upstream answer is not valid JSON: {exc}") from exc
+            batch, n = b"", 0
+            for item in items:
+                more, k = self.feed(SSEEvent(orjson.dumps(item)))
+                batch, n = batch + more, n + k
+            if not state.done:
+                raise ProviderError("the answer's events ended before it finished")
+            return batch, n
+        result = self.adapter.parse_response(raw, target)
+        answer = result.body
+        choices = answer.get("choices") or [{}]
+        state.usage, state.response_id = result.usage, str(answer.get("id", ""))
+        state.finish_reason, state.done = choices[0].get("finish_reason"), True
+        return self.relay(openai.answer_chunks(answer), None)
 
     def _learn(self, data: bytes, chunk: JSON, counted: int) -> None:
         text = _content_text(chunk, counted)
@@ -243,13 +280,17 @@ class ChunkCodec:
 
 
 async def pump(resp: aiohttp.ClientResponse, codec: StreamCodec, out: SSEWriter, silence_s: float,
-               keepalive_s: float, relayed: Relayed, now: Any) -> None:
-    """Relay until the upstream says it is done; the codec keeps the tail for `finish`."""
+               keepalive_s: float, relayed: Relayed, now: Any, head: bytes = b"") -> None:
+    """Relay until the upstream says it is done (`head`: the body's first bytes, when the caller read them to
+    look at); the codec keeps the tail for `finish`."""
     decoder = SSEDecoder()
     state = codec.state
     try:
         while not state.done:
-            data = await next_data(resp.content, silence_s, keepalive_s, out.keepalive)
+            if head:
+                data, head = head, b""
+            else:
+                data = await next_data(resp.content, silence_s, keepalive_s, out.keepalive)
             batch, broken = relay_read(codec, decoder, data, relayed)
             if batch:
                 if relayed.first_at is None:

@@ -205,3 +205,46 @@ class MessageStream:
             events.append(("content_block_delta", {"type": "content_block_delta", "index": self.tools[index],
                                                    "delta": {"type": "input_json_delta", "partial_json": arguments}}))
         return events
+
+
+# -- a whole message as its stream -------------------------------------------------------------------
+
+_DELTAS = {"text": ("text", "text_delta"), "thinking": ("thinking", "thinking_delta")}  # block type -> field, delta
+
+
+def message_events(message: JSON) -> list[Event]:
+    """An Anthropic `message` as the events Anthropic streams for it: message_start (the usage but for the
+    output), each content block's start/delta(s)/stop, message_delta (stop reason, the whole usage), message_stop.
+    Text and thinking come as one delta each (a thinking block's signature as a signature_delta after it),
+    tool input as one input_json_delta; other blocks (redacted thinking, server tool results) whole in their
+    start, as Anthropic sends them."""
+    usage: JSON = message["usage"] if isinstance(message.get("usage"), dict) else {}
+    head = {**message, "content": [], "stop_reason": None, "stop_sequence": None,
+            "usage": {**usage, "output_tokens": 0}}
+    events: list[Event] = [("message_start", {"type": "message_start", "message": head})]
+    for index, block in enumerate(b for b in message["content"] if isinstance(b, dict)):
+        events += _block_events(index, block)
+    delta = {"stop_reason": message.get("stop_reason"), "stop_sequence": message.get("stop_sequence")}
+    return [*events, ("message_delta", {"type": "message_delta", "delta": delta, "usage": usage}),
+            ("message_stop", {"type": "message_stop"})]
+
+
+def _block_events(index: int, block: JSON) -> list[Event]:
+    kind = block.get("type")
+    deltas: list[JSON] = []
+    start = block
+    if kind in _DELTAS:
+        field, delta_type = _DELTAS[kind]
+        start = {**block, field: ""}
+        deltas.append({"type": delta_type, field: str(block.get(field) or "")})
+        if kind == "thinking":
+            start["signature"] = ""
+            deltas.append({"type": "signature_delta", "signature": str(block.get("signature") or "")})
+    elif kind in ("tool_use", "server_tool_use"):
+        start = {**block, "input": {}}
+        deltas.append({"type": "input_json_delta", "partial_json": orjson.dumps(block.get("input") or {}).decode()})
+    events: list[Event] = [("content_block_start", {"type": "content_block_start", "index": index,
+                                                    "content_block": start})]
+    events += [("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+               for delta in deltas]
+    return [*events, ("content_block_stop", {"type": "content_block_stop", "index": index})]

@@ -12,14 +12,19 @@ SSE follows the WHATWG "event stream interpretation" rules: lines end in LF, CRL
 BOM is skipped; `data:` values (one leading space stripped) are joined with LF; `event:` names the event;
 `id:` sets the last event id (kept for later events, as the spec says; ignored when it contains NUL);
 `retry:` and unknown fields are ignored; lines starting with ':' are comments; a blank line dispatches the
-event unless no `data:` line was seen.
+event unless no `data:` line was seen. One exception: a stream that ends in a bare JSON error object instead of
+an event (Gemini's `streamGenerateContent?alt=sse` failing mid-answer writes the error body unframed) gets it
+from `flush` as its last event, for the adapter to raise as it raises an `error` event.
 """
 
 from __future__ import annotations
 
+import orjson
+
 from providers.types import ProviderError, SSEEvent
 
 DEFAULT_MAX_EVENT_BYTES = 16 * 1024 * 1024
+MAX_STRAY_BYTES = 64 * 1024  # unframed lines kept after the last event: an error body, not an answer
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -92,7 +97,7 @@ class _LineSplitter:
 class SSEDecoder:
     """Incremental `text/event-stream` decoder: `feed(bytes) -> list[SSEEvent]`."""
 
-    __slots__ = ("_data", "_event", "_id", "_lines", "_max", "_size", "_tail")
+    __slots__ = ("_data", "_event", "_id", "_lines", "_max", "_size", "_stray", "_tail")
 
     def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
         self._max = max_event_bytes
@@ -102,6 +107,7 @@ class SSEDecoder:
         self._event = ""
         self._id = ""
         self._tail = b""  # the shortcut's unfinished event, raw; the line machinery holds nothing meanwhile
+        self._stray = bytearray()  # lines of no SSE field since the last event: maybe an unframed error body
 
     def feed(self, data: bytes) -> list[SSEEvent]:
         """Decode the next chunk of the stream; returns the events it completed, in order."""
@@ -151,6 +157,8 @@ class SSEDecoder:
             if not line:
                 if self._data:
                     events.append(SSEEvent(data=b"\n".join(self._data), event=self._event, id=self._id))
+                    if self._stray:
+                        self._stray = bytearray()
                 self._data = []
                 self._size = 0
                 self._event = ""
@@ -165,8 +173,12 @@ class SSEDecoder:
         final blank line). The caller decides whether to use it."""
         tail, self._tail = self._tail, b""
         if tail:
-            return self._feed(tail + b"\n\n")
-        return self._feed(b"\n\n") if (self._data or self._lines.pending) else []
+            events = self._feed(tail + b"\n\n")
+        else:
+            events = self._feed(b"\n\n") if (self._data or self._lines.pending) else []
+        if self._stray and (error := _error_body(bytes(self._stray))) is not None:
+            events.append(SSEEvent(error, "", self._id))
+        return events
 
     def _field(self, line: bytes) -> None:
         name, colon, value = line.partition(b":")
@@ -181,6 +193,20 @@ class SSEDecoder:
             self._event = value.decode("utf-8", "replace")
         elif name == b"id" and b"\0" not in value:
             self._id = value.decode("utf-8", "replace")
+        elif name != b"retry" and len(self._stray) < MAX_STRAY_BYTES:
+            self._stray += line + b"\n"
+
+
+def _error_body(text: bytes) -> bytes | None:
+    """The JSON error object unframed lines hold (alone, or first in a JSON array, as Gemini's answers without
+    SSE framing are), as an event's data; None for anything else, which stays ignored."""
+    try:
+        body = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(body, list) and body:
+        body = body[0]
+    return orjson.dumps(body) if isinstance(body, dict) and "error" in body else None
 
 
 class NDJSONDecoder:

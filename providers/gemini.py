@@ -13,8 +13,9 @@ Decisions where the formats differ:
   the same for `responseSchema`.
 - `reasoning_effort` / `reasoning` become `generationConfig.thinkingConfig` (see `gemini_request`), with
   `includeThoughts` so that the thought summaries come back; thought parts become `reasoning_content`;
-  code execution, grounding and image output are dropped. Calls get ids `call_` + 24 random hex digits
-  (unique across turns, unlike a counter).
+  code execution, grounding and image output are dropped. Calls keep the id Gemini gives them
+  (`functionCall.id`, newer models), which goes back as `functionCall.id` and `functionResponse.id`; others
+  get ids `call_` + 24 random hex digits (unique across turns, unlike a counter), never sent to Gemini.
 - a functionCall's `thoughtSignature` (Gemini 3 requires it back on that call in the next request, else 400)
   goes out as the tool call's `extra_content.google.thought_signature`, Google's own OpenAI-compatible
   spelling, and comes back from there onto the `functionCall` part (a malformed one is ignored). Signatures
@@ -159,15 +160,20 @@ def _fields(candidate: JSON) -> JSON:
 
 
 def _tool_call(part: JSON) -> JSON:
-    """An OpenAI tool call for a `functionCall` part. Gemini 3 refuses the next turn unless the call comes
-    back with its `thoughtSignature`, so the signature rides along where Google's own OpenAI endpoint puts
-    it, `extra_content.google.thought_signature`, which clients built for that endpoint already send back."""
+    """An OpenAI tool call for a `functionCall` part, with Gemini's own id when it gave one (marked as its,
+    `extra_content.google.function_call_id`, so that only such an id goes back: see `types.gemini_call_id`).
+    Gemini 3 refuses the next turn unless the call comes back with its `thoughtSignature`, so the signature
+    rides along where Google's own OpenAI endpoint puts it, `extra_content.google.thought_signature`, which
+    clients built for that endpoint already send back."""
     call = part["functionCall"]
-    out: JSON = {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": {
+    own_id = call.get("id") if isinstance(call.get("id"), str) and call["id"] else None
+    out: JSON = {"id": own_id or f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": {
         "name": str(call.get("name", "")), "arguments": orjson.dumps(call.get("args") or {}).decode()}}
     signature = part.get("thoughtSignature")
     if isinstance(signature, str) and signature:
         out["extra_content"] = signed(signature)
+    if own_id:
+        out.setdefault("extra_content", {"google": {}})["google"]["function_call_id"] = own_id
     return out
 
 

@@ -14,6 +14,7 @@ from providers.types import (
     JSON,
     ProviderError,
     Untranslatable,
+    gemini_call_id,
     images_follow,
     images_heading,
     refuse_openai_only,
@@ -68,7 +69,7 @@ def _contents(messages: list[Any]) -> tuple[list[JSON], list[JSON]]:
     tool_result images on OpenAI-kind models."""
     contents: list[JSON] = []
     system: list[JSON] = []
-    call_names: dict[str, str] = {}
+    call_names: dict[str, JSON] = {}  # tool call id -> its functionCall (name, and Gemini's id when it gave one)
     images: list[JSON] = []  # of the tool results just read, for the end of their run
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
@@ -145,28 +146,31 @@ def _inline_data(url: Any, where: str) -> JSON:
     return {"inlineData": {"mimeType": mime_type, "data": data}}
 
 
-def _assistant_parts(message: JSON, call_names: dict[str, str], where: str) -> list[JSON]:
+def _assistant_parts(message: JSON, call_names: dict[str, JSON], where: str) -> list[JSON]:
     parts = _parts(message.get("content"), where)
     for j, call in enumerate(message.get("tool_calls") or ()):
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
             raise ProviderError(f"{where}: a tool call has no function name")
         args = tool_arguments(function.get("arguments"), f"{where}.tool_calls[{j}].function")
-        if isinstance(call.get("id"), str):
-            call_names[call["id"]] = function["name"]
         part: JSON = {"functionCall": {"name": function["name"], "args": args}}
+        if own_id := gemini_call_id(call):
+            part["functionCall"]["id"] = own_id
+        if isinstance(call.get("id"), str):
+            call_names[call["id"]] = part["functionCall"]
         if signature := thought_signature(call):
             part["thoughtSignature"] = signature
         parts.append(part)
     return parts
 
 
-def _function_response(message: JSON, call_names: dict[str, str], where: str) -> tuple[JSON, list[JSON]]:
-    """A `functionResponse` part (the JSON object the tool returned, else {"content": its text}) and the
-    parts that carry the images it returned, a text naming the call first (none without images)."""
+def _function_response(message: JSON, call_names: dict[str, JSON], where: str) -> tuple[JSON, list[JSON]]:
+    """A `functionResponse` part (the JSON object the tool returned, else {"content": its text}; the call's
+    Gemini id when it had one) and the parts that carry the images it returned, a text naming the call first
+    (none without images)."""
     call_id = message.get("tool_call_id")
-    name = call_names.get(call_id) if isinstance(call_id, str) else None
-    if name is None:
+    call = call_names.get(call_id) if isinstance(call_id, str) else None
+    if call is None:
         raise ProviderError(f"{where}: tool_call_id {call_id!r} matches no earlier assistant tool call")
     content = message.get("content")
     if isinstance(content, list):
@@ -183,7 +187,10 @@ def _function_response(message: JSON, call_names: dict[str, str], where: str) ->
     if not isinstance(response, dict):
         response = {"content": images_follow(text, len(images), "the tool results") if images else text}
     returned = [{"text": images_heading(str(call_id))}, *images] if images else []
-    return {"functionResponse": {"name": name, "response": response}}, returned
+    function_response: JSON = {"name": call["name"], "response": response}
+    if "id" in call:
+        function_response = {"id": call["id"], **function_response}
+    return {"functionResponse": function_response}, returned
 
 
 def _declaration(tool: Any) -> JSON:

@@ -317,3 +317,39 @@ def _renumber(state: StreamState, choice: int, call: JSON) -> None:
     elif call_id and not known[0]:
         state.calls[key] = (call_id, known[1])
     call["index"] = state.calls[key][1]
+
+
+# -- a whole answer as its stream ------------------------------------------------------------------
+
+
+def answer_chunks(answer: JSON) -> list[JSON]:
+    """A whole chat answer (or legacy completion) as the chunks a stream of it carries, in OpenAI's order: for
+    each choice the role, its text (content, reasoning, refusal), its tool calls and its finish; then the usage
+    (`choices: []`) when the answer has one."""
+    legacy = answer.get("object") == "text_completion"
+    head = {"id": answer.get("id"), "object": "text_completion" if legacy else "chat.completion.chunk",
+            "created": answer.get("created"), "model": answer.get("model")}
+    chunks: list[JSON] = []
+    for i, choice in enumerate(answer.get("choices") or ()):
+        index = choice.get("index", i)
+        if legacy:
+            deltas: list[JSON] = [{"text": choice.get("text") or ""}]
+        else:
+            message = choice.get("message") or {}
+            text = {k: v for k, v in message.items() if k not in ("role", "tool_calls") and v is not None}
+            calls = [{"index": j, **call} for j, call in enumerate(message.get("tool_calls") or ())]
+            deltas = [{"role": "assistant", "content": ""}, *([text] if text else []),
+                      *([{"tool_calls": calls}] if calls else [])]
+        for delta in deltas:
+            chunks.append({**head, "choices": [_choice(index, delta, None, legacy)]})
+        finish = _choice(index, {"text": ""} if legacy else {}, choice.get("finish_reason") or "stop", legacy)
+        chunks.append({**head, "choices": [finish]})
+    if isinstance(answer.get("usage"), dict):
+        chunks.append({**head, "choices": [], "usage": answer["usage"]})
+    return chunks
+
+
+def _choice(index: int, delta: JSON, finish_reason: str | None, legacy: bool) -> JSON:
+    if legacy:  # a legacy completion chunk's choice holds its `text` itself
+        return {"index": index, **delta, "logprobs": None, "finish_reason": finish_reason}
+    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}

@@ -192,6 +192,16 @@ def signed(signature: str) -> JSON:
     return {"google": {"thought_signature": signature}}
 
 
+def gemini_call_id(call: Any) -> str | None:
+    """The id Gemini itself gave a chat tool call (`functionCall.id`), or None for an id the gateway or another
+    provider made. The call says so with `extra_content.google.function_call_id`, the same id: Gemini matches a
+    `functionResponse.id` to its call's, while endpoints that never give ids refuse the field."""
+    extra = call.get("extra_content") if isinstance(call, dict) else None
+    google = extra.get("google") if isinstance(extra, dict) else None
+    call_id = google.get("function_call_id") if isinstance(google, dict) else None
+    return call_id if isinstance(call_id, str) and call_id and call_id == call.get("id") else None
+
+
 THINKING_BLOCKS = frozenset({"thinking", "redacted_thinking"})  # Claude's block types of its reasoning
 
 # The names a chat message or delta gives the model's reasoning text: DeepSeek's `reasoning_content` (which the

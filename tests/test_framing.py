@@ -106,6 +106,38 @@ def test_flush_dispatches_pending_event_without_final_blank_line() -> None:
 GIANT = b"x" * (1024 * 1024)
 
 
+GEMINI_ERROR_TAIL = (SHARED / "wire" / "gemini" / "vertexai" / "streaming-failure-error-mid-stream.txt").read_bytes()
+
+
+@pytest.mark.parametrize("chunking", CHUNKINGS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("line_end", list(LINE_ENDS), ids=list(LINE_ENDS))
+def test_a_bare_json_error_after_the_events_is_the_last_event(chunking: Callable[[bytes], list[bytes]],
+                                                              line_end: str) -> None:
+    """Gemini's stream as recorded failing mid-answer: its events, then the error body without SSE framing, which
+    the decoder ignored (no `data:` field). `flush` hands it over as one last event, whatever the chunking."""
+    raw = GEMINI_ERROR_TAIL.replace(b"\n", LINE_ENDS[line_end])
+    decoder = SSEDecoder()
+    events = [event for chunk in chunking(raw) for event in decoder.feed(chunk)] + decoder.flush()
+    assert len(events) == 3 and events[0].data.startswith(b'{"candidates"')
+    assert events[2].data == (
+        b'{"error":{"code":499,"message":"The operation was cancelled.","status":"CANCELLED","details":'
+        b'[{"@type":"type.googleapis.com/google.rpc.DebugInfo","detail":"[ORIGINAL ERROR] generic::cancelled: "}]}}')
+
+
+@pytest.mark.parametrize("tail", [b"retry: 10\n", b"garbage\n", b'{"choices": []}\n', b'{"error": \n'],
+                         ids=["retry", "text", "json-not-an-error", "cut-json"])
+def test_other_unframed_lines_stay_ignored(tail: bytes) -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: 1\n\n" + tail) == [SSEEvent(b"1", "", "")]
+    assert decoder.flush() == []
+
+
+def test_unframed_lines_before_an_event_are_forgotten() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b'{"error": {"code": 500}}\n\ndata: 1\n\n') == [SSEEvent(b"1", "", "")]
+    assert decoder.flush() == []
+
+
 @pytest.mark.parametrize("chunking", [whole, every(65536), every(1000)], ids=lambda f: f.__name__)
 def test_one_mebibyte_data_line_passes(chunking: Callable[[bytes], list[bytes]]) -> None:
     raw = b'data: {"c":"' + GIANT + b'"}\r\n\r\ndata: [DONE]\r\n\r\n'

@@ -209,7 +209,7 @@ def recorded_stream(path: Path) -> list[dict[str, Any]]:
 
 # finish_reason and tool-call count of every recorded stream, read by hand; None: no finishReason
 STREAM_EXPECTED: dict[str, tuple[str | None, int]] = {
-    "googleai/streaming-failure-image-rejected": (None, 0),  # an error body, no events (see parse_error)
+    "googleai/streaming-failure-image-rejected": (None, 0),  # an error body, no events: raised (below)
     "googleai/streaming-failure-prompt-blocked-safety": ("content_filter", 0),
     "googleai/streaming-failure-recitation-no-content": ("content_filter", 0),
     "googleai/streaming-success-basic-reply-long": ("stop", 0),
@@ -266,6 +266,11 @@ def test_every_stream_recording_is_covered() -> None:
 @pytest.mark.parametrize("chunk_size", [1 << 20, 7], ids=["whole", "every_7"])
 def test_recorded_stream_translation(path: Path, chunk_size: int) -> None:
     finish_reason, call_count = STREAM_EXPECTED[case_id(path)]
+    if case_id(path) == "googleai/streaming-failure-image-rejected":  # an unframed error body: the error
+        with pytest.raises(UpstreamHTTPError) as info:
+            translate_stream(path.read_bytes(), chunk_size)
+        assert (info.value.status, info.value.code) == (400, "INVALID_ARGUMENT")
+        return
     expected = expected_answer(recorded_stream(path))
     chunks, state = translate_stream(path.read_bytes(), chunk_size)
     for chunk in chunks:
@@ -925,6 +930,69 @@ def test_a_real_signature_is_never_replaced() -> None:
 def test_the_stand_in_goes_only_to_models_that_check(model: str, signs: bool) -> None:
     contents = sent_to(replace(TARGET, upstream_model=model), moved_conversation())
     assert ("thoughtSignature" in contents[-2]["parts"][0]) is signs
+
+
+# -- Gemini's own function-call ids (`functionCall.id`, newer models): kept, and sent back -----------------
+
+def with_call_ids(recorded: dict[str, Any], *ids: str) -> dict[str, Any]:
+    """A recorded answer as newer Gemini models send it: each functionCall with its `id` (Google's
+    FunctionCall.id; the recordings predate it)."""
+    answer = copy.deepcopy(recorded)
+    calls = [part["functionCall"] for part in recorded_parts(answer) if "functionCall" in part]
+    assert len(calls) == len(ids)
+    for call, call_id in zip(calls, ids, strict=True):
+        call["id"] = call_id
+    return answer
+
+
+def test_geminis_call_ids_become_the_tool_call_ids_and_go_back() -> None:
+    """Gemini's ids were dropped for invented ones, so the next turn's functionResponse could not name its call
+    (Gemini matches `functionResponse.id` to `functionCall.id` when it gave one)."""
+    recorded = with_call_ids(json.loads(PARALLEL.read_text()), "fc-a1", "fc-b2", "fc-c3")
+    body = gemini.parse_response(orjson.dumps(recorded), TARGET).body
+    assert_valid("CreateChatCompletionResponse", body)
+    message = body["choices"][0]["message"]
+    assert [call["id"] for call in message["tool_calls"]] == ["fc-a1", "fc-b2", "fc-c3"]
+    sent = next_turn(ChatCompletionMessage.model_validate(message).model_dump())  # as an SDK user appends it
+    assert sent["contents"][1]["parts"] == recorded_parts(recorded)  # the calls as Gemini sent them, ids included
+    responses = [part["functionResponse"] for part in sent["contents"][2]["parts"]]
+    names = [call["function"]["name"] for call in message["tool_calls"]]
+    assert [(r["id"], r["name"]) for r in responses] == list(zip(["fc-a1", "fc-b2", "fc-c3"], names, strict=True))
+
+
+def test_geminis_streamed_call_id_goes_back_through_the_sdk_accumulator() -> None:
+    recorded = recorded_stream(SIGNED_STREAM)
+    raw = b"".join(b"data: " + orjson.dumps(with_call_ids(response, "fc-now") if any(
+        "functionCall" in part for part in recorded_parts(response)) else response) + b"\r\n\r\n"
+        for response in recorded)
+    chunks, _ = translate_stream(raw, 7)
+    sdk = ChatCompletionStreamState()
+    for chunk in chunks:
+        sdk.handle_chunk(ChatCompletionChunk.model_validate(chunk))
+    message = sdk.get_final_completion().choices[0].message.model_dump()
+    assert [call["id"] for call in message["tool_calls"]] == ["fc-now"]
+    sent = next_turn(message)
+    [part] = sent["contents"][1]["parts"]
+    assert part["functionCall"]["id"] == "fc-now" and part["thoughtSignature"].startswith("CiIBVKhc7vB+vaaq6rA/KC79")
+    assert sent["contents"][2]["parts"] == [{"functionResponse": {
+        "id": "fc-now", "name": "now", "response": {"now": "2025-07-28T10:00:00Z"}}}]
+
+
+@pytest.mark.parametrize("call_id", ["call_0123456789abcdef01234567", "toolu_01A09q90qw90lq917835lq9", "fc-a1"],
+                         ids=["gateways", "claudes", "unmarked"])
+def test_ids_gemini_did_not_give_never_reach_it(call_id: str) -> None:
+    """An id the gateway invented or another provider gave (or one whose mark the client dropped) is not sent:
+    endpoints that give no ids refuse the field ("Unknown name \"id\""), and Gemini did not make it."""
+    sent = next_turn({"role": "assistant", "content": None, "tool_calls": [{**CALLS[1], "id": call_id}]})
+    assert sent["contents"][1]["parts"] == [{"functionCall": {"name": "now", "args": {}}}]
+    assert "id" not in sent["contents"][2]["parts"][0]["functionResponse"]
+
+
+def test_an_answer_without_ids_still_gets_the_gateways() -> None:
+    message = gemini.parse_response(PARALLEL.read_bytes(), TARGET).body["choices"][0]["message"]
+    assert all(re.fullmatch(r"call_[0-9a-f]{24}", call["id"]) for call in message["tool_calls"])
+    assert all("extra_content" not in call for call in message["tool_calls"])
+
 
 # -- property: nothing is lost or reordered --------------------------------------------------------
 

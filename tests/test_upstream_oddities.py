@@ -17,8 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import anthropic
+import openai
 import pytest
-from apis_config import config_doc
+from apis_config import GEMINI_KEY, config_doc
+from fakes.gemini_upstream import WIRE as GEMINI_WIRE
 from fakes.openai_upstream import FakeOpenAI
 from harness import Gateway, start_gateway, validate
 
@@ -362,3 +365,203 @@ async def test_the_answer_states_the_token_counts_billed(odd: tuple[Gateway, Raw
     assert (usage["prompt_tokens"], usage["completion_tokens"]) == (10, billed)
     assert usage["total_tokens"] == 10 + billed
     validate(answer, "CreateChatCompletionStreamResponse" if stream else "CreateChatCompletionResponse")
+
+
+# -- a JSON answer where a stream was asked for ---------------------------------------------------------
+
+def tool_answer(kind: str) -> bytes:
+    """A whole non-streamed answer of `kind` with text and a tool call (10 prompt, 7 output tokens), as a
+    server that ignores `stream: true` sends it: `Content-Type: application/json`, status 200."""
+    if kind == "openai":
+        return http(200, json.dumps({
+            "id": "chatcmpl-9", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+            "usage": {"prompt_tokens": 10, "completion_tokens": 7, "total_tokens": 17},
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                "role": "assistant", "content": "Let me look.", "tool_calls": [{
+                    "id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "x"}'}}]}}],
+        }).encode())
+    if kind == "anthropic":
+        return http(200, json.dumps({
+            "id": "msg_9", "type": "message", "role": "assistant", "model": "claude-sonnet-4-0",
+            "content": [{"type": "text", "text": "Let me look."},
+                        {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": "x"}}],
+            "stop_reason": "tool_use", "stop_sequence": None,
+            "usage": {"input_tokens": 10, "output_tokens": 7}}).encode())
+    parts = [{"text": "Let me look."}, {"functionCall": {"name": "lookup", "args": {"q": "x"}}}]
+    return http(200, json.dumps({
+        "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 7, "totalTokenCount": 17},
+        "modelVersion": "gemini-2.0-flash", "responseId": "r9"}).encode())
+
+
+def gemini_array(answer: bytes) -> bytes:
+    """`tool_answer("gemini")` as `streamGenerateContent` answers without `alt=sse`: a JSON array of its chunks."""
+    body = json.loads(answer.partition(b"\r\n\r\n")[2])
+    first = {"candidates": [{"content": {"role": "model", "parts": body["candidates"][0]["content"]["parts"][:1]},
+                             "index": 0}], "modelVersion": "gemini-2.0-flash", "responseId": "r9"}
+    last = {**body, "candidates": [{**body["candidates"][0], "content": {
+        "role": "model", "parts": body["candidates"][0]["content"]["parts"][1:]}}]}
+    return http(200, json.dumps([first, last]).encode())
+
+
+TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object",
+                                                                             "properties": {"q": {"type": "string"}}}}}]
+WHOLE_CASES = [pytest.param(kind, tool_answer(kind), id=kind) for kind in MODELS] + [
+    pytest.param("gemini", gemini_array(tool_answer("gemini")), id="gemini-array")]
+
+
+async def charged_exactly(gw: Gateway, before: int, model: str, bill: dict[str, Any]) -> None:
+    """The key paid what the answer's usage (10 prompt, 7 output tokens) costs, as billed, and holds nothing."""
+    balance, usage, held = await ledger(gw)
+    price = gw.app[RUNTIME].snapshot.catalog.routes[model].price
+    cost = billing.token_cost(price, Usage(prompt_tokens=10, completion_tokens=7))
+    assert cost > 0 and held == 0 and bill["estimated"] is False
+    assert before - balance == usage == nano(bill["request_cost"]) == cost
+
+
+@pytest.mark.parametrize(("kind", "answer"), WHOLE_CASES)
+async def test_a_json_answer_to_a_stream_is_streamed_and_billed(odd: tuple[Gateway, RawUpstream], log_lines: Any,
+                                                                kind: str, answer: bytes) -> None:
+    """A server (or a proxy) that ignores `stream: true` and answers the whole JSON answer: the client got a 200
+    stream ending in `upstream_truncated` and the answer the operator paid for was free. It is the stream the
+    client asked for (role, text, tool call, finish with the bill, usage, [DONE]), billed from the answer's usage."""
+    gw, up = odd
+    up.answer = answer
+    before, _, _ = await ledger(gw)
+    stream = await gw.openai().chat.completions.create(
+        model=MODELS[kind], messages=MESSAGES, max_tokens=50, tools=TOOLS, stream=True,  # type: ignore[arg-type]
+        stream_options={"include_usage": True})
+    chunks = [chunk async for chunk in stream]
+    for chunk in chunks:
+        validate(chunk.model_dump(exclude_unset=True), "CreateChatCompletionStreamResponse")
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Let me look."
+    calls = [call for c in chunks if c.choices for call in c.choices[0].delta.tool_calls or ()]
+    assert [(call.function.name, json.loads(call.function.arguments)) for call in calls  # type: ignore[union-attr]
+            ] == [("lookup", {"q": "x"})]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None
+    assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (10, 7)
+    await charged_exactly(gw, before, MODELS[kind], last.model_extra["billing"])  # type: ignore[index]
+    assert len(up.requests) == 1
+    assert not [line for line in log_lines() if line.get("level") == "error"]
+
+
+@pytest.mark.parametrize(("kind", "answer"), WHOLE_CASES)
+async def test_a_json_answer_to_a_messages_stream_is_streamed_and_billed(odd: tuple[Gateway, RawUpstream],
+                                                                         kind: str, answer: bytes) -> None:
+    """The same on /v1/messages: the Anthropic SDK's stream gets the whole message as Anthropic's events."""
+    gw, up = odd
+    up.answer = answer
+    before, _, _ = await ledger(gw)
+    client = anthropic.AsyncAnthropic(base_url=gw.url, api_key=gw.key, max_retries=0)
+    try:
+        async with client.messages.stream(model=MODELS[kind], max_tokens=50, messages=MESSAGES,  # type: ignore[arg-type]
+                                          tools=[{"name": "lookup", "input_schema": {"type": "object"}}]) as stream:
+            events = [event async for event in stream]
+            message = await stream.get_final_message()
+    finally:
+        await client.close()
+    names = [event.type for event in events]
+    assert names[0] == "message_start" and names[-1] == "message_stop"
+    assert [(b.type, getattr(b, "text", None) or getattr(b, "input", None)) for b in message.content] == [
+        ("text", "Let me look."), ("tool_use", {"q": "x"})]
+    assert message.stop_reason == "tool_use"
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (10, 7)
+    # the bill rides on message_delta, which the SDK keeps as an unknown field of the event
+    bill = next(event.model_extra["billing"] for event in events if event.type == "message_delta")  # type: ignore[index]
+    await charged_exactly(gw, before, MODELS[kind], bill)
+
+
+UNREADABLE = {
+    "openai": json.dumps({"error": {"message": "model overloaded", "type": "server_error", "code": None}}).encode(),
+    "anthropic": json.dumps({"type": "error", "error": {"type": "api_error", "message": "model overloaded"}}).encode(),
+    "gemini": json.dumps({"error": {"code": 500, "message": "model overloaded", "status": "INTERNAL"}}).encode(),
+}
+
+
+@pytest.mark.parametrize("body", ["error", "garbage", "error-array"])
+@pytest.mark.parametrize("kind", list(MODELS))
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"], ids=["chat", "messages"])
+async def test_a_json_error_or_garbage_for_a_stream_is_a_502(odd: tuple[Gateway, RawUpstream], log_lines: Any,
+                                                            path: str, kind: str, body: str) -> None:
+    """A 200 JSON body to a streamed request that is an error object or no JSON at all: no answer to stream and
+    nothing to bill, so the 502 an unreadable answer gets, before any header went out, not a free 200."""
+    gw, up = odd
+    raw = {"error": UNREADABLE[kind], "garbage": b'{"choices": [', "error-array": b"[" + UNREADABLE[kind] + b"]"}[body]
+    up.answer = http(200, raw)
+    before, _, _ = await ledger(gw)
+    status, out = await call(gw, path, {"model": MODELS[kind], "messages": MESSAGES, "max_tokens": 50, "stream": True})
+    assert status == 502, out
+    payload = json.loads(out)
+    if path == "/v1/messages":
+        assert payload["type"] == "error" and payload["error"]["type"] == "api_error"
+    else:
+        validate(payload, "ErrorResponse")
+    assert payload["error"]["code"] == "upstream_bad_response"
+    assert await ledger(gw) == (before, 0, 0)
+    assert len(up.requests) == 1  # it answered: not resent
+    assert not [line for line in log_lines() if line.get("level") == "error"]
+
+
+# -- a Gemini stream that ends in a bare JSON error ------------------------------------------------------
+
+def gemini_error_tail() -> bytes:
+    """The unframed error body Gemini writes after a stream's events when it fails mid-answer, as recorded
+    (wire/gemini/vertexai/streaming-failure-error-mid-stream.txt), with the operator's key in its message."""
+    raw = (GEMINI_WIRE / "vertexai" / "streaming-failure-error-mid-stream.txt").read_bytes()
+    tail = raw[raw.rindex(b"\n\ndata: ") + 2:].split(b"\n\n", 1)[1]
+    assert tail.lstrip().startswith(b"{") and b"CANCELLED" in tail
+    keyed = b"The operation was cancelled (key " + GEMINI_KEY.encode() + b")."
+    return tail.replace(b"The operation was cancelled.", keyed)
+
+
+def gemini_chunk(text: str, output_tokens: int) -> dict[str, Any]:
+    """An unfinished chunk (no finishReason), usage counted so far, as Gemini streams them."""
+    return {"candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "index": 0}],
+            "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": output_tokens, "totalTokenCount": 10},
+            "modelVersion": "gemini-2.0-flash", "responseId": "r1"}
+
+
+@pytest.mark.parametrize("framed", [False, True], ids=["bare-json", "error-event"])
+async def test_a_gemini_stream_ending_in_a_bare_json_error_ends_in_that_error(
+        odd: tuple[Gateway, RawUpstream], log_lines: Any, framed: bool) -> None:
+    """Gemini's `streamGenerateContent?alt=sse` failing mid-answer writes its error body unframed after the
+    events. It was ignored (the client heard only 'closed before it finished'); it is the stream's error event,
+    scrubbed, and billed as the same error sent as an `error` event (`error-event`, how it was billed already)."""
+    gw, up = odd
+    tail = gemini_error_tail()
+    error = b"data: " + json.dumps(json.loads(tail)).encode() + b"\n\n" if framed else tail
+    up.answer = sse(gemini_chunk("First ", 2), gemini_chunk("Second ", 4), error)
+    before, _, _ = await ledger(gw)
+    stream = await gw.openai().chat.completions.create(model=MODELS["gemini"], messages=MESSAGES, max_tokens=50,
+                                                       stream=True)  # type: ignore[arg-type]
+    text = ""
+    with pytest.raises(openai.APIError) as info:
+        async for chunk in stream:
+            text += chunk.choices[0].delta.content or ""
+    assert text == "First Second "
+    message = str(info.value.message)
+    assert "The operation was cancelled" in message and GEMINI_KEY not in message, message
+    assert info.value.code == "upstream_error"
+    balance, usage, held = await ledger(gw)
+    route = gw.app[RUNTIME].snapshot.catalog.routes[MODELS["gemini"]]
+    # the prompt and the output counted so far: Gemini's running count, or the text relayed when that is more
+    output = max(4, billing.estimate_tokens(len("First Second ")))
+    assert held == 0 and before - balance == usage == billing.token_cost(
+        route.price, Usage(prompt_tokens=10, completion_tokens=output))
+    assert not [line for line in log_lines() if line.get("level") == "error"]
+
+
+async def test_an_event_stream_labelled_json_is_still_relayed(odd: tuple[Gateway, RawUpstream]) -> None:
+    """A server that streams SSE under `Content-Type: application/json` sends events, not an answer: its body
+    is relayed as a stream, not read whole as a JSON answer (which it is not)."""
+    gw, up = odd
+    head, _, body = chat_answer("openai", 7, True).partition(b"\r\n\r\n")
+    up.answer = head.replace(b"text/event-stream", b"application/json") + b"\r\n\r\n" + body
+    before, _, _ = await ledger(gw)
+    status, raw = await call(gw, "/v1/chat/completions", {"model": "oai/gpt-4o", "messages": MESSAGES,
+                                                          "max_tokens": 50, "stream": True})
+    assert status == 200 and b'"content":"Hello"' in raw and raw.endswith(b"data: [DONE]\n\n"), raw
+    await charged_exactly(gw, before, "oai/gpt-4o", stream_bill(raw))
