@@ -61,6 +61,14 @@ def _balance(text: str) -> int:
     return nano
 
 
+def _name(text: str) -> str:
+    """A key's name: not blank, no control character (`keys list` prints one key a line)."""
+    try:
+        return keyops.check_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _positive(text: str) -> int:
     """A whole number >= 1 (a limit or cap of 0 would refuse everything: leave it out instead)."""
     try:
@@ -125,6 +133,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.worker:
+        from gateway.supervisor import follow_supervisor
+
+        if not follow_supervisor():  # it died while this worker started: nobody would stop or restart it
+            return 0
     # a worker starts on the config its supervisor has in force; it reloads from the file, as its siblings do
     start = os.environ.get("GATEWAY_CONFIG_IN_FORCE") if args.worker else None
     config = _load(start or args.config)
@@ -137,7 +150,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return supervise(config, args.config, args.host, args.port, args.workers)
     from gateway.server import serve  # aiohttp app imports only when serving
 
-    return serve(config, args.config, host=args.host, port=args.port, worker=args.worker)
+    try:
+        return serve(config, args.config, host=args.host, port=args.port, worker=args.worker)
+    finally:
+        if args.worker:
+            from gateway.supervisor import leave_no_orphaned_state
+
+            leave_no_orphaned_state()
 
 
 async def _with_store(config: Config, action: Callable[[Store], Awaitable[int]]) -> int:
@@ -256,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys_p = sub.add_parser("keys", help="manage gateway keys")
     ksub = keys_p.add_subparsers(dest="keys_cmd", required=True)
     create = ksub.add_parser("create")
-    create.add_argument("--name", required=True)
+    create.add_argument("--name", type=_name, required=True)
     create.add_argument("--balance", type=_balance, required=True, help="USD")
     create.add_argument("--rpm", type=_positive, help="requests per minute, per model")
     create.add_argument("--rpd", type=_positive, help="requests per day, per model")

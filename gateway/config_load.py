@@ -42,8 +42,8 @@ def parse(text: str, environ: dict[str, str], source: str = "<config>") -> Confi
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:  # not chained: its text quotes the offending line
         raise ConfigError(f"{source}: not valid YAML: {_yaml_problem(exc)}") from None
-    if raw is None:
-        raw = {}
+    if raw is None:  # not "every default": that serves no model, and a truncated write or a wrong path would pass
+        raise ConfigError(f"{source}: the file is empty (or only comments): no provider, no model")
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping")
     problems: list[str] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -13,6 +14,7 @@ from gateway.store.memory import MAX_AMOUNT
 
 MAX_USD = Decimal(MAX_AMOUNT) / NANO  # ~9 million: what the store's Lua scripts count exactly in nano-dollars
 CAPS = ("max_streams", "max_tokens", "max_body_bytes")  # per-key caps, same names in CLI, admin API, records
+_LINE_BREAKING = frozenset({"Cc", "Zl", "Zp"})  # C0/C1 controls (\n, \r, \t, ESC, NEL), U+2028, U+2029
 
 
 class KeyNotFound(LookupError):
@@ -30,6 +32,19 @@ def usd_to_nano(value: Any) -> int:
     if abs(amount) > MAX_USD:  # beyond this Lua's doubles would no longer count nano-dollars exactly
         raise ValueError(f"amount out of range: at most {MAX_USD} USD either way")
     return int(amount * NANO)
+
+
+def check_name(name: str) -> str:
+    """A key's name, stripped; ValueError when it is blank or holds a control character. `keys list` prints
+    one key a line: a line break in a name would print a line of its own (a forged key, or something that
+    reads as a log line) and an escape sequence would rewrite the operator's terminal."""
+    name = name.strip()
+    if not name:
+        raise ValueError("must not be blank")
+    bad = next((c for c in name if unicodedata.category(c) in _LINE_BREAKING), None)
+    if bad is not None:  # only the character, never the rest of the name, goes back into the message
+        raise ValueError(f"must not contain a control character ({bad!a})")
+    return name
 
 
 def usd(nano: int) -> str:
@@ -58,7 +73,7 @@ async def create(store: Store, name: str, balance: int, rpm: int | None = None, 
     unknown = set(caps) - set(CAPS)
     if unknown:
         raise TypeError(f"unknown caps: {sorted(unknown)}")
-    plain, record = keys.new_record(name, balance, rpm, rpd, tuple(models), **caps)
+    plain, record = keys.new_record(check_name(name), balance, rpm, rpd, tuple(models), **caps)
     await store.create_key(record)
     return plain, await store.get_key(record.id) or record
 

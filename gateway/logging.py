@@ -40,6 +40,14 @@ _PATTERNS = [
 _HINTS = ("bearer", "basic", "gw-", "sk-", "xai-", "pk-", "rk-", "aiza", "://", "authorization", "api-key")
 _SECRET_NAMES = frozenset({"authorization", "x-api-key", "api_key", "provider_api_key", "x-provider-api-key",
                            "password", "admin_token", "x-goog-api-key", "key", "token"})
+# a field whose name holds one of these anywhere is secret-named too (`client_secret`, `secret_key`,
+# `proxy_password`, `passwd`); not "key" or "token", which `key_id` and `prompt_tokens` hold
+_SECRET_PARTS = ("secret", "passw")
+
+
+def _secret_named(name: str) -> bool:
+    low = name.lower()
+    return low in _SECRET_NAMES or any(part in low for part in _SECRET_PARTS)
 
 
 def _fewest(needles: Iterable[str]) -> tuple[str, ...]:
@@ -52,8 +60,9 @@ def _fewest(needles: Iterable[str]) -> tuple[str, ...]:
 # Searched in the rendered line as str: `bytes in bytes` first tries the needle as an int and builds a
 # TypeError for every miss, which made these tests cost more than the rest of the line's rendering. A
 # secret-named field reads `name":` in the line (the opening quote left out, so that `"x-api-key":` and
-# `"admin_token":` come down to the hints `api-key` and `token":`; a line matching more is only walked).
-_LINE_HINTS = _fewest((*_HINTS, *(f'{name}":' for name in _SECRET_NAMES)))
+# `"admin_token":` come down to the hints `api-key` and `token":`; a line matching more is only walked). A
+# name part is looked for as is: `passw` holds `password":`, so the parts cost one needle more (`secret`).
+_LINE_HINTS = _fewest((*_HINTS, *(f'{name}":' for name in _SECRET_NAMES), *_SECRET_PARTS))
 
 
 def _fallback(value: Any) -> str:
@@ -153,7 +162,7 @@ class Redactor:
         if isinstance(value, str):
             return self.scrub(value)
         if isinstance(value, dict):
-            return {k: REDACTED if v and isinstance(k, str) and k.lower() in _SECRET_NAMES else self._walk(v)
+            return {k: REDACTED if v and isinstance(k, str) and _secret_named(k) else self._walk(v)
                     for k, v in value.items()}
         if isinstance(value, list | tuple):
             return [self._walk(v) for v in value]

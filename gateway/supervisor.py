@@ -9,6 +9,7 @@ of them. The store must be shared (Redis): N memory stores would be N different 
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -28,6 +29,40 @@ from gateway.logging import configure, get_logger
 log = get_logger("gateway.supervisor")
 POLL_S = 0.2
 RESTART_WINDOW_S, RESTARTS_PER_WINDOW = 30.0, 5  # a worker crashing faster than this waits a little
+SUPERVISOR_PID = "GATEWAY_SUPERVISOR_PID"  # in a worker's environment: the supervisor that started it
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def follow_supervisor() -> bool:
+    """At a worker's start: have the kernel send it SIGTERM (the graceful shutdown) when its supervisor dies;
+    False when the supervisor is gone already. Killed with SIGKILL, a supervisor forwards nothing, and outside
+    systemd (whose control group ends every process of the unit) its workers went on serving on the port
+    with nobody to restart, reload or stop them.
+
+    Linux's parent-death signal rather than a periodic os.getppid() check: it comes at once and costs no
+    timer in every worker. It follows the thread that started the worker: the supervisor starts every one
+    from its main thread. The parent check after asking closes the race of a supervisor that died before."""
+    expected = os.environ.get(SUPERVISOR_PID)
+    if not expected:
+        return True
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGTERM), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+    except AttributeError:  # no prctl (not Linux): the check below is all there is
+        pass
+    if os.getppid() != int(expected):
+        log.warning("supervisor gone before this worker started; exiting", supervisor_pid=int(expected))
+        return False
+    return True
+
+
+def leave_no_orphaned_state() -> None:
+    """At a worker's exit, when its supervisor died without cleaning up (SIGKILL): remove the supervisor's
+    private directory, whose config copies hold the provider keys and which nobody else would remove. Every
+    worker of a dead supervisor tries; the first removes it, the others find nothing."""
+    expected, in_force = os.environ.get(SUPERVISOR_PID), os.environ.get("GATEWAY_CONFIG_IN_FORCE")
+    if expected and in_force and os.getppid() != int(expected):
+        shutil.rmtree(Path(in_force).parent, ignore_errors=True)
 
 
 class Supervisor:
@@ -39,7 +74,7 @@ class Supervisor:
         self.state_dir = Path(tempfile.mkdtemp(prefix="llm-gateway-"))
         self.env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
         self.env.update(PROMETHEUS_MULTIPROC_DIR=str(self.state_dir / "metrics"),
-                        GATEWAY_READY_DIR=str(self.state_dir / "ready"))
+                        GATEWAY_READY_DIR=str(self.state_dir / "ready"), **{SUPERVISOR_PID: str(os.getpid())})
         for sub in ("metrics", "ready"):
             (self.state_dir / sub).mkdir()
         # what a worker starts on: the config the others run (the start's, then each reload's they accepted),

@@ -85,6 +85,28 @@ async def test_admin_errors(make_gateway: Any, path: str, body: Any, status: int
     assert (got, payload["error"]["code"]) == (status, code)
 
 
+@pytest.mark.parametrize("name", [
+    pytest.param("a\nkey_fake  gw-x", id="newline"),
+    pytest.param("a\rb", id="carriage-return"),
+    pytest.param("a\tb", id="tab"),
+    pytest.param("a\x00b", id="nul"),
+    pytest.param("a\x1b[2Jb", id="escape"),
+    pytest.param("a\x85b", id="next-line"),
+    pytest.param("a\u2028b", id="line-separator"),
+])
+async def test_a_key_name_with_a_control_character_is_refused(make_gateway: Any, name: str) -> None:
+    """`keys list` prints one key a line: a line break (or another control character) in a name would
+    print lines of its own, looking like another key or a log line. Refused, naming `name`; nothing made."""
+    gw = await make_gateway(admin_token=ADMIN)
+    status, payload = await call(gw, "POST", "/admin/keys", {"name": name, "balance": 1})
+    assert status == 400, payload
+    assert (payload["error"]["type"], payload["error"]["param"], payload["error"]["code"]) == \
+        ("invalid_request_error", "name", "invalid_value")
+    assert "control character" in payload["error"]["message"]
+    status, listed = await call(gw, "GET", "/admin/keys")
+    assert status == 200 and name not in {k["name"] for k in listed["data"]}
+
+
 async def test_admin_needs_the_admin_token_never_a_client_key(make_gateway: Any) -> None:
     gw = await make_gateway(admin_token=ADMIN)
     for token in (None, gw.key, "wrong"):

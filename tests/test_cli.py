@@ -184,6 +184,18 @@ def one_line_refusal(result: Any) -> str:
                  id="models-empty"),
     pytest.param(["keys", "create", "--name", "a", "--balance", "1", "--models", " , "], "--models: no model glob",
                  id="models-only-commas"),
+    # one key a line in `keys list`: a name with a line break would print a line of its own (a forged key)
+    pytest.param(["keys", "create", "--name", "a\nkey_fake  gw-x", "--balance", "1"],
+                 "--name: must not contain a control character ('\\n')", id="name-with-newline"),
+    pytest.param(["keys", "create", "--name", "a\rb", "--balance", "1"], "--name: must not contain a control",
+                 id="name-with-carriage-return"),
+    pytest.param(["keys", "create", "--name", "a\tb", "--balance", "1"], "--name: must not contain a control",
+                 id="name-with-tab"),
+    pytest.param(["keys", "create", "--name", "a\x1b[2Jb", "--balance", "1"], "--name: must not contain a control",
+                 id="name-with-escape"),
+    pytest.param(["keys", "create", "--name", "a\u2028b", "--balance", "1"], "--name: must not contain a control",
+                 id="name-with-line-separator"),
+    pytest.param(["keys", "create", "--name", "  ", "--balance", "1"], "--name: must not be blank", id="name-blank"),
     pytest.param(["keys", "topup", "key_x", "NaN"], "not an amount in USD: 'NaN'", id="topup-nan"),
     pytest.param(["keys", "topup", "key_x", "ten"], "not an amount in USD: 'ten'", id="topup-not-a-number"),
     pytest.param(["keys", "topup", "key_nope", "1"], "no key 'key_nope'", id="topup-unknown-key"),
@@ -281,3 +293,16 @@ def test_keys_list_states_the_balance_to_the_nano_dollar(redis_config: Path, red
     listed = run_cli("keys", "list", "--config", str(redis_config), env=env)
     line = next(line for line in listed.stdout.splitlines() if line.startswith(key_id))
     assert "$8655014.570578664  big" in line, line
+
+
+def test_keys_list_prints_one_line_per_key(redis_config: Path, redis_url: str) -> None:
+    """A refused name leaves nothing behind; an accepted one (spaces, non-ASCII) is one line of its own."""
+    env = {"REDIS_URL": redis_url}
+    refused = run_cli("keys", "create", "--config", str(redis_config), "--name", "x\nkey_fake", "--balance", "1",
+                      env=env)
+    assert refused.returncode == 2
+    created = run_cli("keys", "create", "--config", str(redis_config), "--name", " Zoë's team ", "--balance", "1",
+                      env=env)
+    assert created.returncode == 0, created.stderr
+    listed = run_cli("keys", "list", "--config", str(redis_config), env=env)
+    assert len(listed.stdout.splitlines()) == 1 and listed.stdout.rstrip("\n").endswith("  Zoë's team")

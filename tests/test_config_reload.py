@@ -53,6 +53,45 @@ async def test_a_reload_of_a_non_utf8_file_keeps_the_old_config(make_gateway: An
     assert await reload_config(gw.app) is False
 
 
+# --- an empty config file ---------------------------------------------------------------------------
+
+EMPTY = {"empty": "", "only-comments": "# to be written\n\n   # later\n", "document-marker": "---\n"}
+
+
+@pytest.mark.parametrize("text", EMPTY.values(), ids=EMPTY.keys())
+def test_an_empty_config_file_is_a_config_error(tmp_path: Path, text: str) -> None:
+    """An empty file (a truncated write, a wrong path's placeholder) configures nothing: no provider, no
+    model. Taking it for "all defaults" served nothing and said ok."""
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"empty\.yaml: the file is empty"):
+        load(path)
+
+
+@pytest.mark.parametrize("command", ["check-config", "serve"])
+def test_check_config_and_serve_refuse_an_empty_file(tmp_path: Path, command: str) -> None:
+    """README: an invalid config is exit 2, one message, never a traceback; `serve` refuses it at start."""
+    path = tmp_path / "empty.yaml"
+    path.write_text(EMPTY["only-comments"])
+    args = [command, str(path)] if command == "check-config" else [command, "--config", str(path)]
+    result = run_cli(*args, timeout=30)
+    assert (result.returncode, result.stdout) == (2, ""), (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert f"{path}: the file is empty" in result.stderr
+
+
+async def test_a_reload_of_an_empty_file_keeps_the_old_config(make_gateway: Any, tmp_path: Path) -> None:
+    gw = await make_gateway()
+    before = gw.app[RUNTIME].snapshot.config
+    path = tmp_path / "empty.yaml"
+    path.write_text(EMPTY["only-comments"])
+    gw.app[RUNTIME].config_path = str(path)
+    assert await reload_config(gw.app) is False
+    assert gw.app[RUNTIME].snapshot.config is before
+    async with aiohttp.ClientSession() as http, http.get(gw.url + "/v1/models", headers=gw.auth()) as r:
+        assert r.status == 200 and (await r.json())["data"]  # still serving the models it had
+
+
 # --- the key cache after a reload -------------------------------------------------------------------
 
 

@@ -111,6 +111,21 @@ def test_every_secret_named_field_is_masked_in_a_rendered_line(name: str) -> Non
         assert json.loads(line)[field] == REDACTED
 
 
+@pytest.mark.parametrize("name", ["secret", "client_secret", "Client-Secret", "webhook_secret", "x-api-secret",
+                                  "secret_key", "aws_secret_access_key", "password", "proxy_password", "DB_PASSWORD",
+                                  "passwd", "redis_passwd"])
+def test_secret_and_password_like_fields_are_masked_in_a_rendered_line(name: str) -> None:
+    """Names holding `secret` or `passw` anywhere (an OAuth client's `client_secret`, `proxy_password`) are
+    secret-named as much as `api_key`: masked at the top and nested, in any case, like the listed names."""
+    redactor = Redactor()
+    for field in (name, name.upper(), name.lower()):
+        event = {"event": "x", field: "plain-value-0001", "nested": {"deeper": [{field: "plain-value-0002"}]}}
+        line = redactor.render(None, "info", event).decode()
+        assert "plain-value" not in line, line
+        parsed = json.loads(line)
+        assert parsed[field] == REDACTED and parsed["nested"]["deeper"][0][field] == REDACTED
+
+
 def test_a_line_without_secrets_is_rendered_unchanged() -> None:
     redactor = Redactor()
     redactor.update(["s3cr3t-value"])

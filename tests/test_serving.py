@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -208,6 +210,79 @@ def children(pid: int) -> list[int]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         found += [int(p) for p in (task / "children").read_text().split()]
     return found
+
+
+def alive(pid: int) -> bool:
+    """The process runs (a zombie waiting for init to reap it has ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def kill_if_ours(pid: int, config_path: Path) -> None:
+    """SIGKILL a worker this test started, if it still runs (never a process that took its pid since)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError):
+        return
+    if b"--worker" in cmdline and str(config_path).encode() in cmdline and alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+async def test_workers_end_when_their_supervisor_is_killed(redis_config: tuple[Path, str]) -> None:
+    """Outside systemd (whose control group ends every process of the unit) a supervisor killed with SIGKILL
+    left its workers serving on the port with nobody to restart, reload or stop them. Each worker gets the
+    kernel's parent-death signal (SIGTERM: the graceful shutdown) and ends within seconds, removing the
+    dead supervisor's private directory, which nobody else would."""
+    path, _ = redis_config
+    gw = GatewayProcess(path)
+    gw.extra_args = ["--workers", "2"]
+    workers: list[int] = []
+    state_dir = ""
+    try:
+        with gw:
+            assert gw.proc is not None
+            for _ in range(200):
+                if any(e["event"] == "all workers ready" for e in gw.log()):
+                    break
+                await asyncio.sleep(0.1)
+            workers = children(gw.proc.pid)
+            assert len(workers) == 2
+            environ = dict(v.split(b"=", 1) for v in Path(f"/proc/{workers[0]}/environ").read_bytes().split(b"\0")
+                           if b"=" in v)
+            state_dir = str(Path(environ[b"GATEWAY_READY_DIR"].decode()).parent)  # the supervisor's, left behind
+            gw.proc.kill()
+            gw.proc.wait()
+            for _ in range(100):
+                if not any(alive(pid) for pid in workers):
+                    break
+                await asyncio.sleep(0.1)
+            assert [pid for pid in workers if alive(pid)] == []
+            with socket.socket() as probe:  # nothing serves on the port any more
+                assert probe.connect_ex(("127.0.0.1", gw.port)) != 0
+            # nor is its private directory left behind: its config copies hold the provider keys
+            assert not Path(state_dir).exists()
+    finally:
+        for pid in workers:
+            kill_if_ours(pid, path)
+        if state_dir.startswith(tempfile.gettempdir()):
+            shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def test_a_worker_whose_supervisor_died_while_it_started_does_not_serve(tmp_path: Path) -> None:
+    """The parent-death signal only covers a supervisor dying after the worker asked for it: a worker that
+    finds another parent than the supervisor that started it (it died first) exits at once."""
+    path = tmp_path / "mem.yaml"
+    path.write_text(gateway_config_text("http://127.0.0.1:9/v1"))
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that is nobody's parent
+    result = subprocess.run([*GatewayProcess.python_m_gateway(), "serve", "--config", str(path), "--worker",
+                             "--port", str(closed_port())], env={**os.environ, "GATEWAY_SUPERVISOR_PID": str(gone.pid)},
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "supervisor" in result.stdout + result.stderr and "gateway started" not in result.stdout
 
 
 @pytest.mark.parametrize("workers", [1, 2])

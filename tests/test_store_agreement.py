@@ -105,7 +105,7 @@ big = st.sampled_from([MAX_AMOUNT, MAX_AMOUNT - 1, MAX_AMOUNT - 20_000, 2**52])
 streams = st.sampled_from([None, 1, 2])  # None: not a capped stream
 admits = st.tuples(st.just("admit"), keys_, gens, money, st.sampled_from([1, 2, 5, 30, 90]),
                    st.sampled_from(MODELS), limits, limits, st.none() | st.integers(0, 60), streams)
-settles = st.tuples(st.just("settle"), keys_, gens, money | st.integers(60_000, 200_000), st.integers(0, 40),
+settles = st.tuples(st.just("settle"), keys_, gens, money | st.integers(60_000, 200_000), st.integers(0, 40) | big,
                     st.sampled_from(MODELS))
 ops = st.one_of(
     admits, settles, admits, settles,
@@ -202,9 +202,9 @@ class Model:
         charged = min(cost, hold + key.balance)
         key.balance += hold - charged
         key.usage += charged
-        if tokens:
+        if tokens:  # a window's count stops at MAX_AMOUNT, above any limit a key or model may have
             index = (key_id, model, "tpm", now // WINDOWS_MS["tpm"])
-            self.counts[index] = self.counts.get(index, 0) + tokens
+            self.counts[index] = min(self.counts.get(index, 0) + tokens, MAX_AMOUNT)
         self.settled[(key_id, gen)] = Settlement(charged, key.balance, False)
         return self.settled[(key_id, gen)]
 
@@ -342,3 +342,27 @@ def test_memory_and_redis_stores_agree(redis_server: RedisServer, balances: list
     reach the ledger; a key id nobody created is asked about too (missing on both)."""
     opening = [("create", k, balance) for k, balance in enumerate(balances)]
     asyncio.run(play(redis_server.url, opening + steps))
+
+
+async def test_the_tpm_window_saturates_alike_in_both_stores(redis_url: str) -> None:
+    """A settlement counts up to MAX_AMOUNT tokens (the gateway bounds an upstream's absurd usage to about
+    that much); 1,025 of them in one minute took Redis's INCRBY past 2**63 - 1, an error that failed the
+    settlement. The window's count saturates instead, at MAX_AMOUNT in both stores (above any tpm limit the
+    stores take), so every settlement goes through and the window still refuses until it ends."""
+    settles = 2**63 // MAX_AMOUNT + 1  # the first count INCRBY cannot hold
+    prefix, now = f"t{uuid.uuid4().hex}:", start_time()
+    key_ids = [f"key_{uuid.uuid4().hex[:12]}"]
+    run = Run(MemoryStore(clock=lambda: run.now), FakeTimeRedisStore(redis_url, prefix), now, key_ids)
+    await run.redis.set_now(now)
+    try:
+        await apply(run, ("create", 0, 0))
+        for g in range(settles):  # each step checks both stores answer alike, and as the model says
+            await apply(run, ("settle", 0, g, 0, MAX_AMOUNT, "m/a"))
+        await apply(run, ("admit", 0, settles, 0, 1, "m/a", None, None, MAX_AMOUNT, None))  # rate_limited
+        await check_state(run, "saturated")
+        key_id, index = run.ids[0], run.now_ms // WINDOWS_MS["tpm"]
+        counted = await run.redis._redis.get(f"{run.redis._windows(key_id, 'm/a')}tpm:{index}")
+        assert int(counted) == MAX_AMOUNT
+        assert run.memory._windows[(key_id, "m/a", "tpm")] == (index, MAX_AMOUNT)
+    finally:
+        await run.redis.close()

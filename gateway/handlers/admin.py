@@ -71,6 +71,10 @@ async def create_key(request: web.Request) -> web.Response:
     name = body.get("name")
     if not isinstance(name, str) or not name.strip():
         raise InvalidRequest("'name' is required.", param="name", code="missing_required_parameter")
+    try:
+        name = keyops.check_name(name)
+    except ValueError as exc:
+        raise InvalidRequest(f"'name' {exc}.", param="name", code="invalid_value") from None
     models = body.get("models")
     if models is None:
         models = []
@@ -79,7 +83,7 @@ async def create_key(request: web.Request) -> web.Response:
                              code="invalid_type")
     balance, rpm, rpd = _amount(body, "balance"), _opt_limit(body, "rpm"), _opt_limit(body, "rpd")
     caps = {cap: _opt_limit(body, cap) for cap in keyops.CAPS}
-    plain, record = await _run(request, lambda store: keyops.create(store, name.strip(), balance, rpm, rpd, models,
+    plain, record = await _run(request, lambda store: keyops.create(store, name, balance, rpm, rpd, models,
                                                                     **caps))
     return _json({**keyops.key_json(record), "key": plain}, status=201)
 

@@ -169,7 +169,9 @@ class MemoryStore:
         if tokens:
             index, used = self._windows.get((key_id, model, "tpm"), (0, 0))
             current = now // WINDOWS_MS["tpm"]
-            self._windows[(key_id, model, "tpm")] = (current, (used if index == current else 0) + tokens)
+            # stops at MAX_AMOUNT (above any limit admit takes), as settle.lua's must: INCRBY fails past 2^63 - 1
+            self._windows[(key_id, model, "tpm")] = (current, min((used if index == current else 0) + tokens,
+                                                                  MAX_AMOUNT))
         entry = audit_entry(key_id, generation_id, model, charged, tokens, record)
         self._audit.setdefault(key_id, deque(maxlen=AUDIT_MAXLEN)).append({**entry, "ts_ms": str(now)})
         return settlement

@@ -86,9 +86,10 @@ return 1
 
 
 def _ledger_script(name: str) -> str:
-    """A ledger script (admit, settle, topup) with the shared head (clock, sweep) prepended."""
+    """A ledger script (admit, settle, topup) with the shared head (MAX_AMOUNT, clock, sweep) prepended."""
     files = resources.files(__package__)
-    return files.joinpath("ledger.lua").read_text() + "\n" + files.joinpath(f"{name}.lua").read_text()
+    return (f"local MAX_AMOUNT = {MAX_AMOUNT}  -- store.memory.MAX_AMOUNT\n" + files.joinpath("ledger.lua").read_text()
+            + "\n" + files.joinpath(f"{name}.lua").read_text())
 
 
 class _Script(tuple[str, str]):

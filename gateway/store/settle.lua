@@ -49,7 +49,11 @@ redis.call('EXPIRE', KEYS[3], ARGV[4])
 if tonumber(ARGV[3]) > 0 then
   local index = math.floor(now / 60000)
   local window = KEYS[5] .. 'tpm:' .. num(index)
-  redis.call('INCRBY', window, ARGV[3])
+  -- the count stops at MAX_AMOUNT, above any limit admit is given: counts of up to MAX_AMOUNT each would
+  -- otherwise take INCRBY past 2^63 - 1 after 1,025 of them, an error that failed the settlement
+  if redis.call('INCRBY', window, ARGV[3]) > MAX_AMOUNT then
+    redis.call('SET', window, num(MAX_AMOUNT))
+  end
   redis.call('PEXPIREAT', window, num((index + 1) * 60000))
 end
 
