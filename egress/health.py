@@ -3,8 +3,9 @@ an exponential back-off, and restores a proxy after `restore_after_successes` go
 for a flapping one: `ProxyState.successes_needed`).
 
 A probe is `tcp://host:port` (a tunnel opened through the proxy and closed) or an `http(s)://` URL (any
-HTTP answer through the proxy counts). Probe failures count toward ejection like live failures, but are
-not capped: a proxy every probe fails is out, whatever the share.
+HTTP answer through the proxy counts, on a new tunnel: a pooled one would pass while new ones fail). Probe
+failures count toward ejection like live failures, but are not capped: a proxy every probe fails is out,
+whatever the share.
 """
 
 from __future__ import annotations
@@ -29,8 +30,7 @@ async def probe_once(egress: Egress, pool: Pool, state: ProxyState) -> bool:
             target = urlsplit(spec.probe)
             seconds = await probe_tcp(state.spec, target.hostname or "", target.port or 443, spec.timeout_s)
         else:
-            assert state.session is not None
-            seconds = await probe_http(state.session, spec.probe, spec.timeout_s)
+            seconds = await probe_http(state.spec, spec.probe, spec.timeout_s)
     except Exception:  # any failure of the way out is a failed probe; the reason is in the metric only
         metrics.PROBES.labels(pool.spec.name, state.spec.name, "fail").inc()
         _probe_failed(egress, pool, state)

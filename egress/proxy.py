@@ -126,7 +126,7 @@ class _Watched:
     async def _create_connection(self, req: Any, traces: Any, timeout: Any) -> Any:
         started = time.perf_counter()
         proto = await super()._create_connection(req, traces, timeout)  # type: ignore[misc]
-        if self.on_connect is not None and not _PROBING.get():  # a probe's connection is not a request's
+        if self.on_connect is not None:
             self.on_connect(time.perf_counter() - started)
         return proto
 
@@ -242,7 +242,6 @@ class Progress:
 
 
 _WATCHED: ContextVar[Progress | None] = ContextVar("egress_progress", default=None)
-_PROBING: ContextVar[bool] = ContextVar("egress_probing", default=False)  # set by probe_http, for _Watched
 
 
 class watching:  # lower case: used like a function, `with watching(progress):`
@@ -283,14 +282,14 @@ async def probe_tcp(spec: ProxySpec, host: str, port: int, timeout: float) -> fl
     return elapsed
 
 
-async def probe_http(session: aiohttp.ClientSession, url: str, timeout: float) -> float:
-    """Any HTTP answer through the session's proxy counts: the way out works, whatever the status.
-    The session's connect callback does not see the probe's connection (it times requests' connections)."""
-    token = _PROBING.set(True)
-    try:
-        started = time.perf_counter()
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False) as resp:
-            await resp.read()
-        return time.perf_counter() - started
-    finally:
-        _PROBING.reset(token)
+async def probe_http(spec: ProxySpec, url: str, timeout: float) -> float:
+    """Any HTTP answer through the proxy counts: the way out works, whatever the status.
+
+    On a session of its own, closed after it: a kept-alive tunnel of the proxy's pooled session would pass
+    a probe while the proxy takes no new connection (the ones requests need), and a probe's connect is not
+    a request's (the pooled session times those for `gateway_egress_connect_seconds`)."""
+    started = time.perf_counter()
+    async with make_session(spec) as session, session.get(url, timeout=aiohttp.ClientTimeout(total=timeout),
+                                                          allow_redirects=False) as resp:
+        await resp.read()
+    return time.perf_counter() - started

@@ -584,3 +584,62 @@ async def test_probes_are_not_in_the_request_connect_histogram(probe: str, upstr
         assert state.latency_s is not None  # though probes still feed least_latency
     finally:
         await egress.close()
+
+
+class Gate:
+    """A TCP forwarder in front of a real proxy that can stop taking new connections while the ones it
+    relays go on (a proxy at its connection limit, or one whose new logins fail): the network, not a fake proxy."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    def close_door(self) -> None:
+        assert self.server is not None
+        self.server.close()  # the listening socket only: relays in progress carry on
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except ConnectionError:
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def test_an_http_probe_opens_its_own_tunnel(upstream: Any, socks_pair: Any) -> None:
+    """An `http(s)://` probe went out on the proxy's pooled session, so with a kept-alive tunnel to the probe's
+    host it reused that and passed while the proxy took no new connection: every request that needed one
+    failed, and the probes kept the proxy in service."""
+    _, url = upstream
+    a, _ = socks_pair
+    gate = Gate(a.port)
+    await gate.start()
+    host = url.split("//")[1].split("/")[0]
+    spec = ProxySpec("gated", a.url_for().replace(f":{a.port}", f":{gate.port}"))
+    egress = Egress()
+    await egress.configure({"g": PoolSpec("g", (spec,), probe=f"http://{host}/v1/models")})
+    req = UpstreamRequest("POST", url + "/chat/completions", {"Authorization": "Bearer sk-test-000000000000"},
+                          json.dumps({"model": "gpt-4o", "messages": MESSAGES}).encode(), False)
+    try:
+        resp, _ = await open_upstream(egress, "g", None, frozenset(), req, 1, 5, "viagate")
+        await resp.read()  # the tunnel stays in the session's pool, kept alive
+        resp.release()
+        pool = egress.pools["g"]
+        assert await health.probe_once(egress, pool, pool.states[0])  # the door is open: a new tunnel passes
+        gate.close_door()
+        assert not await health.probe_once(egress, pool, pool.states[0])
+    finally:
+        await egress.close()
