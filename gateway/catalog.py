@@ -12,6 +12,7 @@ from typing import Any
 from gateway.config import Config, LimitsConfig, ModelConfig, ProviderConfig, to_nano
 from gateway.errors import NotFound
 from providers import registry
+from providers.anthropic_request import enforces_schemas
 from providers.types import Target
 
 
@@ -93,9 +94,11 @@ class Route:
 
     def supported_parameters(self) -> list[str]:
         """What the provider kind carries upstream, less what this model drops (`structured_outputs`, a JSON
-        schema in `response_format`, goes with `response_format`)."""
+        schema in `response_format`, goes with `response_format`) or cannot enforce (a strict schema on a
+        Claude model before 4.5 is refused)."""
         dropped = set(self.model.params.drop)
-        if "response_format" in dropped:
+        if "response_format" in dropped or (
+                self.provider.kind == "anthropic" and not enforces_schemas(self.upstream_model)):
             dropped.add("structured_outputs")
         return [p for p in registry.get(self.provider.kind).SUPPORTED_PARAMETERS if p not in dropped]
 

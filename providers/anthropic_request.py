@@ -20,6 +20,10 @@ stays behind; what would change the answer's meaning if dropped (`logprobs`,
   of them or answer through the JSON tool (`{"type": "any"}`); `tool_choice: none` forces the JSON tool;
   `required` or a named function ask for a tool call, which is then the answer, so the JSON tool is left
   out. A client tool of that reserved name is refused. `{"type": "text"}` asks for nothing.
+- `strict: true` (a strict `json_schema`, a strict function) makes the tool strict, Claude's structured outputs;
+  a model without them (before Claude 4.5, `enforces_schemas`) gets the tool without it, as before: a schema it
+  follows closely but is not held to (such models refuse the field).
+- An assistant message without content stands for its `refusal` or audio `transcript` (`assistant_text`).
 - Tool call ids: Claude takes only `^[a-zA-Z0-9_-]+$`; an id from another provider with other characters
   (`functions.get_weather:0`) is rewritten by `claude_tool_id`, the same way in the `tool_use` and its
   `tool_result`, so the pair still matches.
@@ -58,6 +62,7 @@ from providers.types import (
     ProviderError,
     Target,
     Untranslatable,
+    assistant_text,
     claude_thinking,
     refuse_openai_only,
     tool_arguments,
@@ -71,10 +76,14 @@ JSON_TOOL = "json_response_format"  # the forced tool that carries a `response_f
 _TOOL_CHOICES = {"auto": "auto", "none": "none", "required": "any"}
 _REQUIRED = frozenset({"model", "messages", "max_tokens"})
 
+# Claude's structured outputs (a tool's `strict: true` makes its input follow the schema) start with Claude 4.5
+STRICT_SINCE = (4, 5)
+_CLAUDE_VERSION = re.compile(r"claude-(?:(?:opus|sonnet|haiku)-)?(\d+)(?:[-.](\d{1,2})(?!\d))?")
 _TOOL_ID = re.compile(r"[a-zA-Z0-9_-]+")
 _NOT_TOOL_ID = re.compile(r"[^a-zA-Z0-9_-]")
 
-__all__ = ["DEFAULT_MAX_TOKENS", "JSON_TOOL", "claude_tool_id", "max_tokens", "translate_body", "translate_messages"]
+__all__ = ["DEFAULT_MAX_TOKENS", "JSON_TOOL", "claude_tool_id", "enforces_schemas", "max_tokens", "translate_body",
+           "translate_messages"]
 
 
 def claude_tool_id(call_id: str) -> str:
@@ -85,6 +94,13 @@ def claude_tool_id(call_id: str) -> str:
         return call_id
     digest = hashlib.sha256(call_id.encode()).hexdigest()[:12]
     return f"{_NOT_TOOL_ID.sub('_', call_id)}_{digest}" if call_id else f"toolu_{digest}"
+
+
+def enforces_schemas(model: str) -> bool:
+    """Whether the Claude `model` (an upstream name) takes `strict` tools, held to their schemas: Claude 4.5 and
+    later, and a name without a version; older ones (`claude-sonnet-4-0`) follow a schema only mostly."""
+    version = _CLAUDE_VERSION.search(model)
+    return version is None or (int(version.group(1)), int(version.group(2) or 0)) >= STRICT_SINCE
 
 
 def translate_body(req: ChatRequest, target: Target) -> JSON:
@@ -101,7 +117,7 @@ def translate_body(req: ChatRequest, target: Target) -> JSON:
     if system:
         out["system"] = system
     _sampling(src, out)
-    _tools(src, out)
+    _tools(src, out, target.upstream_model)
     _thinking(src, out, target)
     user = src.get("user") or src.get("safety_identifier")
     if isinstance(user, str) and user:
@@ -263,6 +279,8 @@ def _image(image: Any, where: str) -> JSON:
 
 def _assistant_blocks(msg: JSON, i: int) -> list[JSON]:
     blocks = _parts(msg.get("content"), f"messages[{i}]")
+    if not blocks and (text := assistant_text(msg, f"messages[{i}]")):
+        blocks = [{"type": "text", "text": text}]
     calls = msg.get("tool_calls") or []
     if not isinstance(calls, list):
         raise ProviderError(f"messages[{i}].tool_calls must be a list")
@@ -294,12 +312,13 @@ def _tool_result(msg: JSON, i: int) -> JSON:
     return block
 
 
-def _tools(src: JSON, out: JSON) -> None:
-    """`tools`, `tool_choice`, `parallel_tool_calls` and `response_format` -> Anthropic's tools and tool_choice."""
+def _tools(src: JSON, out: JSON, model: str) -> None:
+    """`tools`, `tool_choice`, `parallel_tool_calls` and `response_format` -> Anthropic's tools and tool_choice
+    for the upstream `model`."""
     tools = src.get("tools")
-    converted = [_tool(tool, j) for j, tool in enumerate(tools)] if isinstance(tools, list) else []
+    converted = [_tool(tool, j, model) for j, tool in enumerate(tools)] if isinstance(tools, list) else []
     choice = _tool_choice(src.get("tool_choice")) if converted else {}
-    answer_tool = _answer_tool(src.get("response_format"))
+    answer_tool = _answer_tool(src.get("response_format"), model)
     if answer_tool is not None and choice.get("type") in (None, "auto", "none"):
         if any(spec["name"] == JSON_TOOL for spec in converted):
             raise Untranslatable(f"the tool name {JSON_TOOL!r} is reserved for response_format on Anthropic models",
@@ -316,18 +335,29 @@ def _tools(src: JSON, out: JSON) -> None:
         out["tool_choice"] = choice
 
 
-def _tool(tool: Any, j: int) -> JSON:
+def _tool(tool: Any, j: int, model: str) -> JSON:
     fn = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
     if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-        raise ProviderError(f"tools[{j}]: only function tools with a name are supported for Anthropic models")
+        raise Untranslatable(f"tools[{j}]: only function tools with a name are supported for Anthropic models",
+                             param="tools")
     spec: JSON = {"name": fn["name"]}
     if isinstance(fn.get("description"), str):
         spec["description"] = fn["description"]
     spec["input_schema"] = fn.get("parameters") or {"type": "object", "properties": {}}
+    return _strict(spec, fn, model)
+
+
+def _strict(spec: JSON, asked: JSON, model: str) -> JSON:
+    """`spec` with `strict: true` when the client's function or JSON schema (`asked`) is strict and the model
+    has strict tools (Claude 4.5 and later): OpenAI then promises an answer that follows the schema, and so
+    does Claude's strict tool. An older model gets the tool as it always did, a schema it follows closely but
+    is not held to (it refuses the field); `/v1/models` does not list `structured_outputs` for it."""
+    if asked.get("strict") is True and enforces_schemas(model):
+        spec["strict"] = True
     return spec
 
 
-def _answer_tool(fmt: Any) -> JSON | None:
+def _answer_tool(fmt: Any, model: str) -> JSON | None:
     """The tool whose input is the answer `response_format` asks for, or None for plain text."""
     if fmt is None:
         return None
@@ -348,7 +378,7 @@ def _answer_tool(fmt: Any) -> JSON | None:
         description += f" following the schema {spec['name']!r}"
     if isinstance(spec.get("description"), str):
         description += f" ({spec['description']})"
-    return {"name": JSON_TOOL, "description": description + ".", "input_schema": schema}
+    return _strict({"name": JSON_TOOL, "description": description + ".", "input_schema": schema}, spec, model)
 
 
 def _tool_choice(choice: Any) -> JSON:

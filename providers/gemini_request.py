@@ -14,6 +14,7 @@ from providers.types import (
     JSON,
     ProviderError,
     Untranslatable,
+    assistant_text,
     gemini_call_id,
     images_follow,
     images_heading,
@@ -148,6 +149,8 @@ def _inline_data(url: Any, where: str) -> JSON:
 
 def _assistant_parts(message: JSON, call_names: dict[str, JSON], where: str) -> list[JSON]:
     parts = _parts(message.get("content"), where)
+    if not parts and (text := assistant_text(message, where)):
+        parts = [{"text": text}]
     for j, call in enumerate(message.get("tool_calls") or ()):
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):

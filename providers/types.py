@@ -147,11 +147,19 @@ class Untranslatable(ProviderError):
         self.param = param
 
 
+# OpenAI's tools for an answer that no translation gives, each with what the client would miss; any value
+# (`web_search_options: {}` included) asks for them
+_OPENAI_ONLY = (("web_search_options", "the answer would not be searched"),
+                ("moderation", "the answer would carry no moderation results"))
+
+
 def refuse_openai_only(body: JSON, kind: str) -> None:
-    """Refuse what only OpenAI-kind upstreams honour: log probabilities and the legacy `functions` /
-    `function_call` fields. Dropping them would answer a different question than the client asked (no
-    logprobs where the client reads them, prose where it expects a function call), so the client gets a 400
-    naming the field instead. `logprobs: false`, `top_logprobs: 0` and empty values ask for nothing and pass.
+    """Refuse what only OpenAI-kind upstreams honour: log probabilities, the legacy `functions` /
+    `function_call` fields, `logit_bias`, `web_search_options`, `moderation` and audio output (`modalities`).
+    Dropping them would answer a different question than the client asked (no logprobs where the client reads
+    them, prose where it expects a function call, banned tokens back in, an unsearched answer, no audio), so
+    the client gets a 400 naming the field instead. `logprobs: false`, `top_logprobs: 0`, empty values and
+    `modalities: ["text"]` ask for nothing and pass.
     """
     if body.get("logprobs") not in (None, False):
         raise Untranslatable(f"{kind} models return no log probabilities: 'logprobs' must be false or absent",
@@ -163,6 +171,34 @@ def refuse_openai_only(body: JSON, kind: str) -> None:
         if body.get(name):
             raise Untranslatable(f"'{name}' (legacy function calling) is not supported for {kind} models: "
                                  "use 'tools' and 'tool_choice'", param=name)
+    if body.get("logit_bias"):
+        raise Untranslatable(f"'logit_bias' is not supported for {kind} models: its token ids are OpenAI's "
+                             "tokenizer's", param="logit_bias")
+    for name, why in _OPENAI_ONLY:
+        if body.get(name) is not None:
+            raise Untranslatable(f"'{name}' is not supported for {kind} models: {why}", param=name)
+    modalities = body.get("modalities")
+    if isinstance(modalities, list) and "audio" in modalities:
+        raise Untranslatable(f"{kind} models answer in text only: 'modalities' must not ask for audio",
+                             param="modalities")
+
+
+def assistant_text(message: JSON, where: str) -> str:
+    """The text an assistant message of the history stands for when its `content` holds none: its `refusal`
+    (the model declined, in words the next turn should see), else the `transcript` of its audio answer, else
+    nothing. Left out, the turn would vanish and the model would not know what it had answered. An audio
+    answer known only by its `id` (kept at OpenAI, which alone can read it back) is refused."""
+    refusal = message.get("refusal")
+    if isinstance(refusal, str) and refusal:
+        return refusal
+    audio = message.get("audio")
+    if audio is None:
+        return ""
+    transcript = audio.get("transcript") if isinstance(audio, dict) else None
+    if isinstance(transcript, str) and transcript:
+        return transcript
+    raise Untranslatable(f"{where}.audio: an earlier audio answer known only by its id is kept at OpenAI and cannot "
+                         "be sent to another provider; send its transcript as the message's content", param="messages")
 
 
 def tool_arguments(raw: Any, where: str) -> JSON:

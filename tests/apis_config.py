@@ -53,7 +53,7 @@ def config_doc(urls: dict[str, str], store_url: str = "", prefix: str = "gw:") -
                                            "completions": "native"},
             "oai/gpt-4o": {"price": {"input_per_mtok": 2.5, "output_per_mtok": 10},
                            "context_window": 128000, "max_output_tokens": 16384, "vision": True},
-            "claude/sonnet": {"upstream": "claude-sonnet-4-0", "max_output_tokens": 1024, "context_window": 200000,
+            "claude/sonnet": {"upstream": "claude-sonnet-4-5", "max_output_tokens": 1024, "context_window": 200000,
                               "price": {"input_per_mtok": 3, "output_per_mtok": 15, "cached_input_per_mtok": 0.3,
                                         "cache_write_per_mtok": 3.75}},
             "google/flash": {"upstream": "gemini-2.0-flash", "max_output_tokens": 8192,

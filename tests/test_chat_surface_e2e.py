@@ -17,6 +17,7 @@ import yaml
 from apis_config import ANTHROPIC_KEY, GEMINI_KEY, OPENAI_KEY, Upstreams
 from fakes.gemini_upstream import recorded_chunks
 from harness import Gateway, start_gateway, validate
+from openai.types.chat import ChatCompletionMessage
 from pydantic import BaseModel
 
 from gateway import billing
@@ -50,10 +51,12 @@ async def gw(request: pytest.FixtureRequest, aiohttp_server: Any, all_upstreams:
             "google": {"kind": "gemini", "base_url": all_upstreams.urls["gemini"], "api_key": GEMINI_KEY},
         },
         "models": {
-            "claude/sonnet": {"upstream": "claude-sonnet-4-0", "max_output_tokens": 1024,
+            "claude/sonnet": {"upstream": "claude-sonnet-4-5", "max_output_tokens": 1024,
                               "price": {"input_per_mtok": 3, "output_per_mtok": 15}, "fallbacks": ["oai/gpt-4o"]},
-            "claude/solo": {"upstream": "claude-sonnet-4-0", "max_output_tokens": 1024,
+            "claude/solo": {"upstream": "claude-sonnet-4-5", "max_output_tokens": 1024,
                             "price": {"input_per_mtok": 3, "output_per_mtok": 15}, "fallbacks": ["google/flash"]},
+            "claude/old": {"upstream": "claude-sonnet-4-0", "max_output_tokens": 1024,  # no strict tools yet
+                           "price": {"input_per_mtok": 3, "output_per_mtok": 15}},
             "oai/gpt-4o": {"price": {"input_per_mtok": 2.5, "output_per_mtok": 10}},
             "oai/then-claude": {"upstream": "gpt-4o", "price": {"input_per_mtok": 2.5, "output_per_mtok": 10},
                                 "fallbacks": ["claude/sonnet"]},
@@ -87,6 +90,7 @@ async def test_structured_output_on_claude_parsed_by_the_sdk(gw: Gateway, all_up
     assert sent["tool_choice"] == {"type": "tool", "name": JSON_TOOL}
     (tool,) = sent["tools"]
     assert tool["name"] == JSON_TOOL and tool["input_schema"]["properties"].keys() == {"name", "born"}
+    assert tool["strict"] is True  # the SDK's schema is strict: Claude's strict tool holds the answer to it
     assert "response_format" not in sent
     assert completion.model == "claude/sonnet" and (completion.model_extra or {})["billing"]["request_cost"] > 0
 
@@ -137,6 +141,37 @@ async def test_structured_output_beside_client_tools(gw: Gateway, all_upstreams:
     assert completion.choices[0].message.tool_calls[0].function.name == "get_weather"  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("how", ["parse", "tools"])
+async def test_a_strict_schema_on_an_older_claude_is_its_best_effort(gw: Gateway, all_upstreams: Upstreams,
+                                                                    how: str) -> None:
+    """The SDK's `.parse()` and `pydantic_function_tool` send `strict: true`. Claude before 4.5 has no strict
+    tools and refuses the field: it gets the schema as an ordinary tool, as it always did, and `/v1/models`
+    does not list `structured_outputs` for it (test_models_e2e)."""
+    if how == "parse":
+        all_upstreams.anthropic.forced_tool_input = ADA
+        completion = await gw.openai().chat.completions.parse(model="claude/old", messages=MESSAGES,  # type: ignore[arg-type]
+                                                              response_format=Person)
+        assert completion.choices[0].message.parsed == Person(**ADA)
+    else:
+        await gw.openai().chat.completions.create(model="claude/old", messages=MESSAGES,  # type: ignore[arg-type]
+                                                  tools=[openai.pydantic_function_tool(Person)])
+    tools = all_upstreams.anthropic.last.body["tools"]
+    assert tools and all("strict" not in tool for tool in tools)
+
+
+async def test_strict_client_tools_stay_strict_on_claude(gw: Gateway, all_upstreams: Upstreams) -> None:
+    all_upstreams.anthropic.forced_tool_input = ADA
+    forced: Any = {"type": "function", "function": {"name": "Person"}}
+    async with gw.openai().chat.completions.stream(model="claude/sonnet", messages=MESSAGES,  # type: ignore[arg-type]
+                                                   tools=[openai.pydantic_function_tool(Person)],
+                                                   tool_choice=forced) as stream:
+        final = await stream.get_final_completion()
+    (call,) = final.choices[0].message.tool_calls or []
+    assert call.function.parsed_arguments == Person(**ADA)  # type: ignore[union-attr]
+    (tool,) = all_upstreams.anthropic.last.body["tools"]
+    assert (tool["name"], tool["strict"]) == ("Person", True)
+
+
 # -- 2. fields no translation can honour ------------------------------------------------------------
 
 
@@ -145,13 +180,21 @@ async def test_structured_output_beside_client_tools(gw: Gateway, all_upstreams:
     ({"functions": [{"name": "f", "parameters": {"type": "object"}}]}, "functions"),
     ({"function_call": "auto"}, "function_call"),
     ({"response_format": {"type": "grammar", "grammar": "root ::= \"yes\""}}, "response_format"),
-], ids=["logprobs", "top_logprobs", "functions", "function_call", "response_format_grammar"])
+    ({"logit_bias": {"50256": -100}}, "logit_bias"),
+    ({"web_search_options": {}}, "web_search_options"),
+    ({"moderation": {"model": "omni-moderation-latest"}}, "moderation"),
+    ({"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}, "modalities"),
+], ids=["logprobs", "top_logprobs", "functions", "function_call", "response_format_grammar", "logit_bias",
+        "web_search_options", "moderation", "audio_out"])
 @pytest.mark.parametrize("stream", [False, True], ids=["unary", "streamed"])
+@pytest.mark.parametrize("model", ["google/flash", "claude/solo"])  # claude/solo falls back to google/flash
 async def test_untranslatable_field_is_a_400_naming_it(gw: Gateway, all_upstreams: Upstreams, fields: dict[str, Any],
-                                                       param: str, stream: bool) -> None:
+                                                       param: str, stream: bool, model: str) -> None:
+    """Each field asks for something the answer of a Claude or Gemini model would silently lack (log
+    probabilities, a function call, a grammar, banned tokens, a searched or moderated answer, audio)."""
     before = await balance(gw)
     with pytest.raises(openai.BadRequestError) as info:
-        await gw.openai().chat.completions.create(model="google/flash", messages=MESSAGES,  # type: ignore[arg-type]
+        await gw.openai().chat.completions.create(model=model, messages=MESSAGES,  # type: ignore[arg-type]
                                                   stream=stream, extra_body=fields)
     assert info.value.code == "untranslatable" and info.value.param == param and param in info.value.message
     assert (all_upstreams.gemini.requests, all_upstreams.anthropic.requests) == ([], [])
@@ -160,10 +203,54 @@ async def test_untranslatable_field_is_a_400_naming_it(gw: Gateway, all_upstream
 
 async def test_fields_asking_for_nothing_still_pass(gw: Gateway, all_upstreams: Upstreams) -> None:
     for model in ("google/flash", "claude/solo"):
-        completion = await gw.openai().chat.completions.create(model=model, messages=MESSAGES,  # type: ignore[arg-type]
-                                                               logprobs=False)
+        completion = await gw.openai().chat.completions.create(  # type: ignore[call-overload]
+            model=model, messages=MESSAGES, logprobs=False, logit_bias={}, modalities=["text"],
+            extra_body={"web_search_options": None, "moderation": None})
         assert completion.model == model and completion.choices[0].message.content
-    assert "logprobs" not in all_upstreams.anthropic.last.body and "logprobs" not in all_upstreams.gemini.last.body
+    for sent in (all_upstreams.anthropic.last.body, all_upstreams.gemini.last.body):
+        assert not {"logprobs", "logit_bias", "modalities", "web_search_options", "moderation"} & set(sent)
+
+
+# -- 2b. assistant turns whose words are not in `content` ----------------------------------------
+
+
+def history_with(answer: dict[str, Any]) -> list[Any]:
+    """A conversation whose earlier answer is `answer`, as the SDK's returned message dumps it."""
+    message = ChatCompletionMessage.model_validate({"role": "assistant", "content": None, **answer})
+    return [MESSAGES[0], message.model_dump(exclude_unset=True), {"role": "user", "content": "Why not?"}]
+
+
+def sent_turns(model: str, ups: Upstreams) -> list[tuple[str, str]]:
+    """(role, text) of each turn the upstream of `model` was sent."""
+    if model.startswith("google/"):
+        return [(c["role"], " ".join(p["text"] for p in c["parts"])) for c in ups.gemini.last.body["contents"]]
+    return [(t["role"], t["content"] if isinstance(t["content"], str) else " ".join(b["text"] for b in t["content"]))
+            for t in ups.anthropic.last.body["messages"]]
+
+
+@pytest.mark.parametrize("model", ["claude/solo", "google/flash"])
+@pytest.mark.parametrize("answer", [{"refusal": "I can't help with that."},
+                                    {"audio": {"id": "audio_abc", "data": "UklGRg==", "expires_at": 1_900_000_000,
+                                               "transcript": "I can't help with that."}}], ids=["refusal", "audio"])
+async def test_an_answer_without_content_stays_in_the_history(gw: Gateway, all_upstreams: Upstreams, model: str,
+                                                              answer: dict[str, Any]) -> None:
+    """A refusal (`message.refusal`, content null) or an audio answer (its `transcript`) from an OpenAI model,
+    sent back on a Claude or Gemini model, is the assistant's turn in words: dropped, the model would not know
+    what it had answered and the two user turns would run together."""
+    await gw.openai().chat.completions.create(model=model, messages=history_with(answer))
+    assistant = "model" if model.startswith("google/") else "assistant"
+    assert sent_turns(model, all_upstreams) == [
+        ("user", MESSAGES[0]["content"]), (assistant, "I can't help with that."), ("user", "Why not?")]
+
+
+async def test_an_audio_answer_known_only_by_its_id_is_refused(gw: Gateway, all_upstreams: Upstreams) -> None:
+    """OpenAI's own way to send an audio answer back is its `id`: only OpenAI can read it back."""
+    history = [MESSAGES[0], {"role": "assistant", "audio": {"id": "audio_abc"}}, {"role": "user", "content": "Go on"}]
+    with pytest.raises(openai.BadRequestError) as info:
+        await gw.openai().chat.completions.create(model="claude/solo", messages=history)  # type: ignore[arg-type]
+    assert info.value.code == "untranslatable" and info.value.param == "messages"
+    assert "messages[1].audio" in info.value.message
+    assert (all_upstreams.gemini.requests, all_upstreams.anthropic.requests) == ([], [])
 
 
 # -- 5. fallbacks past an untranslatable candidate --------------------------------------------------

@@ -68,7 +68,7 @@ async def test_messages_create_natively_to_anthropic(api_gateway: Gateway, claud
     bill = (message.model_extra or {})["billing"]
     assert nano(bill["request_cost"]) == CLAUDE_COST and bill["using_own_key"] is False
     sent = api_gateway.extra["upstreams"].anthropic.last
-    assert sent.body == {"model": "claude-sonnet-4-0", "max_tokens": 100, "messages": MESSAGES, "system": "Be brief."}
+    assert sent.body == {"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": MESSAGES, "system": "Be brief."}
     assert sent.headers["x-api-key"] == "sk-ant-test-key-0000000000000000"  # the provider's key, not the client's
     assert sent.headers["anthropic-beta"] == "tools-2024-04-04"
     record = await assert_charged(api_gateway, before, CLAUDE_COST, message.id, "messages")

@@ -91,13 +91,16 @@ async def test_models_a_key_may_not_use_stay_hidden(api_gateway: Gateway) -> Non
 
 
 async def test_structured_outputs_listed_per_model(make_api_gateway: Any) -> None:
-    """Claude carries `response_format` (as a forced tool); a model that drops it lists neither name."""
-    gateway = await make_api_gateway({"oai/gpt-4o": {"params": {"drop": ["response_format"]}}})
-    for model in ("claude/sonnet", "google/flash", "oai/gpt-4o"):
+    """Claude carries `response_format` (as a forced tool); a model that drops it lists neither name; a Claude
+    before 4.5 cannot enforce a strict schema (`structured_outputs`), which it refuses."""
+    gateway = await make_api_gateway({"oai/gpt-4o": {"params": {"drop": ["response_format"]}},
+                                      "claude/old": {"upstream": "claude-sonnet-4-0", "price": {"input_per_mtok": 3}}})
+    expected = {"claude/sonnet": {"response_format", "structured_outputs"}, "claude/old": {"response_format"},
+                "google/flash": {"response_format", "structured_outputs"}, "oai/gpt-4o": set()}
+    for model, names in expected.items():
         status, body = await _get(gateway, f"/v1/models/{model}")
         assert status == 200
-        listed = {"response_format", "structured_outputs"} & set(body["supported_parameters"])
-        assert listed == (set() if model == "oai/gpt-4o" else {"response_format", "structured_outputs"}), model
+        assert {"response_format", "structured_outputs"} & set(body["supported_parameters"]) == names, model
     status, body = await _get(gateway, "/v1/models/claude/sonnet/endpoints")
     validate_openrouter(body["data"], "ListEndpointsResponse")  # both are names OpenRouter's enum knows
     assert "structured_outputs" in body["data"]["endpoints"][0]["supported_parameters"]

@@ -25,7 +25,8 @@ from providers.types import ChatRequest, ProviderError, Target, Untranslatable
 
 SHARED = WIRE.parents[1]
 CLAUDE = Target(provider="anthropic", base_url="https://api.anthropic.com", api_key="k",
-                upstream_model="claude-sonnet-4-0", public_model="claude/sonnet")
+                upstream_model="claude-sonnet-4-5", public_model="claude/sonnet")
+OLD_CLAUDE = replace(CLAUDE, upstream_model="claude-sonnet-4-0")  # before Claude's structured outputs
 GEMINI = Target(provider="google", base_url="https://generativelanguage.googleapis.com", api_key="k",
                 upstream_model="gemini-2.5-flash", public_model="google/flash")
 HI = {"role": "user", "content": "Name a person."}
@@ -82,6 +83,37 @@ def test_response_format_becomes_a_forced_tool(fields: dict[str, Any], names: li
     if JSON_TOOL in schemas:
         fmt = fields["response_format"]
         assert schemas[JSON_TOOL] == (SCHEMA if fmt["type"] == "json_schema" else {"type": "object"})
+        (tool,) = (tool for tool in body["tools"] if tool["name"] == JSON_TOOL)
+        assert tool.get("strict") is (True if fmt["type"] == "json_schema" else None)  # JSON_SCHEMA is strict
+
+
+STRICT_TOOLS = [{"type": "function", "function": {**TOOLS[0]["function"], "strict": True}}]
+
+
+def test_strict_tools_and_schemas_stay_strict() -> None:
+    """OpenAI's `strict: true` promises an answer that follows the schema: Claude's strict tool keeps it."""
+    body = sent({"messages": [HI], "tools": STRICT_TOOLS})
+    assert body["tools"] == [{"name": "f", "input_schema": TOOLS[0]["function"]["parameters"], "strict": True}]
+    loose = {**JSON_SCHEMA, "json_schema": {**JSON_SCHEMA["json_schema"], "strict": False}}
+    assert [tool.get("strict") for tool in sent({"messages": [HI], "response_format": loose, "tools": TOOLS},
+                                                 OLD_CLAUDE)["tools"]] == [None, None]
+
+
+@pytest.mark.parametrize("fields", [{"response_format": JSON_SCHEMA}, {"tools": STRICT_TOOLS}],
+                         ids=["response_format", "tools"])
+@pytest.mark.parametrize("model", ["claude-sonnet-4-0", "claude-3-7-sonnet-20250219", "claude-opus-4-1-20250805",
+                                   "claude-sonnet-4-20250514"])
+def test_a_strict_schema_goes_to_an_older_claude_as_an_ordinary_tool(fields: dict[str, Any], model: str) -> None:
+    """Claude before 4.5 has no strict tools and refuses the field: it gets the schema as a tool, as always."""
+    body = sent({"messages": [HI], **fields}, replace(CLAUDE, upstream_model=model))
+    assert body["tools"] and all("strict" not in tool for tool in body["tools"])
+
+
+@pytest.mark.parametrize("model", ["claude-sonnet-4-5-20250929", "claude-haiku-4-5", "claude-opus-4-6", "claude-opus-5",
+                                   "us.anthropic.claude-sonnet-4-5-20250929-v1:0", "claude-latest"])
+def test_claude_45_and_later_take_strict_tools(model: str) -> None:
+    body = sent({"messages": [HI], "response_format": JSON_SCHEMA}, replace(CLAUDE, upstream_model=model))
+    assert body["tools"][0]["strict"] is True
 
 
 def test_the_tool_says_what_it_is_for() -> None:
@@ -177,6 +209,10 @@ REFUSED = {
     "top_logprobs": {"top_logprobs": 3},
     "functions": {"functions": [{"name": "f", "parameters": {"type": "object"}}]},
     "function_call": {"function_call": {"name": "f"}},
+    "logit_bias": {"logit_bias": {"50256": -100}},
+    "web_search_options": {"web_search_options": {}},
+    "moderation": {"moderation": {"model": "omni-moderation-latest"}},
+    "modalities": {"modalities": ["text", "audio"]},
 }
 
 
@@ -192,9 +228,10 @@ def test_fields_without_translation_are_refused_by_name(target: Target, fields: 
 
 @pytest.mark.parametrize("target", [CLAUDE, GEMINI], ids=["anthropic", "gemini"])
 def test_fields_that_ask_for_nothing_pass(target: Target) -> None:
-    body = sent({"messages": [HI], "logprobs": False, "top_logprobs": 0, "functions": [], "function_call": None},
-                target)
-    assert not {"logprobs", "top_logprobs", "functions", "function_call"} & set(body)
+    body = sent({"messages": [HI], "logprobs": False, "top_logprobs": 0, "functions": [], "function_call": None,
+                 "logit_bias": {}, "web_search_options": None, "moderation": None, "modalities": ["text"]}, target)
+    assert not {"logprobs", "top_logprobs", "functions", "function_call", "logit_bias", "web_search_options",
+                "moderation", "modalities"} & set(body)
 
 
 def test_a_model_that_drops_logprobs_is_not_refused() -> None:
