@@ -335,6 +335,7 @@ async def _relay_stream(request: web.Request, resp: aiohttp.ClientResponse, code
         with contextlib.suppress(ClientGone):
             await out.finish(codec.error(err, request[REQUEST_ID]))
     finally:
+        out.stop()
         metrics.ACTIVE_STREAMS.dec()
         if relayed.first_at is not None:
             metrics.child(metrics.TTFT, target.provider, target.public_model).observe(relayed.first_at - ticket.started)

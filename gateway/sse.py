@@ -37,7 +37,11 @@ class SSEWriter:
     laptop, a wedged proxy) would hold a write, and with it the upstream, the hold and the stream slots,
     for ever: a watchdog (one timer a stream, nothing a write) cuts its connection once one write has
     waited for the client's window through a whole `SEND_STALL_S` period, and the stream ends as if the
-    client had hung up. The body is unfinished, so the connection must not carry another response anyway."""
+    client had hung up. The body is unfinished, so the connection must not carry another response anyway.
+
+    `stop()` ends the watchdog with the stream, however the stream ended: a timer left to run out would
+    hold the request (its body included, up to `server.max_body_bytes`) for up to `SEND_STALL_S` after the
+    stream, so a burst of short streams kept a minute of their bodies in memory."""
 
     def __init__(self, request: web.Request) -> None:
         self.request = request
@@ -47,6 +51,7 @@ class SSEWriter:
         self.writing = False
         self.stalled = False
         self.ended = False
+        self._watchdog: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         """The response's headers (aiohttp writes them at once): a client that left while the upstream
@@ -55,10 +60,11 @@ class SSEWriter:
             await self.response.prepare(self.request)
         except (ConnectionError, RuntimeError) as exc:
             raise ClientGone from exc
-        asyncio.get_running_loop().call_later(SEND_STALL_S, self._watch, -1)
+        self._watchdog = asyncio.get_running_loop().call_later(SEND_STALL_S, self._watch, -1)
 
     def _watch(self, writing: int) -> None:
         """`writing`: the write in progress at the previous look (-1: none)."""
+        self._watchdog = None
         transport = self.request.transport
         if self.ended or transport is None or transport.is_closing():
             return
@@ -66,7 +72,15 @@ class SSEWriter:
             self.stalled = True
             transport.abort()  # wakes the waiting write
             return
-        asyncio.get_running_loop().call_later(SEND_STALL_S, self._watch, self.writes if self.writing else -1)
+        self._watchdog = asyncio.get_running_loop().call_later(SEND_STALL_S, self._watch,
+                                                               self.writes if self.writing else -1)
+
+    def stop(self) -> None:
+        """The stream is over (finished, failed, cancelled or its client gone): no more watching."""
+        self.ended = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     def client_gone(self) -> bool:
         transport = self.request.transport

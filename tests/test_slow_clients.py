@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import socket
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -264,3 +266,24 @@ async def test_an_answer_its_client_never_got_is_logged_499(production: Any, log
     not 200 for an answer nobody received."""
     gateway = await production()
     await hung_up_before_headers(gateway, {"model": "fake/gpt-4o", "messages": MESSAGES}, log_lines)
+
+
+async def test_streams_let_go_of_their_requests_when_they_end(production: Any) -> None:
+    """A stream's stall watchdog (`sse.SEND_STALL_S`) ends with the stream. Left to run out, its timer held
+    the request, body included, for up to a minute after every stream however short: a burst of short
+    streams with large prompts (an image is a flat 1,600 tokens, whatever its bytes) kept a minute's worth of
+    bodies, up to `server.max_body_bytes` each, in memory."""
+    gateway = await production()
+    body = {"model": "fake/gpt-4o", "messages": [{"role": "user", "content": "x" * 50_000}], "stream": True}
+    async with aiohttp.ClientSession() as http:
+        for i in range(20):
+            async with http.post(gateway.url + "/v1/chat/completions", headers=gateway.auth(), json=body) as r:
+                assert r.status == 200
+                if i % 2:
+                    await r.content.readline()  # abandoned after its first line
+                else:
+                    await r.read()
+    await asyncio.sleep(0.3)  # the abandoned streams' relays find their clients gone
+    gc.collect()
+    held = [o for o in gc.get_objects() if isinstance(o, web.Request) and o.app is gateway.app]
+    assert len(held) <= 2, f"{len(held)} requests of finished streams still in memory"
