@@ -24,7 +24,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, NoReturn
 
@@ -36,6 +36,8 @@ from gateway.config import NANO, Config
 from gateway.logging import configure as configure_logging
 from gateway.store import Store, StoreError, open_store
 from gateway.store.memory import MAX_AMOUNT
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -99,7 +101,9 @@ def _moment_ms(text: str) -> int:
                                          f"{text!r}") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+    # whole milliseconds counted exactly: timestamp() * 1000 is a float that falls a millisecond short of
+    # some moments (from 2038 on), moving a --since or --until edge past an entry stamped at it
+    return (moment - EPOCH) // timedelta(milliseconds=1)
 
 
 def _port(text: str) -> int:
@@ -222,14 +226,15 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 USAGE_COLUMNS = ("ts", "generation_id", "key_id", "model", "provider_name", "cost_usd", "charged_nano",
                  "tokens_prompt", "tokens_completion", "streamed", "cancelled", "is_byok", "estimated", "status",
-                 "endpoint", "images")
+                 "endpoint", "images", "shortfall_nano")
 
 
 def _usage_row(entry: dict[str, str]) -> dict[str, Any]:
     charged = int(entry.get("charged", "0"))
     ts_ms = int(entry.get("ts_ms", "0"))
     return {**entry, "ts": datetime.fromtimestamp(ts_ms / 1000, UTC).isoformat(timespec="milliseconds"),
-            "cost_usd": keyops.usd(charged), "charged_nano": charged}
+            "cost_usd": keyops.usd(charged), "charged_nano": charged,
+            "shortfall_nano": int(entry.get("shortfall", "0"))}
 
 
 def cmd_usage_export(args: argparse.Namespace) -> int:

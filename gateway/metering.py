@@ -16,6 +16,7 @@ have expired, waits for the store's word.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import Coroutine
@@ -62,10 +63,54 @@ class Outcome:
 
 
 class Settlements:
-    """Settlements the store could not take yet, retried in the background; drained at shutdown."""
+    """Settlements the store could not take yet, retried in the background; drained at shutdown. And the
+    holds of this process's requests in flight, renewed while they run (see `keep`)."""
 
     def __init__(self) -> None:
         self.pending: set[asyncio.Task[None]] = set()
+        self.live: dict[str, Ticket] = {}  # generation id -> an admitted request holding money or a slot
+        self._timer: asyncio.TimerHandle | None = None  # fires at `_wake`, at or before the earliest renewal due
+        self._wake = math.inf
+        self._renewing: asyncio.Task[None] | None = None
+
+    def keep(self, ticket: Ticket) -> None:
+        """Renew the ticket's hold and stream slot every third of its TTL until it settles: a request that
+        runs longer than `billing.hold_ttl_s` (a long reasoning stream, a slow client) would otherwise see its
+        hold return to the balance, where other requests could spend it, and its settlement charge only what
+        was left. Only a dead process's hold is meant to return by itself. One timer serves every ticket."""
+        self.live[ticket.generation_id] = ticket
+        if self._renewing is None and ticket.due < self._wake:
+            self._arm(ticket.due)
+
+    def _arm(self, when: float) -> None:
+        """Wake at `when` (time.monotonic(), as every ticket's times: the loop's clock may be uvloop's own)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._wake = when
+        self._timer = asyncio.get_running_loop().call_later(max(when - time.monotonic(), 0), self._fire)
+
+    def _fire(self) -> None:
+        self._timer, self._wake = None, math.inf
+        self._renewing = asyncio.get_running_loop().create_task(self._renew_due())
+
+    async def _renew_due(self) -> None:
+        """Renew the tickets due (a long request is rare: most settle before their first renewal), then
+        wait for the next one due."""
+        try:
+            now = time.monotonic()
+            ready = [t for t in list(self.live.values()) if t.due <= now]
+            for ticket in ready:
+                if ticket.owner is not None and ticket.owner.done():
+                    # its request ended without settling (a bug): renewing would hold its money for as long
+                    # as this process lives; left alone, the hold returns to the balance at its TTL
+                    log.error("a request ended without settling; its hold returns to the balance at its TTL",
+                              generation_id=ticket.generation_id)
+                    self.live.pop(ticket.generation_id, None)
+            await asyncio.gather(*(t.renew() for t in ready if t.generation_id in self.live))
+        finally:
+            self._renewing = None
+            if (due := min((t.due for t in self.live.values()), default=math.inf)) < math.inf:
+                self._arm(due)
 
     def track(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Run `coro` as a task that outlives its caller's cancellation and is awaited at shutdown."""
@@ -101,6 +146,9 @@ class Settlements:
         for task in list(self.pending):
             log.error("settlement lost at shutdown; the hold returns to the balance at its TTL")
             task.cancel()
+        for pending in (self._timer, self._renewing):
+            if pending is not None:
+                pending.cancel()
 
 
 @dataclass(slots=True)
@@ -121,8 +169,36 @@ class Ticket:
     started: float = field(default_factory=time.time)
     egress: str = "direct"
     output_cap: int | None = None  # the most output tokens the upstream was allowed, when the request said
+    # time.monotonic() of the admission or of the last renewal the store confirmed (-inf: the hold is gone),
+    # and of the next renewal due: elapsed times on this process's monotonic clock, which a step of the wall
+    # clock (or its skew against Redis's) cannot move
+    renewed: float = 0.0
+    due: float = math.inf
+    owner: asyncio.Task[Any] | None = None  # the request's task: renewed only while it runs
     _task: asyncio.Task[billing.Bill] | None = None
     _known: billing.Bill | None = None
+
+    async def renew(self) -> None:
+        """Keep the hold and stream slot another TTL; retried sooner after a store failure; a hold found
+        gone (expired while the store or this process stalled) stays gone: the settlement charges what the
+        balance covers."""
+        ttl = self.config.billing.hold_ttl_s
+        sent = time.monotonic()
+        self.due = math.inf  # not due again while this renewal runs
+        try:
+            alive = await self.store.renew(self.key.id, self.generation_id, ttl)
+        except StoreError:
+            metrics.STORE_ERRORS.labels("renew").inc()
+            self.due = time.monotonic() + ttl / 6
+            return
+        if not alive:
+            if self._task is None:  # else it settled meanwhile: its hold is gone, as it should be
+                log.warning("a hold expired while its request ran; its settlement charges what the balance covers",
+                            generation_id=self.generation_id)
+            self.renewed = -math.inf
+            self.settlements.live.pop(self.generation_id, None)
+            return
+        self.renewed, self.due = sent, sent + ttl / 3
 
     def cost(self, usage: Usage) -> int:
         if self.byok:
@@ -134,6 +210,7 @@ class Ticket:
         back at once when it is certain (see the module's docstring), else, or with `wait`, when the
         store has answered."""
         if self._task is None:
+            self.settlements.live.pop(self.generation_id, None)
             _bound(outcome.usage)
             if outcome.estimated and self.output_cap is not None and outcome.usage.completion_tokens > self.output_cap:
                 # a count of the text relayed errs high: it never bills more output than the upstream could make
@@ -144,7 +221,7 @@ class Ticket:
             now = time.time()
             record, usage, estimated = self._record(outcome, now), outcome.usage, outcome.estimated
             self._task = self.settlements.track(self._settle(record, usage, estimated, cost))
-            if cost <= self.hold and now - self.started < self.config.billing.hold_ttl_s / 2:
+            if cost <= self.hold and time.monotonic() - self.renewed < self.config.billing.hold_ttl_s / 2:
                 self._known = billing.Bill(cost, self._balance_after(cost), self.hold, self.byok, estimated)
                 self._count(usage, cost)
         if self._known is not None and not wait:
@@ -170,6 +247,9 @@ class Ticket:
         try:
             result = await self.store.settle(*args)
             charged, balance = result.charged, result.balance
+            if charged < cost and not result.already_settled:  # the store recorded it as the shortfall
+                log.warning("the balance did not cover the request's cost; the rest is recorded as its shortfall",
+                            key_id=self.key.id, generation_id=self.generation_id, cost=cost, charged=charged)
         except StoreError:
             metrics.STORE_ERRORS.labels("settle").inc()
             log.warning("store unavailable at settlement; retrying in the background",
@@ -262,8 +342,12 @@ async def admit(store: Store, settlements: Settlements, config: Config, route: R
     metrics.store_up(True)
     _refuse_unless_ok(result, hold, route.model_id, streams)
     cap = worst.completion_tokens if billing.requested_max_output(body) else None  # else unbounded upstream
-    return Ticket(store, settlements, config, route, key, generation_id, hold, byok, result, streamed,
-                  endpoint, time.time(), route.provider.egress, cap)
+    ticket = Ticket(store, settlements, config, route, key, generation_id, hold, byok, result, streamed,
+                    endpoint, time.time(), route.provider.egress, cap, time.monotonic())
+    if hold or streams:  # else it holds nothing that could expire
+        ticket.due, ticket.owner = ticket.renewed + config.billing.hold_ttl_s / 3, asyncio.current_task()
+        settlements.keep(ticket)
+    return ticket
 
 
 async def _release(store: Store, settlements: Settlements, key_id: str, generation_id: str, model_id: str,

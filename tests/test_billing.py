@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import types
 import zlib
 from pathlib import Path
 
@@ -412,3 +413,45 @@ async def test_a_cost_above_the_hold_and_a_failed_attempt_wait_for_the_store() -
     store.release.set()
     await closing
     assert store.settled == [0]
+
+
+async def test_a_hold_that_may_have_expired_waits_for_the_store_whatever_the_wall_clock_says(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bill is certain only while the hold cannot have expired. That was judged on the wall clock: a
+    clock stepped back (NTP) during a long request made a 10-minute request look seconds old, so a bill was
+    answered as certain though its 600 s hold may have expired and been spent. Elapsed time is the process's
+    monotonic clock's."""
+    store = _SlowSettleStore()
+    ticket, settlements = await _ticket(store, max_tokens=100)
+    real = metering.time
+    monkeypatch.setattr(metering, "time", types.SimpleNamespace(time=lambda: real.time() - 3600,
+                                                                monotonic=lambda: real.monotonic() + 600))
+    outcome = metering.Outcome(usage=Usage(prompt_tokens=19, completion_tokens=10, reported=True))
+    waiting = asyncio.ensure_future(ticket.settle(outcome))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # the store's word decides what the balance covered
+    store.release.set()
+    assert (await waiting).cost == 123_750
+    await settlements.drain(1)
+
+
+async def test_a_request_that_ended_without_settling_is_not_renewed_for_ever() -> None:
+    """Holds are renewed while their request runs; one whose request ended without settling (a bug) must not
+    be renewed for as long as the process lives, its money held for ever: it returns at its TTL, as before."""
+    store = _SlowSettleStore()
+    renewed: list[str] = []
+
+    async def renew(key_id: str, generation_id: str, hold_ttl_s: int) -> bool:
+        renewed.append(generation_id)
+        return True
+
+    store.renew = renew  # type: ignore[attr-defined]
+    ticket, settlements = await asyncio.create_task(_ticket(store, max_tokens=100))  # its task has ended
+    alive, others = await _ticket(store, max_tokens=100)  # this test's task runs on
+    ticket.due = alive.due = 0.0
+    settlements.live[alive.generation_id] = alive
+    await settlements._renew_due()
+    assert renewed == [alive.generation_id]
+    assert ticket.generation_id not in settlements.live
+    await settlements.drain(0.1)
+    await others.drain(0.1)

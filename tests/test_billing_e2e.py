@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from typing import Any
 
 import aiohttp
@@ -216,3 +217,34 @@ async def test_concurrent_requests_never_overspend(gateway: Gateway) -> None:
     balance, usage, credits = await key_state(gateway, key_id)
     assert balance == cost // 2 and balance >= 0
     assert sum(nano(c) for c in served) == usage == credits - balance
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_a_request_outliving_the_hold_ttl_keeps_its_hold_and_its_stream_slot(
+        make_gateway: Any, request: pytest.FixtureRequest, backend: str) -> None:
+    """A stream that runs longer than `billing.hold_ttl_s` (a long reasoning answer, a slow client): its hold
+    used to expire while it ran, its money went back to the balance, another request spent it, and the
+    stream's settlement could charge only what was left (part of it free); its stream slot expired too,
+    letting a stream past the key's cap. The gateway renews both while the request is alive."""
+    store_url = request.getfixturevalue("redis_url") if backend == "redis" else ""
+    gateway = await make_gateway(store_url=store_url, prefix=f"t{uuid.uuid4().hex}:", billing={"hold_ttl_s": 1})
+    cost = 30 * 10_000  # fake/metered, input free: the recorded stream's 30 completion tokens; hold == cost
+    key, key_id = await gateway.add_key("long", balance=cost + cost // 2, max_streams=1)
+    gateway.fake.delay_between_chunks_s = 0.08  # 34 events: about 2.7 s, well past the 1 s TTL
+    body = {"model": "fake/metered", "messages": MESSAGES, "stream": True, "max_tokens": 30}
+    async with aiohttp.ClientSession() as http:
+        stream = await http.post(gateway.url + "/v1/chat/completions", json=body, headers=gateway.auth(key))
+        assert stream.status == 200
+        await stream.content.readuntil(b"\n\n")
+        await asyncio.sleep(1.6)  # the admission's TTL has passed; the stream runs on
+        other = {**body, "stream": False}
+        spend = await http.post(gateway.url + "/v1/chat/completions", json=other, headers=gateway.auth(key))
+        assert spend.status == 402, await spend.text()  # the stream's money is still held
+        second = await http.post(gateway.url + "/v1/chat/completions", json=body, headers=gateway.auth(key))
+        assert second.status == 429 and (await second.json())["error"]["code"] == "too_many_streams"
+        raw = await stream.read()
+    assert b"data: [DONE]" in raw
+    await settled(gateway)
+    balance, usage, credits = await key_state(gateway, key_id)
+    assert (balance, usage, credits) == (cost // 2, cost, cost + cost // 2)  # charged in full, nothing held
+    assert not gateway.app[RUNTIME].settlements.live

@@ -6,6 +6,7 @@ import asyncio
 import json
 import signal
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from harness import ROOT, GatewayProcess, gateway_config_text, run_cli
 
 from gateway import keys
+from gateway.__main__ import build_parser
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -306,3 +308,15 @@ def test_keys_list_prints_one_line_per_key(redis_config: Path, redis_url: str) -
     assert created.returncode == 0, created.stderr
     listed = run_cli("keys", "list", "--config", str(redis_config), env=env)
     assert len(listed.stdout.splitlines()) == 1 and listed.stdout.rstrip("\n").endswith("  Zoë's team")
+
+
+@pytest.mark.parametrize("moment", ["2038-11-17T05:30:35.049Z", "2026-01-31T12:00:00.001+01:00", "2026-01-31"])
+def test_usage_export_edges_are_the_exact_millisecond_given(moment: str) -> None:
+    """--since is inclusive and --until exclusive against each entry's millisecond stamp, so the edge must
+    be that exact millisecond: timestamp() * 1000 fell a millisecond short of some moments (from 2038 on),
+    letting an entry stamped just before --since in and keeping one stamped just before --until out."""
+    parsed = build_parser().parse_args(["usage", "export", "--config", "x.yaml", "--since", moment, "--until", moment])
+    when = datetime.fromisoformat(moment.replace("Z", "+00:00"))
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    exact = (when - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+    assert parsed.since == parsed.until == exact

@@ -8,10 +8,11 @@ of the real one, so the keys Redis expires by itself (window counters, the open-
 earlier than the fake clock says; generation records are kept long enough never to expire in a run.
 
 Besides agreement, each step checks both against `Model` (the README's ledger written plainly: holds
-return at their TTL, a settle captures min(cost, live hold + balance) and never an expired hold twice, a
-replay changes nothing, fixed windows, stream slots) and the money invariants: balance + open holds +
-usage == credits (nothing created from nothing), no balance below zero, `holds_expire` never later than
-the earliest open hold, and Redis's set of open streams never expiring before its latest slot.
+return at their TTL unless renewed before it, a settle captures min(cost, live hold + balance) and never an
+expired hold twice, a replay changes nothing, fixed windows, stream slots) and the money invariants:
+balance + open holds + usage == credits (nothing created from nothing), no balance below zero,
+`holds_expire` never later than the earliest open hold, and Redis's set of open streams never expiring
+before its latest slot.
 
 More examples to hunt with: GW_STORE_EXAMPLES=3000.
 """
@@ -64,6 +65,7 @@ class FakeTimeRedisStore(RedisStore):
         self._admit = _Script(faked("admit"))
         self._settle = _Script(faked("settle"))
         self._topup = self._redis.register_script(faked("topup"))
+        self._renew = self._redis.register_script(faked("renew"))
 
     async def set_now(self, seconds: float) -> None:
         await self._redis.set(self.clock_key, str(int(seconds * 1000)), ex=3600)
@@ -107,8 +109,9 @@ admits = st.tuples(st.just("admit"), keys_, gens, money, st.sampled_from([1, 2, 
                    st.sampled_from(MODELS), limits, limits, st.none() | st.integers(0, 60), streams)
 settles = st.tuples(st.just("settle"), keys_, gens, money | st.integers(60_000, 200_000), st.integers(0, 40) | big,
                     st.sampled_from(MODELS))
+renews = st.tuples(st.just("renew"), keys_, gens, st.sampled_from([1, 2, 5, 30, 90]))
 ops = st.one_of(
-    admits, settles, admits, settles,
+    admits, settles, admits, settles, renews,
     st.tuples(st.just("create"), keys_, money | big),
     st.tuples(st.just("topup"), keys_, money | st.integers(-60_000, -1) | big | big.map(lambda v: -v)),
     st.tuples(st.just("disable"), keys_, st.booleans()),
@@ -207,6 +210,20 @@ class Model:
             self.counts[index] = min(self.counts.get(index, 0) + tokens, MAX_AMOUNT)
         self.settled[(key_id, gen)] = Settlement(charged, key.balance, False)
         return self.settled[(key_id, gen)]
+
+    def renew(self, key_id: str, gen: str, ttl_s: int, now: int) -> bool:
+        """A live request's hold and stream slot last `ttl_s` more from now (never less); what expired stays
+        expired (it is the balance's already). True when it held either."""
+        key = self.keys.get(key_id)
+        if key is None:
+            return False
+        expires, alive = now + ttl_s * 1000, False
+        amount, ends = key.holds.get(gen, (0, 0))
+        if ends > now:
+            alive, key.holds[gen] = True, (amount, max(ends, expires))
+        if key.streams.get(gen, 0) > now:
+            alive, key.streams[gen] = True, max(key.streams[gen], expires)
+        return alive
 
     def topup(self, key_id: str, amount: int, now: int) -> int | str | None:
         key = self.keys.get(key_id)
@@ -320,6 +337,9 @@ async def apply(run: Run, step: tuple[Any, ...]) -> None:
         expected = key_id in model.keys
         if expected:
             model.keys[key_id].disabled = step[2]
+    elif kind == "renew":
+        mem, red = await both(run, "renew", key_id, f"gen-{step[2]}", step[3])
+        expected = model.renew(key_id, f"gen-{step[2]}", step[3], now)
     elif kind == "admit":
         _, _, g, hold, ttl, model_id, rpm, rpd, tpm, streams = step
         admission = Admission(key_id, model_id, f"gen-{g}", hold, ttl, rpm=rpm, rpd=rpd, tpm=tpm, streams=streams)

@@ -557,6 +557,41 @@ async def test_expired_holds_return_to_the_balance_lazily(ledger: Ledger) -> Non
     assert [await ledger.state(key_id) for key_id in ids] == [(H, B, 0), (H, H, 0), (B - 3 * H, B, 3 * H)]
 
 
+async def test_a_renewed_hold_and_stream_slot_outlive_their_first_ttl_and_an_expired_one_stays_expired(
+        ledger: Ledger) -> None:
+    """A request in flight renews its hold and its stream slot (its process is alive): both last a TTL from
+    the renewal, so neither the money nor the slot is free for another request meanwhile. A hold already past
+    its expiry is the balance's again (it may have been spent): a renewal does not bring it back."""
+    assert (await ledger.admit("gen-long", hold=B - H, ttl=1, streams=1)).outcome == "ok"
+    await ledger.advance(0.6)
+    assert await ledger.store.renew(ledger.key.id, "gen-long", 1) is True
+    await ledger.advance(0.6)  # past the admission's TTL, within the renewal's
+    assert (await ledger.admit("gen-probe", hold=2 * H)).outcome == "insufficient"
+    assert (await ledger.admit("gen-stream", hold=0, streams=1)).outcome == "streams"
+    await ledger.advance(1.1)  # the process stopped renewing: it died
+    assert await ledger.store.renew(ledger.key.id, "gen-long", 1) is False
+    assert (await ledger.admit("gen-stream", hold=B, streams=1)).outcome == "ok"  # money and slot are back
+    assert await ledger.store.renew(ledger.key.id, "gen-missing", 1) is False
+    assert await ledger.state() == (0, B, 0)
+
+
+async def test_what_the_money_cannot_cover_is_recorded_as_the_shortfall(ledger: Ledger) -> None:
+    """A settlement charges min(cost, hold + balance); the rest (a cost above the hold that the balance,
+    spent meanwhile, cannot cover) used to leave no trace but a record whose `charged` was below the bill.
+    It is the record's and the audit entry's `shortfall`, present only when there is one."""
+    assert (await ledger.admit("gen-a", hold=H)).outcome == "ok"
+    assert (await ledger.admit("gen-b", hold=B - H)).outcome == "ok"  # another request takes the rest
+    short = await ledger.settle("gen-a", cost=3 * H, shortfall="0")  # a record field cannot set it
+    assert short == Settlement(charged=H, balance=0, already_settled=False)
+    assert await ledger.settle("gen-b", cost=B - H, shortfall="5") == Settlement(B - H, 0, False)  # none
+    records = [await ledger.store.get_generation(ledger.key.id, gen) for gen in ("gen-a", "gen-b")]
+    assert [r and r.get("shortfall") for r in records] == [str(2 * H), None]
+    audit = {e["generation_id"]: e async for e in ledger.store.iter_usage()}
+    assert (audit["gen-a"]["shortfall"], audit["gen-a"]["charged"]) == (str(2 * H), str(H))
+    assert "shortfall" not in audit["gen-b"]
+    assert await ledger.state() == (0, B, B)
+
+
 async def test_admit_sweeps_expired_holds_before_the_money_check(ledger: Ledger) -> None:
     if ledger.clock is None:
         pytest.skip("covered on redis by test_expired_holds_return_to_the_balance_lazily (one sleep)")

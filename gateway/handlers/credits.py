@@ -52,6 +52,7 @@ def generation_json(raw: dict[str, str]) -> dict[str, Any]:
     out["finish_reason"] = raw.get("finish_reason") or None
     out.pop("charged", None)
     out.pop("balance_after", None)
+    out.pop("shortfall", None)  # the operator's (audit, usage export): the key was charged `total_cost`
     return out
 
 

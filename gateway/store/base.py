@@ -135,7 +135,12 @@ class Store(Protocol):
     async def settle(self, key_id: str, generation_id: str, cost: int, tokens: int,
                      record: dict[str, str], record_ttl_s: int) -> Settlement:
         """Capture `cost` against the generation's hold, return the rest, close its stream slot if it had
-        one, record and audit it; idempotent."""
+        one, record and audit it (with the cost the money could not cover as `shortfall`); idempotent."""
+
+    async def renew(self, key_id: str, generation_id: str, hold_ttl_s: int) -> bool:
+        """Keep a request in flight's hold and stream slot for `hold_ttl_s` more from now (store clock), so
+        that only a dead process's hold returns by itself; only later, never earlier, and nothing past its
+        expiry (that money is the balance's again). False when the request held neither any more."""
 
     async def get_generation(self, key_id: str, generation_id: str) -> dict[str, str] | None:
         """The generation record stored at settle, only under the key that made it."""

@@ -1,4 +1,4 @@
--- Shared head of the ledger scripts (admit.lua, settle.lua, topup.lua): store.redis prepends it.
+-- Shared head of the ledger scripts (admit.lua, settle.lua, topup.lua, renew.lua): store.redis prepends it.
 -- Money stays exact: stored amounts are decimal strings changed only by HINCRBY; Lua's doubles only ever
 -- hold single amounts below 2^53 (store.memory.MAX_AMOUNT), which they represent exactly.
 

@@ -163,6 +163,7 @@ class MemoryStore:
         self._keys[key_id] = key
         settlement = Settlement(charged=charged, balance=key.balance, already_settled=False)
         stored = {**record, "charged": str(charged), "balance_after": str(key.balance)}
+        _put_shortfall(stored, cost, charged)
         expires = now + record_ttl_s * 1000
         self._generations[(key_id, generation_id)] = _Generation(stored, settlement, expires)
         heapq.heappush(self._expiries, (expires, key_id, generation_id))
@@ -172,9 +173,25 @@ class MemoryStore:
             # stops at MAX_AMOUNT (above any limit admit takes), as settle.lua's must: INCRBY fails past 2^63 - 1
             self._windows[(key_id, model, "tpm")] = (current, min((used if index == current else 0) + tokens,
                                                                   MAX_AMOUNT))
-        entry = audit_entry(key_id, generation_id, model, charged, tokens, record)
+        entry = audit_entry(key_id, generation_id, model, charged, tokens, record, cost)
         self._audit.setdefault(key_id, deque(maxlen=AUDIT_MAXLEN)).append({**entry, "ts_ms": str(now)})
         return settlement
+
+    async def renew(self, key_id: str, generation_id: str, hold_ttl_s: int) -> bool:
+        """Move a live hold's and stream slot's expiry to now + `hold_ttl_s`, never earlier (see renew.lua);
+        `holds_expire` stays a bound at or before the earliest expiry as it is."""
+        validate_count("hold_ttl_s", hold_ttl_s, minimum=1, maximum=MAX_TTL_S)
+        now = self._now_ms()
+        expires = now + hold_ttl_s * 1000
+        open_ = False
+        holds = self._holds.get(key_id, {})
+        amount, until = holds.get(generation_id, (0, 0))
+        if until > now:
+            open_, holds[generation_id] = True, (amount, max(until, expires))
+        slots = self._streams.get(key_id, {})
+        if slots.get(generation_id, 0) > now:
+            open_, slots[generation_id] = True, max(slots[generation_id], expires)
+        return open_
 
     async def get_generation(self, key_id: str, generation_id: str) -> dict[str, str] | None:
         found = self._generations.get((key_id, generation_id))
@@ -270,10 +287,22 @@ def admit_result(outcome: str, balance: int, limits: Mapping[str, int | None], u
 
 
 def audit_entry(key_id: str, generation_id: str, model: str, charged: int, tokens: int,
-                record: Mapping[str, str]) -> dict[str, str]:
-    """One audit entry: the record's fields, then the ledger's own (which win a name clash)."""
-    return {**record, "generation_id": generation_id, "key_id": key_id, "model": model,
-            "charged": str(charged), "tokens": str(tokens)}
+                record: Mapping[str, str], cost: int) -> dict[str, str]:
+    """One audit entry: the record's fields, then the ledger's own (which win a name clash; `shortfall`, the
+    cost the money could not cover, is only the ledger's, present when there is one)."""
+    entry = {**record, "generation_id": generation_id, "key_id": key_id, "model": model,
+             "charged": str(charged), "tokens": str(tokens)}
+    _put_shortfall(entry, cost, charged)
+    return entry
+
+
+def _put_shortfall(fields: dict[str, str], cost: int, charged: int) -> None:
+    """`shortfall`: the cost the money could not cover (a hold that expired and was spent meanwhile, a cost
+    above hold + balance), present only when there is one; a request is never free in silence."""
+    if cost > charged:
+        fields["shortfall"] = str(cost - charged)
+    else:
+        fields.pop("shortfall", None)
 
 
 def validate_amount(amount: int) -> None:

@@ -8,7 +8,7 @@ hash tag, so everything of one key lives in one Cluster slot and each ledger scr
                                                  max_body_bytes
     {p}holds:{<id>}                       hash   generation id -> "amount:expires_ms" (open holds)
     {p}rl:{<id>}:<model>:<rpm|rpd|tpm>:<n> string used count of window n (expires when the window ends)
-    {p}gen:{<id>}:<generation id>         hash   the settled generation's record (+ charged, balance_after)
+    {p}gen:{<id>}:<generation id>         hash   the settled generation's record (+ charged, balance_after, shortfall)
     {p}audit:{<id>}                       stream one entry per settled charge (MAXLEN ~ 1,000,000)
     {p}streams:{<id>}                     zset   open stream id -> expiry ms (the key's max_streams cap)
     {p}keyhash:<hash>                     string -> id (the auth lookup)
@@ -46,11 +46,13 @@ from gateway.store.base import Admission, AdmitResult, KeyMissing, KeyRecord, Se
 from gateway.store.boundary import Boundary, RedisPyBoundary, redacted_address, url_secrets
 from gateway.store.memory import (
     MAX_AMOUNT,
+    MAX_TTL_S,
     admit_result,
     topup_negative,
     topup_too_large,
     validate_admission,
     validate_amount,
+    validate_count,
     validate_new_record,
     validate_settle,
 )
@@ -86,7 +88,7 @@ return 1
 
 
 def _ledger_script(name: str) -> str:
-    """A ledger script (admit, settle, topup) with the shared head (MAX_AMOUNT, clock, sweep) prepended."""
+    """A ledger script (admit, settle, topup, renew) with the shared head (MAX_AMOUNT, clock, sweep) prepended."""
     files = resources.files(__package__)
     return (f"local MAX_AMOUNT = {MAX_AMOUNT}  -- store.memory.MAX_AMOUNT\n" + files.joinpath("ledger.lua").read_text()
             + "\n" + files.joinpath(f"{name}.lua").read_text())
@@ -132,6 +134,7 @@ class RedisStore:
         self._release_hash = self._redis.register_script(_RELEASE_HASH)
         self._set_disabled = self._redis.register_script(_SET_DISABLED)
         self._topup = self._redis.register_script(_ledger_script("topup"))
+        self._renew = self._redis.register_script(_ledger_script("renew"))  # long requests only: off the hot path
         # the per-request scripts share one pipelined connection (see store/multiplex.py for why)
         self._admit = _Script(_ledger_script("admit"))
         self._settle = _Script(_ledger_script("settle"))
@@ -274,6 +277,14 @@ class RedisStore:
         if status == "missing":
             raise KeyMissing(f"no key {key_id} to settle against")
         return Settlement(int(charged), int(balance), status == "replay")
+
+    async def renew(self, key_id: str, generation_id: str, hold_ttl_s: int) -> bool:
+        """Keep a request in flight's hold and stream slot for `hold_ttl_s` more (renew.lua), by Redis's clock."""
+        validate_count("hold_ttl_s", hold_ttl_s, minimum=1, maximum=MAX_TTL_S)
+        with self._redis_py("renew"):
+            reply = await self._renew(keys=[self._holds(key_id), self._streams(key_id)],
+                                      args=[generation_id, hold_ttl_s * 1000])
+        return bool(reply)
 
     async def get_generation(self, key_id: str, generation_id: str) -> dict[str, str] | None:
         with self._redis_py("get_generation"):

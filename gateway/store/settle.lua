@@ -1,4 +1,6 @@
--- settle: capture min(cost, hold + balance), return the rest, record, count tokens, audit; idempotent.
+-- settle: capture min(cost, hold + balance), return the rest, record, count tokens, audit; idempotent. What
+-- the money could not cover (the hold expired and was spent meanwhile, or the cost passed hold + balance)
+-- is recorded as 'shortfall' on the record and the audit entry: never free in silence.
 -- KEYS: key hash, holds hash, generation record, audit stream, rate-limit prefix, open streams (as in admit.lua)
 -- ARGV: generation id, cost, tokens, record ttl s, the record as a JSON object of strings, key id. One JSON
 --       argument rather than ~20 field/value arguments (packing each argument was the largest cost on the
@@ -32,9 +34,14 @@ redis.call('HINCRBY', KEYS[1], 'usage', num(charged))
 local fields = cjson.decode(ARGV[5])
 local record = {'charged', num(charged), 'balance_after', after}
 local audit = {'generation_id', ARGV[1], 'key_id', ARGV[6], 'tokens', ARGV[3], 'charged', num(charged)}
-local ledger = {generation_id = true, key_id = true, tokens = true, charged = true}
+local ledger = {generation_id = true, key_id = true, tokens = true, charged = true, shortfall = true}
+local shortfall = tonumber(ARGV[2]) - charged
+if shortfall > 0 then
+  record[#record + 1], record[#record + 2] = 'shortfall', num(shortfall)
+  audit[#audit + 1], audit[#audit + 2] = 'shortfall', num(shortfall)
+end
 for k, v in pairs(fields) do
-  if k ~= 'charged' and k ~= 'balance_after' then
+  if k ~= 'charged' and k ~= 'balance_after' and k ~= 'shortfall' then
     record[#record + 1] = k
     record[#record + 1] = v
   end
