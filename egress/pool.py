@@ -31,6 +31,7 @@ import hashlib
 import itertools
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -140,11 +141,11 @@ def _score(key: str, name: str) -> bytes:
 
 
 class Pool:
-    def __init__(self, spec: PoolSpec, states: list[ProxyState], affinity: dict[str, str] | None = None) -> None:
+    def __init__(self, spec: PoolSpec, states: list[ProxyState], affinity: OrderedDict[str, str] | None = None) -> None:
         self.spec = spec
         self.states = states
         self._turn = itertools.count()
-        self._affinity: dict[str, str] = {} if affinity is None else affinity
+        self._affinity: OrderedDict[str, str] = OrderedDict() if affinity is None else affinity
 
     def healthy(self, blocked: frozenset[str]) -> list[ProxyState]:
         return [s for s in self.states if s.up and (s.spec.region or "") not in blocked]
@@ -170,9 +171,12 @@ class Pool:
         current = by_name.get(self._affinity.get(key, ""))
         if current is None:
             current = max(healthy, key=lambda s: _score(key, s.spec.name))
-            if len(self._affinity) >= AFFINITY_MAX:
-                self._affinity.clear()
-            self._affinity[key] = current.spec.name
+            affinity = self._affinity
+            if len(affinity) >= AFFINITY_MAX and key not in affinity:
+                # the oldest assignment goes, not all of them: a clear sent every key an ejection had moved
+                # back to its first proxy at once; OrderedDict pops its oldest in O(1), a dict would rescan
+                affinity.popitem(last=False)
+            affinity[key] = current.spec.name
         return current
 
     def ejected_share_after_one_more(self) -> float:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from egress import pool as pool_module
 from egress.pool import DIRECT, Egress, EgressUnavailable, PoolSpec
 from egress.proxy import ProxySpec
 
@@ -89,6 +90,23 @@ async def test_a_reload_moves_no_key_back(egress: Egress) -> None:
     await configure(egress, proxies=PROXIES[1:])  # p0 removed: its keys had moved already, nobody else moves
     assert {k: names(egress, k)[0] for k in homes} == moved
 
+
+async def test_a_full_affinity_map_forgets_its_oldest_key_not_all(egress: Egress,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """At AFFINITY_MAX the whole map was cleared: every key an ejection had moved went back to its first
+    proxy at once (a second address for the provider to see), because of one new key. Now the oldest
+    assignment alone is forgotten."""
+    monkeypatch.setattr(pool_module, "AFFINITY_MAX", 41)
+    spec = await configure(egress)
+    homes = {f"key{i}": names(egress, f"key{i}")[0] for i in range(40)}
+    victim = egress.pools["eu"].states[0]
+    egress.eject(victim, spec.interval_s)
+    moved = {k: names(egress, k)[0] for k in homes}
+    egress.restore(victim)
+    names(egress, "one-more-key")  # the map is full ...
+    names(egress, "and-another")  # ... and takes one more
+    kept = {k: names(egress, k)[0] for k in list(homes)[1:]}  # key0, the oldest, may have gone home
+    assert kept == {k: moved[k] for k in kept}
 
 async def test_passive_failures_eject_after_the_threshold(egress: Egress) -> None:
     await configure(egress, affinity=False, eject_after_failures=3)
