@@ -201,21 +201,33 @@ class ChunkCodec:
                     # OpenAI sends it, once, and only to a client that asked for it
                     del chunk["usage"]
                     if self.wants_usage:
-                        self.held += [chunk, {**chunk, "choices": [], "usage": usage}]
+                        self.held.append(chunk)
+                        self._hold_usage({**chunk, "choices": [], "usage": usage})
                         continue
-                if chunk.get("choices") or self.wants_usage:
+                if chunk.get("choices"):
                     self.held.append(chunk)
+                elif self.wants_usage:
+                    self._hold_usage(chunk)
                 continue
             if (usage := chunk.get("usage")).__class__ is dict:
                 # usage on an unfinished chunk (OpenRouter's last one has an empty choice): it waits for the
                 # bill like any usage, as a `choices: []` chunk, and only for a client that asked for it
                 del chunk["usage"]
                 if self.wants_usage:
-                    self.held.append({**chunk, "choices": [], "usage": usage})
+                    self._hold_usage({**chunk, "choices": [], "usage": usage})
             batch += self.encode(chunk)
             if self.learning and data is not None:
                 self._learn(data, chunk, counted)
         return batch, n
+
+    def _hold_usage(self, chunk: JSON) -> None:
+        """Hold a `choices: []` chunk for the bill; one with usage replaces the usage chunk held before it: a server
+        that reports its running count on every chunk (vLLM's `stream_options.continuous_usage_stats`) would
+        otherwise give the client a usage chunk per chunk at the end, which clients that add up every chunk's usage
+        (LangChain) count many times over. The last count is the whole one, and the one billed (`state.usage`)."""
+        if chunk.get("usage").__class__ is dict:
+            self.held = [held for held in self.held if held.get("choices") or held.get("usage").__class__ is not dict]
+        self.held.append(chunk)
 
     def replay(self, raw: bytes, target: Target) -> tuple[bytes, int]:
         """A JSON array is a stream without its SSE framing (Gemini's `streamGenerateContent` without

@@ -12,9 +12,11 @@ SSE follows the WHATWG "event stream interpretation" rules: lines end in LF, CRL
 BOM is skipped; `data:` values (one leading space stripped) are joined with LF; `event:` names the event;
 `id:` sets the last event id (kept for later events, as the spec says; ignored when it contains NUL);
 `retry:` and unknown fields are ignored; lines starting with ':' are comments; a blank line dispatches the
-event unless no `data:` line was seen. One exception: a stream that ends in a bare JSON error object instead of
-an event (Gemini's `streamGenerateContent?alt=sse` failing mid-answer writes the error body unframed) gets it
-from `flush` as its last event, for the adapter to raise as it raises an `error` event.
+event unless no `data:` line was seen. Two exceptions, both errors a server wrote outside the format: a stream
+that ends in a bare JSON error object instead of an event (Gemini's `streamGenerateContent?alt=sse` failing
+mid-answer writes the error body unframed) gets it from `flush` as its last event, and an `error:` field
+(llama.cpp's `llama-server` writes a stream's failure as `error: {"code", "message", "type"}`, then
+`data: [DONE]`) is an event of data `{"error": ...}`; the adapter raises either as it raises an error event.
 """
 
 from __future__ import annotations
@@ -189,12 +191,23 @@ class SSEDecoder:
             if self._size > self._max:
                 raise ProviderError(f"upstream SSE event exceeds {self._max} bytes")
             self._data.append(value)
+        elif name == b"error":  # llama.cpp's failure: ignored as the spec says, it would end the answer silently
+            self._field(b"data:" + _error_data(value))
         elif name == b"event":
             self._event = value.decode("utf-8", "replace")
         elif name == b"id" and b"\0" not in value:
             self._id = value.decode("utf-8", "replace")
         elif name != b"retry" and len(self._stray) < MAX_STRAY_BYTES:
             self._stray += line + b"\n"
+
+
+def _error_data(value: bytes) -> bytes:
+    """The data of an event for an `error:` field: `{"error": value}`, the value as text when it is no JSON."""
+    try:
+        orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return orjson.dumps({"error": {"message": value.decode("utf-8", "replace")}})
+    return b'{"error":' + value + b"}"
 
 
 def _error_body(text: bytes) -> bytes | None:

@@ -304,7 +304,11 @@ def _fill_chunk_choice(choice: JSON, position: int, state: StreamState) -> None:
 
 def _renumber(state: StreamState, choice: int, call: JSON) -> None:
     """A tool-call delta's `index` as relayed: a new id at an index a call with another id holds is a new call,
-    given the next free index; deltas without an id continue the call last seen at their index."""
+    given the next free index; deltas without an id continue the call last seen at their index.
+
+    The delta that opens a call without an id (vLLM's with some tool parsers, other servers' streams) gets one
+    made up, as a non-streamed answer's call does, with its `type`: the client needs an id to answer the call
+    with, and the SDKs join a call's ids, so an id the server sends later for that call is left out."""
     if not isinstance(state, OpenAIStreamState):
         return
     key, call_id = (choice, call["index"]), call.get("id")
@@ -314,8 +318,12 @@ def _renumber(state: StreamState, choice: int, call: JSON) -> None:
         taken = [relay for (c, _), (_, relay) in state.calls.items() if c == choice]
         relay = call["index"] if known is None and call["index"] not in taken else max(taken, default=-1) + 1
         state.calls[key] = (call_id, relay)
+        if not call_id:
+            call["id"] = "call_" + uuid.uuid4().hex[:24]
+            call.setdefault("type", "function")
     elif call_id and not known[0]:
         state.calls[key] = (call_id, known[1])
+        del call["id"]  # the client got one when the call opened
     call["index"] = state.calls[key][1]
 
 

@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 import aiohttp
+import openai
 import pytest
 import test_upstream_oddities as oddities
 from harness import SHARED, Gateway, validate
@@ -397,3 +398,116 @@ async def test_deepseeks_null_role_in_a_delta_is_left_out(odd: tuple[Gateway, Ra
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in got if c["choices"]) == "Hello there"
     for chunk in got:
         validate(chunk, "CreateChatCompletionStreamResponse")
+
+
+# llama.cpp's llama-server (builds whose stream handler calls `server_sent_event(sink, "error", ...)`) writes a
+# failure inside a 200 stream as an `error:` SSE field, not a `data:` line, then `data: [DONE]` as always
+LLAMA_CPP_ERROR = ('error: {"code":400,"message":"the request exceeds the available context size, try increasing it",'
+                   '"type":"exceed_context_size_error"}\n\n')
+LLAMA_HEAD = {"id": "chatcmpl-Zx1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-3.5-turbo",
+              "system_fingerprint": "b5350-9a390c48"}
+
+
+@pytest.mark.parametrize("text", ["", "Hello"], ids=["before-any-text", "mid-answer"])
+async def test_a_llama_cpp_error_field_ends_the_stream_in_that_error(odd: tuple[Gateway, RawUpstream],
+                                                                      text: str) -> None:
+    """An SSE field the spec does not know is ignored, so llama.cpp's `error:` line vanished and its [DONE] ended
+    the stream as if answered: the client got an empty 200 stream without an error, and was billed its prompt.
+    It is the stream's error event, with llama.cpp's words; billed as a cut stream (the text relayed, if any)."""
+    gw, up = odd
+    events: list[Any] = [LLAMA_CPP_ERROR, "data: [DONE]\n\n"]
+    if text:
+        events.insert(0, {**LLAMA_HEAD, "choices": [{"index": 0, "delta": {"role": "assistant", "content": text},
+                                                     "finish_reason": None}]})
+    up.answer = sse(*events)
+    before = await ledger(gw)
+    stream = await gw.openai().chat.completions.create(model="oai/gpt-4o", messages=MESSAGES,  # type: ignore[arg-type]
+                                                       stream=True)
+    got = ""
+    with pytest.raises(openai.APIError) as info:
+        async for chunk in stream:
+            validate(chunk.model_dump(exclude_unset=True), "CreateChatCompletionStreamResponse")
+            got += chunk.choices[0].delta.content or ""
+    assert got == text
+    assert "exceeds the available context size" in str(info.value.message), info.value.message
+    balance, usage, held = await ledger(gw)
+    assert held == 0 and before[0] - balance == usage - before[1]
+    assert (usage - before[1] > 0) is bool(text)  # nothing generated, nothing charged; text relayed is billed
+
+
+# vLLM with `stream_options: {"include_usage": true, "continuous_usage_stats": true}` (its documented extension):
+# every chunk carries the running usage, the finish chunk too, then the `choices: []` usage chunk as OpenAI's
+VLLM_HEAD = {"id": "chatcmpl-9b1f", "object": "chat.completion.chunk", "created": 1, "model": "Qwen/Qwen3-8B"}
+
+
+def vllm_usage(completion: int) -> dict[str, int]:
+    return {"prompt_tokens": 9, "total_tokens": 9 + completion, "completion_tokens": completion}
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"], ids=["chat", "completions"])
+async def test_usage_on_every_chunk_reaches_the_client_once(odd: tuple[Gateway, RawUpstream], path: str) -> None:
+    """A usage-only chunk was held for every chunk that carried usage: a client asking vLLM for continuous usage
+    stats got five usage chunks after the finish chunk (0, 1, 2, 3, 3 tokens), and one that adds up every chunk's
+    usage counted 9 output tokens for 3. It gets one, the last count, which is the one billed."""
+    gw, up = odd
+    pieces = [{"role": "assistant", "content": ""}, {"content": "Hel"}, {"content": "lo"}, {"content": "!"}]
+    events: list[Any] = [{**VLLM_HEAD, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                                    "finish_reason": None}], "usage": vllm_usage(i)}
+                         for i, delta in enumerate(pieces)]
+    events += [{**VLLM_HEAD, "choices": [{"index": 0, "delta": {"content": ""}, "logprobs": None,
+                                          "finish_reason": "stop", "stop_reason": None}], "usage": vllm_usage(3)},
+               {**VLLM_HEAD, "choices": [], "usage": vllm_usage(3)}, "data: [DONE]\n\n"]
+    up.answer = sse(*events)
+    before = await ledger(gw)
+    body: dict[str, Any] = {"model": "oai/gpt-4o", "stream": True,
+                            "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+    body.update({"messages": MESSAGES} if path == "/v1/chat/completions" else {"prompt": "hi"})
+    status, raw = await call(gw, path, body)
+    assert status == 200, raw
+    got = chunks(raw)
+    with_usage = [c for c in got if c.get("usage")]
+    assert len(with_usage) == 1 and with_usage[0] is got[-1], raw
+    assert with_usage[0]["choices"] == [] and with_usage[0]["usage"]["completion_tokens"] == 3
+    assert [c["choices"][0]["finish_reason"] for c in got if c["choices"] and c["choices"][0]["finish_reason"]] == [
+        "stop"]
+    if path == "/v1/chat/completions":
+        for chunk in got:
+            validate(chunk, "CreateChatCompletionStreamResponse")
+    bill = with_usage[0]["billing"]
+    assert bill["estimated"] is False and nano(bill["request_cost"]) == 9 * INPUT_NANO + 3 * OUTPUT_NANO
+    assert up.requests[0]["body"]["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
+    after = await ledger(gw)
+    assert before[0] - after[0] == nano(bill["request_cost"]) and after[2] == 0
+
+
+def call_delta(index: int, function: dict[str, Any], role: bool = False) -> dict[str, Any]:
+    """A streamed tool-call delta without an `id` (nor `type`), as some servers stream every delta of a call
+    (vllm-project/vllm#18412, NVIDIA's and StepFun's endpoints)."""
+    delta: dict[str, Any] = {"tool_calls": [{"index": index, "function": function}]}
+    if role:
+        delta["role"] = "assistant"
+    return {**VLLM_HEAD, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]}
+
+
+async def test_a_streamed_tool_call_without_an_id_gets_one(odd: tuple[Gateway, RawUpstream]) -> None:
+    """A non-streamed call without an id got one made up; a streamed one was relayed without: the SDK's final
+    message had `id=None` and the client had no `tool_call_id` to answer each call with. Each call gets its own,
+    on the delta that opens it, and keeps it (the SDKs join the ids of a call's deltas)."""
+    gw, up = odd
+    up.answer = sse(call_delta(0, {"name": "get_weather", "arguments": ""}, role=True),
+                    call_delta(0, {"arguments": '{"city": "Paris"}'}),
+                    call_delta(1, {"name": "get_time", "arguments": ""}),
+                    call_delta(1, {"arguments": '{"tz": "CET"}'}),
+                    {**VLLM_HEAD, "choices": [{"index": 0, "delta": {}, "logprobs": None,
+                                               "finish_reason": "tool_calls"}]}, "data: [DONE]\n\n")
+    async with gw.openai().chat.completions.stream(model="oai/gpt-4o", messages=MESSAGES) as stream:  # type: ignore[arg-type]
+        async for event in stream:
+            if event.type == "chunk":
+                validate(event.chunk.model_dump(exclude_unset=True), "CreateChatCompletionStreamResponse")
+        final = await stream.get_final_completion()
+    calls = final.choices[0].message.tool_calls or []
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [  # type: ignore[union-attr]
+        ("get_weather", {"city": "Paris"}), ("get_time", {"tz": "CET"})]
+    ids = [c.id for c in calls]
+    assert all(isinstance(i, str) and i.startswith("call_") for i in ids) and len(set(ids)) == 2, ids
+    assert final.choices[0].finish_reason == "tool_calls"

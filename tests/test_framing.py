@@ -241,3 +241,18 @@ def test_ndjson_flush_and_limit() -> None:
     assert decoder.flush() == [b'{"b":2}']
     with pytest.raises(ProviderError):
         NDJSONDecoder(max_line_bytes=10).feed(b"x" * 11)
+
+
+@pytest.mark.parametrize("chunking", CHUNKINGS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("line_end", list(LINE_ENDS), ids=list(LINE_ENDS))
+def test_an_error_field_is_an_error_event(chunking: Callable[[bytes], list[bytes]], line_end: str) -> None:
+    """llama.cpp's server writes a stream's failure as an `error:` field, which the spec ignores: the failure
+    vanished and the [DONE] after it ended the stream as if answered. It is an event of data `{"error": ...}`
+    (its text as the message when it is no JSON), whatever the chunking."""
+    raw = (b'data: {"choices":[]}\n\nerror: {"code":500,"message":"boom","type":"server_error"}\n\n'
+           b"error: not json\n\ndata: [DONE]\n\n").replace(b"\n", LINE_ENDS[line_end])
+    decoder = SSEDecoder()
+    events = [event for chunk in chunking(raw) for event in decoder.feed(chunk)] + decoder.flush()
+    assert [event.data for event in events] == [
+        b'{"choices":[]}', b'{"error":{"code":500,"message":"boom","type":"server_error"}}',
+        b'{"error":{"message":"not json"}}', b"[DONE]"]
