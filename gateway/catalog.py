@@ -51,7 +51,7 @@ class Route:
             upstream_model=self.upstream_model,
             public_model=self.model_id,
             max_tokens_field=self.model.params.max_tokens_field,
-            drop=tuple(self.model.params.drop),
+            drop=tuple(self.model.params.drop) + (("stream_options",) if self.provider.refuses_stream_options else ()),
             headers=tuple(self.provider.headers.items()),
             default_max_tokens=self.model.max_output_tokens,
             keep_cache_control=self.provider.keeps_cache_control,

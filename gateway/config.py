@@ -27,6 +27,9 @@ CACHE_CONTROL_HOSTS = frozenset({"openrouter.ai"})  # OpenAI-compatible APIs tha
 # and those that want an earlier answer's `reasoning_details` back in the history (OpenRouter: Gemini 3's
 # thought signatures and Claude's signed thinking ride in it); other servers answer 400 to the field
 REASONING_DETAILS_HOSTS = frozenset({"openrouter.ai"})
+# and those that refuse `stream_options` (422 extra_forbidden), to which the gateway's `include_usage` is not
+# added: Mistral, whose streams end with their usage anyway
+NO_STREAM_OPTIONS_HOSTS = frozenset({"api.mistral.ai", "codestral.mistral.ai"})
 
 
 class ConfigError(Exception):
@@ -183,6 +186,10 @@ class ProviderConfig(_Model):
     @cached_property
     def keeps_reasoning_details(self) -> bool:
         return (urlsplit(self.base_url).hostname or "").lower() in REASONING_DETAILS_HOSTS
+
+    @cached_property
+    def refuses_stream_options(self) -> bool:
+        return (urlsplit(self.base_url).hostname or "").lower() in NO_STREAM_OPTIONS_HOSTS
 
     @field_validator("kind")
     @classmethod

@@ -54,8 +54,9 @@ def adapt_body(req: ChatRequest, target: Target) -> JSON:
         _drop_cache_control(body)
     if req.stream:
         body["stream"] = True
-        options = body.get("stream_options")
-        body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+        if "stream_options" not in target.drop:  # a server that refuses the field (Mistral: 422) reports usage anyway
+            options = body.get("stream_options")
+            body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
     else:
         body.pop("stream", None)
         body.pop("stream_options", None)  # OpenAI answers 400 to stream_options without stream

@@ -8,15 +8,22 @@ money moves, the ledger: the balance moved by exactly the cost the billing block
 
 from __future__ import annotations
 
+import asyncio
 import json
+import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import openai
 import pytest
 import test_upstream_oddities as oddities
-from harness import SHARED, Gateway, validate
+from apis_config import config_doc
+from fakes.openai_upstream import FakeOpenAI
+from harness import SHARED, Gateway, start_gateway, validate
 from test_upstream_oddities import RawUpstream, call, http, ledger, nano, sse
+
+from gateway.config_load import parse
 
 raw_upstream, odd = oddities.raw_upstream, oddities.odd  # its raw upstream and the gateway in front of it
 
@@ -511,3 +518,65 @@ async def test_a_streamed_tool_call_without_an_id_gets_one(odd: tuple[Gateway, R
     ids = [c.id for c in calls]
     assert all(isinstance(i, str) and i.startswith("call_") for i in ids) and len(set(ids)) == 2, ids
     assert final.choices[0].finish_reason == "tool_calls"
+
+
+# -- Mistral: refuses stream_options, ends its streams with usage anyway ---------------------------------
+
+MISTRAL_422 = {"object": "error", "message": {"detail": [{
+    "type": "extra_forbidden", "loc": ["body", "stream_options", "include_usage"],
+    "msg": "Extra inputs are not permitted", "input": True}]}, "type": "invalid_request_error", "param": None,
+    "code": None}
+
+
+class RefusesStreamOptions(RawUpstream):
+    """Mistral's chat endpoint: 422 extra_forbidden to `stream_options`, else a stream with usage on its end."""
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (
+            line.partition(":") for line in head.decode("latin-1").split("\r\n")[1:] if line)}
+        body = json.loads(await reader.readexactly(int(headers.get("content-length", "0"))))
+        self.requests.append({"body": body})
+        writer.write(http(422, json.dumps(MISTRAL_422).encode()) if "stream_options" in body else self.answer)
+        await writer.drain()
+        writer.close()
+
+
+@pytest.fixture
+async def mistral(aiohttp_server: Any, redis_url: str) -> AsyncIterator[tuple[Gateway, RefusesStreamOptions]]:
+    up = RefusesStreamOptions()
+    server = await asyncio.start_server(up._serve, "127.0.0.1", 0)
+    up.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    doc = config_doc({"openai": up.url + "/v1", "anthropic": up.url, "gemini": up.url}, redis_url,
+                     f"t{uuid.uuid4().hex}:")
+    doc["models"]["oai/mistral-large"] = {"upstream": "mistral-large-latest", "params": {"drop": ["stream_options"]},
+                                          "price": {"input_per_mtok": 2, "output_per_mtok": 6}}
+    gw = await start_gateway(aiohttp_server, parse(json.dumps(doc), {}), FakeOpenAI())
+    yield gw, up
+    await gw.close()
+    server.close()
+    await server.wait_closed()
+
+
+async def test_a_server_that_refuses_stream_options_streams_and_bills(mistral: tuple[Gateway,
+                                                                                   RefusesStreamOptions]) -> None:
+    """Every streamed request to Mistral failed: the gateway added `stream_options.include_usage`, which it
+    refuses (422). A model whose `params.drop` names it (Mistral's hosts drop it by default) is streamed
+    without it; Mistral's last chunk carries the usage, which the client gets and is billed."""
+    gw, up = mistral
+    usage = {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}
+    up.answer = sse({**HEAD, "model": "mistral-large-latest", "choices": [
+                        {"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "finish_reason": None}]},
+                    {**HEAD, "model": "mistral-large-latest", "usage": usage,
+                     "choices": [{"index": 0, "delta": {"content": "!"}, "finish_reason": "stop"}]},
+                    "data: [DONE]\n\n")
+    before, _, _ = await ledger(gw)
+    status, raw = await call(gw, "/v1/chat/completions", {
+        "model": "oai/mistral-large", "messages": MESSAGES, "stream": True,
+        "stream_options": {"include_usage": True}})
+    assert status == 200
+    assert "stream_options" not in up.requests[-1]["body"]
+    got, bill = client_usage_and_bill(raw, stream=True)
+    assert (got["prompt_tokens"], got["completion_tokens"]) == (9, 2)
+    after, _, held = await ledger(gw)
+    assert before - after == nano(bill["request_cost"]) == 9 * 2_000 + 2 * 6_000 and held == 0

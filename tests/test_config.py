@@ -305,6 +305,14 @@ def test_a_bad_section_fakes_no_dangling_references(extra: str, expected: list[s
     assert str(info.value).splitlines() == expected
 
 
+@pytest.mark.parametrize(("base_url", "drops"), [("https://api.mistral.ai/v1", True),
+                                                 ("https://API.Mistral.ai/v1", True),
+                                                 ("https://api.openai.com/v1", False)])
+def test_mistral_is_sent_no_stream_options(base_url: str, drops: bool) -> None:
+    doc = f"providers:\n  p: {{kind: openai, base_url: \"{base_url}\"}}\nmodels:\n  p/m: {{}}\n"
+    assert ("stream_options" in Catalog(parse(doc, {})).resolve("p/m").target("").drop) is drops
+
+
 @pytest.mark.parametrize(("fields", "keeps"), [
     ('base_url: "https://api.openai.com/v1"', False),
     ('base_url: "https://openrouter.ai/api/v1"', True),

@@ -458,6 +458,16 @@ def test_reasoning_content_is_stripped_from_history(field: str) -> None:
     assert body["messages"][1][field] == "compare decimals"  # the client's body is untouched
 
 
+def test_a_server_that_refuses_stream_options_is_sent_none() -> None:
+    """Mistral answers 422 extra_forbidden to `stream_options`, which the gateway added to every stream: every
+    streamed request failed. A target that drops the field (`params.drop`, Mistral's hosts by default) is
+    sent no `stream_options`, the client's own included; its streams end with their usage anyway."""
+    body = {"model": "m", "messages": MSGS, "stream": True, "stream_options": {"include_usage": True}}
+    target = Target(provider="mistral", base_url="https://api.mistral.ai/v1", api_key="k",
+                    upstream_model="mistral-large-latest", public_model="mistral/large", drop=("stream_options",))
+    sent = orjson.loads(openai.build_request(ChatRequest(body=body, stream=True), target).body)
+    assert sent["stream"] is True and "stream_options" not in sent
+
 DETAILS = [{"type": "reasoning.encrypted", "data": "gAAAAB...", "id": "tool_1", "format": "google-gemini-v1",
             "index": 0}]
 
