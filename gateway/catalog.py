@@ -94,8 +94,8 @@ class Route:
 
     def supported_parameters(self) -> list[str]:
         """What the provider kind carries upstream, less what this model drops (`structured_outputs`, a JSON
-        schema in `response_format`, goes with `response_format`) or cannot enforce (a strict schema on a
-        Claude model before 4.5 is refused)."""
+        schema in `response_format`, goes with `response_format`) or cannot enforce (a Claude model before 4.5
+        has no strict tools: a strict schema goes to it as an ordinary tool, followed but not enforced)."""
         dropped = set(self.model.params.drop)
         if "response_format" in dropped or (
                 self.provider.kind == "anthropic" and not enforces_schemas(self.upstream_model)):

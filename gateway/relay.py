@@ -185,7 +185,8 @@ async def read_body(resp: aiohttp.ClientResponse, silence_s: float, head: bytes 
         while data := await next_data(resp.content, silence_s, silence_s):
             body += data
             if len(body) > MAX_UPSTREAM_BODY:
-                raise UpstreamFailed("the upstream's answer is too large", retryable=False)
+                raise UpstreamFailed(f"the upstream's answer is too large (over {MAX_UPSTREAM_BODY} bytes)",
+                                     code="upstream_bad_response", retryable=False)
     except aiohttp.ClientError as exc:
         raise UpstreamFailed(f"the upstream connection broke mid-answer ({type(exc).__name__})",
                              code="upstream_disconnected", retryable=False) from exc

@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from harness import ROOT, GatewayProcess, gateway_config_text, run_cli
+from harness import ROOT, GatewayProcess, closed_port, gateway_config_text, run_cli
 
 from gateway import keys
 from gateway.__main__ import build_parser
@@ -80,6 +80,22 @@ def test_keys_on_the_memory_store_say_why_not(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "REDIS_URL" in result.stderr
 
+
+
+@pytest.mark.parametrize("args", [["keys", "list"], ["keys", "create", "--name", "a", "--balance", "1"],
+                                  ["keys", "topup", "key_x", "1"], ["keys", "disable", "key_x"], ["usage", "export"]],
+                         ids=["list", "create", "topup", "disable", "export"])
+def test_an_unreachable_store_is_one_line_and_exit_status_1(tmp_path: Path, args: list[str]) -> None:
+    """The README's exit status 1: the store failed, named by its address without the password."""
+    password = "Store-Passw0rd-that-must-not-show"
+    port = closed_port()
+    path = tmp_path / "down.yaml"
+    path.write_text(gateway_config_text("http://127.0.0.1:9/v1", f"redis://:{password}@127.0.0.1:{port}/0"))
+    result = run_cli(*args[:2], "--config", str(path), *args[2:])
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    assert result.stdout == "" and "Traceback" not in result.stderr and password not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("store error: ") and f"127.0.0.1:{port}" in lines[0], lines
 
 async def _get(url: str, key: str, path: str = "/v1/models") -> tuple[int, Any]:
     async with aiohttp.ClientSession() as http, http.get(url + path,

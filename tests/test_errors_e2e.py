@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -11,9 +13,9 @@ import openai
 import pytest
 from fakes.openai_upstream import FakeOpenAI
 from fakes.openai_upstream import make_app as make_fake_app
-from harness import PROVIDER_KEY, SHARED, Gateway, gateway_config_text, start_gateway, validate
+from harness import PROVIDER_KEY, ROOT, SHARED, Gateway, gateway_config_text, start_gateway, validate
 
-from gateway import keys
+from gateway import errors, keys
 from gateway.config_load import parse
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -276,3 +278,35 @@ async def test_gemini_refusing_the_operators_key_is_the_operators_502(api_gatewa
     with pytest.raises(openai.APIStatusError) as info:
         await api_gateway.openai().chat.completions.create(model="google/flash", messages=MESSAGES)  # type: ignore[arg-type]
     assert (info.value.status_code, info.value.code) == (502, "upstream_auth_failed"), info.value.body
+
+
+
+def _codes_given(tree: ast.AST, classes: dict[str, type[errors.GatewayError]]) -> set[str]:
+    """The error codes one module can produce: each `code=` a gateway error is made with (every string an
+    expression there may give), else its class's default; a class listed in a tuple (a status -> class table)
+    is made with its default."""
+    given: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in classes:
+            code = next((k.value for k in node.keywords if k.arg == "code"), None)
+            if code is None:
+                given.add(str(classes[node.func.id].code))
+            else:
+                given |= {c.value for c in ast.walk(code) if isinstance(c, ast.Constant) and isinstance(c.value, str)}
+        elif isinstance(node, ast.Tuple):
+            given |= {str(classes[e.id].code) for e in node.elts if isinstance(e, ast.Name) and e.id in classes}
+    return given - {"None"}
+
+
+def test_every_error_code_the_gateway_gives_is_in_the_readmes_tables() -> None:
+    """The README's error table is the contract clients code against: a code the gateway produces that it does
+    not list is one no client knows to expect."""
+    classes = {name: cls for name, cls in vars(errors).items()
+               if isinstance(cls, type) and issubclass(cls, errors.GatewayError)}
+    given = set().union(*(_codes_given(ast.parse(path.read_text()), classes)
+                          for package in ("gateway", "providers", "egress") for path in (ROOT / package).rglob("*.py")))
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("| case | status | type / code |"):readme.index("Once a stream's headers went out")]
+    assert {"upstream_timeout", "not_found", "invalid_request", "request_timeout"} <= given  # the scan sees them
+    unlisted = given - set(re.findall(r"`([a-z_]+)`", table))
+    assert not unlisted, f"codes the README's error table does not list: {sorted(unlisted)}"

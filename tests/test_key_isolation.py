@@ -83,6 +83,7 @@ async def test_one_key_never_reads_anothers_records(make_gateway: Any) -> None:
         for params in ({"id": gen_b}, {"id": gen_b, "key_id": other_id}, {"id": f"{other_id}:{gen_b}"}):
             async with http.get(gw.url + "/v1/generation", params=params, headers=gw.auth()) as r:  # key A
                 assert r.status == 404, params
+                assert (await r.json())["error"]["code"] == "generation_not_found"
         async with http.get(gw.url + "/v1/credits", params={"key_id": other_id},
                             headers={**gw.auth(), "X-Key-Id": other_id}) as r:
             credits = (await r.json())["data"]

@@ -25,7 +25,7 @@ from fakes.gemini_upstream import WIRE as GEMINI_WIRE
 from fakes.openai_upstream import FakeOpenAI
 from harness import Gateway, start_gateway, validate
 
-from gateway import billing
+from gateway import billing, relay
 from gateway.config_load import parse
 from gateway.state import RUNTIME
 from providers.types import Usage
@@ -504,6 +504,26 @@ async def test_a_json_error_or_garbage_for_a_stream_is_a_502(odd: tuple[Gateway,
     assert len(up.requests) == 1  # it answered: not resent
     assert not [line for line in log_lines() if line.get("level") == "error"]
 
+
+
+async def test_an_answer_over_the_size_limit_is_a_502_bad_response(odd: tuple[Gateway, RawUpstream],
+                                                                   monkeypatch: Any) -> None:
+    """A 200 JSON answer larger than any chat answer (64 MB; lowered here) is unreadable: the README's 502
+    `upstream_bad_response`, nothing charged, not resent."""
+    gw, up = odd
+    monkeypatch.setattr(relay, "MAX_UPSTREAM_BODY", 4096)
+    answer = json.loads(chat_answer("openai", 5, stream=False).split(b"\r\n\r\n", 1)[1])
+    answer["choices"][0]["message"]["content"] = "x" * 8192
+    up.answer = http(200, json.dumps(answer).encode())
+    before, _, _ = await ledger(gw)
+    status, out = await call(gw, "/v1/chat/completions", {"model": MODELS["openai"], "messages": MESSAGES,
+                                                           "max_tokens": 50})
+    assert status == 502, out
+    payload = json.loads(out)
+    validate(payload, "ErrorResponse")
+    assert payload["error"]["code"] == "upstream_bad_response"
+    assert await ledger(gw) == (before, 0, 0)
+    assert len(up.requests) == 1
 
 # -- a Gemini stream that ends in a bare JSON error ------------------------------------------------------
 
