@@ -19,22 +19,20 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from gateway import billing, limits, metrics
 from gateway.catalog import Route
 from gateway.config import Config, to_nano
 from gateway.errors import Forbidden, InsufficientQuota, RateLimited, Unauthorized, Unavailable
 from gateway.logging import get_logger, utc_second
+from gateway.settlements import Settlements, key_missing
 from gateway.store.base import Admission, AdmitResult, KeyMissing, KeyRecord, Store, StoreError
 from gateway.store.memory import MAX_AMOUNT
 from providers.types import Usage
 
 log = get_logger("gateway.metering")
-T = TypeVar("T")
-RETRY_DELAYS_S = (0.2, 0.5, 1, 2, 5, 10, 30)  # then every 30 s
 MAX_TOKENS = MAX_AMOUNT // 2  # a count the store takes, prompt + completion included
 
 
@@ -60,95 +58,6 @@ class Outcome:
     status: int = 200
     upstream_id: str = ""
     first_token_at: float | None = None
-
-
-class Settlements:
-    """Settlements the store could not take yet, retried in the background; drained at shutdown. And the
-    holds of this process's requests in flight, renewed while they run (see `keep`)."""
-
-    def __init__(self) -> None:
-        self.pending: set[asyncio.Task[None]] = set()
-        self.live: dict[str, Ticket] = {}  # generation id -> an admitted request holding money or a slot
-        self._timer: asyncio.TimerHandle | None = None  # fires at `_wake`, at or before the earliest renewal due
-        self._wake = math.inf
-        self._renewing: asyncio.Task[None] | None = None
-
-    def keep(self, ticket: Ticket) -> None:
-        """Renew the ticket's hold and stream slot every third of its TTL until it settles: a request that
-        runs longer than `billing.hold_ttl_s` (a long reasoning stream, a slow client) would otherwise see its
-        hold return to the balance, where other requests could spend it, and its settlement charge only what
-        was left. Only a dead process's hold is meant to return by itself. One timer serves every ticket."""
-        self.live[ticket.generation_id] = ticket
-        if self._renewing is None and ticket.due < self._wake:
-            self._arm(ticket.due)
-
-    def _arm(self, when: float) -> None:
-        """Wake at `when` (time.monotonic(), as every ticket's times: the loop's clock may be uvloop's own)."""
-        if self._timer is not None:
-            self._timer.cancel()
-        self._wake = when
-        self._timer = asyncio.get_running_loop().call_later(max(when - time.monotonic(), 0), self._fire)
-
-    def _fire(self) -> None:
-        self._timer, self._wake = None, math.inf
-        self._renewing = asyncio.get_running_loop().create_task(self._renew_due())
-
-    async def _renew_due(self) -> None:
-        """Renew the tickets due (a long request is rare: most settle before their first renewal), then
-        wait for the next one due."""
-        try:
-            now = time.monotonic()
-            ready = [t for t in list(self.live.values()) if t.due <= now]
-            for ticket in ready:
-                if ticket.owner is not None and ticket.owner.done():
-                    # its request ended without settling (a bug): renewing would hold its money for as long
-                    # as this process lives; left alone, the hold returns to the balance at its TTL
-                    log.error("a request ended without settling; its hold returns to the balance at its TTL",
-                              generation_id=ticket.generation_id)
-                    self.live.pop(ticket.generation_id, None)
-            await asyncio.gather(*(t.renew() for t in ready if t.generation_id in self.live))
-        finally:
-            self._renewing = None
-            if (due := min((t.due for t in self.live.values()), default=math.inf)) < math.inf:
-                self._arm(due)
-
-    def track(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
-        """Run `coro` as a task that outlives its caller's cancellation and is awaited at shutdown."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self.pending.add(task)  # type: ignore[arg-type]
-        task.add_done_callback(self.pending.discard)  # type: ignore[arg-type]
-        return task
-
-    def retry(self, store: Store, args: tuple[Any, ...]) -> None:
-        self.track(self._retry(store, args))
-
-    async def _retry(self, store: Store, args: tuple[Any, ...]) -> None:
-        attempt = 0
-        while True:
-            await asyncio.sleep(RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)])
-            attempt += 1
-            try:
-                await store.settle(*args)
-            except StoreError:
-                continue
-            except KeyMissing:
-                _key_missing(args)
-                return
-            log.info("deferred settlement done", generation_id=args[1], attempts=attempt)
-            return
-
-    async def drain(self, timeout_s: float) -> None:
-        """Wait for every settlement, also the retries that settlements still in flight hand off meanwhile."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while self.pending and (left_s := deadline - loop.time()) > 0:
-            await asyncio.wait(list(self.pending), timeout=left_s)
-        for task in list(self.pending):
-            log.error("settlement lost at shutdown; the hold returns to the balance at its TTL")
-            task.cancel()
-        for pending in (self._timer, self._renewing):
-            if pending is not None:
-                pending.cancel()
 
 
 @dataclass(slots=True)
@@ -257,7 +166,7 @@ class Ticket:
             self.settlements.retry(self.store, args)
             charged, balance = cost, self._balance_after(cost)
         except KeyMissing:  # the answer was served: the client gets it, the operator the error
-            _key_missing(args)
+            key_missing(args)
             charged, balance = 0, 0
         if self._known is None:  # else counted when the bill was known
             self._count(usage, charged)
@@ -297,11 +206,6 @@ def _bound(usage: Usage) -> None:
         return  # every sane answer: five comparisons
     for name in ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens"):
         setattr(usage, name, min(max(getattr(usage, name), 0), MAX_TOKENS))
-
-
-def _key_missing(args: tuple[Any, ...]) -> None:
-    log.error("settlement for a key the store no longer has (deleted, or the store lost its data); "
-              "nothing charged", key_id=args[0], generation_id=args[1], cost=args[2])
 
 
 def _flag(value: bool) -> str:

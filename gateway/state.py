@@ -16,8 +16,8 @@ from egress.pool import Egress
 from gateway.auth import KeyCache
 from gateway.catalog import Catalog
 from gateway.config import Config
-from gateway.metering import Settlements
 from gateway.resilience import Guard
+from gateway.settlements import Settlements
 from gateway.store import KeyRecord, Store
 
 
