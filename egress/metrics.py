@@ -14,6 +14,8 @@ REQUESTS = Counter("gateway_egress_requests_total", "Upstream connection attempt
 CONNECT_SECONDS = Histogram("gateway_egress_connect_seconds",
                             "New connection time of requests (not probes): TCP, proxy handshake, TLS",
                             ["pool", "proxy"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+DIRECT = Counter("gateway_egress_direct_total",
+                 "Requests of a proxy pool that left without a proxy (fallback_direct)", ["pool"])
 EJECTIONS = Counter("gateway_egress_ejections_total", "Times a proxy was taken out of service", ["pool", "proxy"])
 PROBES = Counter("gateway_egress_probes_total", "Active health probes by result", ["pool", "proxy", "result"])
 

@@ -262,6 +262,11 @@ class Egress:
                 f" outside the blocked regions {sorted(blocked)}" if blocked else ""))
         return exits
 
+    def leaving_direct(self, pool_name: str) -> None:
+        """A request of a proxy pool about to leave without a proxy (`fallback_direct`): counted, since an
+        operator who set proxies up for a region a provider blocks needs to see how often traffic went without."""
+        metrics.DIRECT.labels(pool_name).inc()
+
     def succeeded(self, exit_: Exit) -> None:
         if exit_.proxy is not None:
             self._count(exit_.proxy, "ok")

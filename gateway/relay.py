@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
-from egress.pool import Egress, EgressUnavailable, Exit
+from egress.pool import DIRECT, Egress, EgressUnavailable, Exit
 from egress.proxy import PROXY_ERRORS, PROXY_TIMEOUTS, Progress, watching
 from gateway import resilience
 from gateway.errors import GatewayError, Unavailable, UpstreamFailed, UpstreamRejected, UpstreamTimeout
@@ -53,6 +53,8 @@ async def open_upstream(egress: Egress, pool: str, affinity_key: str | None, blo
         raise egress_unavailable(provider, str(exc)) from exc
     timeout, own_s = _connect_timeout(connect_s), first_byte_s + connect_s
     for exit_ in exits:
+        if exit_.proxy is None and pool != DIRECT:
+            egress.leaving_direct(pool)
         progress = Progress()
         wait_s = _header_wait(own_s)
         try:

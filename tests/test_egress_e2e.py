@@ -483,9 +483,11 @@ async def test_fallback_direct_takes_a_request_whose_proxies_all_fail_at_the_pro
     fake.status, fake.allowed_peers = 200, None
     a.stop()
     b.stop()
+    went_direct = REGISTRY.get_sample_value("gateway_egress_direct_total", {"pool": "p"}) or 0.0
     done = await chat(gw)
     assert done.choices[0].message.content
     assert fake.last.peer == "127.0.0.1"  # left directly
+    assert REGISTRY.get_sample_value("gateway_egress_direct_total", {"pool": "p"}) == went_direct + 1
     proxies = {p["name"]: p for p in (await admin_egress(gw))["proxies"]}
     assert all(p["requests"].get("connect_error", 0) == 1 for p in proxies.values()), proxies
     line = [x for x in log_lines() if x.get("event") == "request"][-1]
