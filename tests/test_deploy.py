@@ -68,6 +68,7 @@ METRICS: dict[str, tuple[str, frozenset[str]]] = {
         ("gateway_egress_connect_seconds", "histogram", "pool proxy"),
         ("gateway_egress_ejections_total", "counter", "pool proxy"),
         ("gateway_egress_probes_total", "counter", "pool proxy result"),
+        ("gateway_egress_direct_total", "counter", "pool"),
         ("up", "gauge", "job instance"),  # Prometheus's own, per scrape target
     ]
 }
