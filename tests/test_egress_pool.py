@@ -76,15 +76,22 @@ async def test_affinity_keeps_a_key_on_one_proxy_until_it_is_ejected(egress: Egr
     assert {k: names(egress, k)[0] for k in homes} == moved  # restoring p0 moves nobody back
 
 
-async def test_a_reload_moves_no_key_back(egress: Egress) -> None:
-    """A key moves only when its proxy is ejected: a reload that keeps the proxies (a price changed) must not
-    send the keys an ejection moved back to their first proxy, a second address for the provider to see."""
+async def moved_by_an_ejection(egress: Egress) -> dict[str, str]:
+    """Forty keys' proxies after p0 was ejected and restored: p0's keys moved, and stay moved."""
     spec = await configure(egress)
     homes = {f"key{i}": names(egress, f"key{i}")[0] for i in range(40)}
     victim = egress.pools["eu"].states[0]
     egress.eject(victim, spec.interval_s)
     moved = {k: names(egress, k)[0] for k in homes}
     egress.restore(victim)
+    return moved
+
+
+async def test_a_reload_moves_no_key_back(egress: Egress) -> None:
+    """A key moves only when its proxy is ejected: a reload that keeps the proxies (a price changed) must not
+    send the keys an ejection moved back to their first proxy, a second address for the provider to see."""
+    moved = await moved_by_an_ejection(egress)
+    homes = moved.keys()
     await configure(egress)  # the same pool again, as a reload of an unrelated change makes it
     assert {k: names(egress, k)[0] for k in homes} == moved
     await configure(egress, proxies=PROXIES[1:])  # p0 removed: its keys had moved already, nobody else moves
@@ -97,16 +104,12 @@ async def test_a_full_affinity_map_forgets_its_oldest_key_not_all(egress: Egress
     proxy at once (a second address for the provider to see), because of one new key. Now the oldest
     assignment alone is forgotten."""
     monkeypatch.setattr(pool_module, "AFFINITY_MAX", 41)
-    spec = await configure(egress)
-    homes = {f"key{i}": names(egress, f"key{i}")[0] for i in range(40)}
-    victim = egress.pools["eu"].states[0]
-    egress.eject(victim, spec.interval_s)
-    moved = {k: names(egress, k)[0] for k in homes}
-    egress.restore(victim)
+    moved = await moved_by_an_ejection(egress)
     names(egress, "one-more-key")  # the map is full ...
     names(egress, "and-another")  # ... and takes one more
-    kept = {k: names(egress, k)[0] for k in list(homes)[1:]}  # key0, the oldest, may have gone home
+    kept = {k: names(egress, k)[0] for k in list(moved)[1:]}  # key0, the oldest, may have gone home
     assert kept == {k: moved[k] for k in kept}
+
 
 async def test_passive_failures_eject_after_the_threshold(egress: Egress) -> None:
     await configure(egress, affinity=False, eject_after_failures=3)
