@@ -389,7 +389,7 @@ def _tool_choice(choice: Any) -> JSON:
         return {"type": "tool", "name": fn["name"]}
     if choice is None:
         return {}
-    raise ProviderError(f"tool_choice {choice!r} is not supported for Anthropic models")
+    raise Untranslatable(f"tool_choice {choice!r} is not supported for Anthropic models", param="tool_choice")
 
 
 def _int(value: Any) -> int | None:

@@ -229,7 +229,7 @@ def _calling_config(choice: Any) -> JSON:
     function = choice.get("function") if isinstance(choice, dict) and choice.get("type") == "function" else None
     if isinstance(function, dict) and isinstance(function.get("name"), str):
         return {"mode": "ANY", "allowedFunctionNames": [function["name"]]}
-    raise ProviderError(f"tool_choice {choice!r} cannot be sent to Gemini")
+    raise Untranslatable(f"tool_choice {choice!r} cannot be sent to Gemini", param="tool_choice")
 
 
 def _generation_config(body: JSON) -> JSON:
