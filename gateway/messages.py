@@ -69,6 +69,10 @@ class NativeCodec:
             return b"", n
         return frame(data, event=name or None), n
 
+    def feed_end(self) -> tuple[bytes, int]:
+        """Nothing: message_stop ends a Claude stream, and is relayed as it came."""
+        return b"", 0
+
     def finish(self, billing: JSON, billing_event: bool, usage: Usage) -> bytes:
         tail = bytearray()
         for name, data in self.held:

@@ -53,6 +53,10 @@ class StreamCodec(Protocol):
     def finish(self, billing: JSON, billing_event: bool, usage: Usage) -> bytes:
         """The held tail with the bill (and the usage billed) on it, and the stream's terminator."""
 
+    def feed_end(self) -> tuple[bytes, int]:
+        """The body's end, once its last event was fed and the upstream had not said it was done: what the
+        adapter still had to relay (a finish it held back), as `feed` gives it."""
+
     def error(self, err: GatewayError, request_id: str) -> bytes:
         """A failure after the headers went out, as the client's SDK expects one (Anthropic's names the
         request, as its error bodies do)."""
@@ -185,6 +189,9 @@ class ChunkCodec:
     def feed(self, event: SSEEvent) -> tuple[bytes, int]:
         return self.relay(self.adapter.parse_stream_event(self.state, event), event.data)
 
+    def feed_end(self) -> tuple[bytes, int]:
+        return self.relay(self.adapter.parse_stream_end(self.state), None)
+
     def relay(self, chunks: list[JSON], data: bytes | None) -> tuple[bytes, int]:
         """The adapter's chunks of one event (`data`: its bytes, to learn a template from; None when the
         chunks were made from a whole answer) as client bytes, the tail held for the bill."""
@@ -242,6 +249,9 @@ class ChunkCodec:
             batch, n = b"", 0
             for item in items:
                 more, k = self.feed(SSEEvent(orjson.dumps(item)))
+                batch, n = batch + more, n + k
+            if not state.done:
+                more, k = self.feed_end()
                 batch, n = batch + more, n + k
             if not state.done:
                 raise ProviderError("the answer's events ended before it finished")
@@ -328,8 +338,14 @@ def relay_read(codec: StreamCodec, decoder: SSEDecoder, data: bytes,
     not be read; what was relayed is counted in `relayed`."""
     if data and (lines := decoder.feed_run(data)) is not None:
         return _relay_run(codec, decoder, lines, relayed)
-    events = decoder.feed(data) if data else decoder.flush()  # a last event may lack its blank line
-    return _frame(codec, events, relayed)
+    if data:
+        return _frame(codec, decoder.feed(data), relayed)
+    batch, broken = _frame(codec, decoder.flush(), relayed)  # a last event may lack its blank line
+    if broken is None and not codec.state.done:  # the adapter's last word: a finish it held back (Gemini)
+        more, n = codec.feed_end()
+        relayed.text_bytes += n
+        batch += more
+    return batch, broken
 
 
 def _frame(codec: StreamCodec, events: list[SSEEvent], relayed: Relayed) -> tuple[bytes, ProviderError | None]:

@@ -42,6 +42,7 @@ from providers.types import (
     UpstreamRequest,
     Usage,
     claude_signed,
+    ends_by_itself,
     load_object,
     status_phrase,
 )
@@ -50,8 +51,8 @@ STREAM_FRAMING = "sse"
 NEEDS_INLINE_IMAGES = False
 VERBATIM_CHUNKS = False
 SUPPORTED_PARAMETERS = ("temperature", "top_p", "top_k", "max_tokens", "max_completion_tokens", "stop", "tools",
-                        "tool_choice", "parallel_tool_calls", "response_format",
-                        "structured_outputs", "reasoning", "reasoning_effort")  # what the translation carries
+                        "tool_choice", "parallel_tool_calls", "response_format", "structured_outputs", "reasoning",
+                        "reasoning_effort")  # what the translation carries
 MAX_CHOICES = 1  # the Messages API has no `n`: one answer per request
 API_VERSION = "2023-06-01"
 
@@ -268,6 +269,9 @@ def parse_stream_event(state: StreamState, event: SSEEvent) -> list[JSON]:
     name = event.event or str(data.get("type") or "")
     handler = _HANDLERS.get(name)
     return handler(state, data) if handler else []  # ping and unknown (future) events carry nothing for us
+
+
+parse_stream_end = ends_by_itself  # the stream says when it is done
 
 
 def _message_start(state: AnthropicStreamState, data: JSON) -> list[JSON]:

@@ -28,8 +28,11 @@ Decisions where the formats differ:
   totalTokenCount), completion = candidatesTokenCount + thoughtsTokenCount.
 - errors: a `google.rpc.RetryInfo` detail's `retryDelay` (Gemini sends no `Retry-After` header) becomes
   the error's `retry_after`.
-- streams have no [DONE]: the chunk with a finishReason (only the last one has it) ends the answer with a
-  finish chunk, a usage chunk when usage was reported, and `done`.
+- streams have no [DONE]: the chunk with a finishReason and the final usageMetadata (the Developer API puts
+  both on the last chunk only) ends the answer with a finish chunk, a usage chunk when usage was reported,
+  and `done`. A finishReason without usageMetadata does not end it: Vertex AI streams have been recorded
+  with `finishReason: "STOP"` on every chunk, and no usage, then an error body; such an answer ends at
+  the body's end (`parse_stream_end`), with the last finishReason seen.
 
 Pure and synchronous: no I/O, no aiohttp.
 """
@@ -254,6 +257,7 @@ def _retry_delay(details: list[Any]) -> str | None:
 class GeminiStreamState(StreamState):
     started: bool = False  # the first chunk (the one with the role) went out
     tool_calls: int = 0  # function calls relayed so far: the index of the next one
+    pending: str | None = None  # the last finishReason of a chunk without usage: the end, unless more comes
 
 
 def new_stream_state(req: ChatRequest, target: Target) -> StreamState:
@@ -271,8 +275,9 @@ def parse_stream_event(state: StreamState, event: SSEEvent) -> list[JSON]:
         error = data["error"]
         code = error.get("code") if isinstance(error, dict) else None
         raise _status_error(error, code if isinstance(code, int) and code >= 400 and code in _HTTP_STATUSES else 502)
-    if isinstance(data.get("usageMetadata"), dict):
-        state.usage = usage_from(data["usageMetadata"])  # cumulative: the last one counts
+    meta = data.get("usageMetadata")
+    if final := isinstance(meta, dict):
+        state.usage = usage_from(meta)  # cumulative: the last one counts
     candidate = _first_candidate(data)
     if candidate is None:
         if "promptFeedback" in data:  # the prompt was blocked: no candidate will come
@@ -282,9 +287,20 @@ def parse_stream_event(state: StreamState, event: SSEEvent) -> list[JSON]:
     if calls := delta.get("tool_calls"):
         delta["tool_calls"] = [{"index": state.tool_calls + i, **call} for i, call in enumerate(calls)]
         state.tool_calls += len(calls)
-    if candidate.get("finishReason"):
-        return _finish(state, delta, _finish_reason(candidate["finishReason"], state.tool_calls > 0))
+    if reason := candidate.get("finishReason"):
+        if final:
+            return _finish(state, delta, _finish_reason(reason, state.tool_calls > 0))
+        state.pending = reason  # maybe one of many (Vertex AI's every chunk): the body's end decides
     return [_chunk(state, delta, None)] if delta else []
+
+
+def parse_stream_end(state: StreamState) -> list[JSON]:
+    """The body's end: an answer whose finishReason came without usage ends here, with the last reason
+    seen, as it would have at that chunk. A body that ends without any stays unfinished (truncated)."""
+    assert isinstance(state, GeminiStreamState), "a state made by gemini.new_stream_state"
+    if state.done or state.pending is None:
+        return []
+    return _finish(state, {}, _finish_reason(state.pending, state.tool_calls > 0))
 
 
 def _finish(state: GeminiStreamState, delta: JSON, finish_reason: str) -> list[JSON]:

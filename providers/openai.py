@@ -35,6 +35,7 @@ from providers.types import (
     StreamState,
     Target,
     Usage,
+    ends_by_itself,
     load_object,
 )
 
@@ -210,6 +211,9 @@ def parse_stream_event(state: StreamState, event: SSEEvent) -> list[JSON]:
     chunk["model"] = state.public_model
     _record_chunk(state, chunk)
     return [chunk]
+
+
+parse_stream_end = ends_by_itself  # the stream says when it is done
 
 
 def _record_chunk(state: StreamState, chunk: JSON) -> None:

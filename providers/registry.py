@@ -48,6 +48,10 @@ class Adapter(Protocol):
 
     def parse_stream_event(self, state: StreamState, event: SSEEvent) -> list[JSON]: ...
 
+    def parse_stream_end(self, state: StreamState) -> list[JSON]:
+        """At the body's end, before the gateway judges the stream: the chunks the end completes (a finish
+        the adapter could not know was the last until nothing followed), usually none."""
+
 
 _ADAPTERS: dict[str, ModuleType] = {"openai": openai, "anthropic": anthropic, "gemini": gemini}
 

@@ -305,6 +305,12 @@ class UpstreamHTTPError(ProviderError):
         self.retry_after = retry_after
 
 
+def ends_by_itself(state: StreamState) -> list[JSON]:
+    """`parse_stream_end` of a kind whose streams say when they are done (OpenAI's [DONE], Claude's
+    message_stop): nothing is left to relay at the body's end."""
+    return []
+
+
 def status_phrase(status: int) -> str:
     """An HTTP status's reason phrase, the message of an error answer that says nothing itself."""
     try:

@@ -156,6 +156,8 @@ async def test_adapter_round_trip_through_fake(client: Client, fake: FakeGemini,
         decoder = SSEDecoder()
         chunks = [c async for data in resp.content.iter_any() for e in decoder.feed(data)
                   for c in gemini.parse_stream_event(state, e)]
+        chunks += [c for e in decoder.flush() for c in gemini.parse_stream_event(state, e)]
+        chunks += gemini.parse_stream_end(state)  # the recording's STOP comes without usage: the body's end ends it
         calls = [call for c in chunks for choice in c["choices"] for call in choice["delta"].get("tool_calls", [])]
         assert [(c["function"]["name"], c["function"]["arguments"]) for c in calls] == [
             ("getTemperature", '{"city":"San Jose"}')]

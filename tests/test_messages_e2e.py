@@ -21,11 +21,13 @@ from pdfs import make_pdf
 from test_apis_e2e import assert_charged, generation
 from test_billing_e2e import key_state, nano
 
-from gateway import validation
+from gateway import billing, validation
 from gateway.billing import PDF_PAGE_TOKENS
 from gateway.catalog import Catalog
 from gateway.config_load import parse
 from gateway.errors import InvalidRequest
+from gateway.state import RUNTIME
+from providers.types import Usage
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Hello"}]
 CLAUDE_COST = 705 * 3_000 + 25 * 15_000  # sdk-messages-end-turn.response.json at 3 / 15 USD per Mtok
@@ -185,6 +187,41 @@ async def test_messages_stream_translated_to_gemini(api_gateway: Gateway, claude
     assert text == expected and final.usage.output_tokens > 0
     sent = api_gateway.extra["upstreams"].gemini.last
     assert sent.method == "streamGenerateContent" and sent.body["contents"][0]["parts"] == [{"text": "Hello"}]
+
+
+@pytest.mark.parametrize("recording", ["vertexai/streaming-failure-unknown-finish-enum.txt",
+                                       "vertexai/streaming-failure-error-mid-stream.txt"], ids=["whole", "error"])
+async def test_messages_stream_from_gemini_with_a_finish_reason_on_every_chunk(
+        api_gateway: Gateway, claude: anthropic.AsyncAnthropic, recording: str) -> None:
+    """Vertex AI streams recorded with STOP on every chunk and no usage: the first chunk's STOP ended the message,
+    one chunk of text long. Every chunk's text arrives, then `end_turn` with the bill (the estimate of the text),
+    or the error body that follows the chunks, billed as a cut stream."""
+    api_gateway.extra["upstreams"].gemini.stream_recording = recording
+    before, _, _ = await key_state(api_gateway)
+    body: dict[str, Any] = {"model": "google/flash", "max_tokens": 8000, "messages": MESSAGES}
+    texts: list[str] = []
+    final, error = None, None
+    async with claude.messages.stream(**body) as stream:
+        try:
+            async for piece in stream.text_stream:
+                texts.append(piece)
+            final = await stream.get_final_message()
+        except anthropic.APIStatusError as exc:
+            error = exc
+    text = "".join(texts)
+    assert text == "".join(p.get("text", "") for c in recorded_chunks(recording) for cand in c["candidates"]
+                           for p in cand["content"]["parts"])
+    route = api_gateway.app[RUNTIME].snapshot.catalog.routes["google/flash"]
+    cost = billing.token_cost(route.price, Usage(prompt_tokens=billing.estimate_prompt_tokens(body),
+                                                 completion_tokens=billing.estimate_tokens(len(text.encode()))))
+    if recording.endswith("unknown-finish-enum.txt"):
+        assert error is None and final is not None and final.stop_reason == "end_turn"
+        assert final.usage.output_tokens == billing.estimate_tokens(len(text.encode()))
+        gen_id = final.id
+    else:
+        assert final is None and error is not None and "The operation was cancelled" in str(error.message)
+        gen_id = stream.current_message_snapshot.id
+    await assert_charged(api_gateway, before, cost, gen_id, "messages")
 
 
 SIGNED = "googleai/{}-success-thinking-function-call-thought-summary-signature.{}"

@@ -197,12 +197,14 @@ def test_error_object_in_a_200_answer() -> None:
 
 
 def recorded_stream(path: Path) -> list[dict[str, Any]]:
-    """The recording's data events up to the one that ends the answer (finishReason, or a blocked prompt)."""
+    """The recording's data events up to the one that ends the answer (finishReason with usageMetadata, or a
+    blocked prompt), else all of them: a finishReason without usage (Vertex AI's on every chunk) ends nothing."""
     chunks = []
     for event in recorded_events(str(path.relative_to(WIRE))):
         if event.startswith(b"data:"):
             chunks.append(json.loads(event.strip().removeprefix(b"data:")))
-            if chunks[-1].get("candidates", [{}])[0].get("finishReason") or not chunks[-1].get("candidates"):
+            finished = chunks[-1].get("candidates", [{}])[0].get("finishReason") and "usageMetadata" in chunks[-1]
+            if finished or not chunks[-1].get("candidates"):
                 break
     return chunks
 
@@ -222,21 +224,31 @@ STREAM_EXPECTED: dict[str, tuple[str | None, int]] = {
     "googleai/streaming-success-thinking-function-call-thought-summary-signature": ("tool_calls", 1),
     "googleai/streaming-success-thinking-reply-thought-summary": ("stop", 0),
     "googleai/streaming-success-url-context": ("stop", 0),
-    # these Vertex mocks put STOP on every chunk; Gemini sends it on the last one only, so the first ends
-    "vertexai/streaming-failure-error-mid-stream": ("stop", 0),
+    # these Vertex mocks put STOP on every chunk, without usage: the answer ends at the body's end, with the last
+    # reason (FAKE_ENUM, "stop"), or in the error body that follows the chunks (raised, below)
+    "vertexai/streaming-failure-error-mid-stream": (None, 0),
     "vertexai/streaming-failure-finish-reason-safety": ("content_filter", 0),
     "vertexai/streaming-failure-unknown-finish-enum": ("stop", 0),
     "vertexai/streaming-success-function-call-short": ("tool_calls", 1),
 }
 
 
-def translate_stream(raw: bytes, chunk_size: int) -> tuple[list[dict[str, Any]], Any]:
+# the recordings whose body ends in an error (unframed): (status, code) raised once the chunks before it are out
+STREAM_ERRORS = {"googleai/streaming-failure-image-rejected": (400, "INVALID_ARGUMENT"),
+                 "vertexai/streaming-failure-error-mid-stream": (502, "CANCELLED")}  # code 499 is no HTTP status
+
+
+def translate_stream(raw: bytes, chunk_size: int,
+                     out: list[dict[str, Any]] | None = None) -> tuple[list[dict[str, Any]], Any]:
+    """The chunks of a body read `chunk_size` bytes at a time, the body's end included, as the gateway reads
+    it (`out`: where they go, to see them when an error is raised)."""
     state = gemini.new_stream_state(ChatRequest(body={"model": "m", "messages": []}, stream=True), TARGET)
     decoder = SSEDecoder()
-    out: list[dict[str, Any]] = []
+    out = [] if out is None else out
     pieces = [decoder.feed(raw[i:i + chunk_size]) for i in range(0, len(raw), chunk_size)]
     for event in [e for events in pieces for e in events] + decoder.flush():
         out.extend(gemini.parse_stream_event(state, event))
+    out.extend(gemini.parse_stream_end(state))
     return out, state
 
 
@@ -266,12 +278,15 @@ def test_every_stream_recording_is_covered() -> None:
 @pytest.mark.parametrize("chunk_size", [1 << 20, 7], ids=["whole", "every_7"])
 def test_recorded_stream_translation(path: Path, chunk_size: int) -> None:
     finish_reason, call_count = STREAM_EXPECTED[case_id(path)]
-    if case_id(path) == "googleai/streaming-failure-image-rejected":  # an unframed error body: the error
-        with pytest.raises(UpstreamHTTPError) as info:
-            translate_stream(path.read_bytes(), chunk_size)
-        assert (info.value.status, info.value.code) == (400, "INVALID_ARGUMENT")
-        return
     expected = expected_answer(recorded_stream(path))
+    if case_id(path) in STREAM_ERRORS:  # an unframed error body after the chunks (if any): every chunk, the error
+        chunks: list[dict[str, Any]] = []
+        with pytest.raises(UpstreamHTTPError) as info:
+            translate_stream(path.read_bytes(), chunk_size, chunks)
+        assert (info.value.status, info.value.code) == STREAM_ERRORS[case_id(path)]
+        got = aggregate(chunks)
+        assert (got["content"], got["finish"], got["usage"]) == (expected["content"], [], [])
+        return
     chunks, state = translate_stream(path.read_bytes(), chunk_size)
     for chunk in chunks:
         assert_valid("CreateChatCompletionStreamResponse", chunk)
@@ -338,6 +353,7 @@ def test_stream_tool_calls_count_across_chunks() -> None:
     state = new_state()
     chunks = gemini.parse_stream_event(state, call_chunk("a", {"x": 1}))
     chunks += gemini.parse_stream_event(state, call_chunk("b", {}, "STOP"))
+    chunks += gemini.parse_stream_end(state)  # STOP without usage: the answer ends with the body
     calls = [call for c in chunks for choice in c["choices"] for call in choice["delta"].get("tool_calls", [])]
     assert [(c["index"], c["function"]["name"], c["function"]["arguments"]) for c in calls] == [
         (0, "a", '{"x":1}'), (1, "b", "{}")]
@@ -349,8 +365,41 @@ def test_stream_tool_calls_count_across_chunks() -> None:
 def test_stream_unknown_finish_enum_and_no_usage() -> None:
     state = new_state()
     event = SSEEvent(b'{"candidates":[{"content":{"parts":[{"text":"x"}]},"finishReason":"NEW_REASON"}]}')
-    chunks = gemini.parse_stream_event(state, event)
+    chunks = gemini.parse_stream_event(state, event) + gemini.parse_stream_end(state)
     assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, "stop"]  # no usage chunk: none reported
+
+
+def text_chunk(text: str, finish: str, usage: dict[str, int] | None = None) -> SSEEvent:
+    data: dict[str, Any] = {"candidates": [{"content": {"parts": [{"text": text}]}, "finishReason": finish}]}
+    if usage is not None:
+        data["usageMetadata"] = usage
+    return SSEEvent(orjson.dumps(data))
+
+
+def test_a_finish_reason_on_every_chunk_ends_the_answer_at_the_body_end_with_the_last() -> None:
+    """Vertex AI's recorded streams put finishReason on every chunk and report no usage: the first chunk's did
+    not end the answer (its text alone was relayed, as complete); the last reason seen ends it, once."""
+    state = new_state()
+    chunks = [c for text, finish in (("a", "STOP"), ("b", "STOP"), ("c", "SAFETY"))
+              for c in gemini.parse_stream_event(state, text_chunk(text, finish))]
+    assert not state.done and state.finish_reason is None  # cut here, the stream is cut, not finished
+    chunks += gemini.parse_stream_end(state)
+    assert [(c["choices"][0]["delta"].get("content"), c["choices"][0]["finish_reason"]) for c in chunks] == [
+        ("a", None), ("b", None), ("c", None), (None, "content_filter")]
+    assert (state.finish_reason, state.done) == ("content_filter", True)
+    assert gemini.parse_stream_end(state) == []
+
+
+def test_a_finish_reason_with_the_usage_ends_the_answer_at_once() -> None:
+    """The Developer API's last chunk: finishReason and the final usage; nothing after it is relayed."""
+    state = new_state()
+    usage = {"promptTokenCount": 3, "candidatesTokenCount": 2, "totalTokenCount": 5}
+    chunks = gemini.parse_stream_event(state, text_chunk("a", "STOP"))
+    chunks += gemini.parse_stream_event(state, text_chunk("b", "MAX_TOKENS", usage))
+    assert state.done and state.finish_reason == "length"
+    assert gemini.parse_stream_event(state, text_chunk("c", "STOP")) + gemini.parse_stream_end(state) == []
+    assert [c["choices"][0]["finish_reason"] if c["choices"] else c["usage"]["total_tokens"] for c in chunks] == [
+        None, None, "length", 5]
 
 
 def test_stream_blocked_prompt_is_a_refusal() -> None:

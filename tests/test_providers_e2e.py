@@ -17,11 +17,14 @@ from fakes.anthropic_upstream import WIRE as ANTHROPIC_WIRE
 from fakes.anthropic_upstream import FakeAnthropic
 from fakes.gemini_upstream import recorded_chunks
 from harness import Gateway, start_gateway, validate
+from test_apis_e2e import assert_charged
+from test_billing_e2e import key_state
 
 from gateway import billing
 from gateway.config_load import parse
 from gateway.state import RUNTIME
 from providers import gemini_request
+from providers.types import Usage
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
 PIXEL = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQ"
@@ -209,6 +212,73 @@ async def test_gemini_streamed_tool_call(gw: Gateway, all_upstreams: Upstreams) 
     assert finish == "tool_calls"
     declared = all_upstreams.gemini.last.body["tools"][0]["functionDeclarations"][0]
     assert declared["name"] == "get_weather"
+
+
+# Vertex AI streams recorded with finishReason STOP on every chunk and no usageMetadata: the first chunk's STOP
+# ended the answer, so the client got that chunk's text as the whole answer, billed for it alone
+EVERY_CHUNK_STOP = "vertexai/streaming-failure-unknown-finish-enum.txt"  # six chunks, FAKE_ENUM on the last
+ERROR_AFTER_TWO = "vertexai/streaming-failure-error-mid-stream.txt"  # two chunks, then a bare error body
+
+
+async def estimated_bill(gateway: Gateway, body: dict[str, Any], text: str) -> tuple[Usage, int]:
+    """The usage and cost billed for a stream without upstream usage: the gateway's estimate of the prompt and of
+    the text relayed."""
+    usage = Usage(prompt_tokens=billing.estimate_prompt_tokens(body),
+                  completion_tokens=billing.estimate_tokens(len(text.encode())))
+    return usage, billing.token_cost(gateway.app[RUNTIME].snapshot.catalog.routes[body["model"]].price, usage)
+
+
+@pytest.mark.parametrize("include_usage", [False, True], ids=["plain", "include_usage"])
+async def test_a_stream_with_a_finish_reason_on_every_chunk_reaches_the_client_whole(api_gateway: Gateway,
+                                                                                     include_usage: bool) -> None:
+    """Every chunk's text, one finish chunk with the last reason (an unknown enum: stop), billed the estimate of all
+    the text (no usage was reported), the usage chunk saying so."""
+    api_gateway.extra["upstreams"].gemini.stream_recording = EVERY_CHUNK_STOP
+    before, _, _ = await key_state(api_gateway)
+    body: dict[str, Any] = {"model": "google/flash", "messages": MESSAGES, "stream": True}
+    if include_usage:
+        body["stream_options"] = {"include_usage": True}
+    chunks = [chunk async for chunk in await api_gateway.openai().chat.completions.create(**body)]
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    assert text == gemini_text(recorded_chunks(EVERY_CHUNK_STOP)) and len(text) > 2000
+    finishes = [chunk for chunk in chunks if chunk.choices and chunk.choices[0].finish_reason]
+    assert [chunk.choices[0].finish_reason for chunk in finishes] == ["stop"]
+    usage, cost = await estimated_bill(api_gateway, body, text)
+    assert round((finishes[0].model_extra or {})["billing"]["request_cost"] * 1e9) == cost
+    if include_usage:
+        assert chunks[-1].choices == [] and chunks[-1].usage is not None
+        assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (usage.prompt_tokens,
+                                                                                        usage.completion_tokens)
+    else:
+        assert chunks[-1] is finishes[0]
+    await assert_charged(api_gateway, before, cost, chunks[0].id, "chat")
+    record = await api_gateway.app[RUNTIME].store.get_generation(api_gateway.key_id, chunks[0].id)
+    assert record is not None
+    assert (record["finish_reason"], record["estimated"], record["status"]) == ("stop", "1", "200")
+
+
+async def test_a_stream_ending_in_an_error_body_after_finished_chunks_ends_in_that_error(api_gateway: Gateway) -> None:
+    """Both chunks (each with STOP) reach the client, then the error body that follows them is the stream's error
+    event (it was never read: the first STOP ended the stream as a success), billed as a cut stream: the estimate
+    of the text relayed, no finish."""
+    api_gateway.extra["upstreams"].gemini.stream_recording = ERROR_AFTER_TWO
+    before, _, _ = await key_state(api_gateway)
+    body: dict[str, Any] = {"model": "google/flash", "messages": MESSAGES, "stream": True}
+    stream = await api_gateway.openai().chat.completions.create(**body)
+    text, ids, finishes = "", set(), []
+    with pytest.raises(openai.APIError) as info:
+        async for chunk in stream:
+            ids.add(chunk.id)
+            text += chunk.choices[0].delta.content or ""
+            finishes += [chunk.choices[0].finish_reason] if chunk.choices[0].finish_reason else []
+    assert text == gemini_text(recorded_chunks(ERROR_AFTER_TWO)) == "First Second "
+    assert finishes == []
+    assert "The operation was cancelled" in str(info.value.message) and info.value.code == "upstream_error"
+    [gen_id] = ids
+    await assert_charged(api_gateway, before, (await estimated_bill(api_gateway, body, text))[1], gen_id, "chat")
+    record = await api_gateway.app[RUNTIME].store.get_generation(api_gateway.key_id, gen_id)
+    assert record is not None
+    assert (record["finish_reason"], record["estimated"], record["status"]) == ("", "1", "502")
 
 
 async def test_gemini_vision_inline_and_no_fetch_of_private_urls(gw: Gateway, all_upstreams: Upstreams) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import openai
 import orjson
 import pytest
+from fakes.gemini_upstream import recorded_chunks
 
 from gateway import streaming
 from gateway.endpoints import CompletionCodec
@@ -124,3 +125,24 @@ async def test_an_n2_stream_cut_while_one_choice_still_runs_is_truncated_not_com
     with pytest.raises(UpstreamFailed) as info:
         await streaming.pump(Resp(), codec, Out(), 5.0, 1.0, streaming.Relayed(), lambda: 0.0)  # type: ignore[arg-type]
     assert info.value.code == "upstream_truncated"
+
+
+def test_a_gemini_chunk_array_with_a_finish_reason_on_every_chunk_replays_whole() -> None:
+    """`streamGenerateContent` without `alt=sse` answers its chunks as one JSON array. Vertex AI's recorded with
+    STOP on every chunk and no usage gave the first chunk's text alone, as a complete answer; it replays every
+    chunk's text and one finish chunk, the last reason's (an unknown enum: stop), as its SSE stream does."""
+    name = "vertexai/streaming-failure-unknown-finish-enum.txt"
+    adapter = registry.get("gemini")
+    target = Target(provider="google", upstream_model="gemini-2.0-flash", public_model="google/flash", base_url="",
+                    api_key="")
+    codec = streaming.ChunkCodec(adapter, adapter.new_stream_state(ChatRequest(body={}, stream=True), target),
+                                 "gen-1", False)
+    raw, n = codec.replay(orjson.dumps(recorded_chunks(name)), target)
+    chunks = client_chunks(raw + codec.finish(BILLING, False, codec.state.usage))
+    text = "".join(chunk["choices"][0]["delta"].get("content") or "" for chunk in chunks)
+    assert text == "".join(part["text"] for chunk in recorded_chunks(name)
+                           for part in chunk["candidates"][0]["content"]["parts"])
+    assert n == len(text.encode())
+    assert [chunk["choices"][0]["finish_reason"] for chunk in chunks if chunk["choices"][0]["finish_reason"]] \
+        == ["stop"]
+    assert codec.state.done and codec.state.finish_reason == "stop"
