@@ -30,6 +30,14 @@ class Price:
     per_web_search: int = 0  # per search an upstream ran itself (Anthropic's web_search server tool)
 
 
+@dataclass(slots=True)
+class Learned:
+    """What the gateway learned about one provider from its answers, shared by that provider's routes: kept
+    in-process, and forgotten on reload (a new catalog starts afresh)."""
+
+    refuses_stream_options: bool = False  # a strict server refused the `stream_options` the gateway adds
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     model_id: str  # the catalog id ("openai/gpt-5")
@@ -39,9 +47,13 @@ class Route:
     price: Price
     model: ModelConfig
     limits: LimitsConfig
+    learned: Learned = field(default_factory=Learned, compare=False)
 
     keyless: Target = field(init=False, repr=False, compare=False)
     keyed: Target = field(init=False, repr=False, compare=False)  # with the configured key
+    # the same, asking no usage of a stream: for a provider that `learned` refuses `stream_options`
+    quiet_keyless: Target = field(init=False, repr=False, compare=False)
+    quiet_keyed: Target = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keyless", Target(
@@ -58,13 +70,17 @@ class Route:
             keep_reasoning_details=self.provider.keeps_reasoning_details,
         ))
         object.__setattr__(self, "keyed", replace(self.keyless, api_key=self.provider.api_key))
+        object.__setattr__(self, "quiet_keyless", without_stream_options(self.keyless))
+        object.__setattr__(self, "quiet_keyed", without_stream_options(self.keyed))
 
-    def target(self, api_key: str) -> Target:
+    def target(self, api_key: str, quiet: bool = False) -> Target:
         """What the adapter needs to build this route's upstream request: built once for the configured key
-        (dataclasses.replace costs more than a request's auth), per call for a client's own key."""
-        if api_key == self.keyed.api_key:
-            return self.keyed
-        return replace(self.keyless, api_key=api_key) if api_key else self.keyless
+        (dataclasses.replace costs more than a request's auth), per call for a client's own key. `quiet`:
+        without the `stream_options` the gateway would add (the client sent none, and the provider refuses it)."""
+        keyed, keyless = (self.quiet_keyed, self.quiet_keyless) if quiet else (self.keyed, self.keyless)
+        if api_key == keyed.api_key:
+            return keyed
+        return replace(keyless, api_key=api_key) if api_key else keyless
 
     def public_info(self, created: int) -> dict[str, Any]:
         """The /v1/models entry: OpenAI's Model object plus what a client needs to choose and budget."""
@@ -103,10 +119,16 @@ class Route:
         return [p for p in registry.get(self.provider.kind).SUPPORTED_PARAMETERS if p not in dropped]
 
 
+def without_stream_options(target: Target) -> Target:
+    """The target with `stream_options` dropped: the adapters then add none (and a client's own goes too)."""
+    return target if "stream_options" in target.drop else replace(target, drop=(*target.drop, "stream_options"))
+
+
 class Catalog:
     def __init__(self, config: Config) -> None:
         self.routes: dict[str, Route] = {}
         self._aliases: dict[str, str] = {}
+        learned = {name: Learned() for name in config.providers}  # per provider, for all its models
         for mid, model in config.models.items():
             provider_name, _, rest = mid.partition("/")
             price = model.price
@@ -121,6 +143,7 @@ class Catalog:
                             to_nano(price.per_web_search)),
                 model=model,
                 limits=model.limits or config.limits.default,
+                learned=learned[provider_name],
             )
             for alias in model.aliases:
                 self._aliases[alias] = mid

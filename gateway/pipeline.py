@@ -24,7 +24,7 @@ from aiohttp import web
 from egress.pool import Egress, EgressUnavailable
 from gateway import caps, limits, metering, metrics, presets, resilience, routing, streaming, validation
 from gateway.auth import model_allowed
-from gateway.catalog import Route
+from gateway.catalog import Route, without_stream_options
 from gateway.config import Config
 from gateway.errors import Forbidden, GatewayError, InvalidRequest, Unavailable, UpstreamFailed
 from gateway.exchange import Endpoint, Exchange
@@ -163,7 +163,8 @@ async def _serve(request: web.Request, config: Config, route: Route, body: dict[
         body = caps.fill_max_tokens(body, key, route.model.max_output_tokens)
     streamed = bool(body.get("stream"))
     clean = {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
-    target = _capped(route.target(api_key), key.max_tokens)
+    quiet = streamed and route.learned.refuses_stream_options and "stream_options" not in clean
+    target = _capped(route.target(api_key, quiet), key.max_tokens)
     inline = exchange.needs_inline_images and has_remote_images(clean)
     upstream_request = None if inline else _translate(exchange, route, clean, target, streamed)
     ticket = await metering.admit(runtime.store, runtime.settlements, config, route, key, body, byok, streamed,
@@ -207,6 +208,12 @@ async def _call(request: web.Request, route: Route, op: Endpoint, exchange: Exch
     try:
         if resp.status >= 300:
             raw = await read_body(resp, t.between_chunks_s)
+            if _refused_added_stream_options(resp.status, raw, upstream_request, clean, target):
+                resp.close()
+                target = _learn_refuses_stream_options(route, target)
+                upstream_request = _translate(exchange, route, clean, target, ticket.streamed)
+                return await _call(request, route, op, exchange, upstream_request, clean, target, api_key, byok,
+                                   ticket, outcome)
             # scrubbed whole, before an adapter cuts its text short: a key cut in two is no longer recognised
             err = exchange.parse_error(resp.status, scrub(raw.decode("utf-8", "replace")).encode())
             outcome.status = request[LOG]["upstream_status"] = resp.status
@@ -227,6 +234,26 @@ async def _call(request: web.Request, route: Route, op: Endpoint, exchange: Exch
         return await _relay_json(resp, exchange, op, clean, target, ticket, outcome, scrub)
     finally:
         resp.close()
+
+
+def _refused_added_stream_options(status: int, raw: bytes, sent: UpstreamRequest, clean: dict[str, Any],
+                                  target: Target) -> bool:
+    """A strict OpenAI-compatible server (Pydantic's `extra="forbid"`: 400 or 422 `extra_forbidden`) refused the
+    `stream_options` the gateway added to a stream whose client sent none: the request may go again without it,
+    since nothing was generated. A client's own `stream_options` gets the refusal, as it would from the server."""
+    return (status in (400, 422) and sent.stream and "stream_options" not in clean
+            and "stream_options" not in target.drop and b"stream_options" in raw
+            and b'"stream_options":' in sent.body)
+
+
+def _learn_refuses_stream_options(route: Route, target: Target) -> Target:
+    """Remember (for this config's life, in this process) that the provider refuses `stream_options`, saying so
+    once; the target to send this request again with."""
+    if not route.learned.refuses_stream_options:
+        route.learned.refuses_stream_options = True
+        log.warning("upstream refuses stream_options; its streams are sent without it from now on",
+                    provider=route.provider_name, model=route.model_id)
+    return without_stream_options(target)
 
 
 def _capped(target: Target, key_cap: int | None) -> Target:

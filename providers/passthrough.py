@@ -29,7 +29,8 @@ def build_request(path: str, body: JSON, target: Target, stream: bool = False) -
     if stream:
         options = out.get("stream_options")
         out["stream"] = True
-        out["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+        if "stream_options" not in target.drop:  # as the chat adapter: a server that refuses the field
+            out["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
     else:
         out.pop("stream", None)
         out.pop("stream_options", None)

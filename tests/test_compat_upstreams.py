@@ -24,6 +24,7 @@ from harness import SHARED, Gateway, start_gateway, validate
 from test_upstream_oddities import RawUpstream, call, http, ledger, nano, sse
 
 from gateway.config_load import parse
+from gateway.state import RUNTIME, Snapshot
 
 raw_upstream, odd = oddities.raw_upstream, oddities.odd  # its raw upstream and the gateway in front of it
 
@@ -531,13 +532,15 @@ MISTRAL_422 = {"object": "error", "message": {"detail": [{
 class RefusesStreamOptions(RawUpstream):
     """Mistral's chat endpoint: 422 extra_forbidden to `stream_options`, else a stream with usage on its end."""
 
+    refusal = http(422, json.dumps(MISTRAL_422).encode())
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
         headers = {k.strip().lower(): v.strip() for k, _, v in (
             line.partition(":") for line in head.decode("latin-1").split("\r\n")[1:] if line)}
         body = json.loads(await reader.readexactly(int(headers.get("content-length", "0"))))
         self.requests.append({"body": body})
-        writer.write(http(422, json.dumps(MISTRAL_422).encode()) if "stream_options" in body else self.answer)
+        writer.write(self.refusal if "stream_options" in body else self.answer)
         await writer.drain()
         writer.close()
 
@@ -580,3 +583,103 @@ async def test_a_server_that_refuses_stream_options_streams_and_bills(mistral: t
     assert (got["prompt_tokens"], got["completion_tokens"]) == (9, 2)
     after, _, held = await ledger(gw)
     assert before - after == nano(bill["request_cost"]) == 9 * 2_000 + 2 * 6_000 and held == 0
+
+
+# Other strict servers (Pydantic's `extra="forbid"`): FastAPI's own 422, and a 400 in OpenAI's error shape
+EXTRA_FORBIDDEN = [{"type": "extra_forbidden", "loc": ["body", "stream_options"],
+                    "msg": "Extra inputs are not permitted", "input": {"include_usage": True}}]
+STRICT_REFUSALS = {
+    "fastapi-422": http(422, json.dumps({"detail": EXTRA_FORBIDDEN}).encode()),
+    "openai-shaped-400": http(400, json.dumps({"error": {
+        "message": str(EXTRA_FORBIDDEN), "type": "BadRequestError", "param": None, "code": 400}}).encode()),
+}
+STRICT_USAGE = {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}
+STRICT_CHAT = sse({**HEAD, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"},
+                                         "finish_reason": None}]},
+                  {**HEAD, "usage": STRICT_USAGE, "choices": [{"index": 0, "delta": {"content": "!"},
+                                                               "finish_reason": "stop"}]},
+                  "data: [DONE]\n\n")
+STRICT_TEXT = sse({**TEXT, "choices": [{"text": "Hi", "index": 0, "logprobs": None, "finish_reason": None}]},
+                  {**TEXT, "usage": STRICT_USAGE,
+                   "choices": [{"text": "!", "index": 0, "logprobs": None, "finish_reason": "stop"}]},
+                  "data: [DONE]\n\n")
+# (client API, model, upstream's stream, its prices in nano-dollars per token): a chat model's completions go
+# upstream as chat; a native one's (apis_config: 1.5 and 2 USD per million tokens) pass through
+STRICT_CASES = {
+    "chat": ("chat", "oai/gpt-4o", STRICT_CHAT, (INPUT_NANO, OUTPUT_NANO)),
+    "completions": ("completions", "oai/gpt-4o", STRICT_CHAT, (INPUT_NANO, OUTPUT_NANO)),
+    "native-completions": ("completions", "oai/gpt-3.5-turbo-instruct", STRICT_TEXT, (1_500, 2_000)),
+}
+
+
+async def stream_through_sdk(gw: Gateway, api: str, model: str = "oai/gpt-4o",
+                             **extra: Any) -> tuple[str, dict[str, Any]]:
+    """A stream asked with the official SDK: its text and its bill."""
+    client = gw.openai()
+    if api == "chat":
+        stream: Any = await client.chat.completions.create(model=model, messages=MESSAGES,  # type: ignore[arg-type]
+                                                           stream=True, **extra)
+    else:
+        stream = await client.completions.create(model=model, prompt="hi", stream=True, **extra)
+    text, bill = "", {}
+    async for chunk in stream:
+        bill = (chunk.model_extra or {}).get("billing") or bill
+        for choice in chunk.choices:
+            text += (choice.delta.content or "") if api == "chat" else choice.text
+    return text, bill
+
+
+@pytest.mark.parametrize("case", list(STRICT_CASES))
+@pytest.mark.parametrize("refusal", list(STRICT_REFUSALS))
+async def test_a_strict_server_refusing_the_stream_options_the_gateway_added_streams_without_them(
+        mistral: tuple[Gateway, RefusesStreamOptions], log_lines: Any, refusal: str, case: str) -> None:
+    """The gateway adds `stream_options.include_usage` to every stream; a strict server (Pydantic's
+    `extra="forbid"`) answers 400 or 422 `extra_forbidden`, and every stream to it failed with an error about a
+    field the client never sent. It is sent once more without it (nothing was generated), and the provider
+    is remembered: its next streams go without it at once. Billed from the usage on the stream's end."""
+    gw, up = mistral
+    api, model, up.answer, (input_nano, output_nano) = STRICT_CASES[case]
+    up.refusal = STRICT_REFUSALS[refusal]
+    cost = 9 * input_nano + 2 * output_nano
+    before = await ledger(gw)
+    for _ in range(2):
+        text, bill = await stream_through_sdk(gw, api, model)
+        assert text == "Hi!"
+        assert nano(bill["request_cost"]) == cost and bill["estimated"] is False
+    bodies = [r["body"] for r in up.requests]
+    assert ["stream_options" in b for b in bodies] == [True, False, False]  # retried once, then remembered
+    assert {k: v for k, v in bodies[0].items() if k != "stream_options"} == bodies[1] == bodies[2]
+    after = await ledger(gw)
+    assert before[0] - after[0] == 2 * cost and after[2] == 0
+    learned = [line for line in log_lines() if "stream_options" in line["event"]]
+    assert [line["level"] for line in learned] == ["warning"], learned
+    assert learned[0]["provider"] == "oai"
+
+
+async def test_a_client_that_sent_stream_options_itself_gets_the_strict_servers_refusal(
+        mistral: tuple[Gateway, RefusesStreamOptions]) -> None:
+    """The field is the client's own: the server's 422 is its answer, as it would be without the gateway;
+    nothing is sent again and nothing is charged."""
+    gw, up = mistral
+    up.refusal, up.answer = STRICT_REFUSALS["fastapi-422"], STRICT_CHAT
+    before = await ledger(gw)
+    status, raw = await call(gw, "/v1/chat/completions", {"model": "oai/gpt-4o", "messages": MESSAGES, "stream": True,
+                                                          "stream_options": {"include_usage": True}})
+    payload = json.loads(raw)
+    assert 400 <= status < 500, payload
+    validate(payload, "ErrorResponse")
+    assert "Extra inputs are not permitted" in payload["error"]["message"]
+    assert len(up.requests) == 1
+    assert await ledger(gw) == before
+
+
+async def test_what_a_provider_refuses_is_forgotten_on_reload(mistral: tuple[Gateway, RefusesStreamOptions]) -> None:
+    """A reload builds a new catalog: the server may have been fixed, or the provider's URL now points at
+    another; its streams ask for usage again (and learn again if still refused)."""
+    gw, up = mistral
+    up.answer = STRICT_CHAT
+    runtime = gw.app[RUNTIME]
+    assert (await stream_through_sdk(gw, "chat"))[0] == "Hi!"
+    runtime.snapshot = Snapshot.of(runtime.snapshot.config)
+    assert (await stream_through_sdk(gw, "chat"))[0] == "Hi!"
+    assert ["stream_options" in r["body"] for r in up.requests] == [True, False, True, False]
