@@ -9,10 +9,10 @@ stays behind; what would change the answer's meaning if dropped (`logprobs`,
 - Consecutive messages of one role share one turn; `tool` messages become `tool_result` blocks of a user
   turn, which a following user message joins, so turns alternate. A turn that is one plain text is sent
   as a string, as the SDK does. Empty texts are left out (Anthropic rejects empty text blocks).
-- Images: `data:` URIs -> base64 source blocks, http(s) URLs -> url source blocks (Anthropic fetches them).
+- Content parts (text, images, inline PDF files) become Claude's blocks in `providers.anthropic_parts`.
 - `tool_choice`: auto -> auto, none -> `{"type": "none"}` (tools are still sent, so `tool_use` blocks in
-  the history stay valid), required -> any, a named function -> tool; `parallel_tool_calls: false` ->
-  `disable_parallel_tool_use`.
+  the history stay valid), required -> any, a named function -> tool, `allowed_tools` -> its tools alone
+  with its mode (`providers.types.allowed_tools`); `parallel_tool_calls: false` -> `disable_parallel_tool_use`.
 - `response_format` `json_schema` / `json_object` becomes one more tool, `json_response_format`, whose
   `input_schema` is the client's schema (`{"type": "object"}` for json_object), forced with
   `tool_choice: {"type": "tool"}` (Anthropic's own recipe for JSON output); `providers.anthropic` reads that
@@ -55,6 +55,7 @@ import re
 from typing import Any
 
 from providers import reasoning
+from providers.anthropic_parts import parts
 from providers.types import (
     JSON,
     THINKING_BLOCKS,
@@ -62,6 +63,7 @@ from providers.types import (
     ProviderError,
     Target,
     Untranslatable,
+    allowed_tools,
     assistant_text,
     claude_thinking,
     refuse_openai_only,
@@ -208,13 +210,13 @@ def translate_messages(messages: list[Any]) -> tuple[list[JSON], list[JSON]]:
             raise ProviderError(f"messages[{i}] is not an object")
         role = msg.get("role")
         if role in ("system", "developer"):
-            blocks = _parts(msg.get("content"), f"messages[{i}]")
+            blocks = parts(msg.get("content"), f"messages[{i}]")
             if any(block["type"] != "text" for block in blocks):
                 raise ProviderError(f"messages[{i}]: system messages can hold only text for Anthropic models")
             system.extend(blocks)
             continue
         if role == "user":
-            blocks = _parts(msg.get("content"), f"messages[{i}]")
+            blocks = parts(msg.get("content"), f"messages[{i}]")
         elif role == "assistant":
             blocks = _assistant_blocks(msg, i)
         elif role == "tool":
@@ -234,51 +236,8 @@ def translate_messages(messages: list[Any]) -> tuple[list[JSON], list[JSON]]:
     return system, turns
 
 
-def _parts(content: Any, where: str) -> list[JSON]:
-    """Text / image blocks of an OpenAI message content (a string or a list of parts)."""
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    if not isinstance(content, list):
-        raise ProviderError(f"{where}.content must be a string or a list of parts")
-    blocks: list[JSON] = []
-    for j, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind in ("text", "refusal"):
-            text = part.get(kind)
-            if not isinstance(text, str):
-                raise ProviderError(f"{where}.content[{j}] has no {kind} string")
-            if not text:
-                continue
-            block: JSON = {"type": "text", "text": text}
-        elif kind == "image_url":
-            block = _image(part.get("image_url"), f"{where}.content[{j}]")
-        else:
-            raise ProviderError(f"{where}.content[{j}]: part type {kind!r} is not supported for Anthropic models")
-        if isinstance(part.get("cache_control"), dict):
-            block["cache_control"] = part["cache_control"]
-        blocks.append(block)
-    return blocks
-
-
-def _image(image: Any, where: str) -> JSON:
-    url = image.get("url") if isinstance(image, dict) else image
-    if not isinstance(url, str):
-        raise ProviderError(f"{where}: image_url has no url")
-    if url.startswith("data:"):
-        header, comma, data = url[5:].partition(",")
-        media_type, _, encoding = header.partition(";")
-        if not comma or encoding != "base64" or not media_type:
-            raise ProviderError(f"{where}: image data URIs must be data:<media type>;base64,<data>")
-        return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
-    if url.startswith(("https://", "http://")):
-        return {"type": "image", "source": {"type": "url", "url": url}}
-    raise ProviderError(f"{where}: image URLs must be https:// or data: URIs")
-
-
 def _assistant_blocks(msg: JSON, i: int) -> list[JSON]:
-    blocks = _parts(msg.get("content"), f"messages[{i}]")
+    blocks = parts(msg.get("content"), f"messages[{i}]")
     if not blocks and (text := assistant_text(msg, f"messages[{i}]")):
         blocks = [{"type": "text", "text": text}]
     calls = msg.get("tool_calls") or []
@@ -307,7 +266,7 @@ def _tool_result(msg: JSON, i: int) -> JSON:
     if isinstance(content, str):
         if content:
             block["content"] = content
-    elif content := _parts(content, f"messages[{i}]"):
+    elif content := parts(content, f"messages[{i}]"):
         block["content"] = content
     return block
 
@@ -315,9 +274,11 @@ def _tool_result(msg: JSON, i: int) -> JSON:
 def _tools(src: JSON, out: JSON, model: str) -> None:
     """`tools`, `tool_choice`, `parallel_tool_calls` and `response_format` -> Anthropic's tools and tool_choice
     for the upstream `model`."""
-    tools = src.get("tools")
+    tools, asked = src.get("tools"), src.get("tool_choice")
+    if (allowed := allowed_tools(asked, tools)) is not None:
+        asked, tools = allowed
     converted = [_tool(tool, j, model) for j, tool in enumerate(tools)] if isinstance(tools, list) else []
-    choice = _tool_choice(src.get("tool_choice")) if converted else {}
+    choice = _tool_choice(asked) if converted else {}
     answer_tool = _answer_tool(src.get("response_format"), model)
     if answer_tool is not None and choice.get("type") in (None, "auto", "none"):
         if any(spec["name"] == JSON_TOOL for spec in converted):

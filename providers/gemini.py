@@ -10,7 +10,8 @@ Decisions where the formats differ:
 - images, audio and files must be base64 data: URIs (the gateway inlines https image URLs first).
 - tool schemas within the OpenAPI subset of Gemini's `Schema` go as `parameters`, others (strict OpenAI tools:
   `additionalProperties`, type lists, `$ref`, an `enum` of anything but strings) as `parametersJsonSchema`;
-  the same for `responseSchema`.
+  the same for `responseSchema`. `tool_choice` `allowed_tools` sends only the tools it allows, with its mode
+  (auto -> AUTO, required -> ANY; `providers.types.allowed_tools`).
 - `reasoning_effort` / `reasoning` become `generationConfig.thinkingConfig` (see `gemini_request`), with
   `includeThoughts` so that the thought summaries come back; thought parts become `reasoning_content`;
   code execution, grounding and image output are dropped. Calls keep the id Gemini gives them

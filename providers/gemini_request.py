@@ -14,6 +14,7 @@ from providers.types import (
     JSON,
     ProviderError,
     Untranslatable,
+    allowed_tools,
     assistant_text,
     gemini_call_id,
     images_follow,
@@ -49,12 +50,15 @@ def gemini_body(body: JSON) -> JSON:
     out: JSON = {"contents": contents}
     if system:
         out["systemInstruction"] = {"parts": system}
-    if body.get("tools"):
-        if not isinstance(body["tools"], list):
+    tools, choice = body.get("tools"), body.get("tool_choice")
+    if (allowed := allowed_tools(choice, tools)) is not None:
+        choice, tools = allowed  # only the allowed tools go, with its mode (Gemini has no such field)
+    if tools:
+        if not isinstance(tools, list):
             raise ProviderError("tools must be a list")
-        out["tools"] = [{"functionDeclarations": [_declaration(tool) for tool in body["tools"]]}]
-    if body.get("tool_choice") is not None:
-        calling = _calling_config(body["tool_choice"])  # checked even when unused: a bad one is still a 400
+        out["tools"] = [{"functionDeclarations": [_declaration(tool) for tool in tools]}]
+    if choice is not None:
+        calling = _calling_config(choice)  # checked even when unused: a bad one is still a 400
         if out.get("tools"):  # without tools Gemini has nothing to choose from, and a toolConfig only risks a 400
             out["toolConfig"] = {"functionCallingConfig": calling}
     if config := _generation_config(body):

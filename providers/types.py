@@ -183,6 +183,40 @@ def refuse_openai_only(body: JSON, kind: str) -> None:
                              param="modalities")
 
 
+def allowed_tools(choice: Any, tools: Any) -> tuple[str, list[Any]] | None:
+    """For `tool_choice: {"type": "allowed_tools", "allowed_tools": {"mode", "tools"}}` (OpenAI's way to narrow
+    one request's tools while `tools` stays the same, for its prompt cache): its mode, "auto" or "required",
+    and the client's `tools` it names, in their order; None for any other tool_choice. Claude and Gemini have
+    no such field, so their translations send only these tools, with the mode as their own auto / any. A name
+    not among `tools` is refused, as OpenAI refuses it, rather than quietly allowing fewer tools."""
+    if not isinstance(choice, dict) or choice.get("type") != "allowed_tools":
+        return None
+    spec = choice.get("allowed_tools")
+    mode = spec.get("mode") if isinstance(spec, dict) else None
+    listed = spec.get("tools") if isinstance(spec, dict) else None
+    if mode not in ("auto", "required") or not isinstance(listed, list) or not listed:
+        raise Untranslatable('tool_choice allowed_tools must be {"mode": "auto" or "required", "tools": [...]} '
+                             "naming at least one tool", param="tool_choice")
+    names = {_function_name(entry) for entry in listed}
+    if None in names:
+        raise Untranslatable('tool_choice allowed_tools: each tool must be {"type": "function", "function": '
+                             '{"name": ...}}', param="tool_choice")
+    kept = [tool for tool in tools if _function_name(tool) in names] if isinstance(tools, list) else []
+    missing = names - {_function_name(tool) for tool in kept}
+    if missing:
+        shown = ", ".join(repr(name[:64]) for name in sorted(map(str, missing))[:5])
+        raise Untranslatable(f"tool_choice allowed_tools names tools that are not in 'tools': {shown}",
+                             param="tool_choice")
+    return mode, kept
+
+
+def _function_name(tool: Any) -> str | None:
+    """The name of an OpenAI function tool (`{"type": "function", "function": {"name": ...}}`), else None."""
+    fn = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
+    name = fn.get("name") if isinstance(fn, dict) else None
+    return name if isinstance(name, str) else None
+
+
 def assistant_text(message: JSON, where: str) -> str:
     """The text an assistant message of the history stands for when its `content` holds none: its `refusal`
     (the model declined, in words the next turn should see), else the `transcript` of its audio answer, else

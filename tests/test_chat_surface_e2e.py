@@ -186,9 +186,9 @@ async def test_strict_client_tools_stay_strict_on_claude(gw: Gateway, all_upstre
     ({"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}, "modalities"),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
       "tool_choice": {"type": "allowed_tools", "allowed_tools": {
-          "mode": "auto", "tools": [{"type": "function", "function": {"name": "f"}}]}}}, "tool_choice"),
+          "mode": "auto", "tools": [{"type": "function", "function": {"name": "g"}}]}}}, "tool_choice"),
 ], ids=["logprobs", "top_logprobs", "functions", "function_call", "response_format_grammar", "logit_bias",
-        "web_search_options", "moderation", "audio_out", "allowed_tools"])
+        "web_search_options", "moderation", "audio_out", "allowed_tools_not_in_tools"])
 @pytest.mark.parametrize("stream", [False, True], ids=["unary", "streamed"])
 @pytest.mark.parametrize("model", ["google/flash", "claude/solo"])  # claude/solo falls back to google/flash
 async def test_untranslatable_field_is_a_400_naming_it(gw: Gateway, all_upstreams: Upstreams, fields: dict[str, Any],

@@ -664,6 +664,13 @@ BAD_REQUESTS = {
     "non_function_tool": ({"messages": [HI], "tools": [{"type": "custom", "custom": {"name": "x"}}]},
                           "function tools"),
     "bad_tool_choice": ({"messages": [HI], "tools": TOOLS, "tool_choice": "sometimes"}, "tool_choice"),
+    "allowed_tools_empty": ({"messages": [HI], "tools": TOOLS, "tool_choice": {
+        "type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": []}}}, "at least one tool"),
+    "allowed_tools_custom_entry": ({"messages": [HI], "tools": TOOLS, "tool_choice": {
+        "type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [{"type": "custom", "custom": {
+            "name": "x"}}]}}}, "each tool must be"),
+    "allowed_tools_bad_mode": ({"messages": [HI], "tools": TOOLS, "tool_choice": {
+        "type": "allowed_tools", "allowed_tools": {"mode": "none", "tools": [TOOLS[0]]}}}, "auto\" or \"required"),
     "messages_missing": ({}, "messages"),
 }
 

@@ -4,6 +4,7 @@ fake upstreams that replay each provider's recorded wire format."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,10 +18,12 @@ from fakes.anthropic_upstream import WIRE as ANTHROPIC_WIRE
 from fakes.anthropic_upstream import FakeAnthropic
 from fakes.gemini_upstream import recorded_chunks
 from harness import Gateway, start_gateway, validate
-from test_apis_e2e import assert_charged
-from test_billing_e2e import key_state
+from pdfs import make_pdf
+from test_apis_e2e import CLAUDE_COST, assert_charged
+from test_billing_e2e import key_state, settled
 
 from gateway import billing
+from gateway.billing import PDF_DATA_URI, PDF_PAGE_TOKENS
 from gateway.config_load import parse
 from gateway.state import RUNTIME
 from providers import gemini_request
@@ -448,3 +451,105 @@ async def test_gemini_quota_retry_delay_is_the_retry_after(gw: Gateway, all_upst
         await gw.openai().chat.completions.create(model="google/flash", messages=MESSAGES)  # type: ignore[arg-type]
     assert info.value.response.headers.get("Retry-After") == "38"
     assert len(fake.requests) == 1  # the retry would have met the same spent quota
+
+
+# -- PDF files to Claude, allowed_tools to Claude and Gemini -----------------------------------------
+
+
+def pdf_part(data: bytes, filename: str = "report.pdf") -> dict[str, Any]:
+    """A chat `file` part as the openai SDK sends an inline PDF."""
+    return {"type": "file", "file": {"filename": filename, "file_data": PDF_DATA_URI + base64.b64encode(data).decode()}}
+
+
+async def test_claude_reads_a_pdf_file_part_as_a_document_held_by_its_pages(gw: Gateway,
+                                                                            all_upstreams: Upstreams) -> None:
+    """A 3-page PDF of 400 kB (133k tokens read as base64 text, 6 pages by its size) goes to Claude as a document
+    block; the hold is 3 pages' allowance (a key short of it is refused, one with a page to spare served) and
+    the bill is Claude's usage."""
+    data = make_pdf(3, padding=300_000)
+    messages = [{"role": "user", "content": [{"type": "text", "text": "Summarise"}, pdf_part(data)]}]
+    output = 10 * 15_000  # max_tokens=10 at 15 USD/Mtok
+    short, _ = await gw.add_key("short", balance=3 * PDF_PAGE_TOKENS * 3_000 + output)  # the pages, not the text
+    with pytest.raises(openai.APIStatusError) as info:
+        await gw.openai(api_key=short).chat.completions.create(model="claude/sonnet", messages=messages,  # type: ignore[arg-type]
+                                                               max_tokens=10)
+    assert info.value.status_code == 402 and all_upstreams.anthropic.requests == []
+    enough, enough_id = await gw.add_key("enough", balance=4 * PDF_PAGE_TOKENS * 3_000 + output)
+    raw = await gw.openai(api_key=enough).chat.completions.with_raw_response.create(
+        model="claude/sonnet", messages=messages, max_tokens=10)  # type: ignore[arg-type]
+    assert json.loads(raw.content)["model"] == "claude/sonnet"
+    assert all_upstreams.anthropic.last.body["messages"] == [{"role": "user", "content": [
+        {"type": "text", "text": "Summarise"},
+        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
+                                        "data": base64.b64encode(data).decode()}, "title": "report.pdf"}]}]
+    await settled(gw)
+    balance, usage, credits = await key_state(gw, enough_id)
+    assert balance == 4 * PDF_PAGE_TOKENS * 3_000 + output - CLAUDE_COST and balance + usage == credits
+
+
+async def test_a_tool_result_pdf_goes_to_claude_inside_its_tool_result(gw: Gateway, all_upstreams: Upstreams) -> None:
+    data = make_pdf(1)
+    messages = [*tool_turn()[:2], {"role": "tool", "tool_call_id": "call_shot",
+                                   "content": [{"type": "text", "text": "the forecast"}, pdf_part(data, "oslo.pdf")]}]
+    await gw.openai().chat.completions.create(model="claude/sonnet", messages=messages, tools=TOOLS)  # type: ignore[arg-type]
+    assert all_upstreams.anthropic.last.body["messages"][-1] == {"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "call_shot", "content": [
+            {"type": "text", "text": "the forecast"},
+            {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
+                                            "data": base64.b64encode(data).decode()}, "title": "oslo.pdf"}]}]}
+
+
+@pytest.mark.parametrize("file", [
+    {"file_id": "file-abc123"},  # a file kept at OpenAI
+    {"filename": "notes.txt", "file_data": "data:text/plain;base64," + base64.b64encode(b"hello").decode()},
+    {"filename": "raw.pdf", "file_data": base64.b64encode(make_pdf(1)).decode()},  # not a data: URI
+], ids=["file_id", "not_pdf", "not_data_uri"])
+async def test_files_claude_cannot_read_are_refused_naming_messages(gw: Gateway, all_upstreams: Upstreams,
+                                                                    file: dict[str, str]) -> None:
+    messages = [{"role": "user", "content": [{"type": "text", "text": "Read this"}, {"type": "file", "file": file}]}]
+    claude_only, _ = await gw.add_key("claude-only", models=["claude/*"])  # its OpenAI fallback would take files
+    with pytest.raises(openai.BadRequestError) as info:
+        await gw.openai(api_key=claude_only).chat.completions.create(model="claude/sonnet",
+                                                                     messages=messages)  # type: ignore[arg-type]
+    assert (info.value.code, info.value.param) == ("untranslatable", "messages")
+    assert "inline PDF" in info.value.message
+    assert all_upstreams.anthropic.requests == []
+
+
+def allowed(mode: str, *names: str) -> dict[str, Any]:
+    return {"type": "allowed_tools", "allowed_tools": {
+        "mode": mode, "tools": [{"type": "function", "function": {"name": name}} for name in names]}}
+
+
+CLOCK = {"type": "function", "function": {"name": "get_time", "description": "Time in a city",
+                                          "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+SEARCH = {"type": "function", "function": {"name": "search", "parameters": {"type": "object", "properties": {}}}}
+
+
+@pytest.mark.parametrize(("mode", "claude", "gemini"), [("auto", "auto", "AUTO"), ("required", "any", "ANY")])
+async def test_allowed_tools_send_only_those_tools_with_the_mode(gw: Gateway, all_upstreams: Upstreams, mode: str,
+                                                                 claude: str, gemini: str) -> None:
+    tools = [*TOOLS, SEARCH, CLOCK]
+    choice = allowed(mode, "get_time", "get_weather")
+    await gw.openai().chat.completions.create(model="claude/sonnet", messages=MESSAGES, tools=tools,  # type: ignore[arg-type]
+                                              tool_choice=choice)  # type: ignore[arg-type]
+    sent = all_upstreams.anthropic.last.body
+    assert [tool["name"] for tool in sent["tools"]] == ["get_weather", "get_time"]  # in the order of `tools`
+    assert sent["tool_choice"] == {"type": claude}
+    await gw.openai().chat.completions.create(model="google/flash", messages=MESSAGES, tools=tools,  # type: ignore[arg-type]
+                                              tool_choice=choice)  # type: ignore[arg-type]
+    sent = all_upstreams.gemini.last.body
+    assert [decl["name"] for decl in sent["tools"][0]["functionDeclarations"]] == ["get_weather", "get_time"]
+    assert sent["toolConfig"] == {"functionCallingConfig": {"mode": gemini}}
+
+
+@pytest.mark.parametrize("model", ["claude/sonnet", "google/flash"])
+async def test_allowed_tools_naming_an_unknown_tool_is_refused_naming_tool_choice(gw: Gateway, model: str,
+                                                                                   all_upstreams: Upstreams) -> None:
+    own, _ = await gw.add_key("own-models", models=["claude/*", "google/*"])  # not the OpenAI fallback
+    with pytest.raises(openai.BadRequestError) as info:
+        await gw.openai(api_key=own).chat.completions.create(model=model, messages=MESSAGES, tools=TOOLS,  # type: ignore[arg-type]
+                                                             tool_choice=allowed("auto", "get_weather", "launch"))  # type: ignore[arg-type]
+    assert (info.value.code, info.value.param) == ("untranslatable", "tool_choice")
+    assert "not in 'tools': 'launch'" in info.value.message
+    assert all_upstreams.anthropic.requests == [] and all_upstreams.gemini.requests == []
