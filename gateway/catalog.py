@@ -56,19 +56,22 @@ class Route:
     quiet_keyed: Target = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "keyless", Target(
+        keyless = Target(
             provider=self.provider_name,
             base_url=self.provider.base_url.rstrip("/"),
             api_key="",
             upstream_model=self.upstream_model,
             public_model=self.model_id,
             max_tokens_field=self.model.params.max_tokens_field,
-            drop=tuple(self.model.params.drop) + (("stream_options",) if self.provider.refuses_stream_options else ()),
+            drop=tuple(self.model.params.drop),
             headers=tuple(self.provider.headers.items()),
             default_max_tokens=self.model.max_output_tokens,
             keep_cache_control=self.provider.keeps_cache_control,
             keep_reasoning_details=self.provider.keeps_reasoning_details,
-        ))
+        )
+        # a server known to refuse `stream_options` (Mistral's hosts) is never sent it
+        object.__setattr__(self, "keyless", without_stream_options(keyless) if self.provider.refuses_stream_options
+                           else keyless)
         object.__setattr__(self, "keyed", replace(self.keyless, api_key=self.provider.api_key))
         object.__setattr__(self, "quiet_keyless", without_stream_options(self.keyless))
         object.__setattr__(self, "quiet_keyed", without_stream_options(self.keyed))

@@ -176,20 +176,25 @@ class ProviderConfig(_Model):
     cache_control: bool | None = None
 
     @cached_property
+    def base_host(self) -> str:
+        """The base URL's host name, lower case: what the per-host defaults below are decided on."""
+        return (urlsplit(self.base_url).hostname or "").lower()
+
+    @cached_property
     def keeps_cache_control(self) -> bool:
         """Whether an OpenAI-kind upstream is sent the `cache_control` marks clients put on content parts
         (worked out once: every request's target reads it)."""
         if self.cache_control is not None:
             return self.cache_control
-        return (urlsplit(self.base_url).hostname or "").lower() in CACHE_CONTROL_HOSTS
+        return self.base_host in CACHE_CONTROL_HOSTS
 
     @cached_property
     def keeps_reasoning_details(self) -> bool:
-        return (urlsplit(self.base_url).hostname or "").lower() in REASONING_DETAILS_HOSTS
+        return self.base_host in REASONING_DETAILS_HOSTS
 
     @cached_property
     def refuses_stream_options(self) -> bool:
-        return (urlsplit(self.base_url).hostname or "").lower() in NO_STREAM_OPTIONS_HOSTS
+        return self.base_host in NO_STREAM_OPTIONS_HOSTS
 
     @field_validator("kind")
     @classmethod
