@@ -36,7 +36,7 @@ from gateway.relay import (
     map_upstream_error,
     open_upstream,
     read_body,
-    read_head,
+    read_some,
 )
 from gateway.sse import ClientGone, SSEWriter
 from gateway.state import KEY, LOG, RATE_HEADERS, REQUEST_ID, RUNTIME
@@ -227,7 +227,7 @@ async def _call(request: web.Request, route: Route, op: Endpoint, exchange: Exch
             codec = exchange.codec(clean, target, ticket.generation_id, op.wants_usage(clean))
             whole, head = None, b""
             if resp.content_type == "application/json":  # decided once, at the answer's head
-                head = await read_head(resp, t.between_chunks_s)
+                head = await read_some(resp, t.between_chunks_s)
                 if head.lstrip()[:1] in (b"{", b"["):  # it ignored `stream` (else: an event stream mislabelled)
                     whole = await _replay(resp, head, codec, target, scrub, t.between_chunks_s)
             return await _relay_stream(request, resp, codec, op, clean, target, ticket, outcome, scrub, whole, head)

@@ -171,8 +171,8 @@ async def next_data(content: aiohttp.StreamReader, silence_s: float, tick_s: flo
             await on_tick()
 
 
-async def read_head(resp: aiohttp.ClientResponse, silence_s: float) -> bytes:
-    """The first bytes of an upstream body (b"" when it has none), for a caller that must look before it reads on."""
+async def read_some(resp: aiohttp.ClientResponse, silence_s: float) -> bytes:
+    """The next bytes of an upstream body (b"" at its end); a broken connection is the upstream's 502."""
     try:
         return await next_data(resp.content, silence_s, silence_s)
     except aiohttp.ClientError as exc:
@@ -183,15 +183,11 @@ async def read_head(resp: aiohttp.ClientResponse, silence_s: float) -> bytes:
 async def read_body(resp: aiohttp.ClientResponse, silence_s: float, head: bytes = b"") -> bytes:
     """A whole upstream body (`head`: its first bytes, already read)."""
     body = bytearray(head)
-    try:
-        while data := await next_data(resp.content, silence_s, silence_s):
-            body += data
-            if len(body) > MAX_UPSTREAM_BODY:
-                raise UpstreamFailed(f"the upstream's answer is too large (over {MAX_UPSTREAM_BODY} bytes)",
-                                     code="upstream_bad_response", retryable=False)
-    except aiohttp.ClientError as exc:
-        raise UpstreamFailed(f"the upstream connection broke mid-answer ({type(exc).__name__})",
-                             code="upstream_disconnected", retryable=False) from exc
+    while data := await read_some(resp, silence_s):
+        body += data
+        if len(body) > MAX_UPSTREAM_BODY:
+            raise UpstreamFailed(f"the upstream's answer is too large (over {MAX_UPSTREAM_BODY} bytes)",
+                                 code="upstream_bad_response", retryable=False)
     return bytes(body)
 
 
