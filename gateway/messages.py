@@ -24,7 +24,7 @@ from gateway.exchange import ChatEndpoint, ChatExchange, Exchange, Reply
 from gateway.sse import frame
 from gateway.streaming import ChunkCodec, StreamCodec, text_bytes
 from gateway.template import Template
-from providers import anthropic, anthropic_answer, anthropic_inbound, registry
+from providers import anthropic, anthropic_answer, anthropic_inbound, anthropic_usage, registry
 from providers.anthropic_answer import MessageStream
 from providers.types import (
     JSON,
@@ -126,7 +126,7 @@ class NativeExchange:
         blocks = [b for b in data["content"] if isinstance(b, dict)]
         tool_use = any(b.get("type") == "tool_use" for b in blocks)
         text = sum(len(str(b.get("text", "")).encode()) for b in blocks if b.get("type") == "text")
-        return Reply(body=data, usage=anthropic.usage_from(data.get("usage")),
+        return Reply(body=data, usage=anthropic_usage.usage_from(data.get("usage")),
                      finish_reason=anthropic.finish_reason(data.get("stop_reason"), tool_use),
                      upstream_id=str(data.get("id", "")), text_bytes=text)
 

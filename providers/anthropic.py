@@ -6,8 +6,7 @@ refuses the next turn of a tool loop with thinking unless the calling turn comes
 (signatures included, `redacted_thinking` too), so the blocks before a tool call ride on that call as
 `extra_content.anthropic.thinking_blocks` (streamed: in the `delta.tool_calls[i]` that opens the call), beside
 where Gemini's thought signature rides; `anthropic_request` puts them back. A turn without tool calls carries
-none: Claude does not want its thinking back there. Prompt tokens = input + cache reads + cache writes (of which
-`usage.cache_creation.ephemeral_1h_input_tokens` were written for an hour, at a higher price).
+none: Claude does not want its thinking back there. Token counts are read by `anthropic_usage`.
 A call of the `json_response_format` tool (how `anthropic_request` carries `response_format`) is the answer:
 its input becomes the message `content` as JSON text (streamed: its `input_json_delta` fragments become
 content deltas), it is no tool call, and the answer's finish_reason is `stop` rather than `tool_calls`.
@@ -29,6 +28,7 @@ import orjson
 
 from providers import anthropic_request, reasoning
 from providers.anthropic_request import JSON_TOOL, translate_body
+from providers.anthropic_usage import add_counts, openai_usage, usage_of
 from providers.types import (
     JSON,
     THINKING_BLOCKS,
@@ -40,7 +40,6 @@ from providers.types import (
     Target,
     UpstreamHTTPError,
     UpstreamRequest,
-    Usage,
     claude_signed,
     ends_by_itself,
     load_object,
@@ -59,7 +58,6 @@ API_VERSION = "2023-06-01"
 # finish-reason-map.json (LiteLLM); model_context_window_exceeded is the SDK's newer "ran out of room"
 _FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
                    "refusal": "content_filter", "compaction": "length", "model_context_window_exceeded": "length"}
-_COUNTS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens")
 _RETRYABLE_TYPES = frozenset({"overloaded_error", "rate_limit_error", "api_error", "timeout_error"})
 
 
@@ -130,15 +128,15 @@ def parse_response(body: bytes, target: Target) -> ChatResult:
     if any(thoughts):
         message["reasoning_content"] = "".join(thoughts)
     counts: dict[str, int] = {}
-    _add_counts(counts, data.get("usage"))
-    usage = _usage(counts)
+    add_counts(counts, data.get("usage"))
+    usage = usage_of(counts)
     answer = {
         "id": data["id"], "object": "chat.completion", "created": int(time.time()), "model": target.public_model,
         "choices": [{"index": 0, "message": message, "logprobs": None,
-                     "finish_reason": _finish_reason(data.get("stop_reason"), bool(calls))}],
+                     "finish_reason": finish_reason(data.get("stop_reason"), bool(calls))}],
     }
     if usage.reported:
-        answer["usage"] = _usage_json(usage)
+        answer["usage"] = openai_usage(usage)
     return ChatResult(body=answer, usage=usage)
 
 
@@ -152,75 +150,13 @@ def _carried(block: JSON) -> list[JSON]:
     return [{"type": "thinking", "thinking": str(block.get("thinking") or ""), "signature": signature}]
 
 
-def usage_from(raw: Any) -> Usage:
-    """`Usage` of an Anthropic `usage` object (absent -> `reported=False`)."""
-    counts: dict[str, int] = {}
-    _add_counts(counts, raw)
-    return _usage(counts)
-
-
 def finish_reason(stop_reason: Any, tool_calls: bool) -> str:
     """OpenAI's finish_reason for an Anthropic stop_reason."""
-    return _finish_reason(stop_reason, tool_calls)
-
-
-def _finish_reason(stop_reason: Any, tool_calls: bool) -> str:
     if stop_reason is None and tool_calls:
         return "tool_calls"
     if stop_reason == "tool_use" and not tool_calls:
         return "stop"  # the only tool called was the response_format one: the answer is its content
     return _FINISH_REASONS.get(str(stop_reason), "stop")
-
-
-def _add_counts(counts: dict[str, int], raw: Any) -> None:
-    """Note the token counts an Anthropic `usage` object holds; later (cumulative) counts replace earlier."""
-    if not isinstance(raw, dict):
-        return
-    for name in _COUNTS:
-        value = _int(raw.get(name))
-        if value is not None:
-            counts[name] = value
-    details = raw.get("output_tokens_details")
-    thinking = _int(details.get("thinking_tokens")) if isinstance(details, dict) else None
-    if thinking is not None:
-        counts["thinking_tokens"] = thinking
-    creation = raw.get("cache_creation")  # the writes by lifetime: a 1-hour one is billed 2x input, not 1.25x
-    hour = _int(creation.get("ephemeral_1h_input_tokens")) if isinstance(creation, dict) else None
-    if hour is not None:
-        counts["cache_creation_1h"] = hour
-    server = raw.get("server_tool_use")  # Anthropic bills each search of its web_search tool apart from tokens
-    searches = _int(server.get("web_search_requests")) if isinstance(server, dict) else None
-    if searches is not None:
-        counts["web_searches"] = searches
-
-
-def _usage(counts: dict[str, int]) -> Usage:
-    """`Usage` from Anthropic counts: prompt tokens are fresh input + cache reads + cache writes."""
-    if "input_tokens" not in counts and "output_tokens" not in counts:
-        return Usage()
-    read, write = counts.get("cache_read_input_tokens", 0), counts.get("cache_creation_input_tokens", 0)
-    return Usage(prompt_tokens=counts.get("input_tokens", 0) + read + write,
-                 completion_tokens=counts.get("output_tokens", 0), cached_tokens=read, cache_write_tokens=write,
-                 reasoning_tokens=counts.get("thinking_tokens", 0), reported=True,
-                 cache_write_1h_tokens=min(counts.get("cache_creation_1h", 0), write),
-                 web_searches=counts.get("web_searches", 0))
-
-
-def _usage_json(usage: Usage) -> JSON:
-    """OpenAI's `usage` object for a `Usage`."""
-    out: JSON = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                 "total_tokens": usage.total_tokens,
-                 "prompt_tokens_details": {"cached_tokens": usage.cached_tokens,
-                                           "cache_write_tokens": usage.cache_write_tokens}}
-    if usage.cache_write_1h_tokens:
-        out["prompt_tokens_details"]["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
-    if usage.reasoning_tokens:
-        out["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
-    return out
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 # -- errors ----------------------------------------------------------------------------------------
@@ -277,8 +213,8 @@ parse_stream_end = ends_by_itself  # the stream says when it is done
 def _message_start(state: AnthropicStreamState, data: JSON) -> list[JSON]:
     message = data.get("message") or {}
     state.response_id = str(message.get("id") or "")
-    _add_counts(state.counts, message.get("usage"))
-    state.usage = _usage(state.counts)  # so far: a stream cut short is billed its exact input all the same
+    add_counts(state.counts, message.get("usage"))
+    state.usage = usage_of(state.counts)  # so far: a stream cut short is billed its exact input all the same
     return [_chunk(state, {"role": "assistant", "content": ""})]
 
 
@@ -355,20 +291,20 @@ def _message_delta(state: AnthropicStreamState, data: JSON) -> list[JSON]:
     delta = data.get("delta") or {}
     if delta.get("stop_reason"):
         state.stop_reason = str(delta["stop_reason"])
-    _add_counts(state.counts, data.get("usage"))
-    state.usage = _usage(state.counts)
+    add_counts(state.counts, data.get("usage"))
+    state.usage = usage_of(state.counts)
     return []
 
 
 def _message_stop(state: AnthropicStreamState, data: JSON) -> list[JSON]:
-    state.finish_reason = _finish_reason(state.stop_reason, bool(state.tool_index))
+    state.finish_reason = finish_reason(state.stop_reason, bool(state.tool_index))
     state.done = True
     chunks = [_chunk(state, {}, state.finish_reason)]
-    state.usage = _usage(state.counts)
+    state.usage = usage_of(state.counts)
     if state.usage.reported:
         usage_chunk = _chunk(state, {})
         usage_chunk["choices"] = []
-        usage_chunk["usage"] = _usage_json(state.usage)
+        usage_chunk["usage"] = openai_usage(state.usage)
         chunks.append(usage_chunk)
     return chunks
 

@@ -68,6 +68,7 @@ from providers.types import (
     claude_thinking,
     refuse_openai_only,
     tool_arguments,
+    whole_number,
 )
 
 DEFAULT_MAX_TOKENS = 4096
@@ -134,7 +135,7 @@ def translate_body(req: ChatRequest, target: Target) -> JSON:
 
 def max_tokens(src: JSON, target: Target) -> int:
     """The max_tokens Claude is sent before thinking's room: the client's, else the model's, else 4096."""
-    for value in (_int(src.get("max_completion_tokens")), _int(src.get("max_tokens"))):
+    for value in (whole_number(src.get("max_completion_tokens")), whole_number(src.get("max_tokens"))):
         if value is not None:
             return value
     return target.default_max_tokens or DEFAULT_MAX_TOKENS
@@ -351,7 +352,3 @@ def _tool_choice(choice: Any) -> JSON:
     if choice is None:
         return {}
     raise Untranslatable(f"tool_choice {choice!r} is not supported for Anthropic models", param="tool_choice")
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -339,6 +339,11 @@ class UpstreamHTTPError(ProviderError):
         self.retry_after = retry_after
 
 
+def whole_number(value: Any) -> int | None:
+    """`value` when it is a JSON integer (not a bool, which Python counts as one), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def ends_by_itself(state: StreamState) -> list[JSON]:
     """`parse_stream_end` of a kind whose streams say when they are done (OpenAI's [DONE], Claude's
     message_stop): nothing is left to relay at the body's end."""

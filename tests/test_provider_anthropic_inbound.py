@@ -19,7 +19,7 @@ from fakes.gemini_upstream import recorded_chunks
 from harness import validate
 
 from gateway.messages import NativeExchange
-from providers import anthropic, anthropic_answer, anthropic_inbound, gemini, openai
+from providers import anthropic, anthropic_answer, anthropic_inbound, anthropic_usage, gemini, openai
 from providers.anthropic_answer import MessageStream
 from providers.framing import SSEDecoder
 from providers.gemini_request import SKIP_SIGNATURE
@@ -206,7 +206,7 @@ def _sse_payloads(name: str) -> list[dict[str, Any]]:
 def test_anthropic_stream_through_chat_comes_back_as_the_same_message(name: str) -> None:
     original = _accumulate([("", p) for p in _sse_payloads(name) if p.get("type") != "ping"])
     chunks = _chat_chunks(anthropic, (ANTHROPIC / name).read_bytes())
-    usage = anthropic.usage_from(original.usage.to_dict())
+    usage = anthropic_usage.usage_from(original.usage.to_dict())
     events = _translate(chunks, usage)
     names = [n for n, _ in events]
     assert names[0] == "message_start" and names[-2:] == ["message_delta", "message_stop"]
