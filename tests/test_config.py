@@ -10,6 +10,7 @@ import pytest
 from gateway.catalog import Catalog
 from gateway.config import ConfigError, to_nano
 from gateway.config_load import load, parse
+from providers.anthropic_request import enforces_schemas
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,6 +39,18 @@ def test_shipped_config_loads_on_a_fresh_machine() -> None:
     gpt5 = config.models["openai/gpt-5"]
     assert gpt5.params.max_tokens_field == "max_completion_tokens"
     assert "temperature" in gpt5.params.drop
+
+
+def test_shipped_claude_fallbacks_hold_strict_schemas() -> None:
+    """A `.parse()` or strict-tool request that falls back to Claude keeps its guarantee only on a Claude
+    that has strict tools (4.5 and later): the shipped fallbacks name such models."""
+    config = load(ROOT / "config.yaml", environ={})
+    claude_fallbacks = {fallback for model in config.models.values() for fallback in model.fallbacks
+                        if fallback.startswith("anthropic/")}
+    assert claude_fallbacks, "the shipped config should fall back to a Claude model somewhere"
+    upstream = {name: config.models[name].upstream or name.split("/", 1)[1] for name in claude_fallbacks}
+    assert all(enforces_schemas(model) for model in upstream.values()), upstream
+    assert {"anthropic/claude-sonnet-4-5", "anthropic/claude-haiku-4-5"} <= set(config.models)
 
 
 def test_env_substitution_with_and_without_default() -> None:
