@@ -226,7 +226,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 USAGE_COLUMNS = ("ts", "generation_id", "key_id", "model", "provider_name", "cost_usd", "charged_nano",
                  "tokens_prompt", "tokens_completion", "streamed", "cancelled", "is_byok", "estimated", "status",
-                 "endpoint", "images", "shortfall_nano")
+                 "endpoint", "images", "shortfall_nano", "service_tier")
 
 
 def _usage_row(entry: dict[str, str]) -> dict[str, Any]:

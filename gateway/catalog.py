@@ -9,7 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from gateway.config import Config, LimitsConfig, ModelConfig, ProviderConfig, to_nano
+from gateway.config import (
+    STANDARD_TIERS,
+    Config,
+    LimitsConfig,
+    ModelConfig,
+    PriceConfig,
+    ProviderConfig,
+    TokenPriceConfig,
+    to_nano,
+)
 from gateway.errors import NotFound
 from providers import registry
 from providers.anthropic_request import enforces_schemas
@@ -28,6 +37,17 @@ class Price:
     cache_write_per_mtok: int | None = None  # None: as input
     cache_write_1h_per_mtok: int | None = None  # None: twice input, never below the write price
     per_web_search: int = 0  # per search an upstream ran itself (Anthropic's web_search server tool)
+    tiers: tuple[tuple[str, Price], ...] = ()  # the provider's other processing tiers, by the name it gives them
+
+    def tier(self, name: str) -> Price | None:
+        """The price of processing tier `name`: this one for the standard tier (or none named), None for a
+        tier not priced here."""
+        if not name or name in STANDARD_TIERS:
+            return self
+        for tier, price in self.tiers:
+            if tier == name:
+                return price
+        return None
 
 
 @dataclass(slots=True)
@@ -127,6 +147,16 @@ def without_stream_options(target: Target) -> Target:
     return target if "stream_options" in target.drop else replace(target, drop=(*target.drop, "stream_options"))
 
 
+def _price(price: PriceConfig) -> Price:
+    """The model's price in nano-dollars; its other tiers have their own token prices and share its fees."""
+    def tokens(config: TokenPriceConfig, tiers: tuple[tuple[str, Price], ...] = ()) -> Price:
+        return Price(to_nano(config.input_per_mtok), to_nano(config.output_per_mtok), to_nano(config.cache_read),
+                     to_nano(price.per_request), to_nano(price.per_image), to_nano(config.cache_write),
+                     to_nano(config.cache_write_1h), to_nano(price.per_web_search), tiers)
+
+    return tokens(price, tuple((name, tokens(tier)) for name, tier in price.service_tiers.items()))
+
+
 class Catalog:
     def __init__(self, config: Config) -> None:
         self.routes: dict[str, Route] = {}
@@ -140,10 +170,7 @@ class Catalog:
                 provider_name=provider_name,
                 provider=config.providers[provider_name],
                 upstream_model=model.upstream or rest,
-                price=Price(to_nano(price.input_per_mtok), to_nano(price.output_per_mtok),
-                            to_nano(price.cache_read), to_nano(price.per_request), to_nano(price.per_image),
-                            to_nano(price.cache_write), to_nano(price.cache_write_1h),
-                            to_nano(price.per_web_search)),
+                price=_price(price),
                 model=model,
                 limits=model.limits or config.limits.default,
                 learned=learned[provider_name],

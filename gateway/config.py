@@ -209,15 +209,14 @@ class ProviderConfig(_Model):
         return [r.lower() for r in regions]  # as proxies' regions are read
 
 
-class PriceConfig(_Model):
+class TokenPriceConfig(_Model):
+    """USD per million tokens, by kind of token."""
+
     input_per_mtok: NonNegFloat = 0.0
     output_per_mtok: NonNegFloat = 0.0
     cached_input_per_mtok: NonNegFloat | None = None  # None: cached tokens cost as input
     cache_write_per_mtok: NonNegFloat | None = None  # None: tokens written to a cache cost as input
     cache_write_1h_per_mtok: NonNegFloat | None = None  # None: 2x input, never below cache_write (see below)
-    per_request: NonNegFloat = 0.0
-    per_image: NonNegFloat = 0.0  # USD per generated image (/v1/images/generations)
-    per_web_search: NonNegFloat = 0.01  # USD per search of Anthropic's server tool (what Anthropic bills: $10 / 1,000)
 
     @property
     def cache_read(self) -> float:
@@ -236,6 +235,30 @@ class PriceConfig(_Model):
         if self.cache_write_1h_per_mtok is not None:
             return self.cache_write_1h_per_mtok
         return max(2 * self.input_per_mtok, self.cache_write)
+
+
+# What clients send and providers answer for the ordinary tier (OpenAI: auto/default; Anthropic: auto,
+# standard_only and, in answers, standard): the model's own price.
+STANDARD_TIERS = frozenset({"auto", "default", "standard", "standard_only"})
+
+
+class PriceConfig(TokenPriceConfig):
+    per_request: NonNegFloat = 0.0
+    per_image: NonNegFloat = 0.0  # USD per generated image (/v1/images/generations)
+    per_web_search: NonNegFloat = 0.01  # USD per search of Anthropic's server tool (what Anthropic bills: $10 / 1,000)
+    # token prices of the provider's other processing tiers (OpenAI's `service_tier` flex/priority/scale,
+    # Anthropic's priority): a request may ask only for a tier priced here, and is billed by the tier its
+    # answer says served it
+    service_tiers: dict[str, TokenPriceConfig] = {}
+
+    @field_validator("service_tiers")
+    @classmethod
+    def _named_tiers(cls, tiers: dict[str, TokenPriceConfig]) -> dict[str, TokenPriceConfig]:
+        for name in tiers:
+            if not name or name in STANDARD_TIERS:
+                raise ValueError(f"{name!r} is the standard tier, priced by the model's own prices; name another "
+                                 "tier (flex, priority, scale)")
+        return tiers
 
 
 class ParamsConfig(_Model):

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import billing, limits, metrics
-from gateway.catalog import Route
-from gateway.config import Config, to_nano
+from gateway.catalog import Price, Route
+from gateway.config import STANDARD_TIERS, Config, to_nano
 from gateway.errors import Forbidden, InsufficientQuota, RateLimited, Unauthorized, Unavailable
 from gateway.logging import get_logger, utc_second
 from gateway.settlements import Settlements, key_missing
@@ -84,6 +84,7 @@ class Ticket:
     renewed: float = 0.0
     due: float = math.inf
     owner: asyncio.Task[Any] | None = None  # the request's task: renewed only while it runs
+    asked: Price | None = None  # the price of the processing tier the request asked for, if not the standard
     _task: asyncio.Task[billing.Bill] | None = None
     _known: billing.Bill | None = None
 
@@ -112,7 +113,23 @@ class Ticket:
     def cost(self, usage: Usage) -> int:
         if self.byok:
             return to_nano(self.config.billing.byok_fee)
-        return billing.token_cost(self.route.price, usage)
+        price = self.route.price
+        if usage.service_tier or self.asked is not None:
+            price = self._served_price(usage.service_tier)
+        return billing.token_cost(price, usage)
+
+    def _served_price(self, served: str) -> Price:
+        """The price of the processing tier that served the request: the one its answer names, when priced
+        here (a priority request the provider served at the standard tier costs the standard price); else the
+        one it asked for; else the model's."""
+        if served:
+            price = self.route.price.tier(served)
+            if price is not None:
+                return price
+            log.warning("an answer names a service tier this gateway has no price for: billed at the tier asked "
+                        "for, else at the model's price; price it under models.*.price.service_tiers",
+                        model=self.route.model_id, service_tier=served[:40])
+        return self.asked or self.route.price
 
     async def settle(self, outcome: Outcome, wait: bool = False) -> billing.Bill:
         """Settle once; later calls (and a cancelled caller) share the first settlement. The bill comes
@@ -180,7 +197,7 @@ class Ticket:
 
     def _record(self, outcome: Outcome, now: float) -> dict[str, str]:
         first = outcome.first_token_at or now
-        return {
+        record = {
             "id": self.generation_id, "model": self.route.model_id, "provider_name": self.route.provider_name,
             "created_at": utc_second(int(self.started)) + "Z",
             "tokens_prompt": str(outcome.usage.prompt_tokens),
@@ -194,6 +211,9 @@ class Ticket:
             "upstream_id": outcome.upstream_id, "egress": self.egress, "reserved": str(self.hold),
             "endpoint": self.endpoint, "images": str(outcome.usage.images),
         }
+        if outcome.usage.service_tier and outcome.usage.service_tier not in STANDARD_TIERS:
+            record["service_tier"] = outcome.usage.service_tier[:40]
+        return record
 
 
 def _bound(usage: Usage) -> None:
@@ -206,6 +226,16 @@ def _bound(usage: Usage) -> None:
         return  # every sane answer: five comparisons
     for name in ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens"):
         setattr(usage, name, min(max(getattr(usage, name), 0), MAX_TOKENS))
+
+
+def _asked_tier(route: Route, body: dict[str, Any]) -> Price | None:
+    """The price of the processing tier the request asks for, unless it is the standard one (validation refused
+    a tier without a price; a model that drops the field serves the standard tier)."""
+    tier = body.get("service_tier")
+    if tier is None or tier.__class__ is not str or "service_tier" in route.model.params.drop:
+        return None
+    price = route.price.tier(tier)
+    return None if price is route.price else price
 
 
 def _flag(value: bool) -> str:
@@ -223,7 +253,10 @@ async def admit(store: Store, settlements: Settlements, config: Config, route: R
         worst = billing.worst_case_usage(body, route.model.max_output_tokens,
                                          config.billing.default_max_output_tokens)
     generation_id = new_generation_id()
+    asked = _asked_tier(route, body)
     hold = to_nano(config.billing.byok_fee) if byok else billing.token_cost(route.price, worst)
+    if asked is not None and not byok:  # the tier may cost more, or serve the request at the standard price
+        hold = max(hold, billing.token_cost(asked, worst))
     hold = min(hold, MAX_AMOUNT)  # no balance reaches it: refused as insufficient, not as a bad argument
     eff = limits.effective(route.model.limits, config.limits.default, key)
     streams = key.max_streams if streamed and key.max_streams else None
@@ -248,6 +281,7 @@ async def admit(store: Store, settlements: Settlements, config: Config, route: R
     cap = worst.completion_tokens if billing.requested_max_output(body) else None  # else unbounded upstream
     ticket = Ticket(store, settlements, config, route, key, generation_id, hold, byok, result, streamed,
                     endpoint, time.time(), route.provider.egress, cap, time.monotonic())
+    ticket.asked = asked
     if hold or streams:  # else it holds nothing that could expire
         ticket.due, ticket.owner = ticket.renewed + config.billing.hold_ttl_s / 3, asyncio.current_task()
         settlements.keep(ticket)

@@ -120,9 +120,19 @@ def serves(body: dict[str, Any], route: Route, endpoint: str = "chat") -> bool:
 
     `n` counts choices on the text endpoints only (for images it counts pictures, checked by the handler).
     """
-    if endpoint == "messages" and not _claude_takes_turns(body, route):
+    if (endpoint == "messages" and not _claude_takes_turns(body, route)) or not tier_priced(body, route):
         return False
     return endpoint not in CHOICE_ENDPOINTS or choices(body) <= registry.get(route.provider.kind).MAX_CHOICES
+
+
+def tier_priced(body: dict[str, Any], route: Route) -> bool:
+    """Whether the processing tier the request asks for (`service_tier`) is priced for `route`: the standard
+    tier always is, another (OpenAI's flex or priority, at other prices) only when the model's price lists it.
+    A tier the gateway cannot price is refused rather than served at one price and billed at another; a model
+    whose `params.drop` names the field serves the standard tier."""
+    tier = body.get("service_tier")
+    return tier is None or (tier.__class__ is str and route.price.tier(tier) is not None) \
+        or "service_tier" in route.model.params.drop
 
 
 def within_output_cap(body: dict[str, Any], route: Route) -> bool:
@@ -155,6 +165,12 @@ def check_route(body: dict[str, Any], route: Route, endpoint: str = "chat") -> N
     if endpoint == "messages" and not _claude_takes_turns(body, route):
         raise InvalidRequest(f"messages: the first message must use the \"user\" role (model '{route.model_id}', "
                              "provider kind 'anthropic').", param="messages[0].role", code="invalid_value")
+    if not tier_priced(body, route):
+        offered = ", ".join(repr(name) for name, _ in route.price.tiers)
+        raise InvalidRequest(f"service_tier {str(body['service_tier'])[:40]!r} is not offered for model "
+                             f"'{route.model_id}' on this gateway, which bills only the tiers it prices (the standard "
+                             f"tier: leave the field out, or 'auto'{'; also ' + offered if offered else ''}).",
+                             param="service_tier", code="unsupported_value")
     if not serves(body, route, endpoint):
         raise InvalidRequest(f"Model '{route.model_id}' gives one choice per request (provider kind "
                              f"'{route.provider.kind}'): 'n' must be 1.", param="n", code="unsupported_value")

@@ -28,7 +28,7 @@ import orjson
 
 from providers import anthropic_request, reasoning
 from providers.anthropic_request import JSON_TOOL, translate_body
-from providers.anthropic_usage import add_counts, openai_usage, usage_of
+from providers.anthropic_usage import add_counts, openai_usage, tier_of, usage_of
 from providers.types import (
     JSON,
     THINKING_BLOCKS,
@@ -129,7 +129,7 @@ def parse_response(body: bytes, target: Target) -> ChatResult:
         message["reasoning_content"] = "".join(thoughts)
     counts: dict[str, int] = {}
     add_counts(counts, data.get("usage"))
-    usage = usage_of(counts)
+    usage = usage_of(counts, tier_of(data.get("usage")))
     answer = {
         "id": data["id"], "object": "chat.completion", "created": int(time.time()), "model": target.public_model,
         "choices": [{"index": 0, "message": message, "logprobs": None,
@@ -185,6 +185,7 @@ class AnthropicStreamState(StreamState):
     tool_args: set[Any] = field(default_factory=set)  # content block indexes of calls some arguments went out for
     stop_reason: str | None = None
     counts: dict[str, int] = field(default_factory=dict)  # Anthropic's token counts so far
+    service_tier: str = ""  # the processing tier its usage names
     answer_block: Any = None  # content block index of the response_format tool's call, once it started
     answer_sent: bool = False  # some of that call's input went out as content
     thinking: dict[Any, JSON] = field(default_factory=dict)  # content block index -> thinking block being read
@@ -214,7 +215,9 @@ def _message_start(state: AnthropicStreamState, data: JSON) -> list[JSON]:
     message = data.get("message") or {}
     state.response_id = str(message.get("id") or "")
     add_counts(state.counts, message.get("usage"))
-    state.usage = usage_of(state.counts)  # so far: a stream cut short is billed its exact input all the same
+    state.service_tier = tier_of(message.get("usage")) or state.service_tier
+    # so far: a stream cut short is billed its exact input all the same
+    state.usage = usage_of(state.counts, state.service_tier)
     return [_chunk(state, {"role": "assistant", "content": ""})]
 
 
@@ -292,7 +295,8 @@ def _message_delta(state: AnthropicStreamState, data: JSON) -> list[JSON]:
     if delta.get("stop_reason"):
         state.stop_reason = str(delta["stop_reason"])
     add_counts(state.counts, data.get("usage"))
-    state.usage = usage_of(state.counts)
+    state.service_tier = tier_of(data.get("usage")) or state.service_tier
+    state.usage = usage_of(state.counts, state.service_tier)
     return []
 
 
@@ -300,7 +304,7 @@ def _message_stop(state: AnthropicStreamState, data: JSON) -> list[JSON]:
     state.finish_reason = finish_reason(state.stop_reason, bool(state.tool_index))
     state.done = True
     chunks = [_chunk(state, {}, state.finish_reason)]
-    state.usage = usage_of(state.counts)
+    state.usage = usage_of(state.counts, state.service_tier)
     if state.usage.reported:
         usage_chunk = _chunk(state, {})
         usage_chunk["choices"] = []

@@ -19,7 +19,13 @@ def usage_from(raw: Any) -> Usage:
     """`Usage` of an Anthropic `usage` object (absent -> `reported=False`)."""
     counts: dict[str, int] = {}
     add_counts(counts, raw)
-    return usage_of(counts)
+    return usage_of(counts, tier_of(raw))
+
+
+def tier_of(raw: Any) -> str:
+    """The processing tier an Anthropic `usage` object says served the request ("standard", "priority"), or ""."""
+    tier = raw.get("service_tier") if isinstance(raw, dict) else None
+    return tier if isinstance(tier, str) else ""
 
 
 def add_counts(counts: dict[str, int], raw: Any) -> None:
@@ -44,7 +50,7 @@ def add_counts(counts: dict[str, int], raw: Any) -> None:
         counts["web_searches"] = searches
 
 
-def usage_of(counts: dict[str, int]) -> Usage:
+def usage_of(counts: dict[str, int], tier: str = "") -> Usage:
     """`Usage` from Anthropic counts: prompt tokens are fresh input + cache reads + cache writes."""
     if "input_tokens" not in counts and "output_tokens" not in counts:
         return Usage()
@@ -53,7 +59,7 @@ def usage_of(counts: dict[str, int]) -> Usage:
                  completion_tokens=counts.get("output_tokens", 0), cached_tokens=read, cache_write_tokens=write,
                  reasoning_tokens=counts.get("thinking_tokens", 0), reported=True,
                  cache_write_1h_tokens=min(counts.get("cache_creation_1h", 0), write),
-                 web_searches=counts.get("web_searches", 0))
+                 web_searches=counts.get("web_searches", 0), service_tier=tier)
 
 
 def openai_usage(usage: Usage) -> JSON:

@@ -74,7 +74,7 @@ def parse_response(body: bytes, target: Target) -> ChatResult:
     data["choices"] = choices = [choice for choice in choices if isinstance(choice, dict)]
     for i, choice in enumerate(choices):
         _fill_choice(choice, i)
-    return ChatResult(data, usage_from(data.get("usage")))
+    return ChatResult(data, usage_from(data.get("usage"), data.get("service_tier")))
 
 
 def _drop_null_fingerprint(data: JSON) -> None:
@@ -133,8 +133,9 @@ def _finish_reason(value: Any, tool_calls: bool) -> str:
     return _FINISH_REASON_MAP.get(value, "stop")
 
 
-def usage_from(raw: Any) -> Usage:
-    """`Usage` from an OpenAI-shaped `usage` object (absent or null -> `reported=False`).
+def usage_from(raw: Any, tier: Any = None) -> Usage:
+    """`Usage` from an OpenAI-shaped `usage` object (absent or null -> `reported=False`), and the answer's
+    `service_tier` (the processing tier that served it, priced apart).
 
     OpenAI counts reasoning inside `completion_tokens`; xAI (and Gemini's OpenAI-compatible endpoint) count it
     beside them, in `total_tokens` only (prompt + completion + reasoning). Such a usage object is restated in
@@ -163,6 +164,7 @@ def usage_from(raw: Any) -> Usage:
         cache_write_tokens=token_count(prompt_details.get("cache_write_tokens")),  # OpenRouter
         reasoning_tokens=reasoning,
         reported=True,
+        service_tier=tier if tier.__class__ is str else "",
     )
 
 
@@ -244,7 +246,7 @@ def _record_chunk(state: StreamState, chunk: JSON) -> None:
             state.finish_reason = choice["finish_reason"]
             state.choices_finished.add(choice["index"])
     if isinstance(chunk.get("usage"), dict):
-        state.usage = usage_from(chunk["usage"])
+        state.usage = usage_from(chunk["usage"], chunk.get("service_tier"))
 
 
 def _finish_unfinished(state: StreamState) -> list[JSON]:

@@ -57,7 +57,7 @@ def parse_completion(raw: bytes, target: Target) -> tuple[JSON, Usage]:
         if not isinstance(choice.get("text"), str):
             choice["text"] = ""
         choice["finish_reason"] = completion_finish(choice.get("finish_reason"))
-    return data, usage_from(data.get("usage"))
+    return data, usage_from(data.get("usage"), data.get("service_tier"))
 
 
 def completion_finish(value: Any) -> str:

@@ -95,6 +95,7 @@ class Usage:
     reported: bool = False  # False when the upstream sent no usage and counts are missing/estimated
     cache_write_1h_tokens: int = 0  # part of cache_write_tokens kept for an hour (Anthropic's `ttl: "1h"`)
     web_searches: int = 0  # searches the upstream ran itself (Anthropic's web_search server tool), priced apiece
+    service_tier: str = ""  # the processing tier the answer says served it (OpenAI's flex/priority), priced apart
 
     @property
     def total_tokens(self) -> int:

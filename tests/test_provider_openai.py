@@ -253,10 +253,12 @@ TOOLS_NO_FINISH = {"id": "t", "object": "chat.completion", "created": 1, "model"
 
 RESPONSE_CASES = {
     "docs_chat_default": (
-        wire_json("openai", "docs-chat-default.response.json"), Usage(19, 10, reported=True)),
+        wire_json("openai", "docs-chat-default.response.json"),
+        Usage(19, 10, reported=True, service_tier="default")),  # the answer names the tier that served it
     "docs_chat_tools": (wire_json("openai", "docs-chat-tools.response.json"), Usage(82, 17, reported=True)),
     "docs_chat_image_input": (
-        wire_json("openai", "docs-chat-image-input.response.json"), Usage(1117, 46, reported=True)),
+        wire_json("openai", "docs-chat-image-input.response.json"),
+        Usage(1117, 46, reported=True, service_tier="default")),
     "docs_chat_logprobs": (wire_json("openai", "docs-chat-logprobs.response.json"), None),
     "openrouter_example": (
         wire_json("openrouter", "api-chat-completions.usage.json")["chat_completion_example"],

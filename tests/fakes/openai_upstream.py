@@ -138,6 +138,7 @@ class FakeOpenAI:
         self.shutting_down = False
         self.allowed_peers: set[str] | None = None  # None: everyone; else other peers get 451
         self.reasoning_field: str | None = None  # "reasoning_content" or "reasoning": answers carry REASONING
+        self.served_tier: str | None = None  # the `service_tier` answers (and every chunk) name; None: as recorded
 
     @property
     def last(self) -> RecordedRequest:
@@ -157,7 +158,16 @@ class FakeOpenAI:
             events = _with_reasoning(events, self.reasoning_field)
         if self.sparse:
             events = [_sparse_event(event) for event in events]
+        if self.served_tier is not None:  # OpenAI names the tier on every chunk
+            events = [_with_tier(event, self.served_tier) for event in events]
         return events
+
+
+def _with_tier(event: bytes, tier: str) -> bytes:
+    chunk = _payload(event)
+    if chunk is None:
+        return event
+    return b"data: " + json.dumps({**chunk, "service_tier": tier}, separators=(",", ":")).encode() + b"\n\n"
 
 
 def _with_reasoning(events: list[bytes], name: str) -> list[bytes]:
@@ -269,6 +279,8 @@ async def _chat(request: web.Request) -> web.StreamResponse:
             if fake.reasoning_field is not None:
                 answer["choices"][0]["message"][fake.reasoning_field] = REASONING
             answer = _with_choices(answer, body.get("n"))
+            if fake.served_tier is not None:
+                answer["service_tier"] = fake.served_tier
             return web.json_response(_sparse(answer) if fake.sparse else answer)
         return await _stream(request, fake, fake.stream_events(body))
     except (asyncio.CancelledError, ConnectionResetError):

@@ -1,0 +1,223 @@
+"""Processing tiers (`service_tier`) through the running gateway, on both stores: OpenAI sells flex at about half
+and priority at about twice the standard price, Anthropic names the tier it used in `usage.service_tier`. A
+request may ask only for a tier the model prices (else 400, nothing sent, nothing charged), and is charged by the
+tier its answer says served it, so a client cannot make the operator pay priority prices at standard ones."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+from harness import Gateway
+from test_apis_e2e import assert_charged
+from test_billing_e2e import key_state, nano, settled
+
+from gateway.catalog import Price
+from gateway.config import ConfigError
+from gateway.config_load import parse
+from gateway.state import RUNTIME
+
+MESSAGES: list[Any] = [{"role": "user", "content": "Hello"}]
+TIERS: dict[str, dict[str, Any]] = {
+    "oai/gpt-4o": {"price": {"input_per_mtok": 2.5, "output_per_mtok": 10, "service_tiers": {
+        "priority": {"input_per_mtok": 5, "output_per_mtok": 20},
+        "flex": {"input_per_mtok": 1.25, "output_per_mtok": 5}}}},
+    "claude/sonnet": {"price": {"input_per_mtok": 3, "output_per_mtok": 15, "service_tiers": {
+        "priority": {"input_per_mtok": 6, "output_per_mtok": 30}}}},
+}
+# docs-chat-default.response.json: 19 prompt and 10 completion tokens; nano-dollars per token at each tier
+STANDARD_COST = 19 * 2_500 + 10 * 10_000
+PRIORITY_COST = 19 * 5_000 + 10 * 20_000
+FLEX_COST = 19 * 1_250 + 10 * 5_000
+STREAM_PRIORITY_COST = 14 * 5_000 + 30 * 20_000  # sdk-stream-text-with-usage.sse: 14 prompt, 30 completion
+CLAUDE_PRIORITY_COST = 705 * 6_000 + 25 * 30_000  # sdk-messages-end-turn.response.json
+CLAUDE_STREAM_PRIORITY_COST = 11 * 6_000 + 6 * 30_000  # sdk-stream-basic.sse
+
+
+@pytest.fixture(params=["memory", "redis"], ids=["memory", "redis"])
+async def tiered(request: pytest.FixtureRequest, make_api_gateway: Any) -> Gateway:
+    store_url = "" if request.param == "memory" else request.getfixturevalue("redis_url")
+    gateway: Gateway = await make_api_gateway(TIERS, store_url)
+    gateway.extra["upstreams"].openai.reset()
+    return gateway
+
+
+def openai_fake(gateway: Gateway) -> Any:
+    return gateway.extra["upstreams"].openai
+
+
+async def test_a_priority_answer_is_charged_at_the_priority_price(tiered: Gateway) -> None:
+    openai_fake(tiered).served_tier = "priority"
+    before, _, _ = await key_state(tiered)
+    raw = await tiered.openai().chat.completions.with_raw_response.create(
+        model="oai/gpt-4o", messages=MESSAGES, service_tier="priority")  # type: ignore[arg-type]
+    body = json.loads(raw.content)
+    assert openai_fake(tiered).last.body["service_tier"] == "priority"  # asked of the upstream as the client did
+    assert body["service_tier"] == "priority"
+    assert nano(body["billing"]["request_cost"]) == PRIORITY_COST == nano(body["usage"]["cost"])
+    record = await assert_charged(tiered, before, PRIORITY_COST, body["id"], "chat")
+    assert record["service_tier"] == "priority"
+
+
+async def test_priority_served_at_the_standard_tier_costs_the_standard_price(tiered: Gateway) -> None:
+    openai_fake(tiered).served_tier = "default"  # OpenAI may serve a priority request at the standard tier
+    before, _, _ = await key_state(tiered)
+    answer = await tiered.openai().chat.completions.create(model="oai/gpt-4o", messages=MESSAGES,  # type: ignore[arg-type]
+                                                           service_tier="priority")
+    assert nano((answer.model_extra or {})["billing"]["request_cost"]) == STANDARD_COST
+    record = await assert_charged(tiered, before, STANDARD_COST, answer.id, "chat")
+    assert "service_tier" not in record
+
+
+async def test_flex_is_charged_at_the_flex_price(tiered: Gateway) -> None:
+    openai_fake(tiered).served_tier = "flex"
+    before, _, _ = await key_state(tiered)
+    answer = await tiered.openai().chat.completions.create(model="oai/gpt-4o", messages=MESSAGES,  # type: ignore[arg-type]
+                                                           service_tier="flex")
+    await assert_charged(tiered, before, FLEX_COST, answer.id, "chat")
+
+
+async def test_a_project_default_of_priority_is_charged_as_priority(tiered: Gateway) -> None:
+    """`auto` (or no tier) defers to the operator's OpenAI project, which may serve priority: the answer says so."""
+    openai_fake(tiered).served_tier = "priority"
+    before, _, _ = await key_state(tiered)
+    answer = await tiered.openai().chat.completions.create(model="oai/gpt-4o", messages=MESSAGES,  # type: ignore[arg-type]
+                                                           service_tier="auto")
+    await assert_charged(tiered, before, PRIORITY_COST, answer.id, "chat")
+
+
+async def test_a_streamed_priority_answer_is_charged_at_the_priority_price(tiered: Gateway) -> None:
+    openai_fake(tiered).served_tier = "priority"
+    before, _, _ = await key_state(tiered)
+    stream = await tiered.openai().chat.completions.create(
+        model="oai/gpt-4o", messages=MESSAGES, stream=True, service_tier="priority",  # type: ignore[arg-type]
+        stream_options={"include_usage": True})
+    chunks = [chunk async for chunk in stream]
+    assert chunks[-1].usage is not None
+    assert nano((chunks[-1].usage.model_extra or {})["cost"]) == STREAM_PRIORITY_COST
+    await assert_charged(tiered, before, STREAM_PRIORITY_COST, chunks[0].id, "chat")
+
+
+async def test_a_tier_without_a_price_is_refused_before_anything_is_sent(make_api_gateway: Any) -> None:
+    gateway: Gateway = await make_api_gateway({})  # gpt-4o without tiers
+    fake = openai_fake(gateway)
+    fake.reset()
+    before, _, _ = await key_state(gateway)
+    for tier in ("priority", "flex", "scale"):
+        with pytest.raises(openai.BadRequestError) as caught:
+            await gateway.openai().chat.completions.create(model="oai/gpt-4o", messages=MESSAGES,  # type: ignore[arg-type]
+                                                           service_tier=tier)  # type: ignore[arg-type]
+        error = caught.value.body
+        assert isinstance(error, dict) and error["code"] == "unsupported_value" and error["param"] == "service_tier"
+        assert tier in error["message"]
+    for tier in ("auto", "default"):  # the standard tier, by the names clients send for it
+        await gateway.openai().chat.completions.create(model="oai/gpt-4o", messages=MESSAGES,  # type: ignore[arg-type]
+                                                       service_tier=tier)  # type: ignore[arg-type]
+    await settled(gateway)
+    assert len(fake.requests) == 2
+    balance, _, _ = await key_state(gateway)
+    assert balance == before - 2 * STANDARD_COST
+
+
+async def test_a_fallback_without_the_tier_is_skipped(make_api_gateway: Any) -> None:
+    gateway: Gateway = await make_api_gateway({"oai/gpt-4o": {**TIERS["oai/gpt-4o"], "fallbacks": ["google/flash"]}})
+    fake = openai_fake(gateway)
+    fake.reset()
+    fake.status = 500
+    with pytest.raises(openai.InternalServerError):
+        await gateway.openai().chat.completions.create(model="oai/gpt-4o", messages=MESSAGES,  # type: ignore[arg-type]
+                                                       service_tier="priority")
+    assert not gateway.extra["upstreams"].gemini.requests  # flex/priority have no price on google/flash
+
+
+async def test_a_dropped_service_tier_serves_the_standard_tier(make_api_gateway: Any) -> None:
+    gateway: Gateway = await make_api_gateway({"oai/gpt-4o": {"params": {"drop": ["service_tier"]}}})
+    fake = openai_fake(gateway)
+    fake.reset()
+    before, _, _ = await key_state(gateway)
+    answer = await gateway.openai().chat.completions.create(model="oai/gpt-4o", messages=MESSAGES,  # type: ignore[arg-type]
+                                                            service_tier="priority")
+    assert "service_tier" not in fake.last.body
+    await assert_charged(gateway, before, STANDARD_COST, answer.id, "chat")
+
+
+async def test_an_unpriced_tier_an_answer_names_is_billed_at_the_model_price_and_logged(
+        make_api_gateway: Any, log_lines: Any) -> None:
+    gateway: Gateway = await make_api_gateway({})
+    fake = openai_fake(gateway)
+    fake.reset()
+    fake.served_tier = "priority"  # the operator's project serves priority by default, and it has no price here
+    before, _, _ = await key_state(gateway)
+    answer = await gateway.openai().chat.completions.create(model="oai/gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+    await assert_charged(gateway, before, STANDARD_COST, answer.id, "chat")
+    assert any(line.get("service_tier") == "priority" and line.get("level") == "warning" for line in log_lines())
+
+
+async def test_the_hold_covers_the_tier_asked_for(tiered: Gateway) -> None:
+    """A priority request holds at the priority price: a balance that covers the standard worst case only is
+    refused up front, not charged past what it held."""
+    runtime = tiered.app[RUNTIME]
+    balance, _, _ = await key_state(tiered)
+    await runtime.store.topup(tiered.key_id, -balance + 1_500_000)  # $0.0015
+    # 100 output tokens at most: standard worst case ~0.0010 USD, priority ~0.0020 USD
+    await tiered.openai().chat.completions.create(model="oai/gpt-4o", messages=MESSAGES, max_tokens=100)  # type: ignore[arg-type]
+    with pytest.raises(openai.APIStatusError) as caught:
+        await tiered.openai().chat.completions.create(model="oai/gpt-4o", messages=MESSAGES,  # type: ignore[arg-type]
+                                                      max_tokens=100, service_tier="priority")
+    assert caught.value.status_code == 402
+
+
+async def test_a_native_claude_message_served_at_priority_is_charged_so(tiered: Gateway,
+                                                                       claude_of: Any) -> None:
+    tiered.extra["upstreams"].anthropic.usage = {"service_tier": "priority"}
+    before, _, _ = await key_state(tiered)
+    client = claude_of(tiered)
+    message = await client.messages.create(model="claude/sonnet", max_tokens=100, messages=MESSAGES)
+    assert nano((message.model_extra or {})["billing"]["request_cost"]) == CLAUDE_PRIORITY_COST
+    await assert_charged(tiered, before, CLAUDE_PRIORITY_COST, message.id, "messages")
+    before, _, _ = await key_state(tiered)
+    async with client.messages.stream(model="claude/sonnet", max_tokens=100, messages=MESSAGES) as stream:
+        final = await stream.get_final_message()
+    await assert_charged(tiered, before, CLAUDE_STREAM_PRIORITY_COST, final.id, "messages")
+    tiered.extra["upstreams"].anthropic.usage = None
+
+
+async def test_chat_to_claude_at_priority_is_charged_so(tiered: Gateway) -> None:
+    tiered.extra["upstreams"].anthropic.usage = {"service_tier": "priority"}
+    before, _, _ = await key_state(tiered)
+    answer = await tiered.openai().chat.completions.create(model="claude/sonnet", messages=MESSAGES,  # type: ignore[arg-type]
+                                                           service_tier="priority")
+    assert "service_tier" not in tiered.extra["upstreams"].anthropic.last.body  # Claude has no such request field
+    await assert_charged(tiered, before, CLAUDE_PRIORITY_COST, answer.id, "chat")
+    tiered.extra["upstreams"].anthropic.usage = None
+
+
+@pytest.fixture
+async def claude_of() -> Any:
+    clients: list[anthropic.AsyncAnthropic] = []
+
+    def make(gateway: Gateway) -> anthropic.AsyncAnthropic:
+        clients.append(anthropic.AsyncAnthropic(base_url=gateway.url, api_key=gateway.key, max_retries=0))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+def test_the_standard_tier_cannot_be_priced_apart() -> None:
+    doc = {"providers": {"oai": {"kind": "openai", "base_url": "https://api.openai.com/v1"}},
+           "models": {"oai/m": {"price": {"input_per_mtok": 1, "service_tiers": {"default": {"input_per_mtok": 2}}}}}}
+    with pytest.raises(ConfigError, match=r"service_tiers.*standard tier"):
+        parse(json.dumps(doc), {})
+
+
+def test_a_tier_is_priced_by_name_and_the_standard_names_are_the_model_price() -> None:
+    priority = Price(5, 20, 5, 0)
+    price = Price(1, 2, 1, 0, tiers=(("priority", priority),))
+    assert price.tier("priority") is priority
+    assert all(price.tier(name) is price for name in ("", "auto", "default", "standard", "standard_only"))
+    assert price.tier("flex") is None
