@@ -237,18 +237,21 @@ class TokenPriceConfig(_Model):
         return max(2 * self.input_per_mtok, self.cache_write)
 
 
+# Request fields that choose a processing tier at another price: Anthropic's `speed` (fast: 2-6x), OpenAI's and
+# Anthropic's `service_tier` (flex: ~0.5x, priority: ~2x), Anthropic's `inference_geo` (us: 1.1x); dearest first.
+TIER_FIELDS = ("speed", "service_tier", "inference_geo")
 # What clients send and providers answer for the ordinary tier (OpenAI: auto/default; Anthropic: auto,
-# standard_only and, in answers, standard): the model's own price.
-STANDARD_TIERS = frozenset({"auto", "default", "standard", "standard_only"})
+# standard_only, standard, global and, in answers, not_available): the model's own price.
+STANDARD_TIERS = frozenset({"auto", "default", "standard", "standard_only", "global", "not_available"})
 
 
 class PriceConfig(TokenPriceConfig):
     per_request: NonNegFloat = 0.0
     per_image: NonNegFloat = 0.0  # USD per generated image (/v1/images/generations)
     per_web_search: NonNegFloat = 0.01  # USD per search of Anthropic's server tool (what Anthropic bills: $10 / 1,000)
-    # token prices of the provider's other processing tiers (OpenAI's `service_tier` flex/priority/scale,
-    # Anthropic's priority): a request may ask only for a tier priced here, and is billed by the tier its
-    # answer says served it
+    # token prices of the provider's other processing tiers, by the value naming them (OpenAI's `service_tier`
+    # flex/priority/scale, Anthropic's `speed` fast, `service_tier` priority, `inference_geo` us): a request may
+    # ask only for a tier priced here, and is billed by the tier its answer says served it
     service_tiers: dict[str, TokenPriceConfig] = {}
 
     @field_validator("service_tiers")
@@ -257,7 +260,7 @@ class PriceConfig(TokenPriceConfig):
         for name in tiers:
             if not name or name in STANDARD_TIERS:
                 raise ValueError(f"{name!r} is the standard tier, priced by the model's own prices; name another "
-                                 "tier (flex, priority, scale)")
+                                 "tier (flex, priority, scale, fast, us)")
         return tiers
 
 

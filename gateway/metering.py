@@ -24,7 +24,7 @@ from typing import Any
 
 from gateway import billing, limits, metrics
 from gateway.catalog import Price, Route
-from gateway.config import STANDARD_TIERS, Config, to_nano
+from gateway.config import STANDARD_TIERS, TIER_FIELDS, Config, to_nano
 from gateway.errors import Forbidden, InsufficientQuota, RateLimited, Unauthorized, Unavailable
 from gateway.logging import get_logger, utc_second
 from gateway.settlements import Settlements, key_missing
@@ -228,14 +228,19 @@ def _bound(usage: Usage) -> None:
         setattr(usage, name, min(max(getattr(usage, name), 0), MAX_TOKENS))
 
 
-def _asked_tier(route: Route, body: dict[str, Any]) -> Price | None:
-    """The price of the processing tier the request asks for, unless it is the standard one (validation refused
-    a tier without a price; a model that drops the field serves the standard tier)."""
-    tier = body.get("service_tier")
-    if tier is None or tier.__class__ is not str or "service_tier" in route.model.params.drop:
-        return None
-    price = route.price.tier(tier)
-    return None if price is route.price else price
+def _asked_tiers(route: Route, body: dict[str, Any]) -> list[Price]:
+    """The prices of the processing tiers the request asks for but the standard one, dearest field first
+    (validation refused a tier without a price; a model that drops the field serves the standard tier)."""
+    if not route.price.tiers:
+        return []
+    asked = []
+    for name in TIER_FIELDS:
+        tier = body.get(name)
+        if tier.__class__ is str and name not in route.model.params.drop:
+            price = route.price.tier(tier)
+            if price is not None and price is not route.price:
+                asked.append(price)
+    return asked
 
 
 def _flag(value: bool) -> str:
@@ -253,10 +258,10 @@ async def admit(store: Store, settlements: Settlements, config: Config, route: R
         worst = billing.worst_case_usage(body, route.model.max_output_tokens,
                                          config.billing.default_max_output_tokens)
     generation_id = new_generation_id()
-    asked = _asked_tier(route, body)
+    asked = _asked_tiers(route, body)
     hold = to_nano(config.billing.byok_fee) if byok else billing.token_cost(route.price, worst)
-    if asked is not None and not byok:  # the tier may cost more, or serve the request at the standard price
-        hold = max(hold, billing.token_cost(asked, worst))
+    if asked and not byok:  # a tier may cost more, or serve the request at the standard price
+        hold = max(hold, *(billing.token_cost(price, worst) for price in asked))
     hold = min(hold, MAX_AMOUNT)  # no balance reaches it: refused as insufficient, not as a bad argument
     eff = limits.effective(route.model.limits, config.limits.default, key)
     streams = key.max_streams if streamed and key.max_streams else None
@@ -281,7 +286,7 @@ async def admit(store: Store, settlements: Settlements, config: Config, route: R
     cap = worst.completion_tokens if billing.requested_max_output(body) else None  # else unbounded upstream
     ticket = Ticket(store, settlements, config, route, key, generation_id, hold, byok, result, streamed,
                     endpoint, time.time(), route.provider.egress, cap, time.monotonic())
-    ticket.asked = asked
+    ticket.asked = asked[0] if asked else None
     if hold or streams:  # else it holds nothing that could expire
         ticket.due, ticket.owner = ticket.renewed + config.billing.hold_ttl_s / 3, asyncio.current_task()
         settlements.keep(ticket)

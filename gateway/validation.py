@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 from gateway.catalog import Route
+from gateway.config import TIER_FIELDS
 from gateway.errors import InvalidRequest
 from providers import reasoning, registry
 from providers.types import Untranslatable
@@ -126,13 +127,21 @@ def serves(body: dict[str, Any], route: Route, endpoint: str = "chat") -> bool:
 
 
 def tier_priced(body: dict[str, Any], route: Route) -> bool:
-    """Whether the processing tier the request asks for (`service_tier`) is priced for `route`: the standard
-    tier always is, another (OpenAI's flex or priority, at other prices) only when the model's price lists it.
-    A tier the gateway cannot price is refused rather than served at one price and billed at another; a model
-    whose `params.drop` names the field serves the standard tier."""
-    tier = body.get("service_tier")
-    return tier is None or (tier.__class__ is str and route.price.tier(tier) is not None) \
-        or "service_tier" in route.model.params.drop
+    """Whether the processing tiers the request asks for are priced for `route`."""
+    return unpriced_tier(body, route) is None
+
+
+def unpriced_tier(body: dict[str, Any], route: Route) -> str | None:
+    """The field (`TIER_FIELDS`: OpenAI's `service_tier`, Anthropic's `speed`...) asking for a processing tier
+    `route` has no price for: the standard tier always has one, another (flex, priority, fast, at other prices)
+    only when the model's price lists it. A tier the gateway cannot price is refused rather than served at one
+    price and billed at another; a model whose `params.drop` names the field serves the standard tier."""
+    for name in TIER_FIELDS:
+        tier = body.get(name)
+        if tier is not None and (tier.__class__ is not str or route.price.tier(tier) is None) \
+                and name not in route.model.params.drop:
+            return name
+    return None
 
 
 def within_output_cap(body: dict[str, Any], route: Route) -> bool:
@@ -165,12 +174,12 @@ def check_route(body: dict[str, Any], route: Route, endpoint: str = "chat") -> N
     if endpoint == "messages" and not _claude_takes_turns(body, route):
         raise InvalidRequest(f"messages: the first message must use the \"user\" role (model '{route.model_id}', "
                              "provider kind 'anthropic').", param="messages[0].role", code="invalid_value")
-    if not tier_priced(body, route):
+    if (field := unpriced_tier(body, route)) is not None:
         offered = ", ".join(repr(name) for name, _ in route.price.tiers)
-        raise InvalidRequest(f"service_tier {str(body['service_tier'])[:40]!r} is not offered for model "
-                             f"'{route.model_id}' on this gateway, which bills only the tiers it prices (the standard "
-                             f"tier: leave the field out, or 'auto'{'; also ' + offered if offered else ''}).",
-                             param="service_tier", code="unsupported_value")
+        raise InvalidRequest(f"{field} {str(body[field])[:40]!r} is not offered for model '{route.model_id}' on this "
+                             "gateway, which bills only the processing tiers it prices (the standard tier: leave the "
+                             f"field out{'; also ' + offered if offered else ''}).", param=field,
+                             code="unsupported_value")
     if not serves(body, route, endpoint):
         raise InvalidRequest(f"Model '{route.model_id}' gives one choice per request (provider kind "
                              f"'{route.provider.kind}'): 'n' must be 1.", param="n", code="unsupported_value")

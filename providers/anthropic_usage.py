@@ -22,9 +22,22 @@ def usage_from(raw: Any) -> Usage:
     return usage_of(counts, tier_of(raw))
 
 
+# where an Anthropic `usage` object names how the request was served at a price of its own, dearest first:
+# `speed` "fast" (2-6x), `service_tier` "priority", `inference_geo` "us" (1.1x)
+_TIER_FIELDS = ("speed", "service_tier", "inference_geo")
+_STANDARD = frozenset({"standard", "global", "not_available"})
+
+
 def tier_of(raw: Any) -> str:
-    """The processing tier an Anthropic `usage` object says served the request ("standard", "priority"), or ""."""
-    tier = raw.get("service_tier") if isinstance(raw, dict) else None
+    """The processing tier an Anthropic `usage` object says served the request: the first of its tier fields
+    naming something other than the standard ("fast", "priority", "us"), else its `service_tier`, or ""."""
+    if not isinstance(raw, dict):
+        return ""
+    for name in _TIER_FIELDS:
+        tier = raw.get(name)
+        if isinstance(tier, str) and tier not in _STANDARD:
+            return tier
+    tier = raw.get("service_tier")
     return tier if isinstance(tier, str) else ""
 
 

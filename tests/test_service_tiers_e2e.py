@@ -26,7 +26,8 @@ TIERS: dict[str, dict[str, Any]] = {
         "priority": {"input_per_mtok": 5, "output_per_mtok": 20},
         "flex": {"input_per_mtok": 1.25, "output_per_mtok": 5}}}},
     "claude/sonnet": {"price": {"input_per_mtok": 3, "output_per_mtok": 15, "service_tiers": {
-        "priority": {"input_per_mtok": 6, "output_per_mtok": 30}}}},
+        "priority": {"input_per_mtok": 6, "output_per_mtok": 30},
+        "fast": {"input_per_mtok": 18, "output_per_mtok": 90}}}},
 }
 # docs-chat-default.response.json: 19 prompt and 10 completion tokens; nano-dollars per token at each tier
 STANDARD_COST = 19 * 2_500 + 10 * 10_000
@@ -35,6 +36,8 @@ FLEX_COST = 19 * 1_250 + 10 * 5_000
 STREAM_PRIORITY_COST = 14 * 5_000 + 30 * 20_000  # sdk-stream-text-with-usage.sse: 14 prompt, 30 completion
 CLAUDE_PRIORITY_COST = 705 * 6_000 + 25 * 30_000  # sdk-messages-end-turn.response.json
 CLAUDE_STREAM_PRIORITY_COST = 11 * 6_000 + 6 * 30_000  # sdk-stream-basic.sse
+CLAUDE_FAST_COST = 705 * 18_000 + 25 * 90_000
+CLAUDE_STANDARD_COST = 705 * 3_000 + 25 * 15_000
 
 
 @pytest.fixture(params=["memory", "redis"], ids=["memory", "redis"])
@@ -221,3 +224,45 @@ def test_a_tier_is_priced_by_name_and_the_standard_names_are_the_model_price() -
     assert price.tier("priority") is priority
     assert all(price.tier(name) is price for name in ("", "auto", "default", "standard", "standard_only"))
     assert price.tier("flex") is None
+
+
+async def test_claude_fast_mode_is_charged_at_its_price(tiered: Gateway, claude_of: Any) -> None:
+    """Anthropic's `speed: "fast"` (2-6x the price) reaches Claude on the native route with the client's
+    `anthropic-beta`, and `usage.speed` says whether it ran fast."""
+    upstream = tiered.extra["upstreams"].anthropic
+    upstream.usage = {"speed": "fast"}
+    before, _, _ = await key_state(tiered)
+    client = claude_of(tiered)
+    message = await client.messages.create(model="claude/sonnet", max_tokens=100, messages=MESSAGES,
+                                           extra_body={"speed": "fast"},
+                                           extra_headers={"anthropic-beta": "fast-mode-2026-02-01"})
+    assert upstream.last.body["speed"] == "fast"
+    record = await assert_charged(tiered, before, CLAUDE_FAST_COST, message.id, "messages")
+    assert record["service_tier"] == "fast"
+    upstream.usage = {"speed": "standard"}  # fast capacity ran out: served at the standard speed and price
+    before, _, _ = await key_state(tiered)
+    message = await client.messages.create(model="claude/sonnet", max_tokens=100, messages=MESSAGES,
+                                           extra_body={"speed": "fast"})
+    await assert_charged(tiered, before, CLAUDE_STANDARD_COST, message.id, "messages")
+    upstream.usage = None
+
+
+@pytest.mark.parametrize(("field", "value"), [("speed", "fast"), ("inference_geo", "us"), ("service_tier", "priority")])
+async def test_an_unpriced_claude_tier_is_refused_on_the_native_route(make_api_gateway: Any, claude_of: Any,
+                                                                       field: str, value: str) -> None:
+    gateway: Gateway = await make_api_gateway({})
+    upstream = gateway.extra["upstreams"].anthropic
+    sent = len(upstream.requests)
+    before, _, _ = await key_state(gateway)
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        await claude_of(gateway).messages.create(model="claude/sonnet", max_tokens=100, messages=MESSAGES,
+                                                 extra_body={field: value})
+    error = caught.value.body
+    assert isinstance(error, dict) and error["error"]["type"] == "invalid_request_error"
+    assert field in error["error"]["message"]
+    assert len(upstream.requests) == sent
+    await settled(gateway)
+    assert (await key_state(gateway))[0] == before
+    for standard in ({"speed": "standard"}, {"inference_geo": "global"}, {"service_tier": "standard_only"}):
+        await claude_of(gateway).messages.create(model="claude/sonnet", max_tokens=100, messages=MESSAGES,
+                                                 extra_body=standard)
