@@ -30,6 +30,7 @@ from gateway.logging import get_logger, utc_second
 from gateway.settlements import Settlements, key_missing
 from gateway.store.base import Admission, AdmitResult, KeyMissing, KeyRecord, Store, StoreError
 from gateway.store.memory import MAX_AMOUNT
+from providers import registry
 from providers.types import Usage
 
 log = get_logger("gateway.metering")
@@ -231,7 +232,7 @@ def _bound(usage: Usage) -> None:
 def _asked_tiers(route: Route, body: dict[str, Any]) -> list[Price]:
     """The prices of the processing tiers the request asks for but the standard one, dearest field first
     (validation refused a tier without a price; a model that drops the field serves the standard tier)."""
-    if not route.price.tiers:
+    if not route.price.tiers or not registry.get(route.provider.kind).SENDS_TIERS:
         return []
     asked = []
     for name in TIER_FIELDS:

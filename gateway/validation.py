@@ -139,7 +139,7 @@ def unpriced_tier(body: dict[str, Any], route: Route) -> str | None:
     for name in TIER_FIELDS:
         tier = body.get(name)
         if tier is not None and (tier.__class__ is not str or route.price.tier(tier) is None) \
-                and name not in route.model.params.drop:
+                and name not in route.model.params.drop and registry.get(route.provider.kind).SENDS_TIERS:
             return name
     return None
 

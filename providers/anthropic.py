@@ -53,6 +53,7 @@ SUPPORTED_PARAMETERS = ("temperature", "top_p", "top_k", "max_tokens", "max_comp
                         "tool_choice", "parallel_tool_calls", "response_format", "structured_outputs", "reasoning",
                         "reasoning_effort")  # what the translation carries
 MAX_CHOICES = 1  # the Messages API has no `n`: one answer per request
+SENDS_TIERS = True  # the native route passes them; Claude's usage names its tier either way
 API_VERSION = "2023-06-01"
 
 # finish-reason-map.json (LiteLLM); model_context_window_exceeded is the SDK's newer "ran out of room"

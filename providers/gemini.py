@@ -74,6 +74,7 @@ SUPPORTED_PARAMETERS = ("temperature", "top_p", "top_k", "seed", "max_tokens", "
                         "response_format", "structured_outputs", "tools", "tool_choice", "reasoning",
                         "reasoning_effort")  # what the translation carries
 MAX_CHOICES = 1  # see `_generation_config`
+SENDS_TIERS = False  # no translation carries a tier: served and billed at the standard one
 
 # wire/finish-reason-map.json "gemini_vertex" (LiteLLM); the rest (STOP, MALFORMED_FUNCTION_CALL, ...) is "stop"
 _FINISH_REASONS = {"MAX_TOKENS": "length", **dict.fromkeys((

@@ -47,6 +47,7 @@ SUPPORTED_PARAMETERS = ("temperature", "top_p", "frequency_penalty", "presence_p
                         "max_completion_tokens", "logit_bias", "logprobs", "top_logprobs", "seed", "response_format",
                         "structured_outputs", "stop", "tools", "tool_choice", "parallel_tool_calls", "reasoning_effort")
 MAX_CHOICES = 128  # `n`: OpenAI's documented maximum, billed in one usage block
+SENDS_TIERS = True  # passed through; OpenAI's answer names the tier that served it
 
 _FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
 _FINISH_REASON_MAP = {"eos": "stop", "eos_token": "stop", "error": "stop"}  # finish-reason-map.json

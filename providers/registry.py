@@ -33,6 +33,9 @@ class Adapter(Protocol):
     VERBATIM_CHUNKS: bool
     SUPPORTED_PARAMETERS: tuple[str, ...]  # request fields the kind carries upstream (OpenRouter's names)
     MAX_CHOICES: int  # the largest `n` the upstream honours (1: it would silently answer one choice)
+    # The request's processing-tier fields (`service_tier`, Anthropic's `speed`, `inference_geo`) reach the upstream
+    # as sent, or its answer names the tier that served it; False: served at the standard tier whatever was asked
+    SENDS_TIERS: bool
 
     def build_request(self, req: ChatRequest, target: Target) -> UpstreamRequest: ...
 

@@ -56,6 +56,7 @@ class RedisServer:
             raise FileNotFoundError("redis-server not found on PATH")
         self.binary = binary
         self.port = port if port is not None else free_port()
+        self._may_move = port is None  # until it first runs: another process may take a free port before it binds
         self.password = password
         self.dir = Path(tempfile.mkdtemp(prefix="gw-redis-"))
         self._proc: subprocess.Popen[bytes] | None = None
@@ -88,8 +89,13 @@ class RedisServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
+                if self._may_move and "Address already in use" in self.log_tail():
+                    self._may_move, self._proc, self.port = False, None, free_port()  # once: the race lost
+                    self.start(timeout)
+                    return
                 raise RuntimeError(f"redis-server exited with {self._proc.returncode}:\n{self.log_tail()}")
             if answers_ping(self.port):
+                self._may_move = False  # from now on it keeps its port: a restart must come back on it
                 return
             time.sleep(0.02)
         self.stop()

@@ -296,3 +296,26 @@ def test_helpers() -> None:
     with pytest.raises(TimeoutError):
         wait_listening(port, timeout=0.2)
     assert time.monotonic() - began < 1
+
+
+def test_a_test_redis_whose_free_port_was_taken_moves_once_and_then_keeps_its_port() -> None:
+    """Parallel suites on one machine race for free ports: a server that lost the race before it first ran
+    takes another port; once running it keeps its port, as the fault tests' restarts need."""
+    import socket
+
+    from redis_server import HOST, RedisServer, answers_ping
+
+    server = RedisServer()
+    taken = server.port
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind((HOST, taken))
+        squatter.listen()
+        try:
+            server.start()
+            assert server.port != taken and answers_ping(server.port)
+            moved = server.port
+            server.restart()
+            assert server.port == moved and answers_ping(moved)
+        finally:
+            server.close()

@@ -126,14 +126,15 @@ async def test_a_tier_without_a_price_is_refused_before_anything_is_sent(make_ap
 
 
 async def test_a_fallback_without_the_tier_is_skipped(make_api_gateway: Any) -> None:
-    gateway: Gateway = await make_api_gateway({"oai/gpt-4o": {**TIERS["oai/gpt-4o"], "fallbacks": ["google/flash"]}})
+    gateway: Gateway = await make_api_gateway({"oai/gpt-4o": {**TIERS["oai/gpt-4o"], "fallbacks": ["claude/sonnet"]}})
     fake = openai_fake(gateway)
     fake.reset()
     fake.status = 500
+    sent = len(gateway.extra["upstreams"].anthropic.requests)
     with pytest.raises(openai.InternalServerError):
         await gateway.openai().chat.completions.create(model="oai/gpt-4o", messages=MESSAGES,  # type: ignore[arg-type]
                                                        service_tier="priority")
-    assert not gateway.extra["upstreams"].gemini.requests  # flex/priority have no price on google/flash
+    assert len(gateway.extra["upstreams"].anthropic.requests) == sent  # priority has no price on claude/sonnet
 
 
 async def test_a_dropped_service_tier_serves_the_standard_tier(make_api_gateway: Any) -> None:
@@ -266,3 +267,18 @@ async def test_an_unpriced_claude_tier_is_refused_on_the_native_route(make_api_g
     for standard in ({"speed": "standard"}, {"inference_geo": "global"}, {"service_tier": "standard_only"}):
         await claude_of(gateway).messages.create(model="claude/sonnet", max_tokens=100, messages=MESSAGES,
                                                  extra_body=standard)
+
+
+async def test_gemini_serves_and_charges_the_standard_tier_whatever_is_asked(make_api_gateway: Any) -> None:
+    """No translation to Gemini carries a tier, and its answers name none: the standard tier is what runs, so
+    it is what is charged (a priced flex is not a discount the operator never got), and no tier is refused."""
+    gateway: Gateway = await make_api_gateway({"google/flash": {"price": {
+        "input_per_mtok": 0.1, "output_per_mtok": 0.4, "service_tiers": {"flex": {"input_per_mtok": 0.05}}}}})
+    charges = []
+    for extra in ({}, {"service_tier": "flex"}, {"service_tier": "priority"}):
+        before, _, _ = await key_state(gateway)
+        await gateway.openai().chat.completions.create(model="google/flash", messages=MESSAGES,  # type: ignore[arg-type]
+                                                       extra_body=extra)
+        await settled(gateway)
+        charges.append(before - (await key_state(gateway))[0])
+    assert charges[0] > 0 and charges == [charges[0]] * 3
