@@ -36,6 +36,9 @@ from python_socks.async_.asyncio.v2 import Proxy
 # 257th concurrent stream behind the others with no error and no deadline (the benchmark's 1,000 open
 # streams to one host saw it). Overload is refused up front instead, by the gateway's admission.
 CONNECTIONS_PER_HOST = 0
+# The longest an idle connection stays pooled (aiohttp's default): a request may ask for less (`max_idle_s`).
+# Long enough to save a TLS handshake between a cloud provider's requests, which keep connections far longer.
+POOL_IDLE_S = 15.0
 
 # What the proxy libraries raise when a way out fails; aiohttp-socks' own errors are bare Exceptions.
 PROXY_ERRORS: tuple[type[BaseException], ...] = (
@@ -106,8 +109,9 @@ def _proxy(p: _Parsed) -> Proxy:
 
 
 class _Watched:
-    """A connector that marks the calling task's `Progress` once a request has its connection, and
-    times each new one (TCP + proxy handshake + TLS).
+    """A connector that marks the calling task's `Progress` once a request has its connection, times each
+    new one (TCP + proxy handshake + TLS), and reuses a pooled one only if it was idle less than the
+    request's `max_idle_s`.
 
     This used to be an aiohttp TraceConfig, which dispatches six signals with their parameter objects
     on every request (about 4 % of the gateway's instructions per request); a contextvar read once per
@@ -115,6 +119,9 @@ class _Watched:
     """
 
     on_connect: Callable[[float], None] | None = None
+    _conns: Any  # aiohttp's pool: ConnectionKey -> deque of (protocol, time.monotonic() at release)
+    _cleanup_closed_disabled: bool  # aiohttp's: SSL transports it closes are aborted later unless disabled
+    _cleanup_closed_transports: list[Any]
 
     async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:
         conn = await super().connect(req, traces, timeout)  # type: ignore[misc]
@@ -122,6 +129,29 @@ class _Watched:
         if progress is not None:
             progress.connected = True
         return conn
+
+    def _get(self, key: Any, traces: Any) -> Any:
+        """aiohttp's own pick from the pool (its coroutine, returned unawaited: no frame of ours per request),
+        after closing the connections to `key` idle longer than the request's `max_idle_s`: the upstream may
+        be closing one just as the request goes out on it, and a request whose body was sent is never resent.
+        aiohttp's connector has one idle limit for every host (POOL_IDLE_S), where servers of local models close
+        theirs after 5 s (uvicorn, llama-server) or 2 s (gunicorn)."""
+        progress = _WATCHED.get()
+        if progress is not None and progress.max_idle_s is not None and progress.max_idle_s < POOL_IDLE_S:
+            self._forget_idle(key, progress.max_idle_s)
+        return aiohttp.BaseConnector._get(self, key, traces)  # type: ignore[arg-type]  # neither subclass has one
+
+    def _forget_idle(self, key: Any, max_idle_s: float) -> None:
+        idle = self._conns.get(key)
+        if not idle:
+            return
+        too_old = time.monotonic() - max_idle_s  # aiohttp's clock for the pool
+        while idle and idle[0][1] <= too_old:  # oldest first: aiohttp appends each as it is released
+            proto = idle.popleft()[0]
+            transport = proto.transport
+            proto.close()
+            if key.is_ssl and not self._cleanup_closed_disabled:  # as aiohttp's own pick closes one
+                self._cleanup_closed_transports.append(transport)
 
     async def _create_connection(self, req: Any, traces: Any, timeout: Any) -> Any:
         started = time.perf_counter()
@@ -200,9 +230,11 @@ class _ProxyConnector(_Watched, ProxyConnector):
 
 # Private methods of aiohttp and aiohttp-socks that the connectors above override. A release that renamed
 # one would silence its override without an error: fetches pinned to a checked address would lose their TLS
-# name, a proxy's bad certificate would be blamed on the provider, requests would not mark their connection.
+# name, a proxy's bad certificate would be blamed on the provider, requests would not mark their connection,
+# and a local model's server would be sent requests on connections it is closing.
 _OVERRIDDEN = ((ProxyConnector, "_connect_via_proxy"), (ProxyConnector, "_wrap_create_connection"),
-               (aiohttp.TCPConnector, "_create_connection"), (aiohttp.TCPConnector, "connect"))
+               (aiohttp.TCPConnector, "_create_connection"), (aiohttp.TCPConnector, "connect"),
+               (aiohttp.TCPConnector, "_get"))
 
 
 def check_overrides(hooks: tuple[tuple[type, str], ...] = _OVERRIDDEN) -> None:
@@ -220,9 +252,11 @@ def make_connector(spec: ProxySpec | None,
                    on_connect: Callable[[float], None] | None = None) -> aiohttp.BaseConnector:
     connector: _Watched
     if spec is None:
-        connector = _DirectConnector(limit=0, limit_per_host=CONNECTIONS_PER_HOST, ttl_dns_cache=300)
+        connector = _DirectConnector(limit=0, limit_per_host=CONNECTIONS_PER_HOST, keepalive_timeout=POOL_IDLE_S,
+                                     ttl_dns_cache=300)
     else:
-        connector = _ProxyConnector(_parse(spec.url), limit=0, limit_per_host=CONNECTIONS_PER_HOST)
+        connector = _ProxyConnector(_parse(spec.url), limit=0, limit_per_host=CONNECTIONS_PER_HOST,
+                                    keepalive_timeout=POOL_IDLE_S)
     connector.on_connect = on_connect
     return connector  # type: ignore[return-value]
 
@@ -236,9 +270,13 @@ class Progress:
     (pproxy, for one, just closes the socket on a bad login): safe to retry on another way out. aiohttp
     writes a request as soon as it has its connection, so from then on it counts as sent: the upstream
     may be acting on it, and it is never resent.
+
+    `max_idle_s` is the request's word to the connector: a pooled connection idle this long is closed, not
+    reused (None: the pool's own limit for every host, POOL_IDLE_S).
     """
 
     connected: bool = False
+    max_idle_s: float | None = None
 
 
 _WATCHED: ContextVar[Progress | None] = ContextVar("egress_progress", default=None)

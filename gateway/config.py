@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from redis.connection import parse_url as parse_redis_url
 
+from egress.proxy import POOL_IDLE_S
+from gateway.fetch import local_host
 from gateway.store.boundary import url_secrets
 from providers.registry import KINDS
 
@@ -30,6 +32,10 @@ REASONING_DETAILS_HOSTS = frozenset({"openrouter.ai"})
 # and those that refuse `stream_options` (422 extra_forbidden), to which the gateway's `include_usage` is not
 # added: Mistral, whose streams end with their usage anyway
 NO_STREAM_OPTIONS_HOSTS = frozenset({"api.mistral.ai", "codestral.mistral.ai"})
+# How long an idle connection to a local or plain-http upstream may be reused: under the idle timeouts their
+# servers close connections at (uvicorn, llama-server, Node: 5 s; gunicorn's uvicorn workers: 2 s), as a
+# request sent just as the server closes is lost. A new connection there costs one TCP handshake, no TLS.
+LOCAL_POOL_IDLE_S = 1.0
 
 
 class ConfigError(Exception):
@@ -154,6 +160,8 @@ class TimeoutsConfig(_Model):
     connect_s: PosFloat = 10.0
     first_byte_s: PosFloat = 300.0  # until the upstream's response headers
     between_chunks_s: PosFloat = 300.0  # longest silence inside a body
+    # an idle pooled connection is reused only within this (0: never); None: ProviderConfig.pool_idle_s
+    pool_idle_s: Annotated[float, Field(ge=0, le=POOL_IDLE_S)] | None = None
 
 
 # `providers.*.headers` names whose value is a credential (a key-checking proxy's `api-key`, `cf-aig-authorization`,
@@ -195,6 +203,17 @@ class ProviderConfig(_Model):
     @cached_property
     def refuses_stream_options(self) -> bool:
         return self.base_host in NO_STREAM_OPTIONS_HOSTS
+
+    @cached_property
+    def pool_idle_s(self) -> float:
+        """How long an idle connection to this upstream may be reused: `timeouts.pool_idle_s`, else short for a
+        server of one's own (plain http, a local host), whose idle timeout is short, and the pool's longest
+        for a cloud provider, whose TLS connections are worth keeping."""
+        if self.timeouts.pool_idle_s is not None:
+            return self.timeouts.pool_idle_s
+        if self.base_url.startswith("http://") or local_host(self.base_host):
+            return LOCAL_POOL_IDLE_S
+        return POOL_IDLE_S
 
     @field_validator("kind")
     @classmethod

@@ -69,6 +69,19 @@ def refused_address(ip: IPAddress) -> bool:
     return not ip.is_global or ip.is_multicast
 
 
+def local_host(host: str) -> bool:
+    """Whether a URL's host is a local one by what it says: an address not globally routable, `localhost`,
+    a name under a local suffix (`.local`, `.internal`...) or of one label (a Compose service, `ollama`)."""
+    literal = literal_address(host)
+    if literal is not None:
+        return refused_address(literal)
+    return _local_name(host)
+
+
+def _local_name(host: str) -> bool:
+    return host == "localhost" or host.endswith(_LOCAL_NAMES) or "." not in host.rstrip(".")
+
+
 async def system_resolve(host: str, port: int) -> list[str]:
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return [str(info[4][0]) for info in infos]
@@ -93,7 +106,7 @@ class Guard:
             if self.refuse(literal):
                 raise Refused("it points to a private, loopback or link-local address")
             return url, None
-        if host == "localhost" or host.endswith(_LOCAL_NAMES) or "." not in host.rstrip("."):
+        if _local_name(host):
             raise Refused("it names a local host")
         if not self.resolve_locally:
             return url, None

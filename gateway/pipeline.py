@@ -201,7 +201,7 @@ async def _call(request: web.Request, route: Route, op: Endpoint, exchange: Exch
     t = route.provider.timeouts
     asked = time.perf_counter()
     resp, exit_ = await open_upstream(runtime.egress, route.provider.egress, affinity, blocked, upstream_request,
-                                      t.connect_s, t.first_byte_s, route.provider_name)
+                                      t.connect_s, t.first_byte_s, route.provider_name, route.provider.pool_idle_s)
     metrics.child(metrics.UPSTREAM, route.provider_name, route.model_id).observe(time.perf_counter() - asked)
     ticket.egress = request[LOG]["egress"] = exit_.name
     scrub = _scrubber(api_key if byok else "")

@@ -38,14 +38,15 @@ def egress_unavailable(provider: str, reason: str) -> Unavailable:
 
 async def open_upstream(egress: Egress, pool: str, affinity_key: str | None, blocked: frozenset[str],
                         req: UpstreamRequest, connect_s: float, first_byte_s: float,
-                        provider: str) -> tuple[aiohttp.ClientResponse, Exit]:
+                        provider: str, max_idle_s: float | None = None) -> tuple[aiohttp.ClientResponse, Exit]:
     """Send the request through the provider's pool; return once the upstream's headers arrived.
 
     A way out that fails before the request reached the upstream (proxy refused, handshake failed,
     connect timeout) counts against that proxy and the next exit is tried at once (the direct route last,
     when the pool may fall back to it); once the request body was sent, there is no resend, here or by a
     retry (the error is not retryable). The request's deadline running out while connecting is nobody's
-    failure and leaves no time for another exit.
+    failure and leaves no time for another exit. A pooled connection idle for `max_idle_s` (the provider's
+    `timeouts.pool_idle_s`) is not reused: the upstream may be closing it as the request goes out.
     """
     try:
         exits = egress.plan(pool, affinity_key, blocked)
@@ -55,7 +56,7 @@ async def open_upstream(egress: Egress, pool: str, affinity_key: str | None, blo
     for exit_ in exits:
         if exit_.proxy is None and pool != DIRECT:
             egress.leaving_direct(pool)
-        progress = Progress()
+        progress = Progress(False, max_idle_s)
         wait_s = _header_wait(own_s)
         try:
             with watching(progress):
