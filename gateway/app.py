@@ -14,7 +14,7 @@ from egress import health as egress_health
 from egress.pool import PoolSpec
 from egress.proxy import ProxySpec
 from gateway import config as config_mod
-from gateway import config_load, metrics
+from gateway import config_load, edge, metrics
 from gateway.config import Config
 from gateway.handlers import admin, apis, chat, credits, docs, health, messages, models
 from gateway.logging import get_logger, redactor, set_level
@@ -81,7 +81,7 @@ def create_app(config: Config, config_path: str | None = None, extra_middlewares
     redactor.update(config.secrets())
     # aiohttp's own cap stays above ours so that our handler answers 413 in OpenAI's shape
     app = web.Application(middlewares=[request_context, require_key, require_admin, *extra_middlewares],
-                          client_max_size=config.server.max_body_bytes + 1024)
+                          client_max_size=config.server.max_body_bytes + 1024, handler_args=edge.handler_args())
     app[RUNTIME] = Runtime(Snapshot.of(config), config_path, overrides, started=config)
     app.cleanup_ctx.append(_resources)
     app.on_response_prepare.append(add_response_headers)

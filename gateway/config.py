@@ -60,6 +60,8 @@ class ServerConfig(_Model):
     sse_keepalive_s: PosFloat = 10.0  # ': keep-alive' comment while the upstream is silent
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_grace_s: PosFloat = 30.0  # streams in flight may finish for this long after SIGTERM
+    # the longest a request body may take to arrive whole, however it trickles (60 s of silence end it sooner)
+    body_timeout_s: PosFloat = 300.0
     metrics_listen: str = Field(default="", pattern=r"^$|^[^:]+:\d+$")  # "host:port": /metrics there only
     metrics_token: str = ""  # when set, /metrics needs "Authorization: Bearer <token>"
     admin_listen: str = Field(default="", pattern=r"^$|^[^:]+:\d+$")  # "host:port": /admin/* there only

@@ -15,6 +15,7 @@ import orjson
 from aiohttp import StreamReader, web
 
 from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge
+from gateway.state import RUNTIME
 
 MAX_DEPTH = 64  # real requests (messages > content parts > tool schemas) stay far below
 WALK_AT_MOST = 10_000  # opening brackets of a body walked for its depth; beyond, its bytes are checked in C
@@ -30,8 +31,9 @@ def _too_large(limit: int) -> PayloadTooLarge:
 
 async def read_limited(request: web.Request, limit: int) -> bytes:
     """The body, refusing past `limit` bytes as it decodes (a gzip or deflate body is counted inflated,
-    not by its Content-Length), a body that does not decode, and one that stalls for
-    `BODY_IDLE_TIMEOUT_S` (aiohttp would wait for it for ever, holding the connection and its buffer)."""
+    not by its Content-Length), a body that does not decode, one that stalls for `BODY_IDLE_TIMEOUT_S`, and
+    one that has not arrived whole after `server.body_timeout_s` (aiohttp would wait for either for ever,
+    holding the connection and its buffer: a byte every 59 s is never a stall)."""
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
     try:
@@ -40,7 +42,7 @@ async def read_limited(request: web.Request, limit: int) -> bytes:
             if len(body) > limit:
                 raise _too_large(limit)
             return body
-        return await _read_slowly(request.content, limit)
+        return await _read_slowly(request.content, limit, request.app[RUNTIME].snapshot.config.server.body_timeout_s)
     except web.HTTPRequestEntityTooLarge:  # past aiohttp's own bound (the server's limit plus a margin)
         raise _too_large(limit) from None
     except web.RequestPayloadError as exc:  # a Content-Encoding that does not decode, broken framing
@@ -48,21 +50,28 @@ async def read_limited(request: web.Request, limit: int) -> bytes:
                              "says.", code="invalid_body") from exc
 
 
-async def _read_slowly(content: StreamReader, limit: int) -> bytes:
+async def _read_slowly(content: StreamReader, limit: int, deadline_s: float) -> bytes:
     body = bytearray()
     loop = asyncio.get_running_loop()
+    ends = loop.time() + deadline_s
+
+    def next_timeout() -> float:
+        return min(loop.time() + BODY_IDLE_TIMEOUT_S, ends)
+
     try:
-        async with asyncio.timeout(BODY_IDLE_TIMEOUT_S) as idle:
+        async with asyncio.timeout_at(next_timeout()) as timeout:
             while chunk := await content.readany():
                 body += chunk
                 if len(body) > limit:
                     raise _too_large(limit)
                 if content.is_eof():
                     break
-                idle.reschedule(loop.time() + BODY_IDLE_TIMEOUT_S)
+                timeout.reschedule(next_timeout())
     except TimeoutError as exc:
-        raise GatewayError(f"The request body stalled: nothing arrived for {BODY_IDLE_TIMEOUT_S:g} s.",
-                           status=408, type_="invalid_request_error", code="request_timeout") from exc
+        why = (f"took too long: it had not arrived whole after {deadline_s:g} s" if timeout.when() == ends
+               else f"stalled: nothing arrived for {BODY_IDLE_TIMEOUT_S:g} s")
+        raise GatewayError(f"The request body {why}.", status=408, type_="invalid_request_error",
+                           code="request_timeout") from exc
     return bytes(body)
 
 

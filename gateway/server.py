@@ -21,7 +21,7 @@ import uvloop
 from aiohttp import web
 
 from egress import health as egress_health
-from gateway import keys, metrics, systemd
+from gateway import edge, keys, metrics, systemd
 from gateway.app import add_admin_routes, create_app, reload_config
 from gateway.config import Config, to_nano
 from gateway.handlers import health
@@ -127,7 +127,7 @@ def _side_addresses(config: Config) -> dict[str, frozenset[str]]:
 
 async def _side_listener(app: web.Application, listen: str, what: frozenset[str]) -> web.AppRunner:
     """/metrics or /admin/* on an address of their own, as operators keep them off the public listener."""
-    side = web.Application(middlewares=[request_context, require_admin])
+    side = web.Application(middlewares=[request_context, require_admin], handler_args=edge.handler_args())
     side[RUNTIME] = app[RUNTIME]
     side[SIDE] = what
     side.on_response_prepare.append(add_response_headers)  # X-Request-Id, as on the main listener

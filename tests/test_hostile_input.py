@@ -133,7 +133,8 @@ async def test_byok_header_that_is_not_a_key_is_400(gateway: Gateway) -> None:
 ])
 async def test_header_with_cr_lf_is_refused_by_the_http_parser(gateway: Gateway, header_line: bytes) -> None:
     """aiohttp's parser refuses these (and header values over its 8190-byte limit) before any handler runs:
-    the client gets a plain-text 400 and the connection is closed; nothing is sent upstream."""
+    the client gets a 400 in OpenAI's shape (gateway.edge; tests/test_http_edge.py) and the connection is
+    closed; nothing is sent upstream."""
     host, port = gateway.url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     body = chat()
@@ -144,6 +145,7 @@ async def test_header_with_cr_lf_is_refused_by_the_http_parser(gateway: Gateway,
     answer = await asyncio.wait_for(reader.read(), 10)
     writer.close()
     assert answer.startswith((b"HTTP/1.1 400 ", b"HTTP/1.0 400 ")), answer[:200]
+    assert b"\r\nContent-Type: application/json" in answer, answer[:200]
     await untouched(gateway)
 
 

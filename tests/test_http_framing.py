@@ -92,3 +92,47 @@ async def test_a_body_that_stalls_is_refused_not_waited_for_forever(gateway: Gat
         writer.close()
     assert status_line.split()[1] == b"408", status_line
     await untouched(gateway)
+
+
+async def test_a_body_that_trickles_is_cut_at_its_total_deadline(make_gateway: Any) -> None:
+    """A client that sends a byte of its body now and then, never silent for the idle timeout (60 s), held
+    its connection and a growing buffer for as long as it liked: `server.body_timeout_s` bounds the whole
+    body. The same 408 as a stall, and nothing held, charged or sent upstream."""
+    gateway = await make_gateway(body_timeout_s=1.0)
+    host, port = gateway.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    body = chat("x" * 2000)
+    writer.write(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {gateway.key}\r\n"
+                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+
+    async def trickle() -> None:
+        for i in range(len(body)):
+            writer.write(body[i:i + 1])
+            await writer.drain()
+            await asyncio.sleep(0.05)
+
+    sender = asyncio.create_task(trickle())
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = next(int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+                      if line.startswith(b"content-length:"))
+        payload = json.loads(await asyncio.wait_for(reader.readexactly(length), 5))
+    except TimeoutError:
+        pytest.fail("a body still trickling after 10 s was not cut off")
+    finally:
+        sender.cancel()
+        writer.close()
+    assert head.split()[1] == b"408", head
+    validate(payload, "ErrorResponse")
+    assert payload["error"]["code"] == "request_timeout" and "1 s" in payload["error"]["message"], payload
+    await untouched(gateway)
+
+
+@pytest.mark.parametrize("value", [0, -1, "soon"])
+def test_the_body_deadline_must_be_a_positive_number(value: Any) -> None:
+    from harness import gateway_config
+
+    from gateway.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"server\.body_timeout_s: must be a number"):
+        gateway_config("http://127.0.0.1:9/v1", body_timeout_s=value)
