@@ -283,6 +283,8 @@ async def admit(store: Store, settlements: Settlements, config: Config, route: R
                                    config.billing.generation_ttl_s))
         raise
     metrics.store_up(True)
+    if settlements.retrying:
+        settlements.store_answered()
     _refuse_unless_ok(result, hold, route.model_id, streams)
     cap = worst.completion_tokens if billing.requested_max_output(body) else None  # else unbounded upstream
     ticket = Ticket(store, settlements, config, route, key, generation_id, hold, byok, result, streamed,

@@ -8,6 +8,7 @@ background and drained at shutdown, and the holds of the requests in flight, ren
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import Coroutine
@@ -41,6 +42,8 @@ class Settlements:
         self._timer: asyncio.TimerHandle | None = None  # fires at `_wake`, at or before the earliest renewal due
         self._wake = math.inf
         self._renewing: asyncio.Task[None] | None = None
+        self.retrying = 0  # deferred settlements waiting out a back-off
+        self._answered = asyncio.Event()  # set (and cleared) when the store answered a request again
 
     def keep(self, ticket: Renewable) -> None:
         """Renew the ticket's hold and stream slot every third of its TTL until it settles: a request that
@@ -91,20 +94,33 @@ class Settlements:
     def retry(self, store: Store, args: tuple[Any, ...]) -> None:
         self.track(self._retry(store, args))
 
+    def store_answered(self) -> None:
+        """The store answered a request again: the deferred settlements go now rather than at the end of their
+        back-off (up to 30 s), so that what they give back (the hold of an admission whose answer an outage
+        lost, a settlement's change) is in the balance before the key's next requests are refused for it."""
+        self._answered.set()
+        self._answered.clear()  # the waiters are woken already; the next outage's wait for the next answer
+
     async def _retry(self, store: Store, args: tuple[Any, ...]) -> None:
         attempt = 0
-        while True:
-            await asyncio.sleep(RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)])
-            attempt += 1
-            try:
-                await store.settle(*args)
-            except StoreError:
-                continue
-            except KeyMissing:
-                key_missing(args)
+        self.retrying += 1
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):  # the back-off, or sooner once the store answers again
+                    async with asyncio.timeout(RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]):
+                        await self._answered.wait()
+                attempt += 1
+                try:
+                    await store.settle(*args)
+                except StoreError:
+                    continue
+                except KeyMissing:
+                    key_missing(args)
+                    return
+                log.info("deferred settlement done", generation_id=args[1], attempts=attempt)
                 return
-            log.info("deferred settlement done", generation_id=args[1], attempts=attempt)
-            return
+        finally:
+            self.retrying -= 1
 
     async def drain(self, timeout_s: float) -> None:
         """Wait for every settlement, also the retries that settlements still in flight hand off meanwhile."""

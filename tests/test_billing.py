@@ -16,6 +16,7 @@ from harness import SHARED, gateway_config, gateway_config_text
 from pdfs import make_pdf
 
 from gateway import metering, pdf
+from gateway import settlements as settlements_mod
 from gateway.billing import (
     IMAGE_TOKENS,
     PDF_BYTES_PER_PAGE,
@@ -34,7 +35,7 @@ from gateway.exchange import CHAT, ChatExchange
 from gateway.keys import new_record
 from gateway.limits import effective, go_duration, headers, retry_after
 from gateway.store import MemoryStore
-from gateway.store.base import Admission, AdmitResult, KeyRecord, Settlement, WindowState
+from gateway.store.base import Admission, AdmitResult, KeyRecord, Settlement, StoreError, WindowState
 from gateway.streaming import text_bytes
 from gateway.validation import check_route
 from providers import registry
@@ -455,3 +456,40 @@ async def test_a_request_that_ended_without_settling_is_not_renewed_for_ever() -
     assert ticket.generation_id not in settlements.live
     await settlements.drain(0.1)
     await others.drain(0.1)
+
+
+class _DownStore(_SlowSettleStore):
+    """Settlements fail (the store is down) until `up`; admissions answer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = False
+        self.attempts = 0
+
+    async def settle(self, key_id: str, generation_id: str, cost: int, tokens: int, record: dict[str, str],
+                     record_ttl_s: int) -> Settlement:
+        self.attempts += 1
+        if not self.up:
+            raise StoreError("down")
+        self.settled.append(cost)
+        return Settlement(charged=cost, balance=1_000_000 - cost, already_settled=False)
+
+
+async def test_deferred_settlements_go_as_soon_as_the_store_answers_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After an outage a deferred settlement (a lost admission's hold given back, a settlement's change) waited out
+    its back-off, up to 30 s, while the key's requests were refused for the money it held. The first admission
+    the store answers again lets it go at once."""
+    monkeypatch.setattr(settlements_mod, "RETRY_DELAYS_S", (0.01, 60))
+    store = _DownStore()
+    ticket, settlements = await _ticket(store, max_tokens=100)
+    settlements.retry(store, ("k", "gen-lost", 0, 0, {}, 60))
+    while store.attempts < 1:  # the first attempt failed: the next waits 60 s
+        await asyncio.sleep(0.01)
+    assert settlements.retrying == 1
+    store.up = True
+    config = gateway_config("http://127.0.0.1:9/v1")
+    _, key = new_record("k", 1_000_000)
+    body = {"model": "fake/gpt-5", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
+    await metering.admit(store, settlements, config, ticket.route, key, body, False, False)  # type: ignore[arg-type]
+    await asyncio.wait_for(settlements.drain(5), 2)
+    assert store.settled == [0] and settlements.retrying == 0 and not settlements.pending
