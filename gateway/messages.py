@@ -39,11 +39,18 @@ from providers.types import (
 
 HELD_EVENTS = frozenset({"message_delta", "message_stop"})  # wait for the bill
 REWRITTEN = HELD_EVENTS | {"message_start"}  # the rest are relayed as their bytes came (one data line each)
+# prompt counts Claude states in message_start; its current API repeats them in message_delta, older
+# recordings (and Anthropic-compatible servers) do not
+PROMPT_COUNTS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
 
 class NativeCodec:
     """An Anthropic upstream's events relayed as they are, as their bytes came where nothing changes in
-    them; message_start gets the gateway's id and model, message_delta/message_stop wait for the bill."""
+    them; message_start gets the gateway's id and model, message_delta/message_stop wait for the bill.
+
+    message_delta's usage gets message_start's prompt counts where it lacks them, as the gateway's translated
+    streams state them: LangChain's ChatAnthropic reads a stream's usage from message_delta alone, and would
+    report a prompt billed here as 0 tokens (the Anthropic SDK takes the same counts from either event)."""
 
     template: Template | None = None  # Claude's events are relayed one by one
     learning = 0
@@ -53,6 +60,7 @@ class NativeCodec:
         self.state = self.adapter.new_stream_state(ChatRequest(body={}, stream=True), target)
         self.generation_id, self.model = generation_id, target.public_model
         self.held: list[tuple[str, JSON]] = []
+        self.prompt_counts: JSON = {}
 
     def feed(self, event: SSEEvent) -> tuple[bytes, int]:
         chunks = self.adapter.parse_stream_event(self.state, event)  # usage, finish, done; raises on `error`
@@ -64,6 +72,9 @@ class NativeCodec:
         name = name or str(data.get("type") or "")
         if name == "message_start" and isinstance(data.get("message"), dict):
             data["message"].update(id=self.generation_id, model=self.model)
+            usage = data["message"].get("usage")
+            if isinstance(usage, dict):
+                self.prompt_counts = {k: usage[k] for k in PROMPT_COUNTS if k in usage}
         if name in HELD_EVENTS:
             self.held.append((name, data))
             return b"", n
@@ -78,6 +89,8 @@ class NativeCodec:
         for name, data in self.held:
             if name == "message_delta":
                 data["billing"] = billing
+                if isinstance(data.get("usage"), dict):
+                    data["usage"] = {**self.prompt_counts, **data["usage"]}
             tail += frame(data, event=name)
         return bytes(tail)
 

@@ -190,3 +190,25 @@ async def test_thought_summaries_streamed_byte_for_byte(client: Client) -> None:
     recording = "googleai/streaming-success-thinking-reply-thought-summary.txt"
     resp = await client.post(STREAM_PATH, params={"alt": "sse"}, json=THINKS, headers=KEY)
     assert await read_raw_writes(resp) == (WIRE / recording).read_bytes()
+
+
+async def test_scripted_text_and_call_are_read_as_the_recordings_are(client: Client, fake: FakeGemini) -> None:
+    """`text` and `function_call` change what the answer says, not its shape: the adapter reads them as it
+    reads the recordings, streamed in as many events as recorded, with their own line ends."""
+    target = Target(provider="google", base_url="", api_key="AIza-test", upstream_model="gemini-2.0-flash",
+                    public_model="google/flash")
+    fake.text = '{"name": "Ada", "age": 36}'
+    resp = await client.post(UNARY_PATH, json=BODY, headers=KEY)
+    reply = gemini.parse_response(await resp.read(), target)
+    assert reply.body["choices"][0]["message"]["content"] == fake.text
+    raw = await read_raw_writes(await client.post(STREAM_PATH, params={"alt": "sse"}, json=BODY, headers=KEY))
+    recorded = (WIRE / "googleai/streaming-success-basic-reply-short.txt").read_bytes()
+    assert raw.count(b"\r\n\r\n") == recorded.count(b"\r\n\r\n") and fake.chunks_sent == 3
+    texts = [part["text"] for e in SSEDecoder().feed(raw) for part in
+             json.loads(e.data)["candidates"][0]["content"]["parts"]]
+    assert "".join(texts) == fake.text and len(texts) == 3
+    fake.text, fake.function_call = None, {"name": "Person", "arguments": {"name": "Ada", "age": 36}}
+    resp = await client.post(UNARY_PATH, json=BODY, headers=KEY)
+    (call,) = gemini.parse_response(await resp.read(), target).body["choices"][0]["message"]["tool_calls"]
+    assert call["function"]["name"] == "Person"
+    assert json.loads(call["function"]["arguments"]) == {"name": "Ada", "age": 36}

@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 from fakes.openai_upstream import WIRE, FakeOpenAI, make_app
+from harness import validate
 
 from providers.framing import SSEDecoder
 from providers.types import SSEEvent
@@ -137,3 +138,35 @@ async def test_delays_models_and_reset(client: Client, fake: FakeOpenAI) -> None
     assert [r.path for r in fake.requests] == ["/v1/chat/completions", "/v1/models"]
     fake.reset()
     assert (fake.requests, fake.delay_before_headers_s, fake.status) == ([], 0.0, 200)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+async def test_scripted_text_and_call_keep_the_wire_format(client: Client, fake: FakeOpenAI, stream: bool) -> None:
+    """`content` and `tool_call` change what the answer says, not its shape: OpenAI's schemas still hold."""
+    body = {"model": "gpt-4o", "messages": MSGS, "stream": stream, "stream_options": {"include_usage": True}}
+    fake.content = '{"name": "Ada", "age": 36}'
+    resp = await client.post("/v1/chat/completions", json=body)
+    if stream:
+        events = await read_events(resp)
+        for event in events[:-1]:
+            validate(json.loads(event), "CreateChatCompletionStreamResponse")
+        assert content_of(events) == fake.content and len(events) == 34  # as many events as recorded
+    else:
+        answer = await resp.json()
+        validate(answer, "CreateChatCompletionResponse")
+        assert answer["choices"][0]["message"]["content"] == fake.content
+    fake.content, fake.tool_call = None, {"name": "Person", "arguments": {"name": "Ada", "age": 36}}
+    resp = await client.post("/v1/chat/completions", json=body)
+    if stream:
+        events = await read_events(resp)
+        chunks = [json.loads(e) for e in events[:-1]]
+        for chunk in chunks:
+            validate(chunk, "CreateChatCompletionStreamResponse")
+        calls = [c for chunk in chunks for choice in chunk["choices"] for c in choice["delta"].get("tool_calls", ())]
+        assert calls[0]["function"]["name"] == "Person" and len(events) == 11
+        assert json.loads("".join(c["function"]["arguments"] for c in calls)) == {"name": "Ada", "age": 36}
+    else:
+        answer = await resp.json()
+        validate(answer, "CreateChatCompletionResponse")
+        (call,) = answer["choices"][0]["message"]["tool_calls"]
+        assert call["function"] == {"name": "Person", "arguments": '{"name": "Ada", "age": 36}'}

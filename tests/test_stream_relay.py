@@ -22,7 +22,7 @@ import pytest
 
 from gateway import streaming
 from gateway.endpoints import CompletionCodec
-from gateway.messages import REWRITTEN, NativeCodec
+from gateway.messages import PROMPT_COUNTS, REWRITTEN, NativeCodec
 from gateway.template import Template
 from providers import anthropic, openai, registry
 from providers.framing import SSEDecoder
@@ -300,7 +300,8 @@ CLAUDE = Target(provider="anthropic", base_url="https://api.anthropic.com", api_
 @pytest.mark.parametrize("path", ANTHROPIC, ids=[p.stem for p in ANTHROPIC])
 def test_native_claude_events_reach_the_client_as_they_came(path: Path, reading: Callable[[bytes], list[int]]) -> None:
     """Events the gateway changes nothing in go out as the upstream's bytes; message_start carries the
-    gateway's id and model, message_delta the bill; the JSON of every event is the upstream's otherwise."""
+    gateway's id and model, message_delta the bill and message_start's prompt counts where it lacks them (what
+    LangChain's ChatAnthropic reads a stream's usage from); the JSON of every event is the upstream's otherwise."""
     raw = path.read_bytes()
     codec = NativeCodec(CLAUDE, "gen-7")
     decoder, relayed, out, start = SSEDecoder(), streaming.Relayed(), bytearray(), 0
@@ -314,12 +315,16 @@ def test_native_claude_events_reach_the_client_as_they_came(path: Path, reading:
     sent = upstream_decoder.feed(raw) + upstream_decoder.flush()  # a recording may end without a blank line
     got = SSEDecoder().feed(bytes(out))
     assert [e.event for e in got] == [e.event for e in sent]
+    prompt: dict[str, Any] = {}
     for upstream, client in zip(sent, got, strict=True):
         theirs, ours = orjson.loads(upstream.data), orjson.loads(client.data)
         if upstream.event == "message_start":
             theirs["message"].update(id="gen-7", model="anthropic/claude-haiku-4-5")
+            prompt = {k: v for k, v in theirs["message"].get("usage", {}).items() if k in PROMPT_COUNTS}
         elif upstream.event == "message_delta":
             theirs["billing"] = BILLING
+            if "usage" in theirs:
+                theirs["usage"] = {**prompt, **theirs["usage"]}
         elif upstream.event not in REWRITTEN:
             assert b"data: " + upstream.data + b"\n\n" in out  # its own bytes
         assert ours == theirs

@@ -26,6 +26,9 @@ model's steps since the last user content that is not function responses) the fi
 step must carry a `thoughtSignature`, else 400 INVALID_ARGUMENT "Function call is missing a
 thought_signature in functionCall parts..." (any non-empty string passes: the fake cannot check a real one).
 
+With `text` (or `function_call`, `{"name", "arguments"}`) set, answers say that text (or make that call, from
+the `tool_mode` recordings): see `fakes.scripted`.
+
 Every request needs an API key (`x-goog-api-key` header or `?key=`), else 400 with the recorded
 `googleai/unary-failure-api-key.json` body; a model not in `models` gets 404 with
 `googleai/unary-failure-unknown-model.json`. `status` + `error_body` answer any other error.
@@ -47,6 +50,8 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
+from fakes import scripted
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 WIRE = SHARED / "wire" / "gemini"
@@ -112,6 +117,8 @@ class FakeGemini:
         self.unary_recording: str | None = None  # a path under wire/gemini overriding the default answer
         self.stream_recording: str | None = None
         self.chunks_sent = 0  # events written by the last streamed answer
+        self.text: str | None = None  # answers say this text (fakes.scripted)
+        self.function_call: dict[str, Any] | None = None  # answers make this call: {"name", "arguments"}
 
     @property
     def last(self) -> RecordedRequest:
@@ -119,13 +126,19 @@ class FakeGemini:
 
     def unary_answer(self, thinks: bool = False) -> Any:
         if thinks and not self.unary_recording:
-            return recorded_json((THINKING_TOOL if self.tool_mode else THINKING).format("unary", "json"))
-        return recorded_json(self.unary_recording or (UNARY_TOOL if self.tool_mode else UNARY))
+            answer = recorded_json((THINKING_TOOL if self.calls else THINKING).format("unary", "json"))
+        else:
+            answer = recorded_json(self.unary_recording or (UNARY_TOOL if self.calls else UNARY))
+        return scripted.gemini_chunks([answer], self.text, self.function_call)[0]
 
     def stream_name(self, thinks: bool = False) -> str:
         if thinks and not self.stream_recording:
-            return (THINKING_TOOL if self.tool_mode else THINKING).format("streaming", "txt")
-        return self.stream_recording or (STREAM_TOOL if self.tool_mode else STREAM)
+            return (THINKING_TOOL if self.calls else THINKING).format("streaming", "txt")
+        return self.stream_recording or (STREAM_TOOL if self.calls else STREAM)
+
+    @property
+    def calls(self) -> bool:
+        return self.tool_mode or self.function_call is not None
 
 
 def shows_thoughts(body: Any) -> bool:
@@ -184,8 +197,10 @@ async def _generate(request: web.Request) -> web.StreamResponse:
     if method == "generateContent":
         return web.json_response(fake.unary_answer(thinks))
     if request.query.get("alt") != "sse":
-        return web.json_response(recorded_chunks(fake.stream_name(thinks)))
-    return await _stream(request, fake, recorded_events(fake.stream_name(thinks)))
+        return web.json_response(scripted.gemini_chunks(recorded_chunks(fake.stream_name(thinks)), fake.text,
+                                                        fake.function_call))
+    return await _stream(request, fake, scripted.gemini_events(recorded_events(fake.stream_name(thinks)),
+                                                               fake.text, fake.function_call))
 
 
 def _unsigned_call(contents: Any) -> str | None:

@@ -24,6 +24,9 @@ are seen to send them: the recorded ones without each choice's `index` and `logp
 `finish_reason`, the finish chunk without its `delta`, the message without `refusal`, and a null
 `system_fingerprint`.
 
+With `content` (or `tool_call`, `{"name", "arguments"}`) set, chat answers say that text (or make that call,
+from `docs-chat-tools.response.json` / `sdk-stream-tool-call.sse`): see `fakes.scripted`.
+
 With `reasoning_field` set, chat answers carry the model's reasoning (`REASONING`) under that name, as
 reasoning models' servers send it: `reasoning_content` (DeepSeek) or `reasoning` (OpenRouter, Ollama's `/v1`,
 newer vLLM); streamed, as deltas of their own (`REASONING_PARTS`) between the role chunk and the content.
@@ -52,6 +55,8 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
+from fakes import scripted
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 WIRE = SHARED / "wire" / "openai"
@@ -139,6 +144,8 @@ class FakeOpenAI:
         self.allowed_peers: set[str] | None = None  # None: everyone; else other peers get 451
         self.reasoning_field: str | None = None  # "reasoning_content" or "reasoning": answers carry REASONING
         self.served_tier: str | None = None  # the `service_tier` answers (and every chunk) name; None: as recorded
+        self.content: str | None = None  # chat answers say this text (fakes.scripted)
+        self.tool_call: dict[str, Any] | None = None  # chat answers make this call: {"name", "arguments"}
 
     @property
     def last(self) -> RecordedRequest:
@@ -146,9 +153,9 @@ class FakeOpenAI:
 
     def stream_events(self, body: dict[str, Any]) -> list[bytes]:
         """The SSE events (bytes) a streamed answer to `body` consists of, [DONE] included."""
-        name = self.stream_recording or ("sdk-stream-tool-call.sse" if self.tool_stream
+        name = self.stream_recording or ("sdk-stream-tool-call.sse" if self.tool_stream or self.tool_call
                                          else "sdk-stream-text-with-usage.sse")
-        events = recorded_events(name)
+        events = scripted.openai_events(recorded_events(name), self.content, self.tool_call)
         if self.giant_chunk_bytes is not None:
             events = _with_giant_content(events, self.giant_chunk_bytes)
         options = body.get("stream_options")
@@ -275,6 +282,7 @@ async def _chat(request: web.Request) -> web.StreamResponse:
             return early
         if not body.get("stream"):
             answer = json.loads((WIRE / "docs-chat-default.response.json").read_bytes())
+            answer = scripted.openai_answer(WIRE, answer, fake.content, fake.tool_call)
             answer["model"] = body.get("model", answer["model"])
             if fake.reasoning_field is not None:
                 answer["choices"][0]["message"][fake.reasoning_field] = REASONING
