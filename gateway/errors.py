@@ -56,6 +56,14 @@ class GatewayError(Exception):
         return {"type": "error", "error": error, "request_id": request_id}
 
 
+def no_client_retry() -> dict[str, str]:
+    """Headers telling the official SDKs (and so LangChain) not to retry a 5xx they retry by default: the same
+    request cannot succeed (the operator's configuration or account is at fault), or it would send again a prompt
+    the provider may have acted on, which the gateway itself never does (the provider bills each try, the key
+    none of the failed ones)."""
+    return {"x-should-retry": "false"}
+
+
 class InvalidRequest(GatewayError):
     status, type, code = 400, "invalid_request_error", "invalid_request"
 

@@ -26,7 +26,7 @@ from gateway import caps, limits, metering, metrics, presets, resilience, routin
 from gateway.auth import model_allowed
 from gateway.catalog import Route, without_stream_options
 from gateway.config import Config
-from gateway.errors import Forbidden, GatewayError, InvalidRequest, Unavailable, UpstreamFailed
+from gateway.errors import Forbidden, GatewayError, InvalidRequest, Unavailable, UpstreamFailed, no_client_retry
 from gateway.exchange import Endpoint, Exchange
 from gateway.images import has_images, has_remote_images, inline_remote_images
 from gateway.logging import get_logger, redactor
@@ -68,7 +68,7 @@ def _provider_key(request: web.Request, body: dict[str, Any], route: Route) -> t
         raise Unavailable(
             f"Provider '{route.provider_name}' has no API key configured on this gateway: the operator "
             f"must set {prov.api_key_env}, or send your own key in 'provider_api_key' or the "
-            "X-Provider-Api-Key header.", code="provider_not_configured")
+            "X-Provider-Api-Key header.", code="provider_not_configured", headers=no_client_retry())
     return prov.api_key, False
 
 

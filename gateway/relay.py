@@ -25,7 +25,7 @@ import aiohttp
 from egress.pool import DIRECT, Egress, EgressUnavailable, Exit
 from egress.proxy import PROXY_ERRORS, PROXY_TIMEOUTS, Progress, watching
 from gateway import resilience
-from gateway.errors import GatewayError, Unavailable, UpstreamFailed, UpstreamRejected, UpstreamTimeout
+from gateway.errors import GatewayError, Unavailable, UpstreamFailed, UpstreamRejected, UpstreamTimeout, no_client_retry
 from providers.types import UpstreamHTTPError, UpstreamRequest
 
 MAX_UPSTREAM_BODY = 64 * 1024 * 1024  # a non-streamed answer larger than this is not a chat answer
@@ -136,10 +136,11 @@ def _broken_after_sending(exc: BaseException, provider: str) -> GatewayError:
     so the client gets the error instead.
     """
     if isinstance(exc, TimeoutError):
-        return UpstreamTimeout(f"provider {provider} did not answer in time", retryable=False)
+        return UpstreamTimeout(f"provider {provider} did not answer in time", retryable=False,
+                               headers=no_client_retry())
     return UpstreamFailed(f"provider {provider}: the connection broke after the request was sent and before "
                           f"an answer ({type(exc).__name__}); not resent, as the provider may have acted on it",
-                          code="upstream_disconnected", retryable=False)
+                          code="upstream_disconnected", retryable=False, headers=no_client_retry())
 
 
 async def next_data(content: aiohttp.StreamReader, silence_s: float, tick_s: float,
@@ -230,16 +231,18 @@ def map_upstream_error(err: UpstreamHTTPError, provider: str, own_key: bool,
     if 300 <= err.status < 400:  # never followed: it would resend the prompt and the key headers elsewhere
         return UpstreamFailed(f"provider {provider} answered with a redirect (HTTP {err.status}), which the "
                               f"gateway does not follow: a prompt and a provider key go only where the config "
-                              f"sends them. Check providers.{provider}.base_url.", code="upstream_redirect")
+                              f"sends them. Check providers.{provider}.base_url.", code="upstream_redirect",
+                              headers=no_client_retry())
     if err.key_refused and not own_key:
         return UpstreamFailed(f"provider {provider} refused the gateway's configured credentials "
-                              f"(HTTP {err.status}): {message}", code="upstream_auth_failed", retryable=False)
+                              f"(HTTP {err.status}): {message}", code="upstream_auth_failed", retryable=False,
+                              headers=no_client_retry())
     if (err.status == 402 or err.code == "insufficient_quota") and not own_key:
         # OpenRouter's "Insufficient credits", DeepSeek's "Insufficient Balance", OpenAI's 429 quota (which the
         # SDKs would retry as a rate limit, and whose code is the gateway's own for the client's balance)
         return Unavailable(f"provider {provider} refused the request: the gateway's account there has no "
                            f"credit left (HTTP 402): {message}", code="upstream_insufficient_credits",
-                           retryable=False)
+                           retryable=False, headers=no_client_retry())
     if err.status == 404 and not own_key:
         # Ollama's "model not found, try pulling it first", a retired or misspelt `upstream` id: the route the
         # config gives is wrong, not the model the client named (which /v1/models lists)

@@ -128,8 +128,8 @@ class Gateway:
 
     def openai(self, **kwargs: Any) -> AsyncOpenAI:
         """An official SDK client for this gateway; closed with the gateway fixture."""
-        client = AsyncOpenAI(base_url=self.url + "/v1", api_key=kwargs.pop("api_key", self.key), max_retries=0,
-                             **kwargs)
+        kwargs.setdefault("max_retries", 0)
+        client = AsyncOpenAI(base_url=self.url + "/v1", api_key=kwargs.pop("api_key", self.key), **kwargs)
         self.clients.append(client)
         return client
 

@@ -154,6 +154,23 @@ async def test_upstream_refusing_the_configured_key_is_502(gateway: Gateway) -> 
     check(status, payload, headers, 502, "upstream_error", "upstream_auth_failed")
 
 
+async def test_the_sdks_do_not_retry_what_a_retry_cannot_fix(gateway: Gateway) -> None:
+    """The official SDKs retry a 5xx twice by default (LangChain's clients too): against the operator's refused
+    key, a missing provider key or an empty provider account that is two more futile calls upstream and seconds
+    of back-off. `x-should-retry: false` stops them; an error a retry may fix keeps the SDKs' own choice."""
+    gateway.fake.status, gateway.fake.error_body = _wire_error("error-401-invalid-api-key.json")
+    client = gateway.openai(max_retries=2)
+    with pytest.raises(openai.APIStatusError) as info:
+        await client.chat.completions.create(model="fake/gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+    assert info.value.code == "upstream_auth_failed"
+    assert info.value.response.headers["x-should-retry"] == "false"
+    assert len(gateway.fake.requests) == 1  # the SDK took the gateway's word: one call upstream, no retry
+    gateway.fake.reset()
+    gateway.fake.status, gateway.fake.fail_times = 500, 1  # may pass next time: the SDK retries as it likes
+    answer = await client.chat.completions.create(model="fake/gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+    assert answer.choices and len(gateway.fake.requests) >= 2
+
+
 async def test_upstream_refusing_a_byok_key_is_the_clients_401(gateway: Gateway) -> None:
     gateway.fake.status, gateway.fake.error_body = _wire_error("error-401-invalid-api-key.json")
     body = {"model": "fake/gpt-4o", "messages": MESSAGES, "provider_api_key": "sk-mine-000000000000000"}

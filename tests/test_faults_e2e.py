@@ -122,12 +122,13 @@ async def test_reset_before_headers_is_a_clear_502_and_never_resent(rig: Rig, st
                                                                     log_lines: Callable[[], Any]) -> None:
     rig.proxy.fault = Fault("reset", at=at_start, times=1)
     before = await rig.ledger()
-    status, raw, _ = await rig.post({**BODY, "stream": stream})
+    status, raw, headers = await rig.post({**BODY, "stream": stream})
     payload = json.loads(raw)
     validate(payload, "ErrorResponse")
     assert status == 502 and payload["error"]["code"] == "upstream_disconnected", payload
     assert "not resent" in payload["error"]["message"] and PROVIDER_KEY not in raw.decode()
     assert len(rig.fake.requests) == 1  # the upstream got it once: no retry, no fallback to fake/gpt-5
+    assert headers.get("x-should-retry") == "false"  # nor by the client's SDK, which would retry a 502
     assert rig.proxy.faults_fired == 1
     assert await rig.ledger() == before  # nothing charged, no hold left
     record = await rig.generation(generation_of(log_lines()))
