@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,3 +189,26 @@ async def generation(gw: Gateway, generation_id: str) -> dict[str, Any]:
             f"{gw.url}/v1/generation", params={"id": generation_id}, headers=gw.auth()) as resp:
         assert resp.status == 200, await resp.text()
         return dict((await resp.json())["data"])
+
+
+@pytest.fixture
+async def gw(aiohttp_server: Any, all_upstreams: Upstreams, redis_url: str) -> AsyncIterator[Gateway]:
+    """The gateway of `start` (import it into a test module to use it)."""
+    gateway = await start(aiohttp_server, all_upstreams, redis_url)
+    yield gateway
+    await gateway.close()
+
+
+@pytest.fixture
+async def lc(gw: Gateway) -> AsyncIterator[LangChain]:
+    """LangChain's clients for `gw`, closed with the test."""
+    clients = LangChain(gw)
+    yield clients
+    await clients.close()
+
+
+def tokens(usage: Any) -> tuple[int, int]:
+    """(input, output) tokens of LangChain's `usage_metadata`, whose total must add up."""
+    assert usage is not None
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    return usage["input_tokens"], usage["output_tokens"]

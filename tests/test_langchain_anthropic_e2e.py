@@ -6,12 +6,10 @@ from its `message_delta` event alone (the input tokens too), and the answer's bi
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
 import pytest
-from apis_config import Upstreams
 from harness import Gateway
 from langchain_core.messages import AIMessageChunk, HumanMessage
 from langchain_kit import (
@@ -33,32 +31,14 @@ from langchain_kit import (
     make_person,
     make_text,
     nano,
-    start,
+    tokens,
     upstream,
 )
+from langchain_kit import gw as gw  # the fixtures: a gateway on Redis, LangChain's clients for it
+from langchain_kit import lc as lc
 from langchain_kit import offline as offline  # autouse: no tiktoken download, no LangSmith
 
 ANSWER = "It is 18 degrees and sunny in SF."
-
-
-@pytest.fixture
-async def gw(aiohttp_server: Any, all_upstreams: Upstreams, redis_url: str) -> AsyncIterator[Gateway]:
-    gateway = await start(aiohttp_server, all_upstreams, redis_url)
-    yield gateway
-    await gateway.close()
-
-
-@pytest.fixture
-async def lc(gw: Gateway) -> AsyncIterator[LangChain]:
-    clients = LangChain(gw)
-    yield clients
-    await clients.close()
-
-
-def tokens(usage: Any) -> tuple[int, int]:
-    assert usage is not None
-    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
-    return usage["input_tokens"], usage["output_tokens"]
 
 
 @pytest.mark.parametrize("model", KINDS)

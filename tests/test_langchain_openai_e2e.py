@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
@@ -38,32 +37,15 @@ from langchain_kit import (
     make_text,
     nano,
     start,
+    tokens,
     upstream,
 )
+from langchain_kit import gw as gw  # the fixtures: a gateway on Redis, LangChain's clients for it
+from langchain_kit import lc as lc
 from langchain_kit import offline as offline  # autouse: no tiktoken download, no LangSmith
 from prometheus_client import REGISTRY
 
 ANSWER = "It is 18 degrees and sunny in SF."
-
-
-@pytest.fixture
-async def gw(aiohttp_server: Any, all_upstreams: Upstreams, redis_url: str) -> AsyncIterator[Gateway]:
-    gateway = await start(aiohttp_server, all_upstreams, redis_url)
-    yield gateway
-    await gateway.close()
-
-
-@pytest.fixture
-async def lc(gw: Gateway) -> AsyncIterator[LangChain]:
-    clients = LangChain(gw)
-    yield clients
-    await clients.close()
-
-
-def tokens(usage: Any) -> tuple[int, int]:
-    assert usage is not None
-    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
-    return usage["input_tokens"], usage["output_tokens"]
 
 
 @pytest.mark.parametrize("model", KINDS)
