@@ -49,6 +49,42 @@ class Price:
                 return price
         return None
 
+    def stacked(self, name: str) -> tuple[Price, str, str]:
+        """The price of the tiers `name` names, one or several joined by "+" (Claude's fast mode run in the US:
+        "fast+us"), whose premiums multiply, as the provider bills them (Anthropic: "data residency multipliers
+        apply on top of fast mode pricing") unless a tier of that name prices them; the name of those priced
+        here, and of those not ("" when every one is)."""
+        price = self.tier(name)
+        if price is not None:
+            return price, name, ""
+        price, priced, unpriced = self, [], []
+        for part in name.split("+"):
+            tier = self.tier(part)
+            if tier is None:
+                unpriced.append(part)
+            elif tier is not self:
+                price = self._over(price, tier)
+                priced.append(part)
+        return price, "+".join(priced), "+".join(unpriced)
+
+    def _over(self, a: Price, b: Price) -> Price:
+        """`a` with `b`'s premium over this (standard) price on top, token kind by token kind, rounded up."""
+        kinds = zip(_token_prices(self), _token_prices(a), _token_prices(b), strict=True)
+        stacked = [-(-x * y // standard) if standard else max(x, y) for standard, x, y in kinds]
+        return replace(a, tiers=(), **dict(zip(_TOKEN_PRICES, stacked, strict=True)))
+
+
+_TOKEN_PRICES = ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "cache_write_per_mtok",
+                 "cache_write_1h_per_mtok")
+
+
+def _token_prices(price: Price) -> tuple[int, ...]:
+    """A price's `_TOKEN_PRICES`, the defaults of the cache writes' worked out (as `billing.token_cost` does)."""
+    write = price.input_per_mtok if price.cache_write_per_mtok is None else price.cache_write_per_mtok
+    hour = price.cache_write_1h_per_mtok
+    return (price.input_per_mtok, price.output_per_mtok, price.cached_input_per_mtok, write,
+            max(2 * price.input_per_mtok, write) if hour is None else hour)
+
 
 @dataclass(slots=True)
 class Learned:

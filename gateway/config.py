@@ -16,7 +16,7 @@ from functools import cached_property
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from redis.connection import parse_url as parse_redis_url
 
 from egress.proxy import POOL_IDLE_S
@@ -283,6 +283,17 @@ class PriceConfig(TokenPriceConfig):
                 raise ValueError(f"{name!r} is the standard tier, priced by the model's own prices; name another "
                                  "tier (flex, priority, scale, fast, us)")
         return tiers
+
+    @model_validator(mode="after")
+    def _tiers_price_every_token(self) -> PriceConfig:
+        """A tier prices every kind of token its model prices: one left out would cost nothing (output) or the
+        tier's input price (cache reads at 10x their price, Claude's cache writes below theirs)."""
+        for name, tier in self.service_tiers.items():
+            for kind in TokenPriceConfig.model_fields:
+                if kind in self.model_fields_set and kind not in tier.model_fields_set:
+                    raise ValueError(f"service_tiers.{name} does not set {kind}, which the model's price sets: "
+                                     "set the tier's own price for those tokens")
+        return self
 
 
 class ParamsConfig(_Model):

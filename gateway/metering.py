@@ -24,7 +24,7 @@ from typing import Any
 
 from gateway import billing, limits, metrics
 from gateway.catalog import Price, Route
-from gateway.config import STANDARD_TIERS, TIER_FIELDS, Config, to_nano
+from gateway.config import TIER_FIELDS, Config, to_nano
 from gateway.errors import Forbidden, InsufficientQuota, RateLimited, Unauthorized, Unavailable
 from gateway.logging import get_logger, utc_second
 from gateway.settlements import Settlements, key_missing
@@ -85,7 +85,9 @@ class Ticket:
     renewed: float = 0.0
     due: float = math.inf
     owner: asyncio.Task[Any] | None = None  # the request's task: renewed only while it runs
-    asked: Price | None = None  # the price of the processing tier the request asked for, if not the standard
+    asked: Price | None = None  # the price of the processing tier(s) the request asked for, if not the standard
+    asked_tier: str = ""  # their name ("flex", "fast+us")
+    tier: str = ""  # the tier whose price the charge used, if not the standard: on the generation record
     _task: asyncio.Task[billing.Bill] | None = None
     _known: billing.Bill | None = None
 
@@ -114,23 +116,27 @@ class Ticket:
     def cost(self, usage: Usage) -> int:
         if self.byok:
             return to_nano(self.config.billing.byok_fee)
-        price = self.route.price
         if usage.service_tier or self.asked is not None:
-            price = self._served_price(usage.service_tier)
-        return billing.token_cost(price, usage)
+            return self._tiered_cost(usage)
+        return billing.token_cost(self.route.price, usage)
 
-    def _served_price(self, served: str) -> Price:
-        """The price of the processing tier that served the request: the one its answer names, when priced
-        here (a priority request the provider served at the standard tier costs the standard price); else the
-        one it asked for; else the model's."""
-        if served:
-            price = self.route.price.tier(served)
-            if price is not None:
-                return price
-            log.warning("an answer names a service tier this gateway has no price for: billed at the tier asked "
-                        "for, else at the model's price; price it under models.*.price.service_tiers",
-                        model=self.route.model_id, service_tier=served[:40])
-        return self.asked or self.route.price
+    def _tiered_cost(self, usage: Usage) -> int:
+        """The cost at the processing tier that served the request: the one its answer names, when priced here
+        (a priority request the provider served at the standard tier costs the standard price). An answer that
+        names none (a stream cut before any chunk, a server that does not say, a route that never sent the
+        field) confirms no discount: the dearer of the standard price and the tier asked for."""
+        standard = self.route.price
+        price, served, unpriced = standard.stacked(usage.service_tier)
+        if unpriced:
+            log.warning("an answer names a service tier this gateway has no price for: billed at the dearer of the "
+                        "tiers priced and the tier asked for; price it under models.*.price.service_tiers",
+                        model=self.route.model_id, service_tier=unpriced[:40])
+        cost = billing.token_cost(price, usage)
+        self.tier = "" if price is standard else served
+        if (unpriced or not usage.service_tier) and self.asked is not None \
+                and (asked := billing.token_cost(self.asked, usage)) > cost:
+            self.tier, cost = self.asked_tier, asked
+        return cost
 
     async def settle(self, outcome: Outcome, wait: bool = False) -> billing.Bill:
         """Settle once; later calls (and a cancelled caller) share the first settlement. The bill comes
@@ -212,8 +218,8 @@ class Ticket:
             "upstream_id": outcome.upstream_id, "egress": self.egress, "reserved": str(self.hold),
             "endpoint": self.endpoint, "images": str(outcome.usage.images),
         }
-        if outcome.usage.service_tier and outcome.usage.service_tier not in STANDARD_TIERS:
-            record["service_tier"] = outcome.usage.service_tier[:40]
+        if self.tier:
+            record["service_tier"] = self.tier[:40]
         return record
 
 
@@ -229,19 +235,25 @@ def _bound(usage: Usage) -> None:
         setattr(usage, name, min(max(getattr(usage, name), 0), MAX_TOKENS))
 
 
-def _asked_tiers(route: Route, body: dict[str, Any]) -> list[Price]:
-    """The prices of the processing tiers the request asks for but the standard one, dearest field first
-    (validation refused a tier without a price; a model that drops the field serves the standard tier)."""
+def _asked_tier(route: Route, body: dict[str, Any], worst: Usage) -> tuple[str, Price, int] | None:
+    """The processing tier the request asks for, unless the standard one: its name (several fields' tiers
+    joined by "+", in `TIER_FIELDS` order: "fast+us"), its price (their premiums multiplied) and the most the
+    worst case costs at it or at any one of them (the answer may name them all, some, or none). Validation
+    refused a tier without a price; a model that drops the field serves the standard tier."""
     if not route.price.tiers or not registry.get(route.provider.kind).SENDS_TIERS:
-        return []
+        return None
     asked = []
     for name in TIER_FIELDS:
         tier = body.get(name)
         if tier.__class__ is str and name not in route.model.params.drop:
             price = route.price.tier(tier)
             if price is not None and price is not route.price:
-                asked.append(price)
-    return asked
+                asked.append(tier)
+    if not asked:
+        return None
+    name = "+".join(asked)
+    prices = [route.price.stacked(tier)[0] for tier in (*asked, name)]
+    return name, prices[-1], max(billing.token_cost(price, worst) for price in prices)
 
 
 def _flag(value: bool) -> str:
@@ -259,10 +271,10 @@ async def admit(store: Store, settlements: Settlements, config: Config, route: R
         worst = billing.worst_case_usage(body, route.model.max_output_tokens,
                                          config.billing.default_max_output_tokens)
     generation_id = new_generation_id()
-    asked = _asked_tiers(route, body)
+    asked = None if byok else _asked_tier(route, body, worst)
     hold = to_nano(config.billing.byok_fee) if byok else billing.token_cost(route.price, worst)
-    if asked and not byok:  # a tier may cost more, or serve the request at the standard price
-        hold = max(hold, *(billing.token_cost(price, worst) for price in asked))
+    if asked is not None:  # a tier may cost more, or serve the request at the standard price
+        hold = max(hold, asked[2])
     hold = min(hold, MAX_AMOUNT)  # no balance reaches it: refused as insufficient, not as a bad argument
     eff = limits.effective(route.model.limits, config.limits.default, key)
     streams = key.max_streams if streamed and key.max_streams else None
@@ -289,7 +301,8 @@ async def admit(store: Store, settlements: Settlements, config: Config, route: R
     cap = worst.completion_tokens if billing.requested_max_output(body) else None  # else unbounded upstream
     ticket = Ticket(store, settlements, config, route, key, generation_id, hold, byok, result, streamed,
                     endpoint, time.time(), route.provider.egress, cap, time.monotonic())
-    ticket.asked = asked[0] if asked else None
+    if asked is not None:
+        ticket.asked_tier, ticket.asked = asked[0], asked[1]
     if hold or streams:  # else it holds nothing that could expire
         ticket.due, ticket.owner = ticket.renewed + config.billing.hold_ttl_s / 3, asyncio.current_task()
         settlements.keep(ticket)

@@ -41,7 +41,7 @@ from gateway.relay import (
 from gateway.sse import ClientGone, SSEWriter
 from gateway.state import KEY, LOG, RATE_HEADERS, REQUEST_ID, RUNTIME
 from gateway.streaming import StreamCodec
-from providers.types import ProviderError, Target, UpstreamHTTPError, UpstreamRequest
+from providers.types import ProviderError, Target, UpstreamHTTPError, UpstreamRequest, Usage
 
 GATEWAY_FIELDS = ("provider_api_key", "models")  # ours (BYOK, OpenRouter's fallback list), never forwarded
 log = get_logger("gateway.pipeline")
@@ -276,10 +276,16 @@ async def _relay_json(resp: aiohttp.ClientResponse, exchange: Exchange, op: Endp
     outcome.status, outcome.upstream_id, outcome.finish_reason = 200, reply.upstream_id, reply.finish_reason
     outcome.usage, outcome.estimated = reply.usage, not reply.usage.reported
     if outcome.estimated:
-        outcome.usage = reply.usage = op.estimate(body, reply.text_bytes)
+        outcome.usage = reply.usage = _estimate(op, body, reply.text_bytes, reply.usage.service_tier)
     bill = await ticket.settle(outcome)
     answer = op.present(reply, bill, ticket.generation_id)
     return web.Response(body=orjson.dumps(answer), content_type="application/json")
+
+
+def _estimate(op: Endpoint, body: dict[str, Any], text_bytes: int, tier: str) -> Usage:
+    """The endpoint's estimate of usage an upstream did not report, at the processing tier its answer named."""
+    usage = op.estimate(body, text_bytes)
+    return dataclasses.replace(usage, service_tier=tier) if tier else usage
 
 
 def _unreadable(target: Target, exc: ProviderError, scrub: Any) -> UpstreamFailed:
@@ -326,7 +332,8 @@ async def _relay_stream(request: web.Request, resp: aiohttp.ClientResponse, code
         elif relayed.text_bytes or status in (200, 499):  # a client that left before any text still had its
             # prompt read by an upstream that had accepted it (a reasoning model may think for minutes), and so
             # had one whose answer came whole but empty (a non-streamed answer is billed its prompt too)
-            outcome.usage, outcome.estimated = op.estimate(body, relayed.text_bytes), True
+            tier = state.service_tier or state.usage.service_tier  # its chunks', or a replayed answer's
+            outcome.usage, outcome.estimated = _estimate(op, body, relayed.text_bytes, tier), True
 
     metrics.ACTIVE_STREAMS.inc()
     try:

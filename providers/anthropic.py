@@ -186,7 +186,6 @@ class AnthropicStreamState(StreamState):
     tool_args: set[Any] = field(default_factory=set)  # content block indexes of calls some arguments went out for
     stop_reason: str | None = None
     counts: dict[str, int] = field(default_factory=dict)  # Anthropic's token counts so far
-    service_tier: str = ""  # the processing tier its usage names
     answer_block: Any = None  # content block index of the response_format tool's call, once it started
     answer_sent: bool = False  # some of that call's input went out as content
     thinking: dict[Any, JSON] = field(default_factory=dict)  # content block index -> thinking block being read

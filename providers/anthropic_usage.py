@@ -22,23 +22,21 @@ def usage_from(raw: Any) -> Usage:
     return usage_of(counts, tier_of(raw))
 
 
-# where an Anthropic `usage` object names how the request was served at a price of its own, dearest first:
-# `speed` "fast" (2-6x), `service_tier` "priority", `inference_geo` "us" (1.1x)
+# where an Anthropic `usage` object names how the request was served at a price of its own: `speed` "fast"
+# (2-6x), `service_tier` "priority", `inference_geo` "us" (1.1x, on top of the others)
 _TIER_FIELDS = ("speed", "service_tier", "inference_geo")
 _STANDARD = frozenset({"standard", "global", "not_available"})
 
 
 def tier_of(raw: Any) -> str:
-    """The processing tier an Anthropic `usage` object says served the request: the first of its tier fields
-    naming something other than the standard ("fast", "priority", "us"), else its `service_tier`, or ""."""
+    """The processing tier an Anthropic `usage` object says served the request: those of its tier fields naming
+    something other than the standard, joined by "+" ("fast", "priority+us": Anthropic multiplies their
+    premiums), else the standard one it names ("standard"), or ""."""
     if not isinstance(raw, dict):
         return ""
-    for name in _TIER_FIELDS:
-        tier = raw.get(name)
-        if isinstance(tier, str) and tier not in _STANDARD:
-            return tier
-    tier = raw.get("service_tier")
-    return tier if isinstance(tier, str) else ""
+    named = [tier for name in _TIER_FIELDS if isinstance(tier := raw.get(name), str) and tier]
+    premiums = [tier for tier in named if tier not in _STANDARD]
+    return "+".join(premiums) if premiums else (named[0] if named else "")
 
 
 def add_counts(counts: dict[str, int], raw: Any) -> None:
@@ -66,7 +64,7 @@ def add_counts(counts: dict[str, int], raw: Any) -> None:
 def usage_of(counts: dict[str, int], tier: str = "") -> Usage:
     """`Usage` from Anthropic counts: prompt tokens are fresh input + cache reads + cache writes."""
     if "input_tokens" not in counts and "output_tokens" not in counts:
-        return Usage()
+        return Usage(service_tier=tier)  # an estimate is priced at it
     read, write = counts.get("cache_read_input_tokens", 0), counts.get("cache_creation_input_tokens", 0)
     return Usage(prompt_tokens=counts.get("input_tokens", 0) + read + write,
                  completion_tokens=counts.get("output_tokens", 0), cached_tokens=read, cache_write_tokens=write,

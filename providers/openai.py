@@ -144,7 +144,7 @@ def usage_from(raw: Any, tier: Any = None) -> Usage:
     one whose counts are not whole non-negative numbers (OpenRouter's float counts): the answer states the
     counts billed and recorded, not figures beside a `usage.cost` computed from others."""
     if not isinstance(raw, dict):
-        return Usage()
+        return Usage(service_tier=tier if tier.__class__ is str else "")  # an estimate is priced at it
     prompt_details = _details(raw.get("prompt_tokens_details"))
     completion_details = _details(raw.get("completion_tokens_details"))
     cached = prompt_details.get("cached_tokens")
@@ -246,8 +246,10 @@ def _record_chunk(state: StreamState, chunk: JSON) -> None:
         if choice["finish_reason"] is not None:
             state.finish_reason = choice["finish_reason"]
             state.choices_finished.add(choice["index"])
+    if not state.service_tier and (tier := chunk.get("service_tier")).__class__ is str:
+        state.service_tier = tier  # named on every chunk: a stream cut before its usage is billed at it
     if isinstance(chunk.get("usage"), dict):
-        state.usage = usage_from(chunk["usage"], chunk.get("service_tier"))
+        state.usage = usage_from(chunk["usage"], chunk.get("service_tier") or state.service_tier)
 
 
 def _finish_unfinished(state: StreamState) -> list[JSON]:

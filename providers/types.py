@@ -133,6 +133,9 @@ class StreamState:
     # without [DONE] is complete only when every choice it began has finished
     choices_seen: set[int] = field(default_factory=set)
     choices_finished: set[int] = field(default_factory=set)
+    # the processing tier the stream's events named (OpenAI: on every chunk; Claude: message_start's usage):
+    # what an estimate of a stream cut before its usage is priced at
+    service_tier: str = ""
 
 
 class ProviderError(Exception):

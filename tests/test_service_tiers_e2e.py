@@ -75,21 +75,17 @@ async def test_priority_served_at_the_standard_tier_costs_the_standard_price(tie
     assert "service_tier" not in record
 
 
-async def test_flex_is_charged_at_the_flex_price(tiered: Gateway) -> None:
-    openai_fake(tiered).served_tier = "flex"
+@pytest.mark.parametrize(("asked", "served", "cost"), [
+    ("flex", "flex", FLEX_COST),
+    # `auto` defers to the operator's OpenAI project, which may serve priority: the answer says so
+    ("auto", "priority", PRIORITY_COST),
+], ids=["flex", "project-default-priority"])
+async def test_the_tier_an_answer_names_sets_the_price(tiered: Gateway, asked: str, served: str, cost: int) -> None:
+    openai_fake(tiered).served_tier = served
     before, _, _ = await key_state(tiered)
     answer = await tiered.openai().chat.completions.create(model="oai/gpt-4o", messages=MESSAGES,  # type: ignore[arg-type]
-                                                           service_tier="flex")
-    await assert_charged(tiered, before, FLEX_COST, answer.id, "chat")
-
-
-async def test_a_project_default_of_priority_is_charged_as_priority(tiered: Gateway) -> None:
-    """`auto` (or no tier) defers to the operator's OpenAI project, which may serve priority: the answer says so."""
-    openai_fake(tiered).served_tier = "priority"
-    before, _, _ = await key_state(tiered)
-    answer = await tiered.openai().chat.completions.create(model="oai/gpt-4o", messages=MESSAGES,  # type: ignore[arg-type]
-                                                           service_tier="auto")
-    await assert_charged(tiered, before, PRIORITY_COST, answer.id, "chat")
+                                                           service_tier=asked)  # type: ignore[arg-type]
+    await assert_charged(tiered, before, cost, answer.id, "chat")
 
 
 async def test_a_streamed_priority_answer_is_charged_at_the_priority_price(tiered: Gateway) -> None:
@@ -273,7 +269,8 @@ async def test_gemini_serves_and_charges_the_standard_tier_whatever_is_asked(mak
     """No translation to Gemini carries a tier, and its answers name none: the standard tier is what runs, so
     it is what is charged (a priced flex is not a discount the operator never got), and no tier is refused."""
     gateway: Gateway = await make_api_gateway({"google/flash": {"price": {
-        "input_per_mtok": 0.1, "output_per_mtok": 0.4, "service_tiers": {"flex": {"input_per_mtok": 0.05}}}}})
+        "input_per_mtok": 0.1, "output_per_mtok": 0.4,
+        "service_tiers": {"flex": {"input_per_mtok": 0.05, "output_per_mtok": 0.2}}}}})
     charges = []
     for extra in ({}, {"service_tier": "flex"}, {"service_tier": "priority"}):
         before, _, _ = await key_state(gateway)
