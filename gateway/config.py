@@ -275,20 +275,13 @@ class PriceConfig(TokenPriceConfig):
     # ask only for a tier priced here, and is billed by the tier its answer says served it
     service_tiers: dict[str, TokenPriceConfig] = {}
 
-    @field_validator("service_tiers")
-    @classmethod
-    def _named_tiers(cls, tiers: dict[str, TokenPriceConfig]) -> dict[str, TokenPriceConfig]:
-        for name in tiers:
-            if not name or name in STANDARD_TIERS:
-                raise ValueError(f"{name!r} is the standard tier, priced by the model's own prices; name another "
-                                 "tier (flex, priority, scale, fast, us)")
-        return tiers
-
     @model_validator(mode="after")
-    def _tiers_price_every_token(self) -> PriceConfig:
-        """A tier prices every kind of token its model prices: one left out would cost nothing (output) or the
-        tier's input price (cache reads at 10x their price, Claude's cache writes below theirs)."""
+    def _tiers(self) -> PriceConfig:
+        """A tier has a name of its own and prices every kind of token its model prices: one left out would cost
+        nothing (output) or the tier's input price (cache reads at 10x their price, Claude's writes below theirs)."""
         for name, tier in self.service_tiers.items():
+            if not name or name in STANDARD_TIERS:
+                raise ValueError(f"service_tiers: {name!r} is the standard tier, priced by the model's own prices")
             for kind in TokenPriceConfig.model_fields:
                 if kind in self.model_fields_set and kind not in tier.model_fields_set:
                     raise ValueError(f"service_tiers.{name} does not set {kind}, which the model's price sets: "
