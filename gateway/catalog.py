@@ -151,13 +151,11 @@ class Route:
             "owned_by": self.provider_name,
             "pricing": {
                 "currency": "USD",
-                "input_per_mtok": p.input_per_mtok,
-                "output_per_mtok": p.output_per_mtok,
-                "cached_input_per_mtok": p.cache_read,
-                "cache_write_per_mtok": p.cache_write,
-                "cache_write_1h_per_mtok": p.cache_write_1h,
+                **_token_prices_usd(p),
                 "per_request": p.per_request,
                 "per_image": p.per_image,
+                # other processing tiers a request may ask for (`service_tier`, `speed`, `inference_geo`)
+                "service_tiers": {name: _token_prices_usd(tier) for name, tier in p.service_tiers.items()},
             },
             "vision": self.model.vision,
             "context_window": self.model.context_window,
@@ -181,6 +179,13 @@ class Route:
 def without_stream_options(target: Target) -> Target:
     """The target with `stream_options` dropped: the adapters then add none (and a client's own goes too)."""
     return target if "stream_options" in target.drop else replace(target, drop=(*target.drop, "stream_options"))
+
+
+def _token_prices_usd(price: TokenPriceConfig) -> dict[str, float]:
+    """USD per million tokens by kind, the cache prices' defaults worked out, as /v1/models shows them."""
+    return {"input_per_mtok": price.input_per_mtok, "output_per_mtok": price.output_per_mtok,
+            "cached_input_per_mtok": price.cache_read, "cache_write_per_mtok": price.cache_write,
+            "cache_write_1h_per_mtok": price.cache_write_1h}
 
 
 def _price(price: PriceConfig) -> Price:

@@ -279,3 +279,13 @@ async def test_gemini_serves_and_charges_the_standard_tier_whatever_is_asked(mak
         await settled(gateway)
         charges.append(before - (await key_state(gateway))[0])
     assert charges[0] > 0 and charges == [charges[0]] * 3
+
+
+async def test_the_model_list_shows_the_tiers_a_model_prices(tiered: Gateway) -> None:
+    """A client chooses a tier by what it costs: /v1/models lists each priced tier's token prices."""
+    listed = {model.id: model async for model in tiered.openai().models.list()}
+    pricing = (listed["oai/gpt-4o"].model_extra or {})["pricing"]
+    assert pricing["service_tiers"]["priority"]["input_per_mtok"] == 5
+    assert pricing["service_tiers"]["flex"]["output_per_mtok"] == 5
+    assert set(pricing["service_tiers"]) == {"priority", "flex"}
+    assert (listed["google/flash"].model_extra or {})["pricing"]["service_tiers"] == {}
