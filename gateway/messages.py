@@ -60,7 +60,6 @@ class NativeCodec:
         self.state = self.adapter.new_stream_state(ChatRequest(body={}, stream=True), target)
         self.generation_id, self.model = generation_id, target.public_model
         self.held: list[tuple[str, JSON]] = []
-        self.prompt_counts: JSON = {}
 
     def feed(self, event: SSEEvent) -> tuple[bytes, int]:
         chunks = self.adapter.parse_stream_event(self.state, event)  # usage, finish, done; raises on `error`
@@ -72,9 +71,6 @@ class NativeCodec:
         name = name or str(data.get("type") or "")
         if name == "message_start" and isinstance(data.get("message"), dict):
             data["message"].update(id=self.generation_id, model=self.model)
-            usage = data["message"].get("usage")
-            if isinstance(usage, dict):
-                self.prompt_counts = {k: usage[k] for k in PROMPT_COUNTS if k in usage}
         if name in HELD_EVENTS:
             self.held.append((name, data))
             return b"", n
@@ -86,11 +82,13 @@ class NativeCodec:
 
     def finish(self, billing: JSON, billing_event: bool, usage: Usage) -> bytes:
         tail = bytearray()
+        counts = self.state.counts if isinstance(self.state, anthropic.AnthropicStreamState) else {}
+        prompt = {name: counts[name] for name in PROMPT_COUNTS if name in counts}  # as the adapter read them
         for name, data in self.held:
             if name == "message_delta":
                 data["billing"] = billing
                 if isinstance(data.get("usage"), dict):
-                    data["usage"] = {**self.prompt_counts, **data["usage"]}
+                    data["usage"] = {**prompt, **data["usage"]}
             tail += frame(data, event=name)
         return bytes(tail)
 

@@ -28,7 +28,7 @@ import orjson
 
 from providers import anthropic_request, reasoning
 from providers.anthropic_request import JSON_TOOL, translate_body
-from providers.anthropic_usage import add_counts, openai_usage, tier_of, usage_of
+from providers.anthropic_usage import add_counts, openai_usage, tier_of, usage_from, usage_of
 from providers.types import (
     JSON,
     THINKING_BLOCKS,
@@ -128,9 +128,7 @@ def parse_response(body: bytes, target: Target) -> ChatResult:
         message["tool_calls"] = calls
     if any(thoughts):
         message["reasoning_content"] = "".join(thoughts)
-    counts: dict[str, int] = {}
-    add_counts(counts, data.get("usage"))
-    usage = usage_of(counts, tier_of(data.get("usage")))
+    usage = usage_from(data.get("usage"))
     answer = {
         "id": data["id"], "object": "chat.completion", "created": int(time.time()), "model": target.public_model,
         "choices": [{"index": 0, "message": message, "logprobs": None,
