@@ -40,10 +40,7 @@ def token_cost(price: Price, usage: Usage) -> int:
     written = min(usage.cache_write_tokens, usage.prompt_tokens - read)
     hour = min(usage.cache_write_1h_tokens, written)
     fresh = usage.prompt_tokens - read - written
-    write_price = price.input_per_mtok if price.cache_write_per_mtok is None else price.cache_write_per_mtok
-    hour_price = price.cache_write_1h_per_mtok
-    if hour_price is None:
-        hour_price = max(2 * price.input_per_mtok, write_price)
+    write_price, hour_price = price.cache_writes()
     total = (fresh * price.input_per_mtok + read * price.cached_input_per_mtok + (written - hour) * write_price
              + hour * hour_price + usage.completion_tokens * price.output_per_mtok)
     return (-(-total // MTOK) + price.per_request + usage.images * price.per_image

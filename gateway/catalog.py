@@ -39,6 +39,13 @@ class Price:
     per_web_search: int = 0  # per search an upstream ran itself (Anthropic's web_search server tool)
     tiers: tuple[tuple[str, Price], ...] = ()  # the provider's other processing tiers, by the name it gives them
 
+    def cache_writes(self) -> tuple[int, int]:
+        """Per million prompt tokens written to the cache for 5 minutes and for an hour: unless set, the input
+        price and twice it (Anthropic's), never below the 5-minute write."""
+        write = self.input_per_mtok if self.cache_write_per_mtok is None else self.cache_write_per_mtok
+        hour = self.cache_write_1h_per_mtok
+        return write, max(2 * self.input_per_mtok, write) if hour is None else hour
+
     def tier(self, name: str) -> Price | None:
         """The price of processing tier `name`: this one for the standard tier (or none named), None for a
         tier not priced here."""
@@ -79,11 +86,8 @@ _TOKEN_PRICES = ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "
 
 
 def _token_prices(price: Price) -> tuple[int, ...]:
-    """A price's `_TOKEN_PRICES`, the defaults of the cache writes' worked out (as `billing.token_cost` does)."""
-    write = price.input_per_mtok if price.cache_write_per_mtok is None else price.cache_write_per_mtok
-    hour = price.cache_write_1h_per_mtok
-    return (price.input_per_mtok, price.output_per_mtok, price.cached_input_per_mtok, write,
-            max(2 * price.input_per_mtok, write) if hour is None else hour)
+    """A price's `_TOKEN_PRICES`, the defaults of the cache writes' worked out."""
+    return (price.input_per_mtok, price.output_per_mtok, price.cached_input_per_mtok, *price.cache_writes())
 
 
 @dataclass(slots=True)
