@@ -11,6 +11,7 @@ from typing import Any
 
 from gateway.config import (
     STANDARD_TIERS,
+    TIER_FIELDS,
     Config,
     LimitsConfig,
     ModelConfig,
@@ -168,6 +169,18 @@ class Route:
             "provider": self.provider_name,
             "supported_parameters": self.supported_parameters(),
         }
+
+    def tiers_asked(self, body: dict[str, Any]) -> list[tuple[str, Any, Price | None]]:
+        """The processing-tier fields (`TIER_FIELDS`) the request sets that reach this route's upstream (not
+        dropped by the model's `params.drop`, and a kind that sends them), each with its value and its price here
+        (None: not priced, or not a name)."""
+        if body.keys().isdisjoint(TIER_FIELDS):  # nearly every request, on every validation of every route
+            return []
+        asked = [(name, value) for name in TIER_FIELDS
+                 if (value := body.get(name)) is not None and name not in self.model.params.drop]
+        if not asked or not registry.get(self.provider.kind).SENDS_TIERS:
+            return []
+        return [(name, value, self.price.tier(value) if value.__class__ is str else None) for name, value in asked]
 
     def supported_parameters(self) -> list[str]:
         """What the provider kind carries upstream, less what this model drops (`structured_outputs`, a JSON

@@ -24,13 +24,12 @@ from typing import Any
 
 from gateway import billing, limits, metrics
 from gateway.catalog import Price, Route
-from gateway.config import TIER_FIELDS, Config, to_nano
+from gateway.config import Config, to_nano
 from gateway.errors import Forbidden, InsufficientQuota, RateLimited, Unauthorized, Unavailable
 from gateway.logging import get_logger, utc_second
 from gateway.settlements import Settlements, key_missing
 from gateway.store.base import Admission, AdmitResult, KeyMissing, KeyRecord, Store, StoreError
 from gateway.store.memory import MAX_AMOUNT
-from providers import registry
 from providers.types import Usage
 
 log = get_logger("gateway.metering")
@@ -240,15 +239,9 @@ def _asked_tier(route: Route, body: dict[str, Any], worst: Usage) -> tuple[str, 
     joined by "+", in `TIER_FIELDS` order: "fast+us"), its price (their premiums multiplied) and the most the
     worst case costs at it or at any one of them (the answer may name them all, some, or none). Validation
     refused a tier without a price; a model that drops the field serves the standard tier."""
-    if not route.price.tiers or not registry.get(route.provider.kind).SENDS_TIERS:
+    if not route.price.tiers:
         return None
-    asked = []
-    for name in TIER_FIELDS:
-        tier = body.get(name)
-        if tier.__class__ is str and name not in route.model.params.drop:
-            price = route.price.tier(tier)
-            if price is not None and price is not route.price:
-                asked.append(tier)
+    asked = [tier for _, tier, price in route.tiers_asked(body) if price is not None and price is not route.price]
     if not asked:
         return None
     name = "+".join(asked)

@@ -14,7 +14,6 @@ import re
 from typing import Any
 
 from gateway.catalog import Route
-from gateway.config import TIER_FIELDS
 from gateway.errors import InvalidRequest
 from providers import reasoning, registry
 from providers.types import Untranslatable
@@ -132,14 +131,12 @@ def tier_priced(body: dict[str, Any], route: Route) -> bool:
 
 
 def unpriced_tier(body: dict[str, Any], route: Route) -> str | None:
-    """The field (`TIER_FIELDS`: OpenAI's `service_tier`, Anthropic's `speed`...) asking for a processing tier
+    """The field (OpenAI's `service_tier`, Anthropic's `speed`...) asking for a processing tier
     `route` has no price for: the standard tier always has one, another (flex, priority, fast, at other prices)
     only when the model's price lists it. A tier the gateway cannot price is refused rather than served at one
     price and billed at another; a model whose `params.drop` names the field serves the standard tier."""
-    for name in TIER_FIELDS:
-        tier = body.get(name)
-        if tier is not None and (tier.__class__ is not str or route.price.tier(tier) is None) \
-                and name not in route.model.params.drop and registry.get(route.provider.kind).SENDS_TIERS:
+    for name, _, price in route.tiers_asked(body):
+        if price is None:
             return name
     return None
 
