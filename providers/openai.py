@@ -339,6 +339,9 @@ def _renumber(state: StreamState, choice: int, call: JSON) -> None:
 # -- a whole answer as its stream ------------------------------------------------------------------
 
 
+_STREAM_WIDE = ("service_tier", "system_fingerprint")  # answer fields a stream repeats on each chunk
+
+
 def answer_chunks(answer: JSON) -> list[JSON]:
     """A whole chat answer (or legacy completion) as the chunks a stream of it carries, in OpenAI's order: for
     each choice the role, its text (content, reasoning, refusal), its tool calls and its finish; then the usage
@@ -346,6 +349,9 @@ def answer_chunks(answer: JSON) -> list[JSON]:
     legacy = answer.get("object") == "text_completion"
     head = {"id": answer.get("id"), "object": "text_completion" if legacy else "chat.completion.chunk",
             "created": answer.get("created"), "model": answer.get("model")}
+    for name in _STREAM_WIDE:  # a stream names them on every chunk (the tier is what the answer is charged at)
+        if answer.get(name) is not None:
+            head[name] = answer[name]
     chunks: list[JSON] = []
     for i, choice in enumerate(answer.get("choices") or ()):
         index = choice.get("index", i)

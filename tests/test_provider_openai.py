@@ -647,3 +647,21 @@ def test_usage_details_that_are_not_objects_hold_no_counts(details: Any) -> None
     usage = openai.usage_from({"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7,
                                "prompt_tokens_details": details, "completion_tokens_details": details})
     assert (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.reasoning_tokens) == (3, 4, 0, 0)
+
+
+def test_a_whole_answer_replayed_as_a_stream_names_its_tier_and_fingerprint_on_every_chunk() -> None:
+    """A server that ignores `stream: true` answers the whole JSON answer, which the client gets as a stream's
+    chunks. OpenAI names the processing tier that served the answer (and the system fingerprint) on every chunk
+    of a stream; the replayed chunks said neither, so a client reading the tier from the stream (it is charged
+    at it) saw none. Fields the answer does not have stay out of the chunks."""
+    answer = {"id": "chatcmpl-9", "object": "chat.completion", "created": 1, "model": "gpt-5",
+              "service_tier": "flex", "system_fingerprint": "fp_1",
+              "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12},
+              "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "hi"}}]}
+    chunks = openai.answer_chunks(answer)
+    assert len(chunks) == 4
+    for chunk in chunks:
+        assert_valid("CreateChatCompletionStreamResponse", chunk)
+        assert (chunk["service_tier"], chunk["system_fingerprint"]) == ("flex", "fp_1")
+    bare = openai.answer_chunks({k: v for k, v in answer.items() if k not in ("service_tier", "system_fingerprint")})
+    assert all("service_tier" not in chunk and "system_fingerprint" not in chunk for chunk in bare)
