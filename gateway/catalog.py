@@ -21,7 +21,7 @@ from gateway.config import (
     to_nano,
 )
 from gateway.errors import NotFound
-from providers import registry
+from providers import reasoning, registry
 from providers.anthropic_request import enforces_schemas
 from providers.types import Target
 
@@ -115,8 +115,12 @@ class Route:
     # the same, asking no usage of a stream: for a provider that `learned` refuses `stream_options`
     quiet_keyless: Target = field(init=False, repr=False, compare=False)
     quiet_keyed: Target = field(init=False, repr=False, compare=False)
+    # what the model's reasoning control takes (`models.*.reasoning`), None when the config does not say
+    reasoning_limits: reasoning.Limits | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        limits = self.model.reasoning.limits() if self.model.reasoning is not None else None
+        object.__setattr__(self, "reasoning_limits", limits)
         keyless = Target(
             provider=self.provider_name,
             base_url=self.provider.base_url.rstrip("/"),

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from redis.connection import parse_url as parse_redis_url
 
 from egress.proxy import POOL_IDLE_S
+from gateway.config_reasoning import ReasoningConfig
 from gateway.fetch import local_host
 from gateway.store.boundary import url_secrets
 from providers.registry import KINDS
@@ -313,6 +314,7 @@ class ModelConfig(_Model):
     # /v1/completions: "chat" translates it to one chat turn; "native" passes it to the upstream's own
     # /completions (kind openai: instruct and base models, e.g. gpt-3.5-turbo-instruct, vLLM, Ollama)
     completions: Literal["native", "chat"] = "chat"
+    reasoning: ReasoningConfig | None = None  # what its reasoning control takes (`gateway.config_reasoning`)
 
 
 class PresetConfig(_Model):

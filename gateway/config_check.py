@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 if TYPE_CHECKING:
-    from gateway.config import Config
+    from gateway.config import Config, ModelConfig, ProviderConfig
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -176,6 +176,7 @@ def cross_check(config: Config) -> list[str]:
         serving = config.providers.get(mid.partition("/")[0])
         if model.completions == "native" and serving is not None and serving.kind != "openai":
             problems.append(f"models.{mid}.completions: native legacy completions need a provider of kind openai")
+        problems += _reasoning_problems(mid, model, serving)
     for name, preset in config.presets.items():
         if preset.model not in config.models:
             problems.append(f"presets.{name}.model: no model {preset.model!r} in models")
@@ -187,3 +188,17 @@ def cross_check(config: Config) -> list[str]:
         if len(set(names)) != len(names):
             problems.append(f"egress.pools.{pname}.proxies: proxy names must be unique")
     return problems
+
+
+def _reasoning_problems(mid: str, model: ModelConfig, serving: ProviderConfig | None) -> list[str]:
+    """A `reasoning` block that could never take effect: on a Claude model (served natively on /v1/messages,
+    its `thinking` sent as it is), or sending a field the model's `params.drop` removes."""
+    if model.reasoning is None:
+        return []
+    if serving is not None and serving.kind == "anthropic":
+        return [f"models.{mid}.reasoning: a Claude model takes /v1/messages' thinking as it is sent; the block "
+                "is for models translated to another kind"]
+    field = "reasoning_effort" if model.reasoning.efforts is not None else "reasoning"
+    if field in model.params.drop:
+        return [f"models.{mid}.reasoning: params.drop removes {field}, which the block would send"]
+    return []

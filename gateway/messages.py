@@ -24,7 +24,7 @@ from gateway.exchange import ChatEndpoint, ChatExchange, Exchange, Reply
 from gateway.sse import frame
 from gateway.streaming import ChunkCodec, StreamCodec, text_bytes
 from gateway.template import Template
-from providers import anthropic, anthropic_answer, anthropic_inbound, anthropic_usage, registry
+from providers import anthropic, anthropic_answer, anthropic_inbound, anthropic_usage, reasoning, registry
 from providers.anthropic_answer import MessageStream
 from providers.types import (
     JSON,
@@ -174,9 +174,11 @@ class TranslatedExchange(ChatExchange):
 
     stop_sequences: object = None
     preset_params: JSON | None = None  # a preset's chat-vocabulary params (`presets.chat_params`)
+    reasoning_limits: reasoning.Limits | None = None  # what the model's reasoning takes (`models.*.reasoning`)
 
     def chat_body(self, body: JSON) -> JSON:
-        chat = anthropic_inbound.chat_body(body, top_k="top_k" in self.adapter.SUPPORTED_PARAMETERS)
+        chat = anthropic_inbound.chat_body(body, top_k="top_k" in self.adapter.SUPPORTED_PARAMETERS,
+                                           reasoning_limits=self.reasoning_limits)
         return {**chat, **self.preset_params} if self.preset_params else chat
 
     def build(self, body: JSON, target: Target, stream: bool) -> UpstreamRequest:
@@ -214,6 +216,7 @@ class MessagesEndpoint(ChatEndpoint):
             return NativeExchange(self.beta)
         exchange = TranslatedExchange(registry.get(route.provider.kind))
         exchange.preset_params = self.preset_params
+        exchange.reasoning_limits = route.reasoning_limits
         return exchange
 
     def wants_usage(self, body: JSON) -> bool:

@@ -6,8 +6,18 @@ gateway's internal OpenAI chat request, which every adapter already serves, and 
 
 - `system` (a string or text blocks) -> one leading system message; `cache_control` marks are kept on
   text parts. `stop_sequences` -> `stop`; `metadata.user_id` -> `user`; `top_k` only for kinds that take
-  it (Gemini); `thinking`, `service_tier` have no OpenAI equivalent and stay behind (a native Anthropic
-  route keeps them).
+  it (Gemini); `service_tier` has no OpenAI equivalent and stays behind (a native Anthropic route keeps it).
+- `thinking` and `output_config.effort` become the chat request's reasoning fields only for a model whose
+  reasoning limits the gateway hands in (`reasoning.Limits`, from the model's config): a value the model
+  does not take is a 400 where the client's thinking was simply left out before, so a model whose limits are
+  unknown keeps leaving it out. With limits (`reasoning_fields`): a budget (`thinking.enabled.budget_tokens`)
+  becomes `reasoning.max_tokens` within the model's token range, or a `reasoning_effort` (the one
+  `output_config.effort` names, else the effort of the budget's share of `max_tokens`) snapped to the
+  nearest the model takes; an effort alone the same ("max": the highest it takes; for a token range, the
+  effort's share of `max_tokens`); `disabled` -> budget 0, or effort "none", or "minimal" (OpenAI: "very few
+  or no reasoning tokens", the nearest to off before gpt-5.1) where the model takes it, else the model's
+  default (Gemini 2.5 Pro refuses budget 0); `adaptive` -> the model's default. What cannot be read (no
+  budget, an effort Anthropic does not have) leaves the model's default, as before.
 - Blocks: text -> text parts; images (base64 / url sources) -> `image_url` (data URI / URL);
   `tool_use` -> assistant `tool_calls` (input as JSON text); each `tool_result` -> a `tool` message placed
   before the rest of its user turn (its images, which a `tool` message cannot hold, open the user message
@@ -42,6 +52,7 @@ from typing import Any
 
 import orjson
 
+from providers import reasoning
 from providers.anthropic_answer import GEMINI_SIGNATURE
 from providers.anthropic_request import claude_tool_id
 from providers.types import JSON, THINKING_BLOCKS, ProviderError, images_follow, images_heading, signed
@@ -93,9 +104,10 @@ def _ours(block: Any) -> bool:
 # -- request ---------------------------------------------------------------------------------------
 
 
-def chat_body(body: JSON, top_k: bool = False) -> JSON:
+def chat_body(body: JSON, top_k: bool = False, reasoning_limits: reasoning.Limits | None = None) -> JSON:
     """The OpenAI chat request an Anthropic Messages request stands for. `top_k`: the target kind takes a
-    `top_k` field in its chat body (Gemini's adapter makes it `topK`); OpenAI itself refuses one."""
+    `top_k` field in its chat body (Gemini's adapter makes it `topK`); OpenAI itself refuses one.
+    `reasoning_limits`: what the model's reasoning control takes (None: unknown, and `thinking` stays behind)."""
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise ProviderError("'messages' must be a list")
@@ -113,7 +125,51 @@ def chat_body(body: JSON, top_k: bool = False) -> JSON:
     _tools(body, out)
     if (response_format := _response_format(body)) is not None:
         out["response_format"] = response_format
+    if reasoning_limits is not None:
+        out.update(reasoning_fields(body, reasoning_limits))
     return out
+
+
+# -- thinking ----------------------------------------------------------------------------------------
+
+_EFFORTS = frozenset({"low", "medium", "high", "xhigh", "max"})  # Anthropic's `output_config.effort` values
+
+
+def reasoning_fields(body: JSON, limits: reasoning.Limits) -> JSON:
+    """The chat reasoning fields (`reasoning` with `max_tokens`, or `reasoning_effort`) for the request's
+    `thinking` and `output_config.effort`, as the model with `limits` takes them ({}: the model's default)."""
+    thinking = body.get("thinking") if isinstance(body.get("thinking"), dict) else None
+    kind = thinking.get("type") if thinking is not None else None
+    if kind == "disabled":
+        return _off(limits)
+    budget = _count(thinking.get("budget_tokens")) if thinking is not None and kind == "enabled" else None
+    config = body.get("output_config")
+    effort = config.get("effort") if isinstance(config, dict) and config.get("effort") in _EFFORTS else None
+    if budget is None and effort is None:
+        return {}  # adaptive, or nothing readable: the model's default
+    room = _count(body.get("max_tokens"))
+    if limits.budget is not None:
+        if budget is None:  # the effort's share of the answer's tokens (without them, of the most the model takes)
+            budget = int((room or limits.budget[1]) * reasoning.EFFORT_SHARE[str(effort)])
+        return {"reasoning": {"max_tokens": limits.clamp(budget)}}
+    level = effort or (reasoning.level_for_share(budget / room) if budget and room else "medium")
+    snapped = limits.snap(str(level))
+    return {"reasoning_effort": snapped} if snapped else {}
+
+
+def _count(value: Any) -> int | None:
+    """A whole number above 0, else None (a bool is no count)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _off(limits: reasoning.Limits) -> JSON:
+    """Thinking off where the model can stop it; else nothing, and the model thinks as it does by default."""
+    if limits.budget is not None:
+        return {"reasoning": {"max_tokens": 0}} if limits.can_disable else {}
+    for effort in ("none", "minimal"):
+        if effort in limits.efforts:
+            return {"reasoning_effort": effort}
+    return {}
 
 
 def _response_format(body: JSON) -> JSON | None:

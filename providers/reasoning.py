@@ -11,11 +11,15 @@ the Anthropic and Gemini translations turn into their own controls (`thinking`, 
   nothing else set it leaves the model's own default (on or off) alone.
 - `reasoning_effort` and `reasoning.effort` that disagree are refused, as OpenRouter refuses them.
 
+`Limits` is the other side: what one model's reasoning control takes (`models.*.reasoning` in the config), for
+translations that must choose a value the model accepts (Anthropic's `thinking` on /v1/messages).
+
 Pure: no I/O. A malformed value is an `Untranslatable` naming the field (the gateway's 400 `invalid_value`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from providers.types import JSON, Untranslatable, record
@@ -23,9 +27,41 @@ from providers.types import JSON, Untranslatable, record
 # effort -> share of the request's output tokens given to thinking (OpenRouter's reasoning-tokens guide)
 EFFORT_SHARE = {"max": 0.95, "xhigh": 0.95, "high": 0.8, "medium": 0.5, "low": 0.2, "minimal": 0.1}
 EFFORTS = frozenset({*EFFORT_SHARE, "none"})
+LEVELS = ("minimal", "low", "medium", "high", "xhigh", "max")  # least thinking to most; "none" is none at all
 FIELDS = ("reasoning", "reasoning_effort")  # the request fields this module reads
 
-__all__ = ["EFFORTS", "EFFORT_SHARE", "FIELDS", "Reasoning", "excluded", "requested"]
+__all__ = ["EFFORTS", "EFFORT_SHARE", "FIELDS", "LEVELS", "Limits", "Reasoning", "excluded", "level_for_share",
+           "requested"]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one model's reasoning control takes: `reasoning_effort` values (`efforts`, in `LEVELS` order, "none"
+    among them when the model can stop reasoning: gpt-5.1) or a range of thinking tokens (`budget`, (least, most):
+    Gemini 2.5's `thinkingBudget`, OpenRouter's `reasoning.max_tokens`; `can_disable`: a budget of 0 turns it
+    off, as on Gemini 2.5 Flash and Flash-Lite and not on Pro). One of the two; built once per config."""
+
+    efforts: tuple[str, ...] = ()
+    budget: tuple[int, int] | None = None
+    can_disable: bool = False
+
+    def snap(self, level: str) -> str | None:
+        """The effort the model takes nearest to `level` (a `LEVELS` value), the higher of two as near; never
+        "none" (a wish for some thinking is not one for none). None when the model takes no other."""
+        want = LEVELS.index(level)
+        taken = [LEVELS.index(effort) for effort in self.efforts if effort != "none"]
+        return LEVELS[min(taken, key=lambda have: (abs(have - want), -have))] if taken else None
+
+    def clamp(self, tokens: int) -> int:
+        """A thinking budget within the model's range (its least non-zero budget at the bottom)."""
+        least, most = self.budget or (tokens, tokens)
+        return min(max(tokens, least, 1), most)
+
+
+def level_for_share(share: float) -> str:
+    """The effort whose `EFFORT_SHARE` is nearest to `share` (thinking's part of the output tokens), the higher
+    of two as near: a client that gives nearly all of `max_tokens` to thinking asks for the most there is."""
+    return min(reversed(LEVELS), key=lambda level: abs(EFFORT_SHARE[level] - share))
 
 
 @record

@@ -212,3 +212,22 @@ async def test_scripted_text_and_call_are_read_as_the_recordings_are(client: Cli
     (call,) = gemini.parse_response(await resp.read(), target).body["choices"][0]["message"]["tool_calls"]
     assert call["function"]["name"] == "Person"
     assert json.loads(call["function"]["arguments"]) == {"name": "Ada", "age": 36}
+
+
+@pytest.mark.parametrize(("budget", "status", "message"), [
+    (24576, 200, None), (-1, 200, None), (0, 200, None),
+    (24577, 400, "The thinking budget (24577) is invalid."),
+], ids=["most", "dynamic", "off", "above"])
+async def test_thinking_budgets_refuse_a_budget_out_of_the_models_range(
+        client: Client, fake: FakeGemini, budget: int, status: int, message: str | None) -> None:
+    fake.thinking_budgets = {"gemini-2.5-flash": (range(0, 24577),), "gemini-2.5-pro": (range(128, 32769),)}
+    body = {**BODY, "generationConfig": {"thinkingConfig": {"thinkingBudget": budget}}}
+    resp = await client.post("/v1beta/models/gemini-2.5-flash:generateContent", json=body, headers=KEY)
+    assert resp.status == status
+    if message:
+        assert (await resp.json())["error"] == {"code": 400, "message": message, "status": "INVALID_ARGUMENT"}
+    resp = await client.post("/v1beta/models/gemini-2.5-pro:generateContent",
+                             json={**BODY, "generationConfig": {"thinkingConfig": {"thinkingBudget": 0}}}, headers=KEY)
+    assert resp.status == 400 and "only works in thinking mode" in (await resp.json())["error"]["message"]
+    resp = await client.post(UNARY_PATH, json=body, headers=KEY)  # a model it does not name takes any
+    assert resp.status == 200

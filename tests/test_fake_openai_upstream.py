@@ -170,3 +170,22 @@ async def test_scripted_text_and_call_keep_the_wire_format(client: Client, fake:
         validate(answer, "CreateChatCompletionResponse")
         (call,) = answer["choices"][0]["message"]["tool_calls"]
         assert call["function"] == {"name": "Person", "arguments": '{"name": "Ada", "age": 36}'}
+
+
+@pytest.mark.parametrize(("model", "effort", "code"), [
+    ("gpt-5", "minimal", None), ("gpt-5", "none", "unsupported_value"),
+    ("gpt-4o", "low", "unsupported_parameter"), ("gpt-4o-mini", "xhigh", None),
+], ids=["taken", "value-refused", "field-refused", "model-not-named"])
+async def test_reasoning_efforts_refuse_what_the_model_does_not_take(client: Client, fake: FakeOpenAI, model: str,
+                                                                     effort: str, code: str | None) -> None:
+    fake.reasoning_efforts = {"gpt-5": ("minimal", "low", "medium", "high"), "gpt-4o": ()}
+    resp = await client.post("/v1/chat/completions", json={"model": model, "messages": MSGS,
+                                                           "reasoning_effort": effort})
+    if code is None:
+        assert resp.status == 200
+        return
+    error = (await resp.json())["error"]
+    assert resp.status == 400 and (error["code"], error["param"]) == (code, "reasoning_effort")
+    if code == "unsupported_value":
+        assert error["message"] == ("Unsupported value: 'none' is not supported with the 'gpt-5' model. "
+                                    "Supported values are: 'minimal', 'low', 'medium', 'high'.")

@@ -26,6 +26,11 @@ model's steps since the last user content that is not function responses) the fi
 step must carry a `thoughtSignature`, else 400 INVALID_ARGUMENT "Function call is missing a
 thought_signature in functionCall parts..." (any non-empty string passes: the fake cannot check a real one).
 
+With `thinking_budgets` set, a model it names takes only a `thinkingConfig.thinkingBudget` in one of its ranges
+(or -1, dynamic), as Google's thinking guide gives them (2.5 Flash `(range(0, 24577),)`; 2.5 Pro
+`(range(128, 32769),)`, which cannot stop thinking), else 400 INVALID_ARGUMENT: "The thinking budget (N) is
+invalid." or, for 0, "Budget 0 is invalid. This model only works in thinking mode.".
+
 With `text` (or `function_call`, `{"name", "arguments"}`) set, answers say that text (or make that call, from
 the `tool_mode` recordings): see `fakes.scripted`.
 
@@ -119,6 +124,7 @@ class FakeGemini:
         self.chunks_sent = 0  # events written by the last streamed answer
         self.text: str | None = None  # answers say this text (fakes.scripted)
         self.function_call: dict[str, Any] | None = None  # answers make this call: {"name", "arguments"}
+        self.thinking_budgets: dict[str, tuple[range, ...]] = {}  # model -> the thinkingBudget ranges it takes
 
     @property
     def last(self) -> RecordedRequest:
@@ -193,6 +199,8 @@ async def _generate(request: web.Request) -> web.StreamResponse:
                              f"degraded model performance. Additional data, function call `default_api:{unsigned}`"
                              ". Please refer to https://ai.google.dev/gemini-api/docs/thought-signatures for more "
                              "details.", "INVALID_ARGUMENT")
+    if (refused := _refused_budget(fake.thinking_budgets.get(model), body)) is not None:
+        return refused
     thinks = shows_thoughts(body)
     if method == "generateContent":
         return web.json_response(fake.unary_answer(thinks))
@@ -201,6 +209,19 @@ async def _generate(request: web.Request) -> web.StreamResponse:
                                                         fake.function_call))
     return await _stream(request, fake, scripted.gemini_events(recorded_events(fake.stream_name(thinks)),
                                                                fake.text, fake.function_call))
+
+
+def _refused_budget(ranges: tuple[range, ...] | None, body: dict[str, Any]) -> web.Response | None:
+    """Google's 400 for a thinkingBudget the model does not take (None: taken, or no ranges known)."""
+    config = body.get("generationConfig")
+    thinking = config.get("thinkingConfig") if isinstance(config, dict) else None
+    thinking = thinking if isinstance(thinking, dict) else {}
+    budget = thinking.get("thinkingBudget")
+    if ranges is None or budget is None or budget == -1 or any(budget in taken for taken in ranges):
+        return None
+    if budget == 0:
+        return _google_error(400, "Budget 0 is invalid. This model only works in thinking mode.", "INVALID_ARGUMENT")
+    return _google_error(400, f"The thinking budget ({budget}) is invalid.", "INVALID_ARGUMENT")
 
 
 def _unsigned_call(contents: Any) -> str | None:

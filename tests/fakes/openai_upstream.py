@@ -31,6 +31,10 @@ With `reasoning_field` set, chat answers carry the model's reasoning (`REASONING
 reasoning models' servers send it: `reasoning_content` (DeepSeek) or `reasoning` (OpenRouter, Ollama's `/v1`,
 newer vLLM); streamed, as deltas of their own (`REASONING_PARTS`) between the role chunk and the content.
 
+With `reasoning_efforts` set, a model it names takes only those `reasoning_effort` values, as OpenAI and xAI
+answer: an empty tuple refuses the field (gpt-4o, grok-4: 400 `unsupported_parameter`), another value is a 400
+`unsupported_value` listing the values taken; models it does not name take any.
+
 With `allowed_peers` set, a request from any other peer address is refused with 451, the way a provider
 blocks a region: the egress tests use it as an upstream that serves only the proxy's outgoing address.
 Each recorded request carries its peer address.
@@ -146,6 +150,7 @@ class FakeOpenAI:
         self.served_tier: str | None = None  # the `service_tier` answers (and every chunk) name; None: as recorded
         self.content: str | None = None  # chat answers say this text (fakes.scripted)
         self.tool_call: dict[str, Any] | None = None  # chat answers make this call: {"name", "arguments"}
+        self.reasoning_efforts: dict[str, tuple[str, ...]] = {}  # model -> the reasoning_effort values it takes
 
     @property
     def last(self) -> RecordedRequest:
@@ -280,6 +285,8 @@ async def _chat(request: web.Request) -> web.StreamResponse:
             return web.Response()
         if (early := _configured_failure(fake, body)) is not None:
             return early
+        if (refused := _refused_effort(fake, body)) is not None:
+            return refused
         if not body.get("stream"):
             answer = json.loads((WIRE / "docs-chat-default.response.json").read_bytes())
             answer = scripted.openai_answer(WIRE, answer, fake.content, fake.tool_call)
@@ -317,6 +324,23 @@ def _configured_failure(fake: FakeOpenAI, body: Any) -> web.Response | None:
         return _error_response(400, _error("We could not parse the JSON body of your request.",
                                            "invalid_request_error"))
     return None
+
+
+def _refused_effort(fake: FakeOpenAI, body: dict[str, Any]) -> web.Response | None:
+    """OpenAI's 400 for a `reasoning_effort` the model does not take (see `reasoning_efforts`)."""
+    taken, effort = fake.reasoning_efforts.get(str(body.get("model"))), body.get("reasoning_effort")
+    if taken is None or effort is None or effort in taken:
+        return None
+    if not taken:
+        error = _error("Unsupported parameter: 'reasoning_effort' is not supported with this model.",
+                       "invalid_request_error")
+        error["error"].update(param="reasoning_effort", code="unsupported_parameter")
+    else:
+        values = ", ".join(f"'{value}'" for value in taken)
+        error = _error(f"Unsupported value: '{effort}' is not supported with the '{body.get('model')}' model. "
+                       f"Supported values are: {values}.", "invalid_request_error")
+        error["error"].update(param="reasoning_effort", code="unsupported_value")
+    return web.json_response(error, status=400)
 
 
 def completion_events(body: dict[str, Any]) -> list[bytes]:
