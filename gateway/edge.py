@@ -1,5 +1,5 @@
-"""What the gateway answers before any handler runs: requests aiohttp's HTTP parser refuses, and
-connections whose request head never ends.
+"""What the gateway answers before any handler runs: requests aiohttp's HTTP parser refuses, connections
+whose request head never ends, `Expect` headers, HTTP versions it does not speak, and its `Server` name.
 
 aiohttp answers a request it cannot parse (a malformed request line or header, a line over its 8190-byte
 limit, more than 128 headers, bad chunked framing, an unsupported Transfer- or Content-Encoding, HTTP/2 or
@@ -11,6 +11,12 @@ import) refusing an aiohttp whose hook moved, so that an upgrade fails loudly ra
 plain-text answers back in silence. The replacement answers for the gateway's own listeners only, made
 with `handler_args()`, whose `logger` marks them; any other aiohttp server in the process (an embedder's,
 the tests' fake upstreams) keeps aiohttp's answer.
+
+aiohttp's routes also meet a request's `Expect` header before any middleware, in a default handler each
+route takes when it is made (`web_urldispatcher._default_expect_handler`): `100 Continue` at once, before
+any key was checked, and a plain-text 417 quoting any other expectation. That default is replaced here
+too (`_expect`, checked likewise), again for the gateway's listeners only: the 100 waits for the handler's
+first read of the body (`send_continue`), the other expectations are refused in JSON by `_handle_error`.
 """
 
 from __future__ import annotations
@@ -21,12 +27,14 @@ import random
 import re
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web, web_urldispatcher
+from aiohttp.helpers import reify
+from aiohttp.http import HttpVersion10, HttpVersion11
 from aiohttp.http_exceptions import BadHttpMethod, ContentEncodingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from gateway import metrics
-from gateway.errors import GatewayError, InvalidRequest, error_response
+from gateway.errors import ANTHROPIC_PATH, GatewayError, InvalidRequest, error_response, no_client_retry
 from gateway.logging import get_logger
 
 log = get_logger("gateway.edge")
@@ -37,6 +45,13 @@ SERVER_LOGGER = logging.getLogger("gateway.http")
 # would). run_app's own default, set here so that every way of running the app gets it: AppRunner's and
 # the test servers' default is an hour.
 KEEPALIVE_S = 75.0
+# the `Server` header of every answer of the gateway's listeners, in place of aiohttp's, which names its
+# own release and Python's: no version, nothing for a scanner to look up
+SERVER_NAME = "llm-edge-gateway"
+# the HTTP versions served; 1.1 first, which `in` finds by identity (aiohttp's C parser's own objects)
+SERVED_VERSIONS = (HttpVersion11, HttpVersion10)
+CONTINUE = "100-continue"
+CONTINUED = web.RequestKey("continued", bool)  # the request's 100 Continue went out
 # aiohttp's words that quote nothing of the request: passed on as they are
 _FIXED = frozenset({"Missing 'Host' header in request.", "Duplicate 'Host' header found."})
 # llhttp's reason in aiohttp's C parser's message ("Invalid header value char:\n\n  b'<the line>'\n  ^"):
@@ -81,25 +96,80 @@ _aiohttps_answer = RequestHandler.handle_error
 def _handle_error(self: RequestHandler, request: web.BaseRequest, status: int = 500,
                   exc: BaseException | None = None, message: str | None = None) -> web.StreamResponse:
     """aiohttp's `handle_error`, answering in OpenAI's shape on the gateway's listeners. aiohttp calls it
-    for what its parser refused (400) and for what escaped the handler (500, 504: the gateway's middleware
-    answers those itself), and closes the connection after the answer."""
+    for what its parser refused (400), for what escaped the handler (500, 504: the gateway's middleware
+    answers those itself) and for the expectation `_expect` refused (417, raised before any middleware),
+    and closes the connection after the answer."""
     if self.logger is not SERVER_LOGGER:
         return _aiohttps_answer(self, request, status, exc, message)
     if request.writer.output_size > 0:  # as aiohttp: an answer is under way, another cannot follow
         raise ConnectionError("Response is sent already, cannot send another response with the error message")
     request_id = "req_" + random.randbytes(16).hex()
-    if status >= 500:
+    if isinstance(exc, GatewayError):  # an expectation `_expect` refused, before any middleware
+        err: GatewayError = exc
+        status = err.status
+        log.info("unmet expectation refused", request_id=request_id, status=status, error=err.code)
+    elif status >= 500:
         self.log_exception("Error handling request", exc_info=exc)
-        err: GatewayError = GatewayError("The gateway failed to handle this request.", code="internal_error",
-                                         status=status)
+        err = GatewayError("The gateway failed to handle this request.", code="internal_error", status=status)
     else:
         err = refusal(exc, self)
         err.status = status  # aiohttp's: 400 for whatever its parser refuses
         log.info("malformed request refused", request_id=request_id, status=status, error=err.code,
                  reason=err.message)
     metrics.child(metrics.REQUESTS, "unmatched", metrics.UNKNOWN, metrics.UNKNOWN, metrics.status_class(status)).inc()
-    response = error_response(err, request_id)
+    response = error_response(err, request_id, request.path.startswith(ANTHROPIC_PATH))
+    response.headers[hdrs.SERVER] = SERVER_NAME  # a parser's refusal has no route, so no prepare hook runs
     response.force_close()
+    return response
+
+
+_aiohttps_expect = web_urldispatcher._default_expect_handler
+
+
+async def _expect(request: web.Request) -> None:
+    """aiohttp's default `Expect` handler, on the gateway's listeners: the 100 Continue is owed until the
+    handler first waits for the body (`send_continue`), so that a client is told to send it only once its
+    key and the declared length were accepted; any other expectation is raised, answered by
+    `_handle_error` (a 417, the connection closed: its body was never read). An HTTP/1.0 request's
+    expectation is ignored, as aiohttp does (RFC 9110 10.1.1), as are those of versions not served (505)."""
+    if request.protocol.logger is not SERVER_LOGGER:
+        await _aiohttps_expect(request)
+    elif request.version == HttpVersion11 and request.headers.get(hdrs.EXPECT, "").lower() != CONTINUE:
+        raise GatewayError("This server meets no expectation but 100-continue: send the request without its "
+                           "Expect header.", status=417, type_="invalid_request_error", code="expectation_failed")
+
+
+async def send_continue(request: web.Request) -> None:
+    """The `100 Continue` an HTTP/1.1 request with `Expect: 100-continue` waits for, sent when its handler
+    first waits for the body (`requests.read_limited`, after the key and the declared length passed). A
+    client may have sent the body anyway (curl does after a second): it is read as usual."""
+    if (request.version == HttpVersion11 and not request.get(CONTINUED)
+            and request.headers.get(hdrs.EXPECT, "").lower() == CONTINUE):
+        request[CONTINUED] = True
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # as aiohttp's: the answer itself has not begun
+        await request.writer.drain()
+
+
+def version_not_served() -> GatewayError:
+    """For a request line in an HTTP version other than 1.1 and 1.0 (aiohttp's parser lets 2.0 and 0.9
+    through, and would serve them); a retry cannot help."""
+    return GatewayError("This server speaks HTTP/1.1 (and HTTP/1.0): send the request as HTTP/1.1.", status=505,
+                        type_="invalid_request_error", code="http_version_not_supported", headers=no_client_retry())
+
+
+def refused(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """A middleware's error answer, with the connection closed after it when what the client sends next
+    cannot be read safely: a request in an HTTP version not served (answered as HTTP/1.1, the only version
+    the gateway speaks: RFC 9110 6.2), and a client still waiting for the 100 Continue before its body (its
+    next bytes could be that body or its next request: aiohttp discards what comes for at most its lingering
+    time, 10 s, and serves none of it)."""
+    if request.version not in SERVED_VERSIONS:
+        request._cache["version"] = HttpVersion11  # the status line's version (`check_version_pin`)
+        response.force_close()
+    elif (request.headers.get(hdrs.EXPECT, "").lower() == CONTINUE and request.version == HttpVersion11
+          and not request.get(CONTINUED) and not request.content.is_eof()):
+        response.force_close()
     return response
 
 
@@ -117,5 +187,33 @@ def check_hook(owner: type = RequestHandler) -> None:
                           "gateway.edge overrides it: install the aiohttp version pyproject.toml names")
 
 
+def check_expect_hook(module: Any = web_urldispatcher) -> None:
+    """Refuse to start on an aiohttp whose routes' default `Expect` handler moved or changed shape."""
+    hook = getattr(module, "_default_expect_handler", None)
+    if not inspect.iscoroutinefunction(hook) or list(inspect.signature(hook).parameters) != ["request"]:
+        raise ImportError(f"{module.__name__}._default_expect_handler is gone or changed, and gateway.edge "
+                          "replaces it: install the aiohttp version pyproject.toml names")
+
+
+def check_version_pin(owner: type = web.BaseRequest) -> None:
+    """`refused` answers in HTTP/1.1 by setting the request's cached `version`: refuse an aiohttp whose
+    request keeps it elsewhere."""
+    if not isinstance(owner.__dict__.get("version"), reify) or "_cache" not in getattr(owner, "ATTRS", ()):
+        raise ImportError(f"{owner.__module__}.{owner.__qualname__}.version is no longer cached in `_cache`, "
+                          "which gateway.edge sets: install the aiohttp version pyproject.toml names")
+
+
+def _install_expect_hook() -> None:
+    """Routes take the module's default when they are made: one made now must take ours."""
+    check_expect_hook()
+    web_urldispatcher._default_expect_handler = _expect
+    route = web.UrlDispatcher().add_get("/", _expect)  # type: ignore[arg-type]  # never served: any coroutine
+    if getattr(route, "_expect_handler", None) is not _expect:
+        raise ImportError("aiohttp's routes no longer take web_urldispatcher._default_expect_handler, which "
+                          "gateway.edge replaces: install the aiohttp version pyproject.toml names")
+
+
 check_hook()
+check_version_pin()
 RequestHandler.handle_error = _handle_error  # type: ignore[method-assign]
+_install_expect_hook()

@@ -24,6 +24,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+ANTHROPIC_PATH = "/v1/messages"  # Anthropic-format clients get errors in Anthropic's shape, which their SDK parses
+
 
 class GatewayError(Exception):
     status = 500
@@ -114,7 +116,8 @@ class UpstreamRejected(GatewayError):
 
 _ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
                     403: "permission_error", 404: "not_found_error", 413: "request_too_large",
-                    429: "rate_limit_error", 504: "timeout_error", 529: "overloaded_error"}
+                    429: "rate_limit_error", 504: "timeout_error", 505: "invalid_request_error",
+                    529: "overloaded_error"}
 
 
 def anthropic_type(err: GatewayError) -> str:

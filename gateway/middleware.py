@@ -12,12 +12,14 @@ import re
 import time
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
 from gateway import metrics
 from gateway.auth import authenticate, bearer_matches
+from gateway.edge import SERVED_VERSIONS, SERVER_NAME, refused, version_not_served
 from gateway.errors import (
+    ANTHROPIC_PATH,
     GatewayError,
     InvalidRequest,
     NotFound,
@@ -29,7 +31,6 @@ from gateway.logging import access, bind_request_id, get_logger, unbind_request_
 from gateway.state import KEY, LOG, RATE_HEADERS, REQUEST_ID, RUNTIME, served_here
 
 log = get_logger("gateway.request")
-ANTHROPIC_PATH = "/v1/messages"
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _HTTP_ERRORS: dict[int, tuple[type[GatewayError], str]] = {
     404: (NotFound, "Unknown path. This gateway serves the OpenAI API under /v1/."),
@@ -81,18 +82,21 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
 
 
 async def _respond(request: web.Request, handler: Handler, rid: str, fields: dict[str, Any]) -> web.StreamResponse:
-    """The handler's response, or the error it raised as an OpenAI (or Anthropic) error response."""
+    """The handler's response, or the error it raised as an OpenAI (or Anthropic) error response. A request
+    in an HTTP version the gateway does not speak reaches no handler (505, before the key is checked)."""
     try:
+        if request.version not in SERVED_VERSIONS:
+            raise version_not_served()
         return await handler(request)
     except GatewayError as exc:
         fields.setdefault("error", exc.code or exc.type)
-        return error_response(exc, rid, _anthropic(request))
+        err = exc
     except web.HTTPException as exc:
-        return error_response(_from_http_exception(exc), rid, _anthropic(request))
+        err = _from_http_exception(exc)
     except Exception:
         log.exception("unhandled error")
         err = GatewayError("The gateway failed to handle this request.", code="internal_error")
-        return error_response(err, rid, _anthropic(request))
+    return refused(request, error_response(err, rid, _anthropic(request)))
 
 
 async def _send(request: web.Request, response: web.StreamResponse) -> bool:
@@ -145,9 +149,10 @@ async def require_admin(request: web.Request, handler: Handler) -> web.StreamRes
 
 
 async def add_response_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: request id and rate-limit headers on every response, streamed ones included. On
-    Anthropic's format the id is also `request-id`, the header Anthropic's API sends and its SDK reads
-    (`message._request_id`, `err.request_id`)."""
+    """on_response_prepare: the gateway's `Server` name, request id and rate-limit headers on every response,
+    streamed ones included. On Anthropic's format the id is also `request-id`, the header Anthropic's API
+    sends and its SDK reads (`message._request_id`, `err.request_id`)."""
+    response.headers[hdrs.SERVER] = SERVER_NAME  # aiohttp's default names its release and Python's
     rid = request.get(REQUEST_ID)
     if rid:
         response.headers["X-Request-Id"] = rid

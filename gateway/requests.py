@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import StreamReader, web
 
+from gateway.edge import send_continue
 from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge
 from gateway.state import RUNTIME
 
@@ -42,6 +43,7 @@ async def read_limited(request: web.Request, limit: int) -> bytes:
             if len(body) > limit:
                 raise _too_large(limit)
             return body
+        await send_continue(request)  # a client waiting for it (`Expect: 100-continue`) has sent no body yet
         return await _read_slowly(request.content, limit, request.app[RUNTIME].snapshot.config.server.body_timeout_s)
     except web.HTTPRequestEntityTooLarge:  # past aiohttp's own bound (the server's limit plus a margin)
         raise _too_large(limit) from None
