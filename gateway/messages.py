@@ -177,8 +177,13 @@ class TranslatedExchange(ChatExchange):
     reasoning_limits: reasoning.Limits | None = None  # what the model's reasoning takes (`models.*.reasoning`)
 
     def chat_body(self, body: JSON) -> JSON:
+        """A preset's params are set over the translation's; a preset that sets reasoning (either field) sets all
+        of it: the client's thinking beside it would win on Gemini (a budget outranks an effort) or disagree."""
+        limits = self.reasoning_limits
+        if self.preset_params and not self.preset_params.keys().isdisjoint(reasoning.FIELDS):
+            limits = None
         chat = anthropic_inbound.chat_body(body, top_k="top_k" in self.adapter.SUPPORTED_PARAMETERS,
-                                           reasoning_limits=self.reasoning_limits)
+                                           reasoning_limits=limits)
         return {**chat, **self.preset_params} if self.preset_params else chat
 
     def build(self, body: JSON, target: Target, stream: bool) -> UpstreamRequest:

@@ -144,7 +144,8 @@ def reasoning_fields(body: JSON, limits: reasoning.Limits) -> JSON:
         return _off(limits)
     budget = _count(thinking.get("budget_tokens")) if thinking is not None and kind == "enabled" else None
     config = body.get("output_config")
-    effort = config.get("effort") if isinstance(config, dict) and config.get("effort") in _EFFORTS else None
+    asked = config.get("effort") if isinstance(config, dict) else None
+    effort = asked if isinstance(asked, str) and asked in _EFFORTS else None  # a list or object is unhashable
     if budget is None and effort is None:
         return {}  # adaptive, or nothing readable: the model's default
     room = _count(body.get("max_tokens"))

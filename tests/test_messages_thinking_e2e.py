@@ -61,6 +61,7 @@ async def gw(aiohttp_server: Any, all_upstreams: Upstreams) -> AsyncIterator[Gat
                                 "reasoning": {"efforts": ["low", "high"]}},
             "oai/gpt-4o": {"upstream": "gpt-4o", "price": {"input_per_mtok": 2.5, "output_per_mtok": 10}},
         },
+        "presets": {"thrifty": {"model": "google/flash", "params": {"reasoning_effort": "low"}}},
     }
     gateway = await start_gateway(aiohttp_server, parse(yaml.safe_dump(doc), {}), all_upstreams.openai)
     yield gateway
@@ -162,6 +163,25 @@ async def test_a_model_without_limits_leaves_thinking_out(gw: Gateway, all_upstr
                                            output_config={"effort": "high"}, messages=MESSAGES)
     assert not {"reasoning_effort", "reasoning"} & set(all_upstreams.openai.last.body)
     assert message.content[-1].type == "text"
+
+
+async def test_an_effort_that_is_no_string_is_left_out_not_a_500(gw: Gateway, all_upstreams: Upstreams,
+                                                                claude: anthropic.AsyncAnthropic) -> None:
+    """`output_config.effort` as a list or an object names no effort: the model's default, as for any other
+    unreadable effort, not a 500 from looking an unhashable value up in the set of Anthropic's efforts."""
+    for effort in (["high"], {"level": "high"}):
+        message = await claude.messages.create(model="oai/gpt-5", max_tokens=1000, messages=MESSAGES,
+                                               extra_body={"output_config": {"effort": effort}})
+        assert "reasoning_effort" not in all_upstreams.openai.last.body
+        assert message.content[-1].type == "text"
+
+
+async def test_a_presets_effort_is_set_over_claude_codes_budget(gw: Gateway, all_upstreams: Upstreams,
+                                                               claude: anthropic.AsyncAnthropic) -> None:
+    """A preset's params are set over the client's values: the operator's `reasoning_effort: low` is what Gemini
+    gets (its budget for low), not Claude Code's 31,999-token budget clamped to Flash's range."""
+    await claude.messages.create(model="@preset/thrifty", max_tokens=32000, thinking=CLAUDE_CODE, messages=MESSAGES)
+    assert all_upstreams.gemini.last.body["generationConfig"]["thinkingConfig"]["thinkingBudget"] == 1024
 
 
 # -- OpenAI kind: reasoning_effort values -------------------------------------------------------------------------

@@ -72,6 +72,17 @@ def test_the_clamped_budget_reaches_gemini_as_its_thinking_budget() -> None:
     assert sent["maxOutputTokens"] == 32000  # thoughts count against it: the answer's room is the client's own
 
 
+@pytest.mark.parametrize("preset", [{"reasoning_effort": "low"}, {"reasoning": {"effort": "low"}}], ids=str)
+def test_a_presets_reasoning_is_set_over_the_clients_thinking(preset: dict[str, Any]) -> None:
+    """A preset's params are set over what the translation chose: its effort, not the client's budget beside it
+    (Gemini's adapter takes a budget over an effort, so the client's thinking would have won)."""
+    exchange = TranslatedExchange(registry.get("gemini"))
+    exchange.reasoning_limits, exchange.preset_params = FLASH, preset
+    sent = json.loads(exchange.build(_body(thinking=CLAUDE_CODE), GEMINI, stream=False).body)["generationConfig"]
+    assert sent["thinkingConfig"] == {"includeThoughts": True, "thinkingBudget": 1024}  # "low", as on the chat route
+    assert set(exchange.chat_body(_body(thinking=CLAUDE_CODE))) & set(REASONING_FIELDS) == set(preset)
+
+
 # -- an effort on a model that takes reasoning_effort values (OpenAI kind) ----------------------------------------
 
 
@@ -122,6 +133,8 @@ def test_disabled_turns_thinking_off_only_where_the_model_can(limits: Limits, as
     {"output_config": {"effort": "extreme"}},
     {"output_config": {"effort": "none"}},  # not one of Anthropic's efforts
     {"output_config": "high"},
+    {"output_config": {"effort": ["high"]}},  # not a string: no effort, and no TypeError (a 500)
+    {"output_config": {"effort": {"level": "high"}}},
 ], ids=str)
 def test_what_says_nothing_readable_leaves_the_models_default(fields: dict[str, Any]) -> None:
     for limits in (FLASH, PRO, GPT5, GPT51):
