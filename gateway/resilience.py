@@ -18,6 +18,8 @@
 What is retryable is decided where the error is raised (`GatewayError.retryable`): only failures before
 the request body left (connect refused, proxy failure, no way out) and upstream answers with a status
 (429, 5xx, 529). Once the body was sent, or a byte reached the client, nothing is resent.
+A fallback that refuses the key at admission (402 balance, 429 its limits) is skipped: the client's answer
+stays the failure of the model it asked for.
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ from typing import TypeVar
 from gateway import metrics, routing
 from gateway.catalog import Route
 from gateway.config import RetriesConfig
-from gateway.errors import GatewayError, Unavailable
+from gateway.errors import GatewayError, InsufficientQuota, RateLimited, Unavailable
 from gateway.logging import get_logger
 
 log = get_logger("gateway.resilience")
 T = TypeVar("T")
 OVERLOAD_RETRY_AFTER_S = 1
+REFUSALS = (InsufficientQuota, RateLimited)  # the admission's refusals of the key (its upstream's 429 is another)
 
 # loop time by which the current attempt must have its answer's headers; None: the provider's timeouts only
 _ATTEMPT_DEADLINE: ContextVar[float | None] = ContextVar("attempt_deadline", default=None)
@@ -116,6 +119,11 @@ async def serve_first(guard: Guard, cfg: RetriesConfig, routes: list[Route],
         try:
             return await _serve_route(guard, cfg, route, serve, deadline, first=last is None)
         except GatewayError as exc:
+            if last is not None and isinstance(exc, REFUSALS):
+                # the key may not use this fallback (its balance, its limits there): a reason to skip it,
+                # not the answer; the client asked for another model, whose failure is the answer
+                log.info("fallback refused the key", model=route.model_id, error=exc.code)
+                continue
             if not exc.retryable:
                 raise
             # a candidate that cannot express the request says nothing about the ones that could: their

@@ -264,3 +264,29 @@ async def test_a_404_on_the_clients_own_key_stays_the_clients(api_gateway: Any) 
             model="oai/gpt-4o", messages=MESSAGES,  # type: ignore[arg-type]
             extra_body={"provider_api_key": "sk-client-own-openai-key-000000000001"})
     assert isinstance(info.value.body, dict) and info.value.body["code"] == "model_not_found", info.value.body
+
+
+async def test_a_fallback_the_key_cannot_use_leaves_the_primarys_failure_as_the_answer(make_gateway: Any) -> None:
+    """The model asked for failed (its upstream unreachable: a 502, which the SDKs retry); its fallback then
+    refused the key (balance short of its hold: 402; its per-model rate limit spent: 429). The client was told
+    402 or 429 about a model it never asked for, and its SDK did not retry the model it asked for. The refusal
+    of a fallback is a reason to skip it: the answer is the primary's own failure."""
+    gw = await make_gateway(retries={**FAST_RETRIES, "max_retries": 0})
+    poor, _ = await gw.add_key("poor", balance=1_000)  # a millionth of a dollar: no hold of fake/gpt-4o fits
+    with pytest.raises(openai.APIStatusError) as info:
+        await gw.openai(api_key=poor, max_retries=0).chat.completions.create(
+            model="dead/model", messages=MESSAGES, max_tokens=1000,  # type: ignore[arg-type]
+            extra_body={"models": ["fake/gpt-4o"]})
+    assert (info.value.status_code, info.value.code) == (502, "upstream_unreachable")
+    # the same key asking fake/gpt-4o itself is told the truth about its balance
+    with pytest.raises(openai.APIStatusError) as info:
+        await gw.openai(api_key=poor, max_retries=0).chat.completions.create(
+            model="fake/gpt-4o", messages=MESSAGES, max_tokens=1000)  # type: ignore[arg-type]
+    assert info.value.status_code == 402
+    for _ in range(2):  # fake/limited allows 2 requests a minute: spend them
+        await gw.openai(max_retries=0).chat.completions.create(model="fake/limited", messages=MESSAGES)  # type: ignore[arg-type]
+    with pytest.raises(openai.APIStatusError) as info:
+        await gw.openai(max_retries=0).chat.completions.create(
+            model="dead/model", messages=MESSAGES, extra_body={"models": ["fake/limited"]})  # type: ignore[arg-type]
+    assert (info.value.status_code, info.value.code) == (502, "upstream_unreachable")
+    assert [r.body["model"] for r in gw.fake.requests] == ["gpt-4o", "gpt-4o"]  # the two spent, nothing more
