@@ -146,9 +146,13 @@ async def send_continue(request: web.Request) -> None:
     if (request.version == HttpVersion11 and not request.get(CONTINUED)
             and request.headers.get(hdrs.EXPECT, "").lower() == CONTINUE):
         request[CONTINUED] = True
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0  # as aiohttp's: the answer itself has not begun
-        await request.writer.drain()
+        try:
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # as aiohttp's: the answer itself has not begun
+            await request.writer.drain()
+        except ConnectionError as exc:  # the client left while it waited: its 499, not a gateway failure
+            raise GatewayError("The client closed its connection before sending the body.", status=499,
+                               type_="invalid_request_error", code="client_closed_request") from exc
 
 
 def version_not_served() -> GatewayError:

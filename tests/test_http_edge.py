@@ -449,3 +449,24 @@ async def test_http_1_0_and_1_1_are_served(gateway: Gateway, version: bytes) -> 
         assert json.loads(body)["object"] == "list"
     finally:
         writer.close()
+
+
+async def test_a_client_gone_before_its_100_continue_is_a_499_not_a_gateway_failure() -> None:
+    """A client that closes its connection while it waits for its 100 Continue made the write raise a
+    ConnectionError, which reached the middleware as an unhandled error: a traceback at ERROR in the log, an
+    alert for the operator, for a client that simply left. It is the client's 499."""
+    from unittest import mock
+
+    from aiohttp.test_utils import make_mocked_request
+
+    from gateway.edge import send_continue
+    from gateway.errors import GatewayError
+
+    writer = mock.Mock()
+    writer.write = mock.AsyncMock(side_effect=ConnectionResetError("Cannot write to closing transport"))
+    request = make_mocked_request("POST", "/v1/chat/completions", headers={"Expect": "100-continue"},
+                                  writer=writer)
+    with pytest.raises(GatewayError) as info:
+        await send_continue(request)
+    assert (info.value.status, info.value.code) == (499, "client_closed_request")
+    assert isinstance(info.value.__cause__, ConnectionResetError)
