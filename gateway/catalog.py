@@ -21,9 +21,12 @@ from gateway.config import (
     to_nano,
 )
 from gateway.errors import NotFound
+from gateway.logging import get_logger
 from providers import reasoning, registry
 from providers.anthropic_request import enforces_schemas
 from providers.types import Target
+
+log = get_logger("gateway.catalog")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +120,14 @@ class Route:
     quiet_keyed: Target = field(init=False, repr=False, compare=False)
     # what the model's reasoning control takes (`models.*.reasoning`), None when the config does not say
     reasoning_limits: reasoning.Limits | None = field(init=False, repr=False, compare=False)
+    # the tier the provider account may serve a request naming none (`providers.*.default_service_tier`) and its
+    # price, when this model prices it: worked out once, so other routes' requests do nothing more
+    unasked: tuple[str, Price] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        default = self.provider.default_service_tier
+        unasked = self.price.tier(default) if default else None
+        object.__setattr__(self, "unasked", None if unasked is None or unasked is self.price else (default, unasked))
         limits = self.model.reasoning.limits() if self.model.reasoning is not None else None
         object.__setattr__(self, "reasoning_limits", limits)
         keyless = Target(
@@ -219,6 +228,18 @@ def _price(price: PriceConfig) -> Price:
     return tokens(price, tuple((name, tokens(tier)) for name, tier in price.service_tiers.items()))
 
 
+def _tell_unpriced_defaults(config: Config, routes: dict[str, Route]) -> None:
+    """Say once per load which models of an account with a default tier do not price it: they are held and charged
+    at the standard price (providers sell priority per model: no gpt-5-nano, embeddings or images at it), and an
+    answer that names the tier anyway is charged standard and logged as it comes."""
+    for name, provider in config.providers.items():
+        unpriced = [mid for mid, route in routes.items() if route.provider_name == name and route.unasked is None]
+        if provider.default_service_tier and unpriced:
+            log.info("models of a provider with a default service tier that do not price it are held and charged "
+                     "at their standard price", provider=name, default_service_tier=provider.default_service_tier,
+                     models=unpriced[:50])
+
+
 class Catalog:
     def __init__(self, config: Config) -> None:
         self.routes: dict[str, Route] = {}
@@ -239,6 +260,7 @@ class Catalog:
             )
             for alias in model.aliases:
                 self._aliases[alias] = mid
+        _tell_unpriced_defaults(config, self.routes)
 
     def resolve(self, name: str) -> Route:
         """The route of a model id or alias; 404 model_not_found otherwise (echoing only the client's name)."""

@@ -185,6 +185,7 @@ class ProviderConfig(_Model):
     # kind openai: pass Anthropic-style `cache_control` marks on (OpenRouter documents them); None: only when
     # base_url is OpenRouter's. Strict OpenAI-compatible servers refuse the unknown field, so they get none.
     cache_control: bool | None = None
+    default_service_tier: str = ""  # the tier the account serves a request naming none (README "Processing tiers")
 
     @cached_property
     def base_host(self) -> str:

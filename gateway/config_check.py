@@ -10,6 +10,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from gateway.config import STANDARD_TIERS
+from providers import registry
+
 if TYPE_CHECKING:
     from gateway.config import Config, ModelConfig, ProviderConfig
 
@@ -177,6 +180,7 @@ def cross_check(config: Config) -> list[str]:
         if model.completions == "native" and serving is not None and serving.kind != "openai":
             problems.append(f"models.{mid}.completions: native legacy completions need a provider of kind openai")
         problems += _reasoning_problems(mid, model, serving)
+    problems += _default_tier_problems(config)
     for name, preset in config.presets.items():
         if preset.model not in config.models:
             problems.append(f"presets.{name}.model: no model {preset.model!r} in models")
@@ -202,3 +206,23 @@ def _reasoning_problems(mid: str, model: ModelConfig, serving: ProviderConfig | 
     if field in model.params.drop:
         return [f"models.{mid}.reasoning: params.drop removes {field}, which the block would send"]
     return []
+
+
+def _default_tier_problems(config: Config) -> list[str]:
+    """A `default_service_tier` that could never price anything: a standard tier's name, a kind whose requests and
+    answers carry no tier (Gemini: every answer would be charged it, unconfirmed), or a name no model of the
+    provider prices (a typo). A model that alone does not price it is served at the standard tier (logged)."""
+    problems = []
+    for name, prov in config.providers.items():
+        tier, path = prov.default_service_tier, f"providers.{name}.default_service_tier"
+        if not tier:
+            continue
+        if tier in STANDARD_TIERS:
+            problems.append(f"{path}: {tier!r} is the standard tier, which needs no setting (leave the key out)")
+        elif not registry.get(prov.kind).SENDS_TIERS:
+            problems.append(f"{path}: kind {prov.kind} carries no processing tier and its answers name none")
+        elif not any(mid.partition("/")[0] == name and tier in model.price.service_tiers
+                     for mid, model in config.models.items()):
+            problems.append(f"{path}: no model of provider {name!r} prices {tier[:40]!r} under "
+                            "price.service_tiers (a typo? the account's tier must have a price)")
+    return problems

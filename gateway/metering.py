@@ -24,7 +24,7 @@ from typing import Any
 
 from gateway import billing, limits, metrics
 from gateway.catalog import Price, Route
-from gateway.config import Config, to_nano
+from gateway.config import TIER_FIELDS, Config, to_nano
 from gateway.errors import Forbidden, InsufficientQuota, RateLimited, Unauthorized, Unavailable
 from gateway.logging import get_logger, utc_second
 from gateway.settlements import Settlements, key_missing
@@ -238,10 +238,23 @@ def _asked_tier(route: Route, body: dict[str, Any], worst: Usage) -> tuple[str, 
     """The processing tier the request asks for, unless the standard one: its name (several fields' tiers
     joined by "+", in `TIER_FIELDS` order: "fast+us"), its price (their premiums multiplied) and the most the
     worst case costs at it or at any one of them (the answer may name them all, some, or none). Validation
-    refused a tier without a price; a model that drops the field serves the standard tier."""
+    refused a tier without a price; a model that drops the field serves the standard tier (or the account's).
+
+    A request whose `service_tier` names no other tier (or is dropped before the upstream) is served the account's
+    default tier (`Route.unasked`: OpenAI's project default, Anthropic's Priority Tier) when there is one, as if
+    it had asked for it: held at it, and charged it unless the answer names another."""
     if not route.price.tiers:
         return None
-    asked = [tier for _, tier, price in route.tiers_asked(body) if price is not None and price is not route.price]
+    named = route.tiers_asked(body)
+    if not named:  # nearly every request
+        if route.unasked is None:
+            return None
+        name, price = route.unasked  # worked out at load
+        return name, price, billing.token_cost(price, worst)
+    tiers = {field: tier for field, tier, price in named if price is not None and price is not route.price}
+    if route.unasked is not None and "service_tier" not in tiers:
+        tiers["service_tier"] = route.unasked[0]
+    asked = [tiers[field] for field in TIER_FIELDS if field in tiers]
     if not asked:
         return None
     name = "+".join(asked)

@@ -180,14 +180,16 @@ async def claude(api_gateway: Gateway) -> AsyncIterator[anthropic.AsyncAnthropic
 @pytest.fixture
 async def make_api_gateway(aiohttp_server: Any, all_upstreams: Upstreams) -> AsyncIterator[Any]:
     """`await make_api_gateway({model id: fields to merge})`: `api_gateway`'s config with model changes (and
-    presets added)."""
+    presets added, provider fields merged)."""
     made: list[Gateway] = []
 
-    async def make(models: dict[str, dict[str, Any]], store_url: str = "",
-                   presets: dict[str, Any] | None = None) -> Gateway:
+    async def make(models: dict[str, dict[str, Any]], store_url: str = "", presets: dict[str, Any] | None = None,
+                   providers: dict[str, dict[str, Any]] | None = None) -> Gateway:
         doc = config_doc(all_upstreams.urls, store_url, f"t{uuid.uuid4().hex}:")
         for mid, fields in models.items():
             doc["models"][mid] = {**doc["models"].get(mid, {}), **fields}
+        for name, fields in (providers or {}).items():
+            doc["providers"][name] = {**doc["providers"][name], **fields}
         doc["presets"].update(presets or {})
         gateway = await start_gateway(aiohttp_server, parse(json.dumps(doc), {}), all_upstreams.openai)
         gateway.extra.update(upstreams=all_upstreams, doc=doc)
