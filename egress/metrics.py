@@ -19,7 +19,7 @@ DIRECT = Counter("gateway_egress_direct_total",
 EJECTIONS = Counter("gateway_egress_ejections_total", "Times a proxy was taken out of service", ["pool", "proxy"])
 PROBES = Counter("gateway_egress_probes_total", "Active health probes by result", ["pool", "proxy", "result"])
 
-_OUTCOMES = ("ok", "connect_error", "timeout", "reset")
+_OUTCOMES = ("ok", "connect_error", "auth_error", "timeout", "reset")
 
 
 def forget(pool: str, proxy: str) -> None:

@@ -45,6 +45,11 @@ PROXY_ERRORS: tuple[type[BaseException], ...] = (
     aiohttp_socks.ProxyError, aiohttp_socks.ProxyConnectionError, aiohttp_socks.ProxyTimeoutError,
     python_socks._errors.ProxyException, python_socks._errors.IncompleteReadError)
 PROXY_TIMEOUTS: tuple[type[BaseException], ...] = (TimeoutError, aiohttp_socks.ProxyTimeoutError)
+# How a proxy refuses the gateway's credentials: an HTTP proxy's status (tinyproxy answers a wrong password 401),
+# python-socks' SOCKS5 replies (wrong password; credentials required but none configured). A proxy that just
+# closes the socket on a bad login (pproxy) cannot be told from one that fails otherwise.
+_AUTH_STATUSES = frozenset({401, 407})
+_SOCKS_AUTH_REFUSALS = ("Username and password authentication failure", "No acceptable authentication methods")
 
 _TYPES = {"socks5": ProxyType.SOCKS5, "socks5h": ProxyType.SOCKS5, "socks4": ProxyType.SOCKS4,
           "socks4a": ProxyType.SOCKS4, "http": ProxyType.HTTP, "https": ProxyType.HTTP}
@@ -85,6 +90,30 @@ class _Parsed:
     password: str | None
     rdns: bool
     tls: bool
+
+
+def failure_outcome(exc: BaseException) -> str:
+    """The `gateway_egress_requests_total` outcome of a way out that failed before the request left:
+    `auth_error` (the proxy refused the configured credentials: the fix is the config, not the proxy),
+    `timeout`, or `connect_error`."""
+    if isinstance(exc, (aiohttp_socks.ProxyError, python_socks.ProxyError)) and (  # aiohttp-socks re-raises its own
+            exc.error_code in _AUTH_STATUSES or str(exc).startswith(_SOCKS_AUTH_REFUSALS)):
+        return "auth_error"
+    return "timeout" if isinstance(exc, PROXY_TIMEOUTS) else "connect_error"
+
+
+def sendable_credentials(scheme: str, user: str, password: str) -> None:
+    """Credentials a proxy handshake can carry, checked once at config load: the proxy library refused the others
+    at every connect with a ValueError no failover catches (a 500 per request). SOCKS5 sends ASCII with a length byte
+    (RFC 1929); HTTP Basic auth's user-id ends at its first ':' (RFC 7617), and bytes beyond ASCII are read in
+    whatever charset the proxy assumes. The message names the rule, never the value."""
+    for what, value in (("user name", user), ("password", password)):
+        if not all(" " <= c <= "~" for c in value):
+            raise ValueError(f"the proxy {what} must be printable ASCII (percent-encoded in the URL as needed)")
+        if len(value) > 255:
+            raise ValueError(f"the proxy {what} must be at most 255 characters (SOCKS5 sends its length in a byte)")
+    if ":" in user and scheme in ("http", "https"):
+        raise ValueError("an HTTP proxy's user name may not hold ':' (Basic auth ends the user name there)")
 
 
 def _default_port(scheme: str) -> int:

@@ -14,12 +14,12 @@ import re
 from decimal import Decimal
 from functools import cached_property
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from redis.connection import parse_url as parse_redis_url
 
-from egress.proxy import POOL_IDLE_S
+from egress.proxy import POOL_IDLE_S, sendable_credentials
 from gateway.config_reasoning import ReasoningConfig
 from gateway.fetch import local_host
 from gateway.store.boundary import url_secrets
@@ -140,6 +140,7 @@ class ProxyConfig(_Model):
             raise ValueError("the port must be a number 1-65535 (percent-encode : / ? # @ in a password)") from None
         if not parts.hostname or parts.port == 0:
             raise ValueError("a proxy URL needs a host and a port 1-65535")
+        sendable_credentials(parts.scheme, unquote(parts.username or ""), unquote(parts.password or ""))
         return url
 
 

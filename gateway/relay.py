@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 
 from egress.pool import DIRECT, Egress, EgressUnavailable, Exit
-from egress.proxy import PROXY_ERRORS, PROXY_TIMEOUTS, Progress, watching
+from egress.proxy import PROXY_ERRORS, Progress, failure_outcome, watching
 from gateway import resilience
 from gateway.errors import GatewayError, Unavailable, UpstreamFailed, UpstreamRejected, UpstreamTimeout, no_client_retry
 from providers.types import UpstreamHTTPError, UpstreamRequest
@@ -76,7 +76,7 @@ async def open_upstream(egress: Egress, pool: str, affinity_key: str | None, blo
                 raise UpstreamTimeout(f"provider {provider}: the request's deadline (retries.deadline_s) ran out "
                                       "before a connection was made; the request was not sent") from exc
             if not progress.connected:  # the request never left: this way out failed, try the next
-                egress.failed(exit_, "timeout" if isinstance(exc, PROXY_TIMEOUTS) else "connect_error")
+                egress.failed(exit_, failure_outcome(exc))
                 last: BaseException = exc
                 continue
             if isinstance(exc, aiohttp.ClientResponseError):

@@ -273,6 +273,32 @@ def test_a_proxy_url_the_gateway_cannot_use_is_refused_without_quoting_it(url: s
     assert "zq9" not in str(info.value) and "pw-0000" not in str(info.value)
 
 
+@pytest.mark.parametrize(("url", "says"), [
+    ("socks5h://u:p%C3%A4ssw%C3%B6rd-zq9@127.0.0.1:1080", "printable ASCII"),  # SOCKS5 sends ASCII only
+    ("http://u:p%C3%A4ssw%C3%B6rd-zq9@127.0.0.1:3128", "printable ASCII"),  # Basic auth: charset unknown
+    ("socks5h://u:zq9%0Apw@127.0.0.1:1080", "printable ASCII"),  # a control character
+    ("socks5h://u:" + "zq9" * 86 + "@127.0.0.1:1080", "255"),  # RFC 1929: a length byte
+    ("http://us%3Aer:zq9-pw@127.0.0.1:3128", "':'"),  # RFC 7617: Basic auth's user-id ends at the first ':'
+    ("https://us%3Aer:zq9-pw@127.0.0.1:3128", "':'"),
+])
+def test_proxy_credentials_the_proxy_libraries_cannot_send_are_refused(url: str, says: str) -> None:
+    """python-socks raised a ValueError at every connect (ASCII encoding, a length byte, BasicAuth's ':'
+    check), which no failover caught: every request through the proxy was a 500 with a traceback, and the
+    proxy was never counted as failing. Refused at load instead, naming the rule, never the credential."""
+    text = POOLED.replace("region: cn", "region: de").replace("socks5h://user:pw@127.0.0.1:1080", url)
+    with pytest.raises(ConfigError) as info:
+        parse(text, {})
+    message = str(info.value)
+    assert message.startswith("egress.pools.eu.proxies.0.url: ") and says in message, message
+    assert "zq9" not in message and "us:er" not in message and "us%3Aer" not in message
+
+
+def test_printable_ascii_proxy_credentials_with_url_special_characters_load() -> None:
+    url = "socks5h://us%40er:p%40ss%3Aw%25rd%2Fx%3F%23~!$&'()*+,;=@127.0.0.1:1080"
+    text = POOLED.replace("region: cn", "region: de").replace("socks5h://user:pw@127.0.0.1:1080", url)
+    assert parse(text, {}).egress.pools["eu"].proxies[0].url == url
+
+
 @pytest.mark.parametrize(("url", "password"), [
     ("socks5h://user:pw@127.0.0.1:1080", "pw"),  # too short to redact
     ("socks5h://u:p@ssword123@127.0.0.1:1080", "p@ssword123"),  # an '@' left unencoded: the last one ends it

@@ -277,6 +277,58 @@ async def test_no_credential_in_admin_metrics_errors_or_logs(upstream: Any, sock
     assert PROXY_PASSWORD not in everything
 
 
+@pytest.mark.parametrize("kind", ["microsocks", "tinyproxy", "pproxy-http"])
+async def test_a_proxy_refusing_the_configured_credentials_is_told_apart_from_a_dead_one(
+        kind: str, upstream: Any, started: Any, log_lines: Any) -> None:
+    """A wrong proxy password in the config (a rotated one) was counted as `connect_error`, as a proxy that is down:
+    nothing in /metrics or /admin/egress told the operator that the fix is the password, not the proxy. It is
+    `auth_error` now (a SOCKS5 authentication failure, an HTTP proxy's 407 or 401); the client still gets a prompt
+    503 naming the pool, and the password is nowhere."""
+    fake, url = upstream
+    factories = {"microsocks": lambda: Microsocks(user="u", password=PROXY_PASSWORD),
+                 "tinyproxy": lambda: Tinyproxy(user="u", password=PROXY_PASSWORD),
+                 "pproxy-http": lambda: PProxy("http", user="u", password=PROXY_PASSWORD)}
+    with factories[kind]() as proxy:
+        rotated = "wrong-" + PROXY_PASSWORD
+        gw = await started(config(url, [{"name": "a", "url": proxy.url_for(password=rotated)}],
+                                  health={"interval_s": 60}), fake)
+        before = REGISTRY.get_sample_value("gateway_egress_requests_total",
+                                           {"pool": "p", "proxy": "a", "outcome": "auth_error"}) or 0.0
+        with pytest.raises(openai.APIStatusError) as info:
+            await chat(gw)
+        assert info.value.status_code == 503 and info.value.code == "egress_unavailable", info.value.body
+        proxies = (await admin_egress(gw))["proxies"]
+        async with aiohttp.ClientSession() as http, http.get(gw.url + "/metrics") as r:
+            metrics_text = await r.text()
+    assert proxies[0]["requests"] == {"auth_error": 1}, proxies
+    assert REGISTRY.get_sample_value("gateway_egress_requests_total",
+                                     {"pool": "p", "proxy": "a", "outcome": "auth_error"}) == before + 1
+    everything = json.dumps([info.value.body, proxies, log_lines()]) + metrics_text
+    assert PROXY_PASSWORD not in everything and fake.requests == []
+
+
+@pytest.mark.parametrize("kind", ["microsocks", "pproxy-http"])
+async def test_a_password_with_url_special_characters_reaches_the_proxy_and_nowhere_else(
+        kind: str, upstream: Any, started: Any, log_lines: Any) -> None:
+    """`@ : % / ? #` percent-encoded in the config reach the proxy decoded (it lets the request through),
+    and neither spelling shows in logs, /metrics or /admin/egress."""
+    fake, url = upstream
+    fake.allowed_peers = None
+    password = "p@ss:w%rd/x?#-" + PROXY_PASSWORD
+    factories = {"microsocks": lambda: Microsocks(user="u", password=password),
+                 "pproxy-http": lambda: PProxy("http", user="u", password=password)}
+    with factories[kind]() as proxy:
+        assert "%40" in proxy.url and "%25" in proxy.url
+        gw = await started(config(url, [{"name": "a", "url": proxy.url}], health={"interval_s": 60}), fake)
+        assert (await chat(gw)).choices[0].message.content
+        assert len([c async for c in await chat(gw, stream=True)]) > 3
+        assert proxy.tunnels() >= 1
+        async with aiohttp.ClientSession() as http, http.get(gw.url + "/metrics") as r:
+            metrics_text = await r.text()
+        everything = json.dumps([await admin_egress(gw), log_lines()]) + metrics_text
+    assert PROXY_PASSWORD not in everything  # the tail both spellings share
+
+
 async def test_admin_routes_need_the_admin_token(upstream: Any, socks_pair: Any, started: Any) -> None:
     fake, url = upstream
     a, _ = socks_pair
