@@ -182,10 +182,10 @@ class Ticket:
             if charged < cost and not result.already_settled:  # the store recorded it as the shortfall
                 log.warning("the balance did not cover the request's cost; the rest is recorded as its shortfall",
                             key_id=self.key.id, generation_id=self.generation_id, cost=cost, charged=charged)
-        except StoreError:
+        except StoreError as exc:
             metrics.STORE_ERRORS.labels("settle").inc()
             log.warning("store unavailable at settlement; retrying in the background",
-                        generation_id=self.generation_id)
+                        generation_id=self.generation_id, reason=str(exc))
             self.settlements.retry(self.store, args)
             charged, balance = cost, self._balance_after(cost)
         except KeyMissing:  # the answer was served: the client gets it, the operator the error

@@ -29,6 +29,7 @@ from gateway.errors import (
 )
 from gateway.logging import access, bind_request_id, get_logger, unbind_request_id
 from gateway.state import KEY, LOG, RATE_HEADERS, REQUEST_ID, RUNTIME, served_here
+from gateway.store import StoreError
 
 log = get_logger("gateway.request")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -90,6 +91,8 @@ async def _respond(request: web.Request, handler: Handler, rid: str, fields: dic
         return await handler(request)
     except GatewayError as exc:
         fields.setdefault("error", exc.code or exc.type)
+        if isinstance(exc.__cause__, StoreError):  # what Redis said (READONLY, OOM, BUSY...): address redacted
+            fields.setdefault("store_error", str(exc.__cause__))
         err = exc
     except web.HTTPException as exc:
         err = _from_http_exception(exc)

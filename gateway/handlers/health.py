@@ -1,4 +1,5 @@
-"""Operations endpoints: /healthz (the process runs), /readyz (it can serve: the store answers), /metrics."""
+"""Operations endpoints: /healthz (the process runs), /readyz (it can serve: the store answers and takes
+writes), /metrics."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def store_answers(store: Store) -> bool:
-    """Ping the store, waiting at most STORE_CHECK_S (a black-holed Redis must not hang a scrape), and
-    write the answer to gateway_store_up."""
+    """Check the store (`Store.ping`: it answers and would take a write), waiting at most STORE_CHECK_S (a
+    black-holed Redis must not hang a scrape), and write the answer to gateway_store_up."""
     try:
         async with asyncio.timeout(STORE_CHECK_S):
             await store.ping()

@@ -106,7 +106,7 @@ class Settlement:
 
 class Store(Protocol):
     async def ping(self) -> None:
-        """Raise StoreError when the store does not answer."""
+        """Raise StoreError when the store does not answer, or answers but would refuse a write."""
 
     async def close(self) -> None: ...
 

@@ -41,6 +41,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ResponseError
 
 from gateway.store.base import Admission, AdmitResult, KeyMissing, KeyRecord, Settlement, StoreError
 from gateway.store.boundary import Boundary, RedisPyBoundary, redacted_address, url_secrets
@@ -85,6 +86,10 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'disabled', ARGV[1])
 return 1
 """
+
+
+# A script with a shebang and no `no-writes` flag (Redis 7.0+): checked as a write before it runs, runs no command.
+_WRITABLE = "#!lua\nreturn 1"
 
 
 def _ledger_script(name: str) -> str:
@@ -180,8 +185,17 @@ class RedisStore:
         return RedisPyBoundary(op, self._address, self._secrets)
 
     async def ping(self) -> None:
+        """Raise StoreError unless Redis would take an admission now. A PING is not enough: a replica left
+        behind by a failover and a master at `maxmemory` under `noeviction` answer it, yet refuse every
+        script that writes. `_WRITABLE` writes nothing but, declared a writing script, is refused just
+        as an admission is (-READONLY, -OOM, -NOREPLICAS). Redis before 7.0 knows no such declaration: PING."""
         with self._redis_py("ping"):
-            await self._redis.ping()
+            try:
+                await self._redis.eval(_WRITABLE, 0)
+            except ResponseError as exc:
+                if "compil" not in str(exc):  # "Error compiling script": a server without shebang support
+                    raise
+                await self._redis.ping()
 
     async def close(self) -> None:
         with self._redis_py("close"):
