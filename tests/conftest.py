@@ -199,3 +199,17 @@ async def make_api_gateway(aiohttp_server: Any, all_upstreams: Upstreams) -> Asy
     yield make
     for gateway in made:
         await gateway.close()
+
+
+@pytest.fixture
+async def claude_of() -> AsyncIterator[Any]:
+    """`claude_of(gateway)`: the official Anthropic SDK pointed at that gateway, closed after the test."""
+    clients: list[anthropic.AsyncAnthropic] = []
+
+    def make(gateway: Gateway) -> anthropic.AsyncAnthropic:
+        clients.append(anthropic.AsyncAnthropic(base_url=gateway.url, api_key=gateway.key, max_retries=0))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        await client.close()

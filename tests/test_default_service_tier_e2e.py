@@ -61,19 +61,6 @@ async def account(make_api_gateway: Any, store_url: str) -> Gateway:
     return gateway
 
 
-@pytest.fixture
-async def clients() -> Any:
-    made: list[anthropic.AsyncAnthropic] = []
-
-    def claude(gateway: Gateway) -> anthropic.AsyncAnthropic:
-        made.append(anthropic.AsyncAnthropic(base_url=gateway.url, api_key=gateway.key, max_retries=0))
-        return made[-1]
-
-    yield claude
-    for client in made:
-        await client.close()
-
-
 def reset(gateway: Gateway) -> None:
     gateway.extra["upstreams"].openai.reset()
     gateway.extra["upstreams"].anthropic.usage = None
@@ -124,13 +111,13 @@ async def set_balance(gateway: Gateway, balance: int) -> None:
 
 @pytest.mark.parametrize("route", ROUTES)
 async def test_a_balance_short_of_the_default_tier_is_refused_before_anything_is_sent(
-        make_api_gateway: Any, store_url: str, clients: Any, route: str) -> None:
+        make_api_gateway: Any, store_url: str, claude_of: Any, route: str) -> None:
     """The account may serve a request naming no tier at priority, so its hold is at priority: a balance that
     covers the standard worst case only was served, charged priority, and the difference recorded as shortfall."""
     plain: Gateway = await make_api_gateway(MODELS, store_url)  # the same account, not known to serve priority
     reset(plain)
     await set_balance(plain, SHORT_BALANCE[route])
-    await ask(plain, clients(plain), route)  # the balance covers the standard worst case
+    await ask(plain, claude_of(plain), route)  # the balance covers the standard worst case
 
     gateway: Gateway = await make_api_gateway(MODELS, store_url, providers=ACCOUNTS)
     reset(gateway)
@@ -138,7 +125,7 @@ async def test_a_balance_short_of_the_default_tier_is_refused_before_anything_is
     before, count = (await key_state(gateway))[0], sent(gateway, route)
     for extra in ({}, {"service_tier": "auto"}):  # no tier named, or the one deferring to the account
         with pytest.raises((openai.APIStatusError, anthropic.APIStatusError)) as caught:
-            await ask(gateway, clients(gateway), route, extra)
+            await ask(gateway, claude_of(gateway), route, extra)
         assert caught.value.status_code == 402
     assert sent(gateway, route) == count
     await settled(gateway)
@@ -147,40 +134,40 @@ async def test_a_balance_short_of_the_default_tier_is_refused_before_anything_is
 
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("tier", ["priority", "standard"])
-async def test_the_charge_is_at_the_tier_the_answer_names(account: Gateway, clients: Any, route: str,
+async def test_the_charge_is_at_the_tier_the_answer_names(account: Gateway, claude_of: Any, route: str,
                                                           tier: str) -> None:
     serve(account, route, tier)
     before, _, _ = await key_state(account)
-    gen_id = await ask(account, clients(account), route)
+    gen_id = await ask(account, claude_of(account), route)
     record = await assert_charged(account, before, cost(route, tier), gen_id,
                                   "chat" if route.startswith("chat") else "messages")
     assert record.get("service_tier", "") == ("priority" if tier == "priority" else "")
 
 
 @pytest.mark.parametrize("route", ["chat-stream", "messages-stream"])  # the recorded streams name no tier
-async def test_an_answer_naming_no_tier_is_charged_the_default_tier(account: Gateway, clients: Any,
+async def test_an_answer_naming_no_tier_is_charged_the_default_tier(account: Gateway, claude_of: Any,
                                                                      route: str) -> None:
     """No answer confirmed the standard price, and the account may have served priority: no unconfirmed discount."""
     serve(account, route, None)
     before, _, _ = await key_state(account)
-    gen_id = await ask(account, clients(account), route)
+    gen_id = await ask(account, claude_of(account), route)
     record = await assert_charged(account, before, cost(route, "priority"), gen_id,
                                   "chat" if route == "chat-stream" else "messages")
     assert record["service_tier"] == "priority"
 
 
-async def test_a_tier_the_request_names_replaces_the_default_one(account: Gateway, clients: Any) -> None:
+async def test_a_tier_the_request_names_replaces_the_default_one(account: Gateway, claude_of: Any) -> None:
     """`service_tier: flex` is what OpenAI serves (or the standard tier), never the project's default: a balance
     short of priority but not of the standard worst case is served, at the flex price."""
     await set_balance(account, SHORT_BALANCE["chat"])
     before, _, _ = await key_state(account)
     serve(account, "chat", "flex")
-    gen_id = await ask(account, clients(account), "chat", {"service_tier": "flex"})
+    gen_id = await ask(account, claude_of(account), "chat", {"service_tier": "flex"})
     await assert_charged(account, before, 19 * 1_250 + 10 * 5_000, gen_id, "chat")
 
 
 async def test_a_tier_field_the_model_drops_leaves_the_tier_to_the_account(make_api_gateway: Any,
-                                                                          clients: Any) -> None:
+                                                                          claude_of: Any) -> None:
     """`params.drop: [service_tier]` sends no tier upstream, whatever the client asked: the account's default
     serves it, so even a `flex` request is held at priority."""
     dropping = {**MODELS, "oai/gpt-4o": {**MODELS["oai/gpt-4o"], "params": {"drop": ["service_tier"]}}}
@@ -188,14 +175,14 @@ async def test_a_tier_field_the_model_drops_leaves_the_tier_to_the_account(make_
     reset(gateway)
     await set_balance(gateway, SHORT_BALANCE["chat"])
     with pytest.raises(openai.APIStatusError) as caught:
-        await ask(gateway, clients(gateway), "chat", {"service_tier": "flex"})
+        await ask(gateway, claude_of(gateway), "chat", {"service_tier": "flex"})
     assert caught.value.status_code == 402 and sent(gateway, "chat") == 0
 
 
-async def test_the_default_tier_stacks_with_a_premium_the_request_asks_for(account: Gateway, clients: Any) -> None:
+async def test_the_default_tier_stacks_with_a_premium_the_request_asks_for(account: Gateway, claude_of: Any) -> None:
     """US inference on an organisation on Priority Tier may run at priority+us (Anthropic multiplies the
     premiums): a balance that covers the priority hold does not cover that one."""
-    claude = clients(account)
+    claude = claude_of(account)
     message = await claude.messages.create(model="claude/sonnet", max_tokens=100, messages=MESSAGES)
     priority_hold = nano((message.model_extra or {})["billing"]["reserved"])
     assert priority_hold > 100 * 30_000  # 100 output tokens at priority (at the standard price: 1,500,000 + input)
@@ -213,7 +200,7 @@ async def test_the_default_tier_stacks_with_a_premium_the_request_asks_for(accou
 
 
 async def test_a_model_that_does_not_price_the_default_tier_is_held_and_charged_standard(
-        make_api_gateway: Any, clients: Any, log_lines: Any) -> None:
+        make_api_gateway: Any, claude_of: Any, log_lines: Any) -> None:
     """Providers sell priority per model (not on every one of an account's models): a model with no priority
     price is held at its standard price, and the operator is told once, at load."""
     mini = {"upstream": "gpt-4o-mini", "price": {"input_per_mtok": 2.5, "output_per_mtok": 10}}

@@ -195,19 +195,6 @@ async def test_chat_to_claude_at_priority_is_charged_so(tiered: Gateway) -> None
     tiered.extra["upstreams"].anthropic.usage = None
 
 
-@pytest.fixture
-async def claude_of() -> Any:
-    clients: list[anthropic.AsyncAnthropic] = []
-
-    def make(gateway: Gateway) -> anthropic.AsyncAnthropic:
-        clients.append(anthropic.AsyncAnthropic(base_url=gateway.url, api_key=gateway.key, max_retries=0))
-        return clients[-1]
-
-    yield make
-    for client in clients:
-        await client.close()
-
-
 def test_the_standard_tier_cannot_be_priced_apart() -> None:
     doc = {"providers": {"oai": {"kind": "openai", "base_url": "https://api.openai.com/v1"}},
            "models": {"oai/m": {"price": {"input_per_mtok": 1, "service_tiers": {"default": {"input_per_mtok": 2}}}}}}
