@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from egress import metrics
 from egress.pool import Egress, Pool, ProxyState
-from egress.proxy import probe_http, probe_tcp
+from egress.proxy import failure_outcome, probe_http, probe_tcp
 
 JITTER = 0.2  # +-20% of the interval, so pools and processes don't probe in lockstep
 MAX_BACKOFF = 6  # an ejected proxy is re-probed at least every interval * 64
@@ -31,9 +31,9 @@ async def probe_once(egress: Egress, pool: Pool, state: ProxyState) -> bool:
             seconds = await probe_tcp(state.spec, target.hostname or "", target.port or 443, spec.timeout_s)
         else:
             seconds = await probe_http(state.spec, spec.probe, spec.timeout_s)
-    except Exception:  # any failure of the way out is a failed probe; the reason is in the metric only
+    except Exception as exc:  # any failure of the way out is a failed probe; its kind goes into an ejection's line
         metrics.PROBES.labels(pool.spec.name, state.spec.name, "fail").inc()
-        _probe_failed(egress, pool, state)
+        _probe_failed(egress, pool, state, failure_outcome(exc))
         return False
     metrics.PROBES.labels(pool.spec.name, state.spec.name, "ok").inc()
     state.record_latency(seconds)
@@ -41,12 +41,12 @@ async def probe_once(egress: Egress, pool: Pool, state: ProxyState) -> bool:
     return True
 
 
-def _probe_failed(egress: Egress, pool: Pool, state: ProxyState) -> None:
+def _probe_failed(egress: Egress, pool: Pool, state: ProxyState, outcome: str) -> None:
     state.successes = 0
     if state.up:
         state.failures += 1
         if state.failures >= pool.spec.eject_after_failures:
-            egress.eject(state, pool.spec.interval_s)
+            egress.eject(state, pool.spec.interval_s, why="probes", outcome=outcome)
     else:
         state.backoff = min(state.backoff + 1, MAX_BACKOFF)
         state.next_probe_at = time.monotonic() + pool.spec.interval_s * 2 ** state.backoff

@@ -19,9 +19,11 @@ Key affinity: each upstream API key sticks to one healthy proxy (rendezvous hash
 picks it, the first time), so a provider never sees one key from many addresses; it moves only when that
 proxy is ejected.
 
+Each ejection, restoration and pool outage writes one line (`egress.events`), never one per request.
+
 Exception tree::
 
-    EgressUnavailable     no healthy way out of a pool (maps to 503 egress_unavailable)
+    EgressUnavailable     no healthy way out of a pool (maps to 503 egress_unavailable, with `retry_after_s`)
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import math
 import random
 import time
 from collections import OrderedDict
@@ -38,7 +41,7 @@ from typing import Any
 
 import aiohttp
 
-from egress import metrics
+from egress import events, metrics
 from egress.proxy import ProxySpec, make_session
 
 DIRECT = "direct"
@@ -53,9 +56,10 @@ MAX_FLAPS = 5  # ... and doubles the probes the next restoration needs, up to 32
 class EgressUnavailable(Exception):
     """No healthy proxy is left in a pool (and it may not fall back to direct)."""
 
-    def __init__(self, pool: str, reason: str) -> None:
+    def __init__(self, pool: str, reason: str, retry_after_s: int | None = None) -> None:
         super().__init__(f"egress pool '{pool}': {reason}")
         self.pool = pool
+        self.retry_after_s = retry_after_s  # whole seconds until a probe may restore a way out; None: cannot tell
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +91,7 @@ class ProxyState:
     backoff: int = 0  # probes of an ejected proxy wait interval * 2**backoff
     next_probe_at: float = 0.0
     restored_at: float = float("-inf")
+    ejected_at: float = float("-inf")
     flaps: int = 0  # ejections in a row, each soon after the restoration before it
     outcomes: dict[str, int] = field(default_factory=dict)
 
@@ -182,6 +187,24 @@ class Pool:
     def ejected_share_after_one_more(self) -> float:
         return (sum(not s.up for s in self.states) + 1) / len(self.states)
 
+    def in_service(self) -> bool:
+        return any(s.up for s in self.states)
+
+    def out_since(self) -> float:
+        """When the pool lost its last proxy in service (the latest ejection), while it has none."""
+        return max(s.ejected_at for s in self.states)
+
+    def back_in_s(self, blocked: frozenset[str], now: float) -> int | None:
+        """Whole seconds (at least 1) until the earliest probe that could restore an ejected proxy outside
+        `blocked`: the next probe, plus an interval for each further good probe its restoration needs (the
+        ones before it cannot restore it). None when no probe can: the pool has none, or no such proxy."""
+        if not self.spec.probe:
+            return None
+        interval, needed = self.spec.interval_s, self.spec.restore_after_successes
+        times = [s.next_probe_at + max(s.successes_needed(needed) - s.successes - 1, 0) * interval
+                 for s in self.states if not s.up and (s.spec.region or "") not in blocked]
+        return max(1, math.ceil(min(times) - now)) if times else None
+
 
 class Egress:
     """All pools and the sessions behind them; built from plain specs, rebuilt on reload."""
@@ -209,7 +232,8 @@ class Egress:
                 states.append(state)
             before = self.pools.get(spec.name)  # a key moves only when its proxy is ejected, not at a reload
             new_pools[spec.name] = Pool(spec, states, before._affinity if before is not None else None)
-        self.pools = new_pools
+        previous, self.pools = self.pools, new_pools
+        self._report_reload(previous)
         kept = {(pool, name) for pool, name, _url in self._states}
         for state in old.values():  # a proxy whose URL changed (a new password) keeps its series
             if (state.pool, state.spec.name) not in kept:
@@ -223,6 +247,21 @@ class Egress:
             else:
                 idle.append(state.session)
         await asyncio.gather(*(s.close() for s in idle))
+
+    def _report_reload(self, before: dict[str, Pool]) -> None:
+        """A reload that leaves a pool only ejected proxies, or puts one in service again, says so."""
+        for name, pool in self.pools.items():
+            old = before.get(name)
+            was = old is None or old.in_service()  # a new pool's proxies start in service
+            if not pool.states or was == pool.in_service():
+                continue
+            if was:
+                events.pool_out(name, "reload", len(pool.states), pool.spec.fallback_direct,
+                                pool.back_in_s(frozenset(), time.monotonic()))
+            else:
+                assert old is not None
+                first = next(s for s in pool.states if s.up)
+                events.pool_back(name, "reload", first.spec.name, time.monotonic() - old.out_since())
 
     def _retire(self, session: aiohttp.ClientSession) -> None:
         self._retiring.add(session)
@@ -259,8 +298,17 @@ class Egress:
             exits.append(self._direct)
         elif not exits:
             raise EgressUnavailable(pool_name, "no healthy proxy left" + (
-                f" outside the blocked regions {sorted(blocked)}" if blocked else ""))
+                f" outside the blocked regions {sorted(blocked)}" if blocked else ""),
+                pool.back_in_s(blocked, time.monotonic()))
         return exits
+
+    def retry_after_s(self, pool_name: str, blocked: frozenset[str] = frozenset()) -> int | None:
+        """For a request whose every proxy failed to connect: when the pool may have a way out again, if its
+        failures left it none in service (else None: a proxy not ejected may take the next request)."""
+        pool = self.pools.get(pool_name)
+        if pool is None or pool.healthy(blocked):
+            return None
+        return pool.back_in_s(blocked, time.monotonic())
 
     def leaving_direct(self, pool_name: str) -> None:
         """A request of a proxy pool about to leave without a proxy (`fallback_direct`): counted, since an
@@ -282,21 +330,37 @@ class Egress:
         pool = self.pools.get(state.pool)
         if (pool is not None and state.up and state.failures >= pool.spec.eject_after_failures
                 and pool.ejected_share_after_one_more() <= pool.spec.max_ejected_share):
-            self.eject(state, pool.spec.interval_s)
+            self.eject(state, pool.spec.interval_s, why="live_failures", outcome=outcome)
 
-    def eject(self, state: ProxyState, interval_s: float) -> None:
+    def eject(self, state: ProxyState, interval_s: float, *, why: str, outcome: str) -> None:
+        """Out of service until probes restore it; `why` (probes, live_failures) and the last failure's
+        `outcome` go into the one line the ejection writes."""
         now = time.monotonic()
         state.up, state.successes, state.backoff = False, 0, 0
         state.ejections += 1
         state.flaps = state.flaps + 1 if now - state.restored_at < FLAP_WINDOW * interval_s else 0
-        state.next_probe_at = now + interval_s
+        state.next_probe_at, state.ejected_at = now + interval_s, now
         metrics.UP.labels(state.pool, state.spec.name).set(0)
         metrics.EJECTIONS.labels(state.pool, state.spec.name).inc()
+        pool = self.pools.get(state.pool)
+        restore_after = pool.spec.restore_after_successes if pool is not None else 1
+        events.proxy_ejected(state.pool, state.spec.name, why, outcome, state.failures, state.ejections,
+                             state.successes_needed(restore_after), interval_s)
+        if pool is not None and state in pool.states and not pool.in_service():
+            events.pool_out(state.pool, why, len(pool.states), pool.spec.fallback_direct,
+                            pool.back_in_s(frozenset(), now))
 
     def restore(self, state: ProxyState) -> None:
+        pool = self.pools.get(state.pool)
+        was_out = pool is not None and state in pool.states and not pool.in_service()
+        out_s = time.monotonic() - pool.out_since() if pool is not None and was_out else None
+        good_probes = state.successes
         state.up, state.failures, state.successes, state.backoff = True, 0, 0, 0
         state.restored_at = time.monotonic()
         metrics.UP.labels(state.pool, state.spec.name).set(1)
+        events.proxy_restored(state.pool, state.spec.name, good_probes, state.restored_at - state.ejected_at)
+        if was_out:
+            events.pool_back(state.pool, "probes", state.spec.name, out_s)
 
     def _count(self, state: ProxyState, outcome: str) -> None:
         state.outcomes[outcome] = state.outcomes.get(outcome, 0) + 1

@@ -31,9 +31,12 @@ from providers.types import UpstreamHTTPError, UpstreamRequest
 MAX_UPSTREAM_BODY = 64 * 1024 * 1024  # a non-streamed answer larger than this is not a chat answer
 
 
-def egress_unavailable(provider: str, reason: str) -> Unavailable:
-    """503 egress_unavailable: retryable, since a fallback model may leave by another route."""
-    return Unavailable(f"No way out to provider {provider}: {reason}.", code="egress_unavailable", retryable=True)
+def egress_unavailable(provider: str, reason: str, retry_after_s: int | None = None) -> Unavailable:
+    """503 egress_unavailable: retryable, since a fallback model may leave by another route. `Retry-After` when
+    the pool can tell when a probe may restore a way out (no sooner can a retry pass)."""
+    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
+    return Unavailable(f"No way out to provider {provider}: {reason}.", code="egress_unavailable", retryable=True,
+                       headers=headers)
 
 
 async def open_upstream(egress: Egress, pool: str, affinity_key: str | None, blocked: frozenset[str],
@@ -51,7 +54,7 @@ async def open_upstream(egress: Egress, pool: str, affinity_key: str | None, blo
     try:
         exits = egress.plan(pool, affinity_key, blocked)
     except EgressUnavailable as exc:
-        raise egress_unavailable(provider, str(exc)) from exc
+        raise egress_unavailable(provider, str(exc), exc.retry_after_s) from exc
     timeout, own_s = _connect_timeout(connect_s), first_byte_s + connect_s
     for exit_ in exits:
         if exit_.proxy is None and pool != DIRECT:
@@ -97,7 +100,8 @@ async def open_upstream(egress: Egress, pool: str, affinity_key: str | None, blo
                                   "the request was not sent") from last
         raise UpstreamFailed(f"provider {provider} is unreachable ({type(last).__name__})",
                              code="upstream_unreachable") from last
-    raise egress_unavailable(provider, f"every proxy tried in egress pool '{pool}' failed to connect") from last
+    raise egress_unavailable(provider, f"every proxy tried in egress pool '{pool}' failed to connect",
+                             egress.retry_after_s(pool, blocked)) from last
 
 
 @functools.lru_cache(maxsize=64)

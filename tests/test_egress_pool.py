@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -68,7 +69,7 @@ async def test_affinity_keeps_a_key_on_one_proxy_until_it_is_ejected(egress: Egr
     assert all(names(egress, k)[0] == home for k, home in homes.items() for _ in range(3))
     pool = egress.pools["eu"]
     victim = pool.states[0]
-    egress.eject(victim, spec.interval_s)
+    egress.eject(victim, spec.interval_s, why="probes", outcome="connect_error")
     moved = {k: names(egress, k)[0] for k in homes}
     assert all(moved[k] == home for k, home in homes.items() if home != "p0")  # only p0's keys move
     assert all(moved[k] != "p0" for k, home in homes.items() if home == "p0")
@@ -81,7 +82,7 @@ async def moved_by_an_ejection(egress: Egress) -> dict[str, str]:
     spec = await configure(egress)
     homes = {f"key{i}": names(egress, f"key{i}")[0] for i in range(40)}
     victim = egress.pools["eu"].states[0]
-    egress.eject(victim, spec.interval_s)
+    egress.eject(victim, spec.interval_s, why="probes", outcome="connect_error")
     moved = {k: names(egress, k)[0] for k in homes}
     egress.restore(victim)
     return moved
@@ -143,19 +144,19 @@ async def test_blocked_regions_are_never_used(egress: Egress) -> None:
 async def test_no_healthy_proxy_left(egress: Egress) -> None:
     spec = await configure(egress)
     for state in egress.pools["eu"].states:
-        egress.eject(state, spec.interval_s)
+        egress.eject(state, spec.interval_s, why="probes", outcome="connect_error")
     with pytest.raises(EgressUnavailable, match="'eu'"):
         egress.plan("eu", "k")
     await configure(egress, fallback_direct=True)
     for state in egress.pools["eu"].states:
-        egress.eject(state, spec.interval_s)
+        egress.eject(state, spec.interval_s, why="probes", outcome="connect_error")
     assert names(egress, "k") == [DIRECT]
 
 
 async def test_reload_keeps_surviving_proxies_and_closes_removed_ones(egress: Egress) -> None:
     await configure(egress)
     states = {s.spec.name: s for s in egress.pools["eu"].states}
-    egress.eject(states["p1"], 10)
+    egress.eject(states["p1"], 10, why="probes", outcome="connect_error")
     await configure(egress, proxies=PROXIES[:2])
     kept = {s.spec.name: s for s in egress.pools["eu"].states}
     assert kept["p0"] is states["p0"] and kept["p1"] is states["p1"]
@@ -201,3 +202,54 @@ async def test_snapshot_names_hosts_never_credentials(egress: Egress) -> None:
     text = json.dumps(egress.snapshot())
     assert "127.0.0.12:1080" in text and '"region": "ru"' in text
     assert "secret" not in text and "user" not in text
+
+
+def eject_all(egress: Egress, spec: PoolSpec) -> None:
+    for state in egress.pools["eu"].states:
+        egress.eject(state, spec.interval_s, why="probes", outcome="connect_error")
+
+
+def refused(egress: Egress, blocked: frozenset[str] = frozenset()) -> EgressUnavailable:
+    with pytest.raises(EgressUnavailable) as info:
+        egress.plan("eu", "k", blocked)
+    return info.value
+
+
+async def test_no_way_out_says_when_the_pool_may_have_one_again(egress: Egress) -> None:
+    """The 503's Retry-After: whole seconds until the earliest probe that could restore an ejected proxy."""
+    spec = await configure(egress, interval_s=10, probe="tcp://upstream.example:443")
+    eject_all(egress, spec)
+    assert refused(egress).retry_after_s == 10  # an ejected proxy is probed again one interval later
+    states = egress.pools["eu"].states
+    states[2].next_probe_at = time.monotonic() + 3.2
+    assert refused(egress).retry_after_s == 4  # the earliest of the pool's, rounded up
+    assert refused(egress, frozenset({"ru"})).retry_after_s == 10  # a proxy the request may not use is no way out
+    states[2].next_probe_at = time.monotonic() - 1
+    assert refused(egress).retry_after_s == 1  # a probe overdue (running now): at least 1 s
+    assert refused(egress, frozenset({"de", "nl", "ru", "us"})).retry_after_s is None  # no probe can help
+
+
+async def test_a_restoration_needing_more_good_probes_is_further_off(egress: Egress) -> None:
+    spec = await configure(egress, interval_s=10, probe="tcp://upstream.example:443", restore_after_successes=2)
+    eject_all(egress, spec)
+    assert refused(egress).retry_after_s == 20  # two good probes, an interval apart
+    for state in egress.pools["eu"].states:
+        state.successes = 1
+    assert refused(egress).retry_after_s == 10
+
+
+async def test_a_pool_without_probes_cannot_tell_when(egress: Egress) -> None:
+    spec = await configure(egress)  # no probe: nothing restores an ejected proxy but a reload
+    eject_all(egress, spec)
+    assert refused(egress).retry_after_s is None
+
+
+async def test_a_reload_that_gives_a_pool_a_way_out_again_says_so(egress: Egress, log_lines: Any) -> None:
+    spec = await configure(egress, proxies=PROXIES[:2])
+    eject_all(egress, spec)
+    await configure(egress, proxies=PROXIES[:2])  # the same proxies, still ejected: nothing changes
+    await configure(egress, proxies=PROXIES[:3])  # a new proxy, in service
+    await configure(egress, proxies=PROXIES[:2])  # removed again: the pool is out once more
+    lines = [(e["event"], e.get("why")) for e in log_lines() if e["event"].startswith("egress pool")]
+    assert lines == [("egress pool has no proxy in service", "probes"), ("egress pool back in service", "reload"),
+                     ("egress pool has no proxy in service", "reload")]
