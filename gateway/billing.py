@@ -79,7 +79,8 @@ def _part_tokens(part: Any, budget: pdf.InflateBudget) -> int:
     a block holding blocks (Anthropic's `tool_result`) costs its own fields plus each of its blocks."""
     if not isinstance(part, dict):
         return estimate_tokens(len(orjson.dumps(part)))
-    if part.get("type") in IMAGE_PARTS:
+    kind = part.get("type")
+    if isinstance(kind, str) and kind in IMAGE_PARTS:  # any JSON may come: a list or object is unhashable
         return IMAGE_TOKENS
     if (encoded := _pdf_base64(part)) is not None:
         return pdf_tokens(encoded, budget) + estimate_tokens(len(orjson.dumps(part)) - len(encoded))

@@ -55,7 +55,15 @@ import orjson
 from providers import reasoning
 from providers.anthropic_answer import GEMINI_SIGNATURE
 from providers.anthropic_request import claude_tool_id
-from providers.types import JSON, THINKING_BLOCKS, ProviderError, images_follow, images_heading, signed
+from providers.types import (
+    JSON,
+    THINKING_BLOCKS,
+    ProviderError,
+    Untranslatable,
+    images_follow,
+    images_heading,
+    signed,
+)
 
 _TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 _SAMPLING = ("temperature", "top_p", "stream")
@@ -260,7 +268,7 @@ def _user(blocks: list[Any], i: int) -> list[JSON]:
         elif kind == "image":
             parts.append(_image_part(block, where))
         else:
-            raise ProviderError(f"{where}: block type {kind!r} is not supported on this model")
+            raise ProviderError(f"{where}: block type {str(kind)[:40]!r} is not supported on this model")
     parts = moved + parts
     return results + ([{"role": "user", "content": parts}] if parts else [])
 
@@ -312,8 +320,9 @@ def _assistant(blocks: list[Any], i: int) -> list[JSON]:
             texts.append(str(block.get("text") or ""))
         elif kind == "tool_use":
             calls.append(_tool_call(block, signature))
-        elif kind not in THINKING_BLOCKS:
-            raise ProviderError(f"messages[{i}].content[{j}]: block type {kind!r} is not supported on this model")
+        elif not isinstance(kind, str) or kind not in THINKING_BLOCKS:  # a list or object is unhashable
+            raise ProviderError(f"messages[{i}].content[{j}]: block type {str(kind)[:40]!r} is not supported on "
+                                "this model")
         signature = _gemini_signature(block) if kind == "thinking" else None
     text = "".join(texts)
     if not text and not calls:
@@ -359,6 +368,8 @@ def _tools(body: JSON, out: JSON) -> None:
     if not isinstance(choice, dict):
         return
     kind = choice.get("type")
+    if not isinstance(kind, str | None):  # a list or object is unhashable: no lookup below could take it
+        raise Untranslatable("tool_choice.type must be a string", param="tool_choice")
     if kind == "tool" and isinstance(choice.get("name"), str):
         out["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
     elif kind in _TOOL_CHOICES:

@@ -155,7 +155,10 @@ def _assistant_parts(message: JSON, call_names: dict[str, JSON], where: str) -> 
     parts = _parts(message.get("content"), where)
     if not parts and (text := assistant_text(message, where)):
         parts = [{"text": text}]
-    for j, call in enumerate(message.get("tool_calls") or ()):
+    calls = message.get("tool_calls") or ()
+    if not isinstance(calls, list | tuple):  # a number is not iterable; a string or object iterates as nonsense
+        raise Untranslatable(f"{where}.tool_calls must be an array of tool calls", param=f"{where}.tool_calls")
+    for j, call in enumerate(calls):
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
             raise ProviderError(f"{where}: a tool call has no function name")
@@ -258,7 +261,7 @@ def _response_format(fmt: Any) -> JSON:
     if fmt is None:
         return {}
     kind = fmt.get("type") if isinstance(fmt, dict) else None
-    if kind not in _RESPONSE_FORMATS:
+    if not isinstance(kind, str) or kind not in _RESPONSE_FORMATS:  # a list or object is unhashable
         raise Untranslatable(f"response_format type {str(kind)[:40]!r} cannot be sent to Gemini: use text, "
                              "json_object or json_schema", param="response_format")
     if kind == "text":

@@ -78,6 +78,7 @@ async def count_tokens(request: web.Request) -> web.Response:
         try:
             anthropic_inbound.chat_body(body)
         except ProviderError as exc:
-            raise InvalidRequest(f"messages: {exc}", param="messages", code="invalid_value") from exc
+            raise InvalidRequest(f"messages: {exc}", param=getattr(exc, "param", None) or "messages",
+                                 code="invalid_value") from exc
     request[LOG]["model"] = route.model_id
     return web.json_response({"input_tokens": billing.estimate_prompt_tokens(body)})
