@@ -213,3 +213,18 @@ async def claude_of() -> AsyncIterator[Any]:
     yield make
     for client in clients:
         await client.close()
+
+
+@pytest.fixture
+async def started(aiohttp_server: Any) -> AsyncIterator[Callable[..., Any]]:
+    """`await started(config, fake_openai)`: a gateway of the test's own config, closed after the test."""
+    made: list[Gateway] = []
+
+    async def start(cfg: Any, fake: FakeOpenAI) -> Gateway:
+        gw = await start_gateway(aiohttp_server, cfg, fake)
+        made.append(gw)
+        return gw
+
+    yield start
+    for gw in made:
+        await gw.close()

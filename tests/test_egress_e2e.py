@@ -17,7 +17,7 @@ import pytest
 import trustme
 import yaml
 from fakes.openai_upstream import FakeOpenAI
-from harness import Gateway, closed_port, start_gateway
+from harness import Gateway, closed_port
 from prometheus_client import REGISTRY
 from proxies import BlackHole, Dante, Microsocks, PProxy, Tinyproxy
 
@@ -74,20 +74,6 @@ def socks_pair() -> Iterator[tuple[Microsocks, Microsocks]]:
     with Microsocks(user="u", password=PROXY_PASSWORD, bind_out="127.0.0.2") as a, \
             Microsocks(user="u", password=PROXY_PASSWORD, bind_out="127.0.0.3") as b:
         yield a, b
-
-
-@pytest.fixture
-async def started(aiohttp_server: Any) -> AsyncIterator[Any]:
-    made: list[Gateway] = []
-
-    async def start(cfg: Any, fake: FakeOpenAI) -> Gateway:
-        gw = await start_gateway(aiohttp_server, cfg, fake)
-        made.append(gw)
-        return gw
-
-    yield start
-    for gw in made:
-        await gw.close()
 
 
 async def admin_egress(gw: Gateway) -> dict[str, Any]:

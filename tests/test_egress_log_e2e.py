@@ -11,7 +11,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import pytest
 import secret_audit_plugin
 import yaml
 from fakes.openai_upstream import FakeOpenAI
-from harness import Gateway, GatewayProcess, closed_port, gateway_config_text, start_gateway
+from harness import GatewayProcess, closed_port, gateway_config_text
 from proxies import BlackHole, Microsocks
 from test_egress_e2e import _wait_state, chat, config
 
@@ -47,20 +47,6 @@ async def upstream(aiohttp_server: Any) -> AsyncIterator[tuple[FakeOpenAI, str]]
 def pair() -> Iterator[tuple[Microsocks, Microsocks]]:
     with Microsocks(user="u", password=PASSWORD) as a, Microsocks(user="u", password=PASSWORD) as b:
         yield a, b
-
-
-@pytest.fixture
-async def started(aiohttp_server: Any) -> AsyncIterator[Callable[..., Any]]:
-    made: list[Gateway] = []
-
-    async def start(cfg: Any, fake: FakeOpenAI) -> Gateway:
-        gw = await start_gateway(aiohttp_server, cfg, fake)
-        made.append(gw)
-        return gw
-
-    yield start
-    for gw in made:
-        await gw.close()
 
 
 def events(lines: list[dict[str, Any]], event: str, **fields: Any) -> list[dict[str, Any]]:
