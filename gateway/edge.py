@@ -139,12 +139,17 @@ async def _expect(request: web.Request) -> None:
                            "Expect header.", status=417, type_="invalid_request_error", code="expectation_failed")
 
 
+def _owes_continue(request: web.Request) -> bool:
+    """An HTTP/1.1 request whose `Expect: 100-continue` has had no 100 yet: its client may still hold its body."""
+    return (request.version == HttpVersion11 and not request.get(CONTINUED)
+            and request.headers.get(hdrs.EXPECT, "").lower() == CONTINUE)
+
+
 async def send_continue(request: web.Request) -> None:
     """The `100 Continue` an HTTP/1.1 request with `Expect: 100-continue` waits for, sent when its handler
     first waits for the body (`requests.read_limited`, after the key and the declared length passed). A
     client may have sent the body anyway (curl does after a second): it is read as usual."""
-    if (request.version == HttpVersion11 and not request.get(CONTINUED)
-            and request.headers.get(hdrs.EXPECT, "").lower() == CONTINUE):
+    if _owes_continue(request):
         request[CONTINUED] = True
         try:
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -171,8 +176,7 @@ def refused(request: web.Request, response: web.StreamResponse) -> web.StreamRes
     if request.version not in SERVED_VERSIONS:
         request._cache["version"] = HttpVersion11  # the status line's version (`check_version_pin`)
         response.force_close()
-    elif (request.headers.get(hdrs.EXPECT, "").lower() == CONTINUE and request.version == HttpVersion11
-          and not request.get(CONTINUED) and not request.content.is_eof()):
+    elif _owes_continue(request) and not request.content.is_eof():
         response.force_close()
     return response
 
