@@ -233,8 +233,10 @@ def _tell_unpriced_defaults(config: Config, routes: dict[str, Route]) -> None:
     at the standard price (providers sell priority per model: no gpt-5-nano, embeddings or images at it), and an
     answer that names the tier anyway is charged standard and logged as it comes."""
     for name, provider in config.providers.items():
+        if not provider.default_service_tier:
+            continue
         unpriced = [mid for mid, route in routes.items() if route.provider_name == name and route.unasked is None]
-        if provider.default_service_tier and unpriced:
+        if unpriced:
             log.info("models of a provider with a default service tier that do not price it are held and charged "
                      "at their standard price", provider=name, default_service_tier=provider.default_service_tier,
                      models=unpriced[:50])

@@ -63,6 +63,7 @@ from providers.types import (
     images_follow,
     images_heading,
     signed,
+    whole_number,
 )
 
 _TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
@@ -168,7 +169,8 @@ def reasoning_fields(body: JSON, limits: reasoning.Limits) -> JSON:
 
 def _count(value: Any) -> int | None:
     """A whole number above 0, else None (a bool is no count)."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+    number = whole_number(value)
+    return number if number is not None and number > 0 else None
 
 
 def _off(limits: reasoning.Limits) -> JSON:
