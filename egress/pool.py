@@ -188,7 +188,8 @@ class Pool:
         return (sum(not s.up for s in self.states) + 1) / len(self.states)
 
     def in_service(self) -> bool:
-        return any(s.up for s in self.states)
+        """Whether any proxy of the pool is up, whatever the regions a request may not use."""
+        return bool(self.healthy(frozenset()))
 
     def out_since(self) -> float:
         """When the pool lost its last proxy in service (the latest ejection), while it has none."""
