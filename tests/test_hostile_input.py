@@ -221,18 +221,41 @@ async def test_every_endpoint_refuses_hostile_bodies(gateway: Gateway, path: str
 
 
 async def test_a_body_of_very_many_brackets_is_not_walked(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
-    """7M empty arrays (20 MB) were walked node by node for their depth, 6 s of the event loop; a body of more
-    than WALK_AT_MOST brackets is checked on its bytes, and one nested too deep is still refused."""
+    """7M empty arrays (20 MB) were walked node by node for their depth, 6 s of the event loop; the walk gives up
+    after WALK_AT_MOST objects and arrays and the body is checked on its bytes, and one nested too deep is still
+    refused."""
     from gateway import requests
 
-    def walked(value: Any, limit: int) -> bool:
-        raise AssertionError("walked")
+    verdicts: list[bool | None] = []
+    walk = requests._depth_exceeds
+
+    def walked(value: Any, limit: int, budget: int | None = None) -> bool | None:
+        verdicts.append(verdict := walk(value, limit, budget))
+        return verdict
 
     monkeypatch.setattr(requests, "_depth_exceeds", walked)
     wide = b"[" + b",".join([b"[]"] * (requests.WALK_AT_MOST + 1)) + b"]"
-    deep = b"[" + wide + b"," + b"[" * MAX_DEPTH + b"]" * MAX_DEPTH + b"]"
+    deep = b"[" + b"[" * MAX_DEPTH + b"]" * MAX_DEPTH + b"," + wide + b"]"  # the walk takes the last item first
     status, payload = await post_raw(gateway, chat(tools=[]).replace(b'"tools": []', b'"tools": ' + deep))
     refused(status, payload, 400, "invalid_json", "depth")
     await untouched(gateway)
     status, payload = await post_raw(gateway, chat(tools=[]).replace(b'"tools": []', b'"tools": ' + wide))
-    assert status == 200, payload  # served: not too deep, and not walked
+    assert status == 200, payload  # served: not too deep
+    assert verdicts == [None, None]  # and neither walked to its end
+
+
+async def test_brackets_inside_a_prompt_are_not_checked_as_nesting(gateway: Gateway,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A source file pasted into a prompt holds brackets by the thousand in one string. Counted as nesting, they
+    sent the body to the byte check, whose scan for strings took 5.5 s of the event loop over 10 MB; the walk
+    sees the few objects that hold them and decides."""
+    from gateway import requests
+
+    def byte_check(raw: bytes, limit: int) -> bool:
+        raise AssertionError("checked on its bytes")
+
+    monkeypatch.setattr(requests, "_nests_deeper", byte_check)
+    code = "[{}]" * requests.WALK_AT_MOST  # within the test gateway's 64 KB of body
+    status, payload = await post_raw(gateway, json.dumps(
+        {"model": "fake/gpt-4o", "messages": [{"role": "user", "content": code}]}).encode())
+    assert status == 200, payload
