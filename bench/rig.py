@@ -42,12 +42,15 @@ class Variant:
     model: str
     stream: bool
     chunks: int  # content chunks per answer (0: not streamed)
+    turns: int = 0  # tool-call rounds of an agent's conversation before the question (0: PROMPT alone)
 
 
 VARIANTS = {
     "json": Variant("json", "bench-20", False, 0),
     "s20": Variant("s20", "bench-20", True, 20),
     "s1000": Variant("s1000", "bench-1000", True, 1000),
+    # what a coding agent sends each turn: ~30 tools with schemas, 40 rounds of calls and results holding code
+    "agent": Variant("agent", "bench-20", False, 0, turns=40),
 }
 
 
@@ -129,9 +132,34 @@ def gateway_config(redis_port: int, upstream_ports: list[int], socks_port: int |
 
 def body_for(variant: Variant) -> bytes:
     body: dict[str, Any] = {"model": variant.model, "messages": PROMPT}
+    if variant.turns:
+        body.update(agent_conversation(variant.turns))
     if variant.stream:
         body["stream"] = True
     return json.dumps(body).encode()
+
+
+def agent_conversation(turns: int) -> dict[str, Any]:
+    """An agent's request after `turns` tool calls (~7 KB each: the call, a source file as its result, a
+    remark), with the tools it may call: the shape coding agents send every turn, a few hundred KB."""
+    source = "".join(f"def handler_{i}(request, store):\n    if request.get('items', [])[{i}:]:\n"
+                     f"        return {{'ok': store.put({{'n': {i}}})}}\n    return None\n\n" for i in range(60))
+    tools = [{"type": "function", "function": {
+        "name": f"tool_{t}", "description": f"Tool number {t}: reads, edits or runs something in the workspace.",
+        "parameters": {"type": "object", "required": ["path"], "properties": {
+            "path": {"type": "string", "description": "A path in the workspace."},
+            "lines": {"type": "array", "items": {"type": "integer"}, "description": "Line numbers."},
+            "options": {"type": "object", "properties": {"recursive": {"type": "boolean"},
+                                                         "limit": {"type": "integer", "minimum": 1}}}}}}}
+        for t in range(30)]
+    messages: list[dict[str, Any]] = list(PROMPT)
+    for turn in range(turns):
+        call = {"id": f"call_{turn:04d}", "type": "function",
+                "function": {"name": f"tool_{turn % 30}", "arguments": json.dumps({"path": f"src/m{turn}.py"})}}
+        messages += [{"role": "assistant", "content": None, "tool_calls": [call]},
+                     {"role": "tool", "tool_call_id": call["id"], "content": source},
+                     {"role": "user", "content": f"Now look at the next file ({turn})."}]
+    return {"messages": messages, "tools": tools}
 
 
 # --- the environment -------------------------------------------------------------------------------

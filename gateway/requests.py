@@ -19,6 +19,7 @@ from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge
 from gateway.state import RUNTIME
 
 MAX_DEPTH = 64  # real requests (messages > content parts > tool schemas) stay far below
+SCREEN_AT_MOST = 1024  # bytes of a body screened by counting its brackets (beyond, a walk costs less)
 WALK_AT_MOST = 10_000  # objects and arrays of a body walked for its depth; beyond, its bytes are checked in C
 # a JSON string, escapes included, unrolled: a run of plain bytes is one step of the regex engine, where an
 # alternation per byte took 5.5 s over a 10 MB prompt (a big source file pasted: many brackets, one string)
@@ -89,13 +90,16 @@ async def read_json(request: web.Request, limit: int) -> dict[str, Any]:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
-    # nesting needs an opening bracket per level: a body with few of them (nearly every request) cannot
-    # be too deep, and counting them runs in C. The rest is walked, and a body of very many objects and
-    # arrays checked by its bytes (walking 7M empty arrays, 20 MB, took 6 s of the event loop); brackets in
-    # its strings (code in a prompt) do not count as such: the walk sees the few objects that hold them
-    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and (
-            deeper if (deeper := _depth_exceeds(body, MAX_DEPTH, WALK_AT_MOST)) is not None
-            else _nests_deeper(raw, MAX_DEPTH)):
+    # nesting needs an opening bracket per level: a short body with few of them cannot be too deep, and
+    # counting them is cheaper than a walk. Counting costs ~10 instructions a byte (a third of an agent's
+    # 350 KB request), so a longer body is walked level by level, at the cost of its objects and arrays, and
+    # one of very many of them checked by its bytes (walking 7M empty arrays, 20 MB, took 6 s of the loop)
+    if len(raw) <= SCREEN_AT_MOST and raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return body
+    deeper = _depth_exceeds(body, MAX_DEPTH, WALK_AT_MOST)
+    if deeper is None:
+        deeper = _nests_deeper(raw, MAX_DEPTH)
+    if deeper:
         raise InvalidRequest(f"The request body exceeds the depth limit: it nests more than {MAX_DEPTH} levels.",
                              code="invalid_json")
     return body
@@ -113,18 +117,23 @@ def _nests_deeper(raw: bytes, limit: int) -> bool:
     return bool(brackets)
 
 
-def _depth_exceeds(value: Any, limit: int, budget: int | None = None) -> bool | None:
-    """Whether objects/arrays nest deeper than `limit`; iterative, so depth itself cannot crash the check.
-    None once more than `budget` of them were visited undecided: the caller checks such a body another way."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return True
+def _depth_exceeds(value: dict[str, Any] | list[Any], limit: int, budget: int | None = None) -> bool | None:
+    """Whether objects/arrays nest deeper than `limit`, one level at a time (iterative, so depth itself cannot
+    crash the check; a plain loop with class tests, 5x faster than a stack of (node, depth) pairs, which cost an
+    agent's 350 KB request ~0.8 ms). None once more than `budget` of them were met undecided: the caller checks
+    such a body another way."""
+    level = [value]
+    for _ in range(limit):
         if budget is not None:
-            budget -= 1
+            budget -= len(level)
             if budget < 0:
                 return None
-        children = node.values() if isinstance(node, dict) else node
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return False
+        inner = []
+        for node in level:
+            for child in node.values() if node.__class__ is dict else node:
+                if child.__class__ is dict or child.__class__ is list:  # orjson makes no subclasses
+                    inner.append(child)
+        if not inner:
+            return False
+        level = inner
+    return True
