@@ -53,8 +53,11 @@ class GatewayError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def anthropic_body(self, request_id: str = "") -> dict[str, Any]:
-        """Anthropic's error shape, which the Anthropic SDK parses; our code rides along as `code`."""
+        """Anthropic's error shape, which the Anthropic SDK parses; our code rides along as `code`, and the field at
+        fault as `param` when one is (Anthropic names it only in its message)."""
         error = {"type": anthropic_type(self), "message": self.message, "code": self.code}
+        if self.param:
+            error["param"] = self.param
         return {"type": "error", "error": error, "request_id": request_id}
 
 

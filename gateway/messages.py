@@ -24,7 +24,15 @@ from gateway.exchange import ChatEndpoint, ChatExchange, Exchange, Reply
 from gateway.sse import frame
 from gateway.streaming import ChunkCodec, StreamCodec, text_bytes
 from gateway.template import Template
-from providers import anthropic, anthropic_answer, anthropic_inbound, anthropic_usage, reasoning, registry
+from providers import (
+    anthropic,
+    anthropic_answer,
+    anthropic_history,
+    anthropic_inbound,
+    anthropic_usage,
+    reasoning,
+    registry,
+)
 from providers.anthropic_answer import MessageStream
 from providers.types import (
     JSON,
@@ -119,7 +127,7 @@ class NativeExchange:
         out = {k: v for k, v in body.items() if k not in target.drop or k in ("model", "messages", "max_tokens")}
         out["model"] = target.upstream_model
         if "messages" in out:
-            out["messages"] = anthropic_inbound.claude_history(out["messages"])
+            out["messages"] = anthropic_history.claude_history(out["messages"])
         if stream:
             out["stream"] = True
         else:
@@ -154,7 +162,8 @@ class MessagesCodec(ChunkCodec):
     templated = False  # a text delta opens a content block first when the one before was not text
 
     def __init__(self, chat: ChunkCodec, model: str, stop_sequences: object, input_tokens: int) -> None:
-        super().__init__(chat.adapter, chat.state, chat.generation_id, wants_usage=True)
+        super().__init__(chat.adapter, chat.state, chat.generation_id, wants_usage=True,
+                         hide_reasoning=chat.hide_reasoning)
         self.stream = MessageStream(chat.generation_id, model, stop_sequences, input_tokens)
 
     def encode(self, chunk: JSON) -> bytes:
@@ -188,7 +197,9 @@ class TranslatedExchange(ChatExchange):
 
     def build(self, body: JSON, target: Target, stream: bool) -> UpstreamRequest:
         self.stop_sequences = body.get("stop_sequences")
-        return super().build(self.chat_body(body), target, stream)
+        request = super().build(self.chat_body(body), target, stream)
+        self.hide_reasoning = self.hide_reasoning or not anthropic_inbound.thinking_shown(body)
+        return request
 
     def parse(self, raw: bytes, target: Target) -> Reply:
         reply = super().parse(raw, target)
@@ -201,6 +212,7 @@ class TranslatedExchange(ChatExchange):
     def codec(self, body: JSON, target: Target, generation_id: str, wants_usage: bool) -> StreamCodec:
         chat = ChatExchange.codec(self, self.chat_body(body), target, generation_id, True)
         assert isinstance(chat, ChunkCodec)
+        chat.hide_reasoning = chat.hide_reasoning or not anthropic_inbound.thinking_shown(body)
         # message_start states the prompt's tokens, as Anthropic's does: the estimate (count_tokens' figure)
         return MessagesCodec(chat, target.public_model, body.get("stop_sequences"),
                              billing.estimate_prompt_tokens(body))

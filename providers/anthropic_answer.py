@@ -8,7 +8,8 @@
   Usage: input_tokens exclude cache reads and writes, as Anthropic's do.
 - Chat chunks -> `message_start`, `content_block_start/delta/stop` per block, `message_delta`, `message_stop`.
 - A Gemini thought signature on a tool call rides as the signature of a thinking block right before its
-  `tool_use`, prefixed `GEMINI_SIGNATURE` (see `providers.anthropic_inbound`, which reads it back).
+  `tool_use`, prefixed `GEMINI_SIGNATURE`; the id Gemini gave a call is its tool_use id behind `GEMINI_CALL_ID`
+  (see `providers.anthropic_inbound`, which reads both back).
 
 Pure and synchronous: no I/O, no aiohttp.
 """
@@ -19,11 +20,12 @@ from typing import Any
 
 import orjson
 
-from providers.types import JSON, Usage, reasoning_text, thought_signature
+from providers.types import JSON, Usage, gemini_call_id, reasoning_text, thought_signature
 
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal",
                  "function_call": "tool_use"}
 GEMINI_SIGNATURE = "gemini:"  # marks a thinking block's signature as a Gemini thought signature we put there
+GEMINI_CALL_ID = "gemini_"  # marks a tool_use id as the id Gemini gave its call (fits Claude's id pattern)
 
 
 # -- answer ----------------------------------------------------------------------------------------
@@ -70,11 +72,19 @@ def message_from_chat(answer: JSON, usage: Usage, model: str, stop_sequences: An
         fn = call.get("function") or {}
         if signature := _signature_of(call):
             _sign(content, signature)
-        content.append({"type": "tool_use", "id": str(call.get("id")), "name": str(fn.get("name")),
+        content.append({"type": "tool_use", "id": tool_use_id(call), "name": str(fn.get("name")),
                         "input": _arguments(fn.get("arguments"))})
     reason, matched = stop_of(choice, refused, stop_sequences)
     return {"id": str(answer.get("id", "")), "type": "message", "role": "assistant", "model": model,
             "content": content, "stop_reason": reason, "stop_sequence": matched, "usage": usage_json(usage)}
+
+
+def tool_use_id(call: Any) -> str:
+    """The tool_use id of a chat tool call: its id, behind `GEMINI_CALL_ID` when Gemini gave it (the chat call's
+    `extra_content` says so, which no tool_use can carry), so that it goes back to Gemini with the call and its
+    `functionResponse` (see `providers.anthropic_inbound`)."""
+    call_id = str(call.get("id"))
+    return GEMINI_CALL_ID + call_id if gemini_call_id(call) else call_id
 
 
 def _signature_of(call: Any) -> str | None:
@@ -197,7 +207,8 @@ class MessageStream:
         if index not in self.tools:
             if signature := _signature_of(call):
                 events = self._sign(signature)
-            events += self._open("tool_use", {"type": "tool_use", "id": str(call.get("id") or f"toolu_{index}"),
+            events += self._open("tool_use", {"type": "tool_use", "id": tool_use_id(call) if call.get("id") else
+                                              f"toolu_{index}",
                                               "name": str(fn.get("name") or ""), "input": {}})
             self.tools[index] = self.block
         arguments = fn.get("arguments")

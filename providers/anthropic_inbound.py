@@ -24,8 +24,13 @@ gateway's internal OpenAI chat request, which every adapter already serves, and 
   after the tool messages, behind a text naming the tool call); `thinking` / `redacted_thinking` blocks of
   earlier turns are dropped (one of ours still hands its Gemini signature to the call after it, below), and
   an assistant turn left with nothing is dropped whole.
-- Tools: `input_schema` -> `parameters`; `tool_choice` auto/any/tool/none -> auto/required/named/none;
-  `disable_parallel_tool_use` -> `parallel_tool_calls: false`.
+- Tools: `input_schema` -> `parameters`; `tool_choice` auto/any/tool/none -> auto/required/named/none (any
+  other type, or a `tool` without its name, is refused in Anthropic's words: dropped, the model would choose
+  freely); `disable_parallel_tool_use` -> `parallel_tool_calls: false`. A tool_use id marked as Gemini's
+  (`anthropic_answer.GEMINI_CALL_ID`) goes back as that id, marked in the call's `extra_content` as the Gemini
+  adapter reads it, so the call and its `functionResponse` carry the id Gemini gave.
+- `thinking.display: "omitted"`: the client gets no thinking text (`thinking_shown`; Anthropic answers blocks
+  with empty `thinking`), and a budget sent as `reasoning` gets `exclude` (Gemini then sends no thoughts).
 - `output_config.format` (or the beta's `output_format`) json_schema -> `response_format` json_schema.
 - The answer (message or stream events) is `providers.anthropic_answer`'s job.
 - Gemini thought signatures: Gemini 3 refuses the next turn unless each signed function call comes back with
@@ -40,8 +45,8 @@ gateway's internal OpenAI chat request, which every adapter already serves, and 
   `display: "omitted"`), and Gemini 3 refuses a signature it did not make ("Corrupted thought signature"),
   where it accepts earlier turns with none. No base64 signature starts with "gemini:", so no foreign one is
   ever handed on; a client that never talks to Gemini sees and sends nothing new. When such a conversation
-  goes on with Claude on the native route, `claude_history` leaves the thinking blocks written here behind
-  (Anthropic checks every signature it is sent).
+  goes on with Claude on the native route, `anthropic_history.claude_history` leaves the thinking blocks
+  written here behind (Anthropic checks every signature it is sent).
 
 Pure and synchronous: no I/O, no aiohttp. `ProviderError` means the request cannot be expressed.
 """
@@ -53,8 +58,7 @@ from typing import Any
 import orjson
 
 from providers import reasoning
-from providers.anthropic_answer import GEMINI_SIGNATURE
-from providers.anthropic_request import claude_tool_id
+from providers.anthropic_answer import GEMINI_CALL_ID, GEMINI_SIGNATURE
 from providers.types import (
     JSON,
     THINKING_BLOCKS,
@@ -68,46 +72,6 @@ from providers.types import (
 
 _TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 _SAMPLING = ("temperature", "top_p", "stream")
-
-
-def claude_history(messages: Any) -> Any:
-    """`messages` as Claude takes them, for a conversation that goes on with Claude on the native route:
-    without the thinking blocks this module wrote for other models' answers (an empty signature, or a Gemini
-    one; Anthropic checks every signature it is sent, and may drop any earlier turn's thinking), and with
-    tool ids other providers made rewritten by `claude_tool_id`. A turn that held nothing else is left out
-    (Claude refuses empty content). A copy where something changed."""
-    if not isinstance(messages, list):
-        return messages
-    return [m for m in map(_for_claude, messages) if m is not None]
-
-
-def _for_claude(message: Any) -> Any:
-    content = message.get("content") if isinstance(message, dict) else None
-    if not isinstance(content, list):
-        return message
-    blocks = [_claude_ids(block) for block in content if not _ours(block)]
-    if len(blocks) == len(content) and all(new is old for new, old in zip(blocks, content, strict=True)):
-        return message
-    return {**message, "content": blocks} if blocks else None
-
-
-_TOOL_ID_FIELDS = {"tool_use": "id", "tool_result": "tool_use_id"}
-
-
-def _claude_ids(block: Any) -> Any:
-    """A tool_use / tool_result block with its tool id as Claude accepts it (the block itself if it already is)."""
-    field = _TOOL_ID_FIELDS.get(str(block.get("type"))) if isinstance(block, dict) else None
-    call_id = block.get(field) if field else None
-    if not isinstance(call_id, str) or claude_tool_id(call_id) == call_id:
-        return block
-    return {**block, field: claude_tool_id(call_id)}
-
-
-def _ours(block: Any) -> bool:
-    if not isinstance(block, dict) or block.get("type") != "thinking":
-        return False
-    signature = block.get("signature")
-    return not signature or (isinstance(signature, str) and signature.startswith(GEMINI_SIGNATURE))
 
 
 # -- request ---------------------------------------------------------------------------------------
@@ -136,6 +100,8 @@ def chat_body(body: JSON, top_k: bool = False, reasoning_limits: reasoning.Limit
         out["response_format"] = response_format
     if reasoning_limits is not None:
         out.update(reasoning_fields(body, reasoning_limits))
+        if isinstance(out.get("reasoning"), dict) and not thinking_shown(body):
+            out["reasoning"]["exclude"] = True  # a budget's kinds (Gemini, OpenRouter) then send no thought text
     return out
 
 
@@ -165,6 +131,13 @@ def reasoning_fields(body: JSON, limits: reasoning.Limits) -> JSON:
     level = effort or (reasoning.level_for_share(budget / room) if budget and room else "medium")
     snapped = limits.snap(str(level))
     return {"reasoning_effort": snapped} if snapped else {}
+
+
+def thinking_shown(body: JSON) -> bool:
+    """Whether the client wants the thinking's text: not with `thinking.display: "omitted"`, where Anthropic answers
+    thinking blocks with empty `thinking` (billed the same; only a signature to send back)."""
+    thinking = body.get("thinking")
+    return not (isinstance(thinking, dict) and thinking.get("display") == "omitted")
 
 
 def _count(value: Any) -> int | None:
@@ -310,7 +283,8 @@ def _tool_message(block: JSON, where: str) -> tuple[JSON, list[JSON]]:
         text = images_follow(text, len(images), "in the next user message")
     if block.get("is_error") is True:
         text = f"Error: {text}"
-    return {"role": "tool", "tool_call_id": block["tool_use_id"], "content": text}, images
+    return {"role": "tool", "tool_call_id": _geminis(block["tool_use_id"]) or block["tool_use_id"],
+            "content": text}, images
 
 
 def _assistant(blocks: list[Any], i: int) -> list[JSON]:
@@ -336,12 +310,24 @@ def _assistant(blocks: list[Any], i: int) -> list[JSON]:
 
 
 def _tool_call(block: JSON, signature: str | None) -> JSON:
-    call: JSON = {"id": str(block.get("id")), "type": "function",
+    """The chat tool call of a tool_use: one whose id Gemini gave goes back under that id, marked as Gemini's
+    (`extra_content.google.function_call_id`, which the Gemini adapter sends back on the call and its response)."""
+    call_id = str(block.get("id"))
+    own = _geminis(call_id)
+    call: JSON = {"id": own or call_id, "type": "function",
                   "function": {"name": str(block.get("name")),
                                "arguments": orjson.dumps(block.get("input") or {}).decode()}}
     if signature:
         call["extra_content"] = signed(signature)
+    if own:
+        call.setdefault("extra_content", {"google": {}})["google"]["function_call_id"] = own
     return call
+
+
+def _geminis(call_id: str) -> str | None:
+    """The id Gemini gave a call, for a tool id `anthropic_answer.tool_use_id` marked as its, else None."""
+    own = call_id[len(GEMINI_CALL_ID):] if call_id.startswith(GEMINI_CALL_ID) else ""
+    return own or None
 
 
 def _gemini_signature(block: JSON) -> str | None:
@@ -369,12 +355,28 @@ def _tools(body: JSON, out: JSON) -> None:
     choice = body.get("tool_choice")
     if not isinstance(choice, dict):
         return
+    out["tool_choice"] = _tool_choice(choice)
+    if choice.get("disable_parallel_tool_use") is True:
+        out["parallel_tool_calls"] = False
+
+
+def _tool_choice(choice: JSON) -> Any:
+    """Chat's `tool_choice` for Anthropic's. What Anthropic refuses is refused here too, in its words: dropped, it
+    would leave the model free to answer in a way the client had ruled out."""
     kind = choice.get("type")
     if not isinstance(kind, str | None):  # a list or object is unhashable: no lookup below could take it
         raise Untranslatable("tool_choice.type must be a string", param="tool_choice")
-    if kind == "tool" and isinstance(choice.get("name"), str):
-        out["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
-    elif kind in _TOOL_CHOICES:
-        out["tool_choice"] = _TOOL_CHOICES[kind]
-    if choice.get("disable_parallel_tool_use") is True:
-        out["parallel_tool_calls"] = False
+    if kind == "tool":
+        name = choice.get("name")
+        if not isinstance(name, str):
+            raise Untranslatable("tool_choice.name: " + ("Field required" if name is None else
+                                                         "Input should be a valid string"), param="tool_choice.name")
+        return {"type": "function", "function": {"name": name}}
+    if kind in _TOOL_CHOICES:
+        return _TOOL_CHOICES[kind]
+    expected = "the expected tags: 'auto', 'any', 'tool', 'none'"
+    if kind is None:
+        raise Untranslatable(f"tool_choice: Unable to extract tag using discriminator 'type' ({expected})",
+                             param="tool_choice.type")
+    raise Untranslatable(f"tool_choice: Input tag {kind[:40]!r} found using 'type' does not match any of {expected}",
+                         param="tool_choice.type")

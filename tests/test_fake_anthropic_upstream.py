@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import anthropic
+import jsonschema
 import pytest
 from fakes.anthropic_upstream import WIRE, FakeAnthropic, make_app, recorded_events
 
@@ -226,3 +227,58 @@ async def test_thinking_refused_as_anthropic_refuses(sdk: anthropic.AsyncAnthrop
         await sdk.messages.create(**body, extra_body=sampling)
     assert info.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
     assert message in info.value.body["error"]["message"]  # type: ignore[index]
+
+
+# -- output_config: effort and format, as the API takes them ---------------------------------------------------------
+
+PERSON = {"type": "object", "properties": {
+    "name": {"type": "string", "minLength": 1}, "age": {"type": "integer", "minimum": 0},
+    "role": {"enum": ["admin", "user"]}, "tags": {"type": "array", "items": {"$ref": "#/$defs/tag"}, "minItems": 1},
+    "nickname": {"type": ["string", "null"]}},
+    "required": ["name", "age", "role", "tags", "nickname"], "additionalProperties": False,
+    "$defs": {"tag": {"type": "object", "properties": {"label": {"type": "string"}}, "required": ["label"],
+                      "additionalProperties": False}}}
+
+
+@pytest.mark.parametrize("effort", ["low", "medium", "high", "xhigh", "max"])
+async def test_every_effort_anthropic_has_is_taken(sdk: anthropic.AsyncAnthropic, effort: str) -> None:
+    message = await sdk.messages.create(model="claude-opus-4-7", max_tokens=100, messages=MSGS,
+                                        output_config={"effort": effort})  # type: ignore[typeddict-item]
+    assert message.content[0].type == "text"
+
+
+@pytest.mark.parametrize(("output_config", "says"), [
+    ({"effort": "extreme"}, "output_config.effort: Input should be 'low', 'medium', 'high', 'xhigh' or 'max'"),
+    ({"effort": "none"}, "output_config.effort: Input should be 'low', 'medium', 'high', 'xhigh' or 'max'"),
+    ({"effort": ["high"]}, "output_config.effort: Input should be 'low', 'medium', 'high', 'xhigh' or 'max'"),
+    ("high", "output_config: Input should be a valid dictionary"),
+    ({"format": {"type": "json_object"}}, "output_config.format.type: Input should be 'json_schema'"),
+    ({"format": {"type": "json_schema"}}, "output_config.format.schema: Field required"),
+], ids=["unknown", "openais-none", "a-list", "not-an-object", "json-object", "no-schema"])
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "streamed"])
+async def test_output_config_refused_as_anthropic_refuses(sdk: anthropic.AsyncAnthropic, output_config: Any,
+                                                          says: str, stream: bool) -> None:
+    """The fake took any `output_config`, so a test sending a value Claude refuses proved nothing."""
+    with pytest.raises(anthropic.BadRequestError) as info:
+        await sdk.messages.create(model="claude-opus-4-7", max_tokens=100, messages=MSGS, stream=stream,
+                                  extra_body={"output_config": output_config})
+    assert info.value.body == {"type": "error", "error": {"type": "invalid_request_error", "message": says},
+                               "request_id": "req_011CFakeAnthropicUpstream0001"}
+
+
+@pytest.mark.parametrize("field", ["output_config", "output_format"])
+async def test_a_format_is_answered_in_json_the_schema_takes(sdk: anthropic.AsyncAnthropic, fake: FakeAnthropic,
+                                                             field: str) -> None:
+    fmt = {"type": "json_schema", "schema": PERSON}
+    extra = {"output_config": {"format": fmt}} if field == "output_config" else {"output_format": fmt}
+    message = await sdk.messages.create(model="claude-sonnet-4-5", max_tokens=100, messages=MSGS, extra_body=extra)
+    answer = json.loads(message.content[0].text)  # type: ignore[union-attr]
+    jsonschema.validate(answer, PERSON)
+    recorded = wire("sdk-messages-end-turn.response.json")
+    assert message.model_dump(mode="json", exclude_unset=True) == recorded | {
+        "model": "claude-sonnet-4-5", "content": [{"type": "text", "text": message.content[0].text}]}  # type: ignore[union-attr]
+    async with sdk.messages.stream(model="claude-sonnet-4-5", max_tokens=100, messages=MSGS,
+                                   extra_body=extra) as stream:
+        pieces = [text async for text in stream.text_stream]
+    assert "".join(pieces) == message.content[0].text and len(pieces) > 1  # type: ignore[union-attr]
+    assert fake.events_sent == len(recorded_events("sdk-stream-basic.sse"))  # the recorded events, texts aside

@@ -238,3 +238,48 @@ async def test_the_hold_covers_the_thinking_as_the_chat_route_holds_it(gw: Gatew
     assert info.value.status_code == 402 and len(all_upstreams.gemini.requests) == sent
     await settled(gw)
     assert (await key_state(gw, poor_id))[0] == hold - 1
+
+
+# -- display: "omitted" -------------------------------------------------------------------------------------------
+
+
+async def _ask(claude: anthropic.AsyncAnthropic, stream: bool, **fields: Any) -> tuple[Any, list[str], Any]:
+    """(final message, the SDK's event types, the bill) of one request, streamed or not."""
+    if not stream:
+        message = await claude.messages.create(**fields)
+        return message, [], (message.model_extra or {})["billing"]
+    kinds, bill = [], None
+    async with claude.messages.stream(**fields) as events:
+        async for event in events:
+            kinds.append(event.type)
+            if event.type == "message_delta":
+                bill = (event.model_extra or {})["billing"]
+        return await events.get_final_message(), kinds, bill
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "streamed"])
+async def test_omitted_thinking_is_not_shown_and_billed_the_same(gw: Gateway, all_upstreams: Upstreams,
+                                                                 claude: anthropic.AsyncAnthropic,
+                                                                 stream: bool) -> None:
+    """`thinking.display: "omitted"` (Anthropic's: thinking blocks without their text, billed the same) got the
+    model's whole reasoning back as thinking blocks."""
+    fields: dict[str, Any] = {"model": "oai/gpt-5", "max_tokens": 32000, "messages": MESSAGES}
+    shown, _, shown_bill = await _ask(claude, stream, **fields, thinking=CLAUDE_CODE)
+    assert [block.type for block in shown.content] == ["thinking", "text"]
+    before, _, _ = await key_state(gw)
+    hidden, kinds, bill = await _ask(claude, stream, **fields, thinking={**CLAUDE_CODE, "display": "omitted"})
+    assert all_upstreams.openai.last.body["reasoning_effort"] == "high"  # thinks as much as before
+    assert [block.type for block in hidden.content] == ["text"] and hidden.content[0].text == shown.content[1].text
+    assert "thinking" not in kinds and REASONING not in json.dumps([block.to_dict() for block in hidden.content])
+    assert hidden.usage.output_tokens == shown.usage.output_tokens
+    assert nano(bill["request_cost"]) == nano(shown_bill["request_cost"]) > 0
+    await assert_charged(gw, before, nano(bill["request_cost"]), hidden.id, "messages")
+
+
+async def test_gemini_is_not_asked_for_the_thoughts_it_would_show(gw: Gateway, all_upstreams: Upstreams,
+                                                                  claude: anthropic.AsyncAnthropic) -> None:
+    message = await claude.messages.create(model="google/flash", max_tokens=32000, messages=MESSAGES,
+                                           thinking={**CLAUDE_CODE, "display": "omitted"})
+    sent = all_upstreams.gemini.last.body["generationConfig"]
+    assert sent["thinkingConfig"] == {"includeThoughts": False, "thinkingBudget": 24576}
+    assert [block.type for block in message.content] == ["text"]

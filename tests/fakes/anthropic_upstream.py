@@ -18,6 +18,9 @@ signed, text and signature verbatim) and answered with that thinking block first
 of `docs-stream-thinking.sse` (streamed: its thinking block's events, the other blocks renumbered after it),
 and with `redacted` a `redacted_thinking` block after it.
 
+`output_config` is checked and honoured as the real API does (`fakes.anthropic_output`): an effort or format it
+does not take is its 400 `invalid_request_error`; with a format, the answer's text is JSON valid against the schema.
+
 With `usage` set, its fields (cache writes by lifetime, `server_tool_use`...) are put over the recorded usage
 (streamed: over message_start's, and over message_delta's but for the `cache_creation` breakdown).
 
@@ -45,6 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
+from fakes.anthropic_output import output_error, structured_text, with_message_text, with_stream_text
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 WIRE = SHARED / "wire" / "anthropic"
@@ -296,12 +301,13 @@ async def _messages(request: web.Request) -> web.StreamResponse:
     if not isinstance(body, dict):
         return web.json_response(error_body("invalid_request_error", "There was an issue with the request body."),
                                  status=400)
-    if refusal := thinking_error(body):
+    if refusal := thinking_error(body) or output_error(body):
         return web.json_response(error_body("invalid_request_error", refusal), status=400)
     thinks = isinstance(body.get("thinking"), dict)
     forced = forced_tool(body)
+    structured = structured_text(body)
     if body.get("stream"):
-        return await _stream(request, fake, forced, thinks)
+        return await _stream(request, fake, forced, thinks, structured)
     if forced:
         answer = forced_tool_answer(forced, fake.forced_tool_input)
     else:
@@ -310,17 +316,21 @@ async def _messages(request: web.Request) -> web.StreamResponse:
     answer["model"] = body.get("model", answer["model"])
     if fake.usage is not None:
         answer["usage"].update(fake.usage)
+    if structured is not None:
+        answer = with_message_text(answer, structured)
     if thinks:
         answer["content"][:0] = thinking_blocks(fake.redacted)
     return web.json_response(answer, headers={"request-id": REQUEST_ID})
 
 
-async def _stream(request: web.Request, fake: FakeAnthropic, forced: str | None, thinks: bool) -> web.StreamResponse:
+async def _stream(request: web.Request, fake: FakeAnthropic, forced: str | None, thinks: bool,
+                  structured: str | None) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                            "Cache-Control": "no-cache", "request-id": REQUEST_ID})
     await response.prepare(request)
     fake.events_sent = 0
     events = fake.stream_events(forced)
+    events = events if structured is None else with_stream_text(events, structured)
     for i, event in enumerate(thinking_events(events, fake.redacted) if thinks else events):
         if i and fake.delay_between_events_s:
             await asyncio.sleep(fake.delay_between_events_s)

@@ -31,8 +31,8 @@ With `thinking_budgets` set, a model it names takes only a `thinkingConfig.think
 `(range(128, 32769),)`, which cannot stop thinking), else 400 INVALID_ARGUMENT: "The thinking budget (N) is
 invalid." or, for 0, "Budget 0 is invalid. This model only works in thinking mode.".
 
-With `text` (or `function_call`, `{"name", "arguments"}`) set, answers say that text (or make that call, from
-the `tool_mode` recordings): see `fakes.scripted`.
+With `text` (or `function_call`, `{"name", "arguments"}` and optionally `"id"`, the `functionCall.id` newer models
+give) set, answers say that text (or make that call, from the `tool_mode` recordings): see `fakes.scripted`.
 
 Every request needs an API key (`x-goog-api-key` header or `?key=`), else 400 with the recorded
 `googleai/unary-failure-api-key.json` body; a model not in `models` gets 404 with
@@ -123,7 +123,7 @@ class FakeGemini:
         self.stream_recording: str | None = None
         self.chunks_sent = 0  # events written by the last streamed answer
         self.text: str | None = None  # answers say this text (fakes.scripted)
-        self.function_call: dict[str, Any] | None = None  # answers make this call: {"name", "arguments"}
+        self.function_call: dict[str, Any] | None = None  # answers make this call: {"name", "arguments"[, "id"]}
         self.thinking_budgets: dict[str, tuple[range, ...]] = {}  # model -> the thinkingBudget ranges it takes
 
     @property

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-Call = dict[str, Any]  # {"name": ..., "arguments": {...}}
+Call = dict[str, Any]  # {"name": ..., "arguments": {...}} (Gemini: and an optional "id", `functionCall.id`)
 
 
 def pieces(text: str, count: int) -> list[str]:
@@ -100,8 +100,9 @@ def gemini_chunks(chunks: list[Any], text: str | None, call: Call | None) -> lis
     if call is not None:
         for chunk in chunks:
             for part in _gemini_parts(chunk):
-                if "functionCall" in part:
-                    part["functionCall"] = {"name": call["name"], "args": call["arguments"]}
+                if "functionCall" in part:  # with the call's `id` when it names one, as newer Gemini models send
+                    part["functionCall"] = {"name": call["name"], "args": call["arguments"],
+                                            **({"id": call["id"]} if "id" in call else {})}
     return chunks
 
 
