@@ -127,10 +127,12 @@ def requested_max_output(body: dict[str, Any]) -> int | None:
     return most
 
 
-def worst_case_usage(body: dict[str, Any], model_max_output: int | None, default_max_output: int) -> Usage:
+def worst_case_usage(body: dict[str, Any], model_max_output: int | None, default_max_output: int,
+                     reasoning_room: int = 0) -> Usage:
     """The usage a hold must cover: the prompt estimate plus every output token the request may produce.
 
-    With `n` choices the upstream may produce `max_tokens` for each of them (the prompt is counted once).
+    With `n` choices the upstream may produce `max_tokens` for each of them (the prompt is counted once), and
+    `reasoning_room` more each where `max_tokens` does not bound the model's reasoning (`exchange.reasoning_room`).
     """
     asked = requested_max_output(body)
     if asked:  # what the upstream is sent; the default is the worst case only when nobody set one
@@ -139,7 +141,7 @@ def worst_case_usage(body: dict[str, Any], model_max_output: int | None, default
         max_out = model_max_output or default_max_output
     n = body.get("n")
     choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
-    return Usage(prompt_tokens=estimate_prompt_tokens(body), completion_tokens=max_out * choices)
+    return Usage(prompt_tokens=estimate_prompt_tokens(body), completion_tokens=(max_out + reasoning_room) * choices)
 
 
 @record

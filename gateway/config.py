@@ -195,8 +195,7 @@ class ProviderConfig(_Model):
 
     @cached_property
     def keeps_cache_control(self) -> bool:
-        """Whether an OpenAI-kind upstream is sent the `cache_control` marks clients put on content parts
-        (worked out once: every request's target reads it)."""
+        """Whether an OpenAI-kind upstream is sent clients' `cache_control` marks (worked out once for all targets)."""
         if self.cache_control is not None:
             return self.cache_control
         return self.base_host in CACHE_CONTROL_HOSTS
@@ -295,6 +294,7 @@ class PriceConfig(TokenPriceConfig):
 class ParamsConfig(_Model):
     max_tokens_field: Literal["max_tokens", "max_completion_tokens"] | None = None
     drop: list[str] = []
+    reasoning_beyond_max_tokens: bool = False  # max_tokens bounds the answer's text only (xAI): the hold adds room
 
 
 class LimitsConfig(_Model):

@@ -19,6 +19,7 @@ from gateway.exchange import (
     PassthroughExchange,
     Reply,
     no_presets,
+    reasoning_room,
     untranslatable,
 )
 from gateway.sse import frame
@@ -110,7 +111,7 @@ class CompletionsEndpoint(ChatEndpoint):
     def worst_case(self, body: JSON, route: Route, config: Config) -> Usage:
         asked = _count(body, "max_tokens", completions.DEFAULT_MAX_TOKENS)  # what the upstream is sent
         ceiling = route.model.max_output_tokens
-        per_choice = min(asked, ceiling) if ceiling else asked
+        per_choice = (min(asked, ceiling) if ceiling else asked) + reasoning_room(route, config)
         n = max(_count(body, "n"), _count(body, "best_of")) * prompt_count(body.get("prompt"))
         return Usage(prompt_tokens=input_tokens(body.get("prompt")), completion_tokens=n * per_choice)
 

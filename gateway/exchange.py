@@ -175,6 +175,15 @@ def wants_stream_usage(body: JSON) -> bool:
     return isinstance(opts, dict) and opts.get("include_usage") is True
 
 
+def reasoning_room(route: Route, config: Config) -> int:
+    """The output tokens a choice may reason beyond the `max_tokens` it is sent, on a model where that bounds only the
+    answer's text (xAI counts reasoning apart: `params.reasoning_beyond_max_tokens`); held as an output no request
+    field bounds is: the model's `max_output_tokens`, else `billing.default_max_output_tokens`. Elsewhere none."""
+    if not route.model.params.reasoning_beyond_max_tokens:
+        return 0
+    return route.model.max_output_tokens or config.billing.default_max_output_tokens
+
+
 class ChatEndpoint:
     """POST /v1/chat/completions."""
 
@@ -186,7 +195,8 @@ class ChatEndpoint:
     def worst_case(self, body: JSON, route: Route, config: Config) -> Usage:
         """The client's own worst case, or more when the translation gives the upstream more room (Claude's
         thinking raises max_tokens above its budget)."""
-        usage = billing.worst_case_usage(body, route.model.max_output_tokens, config.billing.default_max_output_tokens)
+        usage = billing.worst_case_usage(body, route.model.max_output_tokens, config.billing.default_max_output_tokens,
+                                         reasoning_room(route, config))
         sent = registry.get(route.provider.kind).max_output_tokens(body, route.target(""))
         if sent is not None and sent > usage.completion_tokens:
             usage.completion_tokens = sent

@@ -15,8 +15,10 @@ from gateway.errors import NotFound
 
 PREFIX = "@preset/"
 # what Anthropic's Messages API takes as it is; a preset's other params are chat's (reasoning_effort, seed...)
+# (Claude's tier fields among them: set on the Anthropic body, they are held, sent and charged as a client's own)
 ANTHROPIC_FIELDS = frozenset({"max_tokens", "temperature", "top_p", "top_k", "stop_sequences", "metadata", "thinking",
-                              "tool_choice", "tools", "service_tier", "output_config", "stream"})
+                              "tool_choice", "tools", "service_tier", "speed", "inference_geo", "output_config",
+                              "stream"})
 
 
 def lookup(presets: dict[str, PresetConfig], model: Any) -> PresetConfig | None:

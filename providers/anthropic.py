@@ -55,6 +55,7 @@ SUPPORTED_PARAMETERS = ("temperature", "top_p", "top_k", "max_tokens", "max_comp
 MAX_CHOICES = 1  # the Messages API has no `n`: one answer per request
 SENDS_TIERS = True  # the native route passes them; Claude's usage names its tier either way
 API_VERSION = "2023-06-01"
+FAST_MODE_BETA = "fast-mode-2026-02-01"  # `speed: "fast"` is refused without it on some models
 
 # finish-reason-map.json (LiteLLM); model_context_window_exceeded is the SDK's newer "ran out of room"
 _FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
@@ -84,7 +85,10 @@ def max_output_tokens(body: JSON, target: Target) -> int | None:
 
 
 def messages_request(body: JSON, target: Target, stream: bool, beta: str = "") -> UpstreamRequest:
-    """POST {base_url}/v1/messages with a body already in Anthropic's shape (`anthropic-beta` when given)."""
+    """POST {base_url}/v1/messages with a body already in Anthropic's shape (`anthropic-beta` when given, with fast
+    mode's added for a body asking for it: a preset's or a chat request's `speed` comes from no Anthropic client)."""
+    if body.get("speed") == "fast" and FAST_MODE_BETA not in beta:
+        beta = f"{beta},{FAST_MODE_BETA}" if beta else FAST_MODE_BETA
     headers = {"anthropic-version": API_VERSION, "content-type": "application/json",
                "accept": "text/event-stream" if stream else "application/json"}
     if target.api_key:

@@ -6,7 +6,8 @@ gateway's internal OpenAI chat request, which every adapter already serves, and 
 
 - `system` (a string or text blocks) -> one leading system message; `cache_control` marks are kept on
   text parts. `stop_sequences` -> `stop`; `metadata.user_id` -> `user`; `top_k` only for kinds that take
-  it (Gemini); `service_tier` has no OpenAI equivalent and stays behind (a native Anthropic route keeps it).
+  it (Gemini); `service_tier` goes on, as the hold read it (OpenAI's names, `flex`, `priority`, pass as they are,
+  Anthropic's `standard_only` becomes OpenAI's `default`; a kind that carries no tier, Gemini, leaves it behind).
 - `thinking` and `output_config.effort` become the chat request's reasoning fields only for a model whose
   reasoning limits the gateway hands in (`reasoning.Limits`, from the model's config): a value the model
   does not take is a 400 where the client's thinking was simply left out before, so a model whose limits are
@@ -95,6 +96,8 @@ def chat_body(body: JSON, top_k: bool = False, reasoning_limits: reasoning.Limit
     metadata = body.get("metadata")
     if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
         out["user"] = metadata["user_id"]
+    if (tier := body.get("service_tier")).__class__ is str:  # else the account's default tier would serve it
+        out["service_tier"] = "default" if tier == "standard_only" else tier
     _tools(body, out)
     if (response_format := _response_format(body)) is not None:
         out["response_format"] = response_format

@@ -28,7 +28,9 @@ stays behind; what would change the answer's meaning if dropped (`logprobs`,
   (`functions.get_weather:0`) is rewritten by `claude_tool_id`, the same way in the `tool_use` and its
   `tool_result`, so the pair still matches.
 - `max_tokens` is required upstream: `max_completion_tokens`, else `max_tokens`, else the model's default.
-  `temperature` is clamped to Anthropic's 0..1. `target.drop` applies to the client's field names before
+  `temperature` is clamped to Anthropic's 0..1. Claude's own tier fields, `speed` (fast mode) and
+  `inference_geo`, go as they are (the hold covers the tier they ask for); OpenAI's `service_tier` names none
+  Claude takes. `target.drop` applies to the client's field names before
   translation and to Anthropic's after it (model, messages and max_tokens are never dropped).
 - Reasoning (`reasoning_effort`, OpenRouter's `reasoning`; see `providers.reasoning`) becomes
   `thinking: {"type": "enabled", "budget_tokens": B}`. B is `reasoning.max_tokens`, else the effort's share of
@@ -153,6 +155,9 @@ def _sampling(src: JSON, out: JSON) -> None:
         stop = [stop]
     if isinstance(stop, list) and stop:
         out["stop_sequences"] = stop
+    for name in ("speed", "inference_geo"):  # Claude's processing tier, at its price: held at what is sent
+        if (tier := src.get(name)).__class__ is str:
+            out[name] = tier
 
 
 def _thinking(src: JSON, out: JSON, target: Target) -> None:

@@ -75,7 +75,8 @@ def test_all_params_request_keeps_what_chat_can_carry() -> None:
     assert chat["stop"] == ["string"] and chat["user"] == original["metadata"]["user_id"]
     assert chat["parallel_tool_calls"] is False and chat["tool_choice"] == "auto"
     assert chat["tools"][0]["function"]["parameters"] == original["tools"][0]["input_schema"]
-    assert "top_k" not in chat and "thinking" not in chat and "service_tier" not in chat
+    assert "top_k" not in chat and "thinking" not in chat
+    assert chat["service_tier"] == "auto"  # the tier the hold read goes to an OpenAI-kind upstream as it is
     back = forward(chat)
     assert back["system"] == original["system"] and back["tool_choice"] == original["tool_choice"]
     assert back["metadata"] == original["metadata"] and back["stop_sequences"] == original["stop_sequences"]

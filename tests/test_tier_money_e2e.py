@@ -96,14 +96,14 @@ async def test_a_stream_cut_short_is_charged_at_the_tier_its_chunks_named(tiered
 
 
 async def test_a_discount_no_answer_confirms_is_not_given(tiered: Gateway, claude: Any) -> None:
-    """/v1/messages to an OpenAI model carries no `service_tier` upstream (Anthropic's field has no OpenAI
-    equivalent), so a flex request runs at the standard tier; the answer naming none, it was charged flex."""
+    """A flex request on /v1/messages to an OpenAI model goes to OpenAI as flex, and OpenAI may serve it at the
+    standard tier: an answer naming no tier confirms no discount, so it is charged the standard price, not flex."""
     fake = tiered.extra["upstreams"].openai
     before, _, _ = await key_state(tiered)
     async with claude.messages.stream(model="oai/gpt-4o", max_tokens=100, messages=MESSAGES,
                                       extra_body={"service_tier": "flex"}) as stream:
         final = await stream.get_final_message()
-    assert "service_tier" not in fake.last.body
+    assert fake.last.body["service_tier"] == "flex"
     await assert_charged(tiered, before, STREAM_STANDARD_COST, final.id, "messages")
 
 
