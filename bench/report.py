@@ -208,6 +208,11 @@ def render(results: dict[str, Any]) -> str:
         lines.append(f"instructions per non-streamed request (callgrind, 300 sequential; user space only): gateway "
                      f"{ins['gateway']:.3f} M, pass-through {ins['passthrough']:.3f} M "
                      f"(x{ins['gateway'] / ins['passthrough']:.2f})")
+    ins = results.get("instructions_agent")
+    if ins:
+        lines.append(f"instructions per agent-shaped request (350 KB: 30 tools, 40 tool-call rounds; callgrind, 100 "
+                     f"sequential): gateway {ins['gateway']:.3f} M, pass-through {ins['passthrough']:.3f} M "
+                     f"(x{ins['gateway'] / ins['passthrough']:.2f})")
     prof = results.get("profile")
     if prof and "summary" in prof:
         lines.append(f"\nprofile (py-spy, c=16 non-streamed): {prof['top']}, flame graph {prof['svg']}")
