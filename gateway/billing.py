@@ -52,6 +52,12 @@ def estimate_tokens(text_bytes: int) -> int:
     return -(-text_bytes // 3)
 
 
+def utf8_len(text: str) -> int:
+    """A string's size in UTF-8 without encoding it when it is ASCII (CPython knows that in O(1)): a long prompt or
+    answer is not copied only to be measured."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     """An upper-leaning estimate of a request's prompt tokens, without a tokenizer: an OpenAI chat body or an
     Anthropic Messages body (its top-level `system`, images inside `tool_result` blocks). The one estimate
@@ -63,7 +69,7 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
         tokens += MESSAGE_OVERHEAD
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, str):
-            tokens += estimate_tokens(len(content.encode()))
+            tokens += estimate_tokens(utf8_len(content))
         elif isinstance(content, list):
             tokens += sum(_part_tokens(part, budget) for part in content)
         if isinstance(message, dict) and message.get("tool_calls"):

@@ -33,7 +33,7 @@ Parser = Callable[[bytes, Target], tuple[JSON, Usage]]
 def input_tokens(value: Any) -> int:
     """Tokens of an embeddings/moderations `input`: strings by their length, token-id arrays as counted."""
     if isinstance(value, str):
-        return billing.estimate_tokens(len(value.encode()))
+        return billing.estimate_tokens(billing.utf8_len(value))
     if isinstance(value, list):
         if value and all(isinstance(v, int) for v in value):
             return len(value)

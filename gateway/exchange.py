@@ -139,7 +139,7 @@ class PassthroughExchange:
         answer, usage = self._parse(raw, target)
         choices = answer.get("choices")
         first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
-        text = sum(len(c["text"].encode()) for c in choices or ()
+        text = sum(billing.utf8_len(c["text"]) for c in choices or ()
                    if isinstance(c, dict) and isinstance(c.get("text"), str))
         return Reply(body=answer, usage=usage, finish_reason=first.get("finish_reason"),
                      upstream_id=str(answer.get("id", "")), text_bytes=text)

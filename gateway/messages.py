@@ -144,7 +144,7 @@ class NativeExchange:
         data["model"] = target.public_model
         blocks = [b for b in data["content"] if isinstance(b, dict)]
         tool_use = any(b.get("type") == "tool_use" for b in blocks)
-        text = sum(len(str(b.get("text", "")).encode()) for b in blocks if b.get("type") == "text")
+        text = sum(billing.utf8_len(str(b.get("text", ""))) for b in blocks if b.get("type") == "text")
         return Reply(body=data, usage=anthropic_usage.usage_from(data.get("usage")),
                      finish_reason=anthropic.finish_reason(data.get("stop_reason"), tool_use),
                      upstream_id=str(data.get("id", "")), text_bytes=text)

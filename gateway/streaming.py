@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
-from gateway.billing import restate_usage
+from gateway.billing import restate_usage, utf8_len
 from gateway.errors import GatewayError, UpstreamFailed, error_event
 from gateway.relay import next_data
 from gateway.sse import DONE, SSEWriter, frame
@@ -84,7 +84,7 @@ def text_bytes(chunk: JSON) -> int:
     for choice in chunk.get("choices") or ():
         text = choice.get("text")
         if text.__class__ is str:
-            n += _utf8_len(text)
+            n += utf8_len(text)
         delta = choice.get("delta")
         if delta:
             n += message_bytes(delta)
@@ -97,20 +97,16 @@ def message_bytes(message: JSON) -> int:
     n = 0
     content = message.get("content")
     if content.__class__ is str:
-        n += _utf8_len(content)
+        n += utf8_len(content)
     if (reasoning := reasoning_text(message)):
-        n += _utf8_len(reasoning)
+        n += utf8_len(reasoning)
     if "refusal" in message and (refusal := message["refusal"]).__class__ is str:
-        n += _utf8_len(refusal)
+        n += utf8_len(refusal)
     for call in message.get("tool_calls") or ():
         args = (call.get("function") or {}).get("arguments")
         if isinstance(args, str):
-            n += _utf8_len(args)
+            n += utf8_len(args)
     return n
-
-
-def _utf8_len(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode())
 
 
 def strip_reasoning(message: JSON) -> bool:
@@ -156,7 +152,7 @@ def _content_text(chunk: JSON, counted: int) -> str | None:
     if type(delta) is not dict or choice.get("finish_reason") is not None:
         return None
     text = delta.get("content")
-    if type(text) is not str or not text or counted != _utf8_len(text):
+    if type(text) is not str or not text or counted != utf8_len(text):
         return None
     return text
 
