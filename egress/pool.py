@@ -51,6 +51,7 @@ RETIRE_POLL_S = 1.0  # a session a reload removed is closed once no request uses
 RETIRE_MAX_S = 3600.0  # ... or after this long, whatever is still streaming through it
 FLAP_WINDOW = 10  # probe intervals: an ejection sooner than this after a restoration is a flap ...
 MAX_FLAPS = 5  # ... and doubles the probes the next restoration needs, up to 32 times as many
+RETRY_SOON_S = 1  # Retry-After when a moment may cure it: proxies in service failed, or a reload removed the pool
 
 
 class EgressUnavailable(Exception):
@@ -59,7 +60,7 @@ class EgressUnavailable(Exception):
     def __init__(self, pool: str, reason: str, retry_after_s: int | None = None) -> None:
         super().__init__(f"egress pool '{pool}': {reason}")
         self.pool = pool
-        self.retry_after_s = retry_after_s  # whole seconds until a probe may restore a way out; None: cannot tell
+        self.retry_after_s = retry_after_s  # seconds a client should wait (`Egress.unavailable`); None: no telling
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,24 +293,25 @@ class Egress:
             return [self._direct]
         pool = self.pools.get(pool_name)
         if pool is None:  # a request that started before a reload removed its pool
-            raise EgressUnavailable(pool_name, "the pool is no longer configured")
+            raise self.unavailable(pool_name, "the pool is no longer configured")
         order = pool.order(affinity_key, blocked)
         exits = [Exit(s, s.session) for s in order if s.session is not None][: pool.spec.max_attempts]
         if pool.spec.fallback_direct:  # last: taken when no proxy is healthy, or every one tried failed to connect
             exits.append(self._direct)
         elif not exits:
-            raise EgressUnavailable(pool_name, "no healthy proxy left" + (
-                f" outside the blocked regions {sorted(blocked)}" if blocked else ""),
-                pool.back_in_s(blocked, time.monotonic()))
+            raise self.unavailable(pool_name, "no healthy proxy left" + (
+                f" outside the blocked regions {sorted(blocked)}" if blocked else ""), blocked)
         return exits
 
-    def retry_after_s(self, pool_name: str, blocked: frozenset[str] = frozenset()) -> int | None:
-        """For a request whose every proxy failed to connect: when the pool may have a way out again, if its
-        failures left it none in service (else None: a proxy not ejected may take the next request)."""
+    def unavailable(self, pool_name: str, reason: str, blocked: frozenset[str] = frozenset()) -> EgressUnavailable:
+        """The refusal of a request with no way out of the pool, and when its client should try again, the one
+        answer for every such refusal: RETRY_SOON_S while proxies it may use are in service (they failed this
+        request, not often enough to be ejected: the next may pass) or when the pool is gone (the retry plans
+        on the config now in force); else until a probe may restore one (None: no probe can, only a reload)."""
         pool = self.pools.get(pool_name)
         if pool is None or pool.healthy(blocked):
-            return None
-        return pool.back_in_s(blocked, time.monotonic())
+            return EgressUnavailable(pool_name, reason, RETRY_SOON_S)
+        return EgressUnavailable(pool_name, reason, pool.back_in_s(blocked, time.monotonic()))
 
     def leaving_direct(self, pool_name: str) -> None:
         """A request of a proxy pool about to leave without a proxy (`fallback_direct`): counted, since an

@@ -29,6 +29,23 @@ ERROR_STATUSES = {
     "503": "Provider not configured, no egress, or the store is unavailable",
     "504": "Upstream did not answer in time",
 }
+# answered before any handler (gateway/edge.py, the body reader): 417 and 505 on every operation, 408 on each that
+# reads a body. A method a path does not take is a 405 naming those it takes in `Allow`: OpenAPI lists only the
+# methods a path takes, so Error405 is referenced by no operation (a method absent from a path item is the 405).
+EDGE_STATUSES = {
+    "408": "The request body stalled (60 s without a byte) or was not whole after server.body_timeout_s",
+    "417": "An Expect header other than 100-continue (the body is not read, the connection is closed)",
+    "505": "An HTTP version other than 1.1 and 1.0 (the connection is closed; not worth a retry)",
+}
+_METHOD_NOT_ALLOWED = {"405": "A method the path does not take (Anthropic's error shape under /v1/messages)"}
+_RETRY_AFTER = {"description": "Seconds to wait before trying again", "schema": {"type": "string"}}
+_HEADERS: JSON = {
+    "405": {"Allow": {"description": "The methods the path takes", "required": True, "schema": {"type": "string"}}},
+    "429": {"Retry-After": _RETRY_AFTER},
+    "503": {"Retry-After": _RETRY_AFTER},
+    "505": {"x-should-retry": {"description": "false: the official SDKs do not retry", "required": True,
+                               "schema": {"const": "false"}}},
+}
 
 
 def _ref(name: str) -> JSON:
@@ -152,7 +169,8 @@ def _schemas(models: list[str]) -> JSON:
 
 def _op(summary: str, responses: JSON, *errors: str, security: str | None = "gatewayKey",
         body: str | None = None, params: list[JSON] | None = None) -> JSON:
-    op: JSON = {"summary": summary, "responses": {**responses, **_errors(*errors)}}
+    edge = ("408", "417", "505") if body else ("417", "505")
+    op: JSON = {"summary": summary, "responses": {**responses, **_errors(*errors, *edge)}}
     op["security"] = [{security: []}] if security else []
     if body:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body)}}}
@@ -162,7 +180,14 @@ def _op(summary: str, responses: JSON, *errors: str, security: str | None = "gat
 
 
 def _anthropic_errors() -> JSON:
-    return {s: _json(_ref("AnthropicError"), d) for s, d in ERROR_STATUSES.items()}
+    return {s: _error(d, s, "AnthropicError") for s, d in (ERROR_STATUSES | EDGE_STATUSES).items()}
+
+
+def _error(description: str, status: str, shape: str = "Error") -> JSON:
+    response = _json(_ref(shape), description)
+    if status in _HEADERS:
+        response["headers"] = _HEADERS[status]
+    return response
 
 
 def _other_paths() -> JSON:
@@ -202,6 +227,11 @@ def _paths() -> JSON:
     chat_ok = {"description": "The completion, or its SSE stream when stream is true", "content": {
         "application/json": {"schema": _ref("ChatCompletion")}, "text/event-stream": stream}}
     status = {"type": "object", "properties": {"status": {"type": "string"}}}
+    ready = {"type": "object", "required": ["status", "checks"], "properties": {
+        "status": {"enum": ["ready", "not_ready"]}, "config_age_s": {"type": "number"},
+        "checks": {"type": "object", "properties": {
+            "config": {"const": "ok"}, "store": {"enum": ["ok", "refusing writes", "unreachable"]}}},
+        "store_error": {"type": "string", "description": "the store's own reply, when it refused the write check"}}}
     return {
         **_other_paths(),
         "/v1/chat/completions": {"post": _op("OpenAI chat completion, any configured provider", {"200": chat_ok},
@@ -215,7 +245,7 @@ def _paths() -> JSON:
                                           {"name": "id", "in": "query", "required": True,
                                            "schema": {"type": "string"}}])},
         "/healthz": {"get": _op("The process is alive", {"200": _json(status)}, security=None)},
-        "/readyz": {"get": _op("Ready to serve", {"200": _json(status), "503": _json(status, "Not ready")},
+        "/readyz": {"get": _op("Ready to serve", {"200": _json(ready), "503": _json(ready, "Not ready")},
                                security=None)},
         "/metrics": {"get": _op("Prometheus metrics", {"200": {"description": "Prometheus text", "content": {
             "text/plain": {"schema": {"type": "string"}}}}}, "401", "404", security=None)},
@@ -241,11 +271,14 @@ def document(model_ids: list[str]) -> JSON:
     return {
         "openapi": "3.1.0",
         "info": {"title": "LLM edge gateway", "version": "1",
-                 "description": "OpenAI-compatible gateway: every error is {\"error\": {message, type, param, code}}."},
+                 "description": "OpenAI-compatible gateway: every error is {\"error\": {message, type, param, code}} "
+                                "(Anthropic's shape under /v1/messages). A method a path does not list is a 405 "
+                                "(components.responses.Error405) whose Allow header names those it does."},
         "paths": _paths(),
         "components": {
             "schemas": _schemas(model_ids),
-            "responses": {f"Error{s}": _json(_ref("Error"), d) for s, d in ERROR_STATUSES.items()},
+            "responses": {f"Error{s}": _error(d, s)
+                          for s, d in (ERROR_STATUSES | EDGE_STATUSES | _METHOD_NOT_ALLOWED).items()},
             "securitySchemes": {
                 "gatewayKey": {"type": "http", "scheme": "bearer", "description": "a gateway key, gw-..."},
                 "adminToken": {"type": "http", "scheme": "bearer", "description": "server.admin_token"}},

@@ -78,7 +78,7 @@ async def _inline_images(egress: Egress, route: Route, affinity: str, blocked: f
     try:
         exit_ = egress.plan(route.provider.egress, affinity, blocked)[0]
     except EgressUnavailable as exc:
-        raise egress_unavailable(route.provider_name, str(exc), exc.retry_after_s) from exc
+        raise egress_unavailable(route.provider_name, exc) from exc
     return await inline_remote_images(body, exit_.session, resolve_locally=exit_.resolves_locally)
 
 

@@ -31,11 +31,12 @@ from providers.types import UpstreamHTTPError, UpstreamRequest
 MAX_UPSTREAM_BODY = 64 * 1024 * 1024  # a non-streamed answer larger than this is not a chat answer
 
 
-def egress_unavailable(provider: str, reason: str, retry_after_s: int | None = None) -> Unavailable:
-    """503 egress_unavailable: retryable, since a fallback model may leave by another route. `Retry-After` when
-    the pool can tell when a probe may restore a way out (no sooner can a retry pass)."""
-    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
-    return Unavailable(f"No way out to provider {provider}: {reason}.", code="egress_unavailable", retryable=True,
+def egress_unavailable(provider: str, refusal: EgressUnavailable) -> Unavailable:
+    """503 egress_unavailable: retryable, since a fallback model may leave by another route. `Retry-After` as the
+    pool tells it (`Egress.unavailable`): absent only when no probe can restore a way out."""
+    wait = refusal.retry_after_s
+    headers = {"Retry-After": str(wait)} if wait is not None else None
+    return Unavailable(f"No way out to provider {provider}: {refusal}.", code="egress_unavailable", retryable=True,
                        headers=headers)
 
 
@@ -54,7 +55,7 @@ async def open_upstream(egress: Egress, pool: str, affinity_key: str | None, blo
     try:
         exits = egress.plan(pool, affinity_key, blocked)
     except EgressUnavailable as exc:
-        raise egress_unavailable(provider, str(exc), exc.retry_after_s) from exc
+        raise egress_unavailable(provider, exc) from exc
     timeout, own_s = _connect_timeout(connect_s), first_byte_s + connect_s
     for exit_ in exits:
         if exit_.proxy is None and pool != DIRECT:
@@ -100,8 +101,8 @@ async def open_upstream(egress: Egress, pool: str, affinity_key: str | None, blo
                                   "the request was not sent") from last
         raise UpstreamFailed(f"provider {provider} is unreachable ({type(last).__name__})",
                              code="upstream_unreachable") from last
-    raise egress_unavailable(provider, f"every proxy tried in egress pool '{pool}' failed to connect",
-                             egress.retry_after_s(pool, blocked)) from last
+    refusal = egress.unavailable(pool, "every proxy tried failed to connect", blocked)
+    raise egress_unavailable(provider, refusal) from last
 
 
 @functools.lru_cache(maxsize=64)

@@ -1,5 +1,6 @@
 """What egress tells the operator: one log line per ejection, restoration and pool outage (never one per request),
-and a `Retry-After` on the 503 `egress_unavailable` that says when the pool probes its way out again.
+and a `Retry-After` on every 503 `egress_unavailable`: when the pool probes its way out again, or 1 s while proxies
+that failed the request are still in service.
 
 Real SOCKS proxies (tests/proxies.py) between the gateway and a fake upstream, the openai SDK as the client,
 the gateway's own JSON lines as an operator's journal holds them.
@@ -22,7 +23,7 @@ import yaml
 from fakes.openai_upstream import FakeOpenAI
 from harness import GatewayProcess, closed_port, gateway_config_text
 from proxies import BlackHole, Microsocks
-from test_egress_e2e import _wait_state, chat, config
+from test_egress_e2e import _wait_state, admin_egress, chat, config
 
 PASSWORD = "egress-l0g-s3cret-pw"
 EJECTED, RESTORED = "egress proxy ejected", "egress proxy restored"
@@ -153,6 +154,32 @@ async def test_a_pool_with_no_way_out_says_so_once_and_when_to_retry(upstream: A
     assert back[0]["out_s"] > 0
     assert lines.index(out[0]) < lines.index(back[0])
     no_secret(lines, a, b)
+
+
+async def test_proxies_still_in_service_that_all_failed_a_request_ask_for_a_short_retry(
+        upstream: Any, pair: Any, started: Any) -> None:
+    """Every proxy tried failed to connect, none failed often enough to be ejected: the next request may well
+    pass (a proxy's blip, a restart), so the 503 says `Retry-After: 1`, which the SDK waits for, rather than
+    nothing (the SDK's own first wait is under half a second) or an ejected pool's next probe."""
+    fake, url = upstream
+    a, b = pair
+    gw = await started(config(url, [{"name": "a", "url": a.url}, {"name": "b", "url": b.url}],
+                              health={"interval_s": 60, "eject_after_failures": 5}), fake)
+    a.stop()
+    b.stop()
+    with pytest.raises(openai.APIStatusError) as info:
+        await chat(gw)
+    assert info.value.status_code == 503 and info.value.code == "egress_unavailable", info.value.body
+    assert info.value.response.headers.get("retry-after") == "1"
+    assert {p["name"]: p["state"] for p in (await admin_egress(gw))["proxies"]} == {"a": "up", "b": "up"}
+
+    started_at = time.monotonic()
+    retrying = asyncio.ensure_future(gw.openai(max_retries=1).chat.completions.create(
+        model="viapool/gpt", messages=[{"role": "user", "content": "hi"}]))
+    await asyncio.sleep(0.3)  # the first attempt was refused; the SDK waits out the Retry-After
+    a.start()
+    assert (await retrying).choices[0].message.content
+    assert time.monotonic() - started_at >= 1.0
 
 
 def test_worker_processes_write_egress_lines_as_json_through_the_redactor(

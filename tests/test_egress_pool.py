@@ -229,6 +229,15 @@ async def test_no_way_out_says_when_the_pool_may_have_one_again(egress: Egress) 
     assert refused(egress, frozenset({"de", "nl", "ru", "us"})).retry_after_s is None  # no probe can help
 
 
+async def test_a_pool_a_reload_removed_asks_for_a_short_retry(egress: Egress) -> None:
+    """A request that plans again (a retry, a fallback) after a reload removed its pool: its client's retry
+    resolves the model on the config now in force, so it may pass at once."""
+    await configure(egress)
+    with pytest.raises(EgressUnavailable) as info:
+        egress.plan("gone", "k")
+    assert info.value.retry_after_s == 1 and "no longer configured" in str(info.value)
+
+
 async def test_a_restoration_needing_more_good_probes_is_further_off(egress: Egress) -> None:
     spec = await configure(egress, interval_s=10, probe="tcp://upstream.example:443", restore_after_successes=2)
     eject_all(egress, spec)

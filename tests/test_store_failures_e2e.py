@@ -3,10 +3,11 @@ running gateway with the official openai SDK: a failover that left the gateway o
 memory full under `noeviction` (-OOM), another client's long script (-BUSY), a rotated password
 (-WRONGPASS on reconnect) and connections killed with replies in flight.
 
-For each: the client gets 503 `store_unavailable` naming no secret, /readyz says 503 while it lasts, the
-log says what happened without the password, and once Redis is well again the gateway serves without a
-restart, with nothing charged twice or lost (balance + usage == credits, no hold left, the audit ledger
-summing to the usage). A Redis restart, NOSCRIPT and a stalled Redis are covered in test_faults_load.py.
+For each: the client gets 503 `store_unavailable` naming no secret, /readyz says 503 while it lasts and
+whether Redis refuses writes (in its own words) or cannot be reached, the log says what happened without
+the password, and once Redis is well again the gateway serves without a restart, with nothing charged
+twice or lost (balance + usage == credits, no hold left, the audit ledger summing to the usage). A Redis
+restart, NOSCRIPT and a stalled Redis are covered in test_faults_load.py.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ import pytest
 import redis.asyncio as aioredis
 import secret_audit_plugin
 from harness import Gateway
+from jsonschema import Draft202012Validator
 from redis_server import RedisServer
 from test_faults_load import COST, MESSAGES, Load, ledger_is_exact
+
+from gateway import openapi
 
 PASSWORD = "rotate-me-" + uuid.uuid4().hex  # the Redis password: found in no answer and no log line
 BODY = {"model": "fake/metered", "messages": MESSAGES, "max_tokens": 10}
@@ -68,9 +72,21 @@ async def refused(gw: Gateway) -> None:
     assert PASSWORD not in caught.value.response.text and "redis://" not in caught.value.response.text
 
 
-async def readyz(gw: Gateway) -> int:
+async def not_ready(gw: Gateway, store: str, redis_said: str | None) -> None:
+    """/readyz: 503, the store check saying what is wrong, Redis's own words (which must start with
+    `redis_said`) beside it when it answered, and neither the password nor the store's URL anywhere."""
     async with aiohttp.ClientSession() as http, http.get(gw.url + "/readyz") as resp:
-        return resp.status
+        text = await resp.text()
+        body = await resp.json()
+    assert resp.status == 503 and body["status"] == "not_ready", body
+    assert body["checks"] == {"config": "ok", "store": store}, body
+    if redis_said is None:
+        assert "store_error" not in body, body
+    else:
+        assert body["store_error"].startswith(redis_said), body
+    assert PASSWORD not in text and "redis://" not in text and "127.0.0.1" not in text, text
+    documented = openapi.document([])["paths"]["/readyz"]["get"]["responses"]["503"]
+    Draft202012Validator(documented["content"]["application/json"]["schema"]).validate(body)
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
@@ -88,7 +104,9 @@ async def recovers(gw: Gateway) -> None:
             return False
         return True
     await eventually(serves)
-    assert await readyz(gw) == 200
+    async with aiohttp.ClientSession() as http, http.get(gw.url + "/readyz") as resp:
+        assert resp.status == 200 and await resp.json() == {"status": "ready", "checks": {
+            "config": "ok", "store": "ok"}, "config_age_s": (await resp.json())["config_age_s"]}
 
 
 def no_secret_logged(lines: list[dict[str, Any]]) -> None:
@@ -120,7 +138,7 @@ async def test_readonly_replica_after_failover(gw: Gateway, own_redis: RedisServ
             await admin.replicaof("127.0.0.1", other.port)
             await eventually(lambda: _linked(admin))
             await refused(gw)
-            assert await readyz(gw) == 503
+            await not_ready(gw, "refusing writes", "READONLY You can't write against a read only replica")
             await admin.execute_command("REPLICAOF", "NO", "ONE")
         finally:
             await peer.aclose()
@@ -148,7 +166,7 @@ async def test_oom_refuses_admissions_and_settles_what_was_served(gw: Gateway, a
         assert await in_flight == COST  # the answer was served and billed
         gw.fake.delay_before_headers_s = 0
         await refused(gw)
-        assert await readyz(gw) == 503
+        await not_ready(gw, "refusing writes", "OOM command not allowed when used memory > 'maxmemory'")
     finally:
         await admin.config_set("maxmemory", "0")
     await recovers(gw)
@@ -167,7 +185,7 @@ async def test_busy_script_then_script_kill(gw: Gateway, own_redis: RedisServer,
     try:
         await asyncio.sleep(0.2)
         await refused(gw)
-        assert await readyz(gw) == 503
+        await not_ready(gw, "refusing writes", "BUSY Redis is busy running a script")
     finally:
         await admin.script_kill()
         with contextlib.suppress(Exception):
@@ -188,7 +206,7 @@ async def test_password_rotated_then_restored(gw: Gateway, admin: aioredis.Redis
     try:
         await admin.client_kill_filter(_type="normal", skipme=True)  # the gateway reconnects with the old one
         await refused(gw)
-        assert await readyz(gw) == 503
+        await not_ready(gw, "unreachable", None)  # no way in: Redis answered no command of the gateway's
     finally:
         await admin.config_set("requirepass", PASSWORD)
     await recovers(gw)

@@ -13,7 +13,7 @@ from gateway import metrics as metrics_mod
 from gateway.auth import bearer_matches
 from gateway.errors import Unauthorized
 from gateway.state import RUNTIME, served_here
-from gateway.store import Store, StoreError
+from gateway.store import Store, StoreError, StoreRefused
 
 STORE_CHECK_S = 2.0  # a scrape or readiness probe waits at most this long for the store's answer
 
@@ -22,26 +22,34 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-async def store_answers(store: Store) -> bool:
+async def store_check(store: Store) -> tuple[str, str | None]:
     """Check the store (`Store.ping`: it answers and would take a write), waiting at most STORE_CHECK_S (a
-    black-holed Redis must not hang a scrape), and write the answer to gateway_store_up."""
+    black-holed Redis must not hang a scrape), and write the answer to gateway_store_up. The check's word
+    ("ok", "refusing writes", "unreachable") and, when the store refused, its own words: a replica's
+    READONLY calls for a failover fix, a dead server for a restart, and "unreachable" said both."""
     try:
         async with asyncio.timeout(STORE_CHECK_S):
             await store.ping()
-        up = True
+        state, said = "ok", None
+    except StoreRefused as exc:
+        state, said = "refusing writes", exc.reply
     except (StoreError, TimeoutError):
+        state, said = "unreachable", None
+    if state != "ok":
         metrics_mod.STORE_ERRORS.labels("ping").inc()
-        up = False
-    metrics_mod.store_up(up, force=True)
-    return up
+    metrics_mod.store_up(state == "ok", force=True)
+    return state, said
 
 
 async def readyz(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    checks = {"config": "ok", "store": "ok" if await store_answers(runtime.store) else "unreachable"}
+    store, said = await store_check(runtime.store)
+    checks = {"config": "ok", "store": store}
     ready = all(v == "ok" for v in checks.values())
-    body = {"status": "ready" if ready else "not_ready", "checks": checks,
-            "config_age_s": round(time.time() - runtime.snapshot.loaded_at, 1)}
+    body: dict[str, object] = {"status": "ready" if ready else "not_ready", "checks": checks,
+                               "config_age_s": round(time.time() - runtime.snapshot.loaded_at, 1)}
+    if said is not None:
+        body["store_error"] = said
     return web.json_response(body, status=200 if ready else 503)
 
 
@@ -56,6 +64,6 @@ async def metrics(request: web.Request) -> web.Response:
         raise web.HTTPNotFound()
     if server.metrics_token and not bearer_matches(request, server.metrics_token):
         raise Unauthorized("/metrics needs 'Authorization: Bearer <metrics token>'.", code="invalid_metrics_token")
-    await store_answers(request.app[RUNTIME].store)  # an idle gateway's gauge would otherwise be stale
+    await store_check(request.app[RUNTIME].store)  # an idle gateway's gauge would otherwise be stale
     metrics_mod.CONFIG_AGE.set(time.time() - request.app[RUNTIME].snapshot.loaded_at)
     return web.Response(body=metrics_mod.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})

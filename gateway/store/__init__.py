@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from gateway.store.base import Admission, AdmitResult, KeyRecord, Settlement, Store, StoreError, WindowState
+from gateway.store.base import (
+    Admission,
+    AdmitResult,
+    KeyRecord,
+    Settlement,
+    Store,
+    StoreError,
+    StoreRefused,
+    WindowState,
+)
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
 
@@ -21,6 +30,7 @@ __all__ = [
     "Settlement",
     "Store",
     "StoreError",
+    "StoreRefused",
     "WindowState",
     "open_store",
 ]

@@ -7,6 +7,7 @@ Every check-and-change operation is one atomic step in both.
 Exception tree::
 
     StoreError            the store cannot be reached or answered nonsense (maps to HTTP 503)
+    └── StoreRefused      it answered, refusing the write `Store.ping` asks about (/readyz: "refusing writes")
 """
 
 from __future__ import annotations
@@ -28,6 +29,16 @@ class StoreError(Exception):
     def __init__(self, message: str, maybe_applied: bool = False) -> None:
         super().__init__(message)
         self.maybe_applied = maybe_applied
+
+
+class StoreRefused(StoreError):
+    """The store answered the readiness check with an error (a replica's READONLY, OOM at `maxmemory`, BUSY
+    behind another client's script): reachable, but no admission can pass. `reply` is the store's own
+    words, which name no address and no secret, for an operator to read on /readyz."""
+
+    def __init__(self, message: str, reply: str) -> None:
+        super().__init__(message)
+        self.reply = reply
 
 
 class KeyMissing(ValueError):
@@ -106,7 +117,7 @@ class Settlement:
 
 class Store(Protocol):
     async def ping(self) -> None:
-        """Raise StoreError when the store does not answer, or answers but would refuse a write."""
+        """Raise StoreError when the store does not answer, StoreRefused when it answers but would refuse a write."""
 
     async def close(self) -> None: ...
 

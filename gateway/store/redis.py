@@ -43,8 +43,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
-from gateway.store.base import Admission, AdmitResult, KeyMissing, KeyRecord, Settlement, StoreError
-from gateway.store.boundary import Boundary, RedisPyBoundary, redacted_address, url_secrets
+from gateway.store.base import Admission, AdmitResult, KeyMissing, KeyRecord, Settlement, StoreError, StoreRefused
+from gateway.store.boundary import Boundary, RedisPyBoundary, redact, redacted_address, url_secrets
 from gateway.store.memory import (
     MAX_AMOUNT,
     MAX_TTL_S,
@@ -188,14 +188,21 @@ class RedisStore:
         """Raise StoreError unless Redis would take an admission now. A PING is not enough: a replica left
         behind by a failover and a master at `maxmemory` under `noeviction` answer it, yet refuse every
         script that writes. `_WRITABLE` writes nothing but, declared a writing script, is refused just
-        as an admission is (-READONLY, -OOM, -NOREPLICAS). Redis before 7.0 knows no such declaration: PING."""
+        as an admission is (-READONLY, -OOM, -NOREPLICAS), and that refusal is StoreRefused, so /readyz can tell
+        it from no answer. Redis before 7.0 knows no such declaration: PING."""
         with self._redis_py("ping"):
             try:
                 await self._redis.eval(_WRITABLE, 0)
             except ResponseError as exc:
                 if "compil" not in str(exc):  # "Error compiling script": a server without shebang support
-                    raise
+                    raise self._refused(exc) from exc
                 await self._redis.ping()
+
+    def _refused(self, exc: ResponseError) -> StoreRefused:
+        """Redis's error reply as it wrote it: redis-py strips the code (READONLY, OOM) of those it has a class for."""
+        code = getattr(exc, "status_code", None)
+        reply = redact(f"{code} {exc}" if code else str(exc), self._secrets)
+        return StoreRefused(f"redis ping refused at {self._address}: {reply}", reply)
 
     async def close(self) -> None:
         with self._redis_py("close"):
