@@ -21,6 +21,7 @@ first read of the body (`send_continue`), the other expectations are refused in 
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import random
@@ -30,7 +31,7 @@ from typing import Any
 from aiohttp import hdrs, web, web_urldispatcher
 from aiohttp.helpers import reify
 from aiohttp.http import HttpVersion10, HttpVersion11
-from aiohttp.http_exceptions import BadHttpMethod, ContentEncodingError, LineTooLong
+from aiohttp.http_exceptions import BadHttpMethod, ContentEncodingError, HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from gateway import metrics
@@ -52,6 +53,9 @@ SERVER_NAME = "llm-edge-gateway"
 SERVED_VERSIONS = (HttpVersion11, HttpVersion10)
 CONTINUE = "100-continue"
 CONTINUED = web.RequestKey("continued", bool)  # the request's 100 Continue went out
+CUT_OFF = frozenset({408, 413})  # refusals of a body as it arrives: what is left of it is not waited for
+LINGER_S = 10.0  # aiohttp's lingering time: the longest a refused body's rest is read and dropped
+LINGER_IDLE_S = 2.0  # ... and the silence that ends it (a client writing its body at speed is never this quiet)
 # aiohttp's words that quote nothing of the request: passed on as they are
 _FIXED = frozenset({"Missing 'Host' header in request.", "Duplicate 'Host' header found."})
 # llhttp's reason in aiohttp's C parser's message ("Invalid header value char:\n\n  b'<the line>'\n  ^"):
@@ -170,15 +174,40 @@ def version_not_served() -> GatewayError:
 def refused(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
     """A middleware's error answer, with the connection closed after it when what the client sends next
     cannot be read safely: a request in an HTTP version not served (answered as HTTP/1.1, the only version
-    the gateway speaks: RFC 9110 6.2), and a client still waiting for the 100 Continue before its body (its
+    the gateway speaks: RFC 9110 6.2), a client still waiting for the 100 Continue before its body (its
     next bytes could be that body or its next request: aiohttp discards what comes for at most its lingering
-    time, 10 s, and serves none of it)."""
+    time, 10 s, and serves none of it), and a body refused before it was read whole (`hang_up`)."""
     if request.version not in SERVED_VERSIONS:
         request._cache["version"] = HttpVersion11  # the status line's version (`check_version_pin`)
         response.force_close()
-    elif _owes_continue(request) and not request.content.is_eof():
+    elif not request.content.is_eof() and (response.status in CUT_OFF or _owes_continue(request)):
         response.force_close()
     return response
+
+
+async def hang_up(request: web.Request, response: web.StreamResponse) -> None:
+    """End the connection of a body refused before it was read whole (408: it stalled or was too slow;
+    413: past the limit), once the refusal is written: such a connection cannot carry another request, and
+    aiohttp would keep it open up to its lingering time, 10 s, waiting for a rest that a stalled client
+    never sends. The client reads the refusal and the end of the connection at once (a FIN after it); what
+    it still sends is read and dropped until it is silent for `LINGER_IDLE_S` (at most `LINGER_S`), as
+    closing with its bytes unread would reset the connection, and a client still writing its body (as the
+    SDKs do before they read) would lose its refusal to the reset."""
+    transport = request.transport
+    if response.status not in CUT_OFF or response.keep_alive or request.content.is_eof() or transport is None:
+        return
+    if transport.can_write_eof():
+        transport.write_eof()  # after the refusal, which is still being flushed
+    loop = asyncio.get_running_loop()
+    ends = loop.time() + LINGER_S
+    try:
+        while loop.time() < ends:
+            async with asyncio.timeout(min(LINGER_IDLE_S, ends - loop.time())):
+                if not await request.content.readany():
+                    break
+    except (TimeoutError, ConnectionError, HttpProcessingError):  # silent, gone, or its framing broke
+        pass
+    request.protocol.force_close()
 
 
 _HOOK_PARAMETERS = ["self", "request", "status", "exc", "message"]

@@ -17,7 +17,7 @@ from aiohttp.typedefs import Handler
 
 from gateway import metrics
 from gateway.auth import authenticate, bearer_matches
-from gateway.edge import SERVED_VERSIONS, SERVER_NAME, refused, version_not_served
+from gateway.edge import CUT_OFF, SERVED_VERSIONS, SERVER_NAME, hang_up, refused, version_not_served
 from gateway.errors import (
     ANTHROPIC_PATH,
     GatewayError,
@@ -68,7 +68,6 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     try:
         response = await _respond(request, handler, rid, fields)
         status = response.status if await _send(request, response) else 499
-        return response
     except asyncio.CancelledError:  # cut by the shutdown's grace (or a client gone): not a gateway failure
         status = 499
         raise
@@ -80,6 +79,9 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             access(rid, {"method": request.method, "path": request.path, "status": final,
                          "latency_ms": round(elapsed * 1000, 2), **fields})
         unbind_request_id(bound)
+    if response.status in CUT_OFF:  # after the log line: the request's time is its answer's
+        await hang_up(request, response)
+    return response
 
 
 async def _respond(request: web.Request, handler: Handler, rid: str, fields: dict[str, Any]) -> web.StreamResponse:

@@ -230,8 +230,9 @@ def _paths() -> JSON:
     ready = {"type": "object", "required": ["status", "checks"], "properties": {
         "status": {"enum": ["ready", "not_ready"]}, "config_age_s": {"type": "number"},
         "checks": {"type": "object", "properties": {
-            "config": {"const": "ok"}, "store": {"enum": ["ok", "refusing writes", "unreachable"]}}},
-        "store_error": {"type": "string", "description": "the store's own reply, when it refused the write check"}}}
+            "config": {"const": "ok"}, "store": {"enum": ["ok", "refusing writes", "refusing login", "loading",
+                                                              "unreachable"]}}},
+        "store_error": {"type": "string", "description": "the store's own reply, when it refused the check"}}}
     return {
         **_other_paths(),
         "/v1/chat/completions": {"post": _op("OpenAI chat completion, any configured provider", {"200": chat_ok},

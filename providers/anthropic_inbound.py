@@ -17,37 +17,33 @@ gateway's internal OpenAI chat request, which every adapter already serves, and 
   nearest the model takes; an effort alone the same ("max": the highest it takes; for a token range, the
   effort's share of `max_tokens`); `disabled` -> budget 0, or effort "none", or "minimal" (OpenAI: "very few
   or no reasoning tokens", the nearest to off before gpt-5.1) where the model takes it, else the model's
-  default (Gemini 2.5 Pro refuses budget 0); `adaptive` -> the model's default. What cannot be read (no
-  budget, an effort Anthropic does not have) leaves the model's default, as before.
+  default (Gemini 2.5 Pro refuses budget 0); `adaptive` -> the model's default, as is no budget; an effort
+  Anthropic does not have is refused in its words, whatever the model (`_effort`).
 - Blocks: text -> text parts; images (base64 / url sources) -> `image_url` (data URI / URL);
   `tool_use` -> assistant `tool_calls` (input as JSON text); each `tool_result` -> a `tool` message placed
   before the rest of its user turn (its images, which a `tool` message cannot hold, open the user message
   after the tool messages, behind a text naming the tool call); `thinking` / `redacted_thinking` blocks of
   earlier turns are dropped (one of ours still hands its Gemini signature to the call after it, below), and
   an assistant turn left with nothing is dropped whole.
-- Tools: `input_schema` -> `parameters`; `tool_choice` auto/any/tool/none -> auto/required/named/none (any
-  other type, or a `tool` without its name, is refused in Anthropic's words: dropped, the model would choose
-  freely); `disable_parallel_tool_use` -> `parallel_tool_calls: false`. A tool_use id marked as Gemini's
+- Tools: `input_schema` -> `parameters`; `tool_choice` auto/any/tool/none -> auto/required/named/none; any
+  other type, a `tool` without its name, `any`/`tool` without tools are refused in Anthropic's words (dropped,
+  the model would choose freely); `auto`/`none` without tools send no choice (OpenAI refuses one without
+  tools); `disable_parallel_tool_use` -> `parallel_tool_calls: false`. A tool_use id marked as Gemini's
   (`anthropic_answer.GEMINI_CALL_ID`) goes back as that id, marked in the call's `extra_content` as the Gemini
-  adapter reads it, so the call and its `functionResponse` carry the id Gemini gave.
+  adapter reads it, so the call and its `functionResponse` carry its id.
 - `thinking.display: "omitted"`: the client gets no thinking text (`thinking_shown`; Anthropic answers blocks
   with empty `thinking`), and a budget sent as `reasoning` gets `exclude` (Gemini then sends no thoughts).
 - `output_config.format` (or the beta's `output_format`) json_schema -> `response_format` json_schema.
 - The answer (message or stream events) is `providers.anthropic_answer`'s job.
 - Gemini thought signatures: Gemini 3 refuses the next turn unless each signed function call comes back with
-  its signature, which chat carries as the tool call's `extra_content.google.thought_signature`. Anthropic's
-  format has no field on `tool_use` for it, but its clients keep `thinking` blocks and their signatures (Claude
-  wants them back with tool use), so the signature travels as the `signature` of a thinking block right
-  before the call's `tool_use`: the reasoning block when that is the block just before, else a new block
-  with empty `thinking`. The rule that brings it back: a thinking block directly followed by a `tool_use`,
-  whose signature starts with `GEMINI_SIGNATURE` ("gemini:"), gives that call the rest of the signature.
-  The prefix marks the signatures this module wrote: a conversation begun on Claude carries thinking blocks
-  with Anthropic's own signatures before its tool_use blocks, even with empty `thinking` (Claude's
-  `display: "omitted"`), and Gemini 3 refuses a signature it did not make ("Corrupted thought signature"),
-  where it accepts earlier turns with none. No base64 signature starts with "gemini:", so no foreign one is
-  ever handed on; a client that never talks to Gemini sees and sends nothing new. When such a conversation
-  goes on with Claude on the native route, `anthropic_history.claude_history` leaves the thinking blocks
-  written here behind (Anthropic checks every signature it is sent).
+  its signature (chat: the tool call's `extra_content.google.thought_signature`). Anthropic's `tool_use` has
+  no field for it, but clients keep `thinking` blocks and their signatures, so it travels as the `signature`
+  of a thinking block right before the call's `tool_use` (the reasoning block just before, else a new one with
+  empty `thinking`), behind `GEMINI_SIGNATURE` ("gemini:"), and comes back to that call. The prefix marks the
+  signatures this module wrote: a conversation begun on Claude carries Anthropic's own before its tool_use
+  blocks, which Gemini 3 refuses ("Corrupted thought signature"), and no base64 signature starts with
+  "gemini:". On Claude's native route, `anthropic_history.claude_history` leaves ours behind (Anthropic checks
+  every signature it is sent).
 
 Pure and synchronous: no I/O, no aiohttp. `ProviderError` means the request cannot be expressed.
 """
@@ -72,6 +68,7 @@ from providers.types import (
 )
 
 _TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
+_NEEDS_TOOLS = ("any", "tool")
 _SAMPLING = ("temperature", "top_p", "stream")
 
 
@@ -105,6 +102,8 @@ def chat_body(body: JSON, top_k: bool = False, reasoning_limits: reasoning.Limit
         out.update(reasoning_fields(body, reasoning_limits))
         if isinstance(out.get("reasoning"), dict) and not thinking_shown(body):
             out["reasoning"]["exclude"] = True  # a budget's kinds (Gemini, OpenRouter) then send no thought text
+    elif "output_config" in body:
+        _effort(body)  # refused as Anthropic refuses it, whatever the model
     return out
 
 
@@ -121,9 +120,7 @@ def reasoning_fields(body: JSON, limits: reasoning.Limits) -> JSON:
     if kind == "disabled":
         return _off(limits)
     budget = _count(thinking.get("budget_tokens")) if thinking is not None and kind == "enabled" else None
-    config = body.get("output_config")
-    asked = config.get("effort") if isinstance(config, dict) else None
-    effort = asked if isinstance(asked, str) and asked in _EFFORTS else None  # a list or object is unhashable
+    effort = _effort(body)
     if budget is None and effort is None:
         return {}  # adaptive, or nothing readable: the model's default
     room = _count(body.get("max_tokens"))
@@ -134,6 +131,17 @@ def reasoning_fields(body: JSON, limits: reasoning.Limits) -> JSON:
     level = effort or (reasoning.level_for_share(budget / room) if budget and room else "medium")
     snapped = limits.snap(str(level))
     return {"reasoning_effort": snapped} if snapped else {}
+
+
+def _effort(body: JSON) -> str | None:
+    """`output_config.effort`, None when absent. A value Anthropic does not have is its 400, in its words (it
+    was left to the model's default without a word), one of another type too (tested before the set: unhashable)."""
+    config = body.get("output_config")
+    effort = config.get("effort") if config.__class__ is dict else None
+    if effort is None or (effort.__class__ is str and effort in _EFFORTS):
+        return effort
+    raise Untranslatable("output_config.effort: Input should be 'low', 'medium', 'high', 'xhigh' or 'max'",
+                         param="output_config.effort")
 
 
 def thinking_shown(body: JSON) -> bool:
@@ -358,7 +366,13 @@ def _tools(body: JSON, out: JSON) -> None:
     choice = body.get("tool_choice")
     if not isinstance(choice, dict):
         return
-    out["tool_choice"] = _tool_choice(choice)
+    tool_choice = _tool_choice(choice)
+    if "tools" not in out:  # OpenAI refuses a choice (and the parallel switch) without tools
+        if choice["type"] in _NEEDS_TOOLS:  # a tool must be called: Anthropic refuses it, and so do we
+            raise Untranslatable(f"tool_choice.{choice['type']} may only be specified while providing tools",
+                                 param="tool_choice")
+        return  # auto or none without tools: nothing to choose from, what the model does either way
+    out["tool_choice"] = tool_choice
     if choice.get("disable_parallel_tool_use") is True:
         out["parallel_tool_calls"] = False
 

@@ -50,7 +50,7 @@ def answers_ping(port: int, timeout: float = 0.5) -> bool:
 class RedisServer:
     """One redis-server process; its port and directory survive `stop()` so `start()` brings it back."""
 
-    def __init__(self, port: int | None = None, password: str | None = None) -> None:
+    def __init__(self, port: int | None = None, password: str | None = None, args: tuple[str, ...] = ()) -> None:
         binary = find_binary()
         if binary is None:
             raise FileNotFoundError("redis-server not found on PATH")
@@ -58,6 +58,7 @@ class RedisServer:
         self.port = port if port is not None else free_port()
         self._may_move = port is None  # until it first runs: another process may take a free port before it binds
         self.password = password
+        self.args = args  # more redis-server options ("--enable-debug-command", "yes")
         self.dir = Path(tempfile.mkdtemp(prefix="gw-redis-"))
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -85,6 +86,7 @@ class RedisServer:
         args += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
         if self.password:
             args += ["--requirepass", self.password]
+        args += self.args
         self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -366,6 +366,19 @@ def test_the_alerts_operators_expect_exist() -> None:
     assert any(re.search(r"sum by \(pool\) \(gateway_egress_proxy_up\) == 0", e) for e in exprs)
 
 
+def test_the_store_alert_names_every_word_of_the_readyz_store_check() -> None:
+    """gateway_store_up is 0 for each way the store check fails; the alert tells the operator which to look
+    for on /readyz, since each is fixed differently (a restart, the password, a wait, a failover)."""
+    from gateway import openapi
+
+    ready = openapi.document([])["paths"]["/readyz"]["get"]["responses"]["503"]["content"]["application/json"]
+    words = set(ready["schema"]["properties"]["checks"]["properties"]["store"]["enum"]) - {"ok"}
+    rule = next(r for r in alert_rules() if r["alert"] == "LLMGatewayStoreUnreachable")
+    description = " ".join(rule["annotations"]["description"].split())
+    assert "/readyz" in description
+    assert {word for word in words if f'"{word}"' not in description} == set(), description
+
+
 # --- Grafana ------------------------------------------------------------------------------------------
 
 

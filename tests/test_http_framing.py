@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import zlib
@@ -136,3 +137,150 @@ def test_the_body_deadline_must_be_a_positive_number(value: Any) -> None:
 
     with pytest.raises(ConfigError, match=r"server\.body_timeout_s: must be a number"):
         gateway_config("http://127.0.0.1:9/v1", body_timeout_s=value)
+
+
+# --- a connection whose body was not read whole is closed with its refusal ----------------------------
+
+LINGER_S = 10.0  # aiohttp's lingering time: how long it waited for the rest of a refused body, serving none
+
+
+def raw_head(gateway: Gateway, length: int | None) -> bytes:
+    framing = f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
+    return (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {gateway.key}\r\n"
+            f"Content-Type: application/json\r\n{framing}\r\n\r\n").encode()
+
+
+async def answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], dict[str, Any]]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    status_line, *lines = head.decode("latin-1").removesuffix("\r\n\r\n").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), 10)
+    return int(status_line.split()[1]), headers, json.loads(body)
+
+
+async def ends_within(reader: asyncio.StreamReader, seconds: float) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(), seconds) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:  # closed, though not as cleanly as it should be
+        return True
+
+
+async def trickle(writer: asyncio.StreamWriter, data: bytes, pause_s: float) -> None:
+    with contextlib.suppress(ConnectionError):
+        for i in range(len(data)):
+            writer.write(data[i:i + 1])
+            await writer.drain()
+            await asyncio.sleep(pause_s)
+
+
+BODY_NOT_READ_WHOLE = [
+    pytest.param("stalled", 408, "request_timeout", id="stalled-408"),
+    pytest.param("trickling", 408, "request_timeout", id="trickling-past-the-deadline-408"),
+    pytest.param("declared-too-long", 413, "request_too_large", id="declared-length-over-the-limit-413"),
+    pytest.param("chunked-too-long", 413, "request_too_large", id="chunked-body-past-the-limit-413"),
+]
+
+
+async def closed_for_good(writer: asyncio.StreamWriter, within_s: float) -> bool:
+    """Whether the gateway's side of the connection is gone (not only its writing half): bytes sent to a
+    closed socket are answered with a reset, which the next write finds."""
+    loop = asyncio.get_running_loop()
+    ends = loop.time() + within_s
+    while loop.time() < ends:
+        try:
+            writer.write(b" ")
+            await writer.drain()
+        except ConnectionError:  # EPIPE / ECONNRESET
+            return True
+        if writer.is_closing():  # asyncio closed its transport on the failed send
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize(("case", "status", "code"), BODY_NOT_READ_WHOLE)
+async def test_a_refusal_before_the_body_was_read_whole_ends_the_connection_at_once(
+        make_gateway: Any, monkeypatch: Any, case: str, status: int, code: str) -> None:
+    """Such a connection cannot carry another request (the rest of its body would come first), yet aiohttp
+    kept it open up to its lingering time, 10 s after the refusal, waiting for that rest: a stalled client's
+    connection held for nothing. The refusal says `Connection: close`, the client reads the end right after
+    it, and the gateway lets go of the connection once the client is silent."""
+    from gateway import edge, requests
+    monkeypatch.setattr(requests, "BODY_IDLE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(edge, "LINGER_IDLE_S", 0.3)
+    gateway = await make_gateway(body_timeout_s=1.0)
+    host, port = gateway.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    body = chat("x" * 2000)
+    sender = None
+    if case == "stalled":
+        writer.write(raw_head(gateway, 1000) + b'{"model":')
+    elif case == "trickling":  # a byte every 0.1 s: never silent for 0.5 s, not whole after 1 s
+        writer.write(raw_head(gateway, len(body)))
+        sender = asyncio.create_task(trickle(writer, body, 0.1))
+    elif case == "declared-too-long":
+        writer.write(raw_head(gateway, 10_000_000) + body)
+    else:  # chunked: past the 65536-byte limit, then silent (no last chunk)
+        writer.write(raw_head(gateway, None) + b"%x\r\n" % 70_000 + b" " * 70_000 + b"\r\n")
+    try:
+        got, headers, payload = await answer(reader)
+        assert (got, payload["error"]["code"]) == (status, code), payload
+        validate(payload, "ErrorResponse")
+        assert headers.get("connection") == "close", headers
+        assert await ends_within(reader, 1.0), "the connection outlived its refusal"
+        if sender is not None:
+            sender.cancel()
+        await asyncio.sleep(0.5)  # silent past LINGER_IDLE_S
+        assert await closed_for_good(writer, LINGER_S / 4), "the gateway held the connection after its refusal"
+    finally:
+        if sender is not None:
+            sender.cancel()
+        writer.close()
+    await untouched(gateway)
+
+
+async def test_a_whole_body_over_the_limit_sent_at_once_still_gets_its_413(make_gateway: Any) -> None:
+    """A client that writes its whole oversized body before it reads (as the SDKs do) is still sending when
+    the 413 is decided: closing at once must not reset the connection before that client reads its 413."""
+    gateway = await make_gateway()
+    host, port = gateway.url.removeprefix("http://").split(":")
+    for _ in range(5):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        data = chat("x" * 1_000_000)
+        try:
+            writer.write(raw_head(gateway, len(data)) + data)
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            got, _, payload = await answer(reader)
+            assert (got, payload["error"]["code"]) == (413, "request_too_large"), payload
+        finally:
+            writer.close()
+    await untouched(gateway)
+
+
+@pytest.mark.parametrize("gateway", ["memory"], indirect=True)
+async def test_a_keep_alive_client_keeps_its_connection_across_answers_and_refusals(gateway: Gateway) -> None:
+    """Requests whose bodies were read whole keep the connection for the next one: a refusal (invalid JSON,
+    a body over the limit read whole), a body that came in pieces, and a plain answer, all on one connection."""
+    host, port = gateway.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    body = chat("hi")
+    try:
+        writer.write(raw_head(gateway, 9) + b"not json!")
+        got, headers, payload = await answer(reader)
+        assert (got, payload["error"]["code"], headers.get("connection")) == (400, "invalid_json", None), payload
+        writer.write(raw_head(gateway, len(body)) + body[:10])
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.write(body[10:])
+        got, headers, payload = await answer(reader)
+        assert (got, headers.get("connection")) == (200, None), payload
+        assert payload["choices"][0]["message"]["content"]
+        writer.write(raw_head(gateway, len(body)) + body)
+        got, headers, _ = await answer(reader)
+        assert (got, headers.get("connection")) == (200, None)
+    finally:
+        writer.close()
+    assert len(gateway.fake.requests) == 2

@@ -41,6 +41,31 @@ async def test_an_unknown_tool_choice_is_anthropics_400(api_gateway: Gateway, cl
     assert counted.value.body["error"]["param"] == "tool_choice.type"  # type: ignore[index]
 
 
+@pytest.mark.parametrize("model", ["oai/gpt-4o", "google/flash"])
+async def test_a_tool_choice_without_tools_is_anthropics_400(api_gateway: Gateway, claude: anthropic.AsyncAnthropic,
+                                                             model: str) -> None:
+    """OpenAI was sent `tool_choice` and `parallel_tool_calls: false` without `tools`, which it refuses ("only
+    allowed when 'tools' are specified"); Gemini's translation dropped them. Anthropic refuses a choice that a tool
+    be called without tools; `auto` without tools is served with no choice sent."""
+    before = _sent(api_gateway, model)
+    choice: Any = {"type": "any", "disable_parallel_tool_use": True}
+    with pytest.raises(anthropic.BadRequestError) as info:
+        await claude.messages.create(model=model, max_tokens=40, messages=MESSAGES, tool_choice=choice)
+    error = info.value.body["error"]  # type: ignore[index]
+    assert (error["type"], error["param"]) == ("invalid_request_error", "tool_choice"), error
+    assert "may only be specified while providing tools" in error["message"]
+    assert _sent(api_gateway, model) == before
+    with pytest.raises(anthropic.BadRequestError) as counted:
+        await claude.messages.count_tokens(model=model, messages=MESSAGES, tool_choice=choice)
+    assert counted.value.body["error"]["param"] == "tool_choice"  # type: ignore[index]
+    await claude.messages.create(model=model, max_tokens=40, messages=MESSAGES,
+                                 tool_choice={"type": "auto", "disable_parallel_tool_use": True})
+    assert _sent(api_gateway, model) == before + 1
+    if model.startswith("oai/"):
+        sent = api_gateway.extra["upstreams"].openai.requests[-1].body
+        assert not {"tool_choice", "parallel_tool_calls"} & sent.keys(), sent
+
+
 async def test_disable_parallel_tool_use_reaches_openai(api_gateway: Gateway,
                                                         claude: anthropic.AsyncAnthropic) -> None:
     await claude.messages.create(model="oai/gpt-4o", max_tokens=40, messages=MESSAGES, tools=NOW_TOOL,

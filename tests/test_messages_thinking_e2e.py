@@ -165,15 +165,25 @@ async def test_a_model_without_limits_leaves_thinking_out(gw: Gateway, all_upstr
     assert message.content[-1].type == "text"
 
 
-async def test_an_effort_that_is_no_string_is_left_out_not_a_500(gw: Gateway, all_upstreams: Upstreams,
-                                                                claude: anthropic.AsyncAnthropic) -> None:
-    """`output_config.effort` as a list or an object names no effort: the model's default, as for any other
-    unreadable effort, not a 500 from looking an unhashable value up in the set of Anthropic's efforts."""
-    for effort in (["high"], {"level": "high"}):
-        message = await claude.messages.create(model="oai/gpt-5", max_tokens=1000, messages=MESSAGES,
-                                               extra_body={"output_config": {"effort": effort}})
-        assert "reasoning_effort" not in all_upstreams.openai.last.body
-        assert message.content[-1].type == "text"
+REFUSED_EFFORT = "output_config.effort: Input should be 'low', 'medium', 'high', 'xhigh' or 'max'"  # Claude's words
+
+
+@pytest.mark.parametrize("model", ["oai/gpt-5", "google/flash", "oai/gpt-4o"])
+async def test_an_effort_anthropic_does_not_have_is_its_400(gw: Gateway, all_upstreams: Upstreams,
+                                                            claude: anthropic.AsyncAnthropic, model: str) -> None:
+    """`output_config.effort` Anthropic does not have ("extreme", a list, an object) was left to the model's
+    default without a word; Claude answers it with a 400 naming its efforts, and so does the translated route,
+    on a model with reasoning limits or without, before anything is held or sent (not a 500 either, from looking
+    an unhashable value up in the set of Anthropic's efforts)."""
+    sent = len(all_upstreams.openai.requests) + len(all_upstreams.gemini.requests)
+    for effort in ("extreme", ["high"], {"level": "high"}):
+        with pytest.raises(anthropic.BadRequestError) as info:
+            await claude.messages.create(model=model, max_tokens=1000, messages=MESSAGES,
+                                         extra_body={"output_config": {"effort": effort}})
+        error = info.value.body["error"]  # type: ignore[index]
+        assert (error["type"], error["param"]) == ("invalid_request_error", "output_config.effort"), error
+        assert error["message"].endswith(": " + REFUSED_EFFORT), error
+    assert len(all_upstreams.openai.requests) + len(all_upstreams.gemini.requests) == sent
 
 
 async def test_a_presets_effort_is_set_over_claude_codes_budget(gw: Gateway, all_upstreams: Upstreams,

@@ -60,6 +60,34 @@ def test_a_tool_choice_anthropic_refuses_is_refused_not_dropped(choice: dict[str
         assert ALLOWED in str(info.value)
 
 
+@pytest.mark.parametrize("tools", [None, []], ids=["no-tools", "empty-tools"])
+@pytest.mark.parametrize("choice", [{"type": "any"}, {"type": "tool", "name": "now"}], ids=["any", "tool"])
+def test_a_tool_choice_without_tools_is_refused_as_anthropic_refuses_it(choice: dict[str, Any],
+                                                                       tools: list[Any] | None) -> None:
+    """It went upstream as chat's `tool_choice` without `tools`, which OpenAI refuses ("only allowed when 'tools'
+    are specified"); a choice that a tool be called is refused by Anthropic itself."""
+    body = {**BASE, "tool_choice": choice, "tools": tools}
+    if tools is None:
+        del body["tools"]
+    with pytest.raises(Untranslatable) as info:
+        anthropic_inbound.chat_body(body)
+    assert info.value.param == "tool_choice"
+    assert str(info.value) == f"tool_choice.{choice['type']} may only be specified while providing tools"
+
+
+@pytest.mark.parametrize("tools", [None, []], ids=["no-tools", "empty-tools"])
+@pytest.mark.parametrize("choice", [{"type": "auto", "disable_parallel_tool_use": True}, {"type": "none"}],
+                         ids=["auto-not-parallel", "none"])
+def test_a_choice_needing_no_tool_goes_without_tools_unsaid(choice: dict[str, Any], tools: list[Any] | None) -> None:
+    """`auto` or `none` without tools asks nothing the model would not do anyway; OpenAI refuses `tool_choice` and
+    `parallel_tool_calls` without tools, so neither goes."""
+    body = {**BASE, "tool_choice": choice, "tools": tools}
+    if tools is None:
+        del body["tools"]
+    out = anthropic_inbound.chat_body(body)
+    assert not {"tools", "tool_choice", "parallel_tool_calls"} & out.keys(), out
+
+
 @pytest.mark.parametrize(("choice", "expected"), [
     ({"type": "auto", "disable_parallel_tool_use": True}, "auto"),
     ({"type": "any", "disable_parallel_tool_use": True}, "required"),

@@ -17,7 +17,7 @@ import pytest
 from gateway.messages import TranslatedExchange
 from providers import anthropic_inbound, registry
 from providers.reasoning import Limits
-from providers.types import Target
+from providers.types import Target, Untranslatable
 
 FLASH = Limits(budget=(0, 24576), can_disable=True)  # Gemini 2.5 Flash: 0 to 24,576 (0 turns it off)
 LITE = Limits(budget=(512, 24576), can_disable=True)  # Gemini 2.5 Flash-Lite: 512 to 24,576, or 0
@@ -130,15 +130,25 @@ def test_disabled_turns_thinking_off_only_where_the_model_can(limits: Limits, as
     {"thinking": {"type": "enabled", "budget_tokens": 0}},
     {"thinking": "on"},
     {"thinking": {"type": "sometimes", "budget_tokens": 4096}},
-    {"output_config": {"effort": "extreme"}},
-    {"output_config": {"effort": "none"}},  # not one of Anthropic's efforts
     {"output_config": "high"},
-    {"output_config": {"effort": ["high"]}},  # not a string: no effort, and no TypeError (a 500)
-    {"output_config": {"effort": {"level": "high"}}},
+    {"output_config": {"effort": None}},
 ], ids=str)
 def test_what_says_nothing_readable_leaves_the_models_default(fields: dict[str, Any]) -> None:
     for limits in (FLASH, PRO, GPT5, GPT51):
         assert _asked(limits, _body(**fields)) == {}
+
+
+@pytest.mark.parametrize("effort", ["extreme", "none", "HIGH", ["high"], {"level": "high"}, 3], ids=str)
+def test_an_effort_anthropic_does_not_have_is_refused_as_anthropic_refuses_it(effort: Any) -> None:
+    """It was left to the model's default without a word, where Anthropic answers a 400 naming its efforts; a
+    value of another type is the same 400 (and no TypeError from looking it up: a 500). Whatever the model's
+    reasoning limits, known or not."""
+    for limits in (FLASH, PRO, GPT5, GPT51, None):
+        with pytest.raises(Untranslatable) as info:
+            anthropic_inbound.chat_body(_body(thinking={"type": "adaptive"}, output_config={"effort": effort}),
+                                        reasoning_limits=limits)
+        assert info.value.param == "output_config.effort"
+        assert str(info.value) == "output_config.effort: Input should be 'low', 'medium', 'high', 'xhigh' or 'max'"
 
 
 @pytest.mark.parametrize("fields", [

@@ -422,7 +422,7 @@ async def test_startup_says_why_the_store_does_not_answer_and_keeps_its_password
                 await asyncio.sleep(0.1)
         assert waiting, gw.stdout()
         reason = waiting[0]["reason"]
-        assert "AuthenticationError" in reason and f"127.0.0.1:{redis.port}" in reason
+        assert "refused" in reason and "WRONGPASS" in reason and f"127.0.0.1:{redis.port}" in reason  # Redis's words
         assert wrong not in gw.stdout() + gw.stderr()
 
 

@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 import secret_audit_plugin
 from harness import Gateway
 from jsonschema import Draft202012Validator
+from redis.exceptions import BusyLoadingError
 from redis_server import RedisServer
 from test_faults_load import COST, MESSAGES, Load, ledger_is_exact
 
@@ -36,9 +37,10 @@ BODY = {"model": "fake/metered", "messages": MESSAGES, "max_tokens": 10}
 
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
-    """A password-protected redis-server of this test's own: its faults disturb no other test."""
+    """A password-protected redis-server of this test's own: its faults disturb no other test (DEBUG RELOAD
+    makes it load its dataset as after a restart)."""
     secret_audit_plugin.register(PASSWORD)
-    with RedisServer(password=PASSWORD) as server:
+    with RedisServer(password=PASSWORD, args=("--enable-debug-command", "yes")) as server:
         yield server
 
 
@@ -206,7 +208,8 @@ async def test_password_rotated_then_restored(gw: Gateway, admin: aioredis.Redis
     try:
         await admin.client_kill_filter(_type="normal", skipme=True)  # the gateway reconnects with the old one
         await refused(gw)
-        await not_ready(gw, "unreachable", None)  # no way in: Redis answered no command of the gateway's
+        # Redis answers, refusing the login: the password in the gateway's REDIS_URL is the one to fix
+        await not_ready(gw, "refusing login", "WRONGPASS invalid username-password pair")
     finally:
         await admin.config_set("requirepass", PASSWORD)
     await recovers(gw)
@@ -216,6 +219,40 @@ async def test_password_rotated_then_restored(gw: Gateway, admin: aioredis.Redis
     no_secret_logged(lines)
     assert rotated not in repr(lines)
     assert logged(lines, "invalid username-password pair")  # WRONGPASS, in redis-py's words or Redis's
+
+
+async def test_loading_its_dataset_after_a_restart(gw: Gateway, own_redis: RedisServer, admin: aioredis.Redis,
+                                                   log_lines: Any) -> None:
+    """A Redis restarted with a large dataset answers -LOADING to every command until it has read it: a
+    wait, not a fault to fix. /readyz says so apart from "unreachable" (a dead server)."""
+    await served(gw)
+    await admin.execute_command("DEBUG", "POPULATE", "3000", "filler")
+    await admin.config_set("key-load-delay", "1000")  # µs per key: some 3 s of loading
+    await admin.config_set("loading-process-events-interval-bytes", "1024")  # answer clients while loading
+    probe = aioredis.from_url(own_redis.url)
+    reload = asyncio.ensure_future(admin.execute_command("DEBUG", "RELOAD"))  # as a restart loads the RDB
+    try:
+        await eventually(lambda: _loading(probe))
+        await refused(gw)
+        await not_ready(gw, "loading", "LOADING Redis is loading the dataset in memory")
+        assert not reload.done(), "the dataset loaded before the checks ran: raise key-load-delay"
+    finally:
+        await reload
+        await admin.config_set("key-load-delay", "0")
+        await probe.aclose()
+    await recovers(gw)
+    _, usage = await ledger_is_exact(gw, gw.key_id)
+    assert usage == 2 * COST
+    no_secret_logged(log_lines())
+    assert logged(log_lines(), "loading")
+
+
+async def _loading(client: aioredis.Redis) -> bool:
+    try:
+        await client.get("x")
+    except BusyLoadingError:
+        return True
+    return False
 
 
 async def test_connections_killed_mid_load(gw: Gateway, admin: aioredis.Redis) -> None:

@@ -16,6 +16,7 @@ from gateway.state import RUNTIME, served_here
 from gateway.store import Store, StoreError, StoreRefused
 
 STORE_CHECK_S = 2.0  # a scrape or readiness probe waits at most this long for the store's answer
+_REFUSING = {"writes": "refusing writes", "login": "refusing login", "loading": "loading"}  # /readyz's words
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -25,14 +26,15 @@ async def healthz(request: web.Request) -> web.Response:
 async def store_check(store: Store) -> tuple[str, str | None]:
     """Check the store (`Store.ping`: it answers and would take a write), waiting at most STORE_CHECK_S (a
     black-holed Redis must not hang a scrape), and write the answer to gateway_store_up. The check's word
-    ("ok", "refusing writes", "unreachable") and, when the store refused, its own words: a replica's
-    READONLY calls for a failover fix, a dead server for a restart, and "unreachable" said both."""
+    ("ok", "refusing writes", "refusing login", "loading", "unreachable") and, when the store refused, its
+    own words: a replica's READONLY calls for a failover fix, a rotated password for the gateway's URL, a
+    restart still loading its dataset for a wait, a dead server for a restart; "unreachable" said all four."""
     try:
         async with asyncio.timeout(STORE_CHECK_S):
             await store.ping()
         state, said = "ok", None
     except StoreRefused as exc:
-        state, said = "refusing writes", exc.reply
+        state, said = _REFUSING.get(exc.refusing, "refusing writes"), exc.reply
     except (StoreError, TimeoutError):
         state, said = "unreachable", None
     if state != "ok":

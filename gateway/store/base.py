@@ -7,7 +7,9 @@ Every check-and-change operation is one atomic step in both.
 Exception tree::
 
     StoreError            the store cannot be reached or answered nonsense (maps to HTTP 503)
-    └── StoreRefused      it answered, refusing the write `Store.ping` asks about (/readyz: "refusing writes")
+    └── StoreRefused      it answered `Store.ping`, refusing: the write it asks about, the gateway's login,
+                          or anything until its dataset is loaded (/readyz: "refusing writes", "refusing
+                          login", "loading")
 """
 
 from __future__ import annotations
@@ -32,13 +34,16 @@ class StoreError(Exception):
 
 
 class StoreRefused(StoreError):
-    """The store answered the readiness check with an error (a replica's READONLY, OOM at `maxmemory`, BUSY
-    behind another client's script): reachable, but no admission can pass. `reply` is the store's own
-    words, which name no address and no secret, for an operator to read on /readyz."""
+    """The store answered the readiness check with an error: reachable, but no admission can pass. `refusing`
+    is what an operator fixes: "writes" (a replica's READONLY, OOM at `maxmemory`, BUSY behind another
+    client's script: a failover or memory), "login" (a rotated password: the gateway's URL) or "loading"
+    (a restart still reading its dataset: a wait). `reply` is the store's own words, which name no address
+    and no secret, for an operator to read on /readyz."""
 
-    def __init__(self, message: str, reply: str) -> None:
+    def __init__(self, message: str, reply: str, refusing: str = "writes") -> None:
         super().__init__(message)
         self.reply = reply
+        self.refusing = refusing
 
 
 class KeyMissing(ValueError):

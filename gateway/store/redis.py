@@ -41,7 +41,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ResponseError
+from redis.exceptions import AuthenticationError, BusyLoadingError, RedisError, ResponseError
 
 from gateway.store.base import Admission, AdmitResult, KeyMissing, KeyRecord, Settlement, StoreError, StoreRefused
 from gateway.store.boundary import Boundary, RedisPyBoundary, redact, redacted_address, url_secrets
@@ -193,16 +193,20 @@ class RedisStore:
         with self._redis_py("ping"):
             try:
                 await self._redis.eval(_WRITABLE, 0)
+            except AuthenticationError as exc:  # WRONGPASS, NOAUTH: redis-py's own class, no parsing of words
+                raise self._refused(exc, "login") from exc
+            except BusyLoadingError as exc:  # LOADING
+                raise self._refused(exc, "loading") from exc
             except ResponseError as exc:
                 if "compil" not in str(exc):  # "Error compiling script": a server without shebang support
                     raise self._refused(exc) from exc
                 await self._redis.ping()
 
-    def _refused(self, exc: ResponseError) -> StoreRefused:
+    def _refused(self, exc: RedisError, refusing: str = "writes") -> StoreRefused:
         """Redis's error reply as it wrote it: redis-py strips the code (READONLY, OOM) of those it has a class for."""
         code = getattr(exc, "status_code", None)
         reply = redact(f"{code} {exc}" if code else str(exc), self._secrets)
-        return StoreRefused(f"redis ping refused at {self._address}: {reply}", reply)
+        return StoreRefused(f"redis ping refused at {self._address}: {reply}", reply, refusing)
 
     async def close(self) -> None:
         with self._redis_py("close"):
