@@ -23,7 +23,7 @@ from pathlib import Path
 
 import procs
 import profile_stacks
-from rig import VARIANTS, Bench, Settings, gateway_config, quiet, warm_gently, wrk
+from rig import CHAT, VARIANTS, Bench, Settings, gateway_config, quiet, warm_gently, wrk
 
 
 def measure(bench: Bench, target: str, variant: str, concurrency: int, seconds: int) -> dict[str, float]:
@@ -31,7 +31,8 @@ def measure(bench: Bench, target: str, variant: str, concurrency: int, seconds: 
     pids = [server.proc.pid]
     before = procs.cpu_ticks()
     t0 = time.monotonic()
-    out = wrk(server.port, bench.bodies[variant], bench.key, concurrency, 1, seconds)
+    out = wrk(server.port, bench.bodies[variant], bench.key, concurrency, 1, seconds,
+              CHAT if target in ("passthrough", "upstream") else VARIANTS[variant].path)
     wall = time.monotonic() - t0
     after = procs.cpu_ticks()
     ticks = sum(after[p][1] - before[p][1] for p in pids if p in after and p in before)
@@ -92,7 +93,7 @@ def main() -> int:
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.5)
             wrk(bench.servers["gateway"].port, bench.bodies[args.variant], bench.key, args.pyspy_concurrency, 1,
-                args.pyspy)
+                args.pyspy, VARIANTS[args.variant].path)
             spy.wait()
             raw = (workdir / "profile.txt").read_text()
             print(profile_stacks.render(profile_stacks.summarise(raw)))

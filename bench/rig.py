@@ -20,20 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import procs
+from bodies import PROMPT, agent_conversation, agent_messages
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
 PY = sys.executable
 CHAT = "/v1/chat/completions"
+MESSAGES = "/v1/messages"
 GATEWAY_ENV = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}  # as deploy/systemd's unit sets them
 NOISY_PCT = 25.0  # a run during which other processes used more than this % of a core is marked noisy
 MICROSOCKS_TUNNEL = re.compile(r"^client\[\d+\] \S+: connected to (\S+)$", re.M)  # as tests/proxies.py
-PROMPT = [
-    {"role": "system", "content": "You are a helpful assistant. Answer briefly and precisely."},
-    {"role": "user", "content": "Summarise in two sentences why a gateway should add almost no latency "
-                                "to each request it relays to a language model provider."},
-]
 
 
 @dataclass(frozen=True)
@@ -43,6 +40,7 @@ class Variant:
     stream: bool
     chunks: int  # content chunks per answer (0: not streamed)
     turns: int = 0  # tool-call rounds of an agent's conversation before the question (0: PROMPT alone)
+    path: str = CHAT  # where the gateway is sent it (the pass-through relays any body to chat)
 
 
 VARIANTS = {
@@ -51,6 +49,9 @@ VARIANTS = {
     "s1000": Variant("s1000", "bench-1000", True, 1000),
     # what a coding agent sends each turn: ~30 tools with schemas, 40 rounds of calls and results holding code
     "agent": Variant("agent", "bench-20", False, 0, turns=40),
+    # the same conversation as Claude Code sends it (Anthropic's format: system blocks with cache marks, tools
+    # with input_schema, tool_use / tool_result blocks), streamed, on /v1/messages translated to the OpenAI upstream
+    "agent-messages": Variant("agent-messages", "bench-20", True, 20, turns=40, path=MESSAGES),
 }
 
 
@@ -131,35 +132,14 @@ def gateway_config(redis_port: int, upstream_ports: list[int], socks_port: int |
 
 
 def body_for(variant: Variant) -> bytes:
+    if variant.path == MESSAGES:
+        return json.dumps({"model": variant.model, **agent_messages(variant.turns), "stream": variant.stream}).encode()
     body: dict[str, Any] = {"model": variant.model, "messages": PROMPT}
     if variant.turns:
         body.update(agent_conversation(variant.turns))
     if variant.stream:
         body["stream"] = True
     return json.dumps(body).encode()
-
-
-def agent_conversation(turns: int) -> dict[str, Any]:
-    """An agent's request after `turns` tool calls (~7 KB each: the call, a source file as its result, a
-    remark), with the tools it may call: the shape coding agents send every turn, a few hundred KB."""
-    source = "".join(f"def handler_{i}(request, store):\n    if request.get('items', [])[{i}:]:\n"
-                     f"        return {{'ok': store.put({{'n': {i}}})}}\n    return None\n\n" for i in range(60))
-    tools = [{"type": "function", "function": {
-        "name": f"tool_{t}", "description": f"Tool number {t}: reads, edits or runs something in the workspace.",
-        "parameters": {"type": "object", "required": ["path"], "properties": {
-            "path": {"type": "string", "description": "A path in the workspace."},
-            "lines": {"type": "array", "items": {"type": "integer"}, "description": "Line numbers."},
-            "options": {"type": "object", "properties": {"recursive": {"type": "boolean"},
-                                                         "limit": {"type": "integer", "minimum": 1}}}}}}}
-        for t in range(30)]
-    messages: list[dict[str, Any]] = list(PROMPT)
-    for turn in range(turns):
-        call = {"id": f"call_{turn:04d}", "type": "function",
-                "function": {"name": f"tool_{turn % 30}", "arguments": json.dumps({"path": f"src/m{turn}.py"})}}
-        messages += [{"role": "assistant", "content": None, "tool_calls": [call]},
-                     {"role": "tool", "tool_call_id": call["id"], "content": source},
-                     {"role": "user", "content": f"Now look at the next file ({turn})."}]
-    return {"messages": messages, "tools": tools}
 
 
 # --- the environment -------------------------------------------------------------------------------
@@ -250,13 +230,14 @@ class Bench:
     def check(self, target: str, variant: Variant) -> None:
         """One request before measuring: 200, and for streams every chunk and [DONE] arrived."""
         server = self.servers[target]
-        status, body = post(server.port, self.bodies[variant.name].read_bytes(), self.key)
+        path = CHAT if target == "passthrough" else variant.path
+        status, body = post(server.port, self.bodies[variant.name].read_bytes(), self.key, path=path)
         if status != 200:
             raise RuntimeError(f"{target}/{variant.name}: HTTP {status}: {body[:500]!r}")
         if variant.stream:
-            events = body.count(b"data: ")
-            if b"data: [DONE]" not in body or events < variant.chunks + 1:
-                raise RuntimeError(f"{target}/{variant.name}: {events} events, no [DONE]?\n{body[-500:]!r}")
+            events, end = body.count(b"data: "), b"event: message_stop" if path == MESSAGES else b"data: [DONE]"
+            if end not in body or events < variant.chunks + 1:
+                raise RuntimeError(f"{target}/{variant.name}: {events} events, no {end!r}?\n{body[-500:]!r}")
         if target.startswith("gateway") and b'"billing"' not in body:
             raise RuntimeError(f"{target}/{variant.name}: no billing block in the answer: {body[-500:]!r}")
 
@@ -282,13 +263,14 @@ def drive_sequential(bench: Bench, server: procs.Server, target: str, variant: s
     else:
         procs.wait_http_ok(server, "/readyz", timeout=ready_timeout)
     body = bench.bodies[variant].read_bytes()
+    path = CHAT if target == "passthrough" else VARIANTS[variant].path
     conn = http.client.HTTPConnection(procs.HOST, server.port, timeout=120)
     try:
         for _ in range(warmup):
-            post(server.port, body, bench.key, conn)
+            post(server.port, body, bench.key, conn, path)
         on()
         for _ in range(requests):
-            status, answer = post(server.port, body, bench.key, conn)
+            status, answer = post(server.port, body, bench.key, conn, path)
             if status != 200:
                 raise RuntimeError(f"{target}: HTTP {status}: {answer[:300]!r}")
         off()
@@ -296,11 +278,12 @@ def drive_sequential(bench: Bench, server: procs.Server, target: str, variant: s
         conn.close()
 
 
-def post(port: int, body: bytes, key: str, conn: http.client.HTTPConnection | None = None) -> tuple[int, bytes]:
+def post(port: int, body: bytes, key: str, conn: http.client.HTTPConnection | None = None,
+         path: str = CHAT) -> tuple[int, bytes]:
     own = conn is None
     conn = conn or http.client.HTTPConnection(procs.HOST, port, timeout=30)
     try:
-        conn.request("POST", CHAT, body=body, headers={"Authorization": f"Bearer {key}",
+        conn.request("POST", path, body=body, headers={"Authorization": f"Bearer {key}",
                                                         "Content-Type": "application/json"})
         resp = conn.getresponse()
         return resp.status, resp.read()
@@ -311,9 +294,10 @@ def post(port: int, body: bytes, key: str, conn: http.client.HTTPConnection | No
 
 # --- wrk -------------------------------------------------------------------------------------------
 
-def wrk(port: int, body: Path, key: str, concurrency: int, threads: int, duration_s: int) -> dict[str, Any]:
+def wrk(port: int, body: Path, key: str, concurrency: int, threads: int, duration_s: int,
+        path: str = CHAT) -> dict[str, Any]:
     cmd = ["wrk", f"-t{min(threads, concurrency)}", f"-c{concurrency}", f"-d{duration_s}s", "--timeout", "10s",
-           "-s", str(BENCH / "post.lua"), f"http://127.0.0.1:{port}{CHAT}", "--", str(body), key]
+           "-s", str(BENCH / "post.lua"), f"http://127.0.0.1:{port}{path}", "--", str(body), key]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=duration_s + 60)
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
     if line is None:
@@ -379,7 +363,8 @@ def warm_gently(bench: Bench, target: str, variant: Variant, n: int = 200) -> No
     conn = http.client.HTTPConnection(procs.HOST, server.port, timeout=30)
     try:
         for _ in range(n):
-            post(server.port, bench.bodies[variant.name].read_bytes(), bench.key, conn)
+            post(server.port, bench.bodies[variant.name].read_bytes(), bench.key, conn,
+                 CHAT if target == "passthrough" else variant.path)
     finally:
         conn.close()
 

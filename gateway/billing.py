@@ -26,6 +26,8 @@ IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})  # OpenAI chat, R
 PDF_PAGE_TOKENS = 3_000 + IMAGE_TOKENS
 PDF_BYTES_PER_PAGE = 50_000  # pages assumed of a PDF whose pages cannot be counted (errs high: text pages weigh less)
 PDF_DATA_URI = "data:application/pdf;base64,"
+TEXT_FIELDS = {"text": "text", "tool_result": "content"}  # a block's one long string: a prompt, a tool's output
+LONG_TEXT = 512  # characters of such a string beyond which it is measured, not serialized, with its block
 
 
 def nano_to_usd(nano: int) -> float:
@@ -88,25 +90,33 @@ def _part_tokens(part: Any, budget: pdf.InflateBudget) -> int:
     kind = part.get("type")
     if isinstance(kind, str) and kind in IMAGE_PARTS:  # any JSON may come: a list or object is unhashable
         return IMAGE_TOKENS
-    if (encoded := _pdf_base64(part)) is not None:
-        return pdf_tokens(encoded, budget) + estimate_tokens(len(orjson.dumps(part)) - len(encoded))
+    if (pdf_part := _pdf_base64(part)) is not None:
+        encoded, rest = pdf_part
+        return pdf_tokens(encoded, budget) + estimate_tokens(len(orjson.dumps(rest)))
     nested = part.get("content")
     if isinstance(nested, list):
         rest = {name: value for name, value in part.items() if name != "content"}
         return estimate_tokens(len(orjson.dumps(rest))) + sum(_part_tokens(block, budget) for block in nested)
+    field = TEXT_FIELDS.get(kind) if isinstance(kind, str) else None
+    text = part.get(field) if field else None
+    if text.__class__ is str and len(text) > LONG_TEXT:  # measured apart: a source file is not copied to be measured
+        return estimate_tokens(len(orjson.dumps({**part, field: ""})) + utf8_len(text))  # type: ignore[arg-type]
     return estimate_tokens(len(orjson.dumps(part)))
 
 
-def _pdf_base64(part: dict[str, Any]) -> str | None:
-    """The base64 text of an inline PDF: Anthropic's `document` block with a base64 source, or an OpenAI chat
-    `file` part with a PDF data: URI (what Gemini and OpenAI take)."""
+def _pdf_base64(part: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The base64 text of an inline PDF, and the block without it (measured apart: megabytes of base64 are not
+    copied to be measured): Anthropic's `document` block with a base64 source, or an OpenAI chat `file` part
+    with a PDF data: URI (what Gemini and OpenAI take)."""
     source = part.get("source")
     if part.get("type") == "document" and isinstance(source, dict) and source.get("type") == "base64" \
             and source.get("media_type") == "application/pdf" and isinstance(source.get("data"), str):
-        return str(source["data"])
+        return str(source["data"]), {**part, "source": {**source, "data": ""}}
     file = part.get("file")
     data = file.get("file_data") if part.get("type") == "file" and isinstance(file, dict) else None
-    return data.removeprefix(PDF_DATA_URI) if isinstance(data, str) and data.startswith(PDF_DATA_URI) else None
+    if isinstance(data, str) and data.startswith(PDF_DATA_URI):
+        return data.removeprefix(PDF_DATA_URI), {**part, "file": {**file, "file_data": PDF_DATA_URI}}  # type: ignore[dict-item]
+    return None
 
 
 def pdf_tokens(encoded: str, budget: pdf.InflateBudget | None = None) -> int:
@@ -134,8 +144,9 @@ def requested_max_output(body: dict[str, Any]) -> int | None:
 
 
 def worst_case_usage(body: dict[str, Any], model_max_output: int | None, default_max_output: int,
-                     reasoning_room: int = 0) -> Usage:
-    """The usage a hold must cover: the prompt estimate plus every output token the request may produce.
+                     reasoning_room: int = 0, prompt_tokens: int | None = None) -> Usage:
+    """The usage a hold must cover: the prompt estimate (`prompt_tokens` when the caller made it already) plus
+    every output token the request may produce.
 
     With `n` choices the upstream may produce `max_tokens` for each of them (the prompt is counted once), and
     `reasoning_room` more each where `max_tokens` does not bound the model's reasoning (`exchange.reasoning_room`).
@@ -147,7 +158,8 @@ def worst_case_usage(body: dict[str, Any], model_max_output: int | None, default
         max_out = model_max_output or default_max_output
     n = body.get("n")
     choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
-    return Usage(prompt_tokens=estimate_prompt_tokens(body), completion_tokens=(max_out + reasoning_room) * choices)
+    prompt = estimate_prompt_tokens(body) if prompt_tokens is None else prompt_tokens
+    return Usage(prompt_tokens=prompt, completion_tokens=(max_out + reasoning_room) * choices)
 
 
 @record

@@ -28,6 +28,13 @@ from providers import completions, gemini_embed, passthrough, registry
 from providers.types import JSON, Target, UpstreamHTTPError, UpstreamRequest, Usage
 
 Parser = Callable[[bytes, Target], tuple[JSON, Usage]]
+_INTEGERS = frozenset({int, bool})  # what `isinstance(v, int)` holds for among JSON's values
+
+
+def token_ids(value: list[Any]) -> bool:
+    """Whether a non-empty array holds integers only (token ids), read in C: a batch of embeddings inputs holds up
+    to 300k of them, tested one by one in Python before."""
+    return bool(value) and _INTEGERS.issuperset(map(type, value))
 
 
 def input_tokens(value: Any) -> int:
@@ -35,7 +42,7 @@ def input_tokens(value: Any) -> int:
     if isinstance(value, str):
         return billing.estimate_tokens(billing.utf8_len(value))
     if isinstance(value, list):
-        if value and all(isinstance(v, int) for v in value):
+        if token_ids(value):
             return len(value)
         return sum(input_tokens(v) for v in value)
     if isinstance(value, dict):  # a moderation part: {"type": "text", "text": ...} or an image
@@ -46,7 +53,7 @@ def input_tokens(value: Any) -> int:
 def prompt_count(prompt: Any) -> int:
     """How many prompts a legacy completion asks for: a batch (a list of strings or of token-id lists) is
     answered with `n` choices for each of its prompts; a string or one token-id list is one prompt."""
-    if isinstance(prompt, list) and prompt and not all(isinstance(v, int) for v in prompt):
+    if isinstance(prompt, list) and prompt and not token_ids(prompt):
         return len(prompt)
     return 1
 

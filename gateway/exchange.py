@@ -196,15 +196,18 @@ class ChatEndpoint:
         """The client's own worst case, or more when the translation gives the upstream more room (Claude's
         thinking raises max_tokens above its budget)."""
         usage = billing.worst_case_usage(body, route.model.max_output_tokens, config.billing.default_max_output_tokens,
-                                         reasoning_room(route, config))
+                                         reasoning_room(route, config), self.prompt_tokens(body))
         sent = registry.get(route.provider.kind).max_output_tokens(body, route.target(""))
         if sent is not None and sent > usage.completion_tokens:
             usage.completion_tokens = sent
         return usage
 
     def estimate(self, body: JSON, text_bytes: int) -> Usage:
-        return Usage(prompt_tokens=billing.estimate_prompt_tokens(body),
-                     completion_tokens=billing.estimate_tokens(text_bytes))
+        return Usage(prompt_tokens=self.prompt_tokens(body), completion_tokens=billing.estimate_tokens(text_bytes))
+
+    def prompt_tokens(self, body: JSON) -> int:
+        """The prompt estimate of holds and missing usage (/v1/messages makes it once a request)."""
+        return billing.estimate_prompt_tokens(body)
 
     def wants_usage(self, body: JSON) -> bool:
         return wants_stream_usage(body)

@@ -13,6 +13,8 @@ Errors reach the client in Anthropic's shape (see `gateway.errors.anthropic_type
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import orjson
 
 from gateway import billing, presets
@@ -184,16 +186,24 @@ class TranslatedExchange(ChatExchange):
     stop_sequences: object = None
     preset_params: JSON | None = None  # a preset's chat-vocabulary params (`presets.chat_params`)
     reasoning_limits: reasoning.Limits | None = None  # what the model's reasoning takes (`models.*.reasoning`)
+    prompt_tokens: Callable[[JSON], int] = staticmethod(billing.estimate_prompt_tokens)  # the endpoint's, made once
+    translated: tuple[JSON, JSON] | None = None  # (a Messages body, its chat body): `build`'s, for `codec`
 
     def chat_body(self, body: JSON) -> JSON:
         """A preset's params are set over the translation's; a preset that sets reasoning (either field) sets all
-        of it: the client's thinking beside it would win on Gemini (a budget outranks an effort) or disagree."""
+        of it: the client's thinking beside it would win on Gemini (a budget outranks an effort) or disagree.
+        Translated once per body: a stream's codec reads the chat body `build` sent (every block of what may be
+        a megabyte of history)."""
+        if self.translated is not None and self.translated[0] is body:
+            return self.translated[1]
         limits = self.reasoning_limits
         if self.preset_params and not self.preset_params.keys().isdisjoint(reasoning.FIELDS):
             limits = None
         chat = anthropic_inbound.chat_body(body, top_k="top_k" in self.adapter.SUPPORTED_PARAMETERS,
                                            reasoning_limits=limits)
-        return {**chat, **self.preset_params} if self.preset_params else chat
+        chat = {**chat, **self.preset_params} if self.preset_params else chat
+        self.translated = (body, chat)
+        return chat
 
     def build(self, body: JSON, target: Target, stream: bool) -> UpstreamRequest:
         self.stop_sequences = body.get("stop_sequences")
@@ -214,8 +224,7 @@ class TranslatedExchange(ChatExchange):
         assert isinstance(chat, ChunkCodec)
         chat.hide_reasoning = chat.hide_reasoning or not anthropic_inbound.thinking_shown(body)
         # message_start states the prompt's tokens, as Anthropic's does: the estimate (count_tokens' figure)
-        return MessagesCodec(chat, target.public_model, body.get("stop_sequences"),
-                             billing.estimate_prompt_tokens(body))
+        return MessagesCodec(chat, target.public_model, body.get("stop_sequences"), self.prompt_tokens(body))
 
 
 class MessagesEndpoint(ChatEndpoint):
@@ -227,6 +236,7 @@ class MessagesEndpoint(ChatEndpoint):
     def __init__(self, beta: str = "") -> None:
         self.beta = beta
         self.preset_params: JSON = {}
+        self.estimated: tuple[tuple[object, ...], int] | None = None  # (what it read, the estimate)
 
     def exchange(self, route: Route) -> Exchange:
         if route.provider.kind == "anthropic":
@@ -234,7 +244,17 @@ class MessagesEndpoint(ChatEndpoint):
         exchange = TranslatedExchange(registry.get(route.provider.kind))
         exchange.preset_params = self.preset_params
         exchange.reasoning_limits = route.reasoning_limits
+        exchange.prompt_tokens = self.prompt_tokens
         return exchange
+
+    def prompt_tokens(self, body: JSON) -> int:
+        """The request's prompt estimate, made once for the hold of every attempt, a translated stream's
+        message_start and a missing usage: it measures every block of the history. Made again only for a body
+        whose messages, system or tools are other objects (images inlined for Gemini, say)."""
+        read = (body.get("messages"), body.get("system"), body.get("tools"))
+        if self.estimated is None or any(a is not b for a, b in zip(read, self.estimated[0], strict=True)):
+            self.estimated = (read, billing.estimate_prompt_tokens(body))
+        return self.estimated[1]
 
     def wants_usage(self, body: JSON) -> bool:
         return True
