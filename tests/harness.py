@@ -7,6 +7,7 @@ plain aiohttp; the store is a real redis-server or the memory store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import os
@@ -253,3 +254,12 @@ async def funded_key(redis_url: str, prefix: str) -> tuple[str, str]:
     await store.create_key(record)
     await store.close()
     return plain, record.id
+
+
+async def trickle(writer: asyncio.StreamWriter, data: bytes, every_s: float) -> None:
+    """Send `data` a byte at a time, `every_s` apart: a slow client, until the gateway hangs up."""
+    with contextlib.suppress(ConnectionError):
+        for i in range(len(data)):
+            writer.write(data[i:i + 1])
+            await writer.drain()
+            await asyncio.sleep(every_s)

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from harness import Gateway, GatewayProcess, closed_port, gateway_config_text, validate
+from harness import Gateway, GatewayProcess, closed_port, gateway_config_text, trickle, validate
 
 from gateway import metrics
 
@@ -207,14 +207,6 @@ async def test_the_serving_process_answers_in_json_on_every_listener(serve_confi
             assert (status_line, headers["server"]) == ("HTTP/1.1 200 OK", SERVER), (url, path, headers)
         assert SECRET not in gw.stdout() + gw.stderr()
         assert "Traceback" not in gw.stderr()
-
-
-async def trickle(writer: asyncio.StreamWriter, data: bytes, every_s: float) -> None:
-    with contextlib.suppress(ConnectionError):
-        for i in range(len(data)):
-            writer.write(data[i:i + 1])
-            await writer.drain()
-            await asyncio.sleep(every_s)
 
 
 @pytest.mark.parametrize("second", [False, True], ids=["first-request", "after-a-request"])

@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from harness import Gateway, validate
+from harness import Gateway, trickle, validate
 
 from gateway.state import RUNTIME
 
@@ -165,14 +165,6 @@ async def ends_within(reader: asyncio.StreamReader, seconds: float) -> bool:
         return False
     except ConnectionResetError:  # closed, though not as cleanly as it should be
         return True
-
-
-async def trickle(writer: asyncio.StreamWriter, data: bytes, pause_s: float) -> None:
-    with contextlib.suppress(ConnectionError):
-        for i in range(len(data)):
-            writer.write(data[i:i + 1])
-            await writer.drain()
-            await asyncio.sleep(pause_s)
 
 
 BODY_NOT_READ_WHOLE = [
