@@ -122,7 +122,8 @@ class Settlement:
 
 class Store(Protocol):
     async def ping(self) -> None:
-        """Raise StoreError when the store does not answer, StoreRefused when it answers but would refuse a write."""
+        """Raise StoreError when the store does not answer, StoreRefused when it answers but would refuse an
+        admission (a write, the gateway's login, a dataset still loading)."""
 
     async def close(self) -> None: ...
 
