@@ -1,8 +1,8 @@
-"""A fast fake OpenAI upstream for the benchmark: every answer is precomputed bytes.
+"""A fast fake OpenAI (and Anthropic) upstream for the benchmark: every answer is precomputed bytes.
 
     python bench/fake_upstream.py --port 9000
 
-POST /v1/chat/completions (any other path: 404):
+POST /v1/chat/completions:
 - without `"stream": true`: one fixed `chat.completion` JSON (with `usage`), sent with a Content-Length;
 - with `"stream": true` and model `bench-N` (e.g. `bench-20`, `bench-1000`): N `chat.completion.chunk`
   events (the first carries the role, the N-th `finish_reason: "stop"`), then a usage chunk
@@ -11,6 +11,11 @@ POST /v1/chat/completions (any other path: 404):
   real provider. The usage chunk is always sent (the gateway asks for it anyway);
 - with `"stream": true` and model `bench-slow-N`: the same events, one chunk per second for N seconds
   (the 1,000-open-streams measurement).
+
+POST /v1/messages (Anthropic's Messages API, the native Claude route of the `agent-claude` variant), models
+`bench-N`: the same answers in Anthropic's wire format (`../shared/wire/anthropic/sdk-stream-basic.sse`):
+message_start, content_block_start, ping, N text deltas, content_block_stop, message_delta with the usage,
+message_stop; one write per event. Any other path: 404.
 
 The direct case, the bare pass-through and the gateway all talk to this same server.
 """
@@ -26,7 +31,7 @@ import uvloop
 
 CREATED = 1_700_000_000
 PROMPT_TOKENS = 24
-_MODEL = re.compile(r"^bench-(slow-)?(\d+)$")
+_MODEL = re.compile(r"^(?:claude-)?bench-(slow-)?(\d+)$")  # claude-: the pass-through relays agent-claude to chat
 
 
 def completion(model: str) -> bytes:
@@ -69,17 +74,51 @@ def stream_events(model: str, n: int) -> list[bytes]:
     return events
 
 
+def message(model: str) -> bytes:
+    """The non-streamed Anthropic answer: the same text and usage, as Claude sends them."""
+    return orjson.dumps({
+        "id": "msg_bench", "type": "message", "role": "assistant", "model": model,
+        "content": [{"type": "text", "text": "Hello! This is the benchmark's fixed answer, about twenty tokens "
+                                             "long, for every request."}],
+        "stop_reason": "end_turn", "stop_sequence": None,
+        "usage": {"input_tokens": PROMPT_TOKENS, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+                  "output_tokens": 20, "service_tier": "standard"},
+    })
+
+
+def _claude_event(kind: str, data: dict[str, object]) -> bytes:
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **data}) + b"\n\n"
+
+
+def message_events(model: str, n: int) -> list[bytes]:
+    """An Anthropic stream of N text deltas: each element is one write."""
+    start = {"id": "msg_bench", "type": "message", "role": "assistant", "model": model, "content": [],
+             "stop_reason": None, "stop_sequence": None,
+             "usage": {"input_tokens": PROMPT_TOKENS, "cache_creation_input_tokens": 0,
+                       "cache_read_input_tokens": 0, "output_tokens": 1, "service_tier": "standard"}}
+    return [_claude_event("message_start", {"message": start}),
+            _claude_event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+            _claude_event("ping", {}),
+            *(_claude_event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": f" tok{i}"}})
+              for i in range(n)),
+            _claude_event("content_block_stop", {"index": 0}),
+            _claude_event("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                            "usage": {"output_tokens": n}}),
+            _claude_event("message_stop", {})]
+
+
 class Answers:
     """Precomputed bytes per model name (computed on first use, then reused); a stream's events as chunks."""
 
-    def __init__(self) -> None:
+    def __init__(self, claude: bool = False) -> None:
+        self._whole, self._events = (message, message_events) if claude else (completion, stream_events)
         self._json: dict[str, bytes] = {}
         self._streams: dict[str, tuple[list[bytes], bool]] = {}
 
     def json(self, model: str) -> bytes:
         body = self._json.get(model)
         if body is None:
-            body = self._json[model] = completion(model)
+            body = self._json[model] = self._whole(model)
         return body
 
     def stream(self, model: str) -> tuple[list[bytes], bool] | None:
@@ -88,12 +127,12 @@ class Answers:
             m = _MODEL.match(model)
             if m is None:
                 return None
-            events = stream_events(model, max(int(m.group(2)), 1))
+            events = self._events(model, max(int(m.group(2)), 1))
             found = self._streams[model] = ([chunked(event) for event in events], bool(m.group(1)))
         return found
 
 
-ANSWERS = Answers()
+ANSWERS = {b"/v1/chat/completions": Answers(), b"/v1/messages": Answers(claude=True)}
 NOT_FOUND = orjson.dumps({"error": {"message": "unknown model; use bench-N or bench-slow-N",
                                     "type": "invalid_request_error", "param": "model", "code": "model_not_found"}})
 BAD_JSON = orjson.dumps({"error": {"message": "bad JSON", "type": "invalid_request_error"}})
@@ -152,14 +191,15 @@ class Upstream(asyncio.Protocol):
             body = bytes(self.buf[end + 4:end + 4 + length])
             del self.buf[:end + 4 + length]
             method, path = [*lines[0].split(b" "), b"", b""][:2]
-            if method != b"POST" or path != b"/v1/chat/completions" or b"transfer-encoding" in headers:
+            answers = ANSWERS.get(path)
+            if method != b"POST" or answers is None or b"transfer-encoding" in headers:
                 transport.write(response("404 Not Found", b"not found", "text/plain"))
                 continue
-            self.answer(transport, body)
+            self.answer(transport, body, answers)
             if self.busy:
                 return
 
-    def answer(self, transport: asyncio.Transport, raw: bytes) -> None:
+    def answer(self, transport: asyncio.Transport, raw: bytes, answers: Answers) -> None:
         try:
             body = orjson.loads(raw)
             model = str(body.get("model", "bench-1"))
@@ -167,9 +207,9 @@ class Upstream(asyncio.Protocol):
             transport.write(response("400 Bad Request", BAD_JSON))
             return
         if body.get("stream") is not True:
-            transport.write(response("200 OK", ANSWERS.json(model)))
+            transport.write(response("200 OK", answers.json(model)))
             return
-        found = ANSWERS.stream(model)
+        found = answers.stream(model)
         if found is None:
             transport.write(response("404 Not Found", NOT_FOUND))
             return

@@ -52,6 +52,9 @@ VARIANTS = {
     # the same conversation as Claude Code sends it (Anthropic's format: system blocks with cache marks, tools
     # with input_schema, tool_use / tool_result blocks), streamed, on /v1/messages translated to the OpenAI upstream
     "agent-messages": Variant("agent-messages", "bench-20", True, 20, turns=40, path=MESSAGES),
+    # the same body on the native Claude route (an Anthropic-kind provider: no translation), as most Claude Code
+    # users of a gateway run it; the fake upstream answers /v1/messages in Anthropic's stream format
+    "agent-claude": Variant("agent-claude", "claude-bench-20", True, 20, turns=40, path=MESSAGES),
 }
 
 
@@ -121,6 +124,9 @@ def gateway_config(redis_port: int, upstream_ports: list[int], socks_port: int |
         for model in (("bench-20", "bench-1000") if i == 0 else ()) + slow_models:
             alias = model if i == 0 else f"{model}@{i}"
             models.append(f"  {name}/{model}: {{price: {price}, aliases: [\"{alias}\"]}}")
+    providers.append(f"  claude: {{kind: anthropic, base_url: \"http://127.0.0.1:{upstream_ports[0]}\", "
+                     f"api_key: \"sk-ant-bench-upstream-0000\", egress: {egress}}}")
+    models.append(f"  claude/bench-20: {{price: {price}, aliases: [\"claude-bench-20\"]}}")
     return (
         "server: {host: 127.0.0.1, port: 8080, log_level: info}\n"
         f"store: {{url: \"redis://127.0.0.1:{redis_port}/0\", prefix: \"bench:\"}}\n"

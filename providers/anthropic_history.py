@@ -29,12 +29,23 @@ def claude_history(messages: Any) -> Any:
 
 def _for_claude(message: Any) -> Any:
     content = message.get("content") if isinstance(message, dict) else None
-    if not isinstance(content, list):
+    if not isinstance(content, list) or all(map(_as_is, content)):
         return message
     blocks = [_claude_ids(block) for block in content if not _ours(block)]
-    if len(blocks) == len(content) and all(new is old for new, old in zip(blocks, content, strict=True)):
-        return message
     return {**message, "content": blocks} if blocks else None
+
+
+def _as_is(block: Any) -> bool:
+    """Whether Claude takes `block` as it is. Every block of the history is asked, every turn (an agent's
+    conversation: hundreds), and nearly all pass, so text passes at the first look and nothing is built."""
+    if not isinstance(block, dict):
+        return True
+    kind = block.get("type")
+    if kind == "text":
+        return True
+    if kind == "thinking":
+        return not _ours(block)
+    return _claude_ids(block) is block
 
 
 _TOOL_ID_FIELDS = {"tool_use": "id", "tool_result": "tool_use_id"}
