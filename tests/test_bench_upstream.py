@@ -1,7 +1,8 @@
 """bench/fake_upstream.py: the benchmark's hand-written HTTP/1.1 server, spoken to by the official SDK.
 
 The benchmark's numbers are only worth something if every relay under test reads a well-formed answer:
-keep-alive, Content-Length and chunked framing, one chunk per event, OpenAI's schema.
+keep-alive, Content-Length and chunked framing, one chunk per event, OpenAI's schema (and Anthropic's on
+/v1/messages, the native Claude route's variant).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import anthropic
 import openai
 import pytest
 from harness import validate
@@ -68,6 +71,20 @@ def test_sdk_answers_streamed_and_not_over_one_connection(base_url: str) -> None
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "".join(
             f" tok{i}" for i in range(1, 19))
         assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 20
+
+
+def test_anthropic_sdk_reads_the_messages_answers(base_url: str) -> None:
+    client = anthropic.Anthropic(base_url=base_url, api_key="bench", max_retries=0)
+    ask: dict[str, Any] = {"model": "claude-bench-20", "max_tokens": 100,
+                           "messages": [{"role": "user", "content": "hi"}]}
+    whole = client.messages.create(**ask)
+    assert whole.stop_reason == "end_turn" and whole.usage.output_tokens == 20
+    assert whole.content[0].type == "text" and whole.content[0].text.startswith("Hello!")
+    with client.messages.stream(**ask) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "".join(f" tok{i}" for i in range(20))
+    assert final.stop_reason == "end_turn" and final.usage.output_tokens == 20 and final.usage.input_tokens == 24
 
 
 def test_one_http_chunk_per_event(port: int) -> None:
