@@ -34,7 +34,8 @@ def paired(bench: Bench, reference: str, variant: Variant, concurrency: int, rou
     for _ in range(rounds):
         quiet(probe_s=0.25)
         ref = wrk(bench.servers[reference].port, body, bench.key, concurrency, bench.settings.threads, seconds)
-        gw = wrk(bench.servers[target].port, body, bench.key, concurrency, bench.settings.threads, seconds)
+        gw = wrk(bench.servers[target].port, body, bench.key, concurrency, bench.settings.threads, seconds,
+                 CHAT if target == "passthrough" else variant.path)
         pairs.append({"reference_rps": ref["requests"] / (ref["duration_us"] / 1e6),
                       "gateway_rps": gw["requests"] / (gw["duration_us"] / 1e6),
                       "reference_p50_ms": ref["latency_us"]["p50"] / 1000,

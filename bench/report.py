@@ -5,6 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 BASELINE_VARIANT = {"json": "json", "s20": "s20", "s1000": "s1000"}
+BODY_SHAPES = {  # the agents' bodies of `rig.VARIANTS`, ~350 KB each: 30 tools, 40 tool-call rounds
+    "agent": "OpenAI chat format, non-streamed",
+    "agent-messages": "Claude Code's, streamed, translated to the OpenAI-kind upstream",
+    "agent-claude": "Claude Code's, streamed, on the native Claude route",
+}
 HANDFUL = 5  # "a handful of new proxy connections per 1,000 sequential requests"
 
 
@@ -208,11 +213,12 @@ def render(results: dict[str, Any]) -> str:
         lines.append(f"instructions per non-streamed request (callgrind, 300 sequential; user space only): gateway "
                      f"{ins['gateway']:.3f} M, pass-through {ins['passthrough']:.3f} M "
                      f"(x{ins['gateway'] / ins['passthrough']:.2f})")
-    ins = results.get("instructions_agent")
-    if ins:
-        lines.append(f"instructions per agent-shaped request (350 KB: 30 tools, 40 tool-call rounds; callgrind, 100 "
-                     f"sequential): gateway {ins['gateway']:.3f} M, pass-through {ins['passthrough']:.3f} M "
-                     f"(x{ins['gateway'] / ins['passthrough']:.2f})")
+    bodies = results.get("instructions_bodies") or {"agent": results.get("instructions_agent")}  # older runs: one
+    for variant, ins in bodies.items():
+        if ins:
+            lines.append(f"instructions per {variant} request ({BODY_SHAPES[variant]}; callgrind, sequential): "
+                         f"gateway {ins['gateway']:.3f} M, pass-through {ins['passthrough']:.3f} M "
+                         f"(x{ins['gateway'] / ins['passthrough']:.2f})")
     prof = results.get("profile")
     if prof and "summary" in prof:
         lines.append(f"\nprofile (py-spy, c=16 non-streamed): {prof['top']}, flame graph {prof['svg']}")

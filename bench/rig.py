@@ -57,6 +57,8 @@ VARIANTS = {
     "agent-claude": Variant("agent-claude", "claude-bench-20", True, 20, turns=40, path=MESSAGES),
 }
 
+BODIES = ("agent", "agent-claude")  # the agents' bodies the full run pairs with the pass-through at c=16 (no target)
+
 
 @dataclass(frozen=True)
 class Case:

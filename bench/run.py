@@ -47,6 +47,7 @@ from extras import (
 )
 from rig import (
     BENCH,
+    BODIES,
     CASES,
     NOISY_PCT,
     RESULTS,
@@ -279,7 +280,7 @@ def run_all(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         revive(bench, "gateway")
         out["paired"] = [paired(bench, "upstream", VARIANTS["json"], 1, rounds, 3)]
         out["paired"] += [paired(bench, "passthrough", VARIANTS[v], 16, rounds, 3)
-                          for v in ("json", "s20", "s1000", "agent")]  # agent: no target, what agents' bodies cost
+                          for v in ("json", "s20", "s1000", *BODIES)]  # agents' bodies: no target, what they cost
         # the floor under the c=1 target: what the pass-through adds, plus the gateway's one round trip in
         out["paired"].append(paired(bench, "upstream", VARIANTS["json"], 1, rounds, 3, target="passthrough"))
         for p in out["paired"]:
@@ -297,8 +298,9 @@ def run_all(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         log("bench: instructions per request under callgrind (300 sequential, gateway and pass-through)")
         out["instructions"] = {target: round(instructions.measure(bench, target, direct_cfg, "json", 300, 50), 3)
                                for target in ("gateway", "passthrough")}
-        out["instructions_agent"] = {target: round(instructions.measure(bench, target, direct_cfg, "agent", 100, 20),
-                                                   3) for target in ("gateway", "passthrough")}
+        out["instructions_bodies"] = {
+            v: {target: round(instructions.measure(bench, target, direct_cfg, v, 50, 10), 3)
+                for target in ("gateway", "passthrough")} for v in ("agent", "agent-messages", "agent-claude")}
 
     if args.profile:
         log(f"bench: profiling the gateway (non-streamed, c=16) for {args.profile_seconds} s with py-spy")
