@@ -55,6 +55,9 @@ VARIANTS = {
     # the same body on the native Claude route (an Anthropic-kind provider: no translation), as most Claude Code
     # users of a gateway run it; the fake upstream answers /v1/messages in Anthropic's stream format
     "agent-claude": Variant("agent-claude", "claude-bench-20", True, 20, turns=40, path=MESSAGES),
+    # s20's prompt on the native Claude route: what a chat UI's Claude stream costs, per request and per event
+    "claude-s20": Variant("claude-s20", "claude-bench-20", True, 20, path=MESSAGES),
+    "claude-s1000": Variant("claude-s1000", "claude-bench-1000", True, 1000, path=MESSAGES),
 }
 
 BODIES = ("agent", "agent-claude")  # the agents' bodies the full run pairs with the pass-through at c=16 (no target)
@@ -128,7 +131,7 @@ def gateway_config(redis_port: int, upstream_ports: list[int], socks_port: int |
             models.append(f"  {name}/{model}: {{price: {price}, aliases: [\"{alias}\"]}}")
     providers.append(f"  claude: {{kind: anthropic, base_url: \"http://127.0.0.1:{upstream_ports[0]}\", "
                      f"api_key: \"sk-ant-bench-upstream-0000\", egress: {egress}}}")
-    models.append(f"  claude/bench-20: {{price: {price}, aliases: [\"claude-bench-20\"]}}")
+    models += [f"  claude/{m}: {{price: {price}, aliases: [\"claude-{m}\"]}}" for m in ("bench-20", "bench-1000")]
     return (
         "server: {host: 127.0.0.1, port: 8080, log_level: info}\n"
         f"store: {{url: \"redis://127.0.0.1:{redis_port}/0\", prefix: \"bench:\"}}\n"
@@ -141,7 +144,9 @@ def gateway_config(redis_port: int, upstream_ports: list[int], socks_port: int |
 
 def body_for(variant: Variant) -> bytes:
     if variant.path == MESSAGES:
-        return json.dumps({"model": variant.model, **agent_messages(variant.turns), "stream": variant.stream}).encode()
+        asked = agent_messages(variant.turns) if variant.turns else {
+            "max_tokens": 1024, "system": PROMPT[0]["content"], "messages": [PROMPT[1]]}
+        return json.dumps({"model": variant.model, **asked, "stream": variant.stream}).encode()
     body: dict[str, Any] = {"model": variant.model, "messages": PROMPT}
     if variant.turns:
         body.update(agent_conversation(variant.turns))

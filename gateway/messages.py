@@ -72,6 +72,9 @@ class NativeCodec:
         self.held: list[tuple[str, JSON]] = []
 
     def feed(self, event: SSEEvent) -> tuple[bytes, int]:
+        if event.event == "content_block_delta" \
+                and (n := anthropic.delta_text_bytes(self.state, event.data)) is not None:  # counted unparsed
+            return b"event: content_block_delta\ndata: " + event.data + b"\n\n", n
         chunks = self.adapter.parse_stream_event(self.state, event)  # usage, finish, done; raises on `error`
         n = sum(map(text_bytes, chunks))
         name = event.event

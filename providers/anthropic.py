@@ -19,6 +19,7 @@ cannot be expressed for Anthropic (bad tool-call arguments JSON, an unsupported 
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -267,6 +268,51 @@ def _block_delta(state: AnthropicStreamState, data: JSON) -> list[JSON]:
         call = {"index": index, "function": {"arguments": delta["partial_json"]}}
         return [_chunk(state, {"tool_calls": [call]})]
     return []  # signature_delta, citations_delta, empty fragments, server tool input
+
+
+# a text or tool-input delta as Claude writes it (no spaces, these keys in this order): its block's index, which
+# kind, and the one JSON string it carries, escapes and all
+_WRITTEN_DELTA = re.compile(rb'\{"type":"content_block_delta","index":(0|[1-9][0-9]*),"delta":\{"type":"'
+                            rb'(text_delta","text|input_json_delta","partial_json)":"'
+                            rb'([^"\\\x00-\x1f]*(?:\\[^\x00-\x1f][^"\\\x00-\x1f]*)*)"\}\}')
+
+
+def delta_text_bytes(state: StreamState, data: bytes) -> int | None:
+    """What `parse_stream_event` makes of a `content_block_delta` event's data, without parsing it: the UTF-8
+    bytes of text or tool-call arguments its chunk would hold (0 for none), the state updated as it would be;
+    None, the state untouched, for any other shape, which must be parsed. A relay that sends Claude's events on
+    as they came (the native route) needs no more of its text deltas and tool-input fragments than this count,
+    and a long answer is thousands of them."""
+    if not isinstance(state, AnthropicStreamState) or state.done or state.answer_block is not None:
+        return None
+    match = _WRITTEN_DELTA.fullmatch(data)
+    if match is None:
+        return None
+    index, kind, raw = match.groups()
+    if b"\\" in raw:
+        try:
+            n = len(orjson.loads(b'"' + raw + b'"').encode())
+        except (orjson.JSONDecodeError, UnicodeEncodeError):
+            return None
+    elif raw.isascii() or _is_utf8(raw):
+        n = len(raw)
+    else:
+        return None
+    if kind != b"text_delta\",\"text":
+        if not n or int(index) not in state.tool_index:
+            return 0
+        state.tool_args.add(int(index))
+    if n:
+        state.created = state.created or int(time.time())  # as `_chunk` stamps the chunk it would make
+    return n
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _block_stop(state: AnthropicStreamState, data: JSON) -> list[JSON]:

@@ -116,7 +116,10 @@ class SSEDecoder:
         run = self.feed_run(data)
         if run is not None:
             return [self.event(line) for line in run]
-        if self._tail:  # the start of an event the shortcut kept: the line machinery takes it over
+        named = self.feed_named(data)
+        if named is not None:
+            return named
+        if self._tail:  # the start of an event a shortcut kept: the line machinery takes it over
             data, self._tail = self._tail + data, b""
         return self._feed(data)
 
@@ -125,29 +128,59 @@ class SSEDecoder:
         `data: ` line each (as OpenAI-compatible servers write them), then maybe the start of the next,
         kept raw for the next read. Returns the `data: ...` lines of those events (`event` makes one an
         event), or None, consuming nothing, for anything else (comments, named or multi-line events, CR
-        line ends), which `feed` decodes with the line machinery."""
-        if self._data or self._event:
+        line ends), which `feed` decodes with `feed_named` or the line machinery."""
+        taken = self._whole_events(data, b"data: ")
+        if taken is None:
             return None
-        if b"\r" in data or (unread := self._lines.unread(data)) is None:
-            return None
-        data = self._tail + unread  # at an event's start: the splitter's line or the kept tail, not both
-        end = data.rfind(b"\n\n")
-        rest = data[end + 2:] if end >= 0 else data
-        if len(rest) > self._max:
-            return None  # the general path raises where it must
+        whole, rest = taken
         lines: list[bytes] = []
-        if end >= 0:
-            whole = data[:end]
+        if whole:
             lines = whole.split(b"\n\n")
             if whole.count(b"\n") != 2 * (len(lines) - 1):
                 return None  # a part holds a line end of its own: more lines in an event, or blank lines
-            if not whole.startswith(b"data: ") or whole.count(b"\n\ndata: ") != len(lines) - 1:
-                return None  # each part a `data: ` line
+            if whole.count(b"\n\ndata: ") != len(lines) - 1:
+                return None  # each part a `data: ` line (the first one's start is checked)
             if max(map(len, lines)) > self._max + 5:  # `data: ` and the line end, as the general path counts
                 return None
         self._lines.clear()
         self._tail = rest
         return lines
+
+    def feed_named(self, data: bytes) -> list[SSEEvent] | None:
+        """`feed_run` for a server that names every event (Anthropic): whole events of an `event: ` line and
+        one `data: ` line each, then maybe the start of the next, kept raw; None, consuming nothing, for
+        anything else. The line machinery costs ~30 Python lines an event, and a long answer is thousands."""
+        taken = self._whole_events(data, b"event: ")
+        if taken is None:
+            return None
+        whole, rest = taken
+        events = []
+        for part in whole.split(b"\n\n") if whole else ():
+            name, _, line = part.partition(b"\n")
+            if not line.startswith(b"data: ") or b"\n" in line or not name.startswith(b"event: ") \
+                    or len(line) > self._max + 5:
+                return None
+            events.append(SSEEvent(line[6:], name[7:].decode("utf-8", "replace"), self._id))
+        self._lines.clear()
+        self._tail = rest
+        return events
+
+    def _whole_events(self, data: bytes, first: bytes) -> tuple[bytes, bytes] | None:
+        """For the shortcuts, with nothing consumed: a read's whole events (up to their last blank line) and
+        the start of the next, when the read begins an event whose first line starts with `first`, the line
+        machinery holds nothing and no CR is in sight; else None."""
+        if self._data or self._event or self._stray:
+            return None
+        if b"\r" in data or (unread := self._lines.unread(data)) is None:
+            return None
+        data = self._tail + unread  # at an event's start: the splitter's line or the kept tail, not both
+        if not data.startswith(first) and not (len(data) < len(first) and first.startswith(data)):
+            return None
+        end = data.rfind(b"\n\n")
+        rest = data[end + 2:] if end >= 0 else data
+        if len(rest) > self._max:
+            return None  # the general path raises where it must
+        return (data[:end] if end >= 0 else b""), rest
 
     def event(self, line: bytes) -> SSEEvent:
         """The event of a `data: ...` line that `feed_run` returned."""

@@ -197,11 +197,59 @@ def test_whole_event_reads_decode_as_the_line_machinery_does(seed: int) -> None:
     assert decoder.flush() == reference.flush()
 
 
+NAMED = [b'event: message_start\ndata: {"type":"message_start"}\n\n', b"event: ping\ndata: {}\n\n",
+         b"event: content_block_delta\ndata: \n\n", b"event: e\ndata:  two spaces\n\n", b"event: \xff\ndata: x\n\n"]
+NAMED_OTHER = [b"event:e\ndata: x\n\n", b"event: e\ndata: a\ndata: b\n\n", b"event: e\nid: 9\ndata: x\n\n",
+               b"event: e\n\n", b"event: e\ndata:x\n\n", b"event: e\r\ndata: x\r\n\r\n", b": ping\n\n", b"junk\n",
+               b"event: e\n: comment\ndata: x\n\n", b"data: unnamed\n\n", b"\n"]
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_named_event_reads_decode_as_the_line_machinery_does(seed: int) -> None:
+    """Reads of named events (Anthropic's `event: ` and `data: ` line each) skip the line splitter too; with
+    anything else among them, cut anywhere, the events, names and ids come out as the general path's."""
+    rng = random.Random(seed)
+    chunks = []
+    for _ in range(rng.randint(1, 10)):
+        read = b"".join(rng.choice(NAMED if rng.random() < 0.8 else NAMED_OTHER + SIMPLE)
+                        for _ in range(rng.randint(1, 4)))
+        cut = rng.randint(1, len(read)) if rng.random() < 0.4 else len(read)
+        chunks += [read[:cut], read[cut:]]
+    decoder, reference = SSEDecoder(), LinesOnly()
+    assert decode(decoder, chunks) == decode(reference, chunks)
+    assert decoder.flush() == reference.flush()
+
+
+class Counting(SSEDecoder):
+    """The decoder, counting the bytes its line machinery is given."""
+
+    general = 0
+
+    def _feed(self, data: bytes) -> list[SSEEvent]:
+        self.general += len(data)
+        return super()._feed(data)
+
+
+def test_a_claude_stream_read_by_whole_events_never_reaches_the_line_machinery() -> None:
+    raw = (SHARED / "wire" / "anthropic" / "sdk-stream-basic.sse").read_bytes()
+    events = [e + b"\n\n" for e in raw.strip().split(b"\n\n")]
+    decoder = Counting()
+    got = decode(decoder, events) + decoder.flush()
+    assert [e.event for e in got][:2] == ["message_start", "content_block_start"] and got[-1].event == "message_stop"
+    assert got == decode(LinesOnly(), events)
+    assert b"event: ping\ndata: {\"type\": \"ping\"}\n\n" in events  # a recording as Claude writes it
+    assert decoder.general == 0
+
+
 def test_whole_event_reads_keep_the_size_limit() -> None:
     at_limit = b"data: " + b"x" * 1023 + b"\n\n"  # the value and its line end: 1,024 bytes
     assert len(decode(SSEDecoder(max_event_bytes=1024), [at_limit, at_limit])) == 2
     with pytest.raises(ProviderError, match="exceeds 1024 bytes"):
         decode(SSEDecoder(max_event_bytes=1024), [at_limit, b"data: " + b"x" * 1024 + b"\n\n"])
+    named = b"event: e\n" + at_limit
+    assert len(decode(SSEDecoder(max_event_bytes=1024), [named, named])) == 2
+    with pytest.raises(ProviderError, match="exceeds 1024 bytes"):
+        decode(SSEDecoder(max_event_bytes=1024), [named, b"event: e\ndata: " + b"x" * 1024 + b"\n\n"])
 
 
 def naive_ndjson(raw: bytes) -> list[bytes]:
