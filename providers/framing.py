@@ -127,8 +127,8 @@ class SSEDecoder:
         """The common read, taken without the line machinery: starting at an event, whole events of one
         `data: ` line each (as OpenAI-compatible servers write them), then maybe the start of the next,
         kept raw for the next read. Returns the `data: ...` lines of those events (`event` makes one an
-        event), or None, consuming nothing, for anything else (comments, named or multi-line events, CR
-        line ends), which `feed` decodes with `feed_named` or the line machinery."""
+        event), or None, consuming nothing, for anything else (comments, named or multi-line events, lone
+        CRs), which `feed` decodes with `feed_named` or the line machinery."""
         taken = self._whole_events(data, b"data: ")
         if taken is None:
             return None
@@ -168,10 +168,16 @@ class SSEDecoder:
     def _whole_events(self, data: bytes, first: bytes) -> tuple[bytes, bytes] | None:
         """For the shortcuts, with nothing consumed: a read's whole events (up to their last blank line) and
         the start of the next, when the read begins an event whose first line starts with `first`, the line
-        machinery holds nothing and no CR is in sight; else None."""
+        machinery holds nothing and no CR stands alone; else None."""
         if self._data or self._event or self._stray:
             return None
-        if b"\r" in data or (unread := self._lines.unread(data)) is None:
+        if b"\r" in data:  # CRLF line ends (Gemini's): the same events, unless a CR stands alone or may
+            if data.endswith(b"\r"):  # be half of a pair split across reads
+                return None
+            data = data.replace(b"\r\n", b"\n")
+            if b"\r" in data:
+                return None
+        if (unread := self._lines.unread(data)) is None:
             return None
         data = self._tail + unread  # at an event's start: the splitter's line or the kept tail, not both
         if not data.startswith(first) and not (len(data) < len(first) and first.startswith(data)):

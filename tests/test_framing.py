@@ -241,6 +241,33 @@ def test_a_claude_stream_read_by_whole_events_never_reaches_the_line_machinery()
     assert decoder.general == 0
 
 
+@pytest.mark.parametrize("seed", range(200))
+def test_crlf_event_reads_decode_as_the_line_machinery_does(seed: int) -> None:
+    """Gemini ends its lines with CRLF: such reads take the shortcuts too, but not a lone CR, nor a read that
+    ends between the CR and the LF of a pair."""
+    rng = random.Random(seed)
+    crlf = [e.replace(b"\n", b"\r\n") for e in SIMPLE + NAMED]
+    chunks = []
+    for _ in range(rng.randint(1, 10)):
+        read = b"".join(rng.choice(crlf if rng.random() < 0.8 else SIMPLE + OTHER + NAMED_OTHER + [b"data: x\r\r"])
+                        for _ in range(rng.randint(1, 4)))
+        cut = rng.randint(1, len(read)) if rng.random() < 0.5 else len(read)
+        chunks += [read[:cut], read[cut:]]
+    decoder, reference = SSEDecoder(), LinesOnly()
+    assert decode(decoder, chunks) == decode(reference, chunks)
+    assert decoder.flush() == reference.flush()
+
+
+def test_a_gemini_stream_read_by_whole_events_never_reaches_the_line_machinery() -> None:
+    raw = (SHARED / "wire" / "gemini" / "googleai" / "streaming-success-basic-reply-long.txt").read_bytes()
+    assert b"\r\n\r\n" in raw
+    events = [e + b"\r\n\r\n" for e in raw.strip().split(b"\r\n\r\n")]
+    decoder = Counting()
+    got = decode(decoder, events) + decoder.flush()
+    assert len(got) == len(events) > 2 and got == decode(LinesOnly(), events)
+    assert decoder.general == 0
+
+
 def test_whole_event_reads_keep_the_size_limit() -> None:
     at_limit = b"data: " + b"x" * 1023 + b"\n\n"  # the value and its line end: 1,024 bytes
     assert len(decode(SSEDecoder(max_event_bytes=1024), [at_limit, at_limit])) == 2
