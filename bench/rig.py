@@ -58,6 +58,8 @@ VARIANTS = {
     # s20's prompt on the native Claude route: what a chat UI's Claude stream costs, per request and per event
     "claude-s20": Variant("claude-s20", "claude-bench-20", True, 20, path=MESSAGES),
     "claude-s1000": Variant("claude-s1000", "claude-bench-1000", True, 1000, path=MESSAGES),
+    # a long answer on /v1/messages from an OpenAI-kind model (Claude Code on GPT): every chunk translated
+    "messages-s1000": Variant("messages-s1000", "bench-1000", True, 1000, path=MESSAGES),
 }
 
 BODIES = ("agent", "agent-claude")  # the agents' bodies the full run pairs with the pass-through at c=16 (no target)

@@ -162,9 +162,12 @@ class NativeExchange:
 
 
 class MessagesCodec(ChunkCodec):
-    """Chat chunks re-encoded as Anthropic stream events."""
+    """Chat chunks re-encoded as Anthropic stream events.
 
-    templated = False  # a text delta opens a content block first when the one before was not text
+    A content chunk is one text delta of the open text block, the same bytes around its text whatever came
+    before, as long as that block stays open; a template learnt there (`Template`: most of a long answer relayed
+    from its bytes, unparsed) holds until a chunk opens or closes a block (a tool call, reasoning, the finish),
+    and is learnt again in the next text block (whose index differs)."""
 
     def __init__(self, chat: ChunkCodec, model: str, stop_sequences: object, input_tokens: int) -> None:
         super().__init__(chat.adapter, chat.state, chat.generation_id, wants_usage=True,
@@ -172,7 +175,12 @@ class MessagesCodec(ChunkCodec):
         self.stream = MessageStream(chat.generation_id, model, stop_sequences, input_tokens)
 
     def encode(self, chunk: JSON) -> bytes:
-        return b"".join(frame(data, event=name) for name, data in self.stream.feed(chunk))
+        stream = self.stream
+        block = stream.block, stream.kind
+        out = b"".join(frame(data, event=name) for name, data in stream.feed(chunk))
+        if self.template is not None and (stream.block, stream.kind) != block:
+            self.template, self.learning = None, self.LEARNING
+        return out
 
     def finish(self, billing: JSON, billing_event: bool, usage: Usage) -> bytes:
         tail = b"".join(self.encode(chunk) for chunk in self.held if chunk.get("choices"))

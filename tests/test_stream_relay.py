@@ -22,7 +22,7 @@ import pytest
 
 from gateway import streaming
 from gateway.endpoints import CompletionCodec
-from gateway.messages import PROMPT_COUNTS, REWRITTEN, NativeCodec
+from gateway.messages import PROMPT_COUNTS, REWRITTEN, MessagesCodec, NativeCodec
 from gateway.template import Template
 from providers import anthropic, openai, registry
 from providers.framing import SSEDecoder
@@ -264,6 +264,41 @@ def test_tool_call_and_reasoning_streams_relay_identically() -> None:
     raw += chunk(delta={}, finish="tool_calls") + b"data: [DONE]\n\n"
     for reading in READINGS.values():
         same_either_way(raw, reading(raw))
+
+
+def messages_codec(adapter: Any, state: StreamState, generation_id: str, wants_usage: bool,
+                   hide_reasoning: bool) -> MessagesCodec:
+    """What /v1/messages streams from an OpenAI-kind model: the chat codec's chunks as Anthropic events."""
+    chat = streaming.ChunkCodec(adapter, state, generation_id, True, hide_reasoning)
+    return MessagesCodec(chat, "gw/model", None, 12)
+
+
+@pytest.mark.parametrize("reading", READINGS.values(), ids=list(READINGS))
+@pytest.mark.parametrize("texts", TEXTS.values(), ids=list(TEXTS))
+def test_translated_messages_streams_relay_identically(texts: list[str], reading: Callable[[bytes], list[int]]) -> None:
+    raw = stream(texts)
+    same_either_way(raw, reading(raw), codec_type=messages_codec)
+
+
+def test_a_translated_template_holds_only_while_its_text_block_is_open() -> None:
+    """Text, a tool call, text again, reasoning, text: each text block gets its own index, its own
+    content_block_start, and the deltas inside it come from bytes once learnt; the client gets the same
+    events, byte for byte, as when every chunk is parsed."""
+    call = {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                            "function": {"name": "f", "arguments": ""}}]}
+    args = [{"tool_calls": [{"index": 0, "function": {"arguments": part}}]} for part in ('{"a"', "}")]
+    texts = [{"content": f" t{i}"} for i in range(8)]
+    deltas = [*texts, call, *args, *texts, {"reasoning_content": "hm"}, *texts]
+    raw = b"".join(chunk(delta=d) for d in deltas) + chunk(delta={}, finish="stop") + b"data: [DONE]\n\n"
+    for reading in READINGS.values():
+        parsed = same_either_way(raw, reading(raw), codec_type=messages_codec)
+        assert parsed <= len(deltas) - 12  # most of the 24 text chunks were relayed from their bytes
+    out = relay(raw, [], True, codec_type=messages_codec)[0]
+    starts = [orjson.loads(line[6:]) for line in out.split(b"\n")
+              if line.startswith(b'data: {"type":"content_block_start"')]
+    assert [(s["index"], s["content_block"]["type"]) for s in starts] == [
+        (0, "text"), (1, "tool_use"), (2, "text"), (3, "thinking"), (4, "text")]
+    assert out.count(b'"index":2,"delta":{"type":"text_delta"') == 8
 
 
 def test_events_after_done_are_not_relayed() -> None:
