@@ -60,6 +60,8 @@ VARIANTS = {
     "claude-s1000": Variant("claude-s1000", "claude-bench-1000", True, 1000, path=MESSAGES),
     # a long answer on /v1/messages from an OpenAI-kind model (Claude Code on GPT): every chunk translated
     "messages-s1000": Variant("messages-s1000", "bench-1000", True, 1000, path=MESSAGES),
+    # a long answer of a Claude model on /v1/chat/completions (an OpenAI SDK on Claude): every event translated
+    "claude-chat-s1000": Variant("claude-chat-s1000", "claude-bench-1000", True, 1000),
 }
 
 BODIES = ("agent", "agent-claude")  # the agents' bodies the full run pairs with the pass-through at c=16 (no target)

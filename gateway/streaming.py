@@ -263,7 +263,7 @@ class ChunkCodec:
         text = _content_text(chunk, counted)
         if text is not None:
             self.learning -= 1
-            if (template := Template.learn(data, chunk, text, self.encode)) is not None:
+            if (template := Template.learn(data, chunk, text, self.encode, self.adapter.TEXT_AT)) is not None:
                 self.template, self.learning = template, 0
 
     def finish(self, billing: JSON, billing_event: bool, usage: Usage) -> bytes:
@@ -348,17 +348,24 @@ def _frame(codec: StreamCodec, events: list[SSEEvent], relayed: Relayed) -> tupl
     """One read's events as client bytes, and the error of an event that could not be read.
 
     The frames before a broken event still go out: they are counted in `relayed`, so they are billed,
-    and a client must receive everything it pays for.
+    and a client must receive everything it pays for. Events the codec's template matches (named ones,
+    Anthropic's, come this way) are relayed from their bytes, as `_relay_run` relays one-line events.
     """
-    batch = bytearray()
+    out: list[bytes] = []
+    state = codec.state
     try:
         for event in events:
+            template = codec.template
+            if template is not None and not state.done and (event.data.isascii() or _is_utf8(event.data)) \
+                    and (counted := template.relay(b"data: " + event.data, out)) is not None:
+                relayed.text_bytes += counted
+                continue
             relay, n = codec.feed(event)
             relayed.text_bytes += n
-            batch += relay
+            out.append(relay)
     except ProviderError as exc:
-        return bytes(batch), exc
-    return bytes(batch), None
+        return b"".join(out), exc
+    return b"".join(out), None
 
 
 def _relay_run(codec: StreamCodec, decoder: SSEDecoder, lines: list[bytes],

@@ -1,8 +1,8 @@
 """Relaying a stream's content chunks from their bytes: the template of one parsed chunk, applied to the rest.
 
-OpenAI-compatible servers send most of a stream as chunks that differ only in their text. Once one such
-chunk was parsed and encoded for the client, `Template` knows the bytes around the text on both sides,
-and `gateway.streaming` relays every later event that matches without decoding or encoding JSON.
+OpenAI-compatible servers send most of a stream as chunks that differ only in their text (Claude: text deltas).
+Once one such chunk was parsed and encoded for the client, `Template` knows the bytes around the text on both
+sides, and `gateway.streaming` relays every later event that matches without decoding or encoding JSON.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ _NOT_VERBATIM = re.compile(rb'["\\\x00-\x1f]')
 # characters in `obfuscation` (on by default, against length side channels; relayed as they came).
 VARYING = ("obfuscation",)
 _MARK = "\x7fgateway-%d\x7f"  # stands for a cut-out string while a template's client side is encoded
+OPENAI_TEXT: tuple[str | int, ...] = ("choices", 0, "delta", "content")  # where an OpenAI chunk holds its text
 
 
 class Template:
@@ -31,7 +32,8 @@ class Template:
     was parsed and encoded, a later event with the same bytes around plain strings (no escapes, no control
     characters, valid UTF-8) is relayed as the same client bytes around those strings, without decoding
     and encoding JSON. Learnt from the first such chunk; what does not match (the role chunk, tool calls,
-    the finish, usage) is parsed as ever.
+    the finish, usage) is parsed as ever. Claude's text deltas are such events too (same block index, the
+    text their only string, at the adapter's `TEXT_AT`), relayed as OpenAI chunks to a chat client.
     """
 
     __slots__ = ("head", "inner", "order", "out", "size", "tail", "text_at")
@@ -73,16 +75,19 @@ class Template:
         return len(text)
 
     @classmethod
-    def learn(cls, data: bytes, chunk: JSON, text: str, encode: Any) -> Template | None:
+    def learn(cls, data: bytes, chunk: JSON, text: str, encode: Any,
+              text_at: tuple[str | int, ...] = OPENAI_TEXT) -> Template | None:
         """The template of event `data`, parsed into the content-only `chunk` (as it will be relayed) of
-        `text`, whose client bytes `encode` makes; None unless its strings can be cut out of both."""
+        `text`, whose client bytes `encode` makes; None unless its strings can be cut out of both. `text_at`:
+        where the text sits in the event (the adapter's `TEXT_AT`: OpenAI's chunk, Anthropic's text delta)."""
         delta = chunk["choices"][0]["delta"]
         fields: list[tuple[JSON, str]] = [(delta, "content")]  # where each string sits in the chunk
         fields += [(chunk, name) for name in VARYING if type(chunk.get(name)) is str]
+        keys = [str(text_at[-1]), *(name for _, name in fields[1:])]  # each string's key in the event
         cuts = []  # (start, end) of each string in `data`, in `fields` order
-        for where, name in fields:
+        for (where, name), key in zip(fields, keys, strict=True):
             raw = where[name].encode()
-            marker = b'"' + name.encode() + b'":"' + raw + b'"'
+            marker = b'"' + key.encode() + b'":"' + raw + b'"'
             if _NOT_VERBATIM.search(raw) is not None or data.count(marker) != 1:
                 return None
             start = data.index(marker) + len(marker) - len(raw) - 1
@@ -101,8 +106,11 @@ class Template:
         probe = pieces[0] + b"".join(others[i].encode() + piece for i, piece in zip(positions, pieces[1:], strict=True))
         try:
             upstream = orjson.loads(data)
-            for (_, name), other in zip(fields, others, strict=True):
-                (upstream["choices"][0]["delta"] if name == "content" else upstream)[name] = other
+            holder = upstream
+            for step in text_at[:-1]:
+                holder = holder[step]
+            for i, (key, other) in enumerate(zip(keys, others, strict=True)):
+                (holder if i == 0 else upstream)[key] = other
             if orjson.loads(probe) != upstream:
                 return None
         except (orjson.JSONDecodeError, LookupError, TypeError):

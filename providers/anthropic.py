@@ -49,7 +49,8 @@ from providers.types import (
 
 STREAM_FRAMING = "sse"
 NEEDS_INLINE_IMAGES = False
-VERBATIM_CHUNKS = False
+TEXT_AT = ("delta", "text")  # where a text delta holds its text
+VERBATIM_CHUNKS = True  # a text delta's bytes say all its parse would, past the stream's start (see registry.Adapter)
 SUPPORTED_PARAMETERS = ("temperature", "top_p", "top_k", "max_tokens", "max_completion_tokens", "stop", "tools",
                         "tool_choice", "parallel_tool_calls", "response_format", "structured_outputs", "reasoning",
                         "reasoning_effort")  # what the translation carries

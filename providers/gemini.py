@@ -69,6 +69,7 @@ from providers.types import (
 
 STREAM_FRAMING = "sse"
 NEEDS_INLINE_IMAGES = True  # Gemini takes image bytes only
+TEXT_AT = ("candidates", 0, "content", "parts", 0, "text")  # (not verbatim: unused)
 VERBATIM_CHUNKS = False
 SUPPORTED_PARAMETERS = ("temperature", "top_p", "top_k", "seed", "max_tokens", "max_completion_tokens", "stop",
                         "response_format", "structured_outputs", "tools", "tool_choice", "reasoning",

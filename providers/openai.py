@@ -41,6 +41,7 @@ from providers.types import (
 
 STREAM_FRAMING = "sse"
 NEEDS_INLINE_IMAGES = False  # OpenAI-compatible servers fetch image URLs themselves
+TEXT_AT = ("choices", 0, "delta", "content")  # where a content chunk holds its text
 VERBATIM_CHUNKS = True  # a content-only chunk's bytes say all its parse would (see registry.Adapter)
 # what a client may set (OpenRouter's parameter names), shown by /v1/models/{id}/endpoints
 SUPPORTED_PARAMETERS = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "max_tokens",

@@ -27,10 +27,11 @@ class Adapter(Protocol):
 
     STREAM_FRAMING: str  # "sse" or "ndjson": how the upstream frames its stream
     NEEDS_INLINE_IMAGES: bool  # the upstream takes image bytes only: the gateway inlines https image URLs
-    # Stream events are `chat.completion.chunk` JSON whose parse, past the stream's first chunk, depends on
-    # their own bytes alone, and a content-only chunk's on nothing but its text: a later event equal to a
-    # parsed content-only one but for the text may be relayed from its bytes (gateway.template.Template).
+    # An event that parses into a content-only chunk (OpenAI's content chunk, Anthropic's text delta) does, past
+    # the stream's first events, nothing but relay its text, found at `TEXT_AT` in the event's JSON: a later
+    # event equal to such a parsed one but for the text may be relayed from its bytes (gateway.template.Template).
     VERBATIM_CHUNKS: bool
+    TEXT_AT: tuple[str | int, ...]
     SUPPORTED_PARAMETERS: tuple[str, ...]  # request fields the kind carries upstream (OpenRouter's names)
     MAX_CHOICES: int  # the largest `n` the upstream honours (1: it would silently answer one choice)
     # The request's processing-tier fields (`service_tier`, Anthropic's `speed`, `inference_geo`) reach the upstream

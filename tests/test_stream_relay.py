@@ -15,6 +15,7 @@ import json
 import random
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -56,10 +57,11 @@ def stream(texts: list[str], spaced: bool = False) -> bytes:
 
 
 def relay(raw: bytes, reads: list[int], learn: bool, codec_type: type = streaming.ChunkCodec,
-          wants_usage: bool = True, hide_reasoning: bool = False) -> tuple[bytes, str | None, int, StreamState, int]:
+          wants_usage: bool = True, hide_reasoning: bool = False,
+          kind: str = "openai") -> tuple[bytes, str | None, int, StreamState, int]:
     """Client bytes, error, text bytes counted, final state and events parsed, for `raw` read in pieces
-    that end at `reads`."""
-    adapter = registry.get("openai")
+    that end at `reads`, from an upstream of `kind`."""
+    adapter = registry.get(kind)
     parsed = 0
 
     class Counting:
@@ -73,7 +75,9 @@ def relay(raw: bytes, reads: list[int], learn: bool, codec_type: type = streamin
             parsed += 1
             return adapter.parse_stream_event(state, event)
 
-    codec = codec_type(Counting(), StreamState(public_model="gw/model"), "gen-42", wants_usage, hide_reasoning)
+    state = adapter.new_stream_state(ChatRequest(body={}, stream=True), CLAUDE) if kind == "anthropic" \
+        else StreamState(public_model="gw/model")
+    codec = codec_type(Counting(), state, "gen-42", wants_usage, hide_reasoning)
     if not learn:
         codec.learning = 0
     decoder, relayed = SSEDecoder(), streaming.Relayed()
@@ -366,6 +370,67 @@ def test_native_claude_events_reach_the_client_as_they_came(path: Path, reading:
     state = anthropic.new_stream_state(ChatRequest(body={}, stream=True), CLAUDE)
     chunks = [c for e in sent for c in anthropic.parse_stream_event(state, e)]
     assert relayed.text_bytes == sum(map(streaming.text_bytes, chunks))
+
+
+def claude_stream(texts: list[str], tool_between: bool = False) -> bytes:
+    """A Claude stream as Anthropic writes it: message_start, a text block of one delta a text (and, with
+    `tool_between`, a tool_use block and a second text block in the middle), message_delta, message_stop."""
+    def event(name: str, data: dict[str, Any]) -> bytes:
+        return b"event: " + name.encode() + b"\ndata: " + orjson.dumps({"type": name, **data}) + b"\n\n"
+
+    def text_block(index: int, part: list[str]) -> bytes:
+        return (event("content_block_start", {"index": index, "content_block": {"type": "text", "text": ""}})
+                + b"".join(event("content_block_delta", {"index": index, "delta": {"type": "text_delta", "text": t}})
+                           for t in part) + event("content_block_stop", {"index": index}))
+
+    start = {"message": {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x", "content": [],
+                         "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 5, "output_tokens": 1}}}
+    raw = event("message_start", start) + event("ping", {})
+    if tool_between:
+        half = len(texts) // 2
+        raw += text_block(0, texts[:half])
+        raw += event("content_block_start", {"index": 1, "content_block": {"type": "tool_use", "id": "toolu_1",
+                                                                          "name": "f", "input": {}}})
+        raw += event("content_block_delta", {"index": 1, "delta": {"type": "input_json_delta", "partial_json": "{}"}})
+        raw += event("content_block_stop", {"index": 1}) + text_block(2, texts[half:])
+    else:
+        raw += text_block(0, texts)
+    return raw + event("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                         "usage": {"output_tokens": len(texts)}}) + event("message_stop", {})
+
+
+@pytest.fixture
+def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Claude's chunks are stamped with the time the first was made: two runs compared byte for byte must not
+    fall on either side of a second."""
+    monkeypatch.setattr(anthropic, "time", SimpleNamespace(time=lambda: 1_700_000_000.0))
+
+
+@pytest.mark.usefixtures("fixed_clock")
+@pytest.mark.parametrize("reading", READINGS.values(), ids=list(READINGS))
+@pytest.mark.parametrize("path", ANTHROPIC, ids=[p.stem for p in ANTHROPIC])
+def test_recorded_claude_streams_on_chat_relay_identically(path: Path, reading: Callable[[bytes], list[int]]) -> None:
+    """A Claude model on /v1/chat/completions: its text deltas, once one was parsed, relayed from their bytes as
+    OpenAI chunks, byte for byte what parsing each would send."""
+    raw = path.read_bytes()
+    same_either_way(raw, reading(raw), kind="anthropic")
+
+
+@pytest.mark.usefixtures("fixed_clock")
+@pytest.mark.parametrize("tool_between", [False, True], ids=["one_block", "tool_between"])
+@pytest.mark.parametrize("reading", READINGS.values(), ids=list(READINGS))
+@pytest.mark.parametrize("texts", TEXTS.values(), ids=list(TEXTS))
+def test_synthetic_claude_streams_on_chat_relay_identically(texts: list[str], reading: Callable[[bytes], list[int]],
+                                                            tool_between: bool) -> None:
+    raw = claude_stream(texts, tool_between)
+    same_either_way(raw, reading(raw), kind="anthropic")
+
+
+@pytest.mark.usefixtures("fixed_clock")
+def test_a_long_claude_stream_on_chat_takes_the_shortcut() -> None:
+    raw = claude_stream([f" tok{i}" for i in range(1000)])
+    for reading in READINGS.values():
+        assert same_either_way(raw, reading(raw), kind="anthropic") <= 10
 
 
 def padded(text: str | None, pad: str, first: bool = False, **kw: Any) -> bytes:
