@@ -27,6 +27,8 @@ PDF_PAGE_TOKENS = 3_000 + IMAGE_TOKENS
 PDF_BYTES_PER_PAGE = 50_000  # pages assumed of a PDF whose pages cannot be counted (errs high: text pages weigh less)
 PDF_DATA_URI = "data:application/pdf;base64,"
 TEXT_FIELDS = {"text": "text", "tool_result": "content"}  # a block's one long string: a prompt, a tool's output
+PDF_PARTS = frozenset({"document", "file"})  # the only types `_pdf_base64` may find a PDF in
+RARE_PARTS = IMAGE_PARTS | PDF_PARTS  # what an agent's blocks almost never are
 LONG_TEXT = 512  # characters of such a string beyond which it is measured, not serialized, with its block
 
 
@@ -66,14 +68,14 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     of holds, of usage the upstream did not report, and of /v1/messages/count_tokens. Its PDFs share one
     inflate budget (`gateway.pdf`)."""
     budget = pdf.InflateBudget()
-    tokens = 0
-    for message in body.get("messages") or ():
-        tokens += MESSAGE_OVERHEAD
+    messages = body.get("messages") or ()
+    tokens = MESSAGE_OVERHEAD * len(messages)
+    for message in messages:
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, str):
             tokens += estimate_tokens(utf8_len(content))
         elif isinstance(content, list):
-            tokens += sum(_part_tokens(part, budget) for part in content)
+            tokens += _blocks_tokens(content, budget)
         if isinstance(message, dict) and message.get("tool_calls"):
             tokens += estimate_tokens(len(orjson.dumps(message["tool_calls"])))
     for name in ("system", "tools"):
@@ -82,26 +84,39 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     return tokens
 
 
-def _part_tokens(part: Any, budget: pdf.InflateBudget) -> int:
-    """An image costs a flat allowance whatever its encoding (base64 text is no measure of its tokens);
-    a block holding blocks (Anthropic's `tool_result`) costs its own fields plus each of its blocks."""
-    if not isinstance(part, dict):
-        return estimate_tokens(len(orjson.dumps(part)))
-    kind = part.get("type")
-    if isinstance(kind, str) and kind in IMAGE_PARTS:  # any JSON may come: a list or object is unhashable
-        return IMAGE_TOKENS
-    if (pdf_part := _pdf_base64(part)) is not None:
-        encoded, rest = pdf_part
-        return pdf_tokens(encoded, budget) + estimate_tokens(len(orjson.dumps(rest)))
-    nested = part.get("content")
-    if isinstance(nested, list):
-        rest = {name: value for name, value in part.items() if name != "content"}
-        return estimate_tokens(len(orjson.dumps(rest))) + sum(_part_tokens(block, budget) for block in nested)
-    field = TEXT_FIELDS.get(kind) if isinstance(kind, str) else None
-    text = part.get(field) if field else None
-    if text.__class__ is str and len(text) > LONG_TEXT:  # measured apart: a source file is not copied to be measured
-        return estimate_tokens(len(orjson.dumps({**part, field: ""})) + utf8_len(text))  # type: ignore[arg-type]
-    return estimate_tokens(len(orjson.dumps(part)))
+def _blocks_tokens(blocks: list[Any], budget: pdf.InflateBudget) -> int:
+    """Each block is its serialized size, but an image costs a flat allowance whatever its encoding (base64
+    text is no measure of its tokens), a PDF its pages, and a block holding blocks (Anthropic's `tool_result`)
+    its own fields plus each of its blocks.
+
+    One loop for a message's blocks, not a call each, and a block's `type` looked up once: an agent's turn
+    sends hundreds of text, tool_use and tool_result blocks, and almost never an image or a PDF."""
+    tokens = 0
+    for block in blocks:
+        if not isinstance(block, dict):
+            tokens += estimate_tokens(len(orjson.dumps(block)))
+            continue
+        kind = block.get("type")
+        field = TEXT_FIELDS.get(kind) if isinstance(kind, str) else None  # any JSON may come: a list is unhashable
+        if field is None and isinstance(kind, str) and kind in RARE_PARTS:
+            if kind in IMAGE_PARTS:
+                tokens += IMAGE_TOKENS
+                continue
+            if (pdf_part := _pdf_base64(block)) is not None:
+                encoded, rest = pdf_part
+                tokens += pdf_tokens(encoded, budget) + estimate_tokens(len(orjson.dumps(rest)))
+                continue
+        nested = block.get("content")
+        if isinstance(nested, list):
+            rest = dict(block)
+            del rest["content"]
+            tokens += estimate_tokens(len(orjson.dumps(rest))) + _blocks_tokens(nested, budget)
+        elif field is not None and (text := block.get(field)).__class__ is str and len(text) > LONG_TEXT:
+            # measured apart: a source file is not copied to be measured
+            tokens += estimate_tokens(len(orjson.dumps({**block, field: ""})) + utf8_len(text))  # type: ignore[arg-type]
+        else:
+            tokens += estimate_tokens(len(orjson.dumps(block)))
+    return tokens
 
 
 def _pdf_base64(part: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:

@@ -27,19 +27,22 @@ FETCH_TIMEOUT_S = 15.0
 FETCH_TOTAL_S = 30.0
 
 
-def _parts(content: Any) -> Iterator[dict[str, Any]]:
-    """The parts of a message content, and those inside Anthropic `tool_result` blocks."""
-    for part in content if isinstance(content, list) else ():
-        if isinstance(part, dict):
-            yield part
-            if part.get("type") == "tool_result":
-                yield from _parts(part.get("content"))
+def _image_parts(body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The image parts of a request's messages, those inside Anthropic `tool_result` blocks too: OpenAI's
+    `{"type": "image_url", "image_url": {"url"}}` or Anthropic's `{"type": "image", "source": {"type": "base64" |
+    "url" | ..., ...}}`.
 
-
-def _is_image(part: dict[str, Any]) -> bool:
-    """OpenAI's `{"type": "image_url", "image_url": {"url"}}` or Anthropic's `{"type": "image", "source":
-    {"type": "base64" | "url" | ..., ...}}` (on /v1/messages, also inside a `tool_result`)."""
-    return part.get("type") == "image" or (part.get("type") == "image_url" and isinstance(part.get("image_url"), dict))
+    One generator for the body and plain loops in it, not a generator per message and per block: an agent's
+    turn holds hundreds of blocks and, almost always, no image, so every block is looked at once, cheaply."""
+    lists = [content for message in body.get("messages") or ()
+             if isinstance(message, dict) and isinstance(content := message.get("content"), list)]
+    for parts in lists:  # a tool_result's blocks are appended, and met in their turn
+        for part in parts:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "image" or (kind == "image_url" and isinstance(part.get("image_url"), dict)):
+                yield part
+            elif kind == "tool_result" and isinstance(nested := part.get("content"), list):
+                lists.append(nested)
 
 
 def _remote_url(part: dict[str, Any]) -> str | None:
@@ -53,19 +56,14 @@ def _remote_url(part: dict[str, Any]) -> str | None:
     return None if url.startswith("data:") else url
 
 
-def _all_parts(body: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    for message in body.get("messages") or ():
-        yield from _parts(message.get("content") if isinstance(message, dict) else None)
-
-
 def has_images(body: dict[str, Any]) -> bool:
     """Whether any message holds an image, in OpenAI's or Anthropic's shape."""
-    return any(_is_image(part) for part in _all_parts(body))
+    return next(_image_parts(body), None) is not None
 
 
 def has_remote_images(body: dict[str, Any]) -> bool:
     """Whether any image is given by URL (an upstream that takes only bytes needs it fetched)."""
-    return any(_remote_url(part) is not None for part in _all_parts(body))
+    return any(_remote_url(part) is not None for part in _image_parts(body))
 
 
 def _refuse(url: str, why: str) -> InvalidRequest:

@@ -131,20 +131,20 @@ async def serve(request: web.Request, body: dict[str, Any], op: Endpoint) -> web
               and validation.serves(body, r, op.name) and validation.within_output_cap(body, r)
               and not (byok and r.provider_name != primary.provider_name)
               and (r is primary or byok or not _unconfigured(r))]
-    return await _serve_first(request, snapshot.config, usable, body, op)
+    return await _serve_first(request, snapshot.config, usable, body, op, images)
 
 
 async def _serve_first(request: web.Request, config: Config, routes: list[Route], body: dict[str, Any],
-                       op: Endpoint) -> web.StreamResponse:
+                       op: Endpoint, images: bool) -> web.StreamResponse:
     """Try each candidate, retrying retryable failures, until one answers or the deadline passes. Every
     attempt runs on the config the request started with (its routes are that config's): a reload meanwhile
     applies to the next request."""
     return await resilience.serve_first(request.app[RUNTIME].guard, config.retries, routes,
-                                        lambda route: _serve(request, config, route, body, op))
+                                        lambda route: _serve(request, config, route, body, op, images))
 
 
 async def _serve(request: web.Request, config: Config, route: Route, body: dict[str, Any],
-                 op: Endpoint) -> web.StreamResponse:
+                 op: Endpoint, images: bool) -> web.StreamResponse:
     """One attempt on one model: translate, admit (hold + limits), call, settle — whatever happens.
 
     The translation comes first, so a request this model's provider cannot express is refused (or moves
@@ -165,7 +165,7 @@ async def _serve(request: web.Request, config: Config, route: Route, body: dict[
     clean = {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
     quiet = streamed and route.learned.refuses_stream_options and "stream_options" not in clean
     target = _capped(route.target(api_key, quiet), key.max_tokens)
-    inline = exchange.needs_inline_images and has_remote_images(clean)
+    inline = images and exchange.needs_inline_images and has_remote_images(clean)  # `images`: of the same messages
     upstream_request = None if inline else _translate(exchange, route, clean, target, streamed)
     ticket = await metering.admit(runtime.store, runtime.settlements, config, route, key, body, byok, streamed,
                                   op.worst_case(body, route, config), op.name)
