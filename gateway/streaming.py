@@ -36,6 +36,7 @@ from providers.types import (
     Target,
     UpstreamHTTPError,
     Usage,
+    is_utf8,
     reasoning_text,
 )
 
@@ -155,14 +156,6 @@ def _content_text(chunk: JSON, counted: int) -> str | None:
     if type(text) is not str or not text or counted != utf8_len(text):
         return None
     return text
-
-
-def _is_utf8(raw: bytes) -> bool:
-    try:
-        raw.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 class ChunkCodec:
@@ -356,7 +349,7 @@ def _frame(codec: StreamCodec, events: list[SSEEvent], relayed: Relayed) -> tupl
     try:
         for event in events:
             template = codec.template
-            if template is not None and not state.done and (event.data.isascii() or _is_utf8(event.data)) \
+            if template is not None and not state.done and (event.data.isascii() or is_utf8(event.data)) \
                     and (counted := template.relay(b"data: " + event.data, out)) is not None:
                 relayed.text_bytes += counted
                 continue
@@ -374,7 +367,7 @@ def _relay_run(codec: StreamCodec, decoder: SSEDecoder, lines: list[bytes],
     them: the events the codec's template matches are relayed from their bytes, the others fed to the
     codec. This is the loop a long stream spends its time in."""
     template = codec.template
-    utf8 = all(map(bytes.isascii, lines)) or all(map(_is_utf8, lines))  # then so is any text cut out of them
+    utf8 = all(map(bytes.isascii, lines)) or all(map(is_utf8, lines))  # then so is any text cut out of them
     if not utf8 or (template is None and not codec.learning):
         return _frame(codec, [decoder.event(line) for line in lines], relayed)
     state = codec.state

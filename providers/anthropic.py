@@ -43,6 +43,7 @@ from providers.types import (
     UpstreamRequest,
     claude_signed,
     ends_by_itself,
+    is_utf8,
     load_object,
     status_phrase,
 )
@@ -295,7 +296,7 @@ def delta_text_bytes(state: StreamState, data: bytes) -> int | None:
             n = len(orjson.loads(b'"' + raw + b'"').encode())
         except (orjson.JSONDecodeError, UnicodeEncodeError):
             return None
-    elif raw.isascii() or _is_utf8(raw):
+    elif raw.isascii() or is_utf8(raw):
         n = len(raw)
     else:
         return None
@@ -306,14 +307,6 @@ def delta_text_bytes(state: StreamState, data: bytes) -> int | None:
     if n:
         state.created = state.created or int(time.time())  # as `_chunk` stamps the chunk it would make
     return n
-
-
-def _is_utf8(raw: bytes) -> bool:
-    try:
-        raw.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def _block_stop(state: AnthropicStreamState, data: JSON) -> list[JSON]:

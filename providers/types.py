@@ -374,6 +374,15 @@ def images_heading(call_id: str) -> str:
     return f"[Image(s) of the result of tool call {call_id}]"
 
 
+def is_utf8(raw: bytes) -> bool:
+    """Whether `raw` decodes as UTF-8: bytes relayed as they came into JSON a client parses must."""
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def load_object(raw: bytes, what: str = "answer") -> JSON:
     """An upstream's JSON object, or a ProviderError: a body that is not one is the upstream's fault,
     and the relay turns that error into a 502 rather than letting a decode error escape."""
