@@ -20,7 +20,6 @@ _NOT_VERBATIM = re.compile(rb'["\\\x00-\x1f]')
 # characters in `obfuscation` (on by default, against length side channels; relayed as they came).
 VARYING = ("obfuscation",)
 _MARK = "\x7fgateway-%d\x7f"  # stands for a cut-out string while a template's client side is encoded
-OPENAI_TEXT: tuple[str | int, ...] = ("choices", 0, "delta", "content")  # where an OpenAI chunk holds its text
 
 
 class Template:
@@ -75,8 +74,7 @@ class Template:
         return len(text)
 
     @classmethod
-    def learn(cls, data: bytes, chunk: JSON, text: str, encode: Any,
-              text_at: tuple[str | int, ...] = OPENAI_TEXT) -> Template | None:
+    def learn(cls, data: bytes, chunk: JSON, text: str, encode: Any, text_at: tuple[str | int, ...]) -> Template | None:
         """The template of event `data`, parsed into the content-only `chunk` (as it will be relayed) of
         `text`, whose client bytes `encode` makes; None unless its strings can be cut out of both. `text_at`:
         where the text sits in the event (the adapter's `TEXT_AT`: OpenAI's chunk, Anthropic's text delta)."""

@@ -320,7 +320,7 @@ def test_a_template_needs_its_text_cut_out_exactly() -> None:
         [parsed] = openai.parse_stream_event(StreamState(public_model="m"), event)
         parsed["id"] = "gen-1"
         text = parsed["choices"][0]["delta"].get("content")
-        return Template.learn(event.data, parsed, text, codec.encode)
+        return Template.learn(event.data, parsed, text, codec.encode, openai.TEXT_AT)
 
     assert learn(chunk(" hi")) is not None
     assert learn(chunk(" hi", note={"content": " hi"})) is None  # twice there: which one?
