@@ -328,7 +328,7 @@ def relay_read(codec: StreamCodec, decoder: SSEDecoder, data: bytes,
     if data and (lines := decoder.feed_run(data)) is not None:
         return _relay_run(codec, decoder, lines, relayed)
     if data:
-        return _frame(codec, decoder.feed(data), relayed)
+        return _frame(codec, decoder.feed_rest(data), relayed)  # feed_run refused it just now
     batch, broken = _frame(codec, decoder.flush(), relayed)  # a last event may lack its blank line
     if broken is None and not codec.state.done:  # the adapter's last word: a finish it held back (Gemini)
         more, n = codec.feed_end()

@@ -116,6 +116,11 @@ class SSEDecoder:
         run = self.feed_run(data)
         if run is not None:
             return [self.event(line) for line in run]
+        return self.feed_rest(data)
+
+    def feed_rest(self, data: bytes) -> list[SSEEvent]:
+        """`feed` for a read `feed_run` just refused (it consumed nothing): named events by `feed_named`,
+        anything else by the line machinery. A relay that tried `feed_run` itself need not have it tried twice."""
         named = self.feed_named(data)
         if named is not None:
             return named
