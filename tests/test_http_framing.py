@@ -276,3 +276,47 @@ async def test_a_keep_alive_client_keeps_its_connection_across_answers_and_refus
     finally:
         writer.close()
     assert len(gateway.fake.requests) == 2
+
+
+# --- a body read in pieces reaches the upstream byte for byte ----------------------------------------
+
+def _chunked(data: bytes, sizes: list[int]) -> bytes:
+    """`data` as HTTP/1.1 chunks of `sizes` (cycled), then the last chunk."""
+    out, at, i = bytearray(), 0, 0
+    while at < len(data):
+        piece = data[at:at + sizes[i % len(sizes)]]
+        out += b"%x\r\n%s\r\n" % (len(piece), piece)
+        at, i = at + len(piece), i + 1
+    return bytes(out + b"0\r\n\r\n")
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked", "chunked-tiny", "gzip-chunked"])
+async def test_a_body_that_arrives_in_pieces_reaches_the_upstream_whole(gateway: Gateway, framing: str) -> None:
+    """The gateway keeps the pieces the parser hands over and joins them once (no readany, no growing buffer):
+    whatever the framing and however the writes fall, the upstream gets every byte in order and no more."""
+    text = "".join(f"line {i}: ünïcødé {'x' * (i % 97)}\n" for i in range(600))  # ~45 KB (the limit: 64 KB)
+    data = chat(text)
+    head = raw_head(gateway, len(data) if framing == "content-length" else None)
+    if framing == "content-length":
+        wire = data
+    elif framing == "chunked":
+        wire = _chunked(data, [20000, 1000, 7, 9000])
+    elif framing == "chunked-tiny":
+        wire = _chunked(data, [1, 2, 3, 5000, 100])
+    else:
+        head = head.replace(b"Content-Type: application/json\r\n", b"Content-Type: application/json\r\n"
+                                                                   b"Content-Encoding: gzip\r\n")
+        wire = _chunked(gzip.compress(data), [4096, 13])
+    host, port = gateway.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(head)
+        for at in range(0, len(wire), 6000):  # separate writes with pauses: several reads on the server
+            writer.write(wire[at:at + 6000])
+            await writer.drain()
+            await asyncio.sleep(0.01)
+        status, _, payload = await answer(reader)
+    finally:
+        writer.close()
+    assert status == 200, payload
+    assert gateway.fake.last.body["messages"] == [{"role": "user", "content": text}]
