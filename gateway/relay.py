@@ -188,14 +188,17 @@ async def read_some(resp: aiohttp.ClientResponse, silence_s: float) -> bytes:
 
 
 async def read_body(resp: aiohttp.ClientResponse, silence_s: float, head: bytes = b"") -> bytes:
-    """A whole upstream body (`head`: its first bytes, already read)."""
-    body = bytearray(head)
+    """A whole upstream body (`head`: its first bytes, already read), its pieces joined once: a growing
+    bytearray and `bytes()` copy a big answer (an embeddings batch, images as base64) two times more, in
+    fresh memory the kernel faults in page by page (`read_limited` in gateway.requests, bench/README.md)."""
+    pieces, size = ([head] if head else []), len(head)
     while data := await read_some(resp, silence_s):
-        body += data
-        if len(body) > MAX_UPSTREAM_BODY:
+        pieces.append(data)
+        size += len(data)
+        if size > MAX_UPSTREAM_BODY:
             raise UpstreamFailed(f"the upstream's answer is too large (over {MAX_UPSTREAM_BODY} bytes)",
                                  code="upstream_bad_response", retryable=False)
-    return bytes(body)
+    return b"".join(pieces)
 
 
 _HTML = re.compile(r"^\s*<(!doctype html|html|head|body)\b", re.IGNORECASE)

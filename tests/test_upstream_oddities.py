@@ -525,6 +525,20 @@ async def test_an_answer_over_the_size_limit_is_a_502_bad_response(odd: tuple[Ga
     assert await ledger(gw) == (before, 0, 0)
     assert len(up.requests) == 1
 
+
+async def test_a_big_answer_arrives_whole(odd: tuple[Gateway, RawUpstream]) -> None:
+    """A 3 MB answer comes in many reads, kept as pieces and joined once (relay.read_body): every byte of its
+    text reaches the client in order."""
+    gw, up = odd
+    answer = json.loads(chat_answer("openai", 5, stream=False).split(b"\r\n\r\n", 1)[1])
+    text = "".join(f"{i:07d} ünïcødé ✓ " for i in range(150_000))  # ~3 MB of UTF-8, no two runs alike
+    answer["choices"][0]["message"]["content"] = text
+    up.answer = http(200, json.dumps(answer).encode())
+    status, out = await call(gw, "/v1/chat/completions", {"model": MODELS["openai"], "messages": MESSAGES,
+                                                           "max_tokens": 50})
+    assert status == 200, out[:300]
+    assert json.loads(out)["choices"][0]["message"]["content"] == text
+
 # -- a Gemini stream that ends in a bare JSON error ------------------------------------------------------
 
 def gemini_error_tail() -> bytes:
