@@ -31,11 +31,14 @@ from providers import (
     anthropic_answer,
     anthropic_history,
     anthropic_inbound,
+    anthropic_runs,
     anthropic_usage,
     reasoning,
     registry,
 )
 from providers.anthropic_answer import MessageStream
+from providers.anthropic_runs import TextRun
+from providers.framing import RunFinder
 from providers.types import (
     JSON,
     ChatRequest,
@@ -62,7 +65,7 @@ class NativeCodec:
     streams state them: LangChain's ChatAnthropic reads a stream's usage from message_delta alone, and would
     report a prompt billed here as 0 tokens (the Anthropic SDK takes the same counts from either event)."""
 
-    template: Template | None = None  # Claude's events are relayed one by one
+    template: Template | None = None  # Claude's events are relayed one by one, but for runs of text deltas
     learning = 0
 
     def __init__(self, target: Target, generation_id: str) -> None:
@@ -70,8 +73,12 @@ class NativeCodec:
         self.state = self.adapter.new_stream_state(ChatRequest(body={}, stream=True), target)
         self.generation_id, self.model = generation_id, target.public_model
         self.held: list[tuple[str, JSON]] = []
+        # a read's run of plain text deltas of one block comes as one `TextRun` (None: each delta by itself)
+        self.runs: RunFinder | None = anthropic_runs.find
 
     def feed(self, event: SSEEvent) -> tuple[bytes, int]:
+        if event.__class__ is TextRun:
+            return self._feed_run(event)  # type: ignore[arg-type]  # its class, just checked
         if event.event == "content_block_delta" \
                 and (n := anthropic.delta_text_bytes(self.state, event.data)) is not None:  # counted unparsed
             return b"event: content_block_delta\ndata: " + event.data + b"\n\n", n
@@ -88,6 +95,17 @@ class NativeCodec:
             self.held.append((name, data))
             return b"", n
         return frame(data, event=name or None), n
+
+    def _feed_run(self, run: TextRun) -> tuple[bytes, int]:
+        """A run's deltas as they came, as `feed` relays each (the same bytes), counted whole; one by one where
+        the state says they must be (they are whole, plain text deltas: reading them raises nothing)."""
+        if anthropic_runs.take(self.state, run):
+            return run.data + b"\n\n", run.text_bytes
+        batch, n = b"", 0
+        for event in run.events():
+            more, k = self.feed(event)
+            batch, n = batch + more, n + k
+        return batch, n
 
     def feed_end(self) -> tuple[bytes, int]:
         """Nothing: message_stop ends a Claude stream, and is relayed as it came."""

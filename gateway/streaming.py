@@ -25,7 +25,7 @@ from gateway.relay import next_data
 from gateway.sse import DONE, SSEWriter, frame
 from gateway.template import Template
 from providers import openai
-from providers.framing import SSEDecoder
+from providers.framing import RunFinder, SSEDecoder
 from providers.registry import Adapter
 from providers.types import (
     JSON,
@@ -47,6 +47,7 @@ class StreamCodec(Protocol):
     state: StreamState
     template: Template | None  # once known, the events it matches are relayed without `feed`
     learning: int  # while > 0, `feed` may learn a template
+    runs: RunFinder | None  # named events `feed` takes a span of whole, as one event (`SSEDecoder.feed_named`)
 
     def feed(self, event: SSEEvent) -> tuple[bytes, int]:
         """Bytes to relay now (may be empty) and how many bytes of generated text they hold."""
@@ -164,6 +165,7 @@ class ChunkCodec:
     encoding of a chunk depends on earlier chunks sets `templated` False."""
 
     templated = True
+    runs: RunFinder | None = None
     LEARNING = 3  # content-only chunks a stream tries to learn its template from before it gives up
 
     def __init__(self, adapter: Adapter, state: StreamState, generation_id: str, wants_usage: bool,
@@ -328,7 +330,7 @@ def relay_read(codec: StreamCodec, decoder: SSEDecoder, data: bytes,
     if data and (lines := decoder.feed_run(data)) is not None:
         return _relay_run(codec, decoder, lines, relayed)
     if data:
-        return _frame(codec, decoder.feed_rest(data), relayed)  # feed_run refused it just now
+        return _frame(codec, decoder.feed_rest(data, codec.runs), relayed)  # feed_run refused it just now
     batch, broken = _frame(codec, decoder.flush(), relayed)  # a last event may lack its blank line
     if broken is None and not codec.state.done:  # the adapter's last word: a finish it held back (Gemini)
         more, n = codec.feed_end()

@@ -21,6 +21,8 @@ mid-answer writes the error body unframed) gets it from `flush` as its last even
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import orjson
 
 from providers.types import ProviderError, SSEEvent
@@ -28,6 +30,8 @@ from providers.types import ProviderError, SSEEvent
 DEFAULT_MAX_EVENT_BYTES = 16 * 1024 * 1024
 MAX_STRAY_BYTES = 64 * 1024  # unframed lines kept after the last event: an error body, not an answer
 _BOM = b"\xef\xbb\xbf"
+# A relay's finder of a span of named events it takes whole (`SSEDecoder.feed_named`)
+RunFinder = Callable[[bytes], "tuple[int, int, SSEEvent] | None"]
 
 
 class _LineSplitter:
@@ -118,10 +122,11 @@ class SSEDecoder:
             return [self.event(line) for line in run]
         return self.feed_rest(data)
 
-    def feed_rest(self, data: bytes) -> list[SSEEvent]:
-        """`feed` for a read `feed_run` just refused (it consumed nothing): named events by `feed_named`,
-        anything else by the line machinery. A relay that tried `feed_run` itself need not have it tried twice."""
-        named = self.feed_named(data)
+    def feed_rest(self, data: bytes, runs: RunFinder | None = None) -> list[SSEEvent]:
+        """`feed` for a read `feed_run` just refused (it consumed nothing): named events by `feed_named` (`runs`
+        as it takes them), anything else by the line machinery. A relay that tried `feed_run` itself need not
+        have it tried twice."""
+        named = self.feed_named(data, runs)
         if named is not None:
             return named
         if self._tail:  # the start of an event a shortcut kept: the line machinery takes it over
@@ -151,14 +156,36 @@ class SSEDecoder:
         self._tail = rest
         return lines
 
-    def feed_named(self, data: bytes) -> list[SSEEvent] | None:
+    def feed_named(self, data: bytes, runs: RunFinder | None = None) -> list[SSEEvent] | None:
         """`feed_run` for a server that names every event (Anthropic): whole events of an `event: ` line and
         one `data: ` line each, then maybe the start of the next, kept raw; None, consuming nothing, for
-        anything else. The line machinery costs ~30 Python lines an event, and a long answer is thousands."""
+        anything else. The line machinery costs ~30 Python lines an event, and a long answer is thousands.
+
+        `runs`: a relay's finder of a span of these events that it takes whole, given the read's whole events
+        (joined by blank lines): the span's start and end there, at event boundaries, and one event of its own
+        standing for the span (Claude's text deltas, `providers.anthropic_runs`); the events around it are
+        decoded one by one (a text delta costs ~8 Python lines here by itself, and as many again in the relay)."""
         taken = self._whole_events(data, b"event: ")
         if taken is None:
             return None
         whole, rest = taken
+        # one event alone is no run: fed by itself, as cheaply (a finder costs more than it saves under ~2)
+        found = runs(whole) if runs is not None and b"\n\n" in whole and len(whole) <= self._max else None
+        if found is None:
+            events = self._named(whole)
+        else:
+            start, end, run = found
+            before = self._named(whole[:start - 2]) if start else []
+            after = self._named(whole[end + 2:]) if end < len(whole) else []
+            events = None if before is None or after is None else [*before, run, *after]
+        if events is None:
+            return None
+        self._lines.clear()
+        self._tail = rest
+        return events
+
+    def _named(self, whole: bytes) -> list[SSEEvent] | None:
+        """`feed_named`'s events of whole events joined by blank lines; None where one is not of its shape."""
         events = []
         for part in whole.split(b"\n\n") if whole else ():
             name, _, line = part.partition(b"\n")
@@ -166,8 +193,6 @@ class SSEDecoder:
                     or len(line) > self._max + 5:
                 return None
             events.append(SSEEvent(line[6:], name[7:].decode("utf-8", "replace"), self._id))
-        self._lines.clear()
-        self._tail = rest
         return events
 
     def _whole_events(self, data: bytes, first: bytes) -> tuple[bytes, bytes] | None:
