@@ -219,6 +219,12 @@ def render(results: dict[str, Any]) -> str:
             lines.append(f"instructions per {variant} request ({BODY_SHAPES[variant]}; callgrind, sequential): "
                          f"gateway {ins['gateway']:.3f} M, pass-through {ins['passthrough']:.3f} M "
                          f"(x{ins['gateway'] / ins['passthrough']:.2f})")
+    for variant, by_target in (results.get("kernel") or {}).items():
+        gw, pt = by_target["gateway"], by_target["passthrough"]
+        lines.append(f"kernel side per {variant} request (bench/kernel.py, sequential): page faults gateway "
+                     f"{gw['faults']:.1f}, pass-through {pt['faults']:.1f}; CPU user+system gateway "
+                     f"{gw['user_us']:.0f}+{gw['system_us']:.0f} us, "
+                     f"pass-through {pt['user_us']:.0f}+{pt['system_us']:.0f} us")
     prof = results.get("profile")
     if prof and "summary" in prof:
         lines.append(f"\nprofile (py-spy, c=16 non-streamed): {prof['top']}, flame graph {prof['svg']}")

@@ -65,6 +65,8 @@ VARIANTS = {
 }
 
 BODIES = ("agent", "agent-claude")  # the agents' bodies the full run pairs with the pass-through at c=16 (no target)
+# the other routes' long streams, paired the same way (the pass-through relays each as OpenAI chunks on chat)
+ROUTES = ("claude-s1000", "claude-chat-s1000", "messages-s1000")
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import instructions
+import kernel
 import procs
 import report
 from extras import (
@@ -52,6 +53,7 @@ from rig import (
     NOISY_PCT,
     RESULTS,
     ROOT,
+    ROUTES,
     VARIANTS,
     Bench,
     Case,
@@ -280,7 +282,7 @@ def run_all(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         revive(bench, "gateway")
         out["paired"] = [paired(bench, "upstream", VARIANTS["json"], 1, rounds, 3)]
         out["paired"] += [paired(bench, "passthrough", VARIANTS[v], 16, rounds, 3)
-                          for v in ("json", "s20", "s1000", *BODIES)]  # agents' bodies: no target, what they cost
+                          for v in ("json", "s20", "s1000", *BODIES, *ROUTES)]  # no target: what they cost
         # the floor under the c=1 target: what the pass-through adds, plus the gateway's one round trip in
         out["paired"].append(paired(bench, "upstream", VARIANTS["json"], 1, rounds, 3, target="passthrough"))
         for p in out["paired"]:
@@ -301,6 +303,13 @@ def run_all(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         out["instructions_bodies"] = {
             v: {target: round(instructions.measure(bench, target, direct_cfg, v, 50, 10), 3)
                 for target in ("gateway", "passthrough")} for v in ("agent", "agent-messages", "agent-claude")}
+
+    if "3-gw" in only and not s.quick:
+        log("bench: page faults and CPU per request from /proc (sequential, gateway and pass-through)")
+        out["kernel"] = {v: {target: {k: round(x, 2) for k, x in kernel.measure(bench, target, direct_cfg, v, n,
+                                                                                  50).items()}
+                             for target in ("gateway", "passthrough")}
+                         for v, n in (("json", 1000), ("agent", 200), ("agent-claude", 200))}
 
     if args.profile:
         log(f"bench: profiling the gateway (non-streamed, c=16) for {args.profile_seconds} s with py-spy")
