@@ -52,7 +52,9 @@ def find(whole: bytes) -> tuple[int, int, TextRun] | None:
     k = run.count(b"\n\n") + 1  # events: no blank line inside one, as the events come whole
     # every event `head` text `_END`: the blank lines all stand between an `_END` and a `head`, and the texts
     # hold no quote (so no other string, nor the end of theirs), no line end, no escape, no control character
-    if not run.endswith(_END) or run.count(_END + b"\n\n" + head) != k - 1 \
+    # (an event shorter than `head` and `_END` would share their quote: `head` then `}}` is such an event, or a text
+    # starting `}}`, which is left to the event-by-event way)
+    if not run.endswith(_END) or run.count(_END + b"\n\n" + head) != k - 1 or head + b"}}" in run \
             or run.count(b'"') != k * (head.count(b'"') + 1) or run.count(b"\n") != 3 * k - 2 \
             or _NOT_PLAIN.search(run) is not None or not (run.isascii() or is_utf8(run)):
         return None  # (valid UTF-8 whole: the texts are, as ASCII bytes surround each)

@@ -227,8 +227,13 @@ def test_a_run_is_found_only_where_it_is_whole_and_plain() -> None:
                     whole(delta(0, " a"), delta(0, " b")).replace(b" b", b" b\nc"),
                     whole(delta(0, " a")).replace(b'"index":0', b'"index":01'),
                     whole(delta(0, "x", "thinking_delta")), whole(delta(0, "x", "input_json_delta")),
-                    whole(START)]:
+                    whole(START),
+                    # a text that never closes (its quote the end's), then one with a bare quote: the quotes add up
+                    whole(delta(0, "x"), delta(0, "a")).replace(b'"text":"x"}}', b'"text":"}}', 1)
+                    .replace(b'"text":"a"}}', b'"text":"a"b"}}', 1)]:
         assert anthropic_runs.find(refused) is None, refused
+    # a text that starts like the end, `}}`, is plain text (taken by itself where it stands alone)
+    assert same_either_way(START + block(0, [" a", "}} b", " c"]) + END, []) == 3
 
 
 def test_a_run_after_the_stream_ended_or_in_an_answer_is_not_taken() -> None:
