@@ -14,6 +14,7 @@ event (which the SDKs turn into a chunk without `choices`) is sent only on reque
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any, Protocol
 
 import aiohttp
@@ -23,8 +24,9 @@ from gateway.billing import restate_usage, utf8_len
 from gateway.errors import GatewayError, UpstreamFailed, error_event
 from gateway.relay import next_data
 from gateway.sse import DONE, SSEWriter, frame
-from gateway.template import Template
+from gateway.template import Template, TemplatedRun, content_text, find_run
 from providers import openai
+from providers.anthropic import AnthropicStreamState
 from providers.framing import RunFinder, SSEDecoder
 from providers.registry import Adapter
 from providers.types import (
@@ -141,24 +143,6 @@ def _is_tail(chunk: JSON) -> bool:
     return False
 
 
-def _content_text(chunk: JSON, counted: int) -> str | None:
-    """The text of a chunk whose only generated text is its `content`: one choice, unfinished, no usage;
-    `counted` is its `text_bytes` as it came, before hidden reasoning left it (a template learnt from a chunk
-    whose reasoning was hidden would relay the chunks like it without counting their reasoning). What else
-    it holds (a role on every chunk, `reasoning_content: null`, `reasoning: ""`...) is part of its template."""
-    choices = chunk.get("choices")
-    if type(choices) is not list or len(choices) != 1 or isinstance(chunk.get("usage"), dict):
-        return None
-    choice = choices[0]
-    delta = choice.get("delta") if type(choice) is dict else None
-    if type(delta) is not dict or choice.get("finish_reason") is not None:
-        return None
-    text = delta.get("content")
-    if type(text) is not str or not text or counted != utf8_len(text):
-        return None
-    return text
-
-
 class ChunkCodec:
     """The adapter's chat chunks, relayed as OpenAI SSE; every chunk carries the gateway's generation id,
     the handle for /v1/generation. Subclasses change `encode`/`end` to speak another API; one whose
@@ -176,8 +160,12 @@ class ChunkCodec:
         self.held: list[JSON] = []  # finish and usage chunks waiting for the bill
         self.template: Template | None = None
         self.learning = self.LEARNING if self.templated and adapter.VERBATIM_CHUNKS else 0
+        if self.learning and isinstance(state, AnthropicStreamState):  # Claude's text deltas: reads relayed whole
+            self.runs = partial(find_run, self)
 
     def feed(self, event: SSEEvent) -> tuple[bytes, int]:
+        if event.__class__ is TemplatedRun:
+            return event.out, event.text_bytes  # type: ignore[attr-defined]  # its class, just checked
         return self.relay(self.adapter.parse_stream_event(self.state, event), event.data)
 
     def feed_end(self) -> tuple[bytes, int]:
@@ -255,7 +243,7 @@ class ChunkCodec:
         return self.relay(openai.answer_chunks(answer), None)
 
     def _learn(self, data: bytes, chunk: JSON, counted: int) -> None:
-        text = _content_text(chunk, counted)
+        text = content_text(chunk, counted)
         if text is not None:
             self.learning -= 1
             if (template := Template.learn(data, chunk, text, self.encode, self.adapter.TEXT_AT)) is not None:
@@ -373,6 +361,9 @@ def _relay_run(codec: StreamCodec, decoder: SSEDecoder, lines: list[bytes],
     if not utf8 or (template is None and not codec.learning):
         return _frame(codec, [decoder.event(line) for line in lines], relayed)
     state = codec.state
+    if len(lines) > 1 and template is not None and not state.done and (run := template.relay_run(lines)) is not None:
+        relayed.text_bytes += run[1]  # every line matched: no event, no Python call a line
+        return run[0], None
     out: list[bytes] = []
     n = 0
     try:

@@ -8,17 +8,21 @@ sides, and `gateway.streaming` relays every later event that matches without dec
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import orjson
 
-from providers.types import JSON
+from gateway.billing import utf8_len
+from providers.types import JSON, SSEEvent, is_utf8
 
 # Bytes a JSON string holds only escaped, or that are not text: such a chunk goes the parsing way.
 _NOT_VERBATIM = re.compile(rb'["\\\x00-\x1f]')
 # Top-level strings that change from chunk to chunk besides the text: OpenAI pads every chunk with random
 # characters in `obfuscation` (on by default, against length side channels; relayed as they came).
 VARYING = ("obfuscation",)
+_NAMED = b"event: content_block_delta\n"  # before a Claude text delta's `data:` line (`find_run`)
 _MARK = "\x7fgateway-%d\x7f"  # stands for a cut-out string while a template's client side is encoded
 
 
@@ -35,7 +39,8 @@ class Template:
     text their only string, at the adapter's `TEXT_AT`), relayed as OpenAI chunks to a chat client.
     """
 
-    __slots__ = ("head", "inner", "order", "out", "size", "tail", "text_at")
+    __slots__ = ("between", "cuts", "head", "heads", "inner", "order", "out", "seams", "size", "tail", "text_at")
+    runs = True  # `relay_run` may take a read whole (False: line by line, as the equivalence tests compare)
 
     def __init__(self, pieces: list[bytes], out: list[bytes], order: list[int], text_at: int) -> None:
         # pieces: the upstream's bytes around its strings; out: the client's around them; order[i]: which
@@ -43,6 +48,13 @@ class Template:
         self.head, self.inner, self.tail = b"data: " + pieces[0], pieces[1:-1], pieces[-1]
         self.size = len(self.head) + sum(map(len, self.inner)) + len(self.tail)
         self.out, self.order, self.text_at = out, order, text_at
+        # for `relay_run`, its lines plain or named: what precedes a text, a line's text, the upstream's bytes
+        # between one text and the next; the client's
+        named, seam, end = _NAMED + self.head, self.tail + b"\n\n", -len(self.tail)  # (no generator: per stream)
+        self.heads = (self.head, named)
+        self.cuts = (itemgetter(slice(len(self.head), end)), itemgetter(slice(len(named), end)))
+        self.seams = (seam + self.head, seam + named)
+        self.between = out[-1] + out[0]
 
     def relay(self, line: bytes, out: list[bytes]) -> int | None:
         """For a `data: ...` line that matches, its client bytes put on `out` and its text's length (UTF-8
@@ -72,6 +84,28 @@ class Template:
         for i, at in enumerate(self.order):
             out += (strings[at], pieces[i + 1])
         return len(text)
+
+    def relay_run(self, lines: list[bytes], named: bool = False) -> tuple[bytes, int] | None:
+        """A read's `data: ...` lines (of valid UTF-8; `named`: Claude's events, each a text delta's `event:`
+        line and its `data:` line) as `relay` relays each, client bytes and texts' length, when every one
+        matches; else None. A few C-level operations over the read instead of a Python call a line: cut each
+        line's text at the head's and tail's lengths, check the lines are the head, that text, the tail each
+        (rebuilt and joined as the read's lines are: line ends stand only between them, as the texts hold
+        none), the texts plain and not empty. Only for the text alone (no padding): its client bytes are the
+        text between two fixed pieces."""
+        if self.inner or not self.runs:
+            return None
+        head = self.heads[named]  # a read that starts or ends with another chunk (role, finish, usage): at once
+        if not (lines[0].startswith(head) and lines[-1].startswith(head)):
+            return None
+        texts = list(map(self.cuts[named], lines))  # empty where a line is no longer than head and tail
+        if not all(texts) or head + self.seams[named].join(texts) + self.tail != b"\n\n".join(lines):
+            return None
+        text = b"".join(texts)
+        if _NOT_VERBATIM.search(text) is not None:
+            return None
+        out = self.out
+        return out[0] + self.between.join(texts) + out[1], len(text)
 
     @classmethod
     def learn(cls, data: bytes, chunk: JSON, text: str, encode: Any, text_at: tuple[str | int, ...]) -> Template | None:
@@ -134,3 +168,42 @@ class Template:
         out.append(encoded[at:])
         # strings travel in the upstream's order; the client's order may differ
         return cls(pieces, out, [positions.index(i) for i in order], positions.index(0))
+
+
+def content_text(chunk: JSON, counted: int) -> str | None:
+    """The text of a chunk whose only generated text is its `content`: one choice, unfinished, no usage;
+    `counted` is its `text_bytes` as it came, before hidden reasoning left it (a template learnt from a chunk
+    whose reasoning was hidden would relay the chunks like it without counting their reasoning). What else
+    it holds (a role on every chunk, `reasoning_content: null`, `reasoning: ""`...) is part of its template."""
+    choices = chunk.get("choices")
+    if type(choices) is not list or len(choices) != 1 or isinstance(chunk.get("usage"), dict):
+        return None
+    choice = choices[0]
+    delta = choice.get("delta") if type(choice) is dict else None
+    if type(delta) is not dict or choice.get("finish_reason") is not None:
+        return None
+    text = delta.get("content")
+    if type(text) is not str or not text or counted != utf8_len(text):
+        return None
+    return text
+
+
+@dataclass(slots=True)
+class TemplatedRun(SSEEvent):
+    """A read of Claude's text deltas `find_run` relayed whole: the client's bytes and their texts' UTF-8 size."""
+
+    out: bytes = b""
+    text_bytes: int = 0
+
+
+def find_run(codec: Any, whole: bytes) -> tuple[int, int, SSEEvent] | None:
+    """A chat codec's finder of runs in a read of Claude's stream (`SSEDecoder.feed_named`'s `runs`, a whole
+    read's events): the whole read when its template relays every event in it (text deltas of the block it was
+    learnt in, plain text), as one `TemplatedRun` that `gateway.streaming.ChunkCodec.feed` sends as it is; else
+    None. The read's only event, so relayed as the state is now: as `_frame` would relay the events one by one.
+    Its empty data matches no template there (and is valid UTF-8)."""
+    template = codec.template
+    if template is None or codec.state.done or not (whole.isascii() or is_utf8(whole)):
+        return None
+    found = template.relay_run(whole.split(b"\n\n"), True)
+    return None if found is None else (0, len(whole), TemplatedRun(b"", "content_block_delta", "", *found))
