@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 import pytest
+from test_stream_relay import event_ends, relay_reads
 
-from gateway import streaming
 from gateway.messages import NativeCodec
 from providers import anthropic, anthropic_runs
 from providers.anthropic_request import JSON_TOOL
@@ -32,7 +32,6 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 RECORDED = sorted((SHARED / "wire" / "anthropic").glob("*stream*.sse"))
 CLAUDE = Target(provider="anthropic", base_url="https://api.anthropic.com", api_key="k",
                 upstream_model="claude-haiku-4-5", public_model="anthropic/claude-haiku-4-5")
-BILLING = {"request_cost": "0.000001", "balance": "1.00"}
 
 
 @pytest.fixture(autouse=True)
@@ -57,25 +56,12 @@ def relay(raw: bytes, reads: list[int], runs: bool) -> tuple[bytes, str | None, 
         looked += 1
         return count(state, data)
 
-    decoder, relayed = SSEDecoder(), streaming.Relayed()
-    out, error, start = bytearray(), None, 0
     original, anthropic.delta_text_bytes = anthropic.delta_text_bytes, counting
     try:
-        for end in [*reads, len(raw), None]:
-            data = raw[start:end] if end is not None else b""
-            start = end or start
-            batch, broken = streaming.relay_read(codec, decoder, data, relayed)
-            out += batch
-            if broken is not None:
-                error = str(broken)
-                break
-            if codec.state.done:
-                break
+        out, error, text_bytes = relay_reads(codec, raw, reads)
     finally:
         anthropic.delta_text_bytes = original
-    if error is None:
-        out += codec.finish(BILLING, False, codec.state.usage)
-    return bytes(out), error, relayed.text_bytes, codec.state, looked
+    return out, error, text_bytes, codec.state, looked
 
 
 def same_either_way(raw: bytes, reads: list[int]) -> int:
@@ -83,10 +69,6 @@ def same_either_way(raw: bytes, reads: list[int]) -> int:
     fast, slow = relay(raw, reads, True), relay(raw, reads, False)
     assert fast[:4] == slow[:4]
     return fast[4]
-
-
-def event_ends(raw: bytes) -> list[int]:
-    return [i + 2 for i in range(len(raw)) if raw.startswith(b"\n\n", i)]
 
 
 READINGS: dict[str, Callable[[bytes], list[int]]] = {

@@ -80,6 +80,13 @@ def relay(raw: bytes, reads: list[int], learn: bool, codec_type: type = streamin
     codec = codec_type(Counting(), state, "gen-42", wants_usage, hide_reasoning)
     if not learn:
         codec.learning = 0
+    out, error, text_bytes = relay_reads(codec, raw, reads)
+    return out, error, text_bytes, codec.state, parsed
+
+
+def relay_reads(codec: Any, raw: bytes, reads: list[int]) -> tuple[bytes, str | None, int]:
+    """`raw` through `codec` in reads that end at `reads` (then an empty read, the end): the client's bytes with
+    the held tail, the error that stopped it, and the text bytes counted."""
     decoder, relayed = SSEDecoder(), streaming.Relayed()
     out, error, start = bytearray(), None, 0
     for end in [*reads, len(raw), None]:
@@ -94,7 +101,7 @@ def relay(raw: bytes, reads: list[int], learn: bool, codec_type: type = streamin
             break
     if error is None:
         out += codec.finish(BILLING, False, codec.state.usage)
-    return bytes(out), error, relayed.text_bytes, codec.state, parsed
+    return bytes(out), error, relayed.text_bytes
 
 
 def same_either_way(raw: bytes, reads: list[int], **kw: Any) -> int:

@@ -164,7 +164,12 @@ def test_events_after_done_are_not_relayed_whole() -> None:
     """A read of matching lines after [DONE] relays nothing, as line by line."""
     raw = stream([" a", " b", " c"])
     late = b"".join(chunk(f" late{i}") for i in range(5))
-    codec = streaming.ChunkCodec(openai, StreamState(public_model="gw/model"), "gen-42", True)
+    late_read_relays_nothing(streaming.ChunkCodec(openai, StreamState(public_model="gw/model"), "gen-42", True),
+                             raw, late)
+
+
+def late_read_relays_nothing(codec: streaming.ChunkCodec, raw: bytes, late: bytes) -> None:
+    """After the stream `raw` (which ends it and teaches `codec` its template), the read `late` relays nothing."""
     decoder, relayed = SSEDecoder(), streaming.Relayed()
     streaming.relay_read(codec, decoder, raw, relayed)
     assert codec.state.done and codec.template is not None
@@ -293,9 +298,4 @@ def test_claude_deltas_read_after_the_end(runs: bool) -> None:
     codec = streaming.ChunkCodec(anthropic, state, "gen-42", True)
     if not runs:
         codec.runs = None
-    decoder, relayed = SSEDecoder(), streaming.Relayed()
-    streaming.relay_read(codec, decoder, raw, relayed)
-    assert codec.state.done and codec.template is not None
-    counted = relayed.text_bytes
-    assert streaming.relay_read(codec, decoder, late, relayed) == (b"", None)
-    assert relayed.text_bytes == counted
+    late_read_relays_nothing(codec, raw, late)
