@@ -40,7 +40,6 @@ class Template:
     """
 
     __slots__ = ("between", "cuts", "head", "heads", "inner", "order", "out", "seams", "size", "tail", "text_at")
-    runs = True  # `relay_run` may take a read whole (False: line by line, as the equivalence tests compare)
 
     def __init__(self, pieces: list[bytes], out: list[bytes], order: list[int], text_at: int) -> None:
         # pieces: the upstream's bytes around its strings; out: the client's around them; order[i]: which
@@ -93,7 +92,7 @@ class Template:
         (rebuilt and joined as the read's lines are: line ends stand only between them, as the texts hold
         none), the texts plain and not empty. Only for the text alone (no padding): its client bytes are the
         text between two fixed pieces."""
-        if self.inner or not self.runs:
+        if self.inner:
             return None
         head = self.heads[named]  # a read that starts or ends with another chunk (role, finish, usage): at once
         if not (lines[0].startswith(head) and lines[-1].startswith(head)):

@@ -1,12 +1,12 @@
 """A read's lines relayed whole from a stream's template (`Template.relay_run`): it must change nothing.
 
-Once a stream's template is known, a read whose `data:` lines all match it is relayed with a few C-level
-operations over the read instead of `Template.relay` a line. Every test here relays the same upstream bytes,
-read the same way, with the whole-read path and without it (`Template.runs` False: line by line, as before), and
-requires the same client bytes, the same error, the same text count and the same final state; the recorded
-OpenAI streams and synthetic ones are read whole, an event a read, two events a read and at random cuts. The
-synthetic ones leave a run every way there is: escapes, empty texts, OpenAI's padding, a role chunk, tool calls,
-the finish, usage, [DONE], an error event, non-ASCII and invalid UTF-8, control characters, spaced JSON.
+Once a stream's template is known, a read whose `data:` lines all match it is relayed with a few C-level operations
+over the read instead of `Template.relay` a line. Every test here relays the same upstream bytes, read the same way,
+with the whole-read path and without it (`Template.relay_run` refusing every read: line by line, as before), and
+requires the same client bytes, the same error, the same text count and the same final state; the recorded OpenAI
+streams and synthetic ones are read whole, an event a read, two events a read and at random cuts. The synthetic ones
+leave a run every way there is: escapes, empty texts, OpenAI's padding, a role chunk, tool calls, the finish, usage,
+[DONE], an error event, non-ASCII and invalid UTF-8, control characters, spaced JSON.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def same_with_and_without_runs(monkeypatch: pytest.MonkeyPatch, raw: bytes, read
     fast = relay(raw, reads, True, **kw)
     fast_looked = looked
     with monkeypatch.context() as off:  # no runs: no read relayed whole, Claude's text deltas come one by one
-        off.setattr(Template, "runs", False)
+        off.setattr(Template, "relay_run", lambda self, lines, named=False: None)
         off.setattr(streaming, "AnthropicStreamState", type(None))
         lines = relay(raw, reads, True, **kw)
         parsed = relay(raw, reads, False, **kw)
