@@ -101,11 +101,8 @@ class NativeCodec:
         the state says they must be (they are whole, plain text deltas: reading them raises nothing)."""
         if anthropic_runs.take(self.state, run):
             return run.data + b"\n\n", run.text_bytes
-        batch, n = b"", 0
-        for event in run.events():
-            more, k = self.feed(event)
-            batch, n = batch + more, n + k
-        return batch, n
+        fed = [self.feed(event) for event in run.events()]
+        return b"".join(out for out, _ in fed), sum(n for _, n in fed)
 
     def feed_end(self) -> tuple[bytes, int]:
         """Nothing: message_stop ends a Claude stream, and is relayed as it came."""
