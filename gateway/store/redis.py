@@ -203,9 +203,10 @@ class RedisStore:
                 await self._redis.ping()
 
     def _refused(self, exc: RedisError, refusing: str = "writes") -> StoreRefused:
-        """Redis's error reply as it wrote it: redis-py strips the code (READONLY, OOM) of those it has a class for."""
-        code = getattr(exc, "status_code", None)
-        reply = redact(f"{code} {exc}" if code else str(exc), self._secrets)
+        """Redis's error reply as it wrote it: redis-py strips the code (READONLY, OOM) of those it has a class for,
+        and from 8.x names the code of the others too (BUSY) while leaving it in their text."""
+        code, said = getattr(exc, "status_code", None), str(exc)
+        reply = redact(f"{code} {said}" if code and not said.startswith(f"{code} ") else said, self._secrets)
         return StoreRefused(f"redis ping refused at {self._address}: {reply}", reply, refusing)
 
     async def close(self) -> None:
