@@ -10,7 +10,10 @@ POST /v1/chat/completions:
   never batched), so the relays under test read the body in many small pieces as they would from a
   real provider. The usage chunk is always sent (the gateway asks for it anyway);
 - with `"stream": true` and model `bench-slow-N`: the same events, one chunk per second for N seconds
-  (the 1,000-open-streams measurement).
+  (the 1,000-open-streams measurement);
+- with `"stream": true` and model `bench-padded-N`: the same events with OpenAI's default `obfuscation` field
+  on every chunk (1-16 random characters, against length side channels: what OpenAI itself sends unless a
+  client turns it off with `stream_options.include_obfuscation: false`).
 
 POST /v1/messages (Anthropic's Messages API, the native Claude route of the `agent-claude` variant), models
 `bench-N`: the same answers in Anthropic's wire format (`../shared/wire/anthropic/sdk-stream-basic.sse`):
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import re
 
 import orjson
@@ -31,7 +35,9 @@ import uvloop
 
 CREATED = 1_700_000_000
 PROMPT_TOKENS = 24
-_MODEL = re.compile(r"^(?:claude-)?bench-(slow-)?(\d+)$")  # claude-: the pass-through relays agent-claude to chat
+# claude-: the pass-through relays agent-claude to chat
+_MODEL = re.compile(r"^(?:claude-)?bench-(slow-)?(padded-)?(\d+)$")
+_PAD = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 
 def completion(model: str) -> bytes:
@@ -50,16 +56,21 @@ def completion(model: str) -> bytes:
     })
 
 
-def _event(model: str, choices: list[dict[str, object]], usage: dict[str, int] | None = None) -> bytes:
+def _event(model: str, choices: list[dict[str, object]], usage: dict[str, int] | None = None,
+           pad: random.Random | None = None) -> bytes:
     chunk: dict[str, object] = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": CREATED,
                                 "model": model, "system_fingerprint": "fp_bench", "choices": choices}
     if usage is not None:
         chunk["usage"] = usage
+    if pad is not None:
+        chunk["obfuscation"] = "".join(pad.choices(_PAD, k=pad.randint(1, 16)))
     return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
 
 def stream_events(model: str, n: int) -> list[bytes]:
     """N content chunks, the usage chunk, [DONE]: each element is one write."""
+    m = _MODEL.match(model)
+    pad = random.Random(n) if m is not None and m.group(2) else None
     events = []
     for i in range(n):
         delta: dict[str, object] = {"content": f" tok{i}"}
@@ -67,9 +78,9 @@ def stream_events(model: str, n: int) -> list[bytes]:
             delta = {"role": "assistant", "content": "", "refusal": None}
         last = i == n - 1
         events.append(_event(model, [{"index": 0, "delta": {} if last else delta, "logprobs": None,
-                                      "finish_reason": "stop" if last else None}]))
+                                      "finish_reason": "stop" if last else None}], pad=pad))
     events.append(_event(model, [], {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": n,
-                                     "total_tokens": PROMPT_TOKENS + n}))
+                                     "total_tokens": PROMPT_TOKENS + n}, pad))
     events.append(b"data: [DONE]\n\n")
     return events
 
@@ -127,7 +138,7 @@ class Answers:
             m = _MODEL.match(model)
             if m is None:
                 return None
-            events = self._events(model, max(int(m.group(2)), 1))
+            events = self._events(model, max(int(m.group(3)), 1))
             found = self._streams[model] = ([chunked(event) for event in events], bool(m.group(1)))
         return found
 

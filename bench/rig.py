@@ -62,11 +62,15 @@ VARIANTS = {
     "messages-s1000": Variant("messages-s1000", "bench-1000", True, 1000, path=MESSAGES),
     # a long answer of a Claude model on /v1/chat/completions (an OpenAI SDK on Claude): every event translated
     "claude-chat-s1000": Variant("claude-chat-s1000", "claude-bench-1000", True, 1000),
+    # s1000 as OpenAI itself streams by default: an `obfuscation` string of random length on every chunk, to a chat
+    # client (kept) and translated to /v1/messages (dropped)
+    "s1000-padded": Variant("s1000-padded", "bench-padded-1000", True, 1000),
+    "messages-s1000-padded": Variant("messages-s1000-padded", "bench-padded-1000", True, 1000, path=MESSAGES),
 }
 
 BODIES = ("agent", "agent-claude")  # the agents' bodies the full run pairs with the pass-through at c=16 (no target)
 # the other routes' long streams, paired the same way (the pass-through relays each as OpenAI chunks on chat)
-ROUTES = ("claude-s1000", "claude-chat-s1000", "messages-s1000")
+ROUTES = ("claude-s1000", "claude-chat-s1000", "messages-s1000", "s1000-padded", "messages-s1000-padded")
 
 
 @dataclass(frozen=True)
@@ -132,7 +136,7 @@ def gateway_config(redis_port: int, upstream_ports: list[int], socks_port: int |
         name = "bench" if i == 0 else f"bench{i}"
         providers.append(f"  {name}: {{kind: openai, base_url: \"http://127.0.0.1:{port}/v1\", "
                          f"api_key: \"sk-bench-upstream-key-0000\", egress: {egress}}}")
-        for model in (("bench-20", "bench-1000") if i == 0 else ()) + slow_models:
+        for model in (("bench-20", "bench-1000", "bench-padded-1000") if i == 0 else ()) + slow_models:
             alias = model if i == 0 else f"{model}@{i}"
             models.append(f"  {name}/{model}: {{price: {price}, aliases: [\"{alias}\"]}}")
     providers.append(f"  claude: {{kind: anthropic, base_url: \"http://127.0.0.1:{upstream_ports[0]}\", "

@@ -73,6 +73,19 @@ def test_sdk_answers_streamed_and_not_over_one_connection(base_url: str) -> None
         assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 20
 
 
+def test_padded_streams_carry_openais_obfuscation(base_url: str) -> None:
+    """`bench-padded-N`: OpenAI's default padding, a random string of random length on every chunk."""
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="bench", max_retries=0)
+    chunks = list(client.chat.completions.create(model="bench-padded-20", stream=True,
+                                                 messages=[{"role": "user", "content": "hi"}]))
+    pads = [chunk.model_dump().get("obfuscation") for chunk in chunks]
+    for chunk in chunks:
+        validate(chunk.model_dump(exclude_unset=True), "CreateChatCompletionStreamResponse")
+    assert all(type(pad) is str and 1 <= len(pad) <= 16 for pad in pads) and len(set(map(len, pads))) > 5
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "".join(
+        f" tok{i}" for i in range(1, 19))
+
+
 def test_anthropic_sdk_reads_the_messages_answers(base_url: str) -> None:
     client = anthropic.Anthropic(base_url=base_url, api_key="bench", max_retries=0)
     ask: dict[str, Any] = {"model": "claude-bench-20", "max_tokens": 100,
