@@ -355,16 +355,60 @@ def _relay_run(codec: StreamCodec, decoder: SSEDecoder, lines: list[bytes],
                relayed: Relayed) -> tuple[bytes, ProviderError | None]:
     """A read of whole one-line events (`SSEDecoder.feed_run`) as client bytes, as `_frame` would make
     them: the events the codec's template matches are relayed from their bytes, the others fed to the
-    codec. This is the loop a long stream spends its time in."""
+    codec. This is the loop a long stream spends its time in. A read that holds other chunks at its ends
+    (the role and first text, the finish, usage, [DONE]: a fast upstream's last read holds half a stream's
+    events at c=16) has those fed one by one and the run between them relayed whole."""
     template = codec.template
     utf8 = all(map(bytes.isascii, lines)) or all(map(is_utf8, lines))  # then so is any text cut out of them
     if not utf8 or (template is None and not codec.learning):
         return _frame(codec, [decoder.event(line) for line in lines], relayed)
-    state = codec.state
-    if len(lines) > 1 and template is not None and not state.done and (run := template.relay_run(lines)) is not None:
-        relayed.text_bytes += run[1]  # every line matched: no event, no Python call a line
-        return run[0], None
     out: list[bytes] = []
+    try:
+        if template is None:  # fed one by one until a template is learnt; the rest as a read of its own
+            for i, line in enumerate(lines):
+                if codec.template is not None:
+                    more, broken = _relay_run(codec, decoder, lines[i:], relayed)
+                    out.append(more)
+                    return b"".join(out), broken
+                relay, k = codec.feed(decoder.event(line))
+                out.append(relay)
+                relayed.text_bytes += k
+            return b"".join(out), None
+        if len(lines) > 1 and not codec.state.done:
+            if (run := template.relay_run(lines)) is not None:
+                relayed.text_bytes += run[1]  # every line matched: no event, no Python call a line
+                return run[0], None
+            start, end = _edges(lines, template.head)
+            if start or end < len(lines):
+                _relay_lines(codec, decoder, lines[:start], out, relayed)
+                if codec.template is template and not codec.state.done \
+                        and (run := template.relay_run(lines[start:end])) is not None:
+                    out.append(run[0])
+                    relayed.text_bytes += run[1]
+                else:
+                    _relay_lines(codec, decoder, lines[start:end], out, relayed)
+                _relay_lines(codec, decoder, lines[end:], out, relayed)
+                return b"".join(out), None
+        _relay_lines(codec, decoder, lines, out, relayed)
+    except ProviderError as exc:
+        return b"".join(out), exc
+    return b"".join(out), None
+
+
+def _edges(lines: list[bytes], head: bytes) -> tuple[int, int]:
+    """Where the lines that may match a template with `head` start and end: other chunks around them are few."""
+    start, end = 0, len(lines)
+    while start < end and not lines[start].startswith(head):
+        start += 1
+    while end > start and not lines[end - 1].startswith(head):
+        end -= 1
+    return start, end
+
+
+def _relay_lines(codec: StreamCodec, decoder: SSEDecoder, lines: list[bytes], out: list[bytes],
+                 relayed: Relayed) -> None:
+    """One line at a time onto `out`: relayed by the template when it matches, else fed to the codec."""
+    template, state = codec.template, codec.state
     n = 0
     try:
         for line in lines:
@@ -375,11 +419,8 @@ def _relay_run(codec: StreamCodec, decoder: SSEDecoder, lines: list[bytes],
             out.append(relay)
             n += k
             template = codec.template  # maybe learnt from this event
-    except ProviderError as exc:
-        return b"".join(out), exc
     finally:
         relayed.text_bytes += n
-    return b"".join(out), None
 
 
 async def finish(out: SSEWriter, codec: StreamCodec, billing: JSON, billing_event: bool, usage: Usage) -> None:

@@ -109,14 +109,16 @@ def test_synthetic_streams(monkeypatch: pytest.MonkeyPatch, texts: list[str],
 
 
 def test_reads_of_matching_lines_take_no_python_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A 1,000-chunk stream read two events at a time looks at a line by itself only in the reads that hold
-    another event too (the role chunk, the first text, the finish, usage, [DONE]); one event a read, every line."""
+    """A 1,000-chunk stream looks at a line by itself only for the other chunks (the role chunk and the first
+    text, which teach the template; the finish, usage, [DONE]), however many events a read holds: a read's run
+    between them is relayed whole, as is the rest of the read the template was learnt in. One event a read:
+    every line."""
     raw = stream([f" tok{i}" for i in range(1000)])
     for codec_type in (streaming.ChunkCodec, messages_codec):
-        parsed, looked = same_with_and_without_runs(monkeypatch, raw, pairs(raw), codec_type=codec_type)
-        assert parsed <= 6
-        assert looked <= 4
-        assert same_with_and_without_runs(monkeypatch, raw, [], codec_type=codec_type)[1] <= 1002
+        for reads in ([], pairs(raw), event_ends(raw)[9::10], event_ends(raw)[499::500]):
+            parsed, looked = same_with_and_without_runs(monkeypatch, raw, reads, codec_type=codec_type)
+            assert parsed <= 6
+            assert looked <= 4
         assert same_with_and_without_runs(monkeypatch, raw, event_ends(raw), codec_type=codec_type)[1] >= 999
 
 
@@ -150,14 +152,20 @@ def test_unreadable_text_fails_where_parsing_fails(monkeypatch: pytest.MonkeyPat
 
 @pytest.mark.parametrize("first", [False, True], ids=["padding_last", "padding_first"])
 def test_openais_padding(monkeypatch: pytest.MonkeyPatch, first: bool) -> None:
-    """Padded chunks hold two strings: line by line, as before, with the same bytes."""
+    """Padded chunks hold two strings, the text and the padding (kept for a chat client, dropped for an Anthropic
+    one): the same bytes, and reads of them relayed whole."""
     rng = random.Random(3)
     pads = ["".join(rng.choice("abcXYZ0189") for _ in range(rng.randint(0, 12))) for _ in range(60)]
+    pads[30] = 'a"b'  # one the upstream had to escape: that chunk is parsed
     raw = padded(None, "x", first, delta={"role": "assistant", "content": ""})
     raw += b"".join(padded(f" t{i}", pad, first) for i, pad in enumerate(pads))
     raw += padded(None, "q", first, delta={}, finish="stop") + b"data: [DONE]\n\n"
     for reading in READINGS.values():
         same_with_and_without_runs(monkeypatch, raw, reading(raw))
+        same_with_and_without_runs(monkeypatch, raw, reading(raw), codec_type=messages_codec)
+    for codec_type in (streaming.ChunkCodec, messages_codec):  # four events a read: padded runs are taken from 4
+        parsed, looked = same_with_and_without_runs(monkeypatch, raw, event_ends(raw)[3::4], codec_type=codec_type)
+        assert parsed <= 8 and looked <= 12  # the role, the first text, the escaped padding's read, the finish
 
 
 def test_events_after_done_are_not_relayed_whole() -> None:
@@ -178,10 +186,10 @@ def late_read_relays_nothing(codec: streaming.ChunkCodec, raw: bytes, late: byte
     assert relayed.text_bytes == counted
 
 
-def template() -> Template:
-    """The template of `chunk`'s content chunks as the chat codec learns it."""
+def template(make: Callable[[str], bytes] = chunk) -> Template:
+    """The template of `make`'s content chunks as the chat codec learns it."""
     codec = streaming.ChunkCodec(openai, StreamState(public_model="m"), "gen-1", True)
-    [event] = SSEDecoder().feed(chunk(" hi"))
+    [event] = SSEDecoder().feed(make(" hi"))
     [parsed] = openai.parse_stream_event(StreamState(public_model="m"), event)
     parsed["id"] = "gen-1"
     learnt = Template.learn(event.data, parsed, " hi", codec.encode, openai.TEXT_AT)
@@ -189,18 +197,27 @@ def template() -> Template:
     return learnt
 
 
-def test_relay_run_is_relay_line_by_line() -> None:
+LINES: dict[str, Callable[[str], bytes]] = {
+    "text_alone": chunk,
+    "padding_last": lambda t: padded(t, "p" * (len(t) % 3)),  # empty padding too
+    "padding_first": lambda t: padded(t, "Zq9"[:len(t) % 4], True),
+}
+
+
+@pytest.mark.parametrize("make", LINES.values(), ids=list(LINES))
+def test_relay_run_is_relay_line_by_line(make: Callable[[str], bytes]) -> None:
     """Reads of lines cut from template lines, mutated at random (bytes dropped, doubled, swapped in): whole,
     the same client bytes and count as line by line when every line matches, and None when any does not; the
     same for the lines as Claude's named events."""
-    learnt = template()
+    learnt = template(make)
+    assert len(learnt.inner) == (make is not chunk) == len(learnt.out) - 2  # the padding is cut out, and kept
     rng = random.Random(11)
-    good = [chunk(t)[:-2] for t in (" a", " bb", "x", " é", "\x7f")]
+    good = [make(t)[:-2] for t in (" a", " bb", "x", " é", "\x7f", "  ccc")]
     specials = [b'"', b"\\", b"\n", b"\n\n", b"\x00", b"}", b"data: ", learnt.tail, learnt.head,
-                learnt.tail + b"\n\n" + learnt.head, b""]
+                learnt.tail + b"\n\n" + learnt.head, b"", *learnt.inner, *learnt.out]
     taken = 0
     for _ in range(3000):
-        lines = [rng.choice(good) for _ in range(rng.randint(2, 5))]
+        lines = [rng.choice(good) for _ in range(rng.randint(learnt.shortest, learnt.shortest + 3))]
         for _ in range(rng.choice([0, 0, 1, 2])):
             i = rng.randrange(len(lines))
             line = lines[i]
@@ -221,9 +238,11 @@ def test_relay_run_is_relay_line_by_line() -> None:
         named[-1] = named[-1].replace(b"delta\n", b"delta_\n")  # another event's name
         assert learnt.relay_run(named, True) is None
     assert taken > 300
-    assert learnt.relay_run([chunk(" a")[:-2], chunk(" b")[:-2]]) == \
-        (b"".join(orjson.dumps(dict(orjson.loads(chunk(t)[6:]), id="gen-1", model="m")).join((b"data: ", b"\n\n"))
-                  for t in (" a", " b")), 4)
+    texts = [" a", " b", " c", " d"][:learnt.shortest]
+    assert learnt.relay_run([make(t)[:-2] for t in texts]) == \
+        (b"".join(orjson.dumps(dict(orjson.loads(make(t)[6:]), id="gen-1", model="m")).join((b"data: ", b"\n\n"))
+                  for t in texts), 2 * len(texts))
+    assert learnt.relay_run([make(t)[:-2] for t in texts[1:]]) is None  # fewer lines: `relay` costs less
 
 
 # -- Claude on a chat client: a read's run of text deltas (`providers.anthropic_runs`) relayed whole ----------
