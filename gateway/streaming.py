@@ -24,7 +24,7 @@ from gateway.billing import restate_usage, utf8_len
 from gateway.errors import GatewayError, UpstreamFailed, error_event
 from gateway.relay import next_data
 from gateway.sse import DONE, SSEWriter, frame
-from gateway.template import Template, TemplatedRun, content_text, find_run
+from gateway.template import Template, TemplatedRun, content_text, edges, find_run
 from providers import openai
 from providers.anthropic import AnthropicStreamState
 from providers.framing import RunFinder, SSEDecoder
@@ -164,8 +164,8 @@ class ChunkCodec:
             self.runs = partial(find_run, self)
 
     def feed(self, event: SSEEvent) -> tuple[bytes, int]:
-        if event.__class__ is TemplatedRun:
-            return event.out, event.text_bytes  # type: ignore[attr-defined]  # its class, just checked
+        if event.__class__ is TemplatedRun:  # (after message_stop, in the read, its deltas would relay nothing)
+            return (b"", 0) if self.state.done else (event.out, event.text_bytes)  # type: ignore[attr-defined]
         return self.relay(self.adapter.parse_stream_event(self.state, event), event.data)
 
     def feed_end(self) -> tuple[bytes, int]:
@@ -378,7 +378,7 @@ def _relay_run(codec: StreamCodec, decoder: SSEDecoder, lines: list[bytes],
             if (run := template.relay_run(lines)) is not None:
                 relayed.text_bytes += run[1]  # every line matched: no event, no Python call a line
                 return run[0], None
-            start, end = _edges(lines, template.head)
+            start, end = edges(lines, template.head)
             if start or end < len(lines):
                 _relay_lines(codec, decoder, lines[:start], out, relayed)
                 if codec.template is template and not codec.state.done \
@@ -393,16 +393,6 @@ def _relay_run(codec: StreamCodec, decoder: SSEDecoder, lines: list[bytes],
     except ProviderError as exc:
         return b"".join(out), exc
     return b"".join(out), None
-
-
-def _edges(lines: list[bytes], head: bytes) -> tuple[int, int]:
-    """Where the lines that may match a template with `head` start and end: other chunks around them are few."""
-    start, end = 0, len(lines)
-    while start < end and not lines[start].startswith(head):
-        start += 1
-    while end > start and not lines[end - 1].startswith(head):
-        end -= 1
-    return start, end
 
 
 def _relay_lines(codec: StreamCodec, decoder: SSEDecoder, lines: list[bytes], out: list[bytes],

@@ -219,12 +219,30 @@ class TemplatedRun(SSEEvent):
 
 def find_run(codec: Any, whole: bytes) -> tuple[int, int, SSEEvent] | None:
     """A chat codec's finder of runs in a read of Claude's stream (`SSEDecoder.feed_named`'s `runs`, a whole
-    read's events): the whole read when its template relays every event in it (text deltas of the block it was
-    learnt in, plain text), as one `TemplatedRun` that `gateway.streaming.ChunkCodec.feed` sends as it is; else
-    None. The read's only event, so relayed as the state is now: as `_frame` would relay the events one by one.
-    Its empty data matches no template there (and is valid UTF-8)."""
+    read's events): the span of events its template relays (text deltas of the block it was learnt in, plain
+    text) between the other events at the read's ends (the block's start or stop, message_delta, message_stop),
+    as one `TemplatedRun` that `gateway.streaming.ChunkCodec.feed` sends as it is; else None. Relayed as the
+    state is now, as `_frame` would relay its events one by one: the events before it cannot change the template
+    (a chat codec keeps the one it learnt), and the codec drops the run after message_stop as it would drop
+    each of its deltas. Its empty data matches no template there (and is valid UTF-8)."""
     template = codec.template
     if template is None or codec.state.done or not (whole.isascii() or is_utf8(whole)):
         return None
-    found = template.relay_run(whole.split(b"\n\n"), True)
-    return None if found is None else (0, len(whole), TemplatedRun(b"", "content_block_delta", "", *found))
+    events = whole.split(b"\n\n")
+    start, end = edges(events, template.heads[1])
+    found = template.relay_run(events[start:end] if start or end < len(events) else events, True)
+    if found is None:
+        return None
+    at = sum(map(len, events[:start])) + 2 * start  # the span's offsets in `whole`
+    return at, at + sum(map(len, events[start:end])) + 2 * (end - start - 1), \
+        TemplatedRun(b"", "content_block_delta", "", *found)
+
+
+def edges(lines: list[bytes], head: bytes) -> tuple[int, int]:
+    """Where the lines that may match a template with `head` start and end: other chunks around them are few."""
+    start, end = 0, len(lines)
+    while start < end and not lines[start].startswith(head):
+        start += 1
+    while end > start and not lines[end - 1].startswith(head):
+        end -= 1
+    return start, end

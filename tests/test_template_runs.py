@@ -282,13 +282,17 @@ def test_claude_errors_and_events_after_the_end(monkeypatch: pytest.MonkeyPatch)
                    raw + late):
         for reading in READINGS.values():
             same_with_and_without_runs(monkeypatch, broken, reading(broken), kind="anthropic")
+    # a read of message_stop, then deltas: the run found before message_stop is fed relays nothing after it
+    stop = raw.index(b"event: message_stop")
+    same_with_and_without_runs(monkeypatch, raw + late, [at, stop], kind="anthropic")
+    assert relay(raw + late, [at, stop], True, kind="anthropic")[0] == relay(raw, [at, stop], True, kind="anthropic")[0]
 
 
 @pytest.mark.usefixtures("fixed_clock")
 def test_a_long_claude_stream_relays_its_reads_whole(monkeypatch: pytest.MonkeyPatch) -> None:
     """Read two events at a time, a 1,000-delta answer's text deltas reach the template a line at a time only
-    until it is learnt and where a read holds another event; one event a read, or all of them in one read (the
-    template learnt amid it), every delta by itself."""
+    until it is learnt and where a read holds another event, and a read's deltas between other events are relayed
+    whole; one event a read, or all of them in one read (the template learnt amid it), every delta by itself."""
     raw = claude_stream([f" tok{i}" for i in range(1000)])
     found = streaming.find_run
     taken = 0
@@ -302,6 +306,11 @@ def test_a_long_claude_stream_relays_its_reads_whole(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(streaming, "find_run", finding)
     parsed, looked = same_with_and_without_runs(monkeypatch, raw, pairs(raw), kind="anthropic")
     assert parsed <= 10 and looked <= 4 and taken >= 498
+    # the template learnt in the first read; the second holds the rest, the block's stop and the message's end
+    # after the deltas: those are fed one by one, the deltas relayed whole
+    taken = 0
+    parsed, looked = same_with_and_without_runs(monkeypatch, raw, event_ends(raw)[3:4], kind="anthropic")
+    assert parsed <= 10 and looked <= 5 and taken == 1
     for reading in ([], event_ends(raw)):
         parsed, looked = same_with_and_without_runs(monkeypatch, raw, reading, kind="anthropic")
         assert parsed <= 10 and looked >= 999
