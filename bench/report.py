@@ -265,14 +265,14 @@ def update_readme(results: dict[str, Any], readme: str) -> str:
     for t in results.get("targets", []):
         verdict = {True: "met", False: "**not met**", None: ""}[t["met"]]
         targets_md.append(f"| {t['target']} | {t['goal']} | {t['measured']} | {verdict} |")
-    prof = results.get("profile") or {}
-    prof_text = "(run with --profile)"
-    if "summary" in prof:
-        prof_text = rendered[rendered.index("\nprofile (py-spy"):].split("\ntargets of issue 6:")[0].strip()
-        prof_text = "```\n" + prof_text + "\n```\n\nDetails: `bench/results/profile-top.txt`."
     text = _section(readme, "latest-table", f"Run of {results.get('started')} ({results.get('mode')}):\n\n```\n"
                     + table.strip() + "\n```")
     text = _section(text, "latest-targets", "\n".join(targets_md))
+    if "summary" not in (results.get("profile") or {}):
+        return text  # a run without --profile keeps the last profile's section (and bench/results/profile-top.txt)
+    prof_text = rendered[rendered.index("\nprofile (py-spy"):].split("\ntargets of issue 6:")[0].strip()
+    prof_text = f"(from the run of {results.get('started')})\n\n```\n" + prof_text \
+        + "\n```\n\nDetails: `bench/results/profile-top.txt`."
     return _section(text, "latest-profile", prof_text)
 
 
