@@ -53,7 +53,7 @@ lint: install
 	$(BIN)/ruff check gateway providers egress tests bench
 	$(BIN)/mypy gateway providers egress
 
-# The benchmark of issue 6 (bench/README.md): ~5 minutes; BENCH_ARGS=--quick for a ~1-2 minute smoke run,
+# The benchmark of issue 6 (bench/README.md): ~14 minutes; BENCH_ARGS=--quick for a ~1-2 minute smoke run,
 # BENCH_ARGS=--profile to py-spy the gateway too. Writes bench/results/<timestamp>.json and latest.json.
 bench: install system-deps
 	$(BIN)/pip install -q -r bench/requirements.txt
