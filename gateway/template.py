@@ -130,7 +130,8 @@ class Template:
     @classmethod
     def learn(cls, data: bytes, chunk: JSON, text: str, encode: Any, text_at: tuple[str | int, ...]) -> Template | None:
         """The template of event `data`, parsed into the content-only `chunk` (as it will be relayed) of
-        `text`, whose client bytes `encode` makes; None unless its strings can be cut out of both. `text_at`:
+        `text`, whose client bytes `encode` makes; None unless its strings can be cut out of both (the padding may
+        be missing from the client's: an Anthropic client gets none). `text_at`:
         where the text sits in the event (the adapter's `TEXT_AT`: OpenAI's chunk, Anthropic's text delta)."""
         delta = chunk["choices"][0]["delta"]
         fields: list[tuple[JSON, str]] = [(delta, "content")]  # where each string sits in the chunk
