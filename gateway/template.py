@@ -234,9 +234,10 @@ def find_run(codec: Any, whole: bytes) -> tuple[int, int, SSEEvent] | None:
     found = template.relay_run(events[start:end] if start or end < len(events) else events, True)
     if found is None:
         return None
-    at = sum(map(len, events[:start])) + 2 * start  # the span's offsets in `whole`
-    return at, at + sum(map(len, events[start:end])) + 2 * (end - start - 1), \
-        TemplatedRun(b"", "content_block_delta", "", *found)
+    # the span's offsets in `whole`, from the few events around it
+    at = sum(map(len, events[:start])) + 2 * start
+    to = len(whole) - sum(map(len, events[end:])) - 2 * (len(events) - end)
+    return at, to, TemplatedRun(b"", "content_block_delta", "", *found)
 
 
 def edges(lines: list[bytes], head: bytes) -> tuple[int, int]:
