@@ -7,7 +7,7 @@ CONFIG ?= config.yaml
 # binary:package pairs — the Debian package is installed when its binary is missing (dante's binary is danted)
 APT_PACKAGES := redis-server:redis-server microsocks:microsocks tinyproxy:tinyproxy danted:dante-server wrk:wrk systemd-analyze:systemd promtool:prometheus
 
-.PHONY: install system-deps venv-deps run test audit lint check-config bench soak clean
+.PHONY: install system-deps venv-deps run test audit lint check-config bench soak clean constraints
 
 # Debian's python3 lacks ensurepip (package python3-venv): without it `python3 -m venv` fails half-way.
 venv-deps:
@@ -17,12 +17,20 @@ venv-deps:
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv; \
 	  else echo "missing: python3-venv — install it (Debian: apt-get install python3-venv)" >&2; exit 1; fi; }
 
-$(STAMP): pyproject.toml | venv-deps
+$(STAMP): pyproject.toml constraints.txt | venv-deps
 	test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
 install: $(STAMP)
+
+# Re-resolve every dependency to its newest release in a scratch venv and rewrite constraints.txt from it
+# (then make test, and commit the two together). The file's first four lines, its comment, are kept.
+constraints: | venv-deps
+	rm -rf .venv-resolve && $(PYTHON) -m venv .venv-resolve
+	.venv-resolve/bin/pip install -q -e '.[test]' -r bench/requirements.txt
+	{ head -4 constraints.txt; .venv-resolve/bin/pip freeze --exclude-editable | grep -v '^-e'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm -rf .venv-resolve
 
 # Debian packages the test suite talks to for real; installed only where missing and we may (root + apt).
 system-deps:
@@ -56,7 +64,7 @@ lint: install
 # The benchmark of issue 6 (bench/README.md): ~14 minutes; BENCH_ARGS=--quick for a ~1-2 minute smoke run,
 # BENCH_ARGS=--profile to py-spy the gateway too. Writes bench/results/<timestamp>.json and latest.json.
 bench: install system-deps
-	$(BIN)/pip install -q -r bench/requirements.txt
+	$(BIN)/pip install -q -c constraints.txt -r bench/requirements.txt
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 # Issue 9's soak: minutes of mixed load (aborted streams, BYOK, limited and broke keys, a flapping proxy)

@@ -603,7 +603,7 @@ def test_make_test_installs_python3_venv_before_it_creates_the_venv(tmp_path: Pa
     """Debian's python3 has no ensurepip (it is in python3-venv / python3.X-venv): `python3 -m venv` fails
     on a fresh machine, and leaves a .venv/bin/python without pip that the next `make` takes as done. The
     Makefile must install python3-venv (when missing, as root) before it creates the venv."""
-    for name in ("Makefile", "pyproject.toml"):
+    for name in ("Makefile", "pyproject.toml", "constraints.txt"):
         shutil.copy(REPO / name, tmp_path / name)
     result = subprocess.run(["make", "-n", "test"], cwd=tmp_path, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
