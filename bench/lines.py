@@ -36,7 +36,10 @@ _counts = collections.Counter()
 def _local(frame, event, arg):
     if event == "line":
         code = frame.f_code
-        _counts[(code.co_filename, code.co_name)] += 1
+        name = code.co_name
+        if code.co_filename == "<string>" and "self" in frame.f_locals:  # generated: named by its class
+            name = type(frame.f_locals["self"]).__qualname__ + "." + name
+        _counts[(code.co_filename, name)] += 1
     return _local
 def _global(frame, event, arg):
     return _local if event == "call" else None
