@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import procs
-from rig import BENCH, CHAT, GATEWAY_ENV, PROMPT, PY, RESULTS, ROOT, Bench, Variant, post, quiet, wrk
+from procs import quiet
+from rig import BENCH, CHAT, GATEWAY_ENV, PROMPT, PY, RESULTS, ROOT, Bench, Variant, post, wrk
 
 # --- the extra measurements ------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""A fast fake OpenAI (and Anthropic) upstream for the benchmark: every answer is precomputed bytes.
+"""A fast fake OpenAI (and Anthropic, and Gemini) upstream for the benchmark: every answer is precomputed bytes.
 
     python bench/fake_upstream.py --port 9000
 
@@ -8,7 +8,8 @@ POST /v1/chat/completions:
   events (the first carries the role, the N-th `finish_reason: "stop"`), then a usage chunk
   (`choices: []`) and `data: [DONE]`. Written as fast as possible, ONE `write()` PER EVENT (N + 2 writes,
   never batched), so the relays under test read the body in many small pieces as they would from a
-  real provider. The usage chunk is always sent (the gateway asks for it anyway);
+  real provider. The usage chunk is always sent (the gateway asks for it anyway). `claude-bench-N` and
+  `gemini-bench-N` are answered the same (the pass-through relays the other routes' bodies here);
 - with `"stream": true` and model `bench-slow-N`: the same events, one chunk per second for N seconds
   (the 1,000-open-streams measurement);
 - with `"stream": true` and model `bench-padded-N`: the same events with OpenAI's default `obfuscation` field
@@ -18,7 +19,17 @@ POST /v1/chat/completions:
 POST /v1/messages (Anthropic's Messages API, the native Claude route of the `agent-claude` variant), models
 `bench-N`: the same answers in Anthropic's wire format (`../shared/wire/anthropic/sdk-stream-basic.sse`):
 message_start, content_block_start, ping, N text deltas, content_block_stop, message_delta with the usage,
-message_stop; one write per event. Any other path: 404.
+message_stop; one write per event.
+
+POST /v1beta/models/{model}:generateContent and :streamGenerateContent?alt=sse (Google's Gemini API, the Gemini
+route's variants), models `gemini-bench-N` (named by the path; the body must be JSON but is not read): the same
+answers as the Gemini Developer API writes them (`../shared/wire/gemini/googleai/*-basic-reply-short.*`). Not
+streamed: one candidate (text part, role `model`, `finishReason: "STOP"`, `safetyRatings`, `avgLogprobs`),
+`usageMetadata` with the candidates' count and the details by modality, `modelVersion`, indented by two spaces.
+Streamed: N events `data: {...}` ended by CRLF CRLF, without event names or [DONE] (the body just ends), their JSON
+compact but for a space after every colon, as recorded; each one candidate with one text part and `usageMetadata`
+with the prompt's counts; the N-th adds `finishReason: "STOP"` and the candidates' counts. One write per event.
+An unknown model: 404 in google.rpc.Status's shape. Any other path: 404.
 
 The direct case, the bare pass-through and the gateway all talk to this same server.
 """
@@ -27,16 +38,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import re
+from collections.abc import Callable
 
 import orjson
 import uvloop
 
 CREATED = 1_700_000_000
 PROMPT_TOKENS = 24
-# claude-: the pass-through relays agent-claude to chat
-_MODEL = re.compile(r"^(?:claude-)?bench-(slow-)?(padded-)?(\d+)$")
+# claude-, gemini-: the pass-through relays the other routes' bodies to chat
+_MODEL = re.compile(r"^(?:claude-|gemini-)?bench-(slow-)?(padded-)?(\d+)$")
 _PAD = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 
@@ -118,11 +131,55 @@ def message_events(model: str, n: int) -> list[bytes]:
             _claude_event("message_stop", {})]
 
 
+_NEGLIGIBLE = [{"category": f"HARM_CATEGORY_{name}", "probability": "NEGLIGIBLE"}
+               for name in ("HATE_SPEECH", "DANGEROUS_CONTENT", "HARASSMENT", "SEXUALLY_EXPLICIT")]
+
+
+def _gemini_usage(candidates: int | None) -> dict[str, object]:
+    """`usageMetadata` as the Developer API sends it: the prompt's counts, and the candidates' once known."""
+    usage: dict[str, object] = {"promptTokenCount": PROMPT_TOKENS}
+    if candidates is not None:
+        usage["candidatesTokenCount"] = candidates
+    usage["totalTokenCount"] = PROMPT_TOKENS + (candidates or 0)
+    usage["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": PROMPT_TOKENS}]
+    if candidates is not None:
+        usage["candidatesTokensDetails"] = [{"modality": "TEXT", "tokenCount": candidates}]
+    return usage
+
+
+def generation(model: str) -> bytes:
+    """The non-streamed Gemini answer (`generateContent`): the same text and usage, indented as Google sends it."""
+    return json.dumps({
+        "candidates": [{"content": {"parts": [{"text": "Hello! This is the benchmark's fixed answer, about twenty "
+                                                        "tokens long, for every request."}], "role": "model"},
+                        "finishReason": "STOP", "safetyRatings": _NEGLIGIBLE, "avgLogprobs": -0.048741644079034981}],
+        "usageMetadata": _gemini_usage(20), "modelVersion": model,
+    }, indent=2).encode()
+
+
+def generation_events(model: str, n: int) -> list[bytes]:
+    """A Gemini stream (`streamGenerateContent?alt=sse`) of N text parts: each element is one write."""
+    events = []
+    for i in range(n):
+        last = i == n - 1
+        candidate: dict[str, object] = {"content": {"parts": [{"text": f" tok{i}"}], "role": "model"}}
+        if last:
+            candidate["finishReason"] = "STOP"
+        chunk = {"candidates": [candidate], "usageMetadata": _gemini_usage(n if last else None), "modelVersion": model}
+        events.append(b"data: " + json.dumps(chunk, separators=(",", ": ")).encode() + b"\r\n\r\n")
+    return events
+
+
+def gemini_not_found(model: str) -> bytes:
+    return json.dumps({"error": {"code": 404, "message": f"models/{model} is not found for API version v1beta, or "
+                                 "is not supported for generateContent.", "status": "NOT_FOUND"}}, indent=2).encode()
+
+
 class Answers:
     """Precomputed bytes per model name (computed on first use, then reused); a stream's events as chunks."""
 
-    def __init__(self, claude: bool = False) -> None:
-        self._whole, self._events = (message, message_events) if claude else (completion, stream_events)
+    def __init__(self, whole: Callable[[str], bytes], events: Callable[[str, int], list[bytes]]) -> None:
+        self._whole, self._events = whole, events
         self._json: dict[str, bytes] = {}
         self._streams: dict[str, tuple[list[bytes], bool]] = {}
 
@@ -143,7 +200,11 @@ class Answers:
         return found
 
 
-ANSWERS = {b"/v1/chat/completions": Answers(), b"/v1/messages": Answers(claude=True)}
+ANSWERS = {b"/v1/chat/completions": Answers(completion, stream_events),
+           b"/v1/messages": Answers(message, message_events)}
+GEMINI = Answers(generation, generation_events)
+GEMINI_PATH = b"/v1beta/models/"
+GEMINI_METHODS = {b"generateContent": False, b"streamGenerateContent?alt=sse": True}  # method -> streamed
 NOT_FOUND = orjson.dumps({"error": {"message": "unknown model; use bench-N or bench-slow-N",
                                     "type": "invalid_request_error", "param": "model", "code": "model_not_found"}})
 BAD_JSON = orjson.dumps({"error": {"message": "bad JSON", "type": "invalid_request_error"}})
@@ -203,10 +264,14 @@ class Upstream(asyncio.Protocol):
             del self.buf[:end + 4 + length]
             method, path = [*lines[0].split(b" "), b"", b""][:2]
             answers = ANSWERS.get(path)
-            if method != b"POST" or answers is None or b"transfer-encoding" in headers:
+            gemini = answers is None and path.startswith(GEMINI_PATH)
+            if method != b"POST" or (answers is None and not gemini) or b"transfer-encoding" in headers:
                 transport.write(response("404 Not Found", b"not found", "text/plain"))
                 continue
-            self.answer(transport, body, answers)
+            if answers is None:
+                self.generate(transport, body, path)
+            else:
+                self.answer(transport, body, answers)
             if self.busy:
                 return
 
@@ -224,7 +289,31 @@ class Upstream(asyncio.Protocol):
         if found is None:
             transport.write(response("404 Not Found", NOT_FOUND))
             return
-        frames, slow = found
+        self.send(transport, *found)
+
+    def generate(self, transport: asyncio.Transport, raw: bytes, path: bytes) -> None:
+        """Gemini: the model and whether to stream are in the path (`{model}:{method}`), the body is not read."""
+        model, _, method = path[len(GEMINI_PATH):].partition(b":")
+        streamed = GEMINI_METHODS.get(method)
+        if streamed is None:
+            transport.write(response("404 Not Found", b"not found", "text/plain"))
+            return
+        try:
+            orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            transport.write(response("400 Bad Request", BAD_JSON))
+            return
+        name = model.decode("utf-8", "replace")
+        found = GEMINI.stream(name)  # None for a model not named as the bench's are
+        if found is None:
+            transport.write(response("404 Not Found", gemini_not_found(name)))
+        elif streamed:
+            self.send(transport, *found)
+        else:
+            transport.write(response("200 OK", GEMINI.json(name)))
+
+    def send(self, transport: asyncio.Transport, frames: list[bytes], slow: bool) -> None:
+        """A stream's head, then its events as they were precomputed, one write each."""
         transport.write(STREAM_HEAD)
         if slow:
             self.busy = True

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import procs
 import profile_stacks
-from rig import CHAT, VARIANTS, Bench, Settings, gateway_config, quiet, warm_gently, wrk
+from procs import quiet
+from rig import CHAT, VARIANTS, Bench, Settings, gateway_config, warm_gently, wrk
 
 
 def measure(bench: Bench, target: str, variant: str, concurrency: int, seconds: int) -> dict[str, float]:

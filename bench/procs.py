@@ -1,4 +1,4 @@
-"""Processes of the benchmark: start on a free loopback port, wait until ready, measure, stop.
+"""Processes of the benchmark: start on a free loopback port, wait until ready, measure (the CPU meter), stop.
 
 Only processes this module started are ever signalled (by their own process group, which they lead).
 Memory and descriptors come from /proc: `VmHWM` (peak RSS, reset with `clear_refs` = 5 between runs),
@@ -248,6 +248,41 @@ def tree(snapshot: dict[int, tuple[int, int]], root: int) -> set[int]:
             found.add(child)
             todo.append(child)
     return found
+
+
+class CpuMeter:
+    """CPU used during one run by the measured server, and by processes this benchmark did not start
+    (other users of the machine: their load makes a run noisy)."""
+
+    def __init__(self, server_pids: list[int]) -> None:
+        self.server_pids = server_pids
+        self.snap = cpu_ticks()
+        self.t0 = time.monotonic()
+
+    def stop(self) -> dict[str, float]:
+        wall = time.monotonic() - self.t0
+        snap = cpu_ticks()
+        tick = CLK_TCK * wall / 100  # ticks in 1 % of one core
+
+        def delta(pid: int) -> int:
+            return snap[pid][1] - self.snap.get(pid, (0, 0))[1]
+
+        mine = tree(snap, os.getpid()) | tree(self.snap, os.getpid())
+        other = sum(delta(p) for p in snap if p not in mine)
+        return {"server_cpu_pct": round(sum(delta(p) for p in self.server_pids if p in snap) / tick, 1),
+                "other_cpu_pct": round(other / tick, 1)}
+
+
+def quiet(max_wait_s: float = 10.0, threshold_pct: float = 20.0, probe_s: float = 0.5) -> float:
+    """Wait (up to `max_wait_s`) until processes the benchmark did not start use under `threshold_pct` of
+    a core; the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < max_wait_s:
+        meter = CpuMeter([])
+        time.sleep(probe_s)
+        if meter.stop()["other_cpu_pct"] < threshold_pct:
+            break
+    return round(time.monotonic() - started, 1)
 
 
 def _tcp_table(pid: int) -> dict[str, tuple[int, int, str]]:

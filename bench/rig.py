@@ -1,6 +1,6 @@
 """The benchmark's rig: the processes it starts (redis, fake upstream, pass-through, microsocks, gateways),
-the request bodies and configs, and the load primitives (wrk, CPU meter, waiting for a quiet machine,
-reviving a dead server). `run.py` measures with it; `extras.py` holds the measurements beside the table.
+the request bodies and configs, and the load primitives (wrk, reviving a dead server; the CPU meter and waiting
+for a quiet machine are in `procs`). `run.py` measures with it; `extras.py` holds the measurements beside the table.
 """
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -66,11 +65,16 @@ VARIANTS = {
     # client (kept) and translated to /v1/messages (dropped)
     "s1000-padded": Variant("s1000-padded", "bench-padded-1000", True, 1000),
     "messages-s1000-padded": Variant("messages-s1000-padded", "bench-padded-1000", True, 1000, path=MESSAGES),
+    # an OpenAI SDK on a Gemini model (generateContent, streamGenerateContent?alt=sse): the answer and every event
+    # translated
+    "gemini-json": Variant("gemini-json", "gemini-bench-20", False, 0),
+    "gemini-chat-s1000": Variant("gemini-chat-s1000", "gemini-bench-1000", True, 1000),
 }
 
 BODIES = ("agent", "agent-claude")  # the agents' bodies the full run pairs with the pass-through at c=16 (no target)
 # the other routes' long streams, paired the same way (the pass-through relays each as OpenAI chunks on chat)
-ROUTES = ("claude-s1000", "claude-chat-s1000", "messages-s1000", "s1000-padded", "messages-s1000-padded")
+ROUTES = ("claude-s1000", "claude-chat-s1000", "messages-s1000", "s1000-padded", "messages-s1000-padded",
+          "gemini-chat-s1000")
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,11 @@ def gateway_config(redis_port: int, upstream_ports: list[int], socks_port: int |
     providers.append(f"  claude: {{kind: anthropic, base_url: \"http://127.0.0.1:{upstream_ports[0]}\", "
                      f"api_key: \"sk-ant-bench-upstream-0000\", egress: {egress}}}")
     models += [f"  claude/{m}: {{price: {price}, aliases: [\"claude-{m}\"]}}" for m in ("bench-20", "bench-1000")]
+    # Gemini (generateContent) on the same fake upstream: `google/gemini-bench-N`, aliases `gemini-bench-N`
+    providers.append(f"  google: {{kind: gemini, base_url: \"http://127.0.0.1:{upstream_ports[0]}\", "
+                     f"api_key: \"bench-gemini-upstream-key-0000\", egress: {egress}}}")
+    models += [f"  google/gemini-{m}: {{price: {price}, aliases: [\"gemini-{m}\"]}}" for m in ("bench-20",
+                                                                                            "bench-1000")]
     return (
         "server: {host: 127.0.0.1, port: 8080, log_level: info}\n"
         f"store: {{url: \"redis://127.0.0.1:{redis_port}/0\", prefix: \"bench:\"}}\n"
@@ -326,41 +335,6 @@ def wrk(port: int, body: Path, key: str, concurrency: int, threads: int, duratio
     if line is None:
         raise RuntimeError(f"wrk printed no summary ({out.returncode}):\n{out.stdout}\n{out.stderr}")
     return json.loads(line.removeprefix("BENCH_JSON "))  # type: ignore[no-any-return]
-
-
-class CpuMeter:
-    """CPU used during one run by the measured server, and by processes this benchmark did not start
-    (other users of the machine: their load makes a run noisy)."""
-
-    def __init__(self, server_pids: list[int]) -> None:
-        self.server_pids = server_pids
-        self.snap = procs.cpu_ticks()
-        self.t0 = time.monotonic()
-
-    def stop(self) -> dict[str, float]:
-        wall = time.monotonic() - self.t0
-        snap = procs.cpu_ticks()
-        tick = procs.CLK_TCK * wall / 100  # ticks in 1 % of one core
-
-        def delta(pid: int) -> int:
-            return snap[pid][1] - self.snap.get(pid, (0, 0))[1]
-
-        mine = procs.tree(snap, os.getpid()) | procs.tree(self.snap, os.getpid())
-        other = sum(delta(p) for p in snap if p not in mine)
-        return {"server_cpu_pct": round(sum(delta(p) for p in self.server_pids if p in snap) / tick, 1),
-                "other_cpu_pct": round(other / tick, 1)}
-
-
-def quiet(max_wait_s: float = 10.0, threshold_pct: float = 20.0, probe_s: float = 0.5) -> float:
-    """Wait (up to `max_wait_s`) until processes the benchmark did not start use under `threshold_pct` of
-    a core; the seconds waited."""
-    started = time.monotonic()
-    while time.monotonic() - started < max_wait_s:
-        meter = CpuMeter([])
-        time.sleep(probe_s)
-        if meter.stop()["other_cpu_pct"] < threshold_pct:
-            break
-    return round(time.monotonic() - started, 1)
 
 
 def revive(bench: Bench, target: str, settle_s: float = 0.3) -> str | None:

@@ -57,12 +57,10 @@ from rig import (
     VARIANTS,
     Bench,
     Case,
-    CpuMeter,
     Settings,
     Variant,
     gateway_config,
     log,
-    quiet,
     revive,
     warm_gently,
     wrk,
@@ -81,14 +79,14 @@ def measure(bench: Bench, case: Case, variant: Variant, concurrency: int, first:
         if (reason := revive(bench, case.target)) is not None:
             died.append(f"after warm-up: {reason}")
             warm_gently(bench, case.target, variant)  # the fresh process must not be measured cold
-    waited = quiet(probe_s=0.25 if s.quick else 0.5)
+    waited = procs.quiet(probe_s=0.25 if s.quick else 0.5)
     if waited > 1:
         log(f"       (waited {waited} s for other processes on this machine to calm down)")
     pids = server.pids()
     hwm_reset = procs.reset_hwm(pids)
     redis_before = bench.redis_stats() if case.target.startswith("gateway") else None
     tunnels_before = bench.tunnels() if case.target == "gateway_socks" else None
-    cpu = CpuMeter(pids)
+    cpu = procs.CpuMeter(pids)
     peak = [procs.hwm_kb(pids)]
     running = threading.Event()
 
