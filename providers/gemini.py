@@ -149,6 +149,9 @@ def _fields(candidate: JSON) -> JSON:
     """`reasoning_content`, `content` and `tool_calls` of a candidate, each only when it has some."""
     content = candidate.get("content")
     parts = content.get("parts") if isinstance(content, dict) else None
+    if type(parts) is list and len(parts) == 1 and type(part := parts[0]) is dict and type(part.get("text")) is str \
+            and not part.get("thought"):  # a stream's common event: one text part
+        return {"content": part["text"]}
     texts: list[str] = []
     thoughts: list[str] = []
     calls: list[JSON] = []
@@ -261,6 +264,7 @@ class GeminiStreamState(StreamState):
     started: bool = False  # the first chunk (the one with the role) went out
     tool_calls: int = 0  # function calls relayed so far: the index of the next one
     pending: str | None = None  # the last finishReason of a chunk without usage: the end, unless more comes
+    meta: Any = None  # the usageMetadata `usage` was read from: the next event's mostly restates it
 
 
 def new_stream_state(req: ChatRequest, target: Target) -> StreamState:
@@ -279,8 +283,8 @@ def parse_stream_event(state: StreamState, event: SSEEvent) -> list[JSON]:
         code = error.get("code") if isinstance(error, dict) else None
         raise _status_error(error, code if isinstance(code, int) and code >= 400 and code in _HTTP_STATUSES else 502)
     meta = data.get("usageMetadata")
-    if final := isinstance(meta, dict):
-        state.usage = usage_from(meta)  # cumulative: the last one counts
+    if (final := isinstance(meta, dict)) and meta != state.meta:  # (the Developer API's is on every event)
+        state.usage, state.meta = usage_from(meta), meta  # cumulative: the last one counts
     candidate = _first_candidate(data)
     if candidate is None:
         if "promptFeedback" in data:  # the prompt was blocked: no candidate will come
