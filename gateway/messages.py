@@ -194,7 +194,7 @@ class MessagesCodec(ChunkCodec):
         block = stream.block, stream.kind
         out = b"".join(frame(data, event=name) for name, data in stream.feed(chunk))
         if self.template is not None and (stream.block, stream.kind) != block:
-            self.template, self.learning = None, self.LEARNING
+            self.template, self.learning, self.seen = None, self.LEARNING, self.view(self.state)
         return out
 
     def finish(self, billing: JSON, billing_event: bool, usage: Usage) -> bytes:

@@ -84,7 +84,7 @@ def _relay_run(codec: StreamCodec, decoder: SSEDecoder, lines: list[bytes],
             if (run := template.relay_run(lines)) is not None:
                 relayed.text_bytes += run[1]  # every line matched: no event, no Python call a line
                 return run[0], None
-            start, end = edges(lines, template.head)
+            start, end = edges(lines, template.head, template.tail)
             if start or end < len(lines):
                 _relay_lines(codec, decoder, lines[:start], out, relayed)
                 if codec.template is template and not codec.state.done \

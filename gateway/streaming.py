@@ -25,7 +25,7 @@ from gateway.errors import GatewayError, UpstreamFailed, error_event
 from gateway.reads import relay_read
 from gateway.relay import next_data
 from gateway.sse import DONE, SSEWriter, frame
-from gateway.template import Template, TemplatedRun, content_text, find_run
+from gateway.template import Template, TemplatedRun, content_text, find_run, state_view
 from providers import openai
 from providers.anthropic import AnthropicStreamState
 from providers.framing import RunFinder, SSEDecoder
@@ -160,20 +160,32 @@ class ChunkCodec:
         self.held: list[JSON] = []  # finish and usage chunks waiting for the bill
         self.template: Template | None = None
         self.learning = self.LEARNING if self.templated and adapter.VERBATIM_CHUNKS else 0
+        self.view = state_view(state)
+        self.seen = self.view(state)  # the state as the last event parsed left it, while templates may be learnt
         if self.learning and isinstance(state, AnthropicStreamState):  # Claude's text deltas: reads relayed whole
             self.runs = partial(find_run, self)
 
     def feed(self, event: SSEEvent) -> tuple[bytes, int]:
         if event.__class__ is TemplatedRun:  # (after message_stop, in the read, its deltas would relay nothing)
             return (b"", 0) if self.state.done else (event.out, event.text_bytes)  # type: ignore[attr-defined]
-        return self.relay(self.adapter.parse_stream_event(self.state, event), event.data)
+        chunks = self.adapter.parse_stream_event(self.state, event)
+        if not self.learning and self.template is None:
+            return self.relay(chunks, event.data)
+        seen, self.seen = self.seen, self.view(self.state)
+        if self.seen == seen:
+            return self.relay(chunks, event.data)
+        # an event that moved the state (Gemini's first, which sends the role, or one with other usage): no
+        # template from it, and the one known stands for parsing no longer (`template.state_view`)
+        self.template = None
+        return self.relay(chunks, None)
 
     def feed_end(self) -> tuple[bytes, int]:
         return self.relay(self.adapter.parse_stream_end(self.state), None)
 
     def relay(self, chunks: list[JSON], data: bytes | None) -> tuple[bytes, int]:
         """The adapter's chunks of one event (`data`: its bytes, to learn a template from; None when the
-        chunks were made from a whole answer) as client bytes, the tail held for the bill."""
+        chunks were made from a whole answer, or the event moved the state) as client bytes, the tail held for
+        the bill."""
         batch, n = b"", 0  # mostly one chunk an event: b"" + frame is the frame itself, no copy
         for chunk in chunks:
             chunk["id"] = self.generation_id

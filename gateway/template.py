@@ -7,10 +7,11 @@ sides, and `gateway.streaming` relays every later event that matches without dec
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import orjson
@@ -140,9 +141,12 @@ class Template:
         cuts = []  # (start, end) of each string in `data`, in `fields` order
         for (where, name), key in zip(fields, keys, strict=True):
             raw = where[name].encode()
-            marker = b'"' + key.encode() + b'":"' + raw + b'"'
-            if _NOT_VERBATIM.search(raw) is not None or data.count(marker) != 1:
+            # `"key":"text"` as most servers write it, `"key": "text"` as Google does
+            markers = [b'"' + key.encode() + colon + raw + b'"' for colon in (b'":"', b'": "')]
+            counts = [data.count(marker) for marker in markers]
+            if _NOT_VERBATIM.search(raw) is not None or sum(counts) != 1:
                 return None
+            marker = markers[counts.index(1)]
             start = data.index(marker) + len(marker) - len(raw) - 1
             cuts.append((start, start + len(raw)))
         positions = sorted(range(len(cuts)), key=lambda i: cuts[i][0])
@@ -192,6 +196,24 @@ class Template:
         return cls(pieces, out, [positions.index(i) for i in order], positions.index(0))
 
 
+_VIEWS: dict[type, attrgetter[Any]] = {}
+
+
+def state_view(state: Any) -> attrgetter[Any]:
+    """Reads every field of a stream state (`providers.types.StreamState` or an adapter's subclass) at once.
+
+    A template stands for parsing an event that changes nothing in the state (`ChunkCodec.feed` learns it
+    only from such an event, and drops it once a parsed event changes the state). A Gemini event restates the
+    stream's usage, so parsing it is a no-op only while the usage is the same as the template's; its first
+    event also marks the role as sent. Fields replaced by a parse are seen; containers changed in place (the
+    choices seen, a Claude stream's block maps) are compared by identity only: no text event changes them."""
+    cls = type(state)
+    view = _VIEWS.get(cls)
+    if view is None:
+        view = _VIEWS[cls] = attrgetter(*(field.name for field in dataclasses.fields(cls)))
+    return view
+
+
 def content_text(chunk: JSON, counted: int) -> str | None:
     """The text of a chunk whose only generated text is its `content`: one choice, unfinished, no usage;
     `counted` is its `text_bytes` as it came, before hidden reasoning left it (a template learnt from a chunk
@@ -230,7 +252,7 @@ def find_run(codec: Any, whole: bytes) -> tuple[int, int, SSEEvent] | None:
     if template is None or codec.state.done or not (whole.isascii() or is_utf8(whole)):
         return None
     events = whole.split(b"\n\n")
-    start, end = edges(events, template.heads[1])
+    start, end = edges(events, template.heads[1], template.tail)
     found = template.relay_run(events[start:end] if start or end < len(events) else events, True)
     if found is None:
         return None
@@ -240,11 +262,12 @@ def find_run(codec: Any, whole: bytes) -> tuple[int, int, SSEEvent] | None:
     return at, to, TemplatedRun(b"", "content_block_delta", "", *found)
 
 
-def edges(lines: list[bytes], head: bytes) -> tuple[int, int]:
-    """Where the lines that may match a template with `head` start and end: other chunks around them are few."""
+def edges(lines: list[bytes], head: bytes, tail: bytes) -> tuple[int, int]:
+    """Where the lines that may match a template with `head` and `tail` start and end: other chunks around them
+    are few. Both ends are looked at: Gemini's finish starts as its text events do (the text comes first)."""
     start, end = 0, len(lines)
-    while start < end and not lines[start].startswith(head):
+    while start < end and not (lines[start].startswith(head) and lines[start].endswith(tail)):
         start += 1
-    while end > start and not lines[end - 1].startswith(head):
+    while end > start and not (lines[end - 1].startswith(head) and lines[end - 1].endswith(tail)):
         end -= 1
     return start, end

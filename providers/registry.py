@@ -27,9 +27,10 @@ class Adapter(Protocol):
 
     STREAM_FRAMING: str  # "sse" or "ndjson": how the upstream frames its stream
     NEEDS_INLINE_IMAGES: bool  # the upstream takes image bytes only: the gateway inlines https image URLs
-    # An event that parses into a content-only chunk (OpenAI's content chunk, Anthropic's text delta) does, past
-    # the stream's first events, nothing but relay its text, found at `TEXT_AT` in the event's JSON: a later
-    # event equal to such a parsed one but for the text may be relayed from its bytes (gateway.template.Template).
+    # An event that parses into a content-only chunk (OpenAI's content chunk, Anthropic's text delta, Gemini's text
+    # event) and leaves the stream's state as it was does nothing but relay its text, found at `TEXT_AT` in the
+    # event's JSON: a later event equal to it but for the text may be relayed from its bytes while the state stays
+    # so (gateway.template.Template, state_view: the gateway compares the state's fields before and after a parse).
     VERBATIM_CHUNKS: bool
     TEXT_AT: tuple[str | int, ...]
     SUPPORTED_PARAMETERS: tuple[str, ...]  # request fields the kind carries upstream (OpenRouter's names)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -75,8 +76,10 @@ def relay(raw: bytes, reads: list[int], learn: bool, codec_type: type = streamin
             parsed += 1
             return adapter.parse_stream_event(state, event)
 
-    state = adapter.new_stream_state(ChatRequest(body={}, stream=True), CLAUDE) if kind == "anthropic" \
+    state = adapter.new_stream_state(ChatRequest(body={}, stream=True), CLAUDE) if kind != "openai" \
         else StreamState(public_model="gw/model")
+    if kind == "gemini":
+        state.response_id = "gen-gemini"  # (random: the same in every relay of one test)
     codec = codec_type(Counting(), state, "gen-42", wants_usage, hide_reasoning)
     if not learn:
         codec.learning = 0
@@ -113,7 +116,8 @@ def same_either_way(raw: bytes, reads: list[int], **kw: Any) -> int:
 
 
 def event_ends(raw: bytes) -> list[int]:
-    return [i + 2 for i in range(len(raw)) if raw.startswith(b"\n\n", i)]
+    """Where each event ends (LF line ends, or Gemini's CRLF)."""
+    return [match.end() for match in re.finditer(rb"\r\n\r\n|\n\n", raw)]
 
 
 READINGS: dict[str, Callable[[bytes], list[int]]] = {
@@ -332,7 +336,9 @@ def test_a_template_needs_its_text_cut_out_exactly() -> None:
     assert learn(chunk(" hi")) is not None
     assert learn(chunk(" hi", note={"content": " hi"})) is None  # twice there: which one?
     assert learn(chunk(' "hi"')) is None  # escaped in the upstream's bytes
-    assert learn(chunk(" hi", spaced=True)) is None  # `"content": "` with a space: not found, parsed as ever
+    spaced = learn(chunk(" hi", spaced=True))  # `"content": "` with a space, as Google writes JSON
+    assert spaced is not None and spaced.head.endswith(b'"content": "')
+    assert learn(chunk(" hi", spaced=True, note={"content": " hi"})) is None  # spaced and twice there
 
 
 # -- Anthropic upstreams on the Anthropic format: relayed as they came ------------------------------

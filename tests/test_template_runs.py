@@ -177,13 +177,20 @@ def test_events_after_done_are_not_relayed_whole() -> None:
 
 
 def late_read_relays_nothing(codec: streaming.ChunkCodec, raw: bytes, late: bytes) -> None:
-    """After the stream `raw` (which ends it and teaches `codec` its template), the read `late` relays nothing."""
+    """After the stream `raw` (which ends it and teaches `codec` its template), the read `late` relays nothing:
+    as the codec is (the end moved the state, which dropped the template), and with the template put back (the
+    checks of `state.done` alone keep the late read out)."""
     decoder, relayed = SSEDecoder(), streaming.Relayed()
-    streaming.relay_read(codec, decoder, raw, relayed)
-    assert codec.state.done and codec.template is not None
+    learnt = None
+    for event in raw.split(b"\n\n")[:-1]:  # an event a read, to catch the template between learning and the end
+        streaming.relay_read(codec, decoder, event + b"\n\n", relayed)
+        learnt = codec.template or learnt
+    assert codec.state.done and codec.template is None and learnt is not None
     counted = relayed.text_bytes
-    assert streaming.relay_read(codec, decoder, late, relayed) == (b"", None)
-    assert relayed.text_bytes == counted
+    for template in (None, learnt):
+        codec.template = template
+        assert streaming.relay_read(codec, decoder, late, relayed) == (b"", None)
+        assert relayed.text_bytes == counted
 
 
 def template(make: Callable[[str], bytes] = chunk) -> Template:

@@ -1,0 +1,135 @@
+"""Gemini's text events relayed from their bytes (`Template`, `gateway.template.state_view`): it must change nothing.
+
+A Gemini stream restates its usage on every event and leaves the role to the gateway's first chunk, so a template
+may stand for parsing an event only while the stream's state is what it was when the template was learnt: learnt
+from an event that left the state as it was, dropped by a parsed event that moved it. Every test relays the same
+upstream bytes, read the same ways, with templates and runs, with templates line by line and without any, and
+requires the same client bytes, error, text count and final state (usage included): the recorded streams, and
+synthetic ones whose usage stays, grows, and goes back to an earlier count.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pytest
+from test_stream_relay import SHARED, event_ends, messages_codec, relay
+from test_template_runs import READINGS, same_with_and_without_runs
+
+from gateway import streaming
+from providers import gemini
+
+GEMINI = sorted((SHARED / "wire" / "gemini").glob("*/streaming-*.txt"))
+
+
+@pytest.fixture(autouse=True)
+def fixed_gemini_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chunks carry the time the stream's state was made, a tool call without Gemini's id a random one: relays
+    compared byte for byte must agree."""
+    monkeypatch.setattr(gemini, "time", SimpleNamespace(time=lambda: 1_700_000_000.0))
+    monkeypatch.setattr(gemini, "uuid", SimpleNamespace(uuid4=lambda: SimpleNamespace(hex="5" * 32)))
+
+
+def usage(candidates: int | None = None, thoughts: int = 0, prompt: int = 10) -> dict[str, Any]:
+    """`usageMetadata` as Gemini restates it on each event (no candidates' count on the early ones)."""
+    meta: dict[str, Any] = {"promptTokenCount": prompt, "totalTokenCount": prompt + (candidates or 0) + thoughts,
+                            "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt}]}
+    if candidates is not None:
+        meta["candidatesTokenCount"] = candidates
+    if thoughts:
+        meta["thoughtsTokenCount"] = thoughts
+    return meta
+
+
+def event(text: str, meta: dict[str, Any] | None, *, finish: str | None = None, thought: bool = False,
+          google: bool = True) -> bytes:
+    """One event as Gemini writes it: `"key": value` with a space (`google`), CRLF line ends."""
+    part: dict[str, Any] = {"text": text, **({"thought": True} if thought else {})}
+    candidate: dict[str, Any] = {"content": {"parts": [part], "role": "model"}}
+    if finish:
+        candidate["finishReason"] = finish
+    body: dict[str, Any] = {"candidates": [candidate]}
+    if meta is not None:
+        body["usageMetadata"] = meta
+    body["modelVersion"] = "gemini-2.0-flash"
+    raw = json.dumps(body, ensure_ascii=False, separators=(",", ": ")).encode() if google else orjson.dumps(body)
+    return b"data: " + raw + (b"\r\n\r\n" if google else b"\n\n")
+
+
+def gemini_stream(texts: list[str], metas: list[dict[str, Any] | None], end: bool = True, **kw: Any) -> bytes:
+    """The texts with their usage, then (`end`) the finish with the whole count."""
+    raw = b"".join(event(text, meta, **kw) for text, meta in zip(texts, metas, strict=True))
+    if end:
+        raw += event("", usage(len(texts)), finish="STOP", **kw)
+    return raw
+
+
+def same(monkeypatch: pytest.MonkeyPatch, raw: bytes, reads: list[int]) -> tuple[int, int]:
+    """`same_with_and_without_runs` for a Gemini upstream, to a chat client and to an Anthropic one."""
+    same_with_and_without_runs(monkeypatch, raw, reads, kind="gemini", codec_type=messages_codec)
+    same_with_and_without_runs(monkeypatch, raw, reads, kind="gemini", wants_usage=False)
+    return same_with_and_without_runs(monkeypatch, raw, reads, kind="gemini")
+
+
+@pytest.mark.parametrize("reading", READINGS.values(), ids=list(READINGS))
+@pytest.mark.parametrize("path", GEMINI, ids=[f"{p.parent.name}-{p.stem}" for p in GEMINI])
+def test_recorded_streams(monkeypatch: pytest.MonkeyPatch, path: Path, reading: Any) -> None:
+    raw = path.read_bytes()
+    same(monkeypatch, raw, reading(raw))
+
+
+TEN = [f" t{i}" for i in range(10)]
+STREAMS = {
+    "usage_stays": gemini_stream(TEN, [usage()] * 10),
+    "lf_and_compact": gemini_stream(TEN, [usage()] * 10, google=False),
+    "usage_grows": gemini_stream(TEN, [usage(i) for i in range(10)]),
+    # an earlier count again after another: a template learnt at the first must not stand for the third
+    "usage_goes_back": gemini_stream(TEN, [usage(1), usage(1), usage(3), usage(1), usage(1), usage(2), usage(1),
+                                           usage(1), None, usage(1)]),
+    "no_usage": gemini_stream(TEN, [None] * 10),
+    "cut_before_the_end": gemini_stream(TEN, [usage()] * 5 + [usage(2)] * 3 + [usage()] * 2, end=False),
+    "escapes_between": gemini_stream([" a", " b", ' "q"', " c", " line\nend", " d", " é", " e", "", " f"],
+                                     [usage()] * 10),
+    "thoughts_then_text": b"".join(event(f" think{i}", usage(thoughts=30 * i + 20), thought=True) for i in range(3))
+    + gemini_stream(TEN, [usage(thoughts=80)] * 10),
+}
+
+
+@pytest.mark.parametrize("reading", READINGS.values(), ids=list(READINGS))
+@pytest.mark.parametrize("raw", STREAMS.values(), ids=list(STREAMS))
+def test_synthetic_streams(monkeypatch: pytest.MonkeyPatch, raw: bytes, reading: Any) -> None:
+    same(monkeypatch, raw, reading(raw))
+
+
+def test_a_long_answer_is_relayed_from_its_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """1,000 text events under one usage: the first (which sends the role) and the second (which teaches the
+    template) are parsed, then the finish; the rest is relayed whole in reads of many events (the finish, which
+    starts as a text event does, at a read's end too), line by line in reads of one. The role goes out once."""
+    raw = gemini_stream([f" tok{i}" for i in range(1000)], [usage()] * 1000)
+    for reads in ([], event_ends(raw)[9::10], event_ends(raw)):
+        parsed, looked = same(monkeypatch, raw, reads)
+        assert parsed <= 4
+        assert looked <= 4 if reads != event_ends(raw) else looked >= 998
+    out, error, counted, state, _ = relay(raw, [], True, kind="gemini")
+    assert error is None and state.done and out.count(b'"role":"assistant"') == 1
+    assert counted == sum(len(f" tok{i}") for i in range(1000))
+    assert (state.usage.prompt_tokens, state.usage.completion_tokens) == (10, 1000)
+
+
+def test_other_usage_drops_the_template() -> None:
+    """An event whose usage differs is parsed and the template goes: a later event under the first usage is
+    parsed too, and the state ends with the usage of the last event read."""
+    raw = STREAMS["cut_before_the_end"]
+    state = gemini.new_stream_state(None, SimpleNamespace(public_model="gw/g"))  # type: ignore[arg-type]
+    codec = streaming.ChunkCodec(gemini, state, "gen-1", True)
+    decoder, relayed = streaming.SSEDecoder(), streaming.Relayed()
+    seen = []
+    for chunk in raw.split(b"\r\n\r\n")[:-1]:
+        streaming.relay_read(codec, decoder, chunk + b"\r\n\r\n", relayed)
+        seen.append((codec.template is not None, state.usage.prompt_tokens + state.usage.completion_tokens))
+    assert [known for known, _ in seen] == [False, True, True, True, True, False, False, False, False, False]
+    assert seen[-1] == (False, 10) and seen[6] == (False, 12)  # the prompt's 10, and 2 of the answer's
