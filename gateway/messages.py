@@ -67,6 +67,7 @@ class NativeCodec:
 
     template: Template | None = None  # Claude's events are relayed one by one, but for runs of text deltas
     learning = 0
+    last: bytes | None = None
 
     def __init__(self, target: Target, generation_id: str) -> None:
         self.adapter = registry.get("anthropic")
@@ -103,6 +104,9 @@ class NativeCodec:
             return run.data + b"\n\n", run.text_bytes
         fed = [self.feed(event) for event in run.events()]
         return b"".join(out for out, _ in fed), sum(n for _, n in fed)
+
+    def catch_up(self) -> None:
+        """Nothing: no template here, and a Claude event restates no usage."""
 
     def feed_end(self) -> tuple[bytes, int]:
         """Nothing: message_stop ends a Claude stream, and is relayed as it came."""

@@ -320,6 +320,7 @@ async def _relay_stream(request: web.Request, resp: aiohttp.ClientResponse, code
     fields = request[LOG]
 
     def account(status: int) -> None:
+        codec.catch_up()  # the usage so far of events relayed from their bytes (Gemini's)
         outcome.status, outcome.finish_reason, outcome.upstream_id = status, state.finish_reason, state.response_id
         outcome.first_token_at = relayed.first_at
         if state.usage.reported:

@@ -46,8 +46,9 @@ def _frame(codec: StreamCodec, events: list[SSEEvent], relayed: Relayed) -> tupl
         for event in events:
             template = codec.template
             if template is not None and not state.done and (event.data.isascii() or is_utf8(event.data)) \
-                    and (counted := template.relay(b"data: " + event.data, out)) is not None:
+                    and (counted := template.relay(line := b"data: " + event.data, out)) is not None:
                 relayed.text_bytes += counted
+                codec.last = line
                 continue
             relay, n = codec.feed(event)
             relayed.text_bytes += n
@@ -83,6 +84,7 @@ def _relay_run(codec: StreamCodec, decoder: SSEDecoder, lines: list[bytes],
         if len(lines) > 1 and not codec.state.done:
             if (run := template.relay_run(lines)) is not None:
                 relayed.text_bytes += run[1]  # every line matched: no event, no Python call a line
+                codec.last = lines[-1]
                 return run[0], None
             start, end = edges(lines, template.head, template.tail)
             if start or end < len(lines):
@@ -91,6 +93,7 @@ def _relay_run(codec: StreamCodec, decoder: SSEDecoder, lines: list[bytes],
                         and (run := template.relay_run(lines[start:end])) is not None:
                     out.append(run[0])
                     relayed.text_bytes += run[1]
+                    codec.last = lines[end - 1]
                 else:
                     _relay_lines(codec, decoder, lines[start:end], out, relayed)
                 _relay_lines(codec, decoder, lines[end:], out, relayed)
@@ -110,6 +113,7 @@ def _relay_lines(codec: StreamCodec, decoder: SSEDecoder, lines: list[bytes], ou
         for line in lines:
             if template is not None and not state.done and (counted := template.relay(line, out)) is not None:
                 n += counted
+                codec.last = line
                 continue
             relay, k = codec.feed(decoder.event(line))
             out.append(relay)

@@ -49,6 +49,7 @@ class StreamCodec(Protocol):
     state: StreamState
     template: Template | None  # once known, the events it matches are relayed without `feed`
     learning: int  # while > 0, `feed` may learn a template
+    last: bytes | None  # the last `data:` line the template relayed, for `catch_up`
     runs: RunFinder | None  # named events `feed` takes a span of whole, as one event (`SSEDecoder.feed_named`)
 
     def feed(self, event: SSEEvent) -> tuple[bytes, int]:
@@ -56,6 +57,9 @@ class StreamCodec(Protocol):
 
     def finish(self, billing: JSON, billing_event: bool, usage: Usage) -> bytes:
         """The held tail with the bill (and the usage billed) on it, and the stream's terminator."""
+
+    def catch_up(self) -> None:
+        """Bring the state up to the events relayed from their bytes (before it is read for the bill)."""
 
     def feed_end(self) -> tuple[bytes, int]:
         """The body's end, once its last event was fed and the upstream had not said it was done: what the
@@ -160,19 +164,28 @@ class ChunkCodec:
         self.held: list[JSON] = []  # finish and usage chunks waiting for the bill
         self.template: Template | None = None
         self.learning = self.LEARNING if self.templated and adapter.VERBATIM_CHUNKS else 0
-        self.view = state_view(state)
+        self.restates = adapter.RESTATES
+        self.view = state_view(state, self.restates)
         self.seen = self.view(state)  # the state as the last event parsed left it, while templates may be learnt
+        self.last: bytes | None = None  # the last `data:` line relayed from its bytes (gateway.reads sets it)
+        self.counting = False  # the event being learnt from moved the usage (`feed`)
         if self.learning and isinstance(state, AnthropicStreamState):  # Claude's text deltas: reads relayed whole
             self.runs = partial(find_run, self)
 
     def feed(self, event: SSEEvent) -> tuple[bytes, int]:
         if event.__class__ is TemplatedRun:  # (after message_stop, in the read, its deltas would relay nothing)
             return (b"", 0) if self.state.done else (event.out, event.text_bytes)  # type: ignore[attr-defined]
+        if self.last is not None:
+            self.catch_up()
+        usage = self.state.usage
         chunks = self.adapter.parse_stream_event(self.state, event)
         if not self.learning and self.template is None:
             return self.relay(chunks, event.data)
         seen, self.seen = self.seen, self.view(self.state)
         if self.seen == seen:
+            # counts that moved since the event before (Gemini 2.5's running count) are cut out of a template
+            # learnt from this event; counts that stay (Gemini 2.0's) are kept in its bytes, which match faster
+            self.counting = self.state.usage is not usage
             return self.relay(chunks, event.data)
         # an event that moved the state (Gemini's first, which sends the role, or one with other usage): no
         # template from it, and the one known stands for parsing no longer (`template.state_view`)
@@ -180,7 +193,15 @@ class ChunkCodec:
         return self.relay(chunks, None)
 
     def feed_end(self) -> tuple[bytes, int]:
+        self.catch_up()
         return self.relay(self.adapter.parse_stream_end(self.state), None)
+
+    def catch_up(self) -> None:
+        """The state as parsing every event would have left it: the last event relayed from its bytes is parsed
+        for the fields its kind restates (Gemini's usage so far; the events before it are superseded)."""
+        line, self.last = self.last, None
+        if line is not None and self.restates:
+            self.adapter.parse_stream_event(self.state, SSEEvent(line[len(b"data: "):]))
 
     def relay(self, chunks: list[JSON], data: bytes | None) -> tuple[bytes, int]:
         """The adapter's chunks of one event (`data`: its bytes, to learn a template from; None when the
@@ -258,7 +279,8 @@ class ChunkCodec:
         text = content_text(chunk, counted)
         if text is not None:
             self.learning -= 1
-            if (template := Template.learn(data, chunk, text, self.encode, self.adapter.TEXT_AT)) is not None:
+            if (template := Template.learn(data, chunk, text, self.encode, self.adapter.TEXT_AT,
+                                           self.counting)) is not None:
                 self.template, self.learning = template, 0
 
     def finish(self, billing: JSON, billing_event: bool, usage: Usage) -> bytes:

@@ -24,8 +24,15 @@ _NOT_VERBATIM = re.compile(rb'["\\\x00-\x1f]')
 # Top-level strings that change from chunk to chunk besides the text: OpenAI pads every chunk with random
 # characters in `obfuscation` (on by default, against length side channels; relayed as they came).
 VARYING = ("obfuscation",)
+# Counts that change from event to event: Gemini restates its usage on every event (`usageMetadata`), the answer's
+# tokens so far among them (Gemini 2.5 on). Cut out of the upstream's bytes (the client's chunk holds no usage);
+# the adapter's `RESTATES` says the last event relayed so must be parsed for its usage before the state is read.
+_COUNTS = re.compile(rb'"(candidatesTokenCount|totalTokenCount)": ?([0-9]+)')
+_LEADING_ZERO = re.compile(rb"(?:^| )0[0-9]")  # in counts joined by spaces: one that is no JSON number
 _NAMED = b"event: content_block_delta\n"  # before a Claude text delta's `data:` line (`find_run`)
 _MARK = "\x7fgateway-%d\x7f"  # stands for a cut-out string while a template's client side is encoded
+_MARKS = tuple(_MARK % i for i in range(1 + len(VARYING)))
+_MARKED = tuple(mark.encode() for mark in _MARKS)
 
 
 class Template:
@@ -38,17 +45,20 @@ class Template:
     characters, valid UTF-8) is relayed as the same client bytes around those strings, without decoding
     and encoding JSON. Learnt from the first such chunk; what does not match (the role chunk, tool calls,
     the finish, usage) is parsed as ever. Claude's text deltas are such events too (same block index, the
-    text their only string, at the adapter's `TEXT_AT`), relayed as OpenAI chunks to a chat client.
+    text their only string, at the adapter's `TEXT_AT`), relayed as OpenAI chunks to a chat client, and so are
+    Gemini's text events, whose running counts (`_COUNTS`) are cut out too.
     """
 
-    __slots__ = ("between", "cuts", "head", "heads", "inner", "order", "out", "seams", "shortest", "size", "tail",
-                 "text_at")
+    __slots__ = ("between", "counts", "cuts", "head", "heads", "inner", "order", "out", "seams", "shortest", "size",
+                 "tail", "text_at")
 
-    def __init__(self, pieces: list[bytes], out: list[bytes], order: list[int], text_at: int) -> None:
+    def __init__(self, pieces: list[bytes], out: list[bytes], order: list[int], text_at: int,
+                 counts: frozenset[int] = frozenset()) -> None:
         # pieces: the upstream's bytes around its strings; out: the client's around them; order[i]: which
         # of the upstream's strings (by position) goes after out[i] (a client may drop the padding: then
-        # fewer); text_at: which one is the text
+        # fewer); text_at: which one is the text; counts: which ones are counts (digits, dropped by the client)
         self.head, self.inner, self.tail = b"data: " + pieces[0], pieces[1:-1], pieces[-1]
+        self.counts = counts
         self.size = len(self.head) + sum(map(len, self.inner)) + len(self.tail)
         self.out, self.order, self.text_at = out, order, text_at
         # for `relay_run`, its lines plain or named: what precedes a text, a line's text, the upstream's bytes
@@ -77,12 +87,17 @@ class Template:
         strings = []
         for separator in self.inner:  # each string ends at its separator: none holds a quote
             string, found, rest = rest.partition(separator)
-            if not found or _NOT_VERBATIM.search(string) is not None:
+            if not found:
                 return None
             strings.append(string)
-        if _NOT_VERBATIM.search(rest) is not None:
-            return None
         strings.append(rest)
+        counts = self.counts
+        for i, string in enumerate(strings):  # (no generator: a line)
+            if i in counts:  # a JSON number: digits, no leading zero
+                if not string.isdigit() or (string[0] == 48 and len(string) > 1):
+                    return None
+            elif _NOT_VERBATIM.search(string) is not None:
+                return None
         text = strings[self.text_at]
         if not text:
             return None
@@ -99,7 +114,7 @@ class Template:
         line's strings at the head's and tail's lengths, check the lines are the head, those strings, the tail
         each (rebuilt and joined as the read's lines are: line ends stand only between them, as the strings
         hold none), the strings plain and the texts not empty. For the text alone, or the text and one more
-        string (OpenAI's padding, kept or dropped by the client's side)."""
+        string (OpenAI's padding, kept or dropped by the client's side; or a count, Gemini's, dropped)."""
         if len(lines) < self.shortest:
             return None
         head = self.heads[named]  # a read that starts or ends with another chunk (role, finish, usage): at once
@@ -121,6 +136,10 @@ class Template:
         text = b"".join(texts)
         if not all(texts) or _NOT_VERBATIM.search(text if plain is None else plain) is not None:
             return None
+        if self.counts:  # the other string is a count: digits, no leading zero
+            numbers = columns[1 - self.text_at]
+            if not (all(numbers) and b"".join(numbers).isdigit()) or _LEADING_ZERO.search(b" ".join(numbers)):
+                return None
         out = self.out
         if len(out) == 2:  # the client gets the text alone
             return out[0] + self.between.join(texts) + out[1], len(text)
@@ -129,27 +148,42 @@ class Template:
         return out[0] + self.between.join(pairs) + out[2], len(text)
 
     @classmethod
-    def learn(cls, data: bytes, chunk: JSON, text: str, encode: Any, text_at: tuple[str | int, ...]) -> Template | None:
+    def learn(cls, data: bytes, chunk: JSON, text: str, encode: Any, text_at: tuple[str | int, ...],
+              counting: bool = False) -> Template | None:
         """The template of event `data`, parsed into the content-only `chunk` (as it will be relayed) of
         `text`, whose client bytes `encode` makes; None unless its strings can be cut out of both (the padding may
         be missing from the client's: an Anthropic client gets none). `text_at`:
-        where the text sits in the event (the adapter's `TEXT_AT`: OpenAI's chunk, Anthropic's text delta)."""
+        where the text sits in the event (the adapter's `TEXT_AT`: OpenAI's chunk, Anthropic's text delta);
+        `counting`: the event's counts change from event to event, and are cut out too (`_COUNTS`)."""
         delta = chunk["choices"][0]["delta"]
-        fields: list[tuple[JSON, str]] = [(delta, "content")]  # where each string sits in the chunk
-        fields += [(chunk, name) for name in VARYING if type(chunk.get(name)) is str]
-        keys = [str(text_at[-1]), *(name for _, name in fields[1:])]  # each string's key in the event
-        cuts = []  # (start, end) of each string in `data`, in `fields` order
-        for (where, name), key in zip(fields, keys, strict=True):
+        # where each string sits in the chunk, and its key in the event (no generators: once a stream, but ~40 us)
+        fields: list[tuple[JSON, str, str]] = [(delta, "content", str(text_at[-1]))]
+        for name in VARYING:
+            if type(chunk.get(name)) is str:
+                fields.append((chunk, name, name))
+        spaced = b'": "' in data  # `"key": "text"` as Google writes JSON, where most servers write `"key":"text"`
+        cuts = []  # (start, end) of each string in `data`, in `fields` order, then of each count
+        for where, name, key in fields:
             raw = where[name].encode()
-            # `"key":"text"` as most servers write it, `"key": "text"` as Google does
-            markers = [b'"' + key.encode() + colon + raw + b'"' for colon in (b'":"', b'": "')]
-            counts = [data.count(marker) for marker in markers]
-            if _NOT_VERBATIM.search(raw) is not None or sum(counts) != 1:
+            if _NOT_VERBATIM.search(raw) is not None:
                 return None
-            marker = markers[counts.index(1)]
+            marker = b'"' + key.encode() + b'":"' + raw + b'"'
+            found = data.count(marker)
+            if spaced and (more := data.count(other := b'"' + key.encode() + b'": "' + raw + b'"')):
+                marker, found = other, found + more
+            if found != 1:
+                return None
             start = data.index(marker) + len(marker) - len(raw) - 1
             cuts.append((start, start + len(raw)))
-        positions = sorted(range(len(cuts)), key=lambda i: cuts[i][0])
+        strings = len(cuts)
+        names = []  # the counts' keys (Gemini's alone: no scan of the others' events)
+        if counting and b'TokenCount"' in data:
+            for match in _COUNTS.finditer(data):
+                names.append(match.group(1).decode())
+                cuts.append(match.span(2))
+            if len(set(names)) != len(names):
+                return None  # a count named twice: which one?
+        positions = sorted(range(len(cuts)), key=cuts.__getitem__)
         pieces, at = [], 0
         for i in positions:
             if cuts[i][0] < at:
@@ -158,59 +192,73 @@ class Template:
             at = cuts[i][1]
         pieces.append(data[at:])
         # The cuts are those strings and nothing else when other strings there parse to the same chunk but
-        # for them: a letter outside a string is no JSON, and inside any other string it would change that.
-        others = ["y" if where[name] == "x" else "x" for where, name in fields]
-        probe = pieces[0] + b"".join(others[i].encode() + piece for i, piece in zip(positions, pieces[1:], strict=True))
+        # for them: a letter outside a string is no JSON, and inside any other string it would change that (a
+        # count: another number).
+        others: list[Any] = ["y" if where[name] == "x" else "x" for where, name, _ in fields]
+        for start, end in cuts[strings:]:
+            others.append(int(data[start:end]) + 1)
+        probe = [pieces[0]]
+        for i, piece in zip(positions, pieces[1:], strict=True):
+            probe += (str(others[i]).encode(), piece)
         try:
             upstream = orjson.loads(data)
             holder = upstream
             for step in text_at[:-1]:
                 holder = holder[step]
-            for i, (key, other) in enumerate(zip(keys, others, strict=True)):
-                (holder if i == 0 else upstream)[key] = other
-            if orjson.loads(probe) != upstream:
+            holder[fields[0][2]] = others[0]
+            for i in range(1, strings):
+                upstream[fields[i][2]] = others[i]
+            for name, other in zip(names, others[strings:], strict=True):
+                upstream["usageMetadata"][name] = other  # (a count elsewhere: a KeyError, no template)
+            if orjson.loads(b"".join(probe)) != upstream:
                 return None
         except (orjson.JSONDecodeError, LookupError, TypeError):
             return None
-        kept = [where[name] for where, name in fields]
-        marks = [_MARK % i for i in range(len(fields))]
-        for (where, name), mark in zip(fields, marks, strict=True):
-            where[name] = mark
+        kept = [where[name] for where, name, _ in fields]
+        for i, (where, name, _) in enumerate(fields):
+            where[name] = _MARKS[i]
         try:
             encoded = encode(chunk)
         finally:
-            for (where, name), value in zip(fields, kept, strict=True):
+            for (where, name, _), value in zip(fields, kept, strict=True):
                 where[name] = value
-        marked = [mark.encode() for mark in marks]
-        counts = [encoded.count(mark) for mark in marked]  # the text once; the padding once, or dropped
-        if counts[0] != 1 or any(count > 1 for count in counts):
+        marked = _MARKED[:strings]
+        if encoded.count(marked[0]) != 1:  # the text once; the padding once, or dropped
             return None
-        found = [encoded.find(mark) for mark in marked]
+        found_at = []
+        for mark in marked:
+            if encoded.count(mark) > 1:
+                return None
+            found_at.append(encoded.find(mark))
         out, at = [], 0
-        order = sorted((i for i in range(len(fields)) if found[i] >= 0), key=lambda i: found[i])
+        order = sorted([i for i in range(strings) if found_at[i] >= 0], key=found_at.__getitem__)
         for i in order:
-            out.append(encoded[at:found[i]])
-            at = found[i] + len(marked[i])
+            out.append(encoded[at:found_at[i]])
+            at = found_at[i] + len(marked[i])
         out.append(encoded[at:])
         # strings travel in the upstream's order; the client's order may differ
-        return cls(pieces, out, [positions.index(i) for i in order], positions.index(0))
+        counted = frozenset([positions.index(i) for i in range(strings, len(cuts))]) if names else frozenset()
+        return cls(pieces, out, [positions.index(i) for i in order], positions.index(0), counted)
 
 
-_VIEWS: dict[type, attrgetter[Any]] = {}
+_VIEWS: dict[tuple[type, tuple[str, ...]], attrgetter[Any]] = {}
 
 
-def state_view(state: Any) -> attrgetter[Any]:
-    """Reads every field of a stream state (`providers.types.StreamState` or an adapter's subclass) at once.
+def state_view(state: Any, restated: tuple[str, ...] = ()) -> attrgetter[Any]:
+    """Reads every field of a stream state (`providers.types.StreamState` or an adapter's subclass) but the
+    `restated` ones at once.
 
     A template stands for parsing an event that changes nothing in the state (`ChunkCodec.feed` learns it
     only from such an event, and drops it once a parsed event changes the state). A Gemini event restates the
-    stream's usage, so parsing it is a no-op only while the usage is the same as the template's; its first
-    event also marks the role as sent. Fields replaced by a parse are seen; containers changed in place (the
-    choices seen, a Claude stream's block maps) are compared by identity only: no text event changes them."""
-    cls = type(state)
-    view = _VIEWS.get(cls)
+    stream's usage (the adapter's `RESTATES`, left out of the view: the codec parses the last event relayed from
+    its bytes for them before the state is read); its first event also marks the role as sent. Fields replaced
+    by a parse are seen; containers changed in place (the choices seen, a Claude stream's block maps) are compared
+    by identity only: no text event changes them."""
+    key = type(state), restated
+    view = _VIEWS.get(key)
     if view is None:
-        view = _VIEWS[cls] = attrgetter(*(field.name for field in dataclasses.fields(cls)))
+        names = [field.name for field in dataclasses.fields(key[0]) if field.name not in restated]
+        view = _VIEWS[key] = attrgetter(*names)
     return view
 
 

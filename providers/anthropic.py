@@ -52,6 +52,7 @@ STREAM_FRAMING = "sse"
 NEEDS_INLINE_IMAGES = False
 TEXT_AT = ("delta", "text")  # where a text delta holds its text
 VERBATIM_CHUNKS = True  # a text delta's bytes say all its parse would, past the stream's start (see registry.Adapter)
+RESTATES: tuple[str, ...] = ()  # a text delta states no usage
 SUPPORTED_PARAMETERS = ("temperature", "top_p", "top_k", "max_tokens", "max_completion_tokens", "stop", "tools",
                         "tool_choice", "parallel_tool_calls", "response_format", "structured_outputs", "reasoning",
                         "reasoning_effort")  # what the translation carries

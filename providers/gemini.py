@@ -70,9 +70,10 @@ from providers.types import (
 STREAM_FRAMING = "sse"
 NEEDS_INLINE_IMAGES = True  # Gemini takes image bytes only
 TEXT_AT = ("candidates", 0, "content", "parts", 0, "text")  # where a text event holds its text
-# a text event restates the stream's usage: parsing one changes nothing while the usage stays the same, which the
-# gateway checks (gateway.template.state_view); the first marks the role as sent (see registry.Adapter)
+# a text event's parse relays its text and restates the stream's usage so far (`RESTATES`, the state's fields it
+# sets); the first also marks the role as sent, which the gateway sees (gateway.template.state_view)
 VERBATIM_CHUNKS = True
+RESTATES = ("usage", "meta")
 SUPPORTED_PARAMETERS = ("temperature", "top_p", "top_k", "seed", "max_tokens", "max_completion_tokens", "stop",
                         "response_format", "structured_outputs", "tools", "tool_choice", "reasoning",
                         "reasoning_effort")  # what the translation carries

@@ -43,6 +43,7 @@ STREAM_FRAMING = "sse"
 NEEDS_INLINE_IMAGES = False  # OpenAI-compatible servers fetch image URLs themselves
 TEXT_AT = ("choices", 0, "delta", "content")  # where a content chunk holds its text
 VERBATIM_CHUNKS = True  # a content-only chunk's bytes say all its parse would (see registry.Adapter)
+RESTATES: tuple[str, ...] = ()  # a content chunk states no usage
 # what a client may set (OpenRouter's parameter names), shown by /v1/models/{id}/endpoints
 SUPPORTED_PARAMETERS = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "max_tokens",
                         "max_completion_tokens", "logit_bias", "logprobs", "top_logprobs", "seed", "response_format",

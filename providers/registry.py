@@ -33,6 +33,10 @@ class Adapter(Protocol):
     # so (gateway.template.Template, state_view: the gateway compares the state's fields before and after a parse).
     VERBATIM_CHUNKS: bool
     TEXT_AT: tuple[str | int, ...]
+    # The state's fields such an event's parse sets from the event's own counts (Gemini restates the usage so far
+    # on every event): they may differ from event to event, and the last event relayed from its bytes is parsed
+    # before anything reads the state (gateway.streaming.ChunkCodec.catch_up); () for the others.
+    RESTATES: tuple[str, ...]
     SUPPORTED_PARAMETERS: tuple[str, ...]  # request fields the kind carries upstream (OpenRouter's names)
     MAX_CHOICES: int  # the largest `n` the upstream honours (1: it would silently answer one choice)
     # The request's processing-tier fields (`service_tier`, Anthropic's `speed`, `inference_geo`) reach the upstream

@@ -11,6 +11,7 @@ synthetic ones whose usage stays, grows, and goes back to an earlier count.
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -22,6 +23,7 @@ from test_template_runs import READINGS, same_with_and_without_runs
 
 from gateway import streaming
 from providers import gemini
+from providers.framing import SSEDecoder
 
 GEMINI = sorted((SHARED / "wire" / "gemini").glob("*/streaming-*.txt"))
 
@@ -96,6 +98,14 @@ STREAMS = {
                                      [usage()] * 10),
     "thoughts_then_text": b"".join(event(f" think{i}", usage(thoughts=30 * i + 20), thought=True) for i in range(3))
     + gemini_stream(TEN, [usage(thoughts=80)] * 10),
+    # Gemini 2.5 on: the answer's count so far on every event (one digit, then two: the bytes' length changes)
+    "running_counts": gemini_stream(TEN, [usage(3 * i + 5, thoughts=40) for i in range(10)]),
+    "running_counts_cut": gemini_stream(TEN, [usage(3 * i + 5) for i in range(10)], end=False),
+    "running_counts_go_back": gemini_stream(TEN, [usage(5), usage(9), usage(7), None, usage(12), usage(11),
+                                                  usage(0), usage(10), usage(10), usage(13)]),
+    "odd_counts": gemini_stream(TEN, [usage(5), usage(6), {**usage(7), "candidatesTokenCount": "8"}, usage(9),
+                                      {**usage(9), "totalTokenCount": 1.5}, usage(10), usage(11), usage(12),
+                                      usage(13), usage(14)]),
 }
 
 
@@ -114,22 +124,77 @@ def test_a_long_answer_is_relayed_from_its_bytes(monkeypatch: pytest.MonkeyPatch
         parsed, looked = same(monkeypatch, raw, reads)
         assert parsed <= 4
         assert looked <= 4 if reads != event_ends(raw) else looked >= 998
+    state = gemini.new_stream_state(None, SimpleNamespace(public_model="gw/g"))  # type: ignore[arg-type]
+    codec = streaming.ChunkCodec(gemini, state, "gen-1", True)
+    streaming.relay_read(codec, SSEDecoder(), raw[:event_ends(raw)[2]], streaming.Relayed())
+    assert codec.template is not None and not codec.template.counts  # counts that stay are kept in its bytes
     out, error, counted, state, _ = relay(raw, [], True, kind="gemini")
     assert error is None and state.done and out.count(b'"role":"assistant"') == 1
     assert counted == sum(len(f" tok{i}") for i in range(1000))
     assert (state.usage.prompt_tokens, state.usage.completion_tokens) == (10, 1000)
 
 
-def test_other_usage_drops_the_template() -> None:
-    """An event whose usage differs is parsed and the template goes: a later event under the first usage is
-    parsed too, and the state ends with the usage of the last event read."""
-    raw = STREAMS["cut_before_the_end"]
+def test_running_counts_keep_the_template() -> None:
+    """Events whose counts differ from the template's are relayed from their bytes all the same: after every read
+    (and `catch_up`, as the pipeline does before it bills) the state holds the last event's usage, as parsing
+    every event would; the first event, which sends the role, teaches no template."""
+    raw = STREAMS["running_counts_cut"]
     state = gemini.new_stream_state(None, SimpleNamespace(public_model="gw/g"))  # type: ignore[arg-type]
-    codec = streaming.ChunkCodec(gemini, state, "gen-1", True)
-    decoder, relayed = streaming.SSEDecoder(), streaming.Relayed()
-    seen = []
-    for chunk in raw.split(b"\r\n\r\n")[:-1]:
-        streaming.relay_read(codec, decoder, chunk + b"\r\n\r\n", relayed)
-        seen.append((codec.template is not None, state.usage.prompt_tokens + state.usage.completion_tokens))
-    assert [known for known, _ in seen] == [False, True, True, True, True, False, False, False, False, False]
-    assert seen[-1] == (False, 10) and seen[6] == (False, 12)  # the prompt's 10, and 2 of the answer's
+    codec = streaming.ChunkCodec(parsing := Counting(gemini), state, "gen-1", True)  # type: ignore[arg-type]
+    decoder, relayed = SSEDecoder(), streaming.Relayed()
+    for i, end in enumerate(event_ends(raw)):
+        streaming.relay_read(codec, decoder, raw[event_ends(raw)[i - 1] if i else 0:end], relayed)
+        assert (codec.template is not None) == (i >= 1)
+        assert codec.template is None or codec.template.counts  # the counts move: cut out of the template
+        codec.catch_up()
+        assert (state.usage.prompt_tokens, state.usage.completion_tokens) == (10, 3 * i + 5)
+    assert parsing.parsed == 2 + 8  # the first two, then each read's catch-up (a read of one event each)
+
+
+class Counting:
+    """An adapter that counts the events it parses."""
+
+    def __init__(self, adapter: Any) -> None:
+        self.adapter, self.parsed = adapter, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.adapter, name)
+
+    def parse_stream_event(self, state: Any, event: Any) -> Any:
+        self.parsed += 1
+        return self.adapter.parse_stream_event(state, event)
+
+
+def test_relay_run_with_a_count_is_relay_line_by_line() -> None:
+    """Reads of Gemini lines whose count changes, mutated at random: whole, the same client bytes and count as
+    line by line when every line matches, None when any does not (a count that is no JSON number included)."""
+    raw = gemini_stream([" a", " b"], [{**usage(), "totalTokenCount": n} for n in (10, 11)], google=False)  # moved
+    codec = streaming.ChunkCodec(gemini, gemini.new_stream_state(None, SimpleNamespace(public_model="m")),  # type: ignore[arg-type]
+                                 "gen-1", True)
+    streaming.relay_read(codec, SSEDecoder(), raw[:event_ends(raw)[1]], streaming.Relayed())
+    learnt = codec.template
+    assert learnt is not None and learnt.counts and len(learnt.inner) == 1 and learnt.shortest == 4
+    rng = random.Random(5)
+    good = [event(t, {**usage(), "totalTokenCount": n}, google=False)[:-2]
+            for t, n in ((" a", 1), (" bb", 11), ("x", 123), (" é", 7), ("  c", 99999))]
+    specials = [b"0", b"00", b"07", b"-1", b"1.5", b" ", b"", b'"', b"}", *learnt.inner, learnt.tail]
+    taken = 0
+    for _ in range(3000):
+        lines = [rng.choice(good) for _ in range(rng.randint(4, 7))]
+        for _ in range(rng.choice([0, 0, 1, 2])):
+            i = rng.randrange(len(lines))
+            line = lines[i]
+            at, to = sorted(rng.randrange(len(line) + 1) for _ in range(2))
+            lines[i] = line[:at] + rng.choice([b"", line[at:to], rng.choice(specials)]) + line[to:]
+        out: list[bytes] = []
+        counts = [learnt.relay(line, out) for line in lines]
+        whole = learnt.relay_run(lines)
+        if None in counts:
+            assert whole is None, lines
+        else:
+            taken += 1
+            assert whole == (b"".join(out), sum(counts))  # type: ignore[arg-type]
+    assert taken > 300
+    zero = good[1].replace(b'Count":11,', b'Count":011,')  # a leading zero: no JSON, parsed (and refused)
+    assert zero != good[1] and learnt.relay(zero, []) is None and learnt.relay_run([*good[:3], zero]) is None
+    assert learnt.relay_run(good[:4]) is not None

@@ -102,6 +102,7 @@ def relay_reads(codec: Any, raw: bytes, reads: list[int]) -> tuple[bytes, str | 
             break
         if codec.state.done:
             break
+    codec.catch_up()  # as the pipeline does before it bills from the state
     if error is None:
         out += codec.finish(BILLING, False, codec.state.usage)
     return bytes(out), error, relayed.text_bytes
