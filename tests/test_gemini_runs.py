@@ -10,20 +10,36 @@ synthetic ones whose usage stays, grows, and goes back to an earlier count.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import openai
 import orjson
 import pytest
+from harness import Gateway
 from test_stream_relay import SHARED, event_ends, messages_codec, relay
 from test_template_runs import READINGS, same_with_and_without_runs
+from test_upstream_oddities import (
+    MESSAGES,
+    MODELS,
+    RawUpstream,
+    gemini_chunk,
+    gemini_error_tail,
+    ledger,
+    odd,  # noqa: F401 - a fixture, used by name
+    raw_upstream,  # noqa: F401 - a fixture, used by name
+    sse,
+)
 
-from gateway import streaming
+from gateway import billing, streaming
+from gateway.state import RUNTIME
 from providers import gemini
 from providers.framing import SSEDecoder
+from providers.types import Usage
 
 GEMINI = sorted((SHARED / "wire" / "gemini").glob("*/streaming-*.txt"))
 
@@ -198,3 +214,51 @@ def test_relay_run_with_a_count_is_relay_line_by_line() -> None:
     zero = good[1].replace(b'Count":11,', b'Count":011,')  # a leading zero: no JSON, parsed (and refused)
     assert zero != good[1] and learnt.relay(zero, []) is None and learnt.relay_run([*good[:3], zero]) is None
     assert learnt.relay_run(good[:4]) is not None
+
+
+async def test_a_cut_stream_is_billed_the_last_count_relayed(odd: tuple[Gateway, RawUpstream]) -> None:  # noqa: F811
+    """Through the gateway: a Gemini 2.5 stream (the answer's count so far on every event) that fails after its
+    eighth event is billed that event's count, though only the first two were parsed (the rest relayed from their
+    bytes, their counts read again before the bill: `StreamCodec.catch_up`)."""
+    gw, up = odd
+    up.answer = sse(*(gemini_chunk(f" w{i}", 10 * (i + 1)) for i in range(8)), gemini_error_tail())
+    before, _, _ = await ledger(gw)
+    stream = await gw.openai().chat.completions.create(model=MODELS["gemini"], messages=MESSAGES, max_tokens=500,
+                                                       stream=True)  # type: ignore[arg-type]
+    text = ""
+    with pytest.raises(openai.APIError):
+        async for chunk in stream:
+            text += chunk.choices[0].delta.content or ""
+    assert text == "".join(f" w{i}" for i in range(8))
+    balance, usage, held = await ledger(gw)
+    route = gw.app[RUNTIME].snapshot.catalog.routes[MODELS["gemini"]]
+    assert billing.estimate_tokens(len(text)) < 80  # the count, not the text relayed, is what bills
+    assert held == 0 and before - balance == usage == billing.token_cost(
+        route.price, Usage(prompt_tokens=10, completion_tokens=80))
+
+
+async def test_a_client_that_leaves_is_billed_the_last_count_relayed(odd: tuple[Gateway, RawUpstream]) -> None:  # noqa: F811
+    """The same stream, open and silent after its eighth event, which the client leaves: no event is parsed after
+    the eighth, and the bill (499) still holds its count (the pipeline's `catch_up` before it bills)."""
+    gw, up = odd
+    up.answer, up.hold = sse(*(gemini_chunk(f" w{i}", 10 * (i + 1)) for i in range(8))), asyncio.Event()
+    before, _, _ = await ledger(gw)
+    stream = await gw.openai().chat.completions.create(model=MODELS["gemini"], messages=MESSAGES, max_tokens=500,
+                                                       stream=True)  # type: ignore[arg-type]
+    text = ""
+    async for chunk in stream:
+        text += chunk.choices[0].delta.content or ""
+        if text.endswith(" w7"):
+            break
+    await stream.close()
+    try:
+        for _ in range(100):  # the gateway sees the client gone at its next keep-alive (0.2 s)
+            await asyncio.sleep(0.05)
+            balance, usage, held = await ledger(gw)
+            if not held:
+                break
+    finally:
+        up.hold.set()
+    route = gw.app[RUNTIME].snapshot.catalog.routes[MODELS["gemini"]]
+    assert held == 0 and before - balance == usage == billing.token_cost(
+        route.price, Usage(prompt_tokens=10, completion_tokens=80))

@@ -54,6 +54,7 @@ class RawUpstream:
     answer: bytes = b""
     requests: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
+    hold: asyncio.Event | None = None  # when set: the answer written, the connection stays open until it is set
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -64,6 +65,8 @@ class RawUpstream:
             self.requests.append({"line": lines[0], "headers": headers, "body": json.loads(body or b"null")})
             writer.write(self.answer)
             await writer.drain()
+            if self.hold is not None:
+                await self.hold.wait()
         finally:
             writer.close()
 
