@@ -22,7 +22,7 @@ import orjson
 import pytest
 from harness import Gateway
 from test_stream_relay import SHARED, event_ends, messages_codec, relay
-from test_template_runs import READINGS, same_with_and_without_runs
+from test_template_runs import READINGS, mutated_reads, run_is_line_by_line, same_with_and_without_runs
 from test_upstream_oddities import (
     MESSAGES,
     MODELS,
@@ -195,21 +195,8 @@ def test_relay_run_with_a_count_is_relay_line_by_line() -> None:
             for t, n in ((" a", 1), (" bb", 11), ("x", 123), (" é", 7), ("  c", 99999))]
     specials = [b"0", b"00", b"07", b"-1", b"1.5", b" ", b"", b'"', b"}", *learnt.inner, learnt.tail]
     taken = 0
-    for _ in range(3000):
-        lines = [rng.choice(good) for _ in range(rng.randint(4, 7))]
-        for _ in range(rng.choice([0, 0, 1, 2])):
-            i = rng.randrange(len(lines))
-            line = lines[i]
-            at, to = sorted(rng.randrange(len(line) + 1) for _ in range(2))
-            lines[i] = line[:at] + rng.choice([b"", line[at:to], rng.choice(specials)]) + line[to:]
-        out: list[bytes] = []
-        counts = [learnt.relay(line, out) for line in lines]
-        whole = learnt.relay_run(lines)
-        if None in counts:
-            assert whole is None, lines
-        else:
-            taken += 1
-            assert whole == (b"".join(out), sum(counts))  # type: ignore[arg-type]
+    for lines in mutated_reads(rng, good, specials, learnt.shortest):
+        taken += run_is_line_by_line(learnt, lines, learnt.relay_run(lines))
     assert taken > 300
     zero = good[1].replace(b'Count":11,', b'Count":011,')  # a leading zero: no JSON, parsed (and refused)
     assert zero != good[1] and learnt.relay(zero, []) is None and learnt.relay_run([*good[:3], zero]) is None

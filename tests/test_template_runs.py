@@ -204,6 +204,31 @@ def template(make: Callable[[str], bytes] = chunk) -> Template:
     return learnt
 
 
+def mutated_reads(rng: random.Random, good: list[bytes], specials: list[bytes], shortest: int) -> Any:
+    """3,000 reads of `good` lines (at least `shortest`), some with bytes dropped, doubled or swapped in."""
+    for _ in range(3000):
+        lines = [rng.choice(good) for _ in range(rng.randint(shortest, shortest + 3))]
+        for _ in range(rng.choice([0, 0, 1, 2])):
+            i = rng.randrange(len(lines))
+            line = lines[i]
+            at, to = sorted(rng.randrange(len(line) + 1) for _ in range(2))
+            lines[i] = line[:at] + rng.choice([b"", line[at:to], rng.choice(specials)]) + line[to:]
+        if not any(b"\n" in line for line in lines):  # the decoder gives no such lines
+            yield lines
+
+
+def run_is_line_by_line(learnt: Template, lines: list[bytes], whole: tuple[bytes, int] | None) -> bool:
+    """`whole`, the read relayed whole, is what `relay` makes of its lines one by one, or None when a line does not
+    match; whether it was taken."""
+    out: list[bytes] = []
+    counts = [learnt.relay(line, out) for line in lines]
+    if None in counts:
+        assert whole is None, lines
+        return False
+    assert whole == (b"".join(out), sum(counts))  # type: ignore[arg-type]
+    return True
+
+
 LINES: dict[str, Callable[[str], bytes]] = {
     "text_alone": chunk,
     "padding_last": lambda t: padded(t, "p" * (len(t) % 3)),  # empty padding too
@@ -223,23 +248,9 @@ def test_relay_run_is_relay_line_by_line(make: Callable[[str], bytes]) -> None:
     specials = [b'"', b"\\", b"\n", b"\n\n", b"\x00", b"}", b"data: ", learnt.tail, learnt.head,
                 learnt.tail + b"\n\n" + learnt.head, b"", *learnt.inner, *learnt.out]
     taken = 0
-    for _ in range(3000):
-        lines = [rng.choice(good) for _ in range(rng.randint(learnt.shortest, learnt.shortest + 3))]
-        for _ in range(rng.choice([0, 0, 1, 2])):
-            i = rng.randrange(len(lines))
-            line = lines[i]
-            at, to = sorted(rng.randrange(len(line) + 1) for _ in range(2))
-            lines[i] = line[:at] + rng.choice([b"", line[at:to], rng.choice(specials)]) + line[to:]
-        if any(b"\n" in line for line in lines):
-            continue  # the decoder gives no such lines
-        out: list[bytes] = []
-        counts = [learnt.relay(line, out) for line in lines]
+    for lines in mutated_reads(rng, good, specials, learnt.shortest):
         whole = learnt.relay_run(lines)
-        if None in counts:
-            assert whole is None, lines
-        else:
-            taken += 1
-            assert whole == (b"".join(out), sum(counts))  # type: ignore[arg-type]
+        taken += run_is_line_by_line(learnt, lines, whole)
         named = [b"event: content_block_delta\n" + line for line in lines]  # Claude's, as `find_run` gives them
         assert learnt.relay_run(named, True) == whole
         named[-1] = named[-1].replace(b"delta\n", b"delta_\n")  # another event's name
