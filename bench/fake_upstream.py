@@ -22,13 +22,16 @@ message_start, content_block_start, ping, N text deltas, content_block_stop, mes
 message_stop; one write per event.
 
 POST /v1beta/models/{model}:generateContent and :streamGenerateContent?alt=sse (Google's Gemini API, the Gemini
-route's variants), models `gemini-bench-N` (named by the path; the body must be JSON but is not read): the same
+route's variants), models `gemini-bench-N` and `gemini-bench-running-N` (named by the path; the body must be JSON but
+is not read): the same
 answers as the Gemini Developer API writes them (`../shared/wire/gemini/googleai/*-basic-reply-short.*`). Not
 streamed: one candidate (text part, role `model`, `finishReason: "STOP"`, `safetyRatings`, `avgLogprobs`),
 `usageMetadata` with the candidates' count and the details by modality, `modelVersion`, indented by two spaces.
 Streamed: N events `data: {...}` ended by CRLF CRLF, without event names or [DONE] (the body just ends), their JSON
 compact but for a space after every colon, as recorded; each one candidate with one text part and `usageMetadata`
-with the prompt's counts; the N-th adds `finishReason: "STOP"` and the candidates' counts. One write per event.
+with the prompt's counts; the N-th adds `finishReason: "STOP"` and the candidates' counts. `running-`: every event
+has the candidates' count so far (Gemini 2.5 on, `googleai/streaming-success-code-execution.txt`). One write per
+event.
 An unknown model: 404 in google.rpc.Status's shape. Any other path: 404.
 
 The direct case, the bare pass-through and the gateway all talk to this same server.
@@ -49,7 +52,7 @@ import uvloop
 CREATED = 1_700_000_000
 PROMPT_TOKENS = 24
 # claude-, gemini-: the pass-through relays the other routes' bodies to chat
-_MODEL = re.compile(r"^(?:claude-|gemini-)?bench-(slow-)?(padded-)?(\d+)$")
+_MODEL = re.compile(r"^(?:claude-|gemini-)?bench-(slow-)?(padded-|running-)?(\d+)$")
 _PAD = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 
@@ -83,7 +86,7 @@ def _event(model: str, choices: list[dict[str, object]], usage: dict[str, int] |
 def stream_events(model: str, n: int) -> list[bytes]:
     """N content chunks, the usage chunk, [DONE]: each element is one write."""
     m = _MODEL.match(model)
-    pad = random.Random(n) if m is not None and m.group(2) else None
+    pad = random.Random(n) if m is not None and m.group(2) == "padded-" else None
     events = []
     for i in range(n):
         delta: dict[str, object] = {"content": f" tok{i}"}
@@ -135,14 +138,15 @@ _NEGLIGIBLE = [{"category": f"HARM_CATEGORY_{name}", "probability": "NEGLIGIBLE"
                for name in ("HATE_SPEECH", "DANGEROUS_CONTENT", "HARASSMENT", "SEXUALLY_EXPLICIT")]
 
 
-def _gemini_usage(candidates: int | None) -> dict[str, object]:
-    """`usageMetadata` as the Developer API sends it: the prompt's counts, and the candidates' once known."""
+def _gemini_usage(candidates: int | None, details: bool = True) -> dict[str, object]:
+    """`usageMetadata` as the Developer API sends it: the prompt's counts, and the candidates' once known (with
+    their details by modality at the end: a 2.5 stream's running count comes without them)."""
     usage: dict[str, object] = {"promptTokenCount": PROMPT_TOKENS}
     if candidates is not None:
         usage["candidatesTokenCount"] = candidates
     usage["totalTokenCount"] = PROMPT_TOKENS + (candidates or 0)
     usage["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": PROMPT_TOKENS}]
-    if candidates is not None:
+    if candidates is not None and details:
         usage["candidatesTokensDetails"] = [{"modality": "TEXT", "tokenCount": candidates}]
     return usage
 
@@ -158,14 +162,18 @@ def generation(model: str) -> bytes:
 
 
 def generation_events(model: str, n: int) -> list[bytes]:
-    """A Gemini stream (`streamGenerateContent?alt=sse`) of N text parts: each element is one write."""
+    """A Gemini stream (`streamGenerateContent?alt=sse`) of N text parts: each element is one write. The
+    candidates' count on the last event only, as Gemini 2.0 sends it; on every event (the count so far, one token
+    an event), as Gemini 2.5 on does, for `gemini-bench-running-N`."""
+    running = "-running-" in model
     events = []
     for i in range(n):
         last = i == n - 1
         candidate: dict[str, object] = {"content": {"parts": [{"text": f" tok{i}"}], "role": "model"}}
         if last:
             candidate["finishReason"] = "STOP"
-        chunk = {"candidates": [candidate], "usageMetadata": _gemini_usage(n if last else None), "modelVersion": model}
+        usage = _gemini_usage(n if last else i + 1 if running else None, details=last)
+        chunk = {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model}
         events.append(b"data: " + json.dumps(chunk, separators=(",", ": ")).encode() + b"\r\n\r\n")
     return events
 

@@ -69,12 +69,14 @@ VARIANTS = {
     # translated
     "gemini-json": Variant("gemini-json", "gemini-bench-20", False, 0),
     "gemini-chat-s1000": Variant("gemini-chat-s1000", "gemini-bench-1000", True, 1000),
+    # the same as Gemini 2.5 on streams it: the answer's count so far on every event
+    "gemini-running-s1000": Variant("gemini-running-s1000", "gemini-bench-running-1000", True, 1000),
 }
 
 BODIES = ("agent", "agent-claude")  # the agents' bodies the full run pairs with the pass-through at c=16 (no target)
 # the other routes' long streams, paired the same way (the pass-through relays each as OpenAI chunks on chat)
 ROUTES = ("claude-s1000", "claude-chat-s1000", "messages-s1000", "s1000-padded", "messages-s1000-padded",
-          "gemini-chat-s1000")
+          "gemini-chat-s1000", "gemini-running-s1000")
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,8 @@ def gateway_config(redis_port: int, upstream_ports: list[int], socks_port: int |
     providers.append(f"  google: {{kind: gemini, base_url: \"http://127.0.0.1:{upstream_ports[0]}\", "
                      f"api_key: \"bench-gemini-upstream-key-0000\", egress: {egress}}}")
     models += [f"  google/gemini-{m}: {{price: {price}, aliases: [\"gemini-{m}\"]}}" for m in ("bench-20",
-                                                                                            "bench-1000")]
+                                                                                            "bench-1000",
+                                                                                            "bench-running-1000")]
     return (
         "server: {host: 127.0.0.1, port: 8080, log_level: info}\n"
         f"store: {{url: \"redis://127.0.0.1:{redis_port}/0\", prefix: \"bench:\"}}\n"

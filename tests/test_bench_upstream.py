@@ -197,6 +197,21 @@ def test_gemini_stream_has_the_recorded_shape_and_framing(port: int, n: int) -> 
     assert {chunk["modelVersion"] for chunk in chunks} == {f"gemini-bench-{n}"}
 
 
+def test_gemini_running_stream_counts_every_event(port: int) -> None:
+    """`gemini-bench-running-N`: the events Gemini 2.5 on sends, the answer's count so far on each (without its
+    details by modality, as recorded), the whole count and finishReason on the last."""
+    recorded = [json.loads(raw) for raw in sse_events(
+        (GEMINI_WIRE / "streaming-success-code-execution.txt").read_bytes())]
+    assert all("candidatesTokenCount" in chunk["usageMetadata"] for chunk in recorded)
+    chunks = [json.loads(raw) for raw in sse_events(read_stream(port, "gemini-bench-running-5"))]
+    assert [chunk["usageMetadata"].get("candidatesTokenCount") for chunk in chunks] == [1, 2, 3, 4, 5]
+    assert [chunk["usageMetadata"]["totalTokenCount"] for chunk in chunks] == [25, 26, 27, 28, 29]
+    assert ["candidatesTokensDetails" in chunk["usageMetadata"] for chunk in chunks] == [False] * 4 + [True]
+    assert [chunk["candidates"][0].get("finishReason") for chunk in chunks] == [None] * 4 + ["STOP"]
+    texts = [chunk["candidates"][0]["content"]["parts"][0]["text"] for chunk in chunks]
+    assert texts == [f" tok{i}" for i in range(5)]
+
+
 def test_gemini_one_http_chunk_per_event(port: int) -> None:
     body = b'{"contents": []}'
     with socket.create_connection((HOST, port), timeout=10) as sock:
