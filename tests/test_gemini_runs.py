@@ -181,26 +181,35 @@ class Counting:
         return self.adapter.parse_stream_event(state, event)
 
 
-def test_relay_run_with_a_count_is_relay_line_by_line() -> None:
-    """Reads of Gemini lines whose count changes, mutated at random: whole, the same client bytes and count as
-    line by line when every line matches, None when any does not (a count that is no JSON number included)."""
-    raw = gemini_stream([" a", " b"], [{**usage(), "totalTokenCount": n} for n in (10, 11)], google=False)  # moved
+@pytest.mark.parametrize("counts", [("totalTokenCount",), ("candidatesTokenCount", "totalTokenCount")],
+                         ids=["one_count", "two_counts"])
+def test_relay_run_with_counts_is_relay_line_by_line(counts: tuple[str, ...]) -> None:
+    """Reads of Gemini lines whose counts change (Gemini 2.0's total, 2.5's candidates' and total), mutated at
+    random: whole, the same client bytes and count as line by line when every line matches, None when any does
+    not (a count that is no JSON number included)."""
+    def line(text: str, n: int) -> bytes:
+        return event(text, {**usage(), **dict.fromkeys(counts, n)}, google=False)[:-2]
+
+    raw = line(" a", 10) + b"\n\n" + line(" b", 11) + b"\n\n"  # the counts moved: cut out
     codec = streaming.ChunkCodec(gemini, gemini.new_stream_state(None, SimpleNamespace(public_model="m")),  # type: ignore[arg-type]
                                  "gen-1", True)
-    streaming.relay_read(codec, SSEDecoder(), raw[:event_ends(raw)[1]], streaming.Relayed())
+    streaming.relay_read(codec, SSEDecoder(), raw, streaming.Relayed())
     learnt = codec.template
-    assert learnt is not None and learnt.counts and len(learnt.inner) == 1 and learnt.shortest == 4
+    assert learnt is not None and len(learnt.counts) == len(learnt.inner) == len(counts)
+    assert learnt.shortest == 4 * len(counts)
     rng = random.Random(5)
-    good = [event(t, {**usage(), "totalTokenCount": n}, google=False)[:-2]
-            for t, n in ((" a", 1), (" bb", 11), ("x", 123), (" é", 7), ("  c", 99999))]
+    good = [line(t, n) for t, n in ((" a", 1), (" bb", 11), ("x", 123), (" é", 7), ("  c", 99999))]
     specials = [b"0", b"00", b"07", b"-1", b"1.5", b" ", b"", b'"', b"}", *learnt.inner, learnt.tail]
     taken = 0
     for lines in mutated_reads(rng, good, specials, learnt.shortest):
         taken += run_is_line_by_line(learnt, lines, learnt.relay_run(lines))
     assert taken > 300
-    zero = good[1].replace(b'Count":11,', b'Count":011,')  # a leading zero: no JSON, parsed (and refused)
-    assert zero != good[1] and learnt.relay(zero, []) is None and learnt.relay_run([*good[:3], zero]) is None
-    assert learnt.relay_run(good[:4]) is not None
+    for name in counts:  # each count spelt as no JSON number, or as a number that is no count: parsed
+        for bad in (b"011", b"1.5", b"-1", b"", b"1e3", b" 11"):
+            wrong = good[1].replace(b'"' + name.encode() + b'":11', b'"' + name.encode() + b'":' + bad)
+            assert wrong != good[1] and learnt.relay(wrong, []) is None
+            assert learnt.relay_run([*good, *good[:2], wrong]) is None
+    assert learnt.relay_run(good[:4] * 2) is not None
 
 
 async def test_a_cut_stream_is_billed_the_last_count_relayed(odd: tuple[Gateway, RawUpstream]) -> None:  # noqa: F811
