@@ -56,6 +56,12 @@ _MODEL = re.compile(r"^(?:claude-|gemini-)?bench-(slow-)?(padded-|running-)?(\d+
 _PAD = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 
+def _kind(model: str) -> str | None:
+    """How a bench model's stream differs from the plain one: "padded-", "running-" or None."""
+    m = _MODEL.match(model)
+    return m.group(2) if m is not None else None
+
+
 def completion(model: str) -> bytes:
     """The non-streamed answer: a short text with usage, as OpenAI sends it."""
     return orjson.dumps({
@@ -85,8 +91,7 @@ def _event(model: str, choices: list[dict[str, object]], usage: dict[str, int] |
 
 def stream_events(model: str, n: int) -> list[bytes]:
     """N content chunks, the usage chunk, [DONE]: each element is one write."""
-    m = _MODEL.match(model)
-    pad = random.Random(n) if m is not None and m.group(2) == "padded-" else None
+    pad = random.Random(n) if _kind(model) == "padded-" else None
     events = []
     for i in range(n):
         delta: dict[str, object] = {"content": f" tok{i}"}
@@ -165,7 +170,7 @@ def generation_events(model: str, n: int) -> list[bytes]:
     """A Gemini stream (`streamGenerateContent?alt=sse`) of N text parts: each element is one write. The
     candidates' count on the last event only, as Gemini 2.0 sends it; on every event (the count so far, one token
     an event), as Gemini 2.5 on does, for `gemini-bench-running-N`."""
-    running = "-running-" in model
+    running = _kind(model) == "running-"
     events = []
     for i in range(n):
         last = i == n - 1

@@ -21,7 +21,7 @@ import openai
 import orjson
 import pytest
 from harness import Gateway
-from test_stream_relay import SHARED, event_ends, messages_codec, relay
+from test_stream_relay import SHARED, Counting, event_ends, messages_codec, relay
 from test_template_runs import READINGS, mutated_reads, run_is_line_by_line, same_with_and_without_runs
 from test_upstream_oddities import (
     MESSAGES,
@@ -158,27 +158,14 @@ def test_running_counts_keep_the_template() -> None:
     state = gemini.new_stream_state(None, SimpleNamespace(public_model="gw/g"))  # type: ignore[arg-type]
     codec = streaming.ChunkCodec(parsing := Counting(gemini), state, "gen-1", True)  # type: ignore[arg-type]
     decoder, relayed = SSEDecoder(), streaming.Relayed()
-    for i, end in enumerate(event_ends(raw)):
-        streaming.relay_read(codec, decoder, raw[event_ends(raw)[i - 1] if i else 0:end], relayed)
+    ends = event_ends(raw)
+    for i, end in enumerate(ends):
+        streaming.relay_read(codec, decoder, raw[ends[i - 1] if i else 0:end], relayed)
         assert (codec.template is not None) == (i >= 1)
         assert codec.template is None or codec.template.counts  # the counts move: cut out of the template
         codec.catch_up()
         assert (state.usage.prompt_tokens, state.usage.completion_tokens) == (10, 3 * i + 5)
     assert parsing.parsed == 2 + 8  # the first two, then each read's catch-up (a read of one event each)
-
-
-class Counting:
-    """An adapter that counts the events it parses."""
-
-    def __init__(self, adapter: Any) -> None:
-        self.adapter, self.parsed = adapter, 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.adapter, name)
-
-    def parse_stream_event(self, state: Any, event: Any) -> Any:
-        self.parsed += 1
-        return self.adapter.parse_stream_event(state, event)
 
 
 @pytest.mark.parametrize("counts", [("totalTokenCount",), ("candidatesTokenCount", "totalTokenCount")],

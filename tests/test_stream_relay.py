@@ -62,29 +62,30 @@ def relay(raw: bytes, reads: list[int], learn: bool, codec_type: type = streamin
           kind: str = "openai") -> tuple[bytes, str | None, int, StreamState, int]:
     """Client bytes, error, text bytes counted, final state and events parsed, for `raw` read in pieces
     that end at `reads`, from an upstream of `kind`."""
-    adapter = registry.get(kind)
-    parsed = 0
-
-    class Counting:
-        """The openai adapter, counting the events it parses."""
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(adapter, name)
-
-        def parse_stream_event(self, state: StreamState, event: Any) -> list[Any]:
-            nonlocal parsed
-            parsed += 1
-            return adapter.parse_stream_event(state, event)
-
+    adapter = Counting(registry.get(kind))
     state = adapter.new_stream_state(ChatRequest(body={}, stream=True), CLAUDE) if kind != "openai" \
         else StreamState(public_model="gw/model")
     if kind == "gemini":
         state.response_id = "gen-gemini"  # (random: the same in every relay of one test)
-    codec = codec_type(Counting(), state, "gen-42", wants_usage, hide_reasoning)
+    codec = codec_type(adapter, state, "gen-42", wants_usage, hide_reasoning)
     if not learn:
         codec.learning = 0
     out, error, text_bytes = relay_reads(codec, raw, reads)
-    return out, error, text_bytes, codec.state, parsed
+    return out, error, text_bytes, codec.state, adapter.parsed
+
+
+class Counting:
+    """An adapter that counts the events it parses."""
+
+    def __init__(self, adapter: Any) -> None:
+        self.adapter, self.parsed = adapter, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.adapter, name)
+
+    def parse_stream_event(self, state: StreamState, event: Any) -> list[Any]:
+        self.parsed += 1
+        return self.adapter.parse_stream_event(state, event)  # type: ignore[no-any-return]
 
 
 def relay_reads(codec: Any, raw: bytes, reads: list[int]) -> tuple[bytes, str | None, int]:
