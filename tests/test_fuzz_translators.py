@@ -8,6 +8,7 @@ The contract under fuzzing: whatever arrives, a translator either returns well-f
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from typing import Any
@@ -186,3 +187,33 @@ def test_the_byte_depth_check_agrees_with_the_walk(value: Any, limit: int, budge
     for raw in (orjson.dumps(value), json.dumps(value, indent=1).encode()):
         assert requests._nests_deeper(raw, limit) == deeper, raw
     assert requests._depth_exceeds(value, limit, budget) in (deeper, None)
+
+
+def _nesting(value: Any) -> int:
+    """How deep objects and arrays nest, by plain recursion: the reference the fast check is held to."""
+    if isinstance(value, dict):
+        return 1 + max(map(_nesting, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_nesting, value), default=0)
+    return 0
+
+
+@FUZZ
+@given(value=st.dictionaries(bracket_text, nested_values, max_size=3), limit=st.integers(1, 8))
+def test_the_depth_walk_counts_the_objects_the_collector_does_not_track(value: Any, limit: int) -> None:
+    """The walk reads a level's children through the garbage collector and keeps those it tracks; an object of
+    strings and numbers only is untracked (built so, or untracked by a collection) and one level deeper than the
+    rest. Parsed by orjson or built in Python, before and after a collection, it says what recursion says."""
+    deeper = _nesting(value) > limit
+    parsed = orjson.loads(orjson.dumps(value))
+    assert requests._depth_exceeds(value, limit) is deeper and requests._depth_exceeds(parsed, limit) is deeper
+    gc.collect(1)  # untracks the young objects of atomic values that were built tracked
+    assert requests._depth_exceeds(value, limit) is deeper and requests._depth_exceeds(parsed, limit) is deeper
+
+
+def test_an_untracked_object_at_the_limit_is_one_level_too_deep() -> None:
+    leaf = orjson.loads(b'{"a": [{"b": {"c": 1}}]}')
+    assert not gc.is_tracked(leaf["a"][0]["b"])  # what the check must still count
+    assert [requests._depth_exceeds(leaf, limit) for limit in (2, 3, 4)] == [True, True, False]
+    assert requests._depth_exceeds(orjson.loads(b'{"a": "b"}'), 1) is False
+    assert requests._depth_exceeds(orjson.loads(b'{"a": {}}'), 1) is True
