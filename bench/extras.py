@@ -22,9 +22,10 @@ from rig import BENCH, CHAT, GATEWAY_ENV, PROMPT, PY, RESULTS, ROOT, Bench, Vari
 
 def paired(bench: Bench, reference: str, variant: Variant, concurrency: int, rounds: int,
            seconds: int, target: str = "gateway") -> dict[str, Any]:
-    """The reference and the target (the gateway, or the pass-through at c=1 for the floor under the latency
-    target) measured alternately, `rounds` times, with the same body and concurrency. The target's figures
-    keep the `gateway_*` names whatever it is: `report.py` and earlier results read them by those names.
+    """The reference and the target (the gateway; the pass-through at c=1 for the floor under the latency
+    target; `floor.py`, the least a metered gateway runs) measured alternately, `rounds` times, with the same
+    body and concurrency. The target's figures keep the `gateway_*` names whatever it is: `report.py` and earlier
+    results read them by those names.
 
     On a shared VM the machine's speed drifts by tens of percent between runs minutes apart (the same commit
     measured four times gave 499-900 us of CPU per request); a ratio of two runs seconds apart, taken as the
@@ -36,7 +37,7 @@ def paired(bench: Bench, reference: str, variant: Variant, concurrency: int, rou
         quiet(probe_s=0.25)
         ref = wrk(bench.servers[reference].port, body, bench.key, concurrency, bench.settings.threads, seconds)
         gw = wrk(bench.servers[target].port, body, bench.key, concurrency, bench.settings.threads, seconds,
-                 CHAT if target == "passthrough" else variant.path)
+                 CHAT if target in ("passthrough", "floor") else variant.path)
         pairs.append({"reference_rps": ref["requests"] / (ref["duration_us"] / 1e6),
                       "gateway_rps": gw["requests"] / (gw["duration_us"] / 1e6),
                       "reference_p50_ms": ref["latency_us"]["p50"] / 1000,

@@ -32,6 +32,8 @@ def _server_cmd(bench: Bench, target: str, config: Path, port: int) -> list[str]
     if target == "passthrough":
         return [PY, str(ROOT / "bench" / "passthrough.py"), "--port", str(port), "--upstream",
                 f"http://127.0.0.1:{bench.servers['upstream'].port}"]
+    if target == "floor":  # the pass-through plus what every metered request needs
+        return bench.floor_command(port)
     return [PY, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)]
 
 
@@ -70,7 +72,7 @@ def main() -> int:
     parser.add_argument("--variant", default="json", choices=sorted(VARIANTS))
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=50)
-    parser.add_argument("--only", choices=("gateway", "passthrough"))
+    parser.add_argument("--only", choices=("gateway", "passthrough", "floor"))
     parser.add_argument("--keep", action="store_true", help="keep the callgrind dumps (for callgrind_annotate)")
     args = parser.parse_args()
     for tool in ("valgrind", "callgrind_control", "redis-server"):
@@ -81,8 +83,8 @@ def main() -> int:
     try:
         bench, config = sequential_bench(workdir)
         figures = {}
-        for target in ("gateway", "passthrough"):
-            if args.only in (None, target):
+        for target in ("gateway", "passthrough", "floor"):
+            if args.only == target or (args.only is None and target != "floor"):
                 figures[target] = measure(bench, target, config, args.variant, args.requests, args.warmup)
                 print(f"{target:12} {args.variant}: {figures[target]:.3f} M instructions per request "
                       f"({args.requests} sequential)", flush=True)

@@ -216,6 +216,19 @@ class Bench:
         procs.wait_port(server)
         self.servers["passthrough"] = server
 
+    def floor_command(self, port: int) -> list[str]:
+        """`floor.py` against this bench's upstream and Redis; to start after `create_key` (it reads the keys
+        once)."""
+        return [PY, str(BENCH / "floor.py"), "--port", str(port), "--upstream",
+                f"http://127.0.0.1:{self.servers['upstream'].port}", "--redis",
+                f"redis://127.0.0.1:{self.servers['redis'].port}/0"]
+
+    def start_floor(self) -> None:
+        port = procs.free_port()
+        server = procs.start("floor", self.floor_command(port), port, self.dir, env=GATEWAY_ENV, cwd=ROOT)
+        procs.wait_port(server)
+        self.servers["floor"] = server
+
     def start_microsocks(self) -> None:
         port = procs.free_port()
         binary = shutil.which("microsocks") or "microsocks"
@@ -293,12 +306,12 @@ def drive_sequential(bench: Bench, server: procs.Server, target: str, variant: s
                      on: Callable[[], None], off: Callable[[], None], ready_timeout: float) -> None:
     """Once `server` is ready: `warmup` requests, then `requests` between `on()` and `off()` (what turns
     the measurement on and off), one at a time on one keep-alive connection; any non-200 is an error."""
-    if target == "passthrough":
+    if target in ("passthrough", "floor"):  # no /readyz: a port that answers is a server that is up
         procs.wait_port(server, timeout=ready_timeout)
     else:
         procs.wait_http_ok(server, "/readyz", timeout=ready_timeout)
     body = bench.bodies[variant].read_bytes()
-    path = CHAT if target == "passthrough" else VARIANTS[variant].path
+    path = CHAT if target in ("passthrough", "floor") else VARIANTS[variant].path
     conn = http.client.HTTPConnection(procs.HOST, server.port, timeout=120)
     try:
         for _ in range(warmup):

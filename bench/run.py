@@ -283,6 +283,12 @@ def run_all(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
                           for v in ("json", "s20", "s1000", *BODIES, *ROUTES)]  # no target: what they cost
         # the floor under the c=1 target: what the pass-through adds, plus the gateway's one round trip in
         out["paired"].append(paired(bench, "upstream", VARIANTS["json"], 1, rounds, 3, target="passthrough"))
+        # and where a minimal metered gateway stands against the same targets (floor.py)
+        bench.start_floor()
+        out["paired"] += [paired(bench, "upstream", VARIANTS["json"], 1, rounds, 3, target="floor")]
+        out["paired"] += [paired(bench, "passthrough", VARIANTS[v], 16, rounds, 3, target="floor")
+                          for v in ("json", "s20")]
+        bench.servers.pop("floor").stop()
         for p in out["paired"]:
             log(f"       {p['reference']} vs {p['target']}, {p['variant']} c={p['concurrency']}: median ratio "
                 f"{p['median_ratio']}, median added p50 {p['median_added_p50_ms']} ms")
@@ -297,7 +303,7 @@ def run_all(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     if "3-gw" in only and not s.quick and shutil.which("valgrind") and shutil.which("callgrind_control"):
         log("bench: instructions per request under callgrind (300 sequential, gateway and pass-through)")
         out["instructions"] = {target: round(instructions.measure(bench, target, direct_cfg, "json", 300, 50), 3)
-                               for target in ("gateway", "passthrough")}
+                               for target in ("gateway", "passthrough", "floor")}
         out["instructions_bodies"] = {
             v: {target: round(instructions.measure(bench, target, direct_cfg, v, 50, 10), 3)
                 for target in ("gateway", "passthrough")} for v in ("agent", "agent-messages", "agent-claude")}

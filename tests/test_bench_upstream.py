@@ -3,17 +3,20 @@
 The benchmark's numbers are only worth something if every relay under test reads a well-formed answer:
 keep-alive, Content-Length and chunked framing, one chunk per event, OpenAI's schema (and Anthropic's on
 /v1/messages, the native Claude route's variant; Gemini's recorded wire format on /v1beta/models/..., checked
-against the recordings, and read by the real gateway from the bench's own config).
+against the recordings, and read by the real gateway from the bench's own config). And bench/floor.py, measured
+as the least a metered gateway runs, must meter: its bills and its settlements in Redis are checked here.
 """
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,10 +25,11 @@ import aiohttp
 import anthropic
 import openai
 import pytest
-from harness import SHARED, start_gateway, validate
+from harness import SHARED, funded_key, start_gateway, validate
 from proxies import HOST, free_port
 
 from gateway.config_load import parse
+from gateway.store.redis import RedisStore
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 SCRIPT = BENCH / "fake_upstream.py"
@@ -279,3 +283,52 @@ async def test_gemini_variants_through_the_gateway(port: int, redis_url: str, ai
     assert len(chunks) == 1001 and chunks[-1]["choices"][0]["finish_reason"] == "stop"  # 1,000 texts, the finish
     billed = [chunk["billing"] for chunk in chunks if "billing" in chunk]
     assert billed and float(billed[-1]["request_cost"]) == pytest.approx((24 * 0.15 + 1000 * 0.6) / 1e6)
+
+
+async def test_the_floor_meters_what_it_relays(port: int, redis_url: str) -> None:
+    """bench/floor.py, the least a metered gateway runs (bench/README, twentieth round), does what it is measured
+    for: each answer, streamed or not, carries its bill, and the key's balance falls by exactly that in Redis once
+    the settlements land."""
+    import fake_upstream
+
+    prefix = f"t{uuid.uuid4().hex}:"
+    plain, key_id = await funded_key(redis_url, prefix)
+    floor_port = free_port()
+    proc = subprocess.Popen([sys.executable, str(BENCH / "floor.py"), "--port", str(floor_port), "--upstream",
+                             f"http://{HOST}:{port}", "--redis", redis_url, "--prefix", prefix])
+    store = RedisStore(redis_url, prefix=prefix)
+    client = openai.AsyncOpenAI(base_url=f"http://{HOST}:{floor_port}/v1", api_key=plain, max_retries=0)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection((HOST, floor_port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "floor.py did not start"
+                await asyncio.sleep(0.1)
+        cost = fake_upstream.PROMPT_TOKENS * 150 + 20 * 600  # the bench's $0.15 / $0.60 per million tokens
+        answer = await client.chat.completions.create(model="bench-20", messages=[{"role": "user", "content": "hi"}])
+        validate(answer.model_dump(exclude_unset=True), "CreateChatCompletionResponse")
+        bills = [answer.model_extra["billing"]]
+        chunks = [chunk async for chunk in await client.chat.completions.create(
+            model="bench-20", stream=True, messages=[{"role": "user", "content": "hi"}])]
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "".join(
+            f" tok{i}" for i in range(1, 19))
+        bills.append(chunks[-1].model_extra["billing"])
+        assert [bill["cost_usd"] for bill in bills] == [f"{cost / 1e9:.9f}"] * 2
+        assert bills[0]["generation_id"] != bills[1]["generation_id"]
+        for _ in range(50):
+            record = await store.get_key(key_id)
+            if record is not None and record.balance == 10_000_000_000 - 2 * cost:
+                break
+            await asyncio.sleep(0.1)
+        assert record is not None and record.balance == 10_000_000_000 - 2 * cost and record.usage == 2 * cost
+        for bill in bills:
+            generation = await store.get_generation(key_id, bill["generation_id"])
+            assert generation is not None and generation["cost"] == str(cost)
+    finally:
+        await client.close()
+        await store.close()
+        proc.terminate()
+        proc.wait(timeout=10)
