@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/instructions.py                   # gateway and pass-through, non-streamed
     .venv/bin/python bench/instructions.py --variant s20 --requests 200 --only gateway
+    .venv/bin/python bench/instructions.py --only floor                  # the least a metered gateway runs
+    .venv/bin/python bench/instructions.py --only gateway --without log  # what the log line costs a request
 
 On this shared VM the same commit measured minutes apart moves by tens of percent in req/s and CPU time;
 callgrind counts the user-space instructions the server executes, which repeat to within a fraction of a
@@ -27,8 +29,22 @@ from pathlib import Path
 import procs
 from rig import GATEWAY_ENV, PY, ROOT, VARIANTS, Bench, drive_sequential, sequential_bench
 
+# Parts of the gateway `--without` replaces by no-ops before it starts (module attributes its code calls
+# through), to count what each costs a request: only parts that decide nothing the benchmark's requests need.
+WITHOUT = {
+    "log": "import gateway.middleware as m\nm.access = lambda *a, **k: None\n",
+    "metrics": "import gateway.metrics as m\nclass _Off:\n    def inc(self, *a): pass\n"
+               "    def observe(self, *a): pass\nm.child = lambda *a, _off=_Off(): _off\n",
+    "checks": "import gateway.handlers.chat as c, gateway.validation as v, gateway.caps as k\n"
+              "c._validate = v.check_chat = v.check_route = k.check_max_tokens = lambda *a: None\n",
+}
 
-def _server_cmd(bench: Bench, target: str, config: Path, port: int) -> list[str]:
+
+def _server_cmd(bench: Bench, target: str, config: Path, port: int, without: tuple[str, ...] = ()) -> list[str]:
+    if without:
+        argv = ["gateway", "serve", "--config", str(config), "--port", str(port)]
+        return [PY, "-c", "".join(WITHOUT[part] for part in without)
+                + f"import runpy, sys\nsys.argv = {argv!r}\nrunpy.run_module('gateway', run_name='__main__')\n"]
     if target == "passthrough":
         return [PY, str(ROOT / "bench" / "passthrough.py"), "--port", str(port), "--upstream",
                 f"http://127.0.0.1:{bench.servers['upstream'].port}"]
@@ -37,12 +53,14 @@ def _server_cmd(bench: Bench, target: str, config: Path, port: int) -> list[str]
     return [PY, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)]
 
 
-def measure(bench: Bench, target: str, config: Path, variant: str, requests: int, warmup: int) -> float:
-    """Millions of instructions the server executed per request (sequential, one keep-alive connection)."""
+def measure(bench: Bench, target: str, config: Path, variant: str, requests: int, warmup: int,
+            without: tuple[str, ...] = ()) -> float:
+    """Millions of instructions the server executed per request (sequential, one keep-alive connection); the
+    gateway `without` some of its parts (`WITHOUT`)."""
     port = procs.free_port()
     out = bench.dir / f"callgrind-{target}.out"
     cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-           *_server_cmd(bench, target, config, port)]
+           *_server_cmd(bench, target, config, port, without)]
     server = procs.start(f"cg-{target}", cmd, port, bench.dir, env=GATEWAY_ENV, cwd=ROOT)
     pid = str(server.pid)
 
@@ -74,6 +92,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--only", choices=("gateway", "passthrough", "floor"))
     parser.add_argument("--keep", action="store_true", help="keep the callgrind dumps (for callgrind_annotate)")
+    parser.add_argument("--without", nargs="+", choices=sorted(WITHOUT), default=[],
+                        help="the gateway with these parts replaced by no-ops (what each costs a request)")
     args = parser.parse_args()
     for tool in ("valgrind", "callgrind_control", "redis-server"):
         if shutil.which(tool) is None:
@@ -85,9 +105,11 @@ def main() -> int:
         figures = {}
         for target in ("gateway", "passthrough", "floor"):
             if args.only == target or (args.only is None and target != "floor"):
-                figures[target] = measure(bench, target, config, args.variant, args.requests, args.warmup)
+                without = tuple(args.without) if target == "gateway" else ()
+                figures[target] = measure(bench, target, config, args.variant, args.requests, args.warmup, without)
                 print(f"{target:12} {args.variant}: {figures[target]:.3f} M instructions per request "
-                      f"({args.requests} sequential)", flush=True)
+                      f"({args.requests} sequential{', without ' + ' '.join(without) if without else ''})",
+                      flush=True)
         if len(figures) == 2:
             print(f"gateway / pass-through: {figures['gateway'] / figures['passthrough']:.2f}")
     finally:
