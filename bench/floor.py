@@ -25,19 +25,16 @@ import os
 import time
 from typing import Any
 
-import aiohttp
 import orjson
-import uvloop
+import passthrough
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
 from gateway.store import Admission, KeyRecord
 from gateway.store.redis import RedisStore
 
-SESSION = web.AppKey("session", aiohttp.ClientSession)
 STORE = web.AppKey("store", RedisStore)
 KEYS = web.AppKey("keys", dict)
-URL = web.AppKey("url", str)
 LOG = web.AppKey("log", list)
 
 # the bench config's price, in nano-dollars per token: $0.15 and $0.60 per million
@@ -78,7 +75,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
                                                 None))
     if admitted.outcome != "ok":
         return web.Response(status=429)
-    async with app[SESSION].post(app[URL], data=orjson.dumps(body),
+    async with app[passthrough.SESSION].post(app[passthrough.URL], data=orjson.dumps(body),
                                  headers={"Content-Type": "application/json",
                                           "Authorization": "Bearer sk-bench-upstream-key-0000"}) as upstream:
         if streamed:
@@ -114,42 +111,33 @@ async def chat(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-async def resources(app: web.Application):  # type: ignore[no-untyped-def]
-    app[SESSION] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-    store = app[STORE]
-    keys = await store.list_keys()
-    app[KEYS] = {key.key_hash: key for key in keys}
+def resources(redis: str, prefix: str) -> Any:
+    async def context(app: web.Application):  # type: ignore[no-untyped-def]
+        store = app[STORE] = RedisStore(redis, prefix=prefix)
+        app[KEYS] = {key.key_hash: key for key in await store.list_keys()}
+        app[LOG] = []
 
-    async def flush() -> None:  # the log lines, batched as the gateway's are (at most every 50 ms)
-        with open(os.devnull, "ab") as sink:
-            while True:
-                await asyncio.sleep(0.05)
-                if app[LOG]:
-                    lines, app[LOG] = app[LOG], []
-                    sink.write(b"\n".join(lines) + b"\n")
+        async def flush() -> None:  # the log lines, batched as the gateway's are (at most every 50 ms)
+            with open(os.devnull, "ab") as sink:
+                while True:
+                    await asyncio.sleep(0.05)
+                    if app[LOG]:
+                        lines, app[LOG] = app[LOG], []
+                        sink.write(b"\n".join(lines) + b"\n")
 
-    flusher = asyncio.get_running_loop().create_task(flush())
-    yield
-    flusher.cancel()
-    await app[SESSION].close()
-    await store.close()
+        flusher = asyncio.get_running_loop().create_task(flush())
+        yield
+        flusher.cancel()
+        await store.close()
+    return context
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--upstream", required=True)
     parser.add_argument("--redis", required=True)
     parser.add_argument("--prefix", default="bench:")
-    args = parser.parse_args()
-    app = web.Application()
-    app[URL] = args.upstream.rstrip("/") + "/v1/chat/completions"
-    app[STORE] = RedisStore(args.redis, prefix=args.prefix)
-    app[LOG] = []
-    app.cleanup_ctx.append(resources)
-    app.router.add_post("/v1/chat/completions", chat)
-    web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None,
-                loop=uvloop.new_event_loop(), backlog=4096)
+    args = passthrough.arguments(parser)
+    passthrough.serve(chat, args.port, args.upstream, resources(args.redis, args.prefix))
 
 
 if __name__ == "__main__":

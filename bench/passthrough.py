@@ -6,10 +6,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import aiohttp
 import uvloop
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 URL = web.AppKey("url", str)
@@ -34,17 +36,27 @@ async def session_ctx(app: web.Application):  # type: ignore[no-untyped-def]
     await app[SESSION].close()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(parser: argparse.ArgumentParser) -> argparse.Namespace:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def serve(handler: Handler, port: int, upstream: str, *contexts: Any) -> None:
+    """`handler` on POST /v1/chat/completions, relaying to `upstream` through one shared session: the
+    pass-through, and `floor.py` served exactly as it is (`contexts`: its own resources)."""
     app = web.Application()
-    app[URL] = args.upstream.rstrip("/") + "/v1/chat/completions"
+    app[URL] = upstream.rstrip("/") + "/v1/chat/completions"
     app.cleanup_ctx.append(session_ctx)
-    app.router.add_post("/v1/chat/completions", relay)
-    web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None,
+    app.cleanup_ctx.extend(contexts)
+    app.router.add_post("/v1/chat/completions", handler)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None,
                 loop=uvloop.new_event_loop(), backlog=4096)
+
+
+def main() -> None:
+    args = arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    serve(relay, args.port, args.upstream)
 
 
 if __name__ == "__main__":
