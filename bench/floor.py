@@ -75,9 +75,9 @@ async def chat(request: web.Request) -> web.StreamResponse:
                                                 None))
     if admitted.outcome != "ok":
         return web.Response(status=429)
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench-upstream-key-0000"}
     async with app[passthrough.SESSION].post(app[passthrough.URL], data=orjson.dumps(body),
-                                 headers={"Content-Type": "application/json",
-                                          "Authorization": "Bearer sk-bench-upstream-key-0000"}) as upstream:
+                                             headers=headers) as upstream:
         if streamed:
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await resp.prepare(request)

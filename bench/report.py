@@ -206,7 +206,8 @@ def render(results: dict[str, Any]) -> str:
                      f"c={p['concurrency']} "
                      f"({len(p['rounds'])} x 3 s each side, alternating): req/s ratio median {p['median_ratio']:.2f} "
                      f"({each}); added p50 median {p['median_added_p50_ms']:.3f} ms, p99 "
-                     f"{p['median_added_p99_ms']:.3f} ms")
+                     f"{p['median_added_p99_ms']:.3f} ms"
+                     + (f"; {errors} non-2xx answers" if (errors := sum(q["errors"] for q in p["rounds"])) else ""))
     rtt = results.get("store_round_trip")
     if rtt and "admit" in rtt:
         lines.append(f"one admission's Redis round trip (bench/store_rtt.py, {rtt['requests']} sequential): p50 "
