@@ -15,7 +15,7 @@ from typing import Any
 
 import procs
 from procs import quiet
-from rig import BENCH, CHAT, GATEWAY_ENV, PROMPT, PY, RESULTS, ROOT, Bench, Variant, post, wrk
+from rig import BENCH, CHAT, CHAT_ONLY, GATEWAY_ENV, PROMPT, PY, RESULTS, ROOT, Bench, Variant, post, wrk
 
 # --- the extra measurements ------------------------------------------------------------------------
 
@@ -37,7 +37,7 @@ def paired(bench: Bench, reference: str, variant: Variant, concurrency: int, rou
         quiet(probe_s=0.25)
         ref = wrk(bench.servers[reference].port, body, bench.key, concurrency, bench.settings.threads, seconds)
         gw = wrk(bench.servers[target].port, body, bench.key, concurrency, bench.settings.threads, seconds,
-                 CHAT if target in ("passthrough", "floor") else variant.path)
+                 CHAT if target in CHAT_ONLY else variant.path)
         pairs.append({"reference_rps": ref["requests"] / (ref["duration_us"] / 1e6),
                       "gateway_rps": gw["requests"] / (gw["duration_us"] / 1e6),
                       "reference_p50_ms": ref["latency_us"]["p50"] / 1000,

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import procs
-from rig import GATEWAY_ENV, PY, ROOT, VARIANTS, Bench, drive_sequential, sequential_bench
+from rig import GATEWAY_ENV, PY, ROOT, VARIANTS, Bench, drive_sequential, gateway_code, sequential_bench
 
 # Parts of the gateway `--without` replaces by no-ops before it starts (module attributes its code calls
 # through), to count what each costs a request: only parts that decide nothing the benchmark's requests need.
@@ -42,12 +42,9 @@ WITHOUT = {
 
 def _server_cmd(bench: Bench, target: str, config: Path, port: int, without: tuple[str, ...] = ()) -> list[str]:
     if without:
-        argv = ["gateway", "serve", "--config", str(config), "--port", str(port)]
-        return [PY, "-c", "".join(WITHOUT[part] for part in without)
-                + f"import runpy, sys\nsys.argv = {argv!r}\nrunpy.run_module('gateway', run_name='__main__')\n"]
+        return [PY, "-c", "".join(WITHOUT[part] for part in without) + gateway_code(config, port)]
     if target == "passthrough":
-        return [PY, str(ROOT / "bench" / "passthrough.py"), "--port", str(port), "--upstream",
-                f"http://127.0.0.1:{bench.servers['upstream'].port}"]
+        return bench.passthrough_command(port)
     if target == "floor":  # the pass-through plus what every metered request needs
         return bench.floor_command(port)
     return [PY, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)]

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import procs
-from rig import GATEWAY_ENV, PY, ROOT, VARIANTS, Bench, drive_sequential, sequential_bench
+from rig import GATEWAY_ENV, PY, ROOT, VARIANTS, Bench, drive_sequential, gateway_code, sequential_bench
 
 # Run in the server before its own code: SIGUSR1 starts counting (in every frame already running too, so
 # a connection's long-lived task counts from its next line), SIGUSR2 stops and writes the counts.
@@ -58,13 +58,10 @@ signal.signal(signal.SIGUSR2, _off)
 
 def _server_code(bench: Bench, target: str, config: Path, port: int, out: Path) -> str:
     tracer = _TRACER.format(out=str(out))
-    if target == "passthrough":
-        argv = ["passthrough.py", "--port", str(port), "--upstream",
-                f"http://127.0.0.1:{bench.servers['upstream'].port}"]
-        run = f"import runpy; runpy.run_path({str(ROOT / 'bench' / 'passthrough.py')!r}, run_name='__main__')"
-    else:
-        argv = ["gateway", "serve", "--config", str(config), "--port", str(port)]
-        run = "import runpy; runpy.run_module('gateway', run_name='__main__')"
+    if target != "passthrough":
+        return tracer + gateway_code(config, port)
+    argv = ["passthrough.py", "--port", str(port), "--upstream", f"http://127.0.0.1:{bench.servers['upstream'].port}"]
+    run = f"import runpy; runpy.run_path({str(ROOT / 'bench' / 'passthrough.py')!r}, run_name='__main__')"
     return f"{tracer}\nimport sys\nsys.argv = {argv!r}\n{run}\n"
 
 

@@ -30,6 +30,8 @@ MESSAGES = "/v1/messages"
 GATEWAY_ENV = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}  # as deploy/systemd's unit sets them
 NOISY_PCT = 25.0  # a run during which other processes used more than this % of a core is marked noisy
 MICROSOCKS_TUNNEL = re.compile(r"^client\[\d+\] \S+: connected to (\S+)$", re.M)  # as tests/proxies.py
+# the references beside the gateway: one route (chat, whatever the body), no /readyz (an open port is up)
+CHAT_ONLY = ("passthrough", "floor")
 
 
 @dataclass(frozen=True)
@@ -208,11 +210,13 @@ class Bench:
         self.servers[name] = server
         return server
 
+    def passthrough_command(self, port: int) -> list[str]:
+        return [PY, str(BENCH / "passthrough.py"), "--port", str(port), "--upstream",
+                f"http://127.0.0.1:{self.servers['upstream'].port}"]
+
     def start_passthrough(self) -> None:
         port = procs.free_port()
-        up = self.servers["upstream"].port
-        server = procs.start("passthrough", [PY, str(BENCH / "passthrough.py"), "--port", str(port),
-                                             "--upstream", f"http://127.0.0.1:{up}"], port, self.dir)
+        server = procs.start("passthrough", self.passthrough_command(port), port, self.dir)
         procs.wait_port(server)
         self.servers["passthrough"] = server
 
@@ -302,16 +306,23 @@ def sequential_bench(workdir: Path) -> tuple[Bench, Path]:
     return bench, config
 
 
+def gateway_code(config: Path, port: int) -> str:
+    """Python source that serves the gateway as `python -m gateway serve` does, for `python -c` after a prelude of
+    a measurement's own (a tracer, timestamps, parts switched off)."""
+    argv = ["gateway", "serve", "--config", str(config), "--port", str(port)]
+    return f"import runpy, sys\nsys.argv = {argv!r}\nrunpy.run_module('gateway', run_name='__main__')\n"
+
+
 def drive_sequential(bench: Bench, server: procs.Server, target: str, variant: str, requests: int, warmup: int,
                      on: Callable[[], None], off: Callable[[], None], ready_timeout: float) -> None:
     """Once `server` is ready: `warmup` requests, then `requests` between `on()` and `off()` (what turns
     the measurement on and off), one at a time on one keep-alive connection; any non-200 is an error."""
-    if target in ("passthrough", "floor"):  # no /readyz: a port that answers is a server that is up
+    if target in CHAT_ONLY:
         procs.wait_port(server, timeout=ready_timeout)
     else:
         procs.wait_http_ok(server, "/readyz", timeout=ready_timeout)
     body = bench.bodies[variant].read_bytes()
-    path = CHAT if target in ("passthrough", "floor") else VARIANTS[variant].path
+    path = CHAT if target in CHAT_ONLY else VARIANTS[variant].path
     conn = http.client.HTTPConnection(procs.HOST, server.port, timeout=120)
     try:
         for _ in range(warmup):

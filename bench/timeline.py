@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import procs
-from rig import GATEWAY_ENV, PY, ROOT, drive_sequential, sequential_bench
+from rig import GATEWAY_ENV, PY, ROOT, drive_sequential, gateway_code, sequential_bench
 
 # Run in the gateway's process before its own code. Each phase is the time between two marks.
 _TIMED = """
@@ -108,9 +108,8 @@ def measure(requests: int, warmup: int, workdir: Path) -> dict[str, float | None
     out = workdir / "timeline.json"
     code = _TIMED.replace("PHASES_HERE", repr(PHASES)).replace("OUT_HERE", repr(str(out)))
     port = procs.free_port()
-    argv = ["gateway", "serve", "--config", str(config), "--port", str(port)]
-    run = f"import sys; sys.argv = {argv!r}\nimport runpy; runpy.run_module('gateway', run_name='__main__')"
-    server = procs.start("timeline-gateway", [PY, "-c", code + run], port, bench.dir, env=GATEWAY_ENV, cwd=ROOT)
+    server = procs.start("timeline-gateway", [PY, "-c", code + gateway_code(config, port)], port, bench.dir,
+                         env=GATEWAY_ENV, cwd=ROOT)
 
     def stop() -> None:
         os.kill(server.pid, signal.SIGUSR2)

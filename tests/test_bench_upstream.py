@@ -26,7 +26,7 @@ import anthropic
 import openai
 import pytest
 from harness import SHARED, funded_key, start_gateway, validate
-from proxies import HOST, free_port
+from proxies import HOST, free_port, wait_listening
 
 from gateway.config_load import parse
 from gateway.store.redis import RedisStore
@@ -299,14 +299,7 @@ async def test_the_floor_meters_what_it_relays(port: int, redis_url: str) -> Non
     store = RedisStore(redis_url, prefix=prefix)
     client = openai.AsyncOpenAI(base_url=f"http://{HOST}:{floor_port}/v1", api_key=plain, max_retries=0)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection((HOST, floor_port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, "floor.py did not start"
-                await asyncio.sleep(0.1)
+        await asyncio.to_thread(wait_listening, floor_port, 20.0, HOST, proc)
         cost = fake_upstream.PROMPT_TOKENS * 150 + 20 * 600  # the bench's $0.15 / $0.60 per million tokens
         answer = await client.chat.completions.create(model="bench-20", messages=[{"role": "user", "content": "hi"}])
         validate(answer.model_dump(exclude_unset=True), "CreateChatCompletionResponse")
